@@ -1,0 +1,41 @@
+# The two commands the README promises: `make demo` and `make test`, each from a fresh clone.
+PYTHON ?= python3
+VENV := .venv
+BIN := $(VENV)/bin
+STAMP := $(VENV)/.installed
+REQUIREMENTS := requirements-dev.txt $(wildcard requirements-*.txt) shared/requirements.txt $(wildcard services/*/requirements.txt) pyproject.toml
+
+.PHONY: venv demo test test-unit test-torch models bench schemas clean
+
+$(STAMP): $(REQUIREMENTS)
+	test -x $(BIN)/python || $(PYTHON) -m venv $(VENV)
+	$(BIN)/python -m pip install --quiet --upgrade pip
+	$(BIN)/python -m pip install --quiet -r requirements-dev.txt
+	$(BIN)/python -m pip install --quiet --no-deps -e .
+	touch $@
+
+venv: $(STAMP)
+
+demo: venv
+	$(BIN)/radstream demo --data-dir radstream-data
+
+test: venv
+	$(BIN)/python -m pytest -q
+
+# The tests that need torch (training, torchxrayvision import) use their own virtual environment.
+.venv-train/.installed: training/requirements.txt
+	test -x .venv-train/bin/python || $(PYTHON) -m venv .venv-train
+	.venv-train/bin/python -m pip install --quiet -r training/requirements.txt
+	touch $@
+
+test-torch: venv .venv-train/.installed
+	.venv-train/bin/python -m pytest -q -m torch training
+
+models: .venv-train/.installed
+	.venv-train/bin/python training/train_reference_models.py
+
+schemas: venv
+	$(BIN)/python -m shared.contracts
+
+clean:
+	rm -rf $(VENV) .venv-train radstream-data

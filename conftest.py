@@ -1,0 +1,78 @@
+"""Fixtures shared by every test folder: a small model repository written on the fly, stores, sidecars."""
+from __future__ import annotations
+
+import hashlib
+import json
+from pathlib import Path
+
+import cv2
+import numpy as np
+import pytest
+
+from shared.storage import LocalObjectStore
+
+CONFIG = """name: "{name}"
+backend: "onnxruntime"
+max_batch_size: 16
+input [{{ name: "image" data_type: TYPE_FP32 dims: [1, {size}, {size}] }}]
+output [{{ name: "{output}" data_type: TYPE_FP32 dims: [{dims}] }}]
+parameters {{ key: "radstream.kind" value {{ string_value: "{kind}" }} }}
+parameters {{ key: "radstream.normalization" value {{ string_value: "{normalization}" }} }}
+parameters {{ key: "radstream.provenance" value {{ string_value: "test fixture" }} }}
+"""
+
+
+@pytest.fixture
+def config_only_repository(tmp_path: Path) -> Path:
+    """Three models' configs (no weights): enough for the stages that read shapes and labels."""
+    root = tmp_path / "model_repository"
+    models = [
+        ("chest_xray_classifier", 224, "probabilities", "5", "classifier", "xrv"),
+        ("anomaly_detector", 256, "boxes", "16, 4", "detector", "unit"),
+        ("report_encoder", 224, "embedding", "128", "encoder", "unit"),
+    ]
+    for name, size, output, dims, kind, normalization in models:
+        folder = root / name
+        (folder / "1").mkdir(parents=True)
+        (folder / "config.pbtxt").write_text(CONFIG.format(name=name, size=size, output=output, dims=dims, kind=kind, normalization=normalization))
+    (root / "chest_xray_classifier" / "labels.txt").write_text("Atelectasis\nCardiomegaly\nConsolidation\nEdema\nPleural Effusion\n")
+    (root / "chest_xray_classifier" / "thresholds.json").write_text(json.dumps({"Atelectasis": 0.4, "Cardiomegaly": 0.5, "Consolidation": 0.5, "Edema": 0.6, "Pleural Effusion": 0.3}))
+    (root / "anomaly_detector" / "labels.txt").write_text("nodule_mass\nfocal_opacity\n")
+    (root / "anomaly_detector" / "thresholds.json").write_text(json.dumps({"score_threshold": 0.5}))
+    return root
+
+
+@pytest.fixture
+def store(tmp_path: Path) -> LocalObjectStore:
+    return LocalObjectStore(tmp_path / "data")
+
+
+def gradient_png(width: int = 300, height: int = 200, dtype=np.uint8) -> bytes:
+    peak = np.iinfo(dtype).max
+    image = (np.linspace(0, 1, width)[None, :] * np.linspace(0.2, 1, height)[:, None] * peak).astype(dtype)
+    return cv2.imencode(".png", image)[1].tobytes()
+
+
+def make_sidecar(study_id: str = "study-001", image: str = "image.png", data: bytes | None = None, **overrides) -> dict:
+    doc = {
+        "schema_version": "1", "study_id": study_id, "image": image, "modality": "DX", "body_part": "CHEST",
+        "view_position": "PA", "patient": {"pseudo_id": "anon-42", "age_years": 61, "sex": "F"},
+        "acquired_at": "2026-03-01T10:20:30Z", "priority": "routine", "source": "unit test",
+    }
+    if data is not None:
+        doc["sha256"] = hashlib.sha256(data).hexdigest()
+    doc.update(overrides)
+    return doc
+
+
+@pytest.fixture
+def upload(store: LocalObjectStore):
+    """Put a study into the images bucket the way the CLI does; returns the sidecar's key."""
+
+    def put(doc: dict | bytes, image: bytes | None, study_id: str = "study-001", image_name: str = "image.png") -> str:
+        if image is not None:
+            store.put_bytes("images", f"incoming/{study_id}/{image_name}", image)
+        raw = doc if isinstance(doc, bytes) else json.dumps(doc).encode()
+        return store.put_bytes("images", f"incoming/{study_id}/study.json", raw).key
+
+    return put

@@ -1,0 +1,191 @@
+"""The radstream command: run studies through the embedded pipeline, make demo studies, serve models."""
+from __future__ import annotations
+
+import argparse
+import json
+import statistics
+import sys
+import time
+from dataclasses import asdict
+from pathlib import Path
+
+from rich.console import Console
+from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeElapsedColumn
+from rich.table import Table
+
+from shared.errors import RadStreamError
+from shared.settings import DEFAULT_MODEL_REPOSITORY, Settings
+
+EXIT_FAILED_STUDIES = 1
+EXIT_USAGE = 2
+
+
+def percentile(values: list[float], q: float) -> float:
+    ordered = sorted(values)
+    return ordered[min(len(ordered) - 1, max(0, round(q * (len(ordered) - 1))))]
+
+
+def summarise(outcomes, wall_s: float) -> dict:
+    times = [o.end_to_end_ms for o in outcomes if o.end_to_end_ms is not None and o.status == "succeeded"]
+    return {
+        "studies": len(outcomes),
+        "succeeded": sum(o.status == "succeeded" for o in outcomes),
+        "failed": sum(o.status != "succeeded" for o in outcomes),
+        "wall_seconds": round(wall_s, 3),
+        "studies_per_minute": round(len(outcomes) / wall_s * 60, 1) if wall_s > 0 else None,
+        "end_to_end_ms_median": round(statistics.median(times), 1) if times else None,
+        "end_to_end_ms_p95": round(percentile(times, 0.95), 1) if times else None,
+    }
+
+
+def print_table(console: Console, outcomes, totals: dict) -> None:
+    table = Table(title="RadStream studies (reference models: not for clinical use)")
+    for column in ("study", "status", "top findings / reason", "boxes", "end-to-end ms"):
+        table.add_column(column, overflow="fold")
+    for o in outcomes:
+        if o.status == "succeeded":
+            top = ", ".join(f"{f['label']} {f['probability']:.2f}{'*' if f['positive'] else ''}" for f in o.findings[:2])
+            table.add_row(o.study_id, "[green]succeeded", top, str(o.detections), f"{o.end_to_end_ms:.0f}")
+        else:
+            reason = f"{o.stage or '?'}: {o.error_type}: {o.message}"
+            table.add_row(o.study_id, "[red]failed", reason, "", f"{o.end_to_end_ms:.0f}" if o.end_to_end_ms else "")
+    console.print(table)
+    console.print("* = above the finding's threshold")
+    console.print(
+        f"{totals['succeeded']} succeeded, {totals['failed']} failed of {totals['studies']} in {totals['wall_seconds']:.2f} s "
+        f"({totals['studies_per_minute']} studies/min); end-to-end median {totals['end_to_end_ms_median']} ms, "
+        f"p95 {totals['end_to_end_ms_p95']} ms"
+    )
+
+
+def settings_from(args: argparse.Namespace) -> Settings:
+    overrides = {"backend": "local", "data_dir": Path(args.data_dir)}
+    if args.triton_url:
+        overrides["triton_url"] = args.triton_url
+    if args.model_repository:
+        overrides["model_repository"] = Path(args.model_repository)
+    base = Settings.from_env()
+    return base.model_copy(update=overrides)
+
+
+def run_studies(folders: list[Path], args: argparse.Namespace) -> int:
+    from radstream.runtime import LocalRuntime
+
+    settings = settings_from(args)
+    runtime = LocalRuntime(settings, workers=args.workers)
+    err = Console(stderr=True)
+    try:
+        started = time.perf_counter()
+        with Progress(TextColumn("{task.description}"), BarColumn(), MofNCompleteColumn(), TimeElapsedColumn(),
+                      console=err, disable=args.quiet, transient=not err.is_terminal) as progress:
+            task = progress.add_task("studies", total=len(folders))
+            outcomes = runtime.run_many(folders, on_done=lambda o: progress.advance(task))
+        totals = summarise(outcomes, time.perf_counter() - started)
+    finally:
+        runtime.close()
+    if args.json:
+        print(json.dumps({"totals": totals, "data_dir": str(settings.data_dir), "studies": [asdict(o) for o in outcomes]}, indent=2))
+    else:
+        print_table(Console(), outcomes, totals)
+        print(f"results: {settings.data_dir / settings.results_bucket}   telemetry: {settings.data_dir / settings.telemetry_bucket}   logs: {settings.data_dir / 'logs'}")
+    return EXIT_FAILED_STUDIES if totals["failed"] else 0
+
+
+def cmd_run(args: argparse.Namespace) -> int:
+    from radstream.runtime import find_studies
+
+    return run_studies(find_studies(Path(args.path)), args)
+
+
+def cmd_demo(args: argparse.Namespace) -> int:
+    from radstream.samples import write_demo_studies
+
+    out = Path(args.out) if args.out else Path(args.data_dir) / "demo-studies"
+    folders = write_demo_studies(out, args.count, invalid=not args.valid_only)
+    if not args.quiet:
+        Console(stderr=True).print(f"wrote {len(folders)} synthetic demo studies to {out} (phantoms, not patient data)")
+    code = run_studies(folders, args)
+    # The demo includes studies broken on purpose; it succeeds when exactly those failed.
+    if code == EXIT_FAILED_STUDIES and not args.valid_only:
+        return demo_check(Path(args.data_dir), out, args)
+    return code
+
+
+def demo_check(data_dir: Path, out: Path, args: argparse.Namespace) -> int:
+    results = data_dir / "results"
+    unexpected = [p.name for p in sorted(out.iterdir()) if p.name.startswith("demo-") and not (results / "results" / p.name / "result.json").exists()]
+    missing_failures = [p.name for p in sorted(out.iterdir()) if p.name.startswith("bad-") and not (results / "failed" / p.name / "error.json").exists()]
+    if unexpected or missing_failures:
+        print(f"demo: unexpected outcome: valid studies without result {unexpected}, invalid studies without failure record {missing_failures}", file=sys.stderr)
+        return EXIT_FAILED_STUDIES
+    if not args.quiet:
+        print("demo: every valid study has a result; every broken one (bad-*) has a failure record, as intended")
+    return 0
+
+
+def cmd_serve_models(args: argparse.Namespace) -> int:
+    from radstream.triton_server import serve_models
+
+    return serve_models(Path(args.model_repository or DEFAULT_MODEL_REPOSITORY), http_port=args.http_port, grpc_port=args.grpc_port, metrics_port=args.metrics_port)
+
+
+def cmd_import_xrv(args: argparse.Namespace) -> int:
+    from radstream.models_import import import_torchxrayvision
+
+    written = import_torchxrayvision(Path(args.weights), Path(args.model_repository or DEFAULT_MODEL_REPOSITORY))
+    print(f"wrote {written}")
+    return 0
+
+
+def add_run_options(p: argparse.ArgumentParser) -> None:
+    p.add_argument("--data-dir", default="radstream-data", help="folder holding the local buckets (default: ./radstream-data)")
+    p.add_argument("--triton-url", help="serve models from Triton (http://host:8000 or grpc://host:8001) instead of in-process ONNX Runtime")
+    p.add_argument("--model-repository", help="Triton model repository (default: services/triton/model_repository)")
+    p.add_argument("--workers", type=int, default=2, help="studies run at once (default 2)")
+    p.add_argument("--json", action="store_true", help="print a machine-readable summary instead of the table")
+    p.add_argument("--quiet", action="store_true", help="no progress bar")
+
+
+def parser() -> argparse.ArgumentParser:
+    root = argparse.ArgumentParser(prog="radstream", description=__doc__)
+    sub = root.add_subparsers(dest="command", required=True)
+
+    run = sub.add_parser("run", help="run a study folder, or a folder of study folders, through the pipeline")
+    run.add_argument("path")
+    add_run_options(run)
+    run.set_defaults(func=cmd_run)
+
+    demo = sub.add_parser("demo", help="generate synthetic demo studies (some broken on purpose) and run them")
+    demo.add_argument("--count", type=int, default=12, help="valid studies to generate (default 12)")
+    demo.add_argument("--out", help="where to write the studies (default: DATA_DIR/demo-studies)")
+    demo.add_argument("--valid-only", action="store_true", help="skip the broken-on-purpose studies")
+    add_run_options(demo)
+    demo.set_defaults(func=cmd_demo)
+
+    serve = sub.add_parser("serve-models", help="start a local Triton server on the model repository")
+    serve.add_argument("--model-repository")
+    serve.add_argument("--http-port", type=int, default=8000)
+    serve.add_argument("--grpc-port", type=int, default=8001)
+    serve.add_argument("--metrics-port", type=int, default=8002)
+    serve.set_defaults(func=cmd_serve_models)
+
+    models = sub.add_parser("models", help="manage the model repository")
+    models_sub = models.add_subparsers(dest="models_command", required=True)
+    xrv = models_sub.add_parser("import-torchxrayvision", help="put a torchxrayvision DenseNet (weights on disk) into the classifier slot")
+    xrv.add_argument("weights", help="path of the torchxrayvision DenseNet weights file")
+    xrv.add_argument("--model-repository")
+    xrv.set_defaults(func=cmd_import_xrv)
+    return root
+
+
+def main(argv: list[str] | None = None) -> int:
+    args = parser().parse_args(argv)
+    try:
+        return args.func(args)
+    except RadStreamError as e:
+        print(f"radstream: {e}", file=sys.stderr)
+        return EXIT_USAGE
+
+
+if __name__ == "__main__":
+    sys.exit(main())

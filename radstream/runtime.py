@@ -1,0 +1,220 @@
+"""The embedded runtime: folders for buckets, template.yaml's rule and state machine, handlers in-process.
+
+An upload writes the study's files into the images bucket (image first, sidecar last) and produces
+the S3 "Object Created" events that S3 would send to EventBridge. Each event goes through the
+template's rule pattern and input transformer; each match starts an execution of the template's
+state machine, whose tasks call the very Lambda handlers the container images run.
+"""
+from __future__ import annotations
+
+import importlib
+import json
+import os
+import re
+import threading
+import time
+import uuid
+from collections.abc import Callable, Iterable
+from concurrent.futures import ThreadPoolExecutor
+from dataclasses import dataclass, field
+from datetime import datetime, timezone
+from pathlib import Path
+from typing import Any
+
+from radstream.asl import ExecutionResult, StateMachine, TaskContext
+from radstream.eventpattern import apply_input_transformer, matches
+from radstream.template import DEFAULT_TEMPLATE, Template
+from shared import wiring
+from shared.errors import ConfigurationError, PermanentError
+from shared.messages import INCOMING, study_id_from_key
+from shared.observability import redirect_logs
+from shared.settings import Settings
+from shared.storage import LocalObjectStore
+
+# Step Functions refuses state payloads over 256 KB; the local runtime holds tasks to the same limit.
+MAX_PAYLOAD_BYTES = 256 * 1024
+_SAFE_ID = re.compile(r"[^A-Za-z0-9._-]")
+
+
+class PayloadTooLarge(PermanentError):
+    error_name = "States.DataLimitExceeded"  # what Step Functions reports
+
+
+@dataclass
+class LambdaContext:
+    """What the Lambda runtime hands a handler; Powertools reads these attributes."""
+
+    function_name: str
+    aws_request_id: str = field(default_factory=lambda: str(uuid.uuid4()))
+    memory_limit_in_mb: int = 512
+    deadline: float = field(default_factory=lambda: time.monotonic() + 60)
+
+    @property
+    def invoked_function_arn(self) -> str:
+        return f"arn:aws:lambda:local:000000000000:function:{self.function_name}"
+
+    def get_remaining_time_in_millis(self) -> int:
+        return max(0, int((self.deadline - time.monotonic()) * 1000))
+
+
+@dataclass
+class StudyOutcome:
+    """How one study ended, for the CLI's table and --json."""
+
+    study_id: str
+    source: str
+    status: str  # succeeded | failed
+    execution_name: str | None = None
+    end_to_end_ms: float | None = None
+    findings: list[dict[str, Any]] = field(default_factory=list)
+    detections: int = 0
+    stage: str | None = None
+    error_type: str | None = None
+    message: str | None = None
+    output: str | None = None
+
+
+def s3_event(bucket: str, key: str, size: int) -> dict[str, Any]:
+    """The event S3 sends to EventBridge for a PUT (EventBridge notifications enabled on the bucket)."""
+    now = datetime.now(timezone.utc).strftime("%Y-%m-%dT%H:%M:%SZ")
+    return {
+        "version": "0", "id": str(uuid.uuid4()), "detail-type": "Object Created", "source": "aws.s3",
+        "account": "000000000000", "time": now, "region": "local",
+        "resources": [f"arn:aws:s3:::{bucket}"],
+        "detail": {
+            "version": "0", "bucket": {"name": bucket},
+            "object": {"key": key, "size": size, "sequencer": uuid.uuid4().hex[:16]},
+            "request-id": uuid.uuid4().hex[:16], "requester": "local", "reason": "PutObject",
+        },
+    }
+
+
+def find_studies(path: Path) -> list[Path]:
+    """A study folder holds one sidecar (*.json); PATH is one study folder or a folder of them."""
+    path = Path(path)
+    if not path.is_dir():
+        raise ConfigurationError(f"{path} is not a folder")
+    if any(path.glob("*.json")):
+        return [path]
+    studies = sorted(p for p in path.iterdir() if p.is_dir() and any(p.glob("*.json")))
+    if not studies:
+        raise ConfigurationError(f"{path} holds no study: expected a folder with a sidecar (*.json), or folders of them")
+    return studies
+
+
+def upload_key_study_id(folder: Path, sidecar: Path) -> str:
+    """The id that names the study's upload prefix: the sidecar's study_id when it is safe, else the folder's name."""
+    try:
+        claimed = json.loads(sidecar.read_text()).get("study_id")
+    except (OSError, ValueError, AttributeError):
+        claimed = None
+    if isinstance(claimed, str) and claimed and not _SAFE_ID.search(claimed) and claimed not in (".", ".."):
+        return claimed
+    return _SAFE_ID.sub("_", folder.name) or "study"
+
+
+class LocalRuntime:
+    def __init__(self, settings: Settings, template_path: Path = DEFAULT_TEMPLATE, workers: int = 2) -> None:
+        self.settings = settings
+        self.workers = max(1, workers)
+        self.store = LocalObjectStore(settings.data_dir)
+        settings.data_dir.mkdir(parents=True, exist_ok=True)
+        os.environ.update(settings.to_env())
+        if settings.triton_url is None:
+            os.environ.pop("TRITON_URL", None)
+        (settings.data_dir / "logs").mkdir(exist_ok=True)
+        self._log_file = open(settings.data_dir / "logs" / "radstream.log", "a")  # noqa: SIM115 - held for the runtime's life
+        redirect_logs(self._log_file)
+        wiring.reset_all()  # the stages build their dependencies again, from these settings
+        self.template = Template(template_path)
+        self.rules = self.template.event_rules(settings.to_env())
+        self.machine = StateMachine(self.template.definition(), self.invoke, max_workers=8)
+        self._handlers: dict[str, Callable[[dict[str, Any], Any], Any]] = {}
+        self._lock = threading.Lock()
+
+    def close(self) -> None:
+        redirect_logs(__import__("sys").stdout)
+        self._log_file.close()
+
+    def handler(self, resource: str) -> Callable[[dict[str, Any], Any], Any]:
+        with self._lock:
+            if resource not in self._handlers:
+                module_name, _, attribute = self.template.handler_for(resource).rpartition(".")
+                self._handlers[resource] = getattr(importlib.import_module(module_name), attribute)
+            return self._handlers[resource]
+
+    def invoke(self, resource: str, payload: Any, context: TaskContext) -> Any:
+        """Call a task's Lambda handler the way Lambda would: JSON in, JSON out, size-capped."""
+        event = json.loads(json.dumps(payload))
+        output = self.handler(resource)(event, LambdaContext(function_name=resource.rsplit(":", 1)[-1]))
+        encoded = json.dumps(output)
+        if len(encoded) > MAX_PAYLOAD_BYTES:
+            raise PayloadTooLarge(f"task {context.state_name} returned {len(encoded)} bytes, over Step Functions' 256 KB")
+        return json.loads(encoded)
+
+    def upload(self, folder: Path) -> tuple[str, list[dict[str, Any]]]:
+        """Put a study folder's files under incoming/<study_id>/, sidecar last; return the S3 events."""
+        sidecars = sorted(folder.glob("*.json"))
+        if len(sidecars) != 1:
+            raise ConfigurationError(f"{folder}: a study folder holds exactly one sidecar (*.json), found {len(sidecars)}")
+        study_id = upload_key_study_id(folder, sidecars[0])
+        files = sorted(p for p in folder.iterdir() if p.is_file() and p.suffix != ".json") + sidecars
+        events = []
+        for file in files:
+            key = f"{INCOMING}{study_id}/{file.name}"
+            stored = self.store.put_bytes(self.settings.images_bucket, key, file.read_bytes())
+            events.append(s3_event(stored.bucket, stored.key, stored.size))
+        return study_id, events
+
+    def route(self, event: dict[str, Any]) -> list[Any]:
+        """EventBridge: each rule whose pattern matches yields the execution input its transformer makes."""
+        inputs = []
+        for rule in self.rules:
+            if matches(rule.pattern, event):
+                inputs.append(apply_input_transformer(rule.input_paths_map, rule.input_template, event) if rule.input_template else event)
+        return inputs
+
+    def start(self, execution_input: dict[str, Any]) -> ExecutionResult:
+        study_id = study_id_from_key(str(execution_input.get("key", "")))
+        return self.machine.run(execution_input, name=f"{_SAFE_ID.sub('_', study_id)[:60]}-{uuid.uuid4().hex[:8]}")
+
+    def outcome(self, source: str, study_id: str, execution: ExecutionResult) -> StudyOutcome:
+        result = StudyOutcome(
+            study_id=study_id, source=source, status="succeeded" if execution.status == "SUCCEEDED" else "failed",
+            execution_name=execution.name, end_to_end_ms=round((execution.stop_time - execution.start_time) * 1000, 1),
+        )
+        bucket = self.settings.results_bucket
+        if result.status == "succeeded":
+            key = f"results/{study_id}/result.json"
+            stored = json.loads(self.store.get_bytes(bucket, key))
+            result.findings = [
+                {"label": f["label"], "probability": f["probability"], "positive": f["positive"]}
+                for f in sorted(stored["findings"], key=lambda f: -f["probability"])
+            ]
+            result.detections = len(stored["detections"])
+        else:
+            key = f"failed/{study_id}/error.json"
+            if self.store.head(bucket, key):
+                record = json.loads(self.store.get_bytes(bucket, key))
+                result.stage, result.error_type, result.message = record["stage"], record["error_type"], record["message"]
+            else:  # the failure path itself failed: the execution's own error is all there is
+                result.error_type, result.message = execution.error, execution.cause
+        result.output = str(self.store.path(bucket, key)) if self.store.head(bucket, key) else None
+        return result
+
+    def run_folder(self, folder: Path) -> StudyOutcome:
+        study_id, events = self.upload(folder)
+        executions = [self.start(execution_input) for event in events for execution_input in self.route(event)]
+        if len(executions) != 1:
+            raise ConfigurationError(f"{folder}: its upload started {len(executions)} executions; the rule in template.yaml should start exactly one")
+        return self.outcome(str(folder), study_id, executions[0])
+
+    def run_many(self, folders: Iterable[Path], on_done: Callable[[StudyOutcome], None] | None = None) -> list[StudyOutcome]:
+        folders = list(folders)
+        with ThreadPoolExecutor(self.workers, thread_name_prefix="study") as pool:
+            outcomes = []
+            for outcome in pool.map(self.run_folder, folders):
+                outcomes.append(outcome)
+                if on_done:
+                    on_done(outcome)
+        return outcomes

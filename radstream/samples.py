@@ -1,0 +1,77 @@
+"""Demo studies: synthetic chest-X-ray-like phantoms (labelled as such) with sidecars, and some broken on purpose."""
+from __future__ import annotations
+
+import hashlib
+import json
+from datetime import datetime, timedelta, timezone
+from pathlib import Path
+
+import cv2
+import numpy as np
+
+from radstream.phantoms import generate_phantom, to_uint8, to_uint16
+
+SOURCE = "synthetic phantom (radstream demo)"
+
+
+def sidecar(study_id: str, image: str, rng: np.random.Generator, data: bytes | None = None) -> dict:
+    acquired = datetime(2026, 1, 1, tzinfo=timezone.utc) + timedelta(minutes=int(rng.integers(0, 500_000)))
+    doc = {
+        "schema_version": "1",
+        "study_id": study_id,
+        "image": image,
+        "modality": str(rng.choice(["CR", "DX"])),
+        "body_part": "CHEST",
+        "view_position": str(rng.choice(["PA", "AP"])),
+        "patient": {"pseudo_id": f"anon-{rng.integers(10**6, 10**7)}", "age_years": int(rng.integers(18, 95)), "sex": str(rng.choice(["F", "M"]))},
+        "acquired_at": acquired.strftime("%Y-%m-%dT%H:%M:%SZ"),
+        "priority": str(rng.choice(["routine", "routine", "urgent"])),
+        "source": SOURCE,
+    }
+    if data is not None:
+        doc["sha256"] = hashlib.sha256(data).hexdigest()
+    return doc
+
+
+def encode(image: np.ndarray, variant: int) -> tuple[str, bytes]:
+    """Rotate through the formats a study may arrive in: 8-bit PNG, 16-bit PNG, JPEG, RGB PNG."""
+    if variant == 0:
+        return "image.png", cv2.imencode(".png", to_uint8(image))[1].tobytes()
+    if variant == 1:
+        return "image.png", cv2.imencode(".png", to_uint16(image))[1].tobytes()
+    if variant == 2:
+        return "image.jpg", cv2.imencode(".jpg", to_uint8(image), [cv2.IMWRITE_JPEG_QUALITY, 92])[1].tobytes()
+    return "image.png", cv2.imencode(".png", cv2.cvtColor(to_uint8(image), cv2.COLOR_GRAY2BGR))[1].tobytes()
+
+
+def write_study(folder: Path, doc: dict, image_name: str, data: bytes) -> Path:
+    folder.mkdir(parents=True, exist_ok=True)
+    (folder / image_name).write_bytes(data)
+    (folder / "study.json").write_text(json.dumps(doc, indent=2) + "\n")
+    return folder
+
+
+def write_demo_studies(out: Path, count: int = 12, *, size: int = 1024, seed: int = 7, invalid: bool = True) -> list[Path]:
+    """`count` valid studies, plus (with `invalid`) four that must fail, each for a reason a person can read."""
+    rng = np.random.default_rng(seed)
+    folders = []
+    for i in range(count):
+        phantom = generate_phantom(rng, size=size)
+        name, data = encode(phantom.image, i % 4)
+        study_id = f"demo-{i + 1:03d}"
+        folders.append(write_study(out / study_id, sidecar(study_id, name, rng, data), name, data))
+    if invalid:
+        good = generate_phantom(rng, size=size)
+        _, png = encode(good.image, 0)
+        # A sidecar that carries a patient's name: refused, and the name never reaches any output.
+        doc = sidecar("bad-phi", "image.png", rng) | {"patient_name": "DOE^JANE"}
+        folders.append(write_study(out / "bad-phi", doc, "image.png", png))
+        # A text file wearing a .png name.
+        folders.append(write_study(out / "bad-format", sidecar("bad-format", "image.png", rng), "image.png", b"not an image at all\n" * 8))
+        # An image that decodes to one flat value.
+        flat = cv2.imencode(".png", np.full((512, 512), 128, np.uint8))[1].tobytes()
+        folders.append(write_study(out / "bad-constant", sidecar("bad-constant", "image.png", rng, flat), "image.png", flat))
+        # A digest that does not match the image.
+        doc = sidecar("bad-digest", "image.png", rng) | {"sha256": "0" * 64}
+        folders.append(write_study(out / "bad-digest", doc, "image.png", png))
+    return folders

@@ -1,0 +1,124 @@
+"""Prepare stage: pixel handling (bit depth, colour, MONOCHROME1, windowing), letterboxing, tensors in the artifacts bucket."""
+from __future__ import annotations
+
+import io
+import struct
+import zlib
+
+import cv2
+import numpy as np
+import pytest
+
+from conftest import gradient_png
+from services.prepare.domain import (
+    XRV_RANGE, PrepareRequest, decode_dicom, decode_raster, letterbox, png_significant_bits, prepare_tensors,
+)
+from shared.errors import InvalidImage
+from shared.messages import StudyImage
+from shared.model_repository import ModelRepository
+
+
+def with_sbit(png: bytes, bits: int) -> bytes:
+    """Insert an sBIT chunk after IHDR, as a 12-bit detector's 16-bit PNG carries."""
+    ihdr_end = 8 + 12 + struct.unpack(">I", png[8:12])[0]
+    chunk = struct.pack(">I", 1) + b"sBIT" + bytes([bits])
+    chunk += struct.pack(">I", zlib.crc32(b"sBIT" + bytes([bits])))
+    return png[:ihdr_end] + chunk + png[ihdr_end:]
+
+
+def test_8_and_16_bit_are_scaled_by_their_depth():
+    eight = decode_raster(gradient_png(dtype=np.uint8), "s")
+    sixteen = decode_raster(gradient_png(dtype=np.uint16), "s")
+    assert eight.bit_depth == 8 and sixteen.bit_depth == 16
+    assert eight.pixels.dtype == np.float32 and 0.99 < eight.pixels.max() <= 1.0
+    np.testing.assert_allclose(eight.pixels, sixteen.pixels, atol=1 / 255)
+
+
+def test_12_bit_data_in_a_16_bit_png_uses_the_sbit_depth():
+    image = (np.linspace(0, 4095, 64 * 64).reshape(64, 64)).astype(np.uint16)
+    png = with_sbit(cv2.imencode(".png", image)[1].tobytes(), 12)
+    assert png_significant_bits(png) == 12
+    decoded = decode_raster(png, "s")
+    assert decoded.bit_depth == 12 and decoded.pixels.max() == pytest.approx(1.0)
+
+
+def test_rgb_becomes_grayscale():
+    gray = np.tile(np.arange(0, 250, 2, dtype=np.uint8), (50, 1))
+    rgb = cv2.imencode(".png", cv2.cvtColor(gray, cv2.COLOR_GRAY2BGR))[1].tobytes()
+    np.testing.assert_allclose(decode_raster(rgb, "s").pixels, gray / 255.0, atol=1 / 255)
+
+
+def test_corrupt_image_is_a_clear_error():
+    with pytest.raises(InvalidImage, match="cannot be decoded"):
+        decode_raster(b"\x89PNG\r\n\x1a\n" + b"\0" * 100, "s")
+
+
+def dicom_bytes(pixels: np.ndarray, photometric: str, window: tuple[float, float] | None = None) -> bytes:
+    from pydicom.dataset import FileDataset, FileMetaDataset
+    from pydicom.uid import ExplicitVRLittleEndian, generate_uid
+
+    meta = FileMetaDataset()
+    meta.MediaStorageSOPClassUID = "1.2.840.10008.5.1.4.1.1.1.1"  # Digital X-Ray Image Storage
+    meta.MediaStorageSOPInstanceUID = generate_uid()
+    meta.TransferSyntaxUID = ExplicitVRLittleEndian
+    ds = FileDataset("x.dcm", {}, file_meta=meta, preamble=b"\0" * 128)
+    ds.Modality, ds.PhotometricInterpretation = "DX", photometric
+    ds.Rows, ds.Columns = pixels.shape
+    ds.SamplesPerPixel, ds.BitsAllocated, ds.BitsStored, ds.HighBit, ds.PixelRepresentation = 1, 16, 12, 11, 0
+    ds.RescaleSlope, ds.RescaleIntercept = 1, 0
+    if window:
+        ds.WindowCenter, ds.WindowWidth = window
+    ds.PixelData = pixels.astype(np.uint16).tobytes()
+    buffer = io.BytesIO()
+    ds.save_as(buffer, enforce_file_format=True)
+    return buffer.getvalue()
+
+
+def test_monochrome1_is_inverted_so_bone_is_bright():
+    ramp = np.tile(np.linspace(0, 4095, 32), (16, 1))
+    mono2 = decode_dicom(dicom_bytes(ramp, "MONOCHROME2"), "s")
+    mono1 = decode_dicom(dicom_bytes(ramp, "MONOCHROME1"), "s")
+    assert mono1.photometric == "MONOCHROME1" and mono1.bit_depth == 12
+    np.testing.assert_allclose(mono1.pixels, 1.0 - mono2.pixels, atol=1e-6)
+
+
+def test_dicom_window_is_applied():
+    ramp = np.tile(np.linspace(0, 4095, 64), (8, 1))
+    windowed = decode_dicom(dicom_bytes(ramp, "MONOCHROME2", window=(2048, 1024)), "s").pixels
+    # Outside the window (centre 2048, width 1024) everything saturates: below ~1536 black, above ~2560 white.
+    assert windowed[0, 0] == 0.0 and windowed[0, -1] == 1.0
+    assert np.sum((windowed[0] > 0) & (windowed[0] < 1)) < 20
+
+
+def test_letterbox_pads_without_cropping_and_maps_back():
+    image = np.ones((100, 200), np.float32)
+    square, box = letterbox(image, 50)
+    assert square.shape == (50, 50) and box.scale == pytest.approx(0.25)
+    assert box.pad_x == 0 and box.pad_y == pytest.approx(12)
+    assert square[:12].max() == 0 and square[12:37].min() == 1 and square[37:].max() == 0
+    # The original's bottom-right corner lands at the padded tensor's content corner.
+    assert (200 * box.scale + box.pad_x, 100 * box.scale + box.pad_y) == pytest.approx((50, 37))
+
+
+def test_tensors_are_written_per_model_with_their_normalisation(store, config_only_repository):
+    png = gradient_png(1024, 768)
+    store.put_bytes("images", "incoming/s1/image.png", png)
+    request = PrepareRequest(study_id="s1", image=StudyImage(bucket="images", key="incoming/s1/image.png", format="png", sha256="0" * 64, size_bytes=len(png)))
+    out = prepare_tensors(request, store, ModelRepository(config_only_repository), "artifacts")
+    assert set(out.tensors) == {"chest_xray_classifier", "anomaly_detector", "report_encoder"}
+    assert (out.original.width, out.original.height) == (1024, 768)
+    classifier = np.load(io.BytesIO(store.get_bytes("artifacts", out.tensors["chest_xray_classifier"].key)))
+    detector = np.load(io.BytesIO(store.get_bytes("artifacts", out.tensors["anomaly_detector"].key)))
+    assert classifier.shape == (1, 1, 224, 224) and detector.shape == (1, 1, 256, 256)
+    assert classifier.dtype == np.float32
+    assert classifier.min() == pytest.approx(-XRV_RANGE) and classifier.max() <= XRV_RANGE
+    assert detector.min() == 0.0 and detector.max() <= 1.0
+    assert out.bytes_in == len(png) and out.bytes_out > 3 * 196_000
+
+
+def test_constant_image_is_rejected(store, config_only_repository):
+    flat = cv2.imencode(".png", np.full((64, 64), 77, np.uint8))[1].tobytes()
+    store.put_bytes("images", "incoming/s2/image.png", flat)
+    request = PrepareRequest(study_id="s2", image=StudyImage(bucket="images", key="incoming/s2/image.png", format="png", sha256="0" * 64, size_bytes=len(flat)))
+    with pytest.raises(InvalidImage, match="study s2: image decodes to a constant value"):
+        prepare_tensors(request, store, ModelRepository(config_only_repository), "artifacts")

@@ -1,0 +1,181 @@
+"""Store stage: assemble the study's result (or its failure record) and write it, idempotently.
+
+Inputs: the workflow state: the validated study, the prepared tensors, the three model outputs.
+Outputs: results/<study_id>/result.json and report.txt in the results bucket; or, on the failure
+path, failed/<study_id>/error.json. Writing the same study again replaces the object under the same
+key, so a retried or re-run study leaves exactly one result.
+"""
+from __future__ import annotations
+
+import json
+from datetime import datetime, timezone
+from typing import Any
+
+from pydantic import BaseModel
+
+from shared.contracts import DraftReport, FailureRecord, Finding, InputDigest, ObjectRef, StudyResult
+from shared.errors import PermanentError, RadStreamError
+from shared.messages import ModelOutput, StudyImage, study_id_from_key
+from shared.observability import StageOutput, telemetry_record
+from shared.storage import ObjectStore
+
+# The workflow state keys each stage writes (ResultPath in template.yaml), in pipeline order.
+STAGE_KEYS = (("validate", "study"), ("prepare", "tensors"), ("inference", "inference"), ("store", "stored"))
+
+
+def _all_subclasses(cls: type) -> set[str]:
+    return {cls.__name__}.union(*(_all_subclasses(c) for c in cls.__subclasses__()))
+
+
+class StudyState(BaseModel):
+    study_id: str
+    image: StudyImage
+
+
+class OriginalSize(BaseModel):
+    width: int
+    height: int
+
+
+class PreparedState(BaseModel):
+    original: OriginalSize
+
+
+class StoreRequest(BaseModel):
+    study: StudyState
+    tensors: PreparedState
+    inference: list[ModelOutput]
+    execution_id: str = "direct-invoke"
+    timings_ms: dict[str, float] = {}
+
+
+class StoredResult(StageOutput):
+    result: ObjectRef
+    positive_findings: list[str]
+
+
+class FailureRequest(BaseModel):
+    bucket: str
+    key: str
+    state: dict[str, Any]
+    execution_id: str = "direct-invoke"
+
+
+class RecordedFailure(StageOutput):
+    failure: ObjectRef
+    error_type: str
+    message: str
+    stage: str
+    records: list[dict[str, Any]]
+
+
+def findings_text(findings: list[Finding]) -> str:
+    positive = [f.label for f in findings if f.positive]
+    if not positive:
+        return "No finding above its threshold among " + ", ".join(f.label for f in findings) + "."
+    return "Suggested findings: " + ", ".join(positive) + "."
+
+
+def stage_timings(state_parts: dict[str, Any]) -> dict[str, float]:
+    timings: dict[str, float] = {}
+    for name, part in state_parts.items():
+        for item in part if isinstance(part, list) else [part]:
+            record = item.get("telemetry") if isinstance(item, dict) else None
+            if record and record.get("duration_ms") is not None:
+                label = name if not record.get("model_name") else f"{name}.{record['model_name']}"
+                timings[label] = record["duration_ms"]
+    return timings
+
+
+def build_result(request: StoreRequest, raw_state: dict[str, Any]) -> StudyResult:
+    by_kind: dict[str, ModelOutput] = {}
+    for output in request.inference:
+        if output.kind in by_kind:
+            raise PermanentError(f"two {output.kind} outputs for one study", study_id=request.study.study_id)
+        by_kind[output.kind] = output
+    missing = {"classifier", "detector", "encoder"} - set(by_kind)
+    if missing:
+        raise PermanentError(f"model outputs missing for: {', '.join(sorted(missing))}", study_id=request.study.study_id)
+    classifier, detector, encoder = by_kind["classifier"], by_kind["detector"], by_kind["encoder"]
+    findings = classifier.findings or []
+    image = request.study.image
+    return StudyResult(
+        study_id=request.study.study_id,
+        input=InputDigest(
+            image=ObjectRef(bucket=image.bucket, key=image.key), sha256=image.sha256, size_bytes=image.size_bytes,
+            width=request.tensors.original.width, height=request.tensors.original.height,
+        ),
+        execution_id=request.execution_id,
+        completed_at=datetime.now(timezone.utc),
+        models={o.model.name: o.model for o in request.inference if o.model},
+        findings=findings,
+        detections=detector.detections or [],
+        report=DraftReport(findings_text=findings_text(findings), impression=encoder.impression or [], embedding_model=encoder.model),
+        timings_ms=stage_timings(raw_state),
+    )
+
+
+def report_text(result: StudyResult) -> str:
+    lines = [f"RadStream draft report for study {result.study_id}", result.report.label.upper(), "", result.report.findings_text]
+    if result.detections:
+        lines.append("Localized findings: " + "; ".join(f"{d.label} ({d.score:.2f}) at {list(d.box)}" for d in result.detections))
+    lines += ["", "Impression (retrieved):"] + [f"- {s.text}" for s in result.report.impression]
+    lines += ["", "Models: " + ", ".join(f"{m.name} v{m.version} ({m.provenance})" for m in result.models.values())]
+    return "\n".join(lines) + "\n"
+
+
+def store_result(request: StoreRequest, raw_state: dict[str, Any], store: ObjectStore, results_bucket: str) -> StoredResult:
+    result = build_result(request, raw_state)
+    body = result.model_dump_json(indent=2).encode()
+    stored = store.put_bytes(results_bucket, f"results/{result.study_id}/result.json", body, content_type="application/json")
+    report = store.put_bytes(results_bucket, f"results/{result.study_id}/report.txt", report_text(result).encode(), content_type="text/plain")
+    return StoredResult(
+        study_id=result.study_id, result=ObjectRef(bucket=results_bucket, key=stored.key),
+        positive_findings=[f.label for f in result.findings if f.positive], bytes_out=stored.size + report.size,
+    )
+
+
+def failed_stage(state: dict[str, Any]) -> str:
+    """The first stage whose output is not in the state is the one that failed (derived, not recorded)."""
+    for stage, key in STAGE_KEYS:
+        if key not in state:
+            return stage
+    return "store"
+
+
+def failure_message(error: dict[str, Any], stage: str, execution_id: str) -> tuple[str, str]:
+    error_type = str(error.get("Error", "States.Runtime"))
+    try:
+        cause = json.loads(error.get("Cause") or "{}")
+    except json.JSONDecodeError:
+        cause = {}
+    if error_type in _all_subclasses(RadStreamError) and isinstance(cause, dict) and cause.get("errorMessage"):
+        return error_type, str(cause["errorMessage"])
+    # Anything else is unexpected: its message may carry data we cannot vouch for, so it stays in the logs.
+    return error_type, f"unexpected {error_type} in the {stage} stage; see the logs of execution {execution_id}"
+
+
+def record_failure(request: FailureRequest, store: ObjectStore, results_bucket: str) -> RecordedFailure:
+    state = request.state
+    study_id = (state.get("study") or {}).get("study_id") or study_id_from_key(request.key)
+    stage = failed_stage(state)
+    error_type, message = failure_message(state.get("error") or {}, stage, request.execution_id)
+    record = FailureRecord(
+        study_id=study_id, stage=stage, error_type=error_type, message=message,
+        input=ObjectRef(bucket=request.bucket, key=request.key), execution_id=request.execution_id,
+        failed_at=datetime.now(timezone.utc),
+    )
+    stored = store.put_bytes(results_bucket, f"failed/{study_id}/error.json", record.model_dump_json(indent=2).encode(), content_type="application/json")
+    # Telemetry: what the stages before the failure reported, plus a record for the failed stage.
+    records = [item["telemetry"] for _, key in STAGE_KEYS for item in _as_list(state.get(key)) if isinstance(item, dict) and item.get("telemetry")]
+    records.append(telemetry_record(
+        stage=stage, study_id=study_id, execution_id=request.execution_id, status="failed", duration_ms=None, error_type=error_type,
+    ).model_dump(mode="json"))
+    return RecordedFailure(
+        study_id=study_id, failure=ObjectRef(bucket=results_bucket, key=stored.key), error_type=error_type, message=message,
+        stage=stage, records=records, bytes_out=stored.size,
+    )
+
+
+def _as_list(value: Any) -> list[Any]:
+    return value if isinstance(value, list) else [] if value is None else [value]

@@ -1,0 +1,45 @@
+"""ONNX Runtime over the Triton model repository, in-process: the embedded default when no TRITON_URL is set."""
+from __future__ import annotations
+
+import threading
+
+import numpy as np
+import onnxruntime as ort
+
+from shared.errors import InferenceFailed
+from shared.model_repository import ModelRepository
+
+
+class OnnxRuntimeBackend:
+    """Same repository, same model files and names as Triton serves; sessions are built once per model."""
+
+    def __init__(self, repository: ModelRepository, threads: int = 1) -> None:
+        self.repository = repository
+        self.threads = threads
+        self._sessions: dict[str, ort.InferenceSession] = {}
+        self._lock = threading.Lock()
+
+    def session(self, model_name: str) -> ort.InferenceSession:
+        session = self._sessions.get(model_name)
+        if session is None:
+            with self._lock:
+                session = self._sessions.get(model_name)
+                if session is None:
+                    spec = self.repository.get(model_name)
+                    options = ort.SessionOptions()
+                    options.intra_op_num_threads = self.threads
+                    options.inter_op_num_threads = 1
+                    session = ort.InferenceSession(
+                        str(spec.version_dir / "model.onnx"), options, providers=["CPUExecutionProvider"]
+                    )
+                    self._sessions[model_name] = session
+        return session
+
+    def infer(self, model_name: str, inputs: dict[str, np.ndarray]) -> dict[str, np.ndarray]:
+        session = self.session(model_name)
+        names = [o.name for o in session.get_outputs()]
+        try:
+            values = session.run(names, inputs)
+        except (ort.capi.onnxruntime_pybind11_state.Fail, ort.capi.onnxruntime_pybind11_state.InvalidArgument) as e:
+            raise InferenceFailed(f"model {model_name} rejected its input: {type(e).__name__}") from e
+        return dict(zip(names, values))

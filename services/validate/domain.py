@@ -1,0 +1,129 @@
+"""Validate stage: the sidecar against its schema, and the image it names against the sidecar.
+
+Inputs: the sidecar's location (images bucket, incoming/<study_id>/<name>.json).
+Outputs: the study id, the image's location, real format, digest and size. Nothing from the
+patient block travels on: later stages need none of it.
+"""
+from __future__ import annotations
+
+import hashlib
+import json
+from functools import cache
+from typing import Any
+
+from jsonschema import Draft202012Validator
+from jsonschema.exceptions import ValidationError as SchemaError
+from pydantic import BaseModel
+
+from shared.contracts import SCHEMA_DIR, ObjectRef
+from shared.errors import InvalidImage, InvalidStudy, ObjectNotFound
+from shared.messages import INCOMING, ImageFormat, StudyImage, study_id_from_key
+from shared.observability import StageOutput
+from shared.storage import ObjectStore
+
+SIDECAR_SCHEMA = SCHEMA_DIR / "sidecar.v1.schema.json"
+MIN_IMAGE_BYTES = 64
+
+class ValidateRequest(BaseModel):
+    bucket: str
+    key: str
+    execution_id: str = "direct-invoke"
+
+
+class ValidatedStudy(StageOutput):
+    sidecar: ObjectRef
+    image: StudyImage
+    view_position: str
+    modality: str
+    priority: str
+
+
+@cache
+def sidecar_validator() -> Draft202012Validator:
+    schema = json.loads(SIDECAR_SCHEMA.read_text())
+    Draft202012Validator.check_schema(schema)
+    return Draft202012Validator(schema)
+
+
+def sniff_format(head: bytes) -> ImageFormat | None:
+    """The real format, by magic bytes: a file's extension proves nothing."""
+    if head.startswith(b"\x89PNG\r\n\x1a\n"):
+        return "png"
+    if head.startswith(b"\xff\xd8\xff"):
+        return "jpeg"
+    if len(head) >= 132 and head[128:132] == b"DICM":  # 128-byte preamble, then the DICOM prefix
+        return "dicom"
+    return None
+
+
+def describe(error: SchemaError) -> str:
+    """A schema error in words that name the field, never the value (it could be a patient's name)."""
+    where = ".".join(str(p) for p in error.absolute_path) or "(top level)"
+    v, expected = error.validator, error.validator_value
+    if v == "required":
+        missing = [name for name in expected if isinstance(error.instance, dict) and name not in error.instance]
+        return f"{where}: missing required field(s) {', '.join(missing)}"
+    if v == "additionalProperties":
+        extra = sorted(set(error.instance) - set(error.schema.get("properties", {})))
+        return f"{where}: field(s) {', '.join(extra)} not allowed (the sidecar carries no names, birth dates, MRNs or addresses)"
+    if v == "enum":
+        return f"{where}: must be one of {', '.join(map(str, expected))}"
+    if v == "const":
+        return f"{where}: must be {expected!r}"
+    if v == "type":
+        return f"{where}: must be of type {expected}"
+    if v == "pattern":
+        return f"{where}: has characters or a form that is not allowed (pattern {expected})"
+    if v in ("minimum", "maximum"):
+        return f"{where}: must be {'at least' if v == 'minimum' else 'at most'} {expected}"
+    return f"{where}: fails '{v}'"
+
+
+def parse_sidecar(raw: bytes, study_id: str) -> dict[str, Any]:
+    try:
+        sidecar = json.loads(raw)
+    except (UnicodeDecodeError, json.JSONDecodeError) as e:
+        pos = f" at line {e.lineno}, column {e.colno}" if isinstance(e, json.JSONDecodeError) else ""
+        raise InvalidStudy(f"sidecar is not valid JSON{pos}", study_id=study_id) from e
+    errors = sorted(sidecar_validator().iter_errors(sidecar), key=lambda e: list(map(str, e.absolute_path)))
+    if errors:
+        raise InvalidStudy("sidecar breaks schema v1: " + "; ".join(describe(e) for e in errors), study_id=study_id)
+    return sidecar
+
+
+def validate_study(request: ValidateRequest, store: ObjectStore, max_image_bytes: int) -> ValidatedStudy:
+    key_study_id = study_id_from_key(request.key)
+    if not request.key.startswith(INCOMING) or key_study_id == request.key:
+        raise InvalidStudy(f"sidecar key {request.key!r} is not of the form incoming/<study_id>/<name>.json")
+    try:
+        raw = store.get_bytes(request.bucket, request.key)
+    except ObjectNotFound as e:
+        raise InvalidStudy(f"sidecar {request.key} is gone from the images bucket", study_id=key_study_id) from e
+    sidecar = parse_sidecar(raw, key_study_id)
+    study_id = sidecar["study_id"]
+    if study_id != key_study_id:
+        raise InvalidStudy(f"sidecar says study_id {study_id!r} but it was uploaded under incoming/{key_study_id}/", study_id=key_study_id)
+
+    image_key = f"{INCOMING}{study_id}/{sidecar['image']}"
+    head = store.head(request.bucket, image_key)
+    if head is None:
+        raise InvalidStudy(f"image {sidecar['image']!r} named by the sidecar is not in incoming/{study_id}/", study_id=study_id)
+    if head.size > max_image_bytes:
+        raise InvalidImage(f"image {sidecar['image']!r} is {head.size} bytes, over the {max_image_bytes}-byte limit", study_id=study_id)
+    if head.size < MIN_IMAGE_BYTES:
+        raise InvalidImage(f"image {sidecar['image']!r} is only {head.size} bytes: truncated or empty", study_id=study_id)
+    data = store.get_bytes(request.bucket, image_key)
+    image_format = sniff_format(data[:132])
+    if image_format is None:
+        raise InvalidImage(f"image {sidecar['image']!r} is not PNG, JPEG or DICOM (by its content; the extension is not trusted)", study_id=study_id)
+    digest = hashlib.sha256(data).hexdigest()
+    if sidecar.get("sha256") and sidecar["sha256"] != digest:
+        raise InvalidImage(f"image {sidecar['image']!r} sha256 {digest[:12]}… does not match the sidecar's {sidecar['sha256'][:12]}…", study_id=study_id)
+
+    return ValidatedStudy(
+        study_id=study_id,
+        sidecar=ObjectRef(bucket=request.bucket, key=request.key),
+        image=StudyImage(bucket=request.bucket, key=image_key, format=image_format, sha256=digest, size_bytes=len(data)),
+        view_position=sidecar["view_position"], modality=sidecar["modality"],
+        priority=sidecar.get("priority", "routine"), bytes_in=len(raw) + len(data),
+    )

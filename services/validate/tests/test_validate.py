@@ -1,0 +1,116 @@
+"""Validate stage: the sidecar schema, the image cross-checks, and errors that name field and study but no PHI."""
+from __future__ import annotations
+
+import json
+
+import pytest
+
+from conftest import gradient_png, make_sidecar
+from services.validate.domain import ValidateRequest, sniff_format, validate_study
+from shared.errors import InvalidImage, InvalidStudy
+
+
+def validate(store, key: str, max_bytes: int = 10_000_000):
+    return validate_study(ValidateRequest(bucket="images", key=key, execution_id="exec-1"), store, max_bytes)
+
+
+def test_valid_study_reports_digest_format_and_no_patient_block(store, upload):
+    image = gradient_png()
+    key = upload(make_sidecar(data=image), image)
+    out = validate(store, key)
+    assert out.study_id == "study-001"
+    assert out.image.format == "png" and out.image.size_bytes == len(image)
+    assert out.image.key == "incoming/study-001/image.png"
+    dumped = out.model_dump_json()
+    assert "anon-42" not in dumped and "patient" not in dumped
+
+
+def test_sidecar_with_a_name_is_refused_without_echoing_it(store, upload):
+    image = gradient_png()
+    key = upload(make_sidecar(patient_name="DOE^JANE", patient={"pseudo_id": "x1", "age_years": 50, "sex": "F", "mrn": "12345678"}), image)
+    with pytest.raises(InvalidStudy) as err:
+        validate(store, key)
+    message = str(err.value)
+    assert "patient_name" in message and "patient: field(s) mrn not allowed" in message
+    assert "DOE^JANE" not in message and "12345678" not in message
+    assert message.startswith("study study-001:")
+
+
+@pytest.mark.parametrize(
+    ("override", "expected"),
+    [
+        ({"modality": "CT"}, "modality: must be one of CR, DX"),
+        ({"view_position": "XX"}, "view_position: must be one of"),
+        ({"patient": {"pseudo_id": "a", "age_years": 200, "sex": "F"}}, "patient.age_years: must be at most 130"),
+        ({"acquired_at": "yesterday"}, "acquired_at: has characters or a form"),
+        ({"schema_version": "2"}, "schema_version: must be '1'"),
+    ],
+)
+def test_each_schema_error_names_its_field(store, upload, override, expected):
+    image = gradient_png()
+    with pytest.raises(InvalidStudy, match=expected):
+        validate(store, upload(make_sidecar(**override), image))
+
+
+def test_missing_fields_are_listed(store, upload):
+    doc = make_sidecar()
+    del doc["modality"], doc["acquired_at"]
+    with pytest.raises(InvalidStudy, match="missing required field\\(s\\) modality, acquired_at"):
+        validate(store, upload(doc, gradient_png()))
+
+
+def test_broken_json_says_where(store, upload):
+    with pytest.raises(InvalidStudy, match="not valid JSON at line 1, column"):
+        validate(store, upload(b'{"study_id": ', gradient_png()))
+
+
+def test_study_id_must_match_the_upload_prefix(store, upload):
+    with pytest.raises(InvalidStudy, match="sidecar says study_id 'other' but it was uploaded under incoming/study-001/"):
+        validate(store, upload(make_sidecar(study_id="other"), gradient_png()))
+
+
+def test_missing_image(store, upload):
+    with pytest.raises(InvalidStudy, match="image 'image.png' named by the sidecar is not in incoming/study-001/"):
+        validate(store, upload(make_sidecar(), None))
+
+
+def test_format_is_judged_by_content_not_extension(store, upload):
+    with pytest.raises(InvalidImage, match="not PNG, JPEG or DICOM"):
+        validate(store, upload(make_sidecar(), b"GIF89a" + b"\0" * 200))
+
+
+def test_digest_mismatch(store, upload):
+    with pytest.raises(InvalidImage, match="sha256 .* does not match"):
+        validate(store, upload(make_sidecar(sha256="0" * 64), gradient_png()))
+
+
+def test_size_limits(store, upload):
+    image = gradient_png()
+    key = upload(make_sidecar(), image)
+    with pytest.raises(InvalidImage, match="over the 100-byte limit"):
+        validate(store, key, max_bytes=100)
+    with pytest.raises(InvalidImage, match="truncated or empty"):
+        validate(store, upload(make_sidecar(), b"\x89PNG\r\n\x1a\n"))
+
+
+def test_sniff_format():
+    assert sniff_format(b"\x89PNG\r\n\x1a\n....") == "png"
+    assert sniff_format(b"\xff\xd8\xff\xe0") == "jpeg"
+    assert sniff_format(b"\0" * 128 + b"DICM") == "dicom"
+    assert sniff_format(b"%PDF-1.4") is None
+
+
+def test_handler_returns_a_telemetry_record(store, upload, monkeypatch):
+    from services.validate import handler
+    from shared.settings import Settings
+    from shared.wiring import StoreDependencies
+
+    image = gradient_png()
+    key = upload(make_sidecar(data=image), image)
+    deps = StoreDependencies(Settings(data_dir=store.root), store)
+    monkeypatch.setattr(handler.dependencies, "get", lambda: deps)
+    out = handler.lambda_handler({"bucket": "images", "key": key, "execution_id": "exec-9"}, None)
+    json.dumps(out)  # a Lambda response must serialise
+    record = out["telemetry"]
+    assert record["stage"] == "validate" and record["status"] == "succeeded" and record["execution_id"] == "exec-9"
+    assert record["bytes_in"] == len(image) + len(json.dumps(make_sidecar(data=image)))

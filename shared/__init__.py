@@ -1,0 +1,1 @@
+"""RadStream's common package: settings, contracts, ports and adapters, errors, observability."""

@@ -1,0 +1,139 @@
+"""Versioned contracts: what leaves the pipeline (result, failure record, telemetry record).
+
+The JSON Schema files beside this module (schemas/*.v1.schema.json) are generated from these models
+(`python -m shared.contracts`) and a test keeps them in step. The sidecar's schema is hand-written,
+since it is what users write against.
+"""
+from __future__ import annotations
+
+import json
+from datetime import datetime
+from pathlib import Path
+from typing import Literal
+
+from pydantic import BaseModel, ConfigDict, Field
+
+SCHEMA_DIR = Path(__file__).resolve().parent / "schemas"
+NOT_FOR_CLINICAL_USE = "not for clinical use"
+Stage = Literal["validate", "prepare", "inference", "store", "telemetry", "workflow"]
+
+
+class Contract(BaseModel):
+    model_config = ConfigDict(extra="forbid")
+
+
+class ObjectRef(Contract):
+    bucket: str
+    key: str
+
+
+class ModelRef(Contract):
+    name: str
+    version: str
+    # What the model is, from its config.pbtxt (e.g. "reference model trained on synthetic phantoms").
+    provenance: str
+
+
+class TelemetryRecord(Contract):
+    """One stage of one study, as it lands in the telemetry lake (one NDJSON line)."""
+
+    schema_version: Literal["1"] = "1"
+    event_id: str
+    time: datetime
+    study_id: str
+    execution_id: str
+    stage: Stage
+    status: Literal["succeeded", "failed"]
+    duration_ms: float | None = None
+    model_name: str | None = None
+    model_version: str | None = None
+    error_type: str | None = None
+    bytes_in: int = 0
+    bytes_out: int = 0
+    cold_start: bool = False
+
+
+class Finding(Contract):
+    label: str
+    probability: float = Field(ge=0, le=1)
+    threshold: float = Field(ge=0, le=1)
+    positive: bool
+
+
+class Detection(Contract):
+    label: str
+    score: float = Field(ge=0, le=1)
+    # x1, y1, x2, y2 in pixels of the original image as uploaded.
+    box: tuple[float, float, float, float]
+
+
+class ReportSentence(Contract):
+    text: str
+    similarity: float
+
+
+class DraftReport(Contract):
+    label: Literal["AI-generated draft, not for clinical use"] = "AI-generated draft, not for clinical use"
+    findings_text: str
+    impression: list[ReportSentence]
+    embedding_model: ModelRef
+
+
+class InputDigest(Contract):
+    image: ObjectRef
+    sha256: str
+    size_bytes: int
+    width: int
+    height: int
+
+
+class StudyResult(Contract):
+    """results/<study_id>/result.json."""
+
+    schema_version: Literal["1"] = "1"
+    study_id: str
+    status: Literal["succeeded"] = "succeeded"
+    label: Literal["not for clinical use"] = NOT_FOR_CLINICAL_USE
+    input: InputDigest
+    execution_id: str
+    completed_at: datetime
+    models: dict[str, ModelRef]
+    findings: list[Finding]
+    detections: list[Detection]
+    report: DraftReport | None
+    timings_ms: dict[str, float]
+
+
+class FailureRecord(Contract):
+    """failed/<study_id>/error.json: enough for a person to act, and nothing from the image or the patient."""
+
+    schema_version: Literal["1"] = "1"
+    study_id: str
+    status: Literal["failed"] = "failed"
+    stage: Stage
+    error_type: str
+    message: str
+    input: ObjectRef
+    execution_id: str
+    failed_at: datetime
+
+
+CONTRACTS: dict[str, type[Contract]] = {
+    "result": StudyResult,
+    "failure": FailureRecord,
+    "telemetry": TelemetryRecord,
+}
+
+
+def schema_path(name: str) -> Path:
+    return SCHEMA_DIR / f"{name}.v1.schema.json"
+
+
+def generated_schema(name: str) -> str:
+    return json.dumps(CONTRACTS[name].model_json_schema(), indent=2, sort_keys=True) + "\n"
+
+
+if __name__ == "__main__":
+    for contract_name in CONTRACTS:
+        schema_path(contract_name).write_text(generated_schema(contract_name))
+        print(f"wrote {schema_path(contract_name)}")

@@ -1,0 +1,70 @@
+"""One error tree: the workflow's Retry and Catch match these class names, never message text."""
+from __future__ import annotations
+
+from typing import Any, ClassVar
+
+
+class RadStreamError(Exception):
+    """Base of every error a stage raises on purpose.
+
+    `error_name` is what Step Functions sees as the error (Lambda reports the exception's class name),
+    and what template.yaml's Retry/Catch blocks list.
+    """
+
+    retryable: ClassVar[bool] = False
+
+    def __init__(self, message: str, *, study_id: str | None = None, **details: Any) -> None:
+        super().__init__(message)
+        self.message = message
+        self.study_id = study_id
+        self.details = details
+
+    @property
+    def error_name(self) -> str:
+        return type(self).__name__
+
+    def __str__(self) -> str:
+        prefix = f"study {self.study_id}: " if self.study_id else ""
+        return prefix + self.message
+
+
+class RetryableError(RadStreamError):
+    """A transient failure: the workflow retries it with backoff."""
+
+    retryable = True
+
+
+class PermanentError(RadStreamError):
+    """The input or the configuration is wrong: retrying cannot help."""
+
+
+class InvalidStudy(PermanentError):
+    """The sidecar or the image breaks the study contract."""
+
+
+class InvalidImage(InvalidStudy):
+    """The image cannot be decoded or carries no information."""
+
+
+class InferenceFailed(PermanentError):
+    """The model server rejected the request or the model misbehaved."""
+
+
+class InferenceUnavailable(RetryableError):
+    """The model server could not be reached or is not ready."""
+
+
+class StorageUnavailable(RetryableError):
+    """The object store or the telemetry stream failed transiently."""
+
+
+class ObjectNotFound(PermanentError):
+    """An object the stage needs is not in the store."""
+
+
+class MalformedEvent(PermanentError):
+    """A stage was invoked with an event that does not fit its input model (a wiring bug)."""
+
+
+class ConfigurationError(PermanentError):
+    """Settings or the model repository are inconsistent."""

@@ -1,0 +1,10 @@
+"""Inference port: run one model of the repository on a batch. Adapters: ONNX Runtime in-process, Triton."""
+from __future__ import annotations
+
+from typing import Protocol
+
+import numpy as np
+
+
+class InferenceBackend(Protocol):
+    def infer(self, model_name: str, inputs: dict[str, np.ndarray]) -> dict[str, np.ndarray]: ...
