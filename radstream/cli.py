@@ -86,7 +86,7 @@ def run_studies(folders: list[Path], args: argparse.Namespace) -> int:
     if args.json:
         print(json.dumps({"totals": totals, "data_dir": str(settings.data_dir), "studies": [asdict(o) for o in outcomes]}, indent=2))
     else:
-        print_table(Console(), outcomes, totals)
+        print_table(Console(width=None if sys.stdout.isatty() else 160), outcomes, totals)
         print(f"results: {settings.data_dir / settings.results_bucket}   telemetry: {settings.data_dir / settings.telemetry_bucket}   logs: {settings.data_dir / 'logs'}")
     return EXIT_FAILED_STUDIES if totals["failed"] else 0
 

@@ -21,11 +21,11 @@ from datetime import datetime, timezone
 from pathlib import Path
 from typing import Any
 
-from radstream.asl import ExecutionResult, StateMachine, TaskContext
+from radstream.asl import ExecutionResult, StateMachine, StatesError, TaskContext
 from radstream.eventpattern import apply_input_transformer, matches
 from radstream.template import DEFAULT_TEMPLATE, Template
 from shared import wiring
-from shared.errors import ConfigurationError, PermanentError
+from shared.errors import ConfigurationError, RadStreamError
 from shared.messages import INCOMING, study_id_from_key
 from shared.observability import redirect_logs
 from shared.settings import Settings
@@ -34,10 +34,6 @@ from shared.storage import LocalObjectStore
 # Step Functions refuses state payloads over 256 KB; the local runtime holds tasks to the same limit.
 MAX_PAYLOAD_BYTES = 256 * 1024
 _SAFE_ID = re.compile(r"[^A-Za-z0-9._-]")
-
-
-class PayloadTooLarge(PermanentError):
-    error_name = "States.DataLimitExceeded"  # what Step Functions reports
 
 
 @dataclass
@@ -90,16 +86,20 @@ def s3_event(bucket: str, key: str, size: int) -> dict[str, Any]:
 
 
 def find_studies(path: Path) -> list[Path]:
-    """A study folder holds one sidecar (*.json); PATH is one study folder or a folder of them."""
+    """A study folder holds a sidecar (*.json) and its image, or one DICOM file (*.dcm); PATH is one or a folder of them."""
     path = Path(path)
     if not path.is_dir():
         raise ConfigurationError(f"{path} is not a folder")
-    if any(path.glob("*.json")):
+    if is_study(path):
         return [path]
-    studies = sorted(p for p in path.iterdir() if p.is_dir() and any(p.glob("*.json")))
+    studies = sorted(p for p in path.iterdir() if p.is_dir() and is_study(p))
     if not studies:
-        raise ConfigurationError(f"{path} holds no study: expected a folder with a sidecar (*.json), or folders of them")
+        raise ConfigurationError(f"{path} holds no study: expected a folder with a sidecar (*.json) or a DICOM file (*.dcm), or folders of them")
     return studies
+
+
+def is_study(folder: Path) -> bool:
+    return any(folder.glob("*.json")) or any(folder.glob("*.dcm"))
 
 
 def upload_key_study_id(folder: Path, sidecar: Path) -> str:
@@ -114,10 +114,10 @@ def upload_key_study_id(folder: Path, sidecar: Path) -> str:
 
 
 class LocalRuntime:
-    def __init__(self, settings: Settings, template_path: Path = DEFAULT_TEMPLATE, workers: int = 2) -> None:
+    def __init__(self, settings: Settings, template_path: Path = DEFAULT_TEMPLATE, workers: int = 2, sleep: Callable[[float], None] = time.sleep) -> None:
         self.settings = settings
         self.workers = max(1, workers)
-        self.store = LocalObjectStore(settings.data_dir)
+        self.store = wiring.object_store(settings)
         settings.data_dir.mkdir(parents=True, exist_ok=True)
         os.environ.update(settings.to_env())
         if settings.triton_url is None:
@@ -128,7 +128,7 @@ class LocalRuntime:
         wiring.reset_all()  # the stages build their dependencies again, from these settings
         self.template = Template(template_path)
         self.rules = self.template.event_rules(settings.to_env())
-        self.machine = StateMachine(self.template.definition(), self.invoke, max_workers=8)
+        self.machine = StateMachine(self.template.definition(), self.invoke, sleep=sleep, max_workers=8)
         self._handlers: dict[str, Callable[[dict[str, Any], Any], Any]] = {}
         self._lock = threading.Lock()
 
@@ -149,15 +149,19 @@ class LocalRuntime:
         output = self.handler(resource)(event, LambdaContext(function_name=resource.rsplit(":", 1)[-1]))
         encoded = json.dumps(output)
         if len(encoded) > MAX_PAYLOAD_BYTES:
-            raise PayloadTooLarge(f"task {context.state_name} returned {len(encoded)} bytes, over Step Functions' 256 KB")
+            raise StatesError("States.DataLimitExceeded", f"task {context.state_name} returned {len(encoded)} bytes, over Step Functions' 256 KB")
         return json.loads(encoded)
 
     def upload(self, folder: Path) -> tuple[str, list[dict[str, Any]]]:
         """Put a study folder's files under incoming/<study_id>/, sidecar last; return the S3 events."""
-        sidecars = sorted(folder.glob("*.json"))
-        if len(sidecars) != 1:
-            raise ConfigurationError(f"{folder}: a study folder holds exactly one sidecar (*.json), found {len(sidecars)}")
-        study_id = upload_key_study_id(folder, sidecars[0])
+        sidecars, dicoms = sorted(folder.glob("*.json")), sorted(folder.glob("*.dcm"))
+        # Each .json or .dcm landing under incoming/ starts a run (template.yaml's rule), so a study has exactly one.
+        if len(sidecars) + len(dicoms) != 1:
+            raise ConfigurationError(
+                f"{folder}: a study folder holds one sidecar (*.json) with its PNG/JPEG image, or one DICOM file (*.dcm) alone; "
+                f"found {len(sidecars)} sidecar(s) and {len(dicoms)} DICOM file(s)"
+            )
+        study_id = upload_key_study_id(folder, sidecars[0]) if sidecars else (_SAFE_ID.sub("_", folder.name) or "study")
         files = sorted(p for p in folder.iterdir() if p.is_file() and p.suffix != ".json") + sidecars
         events = []
         for file in files:
@@ -199,11 +203,15 @@ class LocalRuntime:
                 result.stage, result.error_type, result.message = record["stage"], record["error_type"], record["message"]
             else:  # the failure path itself failed: the execution's own error is all there is
                 result.error_type, result.message = execution.error, execution.cause
-        result.output = str(self.store.path(bucket, key)) if self.store.head(bucket, key) else None
+        if self.store.head(bucket, key):
+            result.output = str(self.store.path(bucket, key)) if isinstance(self.store, LocalObjectStore) else f"s3://{bucket}/{key}"
         return result
 
     def run_folder(self, folder: Path) -> StudyOutcome:
-        study_id, events = self.upload(folder)
+        try:
+            study_id, events = self.upload(folder)
+        except RadStreamError as e:  # this study never started; the rest of the batch goes on
+            return StudyOutcome(study_id=folder.name, source=str(folder), status="failed", stage="upload", error_type=e.error_name, message=str(e))
         executions = [self.start(execution_input) for event in events for execution_input in self.route(event)]
         if len(executions) != 1:
             raise ConfigurationError(f"{folder}: its upload started {len(executions)} executions; the rule in template.yaml should start exactly one")

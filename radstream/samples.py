@@ -2,6 +2,7 @@
 from __future__ import annotations
 
 import hashlib
+import io
 import json
 from datetime import datetime, timedelta, timezone
 from pathlib import Path
@@ -11,7 +12,7 @@ import numpy as np
 
 from radstream.phantoms import generate_phantom, to_uint8, to_uint16
 
-SOURCE = "synthetic phantom (radstream demo)"
+SOURCE = "radstream-demo/synthetic-phantom"
 
 
 def sidecar(study_id: str, image: str, rng: np.random.Generator, data: bytes | None = None) -> dict:
@@ -44,6 +45,40 @@ def encode(image: np.ndarray, variant: int) -> tuple[str, bytes]:
     return "image.png", cv2.imencode(".png", cv2.cvtColor(to_uint8(image), cv2.COLOR_GRAY2BGR))[1].tobytes()
 
 
+def dicom_bytes(pixels: np.ndarray, photometric: str = "MONOCHROME2", *, bits_stored: int = 12,
+                window: tuple[float, float] | None = None, patient_name: str = "", body_part: str = "CHEST", modality: str = "DX") -> bytes:
+    """A Digital X-Ray DICOM file, uncompressed. `patient_name` lets tests prove the header's PHI never travels."""
+    from pydicom.dataset import FileDataset, FileMetaDataset
+    from pydicom.uid import ExplicitVRLittleEndian, generate_uid
+
+    meta = FileMetaDataset()
+    meta.MediaStorageSOPClassUID = "1.2.840.10008.5.1.4.1.1.1.1"  # Digital X-Ray Image Storage - For Presentation
+    meta.MediaStorageSOPInstanceUID = generate_uid()
+    meta.TransferSyntaxUID = ExplicitVRLittleEndian
+    ds = FileDataset("study.dcm", {}, file_meta=meta, preamble=b"\0" * 128)
+    ds.SOPClassUID, ds.SOPInstanceUID = meta.MediaStorageSOPClassUID, meta.MediaStorageSOPInstanceUID
+    ds.PatientName, ds.PatientID = patient_name, "MRN-" + "8" * 8 if patient_name else ""
+    ds.Modality, ds.BodyPartExamined, ds.ViewPosition = modality, body_part, "PA"
+    ds.PhotometricInterpretation = photometric
+    ds.Rows, ds.Columns = pixels.shape
+    ds.SamplesPerPixel, ds.BitsAllocated, ds.BitsStored, ds.HighBit, ds.PixelRepresentation = 1, 16, bits_stored, bits_stored - 1, 0
+    ds.RescaleSlope, ds.RescaleIntercept = 1, 0
+    if window:
+        ds.WindowCenter, ds.WindowWidth = window
+    ds.PixelData = pixels.astype(np.uint16).tobytes()
+    buffer = io.BytesIO()
+    ds.save_as(buffer, enforce_file_format=True)
+    return buffer.getvalue()
+
+
+def write_dicom_study(folder: Path, image: np.ndarray, patient_name: str) -> Path:
+    """A 12-bit MONOCHROME1 study (low values white, as many CR readers store it) with a name in its header."""
+    stored = np.round((1.0 - image) * 4095)
+    folder.mkdir(parents=True, exist_ok=True)
+    (folder / "study.dcm").write_bytes(dicom_bytes(stored, "MONOCHROME1", patient_name=patient_name))
+    return folder
+
+
 def write_study(folder: Path, doc: dict, image_name: str, data: bytes) -> Path:
     folder.mkdir(parents=True, exist_ok=True)
     (folder / image_name).write_bytes(data)
@@ -60,6 +95,9 @@ def write_demo_studies(out: Path, count: int = 12, *, size: int = 1024, seed: in
         name, data = encode(phantom.image, i % 4)
         study_id = f"demo-{i + 1:03d}"
         folders.append(write_study(out / study_id, sidecar(study_id, name, rng, data), name, data))
+    if count:
+        # A DICOM study carries its own metadata, and a patient's name in its header that must go no further.
+        folders.append(write_dicom_study(out / "demo-dicom", generate_phantom(rng, size=size).image, patient_name="DOE^JOHN"))
     if invalid:
         good = generate_phantom(rng, size=size)
         _, png = encode(good.image, 0)

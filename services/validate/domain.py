@@ -7,6 +7,7 @@ patient block travels on: later stages need none of it.
 from __future__ import annotations
 
 import hashlib
+import io
 import json
 from functools import cache
 from typing import Any
@@ -23,6 +24,8 @@ from shared.storage import ObjectStore
 
 SIDECAR_SCHEMA = SCHEMA_DIR / "sidecar.v1.schema.json"
 MIN_IMAGE_BYTES = 64
+DICOM_MODALITIES = ("CR", "DX")
+VIEW_POSITIONS = ("PA", "AP", "LATERAL", "LL", "RL")
 
 class ValidateRequest(BaseModel):
     bucket: str
@@ -31,7 +34,7 @@ class ValidateRequest(BaseModel):
 
 
 class ValidatedStudy(StageOutput):
-    sidecar: ObjectRef
+    metadata: ObjectRef  # the sidecar, or the DICOM file that carried its own metadata
     image: StudyImage
     view_position: str
     modality: str
@@ -91,39 +94,72 @@ def parse_sidecar(raw: bytes, study_id: str) -> dict[str, Any]:
     return sidecar
 
 
-def validate_study(request: ValidateRequest, store: ObjectStore, max_image_bytes: int) -> ValidatedStudy:
-    key_study_id = study_id_from_key(request.key)
-    if not request.key.startswith(INCOMING) or key_study_id == request.key:
-        raise InvalidStudy(f"sidecar key {request.key!r} is not of the form incoming/<study_id>/<name>.json")
-    try:
-        raw = store.get_bytes(request.bucket, request.key)
-    except ObjectNotFound as e:
-        raise InvalidStudy(f"sidecar {request.key} is gone from the images bucket", study_id=key_study_id) from e
-    sidecar = parse_sidecar(raw, key_study_id)
-    study_id = sidecar["study_id"]
-    if study_id != key_study_id:
-        raise InvalidStudy(f"sidecar says study_id {study_id!r} but it was uploaded under incoming/{key_study_id}/", study_id=key_study_id)
-
-    image_key = f"{INCOMING}{study_id}/{sidecar['image']}"
-    head = store.head(request.bucket, image_key)
+def read_image(store: ObjectStore, bucket: str, key: str, study_id: str, max_image_bytes: int) -> tuple[bytes, ImageFormat, str]:
+    """The image's bytes, real format and sha256, after the size checks."""
+    name = key.rsplit("/", 1)[-1]
+    head = store.head(bucket, key)
     if head is None:
-        raise InvalidStudy(f"image {sidecar['image']!r} named by the sidecar is not in incoming/{study_id}/", study_id=study_id)
+        raise InvalidStudy(f"image {name!r} named by the sidecar is not in incoming/{study_id}/", study_id=study_id)
     if head.size > max_image_bytes:
-        raise InvalidImage(f"image {sidecar['image']!r} is {head.size} bytes, over the {max_image_bytes}-byte limit", study_id=study_id)
+        raise InvalidImage(f"image {name!r} is {head.size} bytes, over the {max_image_bytes}-byte limit", study_id=study_id)
     if head.size < MIN_IMAGE_BYTES:
-        raise InvalidImage(f"image {sidecar['image']!r} is only {head.size} bytes: truncated or empty", study_id=study_id)
-    data = store.get_bytes(request.bucket, image_key)
+        raise InvalidImage(f"image {name!r} is only {head.size} bytes: truncated or empty", study_id=study_id)
+    data = store.get_bytes(bucket, key)
     image_format = sniff_format(data[:132])
     if image_format is None:
-        raise InvalidImage(f"image {sidecar['image']!r} is not PNG, JPEG or DICOM (by its content; the extension is not trusted)", study_id=study_id)
-    digest = hashlib.sha256(data).hexdigest()
-    if sidecar.get("sha256") and sidecar["sha256"] != digest:
-        raise InvalidImage(f"image {sidecar['image']!r} sha256 {digest[:12]}… does not match the sidecar's {sidecar['sha256'][:12]}…", study_id=study_id)
+        raise InvalidImage(f"image {name!r} is not PNG, JPEG or DICOM (by its content; the extension is not trusted)", study_id=study_id)
+    return data, image_format, hashlib.sha256(data).hexdigest()
+
+
+def dicom_metadata(data: bytes, study_id: str) -> dict[str, str]:
+    """The few acquisition tags the pipeline needs. Patient module tags are never read."""
+    import pydicom
+    from pydicom.errors import InvalidDicomError
+
+    try:
+        ds = pydicom.dcmread(io.BytesIO(data), stop_before_pixels=True, specific_tags=["Modality", "BodyPartExamined", "ViewPosition"])
+    except (InvalidDicomError, OSError, ValueError) as e:
+        raise InvalidImage(f"DICOM header cannot be read ({type(e).__name__})", study_id=study_id) from e
+    modality, body_part = str(ds.get("Modality", "")), str(ds.get("BodyPartExamined", "")).upper()
+    view = str(ds.get("ViewPosition", "")).upper()
+    if modality not in DICOM_MODALITIES:
+        raise InvalidStudy(f"DICOM Modality must be one of {', '.join(DICOM_MODALITIES)}, found {modality or 'none'}", study_id=study_id)
+    if body_part != "CHEST":
+        raise InvalidStudy(f"DICOM BodyPartExamined must be CHEST, found {body_part or 'none'}", study_id=study_id)
+    if view and view not in VIEW_POSITIONS:
+        raise InvalidStudy(f"DICOM ViewPosition must be one of {', '.join(VIEW_POSITIONS)}, found {view}", study_id=study_id)
+    return {"modality": modality, "view_position": view or "UNKNOWN"}
+
+
+def validate_study(request: ValidateRequest, store: ObjectStore, max_image_bytes: int) -> ValidatedStudy:
+    """A study arrives as a sidecar (incoming/<id>/<name>.json naming its image) or as one DICOM file (incoming/<id>/<name>.dcm)."""
+    key_study_id = study_id_from_key(request.key)
+    if key_study_id == request.key or not request.key.endswith((".json", ".dcm")):
+        raise InvalidStudy(f"key {request.key!r} is not of the form incoming/<study_id>/<name>.json or .dcm")
+    if request.key.endswith(".dcm"):
+        data, image_format, digest = read_image(store, request.bucket, request.key, key_study_id, max_image_bytes)
+        if image_format != "dicom":
+            raise InvalidImage(f"{request.key.rsplit('/', 1)[-1]!r} is named .dcm but is {image_format}", study_id=key_study_id)
+        metadata, study_id, image_key, raw_size = dicom_metadata(data, key_study_id), key_study_id, request.key, 0
+        priority = "routine"
+    else:
+        try:
+            raw = store.get_bytes(request.bucket, request.key)
+        except ObjectNotFound as e:
+            raise InvalidStudy(f"sidecar {request.key} is gone from the images bucket", study_id=key_study_id) from e
+        sidecar = parse_sidecar(raw, key_study_id)
+        study_id = sidecar["study_id"]
+        if study_id != key_study_id:
+            raise InvalidStudy(f"sidecar says study_id {study_id!r} but it was uploaded under incoming/{key_study_id}/", study_id=key_study_id)
+        image_key = f"{INCOMING}{study_id}/{sidecar['image']}"
+        data, image_format, digest = read_image(store, request.bucket, image_key, study_id, max_image_bytes)
+        if sidecar.get("sha256") and sidecar["sha256"] != digest:
+            raise InvalidImage(f"image {sidecar['image']!r} sha256 {digest[:12]}… does not match the sidecar's {sidecar['sha256'][:12]}…", study_id=study_id)
+        metadata, raw_size, priority = sidecar, len(raw), sidecar.get("priority", "routine")
 
     return ValidatedStudy(
         study_id=study_id,
-        sidecar=ObjectRef(bucket=request.bucket, key=request.key),
+        metadata=ObjectRef(bucket=request.bucket, key=request.key),
         image=StudyImage(bucket=request.bucket, key=image_key, format=image_format, sha256=digest, size_bytes=len(data)),
-        view_position=sidecar["view_position"], modality=sidecar["modality"],
-        priority=sidecar.get("priority", "routine"), bytes_in=len(raw) + len(data),
+        view_position=metadata["view_position"], modality=metadata["modality"], priority=priority, bytes_in=raw_size + len(data),
     )

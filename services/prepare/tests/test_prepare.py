@@ -10,6 +10,7 @@ import numpy as np
 import pytest
 
 from conftest import gradient_png
+from radstream.samples import dicom_bytes
 from services.prepare.domain import (
     XRV_RANGE, PrepareRequest, decode_dicom, decode_raster, letterbox, png_significant_bits, prepare_tensors,
 )
@@ -51,27 +52,6 @@ def test_rgb_becomes_grayscale():
 def test_corrupt_image_is_a_clear_error():
     with pytest.raises(InvalidImage, match="cannot be decoded"):
         decode_raster(b"\x89PNG\r\n\x1a\n" + b"\0" * 100, "s")
-
-
-def dicom_bytes(pixels: np.ndarray, photometric: str, window: tuple[float, float] | None = None) -> bytes:
-    from pydicom.dataset import FileDataset, FileMetaDataset
-    from pydicom.uid import ExplicitVRLittleEndian, generate_uid
-
-    meta = FileMetaDataset()
-    meta.MediaStorageSOPClassUID = "1.2.840.10008.5.1.4.1.1.1.1"  # Digital X-Ray Image Storage
-    meta.MediaStorageSOPInstanceUID = generate_uid()
-    meta.TransferSyntaxUID = ExplicitVRLittleEndian
-    ds = FileDataset("x.dcm", {}, file_meta=meta, preamble=b"\0" * 128)
-    ds.Modality, ds.PhotometricInterpretation = "DX", photometric
-    ds.Rows, ds.Columns = pixels.shape
-    ds.SamplesPerPixel, ds.BitsAllocated, ds.BitsStored, ds.HighBit, ds.PixelRepresentation = 1, 16, 12, 11, 0
-    ds.RescaleSlope, ds.RescaleIntercept = 1, 0
-    if window:
-        ds.WindowCenter, ds.WindowWidth = window
-    ds.PixelData = pixels.astype(np.uint16).tobytes()
-    buffer = io.BytesIO()
-    ds.save_as(buffer, enforce_file_format=True)
-    return buffer.getvalue()
 
 
 def test_monochrome1_is_inverted_so_bone_is_bright():

@@ -114,3 +114,34 @@ def test_handler_returns_a_telemetry_record(store, upload, monkeypatch):
     record = out["telemetry"]
     assert record["stage"] == "validate" and record["status"] == "succeeded" and record["execution_id"] == "exec-9"
     assert record["bytes_in"] == len(image) + len(json.dumps(make_sidecar(data=image)))
+
+
+def dicom_study(store, **kwargs) -> str:
+    import numpy as np
+
+    from radstream.samples import dicom_bytes
+
+    pixels = np.tile(np.linspace(0, 4000, 64), (64, 1))
+    return store.put_bytes("images", "incoming/dcm-1/study.dcm", dicom_bytes(pixels, "MONOCHROME1", patient_name="DOE^JOHN", **kwargs)).key
+
+
+def test_a_dicom_file_carries_its_own_metadata_and_its_patient_stays_behind(store):
+    out = validate(store, dicom_study(store))
+    assert (out.study_id, out.image.format, out.modality, out.view_position) == ("dcm-1", "dicom", "DX", "PA")
+    assert out.image.key == "incoming/dcm-1/study.dcm"
+    assert "DOE" not in out.model_dump_json() and "MRN" not in out.model_dump_json()
+
+
+@pytest.mark.parametrize(("kwargs", "expected"), [
+    ({"modality": "CT"}, "DICOM Modality must be one of CR, DX, found CT"),
+    ({"body_part": "KNEE"}, "DICOM BodyPartExamined must be CHEST, found KNEE"),
+])
+def test_dicom_acquisition_tags_are_checked(store, kwargs, expected):
+    with pytest.raises(InvalidStudy, match=expected):
+        validate(store, dicom_study(store, **kwargs))
+
+
+def test_a_png_named_dcm_is_refused(store):
+    key = store.put_bytes("images", "incoming/x/study.dcm", gradient_png()).key
+    with pytest.raises(InvalidImage, match="named .dcm but is png"):
+        validate(store, key)

@@ -1,0 +1,155 @@
+"""End to end on one machine: demo studies through template.yaml's rule and state machine, handlers in-process."""
+from __future__ import annotations
+
+import gzip
+import json
+import socket
+from collections import Counter
+from pathlib import Path
+
+import jsonschema
+import pytest
+import yaml
+
+from radstream.runtime import LocalRuntime
+from radstream.samples import write_demo_studies
+from radstream.template import DEFAULT_TEMPLATE, load_yaml
+from shared.contracts import schema_path
+from shared.settings import Settings
+
+VALID = 4
+EXPECTED_FAILURES = {
+    "bad-phi": ("validate", "InvalidStudy"),
+    "bad-format": ("validate", "InvalidImage"),
+    "bad-digest": ("validate", "InvalidImage"),
+    "bad-constant": ("prepare", "InvalidImage"),
+}
+
+
+def lake_records(data_dir: Path) -> list[dict]:
+    files = sorted((data_dir / "telemetry").rglob("*.json.gz"))
+    return [json.loads(line) for f in files for line in gzip.decompress(f.read_bytes()).splitlines()]
+
+
+@pytest.fixture(scope="module")
+def demo(tmp_path_factory):
+    root = tmp_path_factory.mktemp("demo")
+    folders = write_demo_studies(root / "studies", VALID, size=512)
+    runtime = LocalRuntime(Settings(data_dir=root / "data"), workers=2)
+    try:
+        outcomes = runtime.run_many(folders)
+    finally:
+        runtime.close()
+    return root / "data", {o.study_id: o for o in outcomes}
+
+
+def test_valid_studies_have_results_that_match_the_schema(demo):
+    data_dir, outcomes = demo
+    schema = json.loads(schema_path("result").read_text())
+    valid = [o for o in outcomes.values() if o.study_id.startswith("demo-")]
+    assert len(valid) == VALID + 1 and all(o.status == "succeeded" for o in valid), "the PNG/JPEG studies and the DICOM one"
+    for o in valid:
+        result = json.loads((data_dir / "results" / "results" / o.study_id / "result.json").read_text())
+        jsonschema.validate(result, schema)
+        assert result["label"] == "not for clinical use"
+        assert [f["label"] for f in result["findings"]] == ["Atelectasis", "Cardiomegaly", "Consolidation", "Edema", "Pleural Effusion"]
+        assert set(result["models"]) == {"chest_xray_classifier", "anomaly_detector", "report_encoder"}
+        assert all("synthetic" in m["provenance"] for m in result["models"].values())
+        w, h = result["input"]["width"], result["input"]["height"]
+        assert all(0 <= d["box"][0] < d["box"][2] <= w and 0 <= d["box"][1] < d["box"][3] <= h for d in result["detections"])
+        assert result["report"]["impression"], "the draft report retrieves sentences"
+        assert {"study", "tensors", "inference.chest_xray_classifier"} <= set(result["timings_ms"])
+
+
+def test_invalid_studies_fail_with_a_record_and_keep_their_input(demo):
+    data_dir, outcomes = demo
+    schema = json.loads(schema_path("failure").read_text())
+    for study_id, (stage, error_type) in EXPECTED_FAILURES.items():
+        assert outcomes[study_id].status == "failed"
+        record = json.loads((data_dir / "results" / "failed" / study_id / "error.json").read_text())
+        jsonschema.validate(record, schema)
+        assert (record["stage"], record["error_type"]) == (stage, error_type), study_id
+        assert record["message"].startswith(f"study {study_id}:")
+        assert (data_dir / "images" / record["input"]["key"]).is_file(), "the input stays where it was"
+        assert not (data_dir / "results" / "results" / study_id).exists()
+    assert "patient_name" in outcomes["bad-phi"].message
+
+
+def test_no_phi_leaves_the_images_bucket(demo):
+    data_dir, _ = demo
+    for bucket in ("results", "telemetry", "artifacts", "logs"):
+        for path in (data_dir / bucket).rglob("*"):
+            if path.is_file():
+                raw = path.read_bytes()
+                text = gzip.decompress(raw) if path.suffix == ".gz" else raw
+                # The sidecar's refused name, the DICOM header's name and ID, and even the pseudonymous ids.
+                for phi in (b"DOE^JANE", b"DOE^JOHN", b"MRN-", b"anon-"):
+                    assert phi not in text, (phi, path)
+
+
+def test_telemetry_lake_has_one_record_per_stage_per_study(demo):
+    data_dir, outcomes = demo
+    files = list((data_dir / "telemetry").rglob("*.json.gz"))
+    assert files and all(f.relative_to(data_dir / "telemetry").parts[0] == "telemetry" for f in files)
+    assert all(f.parent.name.startswith("hour=") and f.parent.parent.name.startswith("dt=") for f in files)
+    by_study = Counter((r["study_id"], r["stage"], r.get("model_name")) for r in lake_records(data_dir))
+    for study_id in (s for s in outcomes if s.startswith("demo-")):
+        stages = {k[1:]: n for k, n in by_study.items() if k[0] == study_id}
+        assert stages == {
+            ("validate", None): 1, ("prepare", None): 1, ("inference", "chest_xray_classifier"): 1,
+            ("inference", "anomaly_detector"): 1, ("inference", "report_encoder"): 1, ("store", None): 1, ("workflow", None): 1,
+        }
+    bad = {(k[1], k[2]) for k in by_study if k[0] == "bad-constant"}
+    assert bad == {("validate", None), ("prepare", None), ("workflow", None)}
+    failed = [r for r in lake_records(data_dir) if r["study_id"] == "bad-constant" and r["stage"] == "prepare"]
+    assert failed[0]["status"] == "failed" and failed[0]["error_type"] == "InvalidImage"
+
+
+def closed_port() -> int:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return s.getsockname()[1]
+
+
+def run_one(tmp_path: Path, template: Path = DEFAULT_TEMPLATE, **settings):
+    folder = write_demo_studies(tmp_path / "studies", 1, size=256, invalid=False)[0]
+    sleeps: list[float] = []
+    runtime = LocalRuntime(Settings(data_dir=tmp_path / "data", **settings), template_path=template, sleep=sleeps.append)
+    try:
+        study_id, events = runtime.upload(folder)
+        (execution_input,) = [i for e in events for i in runtime.route(e)]
+        execution = runtime.start(execution_input)
+        return runtime.outcome(str(folder), study_id, execution), execution, sleeps
+    finally:
+        runtime.close()
+
+
+def test_unavailable_models_are_retried_with_backoff_then_caught(tmp_path):
+    outcome, execution, sleeps = run_one(tmp_path, triton_url=f"http://127.0.0.1:{closed_port()}")
+    assert outcome.status == "failed" and (outcome.stage, outcome.error_type) == ("inference", "InferenceUnavailable")
+    failed = Counter(e.state for e in execution.history if e.type == "TaskFailed")
+    assert failed == {"Classify": 5, "Detect": 5, "Encode": 5} or failed["Classify"] == 5  # siblings may be cancelled first
+    assert "ValidateMetadata" not in failed
+    entered = [e.state for e in execution.history if e.type.endswith("StateEntered")]
+    assert entered[-3:] == ["RecordFailure", "SendFailureTelemetry", "StudyFailed"]
+    # FULL jitter: each wait is drawn from [0, 1 * 2**attempt], capped by the template's interval and backoff.
+    assert sleeps and all(0 <= s <= 8 for s in sleeps)
+
+
+def test_changing_the_template_changes_what_runs(tmp_path):
+    doc = load_yaml(DEFAULT_TEMPLATE)
+    classify = doc["Resources"]["StudyWorkflow"]["Properties"]["Definition"]["States"]["RunModels"]["Branches"][0]["States"]["Classify"]
+    classify["Retry"] = [dict(classify["Retry"][0], MaxAttempts=1)]
+    edited = tmp_path / "template.yaml"
+    edited.write_text(yaml.safe_dump(doc, sort_keys=False))
+    _, execution, _ = run_one(tmp_path, template=edited, triton_url=f"http://127.0.0.1:{closed_port()}")
+    failed = Counter(e.state for e in execution.history if e.type == "TaskFailed")
+    assert failed["Classify"] == 2, "one attempt plus the one retry the edited template allows"
+
+
+def test_running_a_study_again_leaves_one_result(tmp_path):
+    first, _, _ = run_one(tmp_path)
+    second, _, _ = run_one(tmp_path)
+    assert first.status == second.status == "succeeded" and first.study_id == second.study_id
+    results = sorted(p.relative_to(tmp_path / "data") for p in (tmp_path / "data" / "results").rglob("*.json"))
+    assert results == [Path("results/results/demo-001/result.json")]

@@ -1,0 +1,96 @@
+"""Contract tests on template.yaml: the names its Retry/Catch match, the handlers its tasks call, its rule's pattern.
+
+Everything is read from the template, never copied into the test.
+"""
+from __future__ import annotations
+
+import importlib
+import re
+from pathlib import Path
+
+import pytest
+
+import shared.errors
+from radstream.eventpattern import apply_input_transformer, matches
+from radstream.runtime import s3_event
+from radstream.template import DEFAULT_TEMPLATE, Template
+
+ROOT = Path(__file__).resolve().parent.parent
+LOCAL = {"IMAGES_BUCKET": "images", "RESULTS_BUCKET": "results", "TELEMETRY_BUCKET": "telemetry", "ARTIFACTS_BUCKET": "artifacts"}
+
+
+def walk_states(states: dict):
+    for name, state in states.items():
+        yield name, state
+        for branch in state.get("Branches", []):
+            yield from walk_states(branch["States"])
+        processor = state.get("ItemProcessor") or state.get("Iterator")
+        if processor:
+            yield from walk_states(processor["States"])
+
+
+def our_error_names() -> set[str]:
+    def names(cls: type) -> set[str]:
+        return {cls.__name__}.union(*(names(c) for c in cls.__subclasses__()))
+
+    return names(shared.errors.RadStreamError)
+
+
+@pytest.fixture(scope="module")
+def template() -> Template:
+    return Template(DEFAULT_TEMPLATE)
+
+
+def test_retry_and_catch_name_only_errors_that_exist(template):
+    known = our_error_names()
+    for name, state in walk_states(template.definition()["States"]):
+        for rule in state.get("Retry", []) + state.get("Catch", []):
+            for error in rule["ErrorEquals"]:
+                assert error.startswith(("States.", "Lambda.")) or error in known, f"{name} matches unknown error {error}"
+
+
+def test_permanent_errors_are_never_retried(template):
+    retryable = {n for n in our_error_names() if getattr(shared.errors, n).retryable}
+    for name, state in walk_states(template.definition()["States"]):
+        for rule in state.get("Retry", []):
+            ours = {e for e in rule["ErrorEquals"] if not e.startswith(("States.", "Lambda."))}
+            assert ours <= retryable, f"{name} retries permanent errors {ours - retryable}"
+            assert "States.ALL" not in rule["ErrorEquals"], f"{name} retries everything"
+
+
+def test_every_task_calls_a_handler_that_imports(template):
+    tasks = [s for _, s in walk_states(template.definition()["States"]) if s["Type"] == "Task"]
+    assert len(tasks) == 9
+    for task in tasks:
+        module, _, attribute = template.handler_for(task["Resource"]).rpartition(".")
+        assert callable(getattr(importlib.import_module(module), attribute))
+
+
+def test_every_function_image_exists_and_runs_its_handler(template):
+    functions = {n: r for n, r in template.resources.items() if r["Type"] == "AWS::Serverless::Function"}
+    assert functions
+    for name, function in functions.items():
+        assert function["Properties"]["PackageType"] == "Image"
+        dockerfile = ROOT / function["Metadata"]["Dockerfile"]
+        assert dockerfile.is_file(), f"{name}: {dockerfile} missing"
+        text = dockerfile.read_text()
+        assert text.startswith("#") and "FROM public.ecr.aws/lambda/python:3.11" in text
+        cmd = re.search(r'CMD \["([^"]+)"\]', text).group(1)
+        module, _, attribute = cmd.rpartition(".")
+        assert callable(getattr(importlib.import_module(module), attribute))
+        module, _, attribute = function["Properties"]["ImageConfig"]["Command"][0].rpartition(".")
+        assert callable(getattr(importlib.import_module(module), attribute))
+
+
+def test_rule_starts_on_a_sidecar_and_nothing_else(template):
+    (rule,) = template.event_rules(LOCAL)
+    assert matches(rule.pattern, s3_event("images", "incoming/s1/study.json", 400))
+    assert not matches(rule.pattern, s3_event("images", "incoming/s1/image.png", 4000)), "the image upload must not start a run"
+    assert not matches(rule.pattern, s3_event("results", "incoming/s1/study.json", 400))
+    assert not matches(rule.pattern, s3_event("images", "failed/s1/study.json", 400))
+    execution_input = apply_input_transformer(rule.input_paths_map, rule.input_template, s3_event("images", "incoming/s1/study.json", 400))
+    assert execution_input["bucket"] == "images" and execution_input["key"] == "incoming/s1/study.json"
+
+
+def test_definition_substitutions_leave_no_placeholder(template):
+    assert "${" not in str(template.definition())
