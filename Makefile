@@ -11,7 +11,10 @@ $(STAMP): $(REQUIREMENTS)
 	test -x $(BIN)/python || $(PYTHON) -m venv $(VENV)
 	$(BIN)/python -m pip install --quiet --upgrade pip
 	$(BIN)/python -m pip install --quiet -r requirements-dev.txt
+	# nvidia-pytriton is installed for its tritonserver binary only; see requirements-triton.txt.
+	$(BIN)/python -m pip install --quiet --no-deps -r requirements-triton.txt
 	$(BIN)/python -m pip install --quiet --no-deps -e .
+	$(BIN)/python -c "from radstream.triton_server import ensure_python_backend_env; ensure_python_backend_env()"
 	touch $@
 
 venv: $(STAMP)

@@ -1,0 +1,170 @@
+"""A real tritonserver (nvidia-pytriton's binary, CPU) serving the model repository through TritonInference."""
+from __future__ import annotations
+
+import importlib.util
+import shutil
+import urllib.request
+from concurrent.futures import ThreadPoolExecutor
+from pathlib import Path
+
+import numpy as np
+import pytest
+
+from radstream.triton_server import TritonServer, free_port, iter_models
+from services.triton.triton_client import TritonInference
+from shared.errors import InferenceFailed, InferenceUnavailable
+
+pytestmark = [
+    pytest.mark.slow,
+    # find_spec, not import: pytriton's own Python package wants numpy < 2; only its binary is used.
+    pytest.mark.skipif(importlib.util.find_spec("pytriton") is None,
+                       reason="nvidia-pytriton is not installed (requirements-triton.txt)"),
+]
+
+
+def read_config(model_dir: Path):
+    from google.protobuf import text_format
+    from tritonclient.grpc import model_config_pb2
+
+    return text_format.Parse((model_dir / "config.pbtxt").read_text(), model_config_pb2.ModelConfig())
+
+
+def sample_batch(model_dir: Path, batch: int, seed: int = 0) -> dict[str, np.ndarray]:
+    config = read_config(model_dir)
+    rng = np.random.default_rng(seed)
+    return {i.name: rng.random((batch, *i.dims), dtype=np.float32) for i in config.input}
+
+
+@pytest.fixture(scope="module")
+def server(model_repository):
+    triton = TritonServer(model_repository)
+    try:
+        triton.start()
+        triton.wait_ready(deadline_s=60)
+        yield triton
+    finally:
+        triton.stop()
+
+
+@pytest.fixture(scope="module", params=["http", "grpc"])
+def client(request, server):
+    url = server.http_url if request.param == "http" else server.grpc_url
+    with TritonInference(url, timeout_s=30) as triton_client:
+        yield triton_client
+
+
+def model_dirs(repository: Path) -> list[Path]:
+    return list(iter_models(repository))
+
+
+def test_server_ready_and_metrics(server, client):
+    assert client.ready()
+    with urllib.request.urlopen(f"{server.http_url}/v2/health/live", timeout=5) as response:
+        assert response.status == 200
+    with urllib.request.urlopen(server.metrics_url, timeout=5) as response:
+        metrics = response.read().decode()
+    # The two series the EKS autoscaler's queue-time metric is computed from.
+    assert "nv_inference_queue_duration_us" in metrics
+    assert "nv_inference_request_success" in metrics
+
+
+def test_infer_matches_onnxruntime(model_repository, client):
+    import onnxruntime as ort
+
+    for model_dir in model_dirs(model_repository):
+        inputs = sample_batch(model_dir, batch=3, seed=7)
+        session = ort.InferenceSession(str(model_dir / "1" / "model.onnx"), providers=["CPUExecutionProvider"])
+        expected = dict(zip([o.name for o in session.get_outputs()], session.run(None, inputs)))
+
+        got = client.infer(model_dir.name, inputs)
+
+        assert set(got) == set(expected), model_dir.name
+        for name, want in expected.items():
+            assert got[name].shape == want.shape, (model_dir.name, name)
+            assert got[name].dtype == want.dtype, (model_dir.name, name)
+            np.testing.assert_allclose(got[name], want, atol=1e-4, err_msg=f"{model_dir.name}/{name}")
+
+
+def test_bad_requests_are_permanent_failures(model_repository, client):
+    model_dir = model_dirs(model_repository)[0]
+    with pytest.raises(InferenceFailed) as unknown:
+        client.infer("no_such_model", {"image": np.zeros((1, 1, 8, 8), np.float32)})
+    assert unknown.value.__cause__ is not None
+    wrong_shape = {k: v[..., :-1] for k, v in sample_batch(model_dir, batch=1).items()}
+    with pytest.raises(InferenceFailed):
+        client.infer(model_dir.name, wrong_shape)
+
+
+def test_dynamic_batching_config_is_honoured(model_repository, server):
+    import tritonclient.http as httpclient
+
+    batching = [d for d in model_dirs(model_repository) if read_config(d).HasField("dynamic_batching")]
+    assert batching, "no model in the repository has dynamic_batching"
+    model_dir = batching[0]
+    wanted = read_config(model_dir)
+    admin = httpclient.InferenceServerClient(server.http_url.removeprefix("http://"))
+    try:
+        served = admin.get_model_config(model_dir.name)
+        assert served["max_batch_size"] == wanted.max_batch_size > 0
+        assert served["dynamic_batching"]["max_queue_delay_microseconds"] == (
+            wanted.dynamic_batching.max_queue_delay_microseconds)
+        assert list(served["dynamic_batching"].get("preferred_batch_size", [])) == list(
+            wanted.dynamic_batching.preferred_batch_size)
+
+        def stats():
+            s = admin.get_inference_statistics(model_dir.name)["model_stats"][0]
+            return int(s["inference_count"]), int(s["execution_count"])
+
+        inferences_before, executions_before = stats()
+        one = sample_batch(model_dir, batch=1)
+        clients = [TritonInference(server.grpc_url) for _ in range(16)]
+        try:
+            with ThreadPoolExecutor(16) as pool:
+                list(pool.map(lambda c: [c.infer(model_dir.name, one) for _ in range(4)], clients))
+        finally:
+            for c in clients:
+                c.close()
+        inferences, executions = stats()
+        # 64 single-image requests from 16 clients at once: the scheduler must have merged some.
+        assert inferences - inferences_before == 64
+        assert executions - executions_before < 64
+    finally:
+        admin.close()
+
+
+def test_stopped_server_makes_infer_unavailable(tiny_model_repository, tmp_path):
+    repository = tmp_path / "repo"
+    shutil.copytree(tiny_model_repository / "report_encoder", repository / "report_encoder")
+    image = {"image": np.zeros((1, 1, 224, 224), np.float32)}
+    with TritonServer(repository) as triton:
+        clients = [TritonInference(triton.http_url, timeout_s=5), TritonInference(triton.grpc_url, timeout_s=5)]
+        for c in clients:
+            assert c.infer("report_encoder", image)["embedding"].shape == (1, 128)
+            c.close()  # an open keep-alive connection holds up the server's shutdown
+    for c in clients:
+        assert not c.ready()
+        with pytest.raises(InferenceUnavailable) as raised:
+            c.infer("report_encoder", image)
+        assert raised.value.retryable
+        assert raised.value.__cause__ is not None
+
+
+def test_nothing_listening_is_unavailable():
+    for url in (f"http://127.0.0.1:{free_port()}", f"grpc://127.0.0.1:{free_port()}"):
+        with pytest.raises(InferenceUnavailable):
+            TritonInference(url, timeout_s=2, connect_timeout_s=2).infer("m", {"image": np.zeros((1, 1))})
+
+
+def test_broken_model_fails_fast_with_log_tail(tiny_model_repository, tmp_path):
+    repository = tmp_path / "repo"
+    shutil.copytree(tiny_model_repository / "report_encoder", repository / "report_encoder")
+    (repository / "report_encoder" / "1" / "model.onnx").write_bytes(b"not an onnx model")
+    triton = TritonServer(repository)
+    try:
+        triton.start()
+        with pytest.raises(InferenceUnavailable, match="exited") as raised:
+            triton.wait_ready(deadline_s=60)
+        assert "report_encoder" in str(raised.value)
+    finally:
+        triton.stop()
+    assert not triton.running()
