@@ -13,6 +13,7 @@ from rich.console import Console
 from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeElapsedColumn
 from rich.table import Table
 
+from radstream.analytics import add_query_parser
 from shared.errors import RadStreamError
 from shared.settings import DEFAULT_MODEL_REPOSITORY, Settings
 
@@ -175,6 +176,8 @@ def parser() -> argparse.ArgumentParser:
     xrv.add_argument("weights", help="path of the torchxrayvision DenseNet weights file")
     xrv.add_argument("--model-repository")
     xrv.set_defaults(func=cmd_import_xrv)
+
+    add_query_parser(sub)
     return root
 
 

@@ -1,0 +1,430 @@
+"""Analytics port: the Athena named queries of template.yaml, run by DuckDB over the local lake or by Athena.
+
+There is one copy of each query: the `AWS::Athena::NamedQuery` resources in template.yaml, written in
+Athena's SQL (Trino). Locally, sqlglot translates them to DuckDB's dialect and DuckDB reads the lake the
+telemetry sink writes (`<telemetry bucket>/telemetry/dt=YYYY-MM-DD/hour=HH/*.json.gz`, gzip NDJSON, one
+`shared.contracts.TelemetryRecord` per line). On AWS the same SQL goes to Athena in the template's workgroup.
+
+A query's `?` placeholders are Athena execution parameters; the line `-- parameters: days=7` in the SQL
+names them, in order, with their defaults. Values are integers only (they are spliced in as SQL literals).
+"""
+from __future__ import annotations
+
+import argparse
+import json
+import re
+import time
+from collections.abc import Callable, Mapping
+from dataclasses import dataclass
+from decimal import Decimal
+from pathlib import Path
+from typing import Any
+
+import sqlglot
+from sqlglot import exp
+from sqlglot.errors import ErrorLevel, SqlglotError
+
+from radstream.template import DEFAULT_TEMPLATE, Template
+from shared.errors import ConfigurationError, PermanentError, RadStreamError, StorageUnavailable
+
+READ_DIALECT = "athena"
+LAKE_PREFIX = "telemetry"  # the key prefix of shared.telemetry's layout, inside the telemetry bucket
+LOCAL_DATABASE = "radstream"  # what `${GlueDatabase}` becomes in DuckDB: a schema holding the lake's view
+
+# The lake's columns, as the Glue table declares them (TelemetryRecord), in DuckDB types. Explicit, so an
+# empty lake or one whose records all lack a field (model_name is null outside inference) still has them.
+DUCKDB_COLUMNS: dict[str, str] = {
+    "schema_version": "VARCHAR",
+    "event_id": "VARCHAR",
+    "time": "VARCHAR",
+    "study_id": "VARCHAR",
+    "execution_id": "VARCHAR",
+    "stage": "VARCHAR",
+    "status": "VARCHAR",
+    "duration_ms": "DOUBLE",
+    "model_name": "VARCHAR",
+    "model_version": "VARCHAR",
+    "error_type": "VARCHAR",
+    "bytes_in": "BIGINT",
+    "bytes_out": "BIGINT",
+    "cold_start": "BOOLEAN",
+}
+PARTITION_COLUMNS: dict[str, str] = {"dt": "VARCHAR", "hour": "VARCHAR"}
+_GLUE_TO_DUCKDB = {"string": "VARCHAR", "double": "DOUBLE", "bigint": "BIGINT", "boolean": "BOOLEAN", "timestamp": "TIMESTAMP", "int": "INTEGER"}
+_PARAMETERS_LINE = re.compile(r"^\s*--\s*parameters:\s*(?P<spec>.*)$", re.MULTILINE)
+_SUB_VARIABLE = re.compile(r"\$\{([A-Za-z0-9_:.]+)\}")
+
+
+@dataclass(frozen=True)
+class QueryResult:
+    columns: list[str]
+    rows: list[tuple[Any, ...]]
+
+    def as_dicts(self) -> list[dict[str, Any]]:
+        return [dict(zip(self.columns, row)) for row in self.rows]
+
+
+@dataclass(frozen=True)
+class NamedQuery:
+    """One AWS::Athena::NamedQuery of the template, its SQL still holding the `${...}` of its !Sub."""
+
+    name: str
+    description: str
+    sql: str
+    parameters: tuple[tuple[str, int], ...] = ()  # (name, default), in the order of the `?` placeholders
+
+    def bind(self, params: Mapping[str, Any]) -> list[int]:
+        known = {name for name, _ in self.parameters}
+        unknown = sorted(set(params) - known)
+        if unknown:
+            raise ConfigurationError(f"query {self.name} has no parameter {', '.join(unknown)} (it takes: {', '.join(sorted(known)) or 'none'})")
+        values = []
+        for name, default in self.parameters:
+            value = params.get(name, default)
+            if isinstance(value, str) and re.fullmatch(r"-?\d+", value.strip()):
+                value = int(value)
+            if isinstance(value, bool) or not isinstance(value, int):
+                raise ConfigurationError(f"query {self.name}: parameter {name} must be an integer, got {value!r}")
+            values.append(value)
+        return values
+
+
+def _parse_parameters(name: str, sql: str) -> tuple[tuple[str, int], ...]:
+    match = _PARAMETERS_LINE.search(sql)
+    if not match:
+        return ()
+    parameters = []
+    for item in filter(None, (part.strip() for part in match["spec"].split(","))):
+        key, sep, default = item.partition("=")
+        if not sep or not key.strip().isidentifier() or not re.fullmatch(r"-?\d+", default.strip()):
+            raise ConfigurationError(f"named query {name}: bad parameter declaration {item!r} (want name=integer)")
+        parameters.append((key.strip(), int(default)))
+    return tuple(parameters)
+
+
+def load_named_queries(template: Template | Path | None = None) -> dict[str, NamedQuery]:
+    """The template's NamedQuery resources by Name, in template order."""
+    template = template if isinstance(template, Template) else Template(Path(template or DEFAULT_TEMPLATE))
+    queries: dict[str, NamedQuery] = {}
+    for logical_id, resource in template.resources.items():
+        if resource.get("Type") != "AWS::Athena::NamedQuery":
+            continue
+        props = resource.get("Properties", {})
+        name, raw = props.get("Name"), props.get("QueryString")
+        if isinstance(raw, dict) and "Fn::Sub" in raw:
+            raw = raw["Fn::Sub"]
+        if not isinstance(name, str) or not isinstance(raw, str):
+            raise ConfigurationError(f"{template.path}: {logical_id} needs a literal Name and a QueryString (a string or a one-argument !Sub)")
+        if name in queries:
+            raise ConfigurationError(f"{template.path}: two named queries called {name}")
+        queries[name] = NamedQuery(name, str(props.get("Description", "")), raw, _parse_parameters(name, raw))
+    return queries
+
+
+def glue_names(template: Template, database: str) -> dict[str, str]:
+    """What each Glue resource's `${LogicalId}` stands for in a query: the database given, the table's name."""
+    names: dict[str, str] = {}
+    for logical_id, resource in template.resources.items():
+        if resource.get("Type") == "AWS::Glue::Database":
+            names[logical_id] = database
+        elif resource.get("Type") == "AWS::Glue::Table":
+            names[logical_id] = resource["Properties"]["TableInput"]["Name"]
+    return names
+
+
+def render(query: NamedQuery, names: Mapping[str, str]) -> str:
+    """Resolve the query's !Sub. Only Glue databases and tables may appear in it."""
+
+    def replace(match: re.Match[str]) -> str:
+        if match[1] not in names:
+            raise ConfigurationError(f"named query {query.name}: cannot resolve ${{{match[1]}}} (only Glue databases and tables)")
+        return names[match[1]]
+
+    return _SUB_VARIABLE.sub(replace, query.sql)
+
+
+def placeholders(sql: str) -> int:
+    """How many `?` parameters an Athena statement has."""
+    return len(list(sqlglot.parse_one(sql, read=READ_DIALECT).find_all(exp.Placeholder)))
+
+
+def to_duckdb(sql: str) -> str:
+    """Athena (Trino) SQL -> DuckDB SQL, one statement; anything sqlglot knows it cannot translate is an error."""
+    try:
+        statements = sqlglot.transpile(sql, read=READ_DIALECT, write="duckdb", unsupported_level=ErrorLevel.RAISE)
+    except SqlglotError as e:
+        raise ConfigurationError(f"cannot translate the query to DuckDB: {e}") from e
+    if len(statements) != 1:
+        raise ConfigurationError(f"a named query must be one statement, found {len(statements)}")
+    return statements[0]
+
+
+class _Queries:
+    def __init__(self, template: Template | Path | None) -> None:
+        self.template = template if isinstance(template, Template) else Template(Path(template or DEFAULT_TEMPLATE))
+        self.queries = load_named_queries(self.template)
+
+    def list_queries(self) -> list[str]:
+        return list(self.queries)
+
+    def query(self, name: str) -> NamedQuery:
+        try:
+            return self.queries[name]
+        except KeyError:
+            raise ConfigurationError(f"no named query {name!r} in {self.template.path} (there are: {', '.join(self.queries)})") from None
+
+
+class DuckDBQueryRunner(_Queries):
+    """The named queries over the local lake: `lake_root` is the telemetry bucket's folder (<data_dir>/telemetry)."""
+
+    def __init__(self, lake_root: Path, template: Template | Path | None = None) -> None:
+        super().__init__(template)
+        self.lake_root = Path(lake_root)
+        self.names = glue_names(self.template, LOCAL_DATABASE)
+        self.table = self._table()
+
+    def _table(self) -> tuple[str, str, dict[str, str]]:
+        tables = [(n, r) for n, r in self.template.resources.items() if r.get("Type") == "AWS::Glue::Table"]
+        if len(tables) != 1:
+            raise ConfigurationError(f"{self.template.path}: expected one AWS::Glue::Table, found {len(tables)}")
+        table_input = tables[0][1]["Properties"]["TableInput"]
+        columns = {c["Name"]: _GLUE_TO_DUCKDB.get(c["Type"].lower(), "VARCHAR") for c in table_input["StorageDescriptor"]["Columns"]}
+        return LOCAL_DATABASE, table_input["Name"], columns
+
+    @property
+    def pattern(self) -> Path:
+        return self.lake_root / LAKE_PREFIX / "dt=*" / "hour=*" / "*.json.gz"
+
+    def translate(self, name: str) -> str:
+        return to_duckdb(render(self.query(name), self.names))
+
+    def view_sql(self) -> str:
+        schema, table, columns = self.table
+        target = f'"{schema}"."{table}"'
+        if not any(self.lake_root.glob(f"{LAKE_PREFIX}/dt=*/hour=*/*.json.gz")):
+            typed_nulls = ", ".join(f'CAST(NULL AS {t}) AS "{c}"' for c, t in {**columns, **PARTITION_COLUMNS}.items())
+            return f"CREATE OR REPLACE VIEW {target} AS SELECT {typed_nulls} WHERE false"
+        struct = ", ".join(f"'{c}': '{t}'" for c, t in columns.items())
+        hive_types = ", ".join(f"'{c}': '{t}'" for c, t in PARTITION_COLUMNS.items())
+        path = str(self.pattern).replace("'", "''")
+        return (
+            f"CREATE OR REPLACE VIEW {target} AS SELECT * FROM read_json('{path}', format = 'newline_delimited', "
+            f"compression = 'gzip', columns = {{{struct}}}, hive_partitioning = true, hive_types = {{{hive_types}}})"
+        )
+
+    def connect(self) -> Any:
+        import duckdb
+
+        con = duckdb.connect(":memory:")
+        # Athena's session zone is UTC, and so are the lake's dt/hour partitions.
+        con.execute("SET TimeZone = 'UTC'")
+        con.execute(f'CREATE SCHEMA IF NOT EXISTS "{self.table[0]}"')
+        con.execute(self.view_sql())
+        return con
+
+    def run(self, name: str, **params: Any) -> QueryResult:
+        import duckdb
+
+        query = self.query(name)
+        values = query.bind(params)
+        sql = self.translate(name)
+        con = self.connect()
+        try:
+            cursor = con.execute(sql, values)
+            columns = [d[0] for d in cursor.description]
+            rows = [tuple(float(v) if isinstance(v, Decimal) else v for v in row) for row in cursor.fetchall()]
+        except duckdb.Error as e:
+            raise PermanentError(f"query {name} failed in DuckDB: {e}") from e
+        finally:
+            con.close()
+        return QueryResult(columns, rows)
+
+
+# Athena error codes worth retrying: throttling, concurrency limits and its own faults.
+_TRANSIENT_CODES = {
+    "ThrottlingException", "TooManyRequestsException", "InternalServerException", "ServiceUnavailable",
+    "ServiceUnavailableException", "RequestLimitExceeded", "SlowDown",
+}
+_NUMERIC = {"tinyint": int, "smallint": int, "integer": int, "int": int, "bigint": int, "double": float, "float": float, "real": float, "decimal": float}
+
+
+class AthenaQueryRunner(_Queries):
+    """The named queries through Athena: start, poll with backoff until a deadline, page through the results."""
+
+    def __init__(
+        self, client: Any, workgroup: str, database: str, template: Template | Path | None = None, *,
+        timeout_s: float = 300.0, poll_initial_s: float = 0.25, poll_max_s: float = 5.0, page_size: int = 1000,
+        sleep: Callable[[float], None] = time.sleep, clock: Callable[[], float] = time.monotonic,
+    ) -> None:
+        super().__init__(template)
+        self.client = client
+        self.workgroup = workgroup
+        self.database = database
+        self.timeout_s = timeout_s
+        self.poll_initial_s = poll_initial_s
+        self.poll_max_s = poll_max_s
+        self.page_size = page_size
+        self.sleep = sleep
+        self.clock = clock
+        self.names = glue_names(self.template, database)
+
+    def sql(self, name: str) -> str:
+        return render(self.query(name), self.names)
+
+    def run(self, name: str, **params: Any) -> QueryResult:
+        query = self.query(name)
+        values = query.bind(params)
+        request: dict[str, Any] = {
+            "QueryString": self.sql(name),
+            "QueryExecutionContext": {"Database": self.database},
+            "WorkGroup": self.workgroup,
+        }
+        if values:
+            request["ExecutionParameters"] = [str(v) for v in values]
+        execution_id = self._call("start_query_execution", **request)["QueryExecutionId"]
+        self._wait(name, execution_id)
+        return self._results(execution_id)
+
+    def _call(self, operation: str, **kwargs: Any) -> dict[str, Any]:
+        from botocore.exceptions import BotoCoreError, ClientError
+
+        try:
+            return getattr(self.client, operation)(**kwargs)
+        except ClientError as e:
+            code = e.response.get("Error", {}).get("Code", "")
+            message = e.response.get("Error", {}).get("Message", "")
+            if code in _TRANSIENT_CODES or e.response.get("ResponseMetadata", {}).get("HTTPStatusCode", 0) >= 500:
+                raise StorageUnavailable(f"athena {operation}: {code}: {message}") from e
+            raise PermanentError(f"athena {operation}: {code}: {message}") from e
+        except BotoCoreError as e:
+            raise StorageUnavailable(f"athena {operation}: {type(e).__name__}") from e
+
+    def _wait(self, name: str, execution_id: str) -> None:
+        deadline = self.clock() + self.timeout_s
+        delay = self.poll_initial_s
+        while True:
+            execution = self._call("get_query_execution", QueryExecutionId=execution_id)["QueryExecution"]
+            status = execution.get("Status", {})
+            state = status.get("State")
+            if state == "SUCCEEDED":
+                return
+            if state in ("FAILED", "CANCELLED"):
+                reason = status.get("StateChangeReason") or status.get("AthenaError", {}).get("ErrorMessage") or "no reason given"
+                message = f"athena query {name} ({execution_id}) {state}: {reason}"
+                if state == "FAILED" and status.get("AthenaError", {}).get("Retryable"):
+                    raise StorageUnavailable(message)
+                raise PermanentError(message)
+            remaining = deadline - self.clock()
+            if remaining <= 0:
+                try:
+                    self._call("stop_query_execution", QueryExecutionId=execution_id)
+                except RadStreamError:
+                    pass  # the deadline is what the caller hears about; the workgroup's cutoff bounds a runaway query
+                raise StorageUnavailable(f"athena query {name} ({execution_id}) still {state} after {self.timeout_s:g} s; asked Athena to stop it")
+            self.sleep(min(delay, remaining))
+            delay = min(delay * 2, self.poll_max_s)
+
+    def _results(self, execution_id: str) -> QueryResult:
+        columns: list[str] = []
+        types: list[str] = []
+        rows: list[tuple[Any, ...]] = []
+        token: str | None = None
+        first = True
+        while True:
+            request: dict[str, Any] = {"QueryExecutionId": execution_id, "MaxResults": self.page_size}
+            if token:
+                request["NextToken"] = token
+            page = self._call("get_query_results", **request)
+            result_set = page.get("ResultSet", {})
+            if first:
+                info = result_set.get("ResultSetMetadata", {}).get("ColumnInfo", [])
+                columns = [c["Name"] for c in info]
+                types = [c.get("Type", "varchar").lower() for c in info]
+            page_rows = [[d.get("VarCharValue") for d in r.get("Data", [])] for r in result_set.get("Rows", [])]
+            if first and page_rows and page_rows[0] == columns:
+                page_rows = page_rows[1:]  # a SELECT's first row holds the column labels
+            rows.extend(tuple(_convert(v, t) for v, t in zip(row, types)) for row in page_rows)
+            first = False
+            token = page.get("NextToken")
+            if not token:
+                return QueryResult(columns, rows)
+
+
+def _convert(value: str | None, athena_type: str) -> Any:
+    if value is None:
+        return None
+    if athena_type == "boolean":
+        return value.lower() == "true"
+    convert = _NUMERIC.get(athena_type.split("(")[0])
+    if convert is None:
+        return value
+    try:
+        return convert(value)
+    except ValueError:
+        return float(value) if value.lower() in ("nan", "infinity", "-infinity") else value
+
+
+# --- CLI: radstream query [NAME] [--data-dir DIR] [--param NAME=VALUE] [--json] [--sql] ---
+
+def add_query_parser(subparsers: Any) -> argparse.ArgumentParser:
+    p = subparsers.add_parser(
+        "query", help="run template.yaml's Athena named queries over the local telemetry lake (DuckDB)",
+        description="Without NAME, list the named queries. With NAME, run it with DuckDB over DATA_DIR's telemetry lake.",
+    )
+    p.add_argument("name", nargs="?", help="a named query (omit to list them)")
+    p.add_argument("--data-dir", default="radstream-data", help="folder holding the local buckets (default: ./radstream-data)")
+    p.add_argument("-p", "--param", action="append", default=[], metavar="NAME=VALUE", help="a query parameter, e.g. days=30 (repeatable)")
+    p.add_argument("--json", action="store_true", help="print JSON instead of a table")
+    p.add_argument("--sql", action="store_true", help="print the query as Athena runs it and as DuckDB runs it, without running it")
+    p.set_defaults(func=cmd_query)
+    return p
+
+
+def _params(pairs: list[str]) -> dict[str, str]:
+    params = {}
+    for pair in pairs:
+        key, sep, value = pair.partition("=")
+        if not sep or not key:
+            raise ConfigurationError(f"--param wants NAME=VALUE, got {pair!r}")
+        params[key.strip()] = value.strip()
+    return params
+
+
+def cmd_query(args: argparse.Namespace) -> int:
+    from rich.console import Console
+    from rich.table import Table
+
+    from shared.settings import Settings
+
+    lake = Path(args.data_dir) / Settings.from_env().telemetry_bucket
+    runner = DuckDBQueryRunner(lake)
+    console = Console()
+    if not args.name:
+        queries = runner.queries.values()
+        if args.json:
+            print(json.dumps([{"name": q.name, "description": q.description, "parameters": dict(q.parameters)} for q in queries], indent=2))
+            return 0
+        table = Table(title="Named queries (template.yaml)")
+        for column in ("name", "parameters", "description"):
+            table.add_column(column, overflow="fold")
+        for q in queries:
+            table.add_row(q.name, ", ".join(f"{k}={v}" for k, v in q.parameters), q.description)
+        console.print(table)
+        return 0
+    if args.sql:
+        athena = render(runner.query(args.name), glue_names(runner.template, LOCAL_DATABASE))
+        print(f"-- Athena (there the database is radstream_<EnvironmentName>)\n{athena}\n-- DuckDB (sqlglot {sqlglot.__version__})\n{runner.translate(args.name)}")
+        return 0
+    result = runner.run(args.name, **_params(args.param))
+    if args.json:
+        print(json.dumps({"query": args.name, "columns": result.columns, "rows": result.as_dicts()}, indent=2, default=str))
+        return 0
+    table = Table(title=f"{args.name} ({lake})")
+    for column in result.columns:
+        table.add_column(column, overflow="fold")
+    for row in result.rows:
+        table.add_row(*("" if v is None else str(v) for v in row))
+    console.print(table)
+    if not result.rows:
+        console.print(f"no rows (telemetry lake: {lake})")
+    return 0

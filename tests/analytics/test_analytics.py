@@ -1,0 +1,428 @@
+"""The analytics port: template.yaml's Athena named queries, run by DuckDB over a known lake, and the Athena adapter."""
+from __future__ import annotations
+
+import argparse
+import json
+import math
+from datetime import datetime, timedelta, timezone
+from pathlib import Path
+
+import boto3
+import pytest
+from botocore.stub import ANY, Stubber
+
+from radstream.analytics import (
+    DUCKDB_COLUMNS, AthenaQueryRunner, DuckDBQueryRunner, add_query_parser, load_named_queries, placeholders, render,
+)
+from radstream.template import DEFAULT_TEMPLATE, Template
+from shared.contracts import ModelRef, TelemetryRecord
+from shared.errors import ConfigurationError, PermanentError, StorageUnavailable
+from shared.observability import telemetry_record
+from shared.storage import LocalObjectStore
+from shared.telemetry import LocalLakeSink
+
+QUERIES = ["p95_latency_per_stage", "throughput_per_minute", "error_rate", "model_comparison", "cost_per_1000_studies"]
+# The prices cost_per_1000_studies states as named constants (us-east-1 list prices, 512 MB functions).
+USD_PER_GB_SECOND, LAMBDA_GB, USD_PER_REQUEST, USD_PER_TRANSITION, TRANSITIONS_PER_STUDY = 0.0000166667, 0.5, 0.0000002, 0.000025, 8
+
+NOW = datetime.now(timezone.utc)
+# Two minutes of studies, an hour ago (inside every query's default window, whatever the time of day).
+BASE = (NOW - timedelta(hours=1)).replace(second=0, microsecond=0)
+OLD = NOW - timedelta(days=40)
+CLASSIFIER_V1 = ModelRef(name="chest_xray_classifier", version="1", provenance="test")
+CLASSIFIER_V2 = ModelRef(name="chest_xray_classifier", version="2", provenance="test")
+DETECTOR = ModelRef(name="anomaly_detector", version="1", provenance="test")
+ENCODER = ModelRef(name="report_encoder", version="3", provenance="test")
+
+
+def record(stage: str, study: str, ms: float | None, at: datetime, status: str = "succeeded", model: ModelRef | None = None, error: str | None = None) -> TelemetryRecord:
+    r = telemetry_record(stage=stage, study_id=study, execution_id=f"exec-{study}", status=status, duration_ms=ms, model=model, error_type=error)
+    return r.model_copy(update={"time": at})
+
+
+def known_records() -> list[TelemetryRecord]:
+    """8 studies that succeed, one rejected at validate, one at prepare; and one failure 40 days old."""
+    records = []
+    for i in range(8):
+        study, at = f"ok-{i}", BASE + timedelta(seconds=5 * i) + (timedelta(minutes=1) if i >= 6 else timedelta())
+        records += [
+            record("validate", study, 10 + i, at),
+            record("prepare", study, 100 + 10 * i, at),
+            record("inference", study, 200 + 10 * i, at, model=CLASSIFIER_V1 if i < 6 else CLASSIFIER_V2),
+            record("inference", study, 300 + 10 * i, at, model=DETECTOR),
+            record("inference", study, 50 + i, at, model=ENCODER),
+            record("store", study, 20.5, at),
+            record("workflow", study, 1000 + 100 * i, at),
+        ]
+    bad_sidecar, bad_image = BASE + timedelta(seconds=50), BASE + timedelta(minutes=1, seconds=50)
+    records += [
+        record("validate", "bad-sidecar", 5, bad_sidecar, "failed", error="InvalidStudy"),
+        record("workflow", "bad-sidecar", 50, bad_sidecar, "failed", error="InvalidStudy"),
+        record("validate", "bad-image", 12, bad_image),
+        record("prepare", "bad-image", 30, bad_image, "failed", error="InvalidImage"),
+        record("workflow", "bad-image", 200, bad_image, "failed", error="InvalidImage"),
+        record("workflow", "long-ago", 999, OLD, "failed", error="StorageUnavailable"),
+    ]
+    return records
+
+
+@pytest.fixture(scope="module")
+def records() -> list[TelemetryRecord]:
+    return known_records()
+
+
+@pytest.fixture(scope="module")
+def lake(tmp_path_factory: pytest.TempPathFactory, records: list[TelemetryRecord]) -> Path:
+    data_dir = tmp_path_factory.mktemp("data")
+    sink = LocalLakeSink(LocalObjectStore(data_dir), "telemetry")
+    sink.send(records[:20])  # several delivery objects per partition, as Firehose writes them
+    sink.send(records[20:])
+    return data_dir / "telemetry"
+
+
+@pytest.fixture(scope="module")
+def duck(lake: Path) -> DuckDBQueryRunner:
+    return DuckDBQueryRunner(lake)
+
+
+def recent(records: list[TelemetryRecord], days: int = 7) -> list[TelemetryRecord]:
+    return [r for r in records if r.time.date() >= NOW.date() - timedelta(days=days)]
+
+
+def bounds(values: list[float], q: float) -> tuple[float, float]:
+    """An approximate percentile lies between the order statistics around the exact one."""
+    ordered = sorted(values)
+    position = q * (len(ordered) - 1)
+    return ordered[math.floor(position)] - 0.05, ordered[math.ceil(position)] + 0.05
+
+
+# --- the template ---------------------------------------------------------------------------------
+
+def test_template_has_the_named_queries_each_with_its_parameters_declared() -> None:
+    queries = load_named_queries()
+    assert list(queries) == QUERIES
+    names = {"GlueDatabase": "db", "TelemetryTable": "telemetry"}
+    for query in queries.values():
+        sql = render(query, names)
+        assert '"db"."telemetry"' in sql
+        assert placeholders(sql) == len(query.parameters), query.name
+        assert query.description
+
+
+def test_glue_table_matches_the_telemetry_contract_and_projects_partitions() -> None:
+    template = Template()
+    table = template.resources["TelemetryTable"]["Properties"]["TableInput"]
+    columns = {c["Name"]: c["Type"] for c in table["StorageDescriptor"]["Columns"]}
+    assert set(columns) == set(TelemetryRecord.model_fields) == set(DUCKDB_COLUMNS)
+    assert columns["duration_ms"] == "double" and columns["bytes_in"] == "bigint" and columns["cold_start"] == "boolean"
+    assert [p["Name"] for p in table["PartitionKeys"]] == ["dt", "hour"]
+    assert table["StorageDescriptor"]["SerdeInfo"]["SerializationLibrary"] == "org.openx.data.jsonserde.JsonSerDe"
+    params = table["Parameters"]
+    assert params["projection.enabled"] == "true"
+    assert (params["projection.dt.type"], params["projection.dt.format"], params["projection.dt.range"]) == ("date", "yyyy-MM-dd", "2026-01-01,NOW")
+    assert (params["projection.hour.type"], params["projection.hour.range"], params["projection.hour.digits"]) == ("integer", "0,23", "2")
+    assert params["storage.location.template"] == {"Fn::Sub": "s3://${TelemetryBucket}/telemetry/dt=${!dt}/hour=${!hour}/"}
+    workgroup = template.resources["AthenaWorkGroup"]["Properties"]["WorkGroupConfiguration"]
+    assert workgroup["EnforceWorkGroupConfiguration"] is True and workgroup["BytesScannedCutoffPerQuery"] > 0
+    assert workgroup["ResultConfiguration"]["OutputLocation"] == {"Fn::Sub": "s3://${TelemetryBucket}/athena-results/"}
+
+
+@pytest.mark.parametrize("name", QUERIES)
+def test_every_named_query_transpiles_and_runs_on_an_empty_lake(tmp_path: Path, name: str) -> None:
+    runner = DuckDBQueryRunner(tmp_path / "telemetry")
+    result = runner.run(name)
+    assert result.columns
+    if name == "cost_per_1000_studies":
+        assert result.as_dicts() == [{
+            "studies": 0, "lambda_requests": 0, "lambda_gb_seconds": 0.0, "lambda_compute_usd": 0.0, "lambda_request_usd": 0.0,
+            "step_functions_usd": 0.0, "total_usd": 0.0, "usd_per_1000_studies": None,
+        }]
+    else:
+        assert result.rows == []
+
+
+def test_every_template_query_in_the_file_is_read_not_a_copy(tmp_path: Path) -> None:
+    """DuckDBQueryRunner runs whatever template it is given: a query added there is runnable with no code."""
+    doc = DEFAULT_TEMPLATE.read_text().replace("\n  # --- end analytics ---", (
+        "\n"
+        "  ExtraQuery:\n    Type: AWS::Athena::NamedQuery\n    Properties:\n      Name: stages\n      Database: !Ref GlueDatabase\n"
+        "      QueryString: !Sub 'SELECT DISTINCT stage FROM \"${GlueDatabase}\".\"${TelemetryTable}\" ORDER BY stage'\n"
+        "  # --- end analytics ---"), 1)
+    path = tmp_path / "template.yaml"
+    path.write_text(doc)
+    data_dir = tmp_path / "data"
+    LocalLakeSink(LocalObjectStore(data_dir), "telemetry").send(known_records()[:7])
+    runner = DuckDBQueryRunner(data_dir / "telemetry", template=path)
+    assert runner.list_queries() == QUERIES + ["stages"]
+    assert runner.run("stages").rows == [("inference",), ("prepare",), ("store",), ("validate",), ("workflow",)]
+
+
+# --- the numbers, over a known lake --------------------------------------------------------------
+
+def test_p95_latency_per_stage(duck: DuckDBQueryRunner, records: list[TelemetryRecord]) -> None:
+    result = duck.run("p95_latency_per_stage")
+    assert result.columns == ["stage", "model_name", "records", "p95_ms"]
+    groups: dict[tuple, list[float]] = {}
+    for r in recent(records):
+        if r.status == "succeeded":
+            groups.setdefault((r.stage, r.model_name), []).append(r.duration_ms)
+    expected_keys = sorted(groups, key=lambda k: (k[0], k[1] is None, k[1] or ""))
+    assert [(stage, model) for stage, model, _, _ in result.rows] == expected_keys
+    for stage, model, count, p95 in result.rows:
+        values = groups[(stage, model)]
+        assert count == len(values)
+        low, high = bounds(values, 0.95)
+        assert low <= p95 <= high, (stage, model, p95, sorted(values))
+    by_key = {(s, m): p95 for s, m, _, p95 in result.rows}
+    assert by_key[("store", None)] == 20.5
+    assert 1600 <= by_key[("workflow", None)] <= 1700  # 1000..1700; the failed studies' records don't count
+
+
+def test_throughput_per_minute(duck: DuckDBQueryRunner) -> None:
+    result = duck.run("throughput_per_minute")
+    assert result.columns == ["minute_utc", "studies", "succeeded", "failed"]
+    minute = f"{BASE:%Y-%m-%d %H:%M}"
+    next_minute = f"{BASE + timedelta(minutes=1):%Y-%m-%d %H:%M}"
+    # ok-0..5 and bad-sidecar in the first minute; ok-6, ok-7 and bad-image in the next; long-ago is out of the window.
+    assert result.rows == [(minute, 7, 6, 1), (next_minute, 3, 2, 1)]
+
+
+def test_error_rate(duck: DuckDBQueryRunner) -> None:
+    result = duck.run("error_rate")
+    assert result.columns == ["stage", "error_type", "total", "failed", "error_rate"]
+    assert result.rows == [
+        ("inference", None, 24, 0, 0.0),
+        ("prepare", "InvalidImage", 9, 1, round(1 / 9, 4)),
+        ("store", None, 8, 0, 0.0),
+        ("validate", "InvalidStudy", 10, 1, 0.1),
+        ("workflow", "InvalidImage", 10, 1, 0.1),
+        ("workflow", "InvalidStudy", 10, 1, 0.1),
+    ]
+
+
+def test_error_rate_window_is_a_parameter(duck: DuckDBQueryRunner) -> None:
+    workflow = [row for row in duck.run("error_rate", days=60).rows if row[0] == "workflow"]
+    assert workflow == [
+        ("workflow", "InvalidImage", 11, 1, round(1 / 11, 4)),
+        ("workflow", "InvalidStudy", 11, 1, round(1 / 11, 4)),
+        ("workflow", "StorageUnavailable", 11, 1, round(1 / 11, 4)),
+    ]
+
+
+def test_model_comparison(duck: DuckDBQueryRunner) -> None:
+    result = duck.run("model_comparison")
+    assert result.columns == ["model_name", "model_version", "inferences", "failed", "avg_ms", "p50_ms", "p95_ms"]
+    expected = {
+        ("anomaly_detector", "1"): [300 + 10 * i for i in range(8)],
+        ("chest_xray_classifier", "1"): [200 + 10 * i for i in range(6)],
+        ("chest_xray_classifier", "2"): [260.0, 270.0],
+        ("report_encoder", "3"): [50 + i for i in range(8)],
+    }
+    assert [(name, version) for name, version, *_ in result.rows] == sorted(expected)
+    for name, version, count, failed, avg, p50, p95 in result.rows:
+        values = expected[(name, version)]
+        assert (count, failed) == (len(values), 0)
+        assert avg == round(sum(values) / len(values), 1)
+        assert bounds(values, 0.5)[0] <= p50 <= bounds(values, 0.5)[1]
+        assert bounds(values, 0.95)[0] <= p95 <= bounds(values, 0.95)[1]
+
+
+def test_cost_per_1000_studies(duck: DuckDBQueryRunner, records: list[TelemetryRecord]) -> None:
+    window = recent(records, days=30)
+    studies = sum(r.stage == "workflow" for r in window)
+    requests = len(window)  # every stage record is one invocation; each study adds its telemetry task
+    gb_seconds = sum(math.ceil(r.duration_ms) for r in window if r.stage != "workflow") / 1000 * LAMBDA_GB
+    compute, request_usd = gb_seconds * USD_PER_GB_SECOND, requests * USD_PER_REQUEST
+    step_functions = studies * TRANSITIONS_PER_STUDY * USD_PER_TRANSITION
+    [row] = duck.run("cost_per_1000_studies").as_dicts()
+    assert (row["studies"], row["lambda_requests"]) == (10, 61) == (studies, requests)
+    assert row["lambda_gb_seconds"] == pytest.approx(gb_seconds, abs=1e-3)
+    assert row["lambda_compute_usd"] == pytest.approx(compute, abs=1e-6)
+    assert row["lambda_request_usd"] == pytest.approx(request_usd, abs=1e-6)
+    assert row["step_functions_usd"] == pytest.approx(step_functions, abs=1e-6)
+    assert row["usd_per_1000_studies"] == pytest.approx(1000 * (compute + request_usd + step_functions) / studies, abs=1e-4)
+    # 60 days brings in the old failure: one more study.
+    assert duck.run("cost_per_1000_studies", days=60).as_dicts()[0]["studies"] == 11
+
+
+def test_parameters_are_checked(duck: DuckDBQueryRunner) -> None:
+    with pytest.raises(ConfigurationError, match="no parameter hours"):
+        duck.run("error_rate", hours=3)
+    with pytest.raises(ConfigurationError, match="must be an integer"):
+        duck.run("error_rate", days="7; DROP TABLE x")
+    with pytest.raises(ConfigurationError, match="no named query"):
+        duck.run("nope")
+    assert duck.run("error_rate", days="7") == duck.run("error_rate")
+
+
+def test_a_partial_lake_keeps_every_column(tmp_path: Path) -> None:
+    """Only validate records (no model fields anywhere): the view's explicit types still carry every column."""
+    LocalLakeSink(LocalObjectStore(tmp_path), "telemetry").send([record("validate", "s", 7, BASE)])
+    runner = DuckDBQueryRunner(tmp_path / "telemetry")
+    assert runner.run("model_comparison").rows == []
+    assert runner.run("p95_latency_per_stage").rows == [("validate", None, 1, 7.0)]
+
+
+# --- the CLI --------------------------------------------------------------------------------------
+
+def cli(argv: list[str]) -> argparse.Namespace:
+    root = argparse.ArgumentParser(prog="radstream")
+    add_query_parser(root.add_subparsers(dest="command", required=True))
+    return root.parse_args(argv)
+
+
+def test_cli_lists_and_runs_queries(lake: Path, capsys: pytest.CaptureFixture[str], monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.delenv("TELEMETRY_BUCKET", raising=False)
+    args = cli(["query", "--json"])
+    assert args.func(args) == 0
+    listed = json.loads(capsys.readouterr().out)
+    assert [q["name"] for q in listed] == QUERIES and listed[0]["parameters"] == {"days": 7}
+
+    args = cli(["query", "error_rate", "--data-dir", str(lake.parent), "--json", "-p", "days=60"])
+    assert args.func(args) == 0
+    out = json.loads(capsys.readouterr().out)
+    assert out["columns"][0] == "stage" and len(out["rows"]) == 7
+
+    args = cli(["query", "throughput_per_minute", "--data-dir", str(lake.parent)])
+    assert args.func(args) == 0
+    assert "minute_utc" in capsys.readouterr().out
+
+    args = cli(["query"])
+    assert args.func(args) == 0
+    assert "cost_per_1000_studies" in capsys.readouterr().out
+
+    args = cli(["query", "model_comparison", "--sql"])
+    assert args.func(args) == 0
+    assert "APPROX_QUANTILE" in capsys.readouterr().out
+
+
+# --- Athena ---------------------------------------------------------------------------------------
+
+@pytest.fixture
+def athena():
+    client = boto3.client("athena", region_name="eu-west-1", aws_access_key_id="test", aws_secret_access_key="test")
+    with Stubber(client) as stubber:
+        yield client, stubber
+        stubber.assert_no_pending_responses()
+
+
+class FakeTime:
+    def __init__(self) -> None:
+        self.now = 0.0
+        self.sleeps: list[float] = []
+
+    def clock(self) -> float:
+        return self.now
+
+    def sleep(self, seconds: float) -> None:
+        self.sleeps.append(seconds)
+        self.now += seconds
+
+
+def runner_for(client, fake: FakeTime, **kwargs) -> AthenaQueryRunner:
+    return AthenaQueryRunner(client, "radstream-dev", "radstream_dev", sleep=fake.sleep, clock=fake.clock, **kwargs)
+
+
+def execution(state: str, **status) -> dict:
+    return {"QueryExecution": {"QueryExecutionId": "q-1", "Status": {"State": state, **status}}}
+
+
+def page(rows: list[list[str | None]], token: str | None = None) -> dict:
+    response = {"ResultSet": {
+        "Rows": [{"Data": [{} if v is None else {"VarCharValue": v} for v in row]} for row in rows],
+        "ResultSetMetadata": {"ColumnInfo": [
+            {"Name": "stage", "Type": "varchar"}, {"Name": "error_type", "Type": "varchar"}, {"Name": "total", "Type": "bigint"},
+            {"Name": "failed", "Type": "bigint"}, {"Name": "error_rate", "Type": "double"},
+        ]},
+    }}
+    if token:
+        response["NextToken"] = token
+    return response
+
+
+def test_athena_runs_the_named_query_in_the_workgroup_and_pages_results(athena) -> None:
+    client, stubber = athena
+    fake = FakeTime()
+    runner = runner_for(client, fake)
+    sql = runner.sql("error_rate")
+    assert 'FROM "radstream_dev"."telemetry"' in sql and "${" not in sql
+    stubber.add_response("start_query_execution", {"QueryExecutionId": "q-1"}, {
+        "QueryString": sql, "QueryExecutionContext": {"Database": "radstream_dev"}, "WorkGroup": "radstream-dev",
+        "ExecutionParameters": ["30"],
+    })
+    for state in ("QUEUED", "RUNNING", "RUNNING", "SUCCEEDED"):
+        stubber.add_response("get_query_execution", execution(state), {"QueryExecutionId": "q-1"})
+    stubber.add_response("get_query_results", page([
+        ["stage", "error_type", "total", "failed", "error_rate"],
+        ["prepare", "InvalidImage", "9", "1", "0.1111"],
+    ], token="page-2"), {"QueryExecutionId": "q-1", "MaxResults": 1000})
+    stubber.add_response("get_query_results", page([["store", None, "8", "0", "0.0"]]), {
+        "QueryExecutionId": "q-1", "MaxResults": 1000, "NextToken": "page-2",
+    })
+    result = runner.run("error_rate", days=30)
+    assert result.columns == ["stage", "error_type", "total", "failed", "error_rate"]
+    assert result.rows == [("prepare", "InvalidImage", 9, 1, 0.1111), ("store", None, 8, 0, 0.0)]
+    assert fake.sleeps == [0.25, 0.5, 1.0]  # backoff between polls
+
+
+def test_athena_failed_query_is_permanent_with_the_reason(athena) -> None:
+    client, stubber = athena
+    stubber.add_response("start_query_execution", {"QueryExecutionId": "q-1"}, {
+        "QueryString": ANY, "QueryExecutionContext": {"Database": "radstream_dev"}, "WorkGroup": "radstream-dev", "ExecutionParameters": ["7"],
+    })
+    stubber.add_response("get_query_execution", execution(
+        "FAILED", StateChangeReason="TABLE_NOT_FOUND: line 3:17: Table 'radstream_dev.telemetry' does not exist",
+        AthenaError={"ErrorCategory": 2, "ErrorType": 1006, "Retryable": False},
+    ), {"QueryExecutionId": "q-1"})
+    with pytest.raises(PermanentError, match="TABLE_NOT_FOUND") as caught:
+        runner_for(client, FakeTime()).run("p95_latency_per_stage")
+    assert not isinstance(caught.value, StorageUnavailable)
+
+
+def test_athena_retryable_failure_is_transient(athena) -> None:
+    client, stubber = athena
+    stubber.add_response("start_query_execution", {"QueryExecutionId": "q-1"})
+    stubber.add_response("get_query_execution", execution(
+        "FAILED", StateChangeReason="INTERNAL_ERROR", AthenaError={"ErrorCategory": 1, "ErrorType": 401, "Retryable": True},
+    ))
+    with pytest.raises(StorageUnavailable, match="INTERNAL_ERROR"):
+        runner_for(client, FakeTime()).run("error_rate")
+
+
+@pytest.mark.parametrize(("code", "status", "error"), [
+    ("TooManyRequestsException", 400, StorageUnavailable),
+    ("ThrottlingException", 400, StorageUnavailable),
+    ("InternalServerException", 500, StorageUnavailable),
+    ("InvalidRequestException", 400, PermanentError),
+])
+def test_athena_client_errors_are_translated(athena, code: str, status: int, error: type) -> None:
+    client, stubber = athena
+    stubber.add_client_error("start_query_execution", service_error_code=code, http_status_code=status)
+    with pytest.raises(error, match=code) as caught:
+        runner_for(client, FakeTime()).run("error_rate")
+    assert isinstance(caught.value, StorageUnavailable) == (error is StorageUnavailable)
+
+
+def test_athena_deadline_stops_the_query(athena) -> None:
+    client, stubber = athena
+    fake = FakeTime()
+    stubber.add_response("start_query_execution", {"QueryExecutionId": "q-1"})
+    for _ in range(5):  # polls at t = 0, 0.25, 0.75, 1.75, 3 (the last sleep is cut to the deadline)
+        stubber.add_response("get_query_execution", execution("RUNNING"))
+    stubber.add_response("stop_query_execution", {}, {"QueryExecutionId": "q-1"})
+    with pytest.raises(StorageUnavailable, match="still RUNNING after 3 s"):
+        runner_for(client, fake, timeout_s=3).run("throughput_per_minute")
+    assert fake.sleeps == [0.25, 0.5, 1.0, 1.25]
+
+
+def test_athena_against_moto(monkeypatch: pytest.MonkeyPatch) -> None:
+    """moto's Athena answers the same calls (its results are canned: empty unless queued)."""
+    moto = pytest.importorskip("moto")
+    for var, value in {"AWS_ACCESS_KEY_ID": "test", "AWS_SECRET_ACCESS_KEY": "test", "AWS_DEFAULT_REGION": "us-east-1"}.items():
+        monkeypatch.setenv(var, value)
+    with moto.mock_aws():
+        client = boto3.client("athena", region_name="us-east-1")
+        client.create_work_group(Name="radstream-dev", Configuration={"ResultConfiguration": {"OutputLocation": "s3://results/athena-results/"}})
+        runner = AthenaQueryRunner(client, "radstream-dev", "radstream_dev", poll_initial_s=0.01)
+        result = runner.run("model_comparison")
+        assert result.rows == []
