@@ -6,6 +6,7 @@ from dataclasses import dataclass
 from collections.abc import Callable
 from typing import Any, Generic, TypeVar
 
+from shared.events import EventBridgePublisher, EventPublisher, LocalEventLog
 from shared.settings import Settings
 from shared.storage import LocalObjectStore, ObjectStore, S3ObjectStore
 from shared.telemetry import KinesisSink, LocalLakeSink, TelemetrySink
@@ -32,6 +33,12 @@ def telemetry_sink(settings: Settings, store: ObjectStore | None = None) -> Tele
             raise ConfigurationError("TELEMETRY_STREAM_NAME must be set when RADSTREAM_BACKEND=aws")
         return KinesisSink(boto3_client("kinesis"), settings.telemetry_stream)
     return LocalLakeSink(store or object_store(settings), settings.telemetry_bucket)
+
+
+def event_publisher(settings: Settings) -> EventPublisher:
+    if settings.backend == "aws":
+        return EventBridgePublisher(boto3_client("events"), settings.event_bus or "default")
+    return LocalEventLog(settings.data_dir)
 
 
 T = TypeVar("T")

@@ -73,11 +73,13 @@ def test_invalid_studies_fail_with_a_record_and_keep_their_input(demo):
         assert (data_dir / "images" / record["input"]["key"]).is_file(), "the input stays where it was"
         assert not (data_dir / "results" / "results" / study_id).exists()
     assert "patient_name" in outcomes["bad-phi"].message
+    events = [json.loads(line) for line in (data_dir / "events" / "events.jsonl").read_text().splitlines()]
+    assert sorted(e["detail"]["study_id"] for e in events if e["detail-type"] == "Study Failed") == sorted(EXPECTED_FAILURES)
 
 
 def test_no_phi_leaves_the_images_bucket(demo):
     data_dir, _ = demo
-    for bucket in ("results", "telemetry", "artifacts", "logs"):
+    for bucket in ("results", "telemetry", "artifacts", "logs", "events"):
         for path in (data_dir / bucket).rglob("*"):
             if path.is_file():
                 raw = path.read_bytes()

@@ -2,7 +2,7 @@
 
 Inputs: the workflow state: the validated study, the prepared tensors, the three model outputs.
 Outputs: results/<study_id>/result.json and report.txt in the results bucket; or, on the failure
-path, failed/<study_id>/error.json. Writing the same study again replaces the object under the same
+path, failed/<study_id>/error.json and a "Study Failed" event. Writing the same study again replaces the object under the same
 key, so a retried or re-run study leaves exactly one result.
 """
 from __future__ import annotations
@@ -15,6 +15,7 @@ from pydantic import BaseModel
 
 from shared.contracts import DraftReport, FailureRecord, Finding, InputDigest, ObjectRef, StudyResult
 from shared.errors import PermanentError, RadStreamError
+from shared.events import STUDY_FAILED, EventPublisher
 from shared.messages import ModelOutput, StudyImage, study_id_from_key
 from shared.observability import StageOutput, telemetry_record
 from shared.storage import ObjectStore
@@ -155,7 +156,7 @@ def failure_message(error: dict[str, Any], stage: str, execution_id: str) -> tup
     return error_type, f"unexpected {error_type} in the {stage} stage; see the logs of execution {execution_id}"
 
 
-def record_failure(request: FailureRequest, store: ObjectStore, results_bucket: str) -> RecordedFailure:
+def record_failure(request: FailureRequest, store: ObjectStore, results_bucket: str, events: EventPublisher) -> RecordedFailure:
     state = request.state
     study_id = (state.get("study") or {}).get("study_id") or study_id_from_key(request.key)
     stage = failed_stage(state)
@@ -166,6 +167,8 @@ def record_failure(request: FailureRequest, store: ObjectStore, results_bucket: 
         failed_at=datetime.now(timezone.utc),
     )
     stored = store.put_bytes(results_bucket, f"failed/{study_id}/error.json", record.model_dump_json(indent=2).encode(), content_type="application/json")
+    # After the record is safe: a retried publish rewrites the same record and loses nothing.
+    events.publish(STUDY_FAILED, record.model_dump(mode="json") | {"failure": {"bucket": results_bucket, "key": stored.key}})
     # Telemetry: what the stages before the failure reported, plus a record for the failed stage.
     records = [item["telemetry"] for _, key in STAGE_KEYS for item in _as_list(state.get(key)) if isinstance(item, dict) and item.get("telemetry")]
     records.append(telemetry_record(

@@ -9,6 +9,7 @@ import pytest
 from services.store.domain import FailureRequest, StoreRequest, failed_stage, record_failure, store_result
 from shared.contracts import schema_path
 from shared.errors import PermanentError
+from shared.events import STUDY_FAILED, LocalEventLog
 from shared.observability import telemetry_record
 
 MODEL = {"name": "m", "version": "1", "provenance": "reference model trained on synthetic phantoms"}
@@ -83,7 +84,8 @@ def test_failure_record_keeps_our_message_and_points_at_the_input(store):
     s = state()
     del s["inference"]
     s["error"] = {"Error": "InferenceUnavailable", "Cause": json.dumps({"errorMessage": "study s1: triton at http://x:8000 is not reachable", "errorType": "InferenceUnavailable"})}
-    out = record_failure(FailureRequest(bucket="images", key="incoming/s1/study.json", state=s, execution_id="e1"), store, "results")
+    events = LocalEventLog(store.root)
+    out = record_failure(FailureRequest(bucket="images", key="incoming/s1/study.json", state=s, execution_id="e1"), store, "results", events)
     record = json.loads(store.get_bytes("results", "failed/s1/error.json"))
     jsonschema.validate(record, json.loads(schema_path("failure").read_text()))
     assert record["stage"] == "inference" and record["error_type"] == "InferenceUnavailable"
@@ -91,11 +93,17 @@ def test_failure_record_keeps_our_message_and_points_at_the_input(store):
     assert record["input"] == {"bucket": "images", "key": "incoming/s1/study.json"}
     # Telemetry: the two stages that ran, then the failed one.
     assert [(r["stage"], r["status"]) for r in out.records] == [("validate", "succeeded"), ("prepare", "succeeded"), ("inference", "failed")]
+    (event,) = events.read()
+    assert event["detail-type"] == STUDY_FAILED and event["source"] == "radstream"
+    assert event["detail"]["study_id"] == "s1" and event["detail"]["error_type"] == "InferenceUnavailable"
+    assert event["detail"]["failure"] == {"bucket": "results", "key": "failed/s1/error.json"}
 
 
 def test_unexpected_errors_do_not_leak_their_text(store):
     s = {"bucket": "images", "key": "incoming/s9/study.json", "error": {"Error": "KeyError", "Cause": json.dumps({"errorMessage": "'DOE^JANE'"})}}
-    record_failure(FailureRequest(bucket="images", key="incoming/s9/study.json", state=s, execution_id="e7"), store, "results")
+    events = LocalEventLog(store.root)
+    record_failure(FailureRequest(bucket="images", key="incoming/s9/study.json", state=s, execution_id="e7"), store, "results", events)
+    assert "DOE^JANE" not in events.path.read_text()
     record = json.loads(store.get_bytes("results", "failed/s9/error.json"))
     assert record["study_id"] == "s9" and record["stage"] == "validate"
     assert "DOE^JANE" not in json.dumps(record)

