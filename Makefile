@@ -23,7 +23,7 @@ demo: venv
 	$(BIN)/radstream demo --data-dir radstream-data
 
 test: venv
-	$(BIN)/python -m pytest -q
+	RADSTREAM_IMAGE_TESTS=1 $(BIN)/python -m pytest -q
 
 # The tests that need torch (training, torchxrayvision import) use their own virtual environment.
 .venv-train/.installed: training/requirements.txt
@@ -32,7 +32,7 @@ test: venv
 	touch $@
 
 test-torch: venv .venv-train/.installed
-	.venv-train/bin/python -m pytest -q -m torch training
+	.venv-train/bin/python -m pytest -q -m torch training --confcutdir=training
 
 models: .venv-train/.installed
 	.venv-train/bin/python training/train_reference_models.py

@@ -1,0 +1,296 @@
+"""Swap real weights into the model repository: torchxrayvision's DenseNet -> chest_xray_classifier.
+
+RadStream ships reference models trained on synthetic phantoms. A user who has real weights (for
+example a torchxrayvision DenseNet-121 checkpoint they downloaded elsewhere) exports them into the
+classifier slot with::
+
+    from radstream.models_import import import_torchxrayvision
+    import_torchxrayvision(Path("densenet121-res224-chex.pt"), Path("services/triton/model_repository"),
+                           weights_name="densenet121-res224-chex", allow_pickle=True)
+
+Needs the training environment (training/requirements.txt: torch, torchxrayvision, onnx, onnxruntime);
+this module itself imports without torch. Nothing is downloaded: the weights file must be local.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import sys
+from pathlib import Path
+from typing import Sequence
+
+from radstream.phantoms import FINDINGS
+
+CLASSIFIER = "chest_xray_classifier"
+INPUT_SIZE = 224
+OPSET = 17
+# our label -> torchxrayvision pathology name
+XRV_NAMES = {f: ("Effusion" if f == "Pleural Effusion" else f) for f in FINDINGS}
+
+_CONFIG_TEMPLATE = """# {title}
+# I/O contract: docs/models.md. Dims exclude the batch dimension (max_batch_size > 0).
+name: "{name}"
+backend: "onnxruntime"
+max_batch_size: 16
+input [
+  {{
+    name: "image"
+    data_type: TYPE_FP32
+    dims: [ 1, {size}, {size} ]
+  }}
+]
+output [
+{outputs}
+]
+dynamic_batching {{
+  preferred_batch_size: [ 4, 8, 16 ]
+  max_queue_delay_microseconds: 2000
+}}
+# CPU here and in the embedded runtime; on EKS the deployment overlay sets kind: KIND_GPU.
+instance_group [
+  {{
+    kind: KIND_CPU
+    count: 1
+  }}
+]
+parameters: {{
+  key: "radstream.normalization"
+  value: {{ string_value: "{norm}" }}
+}}
+parameters: {{
+  key: "radstream.kind"
+  value: {{ string_value: "{kind}" }}
+}}
+parameters: {{
+  key: "radstream.provenance"
+  value: {{ string_value: "{provenance}" }}
+}}
+"""
+
+
+def triton_config(
+    name: str,
+    title: str,
+    size: int,
+    normalization: str,
+    kind: str,
+    outputs: Sequence[tuple[str, str, Sequence[int], str | None]],
+    provenance: str,
+) -> str:
+    """config.pbtxt text for one of RadStream's models (outputs: name, TYPE_*, dims, label file or None)."""
+    blocks = []
+    for oname, dtype, dims, label_file in outputs:
+        lines = ["  {", f'    name: "{oname}"', f"    data_type: {dtype}", f"    dims: [ {', '.join(map(str, dims))} ]"]
+        if label_file:
+            lines.append(f'    label_filename: "{label_file}"')
+        lines.append("  }")
+        blocks.append("\n".join(lines))
+    return _CONFIG_TEMPLATE.format(title=title, name=name, size=size, outputs=",\n".join(blocks),
+                                   norm=normalization, kind=kind, provenance=provenance)
+
+
+_TV_STUB_LIB = None
+
+
+def _import_torchxrayvision():
+    """Import torchxrayvision even where torchvision's C++ ops cannot load.
+
+    The PyPI torchvision wheel is built against CUDA torch; beside the CPU torch its ``_C`` extension
+    fails to load and torchvision's import then dies registering fake kernels for ``torchvision::nms``.
+    torchxrayvision's DenseNet uses no torchvision op, so we define the two op schemas (no kernels)
+    and import again.
+    """
+    global _TV_STUB_LIB
+    try:
+        import torchxrayvision as xrv
+
+        return xrv
+    except RuntimeError as exc:
+        if "torchvision::" not in str(exc):
+            raise
+    import torch
+
+    for mod in [m for m in sys.modules if m == "torchvision" or m.startswith("torchvision.")
+                or m == "torchxrayvision" or m.startswith("torchxrayvision.")]:
+        del sys.modules[mod]
+    if _TV_STUB_LIB is None:
+        lib = torch.library.Library("torchvision", "FRAGMENT")
+        for schema in ("nms(Tensor dets, Tensor scores, float iou_threshold) -> Tensor",
+                       "qnms(Tensor dets, Tensor scores, float iou_threshold) -> Tensor"):
+            try:
+                lib.define(schema)
+            except RuntimeError:
+                pass  # already defined
+        _TV_STUB_LIB = lib
+    import torchxrayvision as xrv
+
+    return xrv
+
+
+def _state_dict_from(obj, torch):
+    """A plain state dict from a state dict, a {'state_dict'|'model': ...} checkpoint or a whole module."""
+    meta = {}
+    if isinstance(obj, torch.nn.Module):
+        if getattr(obj, "pathologies", None) is not None:
+            meta["pathologies"] = list(obj.pathologies)
+        obj = obj.state_dict()
+    if isinstance(obj, dict):
+        for key in ("state_dict", "model_state_dict", "model"):
+            if key in obj and isinstance(obj[key], (dict, torch.nn.Module)):
+                inner, inner_meta = _state_dict_from(obj[key], torch)
+                return inner, {**inner_meta, **meta}
+        state = {k[len("module."):] if k.startswith("module.") else k: v for k, v in obj.items()}
+        if not all(isinstance(v, torch.Tensor) for v in state.values()):
+            raise ValueError("weights file holds no state dict of tensors")
+        return state, meta
+    raise ValueError(f"unsupported weights object {type(obj).__name__}")
+
+
+def import_torchxrayvision(
+    weights: Path | None,
+    repo: Path,
+    *,
+    random_init: bool = False,
+    weights_name: str | None = None,
+    pathologies: Sequence[str] | None = None,
+    op_threshs: Sequence[float] | None = None,
+    allow_pickle: bool = False,
+) -> Path:
+    """Export a torchxrayvision DenseNet from a local weights file into ``repo/chest_xray_classifier``.
+
+    - ``weights``: a state dict, a checkpoint dict holding one, or (``allow_pickle=True``, only for
+      files you trust: unpickling runs code) a whole pickled model as torchxrayvision distributes them.
+    - ``random_init``: skip loading (tests); ``weights`` may then be None.
+    - ``weights_name``: a torchxrayvision weights name (e.g. ``densenet121-res224-chex``) whose label list,
+      operating points and input resolution are taken from torchxrayvision's registry (no download).
+    - ``pathologies`` / ``op_threshs``: override the model's output labels / operating points.
+
+    Output ``probabilities`` [N, 5] in our label order (torchxrayvision's "Effusion" is our
+    "Pleural Effusion"): sigmoid of the logits, or torchxrayvision's operating-point normalisation
+    (0.5 = the operating point) when operating points are known. Returns the model folder.
+    """
+    import numpy as np
+    import onnxruntime as ort
+    import torch
+
+    xrv = _import_torchxrayvision()
+    if weights is None and not random_init:
+        raise ValueError("weights is required unless random_init=True")
+
+    model = xrv.models.DenseNet(weights=None)
+    labels = list(xrv.datasets.default_pathologies)
+    thr = None
+    source = "random initialisation (test only: meaningless outputs)"
+    meta: dict = {}
+    if weights_name is not None:
+        entry = xrv.models.model_urls.get(weights_name)
+        if entry is None:
+            raise ValueError(f"unknown torchxrayvision weights name {weights_name!r}")
+        if entry.get("input_resolution", INPUT_SIZE) != INPUT_SIZE:
+            raise ValueError(f"{weights_name} expects {entry['input_resolution']} px input; this slot is {INPUT_SIZE}")
+        labels = list(entry["labels"])
+        thr = entry.get("op_threshs")
+    digest = None
+    if not random_init:
+        weights = Path(weights)  # type: ignore[arg-type]
+        digest = hashlib.sha256(weights.read_bytes()).hexdigest()
+        try:
+            obj = torch.load(weights, map_location="cpu", weights_only=True)
+        except Exception as exc:  # noqa: BLE001
+            if not allow_pickle:
+                raise ValueError(
+                    f"{weights} is not a plain state dict ({type(exc).__name__}); torchxrayvision's own .pt files "
+                    "are pickled models: pass allow_pickle=True if you trust the file") from exc
+            obj = torch.load(weights, map_location="cpu", weights_only=False)
+        state, meta = _state_dict_from(obj, torch)
+        saved_thr = state.pop("op_threshs", None)
+        if saved_thr is not None and thr is None:
+            thr = saved_thr.tolist()
+        model.load_state_dict(state, strict=True)
+        source = f"local weights file `{weights.name}` (sha256 {digest})"
+    if meta.get("pathologies") and pathologies is None and weights_name is None:
+        labels = list(meta["pathologies"])
+    if pathologies is not None:
+        labels = list(pathologies)
+    if op_threshs is not None:
+        thr = list(op_threshs)
+    if len(labels) != model.classifier.out_features:
+        raise ValueError(f"{len(labels)} pathology names for {model.classifier.out_features} outputs")
+    missing = [f for f, n in XRV_NAMES.items() if n not in labels]
+    if missing:
+        raise ValueError(f"the model does not predict {missing}; its pathologies: {labels}")
+    index = [labels.index(XRV_NAMES[f]) for f in FINDINGS]
+    op = None
+    if thr is not None:
+        op = [float(thr[i]) for i in index]
+        if any(v != v for v in op):  # NaN: no operating point for one of ours
+            op = None
+
+    class Wrapped(torch.nn.Module):
+        def __init__(self):
+            super().__init__()
+            self.net = model
+            self.register_buffer("index", torch.tensor(index, dtype=torch.long))
+            self.use_op = op is not None
+            self.register_buffer("op", torch.tensor(op if op is not None else [0.5] * len(FINDINGS)))
+
+        def forward(self, x):
+            logits = self.net.classifier(self.net.features2(x))
+            p = torch.sigmoid(torch.index_select(logits, 1, self.index))
+            if self.use_op:  # torchxrayvision's op_norm, written without boolean-mask assignment
+                lo = p / (self.op * 2)
+                hi = 1.0 - (1.0 - p) / ((1.0 - self.op) * 2)
+                p = torch.where(p < self.op, lo, hi)
+            return p
+
+    wrapped = Wrapped().eval()
+    folder = Path(repo) / CLASSIFIER
+    (folder / "1").mkdir(parents=True, exist_ok=True)
+    onnx_path = folder / "1" / "model.onnx"
+    torch.onnx.export(
+        wrapped, (torch.zeros(2, 1, INPUT_SIZE, INPUT_SIZE),), str(onnx_path), dynamo=False, opset_version=OPSET,
+        input_names=["image"], output_names=["probabilities"],
+        dynamic_axes={"image": {0: "batch"}, "probabilities": {0: "batch"}}, do_constant_folding=True)
+
+    # the exported graph must agree with torch
+    x = (np.random.default_rng(0).random((3, 1, INPUT_SIZE, INPUT_SIZE), dtype=np.float32) * 2 - 1) * 1024
+    with torch.no_grad():
+        ref = wrapped(torch.from_numpy(x)).numpy()
+    got = ort.InferenceSession(str(onnx_path), providers=["CPUExecutionProvider"]).run(None, {"image": x})[0]
+    if not np.allclose(ref, got, atol=1e-4):
+        raise AssertionError(f"onnxruntime output differs from torch by {float(np.abs(ref - got).max())}")
+
+    (folder / "config.pbtxt").write_text(triton_config(
+        CLASSIFIER, "chest_xray_classifier: torchxrayvision DenseNet-121 (imported weights)", INPUT_SIZE, "xrv",
+        "classifier", [("probabilities", "TYPE_FP32", [len(FINDINGS)], "labels.txt")],
+        provenance=("torchxrayvision DenseNet-121, " + ("random initialisation (test only)" if random_init else f"weights imported from {Path(weights).name}")
+                    + ", not validated by RadStream").replace('"', "'")))
+    (folder / "labels.txt").write_text("\n".join(FINDINGS) + "\n")
+    (folder / "thresholds.json").write_text(json.dumps({f: 0.5 for f in FINDINGS}, indent=2) + "\n")
+    stale = folder / "metrics.json"  # the reference model's metrics no longer apply
+    if stale.exists():
+        stale.unlink()
+    mapping = "\n".join(f"| {f} | {XRV_NAMES[f]} | {labels.index(XRV_NAMES[f])} |" for f in FINDINGS)
+    (folder / "MODEL_CARD.md").write_text(f"""# chest_xray_classifier: torchxrayvision DenseNet-121 (imported)
+
+> Imported by `radstream.models_import.import_torchxrayvision`. RadStream has not validated these
+> weights: their clinical validity is whatever their provider established. Until they are validated
+> for your use, treat outputs as not for clinical use.
+
+## Weights
+- architecture: `torchxrayvision.models.DenseNet` (torchxrayvision {getattr(xrv, '__version__', '?')})
+- source: {source}
+- torchxrayvision weights name: {weights_name or 'not given'}
+- output post-processing: {'torchxrayvision operating-point normalisation (0.5 = operating point): ' + json.dumps(dict(zip(FINDINGS, op))) if op else 'sigmoid'}
+
+## Input and output
+- input `image` FP32 [N, 1, 224, 224], normalisation `xrv` (`(2x - 1) * 1024`, torchxrayvision's convention)
+- output `probabilities` FP32 [N, 5] in the order of `labels.txt`; `thresholds.json` holds 0.5 for
+  each finding (choose real thresholds on your own validation data)
+
+| our label | torchxrayvision pathology | model output index |
+|---|---|---|
+{mapping}
+""")
+    return folder
