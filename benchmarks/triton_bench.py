@@ -13,7 +13,6 @@ from __future__ import annotations
 import argparse
 import importlib.util
 import shutil
-import statistics
 import sys
 import tempfile
 import threading

@@ -11,6 +11,7 @@ import importlib
 import json
 import os
 import re
+import sys
 import threading
 import time
 import uuid
@@ -133,7 +134,7 @@ class LocalRuntime:
         self._lock = threading.Lock()
 
     def close(self) -> None:
-        redirect_logs(__import__("sys").stdout)
+        redirect_logs(sys.stdout)
         self._log_file.close()
 
     def handler(self, resource: str) -> Callable[[dict[str, Any], Any], Any]:

@@ -52,7 +52,6 @@ def _check_slot(folder, torch_ref=None):
 def test_random_init_export_matches_torch(tmp_path):
     torch, xrv = _xrv()
     from radstream.models_import import XRV_NAMES, import_torchxrayvision
-    from radstream.phantoms import FINDINGS
 
     folder = import_torchxrayvision(None, tmp_path / "repo", random_init=True)
     assert folder == tmp_path / "repo" / "chest_xray_classifier"
