@@ -119,8 +119,7 @@ def demo_check(data_dir: Path, out: Path, args: argparse.Namespace) -> int:
     if unexpected or missing_failures:
         print(f"demo: unexpected outcome: valid studies without result {unexpected}, invalid studies without failure record {missing_failures}", file=sys.stderr)
         return EXIT_FAILED_STUDIES
-    if not args.quiet:
-        print("demo: every valid study has a result; every broken one (bad-*) has a failure record, as intended")
+    print("demo: every valid study has a result; every broken one (bad-*) has a failure record, as intended", file=sys.stderr if args.json else sys.stdout)
     return 0
 
 

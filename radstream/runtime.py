@@ -11,7 +11,6 @@ import importlib
 import json
 import os
 import re
-import sys
 import threading
 import time
 import uuid
@@ -134,7 +133,7 @@ class LocalRuntime:
         self._lock = threading.Lock()
 
     def close(self) -> None:
-        redirect_logs(sys.stdout)
+        redirect_logs(None)
         self._log_file.close()
 
     def handler(self, resource: str) -> Callable[[dict[str, Any], Any], Any]:

@@ -21,14 +21,30 @@ from shared.contracts import ModelRef, Stage, TelemetryRecord
 from shared.errors import MalformedEvent, RadStreamError
 
 
-_log_stream = logging.StreamHandler(sys.stdout)
+class _LogStream(logging.StreamHandler):
+    """Writes to whatever sys.stdout is at the time (Lambda's log stream), or to a file the local runtime names."""
+
+    def __init__(self) -> None:
+        self.target: IO[str] | None = None
+        super().__init__()
+
+    @property  # type: ignore[override]
+    def stream(self) -> IO[str]:
+        return self.target or sys.stdout
+
+    @stream.setter
+    def stream(self, value: IO[str]) -> None:
+        """StreamHandler.__init__ sets a stream; this handler looks it up at each write instead."""
+
+
+_log_stream = _LogStream()
 logger = Logger(service="radstream", logger_handler=_log_stream)
 tracer = Tracer(service="radstream")
 
 
-def redirect_logs(stream: IO[str]) -> None:
-    """The local runtime sends the handlers' structured logs to a file, so the CLI's output stays readable."""
-    _log_stream.setStream(stream)
+def redirect_logs(stream: IO[str] | None) -> None:
+    """The local runtime sends the handlers' structured logs to a file (None: back to stdout), so the CLI's output stays readable."""
+    _log_stream.target = stream
 
 
 class StageOutput(BaseModel):

@@ -130,7 +130,9 @@ def test_unavailable_models_are_retried_with_backoff_then_caught(tmp_path):
     outcome, execution, sleeps = run_one(tmp_path, triton_url=f"http://127.0.0.1:{closed_port()}")
     assert outcome.status == "failed" and (outcome.stage, outcome.error_type) == ("inference", "InferenceUnavailable")
     failed = Counter(e.state for e in execution.history if e.type == "TaskFailed")
-    assert failed == {"Classify": 5, "Detect": 5, "Encode": 5} or failed["Classify"] == 5  # siblings may be cancelled first
+    # One attempt plus the template's 4 retries for the branch that gave up first; its siblings are cancelled.
+    # (A sibling may even be cancelled before its first attempt: the test's sleeps return at once.)
+    assert max(failed.values()) == 5 and set(failed) <= {"Classify", "Detect", "Encode"}
     assert "ValidateMetadata" not in failed
     entered = [e.state for e in execution.history if e.type.endswith("StateEntered")]
     assert entered[-3:] == ["RecordFailure", "SendFailureTelemetry", "StudyFailed"]
