@@ -413,16 +413,3 @@ def test_athena_deadline_stops_the_query(athena) -> None:
     with pytest.raises(StorageUnavailable, match="still RUNNING after 3 s"):
         runner_for(client, fake, timeout_s=3).run("throughput_per_minute")
     assert fake.sleeps == [0.25, 0.5, 1.0, 1.25]
-
-
-def test_athena_against_moto(monkeypatch: pytest.MonkeyPatch) -> None:
-    """moto's Athena answers the same calls (its results are canned: empty unless queued)."""
-    moto = pytest.importorskip("moto")
-    for var, value in {"AWS_ACCESS_KEY_ID": "test", "AWS_SECRET_ACCESS_KEY": "test", "AWS_DEFAULT_REGION": "us-east-1"}.items():
-        monkeypatch.setenv(var, value)
-    with moto.mock_aws():
-        client = boto3.client("athena", region_name="us-east-1")
-        client.create_work_group(Name="radstream-dev", Configuration={"ResultConfiguration": {"OutputLocation": "s3://results/athena-results/"}})
-        runner = AthenaQueryRunner(client, "radstream-dev", "radstream_dev", poll_initial_s=0.01)
-        result = runner.run("model_comparison")
-        assert result.rows == []
