@@ -137,6 +137,25 @@ def cmd_import_xrv(args: argparse.Namespace) -> int:
     return 0
 
 
+def cmd_trace(args: argparse.Namespace) -> int:
+    from radstream.traces import latest_trace, waterfall
+
+    document = latest_trace(Path(args.data_dir), args.study_id)
+    if args.json:
+        print(json.dumps(document, indent=2))
+        return 0
+    annotations = document["annotations"]
+    total_ms = (document["end_time"] - document["start_time"]) * 1000
+    table = Table(title=f"trace {document['trace_id']}: study {annotations['study_id']}, {annotations['status']}, {total_ms:.1f} ms")
+    for column in ("task", "start ms", "ms", "status"):
+        table.add_column(column)
+    table.add_column("timeline", no_wrap=True, min_width=41)
+    for name, start, duration, status, bar in waterfall(document):
+        table.add_row(name, f"{start:.1f}", f"{duration:.1f}", status, bar)
+    Console(width=None if sys.stdout.isatty() else 160).print(table)
+    return 0
+
+
 def add_run_options(p: argparse.ArgumentParser) -> None:
     p.add_argument("--data-dir", default="radstream-data", help="folder holding the local buckets (default: ./radstream-data)")
     p.add_argument("--triton-url", help="serve models from Triton (http://host:8000 or grpc://host:8001) instead of in-process ONNX Runtime")
@@ -175,6 +194,12 @@ def parser() -> argparse.ArgumentParser:
     xrv.add_argument("weights", help="path of the torchxrayvision DenseNet weights file")
     xrv.add_argument("--model-repository")
     xrv.set_defaults(func=cmd_import_xrv)
+
+    trace = sub.add_parser("trace", help="show the trace of a study's latest run (an X-Ray segment document)")
+    trace.add_argument("study_id")
+    trace.add_argument("--data-dir", default="radstream-data")
+    trace.add_argument("--json", action="store_true", help="print the segment document")
+    trace.set_defaults(func=cmd_trace)
 
     add_query_parser(sub)
     return root

@@ -24,6 +24,7 @@ from typing import Any
 from radstream.asl import ExecutionResult, StateMachine, StatesError, TaskContext
 from radstream.eventpattern import apply_input_transformer, matches
 from radstream.template import DEFAULT_TEMPLATE, Template
+from radstream.traces import write_trace
 from shared import wiring
 from shared.errors import ConfigurationError, RadStreamError
 from shared.messages import INCOMING, study_id_from_key
@@ -215,6 +216,7 @@ class LocalRuntime:
         executions = [self.start(execution_input) for event in events for execution_input in self.route(event)]
         if len(executions) != 1:
             raise ConfigurationError(f"{folder}: its upload started {len(executions)} executions; the rule in template.yaml should start exactly one")
+        write_trace(self.settings.data_dir, executions[0], study_id)
         return self.outcome(str(folder), study_id, executions[0])
 
     def run_many(self, folders: Iterable[Path], on_done: Callable[[StudyOutcome], None] | None = None) -> list[StudyOutcome]:

@@ -60,3 +60,16 @@ def test_a_study_folder_with_two_sidecars_fails_alone(tmp_path, capsys):
 def test_demo_succeeds_when_exactly_the_broken_studies_fail(tmp_path, capsys):
     assert main(["demo", "--count", "2", "--data-dir", str(tmp_path / "data"), "--quiet"]) == 0
     assert "every broken one (bad-*) has a failure record" in capsys.readouterr().out
+
+
+def test_trace_shows_each_task_of_the_latest_run(tmp_path, capsys):
+    studies = tmp_path / "studies"
+    write_demo_studies(studies, 1, size=256, invalid=False)
+    main(["run", str(studies), "--data-dir", str(tmp_path / "data"), "--quiet"])
+    capsys.readouterr()
+    assert main(["trace", "demo-001", "--data-dir", str(tmp_path / "data")]) == 0
+    out = capsys.readouterr().out
+    assert "study demo-001, SUCCEEDED" in out
+    for task in ("ValidateMetadata", "PrepareTensors", "Classify", "Detect", "Encode", "StoreResults", "SendTelemetry"):
+        assert task in out
+    assert main(["trace", "nobody", "--data-dir", str(tmp_path / "data")]) == 2

@@ -157,3 +157,19 @@ def test_running_a_study_again_leaves_one_result(tmp_path):
     assert first.status == second.status == "succeeded" and first.study_id == second.study_id
     results = sorted(p.relative_to(tmp_path / "data") for p in (tmp_path / "data" / "results").rglob("*.json"))
     assert results == [Path("results/results/demo-001/result.json")]
+
+
+def test_every_study_leaves_a_trace_with_one_subsegment_per_task(demo):
+    from radstream.traces import latest_trace
+
+    data_dir, outcomes = demo
+    ok = latest_trace(data_dir, "demo-001")
+    assert ok["annotations"] == {"study_id": "demo-001", "status": "SUCCEEDED", "execution": outcomes["demo-001"].execution_name}
+    assert [s["name"] for s in ok["subsegments"]][:2] == ["ValidateMetadata", "PrepareTensors"]
+    assert sorted(s["name"] for s in ok["subsegments"][2:5]) == ["Classify", "Detect", "Encode"]
+    assert [s["name"] for s in ok["subsegments"][5:]] == ["StoreResults", "SendTelemetry"]
+    assert all(ok["start_time"] <= s["start_time"] <= s["end_time"] <= ok["end_time"] for s in ok["subsegments"])
+    failed = latest_trace(data_dir, "bad-constant")
+    assert failed["error"] and failed["annotations"]["status"] == "FAILED"
+    prepare = next(s for s in failed["subsegments"] if s["name"] == "PrepareTensors")
+    assert prepare["cause"] == {"exceptions": [{"type": "InvalidImage"}]}, "the error type, never the message"
