@@ -9,7 +9,15 @@ import cv2
 import numpy as np
 import pytest
 
+from shared.settings import ENVIRONMENT
 from shared.storage import LocalObjectStore
+
+
+@pytest.fixture(autouse=True)
+def hermetic_settings(monkeypatch: pytest.MonkeyPatch) -> None:
+    """No test sees RadStream settings from the shell that runs it (or from an earlier test)."""
+    for var in ENVIRONMENT.values():
+        monkeypatch.delenv(var, raising=False)
 
 CONFIG = """name: "{name}"
 backend: "onnxruntime"

@@ -29,7 +29,7 @@ from shared import wiring
 from shared.errors import ConfigurationError, RadStreamError
 from shared.messages import INCOMING, study_id_from_key
 from shared.observability import redirect_logs
-from shared.settings import Settings
+from shared.settings import ENVIRONMENT, Settings
 from shared.storage import LocalObjectStore
 
 # Step Functions refuses state payloads over 256 KB; the local runtime holds tasks to the same limit.
@@ -120,9 +120,14 @@ class LocalRuntime:
         self.workers = max(1, workers)
         self.store = wiring.object_store(settings)
         settings.data_dir.mkdir(parents=True, exist_ok=True)
-        os.environ.update(settings.to_env())
-        if settings.triton_url is None:
-            os.environ.pop("TRITON_URL", None)
+        # The stages read their settings from the environment, as in Lambda; close() puts it back.
+        stage_env = settings.to_env()
+        self._saved_env = {var: os.environ.get(var) for var in ENVIRONMENT.values()}
+        for var in ENVIRONMENT.values():
+            if var in stage_env:
+                os.environ[var] = stage_env[var]
+            else:
+                os.environ.pop(var, None)
         (settings.data_dir / "logs").mkdir(exist_ok=True)
         self._log_file = open(settings.data_dir / "logs" / "radstream.log", "a")  # noqa: SIM115 - held for the runtime's life
         redirect_logs(self._log_file)
@@ -136,6 +141,12 @@ class LocalRuntime:
     def close(self) -> None:
         redirect_logs(None)
         self._log_file.close()
+        for var, value in self._saved_env.items():
+            if value is None:
+                os.environ.pop(var, None)
+            else:
+                os.environ[var] = value
+        wiring.reset_all()
 
     def handler(self, resource: str) -> Callable[[dict[str, Any], Any], Any]:
         with self._lock:
