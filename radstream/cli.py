@@ -69,7 +69,8 @@ def settings_from(args: argparse.Namespace) -> Settings:
     return base.model_copy(update=overrides)
 
 
-def run_studies(folders: list[Path], args: argparse.Namespace) -> list:
+def run_studies(folders: list[Path] | None, args: argparse.Namespace) -> list:
+    """Run study folders; None: resume the uploads in the data dir that have neither result nor failure record."""
     from radstream.runtime import LocalRuntime
 
     settings = settings_from(args)
@@ -77,10 +78,12 @@ def run_studies(folders: list[Path], args: argparse.Namespace) -> list:
     err = Console(stderr=True)
     try:
         started = time.perf_counter()
+        keys = runtime.pending() if folders is None else []
         with Progress(TextColumn("{task.description}"), BarColumn(), MofNCompleteColumn(), TimeElapsedColumn(),
                       console=err, disable=args.quiet, transient=not err.is_terminal) as progress:
-            task = progress.add_task("studies", total=len(folders))
-            outcomes = runtime.run_many(folders, on_done=lambda o: progress.advance(task))
+            task = progress.add_task("studies", total=len(keys) if folders is None else len(folders))
+            advance = lambda o: progress.advance(task)  # noqa: E731
+            outcomes = runtime.resume(keys, advance) if folders is None else runtime.run_many(folders, advance)
         totals = summarise(outcomes, time.perf_counter() - started)
     finally:
         runtime.close()
@@ -100,6 +103,10 @@ def cmd_run(args: argparse.Namespace) -> int:
     from radstream.runtime import find_studies
 
     return exit_code(run_studies(find_studies(Path(args.path)), args))
+
+
+def cmd_resume(args: argparse.Namespace) -> int:
+    return exit_code(run_studies(None, args))
 
 
 def cmd_demo(args: argparse.Namespace) -> int:
@@ -171,6 +178,10 @@ def parser() -> argparse.ArgumentParser:
     run.add_argument("path")
     add_run_options(run)
     run.set_defaults(func=cmd_run)
+
+    resume = sub.add_parser("resume", help="run the uploads in the data dir that have neither a result nor a failure record (after a crash)")
+    add_run_options(resume)
+    resume.set_defaults(func=cmd_resume)
 
     demo = sub.add_parser("demo", help="generate synthetic demo studies (some broken on purpose) and run them")
     demo.add_argument("--count", type=int, default=12, help="valid studies to generate (default 12)")

@@ -224,17 +224,48 @@ class LocalRuntime:
             study_id, events = self.upload(folder)
         except RadStreamError as e:  # this study never started; the rest of the batch goes on
             return StudyOutcome(study_id=folder.name, source=str(folder), status="failed", stage="upload", error_type=e.error_name, message=str(e))
+        return self._run(str(folder), study_id, events)
+
+    def _run(self, source: str, study_id: str, events: list[dict[str, Any]]) -> StudyOutcome:
         executions = [self.start(execution_input) for event in events for execution_input in self.route(event)]
         if len(executions) != 1:
-            raise ConfigurationError(f"{folder}: its upload started {len(executions)} executions; the rule in template.yaml should start exactly one")
+            raise ConfigurationError(f"{source}: its upload started {len(executions)} executions; the rule in template.yaml should start exactly one")
         write_trace(self.settings.data_dir, executions[0], study_id)
-        return self.outcome(str(folder), study_id, executions[0])
+        return self.outcome(source, study_id, executions[0])
+
+    def pending(self) -> list[str]:
+        """Uploads that start a run (by the template's rule) but whose study has neither a result nor a failure record.
+
+        What a crash between upload and result leaves behind; `resume` runs them again.
+        """
+        bucket, results = self.settings.images_bucket, self.settings.results_bucket
+        keys = []
+        for key in self.store.list_keys(bucket, INCOMING):
+            head = self.store.head(bucket, key)
+            if head is None or not self.route(s3_event(bucket, key, head.size)):
+                continue
+            study_id = study_id_from_key(key)
+            if not (self.store.head(results, f"results/{study_id}/result.json") or self.store.head(results, f"failed/{study_id}/error.json")):
+                keys.append(key)
+        return keys
+
+    def run_key(self, key: str) -> StudyOutcome:
+        bucket = self.settings.images_bucket
+        head = self.store.head(bucket, key)
+        if head is None:
+            raise ConfigurationError(f"no object s3://{bucket}/{key} to run")
+        return self._run(f"s3://{bucket}/{key}", study_id_from_key(key), [s3_event(bucket, key, head.size)])
 
     def run_many(self, folders: Iterable[Path], on_done: Callable[[StudyOutcome], None] | None = None) -> list[StudyOutcome]:
-        folders = list(folders)
+        return self._map(self.run_folder, list(folders), on_done)
+
+    def resume(self, keys: Iterable[str], on_done: Callable[[StudyOutcome], None] | None = None) -> list[StudyOutcome]:
+        return self._map(self.run_key, list(keys), on_done)
+
+    def _map(self, run: Callable[[Any], StudyOutcome], items: list[Any], on_done: Callable[[StudyOutcome], None] | None) -> list[StudyOutcome]:
         with ThreadPoolExecutor(self.workers, thread_name_prefix="study") as pool:
             outcomes = []
-            for outcome in pool.map(self.run_folder, folders):
+            for outcome in pool.map(run, items):
                 outcomes.append(outcome)
                 if on_done:
                     on_done(outcome)

@@ -73,3 +73,18 @@ def test_trace_shows_each_task_of_the_latest_run(tmp_path, capsys):
     for task in ("ValidateMetadata", "PrepareTensors", "Classify", "Detect", "Encode", "StoreResults", "SendTelemetry"):
         assert task in out
     assert main(["trace", "nobody", "--data-dir", str(tmp_path / "data")]) == 2
+
+
+def test_resume_after_a_crash(tmp_path, capsys):
+    from radstream.runtime import LocalRuntime
+    from shared.settings import Settings
+
+    folder = write_demo_studies(tmp_path / "studies", 1, size=256, invalid=False)[0]
+    runtime = LocalRuntime(Settings(data_dir=tmp_path / "data"))
+    runtime.upload(folder)  # and no run: the crash
+    runtime.close()
+    assert main(["resume", "--data-dir", str(tmp_path / "data"), "--json", "--quiet"]) == 0
+    summary = json.loads(capsys.readouterr().out)
+    assert [(s["study_id"], s["status"]) for s in summary["studies"]] == [("demo-001", "succeeded")]
+    assert main(["resume", "--data-dir", str(tmp_path / "data"), "--json", "--quiet"]) == 0
+    assert json.loads(capsys.readouterr().out)["totals"]["studies"] == 0

@@ -173,3 +173,25 @@ def test_every_study_leaves_a_trace_with_one_subsegment_per_task(demo):
     assert failed["error"] and failed["annotations"]["status"] == "FAILED"
     prepare = next(s for s in failed["subsegments"] if s["name"] == "PrepareTensors")
     assert prepare["cause"] == {"exceptions": [{"type": "InvalidImage"}]}, "the error type, never the message"
+
+
+def test_resume_runs_what_a_crash_left_between_upload_and_result(tmp_path):
+    folders = write_demo_studies(tmp_path / "studies", 2, size=256, invalid=False)
+    settings = Settings(data_dir=tmp_path / "data")
+    crashed = LocalRuntime(settings)
+    try:
+        crashed.upload(folders[0])  # uploaded, then the process died before the run
+        done = crashed.run_folder(folders[1])
+    finally:
+        crashed.close()
+    assert done.status == "succeeded"
+    restarted = LocalRuntime(settings)
+    try:
+        pending = restarted.pending()
+        assert pending == ["incoming/demo-001/study.json"], "only the sidecar starts a run; demo-002 already has its result"
+        (outcome,) = restarted.resume(pending)
+        assert outcome.study_id == "demo-001" and outcome.status == "succeeded"
+        assert restarted.pending() == [], "nothing left, and nothing run twice"
+    finally:
+        restarted.close()
+    assert sorted(p.parent.name for p in (tmp_path / "data" / "results" / "results").rglob("result.json")) == ["demo-001", "demo-002"]
