@@ -156,9 +156,12 @@ class LocalRuntime:
             return self._handlers[resource]
 
     def invoke(self, resource: str, payload: Any, context: TaskContext) -> Any:
-        """Call a task's Lambda handler the way Lambda would: JSON in, JSON out, size-capped."""
-        event = json.loads(json.dumps(payload))
-        output = self.handler(resource)(event, LambdaContext(function_name=resource.rsplit(":", 1)[-1]))
+        """Call a task's Lambda handler the way Lambda would: JSON out, size-capped.
+
+        The state machine already hands each task its own copy of the input, so only the output crosses
+        a JSON boundary here (which also normalises it as Lambda's serialisation would).
+        """
+        output = self.handler(resource)(payload, LambdaContext(function_name=resource.rsplit(":", 1)[-1]))
         encoded = json.dumps(output)
         if len(encoded) > MAX_PAYLOAD_BYTES:
             raise StatesError("States.DataLimitExceeded", f"task {context.state_name} returned {len(encoded)} bytes, over Step Functions' 256 KB")
