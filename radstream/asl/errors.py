@@ -22,9 +22,12 @@ class DefinitionError(ValueError):
 
 
 class StatesError(Exception):
-    """A named States error with a cause, as carried through Retry/Catch."""
+    """A named States error with a cause, as carried through Retry/Catch.
 
-    def __init__(self, error: str, cause: str = "") -> None:
-        super().__init__(f"{error}: {cause}" if cause else error)
+    Both are None only for a Fail state that names neither (AWS reports no error and no cause then).
+    """
+
+    def __init__(self, error: str | None, cause: str | None = "") -> None:
+        super().__init__(": ".join(p for p in (error, cause) if p) or "failed with no error name and no cause")
         self.error = error
         self.cause = cause

@@ -5,6 +5,7 @@ from __future__ import annotations
 import base64
 import hashlib
 import json
+import math
 import random
 import re
 import uuid
@@ -25,8 +26,12 @@ def _fail(message: str) -> StatesError:
     return StatesError(INTRINSIC_FAILURE, message)
 
 
-def _format(template: str, *args: Any) -> str:
-    pieces = re.split(r"(\\[{}\\']|\{\})", template)
+def _format(template: Any, *args: Any, escapes: bool = True) -> str:
+    """``{}`` placeholders take the arguments in order; ``escapes`` applies to a literal template, whose
+    ``\\{``, ``\\}``, ``\\'`` and ``\\\\`` stand for the characters (a template read from a path is plain text)."""
+    if not isinstance(template, str):
+        raise _fail(f"States.Format: the template must be a string, got {type(template).__name__}")
+    pieces = re.split(r"(\\[{}\\']|\{\})" if escapes else r"(\{\})", template)
     if pieces.count("{}") != len(args):
         raise _fail(f"States.Format: {pieces.count('{}')} placeholders but {len(args)} arguments")
     values = iter(args)
@@ -37,7 +42,7 @@ def _format(template: str, *args: Any) -> str:
             if isinstance(value, (dict, list)):
                 raise _fail("States.Format: arguments must be strings, numbers, booleans or null")
             out.append(value if isinstance(value, str) else json.dumps(value))
-        elif len(piece) == 2 and piece[0] == "\\":
+        elif escapes and len(piece) == 2 and piece[0] == "\\":
             out.append(piece[1])
         else:
             out.append(piece)
@@ -50,6 +55,20 @@ def _integer(value: Any, fn: str) -> int:
     return int(value)
 
 
+def _rounded(value: Any, fn: str) -> int:
+    """A number rounded to the nearest integer, as AWS does for the arguments its documentation says it rounds.
+
+    Step Functions runs on the JVM: halves go up, as Java's Math.round does (AWS returns
+    States.MathAdd(-1.49, -1.5) = -2, i.e. -1.5 rounds to -1, not to -2 as half-away-from-zero would).
+    """
+    if isinstance(value, bool) or not isinstance(value, (int, float)) or not math.isfinite(value):
+        raise _fail(f"{fn}: {value!r} is not a number")
+    if isinstance(value, int):
+        return value
+    floor = math.floor(value)
+    return floor + 1 if value - floor >= 0.5 else floor
+
+
 def _array(value: Any, fn: str) -> list[Any]:
     if not isinstance(value, list):
         raise _fail(f"{fn}: {value!r} is not an array")
@@ -57,17 +76,28 @@ def _array(value: Any, fn: str) -> list[Any]:
 
 
 def _partition(array: list[Any], size: Any) -> list[list[Any]]:
-    array, n = _array(array, "States.ArrayPartition"), _integer(size, "States.ArrayPartition")
+    array, n = _array(array, "States.ArrayPartition"), _rounded(size, "States.ArrayPartition")
     if n <= 0:
         raise _fail("States.ArrayPartition: chunk size must be positive")
     return [array[i : i + n] for i in range(0, len(array), n)]
 
 
+ARRAY_RANGE_LIMIT = 1000  # AWS: "The newly generated array can't contain more than 1000 items."
+
+
 def _array_range(start: Any, stop: Any, step: Any) -> list[int]:
-    a, b, s = (_integer(v, "States.ArrayRange") for v in (start, stop, step))
+    a, b, s = (_rounded(v, "States.ArrayRange") for v in (start, stop, step))
     if s == 0:
         raise _fail("States.ArrayRange: step must not be 0")
-    return list(range(a, b + (1 if s > 0 else -1), s))
+    items = range(a, b + (1 if s > 0 else -1), s)
+    if len(items) > ARRAY_RANGE_LIMIT:
+        raise _fail(f"States.ArrayRange: the range has {len(items)} items, over the limit of {ARRAY_RANGE_LIMIT}")
+    return list(items)
+
+
+def _math_random(start: Any, end: Any, *seed: Any) -> int:
+    a, b = _rounded(start, "States.MathRandom"), _rounded(end, "States.MathRandom")
+    return random.Random(*(_integer(s, "States.MathRandom") for s in seed)).randint(a, b - 1)
 
 
 def _unique(array: list[Any]) -> list[Any]:
@@ -107,8 +137,8 @@ _FUNCTIONS: dict[str, Callable[..., Any]] = {
     "States.Base64Decode": lambda s: base64.b64decode(s.encode(), validate=True).decode(),
     "States.Hash": _hash,
     "States.JsonMerge": _merge,
-    "States.MathRandom": lambda a, b, *seed: random.Random(*seed).randint(a, b - 1),
-    "States.MathAdd": lambda a, b: _integer(a, "States.MathAdd") + _integer(b, "States.MathAdd"),
+    "States.MathRandom": _math_random,
+    "States.MathAdd": lambda a, b: _rounded(a, "States.MathAdd") + _rounded(b, "States.MathAdd"),
     "States.StringSplit": lambda s, sep: [p for p in re.split("|".join(map(re.escape, sep)), s) if p] if sep else [s],
     "States.UUID": lambda: str(uuid.uuid4()),
 }
@@ -157,10 +187,14 @@ class _Parser:
                 else:
                     raise self.error("expected ',' or ')'")
         if name == "States.Format":
-            if raw_template is None:
-                raise self.error("States.Format needs a string literal template first")
-            rest = args[1:]
-            return _guard(name, lambda data, ctx: _format(raw_template, *(a(data, ctx) for a in rest)))
+            if not args:
+                raise self.error("States.Format needs a template")
+            template, rest = args[0], args[1:]
+            if raw_template is not None:  # a literal: its escapes are resolved by _format
+                return _guard(name, lambda data, ctx: _format(raw_template, *(a(data, ctx) for a in rest)))
+            # AWS: "States.Format($.template, $.name)": the template may come from a path or a function.
+            return _guard(name, lambda data, ctx: _format(template(data, ctx), *(a(data, ctx) for a in rest),
+                                                          escapes=False))
         fn = _FUNCTIONS[name]
         return _guard(name, lambda data, ctx: fn(*(a(data, ctx) for a in args)))
 

@@ -1,10 +1,19 @@
-"""JSONPath subset used by Amazon States Language paths and reference paths."""
+"""JSONPath subset used by Amazon States Language paths and reference paths.
+
+AWS: "Paths follow JsonPath syntax" (Jayway JsonPath). Names, indices, wildcards, slices and ``..`` are
+evaluated here; a filter step ``[?(...)]`` is evaluated by jsonpath-ng's extended parser, whose filter
+language (``@``-relative paths, ``== != < <= > >=``, ``&&``, ``!``, string/number/boolean/null literals,
+bare ``@.field`` for existence) matches Jayway's for those operators.
+"""
 
 from __future__ import annotations
 
 import re
+import threading
 from functools import lru_cache
 from typing import Any
+
+from jsonpath_ng.ext import parse as _parse_jsonpath_ng
 
 from .errors import DefinitionError
 
@@ -14,6 +23,9 @@ _INDEX = re.compile(r"\[\s*(-?\d+)\s*\]")
 _SLICE = re.compile(r"\[\s*(-?\d*)\s*:\s*(-?\d*)\s*\]")
 _WILD = re.compile(r"(?:\.\*|\[\s*\*\s*\])")
 _RECURSE = re.compile(r"\.\.(?:([^.\[\]*]+)|\*)?")
+_FILTER_OPEN = re.compile(r"\[\s*\?\s*\(")
+_FILTER_CLOSE = re.compile(r"\s*\]")
+_PARSE_LOCK = threading.Lock()  # PLY parser construction is not documented as thread-safe
 
 _MISSING = object()
 
@@ -87,6 +99,10 @@ def _find(steps: tuple[tuple[str, Any], ...], i: int, node: Any, out: list[Any])
         if isinstance(node, list):
             for child in node[arg[0] : arg[1]]:
                 _find(steps, i + 1, child, out)
+    elif kind == "filter":  # Jayway: "Filters are logical expressions used to filter arrays"
+        if isinstance(node, list):
+            for match in arg.find(node):
+                _find(steps, i + 1, match.value, out)
     else:  # recurse: apply the remaining steps at every depth
         for child in _descendants(node):
             if arg is None:
@@ -122,15 +138,50 @@ def _assign(steps: tuple[tuple[str, Any], ...], i: int, node: Any, value: Any, t
     return items
 
 
+def _filter(text: str, start: int, pos: int) -> tuple[Any, int]:
+    """Compile the filter ``[?(...)]`` opening at ``start`` (``pos`` at its ``(``); return it and the end of its ``]``."""
+    depth, quote = 0, ""
+    while pos < len(text):
+        c = text[pos]
+        if quote:
+            if c == "\\":
+                pos += 1
+            elif c == quote:
+                quote = ""
+        elif c in "'\"":
+            quote = c
+        elif c == "(":
+            depth += 1
+        elif c == ")":
+            depth -= 1
+            if depth == 0:
+                close = _FILTER_CLOSE.match(text, pos + 1)
+                if not close:
+                    break
+                source = text[start : close.end()]
+                try:
+                    with _PARSE_LOCK:
+                        compiled = _parse_jsonpath_ng("$" + source)
+                except Exception as exc:  # jsonpath-ng raises plain Exception subclasses for syntax errors
+                    raise DefinitionError(f"Invalid path {text!r}: filter {source!r}: {exc}") from None
+                return compiled, close.end()
+        pos += 1
+    raise DefinitionError(f"Invalid path {text!r}: unterminated filter at {text[start:]!r}")
+
+
 @lru_cache(maxsize=4096)
 def compile_path(text: str) -> Path:
-    """Compile a JSONPath (``$``, ``$.a.b``, ``$['a']``, ``$.a[0]``, ``$.a[*].b``, ``$..a``, slices)."""
+    """Compile a JSONPath (``$``, ``$.a.b``, ``$['a']``, ``$.a[0]``, ``$.a[*].b``, ``$..a``, slices, filters)."""
     if not isinstance(text, str) or not text.startswith("$"):
         raise DefinitionError(f"Invalid path {text!r}: must start with '$'")
     context = text.startswith("$$")
     pos = 2 if context else 1
     steps: list[tuple[str, Any]] = []
     while pos < len(text):
+        if m := _FILTER_OPEN.match(text, pos):
+            compiled, pos = _filter(text, pos, m.end() - 1)
+            steps.append(("filter", compiled))
+            continue
         if m := _RECURSE.match(text, pos):
             steps.append(("recurse", m.group(1)))
         elif m := _WILD.match(text, pos):

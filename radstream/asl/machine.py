@@ -485,8 +485,11 @@ class _Fail(_State):
         for key in ("Error", "Cause"):
             if key in spec and key + "Path" in spec:
                 raise DefinitionError(f"{where}: only one of {key} and {key}Path")
-        self.error = spec.get("Error", "")
-        self.cause = spec.get("Cause", "")
+            if key in spec and not isinstance(spec[key], str):
+                raise DefinitionError(f"{where}.{key} must be a string")
+        # AWS: Error and Cause are both "(Optional)"; a Fail state without them reports none (null), not "".
+        self.error: str | None = spec.get("Error")
+        self.cause: str | None = spec.get("Cause")
         self.error_path = compile_expression(spec["ErrorPath"]) if "ErrorPath" in spec else None
         self.cause_path = compile_expression(spec["CausePath"]) if "CausePath" in spec else None
 
@@ -500,7 +503,9 @@ class _Fail(_State):
                 cause = self.cause_path(data, ctx)
         except PathNotFound as exc:
             raise StatesError(E.RUNTIME, str(exc)) from None
-        if not isinstance(error, str) or not isinstance(cause, str):
+        if (self.error_path is not None and not isinstance(error, str)) or (
+            self.cause_path is not None and not isinstance(cause, str)
+        ):
             raise StatesError(E.RUNTIME, "ErrorPath and CausePath must resolve to strings")
         raise StatesError(error, cause)
 

@@ -151,7 +151,7 @@ def test_jsonpath_errors() -> None:
     with pytest.raises(DefinitionError):
         compile_reference_path("$.a[*]")
     with pytest.raises(DefinitionError):
-        compile_path("$.a[?(@.b)]")
+        compile_path("$.a[?(@.b)")
 
 
 def test_lambda_invoke_integration() -> None:
