@@ -100,10 +100,21 @@ def _math_random(start: Any, end: Any, *seed: Any) -> int:
     return random.Random(*(_integer(s, "States.MathRandom") for s in seed)).randint(a, b - 1)
 
 
+def _same(a: Any, b: Any) -> bool:
+    """JSON equality: true and 1 are different values (Python's == and ``in`` say they are equal)."""
+    if isinstance(a, bool) or isinstance(b, bool):
+        return isinstance(a, bool) and isinstance(b, bool) and a == b
+    if isinstance(a, list) and isinstance(b, list):
+        return len(a) == len(b) and all(map(_same, a, b))
+    if isinstance(a, dict) and isinstance(b, dict):
+        return a.keys() == b.keys() and all(_same(a[k], b[k]) for k in a)
+    return bool(a == b)
+
+
 def _unique(array: list[Any]) -> list[Any]:
     seen: list[Any] = []
     for item in array:
-        if item not in seen:
+        if not any(_same(item, s) for s in seen):
             seen.append(item)
     return seen
 
@@ -128,7 +139,7 @@ _FUNCTIONS: dict[str, Callable[..., Any]] = {
     "States.JsonToString": lambda v: json.dumps(v, separators=(",", ":")),
     "States.Array": lambda *a: list(a),
     "States.ArrayPartition": _partition,
-    "States.ArrayContains": lambda array, value: value in _array(array, "States.ArrayContains"),
+    "States.ArrayContains": lambda array, value: any(_same(value, v) for v in _array(array, "States.ArrayContains")),
     "States.ArrayRange": _array_range,
     "States.ArrayGetItem": lambda array, i: _array(array, "States.ArrayGetItem")[_integer(i, "States.ArrayGetItem")],
     "States.ArrayLength": lambda array: len(_array(array, "States.ArrayLength")),

@@ -182,3 +182,17 @@ def test_fail_state_without_error_or_cause_reports_none() -> None:
 def test_fail_state_error_must_be_a_string() -> None:
     with pytest.raises(DefinitionError, match="Error must be a string"):
         machine(single({"Type": "Fail", "Error": 3}))
+
+
+# --- JSON equality in States.ArrayContains / States.ArrayUnique -------------------------------------------
+
+def test_array_contains_and_unique_tell_true_from_1() -> None:
+    """AWS: 'Use the States.ArrayContains intrinsic function to determine if a specific value is present in
+    an array.' ... 'You must specify a valid JSON object as the second argument.' Values are JSON values,
+    and JSON's true is not the number 1 (Python's ``True == 1`` is); ArrayUnique keeps both for the same reason."""
+    data = {"a": [1, 0, [1], {"k": 1}], "b": [1, True, 0, False, [1], [True], 1.0]}
+    out = pass_output({"t.$": "States.ArrayContains($.a, true)", "f.$": "States.ArrayContains($.a, false)",
+                       "nested.$": "States.ArrayContains($.a, $.b[5])", "obj.$": "States.ArrayContains($.a, $.a[3])",
+                       "one.$": "States.ArrayContains($.a, 1)", "u.$": "States.ArrayUnique($.b)"}, data)
+    assert out == {"t": False, "f": False, "nested": False, "obj": True, "one": True,
+                   "u": [1, True, 0, False, [1], [True]]}
