@@ -25,6 +25,7 @@ from sqlglot import exp
 from sqlglot.errors import ErrorLevel, SqlglotError
 
 from radstream.template import DEFAULT_TEMPLATE, Template
+from shared.aws_errors import translated
 from shared.errors import ConfigurationError, PermanentError, RadStreamError, StorageUnavailable
 
 READ_DIALECT = "athena"
@@ -241,10 +242,6 @@ class DuckDBQueryRunner(_Queries):
 
 
 # Athena error codes worth retrying: throttling, concurrency limits and its own faults.
-_TRANSIENT_CODES = {
-    "ThrottlingException", "TooManyRequestsException", "InternalServerException", "ServiceUnavailable",
-    "ServiceUnavailableException", "RequestLimitExceeded", "SlowDown",
-}
 _NUMERIC = {"tinyint": int, "smallint": int, "integer": int, "int": int, "bigint": int, "double": float, "float": float, "real": float, "decimal": float}
 
 
@@ -286,18 +283,8 @@ class AthenaQueryRunner(_Queries):
         return self._results(execution_id)
 
     def _call(self, operation: str, **kwargs: Any) -> dict[str, Any]:
-        from botocore.exceptions import BotoCoreError, ClientError
-
-        try:
+        with translated(f"athena {operation}", "--workgroup / --database"):
             return getattr(self.client, operation)(**kwargs)
-        except ClientError as e:
-            code = e.response.get("Error", {}).get("Code", "")
-            message = e.response.get("Error", {}).get("Message", "")
-            if code in _TRANSIENT_CODES or e.response.get("ResponseMetadata", {}).get("HTTPStatusCode", 0) >= 500:
-                raise StorageUnavailable(f"athena {operation}: {code}: {message}") from e
-            raise PermanentError(f"athena {operation}: {code}: {message}") from e
-        except BotoCoreError as e:
-            raise StorageUnavailable(f"athena {operation}: {type(e).__name__}") from e
 
     def _wait(self, name: str, execution_id: str) -> None:
         deadline = self.clock() + self.timeout_s

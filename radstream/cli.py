@@ -3,8 +3,10 @@ from __future__ import annotations
 
 import argparse
 import json
+import signal
 import statistics
 import sys
+import threading
 import time
 from dataclasses import asdict
 from pathlib import Path
@@ -19,6 +21,7 @@ from shared.settings import DEFAULT_MODEL_REPOSITORY, Settings
 
 EXIT_FAILED_STUDIES = 1
 EXIT_USAGE = 2
+EXIT_INTERRUPTED = 3  # stopped by Ctrl-C or SIGTERM: the summary names what was not run; `radstream resume` finishes it
 
 
 def percentile(values: list[float], q: float) -> float:
@@ -41,14 +44,17 @@ def summarise(outcomes, wall_s: float) -> dict:
 
 def print_table(console: Console, outcomes, totals: dict) -> None:
     table = Table(title="RadStream studies (reference models: not for clinical use)")
-    for column in ("study", "status", "top findings / reason", "boxes", "end-to-end ms"):
+    for column in ("study", "status", "positive findings (top finding if none) / reason", "boxes", "end-to-end ms"):
         table.add_column(column, overflow="fold")
     for o in outcomes:
         if o.status == "succeeded":
-            top = ", ".join(f"{f['label']} {f['probability']:.2f}{'*' if f['positive'] else ''}" for f in o.findings[:2])
+            shown = [f for f in o.findings if f["positive"]] or o.findings[:1]
+            top = ", ".join(f"{f['label']} {f['probability']:.2f}{'*' if f['positive'] else ''}" for f in shown)
             table.add_row(o.study_id, "[green]succeeded", top, str(o.detections), f"{o.end_to_end_ms:.0f}")
         else:
-            reason = f"{o.stage or '?'}: {o.error_type}: {o.message}"
+            reason = f"{o.stage or 'workflow'}: {o.error_type}: {o.message}"
+            if o.output is None:
+                reason += " [not recorded: resume runs it again]"
             table.add_row(o.study_id, "[red]failed", reason, "", f"{o.end_to_end_ms:.0f}" if o.end_to_end_ms else "")
     console.print(table)
     console.print("* = above the finding's threshold")
@@ -69,34 +75,53 @@ def settings_from(args: argparse.Namespace) -> Settings:
     return base.model_copy(update=overrides)
 
 
-def run_studies(folders: list[Path] | None, args: argparse.Namespace) -> list:
-    """Run study folders; None: resume the uploads in the data dir that have neither result nor failure record."""
+def _sigterm_as_interrupt(signum: int, frame: object) -> None:
+    raise KeyboardInterrupt
+
+
+def run_studies(folders: list[Path] | None, args: argparse.Namespace):
+    """Run study folders; None: resume what the journals and the images bucket say is unfinished. Returns the RunReport."""
     from radstream.runtime import LocalRuntime
 
     settings = settings_from(args)
-    runtime = LocalRuntime(settings, workers=args.workers)
     err = Console(stderr=True)
+    in_main_thread = threading.current_thread() is threading.main_thread()  # only there can a signal handler be set
+    previous = signal.signal(signal.SIGTERM, _sigterm_as_interrupt) if in_main_thread else None
     try:
-        started = time.perf_counter()
-        keys = runtime.pending() if folders is None else []
-        with Progress(TextColumn("{task.description}"), BarColumn(), MofNCompleteColumn(), TimeElapsedColumn(),
-                      console=err, disable=args.quiet, transient=not err.is_terminal) as progress:
-            task = progress.add_task("studies", total=len(keys) if folders is None else len(folders))
-            advance = lambda o: progress.advance(task)  # noqa: E731
-            outcomes = runtime.resume(keys, advance) if folders is None else runtime.run_many(folders, advance)
-        totals = summarise(outcomes, time.perf_counter() - started)
+        with LocalRuntime(settings, workers=args.workers) as runtime:
+            started = time.perf_counter()
+            with Progress(TextColumn("{task.description}"), BarColumn(), MofNCompleteColumn(), TimeElapsedColumn(),
+                          console=err, disable=args.quiet, transient=not err.is_terminal) as progress:
+                task = progress.add_task("studies", total=len(folders) if folders is not None else None)
+                advance = lambda o: progress.advance(task)  # noqa: E731
+                if folders is None:
+                    report = runtime.resume(advance)
+                else:
+                    report = runtime.run_many(folders, advance)
+            totals = summarise(report.outcomes, time.perf_counter() - started)
     finally:
-        runtime.close()
+        if in_main_thread:
+            signal.signal(signal.SIGTERM, previous)
+    totals |= {"not_run": len(report.not_run), "interrupted": report.interrupted}
     if args.json:
-        print(json.dumps({"totals": totals, "data_dir": str(settings.data_dir), "studies": [asdict(o) for o in outcomes]}, indent=2))
+        print(json.dumps({"totals": totals, "data_dir": str(settings.data_dir), "journal": str(report.journal),
+                          "not_run": report.not_run, "studies": [asdict(o) for o in report.outcomes]}, indent=2))
     else:
-        print_table(Console(width=None if sys.stdout.isatty() else 160), outcomes, totals)
-        print(f"results: {settings.data_dir / settings.results_bucket}   telemetry: {settings.data_dir / settings.telemetry_bucket}   logs: {settings.data_dir / 'logs'}")
-    return outcomes
+        print_table(Console(width=None if sys.stdout.isatty() else 160), report.outcomes, totals)
+        print(f"results: {settings.data_dir / settings.results_bucket}   telemetry: {settings.data_dir / settings.telemetry_bucket}   "
+              f"logs: {settings.data_dir / 'logs'}   journal: {report.journal}")
+        unrecorded = sum(o.output is None for o in report.outcomes)
+        if report.interrupted or unrecorded:
+            print(f"interrupted: {len(report.not_run)} studies not run; " if report.interrupted else "", end="")
+            print(f"{unrecorded} failures not recorded; " if unrecorded else "", end="")
+            print("`radstream resume` finishes them")
+    return report
 
 
-def exit_code(outcomes) -> int:
-    return EXIT_FAILED_STUDIES if any(o.status != "succeeded" for o in outcomes) else 0
+def exit_code(report) -> int:
+    if report.interrupted:
+        return EXIT_INTERRUPTED
+    return EXIT_FAILED_STUDIES if any(o.status != "succeeded" for o in report.outcomes) else 0
 
 
 def cmd_run(args: argparse.Namespace) -> int:
@@ -116,11 +141,11 @@ def cmd_demo(args: argparse.Namespace) -> int:
     folders = write_demo_studies(out, args.count, invalid=not args.valid_only)
     if not args.quiet:
         Console(stderr=True).print(f"wrote {len(folders)} synthetic demo studies to {out} (phantoms, not patient data)")
-    outcomes = run_studies(folders, args)
-    if args.valid_only:
-        return exit_code(outcomes)
+    report = run_studies(folders, args)
+    if args.valid_only or report.interrupted:
+        return exit_code(report)
     # The demo includes studies broken on purpose (bad-*): it succeeds when exactly those fail, each with its record.
-    wrong = [o.study_id for o in outcomes if (o.status == "succeeded") == o.study_id.startswith("bad-") or o.output is None]
+    wrong = [o.study_id for o in report.outcomes if (o.status == "succeeded") == o.study_id.startswith("bad-") or o.output is None]
     if wrong:
         print(f"demo: unexpected outcome for {', '.join(wrong)}", file=sys.stderr)
         return EXIT_FAILED_STUDIES
@@ -179,7 +204,7 @@ def parser() -> argparse.ArgumentParser:
     add_run_options(run)
     run.set_defaults(func=cmd_run)
 
-    resume = sub.add_parser("resume", help="run the uploads in the data dir that have neither a result nor a failure record (after a crash)")
+    resume = sub.add_parser("resume", help="finish what earlier runs left: studies never run, cut short or failed transiently (after a crash, Ctrl-C or an outage)")
     add_run_options(resume)
     resume.set_defaults(func=cmd_resume)
 

@@ -7,15 +7,16 @@ state machine, whose tasks call the very Lambda handlers the container images ru
 """
 from __future__ import annotations
 
+import hashlib
 import importlib
 import json
-import os
 import re
 import threading
 import time
 import uuid
+from collections import Counter
 from collections.abc import Callable, Iterable
-from concurrent.futures import ThreadPoolExecutor
+from concurrent.futures import FIRST_COMPLETED, Future, ThreadPoolExecutor, wait
 from dataclasses import dataclass, field
 from datetime import datetime, timezone
 from pathlib import Path
@@ -23,13 +24,15 @@ from typing import Any
 
 from radstream.asl import ExecutionResult, StateMachine, StatesError, TaskContext
 from radstream.eventpattern import apply_input_transformer, matches
+from radstream.journal import Journal, JournalEntry, unfinished
 from radstream.template import DEFAULT_TEMPLATE, Template
 from radstream.traces import write_trace
 from shared import wiring
-from shared.errors import ConfigurationError, RadStreamError
+from shared.contracts import FailureRecord, ObjectRef
+from shared.errors import ConfigurationError, FailureNotRecorded, ObjectNotFound, RadStreamError, StudyConflict, is_transient
 from shared.messages import INCOMING, study_id_from_key
-from shared.observability import redirect_logs
-from shared.settings import ENVIRONMENT, Settings
+from shared.observability import StageHandler, code_location, logger, logs_to
+from shared.settings import Settings
 from shared.storage import LocalObjectStore
 
 # Step Functions refuses state payloads over 256 KB; the local runtime holds tasks to the same limit.
@@ -68,7 +71,7 @@ class StudyOutcome:
     stage: str | None = None
     error_type: str | None = None
     message: str | None = None
-    output: str | None = None
+    output: str | None = None  # where its result or failure record is; None: nothing could be recorded (resume runs it)
 
 
 def s3_event(bucket: str, key: str, size: int) -> dict[str, Any]:
@@ -104,56 +107,92 @@ def is_study(folder: Path) -> bool:
 
 
 def upload_key_study_id(folder: Path, sidecar: Path) -> str:
-    """The id that names the study's upload prefix: the sidecar's study_id when it is safe, else the folder's name."""
+    """The id that names the study's upload prefix: the sidecar's study_id when it is safe, else the folder's name.
+
+    Whatever is wrong with the sidecar (unreadable, not JSON, nested past the parser's depth), validate names it;
+    here it only decides where the upload goes.
+    """
     try:
-        claimed = json.loads(sidecar.read_text()).get("study_id")
-    except (OSError, ValueError, AttributeError):
+        claimed = json.loads(sidecar.read_bytes().decode("utf-8-sig")).get("study_id")
+    except Exception:  # noqa: BLE001 - any unreadable sidecar falls back to the folder's name; validate reports it
         claimed = None
     if isinstance(claimed, str) and claimed and not _SAFE_ID.search(claimed) and claimed not in (".", ".."):
         return claimed
+    return folder_study_id(folder)
+
+
+def folder_study_id(folder: Path) -> str:
     return _SAFE_ID.sub("_", folder.name) or "study"
 
 
+def study_files(folder: Path) -> list[Path]:
+    """The files of a study folder in upload order (the sidecar, which starts the run, last)."""
+    sidecars, dicoms = sorted(folder.glob("*.json")), sorted(folder.glob("*.dcm"))
+    # Each .json or .dcm landing under incoming/ starts a run (template.yaml's rule), so a study has exactly one.
+    if len(sidecars) + len(dicoms) != 1:
+        raise ConfigurationError(
+            f"{folder}: a study folder holds one sidecar (*.json) with its PNG/JPEG image, or one DICOM file (*.dcm) alone; "
+            f"found {len(sidecars)} sidecar(s) and {len(dicoms)} DICOM file(s)"
+        )
+    return sorted(p for p in folder.iterdir() if p.is_file() and p.suffix != ".json") + sidecars
+
+
+@dataclass
+class RunReport:
+    """What a run or a resume did: an outcome per study that ran, and the studies it did not reach."""
+
+    outcomes: list[StudyOutcome]
+    not_run: list[str] = field(default_factory=list)
+    interrupted: bool = False
+    journal: Path | None = None
+
+
 class LocalRuntime:
+    """The embedded AWS: one per data dir and settings; a context manager that closes what it opened.
+
+    The stages get their dependencies from this runtime's settings through each handler's own `build`
+    (the door Lambda uses with the environment's settings): no environment variable is set, no module
+    state is touched, so two runtimes in one process do not disturb each other.
+    """
+
     def __init__(self, settings: Settings, template_path: Path = DEFAULT_TEMPLATE, workers: int = 2, sleep: Callable[[float], None] = time.sleep) -> None:
         self.settings = settings
         self.workers = max(1, workers)
-        self.store = wiring.object_store(settings)
         settings.data_dir.mkdir(parents=True, exist_ok=True)
-        # The stages read their settings from the environment, as in Lambda; close() puts it back.
-        stage_env = settings.to_env()
-        self._saved_env = {var: os.environ.get(var) for var in ENVIRONMENT.values()}
-        for var in ENVIRONMENT.values():
-            if var in stage_env:
-                os.environ[var] = stage_env[var]
-            else:
-                os.environ.pop(var, None)
+        self.store = wiring.object_store(settings)
         (settings.data_dir / "logs").mkdir(exist_ok=True)
         self._log_file = open(settings.data_dir / "logs" / "radstream.log", "a")  # noqa: SIM115 - held for the runtime's life
-        redirect_logs(self._log_file)
-        wiring.reset_all()  # the stages build their dependencies again, from these settings
         self.template = Template(template_path)
         self.rules = self.template.event_rules(settings.to_env())
         self.machine = StateMachine(self.template.definition(), self.invoke, sleep=sleep, max_workers=8)
-        self._handlers: dict[str, Callable[[dict[str, Any], Any], Any]] = {}
+        self._bindings: dict[str, tuple[StageHandler[Any], Any]] = {}
+        self._dependencies: dict[Any, Any] = {}
         self._lock = threading.Lock()
 
-    def close(self) -> None:
-        redirect_logs(None)
-        self._log_file.close()
-        for var, value in self._saved_env.items():
-            if value is None:
-                os.environ.pop(var, None)
-            else:
-                os.environ[var] = value
-        wiring.reset_all()
+    def __enter__(self) -> "LocalRuntime":
+        return self
 
-    def handler(self, resource: str) -> Callable[[dict[str, Any], Any], Any]:
+    def __exit__(self, *exc: object) -> None:
+        self.close()
+
+    def close(self) -> None:
         with self._lock:
-            if resource not in self._handlers:
+            dependencies, self._dependencies, self._bindings = list(self._dependencies.values()), {}, {}
+        wiring.close_all(*dependencies, self.store)
+        self._log_file.close()
+
+    def binding(self, resource: str) -> tuple[StageHandler[Any], Any]:
+        """The handler a task resource names (ImageConfig.Command) and its dependencies, built once from this runtime's settings."""
+        with self._lock:
+            if resource not in self._bindings:
                 module_name, _, attribute = self.template.handler_for(resource).rpartition(".")
-                self._handlers[resource] = getattr(importlib.import_module(module_name), attribute)
-            return self._handlers[resource]
+                handler = getattr(importlib.import_module(module_name), attribute)
+                if not isinstance(handler, StageHandler):
+                    raise ConfigurationError(f"{module_name}.{attribute} is not a StageHandler; the runtime cannot give it its dependencies")
+                if handler.build not in self._dependencies:
+                    self._dependencies[handler.build] = handler.build(self.settings)
+                self._bindings[resource] = (handler, self._dependencies[handler.build])
+            return self._bindings[resource]
 
     def invoke(self, resource: str, payload: Any, context: TaskContext) -> Any:
         """Call a task's Lambda handler the way Lambda would: JSON out, size-capped.
@@ -161,29 +200,59 @@ class LocalRuntime:
         The state machine already hands each task its own copy of the input, so only the output crosses
         a JSON boundary here (which also normalises it as Lambda's serialisation would).
         """
-        output = self.handler(resource)(payload, LambdaContext(function_name=resource.rsplit(":", 1)[-1]))
+        handler, deps = self.binding(resource)
+        with logs_to(self._log_file):
+            output = handler.invoke(payload, LambdaContext(function_name=resource.rsplit(":", 1)[-1]), deps)
         encoded = json.dumps(output)
         if len(encoded) > MAX_PAYLOAD_BYTES:
             raise StatesError("States.DataLimitExceeded", f"task {context.state_name} returned {len(encoded)} bytes, over Step Functions' 256 KB")
         return json.loads(encoded)
 
-    def upload(self, folder: Path) -> tuple[str, list[dict[str, Any]]]:
-        """Put a study folder's files under incoming/<study_id>/, sidecar last; return the S3 events."""
-        sidecars, dicoms = sorted(folder.glob("*.json")), sorted(folder.glob("*.dcm"))
-        # Each .json or .dcm landing under incoming/ starts a run (template.yaml's rule), so a study has exactly one.
-        if len(sidecars) + len(dicoms) != 1:
-            raise ConfigurationError(
-                f"{folder}: a study folder holds one sidecar (*.json) with its PNG/JPEG image, or one DICOM file (*.dcm) alone; "
-                f"found {len(sidecars)} sidecar(s) and {len(dicoms)} DICOM file(s)"
-            )
-        study_id = upload_key_study_id(folder, sidecars[0]) if sidecars else (_SAFE_ID.sub("_", folder.name) or "study")
-        files = sorted(p for p in folder.iterdir() if p.is_file() and p.suffix != ".json") + sidecars
+    # --- uploads ---
+    def study_id(self, folder: Path) -> str:
+        files = study_files(folder)
+        return upload_key_study_id(folder, files[-1]) if files[-1].suffix == ".json" else folder_study_id(folder)
+
+    def upload(self, folder: Path, study_id: str) -> list[dict[str, Any]]:
+        """Put a study folder's files under incoming/<study_id>/, sidecar last; return the S3 events.
+
+        A study id names one input: the same files again are not written again (their events still start
+        a run); other files under a known id are refused, never written over.
+        """
+        files = study_files(folder)
+        bucket, prefix = self.settings.images_bucket, f"{INCOMING}{study_id}/"
+        contents = {f"{prefix}{file.name}": file.read_bytes() for file in files}
+        existing = set(self.store.list_keys(bucket, prefix))
+        if existing:
+            self._check_same_input(study_id, folder, existing, contents)
         events = []
-        for file in files:
-            key = f"{INCOMING}{study_id}/{file.name}"
-            stored = self.store.put_bytes(self.settings.images_bucket, key, file.read_bytes())
-            events.append(s3_event(stored.bucket, stored.key, stored.size))
-        return study_id, events
+        for key, data in contents.items():
+            if key in existing:
+                events.append(s3_event(bucket, key, len(data)))
+            else:
+                stored = self.store.put_bytes(bucket, key, data)
+                events.append(s3_event(stored.bucket, stored.key, stored.size))
+        return events
+
+    def _check_same_input(self, study_id: str, folder: Path, existing: set[str], contents: dict[str, bytes]) -> None:
+        def name(key: str) -> str:
+            return key.rsplit("/", 1)[-1]
+
+        if existing != set(contents):
+            raise StudyConflict(
+                f"incoming/{study_id}/ already holds {', '.join(sorted(map(name, existing)))}, and {folder} holds "
+                f"{', '.join(sorted(map(name, contents)))}: a study id names one input; give the new input its own study_id",
+                study_id=study_id,
+            )
+        for key, data in contents.items():
+            stored = self.store.get_bytes(self.settings.images_bucket, key)
+            if stored != data:
+                old, new = hashlib.sha256(stored).hexdigest()[:12], hashlib.sha256(data).hexdigest()[:12]
+                raise StudyConflict(
+                    f"incoming/{study_id}/{name(key)} already holds another file (sha256 {old}…, this one {new}…): "
+                    "a study id names one input; give the new input its own study_id",
+                    study_id=study_id,
+                )
 
     def route(self, event: dict[str, Any]) -> list[Any]:
         """EventBridge: each rule whose pattern matches yields the execution input its transformer makes."""
@@ -197,6 +266,7 @@ class LocalRuntime:
         study_id = study_id_from_key(str(execution_input.get("key", "")))
         return self.machine.run(execution_input, name=f"{_SAFE_ID.sub('_', study_id)[:60]}-{uuid.uuid4().hex[:8]}")
 
+    # --- outcomes ---
     def outcome(self, source: str, study_id: str, execution: ExecutionResult) -> StudyOutcome:
         result = StudyOutcome(
             study_id=study_id, source=source, status="succeeded" if execution.status == "SUCCEEDED" else "failed",
@@ -213,33 +283,170 @@ class LocalRuntime:
             result.detections = len(stored["detections"])
         else:
             key = f"failed/{study_id}/error.json"
-            if self.store.head(bucket, key):
-                record = json.loads(self.store.get_bytes(bucket, key))
-                result.stage, result.error_type, result.message = record["stage"], record["error_type"], record["message"]
-            else:  # the failure path itself failed: the execution's own error is all there is
-                result.error_type, result.message = execution.error, execution.cause
-        if self.store.head(bucket, key):
-            result.output = str(self.store.path(bucket, key)) if isinstance(self.store, LocalObjectStore) else f"s3://{bucket}/{key}"
+            record = json.loads(self.store.get_bytes(bucket, key)) if self.store.head(bucket, key) else None
+            if record is None or record.get("execution_id") != execution.execution_id:
+                # The workflow ended before (or without) writing this run's record: RecordFailure failed too
+                # (FailureNotRecorded, the study's own error as the cause), or a last step such as SendTelemetry did.
+                result.stage, result.error_type = ("record", FailureNotRecorded.__name__) if execution.error == FailureNotRecorded.__name__ else ("workflow", execution.error)
+                cause = f"{execution.cause} and its failure record could not be written" if execution.error == FailureNotRecorded.__name__ else f"the workflow ended with {execution.error}"
+                result.message = f"study {study_id}: {cause}; the input is kept: `radstream resume` runs it again"
+                return result
+            result.stage, result.error_type, result.message = record["stage"], record["error_type"], record["message"]
+        result.output = str(self.store.path(bucket, key)) if isinstance(self.store, LocalObjectStore) else f"s3://{bucket}/{key}"
         return result
 
-    def run_folder(self, folder: Path) -> StudyOutcome:
+    def refused(self, source: str, study_id: str, stage: str, error: Exception) -> StudyOutcome:
+        """A study that failed outside the workflow (its upload, or the runtime itself): its failure record, if it can be written.
+
+        Our own errors say what is wrong; anything else is named by type and logged with where it came from,
+        never with its message (it could carry input data).
+        """
+        if isinstance(error, RadStreamError):
+            error_type, message = error.error_name, str(error)
+        else:
+            error_type = type(error).__name__
+            message = f"study {study_id}: unexpected {error_type} in the local runtime ({stage}); see logs/radstream.log"
+            with logs_to(self._log_file):
+                logger.error("study failed outside the workflow", study_id=study_id, stage=stage, error_type=error_type, location=code_location(error))
+        outcome = StudyOutcome(study_id=study_id, source=source, status="failed", stage=stage, error_type=error_type, message=message)
+        if isinstance(error, StudyConflict) and self._has_result(study_id):
+            return outcome  # the refusal is about the new input: the study's own result stays the only record under its id
+        bucket, key = self.settings.results_bucket, f"failed/{study_id}/error.json"
+        record = FailureRecord(
+            study_id=study_id, stage=stage, error_type=error_type, message=message,
+            input=ObjectRef(bucket=self.settings.images_bucket, key=f"{INCOMING}{study_id}/"), execution_id="none",
+            failed_at=datetime.now(timezone.utc),
+        )
         try:
-            study_id, events = self.upload(folder)
-        except RadStreamError as e:  # this study never started; the rest of the batch goes on
-            return StudyOutcome(study_id=folder.name, source=str(folder), status="failed", stage="upload", error_type=e.error_name, message=str(e))
-        return self._run(str(folder), study_id, events)
+            self.store.put_bytes(bucket, key, record.model_dump_json(indent=2).encode(), content_type="application/json")
+        except Exception as e:  # noqa: BLE001 - the outcome (and the journal) still say what happened
+            outcome.message = f"{message} (and its failure record could not be written: {type(e).__name__}; resume runs it again)"
+            return outcome
+        outcome.output = str(self.store.path(bucket, key)) if isinstance(self.store, LocalObjectStore) else f"s3://{bucket}/{key}"
+        return outcome
+
+    def _has_result(self, study_id: str) -> bool:
+        return self.store.head(self.settings.results_bucket, f"results/{study_id}/result.json") is not None
+
+    # --- running ---
+    def run_folder(self, folder: Path, study_id: str | None = None) -> StudyOutcome:
+        source = str(folder)
+        try:
+            study_id = study_id or self.study_id(folder)
+        except Exception as e:  # noqa: BLE001 - one bad folder never stops the others
+            return self.refused(source, folder_study_id(folder), "upload", e)
+        try:
+            events = self.upload(folder, study_id)
+        except Exception as e:  # noqa: BLE001
+            return self.refused(source, study_id, "upload", e)
+        return self._run(source, study_id, events)
+
+    def run_key(self, key: str) -> StudyOutcome:
+        bucket = self.settings.images_bucket
+        study_id, source = study_id_from_key(key), f"s3://{bucket}/{key}"
+        try:
+            head = self.store.head(bucket, key)
+            if head is None:
+                raise ObjectNotFound(f"no object s3://{bucket}/{key} to run", study_id=study_id)
+        except Exception as e:  # noqa: BLE001
+            return self.refused(source, study_id, "upload", e)
+        return self._run(source, study_id, [s3_event(bucket, key, head.size)])
 
     def _run(self, source: str, study_id: str, events: list[dict[str, Any]]) -> StudyOutcome:
-        executions = [self.start(execution_input) for event in events for execution_input in self.route(event)]
-        if len(executions) != 1:
-            raise ConfigurationError(f"{source}: its upload started {len(executions)} executions; the rule in template.yaml should start exactly one")
-        write_trace(self.settings.data_dir, executions[0], study_id)
-        return self.outcome(source, study_id, executions[0])
+        try:
+            executions = [self.start(execution_input) for event in events for execution_input in self.route(event)]
+            if len(executions) != 1:
+                raise ConfigurationError(f"{source}: its upload started {len(executions)} executions; the rule in template.yaml should start exactly one")
+            execution = executions[0]
+            try:
+                write_trace(self.settings.data_dir, execution, study_id)
+            except OSError as e:  # a lost trace is not a lost study
+                with logs_to(self._log_file):
+                    logger.warning("trace not written", study_id=study_id, error_type=type(e).__name__)
+            return self.outcome(source, study_id, execution)
+        except Exception as e:  # noqa: BLE001 - whatever breaks, this study ends with its own record
+            return self.refused(source, study_id, "runtime", e)
+
+    def plan(self, folders: Iterable[Path]) -> list[tuple[Path, str | None, Exception | None]]:
+        """Each folder with the study id it uploads under; a folder whose id another folder of the batch also claims is refused."""
+        planned: list[tuple[Path, str | None, Exception | None]] = []
+        for folder in folders:
+            try:
+                planned.append((folder, self.study_id(folder), None))
+            except Exception as e:  # noqa: BLE001
+                planned.append((folder, None, e))
+        claims = Counter(study_id for _, study_id, _ in planned if study_id)
+        owners: dict[str, list[str]] = {}
+        for folder, study_id, _ in planned:
+            if study_id and claims[study_id] > 1:
+                owners.setdefault(study_id, []).append(str(folder))
+        return [
+            (folder, study_id, StudyConflict(
+                f"{claims[study_id]} folders of this batch claim study_id {study_id} ({', '.join(owners[study_id])}); "
+                "a study id names one input: give each study its own", study_id=study_id,
+            )) if study_id in owners and error is None else (folder, study_id, error)
+            for folder, study_id, error in planned
+        ]
+
+    def run_many(self, folders: Iterable[Path], on_done: Callable[[StudyOutcome], None] | None = None) -> RunReport:
+        """Run study folders, journalled: what was asked is written before anything runs (see radstream/journal.py)."""
+        planned = self.plan(folders)
+        entries = [JournalEntry(study_id or folder_study_id(folder), str(folder)) for folder, study_id, _ in planned]
+        return self._journalled("run", entries, planned, on_done)
+
+    def resume(self, on_done: Callable[[StudyOutcome], None] | None = None) -> RunReport:
+        """Run every study a journal names without a terminal outcome, and every upload with neither result nor failure record."""
+        entries = unfinished(self.journal_dir)
+        named = {e.study_id for e in entries}
+        entries += [JournalEntry(study_id_from_key(key), f"s3://{self.settings.images_bucket}/{key}")
+                    for key in self.pending() if study_id_from_key(key) not in named]
+        planned: list[tuple[Path, str | None, Exception | None]] = [(Path(e.source), e.study_id, None) for e in entries]
+        return self._journalled("resume", entries, planned, on_done)
+
+    @property
+    def journal_dir(self) -> Path:
+        return self.settings.data_dir / "journal"
+
+    def _journalled(self, command: str, entries: list[JournalEntry], planned: list[tuple[Path, str | None, Exception | None]],
+                    on_done: Callable[[StudyOutcome], None] | None) -> RunReport:
+        journal = Journal(self.journal_dir, command, entries)
+
+        def run_one(item: tuple[Path, str | None, Exception | None]) -> StudyOutcome:
+            folder, study_id, error = item
+            if error is not None:
+                outcome = self.refused(str(folder), study_id or folder_study_id(folder), "upload", error)
+            elif str(folder).startswith("s3://"):
+                outcome = self.run_key(str(folder).split("/", 3)[3])
+            elif folder.is_dir():
+                outcome = self.run_folder(folder, study_id)
+            elif study_id and self._uploaded_key(study_id):
+                outcome = self.run_key(self._uploaded_key(study_id) or "")
+            else:
+                outcome = self.refused(str(folder), study_id or folder_study_id(folder), "upload",
+                                       ConfigurationError(f"{folder} is gone and nothing was uploaded for it", study_id=study_id))
+            try:
+                journal.ended(outcome.study_id, outcome.source, outcome.status, outcome.error_type, recorded=outcome.output is not None)
+            except OSError as e:  # the study is done; without its line, resume runs it once more (idempotent)
+                with logs_to(self._log_file):
+                    logger.warning("journal line not written", study_id=outcome.study_id, error_type=type(e).__name__)
+            return outcome
+
+        try:
+            report = self._map(run_one, planned, on_done)
+        finally:
+            journal.close()
+        report.journal = journal.path
+        report.not_run = [entries[i].study_id for i in report.not_run]  # type: ignore[index]
+        return report
+
+    def _uploaded_key(self, study_id: str) -> str | None:
+        keys = [k for k in self.store.list_keys(self.settings.images_bucket, f"{INCOMING}{study_id}/") if k.endswith((".json", ".dcm"))]
+        return keys[0] if len(keys) == 1 else None
 
     def pending(self) -> list[str]:
-        """Uploads that start a run (by the template's rule) but whose study has neither a result nor a failure record.
+        """Uploads that start a run (by the template's rule) whose study has no result and no failure record, or only a transient one.
 
-        What a crash between upload and result leaves behind; `resume` runs them again.
+        What a crash between upload and result, or an outage, leaves behind; `resume` runs them again.
         """
         bucket, results = self.settings.images_bucket, self.settings.results_bucket
         keys = []
@@ -248,28 +455,49 @@ class LocalRuntime:
             if head is None or not self.route(s3_event(bucket, key, head.size)):
                 continue
             study_id = study_id_from_key(key)
-            if not (self.store.head(results, f"results/{study_id}/result.json") or self.store.head(results, f"failed/{study_id}/error.json")):
-                keys.append(key)
+            if self.store.head(results, f"results/{study_id}/result.json"):
+                continue
+            if self.store.head(results, f"failed/{study_id}/error.json"):
+                record = json.loads(self.store.get_bytes(results, f"failed/{study_id}/error.json"))
+                if not is_transient(record.get("error_type")):
+                    continue
+            keys.append(key)
         return keys
 
-    def run_key(self, key: str) -> StudyOutcome:
-        bucket = self.settings.images_bucket
-        head = self.store.head(bucket, key)
-        if head is None:
-            raise ConfigurationError(f"no object s3://{bucket}/{key} to run")
-        return self._run(f"s3://{bucket}/{key}", study_id_from_key(key), [s3_event(bucket, key, head.size)])
+    def _map(self, run: Callable[[Any], StudyOutcome], items: list[Any], on_done: Callable[[StudyOutcome], None] | None) -> RunReport:
+        """Run items on the workers, starting each only when a worker is free.
 
-    def run_many(self, folders: Iterable[Path], on_done: Callable[[StudyOutcome], None] | None = None) -> list[StudyOutcome]:
-        return self._map(self.run_folder, list(folders), on_done)
-
-    def resume(self, keys: Iterable[str], on_done: Callable[[StudyOutcome], None] | None = None) -> list[StudyOutcome]:
-        return self._map(self.run_key, list(keys), on_done)
-
-    def _map(self, run: Callable[[Any], StudyOutcome], items: list[Any], on_done: Callable[[StudyOutcome], None] | None) -> list[StudyOutcome]:
+        Ctrl-C (or SIGTERM, which the CLI turns into the same) stops starting new studies; those in flight
+        finish and are journalled; the rest are reported as not run, for `radstream resume`.
+        """
+        done: dict[int, StudyOutcome] = {}
+        interrupted = False
+        queue = iter(range(len(items)))
         with ThreadPoolExecutor(self.workers, thread_name_prefix="study") as pool:
-            outcomes = []
-            for outcome in pool.map(run, items):
-                outcomes.append(outcome)
-                if on_done:
-                    on_done(outcome)
-        return outcomes
+            running: dict[Future[StudyOutcome], int] = {}
+
+            def start_next() -> None:
+                index = next(queue, None)
+                if index is not None:
+                    running[pool.submit(run, items[index])] = index
+
+            try:
+                for _ in range(self.workers):
+                    start_next()
+                while running:
+                    finished, _ = wait(running, return_when=FIRST_COMPLETED)
+                    for future in finished:
+                        index = running.pop(future)
+                        done[index] = future.result()
+                        if on_done:
+                            on_done(done[index])
+                        start_next()
+            except KeyboardInterrupt:
+                interrupted = True
+                for future in list(running):
+                    done[running.pop(future)] = future.result()
+        return RunReport(
+            outcomes=[done[i] for i in sorted(done)],
+            not_run=[i for i in range(len(items)) if i not in done],  # indexes; _journalled names them
+            interrupted=interrupted,
+        )

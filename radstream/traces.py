@@ -6,8 +6,10 @@ one subsegment per task attempt. Only ids, names, times and error types go in: n
 """
 from __future__ import annotations
 
+import hashlib
 import json
-import secrets
+import os
+import tempfile
 from pathlib import Path
 from typing import Any
 
@@ -15,6 +17,11 @@ from radstream.asl import ExecutionResult
 from shared.errors import ConfigurationError
 
 _DONE = {"TaskSucceeded", "TaskFailed", "TaskTimedOut"}
+
+
+def _hex(*parts: object, length: int) -> str:
+    """Ids derived from the execution, not drawn at random: writing one execution's trace again replaces it."""
+    return hashlib.sha256("|".join(map(str, parts)).encode()).hexdigest()[:length]
 
 
 def segment_document(execution: ExecutionResult, study_id: str) -> dict[str, Any]:
@@ -25,7 +32,7 @@ def segment_document(execution: ExecutionResult, study_id: str) -> dict[str, Any
             started.setdefault(event.state or "", []).append(event.timestamp)
         elif event.type in _DONE and started.get(event.state or ""):
             subsegment = {
-                "id": secrets.token_hex(8), "name": event.state, "namespace": "aws",
+                "id": _hex(execution.name, event.state, event.timestamp, length=16), "name": event.state, "namespace": "aws",
                 "start_time": started[event.state or ""].pop(0), "end_time": event.timestamp,
                 "aws": {"function_name": (event.resource or "").rsplit(":", 1)[-1]},
             }
@@ -33,7 +40,7 @@ def segment_document(execution: ExecutionResult, study_id: str) -> dict[str, Any
                 subsegment |= {"error": True, "cause": {"exceptions": [{"type": event.error}]}}
             subsegments.append(subsegment)
     document = {
-        "trace_id": f"1-{int(execution.start_time):08x}-{secrets.token_hex(12)}", "id": secrets.token_hex(8),
+        "trace_id": f"1-{int(execution.start_time):08x}-{_hex(execution.name, length=24)}", "id": _hex(execution.name, "segment", length=16),
         "name": "radstream-study", "origin": "AWS::StepFunctions::StateMachine",
         "start_time": execution.start_time, "end_time": execution.stop_time,
         "annotations": {"study_id": study_id, "status": execution.status, "execution": execution.name},
@@ -45,14 +52,22 @@ def segment_document(execution: ExecutionResult, study_id: str) -> dict[str, Any
 
 
 def write_trace(data_dir: Path, execution: ExecutionResult, study_id: str) -> Path:
+    """One file per execution, written whole or not at all (temp file + rename)."""
     path = Path(data_dir) / "traces" / study_id / f"{execution.name}.json"
     path.parent.mkdir(parents=True, exist_ok=True)
-    path.write_text(json.dumps(segment_document(execution, study_id), indent=1))
+    fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=".tmp-")
+    try:
+        with os.fdopen(fd, "w") as f:
+            f.write(json.dumps(segment_document(execution, study_id), indent=1))
+        os.replace(tmp, path)
+    except BaseException:
+        Path(tmp).unlink(missing_ok=True)
+        raise
     return path
 
 
 def latest_trace(data_dir: Path, study_id: str) -> dict[str, Any]:
-    files = sorted((Path(data_dir) / "traces" / study_id).glob("*.json"), key=lambda p: p.stat().st_mtime)
+    files = sorted((Path(data_dir) / "traces" / study_id).glob("[!.]*.json"), key=lambda p: p.stat().st_mtime)
     if not files:
         raise ConfigurationError(f"no trace for study {study_id!r} under {Path(data_dir) / 'traces'}")
     return json.loads(files[-1].read_text())

@@ -16,6 +16,8 @@ from pydantic import BaseModel, ConfigDict, Field
 SCHEMA_DIR = Path(__file__).resolve().parent / "schemas"
 NOT_FOR_CLINICAL_USE = "not for clinical use"
 Stage = Literal["validate", "prepare", "inference", "store", "telemetry", "workflow"]
+# Where a study can fail: a workflow stage, or before the workflow (its upload) or around it (the local runtime).
+FailureStage = Literal["upload", "validate", "prepare", "inference", "store", "telemetry", "workflow", "runtime"]
 
 
 class Contract(BaseModel):
@@ -110,7 +112,7 @@ class FailureRecord(Contract):
     schema_version: Literal["1"] = "1"
     study_id: str
     status: Literal["failed"] = "failed"
-    stage: Stage
+    stage: FailureStage
     error_type: str
     message: str
     input: ObjectRef

@@ -42,6 +42,10 @@ class InvalidStudy(PermanentError):
     """The sidecar or the image breaks the study contract."""
 
 
+class StudyConflict(InvalidStudy):
+    """A study id already names another input, or two studies of one batch claim the same id."""
+
+
 class InvalidImage(InvalidStudy):
     """The image cannot be decoded or carries no information."""
 
@@ -68,3 +72,29 @@ class MalformedEvent(PermanentError):
 
 class ConfigurationError(PermanentError):
     """Settings or the model repository are inconsistent."""
+
+
+class FailureNotRecorded(RetryableError):
+    """A study failed and its failure record could not be written either: the input is kept; resume runs it again."""
+
+
+# Step Functions' and Lambda's own transient errors, by the names the workflow sees.
+_TRANSIENT_SERVICE_ERRORS = frozenset({
+    "States.Timeout", "States.HeartbeatTimeout", "Lambda.ServiceException", "Lambda.AWSLambdaException",
+    "Lambda.SdkClientException", "Lambda.TooManyRequestsException",
+})
+
+
+def is_transient(error_name: str | None) -> bool:
+    """Whether a study that failed with this error can succeed by running it again unchanged (resume does)."""
+    if not error_name:
+        return False
+    if error_name in _TRANSIENT_SERVICE_ERRORS:
+        return True
+    stack: list[type[RadStreamError]] = [RadStreamError]
+    while stack:
+        cls = stack.pop()
+        if cls.__name__ == error_name:
+            return cls.retryable
+        stack.extend(cls.__subclasses__())
+    return False

@@ -11,8 +11,7 @@ from datetime import datetime, timezone
 from pathlib import Path
 from typing import Any, Protocol
 
-from botocore.exceptions import BotoCoreError, ClientError
-
+from shared.aws_errors import translated
 from shared.errors import PermanentError, StorageUnavailable
 
 SOURCE = "radstream"
@@ -68,10 +67,8 @@ class EventBridgePublisher:
 
     def publish(self, detail_type: str, detail: dict[str, Any]) -> None:
         entry = {"Source": self.source, "DetailType": detail_type, "Detail": _encode(detail_type, detail), "EventBusName": self.bus_name}
-        try:
+        with translated(f"event bus {self.bus_name}", "EVENT_BUS_NAME"):
             response = self.client.put_events(Entries=[entry])
-        except (ClientError, BotoCoreError) as e:
-            raise StorageUnavailable(f"event bus {self.bus_name}: {type(e).__name__}") from e
         if response.get("FailedEntryCount"):
             code = response["Entries"][0].get("ErrorCode", "unknown")
             raise StorageUnavailable(f"event bus {self.bus_name}: {detail_type!r} not accepted ({code})")

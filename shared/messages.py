@@ -1,12 +1,17 @@
-"""Messages that one stage hands the next through the workflow state (small: Step Functions caps it at 256 KB)."""
+"""Messages that one stage hands the next through the workflow state (small: Step Functions caps it at 256 KB).
+
+Each stage's request is what template.yaml's Parameters build for it; each response is what its ResultPath
+puts into the state. One name and one home for each, so the store and failure paths read the very models
+the earlier stages wrote rather than partial copies of them.
+"""
 from __future__ import annotations
 
-from typing import Literal
+from datetime import datetime
+from typing import Any, Literal
 
 from pydantic import BaseModel
 
-from shared.contracts import Detection, Finding, ReportSentence
-from shared.observability import StageOutput
+from shared.contracts import Detection, Finding, ModelRef, ObjectRef, ReportSentence
 
 ImageFormat = Literal["png", "jpeg", "dicom"]
 INCOMING = "incoming/"
@@ -16,6 +21,15 @@ def study_id_from_key(key: str) -> str:
     """incoming/<study_id>/<sidecar>.json -> <study_id> (the key itself when it has another form)."""
     parts = key.split("/")
     return parts[1] if len(parts) >= 3 and parts[0] + "/" == INCOMING and parts[1] else key
+
+
+class StageOutput(BaseModel):
+    """Base of every stage's output: the study it is about, and what the telemetry record counts."""
+
+    study_id: str
+    bytes_in: int = 0
+    bytes_out: int = 0
+    model: ModelRef | None = None
 
 
 class StudyImage(BaseModel):
@@ -43,6 +57,48 @@ class TensorRef(BaseModel):
     original_height: int
 
 
+# --- ValidateMetadata ---
+class ValidateRequest(BaseModel):
+    bucket: str
+    key: str
+    execution_id: str = "direct-invoke"
+
+
+class ValidatedStudy(StageOutput):
+    metadata: ObjectRef  # the sidecar, or the DICOM file that carried its own metadata
+    image: StudyImage
+    view_position: str
+    modality: str
+    priority: str
+
+
+# --- PrepareTensors ---
+class PrepareRequest(BaseModel):
+    study_id: str
+    image: StudyImage
+    execution_id: str = "direct-invoke"
+
+
+class OriginalImage(BaseModel):
+    width: int
+    height: int
+    bit_depth: int
+    photometric: str
+
+
+class PreparedTensors(StageOutput):
+    original: OriginalImage
+    tensors: dict[str, TensorRef]
+
+
+# --- RunModels (one branch per model) ---
+class InferenceRequest(BaseModel):
+    model: str
+    study_id: str
+    tensor: TensorRef
+    execution_id: str = "direct-invoke"
+
+
 class ModelOutput(StageOutput):
     """One model's outputs for one study, already in the result's terms (which fields are set depends on the kind)."""
 
@@ -50,3 +106,45 @@ class ModelOutput(StageOutput):
     findings: list[Finding] | None = None
     detections: list[Detection] | None = None
     impression: list[ReportSentence] | None = None
+
+
+# --- StoreResults ---
+class StoreRequest(BaseModel):
+    study: ValidatedStudy
+    tensors: PreparedTensors
+    inference: list[ModelOutput]
+    execution_id: str = "direct-invoke"
+
+
+class StoredResult(StageOutput):
+    result: ObjectRef
+    positive_findings: list[str]
+
+
+# --- RecordFailure ---
+class FailureRequest(BaseModel):
+    bucket: str
+    key: str
+    state: dict[str, Any]
+    execution_id: str = "direct-invoke"
+
+
+class RecordedFailure(StageOutput):
+    failure: ObjectRef
+    error_type: str
+    message: str
+    stage: str
+    records: list[dict[str, Any]]
+
+
+# --- SendTelemetry / SendFailureTelemetry ---
+class TelemetryRequest(BaseModel):
+    study_id: str
+    status: Literal["succeeded", "failed"]
+    records: list[Any]
+    execution_id: str = "direct-invoke"
+    started_at: datetime | None = None
+
+
+class TelemetrySent(StageOutput):
+    sent: int

@@ -1,59 +1,73 @@
 """Logs, traces and the per-stage telemetry record, in one place, for every handler.
 
 No image data and no patient data go into logs, traces or responses: handlers log ids, sizes,
-timings and error types; the tracer never captures responses.
+timings and error types; the tracer captures neither responses nor exception messages.
+
+Nothing here is process state that one run could leak into another: log keys are per thread (Powertools'
+thread-safe keys, set and cleared around each invocation), and where log lines go is a context variable
+that the local runtime sets around the invocations it makes.
 """
 from __future__ import annotations
 
-import functools
 import logging
 import sys
+import threading
 import time
+import traceback
 import uuid
-from collections.abc import Callable
+from collections.abc import Callable, Iterator
+from contextlib import contextmanager
+from contextvars import ContextVar
 from datetime import datetime, timezone
-from typing import IO, Any
+from typing import IO, Any, Generic, TypeVar
 
 from aws_lambda_powertools import Logger, Tracer
-from pydantic import BaseModel, ValidationError
+from pydantic import ValidationError
 
 from shared.contracts import ModelRef, Stage, TelemetryRecord
 from shared.errors import MalformedEvent, RadStreamError
+from shared.messages import StageOutput, study_id_from_key
+from shared.settings import Settings
+
+_log_target: ContextVar[IO[str] | None] = ContextVar("radstream_log_target", default=None)
 
 
 class _LogStream(logging.StreamHandler):
-    """Writes to whatever sys.stdout is at the time (Lambda's log stream), or to a file the local runtime names."""
+    """Writes to whatever sys.stdout is at the time (Lambda's log stream), or to the stream `logs_to` names."""
 
     def __init__(self) -> None:
-        self.target: IO[str] | None = None
         super().__init__()
 
     @property  # type: ignore[override]
     def stream(self) -> IO[str]:
-        return self.target or sys.stdout
+        return _log_target.get() or sys.stdout
 
     @stream.setter
     def stream(self, value: IO[str]) -> None:
         """StreamHandler.__init__ sets a stream; this handler looks it up at each write instead."""
 
 
-_log_stream = _LogStream()
-logger = Logger(service="radstream", logger_handler=_log_stream)
+logger = Logger(service="radstream", logger_handler=_LogStream())
 tracer = Tracer(service="radstream")
 
 
-def redirect_logs(stream: IO[str] | None) -> None:
-    """The local runtime sends the handlers' structured logs to a file (None: back to stdout), so the CLI's output stays readable."""
-    _log_stream.target = stream
+@contextmanager
+def logs_to(stream: IO[str] | None) -> Iterator[None]:
+    """Send the log lines written inside this block, in this thread, to `stream` (the local runtime's log file)."""
+    token = _log_target.set(stream)
+    try:
+        yield
+    finally:
+        _log_target.reset(token)
 
 
-class StageOutput(BaseModel):
-    """Base of every stage's output: the study it is about, and what the telemetry record counts."""
+# Telemetry event ids are derived, not random: the same stage of the same execution always yields the same
+# id, so a record sent twice (a retried SendTelemetry, a resumed run) is counted once by the named queries.
+_EVENT_NAMESPACE = uuid.UUID("8c4c7f5e-2f0b-4d59-9a53-1f7f0f6c2a11")
 
-    study_id: str
-    bytes_in: int = 0
-    bytes_out: int = 0
-    model: ModelRef | None = None
+
+def telemetry_event_id(*, study_id: str, execution_id: str, stage: str, status: str, model_name: str | None = None) -> str:
+    return str(uuid.uuid5(_EVENT_NAMESPACE, "|".join((study_id, execution_id, stage, model_name or "", status))))
 
 
 def telemetry_record(
@@ -61,52 +75,99 @@ def telemetry_record(
     model: ModelRef | None = None, error_type: str | None = None, bytes_in: int = 0, bytes_out: int = 0,
     cold_start: bool = False,
 ) -> TelemetryRecord:
+    model_name = model.name if model else None
     return TelemetryRecord(
-        event_id=str(uuid.uuid4()), time=datetime.now(timezone.utc), study_id=study_id, execution_id=execution_id,
-        stage=stage, status=status, duration_ms=duration_ms, model_name=model.name if model else None,
+        event_id=telemetry_event_id(study_id=study_id, execution_id=execution_id, stage=stage, status=status, model_name=model_name),
+        time=datetime.now(timezone.utc), study_id=study_id, execution_id=execution_id,
+        stage=stage, status=status, duration_ms=duration_ms, model_name=model_name,
         model_version=model.version if model else None, error_type=error_type, bytes_in=bytes_in,
         bytes_out=bytes_out, cold_start=cold_start,
     )
 
 
-def stage_handler(stage: Stage) -> Callable[[Callable[[dict[str, Any]], StageOutput]], Callable[[dict[str, Any], Any], dict[str, Any]]]:
-    """Turn `run(event) -> StageOutput` into a Lambda handler that logs, traces and adds a telemetry record."""
+def event_study_id(event: dict[str, Any]) -> str | None:
+    """The study an event is about: its study_id, or the one its upload key names (validate and RecordFailure get a key)."""
+    if isinstance(event.get("study_id"), str):
+        return event["study_id"]
+    key = event.get("key")
+    return study_id_from_key(key) if isinstance(key, str) and key.startswith("incoming/") else None
 
-    def decorate(run: Callable[[dict[str, Any]], StageOutput]) -> Callable[[dict[str, Any], Any], dict[str, Any]]:
-        cold = [True]
 
-        @tracer.capture_lambda_handler(capture_response=False)
-        @functools.wraps(run)
-        def handler(event: dict[str, Any], context: Any) -> dict[str, Any]:
-            cold_start, cold[0] = cold[0], False
-            execution_id = str(event.get("execution_id", "direct-invoke"))
-            logger.append_keys(
-                stage=stage, execution_id=execution_id, study_id=event.get("study_id"),
-                request_id=getattr(context, "aws_request_id", None),
-            )
+def code_location(error: BaseException) -> str:
+    """Where an unexpected error was raised, frame by frame, without its message (which could carry input data)."""
+    frames = traceback.extract_tb(error.__traceback__)
+    return " <- ".join(f"{f.filename.rsplit('/', 2)[-2:][-1]}:{f.lineno} {f.name}" for f in reversed(frames))
+
+
+D = TypeVar("D")
+
+
+class StageHandler(Generic[D]):
+    """A stage's Lambda entry point: `run(event, deps)` with thread-safe logs, traces and a telemetry record.
+
+    In Lambda, `__call__` builds the dependencies once from the environment's settings (the cold start).
+    The local runtime builds its own from its settings with `build(settings)` and calls `invoke`, so two
+    runtimes in one process never share dependencies, environment or log destination.
+    """
+
+    def __init__(self, stage: Stage, run: Callable[[dict[str, Any], D], StageOutput], build: Callable[[Settings], D]) -> None:
+        self.stage = stage
+        self.run = run
+        self.build = build
+        self._lambda_deps: D | None = None
+        self._lock = threading.Lock()
+        self._warm: set[int] = set()  # ids of the dependency sets that have served an invocation
+        self._traced = tracer.capture_lambda_handler(capture_response=False, capture_error=False)(self._invoke)
+
+    def __call__(self, event: dict[str, Any], context: Any) -> dict[str, Any]:
+        if self._lambda_deps is None:
+            with self._lock:
+                if self._lambda_deps is None:
+                    self._lambda_deps = self.build(Settings.from_env())
+        return self.invoke(event, context, self._lambda_deps)
+
+    def invoke(self, event: dict[str, Any], context: Any, deps: D) -> dict[str, Any]:
+        return self._traced(event, context, deps=deps)
+
+    def _invoke(self, event: dict[str, Any], context: Any, *, deps: D) -> dict[str, Any]:
+        with self._lock:
+            cold_start = id(deps) not in self._warm
+            self._warm.add(id(deps))
+        execution_id = str(event.get("execution_id", "direct-invoke"))
+        study_id = event_study_id(event)
+        logger.thread_safe_append_keys(
+            stage=self.stage, execution_id=execution_id, study_id=study_id,
+            request_id=getattr(context, "aws_request_id", None),
+        )
+        tracer.put_annotation(key="stage", value=self.stage)
+        if study_id:
+            tracer.put_annotation(key="study_id", value=study_id)
+        try:
             started = time.perf_counter()
             try:
                 try:
-                    output = run(event)
+                    output = self.run(event, deps)
                 except ValidationError as e:
                     fields = ", ".join(".".join(map(str, err["loc"])) for err in e.errors())
-                    raise MalformedEvent(f"{stage} stage input is malformed at {fields}", study_id=event.get("study_id")) from e
-                tracer.put_annotation(key="study_id", value=output.study_id)
-                tracer.put_annotation(key="stage", value=stage)
+                    raise MalformedEvent(f"{self.stage} stage input is malformed at {fields}", study_id=study_id) from e
             except RadStreamError as e:
+                tracer.put_annotation(key="error_type", value=e.error_name)
                 logger.warning("stage failed", error_type=e.error_name, retryable=e.retryable, reason=str(e))
+                raise
+            except Exception as e:
+                # Our own bug or a library's: name it and where it came from, never its message (it could carry data).
+                tracer.put_annotation(key="error_type", value=type(e).__name__)
+                logger.error("stage failed unexpectedly", error_type=type(e).__name__, location=code_location(e))
                 raise
             duration_ms = (time.perf_counter() - started) * 1000
             record = telemetry_record(
-                stage=stage, study_id=output.study_id, execution_id=execution_id, status="succeeded",
+                stage=self.stage, study_id=output.study_id, execution_id=execution_id, status="succeeded",
                 duration_ms=round(duration_ms, 3), model=output.model, bytes_in=output.bytes_in,
                 bytes_out=output.bytes_out, cold_start=cold_start,
             )
-            logger.info("stage succeeded", study_id=output.study_id, duration_ms=record.duration_ms, bytes_out=output.bytes_out)
+            logger.info("stage succeeded", duration_ms=record.duration_ms, bytes_out=output.bytes_out)
             payload = output.model_dump(mode="json", exclude_none=True)
             payload["telemetry"] = record.model_dump(mode="json")
             return payload
-
-        return handler
-
-    return decorate
+        finally:
+            logger.thread_safe_clear_keys()

@@ -25,6 +25,7 @@ ENVIRONMENT = {
     "model_repository": "MODEL_REPOSITORY",
     "max_image_bytes": "MAX_IMAGE_BYTES",
     "onnx_threads": "ONNX_THREADS",
+    "fault_injection": "RADSTREAM_FAULTS",
 }
 
 
@@ -47,6 +48,9 @@ class Settings(BaseModel):
     model_repository: Path = DEFAULT_MODEL_REPOSITORY
     max_image_bytes: int = Field(default=64 * 1024 * 1024, gt=0)
     onnx_threads: int = Field(default=1, ge=0)
+    # Local backend only, for the soak benchmark and fault tests: e.g. "enospc=0.02,throttle=0.02,timeout=0.01,seed=7"
+    # makes the object store fail that share of its calls the way a full disk, a throttled S3 or a timeout does.
+    fault_injection: str | None = None
 
     @classmethod
     def from_env(cls, environ: dict[str, str] | None = None) -> "Settings":

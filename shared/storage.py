@@ -1,14 +1,14 @@
 """Object store port and its two adapters: folders on disk (embedded default) and S3 (boto3)."""
 from __future__ import annotations
 
+import errno
 import os
 import tempfile
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, Protocol
 
-from botocore.exceptions import BotoCoreError, ClientError
-
+from shared.aws_errors import translated
 from shared.errors import ObjectNotFound, PermanentError, StorageUnavailable
 
 
@@ -28,6 +28,10 @@ class ObjectStore(Protocol):
 
     def list_keys(self, bucket: str, prefix: str = "") -> list[str]: ...
 
+    def delete(self, bucket: str, key: str) -> None:
+        """Remove an object; removing one that is not there is not an error (as S3's DeleteObject)."""
+        ...
+
 
 def _check_key(key: str) -> None:
     parts = key.split("/")
@@ -36,7 +40,11 @@ def _check_key(key: str) -> None:
 
 
 class LocalObjectStore:
-    """Buckets are folders under a data dir. Writes are atomic (temp file + rename), like S3's PUT."""
+    """Buckets are folders under a data dir. Writes are atomic (temp file + rename), like S3's PUT.
+
+    A disk that is full, read-only or failing is an outage of this store, as a throttled S3 is: every OSError
+    but "no such file" becomes StorageUnavailable (retried by the workflow; a study it stops stays resumable).
+    """
 
     def __init__(self, root: Path) -> None:
         self.root = Path(root)
@@ -48,6 +56,11 @@ class LocalObjectStore:
 
     def put_bytes(self, bucket: str, key: str, data: bytes, *, content_type: str = "application/octet-stream") -> StoredObject:
         target = self.path(bucket, key)
+        with _disk(f"writing s3://{bucket}/{key}"):
+            self._write(target, data)
+        return StoredObject(bucket, key, len(data))
+
+    def _write(self, target: Path, data: bytes) -> None:
         target.parent.mkdir(parents=True, exist_ok=True)
         fd, tmp = tempfile.mkstemp(dir=target.parent, prefix=".tmp-")
         try:
@@ -57,17 +70,21 @@ class LocalObjectStore:
         except BaseException:
             Path(tmp).unlink(missing_ok=True)
             raise
-        return StoredObject(bucket, key, len(data))
 
     def get_bytes(self, bucket: str, key: str) -> bytes:
         try:
-            return self.path(bucket, key).read_bytes()
+            with _disk(f"reading s3://{bucket}/{key}"):
+                return self._read(self.path(bucket, key))
         except FileNotFoundError as e:
             raise ObjectNotFound(f"no object s3://{bucket}/{key}") from e
 
+    def _read(self, path: Path) -> bytes:
+        return path.read_bytes()
+
     def head(self, bucket: str, key: str) -> StoredObject | None:
         try:
-            return StoredObject(bucket, key, self.path(bucket, key).stat().st_size)
+            with _disk(f"reading s3://{bucket}/{key}"):
+                return StoredObject(bucket, key, self.path(bucket, key).stat().st_size)
         except FileNotFoundError:
             return None
 
@@ -75,22 +92,29 @@ class LocalObjectStore:
         base = self.root / bucket
         if not base.is_dir():
             return []
-        keys = (p.relative_to(base).as_posix() for p in base.rglob("*") if p.is_file() and not p.name.startswith(".tmp-"))
+        with _disk(f"listing s3://{bucket}/{prefix}"):
+            keys = [p.relative_to(base).as_posix() for p in base.rglob("*") if p.is_file() and not p.name.startswith(".tmp-")]
         return sorted(k for k in keys if k.startswith(prefix))
 
+    def delete(self, bucket: str, key: str) -> None:
+        with _disk(f"deleting s3://{bucket}/{key}"):
+            self.path(bucket, key).unlink(missing_ok=True)
 
-_NOT_FOUND = {"NoSuchKey", "404", "NotFound", "NoSuchBucket"}
-_PERMANENT = {"AccessDenied", "InvalidBucketName", "InvalidArgument", "KMS.DisabledException"}
 
+class _disk:
+    """OSError (but FileNotFoundError) -> StorageUnavailable naming the errno, e.g. ENOSPC."""
 
-def _translate(e: Exception, what: str) -> Exception:
-    if isinstance(e, ClientError):
-        code = str(e.response.get("Error", {}).get("Code", ""))
-        if code in _NOT_FOUND:
-            return ObjectNotFound(f"no object {what}")
-        if code in _PERMANENT:
-            return PermanentError(f"{what}: {code}")
-    return StorageUnavailable(f"{what}: {type(e).__name__}")
+    def __init__(self, what: str) -> None:
+        self.what = what
+
+    def __enter__(self) -> None:
+        return None
+
+    def __exit__(self, exc_type: type | None, error: BaseException | None, tb: object) -> bool:
+        if isinstance(error, OSError) and not isinstance(error, FileNotFoundError):
+            name = errno.errorcode.get(error.errno or 0, type(error).__name__)
+            raise StorageUnavailable(f"local store: {name} ({os.strerror(error.errno) if error.errno else 'I/O error'}) {self.what}") from error
+        return False
 
 
 class S3ObjectStore:
@@ -101,33 +125,30 @@ class S3ObjectStore:
 
     def put_bytes(self, bucket: str, key: str, data: bytes, *, content_type: str = "application/octet-stream") -> StoredObject:
         _check_key(key)
-        try:
+        with translated(f"s3://{bucket}/{key}", "the *_BUCKET settings"):
             self.client.put_object(Bucket=bucket, Key=key, Body=data, ContentType=content_type)
-        except (ClientError, BotoCoreError) as e:
-            raise _translate(e, f"s3://{bucket}/{key}") from e
         return StoredObject(bucket, key, len(data))
 
     def get_bytes(self, bucket: str, key: str) -> bytes:
-        try:
+        with translated(f"s3://{bucket}/{key}", "the *_BUCKET settings"):
             return self.client.get_object(Bucket=bucket, Key=key)["Body"].read()
-        except (ClientError, BotoCoreError) as e:
-            raise _translate(e, f"s3://{bucket}/{key}") from e
 
     def head(self, bucket: str, key: str) -> StoredObject | None:
         try:
-            response = self.client.head_object(Bucket=bucket, Key=key)
-        except (ClientError, BotoCoreError) as e:
-            translated = _translate(e, f"s3://{bucket}/{key}")
-            if isinstance(translated, ObjectNotFound):
-                return None
-            raise translated from e
+            with translated(f"s3://{bucket}/{key}", "the *_BUCKET settings"):
+                response = self.client.head_object(Bucket=bucket, Key=key)
+        except ObjectNotFound:
+            return None
         return StoredObject(bucket, key, int(response["ContentLength"]))
 
     def list_keys(self, bucket: str, prefix: str = "") -> list[str]:
         keys: list[str] = []
-        try:
+        with translated(f"s3://{bucket}/{prefix}", "the *_BUCKET settings"):
             for page in self.client.get_paginator("list_objects_v2").paginate(Bucket=bucket, Prefix=prefix):
                 keys.extend(obj["Key"] for obj in page.get("Contents", []))
-        except (ClientError, BotoCoreError) as e:
-            raise _translate(e, f"s3://{bucket}/{prefix}") from e
         return sorted(keys)
+
+    def delete(self, bucket: str, key: str) -> None:
+        _check_key(key)
+        with translated(f"s3://{bucket}/{key}", "the *_BUCKET settings"):
+            self.client.delete_object(Bucket=bucket, Key=key)

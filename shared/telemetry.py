@@ -8,9 +8,8 @@ from collections.abc import Sequence
 from datetime import datetime, timezone
 from typing import Any, Protocol
 
-from botocore.exceptions import BotoCoreError, ClientError
-
 from shared.contracts import TelemetryRecord
+from shared.aws_errors import translated
 from shared.errors import StorageUnavailable
 from shared.storage import ObjectStore
 
@@ -68,10 +67,8 @@ class KinesisSink:
     def _put(self, batch: list[TelemetryRecord]) -> None:
         entries = [{"Data": r.model_dump_json().encode() + b"\n", "PartitionKey": r.study_id} for r in batch]
         for _ in range(self.attempts):
-            try:
+            with translated(f"kinesis stream {self.stream_name}", "TELEMETRY_STREAM_NAME"):
                 response = self.client.put_records(StreamName=self.stream_name, Records=entries)
-            except (ClientError, BotoCoreError) as e:
-                raise StorageUnavailable(f"kinesis stream {self.stream_name}: {type(e).__name__}") from e
             if not response.get("FailedRecordCount"):
                 return
             # Resend only the entries Kinesis throttled or failed; the rest are in.

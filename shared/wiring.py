@@ -1,10 +1,12 @@
-"""Builds adapters from settings: the one door through which stages and tests get their dependencies."""
+"""Builds adapters from settings: the one door through which stages and tests get their dependencies.
+
+Each service's handler names a `build(settings) -> dependencies` function; Lambda calls it once per
+container with the settings from the environment, the local runtime once per runtime with its own.
+"""
 from __future__ import annotations
 
-import threading
 from dataclasses import dataclass
-from collections.abc import Callable
-from typing import Any, Generic, TypeVar
+from typing import Any
 
 from shared.events import EventBridgePublisher, EventPublisher, LocalEventLog
 from shared.settings import Settings
@@ -22,6 +24,10 @@ def boto3_client(service: str) -> Any:
 def object_store(settings: Settings) -> ObjectStore:
     if settings.backend == "aws":
         return S3ObjectStore(boto3_client("s3"))
+    if settings.fault_injection:
+        from shared.faults import FaultyObjectStore
+
+        return FaultyObjectStore(settings.data_dir, settings.fault_injection)
     return LocalObjectStore(settings.data_dir)
 
 
@@ -41,37 +47,12 @@ def event_publisher(settings: Settings) -> EventPublisher:
     return LocalEventLog(settings.data_dir)
 
 
-T = TypeVar("T")
-_registry: list["Once[Any]"] = []
-
-
-class Once(Generic[T]):
-    """A stage's dependencies, built on first use (the cold start) and then held for the container's life.
-
-    The local runtime calls `reset_all()` when it switches settings (another data dir, a Triton URL),
-    so one process can host runs with different settings; tests pass dependencies in directly.
-    """
-
-    def __init__(self, build: Callable[[], T]) -> None:
-        self._build = build
-        self._value: T | None = None
-        self._lock = threading.Lock()
-        _registry.append(self)
-
-    def get(self) -> T:
-        if self._value is None:
-            with self._lock:
-                if self._value is None:
-                    self._value = self._build()
-        return self._value
-
-    def reset(self) -> None:
-        self._value = None
-
-
-def reset_all() -> None:
-    for once in _registry:
-        once.reset()
+def close_all(*resources: Any) -> None:
+    """Close what holds a session, a client or a file (adapters without a `close` hold nothing)."""
+    for resource in resources:
+        close = getattr(resource, "close", None)
+        if callable(close):
+            close()
 
 
 @dataclass(frozen=True)
@@ -82,6 +63,8 @@ class StoreDependencies:
     store: ObjectStore
 
     @classmethod
-    def from_env(cls) -> "StoreDependencies":
-        settings = Settings.from_env()
+    def from_settings(cls, settings: Settings) -> "StoreDependencies":
         return cls(settings, object_store(settings))
+
+    def close(self) -> None:
+        close_all(self.store)

@@ -81,7 +81,7 @@ def test_resume_after_a_crash(tmp_path, capsys):
 
     folder = write_demo_studies(tmp_path / "studies", 1, size=256, invalid=False)[0]
     runtime = LocalRuntime(Settings(data_dir=tmp_path / "data"))
-    runtime.upload(folder)  # and no run: the crash
+    runtime.upload(folder, "demo-001")  # and no run: the crash
     runtime.close()
     assert main(["resume", "--data-dir", str(tmp_path / "data"), "--json", "--quiet"]) == 0
     summary = json.loads(capsys.readouterr().out)

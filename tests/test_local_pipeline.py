@@ -35,11 +35,8 @@ def lake_records(data_dir: Path) -> list[dict]:
 def demo(tmp_path_factory):
     root = tmp_path_factory.mktemp("demo")
     folders = write_demo_studies(root / "studies", VALID, size=512)
-    runtime = LocalRuntime(Settings(data_dir=root / "data"), workers=2)
-    try:
-        outcomes = runtime.run_many(folders)
-    finally:
-        runtime.close()
+    with LocalRuntime(Settings(data_dir=root / "data"), workers=2) as runtime:
+        outcomes = runtime.run_many(folders).outcomes
     return root / "data", {o.study_id: o for o in outcomes}
 
 
@@ -118,7 +115,8 @@ def run_one(tmp_path: Path, template: Path = DEFAULT_TEMPLATE, **settings):
     sleeps: list[float] = []
     runtime = LocalRuntime(Settings(data_dir=tmp_path / "data", **settings), template_path=template, sleep=sleeps.append)
     try:
-        study_id, events = runtime.upload(folder)
+        study_id = runtime.study_id(folder)
+        events = runtime.upload(folder, study_id)
         (execution_input,) = [i for e in events for i in runtime.route(e)]
         execution = runtime.start(execution_input)
         return runtime.outcome(str(folder), study_id, execution), execution, sleeps
@@ -130,14 +128,14 @@ def test_unavailable_models_are_retried_with_backoff_then_caught(tmp_path):
     outcome, execution, sleeps = run_one(tmp_path, triton_url=f"http://127.0.0.1:{closed_port()}")
     assert outcome.status == "failed" and (outcome.stage, outcome.error_type) == ("inference", "InferenceUnavailable")
     failed = Counter(e.state for e in execution.history if e.type == "TaskFailed")
-    # One attempt plus the template's 4 retries for the branch that gave up first; its siblings are cancelled.
+    # One attempt plus the template's 12 retries for the branch that gave up first; its siblings are cancelled.
     # (A sibling may even be cancelled before its first attempt: the test's sleeps return at once.)
-    assert max(failed.values()) == 5 and set(failed) <= {"Classify", "Detect", "Encode"}
+    assert max(failed.values()) == 13 and set(failed) <= {"Classify", "Detect", "Encode"}
     assert "ValidateMetadata" not in failed
     entered = [e.state for e in execution.history if e.type.endswith("StateEntered")]
     assert entered[-3:] == ["RecordFailure", "SendFailureTelemetry", "StudyFailed"]
-    # FULL jitter: each wait is drawn from [0, 1 * 2**attempt], capped by the template's interval and backoff.
-    assert sleeps and all(0 <= s <= 8 for s in sleeps)
+    # FULL jitter: each wait is drawn from [0, 2 * 2**attempt], capped by the template's MaxDelaySeconds (16).
+    assert sleeps and all(0 <= s <= 16 for s in sleeps)
 
 
 def test_changing_the_template_changes_what_runs(tmp_path):
@@ -180,7 +178,7 @@ def test_resume_runs_what_a_crash_left_between_upload_and_result(tmp_path):
     settings = Settings(data_dir=tmp_path / "data")
     crashed = LocalRuntime(settings)
     try:
-        crashed.upload(folders[0])  # uploaded, then the process died before the run
+        crashed.upload(folders[0], "demo-001")  # uploaded, then the process died before the run
         done = crashed.run_folder(folders[1])
     finally:
         crashed.close()
@@ -189,7 +187,7 @@ def test_resume_runs_what_a_crash_left_between_upload_and_result(tmp_path):
     try:
         pending = restarted.pending()
         assert pending == ["incoming/demo-001/study.json"], "only the sidecar starts a run; demo-002 already has its result"
-        (outcome,) = restarted.resume(pending)
+        (outcome,) = restarted.resume().outcomes
         assert outcome.study_id == "demo-001" and outcome.status == "succeeded"
         assert restarted.pending() == [], "nothing left, and nothing run twice"
     finally:

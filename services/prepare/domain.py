@@ -13,34 +13,17 @@ from dataclasses import dataclass
 
 import cv2
 import numpy as np
-from pydantic import BaseModel
 
 from shared.errors import InvalidImage
-from shared.messages import Letterbox, StudyImage, TensorRef
+from shared.messages import Letterbox, OriginalImage, PreparedTensors, PrepareRequest, TensorRef
 from shared.model_repository import ModelRepository, ModelSpec
-from shared.observability import StageOutput
 from shared.storage import ObjectStore
 
 # torchxrayvision's convention: images scaled to [-1024, 1024].
 XRV_RANGE = 1024.0
 
 
-class PrepareRequest(BaseModel):
-    study_id: str
-    image: StudyImage
-    execution_id: str = "direct-invoke"
 
-
-class OriginalImage(BaseModel):
-    width: int
-    height: int
-    bit_depth: int
-    photometric: str
-
-
-class PreparedTensors(StageOutput):
-    original: OriginalImage
-    tensors: dict[str, TensorRef]
 
 
 @dataclass

@@ -4,12 +4,13 @@ from __future__ import annotations
 from dataclasses import dataclass
 from typing import Any
 
-from services.prepare.domain import PreparedTensors, PrepareRequest, prepare_tensors
+from services.prepare.domain import prepare_tensors
+from shared.messages import PreparedTensors, PrepareRequest
 from shared.model_repository import ModelRepository
-from shared.observability import stage_handler
+from shared.observability import StageHandler
 from shared.settings import Settings
 from shared.storage import ObjectStore
-from shared.wiring import Once, object_store
+from shared.wiring import close_all, object_store
 
 
 @dataclass(frozen=True)
@@ -19,18 +20,15 @@ class Dependencies:
     repository: ModelRepository
 
     @classmethod
-    def from_env(cls) -> "Dependencies":
-        settings = Settings.from_env()
+    def from_settings(cls, settings: Settings) -> "Dependencies":
         return cls(settings, object_store(settings), ModelRepository(settings.model_repository))
 
-
-dependencies = Once(Dependencies.from_env)
-
-
-def run(event: dict[str, Any], deps: Dependencies | None = None) -> PreparedTensors:
-    deps = deps or dependencies.get()
-    request = PrepareRequest.model_validate(event)
-    return prepare_tensors(request, deps.store, deps.repository, deps.settings.artifacts_bucket)
+    def close(self) -> None:
+        close_all(self.store)
 
 
-lambda_handler = stage_handler("prepare")(run)
+def run(event: dict[str, Any], deps: Dependencies) -> PreparedTensors:
+    return prepare_tensors(PrepareRequest.model_validate(event), deps.store, deps.repository, deps.settings.artifacts_bucket)
+
+
+lambda_handler = StageHandler("prepare", run, Dependencies.from_settings)

@@ -7,17 +7,16 @@ key, so a retried or re-run study leaves exactly one result.
 """
 from __future__ import annotations
 
+import hashlib
 import json
 from datetime import datetime, timezone
 from typing import Any
 
-from pydantic import BaseModel
-
 from shared.contracts import DraftReport, FailureRecord, Finding, InputDigest, ObjectRef, StudyResult
-from shared.errors import PermanentError, RadStreamError
+from shared.errors import ObjectNotFound, PermanentError, RadStreamError
 from shared.events import STUDY_FAILED, EventPublisher
-from shared.messages import ModelOutput, StudyImage, study_id_from_key
-from shared.observability import StageOutput, telemetry_record
+from shared.messages import FailureRequest, ModelOutput, RecordedFailure, StoredResult, StoreRequest, study_id_from_key
+from shared.observability import telemetry_record
 from shared.storage import ObjectStore
 
 # The workflow state keys each stage writes (ResultPath in template.yaml), in pipeline order.
@@ -28,46 +27,11 @@ def _all_subclasses(cls: type) -> set[str]:
     return {cls.__name__}.union(*(_all_subclasses(c) for c in cls.__subclasses__()))
 
 
-class StudyState(BaseModel):
-    study_id: str
-    image: StudyImage
 
 
-class OriginalSize(BaseModel):
-    width: int
-    height: int
 
 
-class PreparedState(BaseModel):
-    original: OriginalSize
 
-
-class StoreRequest(BaseModel):
-    study: StudyState
-    tensors: PreparedState
-    inference: list[ModelOutput]
-    execution_id: str = "direct-invoke"
-    timings_ms: dict[str, float] = {}
-
-
-class StoredResult(StageOutput):
-    result: ObjectRef
-    positive_findings: list[str]
-
-
-class FailureRequest(BaseModel):
-    bucket: str
-    key: str
-    state: dict[str, Any]
-    execution_id: str = "direct-invoke"
-
-
-class RecordedFailure(StageOutput):
-    failure: ObjectRef
-    error_type: str
-    message: str
-    stage: str
-    records: list[dict[str, Any]]
 
 
 def findings_text(findings: list[Finding]) -> str:
@@ -130,6 +94,8 @@ def store_result(request: StoreRequest, raw_state: dict[str, Any], store: Object
     body = result.model_dump_json(indent=2).encode()
     stored = store.put_bytes(results_bucket, f"results/{result.study_id}/result.json", body, content_type="application/json")
     report = store.put_bytes(results_bucket, f"results/{result.study_id}/report.txt", report_text(result).encode(), content_type="text/plain")
+    # One study, one record: an earlier run's failure (an outage since over, a fixed setting) goes once the result is safe.
+    store.delete(results_bucket, f"failed/{result.study_id}/error.json")
     return StoredResult(
         study_id=result.study_id, result=ObjectRef(bucket=results_bucket, key=stored.key),
         positive_findings=[f.label for f in result.findings if f.positive], bytes_out=stored.size + report.size,
@@ -166,9 +132,16 @@ def record_failure(request: FailureRequest, store: ObjectStore, results_bucket: 
         input=ObjectRef(bucket=request.bucket, key=request.key), execution_id=request.execution_id,
         failed_at=datetime.now(timezone.utc),
     )
-    stored = store.put_bytes(results_bucket, f"failed/{study_id}/error.json", record.model_dump_json(indent=2).encode(), content_type="application/json")
-    # After the record is safe: a retried publish rewrites the same record and loses nothing.
-    events.publish(STUDY_FAILED, record.model_dump(mode="json") | {"failure": {"bucket": results_bucket, "key": stored.key}})
+    key = f"failed/{study_id}/error.json"
+    repeated = _same_failure(store, results_bucket, key, record)
+    stored = store.put_bytes(results_bucket, key, record.model_dump_json(indent=2).encode(), content_type="application/json")
+    # After the record is safe, and once per failure: a retried RecordFailure or a re-run that fails the same way
+    # (same input, stage and error) rewrites the record but does not page anyone twice.
+    if not repeated:
+        events.publish(STUDY_FAILED, record.model_dump(mode="json") | {
+            "failure": {"bucket": results_bucket, "key": stored.key},
+            "event_id": failure_event_id(record),
+        })
     # Telemetry: what the stages before the failure reported, plus a record for the failed stage.
     records = [item["telemetry"] for _, key in STAGE_KEYS for item in _as_list(state.get(key)) if isinstance(item, dict) and item.get("telemetry")]
     records.append(telemetry_record(
@@ -178,6 +151,21 @@ def record_failure(request: FailureRequest, store: ObjectStore, results_bucket: 
         study_id=study_id, failure=ObjectRef(bucket=results_bucket, key=stored.key), error_type=error_type, message=message,
         stage=stage, records=records, bytes_out=stored.size,
     )
+
+
+def failure_event_id(record: FailureRecord) -> str:
+    """The same failure of the same input always has the same id, so a consumer can drop a repeat."""
+    return hashlib.sha256("|".join((record.study_id, record.input.key, record.stage, record.error_type)).encode()).hexdigest()[:32]
+
+
+def _same_failure(store: ObjectStore, bucket: str, key: str, record: FailureRecord) -> bool:
+    try:
+        earlier = json.loads(store.get_bytes(bucket, key))
+    except ObjectNotFound:
+        return False
+    except ValueError:
+        return False  # an unreadable earlier record is replaced, and this failure announced
+    return (earlier.get("stage"), earlier.get("error_type"), earlier.get("input", {}).get("key")) == (record.stage, record.error_type, record.input.key)
 
 
 def _as_list(value: Any) -> list[Any]:

@@ -4,13 +4,12 @@ from __future__ import annotations
 from dataclasses import dataclass
 from typing import Any
 
-from services.store.domain import FailureRequest, RecordedFailure, StoredResult, StoreRequest, record_failure, store_result
-from shared.observability import stage_handler
+from services.store.domain import record_failure, store_result
 from shared.events import EventPublisher
+from shared.messages import FailureRequest, RecordedFailure, StoredResult, StoreRequest
+from shared.observability import StageHandler
 from shared.settings import Settings
-from shared.wiring import Once, StoreDependencies, event_publisher, object_store
-
-dependencies = Once(StoreDependencies.from_env)
+from shared.wiring import StoreDependencies, close_all, event_publisher, object_store
 
 
 @dataclass(frozen=True)
@@ -18,23 +17,20 @@ class FailureDependencies(StoreDependencies):
     events: EventPublisher
 
     @classmethod
-    def from_env(cls) -> "FailureDependencies":
-        settings = Settings.from_env()
+    def from_settings(cls, settings: Settings) -> "FailureDependencies":
         return cls(settings, object_store(settings), event_publisher(settings))
 
+    def close(self) -> None:
+        close_all(self.store, self.events)
 
-failure_dependencies = Once(FailureDependencies.from_env)
 
-
-def run(event: dict[str, Any], deps: StoreDependencies | None = None) -> StoredResult:
-    deps = deps or dependencies.get()
+def run(event: dict[str, Any], deps: StoreDependencies) -> StoredResult:
     return store_result(StoreRequest.model_validate(event), event, deps.store, deps.settings.results_bucket)
 
 
-def run_record_failure(event: dict[str, Any], deps: FailureDependencies | None = None) -> RecordedFailure:
-    deps = deps or failure_dependencies.get()
+def run_record_failure(event: dict[str, Any], deps: FailureDependencies) -> RecordedFailure:
     return record_failure(FailureRequest.model_validate(event), deps.store, deps.settings.results_bucket, deps.events)
 
 
-lambda_handler = stage_handler("store")(run)
-record_failure_handler = stage_handler("store")(run_record_failure)
+lambda_handler = StageHandler("store", run, StoreDependencies.from_settings)
+record_failure_handler = StageHandler("store", run_record_failure, FailureDependencies.from_settings)

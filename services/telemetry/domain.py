@@ -7,25 +7,14 @@ the local lake in the embedded default; both end as gzip NDJSON under dt=YYYY-MM
 from __future__ import annotations
 
 from datetime import datetime, timezone
-from typing import Any, Literal
-
-from pydantic import BaseModel
+from typing import Any
 
 from shared.contracts import TelemetryRecord
-from shared.observability import StageOutput, telemetry_record
+from shared.messages import TelemetryRequest, TelemetrySent
+from shared.observability import telemetry_record
 from shared.telemetry import TelemetrySink
 
 
-class TelemetryRequest(BaseModel):
-    study_id: str
-    status: Literal["succeeded", "failed"]
-    records: list[Any]
-    execution_id: str = "direct-invoke"
-    started_at: datetime | None = None
-
-
-class TelemetrySent(StageOutput):
-    sent: int
 
 
 def flatten(items: list[Any]) -> list[dict[str, Any]]:

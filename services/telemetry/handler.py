@@ -4,11 +4,12 @@ from __future__ import annotations
 from dataclasses import dataclass
 from typing import Any
 
-from services.telemetry.domain import TelemetryRequest, TelemetrySent, send_telemetry
-from shared.observability import stage_handler
+from services.telemetry.domain import send_telemetry
+from shared.messages import TelemetryRequest, TelemetrySent
+from shared.observability import StageHandler
 from shared.settings import Settings
 from shared.telemetry import TelemetrySink
-from shared.wiring import Once, telemetry_sink
+from shared.wiring import close_all, telemetry_sink
 
 
 @dataclass(frozen=True)
@@ -16,16 +17,15 @@ class Dependencies:
     sink: TelemetrySink
 
     @classmethod
-    def from_env(cls) -> "Dependencies":
-        return cls(telemetry_sink(Settings.from_env()))
+    def from_settings(cls, settings: Settings) -> "Dependencies":
+        return cls(telemetry_sink(settings))
+
+    def close(self) -> None:
+        close_all(self.sink)
 
 
-dependencies = Once(Dependencies.from_env)
-
-
-def run(event: dict[str, Any], deps: Dependencies | None = None) -> TelemetrySent:
-    deps = deps or dependencies.get()
+def run(event: dict[str, Any], deps: Dependencies) -> TelemetrySent:
     return send_telemetry(TelemetryRequest.model_validate(event), deps.sink)
 
 
-lambda_handler = stage_handler("telemetry")(run)
+lambda_handler = StageHandler("telemetry", run, Dependencies.from_settings)

@@ -12,23 +12,17 @@ from functools import cached_property
 from pathlib import Path
 
 import numpy as np
-from pydantic import BaseModel
 
 from shared.contracts import Detection, Finding, ReportSentence
 from shared.errors import ConfigurationError, InferenceFailed
 from shared.inference import InferenceBackend
-from shared.messages import ModelOutput, TensorRef
+from shared.messages import InferenceRequest, ModelOutput, TensorRef
 from shared.model_repository import ModelRepository, ModelSpec
 from shared.storage import ObjectStore
+from shared.wiring import close_all
 
 REPORT_SENTENCES = 3
 
-
-class InferenceRequest(BaseModel):
-    model: str
-    study_id: str
-    tensor: TensorRef
-    execution_id: str = "direct-invoke"
 
 
 class SentenceBank:
@@ -55,6 +49,9 @@ class Inference:
         self.backend = backend
         self.repository = repository
         self.store = store
+
+    def close(self) -> None:
+        close_all(self.backend, self.store)
 
     @cached_property
     def sentence_bank(self) -> SentenceBank:

@@ -3,16 +3,16 @@ from __future__ import annotations
 
 from typing import Any
 
-from services.triton.domain import Inference, InferenceRequest
-from shared.messages import ModelOutput
+from services.triton.domain import Inference
+from shared.messages import InferenceRequest, ModelOutput
 from shared.model_repository import ModelRepository
-from shared.observability import stage_handler
+from shared.observability import StageHandler
 from shared.settings import Settings
-from shared.wiring import Once, object_store
+from shared.wiring import object_store
 
 
-def build() -> Inference:
-    settings = Settings.from_env()
+def build(settings: Settings) -> Inference:
+    """Triton when TRITON_URL is set (locally or on EKS), else ONNX Runtime in-process over the same repository."""
     repository = ModelRepository(settings.model_repository)
     if settings.triton_url:
         from services.triton.triton_client import TritonInference
@@ -25,11 +25,8 @@ def build() -> Inference:
     return Inference(backend, repository, object_store(settings))
 
 
-inference = Once(build)
+def run(event: dict[str, Any], service: Inference) -> ModelOutput:
+    return service.run(InferenceRequest.model_validate(event))
 
 
-def run(event: dict[str, Any], service: Inference | None = None) -> ModelOutput:
-    return (service or inference.get()).run(InferenceRequest.model_validate(event))
-
-
-lambda_handler = stage_handler("inference")(run)
+lambda_handler = StageHandler("inference", run, build)

@@ -35,6 +35,10 @@ class OnnxRuntimeBackend:
                     self._sessions[model_name] = session
         return session
 
+    def close(self) -> None:
+        with self._lock:
+            self._sessions.clear()
+
     def infer(self, model_name: str, inputs: dict[str, np.ndarray]) -> dict[str, np.ndarray]:
         session = self.session(model_name)
         names = [o.name for o in session.get_outputs()]

@@ -14,12 +14,10 @@ from typing import Any
 
 from jsonschema import Draft202012Validator
 from jsonschema.exceptions import ValidationError as SchemaError
-from pydantic import BaseModel
 
 from shared.contracts import SCHEMA_DIR, ObjectRef
 from shared.errors import InvalidImage, InvalidStudy, ObjectNotFound
-from shared.messages import INCOMING, ImageFormat, StudyImage, study_id_from_key
-from shared.observability import StageOutput
+from shared.messages import INCOMING, ImageFormat, StudyImage, ValidatedStudy, ValidateRequest, study_id_from_key
 from shared.storage import ObjectStore
 
 SIDECAR_SCHEMA = SCHEMA_DIR / "sidecar.v1.schema.json"
@@ -27,18 +25,6 @@ MIN_IMAGE_BYTES = 64
 DICOM_MODALITIES = ("CR", "DX")
 VIEW_POSITIONS = ("PA", "AP", "LATERAL", "LL", "RL")
 
-class ValidateRequest(BaseModel):
-    bucket: str
-    key: str
-    execution_id: str = "direct-invoke"
-
-
-class ValidatedStudy(StageOutput):
-    metadata: ObjectRef  # the sidecar, or the DICOM file that carried its own metadata
-    image: StudyImage
-    view_position: str
-    modality: str
-    priority: str
 
 
 @cache
@@ -88,6 +74,8 @@ def parse_sidecar(raw: bytes, study_id: str) -> dict[str, Any]:
     except (UnicodeDecodeError, json.JSONDecodeError) as e:
         pos = f" at line {e.lineno}, column {e.colno}" if isinstance(e, json.JSONDecodeError) else ""
         raise InvalidStudy(f"sidecar is not valid JSON{pos}", study_id=study_id) from e
+    except RecursionError as e:  # json gives up on deep nesting this way, not with a JSONDecodeError
+        raise InvalidStudy("sidecar is not valid JSON: nested too deeply to be a sidecar", study_id=study_id) from e
     errors = sorted(sidecar_validator().iter_errors(sidecar), key=lambda e: list(map(str, e.absolute_path)))
     if errors:
         raise InvalidStudy("sidecar breaks schema v1: " + "; ".join(describe(e) for e in errors), study_id=study_id)

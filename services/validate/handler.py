@@ -3,16 +3,14 @@ from __future__ import annotations
 
 from typing import Any
 
-from services.validate.domain import ValidatedStudy, ValidateRequest, validate_study
-from shared.observability import stage_handler
-from shared.wiring import Once, StoreDependencies
+from services.validate.domain import validate_study
+from shared.messages import ValidatedStudy, ValidateRequest
+from shared.observability import StageHandler
+from shared.wiring import StoreDependencies
 
-dependencies = Once(StoreDependencies.from_env)
 
-
-def run(event: dict[str, Any], deps: StoreDependencies | None = None) -> ValidatedStudy:
-    deps = deps or dependencies.get()
+def run(event: dict[str, Any], deps: StoreDependencies) -> ValidatedStudy:
     return validate_study(ValidateRequest.model_validate(event), deps.store, deps.settings.max_image_bytes)
 
 
-lambda_handler = stage_handler("validate")(run)
+lambda_handler = StageHandler("validate", run, StoreDependencies.from_settings)

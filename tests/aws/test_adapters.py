@@ -9,7 +9,7 @@ import pytest
 from botocore.config import Config
 
 from shared.contracts import TelemetryRecord
-from shared.errors import ObjectNotFound, PermanentError, StorageUnavailable
+from shared.errors import ConfigurationError, ObjectNotFound, PermanentError, StorageUnavailable
 from shared.events import STUDY_FAILED, EventBridgePublisher, LocalEventLog
 from shared.storage import S3ObjectStore
 from shared.telemetry import KinesisSink
@@ -44,11 +44,12 @@ def test_s3_missing_object_is_not_found(emulator, bucket):
     assert store.head(bucket, "incoming/nope/study.json") is None
 
 
-def test_s3_missing_bucket_is_not_found(emulator):
+def test_s3_missing_bucket_is_a_configuration_error_not_a_missing_object(emulator):
+    """A bucket that does not exist is a deployment to fix, not a study whose sidecar is gone."""
     store = S3ObjectStore(emulator.client("s3"))
-    with pytest.raises(ObjectNotFound):
+    with pytest.raises(ConfigurationError, match="NoSuchBucket.*_BUCKET"):
         store.get_bytes("radstream-no-such-bucket", "k")
-    with pytest.raises(ObjectNotFound):
+    with pytest.raises(ConfigurationError, match="NoSuchBucket"):
         store.put_bytes("radstream-no-such-bucket", "k", b"x")
 
 
@@ -103,8 +104,8 @@ def test_kinesis_batches_past_the_put_records_limit(emulator):
     assert len(read_stream(client, "big")) == KinesisSink.MAX_BATCH + 20
 
 
-def test_kinesis_missing_stream_is_retryable(emulator):
-    with pytest.raises(StorageUnavailable):
+def test_kinesis_missing_stream_names_the_setting(emulator):
+    with pytest.raises(ConfigurationError, match="TELEMETRY_STREAM_NAME"):
         KinesisSink(emulator.client("kinesis"), "no-such-stream").send([record("s1")])
 
 
@@ -126,8 +127,8 @@ def test_eventbridge_publishes_to_a_rule_target(emulator):
     assert event["detail"] == {"error_type": "InvalidStudy", "stage": "validate", "study_id": "s1"}
 
 
-def test_eventbridge_missing_bus_is_retryable(emulator):
-    with pytest.raises(StorageUnavailable):
+def test_eventbridge_missing_bus_names_the_setting(emulator):
+    with pytest.raises(ConfigurationError, match="EVENT_BUS_NAME"):
         EventBridgePublisher(emulator.client("events"), "no-such-bus").publish(STUDY_FAILED, {"study_id": "s1"})
 
 

@@ -6,7 +6,8 @@ import json
 import jsonschema
 import pytest
 
-from services.store.domain import FailureRequest, StoreRequest, failed_stage, record_failure, store_result
+from services.store.domain import failed_stage, record_failure, store_result
+from shared.messages import FailureRequest, StoreRequest
 from shared.contracts import schema_path
 from shared.errors import PermanentError
 from shared.events import STUDY_FAILED, LocalEventLog
@@ -23,8 +24,10 @@ def state() -> dict:
     image = {"bucket": "images", "key": "incoming/s1/image.png", "format": "png", "sha256": "a" * 64, "size_bytes": 1234}
     return {
         "bucket": "images", "key": "incoming/s1/study.json",
-        "study": {"study_id": "s1", "image": image, "telemetry": telemetry("validate", 3.5)},
-        "tensors": {"study_id": "s1", "original": {"width": 1000, "height": 800}, "telemetry": telemetry("prepare", 20.0)},
+        "study": {"study_id": "s1", "image": image, "metadata": {"bucket": "images", "key": "incoming/s1/study.json"},
+                  "view_position": "PA", "modality": "DX", "priority": "routine", "telemetry": telemetry("validate", 3.5)},
+        "tensors": {"study_id": "s1", "original": {"width": 1000, "height": 800, "bit_depth": 8, "photometric": "MONOCHROME2"},
+                    "tensors": {}, "telemetry": telemetry("prepare", 20.0)},
         "inference": [
             {"study_id": "s1", "kind": "classifier", "model": MODEL | {"name": "chest_xray_classifier"}, "telemetry": telemetry("inference", 9, "chest_xray_classifier"),
              "findings": [{"label": "Edema", "probability": 0.8, "threshold": 0.5, "positive": True},

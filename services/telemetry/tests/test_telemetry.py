@@ -11,7 +11,7 @@ from botocore.stub import Stubber
 
 from services.telemetry.domain import TelemetryRequest, send_telemetry
 from shared.contracts import TelemetryRecord
-from shared.errors import StorageUnavailable
+from shared.errors import ConfigurationError, StorageUnavailable
 from shared.observability import telemetry_record
 from shared.telemetry import KinesisSink, LocalLakeSink
 
@@ -62,9 +62,12 @@ def test_kinesis_sink_resends_only_the_failed_entries():
         stub.assert_no_pending_responses()
 
 
-def test_kinesis_errors_become_retryable():
+def test_kinesis_throttling_is_retryable_and_a_missing_stream_names_the_setting():
     client = kinesis()
     with Stubber(client) as stub:
-        stub.add_client_error("put_records", service_error_code="ResourceNotFoundException", http_status_code=400)
+        stub.add_client_error("put_records", service_error_code="ProvisionedThroughputExceededException", http_status_code=400)
         with pytest.raises(StorageUnavailable, match="kinesis stream radstream-telemetry"):
+            KinesisSink(client, "radstream-telemetry").send([record("validate")])
+        stub.add_client_error("put_records", service_error_code="ResourceNotFoundException", http_status_code=400)
+        with pytest.raises(ConfigurationError, match="TELEMETRY_STREAM_NAME"):
             KinesisSink(client, "radstream-telemetry").send([record("validate")])

@@ -100,7 +100,7 @@ def test_sniff_format():
     assert sniff_format(b"%PDF-1.4") is None
 
 
-def test_handler_returns_a_telemetry_record(store, upload, monkeypatch):
+def test_handler_returns_a_telemetry_record(store, upload):
     from services.validate import handler
     from shared.settings import Settings
     from shared.wiring import StoreDependencies
@@ -108,8 +108,7 @@ def test_handler_returns_a_telemetry_record(store, upload, monkeypatch):
     image = gradient_png()
     key = upload(make_sidecar(data=image), image)
     deps = StoreDependencies(Settings(data_dir=store.root), store)
-    monkeypatch.setattr(handler.dependencies, "get", lambda: deps)
-    out = handler.lambda_handler({"bucket": "images", "key": key, "execution_id": "exec-9"}, None)
+    out = handler.lambda_handler.invoke({"bucket": "images", "key": key, "execution_id": "exec-9"}, None, deps)
     json.dumps(out)  # a Lambda response must serialise
     record = out["telemetry"]
     assert record["stage"] == "validate" and record["status"] == "succeeded" and record["execution_id"] == "exec-9"
