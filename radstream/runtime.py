@@ -283,7 +283,10 @@ class LocalRuntime:
             result.detections = len(stored["detections"])
         else:
             key = f"failed/{study_id}/error.json"
-            record = json.loads(self.store.get_bytes(bucket, key)) if self.store.head(bucket, key) else None
+            try:
+                record = json.loads(self.store.get_bytes(bucket, key))
+            except (RadStreamError, ValueError):  # not there, or the store itself is failing: not recorded
+                record = None
             if record is None or record.get("execution_id") != execution.execution_id:
                 # The workflow ended before (or without) writing this run's record: RecordFailure failed too
                 # (FailureNotRecorded, the study's own error as the cause), or a last step such as SendTelemetry did.
@@ -307,7 +310,7 @@ class LocalRuntime:
             error_type = type(error).__name__
             message = f"study {study_id}: unexpected {error_type} in the local runtime ({stage}); see logs/radstream.log"
             with logs_to(self._log_file):
-                logger.error("study failed outside the workflow", study_id=study_id, stage=stage, error_type=error_type, location=code_location(error))
+                logger.error("study failed outside the workflow", study_id=study_id, stage=stage, error_type=error_type, code_path=code_location(error))
         outcome = StudyOutcome(study_id=study_id, source=source, status="failed", stage=stage, error_type=error_type, message=message)
         if isinstance(error, StudyConflict) and self._has_result(study_id):
             return outcome  # the refusal is about the new input: the study's own result stays the only record under its id

@@ -86,9 +86,12 @@ def telemetry_record(
 
 
 def event_study_id(event: dict[str, Any]) -> str | None:
-    """The study an event is about: its study_id, or the one its upload key names (validate and RecordFailure get a key)."""
+    """The study an event is about, before its input is parsed: its study_id, the validated study's, or its upload key's."""
     if isinstance(event.get("study_id"), str):
         return event["study_id"]
+    study = event.get("study")  # StoreResults gets the validated study whole
+    if isinstance(study, dict) and isinstance(study.get("study_id"), str):
+        return study["study_id"]
     key = event.get("key")
     return study_id_from_key(key) if isinstance(key, str) and key.startswith("incoming/") else None
 
@@ -157,7 +160,7 @@ class StageHandler(Generic[D]):
             except Exception as e:
                 # Our own bug or a library's: name it and where it came from, never its message (it could carry data).
                 tracer.put_annotation(key="error_type", value=type(e).__name__)
-                logger.error("stage failed unexpectedly", error_type=type(e).__name__, location=code_location(e))
+                logger.error("stage failed unexpectedly", error_type=type(e).__name__, code_path=code_location(e))
                 raise
             duration_ms = (time.perf_counter() - started) * 1000
             record = telemetry_record(
