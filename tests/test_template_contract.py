@@ -94,3 +94,37 @@ def test_rule_starts_on_a_sidecar_and_nothing_else(template):
 
 def test_definition_substitutions_leave_no_placeholder(template):
     assert "${" not in str(template.definition())
+
+
+def test_store_reads_the_state_keys_the_template_writes(template):
+    """services/store derives the failed stage from which ResultPaths are in the state: they must be the template's."""
+    from services.store.domain import STAGE_KEYS
+
+    states = template.definition()["States"]
+    by_stage = {"validate": "ValidateMetadata", "prepare": "PrepareTensors", "inference": "RunModels", "store": "StoreResults"}
+    assert [stage for stage, _ in STAGE_KEYS] == list(by_stage), "in pipeline order"
+    for stage, key in STAGE_KEYS:
+        assert states[by_stage[stage]]["ResultPath"] == f"$.{key}", f"{by_stage[stage]} writes $.{key}"
+    order, name = [], states["ValidateMetadata"]
+    while "Next" in name:
+        order.append(name["Next"])
+        name = states[name["Next"]]
+    assert order[:3] == ["PrepareTensors", "RunModels", "StoreResults"]
+
+
+def test_every_task_is_a_stage_handler_with_one_dependency_door(template):
+    from shared.observability import StageHandler
+
+    for _, task in walk_states(template.definition()["States"]):
+        if task["Type"] == "Task":
+            module, _, attribute = template.handler_for(task["Resource"]).rpartition(".")
+            handler = getattr(importlib.import_module(module), attribute)
+            assert isinstance(handler, StageHandler) and callable(handler.build), f"{module}.{attribute}"
+
+
+def test_a_failure_that_cannot_be_recorded_ends_named(template):
+    states = template.definition()["States"]
+    (catch,) = states["RecordFailure"]["Catch"]
+    assert catch["ErrorEquals"] == ["States.ALL"]
+    end = states[catch["Next"]]
+    assert end["Type"] == "Fail" and end["Error"] == shared.errors.FailureNotRecorded.__name__
