@@ -30,6 +30,7 @@ from shared.errors import ConfigurationError, RadStreamError
 from shared.messages import INCOMING, study_id_from_key
 from shared.observability import redirect_logs
 from shared.settings import ENVIRONMENT, Settings
+from shared.sidecar import parse_sidecar_bytes
 from shared.storage import LocalObjectStore
 
 # Step Functions refuses state payloads over 256 KB; the local runtime holds tasks to the same limit.
@@ -106,7 +107,7 @@ def is_study(folder: Path) -> bool:
 def upload_key_study_id(folder: Path, sidecar: Path) -> str:
     """The id that names the study's upload prefix: the sidecar's study_id when it is safe, else the folder's name."""
     try:
-        claimed = json.loads(sidecar.read_text()).get("study_id")
+        claimed = parse_sidecar_bytes(sidecar.read_bytes()).get("study_id")
     except (OSError, ValueError, AttributeError):
         claimed = None
     if isinstance(claimed, str) and claimed and not _SAFE_ID.search(claimed) and claimed not in (".", ".."):

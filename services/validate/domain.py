@@ -20,6 +20,7 @@ from shared.contracts import SCHEMA_DIR, ObjectRef
 from shared.errors import InvalidImage, InvalidStudy, ObjectNotFound
 from shared.messages import INCOMING, ImageFormat, StudyImage, study_id_from_key
 from shared.observability import StageOutput
+from shared.sidecar import SidecarUnreadable, parse_sidecar_bytes
 from shared.storage import ObjectStore
 
 SIDECAR_SCHEMA = SCHEMA_DIR / "sidecar.v1.schema.json"
@@ -84,10 +85,9 @@ def describe(error: SchemaError) -> str:
 
 def parse_sidecar(raw: bytes, study_id: str) -> dict[str, Any]:
     try:
-        sidecar = json.loads(raw)
-    except (UnicodeDecodeError, json.JSONDecodeError) as e:
-        pos = f" at line {e.lineno}, column {e.colno}" if isinstance(e, json.JSONDecodeError) else ""
-        raise InvalidStudy(f"sidecar is not valid JSON{pos}", study_id=study_id) from e
+        sidecar = parse_sidecar_bytes(raw)
+    except SidecarUnreadable as e:
+        raise InvalidStudy(str(e), study_id=study_id) from e
     errors = sorted(sidecar_validator().iter_errors(sidecar), key=lambda e: list(map(str, e.absolute_path)))
     if errors:
         raise InvalidStudy("sidecar breaks schema v1: " + "; ".join(describe(e) for e in errors), study_id=study_id)
