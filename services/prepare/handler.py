@@ -30,7 +30,7 @@ dependencies = Once(Dependencies.from_env)
 def run(event: dict[str, Any], deps: Dependencies | None = None) -> PreparedTensors:
     deps = deps or dependencies.get()
     request = PrepareRequest.model_validate(event)
-    return prepare_tensors(request, deps.store, deps.repository, deps.settings.artifacts_bucket)
+    return prepare_tensors(request, deps.store, deps.repository, deps.settings.artifacts_bucket, deps.settings.max_image_pixels)
 
 
 lambda_handler = stage_handler("prepare")(run)

@@ -19,7 +19,9 @@ from pydantic import BaseModel
 from shared.contracts import SCHEMA_DIR, ObjectRef
 from shared.errors import InvalidImage, InvalidStudy, ObjectNotFound
 from shared.messages import INCOMING, ImageFormat, StudyImage, study_id_from_key
+from shared.imageheader import check_pixel_limit
 from shared.observability import StageOutput
+from shared.settings import DEFAULT_MAX_IMAGE_PIXELS
 from shared.sidecar import SidecarUnreadable, parse_sidecar_bytes
 from shared.storage import ObjectStore
 
@@ -131,7 +133,7 @@ def dicom_metadata(data: bytes, study_id: str) -> dict[str, str]:
     return {"modality": modality, "view_position": view or "UNKNOWN"}
 
 
-def validate_study(request: ValidateRequest, store: ObjectStore, max_image_bytes: int) -> ValidatedStudy:
+def validate_study(request: ValidateRequest, store: ObjectStore, max_image_bytes: int, max_image_pixels: int = DEFAULT_MAX_IMAGE_PIXELS) -> ValidatedStudy:
     """A study arrives as a sidecar (incoming/<id>/<name>.json naming its image) or as one DICOM file (incoming/<id>/<name>.dcm)."""
     key_study_id = study_id_from_key(request.key)
     if key_study_id == request.key or not request.key.endswith((".json", ".dcm")):
@@ -156,6 +158,8 @@ def validate_study(request: ValidateRequest, store: ObjectStore, max_image_bytes
         if sidecar.get("sha256") and sidecar["sha256"] != digest:
             raise InvalidImage(f"image {sidecar['image']!r} sha256 {digest[:12]}… does not match the sidecar's {sidecar['sha256'][:12]}…", study_id=study_id)
         metadata, raw_size, priority = sidecar, len(raw), sidecar.get("priority", "routine")
+    # The size the header declares, held to the limit before any stage decodes a pixel (a PNG of zeros can be 1.6 GB decoded).
+    check_pixel_limit(data, image_format, max_image_pixels, study_id)
 
     return ValidatedStudy(
         study_id=study_id,

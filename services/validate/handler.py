@@ -12,7 +12,7 @@ dependencies = Once(StoreDependencies.from_env)
 
 def run(event: dict[str, Any], deps: StoreDependencies | None = None) -> ValidatedStudy:
     deps = deps or dependencies.get()
-    return validate_study(ValidateRequest.model_validate(event), deps.store, deps.settings.max_image_bytes)
+    return validate_study(ValidateRequest.model_validate(event), deps.store, deps.settings.max_image_bytes, deps.settings.max_image_pixels)
 
 
 lambda_handler = stage_handler("validate")(run)
