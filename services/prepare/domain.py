@@ -184,12 +184,15 @@ def decode_dicom(data: bytes, study_id: str) -> Decoded:
         values, rule = apply_windowing(values, ds), "dicom-window"
     else:
         rule = f"dicom-{bits}bit" + ("-signed" if signed else "")
-    pixels = np.clip((np.asarray(values, np.float32) - np.float32(lo)) / np.float32(hi - lo), 0.0, 1.0)
     # MONOCHROME1 (low values white) and Presentation LUT Shape INVERSE both mean: the display inverts.
     # A DX MONOCHROME1 image carries INVERSE as well (PS3.3 C.8.11.6.1.2): one inversion, not two.
+    # Measured from the other end of the range, so a MONOCHROME1 file and its MONOCHROME2 twin give identical floats.
     inverse = photometric == "MONOCHROME1" or str(ds.get("PresentationLUTShape", "")).upper() == "INVERSE"
+    values = np.asarray(values, np.float32)
+    offset = (np.float32(hi) - values) if inverse else (values - np.float32(lo))
+    pixels = np.clip(offset / np.float32(hi - lo), 0.0, 1.0)
     if inverse:
-        pixels, rule = 1.0 - pixels, rule + "-inverted"
+        rule += "-inverted"
     padding = padding_mask(raw, ds) if photometric in GRAYSCALE else None
     if padding is not None:  # padding is background: black whatever its stored value, and never part of the picture
         pixels[padding] = 0.0

@@ -1,0 +1,209 @@
+"""Decoding: every CR/DX transfer syntax, YBR, padding, INVERSE, signed pixels, 16-bit PNG depth, size limits before pixels."""
+from __future__ import annotations
+
+import struct
+import zlib
+
+import cv2
+import numpy as np
+import pytest
+
+from radstream.phantoms import generate_phantom, to_uint8
+from radstream.transfer_syntaxes import SYNTAXES, dataset_bytes, dcmtk, dicom_dataset, dicom_in_syntax, stored_values
+from services.prepare.domain import PrepareRequest, decode_dicom, decode_raster, prepare_tensors
+from services.prepare.tests.test_prepare import with_sbit
+from shared.errors import InvalidImage
+from shared.imageheader import check_pixel_limit, image_geometry
+from shared.messages import StudyImage
+from shared.model_repository import ModelRepository
+
+
+@pytest.fixture(scope="module")
+def picture() -> np.ndarray:
+    return generate_phantom(np.random.default_rng(11), size=128).image
+
+
+# The largest per-pixel error each lossy syntax may leave (of 1.0); lossless ones give back the 12-bit values.
+LOSSY_MAX_ERROR = {"jpeg-baseline": 0.08, "jpeg-extended": 0.02, "jpeg-ls-near-lossless": 3 / 4095, "jpeg2000": 0.2}
+
+
+@pytest.mark.parametrize("photometric", ["MONOCHROME1", "MONOCHROME2"])
+@pytest.mark.parametrize("syntax", list(SYNTAXES))
+def test_every_transfer_syntax_decodes_to_the_picture(picture, syntax, photometric):
+    import pydicom
+
+    data = dicom_in_syntax(picture, syntax, photometric)
+    assert str(pydicom.dcmread(__import__("io").BytesIO(data), stop_before_pixels=True).file_meta.TransferSyntaxUID) == SYNTAXES[syntax].uid
+    decoded = decode_dicom(data, "s")
+    expected = stored_values(picture, SYNTAXES[syntax].bits) / (2 ** SYNTAXES[syntax].bits - 1)
+    error = np.abs(decoded.pixels - expected)
+    assert error.max() <= LOSSY_MAX_ERROR.get(syntax, 1e-6), (syntax, float(error.max()))
+    assert error.mean() < 0.02
+    assert decoded.photometric == photometric
+    assert decoded.intensity_rule == f"dicom-{SYNTAXES[syntax].bits}bit" + ("-inverted" if photometric == "MONOCHROME1" else "")
+
+
+def test_monochrome1_and_2_twins_are_identical(picture):
+    for syntax in ("explicit-le", "jpeg-lossless-sv1", "jpeg2000-lossless"):
+        mono1 = decode_dicom(dicom_in_syntax(picture, syntax, "MONOCHROME1"), "s").pixels
+        mono2 = decode_dicom(dicom_in_syntax(picture, syntax, "MONOCHROME2"), "s").pixels
+        np.testing.assert_array_equal(mono1, mono2)
+
+
+def grey_as_rgb(picture: np.ndarray) -> np.ndarray:
+    return np.repeat(to_uint8(picture)[..., None], 3, axis=2)
+
+
+def test_ybr_full_is_read_as_its_grey_picture(picture):
+    from pydicom.pixels import convert_color_space
+
+    ybr = convert_color_space(grey_as_rgb(picture), "RGB", "YBR_FULL")
+    decoded = decode_dicom(dataset_bytes(dicom_dataset(ybr, "YBR_FULL", bits_stored=8)), "s")
+    assert decoded.photometric == "YBR_FULL" and decoded.intensity_rule == "dicom-8bit"
+    np.testing.assert_allclose(decoded.pixels, to_uint8(picture) / 255.0, atol=2 / 255)
+
+
+def test_ybr_full_422_from_jpeg_baseline_is_read_as_its_grey_picture(picture):
+    import io
+
+    import pydicom
+
+    data = dcmtk("dcmcjpeg", ("+eb", "+q", "95"), dataset_bytes(dicom_dataset(grey_as_rgb(picture), "RGB", bits_stored=8)))
+    assert pydicom.dcmread(io.BytesIO(data), stop_before_pixels=True).PhotometricInterpretation == "YBR_FULL_422"
+    decoded = decode_dicom(data, "s")
+    assert decoded.pixels.shape == picture.shape
+    assert np.abs(decoded.pixels - to_uint8(picture) / 255.0).max() < LOSSY_MAX_ERROR["jpeg-baseline"]
+
+
+def test_padding_is_black_and_does_not_move_the_intensity_range(picture):
+    dim = picture * 0.8 + 0.1  # the patient spans 10%..90% of the detector's range
+    values = stored_values(dim, 12)
+    padded = values.copy()
+    padded[:, :20] = 4095  # a white collimator border, declared as padding
+    plain = decode_dicom(dataset_bytes(dicom_dataset(values)), "s")
+    with_padding = decode_dicom(dataset_bytes(dicom_dataset(padded, PixelPaddingValue=4095)), "s")
+    assert with_padding.intensity_rule == "dicom-12bit-padding"
+    assert with_padding.pixels[:, :20].max() == 0.0
+    np.testing.assert_array_equal(with_padding.pixels[:, 20:], plain.pixels[:, 20:])
+    np.testing.assert_allclose(plain.pixels, dim, atol=1 / 4095)
+    # A range of padding values (Pixel Padding Range Limit), in MONOCHROME1: black too.
+    mono1 = stored_values(dim, 12, "MONOCHROME1")
+    mono1[:10] = 0
+    mono1[10:20] = 3
+    decoded = decode_dicom(dataset_bytes(dicom_dataset(mono1, "MONOCHROME1", PixelPaddingValue=0, PixelPaddingRangeLimit=3)), "s")
+    assert decoded.pixels[:20].max() == 0.0
+    np.testing.assert_allclose(decoded.pixels[20:], dim[20:], atol=1 / 4095)
+
+
+def test_presentation_lut_shape_inverse_acts_like_monochrome1(picture):
+    values = stored_values(picture, 12, "MONOCHROME1")  # low values white
+    mono1 = decode_dicom(dataset_bytes(dicom_dataset(values, "MONOCHROME1")), "s")
+    inverse = decode_dicom(dataset_bytes(dicom_dataset(values, "MONOCHROME2", PresentationLUTShape="INVERSE")), "s")
+    # DX writes INVERSE beside MONOCHROME1 (PS3.3 C.8.11.6.1.2): the same one inversion, not two.
+    both = decode_dicom(dataset_bytes(dicom_dataset(values, "MONOCHROME1", PresentationLUTShape="INVERSE")), "s")
+    identity = decode_dicom(dataset_bytes(dicom_dataset(values, "MONOCHROME2", PresentationLUTShape="IDENTITY")), "s")
+    np.testing.assert_array_equal(inverse.pixels, mono1.pixels)
+    np.testing.assert_array_equal(both.pixels, mono1.pixels)
+    np.testing.assert_allclose(identity.pixels, 1.0 - mono1.pixels, atol=1e-6)
+    assert inverse.intensity_rule == "dicom-12bit-inverted"
+
+
+@pytest.mark.parametrize("syntax", ["explicit-le", "implicit-le", "rle", "jpeg2000-lossless"])
+def test_signed_pixels_read_like_unsigned_ones(picture, syntax):
+    from radstream.transfer_syntaxes import encode
+
+    unsigned = decode_dicom(dicom_in_syntax(picture, "explicit-le"), "s")
+    values = stored_values(picture, 12, signed=True)
+    assert values.min() < 0
+    signed = decode_dicom(encode(dicom_dataset(values, signed=True), SYNTAXES[syntax]), "s")
+    assert signed.intensity_rule == "dicom-12bit-signed"
+    np.testing.assert_allclose(signed.pixels, unsigned.pixels, atol=1e-6)
+    # Padding in signed storage: -2048 is the most negative 12-bit value.
+    values[:5] = -2048
+    padded = decode_dicom(encode(dicom_dataset(values, signed=True, PixelPaddingValue=-2048), SYNTAXES[syntax]), "s")
+    assert padded.pixels[:5].max() == 0.0 and padded.intensity_rule == "dicom-12bit-signed-padding"
+
+
+def test_window_still_decides_the_range_after_compression(picture):
+    data = dicom_in_syntax(picture, "jpeg-ls-lossless", WindowCenter=2048, WindowWidth=1024)
+    decoded = decode_dicom(data, "s")
+    assert decoded.intensity_rule == "dicom-window"
+    assert decoded.pixels[picture < 0.3].max() == 0.0 and decoded.pixels[picture > 0.7].min() == 1.0
+
+
+@pytest.mark.parametrize("bits", [10, 12, 14, 16])
+def test_16_bit_png_without_sbit_infers_its_depth(picture, bits):
+    eight = decode_raster(cv2.imencode(".png", to_uint8(picture))[1].tobytes(), "s")
+    values = stored_values(picture, bits).astype(np.uint16)
+    png = cv2.imencode(".png", values)[1].tobytes()
+    decoded = decode_raster(png, "s")
+    assert decoded.intensity_rule == f"png16-inferred-{bits}bit" and decoded.bit_depth == bits
+    np.testing.assert_allclose(decoded.pixels, eight.pixels, atol=1 / 255)
+    with_bits = decode_raster(with_sbit(png, bits), "s")
+    assert with_bits.intensity_rule == f"png16-sbit-{bits}bit"
+    np.testing.assert_array_equal(with_bits.pixels, decoded.pixels)
+
+
+def test_16_bit_png_scaled_as_the_png_spec_says_keeps_its_full_range(picture):
+    """sBIT 12 with samples scaled up to 16 bits (the specification's form), not 12-bit values in 16-bit slots."""
+    values = (stored_values(picture, 12) * 65535 // 4095).astype(np.uint16)
+    decoded = decode_raster(with_sbit(cv2.imencode(".png", values)[1].tobytes(), 12), "s")
+    assert decoded.intensity_rule == "png16-sbit12-scaled"
+    np.testing.assert_allclose(decoded.pixels, picture, atol=1 / 4095)
+
+
+def test_8_bit_and_jpeg_rules_are_named(picture):
+    assert decode_raster(cv2.imencode(".png", to_uint8(picture))[1].tobytes(), "s").intensity_rule == "png8"
+    assert decode_raster(cv2.imencode(".jpg", to_uint8(picture))[1].tobytes(), "s").intensity_rule == "jpeg8"
+
+
+def png_chunk(kind: bytes, body: bytes) -> bytes:
+    return struct.pack(">I", len(body)) + kind + body + struct.pack(">I", zlib.crc32(kind + body))
+
+
+def one_bit_png(width: int, height: int) -> bytes:
+    """A 1-bit grey PNG of zeros: each row is one filter byte and width/8 bytes, and zlib makes them almost nothing."""
+    compressor = zlib.compressobj(9)
+    row = bytes(1 + (width + 7) // 8)
+    idat = b"".join(compressor.compress(row) for _ in range(height)) + compressor.flush()
+    ihdr = struct.pack(">IIBBBBB", width, height, 1, 0, 0, 0, 0)
+    return b"\x89PNG\r\n\x1a\n" + png_chunk(b"IHDR", ihdr) + png_chunk(b"IDAT", idat) + png_chunk(b"IEND", b"")
+
+
+def jpeg_claiming(width: int, height: int) -> bytes:
+    """A real 16x16 JPEG whose frame header (SOF0) is rewritten to claim width x height."""
+    data = bytearray(cv2.imencode(".jpg", np.full((16, 16), 100, np.uint8))[1].tobytes())
+    sof = data.index(b"\xff\xc0")
+    data[sof + 5 : sof + 9] = struct.pack(">HH", height, width)
+    return bytes(data)
+
+
+@pytest.fixture(scope="module")
+def png_bomb() -> bytes:
+    return one_bit_png(40000, 40000)
+
+
+def test_bombs_declare_their_size_in_the_header(png_bomb):
+    assert len(png_bomb) < 1_000_000, "small on disk"
+    assert image_geometry(png_bomb, "png").samples == 40000 * 40000
+    assert (image_geometry(jpeg_claiming(60000, 60000), "jpeg").width, image_geometry(jpeg_claiming(60000, 60000), "jpeg").height) == (60000, 60000)
+    geometry = image_geometry(dicom_in_syntax(np.zeros((32, 48)), "jpeg-ls-lossless"), "dicom")
+    assert (geometry.width, geometry.height, geometry.channels, geometry.frames) == (48, 32, 1, 1)
+
+
+@pytest.mark.parametrize("name, fmt, size", [("png", "png", 40000), ("jpeg", "jpeg", 60000)])
+def test_bombs_are_refused_before_decoding_naming_size_and_limit(store, config_only_repository, png_bomb, name, fmt, size):
+    data = png_bomb if name == "png" else jpeg_claiming(size, size)
+    store.put_bytes("images", f"incoming/bomb/image.{name}", data)
+    request = PrepareRequest(study_id="bomb", image=StudyImage(bucket="images", key=f"incoming/bomb/image.{name}", format=fmt, sha256="0" * 64, size_bytes=len(data)))
+    with pytest.raises(InvalidImage, match=rf"study bomb: image is {size} x {size} pixels x 1 channel\(s\) = {size * size:,} samples by its {fmt.upper()} header, over the 100,000,000-sample limit \(MAX_IMAGE_PIXELS\)"):
+        prepare_tensors(request, store, ModelRepository(config_only_repository), "artifacts")
+
+
+def test_the_limit_counts_channels_and_frames():
+    rgb = cv2.imencode(".png", np.zeros((100, 100, 3), np.uint8))[1].tobytes()
+    assert check_pixel_limit(rgb, "png", 30_000, "s").samples == 30_000
+    with pytest.raises(InvalidImage, match="100 x 100 pixels x 3 channel"):
+        check_pixel_limit(rgb, "png", 29_999, "s")
+    with pytest.raises(InvalidImage, match="x 4 frames"):
+        check_pixel_limit(dataset_bytes(dicom_dataset(np.zeros((16, 16)), NumberOfFrames=4)), "dicom", 1000, "s")
