@@ -2,12 +2,12 @@
 from __future__ import annotations
 
 import struct
-import zlib
 
 import cv2
 import numpy as np
 import pytest
 
+from conftest import jpeg_claiming, one_bit_png
 from radstream.phantoms import generate_phantom, to_uint8
 from radstream.transfer_syntaxes import SYNTAXES, dataset_bytes, dcmtk, dicom_dataset, dicom_in_syntax, stored_values
 from services.prepare.domain import PrepareRequest, decode_dicom, decode_raster, prepare_tensors
@@ -155,27 +155,6 @@ def test_16_bit_png_scaled_as_the_png_spec_says_keeps_its_full_range(picture):
 def test_8_bit_and_jpeg_rules_are_named(picture):
     assert decode_raster(cv2.imencode(".png", to_uint8(picture))[1].tobytes(), "s").intensity_rule == "png8"
     assert decode_raster(cv2.imencode(".jpg", to_uint8(picture))[1].tobytes(), "s").intensity_rule == "jpeg8"
-
-
-def png_chunk(kind: bytes, body: bytes) -> bytes:
-    return struct.pack(">I", len(body)) + kind + body + struct.pack(">I", zlib.crc32(kind + body))
-
-
-def one_bit_png(width: int, height: int) -> bytes:
-    """A 1-bit grey PNG of zeros: each row is one filter byte and width/8 bytes, and zlib makes them almost nothing."""
-    compressor = zlib.compressobj(9)
-    row = bytes(1 + (width + 7) // 8)
-    idat = b"".join(compressor.compress(row) for _ in range(height)) + compressor.flush()
-    ihdr = struct.pack(">IIBBBBB", width, height, 1, 0, 0, 0, 0)
-    return b"\x89PNG\r\n\x1a\n" + png_chunk(b"IHDR", ihdr) + png_chunk(b"IDAT", idat) + png_chunk(b"IEND", b"")
-
-
-def jpeg_claiming(width: int, height: int) -> bytes:
-    """A real 16x16 JPEG whose frame header (SOF0) is rewritten to claim width x height."""
-    data = bytearray(cv2.imencode(".jpg", np.full((16, 16), 100, np.uint8))[1].tobytes())
-    sof = data.index(b"\xff\xc0")
-    data[sof + 5 : sof + 9] = struct.pack(">HH", height, width)
-    return bytes(data)
 
 
 @pytest.fixture(scope="module")
