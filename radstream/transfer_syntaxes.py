@@ -33,8 +33,8 @@ SYNTAXES: dict[str, Syntax] = {s.name: s for s in (
     Syntax("explicit-be", "1.2.840.10008.1.2.2", 12, False, "dcmconv", ("+tb",)),
     Syntax("deflated-le", "1.2.840.10008.1.2.1.99", 12, False, "pydicom"),
     Syntax("rle", "1.2.840.10008.1.2.5", 12, False, "pydicom"),
-    Syntax("jpeg-baseline", "1.2.840.10008.1.2.4.50", 8, True, "dcmcjpeg", ("+eb", "+q", "95")),
-    Syntax("jpeg-extended", "1.2.840.10008.1.2.4.51", 12, True, "dcmcjpeg", ("+ee", "+q", "95")),
+    Syntax("jpeg-baseline", "1.2.840.10008.1.2.4.50", 8, True, "dcmcjpeg", ("+eb", "+q", "95", "+sr")),
+    Syntax("jpeg-extended", "1.2.840.10008.1.2.4.51", 12, True, "dcmcjpeg", ("+ee", "+q", "95", "+sr")),
     Syntax("jpeg-lossless", "1.2.840.10008.1.2.4.57", 12, False, "dcmcjpeg", ("+el",)),
     Syntax("jpeg-lossless-sv1", "1.2.840.10008.1.2.4.70", 12, False, "dcmcjpeg", ("+e1",)),
     Syntax("jpeg-ls-lossless", "1.2.840.10008.1.2.4.80", 12, False, "pydicom"),
@@ -43,6 +43,8 @@ SYNTAXES: dict[str, Syntax] = {s.name: s for s in (
     Syntax("jpeg2000", "1.2.840.10008.1.2.4.91", 12, True, "pydicom"),
 )}
 
+# dcmcjpeg's lossy modes rescale by default to the pixel values actually used (+sp: the minimum becomes 0
+# while the header keeps an identity rescale), which shifts a MONOCHROME1 picture; +sr keeps the stored range.
 # Lossy settings near what archives use: JPEG-LS allowing an error of 2 of 4095, JPEG 2000 at 10:1.
 NEAR_LOSSLESS_ERROR = 2
 JPEG2000_RATIO = 10
