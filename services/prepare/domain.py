@@ -113,10 +113,14 @@ GRAYSCALE = ("MONOCHROME1", "MONOCHROME2")
 COLOUR = ("RGB", "YBR_FULL", "YBR_FULL_422", "YBR_ICT", "YBR_RCT", "YBR_PARTIAL_420")
 
 
+def stored_bits(ds: Any) -> int:
+    return int(ds.get("BitsStored") or ds.get("BitsAllocated") or 16)
+
+
 def dicom_output_range(ds: Any) -> tuple[float, float]:
     """The values the stored bits can take, through the modality LUT: what a display maps black..white when
     no VOI says otherwise, and the very range pydicom's windowing writes into (PS3.3 C.11.2.1.2)."""
-    bits = int(ds.BitsStored)
+    bits = stored_bits(ds)
     if ds.get("ModalityLUTSequence"):
         lo, hi = 0.0, float(2 ** int(ds.ModalityLUTSequence[0].LUTDescriptor[2]) - 1)
     elif int(ds.get("PixelRepresentation", 0)) == 0:
@@ -140,6 +144,20 @@ def padding_mask(raw: np.ndarray, ds: Any) -> np.ndarray | None:
     return mask if mask.any() else None
 
 
+RLE_LOSSLESS = "1.2.840.10008.1.2.5"
+
+
+def codestream_complete(ds: Any) -> bool:
+    """JPEG, JPEG-LS and JPEG 2000 codestreams all end with FF D9 (EOI / EOC); fragments are padded to even length."""
+    from pydicom.encaps import generate_frames
+
+    try:
+        frame = next(generate_frames(ds.PixelData, number_of_frames=1))
+    except Exception:  # noqa: BLE001 - a damaged encapsulation: let the decoder say what it finds
+        return True
+    return frame.rstrip(b"\0").endswith(b"\xff\xd9")
+
+
 def decode_dicom(data: bytes, study_id: str) -> Decoded:
     import pydicom
     from pydicom.pixels import apply_modality_lut, apply_voi, apply_windowing
@@ -155,6 +173,9 @@ def decode_dicom(data: bytes, study_id: str) -> Decoded:
         raise InvalidImage(f"DICOM PhotometricInterpretation {photometric} is not supported for CR/DX (grayscale, RGB or YBR)", study_id=study_id)
     if int(ds.get("NumberOfFrames", 1) or 1) != 1:
         raise InvalidImage(f"DICOM image must be a single frame, found {ds.NumberOfFrames} frames", study_id=study_id)
+    if syntax is not None and syntax.is_encapsulated and syntax != RLE_LOSSLESS and not codestream_complete(ds):
+        # libjpeg decodes a cut JPEG or JPEG-LS stream without complaint, filling the rest with grey.
+        raise InvalidImage(f"DICOM pixel data in {syntax_name} is truncated: its codestream has no end-of-image marker", study_id=study_id)
     try:
         raw = ds.pixel_array  # decompresses with pydicom's pixel backends; YBR comes back as RGB
     except Exception as e:  # pydicom raises many types for bad or unsupported pixel data
@@ -166,7 +187,7 @@ def decode_dicom(data: bytes, study_id: str) -> Decoded:
         raise InvalidImage(f"DICOM image must be a single grayscale frame, found shape {list(raw.shape)}", study_id=study_id)
 
     lo, hi = dicom_output_range(ds)
-    bits = int(ds.BitsStored)
+    bits = stored_bits(ds)
     signed = int(ds.get("PixelRepresentation", 0)) == 1
     values = apply_modality_lut(raw, ds) if photometric in GRAYSCALE else raw
     has_lut = bool(ds.get("VOILUTSequence")) and ds.VOILUTSequence[0].get("LUTData") is not None

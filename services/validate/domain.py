@@ -18,8 +18,8 @@ from pydantic import BaseModel
 
 from shared.contracts import SCHEMA_DIR, ObjectRef
 from shared.errors import InvalidImage, InvalidStudy, ObjectNotFound
-from shared.messages import INCOMING, ImageFormat, StudyImage, study_id_from_key
 from shared.imageheader import check_pixel_limit
+from shared.messages import INCOMING, ImageFormat, StudyImage, study_id_from_key
 from shared.observability import StageOutput
 from shared.settings import DEFAULT_MAX_IMAGE_PIXELS
 from shared.sidecar import SidecarUnreadable, parse_sidecar_bytes

@@ -1,7 +1,7 @@
 """Decoding: every CR/DX transfer syntax, YBR, padding, INVERSE, signed pixels, 16-bit PNG depth, size limits before pixels."""
 from __future__ import annotations
 
-import struct
+import re
 
 import cv2
 import numpy as np
@@ -186,3 +186,35 @@ def test_the_limit_counts_channels_and_frames():
         check_pixel_limit(rgb, "png", 29_999, "s")
     with pytest.raises(InvalidImage, match="x 4 frames"):
         check_pixel_limit(dataset_bytes(dicom_dataset(np.zeros((16, 16)), NumberOfFrames=4)), "dicom", 1000, "s")
+
+
+@pytest.mark.parametrize("syntax", ["jpeg-baseline", "jpeg-lossless-sv1", "jpeg-ls-lossless", "jpeg2000-lossless"])
+def test_truncated_compressed_pixel_data_is_refused_naming_the_transfer_syntax(picture, syntax):
+    """libjpeg would decode a cut JPEG / JPEG-LS stream into a half-grey picture without a word."""
+    import io
+
+    import pydicom
+    from pydicom.encaps import encapsulate, generate_frames
+
+    ds = pydicom.dcmread(io.BytesIO(dicom_in_syntax(picture, syntax)))
+    frame = next(generate_frames(ds.PixelData, number_of_frames=1))
+    ds.PixelData = encapsulate([frame[: len(frame) // 2]])
+    buffer = io.BytesIO()
+    ds.save_as(buffer)
+    name = pydicom.uid.UID(SYNTAXES[syntax].uid).name
+    with pytest.raises(InvalidImage, match=rf"study s: DICOM pixel data in {re.escape(name)} \({SYNTAXES[syntax].uid}\) is truncated"):
+        decode_dicom(buffer.getvalue(), "s")
+
+
+def test_undecodable_pixel_data_names_the_transfer_syntax(picture):
+    import io
+
+    import pydicom
+    from pydicom.encaps import encapsulate
+
+    ds = pydicom.dcmread(io.BytesIO(dicom_in_syntax(picture, "jpeg2000-lossless")))
+    ds.PixelData = encapsulate([b"\xff\x4f\xff\x51" + bytes(200) + b"\xff\xd9"])  # a J2K start, then nothing valid
+    buffer = io.BytesIO()
+    ds.save_as(buffer)
+    with pytest.raises(InvalidImage, match=r"study s: DICOM pixel data cannot be read \(\w+\) in JPEG 2000 Image Compression \(Lossless Only\)"):
+        decode_dicom(buffer.getvalue(), "s")
