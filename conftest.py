@@ -107,3 +107,11 @@ def jpeg_claiming(width: int, height: int) -> bytes:
     sof = data.index(b"\xff\xc0")
     data[sof + 5 : sof + 9] = struct.pack(">HH", height, width)
     return bytes(data)
+
+
+def with_sbit(png: bytes, bits: int) -> bytes:
+    """Insert an sBIT chunk after IHDR, as a 12-bit detector's 16-bit PNG carries."""
+    ihdr_end = 8 + 12 + struct.unpack(">I", png[8:12])[0]
+    chunk = struct.pack(">I", 1) + b"sBIT" + bytes([bits])
+    chunk += struct.pack(">I", zlib.crc32(b"sBIT" + bytes([bits])))
+    return png[:ihdr_end] + chunk + png[ihdr_end:]

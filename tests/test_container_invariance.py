@@ -12,10 +12,10 @@ import cv2
 import numpy as np
 import pytest
 
+from conftest import with_sbit
 from radstream.phantoms import generate_phantom, to_uint8
 from radstream.transfer_syntaxes import SYNTAXES, dicom_in_syntax, stored_values
 from services.prepare.domain import PrepareRequest, prepare_tensors
-from services.prepare.tests.test_prepare import with_sbit
 from services.triton.domain import Inference, InferenceRequest
 from services.triton.onnx_backend import OnnxRuntimeBackend
 from shared.messages import StudyImage

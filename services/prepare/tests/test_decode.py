@@ -7,11 +7,10 @@ import cv2
 import numpy as np
 import pytest
 
-from conftest import jpeg_claiming, one_bit_png
+from conftest import jpeg_claiming, one_bit_png, with_sbit
 from radstream.phantoms import generate_phantom, to_uint8
 from radstream.transfer_syntaxes import SYNTAXES, dataset_bytes, dcmtk, dicom_dataset, dicom_in_syntax, stored_values
 from services.prepare.domain import PrepareRequest, decode_dicom, decode_raster, prepare_tensors
-from services.prepare.tests.test_prepare import with_sbit
 from shared.errors import InvalidImage
 from shared.imageheader import check_pixel_limit, image_geometry
 from shared.messages import StudyImage
