@@ -144,6 +144,29 @@ def padding_mask(raw: np.ndarray, ds: Any) -> np.ndarray | None:
     return mask if mask.any() else None
 
 
+def apply_voi_table(values: np.ndarray, table: Any) -> tuple[np.ndarray, int]:
+    """A VOI LUT Sequence item applied to modality values; returns the output and its depth in bits.
+
+    Done here rather than by pydicom 3.0's apply_voi, which indexes through an array of the table's output
+    type, so an 8-bit table of 4096 entries wraps every index above 255. Values below the first mapped one
+    take the first entry, above the last the last (PS3.3 C.11.2.1.1). The entries' depth is LUTDescriptor[2],
+    raised when the entries exceed it (some writers under-declare).
+    """
+    entries, first, bits = (int(v) for v in table.LUTDescriptor)
+    entries = entries or 2**16
+    raw = table.LUTData
+    if isinstance(raw, bytes):
+        lut = np.frombuffer(raw, np.uint8 if bits <= 8 and len(raw) == entries else np.dtype("<u2"))
+    else:
+        lut = np.atleast_1d(np.asarray(raw))
+    lut = lut[:entries].astype(np.int64)
+    index = np.clip(np.rint(np.asarray(values, np.float64)).astype(np.int64) - first, 0, len(lut) - 1)
+    peak = int(lut.max())
+    if peak >= 2**bits:
+        bits = inferred_bits(min(peak, 2**16 - 1))
+    return lut[index], bits
+
+
 RLE_LOSSLESS = "1.2.840.10008.1.2.5"
 
 
@@ -160,7 +183,7 @@ def codestream_complete(ds: Any) -> bool:
 
 def decode_dicom(data: bytes, study_id: str) -> Decoded:
     import pydicom
-    from pydicom.pixels import apply_modality_lut, apply_voi, apply_windowing
+    from pydicom.pixels import apply_modality_lut, apply_windowing
 
     try:
         ds = pydicom.dcmread(io.BytesIO(data))
@@ -193,13 +216,7 @@ def decode_dicom(data: bytes, study_id: str) -> Decoded:
     has_lut = bool(ds.get("VOILUTSequence")) and ds.VOILUTSequence[0].get("LUTData") is not None
     has_window = ds.get("WindowCenter") is not None and ds.get("WindowWidth") is not None
     if photometric in GRAYSCALE and has_lut:
-        values = apply_voi(values, ds)
-        # The table's entries are output values of LUTDescriptor[2] bits (some writers under-declare: trust the entries).
-        table = ds.VOILUTSequence[0]
-        lut_bits = int(table.LUTDescriptor[2])
-        peak = int(np.max(np.asarray(table.LUTData)))
-        if peak >= 2**lut_bits:
-            lut_bits = inferred_bits(min(peak, 2**16 - 1))
+        values, lut_bits = apply_voi_table(values, ds.VOILUTSequence[0])
         lo, hi, rule = 0.0, float(2**lut_bits - 1), "dicom-voi-lut"
     elif photometric in GRAYSCALE and has_window:
         values, rule = apply_windowing(values, ds), "dicom-window"

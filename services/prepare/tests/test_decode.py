@@ -217,3 +217,16 @@ def test_undecodable_pixel_data_names_the_transfer_syntax(picture):
     ds.save_as(buffer)
     with pytest.raises(InvalidImage, match=r"study s: DICOM pixel data cannot be read \(\w+\) in JPEG 2000 Image Compression \(Lossless Only\)"):
         decode_dicom(buffer.getvalue(), "s")
+
+
+def test_a_voi_lut_table_maps_through_its_output_range(picture):
+    from pydicom.dataset import Dataset
+
+    values = stored_values(picture, 12)
+    table = Dataset()
+    table.add_new("LUTDescriptor", "US", [4096, 0, 8])  # 4096 entries from stored value 0, 8-bit output
+    gamma = np.rint(255 * (np.arange(4096) / 4095) ** 0.5).astype(np.uint16)
+    table.add_new("LUTData", "US", gamma.tolist())
+    decoded = decode_dicom(dataset_bytes(dicom_dataset(values, VOILUTSequence=[table], WindowCenter=100, WindowWidth=10)), "s")
+    assert decoded.intensity_rule == "dicom-voi-lut", "the table is preferred over a window"
+    np.testing.assert_allclose(decoded.pixels, gamma[values] / 255.0, atol=1e-6)
