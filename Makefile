@@ -1,11 +1,13 @@
 # The two commands the README promises: `make demo` and `make test`, each from a fresh clone.
 PYTHON ?= python3
+# Empty as root (CI, the dev machines); `make dcmtk SUDO=sudo` elsewhere.
+SUDO ?=
 VENV := .venv
 BIN := $(VENV)/bin
 STAMP := $(VENV)/.installed
 REQUIREMENTS := requirements-dev.txt $(wildcard requirements-*.txt) shared/requirements.txt $(wildcard services/*/requirements.txt) pyproject.toml
 
-.PHONY: venv demo test test-unit test-torch models bench schemas clean
+.PHONY: venv dcmtk demo test test-unit test-torch models bench schemas clean
 
 $(STAMP): $(REQUIREMENTS)
 	test -x $(BIN)/python || $(PYTHON) -m venv $(VENV)
@@ -22,7 +24,12 @@ venv: $(STAMP)
 demo: venv
 	$(BIN)/radstream demo --data-dir radstream-data
 
-test: venv
+# The DICOM tests write JPEG Baseline/Extended/Lossless (dcmcjpeg) and Big Endian (dcmconv) files with dcmtk,
+# Debian's package; installed only when missing, so a second run costs nothing.
+dcmtk:
+	@command -v dcmcjpeg >/dev/null 2>&1 || { $(SUDO) apt-get update -qq && $(SUDO) apt-get install -y --no-install-recommends dcmtk; }
+
+test: venv dcmtk
 	RADSTREAM_IMAGE_TESTS=1 $(BIN)/python -m pytest -q
 
 # The tests that need torch (training, torchxrayvision import) use their own virtual environment.

@@ -3,6 +3,8 @@ from __future__ import annotations
 
 import hashlib
 import json
+import struct
+import zlib
 from pathlib import Path
 
 import cv2
@@ -84,3 +86,32 @@ def upload(store: LocalObjectStore):
         return store.put_bytes("images", f"incoming/{study_id}/study.json", raw).key
 
     return put
+
+
+def png_chunk(kind: bytes, body: bytes) -> bytes:
+    return struct.pack(">I", len(body)) + kind + body + struct.pack(">I", zlib.crc32(kind + body))
+
+
+def one_bit_png(width: int, height: int) -> bytes:
+    """A 1-bit grey PNG of zeros: each row is one filter byte and width/8 bytes, and zlib makes them almost nothing."""
+    compressor = zlib.compressobj(9)
+    row = bytes(1 + (width + 7) // 8)
+    idat = b"".join(compressor.compress(row) for _ in range(height)) + compressor.flush()
+    ihdr = struct.pack(">IIBBBBB", width, height, 1, 0, 0, 0, 0)
+    return b"\x89PNG\r\n\x1a\n" + png_chunk(b"IHDR", ihdr) + png_chunk(b"IDAT", idat) + png_chunk(b"IEND", b"")
+
+
+def jpeg_claiming(width: int, height: int) -> bytes:
+    """A real 16x16 JPEG whose frame header (SOF0) is rewritten to claim width x height."""
+    data = bytearray(cv2.imencode(".jpg", np.full((16, 16), 100, np.uint8))[1].tobytes())
+    sof = data.index(b"\xff\xc0")
+    data[sof + 5 : sof + 9] = struct.pack(">HH", height, width)
+    return bytes(data)
+
+
+def with_sbit(png: bytes, bits: int) -> bytes:
+    """Insert an sBIT chunk after IHDR, as a 12-bit detector's 16-bit PNG carries."""
+    ihdr_end = 8 + 12 + struct.unpack(">I", png[8:12])[0]
+    chunk = struct.pack(">I", 1) + b"sBIT" + bytes([bits])
+    chunk += struct.pack(">I", zlib.crc32(b"sBIT" + bytes([bits])))
+    return png[:ihdr_end] + chunk + png[ihdr_end:]

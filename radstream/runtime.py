@@ -33,6 +33,7 @@ from shared.errors import ConfigurationError, FailureNotRecorded, ObjectNotFound
 from shared.messages import INCOMING, study_id_from_key
 from shared.observability import StageHandler, code_location, logger, logs_to
 from shared.settings import Settings
+from shared.sidecar import parse_sidecar_bytes
 from shared.storage import LocalObjectStore
 
 # Step Functions refuses state payloads over 256 KB; the local runtime holds tasks to the same limit.
@@ -113,7 +114,7 @@ def upload_key_study_id(folder: Path, sidecar: Path) -> str:
     here it only decides where the upload goes.
     """
     try:
-        claimed = json.loads(sidecar.read_bytes().decode("utf-8-sig")).get("study_id")
+        claimed = parse_sidecar_bytes(sidecar.read_bytes()).get("study_id")
     except Exception:  # noqa: BLE001 - any unreadable sidecar falls back to the folder's name; validate reports it
         claimed = None
     if isinstance(claimed, str) and claimed and not _SAFE_ID.search(claimed) and claimed not in (".", ".."):

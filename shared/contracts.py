@@ -87,6 +87,9 @@ class InputDigest(Contract):
     size_bytes: int
     width: int
     height: int
+    # How the stored values became the [0, 1] picture the models saw (docs/models.md, "Intensity"),
+    # e.g. "dicom-12bit-inverted" or "png16-inferred-12bit".
+    intensity_rule: str | None = None
 
 
 class StudyResult(Contract):

@@ -84,6 +84,8 @@ class OriginalImage(BaseModel):
     height: int
     bit_depth: int
     photometric: str
+    # Which rule of docs/models.md ("Intensity") turned the stored values into [0, 1], e.g. "png16-inferred-12bit".
+    intensity_rule: str | None = None
 
 
 class PreparedTensors(StageOutput):

@@ -9,6 +9,9 @@ from pydantic import BaseModel, Field, ValidationError
 
 from shared.errors import ConfigurationError
 
+# Width x height x channels (x frames) an image's header may declare: 100 million samples is ~7x a
+# 4300 x 3500 detector's frame, and far below what would exhaust a stage's memory once decoded to float32.
+DEFAULT_MAX_IMAGE_PIXELS = 100_000_000
 DEFAULT_MODEL_REPOSITORY = Path(__file__).resolve().parent.parent / "services" / "triton" / "model_repository"
 
 # Setting -> environment variable. One table, so a deployment and a laptop differ by settings only.
@@ -24,6 +27,7 @@ ENVIRONMENT = {
     "triton_url": "TRITON_URL",
     "model_repository": "MODEL_REPOSITORY",
     "max_image_bytes": "MAX_IMAGE_BYTES",
+    "max_image_pixels": "MAX_IMAGE_PIXELS",
     "onnx_threads": "ONNX_THREADS",
     "fault_injection": "RADSTREAM_FAULTS",
 }
@@ -47,6 +51,7 @@ class Settings(BaseModel):
     triton_url: str | None = None
     model_repository: Path = DEFAULT_MODEL_REPOSITORY
     max_image_bytes: int = Field(default=64 * 1024 * 1024, gt=0)
+    max_image_pixels: int = Field(default=DEFAULT_MAX_IMAGE_PIXELS, gt=0)
     onnx_threads: int = Field(default=1, ge=0)
     # Local backend only, for the soak benchmark and fault tests: e.g. "enospc=0.02,throttle=0.02,timeout=0.01,seed=7"
     # makes the object store fail that share of its calls the way a full disk, a throttled S3 or a timeout does.

@@ -44,6 +44,7 @@ def test_valid_studies_have_results_that_match_the_schema(demo):
     data_dir, outcomes = demo
     schema = json.loads(schema_path("result").read_text())
     valid = [o for o in outcomes.values() if o.study_id.startswith("demo-")]
+    rules = set()
     assert len(valid) == VALID + 1 and all(o.status == "succeeded" for o in valid), "the PNG/JPEG studies and the DICOM one"
     for o in valid:
         result = json.loads((data_dir / "results" / "results" / o.study_id / "result.json").read_text())
@@ -56,6 +57,8 @@ def test_valid_studies_have_results_that_match_the_schema(demo):
         assert all(0 <= d["box"][0] < d["box"][2] <= w and 0 <= d["box"][1] < d["box"][3] <= h for d in result["detections"])
         assert result["report"]["impression"], "the draft report retrieves sentences"
         assert {"study", "tensors", "inference.chest_xray_classifier"} <= set(result["timings_ms"])
+        rules.add(result["input"]["intensity_rule"])
+    assert rules == {"png8", "png16-inferred-16bit", "jpeg8", "dicom-12bit-inverted"}, "each container's rule is recorded"
 
 
 def test_invalid_studies_fail_with_a_record_and_keep_their_input(demo):

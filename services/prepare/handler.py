@@ -28,7 +28,8 @@ class Dependencies:
 
 
 def run(event: dict[str, Any], deps: Dependencies) -> PreparedTensors:
-    return prepare_tensors(PrepareRequest.model_validate(event), deps.store, deps.repository, deps.settings.artifacts_bucket)
+    request = PrepareRequest.model_validate(event)
+    return prepare_tensors(request, deps.store, deps.repository, deps.settings.artifacts_bucket, deps.settings.max_image_pixels)
 
 
 lambda_handler = StageHandler("prepare", run, Dependencies.from_settings)

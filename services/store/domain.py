@@ -69,6 +69,7 @@ def build_result(request: StoreRequest, raw_state: dict[str, Any]) -> StudyResul
         input=InputDigest(
             image=ObjectRef(bucket=image.bucket, key=image.key), sha256=image.sha256, size_bytes=image.size_bytes,
             width=request.tensors.original.width, height=request.tensors.original.height,
+            intensity_rule=request.tensors.original.intensity_rule,
         ),
         execution_id=request.execution_id,
         completed_at=datetime.now(timezone.utc),

@@ -17,7 +17,10 @@ from jsonschema.exceptions import ValidationError as SchemaError
 
 from shared.contracts import SCHEMA_DIR, ObjectRef
 from shared.errors import InvalidImage, InvalidStudy, ObjectNotFound
+from shared.imageheader import check_pixel_limit
 from shared.messages import INCOMING, ImageFormat, StudyImage, ValidatedStudy, ValidateRequest, study_id_from_key
+from shared.settings import DEFAULT_MAX_IMAGE_PIXELS
+from shared.sidecar import SidecarUnreadable, parse_sidecar_bytes
 from shared.storage import ObjectStore
 
 SIDECAR_SCHEMA = SCHEMA_DIR / "sidecar.v1.schema.json"
@@ -70,12 +73,9 @@ def describe(error: SchemaError) -> str:
 
 def parse_sidecar(raw: bytes, study_id: str) -> dict[str, Any]:
     try:
-        sidecar = json.loads(raw)
-    except (UnicodeDecodeError, json.JSONDecodeError) as e:
-        pos = f" at line {e.lineno}, column {e.colno}" if isinstance(e, json.JSONDecodeError) else ""
-        raise InvalidStudy(f"sidecar is not valid JSON{pos}", study_id=study_id) from e
-    except RecursionError as e:  # json gives up on deep nesting this way, not with a JSONDecodeError
-        raise InvalidStudy("sidecar is not valid JSON: nested too deeply to be a sidecar", study_id=study_id) from e
+        sidecar = parse_sidecar_bytes(raw)
+    except SidecarUnreadable as e:
+        raise InvalidStudy(str(e), study_id=study_id) from e
     errors = sorted(sidecar_validator().iter_errors(sidecar), key=lambda e: list(map(str, e.absolute_path)))
     if errors:
         raise InvalidStudy("sidecar breaks schema v1: " + "; ".join(describe(e) for e in errors), study_id=study_id)
@@ -119,7 +119,7 @@ def dicom_metadata(data: bytes, study_id: str) -> dict[str, str]:
     return {"modality": modality, "view_position": view or "UNKNOWN"}
 
 
-def validate_study(request: ValidateRequest, store: ObjectStore, max_image_bytes: int) -> ValidatedStudy:
+def validate_study(request: ValidateRequest, store: ObjectStore, max_image_bytes: int, max_image_pixels: int = DEFAULT_MAX_IMAGE_PIXELS) -> ValidatedStudy:
     """A study arrives as a sidecar (incoming/<id>/<name>.json naming its image) or as one DICOM file (incoming/<id>/<name>.dcm)."""
     key_study_id = study_id_from_key(request.key)
     if key_study_id == request.key or not request.key.endswith((".json", ".dcm")):
@@ -144,6 +144,8 @@ def validate_study(request: ValidateRequest, store: ObjectStore, max_image_bytes
         if sidecar.get("sha256") and sidecar["sha256"] != digest:
             raise InvalidImage(f"image {sidecar['image']!r} sha256 {digest[:12]}… does not match the sidecar's {sidecar['sha256'][:12]}…", study_id=study_id)
         metadata, raw_size, priority = sidecar, len(raw), sidecar.get("priority", "routine")
+    # The size the header declares, held to the limit before any stage decodes a pixel (a PNG of zeros can be 1.6 GB decoded).
+    check_pixel_limit(data, image_format, max_image_pixels, study_id)
 
     return ValidatedStudy(
         study_id=study_id,

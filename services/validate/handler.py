@@ -10,7 +10,7 @@ from shared.wiring import StoreDependencies
 
 
 def run(event: dict[str, Any], deps: StoreDependencies) -> ValidatedStudy:
-    return validate_study(ValidateRequest.model_validate(event), deps.store, deps.settings.max_image_bytes)
+    return validate_study(ValidateRequest.model_validate(event), deps.store, deps.settings.max_image_bytes, deps.settings.max_image_pixels)
 
 
 lambda_handler = StageHandler("validate", run, StoreDependencies.from_settings)

@@ -2,14 +2,12 @@
 from __future__ import annotations
 
 import io
-import struct
-import zlib
 
 import cv2
 import numpy as np
 import pytest
 
-from conftest import gradient_png
+from conftest import gradient_png, with_sbit
 from radstream.samples import dicom_bytes
 from services.prepare.domain import (
     XRV_RANGE, PrepareRequest, decode_dicom, decode_raster, letterbox, png_significant_bits, prepare_tensors,
@@ -17,14 +15,6 @@ from services.prepare.domain import (
 from shared.errors import InvalidImage
 from shared.messages import StudyImage
 from shared.model_repository import ModelRepository
-
-
-def with_sbit(png: bytes, bits: int) -> bytes:
-    """Insert an sBIT chunk after IHDR, as a 12-bit detector's 16-bit PNG carries."""
-    ihdr_end = 8 + 12 + struct.unpack(">I", png[8:12])[0]
-    chunk = struct.pack(">I", 1) + b"sBIT" + bytes([bits])
-    chunk += struct.pack(">I", zlib.crc32(b"sBIT" + bytes([bits])))
-    return png[:ihdr_end] + chunk + png[ihdr_end:]
 
 
 def test_8_and_16_bit_are_scaled_by_their_depth():

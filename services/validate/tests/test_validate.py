@@ -5,7 +5,7 @@ import json
 
 import pytest
 
-from conftest import gradient_png, make_sidecar
+from conftest import gradient_png, jpeg_claiming, make_sidecar, one_bit_png
 from services.validate.domain import ValidateRequest, sniff_format, validate_study
 from shared.errors import InvalidImage, InvalidStudy
 
@@ -143,4 +143,37 @@ def test_dicom_acquisition_tags_are_checked(store, kwargs, expected):
 def test_a_png_named_dcm_is_refused(store):
     key = store.put_bytes("images", "incoming/x/study.dcm", gradient_png()).key
     with pytest.raises(InvalidImage, match="named .dcm but is png"):
+        validate(store, key)
+
+
+@pytest.mark.parametrize("name, size", [("png", 40000), ("jpeg", 60000)])
+def test_decompression_bombs_are_refused_by_their_header(store, upload, name, size):
+    """Small on disk, huge once decoded: the header's size is held to MAX_IMAGE_PIXELS before anything decodes."""
+    image = one_bit_png(size, size) if name == "png" else jpeg_claiming(size, size)
+    assert len(image) < 1_000_000
+    key = upload(make_sidecar(image=f"image.{name}"), image, image_name=f"image.{name}")
+    with pytest.raises(InvalidImage, match=rf"study study-001: image is {size} x {size} pixels x 1 channel\(s\) = {size * size:,} samples by its {name.upper()} header, over the 100,000,000-sample limit \(MAX_IMAGE_PIXELS\)"):
+        validate(store, key)
+
+
+def test_the_pixel_limit_is_a_setting(store, upload):
+    from services.validate import handler
+    from shared.settings import Settings
+    from shared.wiring import StoreDependencies
+
+    image = gradient_png(300, 200)
+    key = upload(make_sidecar(data=image), image)
+    deps = StoreDependencies(Settings.from_env({"MAX_IMAGE_PIXELS": "59999", "RADSTREAM_DATA_DIR": str(store.root)}), store)
+    with pytest.raises(InvalidImage, match="300 x 200 pixels x 1 channel\\(s\\) = 60,000 samples by its PNG header, over the 59,999-sample limit"):
+        handler.run({"bucket": "images", "key": key}, deps)
+    deps = StoreDependencies(Settings.from_env({"MAX_IMAGE_PIXELS": "60000", "RADSTREAM_DATA_DIR": str(store.root)}), store)
+    assert handler.run({"bucket": "images", "key": key}, deps).study_id == "study-001"
+
+
+def test_a_dicom_bomb_is_refused_by_rows_and_columns(store):
+    from radstream.transfer_syntaxes import dataset_bytes, dicom_dataset
+
+    data = dataset_bytes(dicom_dataset(__import__("numpy").zeros((16, 16)), Rows=30000, Columns=30000))
+    key = store.put_bytes("images", "incoming/dcm-big/study.dcm", data).key
+    with pytest.raises(InvalidImage, match="study dcm-big: image is 30000 x 30000 pixels x 1 channel\\(s\\) = 900,000,000 samples by its DICOM header"):
         validate(store, key)
