@@ -86,18 +86,18 @@ def write_study(folder: Path, doc: dict, image_name: str, data: bytes) -> Path:
     return folder
 
 
-def write_demo_studies(out: Path, count: int = 12, *, size: int = 1024, seed: int = 7, invalid: bool = True) -> list[Path]:
-    """`count` valid studies, plus (with `invalid`) four that must fail, each for a reason a person can read."""
+def write_demo_studies(out: Path, count: int = 12, *, size: int = 1024, seed: int = 7, invalid: bool = True, prefix: str = "demo") -> list[Path]:
+    """`count` valid studies <prefix>-001..., plus (with `invalid`) four that must fail, each for a reason a person can read."""
     rng = np.random.default_rng(seed)
     folders = []
     for i in range(count):
         phantom = generate_phantom(rng, size=size)
         name, data = encode(phantom.image, i % 4)
-        study_id = f"demo-{i + 1:03d}"
+        study_id = f"{prefix}-{i + 1:03d}"
         folders.append(write_study(out / study_id, sidecar(study_id, name, rng, data), name, data))
     if count:
         # A DICOM study carries its own metadata, and a patient's name in its header that must go no further.
-        folders.append(write_dicom_study(out / "demo-dicom", generate_phantom(rng, size=size).image, patient_name="DOE^JOHN"))
+        folders.append(write_dicom_study(out / f"{prefix}-dicom", generate_phantom(rng, size=size).image, patient_name="DOE^JOHN"))
     if invalid:
         good = generate_phantom(rng, size=size)
         _, png = encode(good.image, 0)

@@ -15,11 +15,8 @@ pytestmark = pytest.mark.slow
 
 
 def run(folders: list[Path], data_dir: Path, triton_url: str | None) -> dict[str, dict]:
-    runtime = LocalRuntime(Settings(data_dir=data_dir, triton_url=triton_url), workers=2)
-    try:
-        outcomes = runtime.run_many(folders)
-    finally:
-        runtime.close()
+    with LocalRuntime(Settings(data_dir=data_dir, triton_url=triton_url), workers=2) as runtime:
+        outcomes = runtime.run_many(folders).outcomes
     assert all(o.status == "succeeded" for o in outcomes), [(o.study_id, o.message) for o in outcomes]
     return {o.study_id: json.loads((data_dir / "results" / "results" / o.study_id / "result.json").read_text()) for o in outcomes}
 
