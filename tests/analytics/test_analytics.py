@@ -4,6 +4,7 @@ from __future__ import annotations
 import argparse
 import json
 import math
+import re
 from datetime import datetime, timedelta, timezone
 from pathlib import Path
 
@@ -125,6 +126,28 @@ def test_glue_table_matches_the_telemetry_contract_and_projects_partitions() -> 
     workgroup = template.resources["AthenaWorkGroup"]["Properties"]["WorkGroupConfiguration"]
     assert workgroup["EnforceWorkGroupConfiguration"] is True and workgroup["BytesScannedCutoffPerQuery"] > 0
     assert workgroup["ResultConfiguration"]["OutputLocation"] == {"Fn::Sub": "s3://${TelemetryBucket}/athena-results/"}
+
+
+# The dedupe block every named query starts from: from its "-- counted:" comment to the ")" closing `counted`.
+COUNTED_BLOCK = re.compile(r"^-- counted: .*?^counted AS \(\n.*?^\)(?=,?$)", re.DOTALL | re.MULTILINE)
+
+
+def test_every_named_query_counts_through_the_same_dedupe_block() -> None:
+    """Named queries cannot share SQL, so each carries the block; the copies must not drift, and nothing reads around it."""
+    blocks = {}
+    for query in load_named_queries().values():
+        found = COUNTED_BLOCK.findall(query.sql)
+        assert len(found) == 1, f"{query.name}: no '-- counted:' block ending with counted AS (...)"
+        blocks[query.name] = found[0]
+        rest = query.sql.replace(found[0], "")
+        assert "${TelemetryTable}" not in rest, f"{query.name} reads the table outside the counted block"
+        assert not re.search(r"\b(FROM|JOIN)\s+(recent|once|latest)\b", rest, re.IGNORECASE), f"{query.name} reads around `counted`"
+        assert re.search(r"\bFROM counted\b", rest), query.name
+    variants: dict[str, list[str]] = {}
+    for name, block in blocks.items():
+        variants.setdefault(block, []).append(name)
+    assert len(variants) == 1, f"the counted blocks differ between these groups of queries: {sorted(variants.values())}"
+    assert "PARTITION BY event_id" in blocks["error_rate"] and "WHERE stage = 'workflow'" in blocks["error_rate"]
 
 
 @pytest.mark.parametrize("name", QUERIES)
@@ -256,11 +279,23 @@ def test_parameters_are_checked(duck: DuckDBQueryRunner) -> None:
 
 
 def test_a_partial_lake_keeps_every_column(tmp_path: Path) -> None:
-    """Only validate records (no model fields anywhere): the view's explicit types still carry every column."""
-    LocalLakeSink(LocalObjectStore(tmp_path), "telemetry").send([record("validate", "s", 7, BASE)])
+    """A study rejected at validate (no model fields anywhere): the view's explicit types still carry every column."""
+    LocalLakeSink(LocalObjectStore(tmp_path), "telemetry").send([
+        record("validate", "s", 7, BASE, "failed", error="InvalidStudy"), record("workflow", "s", 9, BASE, "failed", error="InvalidStudy"),
+    ])
     runner = DuckDBQueryRunner(tmp_path / "telemetry")
     assert runner.run("model_comparison").rows == []
-    assert runner.run("p95_latency_per_stage").rows == [("validate", None, 1, 7.0)]
+    assert runner.run("p95_latency_per_stage").rows == []
+    assert runner.run("error_rate").rows == [("validate", "InvalidStudy", 1, 1, 1.0), ("workflow", "InvalidStudy", 1, 1, 1.0)]
+
+
+def test_an_execution_that_never_finished_is_not_counted(tmp_path: Path) -> None:
+    """Records without their execution's workflow record (a crash before SendTelemetry finished) count nowhere."""
+    LocalLakeSink(LocalObjectStore(tmp_path), "telemetry").send([record("validate", "s", 7, BASE), record("prepare", "s", 70, BASE)])
+    runner = DuckDBQueryRunner(tmp_path / "telemetry")
+    for name in QUERIES:
+        rows = runner.run(name).as_dicts()
+        assert rows == ([] if name != "cost_per_1000_studies" else [rows[0] | {"studies": 0, "lambda_requests": 0, "lambda_gb_seconds": 0.0}]), name
 
 
 # --- the CLI --------------------------------------------------------------------------------------
@@ -413,3 +448,120 @@ def test_athena_deadline_stops_the_query(athena) -> None:
     with pytest.raises(StorageUnavailable, match="still RUNNING after 3 s"):
         runner_for(client, fake, timeout_s=3).run("throughput_per_minute")
     assert fake.sleeps == [0.25, 0.5, 1.0, 1.25]
+
+
+# --- counted once: re-runs, resumes and records delivered twice ------------------------------------
+# The lake of a folder processed, then processed again (a re-run: new executions), with a retried
+# SendTelemetry (the same records, the same event_ids, delivered again a minute later), a study whose first
+# execution failed on an S3 outage and whose resume succeeded, and a re-run that crashed before its workflow
+# record. Every query must count the 4 studies once, from each study's latest finished execution.
+
+RERUN_STUDIES = ["s-0", "s-1", "s-2"]
+MODELS = [CLASSIFIER_V1, DETECTOR, ENCODER]
+
+
+def execution_records(study: str, execution: str, at: datetime, scale: float, failed_at: str | None = None, error: str | None = None,
+                      finished: bool = True) -> list[TelemetryRecord]:
+    """One execution's batch as SendTelemetry ships it: its stage records, then the workflow record (if it finished)."""
+
+    def one(stage: str, ms: float | None, status: str = "succeeded", model: ModelRef | None = None, err: str | None = None) -> TelemetryRecord:
+        r = telemetry_record(stage=stage, study_id=study, execution_id=execution, status=status, duration_ms=ms, model=model, error_type=err)
+        return r.model_copy(update={"time": at})
+
+    records = []
+    for stage, ms in (("validate", 10), ("prepare", 100), ("inference", 200), ("store", 20)):
+        if stage == failed_at:
+            records.append(one(stage, None, "failed", err=error))
+            break
+        if stage == "inference":
+            records += [one(stage, scale * (ms + 10 * n), model=model) for n, model in enumerate(MODELS)]
+        else:
+            records.append(one(stage, scale * ms))
+    if finished:
+        records.append(one("workflow", scale * 1000, "failed" if failed_at else "succeeded", err=error))
+    return records
+
+
+@pytest.fixture(scope="module")
+def rerun_lake(tmp_path_factory: pytest.TempPathFactory) -> tuple[Path, list[TelemetryRecord]]:
+    """The lake, and the records the queries should count: each study's latest finished execution, each record once."""
+    first, second = BASE, BASE + timedelta(minutes=10)
+    data_dir = tmp_path_factory.mktemp("reruns")
+    sink = LocalLakeSink(LocalObjectStore(data_dir), "telemetry")
+    counted: list[TelemetryRecord] = []
+    # The folder's first pass: slow (10x), superseded by the re-run.
+    sink.send([r for i, s in enumerate(RERUN_STUDIES) for r in execution_records(s, f"first-{s}", first + timedelta(seconds=5 * i), 10)])
+    # A study whose first execution failed in store on an S3 outage (no retry left), then `radstream resume` ran it again.
+    sink.send(execution_records("resumed", "first-resumed", first + timedelta(minutes=2), 10, failed_at="store", error="StorageUnavailable"))
+    # The re-run of the folder: new executions of the same studies, later.
+    for i, s in enumerate(RERUN_STUDIES):
+        batch = execution_records(s, f"rerun-{s}", second + timedelta(seconds=5 * i), 1 + i / 10)
+        sink.send(batch)
+        counted += batch
+    # s-0's SendTelemetry was retried: the same batch again, its workflow record (same event_id) stamped a minute later.
+    again = execution_records("s-0", "rerun-s-0", second, 1)
+    again[-1] = again[-1].model_copy(update={"time": second + timedelta(minutes=1), "duration_ms": 61000.0})
+    sink.send(again)
+    resumed = execution_records("resumed", "resume-resumed", second + timedelta(minutes=2), 1.5)
+    sink.send(resumed)
+    counted += resumed
+    # A third run of s-1 crashed after validate: no workflow record, so it never finished and is not counted.
+    sink.send(execution_records("s-1", "crashed-s-1", second + timedelta(minutes=5), 1, finished=False))
+    return data_dir / "telemetry", counted
+
+
+def test_reruns_resumes_and_retried_deliveries_count_each_study_once(rerun_lake: tuple[Path, list[TelemetryRecord]]) -> None:
+    lake, counted = rerun_lake
+    duck = DuckDBQueryRunner(lake)
+    assert len({r.event_id for r in counted}) == len(counted) == 4 * 7
+
+    # Throughput: 4 studies, each in the minute of its latest execution's (first delivered) workflow record.
+    minute = lambda m: f"{BASE + timedelta(minutes=m):%Y-%m-%d %H:%M}"  # noqa: E731
+    assert duck.run("throughput_per_minute").rows == [(minute(10), 3, 3, 0), (minute(12), 1, 1, 0)]
+
+    # Error rate: the resumed study's StorageUnavailable was superseded by its resume; every stage counts 4 studies.
+    assert duck.run("error_rate").rows == [
+        ("inference", None, 12, 0, 0.0), ("prepare", None, 4, 0, 0.0), ("store", None, 4, 0, 0.0),
+        ("validate", None, 4, 0, 0.0), ("workflow", None, 4, 0, 0.0),
+    ]
+
+    # Latency: the latest executions' durations only (the superseded first pass was 10x slower).
+    groups: dict[tuple, list[float]] = {}
+    for r in counted:
+        groups.setdefault((r.stage, r.model_name), []).append(r.duration_ms)
+    p95 = duck.run("p95_latency_per_stage").rows
+    assert [(stage, model, n) for stage, model, n, _ in p95] == [
+        (stage, model, len(groups[(stage, model)])) for stage, model in sorted(groups, key=lambda k: (k[0], k[1] is None, k[1] or ""))
+    ]
+    assert all(n == 4 for _, _, n, _ in p95)
+    for stage, model, _, value in p95:
+        low, high = bounds(groups[(stage, model)], 0.95)
+        assert low <= value <= high, (stage, model, value)
+
+    models = duck.run("model_comparison").as_dicts()
+    assert [(m["model_name"], m["model_version"], m["inferences"], m["failed"]) for m in models] == [
+        ("anomaly_detector", "1", 4, 0), ("chest_xray_classifier", "1", 4, 0), ("report_encoder", "3", 4, 0),
+    ]
+    for m in models:
+        values = groups[("inference", m["model_name"])]
+        assert m["avg_ms"] == round(sum(values) / len(values), 1)
+
+    [cost] = duck.run("cost_per_1000_studies").as_dicts()
+    gb_seconds = sum(math.ceil(r.duration_ms) for r in counted if r.stage != "workflow") / 1000 * LAMBDA_GB
+    assert (cost["studies"], cost["lambda_requests"]) == (4, 28)
+    assert cost["lambda_gb_seconds"] == pytest.approx(gb_seconds, abs=1e-3)
+    assert cost["step_functions_usd"] == pytest.approx(4 * TRANSITIONS_PER_STUDY * USD_PER_TRANSITION, abs=1e-6)
+
+
+def test_a_failed_latest_execution_is_what_counts(tmp_path: Path) -> None:
+    """Latest, not best: a study that succeeded and then failed on a re-run counts as failed, once."""
+    sink = LocalLakeSink(LocalObjectStore(tmp_path), "telemetry")
+    sink.send(execution_records("s", "one", BASE, 1))
+    sink.send(execution_records("s", "two", BASE + timedelta(minutes=1), 1, failed_at="prepare", error="InvalidImage"))
+    duck = DuckDBQueryRunner(tmp_path / "telemetry")
+    assert duck.run("throughput_per_minute").rows == [(f"{BASE + timedelta(minutes=1):%Y-%m-%d %H:%M}", 1, 0, 1)]
+    assert duck.run("error_rate").rows == [
+        ("prepare", "InvalidImage", 1, 1, 1.0), ("validate", None, 1, 0, 0.0), ("workflow", "InvalidImage", 1, 1, 1.0),
+    ]
+    assert duck.run("model_comparison").rows == []
+    assert duck.run("cost_per_1000_studies").as_dicts()[0]["studies"] == 1
