@@ -62,7 +62,8 @@ def logs_to(stream: IO[str] | None) -> Iterator[None]:
 
 
 # Telemetry event ids are derived, not random: the same stage of the same execution always yields the same
-# id, so a record sent twice (a retried SendTelemetry, a resumed run) is counted once by the named queries.
+# id, so a record delivered twice (a retried SendTelemetry, a Firehose redelivery) is counted once by the named
+# queries. A re-run or a resume is a new execution; the queries count only each study's latest finished one.
 _EVENT_NAMESPACE = uuid.UUID("8c4c7f5e-2f0b-4d59-9a53-1f7f0f6c2a11")
 
 
