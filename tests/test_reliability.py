@@ -314,3 +314,30 @@ def test_a_study_written_by_hand_keeps_working(tmp_path, capsys):
     (journal,) = (tmp_path / "data" / "journal").glob("*.jsonl")
     header, done = (json.loads(line) for line in journal.read_text().splitlines())
     assert header["studies"] == [{"study_id": "hand-1", "source": str(folder)}] and done["status"] == "succeeded"
+
+
+# A runtime without process globals -------------------------------------------------------------------------------
+
+def test_two_runtimes_in_one_process_do_not_disturb_each_other(tmp_path):
+    import threading
+
+    environ = dict(os.environ)
+    runs = {}
+
+    def run(prefix: str) -> None:
+        folders = write_demo_studies(tmp_path / prefix / "studies", 3, size=128, invalid=False, prefix=prefix)
+        with LocalRuntime(Settings(data_dir=tmp_path / prefix / "data"), sleep=no_sleep) as runtime:
+            runs[prefix] = runtime.run_many(folders).outcomes
+
+    threads = [threading.Thread(target=run, args=(prefix,)) for prefix in ("left", "right")]
+    for t in threads:
+        t.start()
+    for t in threads:
+        t.join(timeout=120)
+    assert dict(os.environ) == environ, "no setting travels through the environment"
+    for prefix, other in (("left", "right"), ("right", "left")):
+        data = tmp_path / prefix / "data"
+        assert all(o.status == "succeeded" for o in runs[prefix]) and len(runs[prefix]) == 4
+        assert results(data) == {f"{prefix}-001", f"{prefix}-002", f"{prefix}-003", f"{prefix}-dicom"}
+        log = (data / "logs" / "radstream.log").read_text()
+        assert f'"{prefix}-001' in log and f'"{other}-' not in log, "each runtime's log holds its own studies only"
