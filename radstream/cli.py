@@ -246,6 +246,9 @@ def main(argv: list[str] | None = None) -> int:
     except RadStreamError as e:
         print(f"radstream: {e}", file=sys.stderr)
         return EXIT_USAGE
+    except KeyboardInterrupt:  # a second Ctrl-C while in-flight studies were finishing: those stay unfinished in the journal
+        print("radstream: interrupted; `radstream resume` finishes what was not run", file=sys.stderr)
+        return EXIT_INTERRUPTED
 
 
 if __name__ == "__main__":
