@@ -394,8 +394,8 @@ class LocalRuntime:
 
     def run_many(self, folders: Iterable[Path], on_done: Callable[[StudyOutcome], None] | None = None) -> RunReport:
         """Run study folders, journalled: what was asked is written before anything runs (see radstream/journal.py)."""
-        planned = self.plan(folders)
-        entries = [JournalEntry(study_id or folder_study_id(folder), str(folder)) for folder, study_id, _ in planned]
+        planned = [(str(folder), study_id, error) for folder, study_id, error in self.plan(folders)]
+        entries = [JournalEntry(study_id or folder_study_id(Path(source)), source) for source, study_id, _ in planned]
         return self._journalled("run", entries, planned, on_done)
 
     def resume(self, on_done: Callable[[StudyOutcome], None] | None = None) -> RunReport:
@@ -404,30 +404,31 @@ class LocalRuntime:
         named = {e.study_id for e in entries}
         entries += [JournalEntry(study_id_from_key(key), f"s3://{self.settings.images_bucket}/{key}")
                     for key in self.pending() if study_id_from_key(key) not in named]
-        planned: list[tuple[Path, str | None, Exception | None]] = [(Path(e.source), e.study_id, None) for e in entries]
+        planned: list[tuple[str, str | None, Exception | None]] = [(e.source, e.study_id, None) for e in entries]
         return self._journalled("resume", entries, planned, on_done)
 
     @property
     def journal_dir(self) -> Path:
         return self.settings.data_dir / "journal"
 
-    def _journalled(self, command: str, entries: list[JournalEntry], planned: list[tuple[Path, str | None, Exception | None]],
+    def _journalled(self, command: str, entries: list[JournalEntry], planned: list[tuple[str, str | None, Exception | None]],
                     on_done: Callable[[StudyOutcome], None] | None) -> RunReport:
         journal = Journal(self.journal_dir, command, entries)
 
-        def run_one(item: tuple[Path, str | None, Exception | None]) -> StudyOutcome:
-            folder, study_id, error = item
+        def run_one(item: tuple[str, str | None, Exception | None]) -> StudyOutcome:
+            source, study_id, error = item
+            uploaded = source.removeprefix(f"s3://{self.settings.images_bucket}/") if source.startswith("s3://") else None
             if error is not None:
-                outcome = self.refused(str(folder), study_id or folder_study_id(folder), "upload", error)
-            elif str(folder).startswith("s3://"):
-                outcome = self.run_key(str(folder).split("/", 3)[3])
-            elif folder.is_dir():
-                outcome = self.run_folder(folder, study_id)
+                outcome = self.refused(source, study_id or folder_study_id(Path(source)), "upload", error)
+            elif uploaded is not None:
+                outcome = self.run_key(uploaded)
+            elif Path(source).is_dir():
+                outcome = self.run_folder(Path(source), study_id)
             elif study_id and self._uploaded_key(study_id):
                 outcome = self.run_key(self._uploaded_key(study_id) or "")
             else:
-                outcome = self.refused(str(folder), study_id or folder_study_id(folder), "upload",
-                                       ConfigurationError(f"{folder} is gone and nothing was uploaded for it", study_id=study_id))
+                outcome = self.refused(source, study_id or folder_study_id(Path(source)), "upload",
+                                       ConfigurationError(f"{source} is gone and nothing was uploaded for it", study_id=study_id))
             try:
                 journal.ended(outcome.study_id, outcome.source, outcome.status, outcome.error_type, recorded=outcome.output is not None)
             except OSError as e:  # the study is done; without its line, resume runs it once more (idempotent)

@@ -341,3 +341,25 @@ def test_two_runtimes_in_one_process_do_not_disturb_each_other(tmp_path):
         assert results(data) == {f"{prefix}-001", f"{prefix}-002", f"{prefix}-003", f"{prefix}-dicom"}
         log = (data / "logs" / "radstream.log").read_text()
         assert f'"{prefix}-001' in log and f'"{other}-' not in log, "each runtime's log holds its own studies only"
+
+
+def test_resume_runs_journalled_studies_from_their_upload_or_names_them_gone(tmp_path):
+    """A journal names folders; by resume time a folder may be gone: its upload runs, or its absence is its record."""
+    from radstream.journal import Journal, JournalEntry
+
+    data = tmp_path / "data"
+    settings = Settings(data_dir=data)
+    uploaded, never = write_demo_studies(tmp_path / "studies", 2, size=128, invalid=False)[:2]
+    with LocalRuntime(settings, sleep=no_sleep) as runtime:
+        runtime.upload(uploaded, "demo-001")
+        Journal(runtime.journal_dir, "run", [JournalEntry("demo-001", str(uploaded)), JournalEntry("demo-002", str(never))]).close()
+    shutil.rmtree(uploaded)
+    shutil.rmtree(never)
+    with LocalRuntime(settings, sleep=no_sleep) as runtime:
+        outcomes = {o.study_id: o for o in runtime.resume().outcomes}
+    assert outcomes["demo-001"].status == "succeeded"
+    gone = outcomes["demo-002"]
+    assert (gone.status, gone.stage, gone.error_type) == ("failed", "upload", "ConfigurationError") and "is gone" in gone.message
+    assert gone.output, "its record says so"
+    with LocalRuntime(settings, sleep=no_sleep) as runtime:
+        assert runtime.resume().outcomes == [], "a permanent failure is a terminal record: not run again"
