@@ -77,10 +77,22 @@ def dicom_identifiers(store: ObjectStore, image: StudyImage, study_id: str) -> S
         raise InvalidImage("the DICOM file changed in the images bucket after it was validated; upload it again", study_id=study_id)
     try:
         ds = pydicom.dcmread(io.BytesIO(data), stop_before_pixels=True, specific_tags=list(IDENTIFIER_TAGS))
-    except (InvalidDicomError, OSError, ValueError) as e:
+        return StudyIdentifiers(**{tag: _raw_text(ds, tag) for tag in IDENTIFIER_TAGS})
+    except (InvalidDicomError, OSError, ValueError, UnicodeDecodeError) as e:
         raise InvalidImage(f"DICOM header cannot be read ({type(e).__name__})", study_id=study_id) from e
-    values = {tag: (str(ds.get(tag, "") or "").strip() or None) for tag in IDENTIFIER_TAGS}
-    return StudyIdentifiers(**values)
+
+
+def _raw_text(ds: Any, keyword: str) -> str | None:
+    """An attribute's text as stored, without pydicom's value conversion: converting validates, and pydicom's
+    validation warnings quote the value ("Invalid value for VR UI: '...'") into logs that must not hold it."""
+    from pydicom.datadict import tag_for_keyword
+
+    element = ds.get_item(tag_for_keyword(keyword))
+    if element is None or element.value is None:
+        return None
+    value = element.value
+    text = value.decode("iso8859-1") if isinstance(value, bytes) else str(value)  # UI and SH: ASCII in practice
+    return text.strip(" \x00") or None
 
 
 def end_to_end_ms(started_at: datetime | None, completed_at: datetime) -> float | None:

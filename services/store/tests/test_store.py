@@ -130,6 +130,32 @@ def test_dicom_identifiers_are_read_from_the_upload_not_the_state(store):
     assert ds.AccessionNumber not in out.model_dump_json()
 
 
+def test_malformed_identifiers_are_kept_as_stored_and_never_quoted_in_logs(store, caplog, recwarn):
+    from pydicom import config
+
+    from radstream.samples import dicom_bytes
+
+    ds = pydicom.dcmread(io.BytesIO(dicom_bytes(np.full((64, 64), 2000), accession_number="ACC0042")))
+    buffer = io.BytesIO()
+    previous, config.settings.writing_validation_mode = config.settings.writing_validation_mode, config.IGNORE
+    try:
+        ds.StudyInstanceUID = "1.2.SECRETUID"  # not a valid UI value: reading it as pydicom values would warn, quoting it
+        ds.save_as(buffer)
+    finally:
+        config.settings.writing_validation_mode = previous
+    data = buffer.getvalue()
+    store.put_bytes("images", "incoming/s1/study.dcm", data)
+    event = store_event(state())
+    event["study"]["image"] |= {"key": "incoming/s1/study.dcm", "format": "dicom", "sha256": hashlib.sha256(data).hexdigest(), "size_bytes": len(data)}
+    recwarn.clear()
+    caplog.clear()
+    with caplog.at_level("DEBUG"):
+        out = store_result(StoreRequest.model_validate(event), event, store, "results")
+    assert json.loads(store.get_bytes("results", out.result.key))["identifiers"]["StudyInstanceUID"] == "1.2.SECRETUID"
+    assert "SECRETUID" not in caplog.text
+    assert not [w for w in recwarn if "SECRETUID" in str(w.message)]
+
+
 def test_a_dicom_changed_after_validation_is_refused(store):
     from radstream.samples import dicom_bytes
 
