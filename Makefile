@@ -7,7 +7,7 @@ BIN := $(VENV)/bin
 STAMP := $(VENV)/.installed
 REQUIREMENTS := requirements-dev.txt $(wildcard requirements-*.txt) shared/requirements.txt $(wildcard services/*/requirements.txt) pyproject.toml
 
-.PHONY: venv dcmtk demo test test-unit test-torch models bench schemas clean
+.PHONY: venv venv-train dcmtk demo test test-unit test-torch models bench schemas clean
 
 $(STAMP): $(REQUIREMENTS)
 	test -x $(BIN)/python || $(PYTHON) -m venv $(VENV)
@@ -37,6 +37,9 @@ test: venv dcmtk
 	test -x .venv-train/bin/python || $(PYTHON) -m venv .venv-train
 	.venv-train/bin/python -m pip install --quiet -r training/requirements.txt
 	touch $@
+
+# The environment with torch: `radstream models import-torchxrayvision` runs the import there.
+venv-train: .venv-train/.installed
 
 test-torch: venv .venv-train/.installed
 	.venv-train/bin/python -m pytest -q -m torch training --confcutdir=training

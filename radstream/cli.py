@@ -160,11 +160,10 @@ def cmd_serve_models(args: argparse.Namespace) -> int:
 
 
 def cmd_import_xrv(args: argparse.Namespace) -> int:
-    from radstream.models_import import import_torchxrayvision
+    from radstream.models_import import run_import
 
-    written = import_torchxrayvision(Path(args.weights), Path(args.model_repository or DEFAULT_MODEL_REPOSITORY))
-    print(f"wrote {written}")
-    return 0
+    return run_import(Path(args.weights), Path(args.model_repository or DEFAULT_MODEL_REPOSITORY),
+                      weights_name=args.weights_name, allow_pickle=args.allow_pickle)
 
 
 def cmd_trace(args: argparse.Namespace) -> int:
@@ -225,8 +224,9 @@ def parser() -> argparse.ArgumentParser:
     models = sub.add_parser("models", help="manage the model repository")
     models_sub = models.add_subparsers(dest="models_command", required=True)
     xrv = models_sub.add_parser("import-torchxrayvision", help="put a torchxrayvision DenseNet (weights on disk) into the classifier slot")
-    xrv.add_argument("weights", help="path of the torchxrayvision DenseNet weights file")
-    xrv.add_argument("--model-repository")
+    from radstream.models_import import add_arguments as add_import_arguments
+
+    add_import_arguments(xrv)
     xrv.set_defaults(func=cmd_import_xrv)
 
     trace = sub.add_parser("trace", help="show the trace of a study's latest run (an X-Ray segment document)")

@@ -4,18 +4,26 @@ RadStream ships reference models trained on synthetic phantoms. A user who has r
 example a torchxrayvision DenseNet-121 checkpoint they downloaded elsewhere) exports them into the
 classifier slot with::
 
-    from radstream.models_import import import_torchxrayvision
-    import_torchxrayvision(Path("densenet121-res224-chex.pt"), Path("services/triton/model_repository"),
-                           weights_name="densenet121-res224-chex", allow_pickle=True)
+    radstream models import-torchxrayvision densenet121-res224-chex.pt --weights-name densenet121-res224-chex --allow-pickle
 
-Needs the training environment (training/requirements.txt: torch, torchxrayvision, onnx, onnxruntime);
-this module itself imports without torch. Nothing is downloaded: the weights file must be local.
+Each import adds a new version folder (Triton's layout: chest_xray_classifier/<version>/model.onnx;
+Triton and the embedded runtime serve the highest), so telemetry and results tell the models apart by
+version, and the weights' sha256 is in the model card and in every result's provenance.
+
+Needs the training environment (training/requirements.txt: torch, torchxrayvision, onnx, onnxruntime),
+which `make venv-train` builds as .venv-train; run from .venv (no torch), the command runs the import
+there. This module itself imports without torch. Nothing is downloaded: the weights file must be local.
 """
 
 from __future__ import annotations
 
+import argparse
 import hashlib
+import importlib.util
 import json
+import os
+import shutil
+import subprocess
 import sys
 from pathlib import Path
 from typing import Sequence
@@ -27,6 +35,47 @@ INPUT_SIZE = 224
 OPSET = 17
 # our label -> torchxrayvision pathology name
 XRV_NAMES = {f: ("Effusion" if f == "Pleural Effusion" else f) for f in FINDINGS}
+REPO_ROOT = Path(__file__).resolve().parent.parent
+# The environment `make venv-train` builds (training/requirements.txt): the one that has torch.
+TRAIN_PYTHON = REPO_ROOT / ".venv-train" / "bin" / "python"
+TORCH_MODULES = ("torch", "torchxrayvision", "onnx")
+SETUP_COMMAND = "make venv-train"
+EXIT_REFUSED = 2
+
+
+class ImportRefused(ValueError):
+    """The import cannot start or cannot finish; the message says why and what to do."""
+
+
+def missing_modules() -> list[str]:
+    return [name for name in TORCH_MODULES if importlib.util.find_spec(name) is None]
+
+
+def torch_missing_message(missing: Sequence[str]) -> str:
+    return (f"importing torchxrayvision weights needs {', '.join(missing)}, which this Python ({sys.prefix}) does not have. "
+            f"Run `{SETUP_COMMAND}` once from the repository root: it builds .venv-train from training/requirements.txt "
+            "(CPU-only torch); `radstream models import-torchxrayvision` then runs the import there.")
+
+
+def check_weights_file(weights: Path) -> None:
+    if not weights.exists():
+        raise ImportRefused(f"weights file {weights} does not exist")
+    if not weights.is_file():
+        raise ImportRefused(f"weights file {weights} is not a file")
+
+
+def file_sha256(path: Path) -> str:
+    digest = hashlib.sha256()
+    with path.open("rb") as f:
+        for block in iter(lambda: f.read(1 << 20), b""):
+            digest.update(block)
+    return digest.hexdigest()
+
+
+def next_version(folder: Path) -> int:
+    """One past the highest version folder (1 for an empty slot): each import is a new version."""
+    versions = [int(p.name) for p in folder.iterdir() if p.is_dir() and p.name.isdigit()] if folder.is_dir() else []
+    return max(versions, default=0) + 1
 
 _CONFIG_TEMPLATE = """# {title}
 # I/O contract: docs/models.md. Dims exclude the batch dimension (max_batch_size > 0).
@@ -170,13 +219,19 @@ def import_torchxrayvision(
     "Pleural Effusion"): sigmoid of the logits, or torchxrayvision's operating-point normalisation
     (0.5 = the operating point) when operating points are known. Returns the model folder.
     """
+    if weights is None and not random_init:
+        raise ValueError("weights is required unless random_init=True")
+    missing = missing_modules()
+    if missing:
+        raise ImportRefused(torch_missing_message(missing))
+    if not random_init:
+        check_weights_file(Path(weights))  # type: ignore[arg-type]
+
     import numpy as np
     import onnxruntime as ort
     import torch
 
     xrv = _import_torchxrayvision()
-    if weights is None and not random_init:
-        raise ValueError("weights is required unless random_init=True")
 
     model = xrv.models.DenseNet(weights=None)
     labels = list(xrv.datasets.default_pathologies)
@@ -194,14 +249,14 @@ def import_torchxrayvision(
     digest = None
     if not random_init:
         weights = Path(weights)  # type: ignore[arg-type]
-        digest = hashlib.sha256(weights.read_bytes()).hexdigest()
+        digest = file_sha256(weights)
         try:
             obj = torch.load(weights, map_location="cpu", weights_only=True)
         except Exception as exc:  # noqa: BLE001
             if not allow_pickle:
-                raise ValueError(
+                raise ImportRefused(
                     f"{weights} is not a plain state dict ({type(exc).__name__}); torchxrayvision's own .pt files "
-                    "are pickled models: pass allow_pickle=True if you trust the file") from exc
+                    "are pickled models: pass --allow-pickle (allow_pickle=True) if you trust the file, since unpickling runs its code") from exc
             obj = torch.load(weights, map_location="cpu", weights_only=False)
         state, meta = _state_dict_from(obj, torch)
         saved_thr = state.pop("op_threshs", None)
@@ -246,26 +301,42 @@ def import_torchxrayvision(
 
     wrapped = Wrapped().eval()
     folder = Path(repo) / CLASSIFIER
-    (folder / "1").mkdir(parents=True, exist_ok=True)
-    onnx_path = folder / "1" / "model.onnx"
-    torch.onnx.export(
-        wrapped, (torch.zeros(2, 1, INPUT_SIZE, INPUT_SIZE),), str(onnx_path), dynamo=False, opset_version=OPSET,
-        input_names=["image"], output_names=["probabilities"],
-        dynamic_axes={"image": {0: "batch"}, "probabilities": {0: "batch"}}, do_constant_folding=True)
+    folder.mkdir(parents=True, exist_ok=True)
+    version = next_version(folder)
+    # Exported and checked in a staging folder, renamed into place last: a failed import leaves no half version.
+    staging = folder / f".import-{version}"
+    shutil.rmtree(staging, ignore_errors=True)
+    staging.mkdir()
+    try:
+        onnx_path = staging / "model.onnx"
+        torch.onnx.export(
+            wrapped, (torch.zeros(2, 1, INPUT_SIZE, INPUT_SIZE),), str(onnx_path), dynamo=False, opset_version=OPSET,
+            input_names=["image"], output_names=["probabilities"],
+            dynamic_axes={"image": {0: "batch"}, "probabilities": {0: "batch"}}, do_constant_folding=True)
 
-    # the exported graph must agree with torch
-    x = (np.random.default_rng(0).random((3, 1, INPUT_SIZE, INPUT_SIZE), dtype=np.float32) * 2 - 1) * 1024
-    with torch.no_grad():
-        ref = wrapped(torch.from_numpy(x)).numpy()
-    got = ort.InferenceSession(str(onnx_path), providers=["CPUExecutionProvider"]).run(None, {"image": x})[0]
-    if not np.allclose(ref, got, atol=1e-4):
-        raise AssertionError(f"onnxruntime output differs from torch by {float(np.abs(ref - got).max())}")
+        # the exported graph must agree with torch
+        x = (np.random.default_rng(0).random((3, 1, INPUT_SIZE, INPUT_SIZE), dtype=np.float32) * 2 - 1) * 1024
+        with torch.no_grad():
+            ref = wrapped(torch.from_numpy(x)).numpy()
+        got = ort.InferenceSession(str(onnx_path), providers=["CPUExecutionProvider"]).run(None, {"image": x})[0]
+        if not np.allclose(ref, got, atol=1e-4):
+            raise AssertionError(f"onnxruntime output differs from torch by {float(np.abs(ref - got).max())}")
+        _write_slot(folder, version, labels, op, digest, source, weights_name, xrv,
+                     "random initialisation (test only)" if random_init else f"weights {Path(weights).name} sha256 {digest}")
+        staging.rename(folder / str(version))
+    except BaseException:
+        shutil.rmtree(staging, ignore_errors=True)
+        raise
+    return folder
 
+
+def _write_slot(folder: Path, version: int, labels: list[str], op: list[float] | None, digest: str | None, source: str,
+                weights_name: str | None, xrv, weights_desc: str) -> None:
+    """config.pbtxt (provenance with version and sha256), labels, thresholds and the model card of an imported version."""
     (folder / "config.pbtxt").write_text(triton_config(
         CLASSIFIER, "chest_xray_classifier: torchxrayvision DenseNet-121 (imported weights)", INPUT_SIZE, "xrv",
         "classifier", [("probabilities", "TYPE_FP32", [len(FINDINGS)], "labels.txt")],
-        provenance=("torchxrayvision DenseNet-121, " + ("random initialisation (test only)" if random_init else f"weights imported from {Path(weights).name}")
-                    + ", not validated by RadStream").replace('"', "'")))
+        provenance=(f"torchxrayvision DenseNet-121 v{version}, {weights_desc}, not validated by RadStream").replace('"', "'").replace("\\", "/")))
     (folder / "labels.txt").write_text("\n".join(FINDINGS) + "\n")
     (folder / "thresholds.json").write_text(json.dumps({f: 0.5 for f in FINDINGS}, indent=2) + "\n")
     stale = folder / "metrics.json"  # the reference model's metrics no longer apply
@@ -279,6 +350,8 @@ def import_torchxrayvision(
 > for your use, treat outputs as not for clinical use.
 
 ## Weights
+- version: {version} (folder `{version}/`; earlier versions stay beside it, Triton serves the highest)
+- sha256 of the weights file: {digest or 'none (random initialisation)'}
 - architecture: `torchxrayvision.models.DenseNet` (torchxrayvision {getattr(xrv, '__version__', '?')})
 - source: {source}
 - torchxrayvision weights name: {weights_name or 'not given'}
@@ -293,4 +366,57 @@ def import_torchxrayvision(
 |---|---|---|
 {mapping}
 """)
-    return folder
+
+
+def run_import(weights: Path, repo: Path, *, weights_name: str | None = None, allow_pickle: bool = False,
+               train_python: Path | None = None, out=None, err=None) -> int:
+    """The `radstream models import-torchxrayvision` command: torch first, then the file, then the import.
+
+    Without torch here but with the training environment built, the import runs there (same arguments).
+    """
+    out, err = out or sys.stdout, err or sys.stderr
+    missing = missing_modules()
+    train_python = TRAIN_PYTHON if train_python is None else train_python
+    delegate = bool(missing) and train_python.is_file() and Path(sys.executable).resolve() != train_python.resolve()
+    if missing and not delegate:
+        print(f"radstream: {torch_missing_message(missing)}", file=err)
+        return EXIT_REFUSED
+    weights, repo = Path(weights).absolute(), Path(repo).absolute()
+    try:
+        check_weights_file(weights)
+    except ImportRefused as e:
+        print(f"radstream: {e}", file=err)
+        return EXIT_REFUSED
+    if delegate:
+        argv = [str(train_python), "-m", "radstream.models_import", str(weights), "--model-repository", str(repo)]
+        argv += (["--weights-name", weights_name] if weights_name else []) + (["--allow-pickle"] if allow_pickle else [])
+        env = os.environ | {"PYTHONPATH": os.pathsep.join(filter(None, [str(REPO_ROOT), os.environ.get("PYTHONPATH")]))}
+        return subprocess.run(argv, env=env, check=False).returncode
+    try:
+        folder = import_torchxrayvision(weights, repo, weights_name=weights_name, allow_pickle=allow_pickle)
+    except (ImportRefused, ValueError) as e:
+        print(f"radstream: {e}", file=err)
+        return EXIT_REFUSED
+    version = max(int(p.name) for p in folder.iterdir() if p.is_dir() and p.name.isdigit())
+    print(f"imported {weights.name} (sha256 {file_sha256(weights)}) as {CLASSIFIER} version {version} in {folder}", file=out)
+    return 0
+
+
+def add_arguments(parser: argparse.ArgumentParser) -> None:
+    parser.add_argument("weights", help="path of the torchxrayvision DenseNet weights file (.pt)")
+    parser.add_argument("--model-repository", help="Triton model repository (default: services/triton/model_repository)")
+    parser.add_argument("--weights-name", help="torchxrayvision weights name (e.g. densenet121-res224-chex): its labels, operating points and input size")
+    parser.add_argument("--allow-pickle", action="store_true",
+                        help="load a pickled model (torchxrayvision publishes its weights that way); unpickling runs code: only for files you trust")
+
+
+def main(argv: list[str] | None = None) -> int:
+    parser = argparse.ArgumentParser(prog="python -m radstream.models_import", description="import torchxrayvision weights into chest_xray_classifier")
+    add_arguments(parser)
+    args = parser.parse_args(argv)
+    repo = Path(args.model_repository) if args.model_repository else REPO_ROOT / "services" / "triton" / "model_repository"
+    return run_import(Path(args.weights), repo, weights_name=args.weights_name, allow_pickle=args.allow_pickle)
+
+
+if __name__ == "__main__":
+    sys.exit(main())

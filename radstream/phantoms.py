@@ -62,6 +62,41 @@ SENTENCE_BANK: tuple[str, ...] = (
     "Focal opacity in the left lung.",
 )
 
+# What each bank sentence says about the models' decisions: the findings (classifier labels) and lesions
+# (detector labels) it asserts and those it negates. Written from the rules generate_phantom() writes
+# reports by (tests/test_sentence_tags.py checks them against phantoms' ground truth), and carried into
+# the report encoder's sentence_bank.json so the store stage can keep the draft report consistent with
+# the models' decisions (docs/models.md).
+SENTENCE_TAGS: dict[str, tuple[tuple[str, ...], tuple[str, ...]]] = {
+    NORMAL_SENTENCE: ((), FINDINGS + LESION_LABELS),
+    "Heart size is normal.": ((), ("Cardiomegaly",)),
+    "Heart size is enlarged.": (("Cardiomegaly",), ()),
+    "No pleural effusion.": ((), ("Pleural Effusion",)),
+    "Small right pleural effusion.": (("Pleural Effusion",), ()),
+    "Small left pleural effusion.": (("Pleural Effusion",), ()),
+    "Bilateral pleural effusions.": (("Pleural Effusion",), ()),
+    "No pulmonary edema.": ((), ("Edema",)),
+    "Bilateral perihilar haziness consistent with pulmonary edema.": (("Edema",), ()),
+    "No focal consolidation.": ((), ("Consolidation",)),
+    "Consolidation in the right lung.": (("Consolidation",), ()),
+    "Consolidation in the left lung.": (("Consolidation",), ()),
+    "No atelectasis.": ((), ("Atelectasis",)),
+    "Band-like atelectasis at the right lung base.": (("Atelectasis",), ()),
+    "Band-like atelectasis at the left lung base.": (("Atelectasis",), ()),
+    "No pulmonary nodule or mass.": ((), ("nodule_mass",)),
+    "Nodule or mass in the right lung.": (("nodule_mass",), ()),
+    "Nodule or mass in the left lung.": (("nodule_mass",), ()),
+    "Focal opacity in the right lung.": (("focal_opacity",), ()),
+    "Focal opacity in the left lung.": (("focal_opacity",), ()),
+}
+assert set(SENTENCE_TAGS) == set(SENTENCE_BANK)
+
+
+def sentence_bank_entry(text: str, embedding) -> dict:
+    """One entry of sentence_bank.json: the text, its embedding, and what it asserts and negates."""
+    asserts, negates = SENTENCE_TAGS[text]
+    return {"text": text, "asserts": list(asserts), "negates": list(negates), "embedding": [round(float(v), 6) for v in embedding]}
+
 _PREVALENCE = 0.25
 _MAX_WORK = 256  # anatomy is rendered at most at this resolution, then resized; noise is full-size
 

@@ -46,8 +46,10 @@ def encode(image: np.ndarray, variant: int) -> tuple[str, bytes]:
 
 
 def dicom_bytes(pixels: np.ndarray, photometric: str = "MONOCHROME2", *, bits_stored: int = 12,
-                window: tuple[float, float] | None = None, patient_name: str = "", body_part: str = "CHEST", modality: str = "DX") -> bytes:
-    """A Digital X-Ray DICOM file, uncompressed. `patient_name` lets tests prove the header's PHI never travels."""
+                window: tuple[float, float] | None = None, patient_name: str = "", body_part: str = "CHEST", modality: str = "DX",
+                accession_number: str = "", birth_date: str = "") -> bytes:
+    """A Digital X-Ray DICOM file, uncompressed. `patient_name` (with a patient ID), `birth_date` and `accession_number`
+    let tests prove where the header's PHI and identifiers go (docs/phi.md)."""
     from pydicom.dataset import FileDataset, FileMetaDataset
     from pydicom.uid import ExplicitVRLittleEndian, generate_uid
 
@@ -58,6 +60,8 @@ def dicom_bytes(pixels: np.ndarray, photometric: str = "MONOCHROME2", *, bits_st
     ds = FileDataset("study.dcm", {}, file_meta=meta, preamble=b"\0" * 128)
     ds.SOPClassUID, ds.SOPInstanceUID = meta.MediaStorageSOPClassUID, meta.MediaStorageSOPInstanceUID
     ds.PatientName, ds.PatientID = patient_name, "MRN-" + "8" * 8 if patient_name else ""
+    ds.PatientBirthDate, ds.AccessionNumber = birth_date, accession_number
+    ds.StudyInstanceUID, ds.SeriesInstanceUID = generate_uid(), generate_uid()
     ds.Modality, ds.BodyPartExamined, ds.ViewPosition = modality, body_part, "PA"
     ds.PhotometricInterpretation = photometric
     ds.Rows, ds.Columns = pixels.shape

@@ -65,8 +65,10 @@ class Finding(Contract):
 class Detection(Contract):
     label: str
     score: float = Field(ge=0, le=1)
-    # x1, y1, x2, y2 in pixels of the original image as uploaded.
-    box: tuple[float, float, float, float]
+    box: tuple[float, float, float, float] = Field(description=(
+        "[x_min, y_min, x_max, y_max] in pixels of the original image as uploaded (its full resolution, before any "
+        "letterbox), origin at the image's top-left corner, x to the right, y down; x_min < x_max <= width, "
+        "y_min < y_max <= height. Boxes never overlap by IoU > 0.5, whatever their labels (non-maximum suppression)."))
 
 
 class ReportSentence(Contract):
@@ -79,6 +81,17 @@ class DraftReport(Contract):
     findings_text: str
     impression: list[ReportSentence]
     embedding_model: ModelRef
+
+
+class StudyIdentifiers(Contract):
+    """The DICOM identifiers a PACS, RIS or worklist keys on, read from the uploaded DICOM's header by the store
+    stage. Identifiers only, never names, birth dates or patient IDs; they appear in the result and nowhere else
+    the pipeline writes (docs/phi.md)."""
+
+    StudyInstanceUID: str | None = None
+    SeriesInstanceUID: str | None = None
+    SOPInstanceUID: str | None = None
+    AccessionNumber: str | None = None
 
 
 class InputDigest(Contract):
@@ -100,8 +113,15 @@ class StudyResult(Contract):
     status: Literal["succeeded"] = "succeeded"
     label: Literal["not for clinical use"] = NOT_FOR_CLINICAL_USE
     input: InputDigest
+    identifiers: StudyIdentifiers | None = Field(None, description="DICOM studies only; null for a sidecar study (its study_id is the key).")
+    modality: str = Field(description="CR or DX, from the sidecar or the DICOM header")
+    view_position: str = Field(description="PA, AP, LATERAL, LL, RL, or UNKNOWN when a DICOM header leaves it empty")
     execution_id: str
     completed_at: datetime
+    end_to_end_ms: float | None = Field(None, description=(
+        "From the workflow execution's start to this result being assembled (completed_at), in milliseconds: "
+        "validate, prepare, the models and the store stage with their retries. Excludes the time before the "
+        "workflow started (upload and event delivery) and the telemetry stage after the result."))
     models: dict[str, ModelRef]
     findings: list[Finding]
     detections: list[Detection]

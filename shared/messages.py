@@ -94,6 +94,14 @@ class PreparedTensors(StageOutput):
 
 
 # --- RunModels (one branch per model) ---
+class CandidateSentence(ReportSentence):
+    """A report sentence the encoder ranks, with the findings/lesions it asserts and negates (sentence_bank.json)."""
+
+    asserts: list[str] = []
+    negates: list[str] = []
+
+
+
 class InferenceRequest(BaseModel):
     model: str
     study_id: str
@@ -105,9 +113,13 @@ class ModelOutput(StageOutput):
     """One model's outputs for one study, already in the result's terms (which fields are set depends on the kind)."""
 
     kind: Literal["classifier", "detector", "encoder"]
+    # The labels this model decides on (classifier findings, detector lesions): a label it has no box for is a negative.
+    labels: list[str] | None = None
     findings: list[Finding] | None = None
     detections: list[Detection] | None = None
-    impression: list[ReportSentence] | None = None
+    # The encoder's ranked candidates, most similar first; the store stage picks the impression among them,
+    # consistent with the classifier's and detector's decisions (the branches run in parallel).
+    candidates: list[CandidateSentence] | None = None
 
 
 # --- StoreResults ---
@@ -116,6 +128,7 @@ class StoreRequest(BaseModel):
     tensors: PreparedTensors
     inference: list[ModelOutput]
     execution_id: str = "direct-invoke"
+    started_at: datetime | None = None  # the execution's start ($$.Execution.StartTime): the result's end-to-end time
 
 
 class StoredResult(StageOutput):

@@ -37,7 +37,7 @@ if str(ROOT) not in sys.path:
     sys.path.insert(0, str(ROOT))
 
 from radstream.models_import import triton_config  # noqa: E402
-from radstream.phantoms import FINDINGS, LESION_LABELS, SENTENCE_BANK, generate_phantom  # noqa: E402
+from radstream.phantoms import FINDINGS, LESION_LABELS, SENTENCE_BANK, generate_phantom, sentence_bank_entry  # noqa: E402
 
 DEFAULT_OUT = ROOT / "services" / "triton" / "model_repository"
 GEN_SIZE = 256  # phantoms are generated at the detector's input size; others are resized from it
@@ -769,8 +769,7 @@ def run(args) -> dict:
         d = out / "report_encoder"
         export_onnx(enc, torch.zeros(2, 1, ENC_SIZE, ENC_SIZE), d / "1" / "model.onnx", ["embedding"], {"embedding": [EMB_DIM]})
         diffs = verify_onnx(enc, data["test"]["img224"][:8].astype(np.float32), d / "1" / "model.onnx", 1e-4)
-        bank = {"dim": EMB_DIM, "sentences": [
-            {"text": s, "embedding": [round(float(v), 6) for v in txt[i]]} for i, s in enumerate(SENTENCE_BANK)]}
+        bank = {"dim": EMB_DIM, "sentences": [sentence_bank_entry(s, txt[i]) for i, s in enumerate(SENTENCE_BANK)]}
         (d / "1" / "sentence_bank.json").write_text(json.dumps(bank) + "\n")
         (d / "config.pbtxt").write_text(config_pbtxt(
             "report_encoder", "report_encoder: 128-d L2-normalised image embedding", ENC_SIZE, "unit", "encoder",
@@ -784,10 +783,11 @@ def run(args) -> dict:
             f"per sentence of a fixed bank of {len(SENTENCE_BANK)} report sentences (the sentences the phantoms' "
             "reports are written from), stored in `1/sentence_bank.json`; trained with a sigmoid (SigLIP-style) "
             "contrastive loss so that an image retrieves the sentences describing it. The draft report takes the "
-            "top sentences by cosine similarity.",
+            "most similar sentences that agree with the classifier's and detector's decisions.",
             "- input `image` FP32 [N, 1, 224, 224], normalisation `unit` ([0, 1])\n"
             "- output `embedding` FP32 [N, 128], L2-normalised\n"
-            "- `1/sentence_bank.json`: `{\"dim\": 128, \"sentences\": [{\"text\", \"embedding\"}]}`\n"
+            "- `1/sentence_bank.json`: `{\"dim\": 128, \"sentences\": [{\"text\", \"asserts\", \"negates\", \"embedding\"}]}`; "
+            "`asserts`/`negates` name the classifier findings and detector lesions a sentence affirms or denies\n"
             "- `labels.txt`: the sentence texts in bank order; `thresholds.json` is empty (no thresholds)",
             "| metric | test |\n|---|---|\n"
             f"| recall@k (k = number of true sentences of the image) | {_fmt(ret['recall_at_k'])} |\n"

@@ -1,37 +1,106 @@
 """Store stage: assemble the study's result (or its failure record) and write it, idempotently.
 
-Inputs: the workflow state: the validated study, the prepared tensors, the three model outputs.
-Outputs: results/<study_id>/result.json and report.txt in the results bucket; or, on the failure
+Inputs: the workflow state: the validated study, the prepared tensors, the three model outputs, the
+execution's start time; for a DICOM study, the DICOM identifiers read here from the upload's header (the
+only stage that reads them, so they never enter the workflow state: docs/phi.md).
+Outputs: results/<study_id>/result.json and report.txt in the results bucket, the draft report's impression
+picked among the encoder's candidates consistently with the findings; or, on the failure
 path, failed/<study_id>/error.json and a "Study Failed" event. Writing the same study again replaces the object under the same
 key, so a retried or re-run study leaves exactly one result.
 """
 from __future__ import annotations
 
 import hashlib
+import io
 import json
 from datetime import datetime, timezone
 from typing import Any
 
-from shared.contracts import DraftReport, FailureRecord, Finding, InputDigest, ObjectRef, StudyResult
-from shared.errors import ObjectNotFound, PermanentError, RadStreamError
+from shared.contracts import (
+    Detection, DraftReport, FailureRecord, Finding, InputDigest, ObjectRef, ReportSentence, StudyIdentifiers, StudyResult,
+)
+from shared.errors import InvalidImage, ObjectNotFound, PermanentError, RadStreamError
 from shared.events import STUDY_FAILED, EventPublisher
-from shared.messages import FailureRequest, ModelOutput, RecordedFailure, StoredResult, StoreRequest, study_id_from_key
+from shared.messages import (
+    CandidateSentence, FailureRequest, ModelOutput, RecordedFailure, StoredResult, StoreRequest, StudyImage, study_id_from_key,
+)
 from shared.observability import telemetry_record
 from shared.storage import ObjectStore
 
 # The workflow state keys each stage writes (ResultPath in template.yaml), in pipeline order.
 STAGE_KEYS = (("validate", "study"), ("prepare", "tensors"), ("inference", "inference"), ("store", "stored"))
+# How many sentences the draft report's impression holds.
+REPORT_SENTENCES = 3
+# The DICOM attributes downstream systems key on (identifiers only; the patient module is never read).
+IDENTIFIER_TAGS = ("StudyInstanceUID", "SeriesInstanceUID", "SOPInstanceUID", "AccessionNumber")
 
 
 def _all_subclasses(cls: type) -> set[str]:
     return {cls.__name__}.union(*(_all_subclasses(c) for c in cls.__subclasses__()))
 
 
+def select_impression(candidates: list[CandidateSentence], findings: list[Finding], detections: list[Detection],
+                      decided: set[str], n: int = REPORT_SENTENCES) -> list[ReportSentence]:
+    """The n most similar candidates that agree with the models' decisions.
+
+    A sentence is kept only if every label it asserts is positive (a classifier finding over its threshold,
+    or a lesion the detector boxed) and every label it negates is not, and the models decide on every label
+    it names (`decided`; an undecided label cannot be vouched for). Among sentences asserting the same label
+    only the most similar is kept ("Small right pleural effusion." and "Bilateral pleural effusions." cannot
+    both be true).
+    """
+    positive = {f.label for f in findings if f.positive} | {d.label for d in detections}
+    chosen: list[ReportSentence] = []
+    asserted: set[str] = set()
+    for c in candidates:
+        named = set(c.asserts) | set(c.negates)
+        if not named <= decided or not set(c.asserts) <= positive or set(c.negates) & positive or set(c.asserts) & asserted:
+            continue
+        asserted |= set(c.asserts)
+        chosen.append(ReportSentence(text=c.text, similarity=c.similarity))
+        if len(chosen) == n:
+            break
+    return chosen
 
 
+def dicom_identifiers(store: ObjectStore, image: StudyImage, study_id: str) -> StudyIdentifiers:
+    """The identifier attributes of the uploaded DICOM, read from the images bucket (never from the workflow state).
+
+    The bytes must still be the ones validate checked (same sha256): an object replaced since is refused.
+    Error messages name the attribute or the problem, never a value.
+    """
+    import pydicom
+    from pydicom.errors import InvalidDicomError
+
+    data = store.get_bytes(image.bucket, image.key)
+    if hashlib.sha256(data).hexdigest() != image.sha256:
+        raise InvalidImage("the DICOM file changed in the images bucket after it was validated; upload it again", study_id=study_id)
+    try:
+        ds = pydicom.dcmread(io.BytesIO(data), stop_before_pixels=True, specific_tags=list(IDENTIFIER_TAGS))
+        return StudyIdentifiers(**{tag: _raw_text(ds, tag) for tag in IDENTIFIER_TAGS})
+    except (InvalidDicomError, OSError, ValueError, UnicodeDecodeError) as e:
+        raise InvalidImage(f"DICOM header cannot be read ({type(e).__name__})", study_id=study_id) from e
 
 
+def _raw_text(ds: Any, keyword: str) -> str | None:
+    """An attribute's text as stored, without pydicom's value conversion: converting validates, and pydicom's
+    validation warnings quote the value ("Invalid value for VR UI: '...'") into logs that must not hold it."""
+    from pydicom.datadict import tag_for_keyword
 
+    element = ds.get_item(tag_for_keyword(keyword))
+    if element is None or element.value is None:
+        return None
+    value = element.value
+    text = value.decode("iso8859-1") if isinstance(value, bytes) else str(value)  # UI and SH: ASCII in practice
+    return text.strip(" \x00") or None
+
+
+def end_to_end_ms(started_at: datetime | None, completed_at: datetime) -> float | None:
+    if started_at is None:
+        return None
+    if started_at.tzinfo is None:
+        started_at = started_at.replace(tzinfo=timezone.utc)
+    return round((completed_at - started_at).total_seconds() * 1000, 1)
 
 
 def findings_text(findings: list[Finding]) -> str:
@@ -52,31 +121,41 @@ def stage_timings(state_parts: dict[str, Any]) -> dict[str, float]:
     return timings
 
 
-def build_result(request: StoreRequest, raw_state: dict[str, Any]) -> StudyResult:
+def build_result(request: StoreRequest, raw_state: dict[str, Any], store: ObjectStore) -> StudyResult:
+    study_id = request.study.study_id
     by_kind: dict[str, ModelOutput] = {}
     for output in request.inference:
         if output.kind in by_kind:
-            raise PermanentError(f"two {output.kind} outputs for one study", study_id=request.study.study_id)
+            raise PermanentError(f"two {output.kind} outputs for one study", study_id=study_id)
         by_kind[output.kind] = output
     missing = {"classifier", "detector", "encoder"} - set(by_kind)
     if missing:
-        raise PermanentError(f"model outputs missing for: {', '.join(sorted(missing))}", study_id=request.study.study_id)
+        raise PermanentError(f"model outputs missing for: {', '.join(sorted(missing))}", study_id=study_id)
     classifier, detector, encoder = by_kind["classifier"], by_kind["detector"], by_kind["encoder"]
     findings = classifier.findings or []
+    detections = detector.detections or []
+    decided = {f.label for f in findings} | set(detector.labels or []) | {d.label for d in detections}
+    impression = select_impression(encoder.candidates or [], findings, detections, decided)
     image = request.study.image
+    identifiers = dicom_identifiers(store, image, study_id) if image.format == "dicom" else None
+    completed_at = datetime.now(timezone.utc)
     return StudyResult(
-        study_id=request.study.study_id,
+        study_id=study_id,
         input=InputDigest(
             image=ObjectRef(bucket=image.bucket, key=image.key), sha256=image.sha256, size_bytes=image.size_bytes,
             width=request.tensors.original.width, height=request.tensors.original.height,
             intensity_rule=request.tensors.original.intensity_rule,
         ),
+        identifiers=identifiers,
+        modality=request.study.modality,
+        view_position=request.study.view_position,
         execution_id=request.execution_id,
-        completed_at=datetime.now(timezone.utc),
+        completed_at=completed_at,
+        end_to_end_ms=end_to_end_ms(request.started_at, completed_at),
         models={o.model.name: o.model for o in request.inference if o.model},
         findings=findings,
-        detections=detector.detections or [],
-        report=DraftReport(findings_text=findings_text(findings), impression=encoder.impression or [], embedding_model=encoder.model),
+        detections=detections,
+        report=DraftReport(findings_text=findings_text(findings), impression=impression, embedding_model=encoder.model),
         timings_ms=stage_timings(raw_state),
     )
 
@@ -91,7 +170,7 @@ def report_text(result: StudyResult) -> str:
 
 
 def store_result(request: StoreRequest, raw_state: dict[str, Any], store: ObjectStore, results_bucket: str) -> StoredResult:
-    result = build_result(request, raw_state)
+    result = build_result(request, raw_state, store)
     body = result.model_dump_json(indent=2).encode()
     stored = store.put_bytes(results_bucket, f"results/{result.study_id}/result.json", body, content_type="application/json")
     report = store.put_bytes(results_bucket, f"results/{result.study_id}/report.txt", report_text(result).encode(), content_type="text/plain")

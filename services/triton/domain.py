@@ -1,8 +1,9 @@
 """Inference stage: run one model on a study's tensor and read its outputs in the result's terms.
 
 Inputs: the model's name and the tensor's location (with the letterbox used to make it).
-Outputs: findings (classifier), detections in original-image pixels (detector), or the sentences
-of a draft report retrieved by the image embedding (encoder).
+Outputs: findings (classifier), detections in original-image pixels after non-maximum suppression
+(detector), or the report sentences nearest the image embedding, ranked, with what each asserts and
+negates (encoder): the store stage picks the impression among them once all three models have answered.
 """
 from __future__ import annotations
 
@@ -13,33 +14,48 @@ from pathlib import Path
 
 import numpy as np
 
-from shared.contracts import Detection, Finding, ReportSentence
+from shared.contracts import Detection, Finding
 from shared.errors import ConfigurationError, InferenceFailed
 from shared.inference import InferenceBackend
-from shared.messages import InferenceRequest, ModelOutput, TensorRef
+from shared.messages import CandidateSentence, InferenceRequest, ModelOutput, TensorRef
 from shared.model_repository import ModelRepository, ModelSpec
 from shared.storage import ObjectStore
 from shared.wiring import close_all
 
-REPORT_SENTENCES = 3
-
-
+# The encoder hands on this many ranked sentences (small next to Step Functions' 256 KB state): enough that
+# the store stage still finds the impression's sentences after dropping those the findings contradict.
+REPORT_CANDIDATES = 12
+# Two reported boxes never overlap more than this (IoU), whatever their labels: the higher score keeps the place.
+NMS_IOU = 0.5
 
 class SentenceBank:
-    """The report encoder's text side: sentences and their embeddings, in the model's version folder."""
+    """The report encoder's text side: sentences, their embeddings and tags, in the model's version folder.
+
+    Every entry says which labels (classifier findings, detector lesions) it asserts and which it negates;
+    a bank without tags cannot be kept consistent with the findings, so it is refused.
+    """
 
     def __init__(self, path: Path) -> None:
         try:
             bank = json.loads(path.read_text())
+            sentences = bank["sentences"]
+            self.texts = [s["text"] for s in sentences]
+            self.asserts = [list(s["asserts"]) for s in sentences]
+            self.negates = [list(s["negates"]) for s in sentences]
+            self.embeddings = np.asarray([s["embedding"] for s in sentences], np.float32)
         except (OSError, json.JSONDecodeError) as e:
             raise ConfigurationError(f"sentence bank {path} cannot be read: {e}") from e
-        self.texts = [s["text"] for s in bank["sentences"]]
-        self.embeddings = np.asarray([s["embedding"] for s in bank["sentences"]], np.float32)
+        except (KeyError, TypeError) as e:
+            raise ConfigurationError(f"sentence bank {path}: every sentence needs text, asserts, negates and embedding (missing {e})") from e
 
-    def nearest(self, embedding: np.ndarray, k: int) -> list[ReportSentence]:
+    def labels(self) -> set[str]:
+        return {label for tags in self.asserts + self.negates for label in tags}
+
+    def nearest(self, embedding: np.ndarray, k: int) -> list[CandidateSentence]:
         similarity = self.embeddings @ embedding
-        order = np.argsort(-similarity)[:k]
-        return [ReportSentence(text=self.texts[i], similarity=round(float(similarity[i]), 4)) for i in order]
+        order = np.argsort(-similarity, kind="stable")[:k]
+        return [CandidateSentence(text=self.texts[i], similarity=round(float(similarity[i]), 4), asserts=self.asserts[i], negates=self.negates[i])
+                for i in order]
 
 
 class Inference:
@@ -58,7 +74,12 @@ class Inference:
         encoders = [s for s in self.repository.models.values() if s.kind == "encoder"]
         if not encoders:
             raise ConfigurationError("no encoder model in the repository")
-        return SentenceBank(encoders[0].version_dir / "sentence_bank.json")
+        bank = SentenceBank(encoders[0].version_dir / "sentence_bank.json")
+        known = {label for s in self.repository.models.values() if s.kind in ("classifier", "detector") for label in s.labels}
+        unknown = bank.labels() - known
+        if unknown:
+            raise ConfigurationError(f"sentence bank of {encoders[0].name} tags labels no model decides on: {', '.join(sorted(unknown))}")
+        return bank
 
     def run(self, request: InferenceRequest) -> ModelOutput:
         spec = self.repository.get(request.model)
@@ -68,14 +89,15 @@ class Inference:
         if list(tensor.shape) != expected:
             raise InferenceFailed(f"tensor for {spec.name} has shape {list(tensor.shape)}, model wants {expected}", study_id=request.study_id)
         outputs = self.backend.infer(spec.name, {spec.input_name: tensor})
-        output = ModelOutput(study_id=request.study_id, kind=spec.kind, model=spec.ref, bytes_in=len(raw))
+        output = ModelOutput(study_id=request.study_id, kind=spec.kind, model=spec.ref, bytes_in=len(raw),
+                             labels=list(spec.labels) if spec.kind != "encoder" else None)
         try:
             if spec.kind == "classifier":
                 output.findings = read_findings(spec, outputs)
             elif spec.kind == "detector":
                 output.detections = read_detections(spec, outputs, request.tensor)
             else:
-                output.impression = self.sentence_bank.nearest(read_embedding(outputs), REPORT_SENTENCES)
+                output.candidates = self.sentence_bank.nearest(read_embedding(outputs), REPORT_CANDIDATES)
         except (KeyError, IndexError, ValueError) as e:
             raise InferenceFailed(f"model {spec.name} returned outputs that do not fit docs/models.md ({type(e).__name__}: {e})", study_id=request.study_id) from e
         return output
@@ -108,7 +130,30 @@ def read_detections(spec: ModelSpec, outputs: dict[str, np.ndarray], tensor: Ten
         if x2 <= x1 or y2 <= y1:
             continue
         detections.append(Detection(label=spec.labels[int(cls)], score=round(min(score, 1.0), 4), box=(round(x1, 1), round(y1, 1), round(x2, 1), round(y2, 1))))
-    return detections
+    return suppress_overlaps(detections, NMS_IOU)
+
+
+def box_iou(a: tuple[float, float, float, float], b: tuple[float, float, float, float]) -> float:
+    w, h = min(a[2], b[2]) - max(a[0], b[0]), min(a[3], b[3]) - max(a[1], b[1])
+    if w <= 0 or h <= 0:
+        return 0.0
+    inter = w * h
+    return inter / ((a[2] - a[0]) * (a[3] - a[1]) + (b[2] - b[0]) * (b[3] - b[1]) - inter)
+
+
+def suppress_overlaps(detections: list[Detection], max_iou: float) -> list[Detection]:
+    """Greedy non-maximum suppression across labels, on the boxes as reported (original pixels, rounded).
+
+    Highest score first; a box overlapping a kept one by IoU > max_iou is dropped, of the same label
+    (class-aware NMS) or another (cross-class: the detector's two heads firing on one lesion is one
+    finding, and a reader shown two labels on one place cannot tell which to believe). Ties keep model order.
+    At most 16 boxes: the pairwise loop costs microseconds and needs no OpenCV in the inference image.
+    """
+    kept: list[Detection] = []
+    for d in sorted(detections, key=lambda d: -d.score):
+        if all(box_iou(d.box, k.box) <= max_iou for k in kept):
+            kept.append(d)
+    return kept
 
 
 def read_embedding(outputs: dict[str, np.ndarray]) -> np.ndarray:

@@ -110,3 +110,57 @@ def test_weights_name_uses_operating_points(tmp_path):
     x = np.zeros((1, 1, 224, 224), np.float32)
     (got,) = sess.run(None, {"image": x})
     assert got.shape == (1, 5) and ((got >= 0) & (got <= 1)).all()
+
+
+def test_each_import_is_a_new_version_with_its_sha256_in_card_and_provenance(tmp_path):
+    torch, xrv = _xrv()
+    import hashlib
+    import shutil
+    from pathlib import Path
+
+    from radstream.models_import import import_torchxrayvision
+
+    repo = tmp_path / "repo"
+    reference = Path(__file__).resolve().parents[2] / "services" / "triton" / "model_repository" / "chest_xray_classifier"
+    shutil.copytree(reference, repo / "chest_xray_classifier")  # the reference classifier is version 1
+    torch.manual_seed(0)
+    weights = tmp_path / "weights.pt"
+    torch.save(xrv.models.DenseNet(weights=None).state_dict(), weights)
+    digest = hashlib.sha256(weights.read_bytes()).hexdigest()
+
+    folder = import_torchxrayvision(weights, repo)
+    assert sorted(p.name for p in folder.iterdir() if p.is_dir()) == ["1", "2"]  # no staging folder left
+    assert (folder / "1" / "model.onnx").exists() and (folder / "2" / "model.onnx").exists()
+    # radstream.provenance is what every result repeats per model (shared/model_repository.py ModelSpec.ref).
+    config = (folder / "config.pbtxt").read_text()
+    assert f"DenseNet-121 v2, weights weights.pt sha256 {digest}" in config
+    card = (folder / "MODEL_CARD.md").read_text()
+    assert digest in card and "version: 2" in card
+
+    import_torchxrayvision(weights, repo)
+    assert sorted(p.name for p in folder.iterdir() if p.is_dir()) == ["1", "2", "3"]
+
+
+def test_a_pickled_model_needs_allow_pickle(tmp_path):
+    torch, xrv = _xrv()
+    from radstream.models_import import ImportRefused, import_torchxrayvision
+
+    weights = tmp_path / "whole-model.pt"
+    torch.save(xrv.models.DenseNet(weights=None), weights)  # how torchxrayvision publishes its weights
+    with pytest.raises(ImportRefused, match="--allow-pickle"):
+        import_torchxrayvision(weights, tmp_path / "repo")
+    assert not any((tmp_path / "repo" / "chest_xray_classifier").glob("[0-9]*"))
+    folder = import_torchxrayvision(weights, tmp_path / "repo", allow_pickle=True)
+    _check_slot(folder)
+
+
+def test_the_command_imports_in_the_training_environment(tmp_path, capsys):
+    torch, xrv = _xrv()
+    from radstream.models_import import main
+
+    weights = tmp_path / "weights.pt"
+    torch.save(xrv.models.DenseNet(weights=None).state_dict(), weights)
+    assert main([str(weights), "--model-repository", str(tmp_path / "repo")]) == 0
+    assert "chest_xray_classifier version 1" in capsys.readouterr().out
+    assert main([str(tmp_path / "missing.pt"), "--model-repository", str(tmp_path / "repo")]) == 2
+    assert "missing.pt does not exist" in capsys.readouterr().err

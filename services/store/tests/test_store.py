@@ -1,15 +1,20 @@
 """Store service: the result contract, idempotent writes, and failure records that a person can act on."""
 from __future__ import annotations
 
+import hashlib
+import io
 import json
+from datetime import datetime, timedelta, timezone
 
 import jsonschema
+import numpy as np
+import pydicom
 import pytest
 
 from services.store.domain import failed_stage, record_failure, store_result
 from shared.messages import FailureRequest, StoreRequest
 from shared.contracts import schema_path
-from shared.errors import PermanentError
+from shared.errors import InvalidImage, PermanentError
 from shared.events import STUDY_FAILED, LocalEventLog
 from shared.observability import telemetry_record
 
@@ -34,11 +39,30 @@ def state() -> dict:
              "findings": [{"label": "Edema", "probability": 0.8, "threshold": 0.5, "positive": True},
                           {"label": "Cardiomegaly", "probability": 0.1, "threshold": 0.5, "positive": False}]},
             {"study_id": "s1", "kind": "detector", "model": MODEL | {"name": "anomaly_detector"}, "telemetry": telemetry("inference", 11, "anomaly_detector"),
-             "detections": [{"label": "nodule_mass", "score": 0.7, "box": [10, 20, 30, 40]}]},
+             "labels": ["nodule_mass", "focal_opacity"], "detections": [{"label": "nodule_mass", "score": 0.7, "box": [10, 20, 30, 40]}]},
             {"study_id": "s1", "kind": "encoder", "model": MODEL | {"name": "report_encoder"}, "telemetry": telemetry("inference", 7, "report_encoder"),
-             "impression": [{"text": "Bilateral perihilar haziness consistent with pulmonary edema.", "similarity": 0.8}]},
+             "candidates": [sentence(*c) for c in CANDIDATES]},
         ],
     }
+
+
+# Ranked as an encoder might rank them for a study with edema and a nodule, and no cardiomegaly.
+CANDIDATES = [
+    ("No acute cardiopulmonary abnormality.", 0.9, [], ["Cardiomegaly", "Edema", "nodule_mass", "focal_opacity"]),  # denies the edema
+    ("No pulmonary edema.", 0.85, [], ["Edema"]),                                                  # denies the edema
+    ("Bilateral perihilar haziness consistent with pulmonary edema.", 0.8, ["Edema"], []),
+    ("Heart size is enlarged.", 0.75, ["Cardiomegaly"], []),                                       # asserts a negative
+    ("No pulmonary nodule or mass.", 0.7, [], ["nodule_mass"]),                                    # denies the boxed nodule
+    ("Nodule or mass in the right lung.", 0.65, ["nodule_mass"], []),
+    ("Nodule or mass in the left lung.", 0.6, ["nodule_mass"], []),                                # a second nodule sentence
+    ("No pneumothorax.", 0.55, [], ["Pneumothorax"]),                                              # no model decides on it
+    ("Heart size is normal.", 0.5, [], ["Cardiomegaly"]),
+    ("Focal opacity in the left lung.", 0.45, ["focal_opacity"], []),                              # no such box
+]
+
+
+def sentence(text: str, similarity: float, asserts: list[str], negates: list[str]) -> dict:
+    return {"text": text, "similarity": similarity, "asserts": asserts, "negates": negates}
 
 
 def store_event(s: dict) -> dict:
@@ -58,8 +82,91 @@ def test_result_matches_its_schema_and_is_labelled(store):
     assert result["timings_ms"] == {"study": 3.5, "tensors": 20.0, "inference.chest_xray_classifier": 9, "inference.anomaly_detector": 11, "inference.report_encoder": 7}
     assert set(result["models"]) == {"chest_xray_classifier", "anomaly_detector", "report_encoder"}
     assert out.positive_findings == ["Edema"]
+    assert (result["modality"], result["view_position"], result["identifiers"]) == ("DX", "PA", None)
     report = store.get_bytes("results", "results/s1/report.txt").decode()
     assert "AI-GENERATED DRAFT, NOT FOR CLINICAL USE" in report and "Suggested findings: Edema." in report
+
+
+def test_impression_agrees_with_the_findings_and_the_boxes(store):
+    event = store_event(state())
+    out = store_result(StoreRequest.model_validate(event), event, store, "results")
+    result = json.loads(store.get_bytes("results", out.result.key))
+    assert [s["text"] for s in result["report"]["impression"]] == [
+        "Bilateral perihilar haziness consistent with pulmonary edema.", "Nodule or mass in the right lung.", "Heart size is normal.",
+    ]
+    assert result["report"]["impression"][0] == {"text": "Bilateral perihilar haziness consistent with pulmonary edema.", "similarity": 0.8}
+
+
+def test_without_any_positive_the_normal_sentence_is_allowed(store):
+    event = store_event(state())
+    event["inference"][0]["findings"][0]["positive"] = False
+    event["inference"][1]["detections"] = []
+    out = store_result(StoreRequest.model_validate(event), event, store, "results")
+    impression = [s["text"] for s in json.loads(store.get_bytes("results", out.result.key))["report"]["impression"]]
+    assert impression == ["No acute cardiopulmonary abnormality.", "No pulmonary edema.", "No pulmonary nodule or mass."]
+
+
+def test_end_to_end_time_runs_from_the_execution_start(store):
+    event = store_event(state()) | {"started_at": (datetime.now(timezone.utc) - timedelta(seconds=2)).isoformat()}
+    out = store_result(StoreRequest.model_validate(event), event, store, "results")
+    result = json.loads(store.get_bytes("results", out.result.key))
+    assert 2000 <= result["end_to_end_ms"] < 60_000
+
+
+def test_dicom_identifiers_are_read_from_the_upload_not_the_state(store):
+    from radstream.samples import dicom_bytes
+
+    data = dicom_bytes(np.full((64, 64), 2000), patient_name="ROE^RICHARD", accession_number="ACC0042", birth_date="19580412")
+    store.put_bytes("images", "incoming/s1/study.dcm", data)
+    event = store_event(state())
+    event["study"]["image"] |= {"key": "incoming/s1/study.dcm", "format": "dicom", "sha256": hashlib.sha256(data).hexdigest(), "size_bytes": len(data)}
+    out = store_result(StoreRequest.model_validate(event), event, store, "results")
+    result = json.loads(store.get_bytes("results", out.result.key))
+    ds = pydicom.dcmread(io.BytesIO(data))
+    assert result["identifiers"] == {"StudyInstanceUID": ds.StudyInstanceUID, "SeriesInstanceUID": ds.SeriesInstanceUID,
+                                     "SOPInstanceUID": ds.SOPInstanceUID, "AccessionNumber": ds.AccessionNumber}
+    written = b"".join(store.get_bytes("results", k) for k in store.list_keys("results"))
+    assert b"ROE^RICHARD" not in written and b"MRN-" not in written
+    assert ds.StudyInstanceUID.encode() not in store.get_bytes("results", "results/s1/report.txt")
+    assert ds.AccessionNumber not in out.model_dump_json()
+
+
+def test_malformed_identifiers_are_kept_as_stored_and_never_quoted_in_logs(store, caplog, recwarn):
+    from pydicom import config
+
+    from radstream.samples import dicom_bytes
+
+    ds = pydicom.dcmread(io.BytesIO(dicom_bytes(np.full((64, 64), 2000), accession_number="ACC0042")))
+    buffer = io.BytesIO()
+    previous, config.settings.writing_validation_mode = config.settings.writing_validation_mode, config.IGNORE
+    try:
+        ds.StudyInstanceUID = "1.2.SECRETUID"  # not a valid UI value: reading it as pydicom values would warn, quoting it
+        ds.save_as(buffer)
+    finally:
+        config.settings.writing_validation_mode = previous
+    data = buffer.getvalue()
+    store.put_bytes("images", "incoming/s1/study.dcm", data)
+    event = store_event(state())
+    event["study"]["image"] |= {"key": "incoming/s1/study.dcm", "format": "dicom", "sha256": hashlib.sha256(data).hexdigest(), "size_bytes": len(data)}
+    recwarn.clear()
+    caplog.clear()
+    with caplog.at_level("DEBUG"):
+        out = store_result(StoreRequest.model_validate(event), event, store, "results")
+    assert json.loads(store.get_bytes("results", out.result.key))["identifiers"]["StudyInstanceUID"] == "1.2.SECRETUID"
+    assert "SECRETUID" not in caplog.text
+    assert not [w for w in recwarn if "SECRETUID" in str(w.message)]
+
+
+def test_a_dicom_changed_after_validation_is_refused(store):
+    from radstream.samples import dicom_bytes
+
+    data = dicom_bytes(np.full((64, 64), 2000), patient_name="ROE^RICHARD", accession_number="ACC0042", birth_date="19580412")
+    store.put_bytes("images", "incoming/s1/study.dcm", data)
+    event = store_event(state())
+    event["study"]["image"] |= {"key": "incoming/s1/study.dcm", "format": "dicom", "sha256": "b" * 64, "size_bytes": len(data)}
+    with pytest.raises(InvalidImage, match="changed in the images bucket") as err:
+        store_result(StoreRequest.model_validate(event), event, store, "results")
+    assert "ROE" not in str(err.value)
 
 
 def test_writing_twice_leaves_one_result(store):
