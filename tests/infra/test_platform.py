@@ -157,3 +157,18 @@ def test_irsa_trust_policies_render_to_valid_json():
         (statement,) = rendered["Statement"]
         assert statement["Action"] == "sts:AssumeRoleWithWebIdentity"
         assert statement["Condition"]["StringEquals"] == {f"{issuer}:sub": expected_subject, f"{issuer}:aud": "sts.amazonaws.com"}
+
+
+def test_the_walk_through_names_every_step():
+    """README and docs/deployment.md name each step of the deployment, in order."""
+    steps = ["sam deploy --config-env dev-platform", "kubectl apply -k services/triton/k8s/cluster",
+             "sam build && sam deploy --config-env dev", "update-cost-allocation-tags-status", "aws s3 sync services/triton/model_repository",
+             "aws-load-balancer-controller", "kubectl apply -k services/triton/k8s/base", "prometheus-values.yaml",
+             "prometheus-adapter-values.yaml", "TritonUrl="]
+    for path in (ROOT / "README.md", ROOT / "docs" / "deployment.md"):
+        text = path.read_text()
+        positions = [text.find(step) for step in steps]
+        assert -1 not in positions, [s for s, p in zip(steps, positions) if p == -1]
+        assert positions == sorted(positions), path.name
+    doc = (ROOT / "docs" / "deployment.md").read_text()
+    assert "2026-12-03" in doc and "not fetched live" in doc and "## Releases and rollback" in doc
