@@ -150,7 +150,13 @@ def test_irsa_trust_policies_render_to_valid_json():
     import yaml
 
     account = yaml.safe_load((ROOT / "services/triton/k8s/base/serviceaccount.yaml").read_text())["metadata"]
+    charts = {name: yaml.safe_load((ROOT / "services/triton/k8s" / f"{name}-values.yaml").read_text())
+              for name in ("aws-load-balancer-controller", "cluster-autoscaler")}
+    lbc = charts["aws-load-balancer-controller"]["serviceAccount"]["name"]
+    autoscaler = charts["cluster-autoscaler"]["rbac"]["serviceAccount"]["name"]
     for role, resources, expected_subject in ((RESOURCES["VpcCniRole"], RESOURCES, "system:serviceaccount:kube-system:aws-node"),
+                                              (RESOURCES["LoadBalancerControllerRole"], RESOURCES, f"system:serviceaccount:kube-system:{lbc}"),
+                                              (RESOURCES["ClusterAutoscalerRole"], RESOURCES, f"system:serviceaccount:kube-system:{autoscaler}"),
                                               (APP["TritonModelReaderRole"], APP, f"system:serviceaccount:{account['namespace']}:{account['name']}")):
         body, _ = role["Properties"]["AssumeRolePolicyDocument"]["Fn::Sub"]
         rendered = json.loads(re.sub(r"\$\{([\w:]+)\}", lambda m: values[m.group(1)], body))
@@ -172,3 +178,27 @@ def test_the_walk_through_names_every_step():
         assert positions == sorted(positions), path.name
     doc = (ROOT / "docs" / "deployment.md").read_text()
     assert "2026-12-03" in doc and "not fetched live" in doc and "## Releases and rollback" in doc
+
+
+def test_the_controllers_change_only_this_clusters_resources():
+    """The load balancer controller and the autoscaler may write only to resources tagged for this cluster."""
+    for role, tag in (("LoadBalancerControllerRole", "elbv2.k8s.aws/cluster"), ("ClusterAutoscalerRole", "eks:cluster-name")):
+        (policy,) = RESOURCES[role]["Properties"]["Policies"]
+        for statement in policy["PolicyDocument"]["Statement"]:
+            actions = as_list(statement["Action"])
+            writes = [a for a in actions if not a.split(":", 1)[1].startswith(("Describe", "Get", "List"))]
+            if writes and statement["Resource"] == "*":
+                (condition,) = statement["Condition"].values()
+                assert any(key.endswith(tag) for key in condition), (role, statement["Sid"])
+    groups = of_type("AWS::EKS::Nodegroup")
+    assert all(g["Tags"]["k8s.io/cluster-autoscaler/enabled"] == "true" for g in groups.values())
+    # One GPU per Triton pod: the GPU group can grow to the HPA's maximum, and holds its minimum in prod.
+    import yaml
+
+    hpa = yaml.safe_load((ROOT / "services/triton/k8s/base/hpa.yaml").read_text())["spec"]
+    scaling = RESOURCES["GpuNodeGroup"]["Properties"]["ScalingConfig"]
+    assert scaling["MaxSize"] == {"Ref": "GpuNodesMax"} and DOC["Parameters"]["GpuNodesMax"]["Default"] >= hpa["maxReplicas"]
+    import tomllib
+
+    prod = dict(i.split("=", 1) for i in tomllib.loads((ROOT / "samconfig.toml").read_text())["prod-platform"]["deploy"]["parameters"]["parameter_overrides"])
+    assert int(prod["GpuNodesMin"]) >= hpa["minReplicas"] and int(prod["GpuNodesMax"]) >= hpa["maxReplicas"]
