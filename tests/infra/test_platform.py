@@ -137,6 +137,8 @@ def test_cluster_is_private_encrypted_logged_with_irsa_and_the_add_ons():
     addons = {a["AddonName"]: a for a in of_type("AWS::EKS::Addon").values()}
     assert {"vpc-cni", "coredns", "kube-proxy", "metrics-server"} <= set(addons)
     assert addons["vpc-cni"]["ServiceAccountRoleArn"] == {"Fn::GetAtt": ["VpcCniRole", "Arn"]}
+    # Without it the CNI ignores k8s/base/networkpolicy.yaml.
+    assert json.loads(addons["vpc-cni"]["ConfigurationValues"])["enableNetworkPolicy"] == "true"
     node_policies = json.dumps(RESOURCES["NodeRole"]["Properties"]["ManagedPolicyArns"])
     assert "AmazonEKS_CNI_Policy" not in node_policies  # pods must not borrow the CNI's rights from the node
 
