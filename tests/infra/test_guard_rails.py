@@ -50,6 +50,24 @@ def test_the_transform_gives_codedeploy_groups_that_stop_and_roll_back_on_alarm(
         assert resources[value["Ref"]]["Type"] == "AWS::Lambda::Alias" and resources[value["Ref"]]["Properties"]["Name"] == "live"
 
 
+def test_each_environment_gets_its_own_traffic_shifting(infra_python, tmp_path):
+    """The SAM transform, given an environment's parameters as `sam deploy` passes them, configures CodeDeploy with them."""
+    import json
+    import subprocess
+    from pathlib import Path
+
+    script = Path(__file__).with_name("sam_translate.py")
+    for env in ("staging", "prod"):
+        kind = overrides(env)["DeploymentPreferenceType"]
+        out = tmp_path / f"{env}.json"
+        result = subprocess.run([str(infra_python), str(script), str(TEMPLATE), str(out), f"DeploymentPreferenceType={kind}"],
+                                capture_output=True, text=True, timeout=120)
+        assert result.returncode == 0, result.stderr[-2000:]
+        groups = [r["Properties"] for r in json.loads(out.read_text())["Resources"].values() if r["Type"] == "AWS::CodeDeploy::DeploymentGroup"]
+        assert groups and all(g["DeploymentConfigName"] == {"Fn::Sub": ["CodeDeployDefault.Lambda${ConfigName}", {"ConfigName": kind}]} for g in groups)
+        assert all(g["DeploymentStyle"]["DeploymentType"] == "BLUE_GREEN" for g in groups)
+
+
 def test_environments_release_differently_and_each_gradually():
     kinds = {env: overrides(env)["DeploymentPreferenceType"] for env in ENVIRONMENTS}
     assert all(k.startswith(("Canary", "Linear")) for k in kinds.values()) and len(set(kinds.values())) == 3
