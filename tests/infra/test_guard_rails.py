@@ -143,3 +143,21 @@ def test_replication_is_behind_its_condition():
         assert rule["Destination"]["EncryptionConfiguration"]["ReplicaKmsKeyID"] == {"Ref": "ReplicationDestinationKmsKeyArn"}
     assert RESOURCES["ReplicationRole"]["Condition"] == "Replicate"
     assert DOC["Conditions"]["Replicate"] == {"Fn::Not": [{"Fn::Equals": [{"Ref": "ReplicationDestinationBucketArn"}, ""]}]}
+
+
+def test_rules_use_only_the_functions_cloudformation_allows_in_rules():
+    """Rules take a narrower set of intrinsics than Conditions (no Fn::Join, no Fn::Sub); cfn-lint does not check it."""
+    allowed = {"Fn::And", "Fn::Contains", "Fn::EachMemberEquals", "Fn::EachMemberIn", "Fn::Equals", "Fn::Not", "Fn::Or",
+               "Fn::RefAll", "Fn::ValueOf", "Fn::ValueOfAll", "Ref"}
+
+    def functions(value: Any) -> set[str]:
+        if isinstance(value, dict):
+            return {k for k in value if k.startswith("Fn::") or k == "Ref"} | {f for v in value.values() for f in functions(v)}
+        if isinstance(value, list):
+            return {f for v in value for f in functions(v)}
+        return set()
+
+    for doc in (DOC, load_yaml(ROOT / "infra" / "platform.yaml")):
+        assert doc["Rules"]
+        for name, rule in doc["Rules"].items():
+            assert functions(rule) <= allowed, (name, functions(rule) - allowed)
