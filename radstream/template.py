@@ -96,9 +96,21 @@ class Template:
                 return LOCAL_ARN.format(logical_id)
         if isinstance(value, dict) and "Ref" in value and self.resources.get(value["Ref"], {}).get("Type") == "AWS::Serverless::Function":
             return LOCAL_ARN.format(value["Ref"])
+        if isinstance(value, dict) and "Ref" in value and (logical_id := self._aliased_function(value["Ref"])):
+            return LOCAL_ARN.format(logical_id)  # an alias runs its function's code: locally, the function
         if isinstance(value, str):
             return value
         raise ConfigurationError(f"{self.path}: the local runtime cannot resolve substitution {value!r}")
+
+    def _aliased_function(self, ref: str) -> str | None:
+        """The function behind SAM's alias reference: `Fn.Alias`, or the alias resource `FnAlias<name>`."""
+        for logical_id, resource in self.resources.items():
+            if resource.get("Type") != "AWS::Serverless::Function":
+                continue
+            alias = resource.get("Properties", {}).get("AutoPublishAlias") or self.doc.get("Globals", {}).get("Function", {}).get("AutoPublishAlias")
+            if alias and ref in (f"{logical_id}.Alias", f"{logical_id}Alias{alias}"):
+                return logical_id
+        return None
 
     def handler_for(self, resource: str) -> str:
         """A task's Resource (a local function ARN) -> the dotted handler its container image runs."""

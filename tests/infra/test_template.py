@@ -138,7 +138,10 @@ def test_functions_run_with_the_deployment_settings():
     assert (globals_["MemorySize"], globals_["Timeout"], globals_["Tracing"]) == (512, 60, "Active")
     assert globals_["ReservedConcurrentExecutions"] == {"Ref": "ReservedConcurrency"}
     vpc = FUNCTIONS["InferenceFunction"]["Properties"]["VpcConfig"]
-    assert vpc["SubnetIds"] == {"Ref": "PrivateSubnetIds"}
+    # The platform stack's private subnets (infra/platform.yaml exports them), or an existing VPC's.
+    condition, imported, existing = vpc["SubnetIds"]["Fn::If"]
+    assert condition == "UsePlatformStack" and existing == {"Ref": "PrivateSubnetIds"}
+    assert imported == {"Fn::Split": [",", {"Fn::ImportValue": {"Fn::Sub": "${PlatformStackName}-PrivateSubnetIds"}}]}
     assert RESOURCES[vpc["SecurityGroupIds"][0]["Ref"]]["Type"] == "AWS::EC2::SecurityGroup"
 
 

@@ -12,6 +12,9 @@ kubernetes_validate = pytest.importorskip("kubernetes_validate", reason="require
 
 K8S = Path(__file__).resolve().parents[1] / "k8s"
 BASE = K8S / "base"
+CLUSTER = K8S / "cluster"
+REPOSITORY = Path(__file__).resolve().parents[1] / "model_repository"
+PLATFORM = Path(__file__).resolve().parents[3] / "infra" / "platform.yaml"
 KUBERNETES_VERSION = "1.31"  # EKS standard support; the schemas ship inside kubernetes-validate
 TRITON_LABELS = {"app.kubernetes.io/name": "triton"}
 
@@ -69,11 +72,53 @@ def test_kustomize_build_is_valid(folder):
         assert "nvidia.com/gpu" not in yaml.safe_dump(one("Deployment", docs)["spec"]["template"]["spec"])
         args = one("Deployment", docs)["spec"]["template"]["spec"]["containers"][0]["args"]
         assert "--allow-gpu-metrics=false" in args and "--allow-gpu-metrics=true" not in args
+        assert not [a for a in args if a.startswith("--model-config-name")]  # the models' own config.pbtxt: KIND_CPU
 
 
-def triton_container() -> dict:
-    containers = one("Deployment")["spec"]["template"]["spec"]["containers"]
+def triton_container(docs: list[dict] | None = None) -> dict:
+    containers = one("Deployment", docs)["spec"]["template"]["spec"]["containers"]
     return next(c for c in containers if c["name"] == "tritonserver")
+
+
+def rendered(folder: Path) -> list[dict]:
+    """kustomize's output for `folder` (kubectl kustomize), or base's files when kubectl is absent (base has no patches)."""
+    if shutil.which("kubectl") is None:
+        assert folder == BASE, "rendering an overlay needs kubectl"
+        return base_resources()
+    out = subprocess.run(["kubectl", "kustomize", str(folder)], check=True, capture_output=True, text=True, timeout=60).stdout
+    return [d for d in yaml.safe_load_all(out) if d]
+
+
+def test_the_gpu_build_serves_the_gpu_model_configs():
+    """k8s/base is the GPU build: the configs it makes Triton load say KIND_GPU and configure TensorRT/CUDA."""
+    from google.protobuf import text_format
+    from tritonclient.grpc import model_config_pb2
+
+    args = triton_container(rendered(BASE))["args"]
+    (config_name,) = [a.split("=", 1)[1] for a in args if a.startswith("--model-config-name=")]
+    loaded = [a.split("=", 1)[1] for a in args if a.startswith("--load-model=")]
+    assert "--model-control-mode=explicit" in args
+    assert sorted(loaded) == sorted(p.parent.name for p in REPOSITORY.glob("*/config.pbtxt"))
+    for model in loaded:
+        path = REPOSITORY / model / "configs" / f"{config_name}.pbtxt"
+        assert path.is_file(), f"{model}: Triton would fall back to config.pbtxt (KIND_CPU) on the GPU node"
+        config = text_format.Parse(path.read_text(), model_config_pb2.ModelConfig())
+        assert [model_config_pb2.ModelInstanceGroup.Kind.Name(g.kind) for g in config.instance_group] == ["KIND_GPU"], model
+        accelerators = [a.name for a in config.optimization.execution_accelerators.gpu_execution_accelerator]
+        assert accelerators == ["tensorrt", "cuda"], model
+        assert config.backend == "onnxruntime" and config.name == model
+    # The GPU build runs where the GPUs are: one per pod, on the GPU node group only.
+    pod = one("Deployment", rendered(BASE))["spec"]["template"]["spec"]
+    assert pod["containers"][0]["resources"]["limits"]["nvidia.com/gpu"] == "1"
+    assert "--allow-gpu-metrics=true" in args
+
+
+def test_the_readme_describes_the_model_control_the_deployment_uses():
+    readme = (K8S / "README.md").read_text()
+    args = triton_container()["args"]
+    mode = next(a.split("=", 1)[1] for a in args if a.startswith("--model-control-mode="))
+    assert f"{mode} model control" in readme
+    assert "--model-config-name=gpu" in readme
 
 
 def test_deployment_runs_pinned_triton_from_s3_on_a_gpu():
@@ -186,3 +231,31 @@ def test_everything_lives_in_the_triton_namespace_but_the_adapter_rules():
             continue
         expected = "monitoring" if doc["metadata"]["name"] == "triton-prometheus-adapter-rules" else namespace
         assert doc["metadata"]["namespace"] == expected, doc["metadata"]["name"]
+
+
+def test_cluster_pieces_are_valid_and_match_the_gpu_node_group():
+    """k8s/cluster (device plugin, monitoring namespace) against the schemas, and the GPU selectors against
+    the node group's labels and taints in infra/platform.yaml."""
+    from radstream.template import load_yaml
+
+    listed = kustomization(CLUSTER)["resources"]
+    assert set(listed) == {p.name for p in CLUSTER.glob("*.yaml")} - {"kustomization.yaml"}
+    docs = [d for name in listed for d in load_documents(CLUSTER / name)]
+    for doc in docs:
+        validate(doc)
+    if shutil.which("kubectl"):
+        for doc in rendered(CLUSTER):
+            validate(doc)
+    plugin = one("DaemonSet", docs)["spec"]["template"]["spec"]
+    node_groups = [r["Properties"] for r in load_yaml(PLATFORM)["Resources"].values() if r["Type"] == "AWS::EKS::Nodegroup"]
+    (gpu_group,) = [g for g in node_groups if "NVIDIA" in g["AmiType"]]
+    taints = [{"key": t["Key"], "operator": "Exists", "effect": {"NO_SCHEDULE": "NoSchedule"}[t["Effect"]]} for t in gpu_group["Taints"]]
+    triton_pod = one("Deployment")["spec"]["template"]["spec"]
+    for pod in (plugin, triton_pod):
+        assert pod["nodeSelector"].items() <= gpu_group["Labels"].items()
+        assert all(t in pod["tolerations"] for t in taints)
+    assert one("Namespace", docs)["metadata"]["name"] == one(
+        "ConfigMap", [d for d in base_resources() if d["metadata"]["name"] == "triton-prometheus-adapter-rules"])["metadata"]["namespace"]
+    values = yaml.safe_load((K8S / "prometheus-values.yaml").read_text())
+    adapter = yaml.safe_load((K8S / "prometheus-adapter-values.yaml").read_text())
+    assert adapter["prometheus"]["url"] == "http://prometheus-server.monitoring.svc" and values["server"]["persistentVolume"]["enabled"] is False

@@ -186,3 +186,20 @@ def test_encoder_retrieves_matching_sentences():
         top = [texts[i] for i in np.argsort(-(emb @ e))[:k]]
         recall.append(len(set(top) & set(p.report_sentences)) / k)
     assert np.mean(recall) > 0.6, np.mean(recall)
+
+
+def test_gpu_configs_differ_from_config_pbtxt_only_in_placement(model):
+    """configs/gpu.pbtxt (what Triton loads on GPU nodes) is config.pbtxt with GPU instances and TensorRT/CUDA."""
+    name, cfg, _ = model
+    gpu = model_config_pb2.ModelConfig()
+    text_format.Parse((REPO / name / "configs" / "gpu.pbtxt").read_text(), gpu)
+    assert [(model_config_pb2.ModelInstanceGroup.Kind.Name(g.kind), g.count) for g in gpu.instance_group] == [("KIND_GPU", 1)]
+    (trt, cuda) = gpu.optimization.execution_accelerators.gpu_execution_accelerator
+    assert trt.name == "tensorrt" and trt.parameters["precision_mode"] == "FP32" and trt.parameters["trt_engine_cache_enable"] == "1"
+    assert cuda.name == "cuda"
+    cpu = model_config_pb2.ModelConfig()
+    cpu.CopyFrom(cfg)  # the fixture's config is shared by the module's tests
+    for config in (gpu, cpu):
+        config.ClearField("instance_group")
+        config.ClearField("optimization")
+    assert gpu == cpu
