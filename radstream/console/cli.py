@@ -52,7 +52,7 @@ def cmd_console(args: argparse.Namespace) -> int:
     if not is_loopback(args.host) and not args.allow_remote:
         raise ConfigurationError(f"--host {args.host} is not a loopback address; the console has no login, so pass --allow-remote to mean it")
     data = console_data(args)
-    data.index.refresh(force=True)  # read every record once before the first page, not during it
+    data.warm()
     server = ConsoleServer(data, args.host, args.port)
     print(f"RadStream console: {server.url}  (read-only; reference models, not for clinical use; Ctrl-C to stop)", flush=True)
     try:

@@ -7,8 +7,12 @@ Athena (AthenaQueryRunner); traces are in X-Ray and metrics in CloudWatch there,
 from __future__ import annotations
 
 import functools
+import logging
+import gzip
 import json
+import os
 import re
+import tempfile
 import threading
 import time
 from collections import OrderedDict
@@ -28,10 +32,31 @@ from shared.errors import ConfigurationError, ObjectNotFound
 from shared.metrics import EmfLog, MetricSummary
 from shared.storage import ObjectStore
 
+_PARTITION = re.compile(r"/dt=(?P<dt>[^/]+)/hour=(?P<hour>[^/]+)/[^/]+$")
 SAFE_STUDY_ID = re.compile(r"^[A-Za-z0-9][A-Za-z0-9._-]{0,127}$")
 RESULT_KEY = re.compile(r"^results/(?P<study>[^/]+)/result\.json$")
 FAILURE_KEY = re.compile(r"^failed/(?P<study>[^/]+)/error\.json$")
 DISPLAY_MAX_SIDE = 2048  # the served picture's longer side; boxes stay in original pixels (the SVG's viewBox)
+
+
+class Background:
+    """Runs `work` in a thread when poked, one run at a time: pages answer from what is loaded and never wait for a listing."""
+
+    def __init__(self, work: Callable[[], Any]) -> None:
+        self.work = work
+        self._running = threading.Lock()
+
+    def poke(self) -> None:
+        if self._running.acquire(blocking=False):
+            threading.Thread(target=self._run, name="radstream-console-refresh", daemon=True).start()
+
+    def _run(self) -> None:
+        try:
+            self.work()
+        except Exception as e:  # the next poke tries again; the page keeps what it had
+            logging.getLogger("radstream.console").warning("background refresh failed: %s: %s", type(e).__name__, e)
+        finally:
+            self._running.release()
 
 
 class LakeSnapshotRunner(DuckDBQueryRunner):
@@ -47,7 +72,9 @@ class LakeSnapshotRunner(DuckDBQueryRunner):
         self.refresh_s = refresh_s
         self._files: set[str] = set()
         self._checked = float("-inf")
-        self._lock = threading.Lock()
+        self._lock = threading.Lock()  # the connection: one statement at a time
+        self._refresh_lock = threading.Lock()
+        self._background = Background(self.refresh)
         schema, table, columns = self.table
         self._columns = {**columns, "dt": "VARCHAR", "hour": "VARCHAR"}
         self._target = f'"{schema}"."{table}"'
@@ -57,24 +84,40 @@ class LakeSnapshotRunner(DuckDBQueryRunner):
         self._con.execute(f"CREATE TABLE {self._target} ({', '.join(f'{chr(34)}{c}{chr(34)} {t}' for c, t in self._columns.items())})")
 
     def refresh(self, force: bool = False) -> int:
-        """Load delivery objects not loaded yet; returns how many. Called before each query, at most every refresh_s."""
-        with self._lock:
+        """Load the delivery objects not loaded yet; returns how many. At most every refresh_s unless forced.
+
+        The objects are unpacked here and handed to DuckDB as one NDJSON file, each line given its object's dt/hour
+        partition as Hive-style paths give them to read_json: DuckDB opening ten thousand small gzip files one by
+        one takes minutes where this takes a second or two.
+        """
+        with self._refresh_lock:
             now = time.monotonic()
             if not force and now - self._checked < self.refresh_s:
                 return 0
             self._checked = now
             found = {str(p) for p in self.lake_root.glob(f"{LAKE_PREFIX}/dt=*/hour=*/*.json.gz")}
             new = sorted(found - self._files)
-            if new:
-                _, _, columns = self.table
-                struct = ", ".join(f"'{c}': '{t}'" for c, t in columns.items())
+            if not new:
+                return 0
+            with tempfile.NamedTemporaryFile("wb", suffix=".ndjson", prefix="radstream-console-lake-") as batch:
+                for path in new:
+                    partition = _PARTITION.search(path.replace(os.sep, "/"))
+                    if not partition:
+                        continue
+                    tail = f',"dt":"{partition["dt"]}","hour":"{partition["hour"]}"}}\n'.encode()
+                    for line in gzip.decompress(Path(path).read_bytes()).splitlines():
+                        line = line.rstrip()
+                        if line.endswith(b"}"):
+                            batch.write(line[:-1] + tail)
+                batch.flush()
+                struct = ", ".join(f"'{c}': '{t}'" for c, t in self._columns.items())
                 names = ", ".join(f'"{c}"' for c in self._columns)
-                paths = "[" + ", ".join("'" + p.replace("'", "''") + "'" for p in new) + "]"
-                self._con.execute(
-                    f"INSERT INTO {self._target} ({names}) SELECT {names} FROM read_json({paths}, format = 'newline_delimited', "
-                    f"compression = 'gzip', columns = {{{struct}}}, hive_partitioning = true, hive_types = {{'dt': 'VARCHAR', 'hour': 'VARCHAR'}})"
-                )
-                self._files.update(new)
+                source = batch.name.replace("'", "''")
+                with self._lock:
+                    self._con.execute(
+                        f"INSERT INTO {self._target} ({names}) SELECT {names} FROM read_json('{source}', format = 'newline_delimited', columns = {{{struct}}})"
+                    )
+            self._files.update(new)
             return len(new)
 
     def run(self, name: str, **params: Any) -> QueryResult:
@@ -85,7 +128,10 @@ class LakeSnapshotRunner(DuckDBQueryRunner):
 
         values = self.query(name).bind(params)
         sql = self.translate(name)
-        self.refresh()
+        if self._checked == float("-inf"):
+            self.refresh()  # the first query waits: nothing is loaded yet
+        else:
+            self._background.poke()  # new objects arrive for a later query; this one answers from what is loaded
         with self._lock:
             try:
                 cursor = self._con.execute(sql, values)
@@ -170,6 +216,8 @@ class StudyIndex:
         self._by_kind: dict[str, dict[str, StudyRow]] = {"result": {}, "failure": {}}
         self._checked = float("-inf")
         self._lock = threading.Lock()
+        self._refresh_lock = threading.Lock()
+        self._background = Background(self.refresh)
 
     def _read(self, key: str) -> tuple[str, StudyRow] | None:
         try:
@@ -182,7 +230,7 @@ class StudyIndex:
             return None
 
     def refresh(self, force: bool = False) -> None:
-        with self._lock:
+        with self._refresh_lock:
             if not force and time.monotonic() - self._checked < self.refresh_s:
                 return
             keys = [k for prefix in ("results/", "failed/") for k in self.store.list_keys(self.bucket, prefix)]
@@ -192,10 +240,11 @@ class StudyIndex:
                     read = list(pool.map(self._read, new))
             else:
                 read = [self._read(k) for k in new]
-            for key, item in zip(new, read):
-                self._seen.add(key)
-                if item:
-                    self._put(*item)
+            with self._lock:
+                for key, item in zip(new, read):
+                    self._seen.add(key)
+                    if item:
+                        self._put(*item)
             self._checked = time.monotonic()
 
     def _put(self, kind: str, row: StudyRow) -> None:
@@ -209,7 +258,10 @@ class StudyIndex:
             self._put(kind, row)
 
     def rows(self) -> list[StudyRow]:
-        self.refresh()
+        if self._checked == float("-inf"):
+            self.refresh()  # the first read waits: there is nothing to answer from yet
+        elif time.monotonic() - self._checked >= self.refresh_s:
+            self._background.poke()  # new records show on a later load; this one answers from the index
         with self._lock:
             return list(self._rows.values())
 
@@ -328,6 +380,15 @@ class ConsoleData:
         self.clock = clock or (lambda: datetime.now(timezone.utc))
         self._images: OrderedDict[str, RenderedImage] = OrderedDict()
         self._images_lock = threading.Lock()
+
+    def warm(self) -> None:
+        """Read every record, lake object and EMF line once, before the first page rather than during it."""
+        self.index.refresh(force=True)
+        refresh = getattr(self.queries.runner, "refresh", None)
+        if refresh:
+            refresh(force=True)
+        if self.emf:
+            self.emf.refresh()
 
     # --- studies ---
     def studies(self, flt: StudyFilter, page: int = 1, per_page: int = 50) -> StudyPage:

@@ -20,6 +20,8 @@ from shared.contracts import NOT_FOR_CLINICAL_USE
 HERE = Path(__file__).resolve().parent
 RANGES = (1, 7, 30, 90)  # days: the named queries' window parameter
 DEFAULT_DAYS = 7
+TABLE_ROWS = 100  # rows of a query shown under its chart; all of them are in its JSON
+MAX_COLUMNS = 300  # time buckets in the throughput chart
 DASHBOARD_QUERIES = ("throughput_per_minute", "latency_per_stage", "error_rate", "model_comparison", "cost_breakdown")
 
 
@@ -39,6 +41,9 @@ class ServerLinks:
 
     def dashboard(self, days: int) -> str:
         return f"/dashboard?days={days}"
+
+    def query_json(self, name: str, days: int) -> str:
+        return f"/query/{name}.json?days={days}"
 
 
 @dataclass
@@ -64,6 +69,9 @@ class StaticLinks:
 
     def dashboard(self, days: int) -> str:
         return f"{self.up}dashboard-{days}d.html"
+
+    def query_json(self, name: str, days: int) -> str:
+        return f"{self.up}query/{name}-{days}d.json"
 
 
 def _fmt(value: Any) -> str:
@@ -112,10 +120,10 @@ class Pages:
         cost = results["cost_breakdown"].as_dicts()
         per_study = [r for r in cost if r["basis"] == "per study"]
         per_1000 = sum(r["usd_per_1000_studies"] or 0 for r in per_study) if any(r["usd_per_1000_studies"] is not None for r in per_study) else None
+        bucket, labels, succeeded, failed = per_bucket(throughput)
         figures = {
             "throughput": charts.columns(
-                "studies finished per minute (UTC)", [r["minute_utc"] for r in throughput],
-                [("succeeded", [r["succeeded"] for r in throughput]), ("failed", [r["failed"] for r in throughput])]),
+                f"studies finished per {bucket} minute{'s' if bucket > 1 else ''} (UTC)", labels, [("succeeded", succeeded), ("failed", failed)]),
             "latency": charts.hbars(
                 "latency per stage (ms)", [r["stage"] + (f" · {r['model_name']}" if r["model_name"] else "") for r in latency],
                 [("p50", [r["p50_ms"] for r in latency]), ("p95", [r["p95_ms"] for r in latency])], " ms"),
@@ -136,7 +144,37 @@ class Pages:
             "prices_as_of": sorted({r["as_of"] for r in cost}),
         }
         return self._render("dashboard.html", links, days=days, results=results, descriptions=descriptions, figures=figures,
-                            totals=totals, metrics=self.data.metrics(days))
+                            totals=totals, metrics=self.data.metrics(days), bucket=bucket, table_rows=TABLE_ROWS)
+
+    def query_json(self, name: str, days: int) -> str:
+        if name not in DASHBOARD_QUERIES:
+            from shared.errors import ObjectNotFound
+
+            raise ObjectNotFound(f"the dashboard has no query {name}")
+        result = self.data.query(name, days=days)
+        return json.dumps({"query": name, "parameters": {"days": days}, "columns": result.columns, "rows": result.as_dicts()}, default=str, indent=1)
+
+
+def per_bucket(throughput: list[dict[str, Any]]) -> tuple[int, list[str], list[float], list[float]]:
+    """throughput_per_minute's rows (only minutes with studies) on a time axis of at most MAX_COLUMNS buckets."""
+    from datetime import datetime
+
+    if not throughput:
+        return 1, [], [], []
+    minutes = [datetime.strptime(r["minute_utc"], "%Y-%m-%d %H:%M") for r in throughput]
+    first = minutes[0]
+    span = int((minutes[-1] - first).total_seconds() // 60) + 1
+    bucket = max(1, -(-span // MAX_COLUMNS))
+    count = -(-span // bucket)
+    succeeded, failed = [0.0] * count, [0.0] * count
+    for minute, row in zip(minutes, throughput):
+        i = int((minute - first).total_seconds() // 60) // bucket
+        succeeded[i] += row["succeeded"]
+        failed[i] += row["failed"]
+    from datetime import timedelta
+
+    labels = [(first + timedelta(minutes=i * bucket)).strftime("%Y-%m-%d %H:%M") for i in range(count)]
+    return bucket, labels, succeeded, failed
 
 
 def boxes(detail: StudyDetail) -> list[dict[str, Any]]:

@@ -6,7 +6,7 @@ from dataclasses import dataclass
 from pathlib import Path
 
 from radstream.console.data import ConsoleData, StudyFilter
-from radstream.console.pages import RANGES, Pages, StaticLinks
+from radstream.console.pages import DASHBOARD_QUERIES, RANGES, Pages, StaticLinks
 from shared.errors import ObjectNotFound
 
 ALL_DAYS = 3650  # the static studies list is every study of the last ten years, not a window
@@ -33,9 +33,12 @@ def write_report(data: ConsoleData, out: Path) -> ReportSummary:
         name = "index.html" if number == 1 else f"studies-{number}.html"
         (out / name).write_text(pages.studies(StaticLinks(), flt, number, PER_PAGE))
         written += 1
+    (out / "query").mkdir(exist_ok=True)
     for days in RANGES:
         (out / f"dashboard-{days}d.html").write_text(pages.dashboard(StaticLinks(), days))
         written += 1
+        for name in DASHBOARD_QUERIES:
+            (out / "query" / f"{name}-{days}d.json").write_text(pages.query_json(name, days))
     images = 0
     rows = data.all_rows()
     for row in rows:

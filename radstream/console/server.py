@@ -96,6 +96,9 @@ class ConsoleHandler(BaseHTTPRequestHandler):
                 self._send(HTTPStatus.OK, image.overlay_png(detail.document.get("detections", [])), "image/png", head)
             elif len(parts) == 3 and parts[0] == "study" and parts[2] in STUDY_FILES:
                 self._send(HTTPStatus.OK, self.server.data.raw(parts[1], parts[2]), STUDY_FILES[parts[2]], head)
+            elif len(parts) == 2 and parts[0] == "query" and parts[1].endswith(".json"):
+                body = pages.query_json(parts[1][: -len(".json")], _int(params, "days", DEFAULT_DAYS, RANGES))
+                self._send(HTTPStatus.OK, body.encode(), "application/json", head)
             elif parts == ["static", "console.css"]:
                 self._send(HTTPStatus.OK, (STATIC / "console.css").read_bytes(), "text/css; charset=utf-8", head)
             else:

@@ -14,7 +14,7 @@ import pytest
 
 from radstream.analytics import DuckDBQueryRunner
 from radstream.cli import main as radstream
-from radstream.console.pages import DASHBOARD_QUERIES
+from radstream.console.pages import DASHBOARD_QUERIES, per_bucket
 
 
 def results(data_dir: Path) -> dict[str, dict]:
@@ -135,7 +135,10 @@ def test_dashboard_numbers_are_the_named_queries_numbers(page, console_url: str,
             rows = page.locator(f'details[data-query="{name}"] tbody tr').all()
             shown = [tuple(json.loads(cell.get_attribute("data-value")) for cell in row.locator("td").all()) for row in rows]
             assert page.locator(f'details[data-query="{name}"] thead th').all_text_contents() == expected.columns
-            assert shown == [tuple(v for v in row) for row in expected.rows], name
+            assert shown == [tuple(v for v in row) for row in expected.rows[:100]], name
+            assert page.locator(f'details[data-query="{name}"]').get_attribute("data-rows") == str(len(expected.rows))
+            everything = page.request.get(console_url + f"query/{name}.json?days={days}").json()
+            assert everything["columns"] == expected.columns and everything["rows"] == expected.as_dicts(), name
         throughput = runner.run("throughput_per_minute", days=days).as_dicts()
         assert page.locator("#total-studies").inner_text() == str(sum(r["studies"] for r in throughput)) == "9"
         cost = runner.run("cost_breakdown", days=days).as_dicts()
@@ -185,3 +188,12 @@ def test_static_report_has_every_page_and_an_overlay_per_study(tmp_path: Path, d
     assert page.locator("tr[data-study]").count() == len(docs) + len(failures(demo_dir))
     page.click("text=Dashboard")
     assert page.url.endswith("dashboard-7d.html") and page.locator("#total-studies").inner_text() == "9"
+
+
+def test_throughput_buckets_keep_every_study_on_a_time_axis() -> None:
+    rows = [{"minute_utc": f"2026-12-0{d} {h:02d}:{m:02d}", "studies": 2, "succeeded": 1, "failed": 1}
+            for d in (1, 2, 3) for h in (0, 11, 23) for m in (0, 59)]
+    bucket, labels, succeeded, failed = per_bucket(rows)
+    assert bucket == 15 and len(labels) == 288 and labels[0] == "2026-12-01 00:00"
+    assert sum(succeeded) == sum(failed) == len(rows)
+    assert per_bucket(rows[:2]) == (1, ["2026-12-01 00:00"] + [f"2026-12-01 00:{m:02d}" for m in range(1, 60)], [1.0] + [0.0] * 58 + [1.0], [1.0] + [0.0] * 58 + [1.0])
