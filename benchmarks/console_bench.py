@@ -181,7 +181,8 @@ def main() -> int:
         process, url, startup_s = start_console(root)
         print(f"console startup (every record, lake object and EMF line read once): {startup_s:.2f} s", flush=True)
         try:
-            measure(url, args.repeat)
+            stored = sorted(p.parent.name for p in (root / "results" / "results").glob("*/result.json"))
+            measure(url, args.repeat, stored[:5], stored[-1])
         finally:
             process.terminate()
             process.wait(10)
@@ -191,14 +192,14 @@ def main() -> int:
     return 0
 
 
-def measure(url: str, repeat: int) -> None:
+def measure(url: str, repeat: int, first_views: list[str], study: str) -> None:
     from playwright.sync_api import sync_playwright
 
     pages = [
         ("studies (first page of 50, last 30 days)", "studies"),
         ("studies, filtered (succeeded, Edema, 7 days)", "studies?status=succeeded&finding=Edema&days=7"),
         ("studies, page 100", "studies?page=100"),
-        ("study (1024x1024 image, boxes, trace)", "study/bench-00042"),
+        ("study (1024x1024 image, boxes, trace)", f"study/{study}"),
         ("dashboard, 7 days", "dashboard?days=7"),
         ("dashboard, 30 days", "dashboard?days=30"),
     ]
@@ -208,9 +209,9 @@ def measure(url: str, repeat: int) -> None:
         page = context.new_page()
         # A study's first view decodes its image (prepare's decoder); later views reuse the decoded picture.
         cold = []
-        for n in (7, 8, 9, 10, 11):
+        for study_id in first_views:
             started = time.perf_counter()
-            page.goto(url + f"study/bench-{n:05d}", wait_until="load")
+            page.goto(url + f"study/{study_id}", wait_until="load")
             cold.append((time.perf_counter() - started) * 1000)
         for name, path in pages:
             server = [http_ms(url + path) for _ in range(repeat)]

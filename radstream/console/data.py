@@ -389,6 +389,8 @@ class ConsoleData:
             refresh(force=True)
         if self.emf:
             self.emf.refresh()
+        import services.prepare.domain  # noqa: F401  (prepare's decoders and their libraries: loaded now, not on the first study view)
+        import services.validate.domain  # noqa: F401
 
     # --- studies ---
     def studies(self, flt: StudyFilter, page: int = 1, per_page: int = 50) -> StudyPage:
