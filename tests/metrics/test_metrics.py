@@ -129,3 +129,43 @@ def test_emf_log_window_excludes_older_hours(tmp_path: Path) -> None:
     everything = [s for s in log.summary() if s.name == "StageDuration"]
     last_day = [s for s in log.summary(since=datetime.now(timezone.utc) - timedelta(days=1)) if s.name == "StageDuration"]
     assert everything[0].samples == 2 and last_day[0].samples == 1 and last_day[0].total == 7.0
+
+
+def emitted() -> set[tuple[str, frozenset[str]]]:
+    """(metric, dimension names) for every metric stage_metrics can emit."""
+    docs = stage_metrics(stage="inference", status="failed", duration_ms=1, error_type="X", findings=FINDINGS, detections=DETECTIONS,
+                         models=[ModelLatency("m", "1", 1.0)], study_status="failed")
+    return {(p.name, frozenset(d for d, _ in p.dimensions)) for doc in docs for p in parse_emf(doc)}
+
+
+def test_the_template_dashboard_and_alarm_use_metrics_the_handlers_emit() -> None:
+    import re
+
+    from radstream.template import Template
+
+    resources = Template().resources
+    body = re.sub(r"\$\{[^}]+\}", "0", resources["OperationsDashboard"]["Properties"]["DashboardBody"]["Fn::Sub"])
+    used: set[tuple[str, frozenset[str]]] = set()
+    for widget in json.loads(body)["widgets"]:
+        previous: list = []
+        for line in widget["properties"]["metrics"]:
+            if isinstance(line[0], dict):  # a SEARCH expression: {Namespace,dim,...} MetricName="..."
+                match = re.search(r"\{(\w+),([\w,]+)\} MetricName=\"(\w+)\"", line[0]["expression"])
+                if match and match[1] == NAMESPACE:
+                    used.add((match[3], frozenset(match[2].split(","))))
+                continue
+            fields = [f for f in line if not isinstance(f, dict)]
+            if fields[0] == "...":
+                fields = previous[: len(previous) - len(fields) + 1] + fields[1:]
+            fields = [p if f == "." else f for f, p in zip(fields, previous + [None] * len(fields))] if "." in fields else fields
+            previous = fields
+            if fields[0] == NAMESPACE:
+                used.add((fields[1], frozenset(fields[2::2])))
+    alarm = resources["StageLatencyTargetAlarm"]["Properties"]
+    for m in alarm["Metrics"]:
+        if "MetricStat" in m:
+            metric = m["MetricStat"]["Metric"]
+            assert metric["Namespace"] == NAMESPACE
+            used.add((metric["MetricName"], frozenset(d["Name"] for d in metric["Dimensions"])))
+    assert {name for name, _ in used} >= {"StageDuration", "StudiesSucceeded", "StudiesFailed", "PositiveFindings", "ModelLatency", "StageErrors"}
+    assert used <= emitted(), used - emitted()
