@@ -197,3 +197,18 @@ def test_throughput_buckets_keep_every_study_on_a_time_axis() -> None:
     assert bucket == 15 and len(labels) == 288 and labels[0] == "2026-12-01 00:00"
     assert sum(succeeded) == sum(failed) == len(rows)
     assert per_bucket(rows[:2]) == (1, ["2026-12-01 00:00"] + [f"2026-12-01 00:{m:02d}" for m in range(1, 60)], [1.0] + [0.0] * 58 + [1.0], [1.0] + [0.0] * 58 + [1.0])
+
+
+def test_every_picture_is_prepare_s_decoding_whatever_the_container(page, console_url: str, demo_dir: Path) -> None:
+    """8-bit and 16-bit PNG, JPEG, RGB PNG and the 12-bit MONOCHROME1 DICOM: the served picture is prepare's decoded pixels."""
+    from services.prepare.domain import decode_dicom, decode_raster
+
+    containers = set()
+    for study_id, doc in results(demo_dir).items():
+        raw = (demo_dir / doc["input"]["image"]["bucket"] / doc["input"]["image"]["key"]).read_bytes()
+        decoded = decode_dicom(raw, study_id) if raw[128:132] == b"DICM" else decode_raster(raw, study_id)
+        containers.add((Path(doc["input"]["image"]["key"]).suffix, decoded.bit_depth, decoded.photometric))
+        expected = np.round(np.clip(decoded.pixels, 0, 1) * 255).astype(np.uint8)
+        served = cv2.imdecode(np.frombuffer(page.request.get(console_url + f"study/{study_id}/image.png").body(), np.uint8), cv2.IMREAD_UNCHANGED)
+        assert served.dtype == np.uint8 and np.array_equal(served, expected), study_id
+    assert {(".png", 8, "MONOCHROME2"), (".png", 16, "MONOCHROME2"), (".jpg", 8, "MONOCHROME2"), (".dcm", 12, "MONOCHROME1")} <= containers

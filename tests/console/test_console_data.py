@@ -78,3 +78,17 @@ def test_console_cli_refuses_a_remote_bind_a_missing_data_dir_and_aws_without_at
     assert "radstream demo" in capsys.readouterr().err
     assert radstream(["report", "--backend", "aws", "--out", str(tmp_path / "r")]) == 2
     assert "--workgroup" in capsys.readouterr().err
+
+
+def test_timeline_shows_each_attempt_so_a_retry_is_visible() -> None:
+    from radstream.console.charts import timeline
+
+    document = {"start_time": 100.0, "end_time": 100.5, "subsegments": [
+        {"name": "ValidateMetadata", "start_time": 100.0, "end_time": 100.01},
+        {"name": "PrepareTensors", "start_time": 100.01, "end_time": 100.05, "error": True, "cause": {"exceptions": [{"type": "StorageUnavailable"}]}},
+        {"name": "PrepareTensors", "start_time": 100.25, "end_time": 100.45},
+    ]}
+    svg = str(timeline(document))
+    assert svg.count('data-task="PrepareTensors"') == 2
+    assert 'class="attempt failed" data-task="PrepareTensors" data-status="StorageUnavailable"' in svg
+    assert 'data-task="PrepareTensors" data-status="ok"' in svg and "500 ms" in svg
