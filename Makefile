@@ -7,7 +7,7 @@ BIN := $(VENV)/bin
 STAMP := $(VENV)/.installed
 REQUIREMENTS := requirements-dev.txt $(wildcard requirements-*.txt) shared/requirements.txt $(wildcard services/*/requirements.txt) pyproject.toml
 
-.PHONY: venv venv-train dcmtk demo test test-unit test-torch models bench schemas clean
+.PHONY: venv venv-train dcmtk demo test test-unit test-torch models bench schemas clean chromium screenshots
 
 $(STAMP): $(REQUIREMENTS)
 	test -x $(BIN)/python || $(PYTHON) -m venv $(VENV)
@@ -29,8 +29,16 @@ demo: venv
 dcmtk:
 	@command -v dcmcjpeg >/dev/null 2>&1 || { $(SUDO) apt-get update -qq && $(SUDO) apt-get install -y --no-install-recommends dcmtk; }
 
-test: venv dcmtk
+test: venv dcmtk chromium
 	RADSTREAM_IMAGE_TESTS=1 $(BIN)/python -m pytest -q
+
+# The console's browser tests drive Debian's Chromium through playwright (never `playwright install`: no browser download).
+chromium:
+	command -v chromium >/dev/null || (apt-get update && DEBIAN_FRONTEND=noninteractive apt-get install -y --no-install-recommends chromium)
+
+# The README's screenshots, made by the browser tests.
+screenshots: venv chromium
+	RADSTREAM_UPDATE_SCREENSHOTS=1 $(BIN)/python -m pytest -q tests/console
 
 # The tests that need torch (training, torchxrayvision import) use their own virtual environment.
 .venv-train/.installed: training/requirements.txt

@@ -16,6 +16,7 @@ from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, T
 from rich.table import Table
 
 from radstream.analytics import add_query_parser
+from radstream.console.cli import add_console_parsers
 from shared.errors import RadStreamError
 from shared.settings import DEFAULT_MODEL_REPOSITORY, Settings
 
@@ -236,6 +237,7 @@ def parser() -> argparse.ArgumentParser:
     trace.set_defaults(func=cmd_trace)
 
     add_query_parser(sub)
+    add_console_parsers(sub)
     return root
 
 

@@ -90,10 +90,18 @@ class LocalObjectStore:
 
     def list_keys(self, bucket: str, prefix: str = "") -> list[str]:
         base = self.root / bucket
-        if not base.is_dir():
+        # Walk only the folder the prefix names (results/ of a bucket holding failed/ too), with scandir: a
+        # listing of tens of thousands of keys costs a directory walk, not a stat and a Path per file.
+        folder = prefix.rsplit("/", 1)[0] if "/" in prefix else ""
+        start = base / folder if folder and ".." not in folder.split("/") else base
+        if not start.is_dir():
             return []
+        keys = []
         with _disk(f"listing s3://{bucket}/{prefix}"):
-            keys = [p.relative_to(base).as_posix() for p in base.rglob("*") if p.is_file() and not p.name.startswith(".tmp-")]
+            for dirpath, _, filenames in os.walk(start):
+                rel = os.path.relpath(dirpath, base).replace(os.sep, "/")
+                rel = "" if rel == "." else rel + "/"
+                keys.extend(rel + name for name in filenames if not name.startswith(".tmp-"))
         return sorted(k for k in keys if k.startswith(prefix))
 
     def delete(self, bucket: str, key: str) -> None:

@@ -22,7 +22,8 @@ from shared.observability import telemetry_record
 from shared.storage import LocalObjectStore
 from shared.telemetry import LocalLakeSink
 
-QUERIES = ["p95_latency_per_stage", "throughput_per_minute", "error_rate", "model_comparison", "cost_per_1000_studies"]
+QUERIES = ["p95_latency_per_stage", "throughput_per_minute", "error_rate", "model_comparison", "cost_per_1000_studies",
+           "latency_per_stage", "study_end_to_end", "cost_breakdown"]  # the last three: the console's (tests/console)
 # The prices cost_per_1000_studies states as named constants (us-east-1 list prices, 512 MB functions).
 USD_PER_GB_SECOND, LAMBDA_GB, USD_PER_REQUEST, USD_PER_TRANSITION, TRANSITIONS_PER_STUDY = 0.0000166667, 0.5, 0.0000002, 0.000025, 8
 
@@ -160,6 +161,8 @@ def test_every_named_query_transpiles_and_runs_on_an_empty_lake(tmp_path: Path, 
             "studies": 0, "lambda_requests": 0, "lambda_gb_seconds": 0.0, "lambda_compute_usd": 0.0, "lambda_request_usd": 0.0,
             "step_functions_usd": 0.0, "total_usd": 0.0, "usd_per_1000_studies": None,
         }]
+    elif name == "cost_breakdown":  # the price table's rows, with no usage
+        assert result.rows and all(row["studies"] == 0 and (row["usd"] == 0) == (row["basis"] == "per study") for row in result.as_dicts())
     else:
         assert result.rows == []
 

@@ -1,0 +1,186 @@
+"""The console's three pages, rendered by Jinja2 from ConsoleData; the live server and the static report share them.
+
+Only the links differ: `ServerLinks` point at the server's routes, `StaticLinks` at the report's files.
+"""
+from __future__ import annotations
+
+import json
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+from urllib.parse import quote, urlencode
+
+import numpy as np
+from jinja2 import Environment, FileSystemLoader, StrictUndefined, select_autoescape
+
+from radstream.console import charts
+from radstream.console.data import ConsoleData, StudyDetail, StudyFilter
+from shared.contracts import NOT_FOR_CLINICAL_USE
+
+HERE = Path(__file__).resolve().parent
+RANGES = (1, 7, 30, 90)  # days: the named queries' window parameter
+DEFAULT_DAYS = 7
+TABLE_ROWS = 100  # rows of a query shown under its chart; all of them are in its JSON
+MAX_COLUMNS = 300  # time buckets in the throughput chart
+DASHBOARD_QUERIES = ("throughput_per_minute", "latency_per_stage", "error_rate", "model_comparison", "cost_breakdown")
+
+
+class ServerLinks:
+    static = False
+    css = "/static/console.css"
+
+    def studies(self, **params: Any) -> str:
+        query = urlencode({k: v for k, v in params.items() if v not in ("", None)})
+        return "/studies" + ("?" + query if query else "")
+
+    def study(self, study_id: str) -> str:
+        return f"/study/{quote(study_id)}"
+
+    def study_file(self, study_id: str, name: str) -> str:
+        return f"/study/{quote(study_id)}/{name}"
+
+    def dashboard(self, days: int) -> str:
+        return f"/dashboard?days={days}"
+
+    def query_json(self, name: str, days: int) -> str:
+        return f"/query/{name}.json?days={days}"
+
+
+@dataclass
+class StaticLinks:
+    """Relative links between the report's files: index.html, studies-N.html, dashboard-Nd.html at the top,
+    study/<id>.html and study/<id>/<file> below it. `up` is "../" on a study page."""
+
+    up: str = ""
+    static = True
+
+    @property
+    def css(self) -> str:
+        return f"{self.up}console.css"
+
+    def studies(self, page: int = 1, **_: Any) -> str:
+        return f"{self.up}index.html" if page == 1 else f"{self.up}studies-{page}.html"
+
+    def study(self, study_id: str) -> str:
+        return f"{self.up}study/{quote(study_id)}.html"
+
+    def study_file(self, study_id: str, name: str) -> str:
+        return f"{self.up}study/{quote(study_id)}/{name}"
+
+    def dashboard(self, days: int) -> str:
+        return f"{self.up}dashboard-{days}d.html"
+
+    def query_json(self, name: str, days: int) -> str:
+        return f"{self.up}query/{name}-{days}d.json"
+
+
+def _fmt(value: Any) -> str:
+    if value is None:
+        return "—"
+    if isinstance(value, float):
+        if abs(value) < 1:
+            return np.format_float_positional(value, trim="-")
+        return f"{value:,.2f}".rstrip("0").rstrip(".")
+    return str(value)
+
+
+def environment() -> Environment:
+    env = Environment(loader=FileSystemLoader(HERE / "templates"), autoescape=select_autoescape(["html"]), undefined=StrictUndefined,
+                      trim_blocks=True, lstrip_blocks=True)
+    env.filters["fmt"] = _fmt
+    env.filters["raw_value"] = lambda v: json.dumps(v, default=str)
+    env.globals["NOT_FOR_CLINICAL_USE"] = NOT_FOR_CLINICAL_USE
+    return env
+
+
+class Pages:
+    def __init__(self, data: ConsoleData) -> None:
+        self.data = data
+        self.env = environment()
+
+    def _render(self, template: str, links: Any, **context: Any) -> str:
+        return self.env.get_template(template).render(links=links, mode=self.data.mode, ranges=RANGES, **context)
+
+    def studies(self, links: Any, flt: StudyFilter, page: int = 1, per_page: int = 50) -> str:
+        result = self.data.studies(flt, page, per_page)
+        return self._render("studies.html", links, page=result, flt=flt)
+
+    def study(self, links: Any, study_id: str) -> str:
+        detail = self.data.study(study_id)
+        return self._render("study.html", links, s=detail, doc=detail.document, boxes=boxes(detail),
+                            timeline=charts.timeline(detail.trace) if detail.trace else None)
+
+    def dashboard(self, links: Any, days: int = DEFAULT_DAYS) -> str:
+        results = {name: self.data.query(name, days=days) for name in DASHBOARD_QUERIES}
+        descriptions = {name: self.data.queries.description(name) for name in DASHBOARD_QUERIES}
+        throughput = results["throughput_per_minute"].as_dicts()
+        latency = results["latency_per_stage"].as_dicts()
+        errors = [r for r in results["error_rate"].as_dicts() if r["error_type"]]
+        models = results["model_comparison"].as_dicts()
+        cost = results["cost_breakdown"].as_dicts()
+        per_study = [r for r in cost if r["basis"] == "per study"]
+        per_1000 = sum(r["usd_per_1000_studies"] or 0 for r in per_study) if any(r["usd_per_1000_studies"] is not None for r in per_study) else None
+        bucket, labels, succeeded, failed = per_bucket(throughput)
+        figures = {
+            "throughput": charts.columns(
+                f"studies finished per {bucket} minute{'s' if bucket > 1 else ''} (UTC)", labels, [("succeeded", succeeded), ("failed", failed)]),
+            "latency": charts.hbars(
+                "latency per stage (ms)", [r["stage"] + (f" · {r['model_name']}" if r["model_name"] else "") for r in latency],
+                [("p50", [r["p50_ms"] for r in latency]), ("p95", [r["p95_ms"] for r in latency])], " ms"),
+            "errors": charts.hbars(
+                "error rate by stage and type", [f"{r['stage']} · {r['error_type']}" for r in errors],
+                [("error rate %", [100 * r["error_rate"] for r in errors])], " %"),
+            "models": charts.hbars(
+                "model latency (ms)", [f"{r['model_name']} v{r['model_version']}" for r in models],
+                [("p50", [r["p50_ms"] for r in models]), ("p95", [r["p95_ms"] for r in models])], " ms"),
+            "cost": charts.hbars(
+                "USD per 1,000 studies by item", [f"{r['service']} · {r['item']}" for r in per_study],
+                [("USD / 1,000 studies", [r["usd_per_1000_studies"] for r in per_study])]),
+        }
+        totals = {
+            "studies": sum(r["studies"] for r in throughput), "succeeded": sum(r["succeeded"] for r in throughput),
+            "failed": sum(r["failed"] for r in throughput), "usd_per_1000": per_1000,
+            "usd_per_day_standing": sum(r["usd"] or 0 for r in cost if r["basis"] == "per day"),
+            "prices_as_of": sorted({r["as_of"] for r in cost}),
+        }
+        return self._render("dashboard.html", links, days=days, results=results, descriptions=descriptions, figures=figures,
+                            totals=totals, metrics=self.data.metrics(days), bucket=bucket, table_rows=TABLE_ROWS)
+
+    def query_json(self, name: str, days: int) -> str:
+        if name not in DASHBOARD_QUERIES:
+            from shared.errors import ObjectNotFound
+
+            raise ObjectNotFound(f"the dashboard has no query {name}")
+        result = self.data.query(name, days=days)
+        return json.dumps({"query": name, "parameters": {"days": days}, "columns": result.columns, "rows": result.as_dicts()}, default=str, indent=1)
+
+
+def per_bucket(throughput: list[dict[str, Any]]) -> tuple[int, list[str], list[float], list[float]]:
+    """throughput_per_minute's rows (only minutes with studies) on a time axis of at most MAX_COLUMNS buckets."""
+    from datetime import datetime
+
+    if not throughput:
+        return 1, [], [], []
+    minutes = [datetime.strptime(r["minute_utc"], "%Y-%m-%d %H:%M") for r in throughput]
+    first = minutes[0]
+    span = int((minutes[-1] - first).total_seconds() // 60) + 1
+    bucket = max(1, -(-span // MAX_COLUMNS))
+    count = -(-span // bucket)
+    succeeded, failed = [0.0] * count, [0.0] * count
+    for minute, row in zip(minutes, throughput):
+        i = int((minute - first).total_seconds() // 60) // bucket
+        succeeded[i] += row["succeeded"]
+        failed[i] += row["failed"]
+    from datetime import timedelta
+
+    labels = [(first + timedelta(minutes=i * bucket)).strftime("%Y-%m-%d %H:%M") for i in range(count)]
+    return bucket, labels, succeeded, failed
+
+
+def boxes(detail: StudyDetail) -> list[dict[str, Any]]:
+    """The detector's boxes in original pixels (x, y, width, height), as the SVG draws them."""
+    out = []
+    for i, d in enumerate(detail.document.get("detections", [])):
+        x1, y1, x2, y2 = d["box"]
+        out.append({"i": i, "label": d["label"], "score": d["score"], "x": x1, "y": y1, "w": x2 - x1, "h": y2 - y1})
+    return out

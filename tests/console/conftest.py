@@ -1,0 +1,112 @@
+"""The console's test rig: the demo studies run into a data dir, `radstream console` started on a free loopback port,
+and Debian's Chromium driven by Playwright (no browser download: /usr/bin/chromium, which `make test` installs).
+
+Chromium that cannot start fails the tests: it does not skip them.
+"""
+from __future__ import annotations
+
+import json
+import os
+import re
+import subprocess
+import sys
+import tempfile
+import threading
+from collections.abc import Iterator
+from pathlib import Path
+
+import pytest
+
+from radstream.cli import main as radstream
+from shared.metrics import LocalEmfFile, ModelLatency, stage_metrics
+
+ROOT = Path(__file__).resolve().parents[2]
+CHROMIUM = os.environ.get("RADSTREAM_CHROMIUM", "/usr/bin/chromium")
+CHROMIUM_ARGS = [
+    "--headless", "--no-sandbox", "--disable-gpu", "--disable-quic", "--no-first-run", "--disable-background-networking",
+    "--disable-component-update", "--disable-sync",
+]
+START_DEADLINE_S = 60.0
+
+
+@pytest.fixture(scope="session")
+def demo_dir(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    """The demo's studies (valid ones, a MONOCHROME1 DICOM, four broken on purpose) run by the CLI into a fresh data dir."""
+    data_dir = tmp_path_factory.mktemp("console-data")
+    for var in ("RADSTREAM_BACKEND", "RADSTREAM_DATA_DIR", "RESULTS_BUCKET", "TELEMETRY_BUCKET", "IMAGES_BUCKET", "ARTIFACTS_BUCKET"):
+        os.environ.pop(var, None)
+    assert radstream(["demo", "--count", "4", "--data-dir", str(data_dir), "--quiet", "--json"]) == 0
+    # EMF lines as the handlers' wrapper writes them locally (shared.metrics), one set per stored result.
+    emf = LocalEmfFile(data_dir)
+    for path in sorted((data_dir / "results" / "results").glob("*/result.json")):
+        result = json.loads(path.read_text())
+        emf.write(stage_metrics(stage="store", status="succeeded", duration_ms=float(result["timings_ms"]["study"]), findings=result["findings"],
+                                detections=result["detections"], study_status="succeeded", study_id=result["study_id"],
+                                models=[ModelLatency(m["name"], m["version"], 1.0) for m in result["models"].values()]))
+    return data_dir
+
+
+@pytest.fixture(scope="session")
+def console_url(demo_dir: Path) -> Iterator[str]:
+    """`radstream console` as a user starts it, on a free port; its first line names the URL."""
+    process = subprocess.Popen(
+        [sys.executable, "-m", "radstream.cli", "console", "--data-dir", str(demo_dir)], cwd=ROOT,
+        stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True, env={k: v for k, v in os.environ.items() if not k.startswith("RADSTREAM_")},
+    )
+    lines: list[str] = []
+    reader = threading.Thread(target=lambda: lines.append(process.stdout.readline()), daemon=True)
+    reader.start()
+    reader.join(START_DEADLINE_S)
+    if not lines or not re.search(r"http://127\.0\.0\.1:\d+/", lines[0]):
+        process.kill()
+        pytest.fail(f"radstream console did not print its URL within {START_DEADLINE_S:.0f} s: {lines!r} {process.stderr.read()[-2000:]}")
+    try:
+        yield re.search(r"http://127\.0\.0\.1:\d+/", lines[0]).group(0)
+    finally:
+        process.terminate()
+        try:
+            process.wait(10)
+        except subprocess.TimeoutExpired:
+            process.kill()
+
+
+@pytest.fixture(scope="session")
+def browser_context() -> Iterator[object]:
+    try:
+        from playwright.sync_api import sync_playwright
+    except ImportError as e:  # a dev dependency: requirements-dev.txt pins it
+        pytest.fail(f"playwright is not installed ({e}); run make venv")
+    if not Path(CHROMIUM).exists():
+        pytest.fail(f"no Chromium at {CHROMIUM}: `make test` installs Debian's chromium package (apt-get install chromium)")
+    with sync_playwright() as p, tempfile.TemporaryDirectory(prefix="radstream-chromium-") as profile:
+        try:
+            context = p.chromium.launch_persistent_context(
+                profile, executable_path=CHROMIUM, headless=True, args=CHROMIUM_ARGS, timeout=START_DEADLINE_S * 1000,
+                viewport={"width": 1300, "height": 900},
+            )
+        except Exception as e:
+            pytest.fail(f"Chromium ({CHROMIUM}) did not start: {type(e).__name__}: {e}")
+        context.set_default_timeout(30_000)
+        try:
+            yield context
+        finally:
+            context.close()
+
+
+@pytest.fixture
+def page(browser_context) -> Iterator[object]:
+    page = browser_context.new_page()
+    try:
+        yield page
+    finally:
+        page.close()
+
+
+@pytest.fixture(scope="session")
+def screenshots(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    """docs/img when RADSTREAM_UPDATE_SCREENSHOTS=1 (how the README's pictures are made), else a temporary folder."""
+    if os.environ.get("RADSTREAM_UPDATE_SCREENSHOTS") == "1":
+        folder = ROOT / "docs" / "img"
+        folder.mkdir(parents=True, exist_ok=True)
+        return folder
+    return tmp_path_factory.mktemp("screenshots")
