@@ -298,6 +298,9 @@ def test_an_execution_that_never_finished_is_not_counted(tmp_path: Path) -> None
     runner = DuckDBQueryRunner(tmp_path / "telemetry")
     for name in QUERIES:
         rows = runner.run(name).as_dicts()
+        if name == "cost_breakdown":  # the price table, with no usage: only the standing per-day cost remains
+            assert rows and all(r["studies"] == 0 and (r["quantity"] == 0 or r["basis"] == "per day") for r in rows), rows
+            continue
         assert rows == ([] if name != "cost_per_1000_studies" else [rows[0] | {"studies": 0, "lambda_requests": 0, "lambda_gb_seconds": 0.0}]), name
 
 
