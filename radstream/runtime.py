@@ -31,6 +31,7 @@ from shared import wiring
 from shared.contracts import FailureRecord, ObjectRef
 from shared.errors import ConfigurationError, FailureNotRecorded, ObjectNotFound, RadStreamError, StudyConflict, is_transient
 from shared.messages import INCOMING, study_id_from_key
+from shared.metrics import LocalEmfFile
 from shared.observability import StageHandler, code_location, logger, logs_to
 from shared.settings import Settings
 from shared.sidecar import parse_sidecar_bytes
@@ -163,6 +164,7 @@ class LocalRuntime:
         self.store = wiring.object_store(settings)
         (settings.data_dir / "logs").mkdir(exist_ok=True)
         self._log_file = open(settings.data_dir / "logs" / "radstream.log", "a")  # noqa: SIM115 - held for the runtime's life
+        self._metrics = LocalEmfFile(settings.data_dir)  # the EMF lines Lambda would print, captured for the console
         self.template = Template(template_path)
         self.rules = self.template.event_rules(settings.to_env())
         self.machine = StateMachine(self.template.definition(), self.invoke, sleep=sleep, max_workers=8)
@@ -203,7 +205,7 @@ class LocalRuntime:
         """
         handler, deps = self.binding(resource)
         with logs_to(self._log_file):
-            output = handler.invoke(payload, LambdaContext(function_name=resource.rsplit(":", 1)[-1]), deps)
+            output = handler.invoke(payload, LambdaContext(function_name=resource.rsplit(":", 1)[-1]), deps, self._metrics)
         encoded = json.dumps(output)
         if len(encoded) > MAX_PAYLOAD_BYTES:
             raise StatesError("States.DataLimitExceeded", f"task {context.state_name} returned {len(encoded)} bytes, over Step Functions' 256 KB")

@@ -26,7 +26,8 @@ from pydantic import ValidationError
 
 from shared.contracts import ModelRef, Stage, TelemetryRecord
 from shared.errors import MalformedEvent, RadStreamError
-from shared.messages import StageOutput, study_id_from_key
+from shared.messages import ModelOutput, RecordedFailure, StageOutput, StoredResult, study_id_from_key
+from shared.metrics import EmfWriter, ModelLatency, StdoutEmf, stage_metrics
 from shared.settings import Settings
 
 _log_target: ContextVar[IO[str] | None] = ContextVar("radstream_log_target", default=None)
@@ -119,6 +120,7 @@ class StageHandler(Generic[D]):
         self.run = run
         self.build = build
         self._lambda_deps: D | None = None
+        self._lambda_metrics = StdoutEmf()  # in Lambda, EMF lines in the log stream become CloudWatch metrics
         self._lock = threading.Lock()
         self._warm: set[int] = set()  # ids of the dependency sets that have served an invocation
         self._traced = tracer.capture_lambda_handler(capture_response=False, capture_error=False)(self._invoke)
@@ -128,12 +130,21 @@ class StageHandler(Generic[D]):
             with self._lock:
                 if self._lambda_deps is None:
                     self._lambda_deps = self.build(Settings.from_env())
-        return self.invoke(event, context, self._lambda_deps)
+        return self.invoke(event, context, self._lambda_deps, self._lambda_metrics)
 
-    def invoke(self, event: dict[str, Any], context: Any, deps: D) -> dict[str, Any]:
-        return self._traced(event, context, deps=deps)
+    def invoke(self, event: dict[str, Any], context: Any, deps: D, metrics: EmfWriter | None = None) -> dict[str, Any]:
+        """Run the stage with these dependencies; its EMF metrics go to `metrics` (none: not emitted)."""
+        return self._traced(event, context, deps=deps, metrics=metrics)
 
-    def _invoke(self, event: dict[str, Any], context: Any, *, deps: D) -> dict[str, Any]:
+    def _emit(self, metrics: EmfWriter | None, **values: Any) -> None:
+        if metrics is None:
+            return
+        try:
+            metrics.write(stage_metrics(stage=self.stage, **values))
+        except Exception as e:  # noqa: BLE001 - a metric that cannot be written never fails a study
+            logger.warning("metrics not written", error_type=type(e).__name__)
+
+    def _invoke(self, event: dict[str, Any], context: Any, *, deps: D, metrics: EmfWriter | None = None) -> dict[str, Any]:
         with self._lock:
             cold_start = id(deps) not in self._warm
             self._warm.add(id(deps))
@@ -157,11 +168,15 @@ class StageHandler(Generic[D]):
             except RadStreamError as e:
                 tracer.put_annotation(key="error_type", value=e.error_name)
                 logger.warning("stage failed", error_type=e.error_name, retryable=e.retryable, reason=str(e))
+                self._emit(metrics, status="failed", duration_ms=(time.perf_counter() - started) * 1000, error_type=e.error_name,
+                           study_id=study_id, execution_id=execution_id)
                 raise
             except Exception as e:
                 # Our own bug or a library's: name it and where it came from, never its message (it could carry data).
                 tracer.put_annotation(key="error_type", value=type(e).__name__)
                 logger.error("stage failed unexpectedly", error_type=type(e).__name__, code_path=code_location(e))
+                self._emit(metrics, status="failed", duration_ms=(time.perf_counter() - started) * 1000, error_type=type(e).__name__,
+                           study_id=study_id, execution_id=execution_id)
                 raise
             duration_ms = (time.perf_counter() - started) * 1000
             record = telemetry_record(
@@ -170,8 +185,24 @@ class StageHandler(Generic[D]):
                 bytes_out=output.bytes_out, cold_start=cold_start,
             )
             logger.info("stage succeeded", duration_ms=record.duration_ms, bytes_out=output.bytes_out)
+            self._emit(metrics, **_output_metrics(output, duration_ms), study_id=output.study_id, execution_id=execution_id)
             payload = output.model_dump(mode="json", exclude_none=True)
             payload["telemetry"] = record.model_dump(mode="json")
             return payload
         finally:
             logger.thread_safe_clear_keys()
+
+
+def _output_metrics(output: StageOutput, duration_ms: float) -> dict[str, Any]:
+    """What a succeeded stage's output says in metrics: sizes, and per kind its findings, boxes, model latency or study end."""
+    values: dict[str, Any] = {"status": "succeeded", "duration_ms": duration_ms, "bytes_in": output.bytes_in, "bytes_out": output.bytes_out}
+    if isinstance(output, ModelOutput):
+        values["findings"] = [f.model_dump() for f in output.findings or []]
+        values["detections"] = [d.model_dump() for d in output.detections or []]
+        if output.model:
+            values["models"] = [ModelLatency(output.model.name, output.model.version, duration_ms)]
+    elif isinstance(output, StoredResult):
+        values["study_status"] = "succeeded"
+    elif isinstance(output, RecordedFailure):
+        values["study_status"] = "failed"
+    return values

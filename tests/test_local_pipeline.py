@@ -196,3 +196,22 @@ def test_resume_runs_what_a_crash_left_between_upload_and_result(tmp_path):
     finally:
         restarted.close()
     assert sorted(p.parent.name for p in (tmp_path / "data" / "results" / "results").rglob("result.json")) == ["demo-001", "demo-002"]
+
+
+def test_the_handlers_emit_emf_metrics_that_agree_with_the_outcomes(demo):
+    """Powertools EMF from every stage invocation, captured to metrics/ as Lambda's log stream would carry them."""
+    from shared.metrics import parse_emf
+
+    data_dir, outcomes = demo
+    points = [p for f in sorted((data_dir / "metrics").glob("emf-*.jsonl")) for line in f.read_text().splitlines() for p in parse_emf(json.loads(line))]
+    total = Counter()
+    for p in points:
+        total[p.name] += sum(p.values)
+    assert total["StudiesSucceeded"] == sum(o.status == "succeeded" for o in outcomes.values())
+    assert total["StudiesFailed"] == sum(o.status == "failed" for o in outcomes.values())
+    stages = {dict(p.dimensions).get("stage") for p in points if p.name == "StageDuration"}
+    assert stages == {"validate", "prepare", "inference", "store", "telemetry"}
+    assert {dict(p.dimensions)["model"] for p in points if p.name == "ModelLatency"} == {"chest_xray_classifier", "anomaly_detector", "report_encoder"}
+    assert all(("study_id", o) not in p.dimensions for p in points for o in outcomes), "study ids are metadata, never dimensions"
+    errors = {dict(p.dimensions)["error_type"] for p in points if p.name == "StageErrors"}
+    assert errors == {"InvalidStudy", "InvalidImage"}
