@@ -63,7 +63,7 @@ def matrix(tmp_path_factory):
         probabilities = np.array([f.probability for f in outputs["classifier"].findings])
         rows.append({"name": name, "lossy": lossy, "rule": prepared.original.intensity_rule, "p": probabilities,
                      "labels": [f.label for f in outputs["classifier"].findings],
-                     "boxes": len(outputs["detector"].detections or []), "impression": outputs["encoder"].impression[0].text})
+                     "boxes": len(outputs["detector"].detections or []), "impression": outputs["encoder"].candidates[0].text})
     return rows
 
 

@@ -18,7 +18,6 @@ from pathlib import Path
 import pytest
 
 from radstream.cli import main as radstream
-from shared.metrics import LocalEmfFile, ModelLatency, stage_metrics
 
 ROOT = Path(__file__).resolve().parents[2]
 CHROMIUM = os.environ.get("RADSTREAM_CHROMIUM", "/usr/bin/chromium")
@@ -36,13 +35,7 @@ def demo_dir(tmp_path_factory: pytest.TempPathFactory) -> Path:
     for var in ("RADSTREAM_BACKEND", "RADSTREAM_DATA_DIR", "RESULTS_BUCKET", "TELEMETRY_BUCKET", "IMAGES_BUCKET", "ARTIFACTS_BUCKET"):
         os.environ.pop(var, None)
     assert radstream(["demo", "--count", "4", "--data-dir", str(data_dir), "--quiet", "--json"]) == 0
-    # EMF lines as the handlers' wrapper writes them locally (shared.metrics), one set per stored result.
-    emf = LocalEmfFile(data_dir)
-    for path in sorted((data_dir / "results" / "results").glob("*/result.json")):
-        result = json.loads(path.read_text())
-        emf.write(stage_metrics(stage="store", status="succeeded", duration_ms=float(result["timings_ms"]["study"]), findings=result["findings"],
-                                detections=result["detections"], study_status="succeeded", study_id=result["study_id"],
-                                models=[ModelLatency(m["name"], m["version"], 1.0) for m in result["models"].values()]))
+    assert list((data_dir / "metrics").glob("emf-*.jsonl")), "the handlers captured their EMF lines"
     return data_dir
 
 
