@@ -5,7 +5,6 @@ Chromium that cannot start fails the tests: it does not skip them.
 """
 from __future__ import annotations
 
-import json
 import os
 import re
 import subprocess
