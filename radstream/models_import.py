@@ -96,14 +96,7 @@ dynamic_batching {{
   preferred_batch_size: [ 4, 8, 16 ]
   max_queue_delay_microseconds: 2000
 }}
-# CPU here and in the embedded runtime; on EKS the deployment overlay sets kind: KIND_GPU.
-instance_group [
-  {{
-    kind: KIND_CPU
-    count: 1
-  }}
-]
-parameters: {{
+{placement}parameters: {{
   key: "radstream.normalization"
   value: {{ string_value: "{norm}" }}
 }}
@@ -118,6 +111,49 @@ parameters: {{
 """
 
 
+_PLACEMENT = {
+    "cpu": """# CPU: the embedded runtime, a local Triton and k8s/overlays/cpu. On GPU nodes Triton loads
+# configs/gpu.pbtxt instead (--model-config-name=gpu in k8s/base): GPU instances, TensorRT.
+instance_group [
+  {
+    kind: KIND_CPU
+    count: 1
+  }
+]
+""",
+    "gpu": """# One instance on the node's GPU (g4dn.xlarge: one T4). Triton fails to load the model, and the pod stays
+# unready, if there is no GPU: it never falls back to the CPU silently.
+instance_group [
+  {
+    kind: KIND_GPU
+    count: 1
+  }
+]
+# ONNX Runtime: TensorRT where it can (engines cached under /tmp, rebuilt when a pod starts), CUDA for the
+# rest. FP32, not FP16: half precision moves probabilities by ~1e-3, enough to flip a finding that sits on
+# its threshold; change precision_mode only after the thresholds are re-validated at FP16.
+optimization {
+  execution_accelerators {
+    gpu_execution_accelerator [
+      {
+        name: "tensorrt"
+        parameters { key: "precision_mode" value: "FP32" }
+        parameters { key: "max_workspace_size_bytes" value: "1073741824" }
+        parameters { key: "trt_engine_cache_enable" value: "1" }
+        parameters { key: "trt_engine_cache_path" value: "/tmp/trt-engines" }
+      },
+      {
+        name: "cuda"
+        parameters { key: "cudnn_conv_use_max_workspace" value: "1" }
+      }
+    ]
+  }
+}
+""",
+}
+GPU_CONFIG = Path("configs") / "gpu.pbtxt"  # what Triton loads on GPU nodes (services/triton/k8s/base)
+
+
 def triton_config(
     name: str,
     title: str,
@@ -126,8 +162,12 @@ def triton_config(
     kind: str,
     outputs: Sequence[tuple[str, str, Sequence[int], str | None]],
     provenance: str,
+    placement: str = "cpu",
 ) -> str:
-    """config.pbtxt text for one of RadStream's models (outputs: name, TYPE_*, dims, label file or None)."""
+    """config.pbtxt text for one of RadStream's models (outputs: name, TYPE_*, dims, label file or None).
+
+    placement "gpu" gives configs/gpu.pbtxt: the same model with GPU instances and TensorRT/CUDA.
+    """
     blocks = []
     for oname, dtype, dims, label_file in outputs:
         lines = ["  {", f'    name: "{oname}"', f"    data_type: {dtype}", f"    dims: [ {', '.join(map(str, dims))} ]"]
@@ -136,7 +176,7 @@ def triton_config(
         lines.append("  }")
         blocks.append("\n".join(lines))
     return _CONFIG_TEMPLATE.format(title=title, name=name, size=size, outputs=",\n".join(blocks),
-                                   norm=normalization, kind=kind, provenance=provenance)
+                                   norm=normalization, kind=kind, provenance=provenance, placement=_PLACEMENT[placement])
 
 
 _TV_STUB_LIB = None
@@ -333,10 +373,14 @@ def import_torchxrayvision(
 def _write_slot(folder: Path, version: int, labels: list[str], op: list[float] | None, digest: str | None, source: str,
                 weights_name: str | None, xrv, weights_desc: str) -> None:
     """config.pbtxt (provenance with version and sha256), labels, thresholds and the model card of an imported version."""
-    (folder / "config.pbtxt").write_text(triton_config(
-        CLASSIFIER, "chest_xray_classifier: torchxrayvision DenseNet-121 (imported weights)", INPUT_SIZE, "xrv",
-        "classifier", [("probabilities", "TYPE_FP32", [len(FINDINGS)], "labels.txt")],
-        provenance=(f"torchxrayvision DenseNet-121 v{version}, {weights_desc}, not validated by RadStream").replace('"', "'").replace("\\", "/")))
+    # config.pbtxt and configs/gpu.pbtxt change together: a GPU node must not serve the old model's settings.
+    (folder / GPU_CONFIG).parent.mkdir(exist_ok=True)
+    for placement, path in (("cpu", folder / "config.pbtxt"), ("gpu", folder / GPU_CONFIG)):
+        path.write_text(triton_config(
+            CLASSIFIER, "chest_xray_classifier: torchxrayvision DenseNet-121 (imported weights)", INPUT_SIZE, "xrv",
+            "classifier", [("probabilities", "TYPE_FP32", [len(FINDINGS)], "labels.txt")],
+            provenance=(f"torchxrayvision DenseNet-121 v{version}, {weights_desc}, not validated by RadStream").replace('"', "'").replace("\\", "/"),
+            placement=placement))
     (folder / "labels.txt").write_text("\n".join(FINDINGS) + "\n")
     (folder / "thresholds.json").write_text(json.dumps({f: 0.5 for f in FINDINGS}, indent=2) + "\n")
     stale = folder / "metrics.json"  # the reference model's metrics no longer apply

@@ -129,7 +129,12 @@ def test_each_import_is_a_new_version_with_its_sha256_in_card_and_provenance(tmp
     digest = hashlib.sha256(weights.read_bytes()).hexdigest()
 
     folder = import_torchxrayvision(weights, repo)
-    assert sorted(p.name for p in folder.iterdir() if p.is_dir()) == ["1", "2"]  # no staging folder left
+    assert sorted(p.name for p in folder.iterdir() if p.is_dir() and p.name != "configs") == ["1", "2"]  # no staging folder left
+    # What a GPU node loads changes with config.pbtxt: the same model, placed on the GPU.
+    gpu, cpu = (folder / "configs" / "gpu.pbtxt").read_text(), (folder / "config.pbtxt").read_text()
+    assert "KIND_GPU" in gpu and "tensorrt" in gpu and "KIND_CPU" in cpu
+    gpu, cpu = ("\n".join(line for line in text.splitlines() if not line.startswith("#")) for text in (gpu, cpu))
+    assert gpu.split("instance_group")[0] == cpu.split("instance_group")[0] and gpu.split("parameters:", 1)[1] == cpu.split("parameters:", 1)[1]
     assert (folder / "1" / "model.onnx").exists() and (folder / "2" / "model.onnx").exists()
     # radstream.provenance is what every result repeats per model (shared/model_repository.py ModelSpec.ref).
     config = (folder / "config.pbtxt").read_text()
@@ -138,7 +143,7 @@ def test_each_import_is_a_new_version_with_its_sha256_in_card_and_provenance(tmp
     assert digest in card and "version: 2" in card
 
     import_torchxrayvision(weights, repo)
-    assert sorted(p.name for p in folder.iterdir() if p.is_dir()) == ["1", "2", "3"]
+    assert sorted(p.name for p in folder.iterdir() if p.is_dir() and p.name != "configs") == ["1", "2", "3"]
 
 
 def test_a_pickled_model_needs_allow_pickle(tmp_path):
