@@ -86,9 +86,13 @@ def telemetry_record(
 
 
 def event_study_id(event: dict[str, Any]) -> str | None:
-    """The study an event is about: its study_id, or the one its upload key names (validate and RecordFailure get a key)."""
+    """The study an event is about: its study_id, the validated study's (store gets `study`), or the one its upload key names
+    (validate and RecordFailure get a key)."""
     if isinstance(event.get("study_id"), str):
         return event["study_id"]
+    study = event.get("study")
+    if isinstance(study, dict) and isinstance(study.get("study_id"), str):
+        return study["study_id"]
     key = event.get("key")
     return study_id_from_key(key) if isinstance(key, str) and key.startswith("incoming/") else None
 
