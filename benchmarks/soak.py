@@ -604,6 +604,9 @@ def main(argv: list[str] | None = None) -> int:
     work.mkdir(parents=True, exist_ok=True)
     print(f"soak: {args.studies} studies at {args.size}x{args.size}, {args.workers} workers, faults {args.faults or 'none'}, "
           f"Triton {'off' if args.no_triton else 'on'}; work dir {work}", flush=True)
+    # A shell starts background jobs with SIGINT ignored, and an ignored signal stays ignored across exec: the runners
+    # would never see the Ctrl-C. A handler of our own is reset to the default in each child, as at a terminal.
+    signal.signal(signal.SIGINT, signal.default_int_handler)
     soak = Soak(args, work)
     began = time.monotonic()
     try:
