@@ -319,9 +319,13 @@ class Soak:
     def triton_outage(self) -> None:
         assert self.triton is not None
         down_at = time.monotonic()
-        self.triton.crash()
-        time.sleep(self.args.triton_down)
-        self.triton.start()
+        try:
+            self.triton.crash()
+            time.sleep(self.args.triton_down)
+            self.triton.start()
+        except BaseException as e:  # noqa: BLE001 - a thread's error would vanish; the soak must fail with it
+            self.invariants.append(f"Triton outage: {type(e).__name__}: {e}")
+            return
         self.triton_outages.append(time.monotonic() - down_at)
 
     def resume_until_done(self, label: str, limit: int = 6) -> None:
@@ -364,7 +368,7 @@ class Soak:
         else:
             step.notes.append("ended before the SIGINT could land")
         # 3. Triton crashes and comes back mid-run; the long soak also kills the runner a second time
-        self.runner("resume-triton-outage", ["resume"], triton_outage_at=0.02 if self.triton else None,
+        self.runner("resume-triton-outage" if self.triton else "resume-mid", ["resume"], triton_outage_at=0.02 if self.triton else None,
                     kill_at=None if args.short else self.random.uniform(0.5, 0.8))
         # 4. finish (what is left: studies the faults stopped outside the workflow; step 6 proves nothing is left)
         self.runner("resume", ["resume"])
