@@ -90,10 +90,14 @@ class LocalObjectStore:
 
     def list_keys(self, bucket: str, prefix: str = "") -> list[str]:
         base = self.root / bucket
-        if not base.is_dir():
+        # Walk only the folder the prefix's complete segments name: walking the whole bucket made every upload's
+        # "what is already under incoming/<id>/" cost as much as the bucket (quadratic over a batch).
+        folders = prefix.split("/")[:-1]
+        folder = base.joinpath(*folders) if all(part not in ("", ".", "..") for part in folders) else base
+        if not folder.is_dir():
             return []
         with _disk(f"listing s3://{bucket}/{prefix}"):
-            keys = [p.relative_to(base).as_posix() for p in base.rglob("*") if p.is_file() and not p.name.startswith(".tmp-")]
+            keys = [p.relative_to(base).as_posix() for p in folder.rglob("*") if p.is_file() and not p.name.startswith(".tmp-")]
         return sorted(k for k in keys if k.startswith(prefix))
 
     def delete(self, bucket: str, key: str) -> None:

@@ -120,3 +120,23 @@ def test_a_result_that_cannot_be_read_back_is_not_a_failure(tmp_path, fragment):
         assert not (tmp_path / "data" / "results" / "failed" / "demo-001").exists()
         (again,) = runtime.resume().outcomes
     assert again.status == "succeeded"
+
+
+def test_listing_by_prefix_walks_only_that_prefix(tmp_path, monkeypatch):
+    """Each upload lists incoming/<id>/; the local store walked the whole bucket to answer, so a batch of N cost N²
+    (the 10,000-study soak slowed from 320 to 140 studies/min as the bucket filled)."""
+    from shared.storage import LocalObjectStore
+
+    store = LocalObjectStore(tmp_path)
+    for key in ("incoming/a-1/x.png", "incoming/a-1/s.json", "incoming/a-10/s.json", "incoming/b/s.json", "top.txt"):
+        store.put_bytes("images", key, b"1")
+    walked: list[Path] = []
+    rglob = Path.rglob
+    monkeypatch.setattr(Path, "rglob", lambda self, pattern: walked.append(self) or rglob(self, pattern))
+    assert store.list_keys("images", "incoming/a-1/") == ["incoming/a-1/s.json", "incoming/a-1/x.png"]
+    assert walked == [tmp_path / "images" / "incoming" / "a-1"]
+    # The same answers as S3's prefix listing for partial, empty, missing and odd prefixes.
+    assert store.list_keys("images", "incoming/a-1") == ["incoming/a-1/s.json", "incoming/a-1/x.png", "incoming/a-10/s.json"]
+    assert store.list_keys("images", "") == sorted(["incoming/a-1/x.png", "incoming/a-1/s.json", "incoming/a-10/s.json", "incoming/b/s.json", "top.txt"])
+    assert store.list_keys("images", "incoming/zzz/") == [] and store.list_keys("nobucket", "incoming/") == []
+    assert store.list_keys("images", "../images/incoming/") == []
