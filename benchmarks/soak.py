@@ -497,6 +497,8 @@ class Soak:
 
         # Logs: every line JSON, naming its study and an execution of that study.
         log_lines = 0
+        retried: dict[str, set[str]] = defaultdict(set)
+        attempts: Counter[str] = Counter()
         for number, text in enumerate((self.data / "logs" / "radstream.log").read_text(errors="replace").splitlines(), 1):
             log_lines += 1
             try:
@@ -507,7 +509,11 @@ class Soak:
             study_id, execution_id = line.get("study_id"), line.get("execution_id")
             if not study_id or not execution_id or not execution_belongs(execution_id, study_id):
                 problems["misattributed log lines"].append(f"line {number}: study {study_id!r}, execution {execution_id!r}: {line.get('message')}")
+            if line.get("message") == "stage failed" and line.get("retryable"):
+                attempts[line["error_type"]] += 1
+                retried[line["error_type"]].add(str(study_id))
         figures["log lines"] = log_lines
+        figures["failed attempts retried"] = {k: (attempts[k], len(retried[k])) for k in sorted(attempts)}
 
         # Traces: traces/<study_id>/<execution>.json names that study and an execution of it.
         traces = 0
@@ -566,6 +572,8 @@ def print_report(soak: Soak, audit: dict, wall_s: float) -> None:
         ("telemetry contract broken", len(problems["telemetry contract"])),
         ("telemetry id collisions", len(problems["telemetry event_id collision"])),
         ("misattributed telemetry", len(problems["misattributed telemetry"])),
+        ("failed task attempts (retryable)", sum(n for n, _ in figures["failed attempts retried"].values())),
+        *((f"  {k} (studies)", f"{n} ({m})") for k, (n, m) in figures["failed attempts retried"].items()),
         ("log lines", figures["log lines"]), ("misattributed log lines", len(problems["misattributed log lines"])),
         ("traces", figures["traces"]), ("misattributed traces", len(problems["misattributed traces"])),
     ]
