@@ -35,6 +35,15 @@ def lake(data_dir: Path) -> list[dict]:
     return [json.loads(line) for f in sorted((data_dir / "telemetry").rglob("*.json.gz")) for line in gzip.decompress(f.read_bytes()).splitlines()]
 
 
+def warm_up_id(folder: Path) -> Path:
+    """A warm-up study under its own id ("warm-demo-001"): a study id names one input, and demo-001 is a measured one."""
+    renamed = folder.rename(folder.with_name("warm-" + folder.name))
+    for sidecar in renamed.glob("*.json"):
+        doc = json.loads(sidecar.read_text())
+        sidecar.write_text(json.dumps(doc | {"study_id": renamed.name}, indent=2) + "\n")
+    return renamed
+
+
 def run(studies: list[Path], warmup: list[Path], workers: int, root: Path, triton_url: str | None) -> dict:
     data_dir = root / f"data-w{workers}"
     runtime = LocalRuntime(Settings(data_dir=data_dir, triton_url=triton_url), workers=workers)
@@ -42,7 +51,7 @@ def run(studies: list[Path], warmup: list[Path], workers: int, root: Path, trito
         runtime.run_many(warmup)
         warm_ids = {p.name for p in warmup}
         started = time.perf_counter()
-        outcomes = runtime.run_many(studies)
+        outcomes = runtime.run_many(studies).outcomes
         wall = time.perf_counter() - started
     finally:
         runtime.close()
@@ -82,7 +91,7 @@ def main() -> None:
         print(f"generating {args.studies} synthetic {args.size}x{args.size} studies ...", file=sys.stderr)
         studies = write_demo_studies(root / "studies", args.studies, size=args.size, invalid=False, seed=11)
         warmup = write_demo_studies(root / "warmup", 2, size=args.size, invalid=False, seed=12)
-        warmup = [w.rename(w.with_name("warm-" + w.name)) for w in warmup]
+        warmup = [warm_up_id(w) for w in warmup]
         results = [run(studies, warmup, w, root, args.triton_url) for w in args.workers]
     print(f"\nembedded pipeline, {args.size}x{args.size} studies ({args.studies} + 1 DICOM per run), {'Triton ' + args.triton_url if args.triton_url else 'ONNX Runtime in-process'}")
     print(f"{'workers':>7} {'studies/min':>12} {'e2e median ms':>14} {'e2e p95 ms':>11} {'overhead ms':>12}")

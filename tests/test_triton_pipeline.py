@@ -17,7 +17,7 @@ pytestmark = pytest.mark.slow
 def run(folders: list[Path], data_dir: Path, triton_url: str | None) -> dict[str, dict]:
     runtime = LocalRuntime(Settings(data_dir=data_dir, triton_url=triton_url), workers=2)
     try:
-        outcomes = runtime.run_many(folders)
+        outcomes = runtime.run_many(folders).outcomes
     finally:
         runtime.close()
     assert all(o.status == "succeeded" for o in outcomes), [(o.study_id, o.message) for o in outcomes]
