@@ -29,7 +29,7 @@ from radstream.template import DEFAULT_TEMPLATE, Template
 from radstream.traces import write_trace
 from shared import wiring
 from shared.contracts import FailureRecord, ObjectRef
-from shared.errors import ConfigurationError, FailureNotRecorded, ObjectNotFound, RadStreamError, StudyConflict, is_transient
+from shared.errors import ConfigurationError, FailureNotRecorded, ObjectNotFound, RadStreamError, StorageUnavailable, StudyConflict, is_transient
 from shared.messages import INCOMING, study_id_from_key
 from shared.metrics import LocalEmfFile
 from shared.observability import StageHandler, code_location, logger, logs_to
@@ -241,14 +241,15 @@ class LocalRuntime:
         def name(key: str) -> str:
             return key.rsplit("/", 1)[-1]
 
-        if existing != set(contents):
+        # Fewer files than the folder, each the same: an upload cut short (a crash, a full disk) that this one completes.
+        if not existing <= set(contents):
             raise StudyConflict(
                 f"incoming/{study_id}/ already holds {', '.join(sorted(map(name, existing)))}, and {folder} holds "
                 f"{', '.join(sorted(map(name, contents)))}: a study id names one input; give the new input its own study_id",
                 study_id=study_id,
             )
-        for key, data in contents.items():
-            stored = self.store.get_bytes(self.settings.images_bucket, key)
+        for key in sorted(existing):
+            stored, data = self.store.get_bytes(self.settings.images_bucket, key), contents[key]
             if stored != data:
                 old, new = hashlib.sha256(stored).hexdigest()[:12], hashlib.sha256(data).hexdigest()[:12]
                 raise StudyConflict(
@@ -298,7 +299,7 @@ class LocalRuntime:
                 result.message = f"study {study_id}: {cause}; the input is kept: `radstream resume` runs it again"
                 return result
             result.stage, result.error_type, result.message = record["stage"], record["error_type"], record["message"]
-        result.output = str(self.store.path(bucket, key)) if isinstance(self.store, LocalObjectStore) else f"s3://{bucket}/{key}"
+        result.output = self._location(bucket, key)
         return result
 
     def refused(self, source: str, study_id: str, stage: str, error: Exception) -> StudyOutcome:
@@ -315,8 +316,16 @@ class LocalRuntime:
             with logs_to(self._log_file):
                 logger.error("study failed outside the workflow", study_id=study_id, stage=stage, error_type=error_type, code_path=code_location(error))
         outcome = StudyOutcome(study_id=study_id, source=source, status="failed", stage=stage, error_type=error_type, message=message)
-        if isinstance(error, StudyConflict) and self._has_result(study_id):
-            return outcome  # the refusal is about the new input: the study's own result stays the only record under its id
+        try:
+            result = self._has_result(study_id)
+        except Exception:  # noqa: BLE001 - unknown: write nothing beside what may be a result; resume runs it again
+            return outcome
+        if result:
+            # The study's own result stays the only record under its id. A refused second input is finished business
+            # (its outcome points at the result it left untouched); anything else is left unrecorded: resume runs it again.
+            if isinstance(error, StudyConflict):
+                outcome.output = self._location(self.settings.results_bucket, f"results/{study_id}/result.json")
+            return outcome
         bucket, key = self.settings.results_bucket, f"failed/{study_id}/error.json"
         record = FailureRecord(
             study_id=study_id, stage=stage, error_type=error_type, message=message,
@@ -328,8 +337,11 @@ class LocalRuntime:
         except Exception as e:  # noqa: BLE001 - the outcome (and the journal) still say what happened
             outcome.message = f"{message} (and its failure record could not be written: {type(e).__name__}; resume runs it again)"
             return outcome
-        outcome.output = str(self.store.path(bucket, key)) if isinstance(self.store, LocalObjectStore) else f"s3://{bucket}/{key}"
+        outcome.output = self._location(bucket, key)
         return outcome
+
+    def _location(self, bucket: str, key: str) -> str:
+        return str(self.store.path(bucket, key)) if isinstance(self.store, LocalObjectStore) else f"s3://{bucket}/{key}"
 
     def _has_result(self, study_id: str) -> bool:
         return self.store.head(self.settings.results_bucket, f"results/{study_id}/result.json") is not None
@@ -465,8 +477,11 @@ class LocalRuntime:
             if self.store.head(results, f"results/{study_id}/result.json"):
                 continue
             if self.store.head(results, f"failed/{study_id}/error.json"):
-                record = json.loads(self.store.get_bytes(results, f"failed/{study_id}/error.json"))
-                if not is_transient(record.get("error_type")):
+                try:
+                    record = json.loads(self.store.get_bytes(results, f"failed/{study_id}/error.json"))
+                except (StorageUnavailable, ValueError):
+                    record = {}  # unreadable now: run it again (a run is idempotent) rather than stop the whole resume
+                if record and not is_transient(record.get("error_type")):
                     continue
             keys.append(key)
         return keys
