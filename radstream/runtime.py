@@ -10,12 +10,13 @@ from __future__ import annotations
 import hashlib
 import importlib
 import json
+import random
 import re
 import threading
 import time
 import uuid
 from collections import Counter
-from collections.abc import Callable, Iterable
+from collections.abc import Callable, Iterable, Iterator
 from concurrent.futures import FIRST_COMPLETED, Future, ThreadPoolExecutor, wait
 from dataclasses import dataclass, field
 from datetime import datetime, timezone
@@ -35,7 +36,7 @@ from shared.metrics import LocalEmfFile
 from shared.observability import StageHandler, code_location, logger, logs_to
 from shared.settings import Settings
 from shared.sidecar import parse_sidecar_bytes
-from shared.storage import LocalObjectStore
+from shared.storage import LocalObjectStore, ObjectStore, StoredObject
 
 # Step Functions refuses state payloads over 256 KB; the local runtime holds tasks to the same limit.
 MAX_PAYLOAD_BYTES = 256 * 1024
@@ -149,6 +150,70 @@ class RunReport:
     journal: Path | None = None
 
 
+@dataclass(frozen=True)
+class RetryBudget:
+    """A Retry rule of the workflow (IntervalSeconds, MaxAttempts, BackoffRate, MaxDelaySeconds, full jitter)."""
+
+    interval_s: float = 1.0
+    max_attempts: int = 6
+    backoff_rate: float = 2.0
+    max_delay_s: float | None = None
+
+    @classmethod
+    def for_error(cls, definition: dict[str, Any], state: str, error: str) -> "RetryBudget":
+        """The budget the template gives `error` in `state`: the runtime's own calls retry as the stages' do."""
+        for rule in definition["States"][state].get("Retry", []):
+            if error in rule["ErrorEquals"]:
+                return cls(rule.get("IntervalSeconds", 1), rule.get("MaxAttempts", 3), rule.get("BackoffRate", 2.0), rule.get("MaxDelaySeconds"))
+        raise ConfigurationError(f"template.yaml: {state} has no Retry rule for {error}")
+
+    def delays(self, rng: random.Random) -> Iterator[float]:
+        for attempt in range(self.max_attempts):
+            cap = self.interval_s * self.backoff_rate ** attempt
+            yield rng.uniform(0, min(cap, self.max_delay_s) if self.max_delay_s else cap)
+
+
+class RetryingStore:
+    """The runtime's own object-store calls (uploads, reading outcomes, journalled refusals) retried on StorageUnavailable
+    with the budget the template gives the stages' storage errors, so a throttle or a full-disk blip outside the workflow
+    costs a wait, not a `resume`."""
+
+    def __init__(self, inner: ObjectStore, budget: RetryBudget, sleep: Callable[[float], None]) -> None:
+        self.inner = inner
+        self.budget = budget
+        self.sleep = sleep
+        self._rng = random.Random()
+
+    def _retried(self, call: Callable[..., Any], *args: Any, **kwargs: Any) -> Any:
+        delays = self.budget.delays(self._rng)
+        while True:
+            try:
+                return call(*args, **kwargs)
+            except StorageUnavailable:
+                delay = next(delays, None)
+                if delay is None:
+                    raise
+                self.sleep(delay)
+
+    def put_bytes(self, bucket: str, key: str, data: bytes, *, content_type: str = "application/octet-stream") -> StoredObject:
+        return self._retried(self.inner.put_bytes, bucket, key, data, content_type=content_type)
+
+    def get_bytes(self, bucket: str, key: str) -> bytes:
+        return self._retried(self.inner.get_bytes, bucket, key)
+
+    def head(self, bucket: str, key: str) -> StoredObject | None:
+        return self._retried(self.inner.head, bucket, key)
+
+    def list_keys(self, bucket: str, prefix: str = "") -> list[str]:
+        return self._retried(self.inner.list_keys, bucket, prefix)
+
+    def delete(self, bucket: str, key: str) -> None:
+        self._retried(self.inner.delete, bucket, key)
+
+    def close(self) -> None:
+        wiring.close_all(self.inner)
+
+
 class LocalRuntime:
     """The embedded AWS: one per data dir and settings; a context manager that closes what it opened.
 
@@ -161,11 +226,12 @@ class LocalRuntime:
         self.settings = settings
         self.workers = max(1, workers)
         settings.data_dir.mkdir(parents=True, exist_ok=True)
-        self.store = wiring.object_store(settings)
+        self.template = Template(template_path)
+        self.store = RetryingStore(wiring.object_store(settings),
+                                   RetryBudget.for_error(self.template.definition(), "ValidateMetadata", StorageUnavailable.__name__), sleep)
         (settings.data_dir / "logs").mkdir(exist_ok=True)
         self._log_file = open(settings.data_dir / "logs" / "radstream.log", "a")  # noqa: SIM115 - held for the runtime's life
         self._metrics = LocalEmfFile(settings.data_dir)  # the EMF lines Lambda would print, captured for the console
-        self.template = Template(template_path)
         self.rules = self.template.event_rules(settings.to_env())
         self.machine = StateMachine(self.template.definition(), self.invoke, sleep=sleep, max_workers=8)
         self._bindings: dict[str, tuple[StageHandler[Any], Any]] = {}
@@ -341,7 +407,8 @@ class LocalRuntime:
         return outcome
 
     def _location(self, bucket: str, key: str) -> str:
-        return str(self.store.path(bucket, key)) if isinstance(self.store, LocalObjectStore) else f"s3://{bucket}/{key}"
+        store = self.store.inner
+        return str(store.path(bucket, key)) if isinstance(store, LocalObjectStore) else f"s3://{bucket}/{key}"
 
     def _has_result(self, study_id: str) -> bool:
         return self.store.head(self.settings.results_bucket, f"results/{study_id}/result.json") is not None

@@ -141,6 +141,9 @@ class FailureRecord(Contract):
     input: ObjectRef
     execution_id: str
     failed_at: datetime
+    # A re-run that failed supersedes the study's earlier result (the latest run is what the study says, as the
+    # named queries count it); that result is moved here, never deleted.
+    superseded_result: ObjectRef | None = None
 
 
 CONTRACTS: dict[str, type[Contract]] = {

@@ -363,3 +363,16 @@ def test_resume_runs_journalled_studies_from_their_upload_or_names_them_gone(tmp
     assert gone.output, "its record says so"
     with LocalRuntime(settings, sleep=no_sleep) as runtime:
         assert runtime.resume().outcomes == [], "a permanent failure is a terminal record: not run again"
+
+
+def test_the_runtimes_own_store_calls_retry_with_the_templates_storage_budget(tmp_path):
+    """A throttle or a full-disk blip during an upload costs a wait, not a resume (the soak's 5–9 % before)."""
+    folders = write_demo_studies(tmp_path / "studies", 6, size=128, invalid=False)
+    sleeps: list[float] = []
+    settings = Settings(data_dir=tmp_path / "data", fault_injection="enospc=0.05,throttle=0.05,timeout=0.02,seed=3")
+    with LocalRuntime(settings, sleep=sleeps.append) as runtime:
+        outcomes = runtime.run_many(folders).outcomes
+        injected = sum(runtime.store.inner.injected.values())
+    assert injected > 0 and sleeps, "faults were injected and waited out"
+    assert [o.status for o in outcomes] == ["succeeded"] * 7
+    assert max(sleeps) <= 8, "the template's storage budget: 1 s doubling, capped at 8 s"

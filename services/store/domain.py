@@ -212,6 +212,7 @@ def record_failure(request: FailureRequest, store: ObjectStore, results_bucket: 
         input=ObjectRef(bucket=request.bucket, key=request.key), execution_id=request.execution_id,
         failed_at=datetime.now(timezone.utc),
     )
+    record.superseded_result = _supersede_result(store, results_bucket, study_id, request.execution_id)
     key = f"failed/{study_id}/error.json"
     repeated = _same_failure(store, results_bucket, key, record)
     stored = store.put_bytes(results_bucket, key, record.model_dump_json(indent=2).encode(), content_type="application/json")
@@ -231,6 +232,25 @@ def record_failure(request: FailureRequest, store: ObjectStore, results_bucket: 
         study_id=study_id, failure=ObjectRef(bucket=results_bucket, key=stored.key), error_type=error_type, message=message,
         stage=stage, records=records, bytes_out=stored.size,
     )
+
+
+def _supersede_result(store: ObjectStore, bucket: str, study_id: str, execution_id: str) -> ObjectRef | None:
+    """One study, one record: a failed re-run moves the earlier result aside (copy, then delete) before its failure record lands.
+
+    Kept under superseded/<study_id>/<execution name>/, named in the failure record, so nothing is lost; a later
+    success (resume) writes a new result and removes the failure record.
+    """
+    result_key = f"results/{study_id}/result.json"
+    if store.head(bucket, result_key) is None:
+        return None
+    folder = f"superseded/{study_id}/{execution_id.rsplit(':', 1)[-1]}/"
+    for name in ("result.json", "report.txt"):
+        key = f"results/{study_id}/{name}"
+        if store.head(bucket, key) is not None:
+            store.put_bytes(bucket, folder + name, store.get_bytes(bucket, key))
+    for name in ("report.txt", "result.json"):
+        store.delete(bucket, f"results/{study_id}/{name}")
+    return ObjectRef(bucket=bucket, key=folder + "result.json")
 
 
 def failure_event_id(record: FailureRecord) -> str:

@@ -219,3 +219,19 @@ def test_unexpected_errors_do_not_leak_their_text(store):
     assert record["study_id"] == "s9" and record["stage"] == "validate"
     assert "DOE^JANE" not in json.dumps(record)
     assert record["message"] == "unexpected KeyError in the validate stage; see the logs of execution e7"
+
+
+def test_a_failed_rerun_supersedes_the_earlier_result_and_loses_nothing(store):
+    """One study, one record: the latest run's failure is what the study says; the earlier result is kept aside, named."""
+    event = store_event(state())
+    store_result(StoreRequest.model_validate(event), event, store, "results")
+    before = store.get_bytes("results", "results/s1/result.json")
+    failed = state() | {"error": {"Error": "InvalidImage", "Cause": json.dumps({"errorMessage": "study s1: image decodes to a constant value"})}}
+    del failed["tensors"], failed["inference"]
+    request = FailureRequest(bucket="images", key="incoming/s1/study.json", state=failed, execution_id="arn:aws:states:local:0:execution:sm:s1-rerun")
+    record_failure(request, store, "results", LocalEventLog(store.root))
+    assert store.head("results", "results/s1/result.json") is None and store.head("results", "results/s1/report.txt") is None
+    record = json.loads(store.get_bytes("results", "failed/s1/error.json"))
+    assert record["superseded_result"] == {"bucket": "results", "key": "superseded/s1/s1-rerun/result.json"}
+    assert store.get_bytes("results", "superseded/s1/s1-rerun/result.json") == before
+    assert store.head("results", "superseded/s1/s1-rerun/report.txt") is not None
