@@ -10,20 +10,19 @@ from __future__ import annotations
 import hashlib
 import importlib
 import json
-import random
 import re
 import threading
 import time
 import uuid
 from collections import Counter
-from collections.abc import Callable, Iterable, Iterator
+from collections.abc import Callable, Iterable
 from concurrent.futures import FIRST_COMPLETED, Future, ThreadPoolExecutor, wait
 from dataclasses import dataclass, field
 from datetime import datetime, timezone
 from pathlib import Path
 from typing import Any
 
-from radstream.asl import ExecutionResult, StateMachine, StatesError, TaskContext
+from radstream.asl import ExecutionResult, Retrier, StateMachine, StatesError, TaskContext, parse_retriers
 from radstream.eventpattern import apply_input_transformer, matches
 from radstream.journal import Journal, JournalEntry, unfinished
 from radstream.template import DEFAULT_TEMPLATE, Template
@@ -150,27 +149,12 @@ class RunReport:
     journal: Path | None = None
 
 
-@dataclass(frozen=True)
-class RetryBudget:
-    """A Retry rule of the workflow (IntervalSeconds, MaxAttempts, BackoffRate, MaxDelaySeconds, full jitter)."""
-
-    interval_s: float = 1.0
-    max_attempts: int = 6
-    backoff_rate: float = 2.0
-    max_delay_s: float | None = None
-
-    @classmethod
-    def for_error(cls, definition: dict[str, Any], state: str, error: str) -> "RetryBudget":
-        """The budget the template gives `error` in `state`: the runtime's own calls retry as the stages' do."""
-        for rule in definition["States"][state].get("Retry", []):
-            if error in rule["ErrorEquals"]:
-                return cls(rule.get("IntervalSeconds", 1), rule.get("MaxAttempts", 3), rule.get("BackoffRate", 2.0), rule.get("MaxDelaySeconds"))
-        raise ConfigurationError(f"template.yaml: {state} has no Retry rule for {error}")
-
-    def delays(self, rng: random.Random) -> Iterator[float]:
-        for attempt in range(self.max_attempts):
-            cap = self.interval_s * self.backoff_rate ** attempt
-            yield rng.uniform(0, min(cap, self.max_delay_s) if self.max_delay_s else cap)
+def storage_retrier(definition: dict[str, Any], state: str = "ValidateMetadata") -> Retrier:
+    """The Retry rule template.yaml gives StorageUnavailable in `state`: the runtime's own store calls retry as the stages' do."""
+    for retrier in parse_retriers(definition["States"][state].get("Retry", []), state):
+        if StorageUnavailable.__name__ in retrier.errors:
+            return retrier
+    raise ConfigurationError(f"template.yaml: {state} has no Retry rule for {StorageUnavailable.__name__}")
 
 
 class RetryingStore:
@@ -178,22 +162,20 @@ class RetryingStore:
     with the budget the template gives the stages' storage errors, so a throttle or a full-disk blip outside the workflow
     costs a wait, not a `resume`."""
 
-    def __init__(self, inner: ObjectStore, budget: RetryBudget, sleep: Callable[[float], None]) -> None:
+    def __init__(self, inner: ObjectStore, retrier: Retrier, sleep: Callable[[float], None]) -> None:
         self.inner = inner
-        self.budget = budget
+        self.retrier = retrier
         self.sleep = sleep
-        self._rng = random.Random()
 
     def _retried(self, call: Callable[..., Any], *args: Any, **kwargs: Any) -> Any:
-        delays = self.budget.delays(self._rng)
-        while True:
+        for attempt in range(self.retrier.max_attempts + 1):
             try:
                 return call(*args, **kwargs)
             except StorageUnavailable:
-                delay = next(delays, None)
-                if delay is None:
+                if attempt == self.retrier.max_attempts:
                     raise
-                self.sleep(delay)
+                self.sleep(self.retrier.delay(attempt))
+        raise AssertionError("unreachable")
 
     def put_bytes(self, bucket: str, key: str, data: bytes, *, content_type: str = "application/octet-stream") -> StoredObject:
         return self._retried(self.inner.put_bytes, bucket, key, data, content_type=content_type)
@@ -227,8 +209,7 @@ class LocalRuntime:
         self.workers = max(1, workers)
         settings.data_dir.mkdir(parents=True, exist_ok=True)
         self.template = Template(template_path)
-        self.store = RetryingStore(wiring.object_store(settings),
-                                   RetryBudget.for_error(self.template.definition(), "ValidateMetadata", StorageUnavailable.__name__), sleep)
+        self.store = RetryingStore(wiring.object_store(settings), storage_retrier(self.template.definition()), sleep)
         (settings.data_dir / "logs").mkdir(exist_ok=True)
         self._log_file = open(settings.data_dir / "logs" / "radstream.log", "a")  # noqa: SIM115 - held for the runtime's life
         self._metrics = LocalEmfFile(settings.data_dir)  # the EMF lines Lambda would print, captured for the console

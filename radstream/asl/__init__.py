@@ -1,7 +1,7 @@
 """Amazon States Language interpreter (JSONPath query language) for running SAM state machines in-process."""
 
 from .errors import DefinitionError, StatesError
-from .machine import LAMBDA_INVOKE, Execution, ExecutionResult, HistoryEvent, StateMachine, TaskContext
+from .machine import LAMBDA_INVOKE, Execution, ExecutionResult, HistoryEvent, Retrier, StateMachine, TaskContext, parse_retriers
 
 __all__ = [
     "LAMBDA_INVOKE",
@@ -9,7 +9,9 @@ __all__ = [
     "Execution",
     "ExecutionResult",
     "HistoryEvent",
+    "Retrier",
     "StateMachine",
     "StatesError",
     "TaskContext",
+    "parse_retriers",
 ]

@@ -205,7 +205,9 @@ def _fill(template: Evaluator, data: Any, ctx: dict[str, Any] | None, field_name
 
 
 @dataclass(slots=True)
-class _Retrier:
+class Retrier:
+    """One Retry rule of a state, parsed and checked; `delay(attempt)` is the wait before retry number attempt + 1."""
+
     errors: tuple[str, ...]
     interval: float
     max_attempts: int
@@ -244,7 +246,7 @@ def _error_list(spec: dict[str, Any], where: str, is_last: bool) -> tuple[str, .
     return tuple(names)
 
 
-def _retriers(specs: Any, where: str) -> tuple[_Retrier, ...]:
+def parse_retriers(specs: Any, where: str) -> tuple[Retrier, ...]:
     if not isinstance(specs, list):
         raise DefinitionError(f"{where}: 'Retry' must be an array")
     out = []
@@ -260,7 +262,7 @@ def _retriers(specs: Any, where: str) -> tuple[_Retrier, ...]:
         jitter = spec.get("JitterStrategy", "NONE")
         if jitter not in ("FULL", "NONE"):
             raise DefinitionError(f"{w}.JitterStrategy must be FULL or NONE")
-        out.append(_Retrier(
+        out.append(Retrier(
             _error_list(spec, w, i == len(specs) - 1),
             _positive_int(spec.get("IntervalSeconds", 1), f"{w}.IntervalSeconds"),
             _positive_int(spec.get("MaxAttempts", 3), f"{w}.MaxAttempts", allow_zero=True),
@@ -309,7 +311,7 @@ class _State:
         self.next: str | None = spec.get("Next")
         self.input_path = _select(spec.get("InputPath", "$"), f"{where}.InputPath")
         self.output_path = _select(spec.get("OutputPath", "$"), f"{where}.OutputPath")
-        self.retriers = _retriers(spec.get("Retry", []), where)
+        self.retriers = parse_retriers(spec.get("Retry", []), where)
         self.catchers = _catchers(spec.get("Catch", []), where)
         self.result_path = _result_path(spec, where)
         self.parameters = _template(spec, "Parameters", where)
