@@ -1,0 +1,85 @@
+"""The gateway process: the DIMSE SCP and the STOW-RS endpoint over one Receiver.
+
+In AWS the stored object's S3 event starts the workflow (template.yaml's rule), so nothing more is done
+here. Locally, `LocalPipeline` hands each stored key to a LocalRuntime's `run_key` on worker threads (the
+C-STORE response never waits for the pipeline). `python -m services.gateway.server` runs it from the
+environment's settings (the container's entry point).
+"""
+from __future__ import annotations
+
+import logging
+import signal
+import threading
+from concurrent.futures import Future, ThreadPoolExecutor
+from typing import Any
+
+from services.gateway.dimse import DimseServer
+from services.gateway.domain import Received, Receiver, pseudonym_key
+from services.gateway.stow import StowServer
+from shared import wiring
+from shared.settings import Settings
+from shared.storage import ObjectStore
+
+
+class Gateway:
+    def __init__(self, settings: Settings, store: ObjectStore | None = None, on_stored: Any = None) -> None:
+        self.settings = settings
+        self.store = store or wiring.object_store(settings)
+        self.receiver = Receiver(self.store, settings.images_bucket, pseudonym_key(settings.gateway_pseudonym_key), on_stored)
+        self.dimse = DimseServer(settings, self.receiver)
+        try:
+            self.stow = StowServer(settings, self.receiver)
+        except BaseException:
+            self.dimse.close()
+            raise
+
+    @property
+    def ae_title(self) -> str:
+        return self.settings.gateway_ae_title
+
+    def __enter__(self) -> "Gateway":
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        self.close()
+
+    def close(self) -> None:
+        self.dimse.close()
+        self.stow.close()
+
+
+class LocalPipeline:
+    """Runs each stored instance through a LocalRuntime; `futures` keeps every run (key -> outcome future)."""
+
+    def __init__(self, runtime: Any, workers: int = 2) -> None:
+        self.runtime = runtime
+        self.pool = ThreadPoolExecutor(max_workers=workers, thread_name_prefix="gateway-run")
+        self.futures: dict[str, Future] = {}
+        self._lock = threading.Lock()
+
+    def __call__(self, received: Received) -> None:
+        future = self.pool.submit(self.runtime.run_key, received.key)
+        with self._lock:
+            self.futures[received.key] = future
+
+    def close(self) -> None:
+        self.pool.shutdown(wait=True)
+
+
+def main() -> int:  # pragma: no cover - the container's entry point; the tests start Gateway directly
+    logging.basicConfig(level=logging.INFO, format="%(asctime)s %(levelname)s %(name)s %(message)s")
+    settings = Settings.from_env()
+    stop = threading.Event()
+    signal.signal(signal.SIGTERM, lambda *_: stop.set())
+    with Gateway(settings) as gateway:
+        logging.getLogger("radstream.gateway").info(
+            "gateway ready ae_title=%s dimse_port=%d stow=%s", gateway.ae_title, gateway.dimse.port, gateway.stow.url)
+        try:
+            stop.wait()
+        except KeyboardInterrupt:
+            pass
+    return 0
+
+
+if __name__ == "__main__":  # pragma: no cover
+    raise SystemExit(main())
