@@ -136,6 +136,18 @@ class StoredResult(StageOutput):
     positive_findings: list[str]
 
 
+# --- ExportResults (DICOM studies only) ---
+class ExportRequest(BaseModel):
+    study: ValidatedStudy
+    stored: StoredResult
+    execution_id: str = "direct-invoke"
+
+
+class ExportedResult(StageOutput):
+    sr: ObjectRef
+    fhir: ObjectRef
+
+
 # --- RecordFailure ---
 class FailureRequest(BaseModel):
     bucket: str
