@@ -102,7 +102,8 @@ def test_store_reads_the_state_keys_the_template_writes(template):
     from services.store.domain import STAGE_KEYS
 
     states = template.definition()["States"]
-    by_stage = {"validate": "ValidateMetadata", "prepare": "PrepareTensors", "inference": "RunModels", "store": "StoreResults"}
+    by_stage = {"validate": "ValidateMetadata", "prepare": "PrepareTensors", "inference": "RunModels", "store": "StoreResults",
+                "export": "ExportResults"}
     assert [stage for stage, _ in STAGE_KEYS] == list(by_stage), "in pipeline order"
     for stage, key in STAGE_KEYS:
         assert states[by_stage[stage]]["ResultPath"] == f"$.{key}", f"{by_stage[stage]} writes $.{key}"
