@@ -34,6 +34,8 @@ SR_SERIES_NUMBER = 9901
 # Our labels in a private coding scheme (PS3.16 8.2: 99-prefixed designators are local); where SNOMED CT has
 # the finding, the FHIR Observation codes it there too.
 PRIVATE_SCHEME = "99RADSTREAM"
+TYPE2_COPIED = ("PatientName", "PatientID", "PatientBirthDate", "PatientSex", "AccessionNumber", "StudyID", "StudyDate", "StudyTime",
+                "ReferringPhysicianName")
 SNOMED = {
     "Cardiomegaly": ("8186001", "Cardiomegaly"),
     "Effusion": ("60046008", "Pleural effusion"),
@@ -124,6 +126,11 @@ def build_sr(result: StudyResult, source: Any):
     from highdicom.sr.value_types import ContentSequence
 
     c = _codes()
+    # The patient and study modules' Type 2 attributes (PS3.3 C.7.1.1, C.7.2.1) must be present, empty when unknown;
+    # an archive's header may lack them, so they are added empty (never invented) to this copy of the header.
+    for keyword in TYPE2_COPIED:
+        if keyword not in source:
+            setattr(source, keyword, "")
     sop_class, sop_instance = str(source.SOPClassUID), str(source.SOPInstanceUID)
     groups: list[Any] = []
     for i, finding in enumerate(result.findings, start=1):
