@@ -144,8 +144,10 @@ class ExportRequest(BaseModel):
 
 
 class ExportedResult(StageOutput):
-    sr: ObjectRef
-    fhir: ObjectRef
+    sr: ObjectRef | None = None
+    fhir: ObjectRef | None = None
+    # Why nothing was exported, when the source cannot be addressed (e.g. it lacks its StudyInstanceUID).
+    skipped: str | None = None
 
 
 # --- RecordFailure ---

@@ -26,6 +26,7 @@ from typing import Any
 from shared.contracts import ObjectRef, StudyResult
 from shared.errors import InvalidImage, PermanentError
 from shared.messages import ExportedResult, ExportRequest
+from shared.observability import logger
 from shared.storage import ObjectStore
 
 NOT_FOR_CLINICAL_USE = "AI-generated draft, not for clinical use"
@@ -282,6 +283,13 @@ def export_result(request: ExportRequest, store: ObjectStore, results_bucket: st
         raise PermanentError("export is for DICOM studies; this one was uploaded as " + request.study.image.format, study_id=study_id)
     result = StudyResult.model_validate_json(store.get_bytes(request.stored.result.bucket, request.stored.result.key))
     source = source_header(store, result)
+    missing = [k for k in ("StudyInstanceUID", "SeriesInstanceUID", "SOPInstanceUID", "SOPClassUID") if not str(source.get(k) or "").strip()]
+    if missing:
+        # Type 1 in every image IOD: without them a PACS cannot file an SR, nor an EHR link the report. The result
+        # stands (the models' outputs do not depend on them); the export says why it wrote nothing.
+        reason = f"not exported: the source DICOM lacks {', '.join(missing)}"
+        logger.warning("export skipped", reason=reason)
+        return ExportedResult(study_id=study_id, skipped=reason)
     sr = build_sr(result, source)
     sr_data = sr_bytes(sr)
     fhir = json.dumps(build_fhir(result, source, str(sr.SOPInstanceUID)), indent=2).encode()
