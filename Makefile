@@ -25,7 +25,8 @@ demo: venv
 	$(BIN)/radstream demo --data-dir radstream-data
 
 # The DICOM tests write JPEG Baseline/Extended/Lossless (dcmcjpeg) and Big Endian (dcmconv) files with dcmtk,
-# Debian's package; installed only when missing, so a second run costs nothing.
+# Debian's package; the gateway's tests use its echoscu/storescu (the modality) and dsrdump (reads the SR).
+# Installed only when missing, so a second run costs nothing.
 dcmtk:
 	@command -v dcmcjpeg >/dev/null 2>&1 || { $(SUDO) apt-get update -qq && $(SUDO) apt-get install -y --no-install-recommends dcmtk; }
 
