@@ -206,22 +206,29 @@ def cmd_gateway(args: argparse.Namespace) -> int:
     import threading
 
     from radstream.runtime import LocalRuntime
+    from services.gateway.deliver import Deliverer
     from services.gateway.server import Gateway, LocalPipeline
 
     settings = settings_from(args)
     settings = settings.model_copy(update={
         "gateway_dimse_port": args.dimse_port, "gateway_http_port": args.http_port,
         "gateway_pseudonym_key": settings.gateway_pseudonym_key or local_pseudonym_key(settings.data_dir),
+        "gateway_pacs": args.pacs or settings.gateway_pacs, "gateway_pacs_stow_url": args.pacs_stow_url or settings.gateway_pacs_stow_url,
     })
     logging.basicConfig(level=logging.INFO, format="%(asctime)s %(levelname)s %(message)s")
     with LocalRuntime(settings, workers=args.workers) as runtime:
-        pipeline = LocalPipeline(runtime, workers=args.workers)
+        pipeline = LocalPipeline(runtime, workers=args.workers, deliverer=Deliverer(settings, runtime.store))
 
         def report(received):
             pipeline(received)
             future = pipeline.futures[received.key]
-            future.add_done_callback(lambda f: print(
-                f"study {received.study_id}: {f.result().status}" + (f" ({f.result().message})" if f.result().message else ""), flush=True))
+            def done(f):
+                delivered = pipeline.deliveries.get(received.study_id)
+                sent = f"; SR delivered to {', '.join(delivered)}" if isinstance(delivered, list) and delivered else (
+                    f"; SR NOT delivered: {delivered}" if isinstance(delivered, Exception) else "")
+                print(f"study {received.study_id}: {f.result().status}" + (f" ({f.result().message})" if f.result().message else "") + sent, flush=True)
+
+            future.add_done_callback(done)
 
         with Gateway(settings, store=runtime.store, on_stored=report) as gateway:
             print(f"AE title: {gateway.ae_title}", flush=True)
@@ -289,6 +296,8 @@ def parser() -> argparse.ArgumentParser:
     gateway = sub.add_parser("gateway", help="start the DICOM gateway (C-ECHO/C-STORE SCP, STOW-RS) and run what it receives through the local pipeline")
     gateway.add_argument("--dimse-port", type=int, default=0, help="DIMSE port (default: a free one)")
     gateway.add_argument("--http-port", type=int, default=0, help="STOW-RS port (default: a free one)")
+    gateway.add_argument("--pacs", help="deliver each study's SR by C-STORE to AE_TITLE@host:port (GATEWAY_PACS)")
+    gateway.add_argument("--pacs-stow-url", help="deliver each study's SR by STOW-RS to this …/studies URL (GATEWAY_PACS_STOW_URL)")
     add_run_options(gateway)
     gateway.set_defaults(func=cmd_gateway)
 

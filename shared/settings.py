@@ -43,6 +43,8 @@ ENVIRONMENT = {
     "gateway_network_timeout_s": "GATEWAY_NETWORK_TIMEOUT_S",
     "gateway_max_stow_bytes": "GATEWAY_MAX_STOW_BYTES",
     "gateway_pseudonym_key": "GATEWAY_PSEUDONYM_KEY",
+    "gateway_pacs": "GATEWAY_PACS",
+    "gateway_pacs_stow_url": "GATEWAY_PACS_STOW_URL",
 }
 
 
@@ -84,6 +86,9 @@ class Settings(BaseModel):
     gateway_max_stow_bytes: int = Field(default=512 * 1024 * 1024, gt=0)
     # HMAC-SHA256 key that turns DICOM UIDs into study ids (never the UIDs themselves). Secret: not in repr.
     gateway_pseudonym_key: str | None = Field(default=None, repr=False, min_length=16)
+    # Where the gateway delivers each study's SR: a PACS by C-STORE (AE_TITLE@host:port) and/or a STOW-RS URL (…/studies).
+    gateway_pacs: str | None = None
+    gateway_pacs_stow_url: str | None = None
 
     @property
     def gateway_allowed_ae_list(self) -> list[str]:

@@ -13,10 +13,12 @@ import threading
 from concurrent.futures import Future, ThreadPoolExecutor
 from typing import Any
 
+from services.gateway.deliver import Deliverer
 from services.gateway.dimse import DimseServer
 from services.gateway.domain import Received, Receiver, pseudonym_key
 from services.gateway.stow import StowServer
 from shared import wiring
+from shared.errors import RadStreamError
 from shared.settings import Settings
 from shared.storage import ObjectStore
 
@@ -49,16 +51,34 @@ class Gateway:
 
 
 class LocalPipeline:
-    """Runs each stored instance through a LocalRuntime; `futures` keeps every run (key -> outcome future)."""
+    """Runs each stored instance through a LocalRuntime, then delivers its SR (when a destination is set).
 
-    def __init__(self, runtime: Any, workers: int = 2) -> None:
+    `futures` keeps every run (key -> outcome future); `deliveries` what each study's SR was sent to, or the
+    error that stopped it (the result and the SR stay in the results bucket either way).
+    """
+
+    def __init__(self, runtime: Any, workers: int = 2, deliverer: Deliverer | None = None) -> None:
         self.runtime = runtime
+        self.deliverer = deliverer if deliverer is not None and deliverer.configured else None
         self.pool = ThreadPoolExecutor(max_workers=workers, thread_name_prefix="gateway-run")
         self.futures: dict[str, Future] = {}
+        self.deliveries: dict[str, list[str] | Exception] = {}
         self._lock = threading.Lock()
 
+    def _run(self, received: Received) -> Any:
+        outcome = self.runtime.run_key(received.key)
+        if self.deliverer is not None and outcome.status == "succeeded":
+            try:
+                delivered: list[str] | Exception = self.deliverer.deliver(received.study_id)
+            except RadStreamError as e:
+                logging.getLogger("radstream.gateway").warning("SR not delivered study_id=%s: %s (%s)", received.study_id, e.error_name, e.message)
+                delivered = e
+            with self._lock:
+                self.deliveries[received.study_id] = delivered
+        return outcome
+
     def __call__(self, received: Received) -> None:
-        future = self.pool.submit(self.runtime.run_key, received.key)
+        future = self.pool.submit(self._run, received)
         with self._lock:
             self.futures[received.key] = future
 
