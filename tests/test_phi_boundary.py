@@ -6,6 +6,7 @@ from __future__ import annotations
 import gzip
 import io
 import json
+import logging
 from pathlib import Path
 
 import numpy as np
@@ -29,7 +30,8 @@ def every_file(data_dir: Path) -> dict[Path, bytes]:
     return files
 
 
-def test_identifiers_reach_the_result_and_nothing_else(tmp_path):
+def test_identifiers_reach_the_result_and_nothing_else(tmp_path, caplog):
+    caplog.set_level(logging.DEBUG)  # every library's log lines too (highdicom's name the source by its UID)
     pixels = np.round(generate_phantom(np.random.default_rng(5), size=256).image * 4095)
     data = dicom_bytes(pixels, patient_name=NAME, birth_date=BIRTH_DATE, accession_number=ACCESSION)
     header = pydicom.dcmread(io.BytesIO(data), stop_before_pixels=True)
@@ -67,6 +69,8 @@ def test_identifiers_reach_the_result_and_nothing_else(tmp_path):
         assert NAME.split("^")[0].encode() in files[path] and str(header.PatientID).encode() in files[path], path
         assert header.StudyInstanceUID.encode() in files[path], path
     assert not list(data_dir.glob("results/results/phi-refused/report.*")), "a refused study exports nothing"
+    for value in [*(v.decode() for v in patient), *identifiers.values()]:
+        assert value not in caplog.text, value
     for path, content in files.items():
         if path.is_relative_to(data_dir / "images/incoming") or path in exports:
             continue  # the inputs, kept as uploaded; the exports, addressed back to the hospital

@@ -20,6 +20,7 @@ from __future__ import annotations
 import hashlib
 import io
 import json
+import logging
 from datetime import datetime, timezone
 from typing import Any
 
@@ -118,6 +119,9 @@ def report_text(result: StudyResult) -> str:
 
 
 def build_sr(result: StudyResult, source: Any):
+    # highdicom's INFO lines name the source by its SOPInstanceUID ("copy attributes of module ... from dataset <uid>"):
+    # identifiers in logs (docs/phi.md). Its warnings (no values) still log.
+    logging.getLogger("highdicom").setLevel(logging.WARNING)
     from highdicom.sr import (
         ContainerContentItem, Comprehensive3DSR, GraphicTypeValues, ImageRegion, Measurement, MeasurementReport,
         MeasurementsAndQualitativeEvaluations, ObservationContext, PlanarROIMeasurementsAndQualitativeEvaluations,

@@ -48,6 +48,9 @@ def c_store(peer: DicomPeer, data: bytes, settings: Settings, study_id: str) -> 
     import pydicom
     from pynetdicom import AE
 
+    from services.gateway.dimse import quiet_pynetdicom
+
+    quiet_pynetdicom()
     ds = pydicom.dcmread(io.BytesIO(data))
     ae = AE(ae_title=settings.gateway_ae_title)
     ae.acse_timeout, ae.dimse_timeout, ae.network_timeout = (

@@ -22,7 +22,14 @@ log = logging.getLogger("radstream.gateway")
 SUCCESS = 0x0000
 
 
+def quiet_pynetdicom() -> None:
+    """pynetdicom's DEBUG lines print each request's Affected SOP Instance UID and its INFO/DEBUG PDU dumps the
+    peers' details: identifiers in logs (docs/phi.md). Its warnings and errors (no data set values) still log."""
+    logging.getLogger("pynetdicom").setLevel(logging.WARNING)
+
+
 def build_ae(settings: Settings) -> AE:
+    quiet_pynetdicom()
     ae = AE(ae_title=settings.gateway_ae_title)
     for uid in ACCEPTED_SOP_CLASSES:
         ae.add_supported_context(uid, ALL_TRANSFER_SYNTAXES)

@@ -6,6 +6,7 @@ import hashlib
 import hmac
 import io
 import json
+import logging
 import shutil
 import subprocess
 import urllib.request
@@ -58,7 +59,8 @@ def settings(tmp_path: Path) -> Settings:
                     gateway_dimse_timeout_s=20, gateway_acse_timeout_s=20, gateway_network_timeout_s=30)
 
 
-def test_echo_and_compressed_cr_store_run_the_pipeline_and_export_an_sr(settings, tmp_path):
+def test_echo_and_compressed_cr_store_run_the_pipeline_and_export_an_sr(settings, tmp_path, caplog):
+    caplog.set_level(logging.DEBUG)
     data = cr_instance()
     source = pydicom.dcmread(io.BytesIO(data))
     assert source.file_meta.TransferSyntaxUID == SYNTAXES["jpeg-ls-lossless"].uid
@@ -125,6 +127,10 @@ def test_echo_and_compressed_cr_store_run_the_pipeline_and_export_an_sr(settings
     patient, = [e["resource"] for e in fhir["entry"] if e["resource"]["resourceType"] == "Patient"]
     assert patient["identifier"][0]["value"] == PATIENT_ID
 
+    # No log line (ours, pynetdicom's, the stages') carries a UID or a patient value, at any level.
+    assert "instance stored study_id=" + study_id in caplog.text
+    for value in (source.StudyInstanceUID, source.SeriesInstanceUID, source.SOPInstanceUID, NAME, PATIENT_ID):
+        assert value not in caplog.text, value
     # The patient module is nowhere else but the input, the SR and the FHIR bundle.
     for file in settings.data_dir.rglob("*"):
         if file.is_file() and file.name not in ("report.sr.dcm", "report.fhir.json") and "incoming" not in file.parts:
