@@ -139,5 +139,8 @@ class Receiver:
         received = Received(study_id, stored.key, stored.size, transfer_syntax)
         log.info("instance stored study_id=%s bytes=%d transfer_syntax=%s from %s", study_id, stored.size, transfer_syntax, source)
         if self.on_stored is not None:
-            self.on_stored(received)
+            try:
+                self.on_stored(received)
+            except Exception as e:  # noqa: BLE001 - the instance is stored: its status stays success; the run can be resumed
+                log.error("stored instance not handed on study_id=%s error_type=%s", study_id, type(e).__name__)
         return received

@@ -165,6 +165,24 @@ def test_calling_ae_titles_outside_the_allowed_list_are_rejected(settings):
         assert rejected.returncode != 0 and "reject" in (rejected.stdout + rejected.stderr).lower(), rejected.stderr
 
 
+def test_the_association_limit_holds(settings):
+    from pynetdicom import AE
+    from pynetdicom.sop_class import Verification
+
+    limited = settings.model_copy(update={"gateway_max_associations": 1})
+    with Gateway(limited) as gateway:
+        scu = AE(ae_title="HOLDER")
+        scu.add_requested_context(Verification)
+        held = scu.associate("127.0.0.1", gateway.dimse.port, ae_title=gateway.ae_title)
+        assert held.is_established
+        try:
+            second = run([tool("echoscu"), "-aec", gateway.ae_title, "127.0.0.1", str(gateway.dimse.port)])
+            assert second.returncode != 0 and "reject" in (second.stdout + second.stderr).lower(), second.stderr
+        finally:
+            held.release()
+        assert run([tool("echoscu"), "-aec", gateway.ae_title, "127.0.0.1", str(gateway.dimse.port)]).returncode == 0
+
+
 def test_stow_rs_stores_parts_and_answers_per_ps3_18(settings):
     chest, abdomen = cr_instance("explicit-le"), cr_instance("explicit-le", body_part="ABDOMEN")
     boundary = "radstream-boundary-7d1"
@@ -179,6 +197,13 @@ def test_stow_rs_stores_parts_and_answers_per_ps3_18(settings):
         with pytest.raises(urllib.error.HTTPError) as e:
             urllib.request.urlopen(wrong, timeout=30)
         assert e.value.code == 415
+    small = settings.model_copy(update={"gateway_max_stow_bytes": 1024})
+    with Gateway(small) as gateway:
+        request = urllib.request.Request(gateway.stow.url, data=body, method="POST", headers={
+            "Content-Type": f'multipart/related; type="application/dicom"; boundary={boundary}'})
+        with pytest.raises(urllib.error.HTTPError) as e:
+            urllib.request.urlopen(request, timeout=30)
+        assert e.value.code == 413
     assert code == 202  # one stored, one refused
     source = pydicom.dcmread(io.BytesIO(chest))
     assert answer["00081199"]["Value"][0]["00081155"]["Value"] == [source.SOPInstanceUID]
