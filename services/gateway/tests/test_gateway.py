@@ -233,3 +233,68 @@ def test_instances_of_one_study_share_the_pseudonym_prefix_and_differ_per_instan
     b, _ = study_id_for(KEY.encode(), study, generate_uid())
     other, _ = study_id_for(b"another-key-0123456789", study, generate_uid())
     assert a.split(".")[0] == b.split(".")[0] != other.split(".")[0] and a != b
+
+
+def test_radstream_gateway_command_prints_its_addresses_and_runs_what_it_receives(tmp_path):
+    """`radstream gateway` as a user starts it: a process on free ports; storescu sends; the study's line says it succeeded."""
+    import os
+    import re
+    import signal
+    import sys
+    import time
+
+    path = tmp_path / "cr.dcm"
+    path.write_bytes(cr_instance())
+    env = {k: v for k, v in os.environ.items() if not k.startswith("GATEWAY_")}
+    process = subprocess.Popen([sys.executable, "-m", "radstream.cli", "gateway", "--data-dir", str(tmp_path / "data"), "--workers", "1"],
+                               stdout=subprocess.PIPE, stderr=subprocess.DEVNULL, text=True, env=env, cwd=Path(__file__).resolve().parents[3])
+    lines: list[str] = []
+    try:
+        deadline = time.monotonic() + 120
+
+        def read_until(pattern: str) -> re.Match:
+            while time.monotonic() < deadline:
+                line = process.stdout.readline()
+                if not line:
+                    pytest.fail(f"radstream gateway exited ({process.poll()}): {''.join(lines)}")
+                lines.append(line)
+                match = re.search(pattern, line)
+                if match:
+                    return match
+            pytest.fail(f"radstream gateway printed no {pattern!r} within 120 s: {''.join(lines)}")
+
+        ae = read_until(r"^AE title: (\S+)").group(1)
+        port = read_until(r"^DIMSE: +127\.0\.0\.1 port (\d+)").group(1)
+        stow = read_until(r"^STOW-RS: +(http://127\.0\.0\.1:\d+/studies)").group(1)
+        sent = run([tool("storescu"), "-xt", "-aec", ae, "127.0.0.1", port, str(path)])
+        assert sent.returncode == 0, sent.stderr
+        study = read_until(r"^study (\S+): (\w+)")
+        assert study.group(2) == "succeeded", "".join(lines)
+        assert (tmp_path / "data" / "results" / "results" / study.group(1) / "report.sr.dcm").is_file()
+        assert stow.endswith("/studies") and ae == "RADSTREAM"
+        assert (tmp_path / "data" / "gateway" / "pseudonym.key").stat().st_mode & 0o077 == 0, "the key is the owner's only"
+    finally:
+        process.send_signal(signal.SIGINT)
+        try:
+            assert process.wait(timeout=60) == 0
+        finally:
+            if process.poll() is None:
+                process.kill()
+
+
+def test_gateway_settings_come_from_the_environment_and_are_checked():
+    from shared.errors import ConfigurationError
+
+    settings = Settings.from_env({"GATEWAY_DIMSE_PORT": "104", "GATEWAY_ALLOWED_CALLING_AES": "CR_ROOM_1, DX_ROOM_2,",
+                                  "GATEWAY_MAX_PDU": "0", "GATEWAY_PSEUDONYM_KEY": KEY, "GATEWAY_PACS": "PACS@10.0.0.5:104"})
+    assert (settings.gateway_dimse_port, settings.gateway_allowed_ae_list, settings.gateway_max_pdu) == (104, ["CR_ROOM_1", "DX_ROOM_2"], 0)
+    assert KEY not in repr(settings), "the HMAC key is a secret"
+    for variable, value in (("GATEWAY_AE_TITLE", "A" * 17), ("GATEWAY_DIMSE_PORT", "70000"), ("GATEWAY_PSEUDONYM_KEY", "short")):
+        with pytest.raises(ConfigurationError, match=variable):
+            Settings.from_env({variable: value})
+    with pytest.raises(ConfigurationError, match="GATEWAY_PSEUDONYM_KEY must be set"):
+        Gateway(Settings(gateway_dimse_port=0, gateway_http_port=0))
+    with pytest.raises(ConfigurationError, match="AE_TITLE@host:port"):
+        from services.gateway.deliver import DicomPeer
+
+        DicomPeer.parse("PACS:104")
