@@ -54,7 +54,8 @@ SNOMED = {
 def finding_code(label: str):
     from highdicom.sr import CodedConcept
 
-    return CodedConcept(value=label[:16], scheme_designator=PRIVATE_SCHEME, meaning=label.replace("_", " "))
+    # Labels over 16 characters become a Long Code Value (PS3.3 8.8), never truncated into a collision.
+    return CodedConcept(value=label, scheme_designator=PRIVATE_SCHEME, meaning=label.replace("_", " "))
 
 
 def _codes():
@@ -181,6 +182,14 @@ def build_sr(result: StudyResult, source: Any):
         sop_instance_uid=_uid(result, "sr"), instance_number=1, manufacturer=MANUFACTURER, is_complete=True, is_final=False,
         is_verified=False, series_description=f"RadStream {NOT_FOR_CLINICAL_USE}"[:64],
     )
+    # The private scheme is declared (PS3.3 C.12.1.1.5), so a reader knows whose codes these are.
+    from pydicom.dataset import Dataset
+
+    scheme = Dataset()
+    scheme.CodingSchemeDesignator = PRIVATE_SCHEME
+    scheme.CodingSchemeName = "RadStream model labels and measurement names"
+    scheme.CodingSchemeResponsibleOrganization = MANUFACTURER
+    sr.CodingSchemeIdentificationSequence = [*sr.get("CodingSchemeIdentificationSequence", []), scheme]
     return sr
 
 

@@ -42,6 +42,7 @@ def test_sr_and_fhir_carry_the_result_for_the_sources_patient(tmp_path):
     sr = hd.sr.Comprehensive3DSR.from_dataset(pydicom.dcmread(io.BytesIO(store.get_bytes("results", out.sr.key))))
     assert (sr.StudyInstanceUID, str(sr.PatientName), sr.AccessionNumber) == (source.StudyInstanceUID, "EXPORT^PAT", "ACC-1")
     assert sr.SeriesInstanceUID != source.SeriesInstanceUID and sr.Modality == "SR"
+    assert "99RADSTREAM" in {s.CodingSchemeDesignator for s in sr.CodingSchemeIdentificationSequence}
     groups = {g.finding_type.meaning: g for g in sr.content.get_image_measurement_groups()}
     assert set(groups) == {"Edema", "Cardiomegaly"}
     assert groups["Edema"].get_qualitative_evaluations()[0].value.meaning == "Present"
