@@ -7,7 +7,7 @@ BIN := $(VENV)/bin
 STAMP := $(VENV)/.installed
 REQUIREMENTS := requirements-dev.txt $(wildcard requirements-*.txt) shared/requirements.txt $(wildcard services/*/requirements.txt) pyproject.toml
 
-.PHONY: venv venv-train dcmtk demo test test-unit test-torch models bench schemas clean chromium screenshots
+.PHONY: venv venv-train dcmtk orthanc demo test test-unit test-torch models bench schemas clean chromium screenshots
 
 $(STAMP): $(REQUIREMENTS)
 	test -x $(BIN)/python || $(PYTHON) -m venv $(VENV)
@@ -25,11 +25,17 @@ demo: venv
 	$(BIN)/radstream demo --data-dir radstream-data
 
 # The DICOM tests write JPEG Baseline/Extended/Lossless (dcmcjpeg) and Big Endian (dcmconv) files with dcmtk,
-# Debian's package; installed only when missing, so a second run costs nothing.
+# Debian's package; the gateway's tests use its echoscu/storescu (the modality) and dsrdump (reads the SR).
+# Installed only when missing, so a second run costs nothing.
 dcmtk:
 	@command -v dcmcjpeg >/dev/null 2>&1 || { $(SUDO) apt-get update -qq && $(SUDO) apt-get install -y --no-install-recommends dcmtk; }
 
-test: venv dcmtk chromium
+# The gateway's tests start Orthanc (Debian's PACS, with its DICOMweb plugin) as the hospital; installed only when missing.
+# Debian's package does not start the daemon in a container (policy-rc.d); the tests run their own on free ports.
+orthanc:
+	@{ command -v Orthanc >/dev/null 2>&1 && test -f /usr/share/orthanc/plugins/libOrthancDicomWeb.so; } || { $(SUDO) apt-get update -qq && $(SUDO) apt-get install -y --no-install-recommends orthanc orthanc-dicomweb; }
+
+test: venv dcmtk orthanc chromium
 	RADSTREAM_IMAGE_TESTS=1 $(BIN)/python -m pytest -q
 
 # The console's browser tests drive Debian's Chromium through playwright (never `playwright install`: no browser download).

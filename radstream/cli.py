@@ -186,6 +186,63 @@ def cmd_trace(args: argparse.Namespace) -> int:
     return 0
 
 
+def local_pseudonym_key(data_dir: Path) -> str:
+    """GATEWAY_PSEUDONYM_KEY, else a random key kept in DATA_DIR/gateway/pseudonym.key (0600): study ids stay stable across restarts."""
+    import os
+    import secrets
+
+    path = data_dir / "gateway" / "pseudonym.key"
+    if not path.exists():
+        path.parent.mkdir(parents=True, exist_ok=True)
+        fd = os.open(path, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o600)
+        with os.fdopen(fd, "w") as f:
+            f.write(secrets.token_hex(32))
+    return path.read_text().strip()
+
+
+def cmd_gateway(args: argparse.Namespace) -> int:
+    """The DICOM gateway on free loopback ports (or --dimse-port/--http-port); each stored instance runs through the local pipeline."""
+    import logging
+    import threading
+
+    from radstream.runtime import LocalRuntime
+    from services.gateway.deliver import Deliverer
+    from services.gateway.server import Gateway, LocalPipeline
+
+    settings = settings_from(args)
+    settings = settings.model_copy(update={
+        "gateway_dimse_port": args.dimse_port, "gateway_http_port": args.http_port,
+        "gateway_pseudonym_key": settings.gateway_pseudonym_key or local_pseudonym_key(settings.data_dir),
+        "gateway_pacs": args.pacs or settings.gateway_pacs, "gateway_pacs_stow_url": args.pacs_stow_url or settings.gateway_pacs_stow_url,
+    })
+    logging.basicConfig(level=logging.INFO, format="%(asctime)s %(levelname)s %(message)s")
+    with LocalRuntime(settings, workers=args.workers) as runtime:
+        pipeline = LocalPipeline(runtime, workers=args.workers, deliverer=Deliverer(settings, runtime.store))
+
+        def report(received):
+            pipeline(received)
+            future = pipeline.futures[received.key]
+            def done(f):
+                delivered = pipeline.deliveries.get(received.study_id)
+                sent = f"; SR delivered to {', '.join(delivered)}" if isinstance(delivered, list) and delivered else (
+                    f"; SR NOT delivered: {delivered}" if isinstance(delivered, Exception) else "")
+                print(f"study {received.study_id}: {f.result().status}" + (f" ({f.result().message})" if f.result().message else "") + sent, flush=True)
+
+            future.add_done_callback(done)
+
+        with Gateway(settings, store=runtime.store, on_stored=report) as gateway:
+            print(f"AE title: {gateway.ae_title}", flush=True)
+            print(f"DIMSE:    {settings.gateway_host} port {gateway.dimse.port}  (e.g. storescu -aec {gateway.ae_title} {settings.gateway_host} {gateway.dimse.port} FILE.dcm)", flush=True)
+            print(f"STOW-RS:  {gateway.stow.url}", flush=True)
+            print(f"results:  {settings.data_dir / settings.results_bucket / 'results'}; Ctrl-C stops", flush=True)
+            try:
+                threading.Event().wait()
+            except KeyboardInterrupt:
+                pass
+        pipeline.close()
+    return 0
+
+
 def add_run_options(p: argparse.ArgumentParser) -> None:
     p.add_argument("--data-dir", default="radstream-data", help="folder holding the local buckets (default: ./radstream-data)")
     p.add_argument("--triton-url", help="serve models from Triton (http://host:8000 or grpc://host:8001) instead of in-process ONNX Runtime")
@@ -235,6 +292,14 @@ def parser() -> argparse.ArgumentParser:
     trace.add_argument("--data-dir", default="radstream-data")
     trace.add_argument("--json", action="store_true", help="print the segment document")
     trace.set_defaults(func=cmd_trace)
+
+    gateway = sub.add_parser("gateway", help="start the DICOM gateway (C-ECHO/C-STORE SCP, STOW-RS) and run what it receives through the local pipeline")
+    gateway.add_argument("--dimse-port", type=int, default=0, help="DIMSE port (default: a free one)")
+    gateway.add_argument("--http-port", type=int, default=0, help="STOW-RS port (default: a free one)")
+    gateway.add_argument("--pacs", help="deliver each study's SR by C-STORE to AE_TITLE@host:port (GATEWAY_PACS)")
+    gateway.add_argument("--pacs-stow-url", help="deliver each study's SR by STOW-RS to this …/studies URL (GATEWAY_PACS_STOW_URL)")
+    add_run_options(gateway)
+    gateway.set_defaults(func=cmd_gateway)
 
     add_query_parser(sub)
     add_console_parsers(sub)

@@ -98,3 +98,11 @@ def is_transient(error_name: str | None) -> bool:
             return cls.retryable
         stack.extend(cls.__subclasses__())
     return False
+
+
+class DeliveryUnavailable(RetryableError):
+    """The hospital's PACS or DICOMweb endpoint cannot be reached, or refused for now (out of resources): send again later."""
+
+
+class DeliveryRefused(PermanentError):
+    """The hospital's PACS refused the object itself (a DIMSE failure status, an HTTP 4xx): sending it again cannot help."""

@@ -136,6 +136,20 @@ class StoredResult(StageOutput):
     positive_findings: list[str]
 
 
+# --- ExportResults (DICOM studies only) ---
+class ExportRequest(BaseModel):
+    study: ValidatedStudy
+    stored: StoredResult
+    execution_id: str = "direct-invoke"
+
+
+class ExportedResult(StageOutput):
+    sr: ObjectRef | None = None
+    fhir: ObjectRef | None = None
+    # Why nothing was exported, when the source cannot be addressed (e.g. it lacks its StudyInstanceUID).
+    skipped: str | None = None
+
+
 # --- RecordFailure ---
 class FailureRequest(BaseModel):
     bucket: str

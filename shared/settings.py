@@ -30,6 +30,21 @@ ENVIRONMENT = {
     "max_image_pixels": "MAX_IMAGE_PIXELS",
     "onnx_threads": "ONNX_THREADS",
     "fault_injection": "RADSTREAM_FAULTS",
+    # The DICOM gateway (services/gateway, docs/gateway.md)
+    "gateway_ae_title": "GATEWAY_AE_TITLE",
+    "gateway_host": "GATEWAY_HOST",
+    "gateway_dimse_port": "GATEWAY_DIMSE_PORT",
+    "gateway_http_port": "GATEWAY_HTTP_PORT",
+    "gateway_allowed_calling_aes": "GATEWAY_ALLOWED_CALLING_AES",
+    "gateway_max_pdu": "GATEWAY_MAX_PDU",
+    "gateway_max_associations": "GATEWAY_MAX_ASSOCIATIONS",
+    "gateway_acse_timeout_s": "GATEWAY_ACSE_TIMEOUT_S",
+    "gateway_dimse_timeout_s": "GATEWAY_DIMSE_TIMEOUT_S",
+    "gateway_network_timeout_s": "GATEWAY_NETWORK_TIMEOUT_S",
+    "gateway_max_stow_bytes": "GATEWAY_MAX_STOW_BYTES",
+    "gateway_pseudonym_key": "GATEWAY_PSEUDONYM_KEY",
+    "gateway_pacs": "GATEWAY_PACS",
+    "gateway_pacs_stow_url": "GATEWAY_PACS_STOW_URL",
 }
 
 
@@ -56,6 +71,28 @@ class Settings(BaseModel):
     # Local backend only, for the soak benchmark and fault tests: e.g. "enospc=0.02,throttle=0.02,timeout=0.01,seed=7"
     # makes the object store fail that share of its calls the way a full disk, a throttled S3 or a timeout does.
     fault_injection: str | None = None
+    # The DICOM gateway: DIMSE C-ECHO/C-STORE SCP and DICOMweb STOW-RS. Port 0: a free port (tests, the CLI).
+    gateway_ae_title: str = Field(default="RADSTREAM", min_length=1, max_length=16, pattern=r"^[ -~]*[!-~][ -~]*$")
+    gateway_host: str = "127.0.0.1"
+    gateway_dimse_port: int = Field(default=11112, ge=0, le=65535)
+    gateway_http_port: int = Field(default=8042, ge=0, le=65535)
+    # Comma-separated calling AE titles allowed to associate; empty: any (a hospital network sets it).
+    gateway_allowed_calling_aes: str | None = None
+    gateway_max_pdu: int = Field(default=65536, ge=0)  # 0: unlimited (PS3.8 allows it)
+    gateway_max_associations: int = Field(default=10, ge=1)
+    gateway_acse_timeout_s: float = Field(default=30.0, gt=0)
+    gateway_dimse_timeout_s: float = Field(default=30.0, gt=0)
+    gateway_network_timeout_s: float = Field(default=60.0, gt=0)
+    gateway_max_stow_bytes: int = Field(default=512 * 1024 * 1024, gt=0)
+    # HMAC-SHA256 key that turns DICOM UIDs into study ids (never the UIDs themselves). Secret: not in repr.
+    gateway_pseudonym_key: str | None = Field(default=None, repr=False, min_length=16)
+    # Where the gateway delivers each study's SR: a PACS by C-STORE (AE_TITLE@host:port) and/or a STOW-RS URL (…/studies).
+    gateway_pacs: str | None = None
+    gateway_pacs_stow_url: str | None = None
+
+    @property
+    def gateway_allowed_ae_list(self) -> list[str]:
+        return [ae.strip() for ae in (self.gateway_allowed_calling_aes or "").split(",") if ae.strip()]
 
     @classmethod
     def from_env(cls, environ: dict[str, str] | None = None) -> "Settings":

@@ -79,9 +79,12 @@ def test_invalid_studies_fail_with_a_record_and_keep_their_input(demo):
 
 def test_no_phi_leaves_the_images_bucket(demo):
     data_dir, _ = demo
+    # The DICOM study's SR and FHIR exports carry its patient module by design (docs/phi.md); nothing else may.
+    exports = {p for p in (data_dir / "results").rglob("report.*") if p.suffix != ".txt"}
+    assert {p.relative_to(data_dir / "results/results").as_posix() for p in exports} == {"demo-dicom/report.sr.dcm", "demo-dicom/report.fhir.json"}
     for bucket in ("results", "telemetry", "artifacts", "logs", "events"):
         for path in (data_dir / bucket).rglob("*"):
-            if path.is_file():
+            if path.is_file() and path not in exports:
                 raw = path.read_bytes()
                 text = gzip.decompress(raw) if path.suffix == ".gz" else raw
                 # The sidecar's refused name, the DICOM header's name and ID, and even the pseudonymous ids.
@@ -100,7 +103,7 @@ def test_telemetry_lake_has_one_record_per_stage_per_study(demo):
         assert stages == {
             ("validate", None): 1, ("prepare", None): 1, ("inference", "chest_xray_classifier"): 1,
             ("inference", "anomaly_detector"): 1, ("inference", "report_encoder"): 1, ("store", None): 1, ("workflow", None): 1,
-        }
+        } | ({("export", None): 1} if study_id == "demo-dicom" else {}), study_id  # the export stage: DICOM studies only
     bad = {(k[1], k[2]) for k in by_study if k[0] == "bad-constant"}
     assert bad == {("validate", None), ("prepare", None), ("workflow", None)}
     failed = [r for r in lake_records(data_dir) if r["study_id"] == "bad-constant" and r["stage"] == "prepare"]
@@ -210,7 +213,7 @@ def test_the_handlers_emit_emf_metrics_that_agree_with_the_outcomes(demo):
     assert total["StudiesSucceeded"] == sum(o.status == "succeeded" for o in outcomes.values())
     assert total["StudiesFailed"] == sum(o.status == "failed" for o in outcomes.values())
     stages = {dict(p.dimensions).get("stage") for p in points if p.name == "StageDuration"}
-    assert stages == {"validate", "prepare", "inference", "store", "telemetry"}
+    assert stages == {"validate", "prepare", "inference", "store", "export", "telemetry"}  # export: the demo's DICOM study
     assert {dict(p.dimensions)["model"] for p in points if p.name == "ModelLatency"} == {"chest_xray_classifier", "anomaly_detector", "report_encoder"}
     assert all(("study_id", o) not in p.dimensions for p in points for o in outcomes), "study ids are metadata, never dimensions"
     errors = {dict(p.dimensions)["error_type"] for p in points if p.name == "StageErrors"}

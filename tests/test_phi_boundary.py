@@ -1,10 +1,12 @@
 """The PHI boundary (docs/phi.md): a DICOM's patient data stays in the images bucket, and its identifiers
-reach exactly one place besides: the identifier block of the study's result."""
+reach exactly three places besides: the identifier block of the study's result, and the two exports
+addressed back to the hospital (results/<study_id>/report.sr.dcm and report.fhir.json)."""
 from __future__ import annotations
 
 import gzip
 import io
 import json
+import logging
 from pathlib import Path
 
 import numpy as np
@@ -28,7 +30,8 @@ def every_file(data_dir: Path) -> dict[Path, bytes]:
     return files
 
 
-def test_identifiers_reach_the_result_and_nothing_else(tmp_path):
+def test_identifiers_reach_the_result_and_nothing_else(tmp_path, caplog):
+    caplog.set_level(logging.DEBUG)  # every library's log lines too (highdicom's name the source by its UID)
     pixels = np.round(generate_phantom(np.random.default_rng(5), size=256).image * 4095)
     data = dicom_bytes(pixels, patient_name=NAME, birth_date=BIRTH_DATE, accession_number=ACCESSION)
     header = pydicom.dcmread(io.BytesIO(data), stop_before_pixels=True)
@@ -59,9 +62,18 @@ def test_identifiers_reach_the_result_and_nothing_else(tmp_path):
     files = every_file(data_dir)
     kinds = {p.relative_to(data_dir).parts[0] for p in files}
     assert {"images", "results", "telemetry", "artifacts", "logs", "traces", "events", "journal"} <= kinds, kinds
+    # The exports carry the patient and study modules by design: the SR is filed with the study, the FHIR
+    # DiagnosticReport is about this Patient. Both must hold them (else a PACS or EHR could not file them).
+    exports = {data_dir / "results/results/phi-study/report.sr.dcm", data_dir / "results/results/phi-study/report.fhir.json"}
+    for path in exports:
+        assert NAME.split("^")[0].encode() in files[path] and str(header.PatientID).encode() in files[path], path
+        assert header.StudyInstanceUID.encode() in files[path], path
+    assert not list(data_dir.glob("results/results/phi-refused/report.*")), "a refused study exports nothing"
+    for value in [*(v.decode() for v in patient), *identifiers.values()]:
+        assert value not in caplog.text, value
     for path, content in files.items():
-        if path.is_relative_to(data_dir / "images/incoming"):
-            continue  # the inputs, kept as uploaded
+        if path.is_relative_to(data_dir / "images/incoming") or path in exports:
+            continue  # the inputs, kept as uploaded; the exports, addressed back to the hospital
         for value in patient:
             assert value not in content, (value, path)
         if path == result_path:

@@ -60,7 +60,8 @@ def test_permanent_errors_are_never_retried(template):
 
 def test_every_task_calls_a_handler_that_imports(template):
     tasks = [s for _, s in walk_states(template.definition()["States"]) if s["Type"] == "Task"]
-    assert len(tasks) == 9
+    # validate, prepare, 3 model branches, store, export (DICOM studies), telemetry, record failure, failure telemetry
+    assert len(tasks) == 10
     for task in tasks:
         module, _, attribute = template.handler_for(task["Resource"]).rpartition(".")
         assert callable(getattr(importlib.import_module(module), attribute))
@@ -101,7 +102,8 @@ def test_store_reads_the_state_keys_the_template_writes(template):
     from services.store.domain import STAGE_KEYS
 
     states = template.definition()["States"]
-    by_stage = {"validate": "ValidateMetadata", "prepare": "PrepareTensors", "inference": "RunModels", "store": "StoreResults"}
+    by_stage = {"validate": "ValidateMetadata", "prepare": "PrepareTensors", "inference": "RunModels", "store": "StoreResults",
+                "export": "ExportResults"}
     assert [stage for stage, _ in STAGE_KEYS] == list(by_stage), "in pipeline order"
     for stage, key in STAGE_KEYS:
         assert states[by_stage[stage]]["ResultPath"] == f"$.{key}", f"{by_stage[stage]} writes $.{key}"

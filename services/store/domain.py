@@ -28,7 +28,7 @@ from shared.observability import telemetry_record
 from shared.storage import ObjectStore
 
 # The workflow state keys each stage writes (ResultPath in template.yaml), in pipeline order.
-STAGE_KEYS = (("validate", "study"), ("prepare", "tensors"), ("inference", "inference"), ("store", "stored"))
+STAGE_KEYS = (("validate", "study"), ("prepare", "tensors"), ("inference", "inference"), ("store", "stored"), ("export", "exported"))
 # How many sentences the draft report's impression holds.
 REPORT_SENTENCES = 3
 # The DICOM attributes downstream systems key on (identifiers only; the patient module is never read).

@@ -120,3 +120,42 @@ def test_an_invalid_study_ends_with_a_failure_record_and_telemetry(emulator, dep
     records = telemetry(emulator, settings.telemetry_stream)
     assert any(r["stage"] == "validate" and r["status"] == "failed" for r in records)
     assert emulator.client("s3").head_object(Bucket=settings.images_bucket, Key="incoming/e2e-bad/image.png")  # the input is kept
+
+
+@pytest.mark.skipif(bool(models_missing()), reason=f"the reference ONNX models are not in services/triton/model_repository yet (missing: {', '.join(models_missing())})")
+def test_a_c_store_to_the_gateway_starts_the_workflow_and_exports_the_sr(emulator, deployment, tmp_path):
+    """The AWS path of issue 10: the gateway PUTs to S3, the template's rule matches the .dcm, the workflow (AWS
+    adapters) stores the result and, for this DICOM study, the SR and FHIR bundle next to it."""
+    import io
+    import shutil
+    import subprocess
+
+    import pydicom
+
+    from services.gateway.server import Gateway
+    from services.gateway.tests.test_gateway import cr_instance
+
+    settings, rule, queue_url = deployment
+    settings = settings.model_copy(update={"gateway_dimse_port": 0, "gateway_http_port": 0, "gateway_pseudonym_key": "e2e-key-0123456789abcdef"})
+    data = cr_instance("jpeg-ls-lossless")
+    (tmp_path / "cr.dcm").write_bytes(data)
+    storescu = shutil.which("storescu")
+    assert storescu, "storescu (Debian package dcmtk) is not installed: `make dcmtk`"
+    with Gateway(settings) as gateway:
+        sent = subprocess.run([storescu, "-xt", "-aec", gateway.ae_title, "127.0.0.1", str(gateway.dimse.port), str(tmp_path / "cr.dcm")],
+                              capture_output=True, text=True, timeout=60)
+    assert sent.returncode == 0, sent.stderr
+
+    (event,) = routed_events(emulator, queue_url)
+    key = event["detail"]["object"]["key"]
+    assert key.startswith("incoming/") and key.endswith(".dcm")
+    execution = run_workflow(settings, rule, event)
+    assert execution.status == "SUCCEEDED", (execution.error, execution.cause)
+    study_id = key.split("/")[1]
+    s3 = emulator.client("s3")
+    sr = pydicom.dcmread(io.BytesIO(s3.get_object(Bucket=settings.results_bucket, Key=f"results/{study_id}/report.sr.dcm")["Body"].read()))
+    source = pydicom.dcmread(io.BytesIO(data), stop_before_pixels=True)
+    assert (sr.StudyInstanceUID, sr.Modality) == (source.StudyInstanceUID, "SR")
+    fhir = json.loads(s3.get_object(Bucket=settings.results_bucket, Key=f"results/{study_id}/report.fhir.json")["Body"].read())
+    assert fhir["entry"][0]["resource"]["resourceType"] == "DiagnosticReport"
+    assert "export" in {r["stage"] for r in telemetry(emulator, settings.telemetry_stream)}

