@@ -57,7 +57,7 @@ EXPECTED_FAILURES = {
     "bad-digest": ("validate", "InvalidImage"),
     "bad-constant": ("prepare", "InvalidImage"),
 }
-PIPELINE = ("validate", "prepare", "inference", "store")
+PIPELINE = ("validate", "prepare", "inference", "store", "export")
 MODELS = 3  # one inference record per model: classifier, detector, encoder
 EXIT_INTERRUPTED = 3
 DEFAULT_FAULTS = "enospc=0.01,throttle=0.01,timeout=0.005"
@@ -416,10 +416,13 @@ class Soak:
         records: dict[str, dict] = {}
         for study_id in result_ids:
             doc = json.loads((results_bucket / "results" / study_id / "result.json").read_text())
-            records[study_id] = {"kind": "result", "execution_id": doc["execution_id"]}
+            dicom = doc["input"]["image"]["key"].endswith(".dcm")
+            records[study_id] = {"kind": "result", "execution_id": doc["execution_id"], "dicom": dicom}
             if doc["study_id"] != study_id:
                 problems["misfiled"].append(f"results/{study_id}/result.json names {doc['study_id']}")
-            extra = sorted(p.name for p in (results_bucket / "results" / study_id).iterdir() if p.name not in ("result.json", "report.txt"))
+            # A DICOM study's result comes with its exports for the hospital (ExportResults): the SR and the FHIR bundle.
+            allowed = ("result.json", "report.txt") + (("report.sr.dcm", "report.fhir.json") if dicom else ())
+            extra = sorted(p.name for p in (results_bucket / "results" / study_id).iterdir() if p.name not in allowed)
             if extra:
                 problems["duplicated"].append(f"{study_id}: extra files beside its result: {extra}")
         failures_by_type: Counter[str] = Counter()
@@ -539,8 +542,11 @@ def expected_telemetry(record: dict) -> Counter | None:
     if record["execution_id"] in ("none", "", None):
         return None
     if record["kind"] == "result":
-        return Counter({("validate", "succeeded"): 1, ("prepare", "succeeded"): 1, ("inference", "succeeded"): MODELS,
-                        ("store", "succeeded"): 1, ("workflow", "succeeded"): 1})
+        expected = Counter({("validate", "succeeded"): 1, ("prepare", "succeeded"): 1, ("inference", "succeeded"): MODELS,
+                            ("store", "succeeded"): 1, ("workflow", "succeeded"): 1})
+        if record.get("dicom"):
+            expected[("export", "succeeded")] = 1  # ExportResults runs for DICOM studies only
+        return expected
     expected: Counter = Counter()
     for stage in PIPELINE:
         if stage == record["stage"]:
