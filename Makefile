@@ -28,19 +28,19 @@ demo: venv
 # Debian's package; the gateway's tests use its echoscu/storescu (the modality) and dsrdump (reads the SR).
 # Installed only when missing, so a second run costs nothing.
 dcmtk:
-	@command -v dcmcjpeg >/dev/null 2>&1 || { $(SUDO) apt-get update -qq && $(SUDO) apt-get install -y --no-install-recommends dcmtk; }
+	@command -v dcmcjpeg >/dev/null 2>&1 || { $(SUDO) apt-get update -qq && $(SUDO) env DEBIAN_FRONTEND=noninteractive apt-get install -y --no-install-recommends dcmtk; }
 
 # The gateway's tests start Orthanc (Debian's PACS, with its DICOMweb plugin) as the hospital; installed only when missing.
 # Debian's package does not start the daemon in a container (policy-rc.d); the tests run their own on free ports.
 orthanc:
-	@{ command -v Orthanc >/dev/null 2>&1 && test -f /usr/share/orthanc/plugins/libOrthancDicomWeb.so; } || { $(SUDO) apt-get update -qq && $(SUDO) apt-get install -y --no-install-recommends orthanc orthanc-dicomweb; }
+	@{ command -v Orthanc >/dev/null 2>&1 && test -f /usr/share/orthanc/plugins/libOrthancDicomWeb.so; } || { $(SUDO) apt-get update -qq && $(SUDO) env DEBIAN_FRONTEND=noninteractive apt-get install -y --no-install-recommends orthanc orthanc-dicomweb; }
 
 test: venv dcmtk orthanc chromium
 	RADSTREAM_IMAGE_TESTS=1 $(BIN)/python -m pytest -q
 
 # The console's browser tests drive Debian's Chromium through playwright (never `playwright install`: no browser download).
 chromium:
-	command -v chromium >/dev/null || (apt-get update && DEBIAN_FRONTEND=noninteractive apt-get install -y --no-install-recommends chromium)
+	command -v chromium >/dev/null || ($(SUDO) apt-get update -qq && $(SUDO) env DEBIAN_FRONTEND=noninteractive apt-get install -y --no-install-recommends chromium)
 
 # The README's screenshots, made by the browser tests.
 screenshots: venv chromium
