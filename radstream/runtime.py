@@ -479,18 +479,22 @@ class LocalRuntime:
 
         def run_one(item: tuple[str, str | None, Exception | None]) -> StudyOutcome:
             source, study_id, error = item
+            named = study_id or folder_study_id(Path(source))
             uploaded = source.removeprefix(f"s3://{self.settings.images_bucket}/") if source.startswith("s3://") else None
-            if error is not None:
-                outcome = self.refused(source, study_id or folder_study_id(Path(source)), "upload", error)
-            elif uploaded is not None:
-                outcome = self.run_key(uploaded)
-            elif Path(source).is_dir():
-                outcome = self.run_folder(Path(source), study_id)
-            elif study_id and self._uploaded_key(study_id):
-                outcome = self.run_key(self._uploaded_key(study_id) or "")
-            else:
-                outcome = self.refused(source, study_id or folder_study_id(Path(source)), "upload",
-                                       ConfigurationError(f"{source} is gone and nothing was uploaded for it", study_id=study_id))
+            try:
+                if error is not None:
+                    outcome = self.refused(source, named, "upload", error)
+                elif uploaded is not None:
+                    outcome = self.run_key(uploaded)
+                elif Path(source).is_dir():
+                    outcome = self.run_folder(Path(source), study_id)
+                elif study_id and (key := self._uploaded_key(study_id)):
+                    outcome = self.run_key(key)
+                else:
+                    outcome = self.refused(source, named, "upload",
+                                           ConfigurationError(f"{source} is gone and nothing was uploaded for it", study_id=study_id))
+            except Exception as e:  # noqa: BLE001 - finding a resumed study's input failed (a store outage): its own record
+                outcome = self.refused(source, named, "runtime", e)
             try:
                 journal.ended(outcome.study_id, outcome.source, outcome.status, outcome.error_type, recorded=outcome.output is not None)
             except OSError as e:  # the study is done; without its line, resume runs it once more (idempotent)

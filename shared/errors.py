@@ -85,24 +85,20 @@ _TRANSIENT_SERVICE_ERRORS = frozenset({
 })
 
 
-def is_transient(error_name: str | None) -> bool:
-    """Whether a study that failed with this error can succeed by running it again unchanged (resume does)."""
-    if not error_name:
-        return False
-    if error_name in _TRANSIENT_SERVICE_ERRORS:
-        return True
+def error_class(error_name: str | None) -> type[RadStreamError] | None:
+    """The class of the error tree that a workflow error name (Step Functions' `Error`) stands for, if it is ours."""
     stack: list[type[RadStreamError]] = [RadStreamError]
     while stack:
         cls = stack.pop()
         if cls.__name__ == error_name:
-            return cls.retryable
+            return cls
         stack.extend(cls.__subclasses__())
-    return False
+    return None
 
 
-class DeliveryUnavailable(RetryableError):
-    """The hospital's PACS or DICOMweb endpoint cannot be reached, or refused for now (out of resources): send again later."""
-
-
-class DeliveryRefused(PermanentError):
-    """The hospital's PACS refused the object itself (a DIMSE failure status, an HTTP 4xx): sending it again cannot help."""
+def is_transient(error_name: str | None) -> bool:
+    """Whether a study that failed with this error can succeed by running it again unchanged (resume does)."""
+    if error_name in _TRANSIENT_SERVICE_ERRORS:
+        return True
+    cls = error_class(error_name)
+    return cls is not None and cls.retryable

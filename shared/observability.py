@@ -36,9 +36,6 @@ _log_target: ContextVar[IO[str] | None] = ContextVar("radstream_log_target", def
 class _LogStream(logging.StreamHandler):
     """Writes to whatever sys.stdout is at the time (Lambda's log stream), or to the stream `logs_to` names."""
 
-    def __init__(self) -> None:
-        super().__init__()
-
     @property  # type: ignore[override]
     def stream(self) -> IO[str]:
         return _log_target.get() or sys.stdout

@@ -21,7 +21,7 @@ import hashlib
 import io
 import json
 import logging
-from datetime import datetime, timezone
+from datetime import timezone
 from typing import Any
 
 from shared.contracts import ObjectRef, StudyResult

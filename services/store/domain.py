@@ -19,7 +19,7 @@ from typing import Any
 from shared.contracts import (
     Detection, DraftReport, FailureRecord, Finding, InputDigest, ObjectRef, ReportSentence, StudyIdentifiers, StudyResult,
 )
-from shared.errors import InvalidImage, ObjectNotFound, PermanentError, RadStreamError
+from shared.errors import InvalidImage, ObjectNotFound, PermanentError, error_class
 from shared.events import STUDY_FAILED, EventPublisher
 from shared.messages import (
     CandidateSentence, FailureRequest, ModelOutput, RecordedFailure, StoredResult, StoreRequest, StudyImage, study_id_from_key,
@@ -33,10 +33,6 @@ STAGE_KEYS = (("validate", "study"), ("prepare", "tensors"), ("inference", "infe
 REPORT_SENTENCES = 3
 # The DICOM attributes downstream systems key on (identifiers only; the patient module is never read).
 IDENTIFIER_TAGS = ("StudyInstanceUID", "SeriesInstanceUID", "SOPInstanceUID", "AccessionNumber")
-
-
-def _all_subclasses(cls: type) -> set[str]:
-    return {cls.__name__}.union(*(_all_subclasses(c) for c in cls.__subclasses__()))
 
 
 def select_impression(candidates: list[CandidateSentence], findings: list[Finding], detections: list[Detection],
@@ -196,7 +192,7 @@ def failure_message(error: dict[str, Any], stage: str, execution_id: str) -> tup
         cause = json.loads(error.get("Cause") or "{}")
     except json.JSONDecodeError:
         cause = {}
-    if error_type in _all_subclasses(RadStreamError) and isinstance(cause, dict) and cause.get("errorMessage"):
+    if error_class(error_type) is not None and isinstance(cause, dict) and cause.get("errorMessage"):
         return error_type, str(cause["errorMessage"])
     # Anything else is unexpected: its message may carry data we cannot vouch for, so it stays in the logs.
     return error_type, f"unexpected {error_type} in the {stage} stage; see the logs of execution {execution_id}"

@@ -2,7 +2,6 @@
 bright, and dashboard numbers equal to template.yaml's named queries run independently over the same lake."""
 from __future__ import annotations
 
-import io
 import json
 import urllib.error
 import urllib.request
