@@ -102,3 +102,11 @@ def is_transient(error_name: str | None) -> bool:
         return True
     cls = error_class(error_name)
     return cls is not None and cls.retryable
+
+
+class DeliveryUnavailable(RetryableError):
+    """The hospital's PACS or DICOMweb endpoint cannot be reached, or refused for now (out of resources): send again later."""
+
+
+class DeliveryRefused(PermanentError):
+    """The hospital's PACS refused the object itself (a DIMSE failure status, an HTTP 4xx): sending it again cannot help."""
