@@ -527,6 +527,12 @@ class Soak:
             if study_id != path.parent.name or path.stem != execution or not execution_belongs(execution, study_id):
                 problems["misattributed traces"].append(f"{path.relative_to(self.data)}: study {study_id}, execution {execution}")
         figures["traces"] = traces
+
+        # Debris: a write killed mid-way leaves a temp file in .staging/ only (never beside an object), and the
+        # next run sweeps it; after the final resume nothing of the kind is left anywhere in the data dir.
+        for path in sorted(self.data.rglob("*")):
+            if path.is_file() and (path.name.startswith(".tmp-") or path.parent.name == ".staging"):
+                problems["debris"].append(f"{path.relative_to(self.data)}: a temp file a killed write left behind")
         return {"figures": figures, "problems": problems}
 
 
@@ -582,6 +588,7 @@ def print_report(soak: Soak, audit: dict, wall_s: float) -> None:
         *((f"  {k} (studies)", f"{n} ({m})") for k, (n, m) in figures["failed attempts retried"].items()),
         ("log lines", figures["log lines"]), ("misattributed log lines", len(problems["misattributed log lines"])),
         ("traces", figures["traces"]), ("misattributed traces", len(problems["misattributed traces"])),
+        ("temp files left behind", len(problems["debris"])),
     ]
     width = max(len(k) for k, _ in rows)
     for k, v in rows:

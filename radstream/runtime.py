@@ -28,6 +28,7 @@ from radstream.journal import Journal, JournalEntry, unfinished
 from radstream.template import DEFAULT_TEMPLATE, Template
 from radstream.traces import write_trace
 from shared import wiring
+from shared.atomicfile import staging_dir, sweep_staging
 from shared.contracts import FailureRecord, ObjectRef
 from shared.errors import ConfigurationError, FailureNotRecorded, ObjectNotFound, RadStreamError, StorageUnavailable, StudyConflict, is_transient
 from shared.messages import INCOMING, study_id_from_key
@@ -208,6 +209,8 @@ class LocalRuntime:
         self.settings = settings
         self.workers = max(1, workers)
         settings.data_dir.mkdir(parents=True, exist_ok=True)
+        # What a killed earlier run was writing when it died (temp files only, never a half object): gone now.
+        sweep_staging(staging_dir(settings.data_dir))
         self.template = Template(template_path)
         self.store = RetryingStore(wiring.object_store(settings), storage_retrier(self.template.definition()), sleep)
         (settings.data_dir / "logs").mkdir(exist_ok=True)

@@ -8,12 +8,11 @@ from __future__ import annotations
 
 import hashlib
 import json
-import os
-import tempfile
 from pathlib import Path
 from typing import Any
 
 from radstream.asl import ExecutionResult
+from shared.atomicfile import atomic_write, staging_dir
 from shared.errors import ConfigurationError
 
 _DONE = {"TaskSucceeded", "TaskFailed", "TaskTimedOut"}
@@ -54,15 +53,7 @@ def segment_document(execution: ExecutionResult, study_id: str) -> dict[str, Any
 def write_trace(data_dir: Path, execution: ExecutionResult, study_id: str) -> Path:
     """One file per execution, written whole or not at all (temp file + rename)."""
     path = Path(data_dir) / "traces" / study_id / f"{execution.name}.json"
-    path.parent.mkdir(parents=True, exist_ok=True)
-    fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=".tmp-")
-    try:
-        with os.fdopen(fd, "w") as f:
-            f.write(json.dumps(segment_document(execution, study_id), indent=1))
-        os.replace(tmp, path)
-    except BaseException:
-        Path(tmp).unlink(missing_ok=True)
-        raise
+    atomic_write(path, json.dumps(segment_document(execution, study_id), indent=1).encode(), staging_dir(data_dir))
     return path
 
 

@@ -3,11 +3,11 @@ from __future__ import annotations
 
 import errno
 import os
-import tempfile
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, Protocol
 
+from shared.atomicfile import atomic_write, staging_dir
 from shared.aws_errors import translated
 from shared.errors import ObjectNotFound, PermanentError, StorageUnavailable
 
@@ -40,7 +40,7 @@ def _check_key(key: str) -> None:
 
 
 class LocalObjectStore:
-    """Buckets are folders under a data dir. Writes are atomic (temp file + rename), like S3's PUT.
+    """Buckets are folders under a data dir. Writes are atomic (temp file in `.staging/` + rename), like S3's PUT.
 
     A disk that is full, read-only or failing is an outage of this store, as a throttled S3 is: every OSError
     but "no such file" becomes StorageUnavailable (retried by the workflow; a study it stops stays resumable).
@@ -61,15 +61,7 @@ class LocalObjectStore:
         return StoredObject(bucket, key, len(data))
 
     def _write(self, target: Path, data: bytes) -> None:
-        target.parent.mkdir(parents=True, exist_ok=True)
-        fd, tmp = tempfile.mkstemp(dir=target.parent, prefix=".tmp-")
-        try:
-            with os.fdopen(fd, "wb") as f:
-                f.write(data)
-            os.replace(tmp, target)
-        except BaseException:
-            Path(tmp).unlink(missing_ok=True)
-            raise
+        atomic_write(target, data, staging_dir(self.root))
 
     def get_bytes(self, bucket: str, key: str) -> bytes:
         try:

@@ -142,3 +142,44 @@ def test_listing_by_prefix_walks_only_that_prefix(tmp_path, monkeypatch):
     assert store.list_keys("images", "") == sorted(["incoming/a-1/x.png", "incoming/a-1/s.json", "incoming/a-10/s.json", "incoming/b/s.json", "top.txt"])
     assert store.list_keys("images", "incoming/zzz/") == [] and store.list_keys("nobucket", "incoming/") == []
     assert store.list_keys("images", "../images/incoming/") == []
+
+
+KILLED_WRITER = """
+import os, sys, time
+from pathlib import Path
+os.replace = lambda *a: (print("written", flush=True), time.sleep(600))  # killed between the write and the rename
+from shared.storage import LocalObjectStore
+LocalObjectStore(Path(sys.argv[1])).put_bytes("results", "results/demo-001/result.json", b"{}" * 1000)
+"""
+
+
+def test_a_write_killed_before_its_rename_leaves_nothing_beside_the_result_and_the_next_run_sweeps_it(tmp_path):
+    """The short soak in CI found `.tmp-x6ki60di` beside demo-001's result.json after a SIGKILL: the temp file of a
+    killed write sat in the result's folder for good (listings hid it; the folder and every reader of it did not)."""
+    import os
+    import signal
+    import subprocess
+    import sys
+
+    data = tmp_path / "data"
+    root = Path(__file__).resolve().parents[1]
+    writer = subprocess.Popen([sys.executable, "-c", KILLED_WRITER, str(data)], cwd=root, stdout=subprocess.PIPE, text=True,
+                              env={**os.environ, "PYTHONPATH": str(root)})
+    try:
+        assert writer.stdout.readline().strip() == "written"
+    finally:
+        writer.send_signal(signal.SIGKILL)
+        writer.wait(timeout=30)
+    leftovers = [p for p in data.rglob("*") if p.is_file()]
+    assert leftovers and all(p.parent == data / ".staging" for p in leftovers), leftovers
+    assert not (data / "results" / "results" / "demo-001").exists() or not any((data / "results" / "results" / "demo-001").iterdir())
+
+    # A live writer's temp file (this process's, or another runtime's on the same data dir) is never swept.
+    from shared.atomicfile import sweep_staging
+
+    live = data / ".staging" / f"{os.getpid()}-inflight"
+    live.write_bytes(b"x")
+    with LocalRuntime(Settings(data_dir=data)):
+        pass
+    assert [p.name for p in (data / ".staging").iterdir()] == [live.name]
+    assert sweep_staging(data / ".staging") == 0
