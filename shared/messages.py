@@ -146,6 +146,7 @@ class ExportRequest(BaseModel):
 class ExportedResult(StageOutput):
     sr: ObjectRef | None = None
     fhir: ObjectRef | None = None
+    overlay: ObjectRef | None = None  # the Secondary Capture with the boxes burned in (report.overlay.dcm)
     # Why nothing was exported, when the source cannot be addressed (e.g. it lacks its StudyInstanceUID).
     skipped: str | None = None
 

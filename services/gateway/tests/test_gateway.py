@@ -131,9 +131,9 @@ def test_echo_and_compressed_cr_store_run_the_pipeline_and_export_an_sr(settings
     assert "instance stored study_id=" + study_id in caplog.text
     for value in (source.StudyInstanceUID, source.SeriesInstanceUID, source.SOPInstanceUID, NAME, PATIENT_ID):
         assert value not in caplog.text, value
-    # The patient module is nowhere else but the input, the SR and the FHIR bundle.
+    # The patient module is nowhere else but the input, the SR, the overlay and the FHIR bundle.
     for file in settings.data_dir.rglob("*"):
-        if file.is_file() and file.name not in ("report.sr.dcm", "report.fhir.json") and "incoming" not in file.parts:
+        if file.is_file() and file.name not in ("report.sr.dcm", "report.overlay.dcm", "report.fhir.json") and "incoming" not in file.parts:
             assert NAME.encode() not in file.read_bytes() and PATIENT_ID.encode() not in file.read_bytes(), file
 
 
