@@ -151,6 +151,21 @@ class ExportedResult(StageOutput):
     skipped: str | None = None
 
 
+# --- DeliverResults (and its dead letter) ---
+class DeliverRequest(BaseModel):
+    study: ValidatedStudy
+    exported: ExportedResult
+    execution_id: str = "direct-invoke"
+    # Set by the workflow's Catch ({Error, Cause}) once delivery failed for good: record the dead letter instead.
+    error: dict[str, Any] | None = None
+
+
+class DeliveredResult(StageOutput):
+    destinations: list[str] = []  # where the exports went (dimse:AE@host:port, stow:URL, fhir:URL)
+    dead_letter: ObjectRef | None = None  # results/export-failed/<study_id>/<execution>.json
+    skipped: str | None = None  # why nothing was sent (nothing exported, no destination configured)
+
+
 # --- RecordFailure ---
 class FailureRequest(BaseModel):
     bucket: str
