@@ -169,6 +169,7 @@ def cmd_demo_pacs(args: argparse.Namespace) -> int:
     from radstream.phantoms import generate_phantom
     from radstream.runtime import LocalRuntime
     from radstream.samples import write_dicom_study
+    from services.gateway.domain import pseudonym_key, study_id_for
     from services.gateway.server import Gateway, LocalPipeline
 
     storescu = shutil.which("storescu")
@@ -197,12 +198,19 @@ def cmd_demo_pacs(args: argparse.Namespace) -> int:
                 deadline = time.monotonic() + 600
                 while len(pipeline.futures) < len(files) and time.monotonic() < deadline:
                     time.sleep(0.1)
-                outcomes = [future.result(timeout=max(1, deadline - time.monotonic())) for future in list(pipeline.futures.values())]
+                outcomes = {o.study_id: o for o in (f.result(timeout=max(1, deadline - time.monotonic())) for f in list(pipeline.futures.values()))}
                 pipeline.close()
         results = settings.data_dir / settings.results_bucket / "results"
+        key = pseudonym_key(settings.gateway_pseudonym_key)
         wrong = 0
-        for file, outcome in zip(files, outcomes):
-            study_uid = pydicom.dcmread(file, stop_before_pixels=True).StudyInstanceUID
+        for file in files:
+            header = pydicom.dcmread(file, stop_before_pixels=True)
+            study_uid = header.StudyInstanceUID
+            outcome = outcomes.get(study_id_for(key, study_uid, header.SOPInstanceUID)[0])
+            if outcome is None:
+                print(f"\n{file.parent.name}: not received by the gateway within 600 s", flush=True)
+                wrong += 1
+                continue
             _, series = pacs.qido_study(study_uid)
             found = {dicom_json_value(s, "00080060"): dicom_json_value(s, "0008103E") for s in series}
             print(f"\nstudy {outcome.study_id} ({file.parent.name}): {outcome.status}" + (f" ({outcome.message})" if outcome.message else "") + delivery_text(outcome))

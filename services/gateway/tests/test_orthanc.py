@@ -182,3 +182,26 @@ def test_orthanc_down_ends_in_a_dead_letter_that_export_retry_delivers(tmp_path,
     finally:
         pacs.stop()
     np.testing.assert_equal(len(list((settings.data_dir / "results" / "export-failed").rglob("*.json"))), 0)
+
+
+def test_demo_pacs_shows_each_study_in_orthanc(tmp_path, capsys):
+    """`radstream demo --pacs`: Orthanc and the gateway started, storescu sends, each study's SR and overlay found by QIDO-RS."""
+    tool("storescu")
+    assert main(["demo", "--pacs", "--count", "2", "--data-dir", str(tmp_path / "data"), "--workers", "1"]) == 0
+    out = capsys.readouterr().out
+    assert out.count(": succeeded; SR and overlay delivered to dimse:ORTHANC@127.0.0.1:") == 2, out
+    assert out.count("/dicom-web/studies?StudyInstanceUID=") == 2 and out.count("series SR: RadStream") == 2 and out.count("series OT: RadStream") == 2
+    assert "every study's SR and overlay are in Orthanc" in out
+    for line in out.splitlines():
+        if line.strip().startswith("results:"):
+            folder = Path(line.split()[1])
+            assert {p.name for p in folder.iterdir()} >= {"result.json", "report.sr.dcm", "report.overlay.dcm", "report.fhir.json"}
+
+
+def test_demo_pacs_without_orthanc_says_how_to_install_it(tmp_path, capsys, monkeypatch):
+    import shutil
+
+    which = shutil.which
+    monkeypatch.setattr(shutil, "which", lambda name, *a, **k: None if name == "Orthanc" else which(name, *a, **k))
+    assert main(["demo", "--pacs", "--count", "1", "--data-dir", str(tmp_path / "data")]) == 2
+    assert "`make orthanc` installs it" in capsys.readouterr().err
