@@ -346,7 +346,9 @@ def cmd_export(args: argparse.Namespace) -> int:
     from services.export.deliver import DeadLetter, dead_letters, replay_dead_letters
     from shared import wiring
 
-    settings = with_destinations(settings_from(args), args)
+    # The environment's backend: local folders by default; RADSTREAM_BACKEND=aws with RESULTS_BUCKET replays a stack's letters.
+    base = Settings.from_env()
+    settings = with_destinations(base.model_copy(update={"data_dir": Path(args.data_dir)}) if base.backend == "local" else base, args)
     store = wiring.object_store(settings)
     try:
         keys = dead_letters(store, settings.results_bucket)
@@ -432,7 +434,8 @@ def parser() -> argparse.ArgumentParser:
 
     export = sub.add_parser("export", help="list the dead letters of deliveries that kept failing; --retry sends them again")
     export.add_argument("--retry", action="store_true", help="send each dead letter's SR, overlay and FHIR bundle again; a delivered one is removed")
-    export.add_argument("--data-dir", default="radstream-data", help="folder holding the local buckets (default: ./radstream-data)")
+    export.add_argument("--data-dir", default="radstream-data", help="folder holding the local buckets (default: ./radstream-data; "
+                        "RADSTREAM_BACKEND=aws and RESULTS_BUCKET: the stack's results bucket)")
     add_destination_options(export)
     export.set_defaults(func=cmd_export, triton_url=None, model_repository=None)
 

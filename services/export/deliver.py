@@ -153,7 +153,8 @@ def destinations(settings: Settings) -> list[str]:
 
 def deliver_exports(study_id: str, exported: ExportedResult, store: ObjectStore, settings: Settings) -> list[str]:
     """Send a study's exports to every configured destination; the destinations it reached (all of them, or an error)."""
-    dicom = [store.get_bytes(ref.bucket, ref.key) for ref in (exported.sr, exported.overlay) if ref is not None]
+    wants_dicom = bool(settings.export_dicom_peer or settings.export_stow_url)
+    dicom = [store.get_bytes(ref.bucket, ref.key) for ref in (exported.sr, exported.overlay) if ref is not None and wants_dicom]
     delivered = []
     if settings.export_dicom_peer and dicom:
         peer = DicomPeer.parse(settings.export_dicom_peer)
