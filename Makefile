@@ -7,7 +7,7 @@ BIN := $(VENV)/bin
 STAMP := $(VENV)/.installed
 REQUIREMENTS := requirements-dev.txt $(wildcard requirements-*.txt) shared/requirements.txt $(wildcard services/*/requirements.txt) pyproject.toml
 
-.PHONY: venv venv-train dcmtk orthanc demo test test-unit test-torch models bench schemas clean chromium screenshots
+.PHONY: venv venv-train dcmtk orthanc demo demo-pacs test test-unit test-torch models bench schemas clean chromium screenshots
 
 $(STAMP): $(REQUIREMENTS)
 	test -x $(BIN)/python || $(PYTHON) -m venv $(VENV)
@@ -24,11 +24,16 @@ venv: $(STAMP)
 demo: venv
 	$(BIN)/radstream demo --data-dir radstream-data
 
+# Orthanc as the hospital's PACS, the gateway in front of the pipeline; storescu sends, QIDO-RS finds the SRs and overlays.
+demo-pacs: venv dcmtk orthanc
+	$(BIN)/radstream demo --pacs --data-dir radstream-data
+
 # The DICOM tests write JPEG Baseline/Extended/Lossless (dcmcjpeg) and Big Endian (dcmconv) files with dcmtk,
 # Debian's package; the gateway's tests use its echoscu/storescu (the modality) and dsrdump (reads the SR).
+# dicom3tools' dciodvfy checks the overlay (Secondary Capture) against its IOD.
 # Installed only when missing, so a second run costs nothing.
 dcmtk:
-	@command -v dcmcjpeg >/dev/null 2>&1 || { $(SUDO) apt-get update -qq && $(SUDO) env DEBIAN_FRONTEND=noninteractive apt-get install -y --no-install-recommends dcmtk; }
+	@{ command -v dcmcjpeg >/dev/null 2>&1 && command -v dciodvfy >/dev/null 2>&1; } || { $(SUDO) apt-get update -qq && $(SUDO) env DEBIAN_FRONTEND=noninteractive apt-get install -y --no-install-recommends dcmtk dicom3tools; }
 
 # The gateway's tests start Orthanc (Debian's PACS, with its DICOMweb plugin) as the hospital; installed only when missing.
 # Debian's package does not start the daemon in a container (policy-rc.d); the tests run their own on free ports.

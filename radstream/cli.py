@@ -17,7 +17,7 @@ from rich.table import Table
 
 from radstream.analytics import add_query_parser
 from radstream.console.cli import add_console_parsers
-from shared.errors import RadStreamError
+from shared.errors import ConfigurationError, RadStreamError
 from shared.settings import DEFAULT_MODEL_REPOSITORY, Settings
 
 EXIT_FAILED_STUDIES = 1
@@ -136,10 +136,12 @@ def cmd_resume(args: argparse.Namespace) -> int:
 
 
 def cmd_demo(args: argparse.Namespace) -> int:
+    if args.pacs:
+        return cmd_demo_pacs(args)
     from radstream.samples import write_demo_studies
 
     out = Path(args.out) if args.out else Path(args.data_dir) / "demo-studies"
-    folders = write_demo_studies(out, args.count, invalid=not args.valid_only)
+    folders = write_demo_studies(out, 12 if args.count is None else args.count, invalid=not args.valid_only)
     if not args.quiet:
         Console(stderr=True).print(f"wrote {len(folders)} synthetic demo studies to {out} (phantoms, not patient data)")
     report = run_studies(folders, args)
@@ -151,6 +153,83 @@ def cmd_demo(args: argparse.Namespace) -> int:
         print(f"demo: unexpected outcome for {', '.join(wrong)}", file=sys.stderr)
         return EXIT_FAILED_STUDIES
     print("demo: every valid study has a result; every broken one (bad-*) has a failure record, as intended", file=sys.stderr if args.json else sys.stdout)
+    return 0
+
+
+def cmd_demo_pacs(args: argparse.Namespace) -> int:
+    """Orthanc as the hospital's PACS, the gateway in front of the pipeline: the demo DICOMs go in by storescu (C-STORE), each
+    study's SR and overlay come back to Orthanc by C-STORE (DeliverResults), found there by QIDO-RS."""
+    import shutil
+    import subprocess
+
+    import numpy as np
+    import pydicom
+
+    from radstream.orthanc import Orthanc, dicom_json_value
+    from radstream.phantoms import generate_phantom
+    from radstream.runtime import LocalRuntime
+    from radstream.samples import write_dicom_study
+    from services.gateway.domain import pseudonym_key, study_id_for
+    from services.gateway.server import Gateway, LocalPipeline
+
+    storescu = shutil.which("storescu")
+    if not storescu:
+        raise ConfigurationError("storescu (Debian package dcmtk) is not installed: `make dcmtk` installs it")
+    settings = settings_from(args)
+    out = Path(args.out) if args.out else settings.data_dir / "demo-pacs-studies"
+    rng = np.random.default_rng(11)
+    files = [write_dicom_study(out / f"pacs-{i + 1:03d}", generate_phantom(rng, size=512).image, patient_name=f"DEMO^PATIENT{i + 1}") / "study.dcm"
+             for i in range(max(1, 3 if args.count is None else args.count))]
+    print(f"wrote {len(files)} synthetic DICOM studies to {out} (phantoms, not patient data)", flush=True)
+    with Orthanc(settings.data_dir / "orthanc") as pacs:
+        print(f"Orthanc (the PACS): AE {pacs.ae_title} on 127.0.0.1:{pacs.dimse_port}, web/DICOMweb {pacs.url}", flush=True)
+        settings = settings.model_copy(update={
+            "gateway_dimse_port": 0, "gateway_http_port": 0, "export_dicom_peer": pacs.peer,
+            "gateway_pseudonym_key": settings.gateway_pseudonym_key or local_pseudonym_key(settings.data_dir)})
+        with LocalRuntime(settings, workers=args.workers) as runtime:
+            pipeline = LocalPipeline(runtime, workers=args.workers)
+            with Gateway(settings, store=runtime.store, on_stored=pipeline) as gateway:
+                print(f"gateway: AE {gateway.ae_title} on 127.0.0.1:{gateway.dimse.port}; sending with storescu", flush=True)
+                sent = subprocess.run([storescu, "-aec", gateway.ae_title, "127.0.0.1", str(gateway.dimse.port), *map(str, files)],
+                                      capture_output=True, text=True, timeout=300)
+                if sent.returncode != 0:
+                    print(f"demo --pacs: storescu failed ({sent.returncode}): {sent.stderr[-1000:]}", file=sys.stderr)
+                    return EXIT_FAILED_STUDIES
+                deadline = time.monotonic() + 600
+                while len(pipeline.futures) < len(files) and time.monotonic() < deadline:
+                    time.sleep(0.1)
+                outcomes = {o.study_id: o for o in (f.result(timeout=max(1, deadline - time.monotonic())) for f in list(pipeline.futures.values()))}
+                pipeline.close()
+        results = settings.data_dir / settings.results_bucket / "results"
+        key = pseudonym_key(settings.gateway_pseudonym_key)
+        wrong = 0
+        for file in files:
+            header = pydicom.dcmread(file, stop_before_pixels=True)
+            study_uid = header.StudyInstanceUID
+            outcome = outcomes.get(study_id_for(key, study_uid, header.SOPInstanceUID)[0])
+            if outcome is None:
+                print(f"\n{file.parent.name}: not received by the gateway within 600 s", flush=True)
+                wrong += 1
+                continue
+            _, series = pacs.qido_study(study_uid)
+            found = {dicom_json_value(s, "00080060"): dicom_json_value(s, "0008103E") for s in series}
+            print(f"\nstudy {outcome.study_id} ({file.parent.name}): {outcome.status}" + (f" ({outcome.message})" if outcome.message else "") + delivery_text(outcome))
+            print(f"  results:  {results / outcome.study_id}/  (result.json, report.sr.dcm, report.overlay.dcm, report.fhir.json)")
+            print(f"  in Orthanc by QIDO-RS: {pacs.url}/dicom-web/studies?StudyInstanceUID={study_uid}")
+            for modality, description in sorted(found.items()):
+                print(f"    series {modality}: {description}")
+            if outcome.status != "succeeded" or not {"SR", "OT"} <= set(found):
+                wrong += 1
+        if args.keep_running:
+            print(f"\nOrthanc keeps running at {pacs.url} (its viewer: {pacs.url}/app/explorer.html); Ctrl-C stops", flush=True)
+            try:
+                threading.Event().wait()
+            except KeyboardInterrupt:
+                pass
+    if wrong:
+        print(f"demo --pacs: {wrong} stud{'y' if wrong == 1 else 'ies'} without its SR and overlay in Orthanc", file=sys.stderr)
+        return EXIT_FAILED_STUDIES
+    print("\ndemo --pacs: every study's SR and overlay are in Orthanc, filed under the source's StudyInstanceUID")
     return 0
 
 
@@ -200,33 +279,46 @@ def local_pseudonym_key(data_dir: Path) -> str:
     return path.read_text().strip()
 
 
+def with_destinations(settings: Settings, args: argparse.Namespace) -> Settings:
+    """EXPORT_DICOM_PEER / EXPORT_STOW_URL / EXPORT_FHIR_URL, overridden by --dicom-peer / --stow-url / --fhir-url."""
+    update = {name: value for name, value in (("export_dicom_peer", args.dicom_peer), ("export_stow_url", args.stow_url),
+                                              ("export_fhir_url", args.fhir_url)) if value}
+    return settings.model_copy(update=update)
+
+
+def delivery_text(outcome) -> str:
+    """What DeliverResults did for a study, in a line: where the exports went, or the dead letter."""
+    delivery = outcome.delivery or {}
+    if delivery.get("dead_letter"):
+        return f"; exports NOT delivered: dead letter {delivery['dead_letter']} (`radstream export --retry` replays it)"
+    if delivery.get("destinations"):
+        return f"; SR and overlay delivered to {', '.join(delivery['destinations'])}"
+    return ""
+
+
 def cmd_gateway(args: argparse.Namespace) -> int:
     """The DICOM gateway on free loopback ports (or --dimse-port/--http-port); each stored instance runs through the local pipeline."""
     import logging
     import threading
 
     from radstream.runtime import LocalRuntime
-    from services.gateway.deliver import Deliverer
     from services.gateway.server import Gateway, LocalPipeline
 
-    settings = settings_from(args)
+    settings = with_destinations(settings_from(args), args)
     settings = settings.model_copy(update={
         "gateway_dimse_port": args.dimse_port, "gateway_http_port": args.http_port,
         "gateway_pseudonym_key": settings.gateway_pseudonym_key or local_pseudonym_key(settings.data_dir),
-        "gateway_pacs": args.pacs or settings.gateway_pacs, "gateway_pacs_stow_url": args.pacs_stow_url or settings.gateway_pacs_stow_url,
     })
     logging.basicConfig(level=logging.INFO, format="%(asctime)s %(levelname)s %(message)s")
     with LocalRuntime(settings, workers=args.workers) as runtime:
-        pipeline = LocalPipeline(runtime, workers=args.workers, deliverer=Deliverer(settings, runtime.store))
+        pipeline = LocalPipeline(runtime, workers=args.workers)
 
         def report(received):
             pipeline(received)
             future = pipeline.futures[received.key]
             def done(f):
-                delivered = pipeline.deliveries.get(received.study_id)
-                sent = f"; SR delivered to {', '.join(delivered)}" if isinstance(delivered, list) and delivered else (
-                    f"; SR NOT delivered: {delivered}" if isinstance(delivered, Exception) else "")
-                print(f"study {received.study_id}: {f.result().status}" + (f" ({f.result().message})" if f.result().message else "") + sent, flush=True)
+                outcome = f.result()
+                print(f"study {received.study_id}: {outcome.status}" + (f" ({outcome.message})" if outcome.message else "") + delivery_text(outcome), flush=True)
 
             future.add_done_callback(done)
 
@@ -241,6 +333,43 @@ def cmd_gateway(args: argparse.Namespace) -> int:
                 pass
         pipeline.close()
     return 0
+
+
+def add_destination_options(p: argparse.ArgumentParser) -> None:
+    p.add_argument("--dicom-peer", help="send each DICOM study's SR and overlay by C-STORE to AE_TITLE@host:port (EXPORT_DICOM_PEER)")
+    p.add_argument("--stow-url", help="send them by STOW-RS to this …/studies URL (EXPORT_STOW_URL)")
+    p.add_argument("--fhir-url", help="POST each FHIR bundle to this URL, e.g. https://fhir.example/fhir/Bundle (EXPORT_FHIR_URL)")
+
+
+def cmd_export(args: argparse.Namespace) -> int:
+    """The dead letters in the results bucket; with --retry, each sent again to the destinations configured now."""
+    from services.export.deliver import DeadLetter, dead_letters, replay_dead_letters
+    from shared import wiring
+
+    # The environment's backend: local folders by default; RADSTREAM_BACKEND=aws with RESULTS_BUCKET replays a stack's letters.
+    base = Settings.from_env()
+    settings = with_destinations(base.model_copy(update={"data_dir": Path(args.data_dir)}) if base.backend == "local" else base, args)
+    store = wiring.object_store(settings)
+    try:
+        keys = dead_letters(store, settings.results_bucket)
+        if not args.retry:
+            for key in keys:
+                letter = DeadLetter.model_validate_json(store.get_bytes(settings.results_bucket, key))
+                print(f"{key}: {letter.error_type}: {letter.message} (failed {letter.failed_at:%Y-%m-%d %H:%M:%S} UTC)")
+            print(f"{len(keys)} dead letter(s)" + ("; `radstream export --retry` sends them again" if keys else ""))
+            return 0
+        delivered = failed = 0
+        for i, replayed in enumerate(replay_dead_letters(store, settings), start=1):
+            if replayed.error is None:
+                delivered += 1
+                print(f"[{i}/{len(keys)}] {replayed.study_id}: delivered to {', '.join(replayed.delivered or [])}; {replayed.key} removed", flush=True)
+            else:
+                failed += 1
+                print(f"[{i}/{len(keys)}] {replayed.study_id}: still failing: {replayed.error.error_name}: {replayed.error.message}", flush=True)
+        print(f"replayed {delivered + failed} dead letter(s): {delivered} delivered, {failed} still failing")
+        return EXIT_FAILED_STUDIES if failed else 0
+    finally:
+        wiring.close_all(store)
 
 
 def add_run_options(p: argparse.ArgumentParser) -> None:
@@ -266,9 +395,12 @@ def parser() -> argparse.ArgumentParser:
     resume.set_defaults(func=cmd_resume)
 
     demo = sub.add_parser("demo", help="generate synthetic demo studies (some broken on purpose) and run them")
-    demo.add_argument("--count", type=int, default=12, help="valid studies to generate (default 12)")
+    demo.add_argument("--count", type=int, default=None, help="valid studies to generate (default 12; with --pacs 3)")
     demo.add_argument("--out", help="where to write the studies (default: DATA_DIR/demo-studies)")
     demo.add_argument("--valid-only", action="store_true", help="skip the broken-on-purpose studies")
+    demo.add_argument("--pacs", action="store_true", help="start Orthanc (`make orthanc`) and the gateway, send DICOM demo studies with storescu, "
+                      "and show where their SRs and overlays landed in Orthanc (QIDO-RS)")
+    demo.add_argument("--keep-running", action="store_true", help="with --pacs: keep Orthanc running to browse it, until Ctrl-C")
     add_run_options(demo)
     demo.set_defaults(func=cmd_demo)
 
@@ -296,10 +428,16 @@ def parser() -> argparse.ArgumentParser:
     gateway = sub.add_parser("gateway", help="start the DICOM gateway (C-ECHO/C-STORE SCP, STOW-RS) and run what it receives through the local pipeline")
     gateway.add_argument("--dimse-port", type=int, default=0, help="DIMSE port (default: a free one)")
     gateway.add_argument("--http-port", type=int, default=0, help="STOW-RS port (default: a free one)")
-    gateway.add_argument("--pacs", help="deliver each study's SR by C-STORE to AE_TITLE@host:port (GATEWAY_PACS)")
-    gateway.add_argument("--pacs-stow-url", help="deliver each study's SR by STOW-RS to this …/studies URL (GATEWAY_PACS_STOW_URL)")
+    add_destination_options(gateway)
     add_run_options(gateway)
     gateway.set_defaults(func=cmd_gateway)
+
+    export = sub.add_parser("export", help="list the dead letters of deliveries that kept failing; --retry sends them again")
+    export.add_argument("--retry", action="store_true", help="send each dead letter's SR, overlay and FHIR bundle again; a delivered one is removed")
+    export.add_argument("--data-dir", default="radstream-data", help="folder holding the local buckets (default: ./radstream-data; "
+                        "RADSTREAM_BACKEND=aws and RESULTS_BUCKET: the stack's results bucket)")
+    add_destination_options(export)
+    export.set_defaults(func=cmd_export, triton_url=None, model_repository=None)
 
     add_query_parser(sub)
     add_console_parsers(sub)

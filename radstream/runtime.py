@@ -75,6 +75,8 @@ class StudyOutcome:
     error_type: str | None = None
     message: str | None = None
     output: str | None = None  # where its result or failure record is; None: nothing could be recorded (resume runs it)
+    # DICOM studies: what DeliverResults did (destinations reached, or the dead letter, or why nothing was sent)
+    delivery: dict[str, Any] | None = None
 
 
 def s3_event(bucket: str, key: str, size: int) -> dict[str, Any]:
@@ -335,6 +337,11 @@ class LocalRuntime:
                 for f in sorted(stored["findings"], key=lambda f: -f["probability"])
             ]
             result.detections = len(stored["detections"])
+            delivered = (execution.output or {}).get("delivered") if isinstance(execution.output, dict) else None
+            if isinstance(delivered, dict):
+                result.delivery = {k: v for k, v in delivered.items() if k in ("destinations", "skipped")}
+                if delivered.get("dead_letter"):
+                    result.delivery["dead_letter"] = self._location(delivered["dead_letter"]["bucket"], delivered["dead_letter"]["key"])
         else:
             key = f"failed/{study_id}/error.json"
             try:

@@ -146,8 +146,24 @@ class ExportRequest(BaseModel):
 class ExportedResult(StageOutput):
     sr: ObjectRef | None = None
     fhir: ObjectRef | None = None
+    overlay: ObjectRef | None = None  # the Secondary Capture with the boxes burned in (report.overlay.dcm)
     # Why nothing was exported, when the source cannot be addressed (e.g. it lacks its StudyInstanceUID).
     skipped: str | None = None
+
+
+# --- DeliverResults (and its dead letter) ---
+class DeliverRequest(BaseModel):
+    study: ValidatedStudy
+    exported: ExportedResult
+    execution_id: str = "direct-invoke"
+    # Set by the workflow's Catch ({Error, Cause}) once delivery failed for good: record the dead letter instead.
+    error: dict[str, Any] | None = None
+
+
+class DeliveredResult(StageOutput):
+    destinations: list[str] = []  # where the exports went (dimse:AE@host:port, stow:URL, fhir:URL)
+    dead_letter: ObjectRef | None = None  # results/export-failed/<study_id>/<execution>.json
+    skipped: str | None = None  # why nothing was sent (nothing exported, no destination configured)
 
 
 # --- RecordFailure ---

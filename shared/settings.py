@@ -43,8 +43,10 @@ ENVIRONMENT = {
     "gateway_network_timeout_s": "GATEWAY_NETWORK_TIMEOUT_S",
     "gateway_max_stow_bytes": "GATEWAY_MAX_STOW_BYTES",
     "gateway_pseudonym_key": "GATEWAY_PSEUDONYM_KEY",
-    "gateway_pacs": "GATEWAY_PACS",
-    "gateway_pacs_stow_url": "GATEWAY_PACS_STOW_URL",
+    # Where DeliverResults sends each DICOM study's exports (services/export/deliver.py)
+    "export_dicom_peer": "EXPORT_DICOM_PEER",
+    "export_stow_url": "EXPORT_STOW_URL",
+    "export_fhir_url": "EXPORT_FHIR_URL",
 }
 
 
@@ -86,9 +88,11 @@ class Settings(BaseModel):
     gateway_max_stow_bytes: int = Field(default=512 * 1024 * 1024, gt=0)
     # HMAC-SHA256 key that turns DICOM UIDs into study ids (never the UIDs themselves). Secret: not in repr.
     gateway_pseudonym_key: str | None = Field(default=None, repr=False, min_length=16)
-    # Where the gateway delivers each study's SR: a PACS by C-STORE (AE_TITLE@host:port) and/or a STOW-RS URL (…/studies).
-    gateway_pacs: str | None = None
-    gateway_pacs_stow_url: str | None = None
+    # Where DeliverResults sends each DICOM study's SR and overlay: a DICOM node by C-STORE (AE_TITLE@host:port, calling
+    # AE gateway_ae_title) and/or a STOW-RS URL (…/studies); and the FHIR bundle, POSTed to export_fhir_url (…/Bundle).
+    export_dicom_peer: str | None = None
+    export_stow_url: str | None = None
+    export_fhir_url: str | None = None
 
     @property
     def gateway_allowed_ae_list(self) -> list[str]:

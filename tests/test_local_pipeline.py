@@ -79,9 +79,10 @@ def test_invalid_studies_fail_with_a_record_and_keep_their_input(demo):
 
 def test_no_phi_leaves_the_images_bucket(demo):
     data_dir, _ = demo
-    # The DICOM study's SR and FHIR exports carry its patient module by design (docs/phi.md); nothing else may.
+    # The DICOM study's SR, overlay and FHIR exports carry its patient module by design (docs/phi.md); nothing else may.
     exports = {p for p in (data_dir / "results").rglob("report.*") if p.suffix != ".txt"}
-    assert {p.relative_to(data_dir / "results/results").as_posix() for p in exports} == {"demo-dicom/report.sr.dcm", "demo-dicom/report.fhir.json"}
+    assert {p.relative_to(data_dir / "results/results").as_posix() for p in exports} == {
+        "demo-dicom/report.sr.dcm", "demo-dicom/report.overlay.dcm", "demo-dicom/report.fhir.json"}
     for bucket in ("results", "telemetry", "artifacts", "logs", "events"):
         for path in (data_dir / bucket).rglob("*"):
             if path.is_file() and path not in exports:

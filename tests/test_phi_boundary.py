@@ -1,6 +1,6 @@
 """The PHI boundary (docs/phi.md): a DICOM's patient data stays in the images bucket, and its identifiers
 reach exactly three places besides: the identifier block of the study's result, and the two exports
-addressed back to the hospital (results/<study_id>/report.sr.dcm and report.fhir.json)."""
+addressed back to the hospital (results/<study_id>/report.sr.dcm, report.overlay.dcm and report.fhir.json)."""
 from __future__ import annotations
 
 import gzip
@@ -63,8 +63,9 @@ def test_identifiers_reach_the_result_and_nothing_else(tmp_path, caplog):
     kinds = {p.relative_to(data_dir).parts[0] for p in files}
     assert {"images", "results", "telemetry", "artifacts", "logs", "traces", "events", "journal"} <= kinds, kinds
     # The exports carry the patient and study modules by design: the SR is filed with the study, the FHIR
-    # DiagnosticReport is about this Patient. Both must hold them (else a PACS or EHR could not file them).
-    exports = {data_dir / "results/results/phi-study/report.sr.dcm", data_dir / "results/results/phi-study/report.fhir.json"}
+    # DiagnosticReport is about this Patient, the overlay (Secondary Capture) is an image of the study. Each must hold
+    # them (else a PACS or EHR could not file them).
+    exports = {data_dir / f"results/results/phi-study/report.{kind}" for kind in ("sr.dcm", "overlay.dcm", "fhir.json")}
     for path in exports:
         assert NAME.split("^")[0].encode() in files[path] and str(header.PatientID).encode() in files[path], path
         assert header.StudyInstanceUID.encode() in files[path], path

@@ -24,6 +24,7 @@ import logging
 from datetime import timezone
 from typing import Any
 
+from services.export.overlay import build_overlay, overlay_bytes
 from shared.contracts import ObjectRef, StudyResult
 from shared.errors import InvalidImage, PermanentError
 from shared.messages import ExportedResult, ExportRequest
@@ -76,18 +77,23 @@ def _codes():
     }
 
 
-def source_header(store: ObjectStore, result: StudyResult):
+def source_bytes(store: ObjectStore, result: StudyResult) -> bytes:
+    """The source DICOM, the very bytes validate checked (sha256)."""
+    data = store.get_bytes(result.input.image.bucket, result.input.image.key)
+    if hashlib.sha256(data).hexdigest() != result.input.sha256:
+        raise InvalidImage("the DICOM file changed in the images bucket after it was validated; upload it again", study_id=result.study_id)
+    return data
+
+
+def source_header(data: bytes, study_id: str):
     """The source DICOM's header (pixels not read): the patient and study modules the SR and FHIR are addressed with."""
     import pydicom
     from pydicom.errors import InvalidDicomError
 
-    data = store.get_bytes(result.input.image.bucket, result.input.image.key)
-    if hashlib.sha256(data).hexdigest() != result.input.sha256:
-        raise InvalidImage("the DICOM file changed in the images bucket after it was validated; upload it again", study_id=result.study_id)
     try:
         return pydicom.dcmread(io.BytesIO(data), stop_before_pixels=True)
     except (InvalidDicomError, OSError, ValueError) as e:
-        raise InvalidImage(f"DICOM header cannot be read ({type(e).__name__})", study_id=result.study_id) from e
+        raise InvalidImage(f"DICOM header cannot be read ({type(e).__name__})", study_id=study_id) from e
 
 
 def _uid(result: StudyResult, what: str) -> str:
@@ -295,7 +301,8 @@ def export_result(request: ExportRequest, store: ObjectStore, results_bucket: st
     if request.study.image.format != "dicom":
         raise PermanentError("export is for DICOM studies; this one was uploaded as " + request.study.image.format, study_id=study_id)
     result = StudyResult.model_validate_json(store.get_bytes(request.stored.result.bucket, request.stored.result.key))
-    source = source_header(store, result)
+    data = source_bytes(store, result)
+    source = source_header(data, study_id)
     missing = [k for k in ("StudyInstanceUID", "SeriesInstanceUID", "SOPInstanceUID", "SOPClassUID") if not str(source.get(k) or "").strip()]
     if missing:
         # Type 1 in every image IOD: without them a PACS cannot file an SR, nor an EHR link the report. The result
@@ -306,11 +313,16 @@ def export_result(request: ExportRequest, store: ObjectStore, results_bucket: st
     sr = build_sr(result, source)
     sr_data = sr_bytes(sr)
     fhir = json.dumps(build_fhir(result, source, str(sr.SOPInstanceUID)), indent=2).encode()
+    overlay_data = overlay_bytes(build_overlay(
+        result, data, source_header(data, study_id), lambda what: _uid(result, what), f"RadStream {NOT_FOR_CLINICAL_USE}",
+        NOT_FOR_CLINICAL_USE, MANUFACTURER))
     prefix = f"results/{study_id}/"
     stored_sr = store.put_bytes(results_bucket, prefix + "report.sr.dcm", sr_data, content_type="application/dicom")
+    stored_overlay = store.put_bytes(results_bucket, prefix + "report.overlay.dcm", overlay_data, content_type="application/dicom")
     stored_fhir = store.put_bytes(results_bucket, prefix + "report.fhir.json", fhir, content_type="application/fhir+json")
     return ExportedResult(
         study_id=study_id, sr=ObjectRef(bucket=results_bucket, key=stored_sr.key), fhir=ObjectRef(bucket=results_bucket, key=stored_fhir.key),
-        bytes_in=len(sr_data), bytes_out=stored_sr.size + stored_fhir.size,
+        overlay=ObjectRef(bucket=results_bucket, key=stored_overlay.key),
+        bytes_in=len(data), bytes_out=stored_sr.size + stored_overlay.size + stored_fhir.size,
     )
 

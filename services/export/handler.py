@@ -1,10 +1,12 @@
-"""Lambda entry point of the export service: ExportResults (radstream-export-results), DICOM studies only."""
+"""Lambda entry points of the export service: ExportResults (radstream-export-results) and DeliverResults
+(radstream-deliver-results, which also writes the dead letter of a delivery that kept failing), DICOM studies only."""
 from __future__ import annotations
 
 from typing import Any
 
+from services.export.deliver import deliver
 from services.export.domain import export_result
-from shared.messages import ExportedResult, ExportRequest
+from shared.messages import DeliveredResult, DeliverRequest, ExportedResult, ExportRequest
 from shared.observability import StageHandler
 from shared.wiring import StoreDependencies
 
@@ -13,4 +15,9 @@ def run(event: dict[str, Any], deps: StoreDependencies) -> ExportedResult:
     return export_result(ExportRequest.model_validate(event), deps.store, deps.settings.results_bucket)
 
 
+def run_delivery(event: dict[str, Any], deps: StoreDependencies) -> DeliveredResult:
+    return deliver(DeliverRequest.model_validate(event), deps.store, deps.settings)
+
+
 lambda_handler = StageHandler("export", run, StoreDependencies.from_settings)
+deliver_handler = StageHandler("export", run_delivery, StoreDependencies.from_settings)

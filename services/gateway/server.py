@@ -13,12 +13,10 @@ import threading
 from concurrent.futures import Future, ThreadPoolExecutor
 from typing import Any
 
-from services.gateway.deliver import Deliverer
 from services.gateway.dimse import DimseServer
 from services.gateway.domain import Received, Receiver, pseudonym_key
 from services.gateway.stow import StowServer
 from shared import wiring
-from shared.errors import RadStreamError
 from shared.settings import Settings
 from shared.storage import ObjectStore
 
@@ -51,34 +49,21 @@ class Gateway:
 
 
 class LocalPipeline:
-    """Runs each stored instance through a LocalRuntime, then delivers its SR (when a destination is set).
+    """Runs each stored instance through a LocalRuntime on worker threads; `futures` keeps every run (key -> outcome future).
 
-    `futures` keeps every run (key -> outcome future); `deliveries` what each study's SR was sent to, or the
-    error that stopped it (the result and the SR stay in the results bucket either way).
+    The workflow's DeliverResults sends the SR and the overlay to the runtime's configured destinations
+    (EXPORT_DICOM_PEER, EXPORT_STOW_URL, EXPORT_FHIR_URL); each outcome's `delivery` says where they went, or
+    names the dead letter.
     """
 
-    def __init__(self, runtime: Any, workers: int = 2, deliverer: Deliverer | None = None) -> None:
+    def __init__(self, runtime: Any, workers: int = 2) -> None:
         self.runtime = runtime
-        self.deliverer = deliverer if deliverer is not None and deliverer.configured else None
         self.pool = ThreadPoolExecutor(max_workers=workers, thread_name_prefix="gateway-run")
         self.futures: dict[str, Future] = {}
-        self.deliveries: dict[str, list[str] | Exception] = {}
         self._lock = threading.Lock()
 
-    def _run(self, received: Received) -> Any:
-        outcome = self.runtime.run_key(received.key)
-        if self.deliverer is not None and outcome.status == "succeeded":
-            try:
-                delivered: list[str] | Exception = self.deliverer.deliver(received.study_id)
-            except RadStreamError as e:
-                logging.getLogger("radstream.gateway").warning("SR not delivered study_id=%s: %s (%s)", received.study_id, e.error_name, e.message)
-                delivered = e
-            with self._lock:
-                self.deliveries[received.study_id] = delivered
-        return outcome
-
     def __call__(self, received: Received) -> None:
-        future = self.pool.submit(self._run, received)
+        future = self.pool.submit(self.runtime.run_key, received.key)
         with self._lock:
             self.futures[received.key] = future
 

@@ -23,7 +23,7 @@ SERVICES = {
     "triton": ["services.triton.handler.lambda_handler"],
     "store": ["services.store.handler.lambda_handler", "services.store.handler.record_failure_handler"],
     "telemetry": ["services.telemetry.handler.lambda_handler"],
-    "export": ["services.export.handler.lambda_handler"],
+    "export": ["services.export.handler.lambda_handler", "services.export.handler.deliver_handler"],
 }
 
 

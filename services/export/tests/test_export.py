@@ -84,3 +84,50 @@ def test_a_replaced_source_and_a_png_study_are_refused(tmp_path):
     s["study"]["image"]["format"] = "png"
     with pytest.raises(PermanentError, match="DICOM studies"):
         export(s, store)
+
+
+def test_overlay_is_a_secondary_capture_of_the_source_with_the_boxes_burned_in(tmp_path):
+    import shutil
+    import subprocess
+
+    from services.prepare.domain import decode_dicom
+
+    store = LocalObjectStore(tmp_path)
+    gradient = np.tile(np.linspace(500, 3500, 256), (200, 1))  # 200 rows x 256 columns, 12-bit, left dark, right bright
+    data = dicom_bytes(gradient, patient_name="OVERLAY^PAT", accession_number="ACC-2")
+    source = pydicom.dcmread(io.BytesIO(data))
+    out = export(dicom_state(store, data), store)
+    assert out.overlay.key == "results/s1/report.overlay.dcm"
+    overlay_file = tmp_path / "overlay.dcm"
+    overlay_file.write_bytes(store.get_bytes("results", out.overlay.key))
+    sc = pydicom.dcmread(overlay_file)
+    sr = pydicom.dcmread(io.BytesIO(store.get_bytes("results", out.sr.key)))
+    # Filed with the source's patient and study, in a series of its own (neither the source's nor the SR's).
+    assert sc.SOPClassUID == "1.2.840.10008.5.1.4.1.1.7" and sc.BurnedInAnnotation == "YES"
+    assert (sc.StudyInstanceUID, str(sc.PatientName), sc.PatientID, sc.AccessionNumber) == (
+        source.StudyInstanceUID, "OVERLAY^PAT", source.PatientID, "ACC-2")
+    assert sc.SeriesInstanceUID not in (source.SeriesInstanceUID, sr.SeriesInstanceUID) and sc.SeriesNumber == 9902
+    assert "not for clinical use" in sc.SeriesDescription
+    # The picture: the source as prepare decodes it, grey (R = G = B), except the box [10, 20, 30, 40] drawn in red on
+    # the pixels it covers (columns 10..29, rows 20..39); its label and the draft notice above it, nothing below.
+    pixels = sc.pixel_array.astype(int)
+    assert pixels.shape == (200, 256, 3)
+    expected = np.rint(decode_dicom(data, "s1").pixels * 255).astype(int)
+    red = np.array([255, 32, 32])
+    for row, column in [(20, 10), (20, 29), (39, 10), (39, 29), (20, 20), (39, 20), (30, 10), (30, 29)]:
+        assert (pixels[row, column] == red).all(), (row, column, pixels[row, column])
+    inside = pixels[21:39, 11:29]
+    assert (inside == expected[21:39, 11:29, None]).all(), "the inside of the box shows the image"
+    untouched = pixels[41:, :]
+    assert (untouched == expected[41:, :, None]).all(), "below the box the image is unchanged"
+    assert (pixels[20:40, 31:] == expected[20:40, 31:, None]).all(), "right of the box the image is unchanged"
+    assert not (pixels[:19] == expected[:19, :, None]).all(), "the label and the notice are drawn above the box"
+    # Deterministic UIDs, as the SR's: a retried export rewrites the same instance, a re-run makes a new one.
+    assert pydicom.dcmread(io.BytesIO(store.get_bytes("results", export(dicom_state(store, data), store).overlay.key))).SOPInstanceUID == sc.SOPInstanceUID
+    # dcmtk reads it; dicom3tools' IOD checker (Debian's dicom3tools, `make dcmtk`) finds no error in it.
+    assert shutil.which("dcmdump") and shutil.which("dciodvfy"), "dcmtk and dicom3tools are needed: `make dcmtk` installs them"
+    dump = subprocess.run(["dcmdump", str(overlay_file)], capture_output=True, text=True, timeout=60)
+    assert dump.returncode == 0 and "SecondaryCaptureImageStorage" in dump.stdout and "BurnedInAnnotation" in dump.stdout, dump.stderr
+    verify = subprocess.run(["dciodvfy", str(overlay_file)], capture_output=True, text=True, timeout=60)
+    report = verify.stdout + verify.stderr
+    assert "SCImage" in report and not [line for line in report.splitlines() if line.startswith("Error")], report

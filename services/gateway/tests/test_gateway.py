@@ -49,6 +49,38 @@ def cr_instance(syntax: str = "jpeg-ls-lossless", body_part: str = "CHEST", stud
     return encode(ds, chosen)
 
 
+def check_sr(path: Path, result: dict, source: pydicom.Dataset) -> None:
+    """The SR holds result.json's findings and boxes for the source's patient and study; highdicom and dcmtk's dsrdump read it."""
+    sr = hd.sr.Comprehensive3DSR.from_dataset(pydicom.dcmread(path))
+    assert (sr.StudyInstanceUID, sr.PatientID, str(sr.PatientName)) == (source.StudyInstanceUID, PATIENT_ID, NAME)
+    assert sr.AccessionNumber == "ACC-GW-1"
+    groups = sr.content.get_image_measurement_groups()
+    findings = {}
+    for group in groups:
+        probability = {m.name.meaning: m.value for m in group.get_measurements()}
+        evaluation, = group.get_qualitative_evaluations()
+        findings[group.finding_type.meaning] = (round(probability["Probability"], 6), round(probability["Decision threshold"], 6), evaluation.value.meaning)
+        algorithm = [i.TextValue for i in group[0].ContentSequence if i.ConceptNameCodeSequence[0].CodeValue == "111001"]  # Algorithm Name
+        assert algorithm and algorithm[0].startswith("chest_xray_classifier") and "not for clinical use" in algorithm[0]
+    assert findings == {f["label"].replace("_", " "): (round(f["probability"], 6), round(f["threshold"], 6), "Present" if f["positive"] else "Absent")
+                        for f in result["findings"]}
+    regions = sr.content.get_planar_roi_measurement_groups()
+    assert len(regions) == len(result["detections"])
+    for group, detection in zip(regions, result["detections"]):
+        region = group.roi
+        assert region.value_type == hd.sr.ValueTypeValues.SCOORD
+        x0, y0, x1, y1 = detection["box"]
+        np.testing.assert_allclose(region.value, [[x0, y0], [x1, y0], [x1, y1], [x0, y1], [x0, y0]], atol=1e-3)
+        assert region.ContentSequence[0].ReferencedSOPSequence[0].ReferencedSOPInstanceUID == source.SOPInstanceUID
+        assert group.finding_type.meaning == detection["label"].replace("_", " ")
+
+    # dcmtk reads it too: the document, the template, the report text, the "not for clinical use" label.
+    dump = run([tool("dsrdump"), str(path)])
+    assert dump.returncode == 0, dump.stderr
+    assert "Imaging Measurement Report" in dump.stdout and "not for clinical use" in dump.stdout
+    assert "SCOORD" in dump.stdout or not result["detections"]
+
+
 def run(cmd: list[str], timeout: float = 60) -> subprocess.CompletedProcess:
     return subprocess.run(cmd, capture_output=True, text=True, timeout=timeout)
 
@@ -91,34 +123,7 @@ def test_echo_and_compressed_cr_store_run_the_pipeline_and_export_an_sr(settings
     assert outcome.status == "succeeded", outcome.message
     results = settings.data_dir / "results" / "results" / study_id
     result = json.loads((results / "result.json").read_text())
-    sr = hd.sr.Comprehensive3DSR.from_dataset(pydicom.dcmread(results / "report.sr.dcm"))
-    assert (sr.StudyInstanceUID, sr.PatientID, str(sr.PatientName)) == (source.StudyInstanceUID, PATIENT_ID, NAME)
-    assert sr.AccessionNumber == "ACC-GW-1"
-    groups = sr.content.get_image_measurement_groups()
-    findings = {}
-    for group in groups:
-        probability = {m.name.meaning: m.value for m in group.get_measurements()}
-        evaluation, = group.get_qualitative_evaluations()
-        findings[group.finding_type.meaning] = (round(probability["Probability"], 6), round(probability["Decision threshold"], 6), evaluation.value.meaning)
-        algorithm = [i.TextValue for i in group[0].ContentSequence if i.ConceptNameCodeSequence[0].CodeValue == "111001"]  # Algorithm Name
-        assert algorithm and algorithm[0].startswith("chest_xray_classifier") and "not for clinical use" in algorithm[0]
-    assert findings == {f["label"].replace("_", " "): (round(f["probability"], 6), round(f["threshold"], 6), "Present" if f["positive"] else "Absent")
-                        for f in result["findings"]}
-    regions = sr.content.get_planar_roi_measurement_groups()
-    assert len(regions) == len(result["detections"])
-    for group, detection in zip(regions, result["detections"]):
-        region = group.roi
-        assert region.value_type == hd.sr.ValueTypeValues.SCOORD
-        x0, y0, x1, y1 = detection["box"]
-        np.testing.assert_allclose(region.value, [[x0, y0], [x1, y0], [x1, y1], [x0, y1], [x0, y0]], atol=1e-3)
-        assert region.ContentSequence[0].ReferencedSOPSequence[0].ReferencedSOPInstanceUID == source.SOPInstanceUID
-        assert group.finding_type.meaning == detection["label"].replace("_", " ")
-
-    # dcmtk reads it too: the document, the template, the report text, the "not for clinical use" label.
-    dump = run([tool("dsrdump"), str(results / "report.sr.dcm")])
-    assert dump.returncode == 0, dump.stderr
-    assert "Imaging Measurement Report" in dump.stdout and "not for clinical use" in dump.stdout
-    assert "SCOORD" in dump.stdout or not result["detections"]
+    check_sr(results / "report.sr.dcm", result, source)
 
     # FHIR: a DiagnosticReport with one Observation per finding and per box, for this patient and study.
     fhir = json.loads((results / "report.fhir.json").read_text())
@@ -131,9 +136,9 @@ def test_echo_and_compressed_cr_store_run_the_pipeline_and_export_an_sr(settings
     assert "instance stored study_id=" + study_id in caplog.text
     for value in (source.StudyInstanceUID, source.SeriesInstanceUID, source.SOPInstanceUID, NAME, PATIENT_ID):
         assert value not in caplog.text, value
-    # The patient module is nowhere else but the input, the SR and the FHIR bundle.
+    # The patient module is nowhere else but the input, the SR, the overlay and the FHIR bundle.
     for file in settings.data_dir.rglob("*"):
-        if file.is_file() and file.name not in ("report.sr.dcm", "report.fhir.json") and "incoming" not in file.parts:
+        if file.is_file() and file.name not in ("report.sr.dcm", "report.overlay.dcm", "report.fhir.json") and "incoming" not in file.parts:
             assert NAME.encode() not in file.read_bytes() and PATIENT_ID.encode() not in file.read_bytes(), file
 
 
@@ -286,8 +291,9 @@ def test_gateway_settings_come_from_the_environment_and_are_checked():
     from shared.errors import ConfigurationError
 
     settings = Settings.from_env({"GATEWAY_DIMSE_PORT": "104", "GATEWAY_ALLOWED_CALLING_AES": "CR_ROOM_1, DX_ROOM_2,",
-                                  "GATEWAY_MAX_PDU": "0", "GATEWAY_PSEUDONYM_KEY": KEY, "GATEWAY_PACS": "PACS@10.0.0.5:104"})
+                                  "GATEWAY_MAX_PDU": "0", "GATEWAY_PSEUDONYM_KEY": KEY, "EXPORT_DICOM_PEER": "PACS@10.0.0.5:104"})
     assert (settings.gateway_dimse_port, settings.gateway_allowed_ae_list, settings.gateway_max_pdu) == (104, ["CR_ROOM_1", "DX_ROOM_2"], 0)
+    assert settings.export_dicom_peer == "PACS@10.0.0.5:104"
     assert KEY not in repr(settings), "the HMAC key is a secret"
     for variable, value in (("GATEWAY_AE_TITLE", "A" * 17), ("GATEWAY_DIMSE_PORT", "70000"), ("GATEWAY_PSEUDONYM_KEY", "short")):
         with pytest.raises(ConfigurationError, match=variable):
@@ -295,6 +301,6 @@ def test_gateway_settings_come_from_the_environment_and_are_checked():
     with pytest.raises(ConfigurationError, match="GATEWAY_PSEUDONYM_KEY must be set"):
         Gateway(Settings(gateway_dimse_port=0, gateway_http_port=0))
     with pytest.raises(ConfigurationError, match="AE_TITLE@host:port"):
-        from services.gateway.deliver import DicomPeer
+        from services.export.deliver import DicomPeer
 
         DicomPeer.parse("PACS:104")

@@ -1,0 +1,263 @@
+"""Delivery of a study's exports to the hospital, and the dead letters of deliveries that kept failing.
+
+DeliverResults (template.yaml) runs after ExportResults for DICOM studies. It sends the SR and the overlay
+(results/<study_id>/report.sr.dcm, report.overlay.dcm) to the configured destinations: a DICOM node by
+C-STORE SCU (EXPORT_DICOM_PEER, AE_TITLE@host:port) and/or a DICOMweb server by STOW-RS (EXPORT_STOW_URL,
+…/studies); and POSTs the FHIR bundle (report.fhir.json) to EXPORT_FHIR_URL when set. Statuses: a DIMSE success
+or warning (0x0000, 0xB000, 0xB006, 0xB007) or HTTP 2xx is delivered; 0xA7xx (out of resources), HTTP
+408/429/5xx or a peer that cannot be reached is DeliveryUnavailable (the template retries it); anything else
+DeliveryRefused. Log lines name the study id and the peer, never a patient value.
+
+When the retries are spent (or the peer refused), the workflow's Catch runs the same function with the error:
+it writes a dead letter, results/export-failed/<study_id>/<execution>.json (study id, execution, error, the
+exports' keys and the destinations; no patient value), and the study continues to SendTelemetry with its
+result: a delivery failure is not a study failure. `radstream export --retry` replays the dead letters
+(`replay_dead_letters`): a delivered one is removed, a failing one stays.
+"""
+from __future__ import annotations
+
+import io
+import json
+import logging
+import re
+import urllib.error
+import urllib.request
+import uuid
+from collections.abc import Callable, Iterator
+from dataclasses import dataclass
+from datetime import datetime, timezone
+from typing import Any
+
+from pydantic import BaseModel
+
+from shared.contracts import ObjectRef
+from shared.errors import ConfigurationError, DeliveryRefused, DeliveryUnavailable, ObjectNotFound, RadStreamError, error_class
+from shared.messages import DeliveredResult, DeliverRequest, ExportedResult
+from shared.settings import Settings
+from shared.storage import ObjectStore
+
+log = logging.getLogger("radstream.export")
+_PEER = re.compile(r"^(?P<ae>[ -~]{1,16})@(?P<host>[^:@\s]+):(?P<port>\d{1,5})$")
+_SAFE = re.compile(r"[^A-Za-z0-9._-]")
+SUCCESS_OR_WARNING = {0x0000, 0xB000, 0xB006, 0xB007}
+DEAD_LETTERS = "export-failed/"
+
+
+@dataclass(frozen=True)
+class DicomPeer:
+    ae_title: str
+    host: str
+    port: int
+
+    @classmethod
+    def parse(cls, text: str) -> "DicomPeer":
+        match = _PEER.match(text.strip())
+        if not match:
+            raise ConfigurationError("EXPORT_DICOM_PEER must be AE_TITLE@host:port, e.g. PACS@10.0.0.5:104")
+        return cls(match["ae"].strip(), match["host"], int(match["port"]))
+
+    def __str__(self) -> str:
+        return f"{self.ae_title}@{self.host}:{self.port}"
+
+
+def quiet_pynetdicom() -> None:
+    """pynetdicom's DEBUG lines print each request's SOP Instance UID: identifiers in logs (docs/phi.md)."""
+    logging.getLogger("pynetdicom").setLevel(logging.WARNING)
+
+
+def c_store(peer: DicomPeer, files: list[bytes], settings: Settings, study_id: str) -> list[int]:
+    """Send DICOM files by C-STORE over one association; each peer status (success or warning), else DeliveryUnavailable/Refused.
+
+    Each file's SOP class is proposed with its own transfer syntax and Explicit VR Little Endian: a PACS that does
+    not take the compressed overlay (JPEG-LS) gets it decompressed."""
+    import pydicom
+    from pydicom.uid import ExplicitVRLittleEndian
+    from pynetdicom import AE
+
+    quiet_pynetdicom()
+    datasets = [pydicom.dcmread(io.BytesIO(data)) for data in files]
+    ae = AE(ae_title=settings.gateway_ae_title)
+    ae.acse_timeout, ae.dimse_timeout, ae.network_timeout = (
+        settings.gateway_acse_timeout_s, settings.gateway_dimse_timeout_s, settings.gateway_network_timeout_s)
+    for ds in datasets:
+        syntaxes = list(dict.fromkeys([str(ds.file_meta.TransferSyntaxUID), ExplicitVRLittleEndian]))
+        ae.add_requested_context(ds.SOPClassUID, syntaxes)
+    try:
+        assoc = ae.associate(peer.host, peer.port, ae_title=peer.ae_title, max_pdu=settings.gateway_max_pdu)
+    except (OSError, RuntimeError) as e:
+        raise DeliveryUnavailable(f"no association with {peer} ({type(e).__name__})", study_id=study_id) from e
+    if not assoc.is_established:
+        raise DeliveryUnavailable(f"no association with {peer} (rejected, aborted or unreachable)", study_id=study_id)
+    statuses = []
+    try:
+        for ds in datasets:
+            accepted = {str(c.transfer_syntax[0]) for c in assoc.accepted_contexts if c.abstract_syntax == ds.SOPClassUID}
+            if not accepted:
+                raise DeliveryRefused(f"{peer} does not store SOP class {ds.SOPClassUID} (presentation context rejected)", study_id=study_id)
+            if str(ds.file_meta.TransferSyntaxUID) not in accepted:
+                # Lossless to uncompressed is the same instance: its SOP Instance UID stays (pydicom would make a new one).
+                ds.decompress(generate_instance_uid=False)
+            response = assoc.send_c_store(ds)
+            if not response or "Status" not in response:
+                raise DeliveryUnavailable(f"{peer} sent no C-STORE response (timeout or abort)", study_id=study_id)
+            status = int(response.Status)
+            if status & 0xFF00 == 0xA700:
+                raise DeliveryUnavailable(f"{peer} is out of resources (status 0x{status:04X}); send again later", study_id=study_id)
+            if status not in SUCCESS_OR_WARNING:
+                raise DeliveryRefused(f"{peer} refused SOP class {ds.SOPClassUID} with status 0x{status:04X}", study_id=study_id)
+            statuses.append(status)
+    finally:
+        if assoc.is_established:
+            assoc.release()
+    return statuses
+
+
+def _post(url: str, body: bytes, content_type: str, accept: str, what: str, study_id: str, timeout: float) -> int:
+    request = urllib.request.Request(url, data=body, method="POST", headers={"Content-Type": content_type, "Accept": accept})
+    try:
+        with urllib.request.urlopen(request, timeout=timeout) as response:
+            return int(response.status)
+    except urllib.error.HTTPError as e:
+        if e.code in (408, 429) or e.code >= 500:
+            raise DeliveryUnavailable(f"{what} {url} answered {e.code}; send again later", study_id=study_id) from e
+        raise DeliveryRefused(f"{what} {url} refused the request ({e.code})", study_id=study_id) from e
+    except (urllib.error.URLError, OSError) as e:
+        raise DeliveryUnavailable(f"{what} {url} cannot be reached ({type(e).__name__})", study_id=study_id) from e
+
+
+def stow(url: str, files: list[bytes], study_id: str, timeout: float = 60) -> int:
+    """POST DICOM files in one STOW-RS request (…/studies); the HTTP status, else DeliveryUnavailable/DeliveryRefused."""
+    boundary = uuid.uuid4().hex
+    body = b"".join(f"--{boundary}\r\nContent-Type: application/dicom\r\n\r\n".encode() + data + b"\r\n" for data in files)
+    body += f"--{boundary}--\r\n".encode()
+    return _post(url, body, f'multipart/related; type="application/dicom"; boundary={boundary}', "application/dicom+json",
+                 "STOW-RS", study_id, timeout)
+
+
+def post_fhir(url: str, bundle: bytes, study_id: str, timeout: float = 60) -> int:
+    """POST the FHIR bundle (a collection Bundle: to a server's …/Bundle endpoint); the HTTP status, else Unavailable/Refused."""
+    return _post(url, bundle, "application/fhir+json", "application/fhir+json", "FHIR", study_id, timeout)
+
+
+def destinations(settings: Settings) -> list[str]:
+    """The configured destinations, as the dead letters name them: dimse:AE@host:port, stow:URL, fhir:URL."""
+    found = []
+    if settings.export_dicom_peer:
+        found.append(f"dimse:{DicomPeer.parse(settings.export_dicom_peer)}")
+    if settings.export_stow_url:
+        found.append(f"stow:{settings.export_stow_url}")
+    if settings.export_fhir_url:
+        found.append(f"fhir:{settings.export_fhir_url}")
+    return found
+
+
+def deliver_exports(study_id: str, exported: ExportedResult, store: ObjectStore, settings: Settings) -> list[str]:
+    """Send a study's exports to every configured destination; the destinations it reached (all of them, or an error)."""
+    wants_dicom = bool(settings.export_dicom_peer or settings.export_stow_url)
+    dicom = [store.get_bytes(ref.bucket, ref.key) for ref in (exported.sr, exported.overlay) if ref is not None and wants_dicom]
+    delivered = []
+    if settings.export_dicom_peer and dicom:
+        peer = DicomPeer.parse(settings.export_dicom_peer)
+        statuses = c_store(peer, dicom, settings, study_id)
+        log.info("exports delivered by C-STORE study_id=%s to %s statuses=%s", study_id, peer, ",".join(f"0x{s:04X}" for s in statuses))
+        delivered.append(f"dimse:{peer}")
+    if settings.export_stow_url and dicom:
+        code = stow(settings.export_stow_url, dicom, study_id, timeout=settings.gateway_network_timeout_s)
+        log.info("exports delivered by STOW-RS study_id=%s to %s status=%d", study_id, settings.export_stow_url, code)
+        delivered.append(f"stow:{settings.export_stow_url}")
+    if settings.export_fhir_url and exported.fhir is not None:
+        code = post_fhir(settings.export_fhir_url, store.get_bytes(exported.fhir.bucket, exported.fhir.key), study_id,
+                         timeout=settings.gateway_network_timeout_s)
+        log.info("FHIR bundle delivered study_id=%s to %s status=%d", study_id, settings.export_fhir_url, code)
+        delivered.append(f"fhir:{settings.export_fhir_url}")
+    return delivered
+
+
+# --- dead letters ---
+class DeadLetter(BaseModel):
+    """A delivery that kept failing: what to send again, and why it failed. No patient value (docs/phi.md)."""
+
+    study_id: str
+    execution_id: str
+    failed_at: datetime
+    error_type: str
+    message: str
+    destinations: list[str]
+    exported: ExportedResult
+    replay: str = "radstream export --retry"
+
+
+def dead_letter_key(study_id: str, execution_id: str) -> str:
+    execution = _SAFE.sub("_", execution_id.rsplit(":", 1)[-1]) or "execution"
+    return f"{DEAD_LETTERS}{study_id}/{execution}.json"
+
+
+def error_message(error: dict[str, Any], study_id: str, execution_id: str) -> tuple[str, str]:
+    """The Catch's {Error, Cause}: our own errors' messages (they never carry patient values), else only the type."""
+    error_type = str(error.get("Error", "States.Runtime"))
+    try:
+        cause = json.loads(error.get("Cause") or "{}")
+    except json.JSONDecodeError:
+        cause = {}
+    if error_class(error_type) is not None and isinstance(cause, dict) and cause.get("errorMessage"):
+        return error_type, str(cause["errorMessage"])
+    return error_type, f"study {study_id}: unexpected {error_type} while delivering; see the logs of execution {execution_id}"
+
+
+def record_dead_letter(request: DeliverRequest, store: ObjectStore, settings: Settings) -> DeliveredResult:
+    study_id = request.study.study_id
+    error_type, message = error_message(request.error or {}, study_id, request.execution_id)
+    letter = DeadLetter(
+        study_id=study_id, execution_id=request.execution_id, failed_at=datetime.now(timezone.utc), error_type=error_type,
+        message=message, destinations=destinations(settings), exported=request.exported,
+    )
+    stored = store.put_bytes(settings.results_bucket, dead_letter_key(study_id, request.execution_id),
+                             letter.model_dump_json(indent=2, exclude_none=True).encode(), content_type="application/json")
+    log.warning("exports not delivered study_id=%s error_type=%s: dead letter %s", study_id, error_type, stored.key)
+    return DeliveredResult(study_id=study_id, dead_letter=ObjectRef(bucket=settings.results_bucket, key=stored.key), bytes_out=stored.size)
+
+
+def deliver(request: DeliverRequest, store: ObjectStore, settings: Settings) -> DeliveredResult:
+    """DeliverResults: send the exports; or, called by the Catch with the error, write the dead letter."""
+    if request.error is not None:
+        return record_dead_letter(request, store, settings)
+    study_id = request.study.study_id
+    if request.exported.sr is None:
+        return DeliveredResult(study_id=study_id, skipped=request.exported.skipped or "nothing was exported")
+    if not destinations(settings):
+        return DeliveredResult(study_id=study_id, skipped="no destination configured (EXPORT_DICOM_PEER, EXPORT_STOW_URL, EXPORT_FHIR_URL)")
+    return DeliveredResult(study_id=study_id, destinations=deliver_exports(study_id, request.exported, store, settings))
+
+
+@dataclass
+class Replayed:
+    key: str
+    study_id: str
+    delivered: list[str] | None = None
+    error: RadStreamError | None = None
+
+
+def dead_letters(store: ObjectStore, bucket: str) -> list[str]:
+    return sorted(k for k in store.list_keys(bucket, DEAD_LETTERS) if k.endswith(".json"))
+
+
+def replay_dead_letters(store: ObjectStore, settings: Settings, on_each: Callable[[Replayed], None] | None = None) -> Iterator[Replayed]:
+    """Send each dead letter's exports again to the destinations configured now; a delivered one's letter is removed."""
+    if not destinations(settings):
+        raise ConfigurationError("no destination configured to replay to: set EXPORT_DICOM_PEER, EXPORT_STOW_URL or EXPORT_FHIR_URL")
+    for key in dead_letters(store, settings.results_bucket):
+        try:
+            letter = DeadLetter.model_validate_json(store.get_bytes(settings.results_bucket, key))
+        except ObjectNotFound:
+            continue  # replayed meanwhile by someone else
+        except ValueError as e:
+            outcome = Replayed(key=key, study_id=key.split("/")[1], error=ConfigurationError(f"dead letter {key} cannot be read ({type(e).__name__})"))
+            yield outcome
+            continue
+        outcome = Replayed(key=key, study_id=letter.study_id)
+        try:
+            outcome.delivered = deliver_exports(letter.study_id, letter.exported, store, settings)
+            store.delete(settings.results_bucket, key)
+        except RadStreamError as e:
+            outcome.error = e
+        yield outcome
