@@ -43,6 +43,10 @@ ENVIRONMENT = {
     "gateway_network_timeout_s": "GATEWAY_NETWORK_TIMEOUT_S",
     "gateway_max_stow_bytes": "GATEWAY_MAX_STOW_BYTES",
     "gateway_pseudonym_key": "GATEWAY_PSEUDONYM_KEY",
+    "gateway_pseudonym_secret_arn": "GATEWAY_PSEUDONYM_SECRET_ARN",
+    "gateway_tls_cert_file": "GATEWAY_TLS_CERT_FILE",
+    "gateway_tls_key_file": "GATEWAY_TLS_KEY_FILE",
+    "gateway_dicom_tls_port": "GATEWAY_DICOM_TLS_PORT",
     "gateway_pacs": "GATEWAY_PACS",
     "gateway_pacs_stow_url": "GATEWAY_PACS_STOW_URL",
 }
@@ -86,6 +90,13 @@ class Settings(BaseModel):
     gateway_max_stow_bytes: int = Field(default=512 * 1024 * 1024, gt=0)
     # HMAC-SHA256 key that turns DICOM UIDs into study ids (never the UIDs themselves). Secret: not in repr.
     gateway_pseudonym_key: str | None = Field(default=None, repr=False, min_length=16)
+    # In AWS the key is a Secrets Manager secret instead (its ARN): read once at start (services/gateway/secrets.py).
+    gateway_pseudonym_secret_arn: str | None = None
+    # TLS (docs/gateway.md, "On EKS"): with a certificate and key (PEM files, e.g. a mounted Kubernetes Secret),
+    # STOW-RS is served over HTTPS, and DICOM TLS listens on gateway_dicom_tls_port (2762 is IANA's; 0: a free one).
+    gateway_tls_cert_file: Path | None = None
+    gateway_tls_key_file: Path | None = None
+    gateway_dicom_tls_port: int | None = Field(default=None, ge=0, le=65535)
     # Where the gateway delivers each study's SR: a PACS by C-STORE (AE_TITLE@host:port) and/or a STOW-RS URL (…/studies).
     gateway_pacs: str | None = None
     gateway_pacs_stow_url: str | None = None

@@ -9,6 +9,7 @@ that names the problem, never a value.
 from __future__ import annotations
 
 import logging
+import ssl
 from typing import Any
 
 from pynetdicom import ALL_TRANSFER_SYNTAXES, AE, evt
@@ -77,16 +78,37 @@ def handle_echo(event: Any) -> int:
 
 
 class DimseServer:
-    """The SCP on (host, port); port 0 takes a free one (`port` says which)."""
+    """The SCP on (host, port); port 0 takes a free one (`port` says which). With a TLS context and
+    GATEWAY_DICOM_TLS_PORT, a second listener speaks DICOM TLS (PS3.15 B.9) on that port (`tls_port`); both
+    share one AE, so GATEWAY_MAX_ASSOCIATIONS counts their associations together."""
 
-    def __init__(self, settings: Settings, receiver: Receiver) -> None:
+    def __init__(self, settings: Settings, receiver: Receiver, ssl_context: ssl.SSLContext | None = None) -> None:
         self.ae = build_ae(settings)
         handlers = [(evt.EVT_C_STORE, handle_store, [receiver]), (evt.EVT_C_ECHO, handle_echo)]
         self.server = self.ae.start_server((settings.gateway_host, settings.gateway_dimse_port), block=False, evt_handlers=handlers)
+        self.tls_server = None
+        if ssl_context is not None and settings.gateway_dicom_tls_port is not None:
+            try:
+                self.tls_server = self.ae.start_server((settings.gateway_host, settings.gateway_dicom_tls_port), block=False,
+                                                       evt_handlers=handlers, ssl_context=ssl_context)
+            except BaseException:
+                self.server.shutdown()
+                raise
 
     @property
     def port(self) -> int:
         return int(self.server.server_address[1])
 
+    @property
+    def tls_port(self) -> int | None:
+        return int(self.tls_server.server_address[1]) if self.tls_server is not None else None
+
+    def serving(self) -> bool:
+        """Whether every listener's socket is still open (GET /health)."""
+        return all(s.socket.fileno() >= 0 for s in (self.server, self.tls_server) if s is not None)
+
     def close(self) -> None:
-        self.server.shutdown()
+        """Stops the listeners (again: nothing)."""
+        for server in (self.tls_server, self.server):
+            if server is not None and server.socket.fileno() >= 0:
+                server.shutdown()
