@@ -178,7 +178,9 @@ def scu_worker(args: argparse.Namespace) -> int:
             if not assoc.is_established:
                 count("rejected" if assoc.is_rejected else "not_established")
                 attempt += 1
-                time.sleep(random.uniform(0.5, 1.0) * min(2.0, 0.05 * 2 ** min(attempt, 6)))
+                # Jittered exponential back-off, 0.2 s doubling up to 5 s: a modality's retry, not a reconnect storm
+                # (each attempt costs both sides an association thread and a socket).
+                time.sleep(random.uniform(0.5, 1.0) * min(5.0, 0.2 * 2 ** min(attempt, 5)))
                 continue
             count("established")
             attempt = 0
