@@ -4,9 +4,10 @@ Python's own http.server (ThreadingHTTPServer), not a framework: the endpoint is
 a multipart of DICOM files; the parts are split on the boundary here, byte-exact (the email package's
 parser reflows line endings of text parts, and a framework would add a dependency and a worker model
 for one POST). With a certificate (GATEWAY_TLS_CERT_FILE/KEY_FILE) it serves HTTPS itself (EKS: a mounted
-Secret); without, it binds to loopback by default. `GET /health` answers the probes. Responses follow PS3.18 10.5.3: 200 when every instance was
-stored, 202 when some were, 409 when none was, with a application/dicom+json body listing the
-Referenced SOP Sequence and the Failed SOP Sequence (Failure Reason: the DIMSE status).
+Secret); without, it binds to loopback by default. `GET /health` answers the probes. Responses follow
+PS3.18 10.5.3: 200 when every instance was stored, 202 when some were, 409 when none was, with an
+application/dicom+json body listing the Referenced SOP Sequence and the Failed SOP Sequence (Failure
+Reason: the DIMSE status).
 """
 from __future__ import annotations
 
@@ -120,6 +121,11 @@ class _Server(ThreadingHTTPServer):
                 log.warning("STOW TLS handshake failed from %s (%s)", client_address[0] if isinstance(client_address, tuple) else "?", type(e).__name__)
                 request.close()
                 return
+            try:
+                super().finish_request(request, client_address)
+            finally:
+                request.close()  # the TLS socket (the plain one it wraps was detached: shutdown_request closes nothing)
+            return
         super().finish_request(request, client_address)
 
 
