@@ -10,7 +10,7 @@ Default mode (dcmtk's storescu as the modality):
 2. Latency: the same N again to a gateway feeding the local pipeline; for each instance, the time from the
    gateway storing it (the C-STORE success point) to its report.sr.dcm being written: median and p95.
 
---load: a separate SCU process opens A concurrent associations (pynetdicom, one thread each, all released
+--load [--receive-only]: a separate SCU process opens A concurrent associations (pynetdicom, one thread each, all released
 together by a barrier) and sends N instances between them, each instance its own study, carrying a patient
 name, ID, birth date and accession number. The gateway (GATEWAY_MAX_ASSOCIATIONS = --max-associations)
 feeds the local pipeline. A rejected association (A-ASSOCIATE-RJ, "local limit exceeded") is retried with
@@ -19,6 +19,7 @@ SCU counted has its stored object and a succeeded run with a result (0 lost); th
 associations than the limit; and the PHI scan: no patient value in any file outside the images bucket and
 the DICOM/FHIR exports (logs, traces, telemetry lake, journal, events, results json, failure records), nor
 in the process's log output; the accession number and UIDs only in result.json's identifiers block.
+--receive-only leaves the pipeline out (the gateway as it runs in AWS: receive, check, durable store).
 
 --orthanc: Debian's Orthanc as the PACS; storescu sends N instances; the gateway runs each and delivers its SR
 (`sr_delivery`, the one place that says how); the bench polls Orthanc's QIDO-RS for each study's SR and
@@ -319,27 +320,35 @@ def load(args: argparse.Namespace, work: Path) -> dict[str, Any]:
         with lock:
             active["now"] -= 1
 
+    def modalities(gateway: Gateway) -> None:
+        gateway.dimse.server.bind(evt.EVT_ESTABLISHED, opened)
+        for closing in (evt.EVT_RELEASED, evt.EVT_ABORTED):
+            gateway.dimse.server.bind(closing, closed)
+        scu = subprocess.run([sys.executable, __file__, "--scu-worker", "--port", str(gateway.dimse.port),
+                              "--manifest", str(work / "manifest.json"), "--associations", str(args.associations),
+                              "--transfer-syntax", syntax, "--out", str(work / "scu.json"), "--deadline-s", str(args.deadline_s)],
+                             capture_output=True, text=True, timeout=args.deadline_s + 120)
+        if scu.returncode != 0:
+            raise SystemExit(f"the SCU process failed: {scu.stderr[-2000:]}")
+
+    outcomes: dict[str, Any] | None = None
     with LogCapture(work / "process.log"):
-        with LocalRuntime(settings, workers=args.workers) as runtime:
-            pipeline = LocalPipeline(runtime, workers=args.workers)
+        if args.receive_only:  # the gateway alone: receive, check, durable store (what a pod does in AWS)
+            with Gateway(settings, on_stored=lambda received: stored_at.__setitem__(received.key, time.time())) as gateway:
+                modalities(gateway)
+        else:
+            with LocalRuntime(settings, workers=args.workers) as runtime:
+                pipeline = LocalPipeline(runtime, workers=args.workers)
 
-            def on_stored(received: Any) -> None:
-                stored_at[received.key] = time.time()
-                pipeline(received)
-                pipeline.futures[received.key].add_done_callback(lambda _f, key=received.key: done_at.__setitem__(key, time.time()))
+                def on_stored(received: Any) -> None:
+                    stored_at[received.key] = time.time()
+                    pipeline(received)
+                    pipeline.futures[received.key].add_done_callback(lambda _f, key=received.key: done_at.__setitem__(key, time.time()))
 
-            with Gateway(settings, store=runtime.store, on_stored=on_stored) as gateway:
-                gateway.dimse.server.bind(evt.EVT_ESTABLISHED, opened)
-                for closing in (evt.EVT_RELEASED, evt.EVT_ABORTED):
-                    gateway.dimse.server.bind(closing, closed)
-                scu = subprocess.run([sys.executable, __file__, "--scu-worker", "--port", str(gateway.dimse.port),
-                                      "--manifest", str(work / "manifest.json"), "--associations", str(args.associations),
-                                      "--transfer-syntax", syntax, "--out", str(work / "scu.json"), "--deadline-s", str(args.deadline_s)],
-                                     capture_output=True, text=True, timeout=args.deadline_s + 120)
-                if scu.returncode != 0:
-                    raise SystemExit(f"the SCU process failed: {scu.stderr[-2000:]}")
-            outcomes = {key: future.result(timeout=args.deadline_s) for key, future in list(pipeline.futures.items())}
-            pipeline.close()
+                with Gateway(settings, store=runtime.store, on_stored=on_stored) as gateway:
+                    modalities(gateway)
+                outcomes = {key: future.result(timeout=args.deadline_s) for key, future in list(pipeline.futures.items())}
+                pipeline.close()
     sent = json.loads((work / "scu.json").read_text())
 
     # Every success the SCU counted: its object in the images bucket, its run succeeded, its result written.
@@ -350,6 +359,8 @@ def load(args: argparse.Namespace, work: Path) -> dict[str, Any]:
         expected_keys.add(key)
         if not (settings.data_dir / "images" / key).is_file():
             lost.append(f"{key}: no stored object")
+        elif outcomes is None:
+            continue  # --receive-only: the stored object is the end
         elif key not in outcomes or outcomes[key].status != "succeeded":
             lost.append(f"{key}: run {outcomes[key].status if key in outcomes else 'never started'}")
         elif not (settings.data_dir / "results" / "results" / study_id / "result.json").is_file():
@@ -370,8 +381,9 @@ def load(args: argparse.Namespace, work: Path) -> dict[str, Any]:
                 "out_of_resources": sent["out_of_resources"]},
         "gateway": {"peak_concurrent_associations": active["peak"], "associations_accepted": active["accepted"],
                     "limit_respected": active["peak"] <= args.max_associations},
-        "store": {"objects": stored_objects, "distinct_successes": len(expected_keys), "runs": len(outcomes),
-                  "runs_succeeded": sum(o.status == "succeeded" for o in outcomes.values()), "results": results},
+        "receive_only": bool(args.receive_only),
+        "store": {"objects": stored_objects, "distinct_successes": len(expected_keys), "runs": None if outcomes is None else len(outcomes),
+                  "runs_succeeded": None if outcomes is None else sum(o.status == "succeeded" for o in outcomes.values()), "results": results},
         "lost": lost[:20], "lost_count": len(lost),
         "phi_hits": hits[:20], "phi_hit_count": len(hits),
         "received_s": round(last_ok - first, 2),
@@ -386,7 +398,8 @@ def load(args: argparse.Namespace, work: Path) -> dict[str, Any]:
 def load_passed(summary: dict[str, Any]) -> bool:
     return (summary["scu"]["successes"] == summary["instances"] and summary["scu"]["failures"] == 0 and summary["lost_count"] == 0
             and summary["phi_hit_count"] == 0 and summary["gateway"]["limit_respected"]
-            and summary["store"]["distinct_successes"] == summary["store"]["objects"] == summary["store"]["results"] == summary["instances"])
+            and summary["store"]["distinct_successes"] == summary["store"]["objects"] == summary["instances"]
+            and (summary["receive_only"] or summary["store"]["results"] == summary["store"]["runs_succeeded"] == summary["instances"]))
 
 
 # --- C-STORE -> SR in the PACS (Orthanc) ------------------------------------------------------------------------
@@ -490,6 +503,7 @@ def main() -> int:
     p.add_argument("--load", action="store_true", help="many concurrent associations; 0 lost, limit held, PHI scan")
     p.add_argument("--associations", type=int, default=200)
     p.add_argument("--max-associations", type=int, default=10, help="GATEWAY_MAX_ASSOCIATIONS")
+    p.add_argument("--receive-only", action="store_true", help="--load without the pipeline: the gateway's own rate")
     p.add_argument("--size", type=int, default=None, help="image side in pixels (default: 128 for --load, 320 otherwise)")
     p.add_argument("--orthanc", action="store_true", help="C-STORE -> SR found in Orthanc by QIDO-RS")
     p.add_argument("--delivery", choices=["stow", "dimse"], default="stow")
