@@ -43,6 +43,10 @@ ENVIRONMENT = {
     "gateway_network_timeout_s": "GATEWAY_NETWORK_TIMEOUT_S",
     "gateway_max_stow_bytes": "GATEWAY_MAX_STOW_BYTES",
     "gateway_pseudonym_key": "GATEWAY_PSEUDONYM_KEY",
+    "gateway_pseudonym_secret_arn": "GATEWAY_PSEUDONYM_SECRET_ARN",
+    "gateway_tls_cert_file": "GATEWAY_TLS_CERT_FILE",
+    "gateway_tls_key_file": "GATEWAY_TLS_KEY_FILE",
+    "gateway_dicom_tls_port": "GATEWAY_DICOM_TLS_PORT",
     # Where DeliverResults sends each DICOM study's exports (services/export/deliver.py)
     "export_dicom_peer": "EXPORT_DICOM_PEER",
     "export_stow_url": "EXPORT_STOW_URL",
@@ -88,6 +92,13 @@ class Settings(BaseModel):
     gateway_max_stow_bytes: int = Field(default=512 * 1024 * 1024, gt=0)
     # HMAC-SHA256 key that turns DICOM UIDs into study ids (never the UIDs themselves). Secret: not in repr.
     gateway_pseudonym_key: str | None = Field(default=None, repr=False, min_length=16)
+    # In AWS the key is a Secrets Manager secret instead (its ARN): read once at start (services/gateway/secrets.py).
+    gateway_pseudonym_secret_arn: str | None = None
+    # TLS (docs/gateway.md, "On EKS"): with a certificate and key (PEM files, e.g. a mounted Kubernetes Secret),
+    # STOW-RS is served over HTTPS, and DICOM TLS listens on gateway_dicom_tls_port (2762 is IANA's; 0: a free one).
+    gateway_tls_cert_file: Path | None = None
+    gateway_tls_key_file: Path | None = None
+    gateway_dicom_tls_port: int | None = Field(default=None, ge=0, le=65535)
     # Where DeliverResults sends each DICOM study's SR and overlay: a DICOM node by C-STORE (AE_TITLE@host:port, calling
     # AE gateway_ae_title) and/or a STOW-RS URL (…/studies); and the FHIR bundle, POSTed to export_fhir_url (…/Bundle).
     export_dicom_peer: str | None = None

@@ -15,7 +15,9 @@ from typing import Any
 
 from services.gateway.dimse import DimseServer
 from services.gateway.domain import Received, Receiver, pseudonym_key
+from services.gateway.secrets import pseudonym_key_value
 from services.gateway.stow import StowServer
+from services.gateway.tls import server_context
 from shared import wiring
 from shared.settings import Settings
 from shared.storage import ObjectStore
@@ -25,10 +27,12 @@ class Gateway:
     def __init__(self, settings: Settings, store: ObjectStore | None = None, on_stored: Any = None) -> None:
         self.settings = settings
         self.store = store or wiring.object_store(settings)
-        self.receiver = Receiver(self.store, settings.images_bucket, pseudonym_key(settings.gateway_pseudonym_key), on_stored)
-        self.dimse = DimseServer(settings, self.receiver)
+        # The key (from Secrets Manager when GATEWAY_PSEUDONYM_SECRET_ARN is set) and the TLS files are read once, before listening.
+        self.receiver = Receiver(self.store, settings.images_bucket, pseudonym_key(pseudonym_key_value(settings)), on_stored)
+        context = server_context(settings)
+        self.dimse = DimseServer(settings, self.receiver, context)
         try:
-            self.stow = StowServer(settings, self.receiver)
+            self.stow = StowServer(settings, self.receiver, context, healthy=self.dimse.serving)
         except BaseException:
             self.dimse.close()
             raise
@@ -78,7 +82,8 @@ def main() -> int:  # pragma: no cover - the container's entry point; the tests 
     signal.signal(signal.SIGTERM, lambda *_: stop.set())
     with Gateway(settings) as gateway:
         logging.getLogger("radstream.gateway").info(
-            "gateway ready ae_title=%s dimse_port=%d stow=%s", gateway.ae_title, gateway.dimse.port, gateway.stow.url)
+            "gateway ready ae_title=%s dimse_port=%d dicom_tls_port=%s stow=%s", gateway.ae_title, gateway.dimse.port,
+            gateway.dimse.tls_port, gateway.stow.url)
         try:
             stop.wait()
         except KeyboardInterrupt:

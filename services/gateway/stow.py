@@ -3,17 +3,21 @@
 Python's own http.server (ThreadingHTTPServer), not a framework: the endpoint is one route whose body is
 a multipart of DICOM files; the parts are split on the boundary here, byte-exact (the email package's
 parser reflows line endings of text parts, and a framework would add a dependency and a worker model
-for one POST). It sits behind the hospital's reverse proxy, which terminates TLS and authenticates; the
-gateway binds to loopback by default. Responses follow PS3.18 10.5.3: 200 when every instance was
-stored, 202 when some were, 409 when none was, with a application/dicom+json body listing the
-Referenced SOP Sequence and the Failed SOP Sequence (Failure Reason: the DIMSE status).
+for one POST). With a certificate (GATEWAY_TLS_CERT_FILE/KEY_FILE) it serves HTTPS itself (EKS: a mounted
+Secret); without, it binds to loopback by default. `GET /health` answers the probes. Responses follow
+PS3.18 10.5.3: 200 when every instance was stored, 202 when some were, 409 when none was, with an
+application/dicom+json body listing the Referenced SOP Sequence and the Failed SOP Sequence (Failure
+Reason: the DIMSE status).
 """
 from __future__ import annotations
 
 import json
 import logging
 import re
+import socket
+import ssl
 import threading
+from collections.abc import Callable
 from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 from typing import Any
 
@@ -101,8 +105,37 @@ def stow_response(results: list[tuple[bytes, Refused | None]]) -> tuple[int, dic
     return code, body
 
 
+class _Server(ThreadingHTTPServer):
+    """ThreadingHTTPServer whose TLS handshake (when a context is set) runs on the request's thread, not the accept loop."""
+
+    daemon_threads = True
+    ssl_context: ssl.SSLContext | None = None
+    handshake_timeout_s: float = 30.0
+
+    def finish_request(self, request: socket.socket, client_address: object) -> None:  # type: ignore[override]
+        if self.ssl_context is not None:
+            request.settimeout(self.handshake_timeout_s)
+            try:
+                request = self.ssl_context.wrap_socket(request, server_side=True)
+            except (ssl.SSLError, OSError) as e:
+                log.warning("STOW TLS handshake failed from %s (%s)", client_address[0] if isinstance(client_address, tuple) else "?", type(e).__name__)
+                request.close()
+                return
+            try:
+                super().finish_request(request, client_address)
+            finally:
+                request.close()  # the TLS socket (the plain one it wraps was detached: shutdown_request closes nothing)
+            return
+        super().finish_request(request, client_address)
+
+
 class StowServer:
-    def __init__(self, settings: Settings, receiver: Receiver) -> None:
+    """STOW-RS on POST /studies, and GET /health for probes and the load balancer (200 while `healthy()` holds).
+
+    With `ssl_context` it serves HTTPS (services/gateway/tls.py)."""
+
+    def __init__(self, settings: Settings, receiver: Receiver, ssl_context: ssl.SSLContext | None = None,
+                 healthy: Callable[[], bool] | None = None) -> None:
         max_bytes = settings.gateway_max_stow_bytes
 
         class Handler(BaseHTTPRequestHandler):
@@ -121,6 +154,17 @@ class StowServer:
                 self.send_header("Content-Length", str(len(payload)))
                 self.end_headers()
                 self.wfile.write(payload)
+
+            def log_request(self, code: object = "-", size: object = "-") -> None:
+                if self.path != "/health":  # a probe every few seconds would drown the request log
+                    super().log_request(code, size)
+
+            def do_GET(self) -> None:  # noqa: N802 - http.server's naming
+                if self.path.split("?", 1)[0] != "/health":
+                    self._send(404, message="this gateway serves POST /studies (STOW-RS) and GET /health")
+                    return
+                ok = healthy() if healthy is not None else True
+                self._send(200 if ok else 503, message="ok" if ok else "the DIMSE listener is not serving")
 
             def do_POST(self) -> None:  # noqa: N802 - http.server's naming
                 if self.path.rstrip("/") != "/studies":
@@ -153,8 +197,9 @@ class StowServer:
                 code, response = stow_response(results)
                 self._send(code, response)
 
-        self.httpd = ThreadingHTTPServer((settings.gateway_host, settings.gateway_http_port), Handler)
-        self.httpd.daemon_threads = True
+        self.httpd = _Server((settings.gateway_host, settings.gateway_http_port), Handler)
+        self.httpd.ssl_context = ssl_context
+        self.httpd.handshake_timeout_s = settings.gateway_network_timeout_s
         self._thread = threading.Thread(target=self.httpd.serve_forever, name="stow-rs", daemon=True)
         self._thread.start()
 
@@ -165,7 +210,8 @@ class StowServer:
     @property
     def url(self) -> str:
         host = self.httpd.server_address[0]
-        return f"http://{host}:{self.port}/studies"
+        scheme = "https" if self.httpd.ssl_context is not None else "http"
+        return f"{scheme}://{host}:{self.port}/studies"
 
     def close(self) -> None:
         self.httpd.shutdown()

@@ -25,8 +25,10 @@ def of_type(kind: str) -> dict[str, dict[str, Any]]:
 
 
 def endpoints() -> dict[str, dict[str, Any]]:
-    """service suffix (s3, kinesis-streams, ...) -> endpoint properties."""
-    return {p["ServiceName"]["Fn::Sub"].split("}.", 1)[1]: p for p in of_type("AWS::EC2::VPCEndpoint").values()}
+    """service suffix (s3, kinesis-streams, ...) -> endpoint properties; the gateway's S3 interface endpoint is
+    "s3 (gateway pods)", the S3 gateway endpoint everything else uses "s3"."""
+    return {p["ServiceName"]["Fn::Sub"].split("}.", 1)[1] + (" (gateway pods)" if name == "GatewayS3Endpoint" else ""): p
+            for name, p in of_type("AWS::EC2::VPCEndpoint").items()}
 
 
 def test_cfn_lint_finds_no_errors():
@@ -58,12 +60,15 @@ def test_the_exports_are_what_template_yaml_imports():
 
 def test_the_endpoints_the_workloads_need_without_a_nat():
     found = endpoints()
-    assert {"s3", "kinesis-streams", "glue", "athena", "ecr.api", "ecr.dkr", "sts", "logs"} <= set(found)
+    assert {"s3", "kinesis-streams", "glue", "athena", "ecr.api", "ecr.dkr", "sts", "logs", "secretsmanager",
+            "s3 (gateway pods)"} <= set(found)
     assert found["s3"]["VpcEndpointType"] == "Gateway"
     for service, props in found.items():
         assert props.get("PolicyDocument"), f"{service}: no endpoint policy (full access)"
         if props["VpcEndpointType"] == "Interface":
-            assert props["PrivateDnsEnabled"] is True and props["SecurityGroupIds"] == [{"Ref": "EndpointSecurityGroup"}]
+            # The gateway pods' S3 endpoint has no private DNS: S3's names keep resolving to the gateway endpoint.
+            assert props["PrivateDnsEnabled"] is (service != "s3 (gateway pods)"), service
+            assert props["SecurityGroupIds"] == [{"Ref": "EndpointSecurityGroup"}]
     (ingress,) = RESOURCES["EndpointSecurityGroup"]["Properties"]["SecurityGroupIngress"]
     assert (ingress["FromPort"], ingress["ToPort"]) == (443, 443) and "0.0.0.0/0" not in json.dumps(ingress)
     assert "PrivateDefaultRoute" in RESOURCES and RESOURCES["PrivateDefaultRoute"]["Condition"] == "CreateNat"

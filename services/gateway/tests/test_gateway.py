@@ -36,8 +36,9 @@ def tool(name: str) -> str:
     return path
 
 
-def cr_instance(syntax: str = "jpeg-ls-lossless", body_part: str = "CHEST", study_uid: str | None = None, seed: int = 3) -> bytes:
-    image = generate_phantom(np.random.default_rng(seed), size=320).image
+def cr_instance(syntax: str = "jpeg-ls-lossless", body_part: str = "CHEST", study_uid: str | None = None, seed: int = 3,
+                size: int = 320) -> bytes:
+    image = generate_phantom(np.random.default_rng(seed), size=size).image
     chosen = SYNTAXES[syntax]
     ds = dicom_dataset(
         stored_values(image, chosen.bits), bits_stored=chosen.bits, SOPClassUID=CR_IMAGE_STORAGE, Modality="CR",
