@@ -318,7 +318,11 @@ class LocalRuntime:
 
     def start(self, execution_input: dict[str, Any]) -> ExecutionResult:
         study_id = study_id_from_key(str(execution_input.get("key", "")))
-        return self.machine.run(execution_input, name=f"{_SAFE_ID.sub('_', study_id)[:60]}-{uuid.uuid4().hex[:8]}")
+        try:
+            return self.machine.run(execution_input, name=f"{_SAFE_ID.sub('_', study_id)[:60]}-{uuid.uuid4().hex[:8]}")
+        finally:
+            if self.settings.backend == "local":  # the execution's tensors (in memory, shared/wiring.py) are spent
+                wiring.execution_artifacts(self.settings).delete_prefix(self.settings.artifacts_bucket, f"tensors/{study_id}/")
 
     # --- outcomes ---
     def outcome(self, source: str, study_id: str, execution: ExecutionResult) -> StudyOutcome:
@@ -392,7 +396,7 @@ class LocalRuntime:
 
     def _location(self, bucket: str, key: str) -> str:
         store = self.store.inner
-        return str(store.path(bucket, key)) if isinstance(store, LocalObjectStore) else f"s3://{bucket}/{key}"
+        return str(store.path(bucket, key)) if isinstance(getattr(store, "inner", store), LocalObjectStore) else f"s3://{bucket}/{key}"
 
     def _has_result(self, study_id: str) -> bool:
         return self.store.head(self.settings.results_bucket, f"results/{study_id}/result.json") is not None

@@ -218,3 +218,21 @@ def test_the_handlers_emit_emf_metrics_that_agree_with_the_outcomes(demo):
     assert all(("study_id", o) not in p.dimensions for p in points for o in outcomes), "study ids are metadata, never dimensions"
     errors = {dict(p.dimensions)["error_type"] for p in points if p.name == "StageErrors"}
     assert errors == {"InvalidStudy", "InvalidImage"}
+
+
+def test_tensors_live_in_memory_for_one_execution(demo, tmp_path):
+    """The embedded artifacts bucket: prepare's tensors reach the models from memory and are dropped when the execution
+    ends (succeeded or failed), so a long run holds no tensors; none is ever written to the data dir."""
+    from shared import wiring
+
+    data_dir, outcomes = demo
+    assert all(o.status == "succeeded" for o in outcomes.values() if o.study_id.startswith("demo-"))
+    assert wiring.execution_artifacts(Settings(data_dir=data_dir)).list_keys("artifacts") == []
+    assert not (data_dir / "artifacts").exists()
+    # The stages of one data dir share one store (prepare writes what inference reads); another data dir has its own.
+    store = wiring.object_store(Settings(data_dir=tmp_path))
+    store.put_bytes("artifacts", "tensors/s1/m.npy", b"x")
+    assert wiring.object_store(Settings(data_dir=tmp_path)).get_bytes("artifacts", "tensors/s1/m.npy") == b"x"
+    assert wiring.object_store(Settings(data_dir=data_dir)).head("artifacts", "tensors/s1/m.npy") is None
+    assert not (tmp_path / "artifacts").exists()
+    wiring.execution_artifacts(Settings(data_dir=tmp_path)).delete_prefix("artifacts", "tensors/s1/")
