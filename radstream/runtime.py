@@ -10,6 +10,7 @@ from __future__ import annotations
 import hashlib
 import importlib
 import json
+import os
 import re
 import threading
 import time
@@ -217,10 +218,22 @@ class LocalRuntime:
         self._log_file = open(settings.data_dir / "logs" / "radstream.log", "a")  # noqa: SIM115 - held for the runtime's life
         self._metrics = LocalEmfFile(settings.data_dir)  # the EMF lines Lambda would print, captured for the console
         self.rules = self.template.event_rules(settings.to_env())
-        self.machine = StateMachine(self.template.definition(), self.invoke, sleep=sleep, max_workers=8)
+        self.machine = StateMachine(self.template.definition(), self.invoke, sleep=sleep, max_workers=self.branch_threads(self.workers))
         self._bindings: dict[str, tuple[StageHandler[Any], Any]] = {}
         self._dependencies: dict[Any, Any] = {}
         self._lock = threading.Lock()
+
+    @staticmethod
+    def branch_threads(workers: int, cpus: int | None = None) -> int:
+        """Threads a Parallel state's branches (the three models) may take beside the study's own.
+
+        While studies alone leave cores idle (fewer workers than cores), a study's models run side by side: its
+        latency drops. Once the workers fill the cores, each study runs its models one after the other: models
+        in parallel threads on busy cores cost CPU (measured: the detector 6.6 ms beside the others, 3.9 ms
+        alone) and buy no throughput (benchmarks/limit_bench.py).
+        """
+        cpus = cpus or os.cpu_count() or 1
+        return 8 if workers < cpus else 0
 
     def __enter__(self) -> "LocalRuntime":
         return self
@@ -231,7 +244,7 @@ class LocalRuntime:
     def close(self) -> None:
         with self._lock:
             dependencies, self._dependencies, self._bindings = list(self._dependencies.values()), {}, {}
-        wiring.close_all(*dependencies, self.store)
+        wiring.close_all(*dependencies, self.store, self._metrics)
         self._log_file.close()
 
     def binding(self, resource: str) -> tuple[StageHandler[Any], Any]:
@@ -250,8 +263,8 @@ class LocalRuntime:
     def invoke(self, resource: str, payload: Any, context: TaskContext) -> Any:
         """Call a task's Lambda handler the way Lambda would: JSON out, size-capped.
 
-        The state machine already hands each task its own copy of the input, so only the output crosses
-        a JSON boundary here (which also normalises it as Lambda's serialisation would).
+        The state machine already hands each task its own copy of the input and copies its output; the output is
+        serialised here only to hold it to Step Functions' payload limit.
         """
         handler, deps = self.binding(resource)
         with logs_to(self._log_file):
@@ -259,7 +272,9 @@ class LocalRuntime:
         encoded = json.dumps(output)
         if len(encoded) > MAX_PAYLOAD_BYTES:
             raise StatesError("States.DataLimitExceeded", f"task {context.state_name} returned {len(encoded)} bytes, over Step Functions' 256 KB")
-        return json.loads(encoded)
+        # The handler's output is already JSON values (model_dump(mode="json")) and the state machine copies what a
+        # task returns: parsing `encoded` back would be a third copy of the same values.
+        return output
 
     # --- uploads ---
     def study_id(self, folder: Path) -> str:
