@@ -206,7 +206,8 @@ class LocalRuntime:
     state is touched, so two runtimes in one process do not disturb each other.
     """
 
-    def __init__(self, settings: Settings, template_path: Path = DEFAULT_TEMPLATE, workers: int = 2, sleep: Callable[[float], None] = time.sleep) -> None:
+    def __init__(self, settings: Settings, template_path: Path = DEFAULT_TEMPLATE, workers: int = 2, sleep: Callable[[float], None] = time.sleep,
+                 branch_threads: int | None = None) -> None:
         self.settings = settings
         self.workers = max(1, workers)
         settings.data_dir.mkdir(parents=True, exist_ok=True)
@@ -218,7 +219,7 @@ class LocalRuntime:
         self._log_file = open(settings.data_dir / "logs" / "radstream.log", "a")  # noqa: SIM115 - held for the runtime's life
         self._metrics = LocalEmfFile(settings.data_dir)  # the EMF lines Lambda would print, captured for the console
         self.rules = self.template.event_rules(settings.to_env())
-        self.machine = StateMachine(self.template.definition(), self.invoke, sleep=sleep, max_workers=self.branch_threads(self.workers))
+        self.machine = StateMachine(self.template.definition(), self.invoke, sleep=sleep, max_workers=self.branch_threads(self.workers) if branch_threads is None else branch_threads)
         self._bindings: dict[str, tuple[StageHandler[Any], Any]] = {}
         self._dependencies: dict[Any, Any] = {}
         self._lock = threading.Lock()

@@ -236,3 +236,10 @@ def test_tensors_live_in_memory_for_one_execution(demo, tmp_path):
     assert wiring.object_store(Settings(data_dir=data_dir)).head("artifacts", "tensors/s1/m.npy") is None
     assert not (tmp_path / "artifacts").exists()
     wiring.execution_artifacts(Settings(data_dir=tmp_path)).delete_prefix("artifacts", "tensors/s1/")
+
+
+def test_models_run_side_by_side_only_while_studies_leave_cores_idle():
+    """LocalRuntime.branch_threads: a study's three models in parallel threads while workers < cores, one after another
+    once the workers fill the cores (threads on busy cores cost CPU and buy no throughput)."""
+    assert LocalRuntime.branch_threads(1, cpus=2) > 0 and LocalRuntime.branch_threads(3, cpus=8) > 0
+    assert LocalRuntime.branch_threads(2, cpus=2) == 0 and LocalRuntime.branch_threads(1, cpus=1) == 0
