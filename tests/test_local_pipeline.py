@@ -238,8 +238,16 @@ def test_tensors_live_in_memory_for_one_execution(demo, tmp_path):
     wiring.execution_artifacts(Settings(data_dir=tmp_path)).delete_prefix("artifacts", "tensors/s1/")
 
 
-def test_models_run_side_by_side_only_while_studies_leave_cores_idle():
-    """LocalRuntime.branch_threads: a study's three models in parallel threads while workers < cores, one after another
-    once the workers fill the cores (threads on busy cores cost CPU and buy no throughput)."""
-    assert LocalRuntime.branch_threads(1, cpus=2) > 0 and LocalRuntime.branch_threads(3, cpus=8) > 0
-    assert LocalRuntime.branch_threads(2, cpus=2) == 0 and LocalRuntime.branch_threads(1, cpus=1) == 0
+
+def test_models_run_one_after_another_unless_asked(tmp_path):
+    """A study's three models run serially by default (LocalRuntime's branch_threads), side by side when asked; the
+    result is the same either way."""
+    folders = write_demo_studies(tmp_path / "studies", 1, size=256, invalid=False)[:1]
+    probabilities = []
+    for threads in (0, 8):
+        with LocalRuntime(Settings(data_dir=tmp_path / f"data-{threads}"), workers=1, branch_threads=threads) as runtime:
+            assert runtime.machine._pool._max_fanout == threads
+            (outcome,) = runtime.run_many(folders).outcomes
+        assert outcome.status == "succeeded", outcome.message
+        probabilities.append(outcome.findings)
+    assert probabilities[0] == probabilities[1]
