@@ -3,6 +3,7 @@ from __future__ import annotations
 
 import errno
 import os
+import threading
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, Protocol
@@ -99,6 +100,89 @@ class LocalObjectStore:
     def delete(self, bucket: str, key: str) -> None:
         with _disk(f"deleting s3://{bucket}/{key}"):
             self.path(bucket, key).unlink(missing_ok=True)
+
+
+class MemoryObjectStore:
+    """Objects in this process's memory: the embedded mode's artifacts bucket (the tensors prepare hands inference).
+
+    Tensors live for one execution: prepare writes them, the three inference tasks (and their retries) read them,
+    and the local runtime drops the study's prefix when the execution ends, whatever its end. A crash loses them
+    with the execution that needed them; `resume` runs the study from the start, prepare included. Keeping them
+    off the disk saves a write and a read per tensor (the disk copy was never read by anything else).
+    """
+
+    def __init__(self) -> None:
+        self._objects: dict[tuple[str, str], bytes] = {}
+        self._lock = threading.Lock()
+
+    def put_bytes(self, bucket: str, key: str, data: bytes, *, content_type: str = "application/octet-stream") -> StoredObject:
+        _check_key(bucket)
+        _check_key(key)
+        data = bytes(data)
+        with self._lock:
+            self._objects[(bucket, key)] = data
+        return StoredObject(bucket, key, len(data))
+
+    def get_bytes(self, bucket: str, key: str) -> bytes:
+        with self._lock:
+            data = self._objects.get((bucket, key))
+        if data is None:
+            raise ObjectNotFound(f"no object s3://{bucket}/{key}")
+        return data
+
+    def head(self, bucket: str, key: str) -> StoredObject | None:
+        with self._lock:
+            data = self._objects.get((bucket, key))
+        return None if data is None else StoredObject(bucket, key, len(data))
+
+    def list_keys(self, bucket: str, prefix: str = "") -> list[str]:
+        with self._lock:
+            return sorted(k for b, k in self._objects if b == bucket and k.startswith(prefix))
+
+    def delete(self, bucket: str, key: str) -> None:
+        with self._lock:
+            self._objects.pop((bucket, key), None)
+
+    def delete_prefix(self, bucket: str, prefix: str) -> int:
+        """Drop every object under `prefix` (an execution's tensors); returns how many."""
+        with self._lock:
+            doomed = [k for k in self._objects if k[0] == bucket and k[1].startswith(prefix)]
+            for k in doomed:
+                del self._objects[k]
+        return len(doomed)
+
+
+class RoutedObjectStore:
+    """One port, two adapters: the named buckets go to `memory`, every other to `inner` (the folders)."""
+
+    def __init__(self, inner: ObjectStore, memory: ObjectStore, buckets: frozenset[str]) -> None:
+        self.inner = inner
+        self.memory = memory
+        self.buckets = buckets
+
+    def _for(self, bucket: str) -> ObjectStore:
+        return self.memory if bucket in self.buckets else self.inner
+
+    def put_bytes(self, bucket: str, key: str, data: bytes, *, content_type: str = "application/octet-stream") -> StoredObject:
+        return self._for(bucket).put_bytes(bucket, key, data, content_type=content_type)
+
+    def get_bytes(self, bucket: str, key: str) -> bytes:
+        return self._for(bucket).get_bytes(bucket, key)
+
+    def head(self, bucket: str, key: str) -> StoredObject | None:
+        return self._for(bucket).head(bucket, key)
+
+    def list_keys(self, bucket: str, prefix: str = "") -> list[str]:
+        return self._for(bucket).list_keys(bucket, prefix)
+
+    def delete(self, bucket: str, key: str) -> None:
+        self._for(bucket).delete(bucket, key)
+
+    def __getattr__(self, name: str) -> Any:
+        """The folders' own attributes (`path`, `root`, a fault injector's counts) as the inner store has them."""
+        if name == "inner":
+            raise AttributeError(name)
+        return getattr(self.inner, name)
 
 
 class _disk:

@@ -5,12 +5,14 @@ container with the settings from the environment, the local runtime once per run
 """
 from __future__ import annotations
 
+import threading
 from dataclasses import dataclass
+from pathlib import Path
 from typing import Any
 
 from shared.events import EventBridgePublisher, EventPublisher, LocalEventLog
 from shared.settings import Settings
-from shared.storage import LocalObjectStore, ObjectStore, S3ObjectStore
+from shared.storage import LocalObjectStore, MemoryObjectStore, ObjectStore, RoutedObjectStore, S3ObjectStore
 from shared.telemetry import KinesisSink, LocalLakeSink, TelemetrySink
 
 
@@ -21,14 +23,29 @@ def boto3_client(service: str) -> Any:
     return boto3.session.Session().client(service)
 
 
+_artifacts: dict[Path, MemoryObjectStore] = {}
+_artifacts_lock = threading.Lock()
+
+
+def execution_artifacts(settings: Settings) -> MemoryObjectStore:
+    """The embedded mode's artifacts bucket: one in-memory store per data dir, shared by the stages of every runtime
+    on it (as its folder would be); the local runtime drops each execution's tensors when the execution ends."""
+    root = Path(settings.data_dir).resolve()
+    with _artifacts_lock:
+        return _artifacts.setdefault(root, MemoryObjectStore())
+
+
 def object_store(settings: Settings) -> ObjectStore:
+    """S3 in AWS. Locally: folders under the data dir, but the artifacts bucket in memory (tensors live for one execution)."""
     if settings.backend == "aws":
         return S3ObjectStore(boto3_client("s3"))
     if settings.fault_injection:
         from shared.faults import FaultyObjectStore
 
-        return FaultyObjectStore(settings.data_dir, settings.fault_injection)
-    return LocalObjectStore(settings.data_dir)
+        folders: ObjectStore = FaultyObjectStore(settings.data_dir, settings.fault_injection)
+    else:
+        folders = LocalObjectStore(settings.data_dir)
+    return RoutedObjectStore(folders, execution_artifacts(settings), frozenset({settings.artifacts_bucket}))
 
 
 def telemetry_sink(settings: Settings, store: ObjectStore | None = None) -> TelemetrySink:

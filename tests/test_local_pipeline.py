@@ -219,3 +219,36 @@ def test_the_handlers_emit_emf_metrics_that_agree_with_the_outcomes(demo):
     assert all(("study_id", o) not in p.dimensions for p in points for o in outcomes), "study ids are metadata, never dimensions"
     errors = {dict(p.dimensions)["error_type"] for p in points if p.name == "StageErrors"}
     assert errors == {"InvalidStudy", "InvalidImage"}
+
+
+def test_tensors_live_in_memory_for_one_execution(demo, tmp_path):
+    """The embedded artifacts bucket: prepare's tensors reach the models from memory and are dropped when the execution
+    ends (succeeded or failed), so a long run holds no tensors; none is ever written to the data dir."""
+    from shared import wiring
+
+    data_dir, outcomes = demo
+    assert all(o.status == "succeeded" for o in outcomes.values() if o.study_id.startswith("demo-"))
+    assert wiring.execution_artifacts(Settings(data_dir=data_dir)).list_keys("artifacts") == []
+    assert not (data_dir / "artifacts").exists()
+    # The stages of one data dir share one store (prepare writes what inference reads); another data dir has its own.
+    store = wiring.object_store(Settings(data_dir=tmp_path))
+    store.put_bytes("artifacts", "tensors/s1/m.npy", b"x")
+    assert wiring.object_store(Settings(data_dir=tmp_path)).get_bytes("artifacts", "tensors/s1/m.npy") == b"x"
+    assert wiring.object_store(Settings(data_dir=data_dir)).head("artifacts", "tensors/s1/m.npy") is None
+    assert not (tmp_path / "artifacts").exists()
+    wiring.execution_artifacts(Settings(data_dir=tmp_path)).delete_prefix("artifacts", "tensors/s1/")
+
+
+
+def test_models_run_one_after_another_unless_asked(tmp_path):
+    """A study's three models run serially by default (LocalRuntime's branch_threads), side by side when asked; the
+    result is the same either way."""
+    folders = write_demo_studies(tmp_path / "studies", 1, size=256, invalid=False)[:1]
+    probabilities = []
+    for threads in (0, 8):
+        with LocalRuntime(Settings(data_dir=tmp_path / f"data-{threads}"), workers=1, branch_threads=threads) as runtime:
+            assert runtime.machine._pool._max_fanout == threads
+            (outcome,) = runtime.run_many(folders).outcomes
+        assert outcome.status == "succeeded", outcome.message
+        probabilities.append(outcome.findings)
+    assert probabilities[0] == probabilities[1]

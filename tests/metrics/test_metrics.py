@@ -169,3 +169,21 @@ def test_the_template_dashboard_and_alarm_use_metrics_the_handlers_emit() -> Non
             used.add((metric["MetricName"], frozenset(d["Name"] for d in metric["Dimensions"])))
     assert {name for name, _ in used} >= {"StageDuration", "StudiesSucceeded", "StudiesFailed", "PositiveFindings", "ModelLatency", "StageErrors"}
     assert used <= emitted(), used - emitted()
+
+
+@pytest.mark.parametrize("status,study_status,error_type", [("succeeded", "succeeded", None), ("failed", "failed", "InvalidImage"), ("succeeded", None, None)])
+def test_documents_are_the_ones_powertools_serialises(monkeypatch: pytest.MonkeyPatch, status: str, study_status: str | None, error_type: str | None) -> None:
+    """shared.metrics builds each EMF document directly; Powertools' EphemeralMetrics is the reference it must equal
+    (same keys in the same order, same values), whatever the stage emits."""
+    import shared.metrics as metrics
+
+    kwargs = dict(stage="store", status=status, duration_ms=3.25, bytes_in=1234, bytes_out=56, error_type=error_type, findings=FINDINGS,
+                  detections=DETECTIONS, models=[ModelLatency("chest_xray_classifier", "3", 4.5)], study_status=study_status,
+                  study_id="s-1", execution_id="e-1")
+    ours = stage_metrics(**kwargs)
+    monkeypatch.setattr(metrics, "_document", metrics.powertools_document)
+    reference = stage_metrics(**kwargs)
+    assert len(ours) == len(reference) > 1
+    for a, b in zip(ours, reference):
+        assert abs(a["_aws"].pop("Timestamp") - b["_aws"].pop("Timestamp")) < 5_000
+        assert json.dumps(a) == json.dumps(b)

@@ -1,0 +1,243 @@
+"""How close the embedded pipeline gets to the work it cannot avoid, on the same studies, in the same run.
+
+    .venv/bin/python benchmarks/limit_bench.py                      # 512², 1024², 2048², 3000²; 1 and 2 workers
+    .venv/bin/python benchmarks/limit_bench.py --sizes 1024 --studies 60 --rounds 5
+    .venv/bin/python benchmarks/limit_bench.py --quick              # 1024² only, 12 studies, 3 rounds
+
+The irreducible work is a minimal in-process script: read the image file, decode it, build the three model
+tensors (one letterbox per distinct input size, then each model's normalisation), run the three ONNX models
+with direct ONNX Runtime calls and the pipeline's default session options (intra-op threads
+settings.onnx_threads, one inter-op thread, CPU provider). No logging, no JSON, no files written. Before any
+timing, its tensors are checked bit-identical to services/prepare's and its probabilities within 5e-5 of the
+pipeline's result.json (which rounds them to 4 decimals).
+
+The pipeline is LocalRuntime with ONNX Runtime in-process (the embedded default): upload, the workflow from
+template.yaml, the result, the telemetry lake, the trace and the journal, as `radstream run` does. Each round
+gets a fresh runtime and data dir whose cold start is paid by warm-up studies with their own ids, untimed.
+
+The two alternate within each round (which one goes first alternates too), so a neighbour's load on the
+machine hits both; figures are medians over rounds, the ratio the median of each round's pipeline/irreducible
+throughput. With 2 workers the irreducible work runs on 2 threads (ONNX Runtime, OpenCV and file reads release
+the GIL) or, with --irreducible-processes, 2 processes. CPU ms/study is this process's CPU time (all threads;
+the children's with --irreducible-processes) over the timed studies. The DICOM study the demo set holds is
+left out: its SR/FHIR export is work the irreducible script does not do.
+"""
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import platform
+import statistics
+import sys
+import tempfile
+import time
+from concurrent.futures import ProcessPoolExecutor, ThreadPoolExecutor
+from datetime import datetime, timezone
+from pathlib import Path
+
+import cv2
+import numpy as np
+import onnxruntime as ort
+
+sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
+
+from radstream.runtime import LocalRuntime  # noqa: E402
+from radstream.samples import write_demo_studies  # noqa: E402
+from services.prepare.domain import decode_raster, model_tensor  # noqa: E402
+from shared.model_repository import ModelRepository  # noqa: E402
+from shared.settings import Settings  # noqa: E402
+
+XRV_RANGE = 1024.0
+
+
+# ---------------------------------------------------------------- the irreducible work
+class Irreducible:
+    """Read, decode, three tensors, three models: nothing else."""
+
+    def __init__(self, settings: Settings) -> None:
+        repository = ModelRepository(settings.model_repository)
+        options = ort.SessionOptions()
+        options.intra_op_num_threads = settings.onnx_threads
+        options.inter_op_num_threads = 1
+        self.models = []
+        for spec in repository.models.values():
+            session = ort.InferenceSession(str(spec.version_dir / "model.onnx"), options, providers=["CPUExecutionProvider"])
+            self.models.append((spec.name, spec.input_name, spec.input_size, spec.normalization, session))
+
+    @staticmethod
+    def image_path(folder: Path) -> Path:
+        return folder / json.loads(next(folder.glob("*.json")).read_text())["image"]
+
+    def tensors(self, path: Path) -> dict[str, np.ndarray]:
+        with open(path, "rb") as f:
+            data = f.read()
+        pixels = decode_raster(data, "bench").pixels  # imdecode, to gray, scale by the bit depth: the decode itself
+        h, w = pixels.shape
+        squares: dict[int, np.ndarray] = {}
+        out = {}
+        for name, _, size, normalization, _ in self.models:
+            square = squares.get(size)
+            if square is None:  # one letterbox per distinct input size
+                scale = size / max(h, w)
+                new_w, new_h = max(1, round(w * scale)), max(1, round(h * scale))
+                resized = cv2.resize(pixels, (new_w, new_h), interpolation=cv2.INTER_AREA if scale < 1 else cv2.INTER_LINEAR)
+                square = np.zeros((size, size), np.float32)
+                pad_x, pad_y = (size - new_w) // 2, (size - new_h) // 2
+                square[pad_y : pad_y + new_h, pad_x : pad_x + new_w] = resized
+                squares[size] = square
+            value = (square * 2.0 - 1.0) * XRV_RANGE if normalization == "xrv" else square
+            out[name] = value[np.newaxis, np.newaxis].astype(np.float32)
+        return out
+
+    def run(self, path: Path) -> dict[str, list[np.ndarray]]:
+        tensors = self.tensors(path)
+        return {name: session.run(None, {input_name: tensors[name]}) for name, input_name, _, _, session in self.models}
+
+
+_WORKER: Irreducible | None = None
+
+
+def _process_init(settings_json: str) -> None:
+    global _WORKER
+    _WORKER = Irreducible(Settings.model_validate_json(settings_json))
+
+
+def _process_run(paths: list[str]) -> float:
+    """A process's share of the studies; returns the CPU seconds it spent on them."""
+    assert _WORKER is not None
+    started = time.process_time()
+    for path in paths:
+        _WORKER.run(Path(path))
+    return time.process_time() - started
+
+
+def irreducible_round(work: Irreducible, paths: list[Path], workers: int, pool: ProcessPoolExecutor | None) -> tuple[float, float]:
+    """(wall s, CPU s) for all studies."""
+    if pool is not None:
+        shares = [[str(p) for p in paths[i::workers]] for i in range(workers)]
+        started = time.perf_counter()
+        cpu = sum(pool.map(_process_run, shares))
+        return time.perf_counter() - started, cpu
+    cpu0, started = time.process_time(), time.perf_counter()
+    if workers == 1:
+        for path in paths:
+            work.run(path)
+    else:
+        with ThreadPoolExecutor(workers) as threads:
+            list(threads.map(work.run, paths))
+    return time.perf_counter() - started, time.process_time() - cpu0
+
+
+# ---------------------------------------------------------------- the pipeline
+def pipeline_round(studies: list[Path], warmup: list[Path], workers: int, data_dir: Path) -> tuple[float, float, dict[str, dict]]:
+    """(wall s, CPU s, result.json per study id) for all studies, through a fresh warmed-up runtime."""
+    with LocalRuntime(Settings(data_dir=data_dir), workers=workers) as runtime:
+        runtime.run_many(warmup)
+        cpu0, started = time.process_time(), time.perf_counter()
+        report = runtime.run_many(studies)
+        wall, cpu = time.perf_counter() - started, time.process_time() - cpu0
+    failed = [o.study_id for o in report.outcomes if o.status != "succeeded"]
+    if failed:
+        raise SystemExit(f"pipeline: studies failed: {failed}")
+    results = {o.study_id: json.loads(Path(o.output).read_text()) for o in report.outcomes if o.output}
+    return wall, cpu, results
+
+
+# ---------------------------------------------------------------- the same work?
+def check_same_work(work: Irreducible, studies: list[Path], results: dict[str, dict]) -> None:
+    """Tensors bit-identical to prepare's, probabilities within 5e-5 of the pipeline's (rounded to 4 decimals)."""
+    repository = ModelRepository(Settings().model_repository)
+    for folder in studies:
+        path = Irreducible.image_path(folder)
+        ours = work.tensors(path)
+        pixels = decode_raster(path.read_bytes(), folder.name).pixels
+        for spec in repository.models.values():
+            theirs, _ = model_tensor(pixels, spec)
+            if ours[spec.name].dtype != theirs.dtype or ours[spec.name].shape != theirs.shape or not np.array_equal(ours[spec.name], theirs):
+                raise SystemExit(f"{folder.name}: irreducible tensor for {spec.name} differs from prepare's")
+        outputs = work.run(path)
+        result = results[folder.name]
+        classifier = next(s for s in repository.models.values() if s.kind == "classifier")
+        probabilities = dict(zip(classifier.labels, outputs[classifier.name][0][0].tolist()))
+        for finding in result["findings"]:
+            if abs(probabilities[finding["label"]] - finding["probability"]) > 5e-5:
+                raise SystemExit(f"{folder.name}: {finding['label']} {probabilities[finding['label']]} vs pipeline {finding['probability']}")
+
+
+# ---------------------------------------------------------------- the run
+def bench_size(size: int, args: argparse.Namespace, root: Path, work: Irreducible, settings: Settings) -> list[dict]:
+    print(f"generating {args.studies} synthetic {size}x{size} studies ...", file=sys.stderr)
+    folders = write_demo_studies(root / f"studies-{size}", args.studies, size=size, invalid=False, seed=11)
+    studies = [f for f in folders if not f.name.endswith("-dicom")]
+    warmup = [f for f in write_demo_studies(root / f"warmup-{size}", 2, size=size, invalid=False, seed=12, prefix="warm") if not f.name.endswith("-dicom")]
+    paths = [Irreducible.image_path(f) for f in studies]
+    rows = []
+    for workers in args.workers:
+        pool = None
+        if workers > 1 and args.irreducible_processes:
+            pool = ProcessPoolExecutor(workers, initializer=_process_init, initargs=(settings.model_dump_json(),))
+            list(pool.map(_process_run, [[str(paths[0])]] * workers))  # sessions built, imports done
+        pipe, irr = [], []
+        checked = False
+        for r in range(args.rounds):
+            order = ("pipeline", "irreducible") if r % 2 == 0 else ("irreducible", "pipeline")
+            for which in order:
+                if which == "pipeline":
+                    wall, cpu, results = pipeline_round(studies, warmup, workers, root / f"data-{size}-w{workers}-r{r}")
+                    pipe.append((wall, cpu))
+                    if not checked:
+                        check_same_work(work, studies, results)
+                        checked = True
+                else:
+                    if r == 0:
+                        work.run(paths[0])  # warm
+                    irr.append(irreducible_round(work, paths, workers, pool))
+            print(f"  {size}² w={workers} round {r + 1}/{args.rounds}: pipeline {len(studies) / pipe[-1][0] * 60:.0f}/min, "
+                  f"irreducible {len(studies) / irr[-1][0] * 60:.0f}/min", file=sys.stderr)
+        if pool is not None:
+            pool.shutdown()
+        n = len(studies)
+        rows.append({
+            "size": size, "workers": workers, "studies": n, "rounds": args.rounds,
+            "pipeline_per_min": statistics.median(n / w * 60 for w, _ in pipe),
+            "pipeline_cpu_ms": statistics.median(c / n * 1000 for _, c in pipe),
+            "irreducible_per_min": statistics.median(n / w * 60 for w, _ in irr),
+            "irreducible_cpu_ms": statistics.median(c / n * 1000 for _, c in irr),
+            "ratio": statistics.median(iw / pw for (pw, _), (iw, _) in zip(pipe, irr)),
+        })
+    return rows
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser.add_argument("--sizes", type=int, nargs="+", default=[512, 1024, 2048, 3000], help="image sides in pixels")
+    parser.add_argument("--studies", type=int, default=40, help="studies per size (default 40)")
+    parser.add_argument("--rounds", type=int, default=5, help="interleaved pipeline/irreducible rounds (default 5)")
+    parser.add_argument("--workers", type=int, nargs="+", default=[1, 2])
+    parser.add_argument("--irreducible-processes", action="store_true", help="run the irreducible work on processes, not threads, with >1 worker")
+    parser.add_argument("--quick", action="store_true", help="1024² only, 12 studies, 3 rounds")
+    parser.add_argument("--json", action="store_true", help="print the rows as JSON too")
+    args = parser.parse_args()
+    if args.quick:
+        args.sizes, args.studies, args.rounds = [1024], 12, 3
+    settings = Settings()
+    work = Irreducible(settings)
+    load = os.getloadavg()
+    started = datetime.now(timezone.utc)
+    with tempfile.TemporaryDirectory(prefix="radstream-limit-") as tmp:
+        rows = [row for size in args.sizes for row in bench_size(size, args, Path(tmp), work, settings)]
+    mode = "processes" if args.irreducible_processes else "threads"
+    print(f"\nlimit benchmark, {started:%Y-%m-%d %H:%M} UTC, {os.cpu_count()} CPUs ({platform.machine()}), "
+          f"load average {load[0]:.2f} at start, {os.getloadavg()[0]:.2f} at end; medians over {args.rounds} interleaved rounds")
+    print(f"irreducible work with >1 worker on {mode}; ratio = pipeline / irreducible throughput (median of per-round ratios)")
+    print(f"{'size':>6} {'workers':>7} {'studies':>7} | {'pipeline/min':>12} {'CPU ms':>7} | {'irreducible/min':>15} {'CPU ms':>7} | {'ratio':>6}")
+    for r in rows:
+        print(f"{r['size']:>5}² {r['workers']:>7} {r['studies']:>7} | {r['pipeline_per_min']:>12.0f} {r['pipeline_cpu_ms']:>7.1f} | "
+              f"{r['irreducible_per_min']:>15.0f} {r['irreducible_cpu_ms']:>7.1f} | {r['ratio']:>6.2f}")
+    if args.json:
+        print(json.dumps(rows, indent=1))
+
+
+if __name__ == "__main__":
+    main()
