@@ -70,7 +70,7 @@ def matrix(tmp_path_factory):
 def test_every_container_gives_the_8_bit_png_findings(matrix):
     reference = matrix[0]
     assert reference["name"] == "png 8-bit"
-    print(f"\nreference (png 8-bit): " + ", ".join(f"{label} {p:.3f}" for label, p in zip(reference["labels"], reference["p"])))
+    print("\nreference (png 8-bit): " + ", ".join(f"{label} {p:.3f}" for label, p in zip(reference["labels"], reference["p"])))
     print(f"{'container':48s} {'intensity rule':30s} {'max |dp|':>9s} {'limit':>6s}  boxes")
     failures = []
     for row in matrix:
