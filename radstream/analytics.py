@@ -229,16 +229,23 @@ class DuckDBQueryRunner(_Queries):
         query = self.query(name)
         values = query.bind(params)
         sql = self.translate(name)
-        con = self.connect()
-        try:
-            cursor = con.execute(sql, values)
-            columns = [d[0] for d in cursor.description]
-            rows = [tuple(float(v) if isinstance(v, Decimal) else v for v in row) for row in cursor.fetchall()]
-        except duckdb.Error as e:
-            raise PermanentError(f"query {name} failed in DuckDB: {e}") from e
-        finally:
-            con.close()
-        return QueryResult(columns, rows)
+        for attempt in range(3):
+            con = self.connect()
+            try:
+                cursor = con.execute(sql, values)
+                columns = [d[0] for d in cursor.description]
+                rows = [tuple(float(v) if isinstance(v, Decimal) else v for v in row) for row in cursor.fetchall()]
+                return QueryResult(columns, rows)
+            except duckdb.IOException as e:
+                # `radstream lake compact` removed an object this query had listed (its records are in the merged
+                # object that replaced it): list the lake again.
+                if attempt == 2 or "No such file" not in str(e):
+                    raise PermanentError(f"query {name} failed in DuckDB: {e}") from e
+            except duckdb.Error as e:
+                raise PermanentError(f"query {name} failed in DuckDB: {e}") from e
+            finally:
+                con.close()
+        raise AssertionError("unreachable")
 
 
 # Athena error codes worth retrying: throttling, concurrency limits and its own faults.
@@ -383,7 +390,13 @@ def cmd_query(args: argparse.Namespace) -> int:
 
     from shared.settings import Settings
 
-    lake = Path(args.data_dir) / Settings.from_env().telemetry_bucket
+    settings = Settings.from_env()
+    lake = Path(args.data_dir) / settings.telemetry_bucket
+    if args.name and not args.sql:
+        # What a killed run had buffered but not delivered (its next start would): into the lake before it is queried.
+        from shared.wiring import recover_telemetry
+
+        recover_telemetry(settings.model_copy(update={"data_dir": Path(args.data_dir)}))
     runner = DuckDBQueryRunner(lake)
     console = Console()
     if not args.name:

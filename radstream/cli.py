@@ -16,6 +16,7 @@ from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, T
 from rich.table import Table
 
 from radstream.analytics import add_query_parser
+from radstream.lake import add_lake_parser
 from radstream.console.cli import add_console_parsers
 from shared.errors import RadStreamError
 from shared.settings import DEFAULT_MODEL_REPOSITORY, Settings
@@ -302,6 +303,7 @@ def parser() -> argparse.ArgumentParser:
     gateway.set_defaults(func=cmd_gateway)
 
     add_query_parser(sub)
+    add_lake_parser(sub)
     add_console_parsers(sub)
     return root
 
