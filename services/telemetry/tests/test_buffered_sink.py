@@ -17,6 +17,7 @@ from pathlib import Path
 
 import pytest
 
+from shared.contracts import ModelRef
 from shared.errors import StorageUnavailable
 from shared.observability import telemetry_record
 from shared.settings import Settings
@@ -31,8 +32,9 @@ T0 = datetime(2026, 11, 26, 23, 59, 58, tzinfo=timezone.utc)
 def records(study: str, when: datetime = T0, n: int = 7) -> list:
     stages = ["validate", "prepare", "inference", "inference", "inference", "store", "workflow"][:n]
     return [
-        telemetry_record(stage=s, study_id=study, execution_id=f"e-{study}", status="succeeded", duration_ms=1.0 + i).model_copy(
-            update={"time": when + timedelta(seconds=i), "model_name": f"m{i}" if s == "inference" else None})
+        telemetry_record(stage=s, study_id=study, execution_id=f"e-{study}", status="succeeded", duration_ms=1.0 + i,
+                         model=ModelRef(name=f"m{i}", version="1", provenance="test") if s == "inference" else None)
+        .model_copy(update={"time": when + timedelta(seconds=i)})
         for i, s in enumerate(stages)
     ]
 
