@@ -17,7 +17,7 @@ from pathlib import Path
 import pytest
 
 import radstream.lake as lake_module
-from radstream.analytics import DuckDBQueryRunner, load_named_queries
+from radstream.analytics import DuckDBQueryRunner, load_named_queries, partition_sources
 from radstream.cli import main
 from radstream.lake import compact
 from shared.contracts import ModelRef
@@ -94,6 +94,35 @@ def test_compaction_merges_each_partition_and_every_named_query_answers_the_same
     kept = objects(data)
     again = compact(data / "telemetry")
     assert (again.compacted, again.files_after) == (0, 3) and objects(data) == kept
+
+
+def test_queries_read_the_columnar_copy_only_while_the_partition_holds_what_it_was_made_from(before, tmp_path):
+    source, expected = before
+    shutil.copytree(source / "telemetry", tmp_path / "telemetry")
+    report = compact(tmp_path / "telemetry")
+    cached, uncached = partition_sources(tmp_path / "telemetry")
+    assert report.columnar_written == 3 and len(cached) == 3 and not uncached
+    assert answers(tmp_path) == expected, "answered from the Parquet copies"
+    # A later delivery into one partition: that partition is read from its objects again, the others from their copies.
+    late = execution("late", "first", BASE + timedelta(hours=1, minutes=30))
+    LocalLakeSink(LocalObjectStore(tmp_path), "telemetry").send(late)
+    cached, uncached = partition_sources(tmp_path / "telemetry")
+    assert (len(cached), [f.name for f in uncached]) == (2, [f"hour={BASE + timedelta(hours=1):%H}"])
+    plain = tmp_path / "plain"
+    shutil.copytree(tmp_path / "telemetry" / "telemetry", plain / "telemetry" / "telemetry")
+    assert answers(tmp_path) == answers(plain) != expected
+    assert "late" in [row[0] for row in DuckDBQueryRunner(tmp_path / "telemetry").run("study_end_to_end").rows]
+    # The next compaction brings it back to a current copy, and removes the stale one.
+    assert compact(tmp_path / "telemetry").columnar_written == 1
+    assert len(partition_sources(tmp_path / "telemetry")[0]) == 3 and len(list((tmp_path / "telemetry" / ".cache").rglob("*.parquet"))) == 3
+    assert answers(tmp_path) == answers(plain)
+
+
+def test_without_the_columnar_copy_compaction_writes_only_objects(before, tmp_path):
+    source, expected = before
+    shutil.copytree(source / "telemetry", tmp_path / "telemetry")
+    assert compact(tmp_path / "telemetry", columnar=False).columnar_written == 0
+    assert partition_sources(tmp_path / "telemetry")[0] == [] and answers(tmp_path) == expected
 
 
 def test_a_target_size_splits_a_partition_into_objects_within_it(before, tmp_path):
@@ -192,7 +221,7 @@ def test_cli_compacts_with_a_summary(before, tmp_path, capsys):
     shutil.copytree(source / "telemetry", tmp_path / "telemetry")
     assert main(["lake", "compact", "--data-dir", str(tmp_path), "--quiet"]) == 0
     out = capsys.readouterr().out
-    assert "objects 63 -> 3" in out and "13 repeated lines dropped" in out
+    assert "objects 63 -> 3" in out and "13 repeated lines dropped" in out and "3 columnar copies written" in out
     assert main(["lake", "compact", "--data-dir", str(tmp_path), "--json"]) == 0
     assert json.loads(capsys.readouterr().out)["compacted"] == 0
     assert main(["lake", "compact", "--data-dir", str(tmp_path / "nowhere"), "--quiet"]) == 2
