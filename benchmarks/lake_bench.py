@@ -274,6 +274,11 @@ def main() -> int:
             identical = all(same(rows[0], other) for other in rows[1:])
             cells = "".join(f"{results[k][name][0]:>24.3f}" if name in results[k] else f"{'-':>24s}" for k in layouts)
             print(f"{name:26s}{cells}  {'yes' if identical else 'NO'}")
+            if not identical:
+                for k in layouts:
+                    if name in results[k] and not same(rows[0], results[k][name][1]):
+                        diff = [(a, b) for a, b in zip(rows[0], results[k][name][1]) if a != b][:2]
+                        print(f"    {k}: {len(results[k][name][1])} rows against {len(rows[0])}; first differences {diff}")
         slowest = {k: max((v[0] for v in results[k].values()), default=float("nan")) for k in layouts}
         print("slowest" + " " * 19 + "".join(f"{slowest[k]:>24.3f}" for k in layouts))
         print(f"load average at end: {' '.join(f'{x:.2f}' for x in os.getloadavg())}")
