@@ -445,7 +445,10 @@ def cmd_query(args: argparse.Namespace) -> int:
         # What a killed run had buffered but not delivered (its next start would): into the lake before it is queried.
         from shared.wiring import recover_telemetry
 
-        recover_telemetry(settings.model_copy(update={"data_dir": Path(args.data_dir)}))
+        try:
+            recover_telemetry(settings.model_copy(update={"data_dir": Path(args.data_dir)}))
+        except StorageUnavailable:
+            pass  # a read-only or full disk: the query answers from what is delivered; the next run delivers the rest
     runner = DuckDBQueryRunner(lake)
     console = Console()
     if not args.name:

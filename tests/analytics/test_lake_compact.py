@@ -225,3 +225,11 @@ def test_cli_compacts_with_a_summary(before, tmp_path, capsys):
     assert main(["lake", "compact", "--data-dir", str(tmp_path), "--json"]) == 0
     assert json.loads(capsys.readouterr().out)["compacted"] == 0
     assert main(["lake", "compact", "--data-dir", str(tmp_path / "nowhere"), "--quiet"]) == 2
+
+
+def test_query_delivers_the_buffers_of_a_killed_run_before_it_answers(tmp_path, capsys):
+    sink = BufferedLakeSink(LocalObjectStore(tmp_path), "telemetry", tmp_path / "telemetry", timer=False)
+    sink.send(execution("buffered", "first", BASE))
+    os.close(sink._open.fd)  # as if the process had died: its lock goes with it
+    assert main(["query", "study_end_to_end", "--data-dir", str(tmp_path), "--json"]) == 0
+    assert [row["study_id"] for row in json.loads(capsys.readouterr().out)["rows"]] == ["buffered"]
