@@ -1,18 +1,31 @@
-"""Local Triton throughput and latency: the model repository's dynamic batching against batch-1 serving.
+"""Local Triton throughput and latency: the model repository's dynamic batching against batch-1 serving and
+against other batching settings, for all three models.
 
     python -m benchmarks.triton_bench --requests 400 --duration 15
     python benchmarks/triton_bench.py --models chest_xray_classifier,report_encoder --concurrency 1,4,16
+    python -m benchmarks.triton_bench --concurrency 1,16 --duration 4 --rounds 3 \
+        --variant batch1=batching:off --variant d500=delay_us:500 --variant i2=instances:2
 
-Starts `tritonserver` (nvidia-pytriton's, CPU) twice on free ports: once on the repository as it is, once
-on a temporary copy whose config.pbtxt files have `dynamic_batching` removed. Each level of concurrency
-runs that many threads, each with its own client, sending one image per request until `--requests`
-requests are done or `--duration` seconds have passed. The repository itself is never written to.
+Without --variant: starts `tritonserver` (nvidia-pytriton's, CPU) twice on free ports, once on the repository as
+it is, once on a temporary copy whose config.pbtxt files have `dynamic_batching` removed.
+
+With --variant NAME=KEY:VALUE[,KEY:VALUE...] (repeatable): one server on a temporary repository that holds each
+model as it is (`<model>__current`) and once per variant with its config edited (`<model>__NAME`); keys: batching
+(off), delay_us (max_queue_delay_microseconds), preferred (batch sizes joined by /, e.g. 4/8/16, or none),
+instances (instance_group count). The variants are measured interleaved, level by level, `--rounds` times in a
+rotating order, so a change in the machine's load reaches them all alike; the table gives medians over the rounds
+and each variant's throughput against the current config. The load average is printed before and after.
+
+Each level of concurrency runs that many threads, each with its own client, sending one image per request until
+`--requests` requests are done or `--duration` seconds have passed. The repository itself is never written to.
 """
 from __future__ import annotations
 
 import argparse
 import importlib.util
+import os
 import shutil
+import statistics
 import sys
 import tempfile
 import threading
@@ -79,6 +92,89 @@ def edited_copy(repository: Path, dest: Path, *, dynamic_batching: bool, queue_d
                 group.count = instances
         write_config(model_dir, config)
     return dest
+
+
+VARIANT_KEYS = ("batching", "delay_us", "preferred", "instances")
+
+
+def parse_variant(text: str) -> tuple[str, dict[str, str]]:
+    name, sep, spec = text.partition("=")
+    if not sep or not name.isidentifier() or name == "current":
+        raise SystemExit(f"--variant wants NAME=KEY:VALUE[,KEY:VALUE...] (NAME not 'current'), got {text!r}")
+    edits = {}
+    for item in filter(None, spec.split(",")):
+        key, sep, value = item.partition(":")
+        if not sep or key not in VARIANT_KEYS:
+            raise SystemExit(f"--variant {name}: {item!r} is not one of {', '.join(VARIANT_KEYS)}:VALUE")
+        edits[key] = value
+    return name, edits
+
+
+def apply_edits(config, edits: dict[str, str]) -> None:
+    if edits.get("batching") == "off":
+        config.ClearField("dynamic_batching")
+        return
+    if "delay_us" in edits:
+        config.dynamic_batching.max_queue_delay_microseconds = int(edits["delay_us"])
+    if "preferred" in edits:
+        del config.dynamic_batching.preferred_batch_size[:]
+        if edits["preferred"] != "none":
+            config.dynamic_batching.preferred_batch_size.extend(int(b) for b in edits["preferred"].split("/"))
+    if "instances" in edits:
+        for group in config.instance_group:
+            group.count = int(edits["instances"])
+
+
+def variant_repository(repository: Path, dest: Path, models: list[str], variants: dict[str, dict[str, str]]) -> Path:
+    """`<model>__current` (the config as it is) and `<model>__<variant>` (edited) for each model, in one repository."""
+    dest.mkdir(parents=True)
+    for model in models:
+        for name, edits in {"current": {}, **variants}.items():
+            served = dest / f"{model}__{name}"
+            shutil.copytree(repository / model, served, symlinks=True)
+            config = read_config(served)
+            config.name = served.name
+            apply_edits(config, edits)
+            write_config(served, config)
+    return dest
+
+
+def bench_variants(repository: Path, models: list[str], variants: dict[str, dict[str, str]], levels: list[int],
+                   requests: int, duration_s: float, protocol: str, rounds: int) -> list[Level]:
+    names = ["current", *variants]
+    results: list[Level] = []
+    with TritonServer(repository) as server:
+        url = server.grpc_url if protocol == "grpc" else server.http_url
+        for r in range(rounds):
+            order = names[r % len(names):] + names[: r % len(names)]  # rotate, so no variant always goes first
+            for model in models:
+                inputs = one_image(repository / f"{model}__current")
+                for concurrency in levels:
+                    for name in order:
+                        level = run_level(url, f"{model}__{name}", inputs, concurrency, requests, duration_s, name)
+                        level.model = model
+                        results.append(level)
+                        print(f"  round {r + 1} {name:<10} {model:<22} c={concurrency:<3} {level.throughput:8.1f} inf/s  "
+                              f"p50 {level.percentile(50):7.1f} ms  p95 {level.percentile(95):7.1f} ms", flush=True)
+    return results
+
+
+def variant_table(results: list[Level], names: list[str]) -> str:
+    groups: dict[tuple[str, int, str], list[Level]] = {}
+    for level in results:
+        groups.setdefault((level.model, level.concurrency, level.mode), []).append(level)
+    head = f"| {'model':<22} | {'conc.':>5} | {'config':<10} | {'inf/s':>7} | {'p50 ms':>7} | {'p95 ms':>7} | {'vs current':>10} | {'errors':>6} |"
+    rows = [head, "|" + "|".join("-" * len(c) for c in head.split("|")[1:-1]) + "|"]
+    for model, concurrency in dict.fromkeys((m, c) for m, c, _ in groups):
+        base = statistics.median(x.throughput for x in groups[(model, concurrency, "current")])
+        for name in names:
+            levels = groups[(model, concurrency, name)]
+            rate = statistics.median(x.throughput for x in levels)
+            p50 = statistics.median(x.percentile(50) for x in levels)
+            p95 = statistics.median(x.percentile(95) for x in levels)
+            rows.append(f"| {model:<22} | {concurrency:>5} | {name:<10} | {rate:>7.1f} | {p50:>7.1f} | {p95:>7.1f} | "
+                        f"{rate / base if base else float('nan'):>9.2f}x | {sum(x.errors for x in levels):>6} |")
+    return "\n".join(rows)
 
 
 def tiny_repository(dest: Path) -> Path:
@@ -167,7 +263,7 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--model-repository", type=Path, default=None,
                         help="default: services/triton/model_repository, or the tiny test models if absent")
     parser.add_argument("--tiny", action="store_true", help="benchmark the tiny test models")
-    parser.add_argument("--models", default="chest_xray_classifier")
+    parser.add_argument("--models", default="chest_xray_classifier,anomaly_detector,report_encoder")
     parser.add_argument("--concurrency", default="1,4,16")
     parser.add_argument("--requests", type=int, default=300, help="requests per level at most")
     parser.add_argument("--duration", type=float, default=15.0, help="seconds per level at most")
@@ -177,6 +273,9 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--instances", type=int, default=None,
                         help="try another instance_group count (on a copy, both runs)")
     parser.add_argument("--modes", default="dynamic,batch1")
+    parser.add_argument("--variant", action="append", default=[], metavar="NAME=KEY:VALUE,...",
+                        help="measure this config beside the current one, interleaved in one server (repeatable)")
+    parser.add_argument("--rounds", type=int, default=3, help="with --variant: interleaved rounds (medians are reported)")
     args = parser.parse_args(argv)
 
     levels = [int(c) for c in args.concurrency.split(",")]
@@ -193,6 +292,16 @@ def main(argv: list[str] | None = None) -> int:
         repository = repository.resolve()
         print(f"repository {repository}; {args.protocol}; concurrency {levels}; "
               f"≤{args.requests} requests and ≤{args.duration:.0f}s per level")
+        if args.variant:
+            variants = dict(parse_variant(v) for v in args.variant)
+            print(f"load average before: {' '.join(f'{x:.2f}' for x in os.getloadavg())} ({os.cpu_count()} cores); "
+                  f"variants: {variants}; {args.rounds} interleaved rounds")
+            served = variant_repository(repository, tmp_path / "variants", models, variants)
+            results = bench_variants(served, models, variants, levels, args.requests, args.duration, args.protocol, args.rounds)
+            print(f"load average after: {' '.join(f'{x:.2f}' for x in os.getloadavg())}")
+            print()
+            print(variant_table(results, ["current", *variants]))
+            return 1 if any(r.errors for r in results) else 0
         results: list[Level] = []
         for mode in args.modes.split(","):
             dynamic = mode == "dynamic"

@@ -12,6 +12,7 @@ from __future__ import annotations
 
 import argparse
 import json
+import os
 import re
 import time
 from collections.abc import Callable, Mapping
@@ -160,6 +161,49 @@ def to_duckdb(sql: str) -> str:
     return statements[0]
 
 
+CACHE_DIR = ".cache"  # <lake root>/.cache/dt=…/hour=…/<digest>.parquet, written by `radstream lake compact`
+
+
+def _sql_list(paths: list[str] | list[Path]) -> str:
+    return "[" + ", ".join("'" + str(p).replace("'", "''") + "'" for p in paths) + "]"
+
+
+def json_source(globs: list[str], columns: Mapping[str, str]) -> str:
+    """read_json over the lake's gzip NDJSON objects, typed as the Glue table, dt/hour from the Hive-style path."""
+    struct = ", ".join(f"'{c}': '{t}'" for c, t in columns.items())
+    hive_types = ", ".join(f"'{c}': '{t}'" for c, t in PARTITION_COLUMNS.items())
+    return (f"read_json({_sql_list(globs)}, format = 'newline_delimited', compression = 'gzip', columns = {{{struct}}}, "
+            f"hive_partitioning = true, hive_types = {{{hive_types}}})")
+
+
+def partition_digest(folder: Path) -> tuple[str, int]:
+    """What a partition holds now (its objects' names and sizes, as a digest), and how many objects. Delivered and
+    merged objects are never rewritten with other bytes, so the same names and sizes mean the same records."""
+    import hashlib
+
+    entries = sorted((e.name, e.stat().st_size) for e in os.scandir(folder) if e.name.endswith(".json.gz"))
+    return hashlib.sha256("\n".join(f"{n}\t{z}" for n, z in entries).encode()).hexdigest()[:32], len(entries)
+
+
+def cache_path(lake_root: Path, folder: Path, digest: str) -> Path:
+    return Path(lake_root) / CACHE_DIR / folder.parent.name / folder.name / f"{digest}.parquet"
+
+
+def partition_sources(lake_root: Path) -> tuple[list[Path], list[Path]]:
+    """(current columnar copies, partition folders without one). A partition with no object is in neither."""
+    cached, uncached = [], []
+    for folder in sorted((Path(lake_root) / LAKE_PREFIX).glob("dt=*/hour=*")):
+        try:
+            digest, count = partition_digest(folder)
+        except FileNotFoundError:
+            continue
+        if not count:
+            continue
+        copy = cache_path(lake_root, folder, digest)
+        (cached if copy.is_file() else uncached).append(copy if copy.is_file() else folder)
+    return cached, uncached
+
+
 class _Queries:
     def __init__(self, template: Template | Path | None) -> None:
         self.template = template if isinstance(template, Template) else Template(Path(template or DEFAULT_TEMPLATE))
@@ -200,18 +244,23 @@ class DuckDBQueryRunner(_Queries):
         return to_duckdb(render(self.query(name), self.names))
 
     def view_sql(self) -> str:
+        """The lake as a view: each partition from its columnar copy when `radstream lake compact` left one that is
+        still current (same objects, same sizes), else from its gzip NDJSON objects."""
         schema, table, columns = self.table
         target = f'"{schema}"."{table}"'
-        if not any(self.lake_root.glob(f"{LAKE_PREFIX}/dt=*/hour=*/*.json.gz")):
+        cached, uncached = partition_sources(self.lake_root)
+        if not cached and not uncached:
             typed_nulls = ", ".join(f'CAST(NULL AS {t}) AS "{c}"' for c, t in {**columns, **PARTITION_COLUMNS}.items())
             return f"CREATE OR REPLACE VIEW {target} AS SELECT {typed_nulls} WHERE false"
-        struct = ", ".join(f"'{c}': '{t}'" for c, t in columns.items())
-        hive_types = ", ".join(f"'{c}': '{t}'" for c, t in PARTITION_COLUMNS.items())
-        path = str(self.pattern).replace("'", "''")
-        return (
-            f"CREATE OR REPLACE VIEW {target} AS SELECT * FROM read_json('{path}', format = 'newline_delimited', "
-            f"compression = 'gzip', columns = {{{struct}}}, hive_partitioning = true, hive_types = {{{hive_types}}})"
-        )
+        names = ", ".join(f'"{c}"' for c in {**columns, **PARTITION_COLUMNS})
+        parts = []
+        if cached:
+            parts.append(f"SELECT {names} FROM read_parquet({_sql_list(cached)}, hive_partitioning = false)")
+        if uncached:
+            # One glob per partition that has no current columnar copy (all of them, in a lake never compacted).
+            globs = [str(self.pattern)] if not cached else [str(folder / "*.json.gz") for folder in uncached]
+            parts.append(f"SELECT {names} FROM {json_source(globs, columns)}")
+        return f"CREATE OR REPLACE VIEW {target} AS " + " UNION ALL ".join(parts)
 
     def connect(self) -> Any:
         import duckdb
@@ -229,16 +278,23 @@ class DuckDBQueryRunner(_Queries):
         query = self.query(name)
         values = query.bind(params)
         sql = self.translate(name)
-        con = self.connect()
-        try:
-            cursor = con.execute(sql, values)
-            columns = [d[0] for d in cursor.description]
-            rows = [tuple(float(v) if isinstance(v, Decimal) else v for v in row) for row in cursor.fetchall()]
-        except duckdb.Error as e:
-            raise PermanentError(f"query {name} failed in DuckDB: {e}") from e
-        finally:
-            con.close()
-        return QueryResult(columns, rows)
+        for attempt in range(3):
+            con = self.connect()
+            try:
+                cursor = con.execute(sql, values)
+                columns = [d[0] for d in cursor.description]
+                rows = [tuple(float(v) if isinstance(v, Decimal) else v for v in row) for row in cursor.fetchall()]
+                return QueryResult(columns, rows)
+            except duckdb.IOException as e:
+                # `radstream lake compact` removed an object this query had listed (its records are in the merged
+                # object that replaced it): list the lake again.
+                if attempt == 2 or "No such file" not in str(e):
+                    raise PermanentError(f"query {name} failed in DuckDB: {e}") from e
+            except duckdb.Error as e:
+                raise PermanentError(f"query {name} failed in DuckDB: {e}") from e
+            finally:
+                con.close()
+        raise AssertionError("unreachable")
 
 
 # Athena error codes worth retrying: throttling, concurrency limits and its own faults.
@@ -383,7 +439,16 @@ def cmd_query(args: argparse.Namespace) -> int:
 
     from shared.settings import Settings
 
-    lake = Path(args.data_dir) / Settings.from_env().telemetry_bucket
+    settings = Settings.from_env()
+    lake = Path(args.data_dir) / settings.telemetry_bucket
+    if args.name and not args.sql:
+        # What a killed run had buffered but not delivered (its next start would): into the lake before it is queried.
+        from shared.wiring import recover_telemetry
+
+        try:
+            recover_telemetry(settings.model_copy(update={"data_dir": Path(args.data_dir)}))
+        except StorageUnavailable:
+            pass  # a read-only or full disk: the query answers from what is delivered; the next run delivers the rest
     runner = DuckDBQueryRunner(lake)
     console = Console()
     if not args.name:

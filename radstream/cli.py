@@ -16,6 +16,7 @@ from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, T
 from rich.table import Table
 
 from radstream.analytics import add_query_parser
+from radstream.lake import add_lake_parser
 from radstream.console.cli import add_console_parsers
 from shared.errors import ConfigurationError, RadStreamError
 from shared.settings import DEFAULT_MODEL_REPOSITORY, Settings
@@ -440,6 +441,7 @@ def parser() -> argparse.ArgumentParser:
     export.set_defaults(func=cmd_export, triton_url=None, model_repository=None)
 
     add_query_parser(sub)
+    add_lake_parser(sub)
     add_console_parsers(sub)
     return root
 

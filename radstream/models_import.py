@@ -92,11 +92,7 @@ input [
 output [
 {outputs}
 ]
-dynamic_batching {{
-  preferred_batch_size: [ 4, 8, 16 ]
-  max_queue_delay_microseconds: 2000
-}}
-{placement}parameters: {{
+{batching}{placement}parameters: {{
   key: "radstream.normalization"
   value: {{ string_value: "{norm}" }}
 }}
@@ -109,6 +105,26 @@ parameters: {{
   value: {{ string_value: "{provenance}" }}
 }}
 """
+
+
+_BATCHING = """dynamic_batching {
+  preferred_batch_size: [ 4, 8, 16 ]
+  max_queue_delay_microseconds: 2000
+}
+"""
+# On CPU the classifier and the encoder batch best with no queue delay and no preferred sizes: the batcher still
+# merges what queues while the model runs, and a lone request is not held back (benchmarks/triton_bench.py
+# --variant, README Performance: 1.2-1.5x at concurrency 1 and 16). The detector measured no better either way,
+# so it keeps the 2 ms delay; GPU configs keep it too (not measured on a GPU).
+_CPU_NO_DELAY = """# Measured on CPU (README Performance): no queue delay, no preferred sizes.
+dynamic_batching {
+  max_queue_delay_microseconds: 0
+}
+"""
+
+
+def _batching(kind: str, placement: str) -> str:
+    return _CPU_NO_DELAY if placement == "cpu" and kind in ("classifier", "encoder") else _BATCHING
 
 
 _PLACEMENT = {
@@ -176,7 +192,8 @@ def triton_config(
         lines.append("  }")
         blocks.append("\n".join(lines))
     return _CONFIG_TEMPLATE.format(title=title, name=name, size=size, outputs=",\n".join(blocks),
-                                   norm=normalization, kind=kind, provenance=provenance, placement=_PLACEMENT[placement])
+                                   norm=normalization, kind=kind, provenance=provenance, placement=_PLACEMENT[placement],
+                                   batching=_batching(kind, placement))
 
 
 _TV_STUB_LIB = None

@@ -224,6 +224,10 @@ class LocalRuntime:
         sweep_staging(staging_dir(settings.data_dir))
         self.template = Template(template_path)
         self.store = RetryingStore(wiring.object_store(settings), storage_retrier(self.template.definition()), sleep)
+        try:  # the telemetry a killed earlier run had buffered but not yet delivered: into the lake now
+            wiring.recover_telemetry(settings, self.store)
+        except StorageUnavailable:
+            pass  # still buffered, on disk: the next start delivers it
         (settings.data_dir / "logs").mkdir(exist_ok=True)
         self._log_file = open(settings.data_dir / "logs" / "radstream.log", "a")  # noqa: SIM115 - held for the runtime's life
         self._metrics = LocalEmfFile(settings.data_dir)  # the EMF lines Lambda would print, captured for the console

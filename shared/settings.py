@@ -23,6 +23,8 @@ ENVIRONMENT = {
     "telemetry_bucket": "TELEMETRY_BUCKET",
     "artifacts_bucket": "ARTIFACTS_BUCKET",
     "telemetry_stream": "TELEMETRY_STREAM_NAME",
+    "telemetry_buffer_mb": "TELEMETRY_BUFFER_MB",
+    "telemetry_buffer_s": "TELEMETRY_BUFFER_SECONDS",
     "event_bus": "EVENT_BUS_NAME",
     "triton_url": "TRITON_URL",
     "model_repository": "MODEL_REPOSITORY",
@@ -66,6 +68,10 @@ class Settings(BaseModel):
     telemetry_bucket: str = "telemetry"
     artifacts_bucket: str = "artifacts"
     telemetry_stream: str | None = None
+    # The local sink's buffering hints, as Firehose's BufferingHints: a buffer is delivered into the lake as one object
+    # per partition when it holds this many MB of records (uncompressed) or this many seconds after its first record.
+    telemetry_buffer_mb: float = Field(default=64, gt=0)
+    telemetry_buffer_s: float = Field(default=60, gt=0)
     event_bus: str | None = None
     # Empty: run the model repository in-process with ONNX Runtime. Set: a Triton server
     # (http://host:8000 or grpc://host:8001), locally or on EKS.

@@ -201,6 +201,9 @@ class _disk:
         return False
 
 
+disk_errors = _disk  # for local adapters that keep files of their own (the telemetry sink's buffers)
+
+
 class S3ObjectStore:
     """S3 through a boto3 client that the caller builds (so tests pass an emulator's endpoint)."""
 

@@ -13,7 +13,7 @@ from typing import Any
 from shared.events import EventBridgePublisher, EventPublisher, LocalEventLog
 from shared.settings import Settings
 from shared.storage import LocalObjectStore, MemoryObjectStore, ObjectStore, RoutedObjectStore, S3ObjectStore
-from shared.telemetry import KinesisSink, LocalLakeSink, TelemetrySink
+from shared.telemetry import BufferedLakeSink, KinesisSink, TelemetrySink
 
 
 def boto3_client(service: str) -> Any:
@@ -55,7 +55,19 @@ def telemetry_sink(settings: Settings, store: ObjectStore | None = None) -> Tele
 
             raise ConfigurationError("TELEMETRY_STREAM_NAME must be set when RADSTREAM_BACKEND=aws")
         return KinesisSink(boto3_client("kinesis"), settings.telemetry_stream)
-    return LocalLakeSink(store or object_store(settings), settings.telemetry_bucket)
+    return BufferedLakeSink(
+        store or object_store(settings), settings.telemetry_bucket, settings.data_dir / settings.telemetry_bucket,
+        size_bytes=int(settings.telemetry_buffer_mb * 1024 * 1024), interval_s=settings.telemetry_buffer_s,
+    )
+
+
+def recover_telemetry(settings: Settings, store: ObjectStore | None = None) -> int:
+    """Deliver the telemetry buffers a killed local process left (the local backend only; Kinesis buffers nothing here)."""
+    if settings.backend == "aws":
+        return 0
+    from shared.telemetry import recover_buffers
+
+    return recover_buffers(settings.data_dir / settings.telemetry_bucket, store or object_store(settings), settings.telemetry_bucket)
 
 
 def event_publisher(settings: Settings) -> EventPublisher:

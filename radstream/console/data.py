@@ -96,8 +96,16 @@ class LakeSnapshotRunner(DuckDBQueryRunner):
                 return 0
             self._checked = now
             found = {str(p) for p in self.lake_root.glob(f"{LAKE_PREFIX}/dt=*/hour=*/*.json.gz")}
+            # Objects were removed (`radstream lake compact` merged them into new ones): load the lake afresh rather
+            # than keep their rows beside the merged objects' copies. The swap happens under the query lock.
+            reset = bool(self._files - found)
+            if reset:
+                self._files = set()
             new = sorted(found - self._files)
             if not new:
+                if reset:
+                    with self._lock:
+                        self._con.execute(f"DELETE FROM {self._target}")
                 return 0
             with tempfile.NamedTemporaryFile("wb", suffix=".ndjson", prefix="radstream-console-lake-") as batch:
                 for path in new:
@@ -105,7 +113,12 @@ class LakeSnapshotRunner(DuckDBQueryRunner):
                     if not partition:
                         continue
                     tail = f',"dt":"{partition["dt"]}","hour":"{partition["hour"]}"}}\n'.encode()
-                    for line in gzip.decompress(Path(path).read_bytes()).splitlines():
+                    try:
+                        blob = Path(path).read_bytes()
+                    except FileNotFoundError:  # merged away by a compaction since the listing: its records are in the new object
+                        found.discard(path)
+                        continue
+                    for line in gzip.decompress(blob).splitlines():
                         line = line.rstrip()
                         if line.endswith(b"}"):
                             batch.write(line[:-1] + tail)
@@ -114,10 +127,12 @@ class LakeSnapshotRunner(DuckDBQueryRunner):
                 names = ", ".join(f'"{c}"' for c in self._columns)
                 source = batch.name.replace("'", "''")
                 with self._lock:
+                    if reset:
+                        self._con.execute(f"DELETE FROM {self._target}")
                     self._con.execute(
                         f"INSERT INTO {self._target} ({names}) SELECT {names} FROM read_json('{source}', format = 'newline_delimited', columns = {{{struct}}})"
                     )
-            self._files.update(new)
+            self._files.update(p for p in new if p in found)
             return len(new)
 
     def run(self, name: str, **params: Any) -> QueryResult:

@@ -41,6 +41,20 @@ def test_lake_snapshot_equals_the_plain_runner_and_takes_in_new_objects(tmp_path
     assert "late" in [r[0] for r in snapshot.run("study_end_to_end", days=7).rows]
 
 
+def test_lake_snapshot_reloads_when_a_compaction_replaces_objects(tmp_path: Path) -> None:
+    from radstream.lake import compact
+
+    sink = LocalLakeSink(LocalObjectStore(tmp_path), "telemetry")
+    for i in range(6):
+        sink.send(records(f"s{i}"))
+    snapshot = LakeSnapshotRunner(tmp_path / "telemetry", refresh_s=0)
+    before = snapshot.run("study_end_to_end", days=7)
+    assert compact(tmp_path / "telemetry").files_after == 1
+    assert snapshot.refresh(force=True) == 1, "the merged object, loaded in place of the six it replaced"
+    assert snapshot._con.execute(f"SELECT count(*) FROM {snapshot._target}").fetchone()[0] == 6 * 4, "no row kept twice"
+    assert snapshot.run("study_end_to_end", days=7) == before == DuckDBQueryRunner(tmp_path / "telemetry").run("study_end_to_end", days=7)
+
+
 def test_study_index_keeps_the_latest_record_of_a_rerun_study(tmp_path: Path) -> None:
     store = LocalObjectStore(tmp_path)
     failure = {"study_id": "s1", "stage": "validate", "error_type": "InvalidImage", "message": "study s1: bad", "failed_at": "2026-01-01T10:00:00Z"}
