@@ -125,9 +125,11 @@ def test_dynamic_batching_config_is_honoured(model_repository, server):
             for c in clients:
                 c.close()
         inferences, executions = stats()
-        # 64 single-image requests from 16 clients at once: the scheduler must have merged some.
-        assert inferences - inferences_before == 64
-        assert executions - executions_before < 64
+        # 64 single-image requests from 16 clients at once: the scheduler must have merged some. The server is shared
+        # by the module's tests, and a request an earlier test left in flight may still land in this window (a loaded
+        # machine once counted 67): what must hold is ours all counted, and fewer executions than inferences.
+        assert inferences - inferences_before >= 64
+        assert executions - executions_before < inferences - inferences_before
     finally:
         admin.close()
 
