@@ -47,8 +47,9 @@ from pathlib import Path
 ROOT = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(ROOT))
 
-from radstream.samples import encode, sidecar, write_demo_studies, write_study  # noqa: E402
 from radstream.phantoms import generate_phantom  # noqa: E402
+from radstream.samples import encode, sidecar, write_demo_studies, write_study  # noqa: E402
+from radstream.triton_server import free_port  # noqa: E402
 
 # The studies write_demo_studies breaks on purpose, and the failure each must end with.
 EXPECTED_FAILURES = {
@@ -130,14 +131,6 @@ def print_budgets(rows: list[dict]) -> None:
 
 
 # --- processes ------------------------------------------------------------------------------------------
-def free_port() -> int:
-    import socket
-
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
-
-
 def children(pid: int) -> list[int]:
     try:
         return [int(p) for p in Path(f"/proc/{pid}/task/{pid}/children").read_text().split()]

@@ -8,7 +8,6 @@ from __future__ import annotations
 
 import json
 import shutil
-import socket
 import subprocess
 import time
 import urllib.parse
@@ -16,15 +15,11 @@ import urllib.request
 from pathlib import Path
 from typing import Any
 
+# free_port is re-exported: the tests and the bench take it from here too.
+from radstream.triton_server import free_port
 from shared.errors import ConfigurationError
 
 DICOMWEB_PLUGIN = Path("/usr/share/orthanc/plugins/libOrthancDicomWeb.so")
-
-
-def free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
 
 
 class Orthanc:

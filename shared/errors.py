@@ -1,6 +1,7 @@
 """One error tree: the workflow's Retry and Catch match these class names, never message text."""
 from __future__ import annotations
 
+import json
 from typing import Any, ClassVar
 
 
@@ -94,6 +95,19 @@ def error_class(error_name: str | None) -> type[RadStreamError] | None:
             return cls
         stack.extend(cls.__subclasses__())
     return None
+
+
+def caught_error(error: dict[str, Any]) -> tuple[str, str | None]:
+    """A workflow Catch's {Error, Cause}: the error's name, and its message when the error is one of ours (whose
+    messages never carry patient values); None for anything else, whose text stays in the logs."""
+    error_type = str(error.get("Error", "States.Runtime"))
+    try:
+        cause = json.loads(error.get("Cause") or "{}")
+    except json.JSONDecodeError:
+        cause = {}
+    if error_class(error_type) is not None and isinstance(cause, dict) and cause.get("errorMessage"):
+        return error_type, str(cause["errorMessage"])
+    return error_type, None
 
 
 def is_transient(error_name: str | None) -> bool:

@@ -17,7 +17,6 @@ result: a delivery failure is not a study failure. `radstream export --retry` re
 from __future__ import annotations
 
 import io
-import json
 import logging
 import re
 import urllib.error
@@ -31,7 +30,7 @@ from typing import Any
 from pydantic import BaseModel
 
 from shared.contracts import ObjectRef
-from shared.errors import ConfigurationError, DeliveryRefused, DeliveryUnavailable, ObjectNotFound, RadStreamError, error_class
+from shared.errors import ConfigurationError, DeliveryRefused, DeliveryUnavailable, ObjectNotFound, RadStreamError, caught_error
 from shared.messages import DeliveredResult, DeliverRequest, ExportedResult
 from shared.settings import Settings
 from shared.storage import ObjectStore
@@ -194,14 +193,8 @@ def dead_letter_key(study_id: str, execution_id: str) -> str:
 
 def error_message(error: dict[str, Any], study_id: str, execution_id: str) -> tuple[str, str]:
     """The Catch's {Error, Cause}: our own errors' messages (they never carry patient values), else only the type."""
-    error_type = str(error.get("Error", "States.Runtime"))
-    try:
-        cause = json.loads(error.get("Cause") or "{}")
-    except json.JSONDecodeError:
-        cause = {}
-    if error_class(error_type) is not None and isinstance(cause, dict) and cause.get("errorMessage"):
-        return error_type, str(cause["errorMessage"])
-    return error_type, f"study {study_id}: unexpected {error_type} while delivering; see the logs of execution {execution_id}"
+    error_type, message = caught_error(error)
+    return error_type, message or f"study {study_id}: unexpected {error_type} while delivering; see the logs of execution {execution_id}"
 
 
 def record_dead_letter(request: DeliverRequest, store: ObjectStore, settings: Settings) -> DeliveredResult:

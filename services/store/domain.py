@@ -19,7 +19,7 @@ from typing import Any
 from shared.contracts import (
     Detection, DraftReport, FailureRecord, Finding, InputDigest, ObjectRef, ReportSentence, StudyIdentifiers, StudyResult,
 )
-from shared.errors import InvalidImage, ObjectNotFound, PermanentError, error_class
+from shared.errors import InvalidImage, ObjectNotFound, PermanentError, caught_error
 from shared.events import STUDY_FAILED, EventPublisher
 from shared.messages import (
     CandidateSentence, FailureRequest, ModelOutput, RecordedFailure, StoredResult, StoreRequest, StudyImage, study_id_from_key,
@@ -187,15 +187,9 @@ def failed_stage(state: dict[str, Any]) -> str:
 
 
 def failure_message(error: dict[str, Any], stage: str, execution_id: str) -> tuple[str, str]:
-    error_type = str(error.get("Error", "States.Runtime"))
-    try:
-        cause = json.loads(error.get("Cause") or "{}")
-    except json.JSONDecodeError:
-        cause = {}
-    if error_class(error_type) is not None and isinstance(cause, dict) and cause.get("errorMessage"):
-        return error_type, str(cause["errorMessage"])
-    # Anything else is unexpected: its message may carry data we cannot vouch for, so it stays in the logs.
-    return error_type, f"unexpected {error_type} in the {stage} stage; see the logs of execution {execution_id}"
+    error_type, message = caught_error(error)
+    # Anything not ours is unexpected: its message may carry data we cannot vouch for, so it stays in the logs.
+    return error_type, message or f"unexpected {error_type} in the {stage} stage; see the logs of execution {execution_id}"
 
 
 def record_failure(request: FailureRequest, store: ObjectStore, results_bucket: str, events: EventPublisher) -> RecordedFailure:

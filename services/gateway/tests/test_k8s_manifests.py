@@ -12,16 +12,16 @@ import pytest
 import yaml
 
 from radstream.template import load_yaml
-from shared.settings import ENVIRONMENT, Settings
 
-kubernetes_validate = pytest.importorskip("kubernetes_validate", reason="requirements-triton.txt")
+# One cluster, one Kubernetes version and one schema check for every manifest on it: Triton's test's.
+from services.triton.tests.test_k8s_manifests import validate
+from shared.settings import ENVIRONMENT, Settings
 
 ROOT = Path(__file__).resolve().parents[3]
 BASE = ROOT / "services" / "gateway" / "k8s" / "base"
 DOCKERFILE = ROOT / "services" / "gateway" / "Dockerfile"
 PLATFORM = load_yaml(ROOT / "infra" / "platform.yaml")
 TEMPLATE = load_yaml(ROOT / "template.yaml")
-KUBERNETES_VERSION = "1.31"  # as Triton's test: EKS standard support
 LABELS = {"app.kubernetes.io/name": "gateway"}
 
 
@@ -34,14 +34,6 @@ def one(kind: str, docs: list[dict] | None = None) -> dict:
     found = [d for d in (docs if docs is not None else resources()) if d["kind"] == kind]
     assert len(found) == 1, f"expected one {kind}, found {len(found)}"
     return found[0]
-
-
-def validate(doc: dict) -> None:
-    try:
-        kubernetes_validate.validate(doc, KUBERNETES_VERSION, strict=True)
-    except kubernetes_validate.ValidationError as e:
-        where = ".".join(str(p) for p in e.path)
-        pytest.fail(f"{doc['kind']}/{doc['metadata']['name']}: {where}: {e.message}")
 
 
 def container() -> dict:

@@ -70,6 +70,17 @@ def send_with_storescu(gateway: Gateway, path: Path) -> None:
     assert sent.returncode == 0, sent.stderr
 
 
+def run_through_gateway(runtime: LocalRuntime, settings: Settings, path: Path):
+    """storescu sends one instance to a gateway in front of `runtime`; the outcome of the workflow run it starts."""
+    pipeline = LocalPipeline(runtime, workers=1)
+    with Gateway(settings, store=runtime.store, on_stored=pipeline) as gateway:
+        send_with_storescu(gateway, path)
+        (future,) = pipeline.futures.values()
+        outcome = future.result(timeout=300)
+        pipeline.close()
+    return outcome
+
+
 def test_orthanc_pushes_a_cr_and_gets_the_sr_and_overlay_back_filed_with_its_study(tmp_path):
     data = cr_instance("jpeg-ls-lossless")
     source = pydicom.dcmread(io.BytesIO(data), stop_before_pixels=True)
@@ -109,12 +120,7 @@ def test_storescu_to_gateway_to_workflow_to_orthanc_found_by_qido_rs(tmp_path):
     with start_orthanc(tmp_path / "orthanc") as pacs:
         settings = settings_for(tmp_path, export_dicom_peer=pacs.peer)
         with LocalRuntime(settings, workers=1) as runtime:
-            pipeline = LocalPipeline(runtime, workers=1)
-            with Gateway(settings, store=runtime.store, on_stored=pipeline) as gateway:
-                send_with_storescu(gateway, path)
-                (future,) = pipeline.futures.values()
-                outcome = future.result(timeout=300)
-                pipeline.close()
+            outcome = run_through_gateway(runtime, settings, path)
         assert outcome.status == "succeeded", outcome.message
         assert outcome.delivery == {"destinations": [f"dimse:{pacs.peer}"]}
         results = settings.data_dir / "results" / "results" / outcome.study_id
@@ -154,12 +160,7 @@ def test_orthanc_down_ends_in_a_dead_letter_that_export_retry_delivers(tmp_path,
     sleeps: list[float] = []
     with LocalRuntime(settings, workers=1, sleep=sleeps.append) as runtime:
         retries = runtime.template.definition()["States"]["DeliverResults"]["Retry"][0]["MaxAttempts"]
-        pipeline = LocalPipeline(runtime, workers=1)
-        with Gateway(settings, store=runtime.store, on_stored=pipeline) as gateway:
-            send_with_storescu(gateway, path)
-            (future,) = pipeline.futures.values()
-            outcome = future.result(timeout=300)
-            pipeline.close()
+        outcome = run_through_gateway(runtime, settings, path)
     # The study has its result (and no failure record); the delivery was retried, then dead-lettered.
     assert outcome.status == "succeeded", outcome.message
     assert len(sleeps) == retries, sleeps
