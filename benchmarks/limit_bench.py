@@ -13,7 +13,8 @@ pipeline's result.json (which rounds them to 4 decimals).
 
 The pipeline is LocalRuntime with ONNX Runtime in-process (the embedded default): upload, the workflow from
 template.yaml, the result, the telemetry lake, the trace and the journal, as `radstream run` does. Each round
-gets a fresh runtime and data dir whose cold start is paid by warm-up studies with their own ids, untimed.
+gets a fresh runtime and data dir whose cold start is paid by warm-up studies with their own ids, untimed
+(one of each image format the timed studies rotate through).
 
 The two alternate within each round (which one goes first alternates too), so a neighbour's load on the
 machine hits both; figures are medians over rounds, the ratio the median of each round's pipeline/irreducible
@@ -170,7 +171,9 @@ def bench_size(size: int, args: argparse.Namespace, root: Path, work: Irreducibl
     print(f"generating {args.studies} synthetic {size}x{size} studies ...", file=sys.stderr)
     folders = write_demo_studies(root / f"studies-{size}", args.studies, size=size, invalid=False, seed=11)
     studies = [f for f in folders if not f.name.endswith("-dicom")]
-    warmup = [f for f in write_demo_studies(root / f"warmup-{size}", 2, size=size, invalid=False, seed=12, prefix="warm") if not f.name.endswith("-dicom")]
+    # One warm-up study of each format the timed studies rotate through (8/16-bit PNG, JPEG, RGB PNG), with their own
+    # ids: each decoder's first use (lazy imports, codec set-up) is cold start, paid before the clock starts.
+    warmup = [f for f in write_demo_studies(root / f"warmup-{size}", 4, size=size, invalid=False, seed=12, prefix="warm") if not f.name.endswith("-dicom")]
     paths = [Irreducible.image_path(f) for f in studies]
     rows = []
     for workers in args.workers:

@@ -8,11 +8,13 @@ file that a live process (another runtime on the same data dir) is about to rena
 """
 from __future__ import annotations
 
+import itertools
 import os
-import tempfile
 from pathlib import Path
 
 STAGING = ".staging"
+_serial = itertools.count()  # next() on a count is atomic under the GIL: one name per write in this process
+_CREATE = os.O_WRONLY | os.O_CREAT | os.O_EXCL | getattr(os, "O_CLOEXEC", 0)
 
 
 def staging_dir(root: Path) -> Path:
@@ -20,14 +22,32 @@ def staging_dir(root: Path) -> Path:
 
 
 def atomic_write(target: Path, data: bytes, staging: Path) -> None:
-    """Write `data` to `target` whole or not at all (temp file in `staging`, then rename)."""
-    target.parent.mkdir(parents=True, exist_ok=True)
-    staging.mkdir(parents=True, exist_ok=True)
-    fd, tmp = tempfile.mkstemp(dir=staging, prefix=f"{os.getpid()}-")
+    """Write `data` to `target` whole or not at all (temp file in `staging`, then rename).
+
+    Folders are made only when a write finds them missing (the common write pays no mkdir), and the temp name is
+    `<pid>-<serial>`, unique within the process without mkstemp's random retries.
+    """
+    tmp = os.path.join(staging, f"{os.getpid()}-{next(_serial)}")
     try:
-        with os.fdopen(fd, "wb") as f:
-            f.write(data)
-        os.replace(tmp, target)
+        fd = os.open(tmp, _CREATE, 0o600)
+    except FileNotFoundError:
+        Path(staging).mkdir(parents=True, exist_ok=True)
+        fd = os.open(tmp, _CREATE, 0o600)
+    except FileExistsError:  # left by a dead process that had this pid (this process never reuses a serial)
+        os.unlink(tmp)
+        fd = os.open(tmp, _CREATE, 0o600)
+    try:
+        try:
+            view = memoryview(data)
+            while view:
+                view = view[os.write(fd, view):]
+        finally:
+            os.close(fd)
+        try:
+            os.replace(tmp, target)
+        except FileNotFoundError:  # the target's folder is new (the temp file is there: it was just written)
+            target.parent.mkdir(parents=True, exist_ok=True)
+            os.replace(tmp, target)
     except BaseException:
         Path(tmp).unlink(missing_ok=True)
         raise

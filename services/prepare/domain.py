@@ -17,8 +17,15 @@ import numpy as np
 
 from shared.errors import InvalidImage
 from shared.imageheader import PNG_SIGNATURE, check_pixel_limit
-from shared.messages import Letterbox, OriginalImage, PreparedTensors, PrepareRequest, TensorRef
+from shared.messages import (
+    Letterbox,
+    OriginalImage,
+    PreparedTensors,
+    PrepareRequest,
+    TensorRef,
+)
 from shared.model_repository import ModelRepository, ModelSpec
+from shared.npy import to_npy
 from shared.settings import DEFAULT_MAX_IMAGE_PIXELS
 from shared.storage import ObjectStore
 
@@ -236,12 +243,6 @@ def normalise(square: np.ndarray, normalization: str) -> np.ndarray:
     if normalization == "xrv":
         return (square * 2.0 - 1.0) * XRV_RANGE
     return square
-
-
-def to_npy(tensor: np.ndarray) -> bytes:
-    buffer = io.BytesIO()
-    np.save(buffer, tensor, allow_pickle=False)
-    return buffer.getvalue()
 
 
 def model_tensor(pixels: np.ndarray, spec: ModelSpec, squares: dict[int, tuple[np.ndarray, Letterbox]] | None = None) -> tuple[np.ndarray, Letterbox]:

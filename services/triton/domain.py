@@ -7,7 +7,6 @@ negates (encoder): the store stage picks the impression among them once all thre
 """
 from __future__ import annotations
 
-import io
 import json
 from functools import cached_property
 from pathlib import Path
@@ -19,6 +18,7 @@ from shared.errors import ConfigurationError, InferenceFailed
 from shared.inference import InferenceBackend
 from shared.messages import CandidateSentence, InferenceRequest, ModelOutput, TensorRef
 from shared.model_repository import ModelRepository, ModelSpec
+from shared.npy import from_npy
 from shared.storage import ObjectStore
 from shared.wiring import close_all
 
@@ -84,7 +84,7 @@ class Inference:
     def run(self, request: InferenceRequest) -> ModelOutput:
         spec = self.repository.get(request.model)
         raw = self.store.get_bytes(request.tensor.bucket, request.tensor.key)
-        tensor = np.load(io.BytesIO(raw), allow_pickle=False)
+        tensor = from_npy(raw)
         expected = [1, 1, spec.input_size, spec.input_size]
         if list(tensor.shape) != expected:
             raise InferenceFailed(f"tensor for {spec.name} has shape {list(tensor.shape)}, model wants {expected}", study_id=request.study_id)
