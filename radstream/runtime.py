@@ -22,7 +22,14 @@ from datetime import datetime, timezone
 from pathlib import Path
 from typing import Any
 
-from radstream.asl import ExecutionResult, Retrier, StateMachine, StatesError, TaskContext, parse_retriers
+from radstream.asl import (
+    ExecutionResult,
+    Retrier,
+    StateMachine,
+    StatesError,
+    TaskContext,
+    parse_retriers,
+)
 from radstream.eventpattern import apply_input_transformer, matches
 from radstream.journal import Journal, JournalEntry, unfinished
 from radstream.template import DEFAULT_TEMPLATE, Template
@@ -30,7 +37,15 @@ from radstream.traces import write_trace
 from shared import wiring
 from shared.atomicfile import staging_dir, sweep_staging
 from shared.contracts import FailureRecord, ObjectRef
-from shared.errors import ConfigurationError, FailureNotRecorded, ObjectNotFound, RadStreamError, StorageUnavailable, StudyConflict, is_transient
+from shared.errors import (
+    ConfigurationError,
+    FailureNotRecorded,
+    ObjectNotFound,
+    RadStreamError,
+    StorageUnavailable,
+    StudyConflict,
+    is_transient,
+)
 from shared.messages import INCOMING, study_id_from_key
 from shared.metrics import LocalEmfFile
 from shared.observability import StageHandler, code_location, logger, logs_to
@@ -183,6 +198,9 @@ class RetryingStore:
     def put_bytes(self, bucket: str, key: str, data: bytes, *, content_type: str = "application/octet-stream") -> StoredObject:
         return self._retried(self.inner.put_bytes, bucket, key, data, content_type=content_type)
 
+    def put_file(self, bucket: str, key: str, path: Path, *, content_type: str = "application/octet-stream") -> StoredObject:
+        return self._retried(self.inner.put_file, bucket, key, path, content_type=content_type)
+
     def get_bytes(self, bucket: str, key: str) -> bytes:
         return self._retried(self.inner.get_bytes, bucket, key)
 
@@ -291,16 +309,16 @@ class LocalRuntime:
         """
         files = study_files(folder)
         bucket, prefix = self.settings.images_bucket, f"{INCOMING}{study_id}/"
-        contents = {f"{prefix}{file.name}": file.read_bytes() for file in files}
+        paths = {f"{prefix}{file.name}": file for file in files}
         existing = set(self.store.list_keys(bucket, prefix))
         if existing:
-            self._check_same_input(study_id, folder, existing, contents)
+            self._check_same_input(study_id, folder, existing, {key: path.read_bytes() for key, path in paths.items()})
         events = []
-        for key, data in contents.items():
+        for key, path in paths.items():
             if key in existing:
-                events.append(s3_event(bucket, key, len(data)))
-            else:
-                stored = self.store.put_bytes(bucket, key, data)
+                events.append(s3_event(bucket, key, path.stat().st_size))
+            else:  # the store copies the file as it copies best (locally in the kernel: the image never passes through Python)
+                stored = self.store.put_file(bucket, key, path)
                 events.append(s3_event(stored.bucket, stored.key, stored.size))
         return events
 

@@ -8,9 +8,11 @@ file that a live process (another runtime on the same data dir) is about to rena
 """
 from __future__ import annotations
 
+import errno
 import itertools
 import os
 from pathlib import Path
+from typing import BinaryIO
 
 STAGING = ".staging"
 _serial = itertools.count()  # next() on a count is atomic under the GIL: one name per write in this process
@@ -51,6 +53,52 @@ def atomic_write(target: Path, data: bytes, staging: Path) -> None:
     except BaseException:
         Path(tmp).unlink(missing_ok=True)
         raise
+
+
+def atomic_copy(source: BinaryIO, target: Path, staging: Path) -> int:
+    """Copy an open file to `target` whole or not at all, in the kernel (copy_file_range) where the filesystem
+    allows, so a big image never passes through Python; returns the bytes copied."""
+    tmp = os.path.join(staging, f"{os.getpid()}-{next(_serial)}")
+    try:
+        fd = os.open(tmp, _CREATE, 0o600)
+    except FileNotFoundError:
+        Path(staging).mkdir(parents=True, exist_ok=True)
+        fd = os.open(tmp, _CREATE, 0o600)
+    except FileExistsError:  # left by a dead process that had this pid
+        os.unlink(tmp)
+        fd = os.open(tmp, _CREATE, 0o600)
+    try:
+        try:
+            copied = _copy_into(source, fd)
+        finally:
+            os.close(fd)
+        try:
+            os.replace(tmp, target)
+        except FileNotFoundError:
+            target.parent.mkdir(parents=True, exist_ok=True)
+            os.replace(tmp, target)
+    except BaseException:
+        Path(tmp).unlink(missing_ok=True)
+        raise
+    return copied
+
+
+def _copy_into(source: BinaryIO, fd: int) -> int:
+    copied, src = 0, source.fileno()
+    if hasattr(os, "copy_file_range"):
+        try:
+            while chunk := os.copy_file_range(src, fd, 1 << 30):
+                copied += chunk
+            return copied
+        except OSError as e:
+            if e.errno not in (errno.EXDEV, errno.ENOSYS, errno.EINVAL, errno.EOPNOTSUPP, errno.EPERM) or copied:
+                raise
+    while block := source.read(1 << 22):  # no kernel copy between these filesystems: through a 4 MiB buffer
+        view = memoryview(block)
+        while view:
+            view = view[os.write(fd, view):]
+        copied += len(block)
+    return copied
 
 
 def _alive(pid: int) -> bool:

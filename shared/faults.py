@@ -10,6 +10,7 @@ import errno
 import random
 import threading
 from pathlib import Path
+from typing import BinaryIO
 
 from botocore.exceptions import ClientError
 
@@ -73,6 +74,10 @@ class FaultyObjectStore(LocalObjectStore):
     def _write(self, target: Path, data: bytes) -> None:
         self._fail(self._draw(("enospc", "throttle", "timeout")), str(target))
         super()._write(target, data)
+
+    def _copy(self, source: BinaryIO, target: Path) -> int:
+        self._fail(self._draw(("enospc", "throttle", "timeout")), str(target))
+        return super()._copy(source, target)
 
     def _read(self, path: Path) -> bytes:
         self._fail(self._draw(("eio", "throttle", "timeout")), str(path))

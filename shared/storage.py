@@ -6,9 +6,9 @@ import os
 import threading
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any, Protocol
+from typing import Any, BinaryIO, Protocol
 
-from shared.atomicfile import atomic_write, staging_dir
+from shared.atomicfile import atomic_copy, atomic_write, staging_dir
 from shared.aws_errors import translated
 from shared.errors import ObjectNotFound, PermanentError, StorageUnavailable
 
@@ -22,6 +22,10 @@ class StoredObject:
 
 class ObjectStore(Protocol):
     def put_bytes(self, bucket: str, key: str, data: bytes, *, content_type: str = "application/octet-stream") -> StoredObject: ...
+
+    def put_file(self, bucket: str, key: str, path: Path, *, content_type: str = "application/octet-stream") -> StoredObject:
+        """Put a file's content (an upload): the adapter moves it as it moves files best, never through Python where it can."""
+        ...
 
     def get_bytes(self, bucket: str, key: str) -> bytes: ...
 
@@ -63,6 +67,16 @@ class LocalObjectStore:
 
     def _write(self, target: Path, data: bytes) -> None:
         atomic_write(target, data, staging_dir(self.root))
+
+    def put_file(self, bucket: str, key: str, path: Path, *, content_type: str = "application/octet-stream") -> StoredObject:
+        target = self.path(bucket, key)
+        with open(path, "rb") as source:  # opened outside _disk: an unreadable source is the caller's error, not an outage
+            with _disk(f"writing s3://{bucket}/{key}"):
+                size = self._copy(source, target)
+        return StoredObject(bucket, key, size)
+
+    def _copy(self, source: BinaryIO, target: Path) -> int:
+        return atomic_copy(source, target, staging_dir(self.root))
 
     def get_bytes(self, bucket: str, key: str) -> bytes:
         try:
@@ -123,6 +137,9 @@ class MemoryObjectStore:
             self._objects[(bucket, key)] = data
         return StoredObject(bucket, key, len(data))
 
+    def put_file(self, bucket: str, key: str, path: Path, *, content_type: str = "application/octet-stream") -> StoredObject:
+        return self.put_bytes(bucket, key, Path(path).read_bytes(), content_type=content_type)
+
     def get_bytes(self, bucket: str, key: str) -> bytes:
         with self._lock:
             data = self._objects.get((bucket, key))
@@ -165,6 +182,9 @@ class RoutedObjectStore:
 
     def put_bytes(self, bucket: str, key: str, data: bytes, *, content_type: str = "application/octet-stream") -> StoredObject:
         return self._for(bucket).put_bytes(bucket, key, data, content_type=content_type)
+
+    def put_file(self, bucket: str, key: str, path: Path, *, content_type: str = "application/octet-stream") -> StoredObject:
+        return self._for(bucket).put_file(bucket, key, path, content_type=content_type)
 
     def get_bytes(self, bucket: str, key: str) -> bytes:
         return self._for(bucket).get_bytes(bucket, key)
@@ -215,6 +235,14 @@ class S3ObjectStore:
         with translated(f"s3://{bucket}/{key}", "the *_BUCKET settings"):
             self.client.put_object(Bucket=bucket, Key=key, Body=data, ContentType=content_type)
         return StoredObject(bucket, key, len(data))
+
+    def put_file(self, bucket: str, key: str, path: Path, *, content_type: str = "application/octet-stream") -> StoredObject:
+        _check_key(key)
+        with open(path, "rb") as body:
+            size = os.fstat(body.fileno()).st_size
+            with translated(f"s3://{bucket}/{key}", "the *_BUCKET settings"):
+                self.client.put_object(Bucket=bucket, Key=key, Body=body, ContentType=content_type)
+        return StoredObject(bucket, key, size)
 
     def get_bytes(self, bucket: str, key: str) -> bytes:
         with translated(f"s3://{bucket}/{key}", "the *_BUCKET settings"):

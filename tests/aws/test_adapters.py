@@ -8,13 +8,18 @@ from datetime import datetime, timezone
 import pytest
 from botocore.config import Config
 
+from shared import wiring
 from shared.contracts import TelemetryRecord
-from shared.errors import ConfigurationError, ObjectNotFound, PermanentError, StorageUnavailable
+from shared.errors import (
+    ConfigurationError,
+    ObjectNotFound,
+    PermanentError,
+    StorageUnavailable,
+)
 from shared.events import STUDY_FAILED, EventBridgePublisher, LocalEventLog
+from shared.settings import Settings
 from shared.storage import S3ObjectStore
 from shared.telemetry import KinesisSink
-from shared import wiring
-from shared.settings import Settings
 
 
 def record(study_id: str, stage: str = "validate") -> TelemetryRecord:
@@ -167,3 +172,12 @@ def test_athena_runs_a_named_query_and_types_its_rows(emulator):
     result = runner.run("model_comparison")
     assert result.columns == [name for name, _ in columns]
     assert result.rows == [("chest_xray_classifier", "1", 42, 4.5)]
+
+
+def test_s3_put_file_uploads_the_file_whole(emulator, bucket, tmp_path):
+    store = S3ObjectStore(emulator.client("s3"))
+    source = tmp_path / "image.png"
+    source.write_bytes(bytes(range(256)) * 4096)
+    stored = store.put_file(bucket, "incoming/s1/image.png", source)
+    assert stored.size == source.stat().st_size
+    assert store.get_bytes(bucket, "incoming/s1/image.png") == source.read_bytes()

@@ -31,3 +31,58 @@ def test_a_stale_temp_file_with_this_pid_and_the_next_serial_is_replaced(tmp_pat
     atomic_write(target, b"fresh", staging)
     assert target.read_bytes() == b"fresh"
     assert os.listdir(staging) == []
+
+
+def test_put_file_copies_whole_and_leaves_no_temp_file(tmp_path):
+    from shared.storage import LocalObjectStore, MemoryObjectStore
+
+    source = tmp_path / "in" / "image.png"
+    source.parent.mkdir()
+    source.write_bytes(os.urandom(3 * 1024 * 1024 + 7))
+    store = LocalObjectStore(tmp_path / "data")
+    stored = store.put_file("images", "incoming/s1/image.png", source)
+    assert stored.size == source.stat().st_size
+    assert store.get_bytes("images", "incoming/s1/image.png") == source.read_bytes()
+    assert os.listdir(tmp_path / "data" / ".staging") == []
+    memory = MemoryObjectStore()
+    assert memory.put_file("artifacts", "k", source).size == stored.size and memory.get_bytes("artifacts", "k") == source.read_bytes()
+
+
+def test_put_file_without_a_kernel_copy_falls_back_to_a_buffered_copy(tmp_path, monkeypatch):
+    import errno
+
+    from shared.storage import LocalObjectStore
+
+    def no_kernel_copy(*args):
+        raise OSError(errno.EXDEV, "cross-device")
+
+    monkeypatch.setattr(os, "copy_file_range", no_kernel_copy)
+    source = tmp_path / "image.png"
+    source.write_bytes(os.urandom(9 * 1024 * 1024 + 3))
+    store = LocalObjectStore(tmp_path / "data")
+    assert store.put_file("images", "incoming/s1/image.png", source).size == source.stat().st_size
+    assert store.get_bytes("images", "incoming/s1/image.png") == source.read_bytes()
+
+
+def test_put_file_on_a_full_disk_is_an_outage_and_an_unreadable_source_is_not(tmp_path, monkeypatch):
+    import errno
+
+    import pytest
+
+    from shared.errors import StorageUnavailable
+    from shared.storage import LocalObjectStore
+
+    source = tmp_path / "image.png"
+    source.write_bytes(b"x" * 4096)
+    store = LocalObjectStore(tmp_path / "data")
+    with pytest.raises(FileNotFoundError):
+        store.put_file("images", "incoming/s1/missing.png", tmp_path / "missing.png")
+
+    def full(*args):
+        raise OSError(errno.ENOSPC, "No space left on device")
+
+    monkeypatch.setattr(os, "copy_file_range", full)
+    with pytest.raises(StorageUnavailable, match="ENOSPC"):
+        store.put_file("images", "incoming/s1/image.png", source)
+    assert store.head("images", "incoming/s1/image.png") is None
+    assert os.listdir(tmp_path / "data" / ".staging") == []
