@@ -22,14 +22,7 @@ from datetime import datetime, timezone
 from pathlib import Path
 from typing import Any
 
-from radstream.asl import (
-    ExecutionResult,
-    Retrier,
-    StateMachine,
-    StatesError,
-    TaskContext,
-    parse_retriers,
-)
+from radstream.asl import ExecutionResult, Retrier, StateMachine, StatesError, TaskContext, parse_retriers
 from radstream.eventpattern import apply_input_transformer, matches
 from radstream.journal import Journal, JournalEntry, unfinished
 from radstream.template import DEFAULT_TEMPLATE, Template
@@ -37,15 +30,7 @@ from radstream.traces import write_trace
 from shared import wiring
 from shared.atomicfile import staging_dir, sweep_staging
 from shared.contracts import FailureRecord, ObjectRef
-from shared.errors import (
-    ConfigurationError,
-    FailureNotRecorded,
-    ObjectNotFound,
-    RadStreamError,
-    StorageUnavailable,
-    StudyConflict,
-    is_transient,
-)
+from shared.errors import ConfigurationError, FailureNotRecorded, ObjectNotFound, RadStreamError, StorageUnavailable, StudyConflict, is_transient
 from shared.messages import INCOMING, study_id_from_key
 from shared.metrics import LocalEmfFile
 from shared.observability import StageHandler, code_location, logger, logs_to

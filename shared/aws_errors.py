@@ -9,24 +9,11 @@ Anything that is not a botocore error is not translated: it is our own bug and i
 from __future__ import annotations
 
 from botocore.exceptions import (
-    BotoCoreError,
-    ClientError,
-    EndpointConnectionError,
-    NoCredentialsError,
-    NoRegionError,
-    ParamValidationError,
-    PartialCredentialsError,
-)
-from botocore.exceptions import (
-    ConnectionError as BotoConnectionError,
+    BotoCoreError, ClientError, ConnectionError as BotoConnectionError, EndpointConnectionError,
+    NoCredentialsError, NoRegionError, ParamValidationError, PartialCredentialsError,
 )
 
-from shared.errors import (
-    ConfigurationError,
-    ObjectNotFound,
-    RadStreamError,
-    StorageUnavailable,
-)
+from shared.errors import ConfigurationError, ObjectNotFound, RadStreamError, StorageUnavailable
 
 TRANSIENT_CODES = frozenset({
     "Throttling", "ThrottlingException", "ThrottledException", "SlowDown", "RequestLimitExceeded",

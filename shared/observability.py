@@ -26,13 +26,7 @@ from pydantic import ValidationError
 
 from shared.contracts import ModelRef, Stage, TelemetryRecord
 from shared.errors import MalformedEvent, RadStreamError
-from shared.messages import (
-    ModelOutput,
-    RecordedFailure,
-    StageOutput,
-    StoredResult,
-    study_id_from_key,
-)
+from shared.messages import ModelOutput, RecordedFailure, StageOutput, StoredResult, study_id_from_key
 from shared.metrics import EmfWriter, ModelLatency, StdoutEmf, stage_metrics
 from shared.settings import Settings
 

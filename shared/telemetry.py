@@ -16,8 +16,8 @@ from datetime import datetime, timezone
 from pathlib import Path
 from typing import Any, Protocol
 
-from shared.aws_errors import translated
 from shared.contracts import TelemetryRecord
+from shared.aws_errors import translated
 from shared.errors import StorageUnavailable
 from shared.storage import ObjectStore, disk_errors
 

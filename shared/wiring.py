@@ -12,13 +12,7 @@ from typing import Any
 
 from shared.events import EventBridgePublisher, EventPublisher, LocalEventLog
 from shared.settings import Settings
-from shared.storage import (
-    LocalObjectStore,
-    MemoryObjectStore,
-    ObjectStore,
-    RoutedObjectStore,
-    S3ObjectStore,
-)
+from shared.storage import LocalObjectStore, MemoryObjectStore, ObjectStore, RoutedObjectStore, S3ObjectStore
 from shared.telemetry import BufferedLakeSink, KinesisSink, TelemetrySink
 
 
