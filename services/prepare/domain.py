@@ -17,13 +17,7 @@ import numpy as np
 
 from shared.errors import InvalidImage
 from shared.imageheader import PNG_SIGNATURE, check_pixel_limit
-from shared.messages import (
-    Letterbox,
-    OriginalImage,
-    PreparedTensors,
-    PrepareRequest,
-    TensorRef,
-)
+from shared.messages import Letterbox, OriginalImage, PreparedTensors, PrepareRequest, TensorRef
 from shared.model_repository import ModelRepository, ModelSpec
 from shared.npy import to_npy
 from shared.settings import DEFAULT_MAX_IMAGE_PIXELS

@@ -10,12 +10,7 @@ from botocore.config import Config
 
 from shared import wiring
 from shared.contracts import TelemetryRecord
-from shared.errors import (
-    ConfigurationError,
-    ObjectNotFound,
-    PermanentError,
-    StorageUnavailable,
-)
+from shared.errors import ConfigurationError, ObjectNotFound, PermanentError, StorageUnavailable
 from shared.events import STUDY_FAILED, EventBridgePublisher, LocalEventLog
 from shared.settings import Settings
 from shared.storage import S3ObjectStore
