@@ -32,6 +32,7 @@ import json
 import os
 import sys
 import threading
+import time
 from collections.abc import Iterable, Mapping, Sequence
 from dataclasses import dataclass, field
 from datetime import datetime, timezone
@@ -172,9 +173,10 @@ class LocalEmfFile:
         text = "".join(emf_line(d) for d in documents)
         if not text:
             return
-        path = self.path()
+        day = time.strftime("%Y-%m-%d", time.gmtime())  # the file's UTC day, without building a Path per write
         with self._lock:
-            if self._open is None or self._open[0] != path:
+            if self._open is None or self._open[0].name != f"emf-{day}.jsonl":
+                path = self.path()
                 self._close()
                 self.folder.mkdir(parents=True, exist_ok=True)
                 self._open = (path, os.open(path, os.O_WRONLY | os.O_CREAT | os.O_APPEND, 0o644))

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import itertools
 import json
+import pickle
 import random
 import threading
 import time
@@ -79,10 +80,18 @@ def _iso(epoch: float) -> str:
 
 def _copy(value: Any) -> Any:
     # Lambda gets and returns serialized JSON; copying keeps in-process handlers from aliasing state data.
+    # A pickle round trip is a deep copy done in C: half the time of walking the dicts in Python (a study's state).
+    try:
+        return pickle.loads(pickle.dumps(value, protocol=pickle.HIGHEST_PROTOCOL))
+    except Exception:  # noqa: BLE001 - something pickle cannot carry (never JSON state data): copy the containers
+        return _walk_copy(value)
+
+
+def _walk_copy(value: Any) -> Any:
     if isinstance(value, dict):
-        return {k: _copy(v) for k, v in value.items()}
+        return {k: _walk_copy(v) for k, v in value.items()}
     if isinstance(value, list):
-        return [_copy(v) for v in value]
+        return [_walk_copy(v) for v in value]
     return value
 
 
