@@ -92,3 +92,28 @@ def test_constant_image_is_rejected(store, config_only_repository):
     request = PrepareRequest(study_id="s2", image=StudyImage(bucket="images", key="incoming/s2/image.png", format="png", sha256="0" * 64, size_bytes=len(flat)))
     with pytest.raises(InvalidImage, match="study s2: image decodes to a constant value"):
         prepare_tensors(request, store, ModelRepository(config_only_repository), "artifacts")
+
+
+@pytest.mark.parametrize("shape,dtype,level,step", [((2000, 1500), np.uint8, 77, 1), ((1500, 2600), np.uint16, 3000, 1),
+                                                   ((3000, 3000), np.uint8, 0, 1), ((3000, 2000), np.uint16, 40000, 1)])
+def test_flatness_is_judged_as_on_the_full_image(store, config_only_repository, shape, dtype, level, step):
+    """Judged on the largest model input first, but the answer is the full image's: flat stays flat, and one pixel
+    one level off (the least an image can differ from flat; 1/65535 in a 16-bit one, which a resize averages below
+    the threshold) is still not flat, wherever it is."""
+    repository = ModelRepository(config_only_repository)
+    flat = np.full(shape, level, dtype)
+    cases = [(flat, True)]
+    for y, x in ((0, 0), (shape[0] - 1, shape[1] - 1), (shape[0] // 2, shape[1] // 3)):
+        one_off = flat.copy()
+        one_off[y, x] = level + step
+        cases.append((one_off, False))
+    for i, (image, constant) in enumerate(cases):
+        data = cv2.imencode(".png", image)[1].tobytes()
+        key = f"incoming/f{i}/image.png"
+        store.put_bytes("images", key, data)
+        request = PrepareRequest(study_id=f"f{i}", image=StudyImage(bucket="images", key=key, format="png", sha256="0" * 64, size_bytes=len(data)))
+        if constant:
+            with pytest.raises(InvalidImage, match="constant value"):
+                prepare_tensors(request, store, repository, "artifacts")
+        else:
+            prepare_tensors(request, store, repository, "artifacts")
