@@ -53,7 +53,8 @@ def segment_document(execution: ExecutionResult, study_id: str) -> dict[str, Any
 def write_trace(data_dir: Path, execution: ExecutionResult, study_id: str) -> Path:
     """One file per execution, written whole or not at all (temp file + rename)."""
     path = Path(data_dir) / "traces" / study_id / f"{execution.name}.json"
-    atomic_write(path, json.dumps(segment_document(execution, study_id), indent=1).encode(), staging_dir(data_dir))
+    # Compact: json.dumps with an indent runs in Python, without one in C (0.3 ms against 0.08 per trace); `radstream trace` prints it readably.
+    atomic_write(path, json.dumps(segment_document(execution, study_id), separators=(",", ":")).encode(), staging_dir(data_dir))
     return path
 
 
