@@ -33,7 +33,7 @@ from shared.contracts import FailureRecord, ObjectRef
 from shared.errors import ConfigurationError, FailureNotRecorded, ObjectNotFound, RadStreamError, StorageUnavailable, StudyConflict, is_transient
 from shared.messages import INCOMING, study_id_from_key
 from shared.metrics import LocalEmfFile
-from shared.observability import StageHandler, code_location, logger, logs_to
+from shared.observability import StageHandler, code_location, flush_logs, logger, logs_to
 from shared.settings import Settings
 from shared.sidecar import parse_sidecar_bytes
 from shared.storage import LocalObjectStore, ObjectStore, StoredObject
@@ -394,6 +394,7 @@ class LocalRuntime:
             message = f"study {study_id}: unexpected {error_type} in the local runtime ({stage}); see logs/radstream.log"
             with logs_to(self._log_file):
                 logger.error("study failed outside the workflow", study_id=study_id, stage=stage, error_type=error_type, code_path=code_location(error))
+            self.flush_logs()
         outcome = StudyOutcome(study_id=study_id, source=source, status="failed", stage=stage, error_type=error_type, message=message)
         try:
             result = self._has_result(study_id)
@@ -464,6 +465,15 @@ class LocalRuntime:
             return self.outcome(source, study_id, execution)
         except Exception as e:  # noqa: BLE001 - whatever breaks, this study ends with its own record
             return self.refused(source, study_id, "runtime", e)
+        finally:
+            self.flush_logs()
+
+    def flush_logs(self) -> None:
+        """The study's log lines, out of the buffer and into logs/radstream.log (once per study, not once per line)."""
+        try:
+            flush_logs(self._log_file)
+        except (OSError, ValueError):  # a full disk or a closed file: the lines wait for the next flush or are lost, never the study
+            pass
 
     def plan(self, folders: Iterable[Path]) -> list[tuple[Path, str | None, Exception | None]]:
         """Each folder with the study id it uploads under; a folder whose id another folder of the batch also claims is refused."""

@@ -45,8 +45,24 @@ class _LogStream(logging.StreamHandler):
     def stream(self, value: IO[str]) -> None:
         """StreamHandler.__init__ sets a stream; this handler looks it up at each write instead."""
 
+    def flush(self) -> None:
+        """Lambda's log stream (stdout) line by line; a file that `logs_to` names is flushed by its owner (`flush_logs`,
+        the local runtime once per study): a flush per line cost a write per line."""
+        if _log_target.get() is None:
+            with self.lock:  # type: ignore[union-attr]
+                sys.stdout.flush()
 
-logger = Logger(service="radstream", logger_handler=_LogStream())
+
+_handler = _LogStream()
+
+
+logger = Logger(service="radstream", logger_handler=_handler)
+
+
+def flush_logs(stream: IO[str]) -> None:
+    """Write out what the handler has put in `stream`'s buffer, under the handler's lock (no line is cut by it)."""
+    with _handler.lock:  # type: ignore[union-attr]
+        stream.flush()
 tracer = Tracer(service="radstream")
 
 
