@@ -9,8 +9,9 @@ failures, resumes, re-runs and retried deliveries a real lake holds (shares belo
 evenly over --days days, so an hour partition holds ~700 studies at 100,000 over 6 days (the seed's 10 studies/min
 sustained). Every record is validated against `shared.contracts.TelemetryRecord`.
 
-The same records are laid out three ways, and every named query of template.yaml is timed on each (DuckDBQueryRunner,
-as `radstream query` runs them: a fresh connection per query):
+The same records are laid out three ways, and every named query of template.yaml is timed on each (DuckDBQueryRunner.run,
+one runner per layout as the console or a script holds one: it lists the lake again for every query and keeps its DuckDB
+connection and translations, so the median of three leaves out the first query's connection and sqlglot warm-up):
 
   per study   one gzip object per study and partition: what the unbuffered sink wrote until now;
   buffered    what the buffered sink (shared.telemetry.BufferedLakeSink) writes when one process runs the studies as
@@ -21,7 +22,9 @@ as `radstream query` runs them: a fresh connection per query):
               reads while the partition holds exactly the objects it was made from (docs/analytics.md).
 
 The results must be identical across layouts (approx_percentile aside, which may differ in its last digit with the
-order rows arrive in); the table says so per query. The machine's load average is printed before and after.
+order rows arrive in); the table says so per query. `--compare-template OTHER/template.yaml` also runs that template's
+named queries on the compacted lake and checks they give the same rows (a reshaped query must not change its answer).
+The machine's load average is printed before and after.
 """
 from __future__ import annotations
 
@@ -188,8 +191,8 @@ def write_buffered(data: Path, batches: list[tuple[datetime, list[str]]], settin
     return sum(1 for _ in (data / "telemetry" / "telemetry").rglob("*.json.gz"))
 
 
-def time_queries(lake_root: Path, repeat: int, names: list[str]) -> dict[str, tuple[float, list]]:
-    runner = DuckDBQueryRunner(lake_root)
+def time_queries(lake_root: Path, repeat: int, names: list[str], template: Path | None = None) -> dict[str, tuple[float, list]]:
+    runner = DuckDBQueryRunner(lake_root, template)
     out = {}
     for name in names:
         times, rows = [], []
@@ -201,14 +204,26 @@ def time_queries(lake_root: Path, repeat: int, names: list[str]) -> dict[str, tu
     return out
 
 
+def _last_digit(x: float) -> float:
+    """One unit in the last decimal a rounded result shows (7.9 -> 0.1): round(approx_percentile(...), 1) moves by one."""
+    text = repr(x)
+    return 10.0 ** -(len(text.split(".")[1]) if "." in text and "e" not in text else 0)
+
+
 def same(a: list, b: list) -> bool:
+    """The same rows; floats may differ by 1 % or by one unit in their last shown decimal (approx_percentile depends on the
+    order rows arrive in, and a sum in another order can round the other way)."""
     if a == b:
         return True
     if len(a) != len(b):
         return False
     for x, y in zip(a, b):
         for u, v in zip(x, y):
-            if u != v and not (isinstance(u, float) and isinstance(v, float) and abs(u - v) <= 0.01 * max(abs(u), abs(v), 1)):
+            if u == v:
+                continue
+            if not (isinstance(u, float) and isinstance(v, float)):
+                return False
+            if abs(u - v) > max(0.01 * max(abs(u), abs(v), 1), 1.000001 * max(_last_digit(u), _last_digit(v))):
                 return False
     return True
 
@@ -222,6 +237,7 @@ def main() -> int:
     p.add_argument("--per-study-queries", type=int, default=8, help="time only the first N queries on the one-object-per-study lake "
                    "(each reads every object: minutes at 100,000)")
     p.add_argument("--work-dir", help="keep the lakes here (default: a temporary folder, removed)")
+    p.add_argument("--compare-template", help="also run this template's named queries on the compacted lake; their rows must match")
     args = p.parse_args()
 
     work = Path(args.work_dir) if args.work_dir else Path(tempfile.mkdtemp(prefix="radstream-lake-bench-"))
@@ -279,6 +295,13 @@ def main() -> int:
                     if name in results[k] and not same(rows[0], results[k][name][1]):
                         diff = [(a, b) for a, b in zip(rows[0], results[k][name][1]) if a != b][:2]
                         print(f"    {k}: {len(results[k][name][1])} rows against {len(rows[0])}; first differences {diff}")
+        if args.compare_template:
+            other = time_queries(compacted / "telemetry", args.repeat, names, Path(args.compare_template))
+            print(f"\n{args.compare_template} on the compacted lake (+ columnar), its seconds against ours, and whether the rows match:")
+            for name in names:
+                ours, theirs = results["+ columnar"][name], other[name]
+                print(f"{name:26s}{theirs[0]:>10.3f}{ours[0]:>10.3f}  {'yes' if same(theirs[1], ours[1]) else 'NO'}"
+                      f"{'' if theirs[1] == ours[1] else ' (approx_percentile within its tolerance)' if same(theirs[1], ours[1]) else ''}")
         slowest = {k: max((v[0] for v in results[k].values()), default=float("nan")) for k in layouts}
         print("slowest" + " " * 19 + "".join(f"{slowest[k]:>24.3f}" for k in layouts))
         print(f"load average at end: {' '.join(f'{x:.2f}' for x in os.getloadavg())}")

@@ -162,7 +162,7 @@ def _write_columnar(lake_root: Path, partition: Path, staging: Path, con, column
     staging.mkdir(parents=True, exist_ok=True)
     temp = staging / f"{os.getpid()}-{digest}.parquet"
     con.execute(f"COPY (SELECT {names} FROM {json_source(files, columns)}) TO '{str(temp).replace(chr(39), chr(39) * 2)}' "
-                "(FORMAT parquet, COMPRESSION zstd)")
+                "(FORMAT parquet, COMPRESSION lz4)")  # lz4: ~35 % less CPU to read than zstd, 1.7x the bytes
     target.parent.mkdir(parents=True, exist_ok=True)
     os.replace(temp, target)
     for stale in target.parent.glob("*.parquet"):

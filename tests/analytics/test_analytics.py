@@ -142,13 +142,19 @@ def test_every_named_query_counts_through_the_same_dedupe_block() -> None:
         blocks[query.name] = found[0]
         rest = query.sql.replace(found[0], "")
         assert "${TelemetryTable}" not in rest, f"{query.name} reads the table outside the counted block"
-        assert not re.search(r"\b(FROM|JOIN)\s+(recent|once|latest)\b", rest, re.IGNORECASE), f"{query.name} reads around `counted`"
+        assert not re.search(r"\b(FROM|JOIN)\s+(recent|copies|once|finished|latest)\b", rest, re.IGNORECASE), f"{query.name} reads around `counted`"
         assert re.search(r"\bFROM counted\b", rest), query.name
     variants: dict[str, list[str]] = {}
     for name, block in blocks.items():
         variants.setdefault(block, []).append(name)
     assert len(variants) == 1, f"the counted blocks differ between these groups of queries: {sorted(variants.values())}"
     assert "PARTITION BY event_id" in blocks["error_rate"] and "WHERE stage = 'workflow'" in blocks["error_rate"]
+    # `once` names the table's columns for the records it deduplicates (Athena has no SELECT * EXCEPT): all of them, in
+    # the order of SELECT * (the columns, then the partition keys), so both halves of its UNION ALL are the same rows.
+    table = Template().resources["TelemetryTable"]["Properties"]["TableInput"]
+    expected = [c["Name"] for c in table["StorageDescriptor"]["Columns"]] + [p["Name"] for p in table["PartitionKeys"]]
+    listed = re.search(r"UNION ALL\n\s*SELECT (.*?)\n\s*FROM \(", blocks["error_rate"], re.DOTALL)
+    assert listed and [c.strip().strip('"') for c in listed[1].split(",")] == expected
 
 
 @pytest.mark.parametrize("name", QUERIES)
@@ -571,3 +577,23 @@ def test_a_failed_latest_execution_is_what_counts(tmp_path: Path) -> None:
     ]
     assert duck.run("model_comparison").rows == []
     assert duck.run("cost_per_1000_studies").as_dicts()[0]["studies"] == 1
+
+
+def test_a_redelivered_workflow_record_counts_from_its_first_delivery(tmp_path: Path) -> None:
+    """Which execution is a study's latest is decided by its workflow records' first deliveries: execution one finished
+    first, its SendTelemetry was retried after execution two finished (the copy restamped later), and three copies of
+    one stage record (two byte for byte) arrived. Two is the latest; every record counts once."""
+    sink = LocalLakeSink(LocalObjectStore(tmp_path), "telemetry")
+    one = execution_records("s", "one", BASE, 1)
+    two = execution_records("s", "two", BASE + timedelta(minutes=1), 2)
+    sink.send(one)
+    sink.send(two)
+    sink.send(one[:-1] + [one[-1].model_copy(update={"time": BASE + timedelta(minutes=2), "duration_ms": 120000.0})])
+    sink.send([two[0], two[0]])
+    duck = DuckDBQueryRunner(tmp_path / "telemetry")
+    assert duck.run("throughput_per_minute").rows == [(f"{BASE + timedelta(minutes=1):%Y-%m-%d %H:%M}", 1, 1, 0)]
+    assert [(r["execution_id"], r["end_to_end_ms"]) for r in duck.run("study_end_to_end").as_dicts()] == [("two", 2000.0)]
+    assert duck.run("error_rate").rows == [
+        ("inference", None, 3, 0, 0.0), ("prepare", None, 1, 0, 0.0), ("store", None, 1, 0, 0.0),
+        ("validate", None, 1, 0, 0.0), ("workflow", None, 1, 0, 0.0),
+    ]
