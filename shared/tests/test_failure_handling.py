@@ -11,6 +11,7 @@ from botocore.exceptions import ParamValidationError
 from botocore.stub import Stubber
 
 from radstream.analytics import AthenaQueryRunner
+from shared import atomicfile
 from shared.contracts import TelemetryRecord
 from shared.errors import ConfigurationError, ObjectNotFound, StorageUnavailable
 from shared.events import EventBridgePublisher
@@ -78,9 +79,12 @@ def test_a_full_disk_is_an_outage_of_the_local_store(tmp_path, monkeypatch):
     def full(*args, **kwargs):
         raise OSError(errno.ENOSPC, "No space left on device")
 
-    monkeypatch.setattr("tempfile.mkstemp", full)
+    monkeypatch.setattr(atomicfile.os, "write", full)  # the disk fills while the object is written
     with pytest.raises(StorageUnavailable, match="ENOSPC.*writing s3://results/k"):
         store.put_bytes("results", "k", b"x")
+    monkeypatch.undo()
+    assert store.head("results", "k") is None
+    assert os.listdir(tmp_path / ".staging") == [], "the temp file is removed"
 
 
 @pytest.mark.skipif(os.geteuid() == 0, reason="root writes through a read-only mode")
