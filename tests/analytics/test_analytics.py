@@ -343,6 +343,25 @@ def test_cli_lists_and_runs_queries(lake: Path, capsys: pytest.CaptureFixture[st
     assert "APPROX_QUANTILE" in capsys.readouterr().out
 
 
+def test_cli_table_shows_the_first_rows_and_says_how_many_more(lake: Path, capsys: pytest.CaptureFixture[str], monkeypatch: pytest.MonkeyPatch) -> None:
+    """A query of 100,000 rows must not keep a terminal busy for minutes laying out a table nobody reads whole."""
+    monkeypatch.delenv("TELEMETRY_BUCKET", raising=False)
+    args = cli(["query", "error_rate", "--data-dir", str(lake.parent), "--json", "-p", "days=60"])
+    assert args.func(args) == 0
+    total = len(json.loads(capsys.readouterr().out)["rows"])
+    assert total > 2
+    args = cli(["query", "error_rate", "--data-dir", str(lake.parent), "-p", "days=60", "--limit", "2"])
+    assert args.func(args) == 0
+    out = capsys.readouterr().out
+    assert f"the first 2 of {total} rows" in out and "--limit 0" in out
+    args = cli(["query", "error_rate", "--data-dir", str(lake.parent), "-p", "days=60", "--limit", "0"])
+    assert args.func(args) == 0
+    assert "the first" not in capsys.readouterr().out
+    args = cli(["query", "error_rate", "--data-dir", str(lake.parent), "--limit", "-1"])
+    with pytest.raises(ConfigurationError, match="--limit"):
+        args.func(args)
+
+
 # --- Athena ---------------------------------------------------------------------------------------
 
 @pytest.fixture
