@@ -394,7 +394,7 @@ class LocalRuntime:
             message = f"study {study_id}: unexpected {error_type} in the local runtime ({stage}); see logs/radstream.log"
             with logs_to(self._log_file):
                 logger.error("study failed outside the workflow", study_id=study_id, stage=stage, error_type=error_type, code_path=code_location(error))
-            self.flush_logs()
+            self._flush_log_file()
         outcome = StudyOutcome(study_id=study_id, source=source, status="failed", stage=stage, error_type=error_type, message=message)
         try:
             result = self._has_result(study_id)
@@ -466,9 +466,9 @@ class LocalRuntime:
         except Exception as e:  # noqa: BLE001 - whatever breaks, this study ends with its own record
             return self.refused(source, study_id, "runtime", e)
         finally:
-            self.flush_logs()
+            self._flush_log_file()
 
-    def flush_logs(self) -> None:
+    def _flush_log_file(self) -> None:
         """The study's log lines, out of the buffer and into logs/radstream.log (once per study, not once per line)."""
         try:
             flush_logs(self._log_file)

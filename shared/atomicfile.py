@@ -11,6 +11,7 @@ from __future__ import annotations
 import errno
 import itertools
 import os
+from collections.abc import Callable
 from pathlib import Path
 from typing import BinaryIO
 
@@ -24,7 +25,18 @@ def staging_dir(root: Path) -> Path:
 
 
 def atomic_write(target: Path, data: bytes, staging: Path) -> None:
-    """Write `data` to `target` whole or not at all (temp file in `staging`, then rename).
+    """Write `data` to `target` whole or not at all (temp file in `staging`, then rename)."""
+    _atomically(target, staging, lambda fd: _write_all(fd, data))
+
+
+def atomic_copy(source: BinaryIO, target: Path, staging: Path) -> int:
+    """Copy an open file to `target` whole or not at all, in the kernel (copy_file_range) where the filesystem
+    allows, so a big image never passes through Python; returns the bytes copied."""
+    return _atomically(target, staging, lambda fd: _copy_into(source, fd))
+
+
+def _atomically(target: Path, staging: Path, fill: Callable[[int], int]) -> int:
+    """`fill` a temp file in `staging`, then rename it onto `target`; nothing is left behind if anything fails.
 
     Folders are made only when a write finds them missing (the common write pays no mkdir), and the temp name is
     `<pid>-<serial>`, unique within the process without mkstemp's random retries.
@@ -40,9 +52,7 @@ def atomic_write(target: Path, data: bytes, staging: Path) -> None:
         fd = os.open(tmp, _CREATE, 0o600)
     try:
         try:
-            view = memoryview(data)
-            while view:
-                view = view[os.write(fd, view):]
+            written = fill(fd)
         finally:
             os.close(fd)
         try:
@@ -53,34 +63,14 @@ def atomic_write(target: Path, data: bytes, staging: Path) -> None:
     except BaseException:
         Path(tmp).unlink(missing_ok=True)
         raise
+    return written
 
 
-def atomic_copy(source: BinaryIO, target: Path, staging: Path) -> int:
-    """Copy an open file to `target` whole or not at all, in the kernel (copy_file_range) where the filesystem
-    allows, so a big image never passes through Python; returns the bytes copied."""
-    tmp = os.path.join(staging, f"{os.getpid()}-{next(_serial)}")
-    try:
-        fd = os.open(tmp, _CREATE, 0o600)
-    except FileNotFoundError:
-        Path(staging).mkdir(parents=True, exist_ok=True)
-        fd = os.open(tmp, _CREATE, 0o600)
-    except FileExistsError:  # left by a dead process that had this pid
-        os.unlink(tmp)
-        fd = os.open(tmp, _CREATE, 0o600)
-    try:
-        try:
-            copied = _copy_into(source, fd)
-        finally:
-            os.close(fd)
-        try:
-            os.replace(tmp, target)
-        except FileNotFoundError:
-            target.parent.mkdir(parents=True, exist_ok=True)
-            os.replace(tmp, target)
-    except BaseException:
-        Path(tmp).unlink(missing_ok=True)
-        raise
-    return copied
+def _write_all(fd: int, data: bytes) -> int:
+    view = memoryview(data)
+    while view:
+        view = view[os.write(fd, view):]
+    return len(data)
 
 
 def _copy_into(source: BinaryIO, fd: int) -> int:
@@ -94,10 +84,7 @@ def _copy_into(source: BinaryIO, fd: int) -> int:
             if e.errno not in (errno.EXDEV, errno.ENOSYS, errno.EINVAL, errno.EOPNOTSUPP, errno.EPERM) or copied:
                 raise
     while block := source.read(1 << 22):  # no kernel copy between these filesystems: through a 4 MiB buffer
-        view = memoryview(block)
-        while view:
-            view = view[os.write(fd, view):]
-        copied += len(block)
+        copied += _write_all(fd, block)
     return copied
 
 

@@ -175,8 +175,9 @@ class LocalEmfFile:
             return
         day = time.strftime("%Y-%m-%d", time.gmtime())  # the file's UTC day, without building a Path per write
         with self._lock:
-            if self._open is None or self._open[0].name != f"emf-{day}.jsonl":
-                path = self.path()
+            name = f"emf-{day}.jsonl"
+            if self._open is None or self._open[0].name != name:
+                path = self.folder / name
                 self._close()
                 self.folder.mkdir(parents=True, exist_ok=True)
                 self._open = (path, os.open(path, os.O_WRONLY | os.O_CREAT | os.O_APPEND, 0o644))

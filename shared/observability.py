@@ -54,16 +54,14 @@ class _LogStream(logging.StreamHandler):
 
 
 _handler = _LogStream()
-
-
 logger = Logger(service="radstream", logger_handler=_handler)
+tracer = Tracer(service="radstream")
 
 
 def flush_logs(stream: IO[str]) -> None:
     """Write out what the handler has put in `stream`'s buffer, under the handler's lock (no line is cut by it)."""
     with _handler.lock:  # type: ignore[union-attr]
         stream.flush()
-tracer = Tracer(service="radstream")
 
 
 @contextmanager
