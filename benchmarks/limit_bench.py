@@ -3,6 +3,7 @@
     .venv/bin/python benchmarks/limit_bench.py                      # 512², 1024², 2048², 3000²; 1 and 2 workers
     .venv/bin/python benchmarks/limit_bench.py --sizes 1024 --studies 60 --rounds 5
     .venv/bin/python benchmarks/limit_bench.py --quick              # 1024² only, 12 studies, 3 rounds
+    .venv/bin/python benchmarks/limit_bench.py --sizes 1024 --breakdown   # and where the pipeline's CPU goes
 
 The irreducible work is a minimal in-process script: read the image file, decode it, build the three model
 tensors (one letterbox per distinct input size, then each model's normalisation), run the three ONNX models
@@ -26,6 +27,9 @@ left out: its SR/FHIR export is work the irreducible script does not do.
 from __future__ import annotations
 
 import argparse
+import collections
+import contextlib
+import functools
 import json
 import os
 import platform
@@ -33,6 +37,7 @@ import statistics
 import sys
 import tempfile
 import time
+from collections.abc import Callable, Iterator
 from concurrent.futures import ProcessPoolExecutor, ThreadPoolExecutor
 from datetime import datetime, timezone
 from pathlib import Path
@@ -43,6 +48,8 @@ import onnxruntime as ort
 
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 
+import radstream.runtime as runtime_module  # noqa: E402
+import services.prepare.domain as prepare_domain  # noqa: E402
 from radstream.runtime import LocalRuntime  # noqa: E402
 from radstream.samples import write_demo_studies  # noqa: E402
 from services.prepare.domain import decode_raster, model_tensor  # noqa: E402
@@ -131,18 +138,116 @@ def irreducible_round(work: Irreducible, paths: list[Path], workers: int, pool: 
 
 
 # ---------------------------------------------------------------- the pipeline
-def pipeline_round(studies: list[Path], warmup: list[Path], workers: int, data_dir: Path) -> tuple[float, float, dict[str, dict]]:
-    """(wall s, CPU s, result.json per study id) for all studies, through a fresh warmed-up runtime."""
+def pipeline_round(studies: list[Path], warmup: list[Path], workers: int, data_dir: Path, from_bucket: bool = False) -> tuple[float, float, dict[str, dict]]:
+    """(wall s, CPU s, result.json per study id) for all studies, through a fresh warmed-up runtime.
+
+    from_bucket: the studies are uploaded first, untimed, and the timed part is `resume` running every upload without a
+    result (as in AWS, where the client's upload lands in S3 before the event starts the workflow; resume's scan of
+    the bucket for pending uploads is timed with it)."""
     with LocalRuntime(Settings(data_dir=data_dir), workers=workers) as runtime:
         runtime.run_many(warmup)
+        if from_bucket:
+            for folder in studies:
+                runtime.upload(folder, runtime.study_id(folder))
         cpu0, started = time.process_time(), time.perf_counter()
-        report = runtime.run_many(studies)
+        report = runtime.resume() if from_bucket else runtime.run_many(studies)
         wall, cpu = time.perf_counter() - started, time.process_time() - cpu0
+    if len(report.outcomes) != len(studies):
+        raise SystemExit(f"pipeline: {len(report.outcomes)} outcomes for {len(studies)} studies")
     failed = [o.study_id for o in report.outcomes if o.status != "succeeded"]
     if failed:
         raise SystemExit(f"pipeline: studies failed: {failed}")
     results = {o.study_id: json.loads(Path(o.output).read_text()) for o in report.outcomes if o.output}
     return wall, cpu, results
+
+
+# ---------------------------------------------------------------- where the pipeline's CPU goes
+class _Meter:
+    """Thread CPU time spent inside patched functions, summed per label (nested pieces are subtracted after)."""
+
+    def __init__(self) -> None:
+        self.cpu: collections.Counter[str] = collections.Counter()
+        self.on = False
+
+    @contextlib.contextmanager
+    def patched(self, owner: object, name: str, label: str | Callable[..., str]) -> Iterator[None]:
+        original = getattr(owner, name)
+        meter = self
+
+        @functools.wraps(original)
+        def timed(*args: object, **kwargs: object) -> object:
+            started = time.thread_time()
+            try:
+                return original(*args, **kwargs)
+            finally:
+                if meter.on:
+                    meter.cpu[label if isinstance(label, str) else label(*args, **kwargs)] += time.thread_time() - started
+
+        setattr(owner, name, timed)
+        try:
+            yield
+        finally:
+            setattr(owner, name, original)
+
+
+def breakdown_round(studies: list[Path], warmup: list[Path], data_dir: Path) -> tuple[float, dict[str, float]]:
+    """One untimed pipeline round, 1 worker, with its pieces metered: (process CPU s, thread CPU s per piece)."""
+    meter = _Meter()
+    with contextlib.ExitStack() as patches:
+        for owner, name, label in [
+            (LocalRuntime, "run_folder", "run_folder"), (LocalRuntime, "study_id", "study_id"), (LocalRuntime, "upload", "upload"),
+            (LocalRuntime, "start", "workflow"), (LocalRuntime, "outcome", "outcome"), (runtime_module, "write_trace", "trace"),
+            (LocalRuntime, "invoke", "invoke"),
+            (prepare_domain, "decode_raster", "decode"), (prepare_domain, "is_constant", "letterbox"),
+            (prepare_domain, "model_tensor", "letterbox"), (ort.InferenceSession, "run", "models"),
+        ]:
+            patches.enter_context(meter.patched(owner, name, label))
+        with LocalRuntime(Settings(data_dir=data_dir), workers=1) as runtime:
+            runtime.run_many(warmup)
+            for handler in {id(h): h for h, _ in runtime._bindings.values()}.values():  # the handlers, and each stage's own work inside
+                patches.enter_context(meter.patched(handler, "_traced", "handler"))
+                patches.enter_context(meter.patched(handler, "run", f"run:{handler.stage}"))
+            meter.on = True
+            cpu0 = time.process_time()
+            runtime.run_many(studies)
+            cpu = time.process_time() - cpu0
+            meter.on = False
+    return cpu, dict(meter.cpu)
+
+
+def print_breakdown(size: int, n: int, cpu: float, pieces: dict[str, float]) -> None:
+    """The metered pieces as CPU ms per study, from the irreducible work out to the runtime around it."""
+    def ms(value: float) -> float:
+        return value / n * 1000
+
+    get = collections.defaultdict(float, pieces)
+    runs = {k.split(":", 1)[1]: v for k, v in pieces.items() if k.startswith("run:")}
+    irreducible = get["decode"] + get["letterbox"] + get["models"]
+    rows = [
+        ("decode (decode_raster)", get["decode"], "irreducible"),
+        ("letterbox + normalise (is_constant, model_tensor)", get["letterbox"], "irreducible"),
+        ("three models (InferenceSession.run)", get["models"], "irreducible"),
+        ("validate: read, sha256, sidecar schema, header", runs.get("validate", 0.0), "stage work"),
+        ("prepare beyond decode/letterbox: read, tensors out", runs.get("prepare", 0.0) - get["decode"] - get["letterbox"], "stage work"),
+        ("inference beyond the models: tensors in, outputs read", runs.get("inference", 0.0) - get["models"], "stage work"),
+        ("store: result.json, report", runs.get("store", 0.0), "stage work"),
+        ("telemetry: records into the lake buffer", runs.get("telemetry", 0.0), "stage work"),
+        ("upload: the study's files into the images bucket", get["upload"], "runtime"),
+        ("trace file", get["trace"], "runtime"),
+        ("Lambda handler wrappers: logs, EMF, telemetry record, (de)serialise", get["handler"] - sum(runs.values()), "handlers"),
+        ("the runtime's task call (payload size check)", get["invoke"] - get["handler"], "handlers"),
+        ("workflow interpreter (template.yaml's state machine)", get["workflow"] - get["invoke"], "runtime"),
+        ("routing the upload's event, reading the outcome back", get["run_folder"] - get["upload"] - get["workflow"] - get["trace"], "runtime"),
+        ("study ids, journal, scheduling, other threads, GC", cpu - get["run_folder"], "runtime"),
+    ]
+    print(f"\nwhere a {size}² study's CPU goes (1 worker, {n} studies, one metered round; thread CPU ms per study):")
+    for label, value, kind in rows:
+        print(f"  {label:<72} {ms(value):>6.2f}  {kind}")
+    print(f"  {'total (process CPU)':<72} {ms(cpu):>6.2f}")
+    beyond = cpu - irreducible
+    stage_work = sum(v for _, v, k in rows if k == "stage work")
+    print(f"  irreducible {ms(irreducible):.2f}, beyond it {ms(beyond):.2f}; the irreducible work over the stages' own work alone "
+          f"(no handlers, interpreter, upload or trace): {irreducible / (irreducible + stage_work):.2f}")
 
 
 # ---------------------------------------------------------------- the same work?
@@ -167,7 +272,8 @@ def check_same_work(work: Irreducible, studies: list[Path], results: dict[str, d
 
 
 # ---------------------------------------------------------------- the run
-def bench_size(size: int, args: argparse.Namespace, root: Path, work: Irreducible, settings: Settings) -> list[dict]:
+def bench_size(size: int, args: argparse.Namespace, root: Path, work: Irreducible, settings: Settings,
+               breakdowns: list[tuple[int, int, float, dict[str, float]]]) -> list[dict]:
     print(f"generating {args.studies} synthetic {size}x{size} studies ...", file=sys.stderr)
     folders = write_demo_studies(root / f"studies-{size}", args.studies, size=size, invalid=False, seed=11)
     studies = [f for f in folders if not f.name.endswith("-dicom")]
@@ -181,14 +287,15 @@ def bench_size(size: int, args: argparse.Namespace, root: Path, work: Irreducibl
         if workers > 1 and args.irreducible_processes:
             pool = ProcessPoolExecutor(workers, initializer=_process_init, initargs=(settings.model_dump_json(),))
             list(pool.map(_process_run, [[str(paths[0])]] * workers))  # sessions built, imports done
-        pipe, irr = [], []
+        pipe, irr, bucket = [], [], []
         checked = False
+        series = ("pipeline", "bucket", "irreducible") if args.from_bucket else ("pipeline", "irreducible")
         for r in range(args.rounds):
-            order = ("pipeline", "irreducible") if r % 2 == 0 else ("irreducible", "pipeline")
+            order = series if r % 2 == 0 else series[::-1]
             for which in order:
-                if which == "pipeline":
-                    wall, cpu, results = pipeline_round(studies, warmup, workers, root / f"data-{size}-w{workers}-r{r}")
-                    pipe.append((wall, cpu))
+                if which in ("pipeline", "bucket"):
+                    wall, cpu, results = pipeline_round(studies, warmup, workers, root / f"data-{size}-w{workers}-r{r}-{which}", which == "bucket")
+                    (pipe if which == "pipeline" else bucket).append((wall, cpu))
                     if not checked:
                         check_same_work(work, studies, results)
                         checked = True
@@ -200,6 +307,9 @@ def bench_size(size: int, args: argparse.Namespace, root: Path, work: Irreducibl
                   f"irreducible {len(studies) / irr[-1][0] * 60:.0f}/min", file=sys.stderr)
         if pool is not None:
             pool.shutdown()
+        if args.breakdown and workers == 1:  # after the timed rounds: the meters cost time of their own
+            cpu, pieces = breakdown_round(studies, warmup, root / f"data-{size}-breakdown")
+            breakdowns.append((size, len(studies), cpu, pieces))
         n = len(studies)
         rows.append({
             "size": size, "workers": workers, "studies": n, "rounds": args.rounds,
@@ -211,6 +321,13 @@ def bench_size(size: int, args: argparse.Namespace, root: Path, work: Irreducibl
             # CPU per study, irreducible over pipeline: steadier than throughput where neighbours share the machine
             "cpu_ratio": statistics.median(ic / pc for (_, pc), (_, ic) in zip(pipe, irr)),
         })
+        if bucket:
+            rows[-1].update({
+                "bucket_per_min": statistics.median(n / w * 60 for w, _ in bucket),
+                "bucket_cpu_ms": statistics.median(c / n * 1000 for _, c in bucket),
+                "bucket_ratio": statistics.median(iw / pw for (pw, _), (iw, _) in zip(bucket, irr)),
+                "bucket_cpu_ratio": statistics.median(ic / pc for (_, pc), (_, ic) in zip(bucket, irr)),
+            })
     return rows
 
 
@@ -223,6 +340,10 @@ def main() -> None:
     parser.add_argument("--irreducible-processes", action="store_true", help="run the irreducible work on processes, not threads, with >1 worker")
     parser.add_argument("--quick", action="store_true", help="1024² only, 12 studies, 3 rounds")
     parser.add_argument("--json", action="store_true", help="print the rows as JSON too")
+    parser.add_argument("--from-bucket", action="store_true",
+                        help="also time the pipeline from the bucket: studies uploaded first (untimed), then `resume` runs them")
+    parser.add_argument("--breakdown", action="store_true",
+                        help="after the timed rounds, one metered 1-worker round per size: where the pipeline's CPU goes, piece by piece")
     args = parser.parse_args()
     if args.quick:
         args.sizes, args.studies, args.rounds = [1024], 12, 3
@@ -231,7 +352,8 @@ def main() -> None:
     load = os.getloadavg()
     started = datetime.now(timezone.utc)
     with tempfile.TemporaryDirectory(prefix="radstream-limit-") as tmp:
-        rows = [row for size in args.sizes for row in bench_size(size, args, Path(tmp), work, settings)]
+        breakdowns: list[tuple[int, int, float, dict[str, float]]] = []
+        rows = [row for size in args.sizes for row in bench_size(size, args, Path(tmp), work, settings, breakdowns)]
     mode = "processes" if args.irreducible_processes else "threads"
     print(f"\nlimit benchmark, {started:%Y-%m-%d %H:%M} UTC, {os.cpu_count()} CPUs ({platform.machine()}), "
           f"load average {load[0]:.2f} at start, {os.getloadavg()[0]:.2f} at end; medians over {args.rounds} interleaved rounds")
@@ -241,6 +363,14 @@ def main() -> None:
     for r in rows:
         print(f"{r['size']:>5}² {r['workers']:>7} {r['studies']:>7} | {r['pipeline_per_min']:>12.0f} {r['pipeline_cpu_ms']:>7.1f} | "
               f"{r['irreducible_per_min']:>15.0f} {r['irreducible_cpu_ms']:>7.1f} | {r['ratio']:>6.2f} {r['cpu_ratio']:>9.2f}")
+    if args.from_bucket:
+        print("\nfrom the bucket (uploaded first, untimed; then `resume` runs them, its scan for pending uploads included):")
+        print(f"{'size':>6} {'workers':>7} | {'pipeline/min':>12} {'CPU ms':>7} | {'ratio':>6} {'cpu ratio':>9}")
+        for r in rows:
+            print(f"{r['size']:>5}² {r['workers']:>7} | {r['bucket_per_min']:>12.0f} {r['bucket_cpu_ms']:>7.1f} | "
+                  f"{r['bucket_ratio']:>6.2f} {r['bucket_cpu_ratio']:>9.2f}")
+    for size, n, cpu, pieces in breakdowns:
+        print_breakdown(size, n, cpu, pieces)
     if args.json:
         print(json.dumps(rows, indent=1))
 
