@@ -1,0 +1,35 @@
+"""benchmarks/limit_bench.py runs, and its breakdown meters what it says: the README quotes both.
+
+A benchmark is measured by running it, never timed here; this only holds that the command works end to end on
+tiny studies (the same-work check included) and that every metered piece is really metered (a patch that misses
+its target reads as zero, or as a negative remainder in the piece around it)."""
+from __future__ import annotations
+
+import re
+import subprocess
+import sys
+from pathlib import Path
+
+ROOT = Path(__file__).resolve().parent.parent
+
+
+def test_limit_bench_prints_both_ratios_and_a_breakdown_whose_pieces_are_all_metered():
+    run = subprocess.run(
+        [sys.executable, str(ROOT / "benchmarks" / "limit_bench.py"), "--sizes", "256", "--studies", "4", "--rounds", "1",
+         "--workers", "1", "--from-bucket", "--breakdown"],
+        cwd=ROOT, capture_output=True, text=True, timeout=300,
+    )
+    out = run.stdout
+    assert run.returncode == 0, out[-4000:] + run.stderr[-4000:]
+    # the main table and the from-the-bucket table each have their 256² row with a ratio
+    rows = re.findall(r"^\s+256²\s+1\s.*\|\s+(\d+\.\d\d)\s+(\d+\.\d\d)$", out, re.MULTILINE)
+    assert len(rows) == 2, out
+    assert all(0 < float(ratio) < 2 for row in rows for ratio in row), out
+    pieces = {m.group(1).strip(): float(m.group(2)) for m in re.finditer(r"^  (\S.*?)\s+(-?\d+\.\d\d)(?:  [a-z ]+)?$", out, re.MULTILINE)}
+    breakdown = {name: value for name, value in pieces.items() if not name.startswith(("256²", "irreducible "))}
+    assert len(breakdown) == 16, out  # 15 pieces and the total
+    for name, value in breakdown.items():
+        assert value > 0, (name, out)  # each piece metered; a remainder below zero means a piece was counted twice
+    total = breakdown.pop("total (process CPU)")
+    assert abs(sum(breakdown.values()) - total) < 0.05, out  # the pieces add up to the process's CPU
+    assert re.search(r"irreducible \d+\.\d\d, beyond it \d+\.\d\d", out), out
