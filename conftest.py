@@ -3,6 +3,7 @@ from __future__ import annotations
 
 import hashlib
 import json
+import signal
 import struct
 import zlib
 from pathlib import Path
@@ -13,6 +14,12 @@ import pytest
 
 from shared.settings import ENVIRONMENT
 from shared.storage import LocalObjectStore
+
+# A shell starts background jobs (`make test &`, `nohup … &`) with SIGINT ignored, and an ignored signal stays ignored
+# across exec: the processes the tests start and then stop with Ctrl-C (`radstream run`, `radstream gateway`) would
+# never see it. A handled signal is reset to the default at exec, so handling it here gives them Ctrl-C back.
+if signal.getsignal(signal.SIGINT) == signal.SIG_IGN:
+    signal.signal(signal.SIGINT, signal.default_int_handler)
 
 
 @pytest.fixture(autouse=True)

@@ -323,6 +323,9 @@ def cmd_gateway(args: argparse.Namespace) -> int:
 
             future.add_done_callback(done)
 
+        # SIGTERM (a supervisor, `kill`, a container stop) stops it as cleanly as Ctrl-C: servers closed, studies finished.
+        in_main_thread = threading.current_thread() is threading.main_thread()
+        previous = signal.signal(signal.SIGTERM, _sigterm_as_interrupt) if in_main_thread else None
         with Gateway(settings, store=runtime.store, on_stored=report) as gateway:
             print(f"AE title: {gateway.ae_title}", flush=True)
             print(f"DIMSE:    {settings.gateway_host} port {gateway.dimse.port}  (e.g. storescu -aec {gateway.ae_title} {settings.gateway_host} {gateway.dimse.port} FILE.dcm)", flush=True)
@@ -332,6 +335,9 @@ def cmd_gateway(args: argparse.Namespace) -> int:
                 threading.Event().wait()
             except KeyboardInterrupt:
                 pass
+            finally:
+                if in_main_thread:
+                    signal.signal(signal.SIGTERM, previous)
         pipeline.close()
     return 0
 

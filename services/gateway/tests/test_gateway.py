@@ -241,8 +241,10 @@ def test_instances_of_one_study_share_the_pseudonym_prefix_and_differ_per_instan
     assert a.split(".")[0] == b.split(".")[0] != other.split(".")[0] and a != b
 
 
-def test_radstream_gateway_command_prints_its_addresses_and_runs_what_it_receives(tmp_path):
-    """`radstream gateway` as a user starts it: a process on free ports; storescu sends; the study's line says it succeeded."""
+@pytest.mark.parametrize("stop", ["SIGINT", "SIGTERM"])
+def test_radstream_gateway_command_prints_its_addresses_and_runs_what_it_receives(tmp_path, stop):
+    """`radstream gateway` as a user starts it: a process on free ports; storescu sends; the study's line says it succeeded.
+    Ctrl-C or SIGTERM (a supervisor's stop) ends it cleanly, exit code 0."""
     import os
     import re
     import signal
@@ -280,7 +282,7 @@ def test_radstream_gateway_command_prints_its_addresses_and_runs_what_it_receive
         assert stow.endswith("/studies") and ae == "RADSTREAM"
         assert (tmp_path / "data" / "gateway" / "pseudonym.key").stat().st_mode & 0o077 == 0, "the key is the owner's only"
     finally:
-        process.send_signal(signal.SIGINT)
+        process.send_signal(getattr(signal, stop))
         try:
             assert process.wait(timeout=60) == 0
         finally:
