@@ -217,7 +217,12 @@ def test_pdb_and_network_policy_select_the_triton_pods():
     by_port = {frozenset(p["port"] for p in rule["ports"]): rule["from"] for rule in rules}
     assert set(by_port) == {frozenset({8000, 8001}), frozenset({8002})}
     clients = by_port[frozenset({8000, 8001})]
-    assert any("ipBlock" in peer and peer["ipBlock"]["cidr"] for peer in clients)
+    # The inference Lambda reaches Triton from inside the VPC the platform stack creates: the policy admits that VPC's
+    # CIDR (it named 10.0.0.0/16, outside the platform's 10.10.0.0/16, so every call from the Lambda was dropped).
+    from radstream.template import load_yaml
+
+    vpc = load_yaml(PLATFORM)["Parameters"]["VpcCidr"]["Default"]
+    assert [peer["ipBlock"]["cidr"] for peer in clients if "ipBlock" in peer] == [vpc]
     scraper = by_port[frozenset({8002})]
     assert scraper[0]["namespaceSelector"]["matchLabels"] == {"kubernetes.io/metadata.name": "monitoring"}
     pod_annotations = one("Deployment")["spec"]["template"]["metadata"]["annotations"]
