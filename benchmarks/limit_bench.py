@@ -37,7 +37,7 @@ import statistics
 import sys
 import tempfile
 import time
-from collections.abc import Callable, Iterator
+from collections.abc import Iterator
 from concurrent.futures import ProcessPoolExecutor, ThreadPoolExecutor
 from datetime import datetime, timezone
 from pathlib import Path
@@ -170,7 +170,7 @@ class _Meter:
         self.on = False
 
     @contextlib.contextmanager
-    def patched(self, owner: object, name: str, label: str | Callable[..., str]) -> Iterator[None]:
+    def patched(self, owner: object, name: str, label: str) -> Iterator[None]:
         original = getattr(owner, name)
         meter = self
 
@@ -181,7 +181,7 @@ class _Meter:
                 return original(*args, **kwargs)
             finally:
                 if meter.on:
-                    meter.cpu[label if isinstance(label, str) else label(*args, **kwargs)] += time.thread_time() - started
+                    meter.cpu[label] += time.thread_time() - started
 
         setattr(owner, name, timed)
         try:
@@ -195,9 +195,8 @@ def breakdown_round(studies: list[Path], warmup: list[Path], data_dir: Path) -> 
     meter = _Meter()
     with contextlib.ExitStack() as patches:
         for owner, name, label in [
-            (LocalRuntime, "run_folder", "run_folder"), (LocalRuntime, "study_id", "study_id"), (LocalRuntime, "upload", "upload"),
-            (LocalRuntime, "start", "workflow"), (LocalRuntime, "outcome", "outcome"), (runtime_module, "write_trace", "trace"),
-            (LocalRuntime, "invoke", "invoke"),
+            (LocalRuntime, "run_folder", "run_folder"), (LocalRuntime, "upload", "upload"), (LocalRuntime, "start", "workflow"),
+            (runtime_module, "write_trace", "trace"), (LocalRuntime, "invoke", "invoke"),
             (prepare_domain, "decode_raster", "decode"), (prepare_domain, "is_constant", "letterbox"),
             (prepare_domain, "model_tensor", "letterbox"), (ort.InferenceSession, "run", "models"),
         ]:

@@ -2,12 +2,14 @@
 from __future__ import annotations
 
 import argparse
+import contextlib
 import json
 import signal
 import statistics
 import sys
 import threading
 import time
+from collections.abc import Iterator
 from dataclasses import asdict
 from pathlib import Path
 
@@ -81,29 +83,36 @@ def _sigterm_as_interrupt(signum: int, frame: object) -> None:
     raise KeyboardInterrupt
 
 
+@contextlib.contextmanager
+def sigterm_as_ctrl_c() -> Iterator[None]:
+    """Inside the block, SIGTERM (a supervisor, `kill`, a container stop) stops work as Ctrl-C does; the previous
+    handler comes back after. Only the main thread can set a handler: elsewhere this changes nothing."""
+    in_main_thread = threading.current_thread() is threading.main_thread()
+    previous = signal.signal(signal.SIGTERM, _sigterm_as_interrupt) if in_main_thread else None
+    try:
+        yield
+    finally:
+        if in_main_thread:
+            signal.signal(signal.SIGTERM, previous)
+
+
 def run_studies(folders: list[Path] | None, args: argparse.Namespace):
     """Run study folders; None: resume what the journals and the images bucket say is unfinished. Returns the RunReport."""
     from radstream.runtime import LocalRuntime
 
     settings = settings_from(args)
     err = Console(stderr=True)
-    in_main_thread = threading.current_thread() is threading.main_thread()  # only there can a signal handler be set
-    previous = signal.signal(signal.SIGTERM, _sigterm_as_interrupt) if in_main_thread else None
-    try:
-        with LocalRuntime(settings, workers=args.workers) as runtime:
-            started = time.perf_counter()
-            with Progress(TextColumn("{task.description}"), BarColumn(), MofNCompleteColumn(), TimeElapsedColumn(),
-                          console=err, disable=args.quiet, transient=not err.is_terminal) as progress:
-                task = progress.add_task("studies", total=len(folders) if folders is not None else None)
-                advance = lambda o: progress.advance(task)  # noqa: E731
-                if folders is None:
-                    report = runtime.resume(advance)
-                else:
-                    report = runtime.run_many(folders, advance)
-            totals = summarise(report.outcomes, time.perf_counter() - started)
-    finally:
-        if in_main_thread:
-            signal.signal(signal.SIGTERM, previous)
+    with sigterm_as_ctrl_c(), LocalRuntime(settings, workers=args.workers) as runtime:
+        started = time.perf_counter()
+        with Progress(TextColumn("{task.description}"), BarColumn(), MofNCompleteColumn(), TimeElapsedColumn(),
+                      console=err, disable=args.quiet, transient=not err.is_terminal) as progress:
+            task = progress.add_task("studies", total=len(folders) if folders is not None else None)
+            advance = lambda o: progress.advance(task)  # noqa: E731
+            if folders is None:
+                report = runtime.resume(advance)
+            else:
+                report = runtime.run_many(folders, advance)
+        totals = summarise(report.outcomes, time.perf_counter() - started)
     totals |= {"not_run": len(report.not_run), "interrupted": report.interrupted}
     if args.json:
         print(json.dumps({"totals": totals, "data_dir": str(settings.data_dir), "journal": str(report.journal),
@@ -323,10 +332,8 @@ def cmd_gateway(args: argparse.Namespace) -> int:
 
             future.add_done_callback(done)
 
-        # SIGTERM (a supervisor, `kill`, a container stop) stops it as cleanly as Ctrl-C: servers closed, studies finished.
-        in_main_thread = threading.current_thread() is threading.main_thread()
-        previous = signal.signal(signal.SIGTERM, _sigterm_as_interrupt) if in_main_thread else None
-        with Gateway(settings, store=runtime.store, on_stored=report) as gateway:
+        # SIGTERM stops it as cleanly as Ctrl-C: servers closed, studies finished.
+        with sigterm_as_ctrl_c(), Gateway(settings, store=runtime.store, on_stored=report) as gateway:
             print(f"AE title: {gateway.ae_title}", flush=True)
             print(f"DIMSE:    {settings.gateway_host} port {gateway.dimse.port}  (e.g. storescu -aec {gateway.ae_title} {settings.gateway_host} {gateway.dimse.port} FILE.dcm)", flush=True)
             print(f"STOW-RS:  {gateway.stow.url}", flush=True)
@@ -335,9 +342,6 @@ def cmd_gateway(args: argparse.Namespace) -> int:
                 threading.Event().wait()
             except KeyboardInterrupt:
                 pass
-            finally:
-                if in_main_thread:
-                    signal.signal(signal.SIGTERM, previous)
         pipeline.close()
     return 0
 
