@@ -24,7 +24,7 @@ from shared.telemetry import LocalLakeSink
 
 QUERIES = ["p95_latency_per_stage", "throughput_per_minute", "error_rate", "model_comparison", "cost_per_1000_studies",
            "latency_per_stage", "study_end_to_end", "cost_breakdown"]  # the last three: the console's (tests/console)
-# The prices cost_per_1000_studies states as named constants (us-east-1 list prices, 512 MB functions).
+# The prices and assumptions of the cost queries' shared price table (us-east-1 list prices, 512 MB functions).
 USD_PER_GB_SECOND, LAMBDA_GB, USD_PER_REQUEST, USD_PER_TRANSITION, TRANSITIONS_PER_STUDY = 0.0000166667, 0.5, 0.0000002, 0.000025, 8
 
 NOW = datetime.now(timezone.utc)
@@ -155,6 +155,31 @@ def test_every_named_query_counts_through_the_same_dedupe_block() -> None:
     expected = [c["Name"] for c in table["StorageDescriptor"]["Columns"]] + [p["Name"] for p in table["PartitionKeys"]]
     listed = re.search(r"UNION ALL\n\s*SELECT (.*?)\n\s*FROM \(", blocks["error_rate"], re.DOTALL)
     assert listed and [c.strip().strip('"') for c in listed[1].split(",")] == expected
+
+
+# The price table both cost queries bill from: from its "-- prices:" comment to the ")" closing `assumptions`.
+PRICES_BLOCK = re.compile(r"^-- prices: .*?^assumptions AS \(\n.*?^\)(?=,?$)", re.DOTALL | re.MULTILINE)
+
+
+def test_both_cost_queries_bill_from_one_price_table() -> None:
+    """cost_per_1000_studies kept its own price constants once; now both carry the console's dated table, word for word."""
+    queries = load_named_queries()
+    blocks = {name: PRICES_BLOCK.findall(queries[name].sql) for name in ("cost_per_1000_studies", "cost_breakdown")}
+    assert all(len(found) == 1 for found in blocks.values()), blocks
+    assert blocks["cost_per_1000_studies"] == blocks["cost_breakdown"]
+    assert "as_of" in blocks["cost_breakdown"][0] and "transitions_per_study" in blocks["cost_breakdown"][0]
+    rest = queries["cost_per_1000_studies"].sql.replace(blocks["cost_per_1000_studies"][0], "")
+    assert not re.search(r"CAST\(0\.\d+ AS double\)", rest), "a price outside the shared table"
+
+
+def test_the_cost_queries_agree(duck: DuckDBQueryRunner) -> None:
+    """The same studies, the same prices: the totals of one query are the other's rows for the same items."""
+    [total] = duck.run("cost_per_1000_studies").as_dicts()
+    items = {(r["service"], r["item"]): r for r in duck.run("cost_breakdown").as_dicts()}
+    assert items[("Lambda", "compute")]["usd"] == pytest.approx(total["lambda_compute_usd"], abs=1e-6)
+    assert items[("Lambda", "requests")]["usd"] == pytest.approx(total["lambda_request_usd"], abs=1e-6)
+    assert items[("Step Functions", "state transitions")]["usd"] == pytest.approx(total["step_functions_usd"], abs=1e-6)
+    assert items[("Lambda", "compute")]["studies"] == total["studies"] > 0
 
 
 @pytest.mark.parametrize("name", QUERIES)
