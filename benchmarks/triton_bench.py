@@ -12,12 +12,22 @@ it is, once on a temporary copy whose config.pbtxt files have `dynamic_batching`
 With --variant NAME=KEY:VALUE[,KEY:VALUE...] (repeatable): one server on a temporary repository that holds each
 model as it is (`<model>__current`) and once per variant with its config edited (`<model>__NAME`); keys: batching
 (off), delay_us (max_queue_delay_microseconds), preferred (batch sizes joined by /, e.g. 4/8/16, or none),
-instances (instance_group count). The variants are measured interleaved, level by level, `--rounds` times in a
+instances (instance_group count), warmup (all: model_warmup at every batch size up to max_batch_size, zeros, which
+Triton runs while the model loads). With --model-config-name the named configs are edited. The variants are measured interleaved, level by level, `--rounds` times in a
 rotating order, so a change in the machine's load reaches them all alike; the table gives medians over the rounds
 and each variant's throughput against the current config. The load average is printed before and after.
 
-Each level of concurrency runs that many threads, each with its own client, sending one image per request until
-`--requests` requests are done or `--duration` seconds have passed. The repository itself is never written to.
+Each level of concurrency runs that many threads, each with its own client, sending `--batch-sizes` images per
+request (one by default) until `--requests` requests are done or `--duration` seconds have passed. The repository
+itself is never written to.
+
+On a GPU machine (onnxruntime-gpu importable ahead of the CPU build):
+
+    python -m benchmarks.triton_bench --model-config-name gpu --batch-sizes 1,2,4,8,16 --concurrency 1,16 --direct
+
+serves each model's configs/gpu.pbtxt (KIND_GPU; the providers each instance runs on are printed from the server's
+log) and, with --direct, runs the same ONNX models in this process with the same providers, serially, at each batch
+size: the yardstick that shows what Triton's serving costs. images/s counts images, inf/s requests.
 """
 from __future__ import annotations
 
@@ -39,7 +49,12 @@ ROOT = Path(__file__).resolve().parent.parent
 if str(ROOT) not in sys.path:
     sys.path.insert(0, str(ROOT))
 
-from radstream.triton_server import TritonServer, iter_models  # noqa: E402
+from radstream.triton_server import (  # noqa: E402
+    TritonServer,
+    gpu_execution_providers,
+    iter_models,
+    model_config_path,
+)
 from services.triton.triton_client import TritonInference  # noqa: E402
 
 REAL_REPOSITORY = ROOT / "services" / "triton" / "model_repository"
@@ -55,34 +70,40 @@ class Level:
     errors: int
     seconds: float
     latencies_ms: list[float]
+    batch: int = 1
 
     @property
     def throughput(self) -> float:
         return self.completed / self.seconds if self.seconds else 0.0
 
+    @property
+    def images_per_s(self) -> float:
+        return self.throughput * self.batch
+
     def percentile(self, q: float) -> float:
         return float(np.percentile(self.latencies_ms, q)) if self.latencies_ms else float("nan")
 
 
-def read_config(model_dir: Path):
+def read_config(model_dir: Path, config_name: str | None = None):
     from google.protobuf import text_format
     from tritonclient.grpc import model_config_pb2
 
-    return text_format.Parse((model_dir / "config.pbtxt").read_text(), model_config_pb2.ModelConfig())
+    return text_format.Parse(model_config_path(model_dir, config_name).read_text(), model_config_pb2.ModelConfig())
 
 
-def write_config(model_dir: Path, config) -> None:
+def write_config(model_dir: Path, config, config_name: str | None = None) -> None:
     from google.protobuf import text_format
 
-    (model_dir / "config.pbtxt").write_text(text_format.MessageToString(config))
+    model_config_path(model_dir, config_name).write_text(text_format.MessageToString(config))
 
 
 def edited_copy(repository: Path, dest: Path, *, dynamic_batching: bool, queue_delay_us: int | None,
-                instances: int | None) -> Path:
+                instances: int | None, config_name: str | None = None, warmup: bool = False) -> Path:
     """Copy `repository` to `dest` and edit its configs there (the original stays as it is)."""
     shutil.copytree(repository, dest, symlinks=True)
     for model_dir in iter_models(dest):
-        config = read_config(model_dir)
+        # The file the server will load: config.pbtxt, or configs/<name>.pbtxt where the model has one.
+        config = read_config(model_dir, config_name)
         if not dynamic_batching:
             config.ClearField("dynamic_batching")
         elif queue_delay_us is not None:
@@ -90,11 +111,13 @@ def edited_copy(repository: Path, dest: Path, *, dynamic_batching: bool, queue_d
         if instances is not None:
             for group in config.instance_group:
                 group.count = instances
-        write_config(model_dir, config)
+        if warmup:
+            add_warmup(config)
+        write_config(model_dir, config, config_name)
     return dest
 
 
-VARIANT_KEYS = ("batching", "delay_us", "preferred", "instances")
+VARIANT_KEYS = ("batching", "delay_us", "preferred", "instances", "warmup")
 
 
 def parse_variant(text: str) -> tuple[str, dict[str, str]]:
@@ -123,27 +146,46 @@ def apply_edits(config, edits: dict[str, str]) -> None:
     if "instances" in edits:
         for group in config.instance_group:
             group.count = int(edits["instances"])
+    if edits.get("warmup") == "all":
+        add_warmup(config)
 
 
-def variant_repository(repository: Path, dest: Path, models: list[str], variants: dict[str, dict[str, str]]) -> Path:
+def add_warmup(config) -> None:
+    """model_warmup at every batch size up to max_batch_size (zeros): Triton runs them while the model loads,
+    before the server is ready, so a first request of a new batch size never pays for its kernel choice."""
+    for batch in range(1, max(config.max_batch_size, 1) + 1):
+        warmup = config.model_warmup.add(name=f"batch_{batch}", batch_size=batch)
+        for i in config.input:
+            warmup.inputs[i.name].data_type = i.data_type
+            warmup.inputs[i.name].dims.extend(i.dims)
+            warmup.inputs[i.name].zero_data = True
+
+
+def variant_repository(repository: Path, dest: Path, models: list[str], variants: dict[str, dict[str, str]],
+                       config_name: str | None = None) -> Path:
     """`<model>__current` (the config as it is) and `<model>__<variant>` (edited) for each model, in one repository."""
     dest.mkdir(parents=True)
     for model in models:
         for name, edits in {"current": {}, **variants}.items():
             served = dest / f"{model}__{name}"
             shutil.copytree(repository / model, served, symlinks=True)
-            config = read_config(served)
+            config = read_config(served, config_name)
             config.name = served.name
             apply_edits(config, edits)
-            write_config(served, config)
+            write_config(served, config, config_name)
     return dest
 
 
 def bench_variants(repository: Path, models: list[str], variants: dict[str, dict[str, str]], levels: list[int],
-                   requests: int, duration_s: float, protocol: str, rounds: int) -> list[Level]:
+                   requests: int, duration_s: float, protocol: str, rounds: int,
+                   config_name: str | None = None) -> list[Level]:
     names = ["current", *variants]
     results: list[Level] = []
-    with TritonServer(repository) as server:
+    started = time.perf_counter()
+    with TritonServer(repository, model_config_name=config_name, ready_deadline_s=600) as server:
+        print(f"  server ready in {time.perf_counter() - started:.1f}s (model_warmup runs before readiness)")
+        for line in provider_lines(server):
+            print(f"  {line}")
         url = server.grpc_url if protocol == "grpc" else server.http_url
         for r in range(rounds):
             order = names[r % len(names):] + names[: r % len(names)]  # rotate, so no variant always goes first
@@ -184,14 +226,14 @@ def tiny_repository(dest: Path) -> Path:
     return module.build_tiny_repository(dest)
 
 
-def one_image(model_dir: Path) -> dict[str, np.ndarray]:
-    config = read_config(model_dir)
+def one_image(model_dir: Path, batch: int = 1, config_name: str | None = None) -> dict[str, np.ndarray]:
+    config = read_config(model_dir, config_name)
     rng = np.random.default_rng(0)
-    return {i.name: rng.random((1, *i.dims), dtype=np.float32) for i in config.input}
+    return {i.name: rng.random((batch, *i.dims), dtype=np.float32) for i in config.input}
 
 
 def run_level(url: str, model: str, inputs: dict[str, np.ndarray], concurrency: int, requests: int,
-              duration_s: float, mode: str) -> Level:
+              duration_s: float, mode: str, batch: int = 1) -> Level:
     clients = [TritonInference(url, timeout_s=60) for _ in range(concurrency)]
     for c in clients:  # connect and fetch metadata outside the timed window
         c.infer(model, inputs)
@@ -229,33 +271,103 @@ def run_level(url: str, model: str, inputs: dict[str, np.ndarray], concurrency: 
     elapsed = time.perf_counter() - start
     for c in clients:
         c.close()
-    return Level(mode, model, concurrency, len(latencies), errors, elapsed, latencies)
+    return Level(mode, model, concurrency, len(latencies), errors, elapsed, latencies, batch)
+
+
+def print_level(level: Level) -> None:
+    print(f"  {level.mode:<10} {level.model:<22} c={level.concurrency:<3} b={level.batch:<3} "
+          f"{level.throughput:8.1f} inf/s {level.images_per_s:9.1f} images/s  "
+          f"p50 {level.percentile(50):7.1f} ms  p95 {level.percentile(95):7.1f} ms", flush=True)
+
+
+def provider_lines(server: TritonServer) -> list[str]:
+    """What each model instance runs on, as the generated model.py logged it."""
+    if not server.log_file or not server.log_file.is_file():
+        return []
+    return [line.split("] ", 1)[-1].strip().strip('"') for line in server.log_file.read_text(errors="replace").splitlines()
+            if "ONNX Runtime" in line and "providers" in line]
 
 
 def bench_server(repository: Path, mode: str, models: list[str], levels: list[int], requests: int,
-                 duration_s: float, protocol: str) -> list[Level]:
+                 duration_s: float, protocol: str, batch_sizes: tuple[int, ...] = (1,),
+                 config_name: str | None = None) -> list[Level]:
     results = []
-    with TritonServer(repository) as server:
+    started = time.perf_counter()
+    with TritonServer(repository, model_config_name=config_name, ready_deadline_s=600) as server:
+        print(f"  {mode:<10} server ready in {time.perf_counter() - started:.1f}s")
+        for line in provider_lines(server):
+            print(f"  {mode:<10} {line}")
         url = server.grpc_url if protocol == "grpc" else server.http_url
         for model in models:
-            inputs = one_image(repository / model)
-            for concurrency in levels:
-                level = run_level(url, model, inputs, concurrency, requests, duration_s, mode)
-                results.append(level)
-                print(f"  {mode:<10} {model:<22} c={concurrency:<3} {level.throughput:8.1f} inf/s  "
-                      f"p50 {level.percentile(50):7.1f} ms  p95 {level.percentile(95):7.1f} ms", flush=True)
+            max_batch = read_config(repository / model, config_name).max_batch_size
+            for batch in batch_sizes:
+                if batch > max(max_batch, 1):
+                    continue
+                inputs = one_image(repository / model, batch, config_name)
+                for concurrency in levels:
+                    level = run_level(url, model, inputs, concurrency, requests, duration_s, mode, batch)
+                    results.append(level)
+                    print_level(level)
+    return results
+
+
+def bench_direct(repository: Path, models: list[str], requests: int, duration_s: float,
+                 batch_sizes: tuple[int, ...], config_name: str | None) -> list[Level]:
+    """The same ONNX models in this process, serially, on the providers the served config asks for."""
+    import onnxruntime as ort
+
+    results = []
+    for model in models:
+        config = read_config(repository / model, config_name)
+        gpu = any(g.kind == g.KIND_GPU for g in config.instance_group)
+        providers = gpu_execution_providers(config) if gpu else ["CPUExecutionProvider"]
+        session = ort.InferenceSession(str(repository / model / "1" / "model.onnx"), providers=providers)
+        print(f"  direct     {model}: ONNX Runtime {ort.__version__} providers {session.get_providers()}")
+        if gpu and "CUDAExecutionProvider" not in session.get_providers():
+            raise SystemExit(f"{model}: the config asks for the GPU but ONNX Runtime has no CUDA provider here")
+        for batch in batch_sizes:
+            if batch > max(config.max_batch_size, 1):
+                continue
+            inputs = one_image(repository / model, batch, config_name)
+            for _ in range(3):  # warm-up: CUDA/cuDNN pick their kernels for this shape
+                session.run(None, inputs)
+            latencies = []
+            start = time.perf_counter()
+            while len(latencies) < requests and time.perf_counter() - start < duration_s:
+                t0 = time.perf_counter()
+                session.run(None, inputs)
+                latencies.append((time.perf_counter() - t0) * 1000)
+            level = Level("direct", model, 1, len(latencies), 0, time.perf_counter() - start, latencies, batch)
+            results.append(level)
+            print_level(level)
     return results
 
 
 def table(results: list[Level]) -> str:
-    head = (f"| {'serving':<10} | {'model':<22} | {'conc.':>5} | {'requests':>8} | {'errors':>6} "
-            f"| {'inf/s':>7} | {'p50 ms':>7} | {'p95 ms':>7} |")
+    head = (f"| {'serving':<10} | {'model':<22} | {'conc.':>5} | {'batch':>5} | {'requests':>8} | {'errors':>6} "
+            f"| {'inf/s':>7} | {'images/s':>8} | {'p50 ms':>7} | {'p95 ms':>7} |")
     rule = "|" + "|".join("-" * (len(cell)) for cell in head.split("|")[1:-1]) + "|"
     rows = [head, rule]
     for r in results:
-        rows.append(f"| {r.mode:<10} | {r.model:<22} | {r.concurrency:>5} | {r.completed:>8} | {r.errors:>6} "
-                    f"| {r.throughput:>7.1f} | {r.percentile(50):>7.1f} | {r.percentile(95):>7.1f} |")
+        rows.append(f"| {r.mode:<10} | {r.model:<22} | {r.concurrency:>5} | {r.batch:>5} | {r.completed:>8} "
+                    f"| {r.errors:>6} | {r.throughput:>7.1f} | {r.images_per_s:>8.1f} | {r.percentile(50):>7.1f} "
+                    f"| {r.percentile(95):>7.1f} |")
     return "\n".join(rows)
+
+
+def best_batches(results: list[Level]) -> list[str]:
+    """Per model and serving: images/s at batch 1 against the best batch size (any concurrency)."""
+    lines = []
+    for mode, model in dict.fromkeys((r.mode, r.model) for r in results):
+        mine = [r for r in results if r.mode == mode and r.model == model and not r.errors]
+        ones = [r for r in mine if r.batch == 1]
+        if not ones or len({r.batch for r in mine}) < 2:
+            continue
+        one, best = max(ones, key=lambda r: r.images_per_s), max(mine, key=lambda r: r.images_per_s)
+        lines.append(f"{mode} {model}: batch 1 {one.images_per_s:.1f} images/s (c={one.concurrency}); best "
+                     f"batch {best.batch} {best.images_per_s:.1f} images/s (c={best.concurrency}): "
+                     f"{best.images_per_s / one.images_per_s:.2f}x")
+    return lines
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -276,7 +388,17 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--variant", action="append", default=[], metavar="NAME=KEY:VALUE,...",
                         help="measure this config beside the current one, interleaved in one server (repeatable)")
     parser.add_argument("--rounds", type=int, default=3, help="with --variant: interleaved rounds (medians are reported)")
+    parser.add_argument("--batch-sizes", default="1", help="images per request, e.g. 1,4,16 (up to max_batch_size)")
+    parser.add_argument("--model-config-name", default=None, metavar="NAME",
+                        help="serve configs/NAME.pbtxt where a model has one (gpu: KIND_GPU, onnxruntime-gpu)")
+    parser.add_argument("--warmup-all", action="store_true",
+                        help="serve copies with model_warmup at every batch size (see --variant warmup:all)")
+    parser.add_argument("--direct", action="store_true",
+                        help="also run the models in this process, serially, on the providers the config asks for")
     args = parser.parse_args(argv)
+    batch_sizes = tuple(int(b) for b in args.batch_sizes.split(",") if b)
+    if args.variant and (batch_sizes != (1,) or args.direct):
+        parser.error("--variant measures one image per request: no --batch-sizes or --direct")
 
     levels = [int(c) for c in args.concurrency.split(",")]
     models = [m for m in args.models.split(",") if m]
@@ -296,8 +418,9 @@ def main(argv: list[str] | None = None) -> int:
             variants = dict(parse_variant(v) for v in args.variant)
             print(f"load average before: {' '.join(f'{x:.2f}' for x in os.getloadavg())} ({os.cpu_count()} cores); "
                   f"variants: {variants}; {args.rounds} interleaved rounds")
-            served = variant_repository(repository, tmp_path / "variants", models, variants)
-            results = bench_variants(served, models, variants, levels, args.requests, args.duration, args.protocol, args.rounds)
+            served = variant_repository(repository, tmp_path / "variants", models, variants, args.model_config_name)
+            results = bench_variants(served, models, variants, levels, args.requests, args.duration, args.protocol,
+                                     args.rounds, args.model_config_name)
             print(f"load average after: {' '.join(f'{x:.2f}' for x in os.getloadavg())}")
             print()
             print(variant_table(results, ["current", *variants]))
@@ -305,15 +428,22 @@ def main(argv: list[str] | None = None) -> int:
         results: list[Level] = []
         for mode in args.modes.split(","):
             dynamic = mode == "dynamic"
-            if dynamic and args.queue_delay_us is None and args.instances is None:
+            if dynamic and args.queue_delay_us is None and args.instances is None and not args.warmup_all:
                 served = repository
             else:
                 served = edited_copy(repository, tmp_path / mode, dynamic_batching=dynamic,
-                                     queue_delay_us=args.queue_delay_us, instances=args.instances)
-            results += bench_server(served, mode, models, levels, args.requests, args.duration, args.protocol)
+                                     queue_delay_us=args.queue_delay_us, instances=args.instances,
+                                     config_name=args.model_config_name, warmup=args.warmup_all)
+            results += bench_server(served, mode, models, levels, args.requests, args.duration, args.protocol,
+                                    batch_sizes, args.model_config_name)
+        if args.direct:
+            results += bench_direct(repository, models, args.requests, args.duration, batch_sizes,
+                                    args.model_config_name)
     print()
     print(table(results))
-    by_key = {(r.mode, r.model, r.concurrency): r for r in results}
+    for line in best_batches(results):
+        print(line)
+    by_key = {(r.mode, r.model, r.concurrency): r for r in results if r.batch == 1}
     top = max(levels)
     for model in models:
         dyn, one = by_key.get(("dynamic", model, top)), by_key.get(("batch1", model, top))

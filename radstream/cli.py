@@ -18,8 +18,8 @@ from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, T
 from rich.table import Table
 
 from radstream.analytics import add_query_parser
-from radstream.lake import add_lake_parser
 from radstream.console.cli import add_console_parsers
+from radstream.lake import add_lake_parser
 from shared.errors import ConfigurationError, RadStreamError
 from shared.settings import DEFAULT_MODEL_REPOSITORY, Settings
 
@@ -246,7 +246,8 @@ def cmd_demo_pacs(args: argparse.Namespace) -> int:
 def cmd_serve_models(args: argparse.Namespace) -> int:
     from radstream.triton_server import serve_models
 
-    return serve_models(Path(args.model_repository or DEFAULT_MODEL_REPOSITORY), http_port=args.http_port, grpc_port=args.grpc_port, metrics_port=args.metrics_port)
+    return serve_models(Path(args.model_repository or DEFAULT_MODEL_REPOSITORY), http_port=args.http_port, grpc_port=args.grpc_port,
+                        metrics_port=args.metrics_port, model_config_name=args.model_config_name)
 
 
 def cmd_import_xrv(args: argparse.Namespace) -> int:
@@ -420,6 +421,9 @@ def parser() -> argparse.ArgumentParser:
     serve.add_argument("--http-port", type=int, default=8000)
     serve.add_argument("--grpc-port", type=int, default=8001)
     serve.add_argument("--metrics-port", type=int, default=8002)
+    serve.add_argument("--model-config-name", metavar="NAME",
+                       help="serve each model's configs/NAME.pbtxt where it has one (gpu: KIND_GPU, CUDA/TensorRT; "
+                            "needs a GPU and onnxruntime-gpu), as tritonserver --model-config-name does on EKS")
     serve.set_defaults(func=cmd_serve_models)
 
     models = sub.add_parser("models", help="manage the model repository")

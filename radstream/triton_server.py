@@ -7,6 +7,13 @@ the Python backend, whose generated `model.py` runs the model's own `model.onnx`
 concatenating the requests of a dynamic batch into one session run. Clients see the same model
 contracts as from Triton's ONNX Runtime backend on EKS. The real repository is never written to.
 
+On a GPU machine, `model_config_name="gpu"` (`radstream serve-models --model-config-name gpu`) serves each
+model's `configs/gpu.pbtxt` where it has one, as `tritonserver --model-config-name=gpu` does on EKS: its
+`KIND_GPU` instances stay GPU instances, and the generated `model.py` asks ONNX Runtime for the execution
+providers the config's `gpu_execution_accelerator` list names (TensorRT, CUDA), then CUDA and the CPU, as
+Triton's ONNX Runtime backend does. It needs onnxruntime-gpu in the environment; a `KIND_GPU` model whose
+ONNX Runtime has no CUDA provider, or that ends up without it, fails to load: never a silent CPU fallback.
+
 Two facts about the bundled Python backend stub decide the environment it is started with:
 - it links `libpython3.11.so` from the library path, which must be the running interpreter's own
   (a different patch release fails model load with `'_thread.RLock' object has no attribute
@@ -58,6 +65,32 @@ import onnxruntime as ort
 import triton_python_backend_utils as pb_utils
 
 
+# The execution providers a GPU instance asks for, from the config's gpu_execution_accelerator list.
+GPU_PROVIDERS = {gpu_providers!r}
+
+
+def providers_for(kind, device_id, available):
+    """CPU instances: the CPU provider. GPU instances: GPU_PROVIDERS on this instance's device, CUDA required."""
+    if kind != "GPU":
+        return ["CPUExecutionProvider"]
+    if "CUDAExecutionProvider" not in available:
+        raise RuntimeError(
+            "a KIND_GPU instance, but this ONNX Runtime has no CUDAExecutionProvider (available: "
+            + ", ".join(available) + "): install onnxruntime-gpu, or serve the CPU config"
+        )
+    chosen = []
+    for entry in GPU_PROVIDERS:
+        if entry == "CPUExecutionProvider":
+            chosen.append(entry)
+            continue
+        name, options = entry
+        if name in available:
+            chosen.append((name, dict(options, device_id=str(device_id))))
+        else:
+            pb_utils.Logger.log_warn(f"{{name}} is not in this ONNX Runtime ({{', '.join(available)}}); not used")
+    return chosen
+
+
 class TritonPythonModel:
     def initialize(self, args):
         config = json.loads(args["model_config"])
@@ -69,7 +102,16 @@ class TritonPythonModel:
         if params.get("inter_op_thread_count"):
             options.inter_op_num_threads = int(params["inter_op_thread_count"])
         path = os.path.join(args["model_repository"], args["model_version"], {onnx_name!r})
-        self.session = ort.InferenceSession(path, options, providers=["CPUExecutionProvider"])
+        kind = args.get("model_instance_kind", "CPU")
+        providers = providers_for(kind, int(args.get("model_instance_device_id") or 0), ort.get_available_providers())
+        self.session = ort.InferenceSession(path, options, providers=providers)
+        used = self.session.get_providers()
+        if kind == "GPU" and "CUDAExecutionProvider" not in used:
+            raise RuntimeError(f"a KIND_GPU instance, but ONNX Runtime runs it on {{used}}: never on the CPU silently")
+        pb_utils.Logger.log_info(
+            f"{{args['model_name']}} instance {{args['model_instance_name']}} ({{kind}}): ONNX Runtime "
+            f"{{ort.__version__}} providers {{used}}"
+        )
         self.batched = config.get("max_batch_size", 0) > 0
         self.inputs = [i["name"] for i in config["input"]]
         self.outputs = [(o["name"], pb_utils.triton_string_to_numpy(o["data_type"])) for o in config["output"]]
@@ -122,6 +164,16 @@ def tritonserver_binary() -> Path:
     return tritonserver_home() / "bin" / "tritonserver"
 
 
+def onnxruntime_path() -> list[str]:
+    """The folder this interpreter imports onnxruntime from, if it is not site-packages (a GPU build put
+    ahead of the environment's CPU one with PYTHONPATH): the backend stub must import the same one."""
+    spec = importlib.util.find_spec("onnxruntime")
+    if spec is None or not spec.origin:
+        return []
+    folder = str(Path(spec.origin).resolve().parent.parent)
+    return [] if folder == str(Path(sysconfig.get_paths()["purelib"]).resolve()) else [folder]
+
+
 def python_backend_env_dir() -> Path:
     """Where the Python backend's numpy 1.x lives: $RADSTREAM_TRITON_PYTHON_ENV or <venv>/triton-python-env."""
     configured = os.environ.get(PYTHON_BACKEND_ENV_VAR)
@@ -168,6 +220,56 @@ def _format_config(config) -> str:
     return text_format.MessageToString(config)
 
 
+def model_config_path(model_dir: Path, config_name: str | None = None) -> Path:
+    """The config Triton loads for a model: `configs/<name>.pbtxt` if named and present, else config.pbtxt."""
+    if config_name:
+        named = model_dir / "configs" / f"{config_name}.pbtxt"
+        if named.is_file():
+            return named
+    return model_dir / "config.pbtxt"
+
+
+# gpu_execution_accelerator names in a config, as ONNX Runtime providers with the options they carry.
+_ACCELERATORS = {
+    "tensorrt": ("TensorrtExecutionProvider", {
+        "precision_mode": lambda v: {"trt_fp16_enable": str(v.upper() == "FP16")},
+        "max_workspace_size_bytes": lambda v: {"trt_max_workspace_size": v},
+        "trt_engine_cache_enable": lambda v: {"trt_engine_cache_enable": v},
+        "trt_engine_cache_path": lambda v: {"trt_engine_cache_path": v},
+    }),
+    # Triton's ONNX Runtime backend hands every "cuda" parameter to the CUDA provider as it is (ONNX Runtime
+    # refuses an unknown one): None means the same here.
+    "cuda": ("CUDAExecutionProvider", None),
+}
+
+
+def gpu_execution_providers(config) -> list:
+    """ONNX Runtime providers for a model's GPU instances, in the order Triton's ONNX Runtime backend uses:
+    the config's gpu_execution_accelerator list (TensorRT, CUDA, with their parameters), then CUDA if not
+    named, then the CPU for the operators no GPU provider takes. Unknown accelerators and parameters are
+    configuration errors, as they are for Triton."""
+    providers: list = []
+    for accelerator in config.optimization.execution_accelerators.gpu_execution_accelerator:
+        if accelerator.name not in _ACCELERATORS:
+            raise ConfigurationError(f"{config.name}: gpu_execution_accelerator {accelerator.name!r} is not one of "
+                                     f"{', '.join(_ACCELERATORS)}")
+        provider, known = _ACCELERATORS[accelerator.name]
+        options: dict[str, str] = {}
+        for key, value in sorted(accelerator.parameters.items()):
+            if known is None:
+                options[key] = value
+            elif key not in known:
+                raise ConfigurationError(f"{config.name}: {accelerator.name} parameter {key!r} is not one of "
+                                         f"{', '.join(known)}")
+            else:
+                options.update(known[key](value))
+        providers.append((provider, options))
+    if not any(name == "CUDAExecutionProvider" for name, _ in providers):
+        providers.append(("CUDAExecutionProvider", {}))
+    providers.append(("CPUExecutionProvider", {}))
+    return [name if name == "CPUExecutionProvider" else (name, options) for name, options in providers]
+
+
 def iter_models(model_repository: Path) -> Iterator[Path]:
     """The model folders of a Triton repository (those holding a config.pbtxt)."""
     for child in sorted(model_repository.iterdir()):
@@ -175,18 +277,24 @@ def iter_models(model_repository: Path) -> Iterator[Path]:
             yield child
 
 
-def write_serving_repository(model_repository: Path, dest: Path, *, sys_path: list[str]) -> Path:
-    """Lay out `dest` as a Python-backend twin of `model_repository` (files linked, configs rewritten)."""
+def write_serving_repository(model_repository: Path, dest: Path, *, sys_path: list[str],
+                             model_config_name: str | None = None) -> Path:
+    """Lay out `dest` as a Python-backend twin of `model_repository` (files linked, configs rewritten).
+
+    `model_config_name` picks each model's `configs/<name>.pbtxt` where present, as Triton's
+    `--model-config-name` does; its KIND_GPU instances stay on the GPU. Every other instance runs on the CPU.
+    """
     model_repository = Path(model_repository).resolve()
     dest.mkdir(parents=True, exist_ok=True)
     models = list(iter_models(model_repository))
     if not models:
         raise ConfigurationError(f"no model (no <model>/config.pbtxt) in {model_repository}")
     for model_dir in models:
+        config_path = model_config_path(model_dir, model_config_name)
         try:
-            config = _parse_config((model_dir / "config.pbtxt").read_text())
+            config = _parse_config(config_path.read_text())
         except ValueError as e:  # text_format.ParseError
-            raise ConfigurationError(f"{model_dir / 'config.pbtxt'}: {e}") from e
+            raise ConfigurationError(f"{config_path}: {e}") from e
         onnx_name = config.default_model_filename or "model.onnx"
         if config.platform not in ("", "onnxruntime_onnx") or config.backend not in ("", "onnxruntime"):
             raise ConfigurationError(
@@ -194,12 +302,14 @@ def write_serving_repository(model_repository: Path, dest: Path, *, sys_path: li
                 f"(platform={config.platform!r}, backend={config.backend!r})"
             )
         config.name = config.name or model_dir.name
+        gpu_providers = gpu_execution_providers(config)
         config.ClearField("platform")
         config.backend = "python"
         config.ClearField("default_model_filename")
         for group in config.instance_group:
-            group.kind = group.KIND_CPU
-            del group.gpus[:]
+            if group.kind != group.KIND_GPU:
+                group.kind = group.KIND_CPU
+                del group.gpus[:]
         out_dir = dest / model_dir.name
         out_dir.mkdir()
         (out_dir / "config.pbtxt").write_text(_format_config(config))
@@ -212,7 +322,7 @@ def write_serving_repository(model_repository: Path, dest: Path, *, sys_path: li
                 for f in entry.iterdir():
                     (version_dir / f.name).symlink_to(f)
                 (version_dir / "model.py").write_text(
-                    _MODEL_PY.format(sys_path=sys_path, onnx_name=onnx_name)
+                    _MODEL_PY.format(sys_path=sys_path, onnx_name=onnx_name, gpu_providers=gpu_providers)
                 )
             else:
                 (out_dir / entry.name).symlink_to(entry)
@@ -263,8 +373,12 @@ class TritonServer:
         log_file: Path | None = None,
         address: str = "127.0.0.1",
         log_verbose: int = 0,
+        model_config_name: str | None = None,
+        ready_deadline_s: float = 60.0,
     ) -> None:
         self.model_repository = Path(model_repository).resolve()
+        self.model_config_name = model_config_name
+        self.ready_deadline_s = ready_deadline_s  # for `with`: model_warmup runs before the server is ready
         self.address = address
         self.http_port = http_port or free_port(address)
         self.grpc_port = grpc_port or free_port(address)
@@ -332,7 +446,8 @@ class TritonServer:
         try:
             write_serving_repository(
                 self.model_repository, self._workdir / "models",
-                sys_path=[str(numpy_dir), sysconfig.get_paths()["purelib"]],
+                sys_path=[str(numpy_dir), *onnxruntime_path(), sysconfig.get_paths()["purelib"]],
+                model_config_name=self.model_config_name,
             )
             _write_backends(self._workdir / "backends", home)
         except BaseException:
@@ -376,9 +491,18 @@ class TritonServer:
             except subprocess.TimeoutExpired:
                 continue
             raise InferenceUnavailable(
-                f"Triton server exited with code {code} before it was ready; log tail:\n{self.log_tail()}",
+                f"Triton server exited with code {code} before it was ready; {self.log_errors()}"
+                f"log tail:\n{self.log_tail()}",
                 exit_code=code,
             )
+
+    def log_errors(self, limit: int = 10) -> str:
+        """The log's error lines (E...), which a long model table can push out of its tail; '' if none."""
+        if not self.log_file or not self.log_file.is_file():
+            return ""
+        with open(self.log_file, errors="replace") as f:
+            errors = [line for line in f if line.startswith("E") and line[1:5].isdigit()]
+        return "errors:\n" + "".join(errors[-limit:]) if errors else ""
 
     def log_tail(self, lines: int = 40) -> str:
         if not self.log_file or not self.log_file.is_file():
@@ -424,7 +548,7 @@ class TritonServer:
     def __enter__(self) -> TritonServer:
         self.start()
         try:
-            self.wait_ready()
+            self.wait_ready(self.ready_deadline_s)
         except BaseException:
             self.stop()
             raise
@@ -450,11 +574,13 @@ def serve_models(
     *,
     address: str = "127.0.0.1",
     deadline_s: float = 120.0,
+    model_config_name: str | None = None,
 ) -> int:
     """Run Triton in the foreground until Ctrl-C or SIGTERM; print its URLs. Returns an exit code."""
     server = TritonServer(
         model_repository or default_model_repository(),
         http_port=http_port, grpc_port=grpc_port, metrics_port=metrics_port, address=address,
+        model_config_name=model_config_name,
     )
     previous = signal.signal(signal.SIGTERM, _interrupt)
     try:
@@ -488,7 +614,8 @@ def serve_models(
 def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(
         prog="radstream serve-models",
-        description="Serve the model repository with a local Triton Inference Server (CPU).",
+        description="Serve the model repository with a local Triton Inference Server (CPU; "
+                    "--model-config-name gpu on a GPU machine with onnxruntime-gpu).",
     )
     parser.add_argument("--model-repository", type=Path, default=default_model_repository())
     parser.add_argument("--http-port", type=int, default=8000)
@@ -496,10 +623,13 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--metrics-port", type=int, default=8002)
     parser.add_argument("--address", default="127.0.0.1", help="address to bind (0.0.0.0 for all)")
     parser.add_argument("--deadline", type=float, default=120.0, help="seconds to wait for readiness")
+    parser.add_argument("--model-config-name", default=None, metavar="NAME",
+                        help="serve each model's configs/NAME.pbtxt where it has one (gpu: KIND_GPU, CUDA/TensorRT), "
+                             "as tritonserver --model-config-name does on EKS")
     args = parser.parse_args(argv)
     return serve_models(
         args.model_repository, args.http_port, args.grpc_port, args.metrics_port,
-        address=args.address, deadline_s=args.deadline,
+        address=args.address, deadline_s=args.deadline, model_config_name=args.model_config_name,
     )
 
 

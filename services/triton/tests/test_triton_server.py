@@ -177,3 +177,34 @@ def test_broken_model_fails_fast_with_log_tail(tiny_model_repository, tmp_path):
     finally:
         triton.stop()
     assert not triton.running()
+
+
+@pytest.mark.skipif(Path("/dev/nvidia0").exists(), reason="a GPU is present: the GPU config would load")
+def test_the_gpu_config_fails_loudly_without_a_gpu(tiny_model_repository, tmp_path):
+    # configs/gpu.pbtxt keeps its KIND_GPU instances in the serving copy: on a machine without a GPU the server
+    # must refuse them (as Triton does on a GPU node whose device plugin is missing), never serve them on the CPU;
+    # the error names the model and the reason, which the long model table would push out of the log's tail.
+    repository = tmp_path / "repo"
+    shutil.copytree(tiny_model_repository / "report_encoder", repository / "report_encoder")
+    (repository / "report_encoder" / "configs").mkdir(exist_ok=True)
+    from google.protobuf import text_format
+    from tritonclient.grpc import model_config_pb2
+
+    config = read_config(repository / "report_encoder")
+    del config.instance_group[:]
+    config.instance_group.add(kind=model_config_pb2.ModelInstanceGroup.KIND_GPU, count=1)
+    (repository / "report_encoder" / "configs" / "gpu.pbtxt").write_text(text_format.MessageToString(config))
+
+    triton = TritonServer(repository, model_config_name="gpu")
+    try:
+        triton.start()
+        with pytest.raises(InferenceUnavailable, match="exited") as raised:
+            triton.wait_ready(deadline_s=60)
+        assert "report_encoder" in str(raised.value)
+        assert "KIND_GPU but no GPUs are available" in str(raised.value)
+    finally:
+        triton.stop()
+    # The CPU config of the same repository serves.
+    with TritonServer(repository) as served:
+        with TritonInference(served.grpc_url, timeout_s=10) as client:
+            assert client.infer("report_encoder", sample_batch(repository / "report_encoder", 1))["embedding"].shape[0] == 1

@@ -1,0 +1,34 @@
+"""benchmarks/triton_bench.py's config edits: what it serves must be what it says it serves."""
+from __future__ import annotations
+
+from pathlib import Path
+
+from benchmarks.triton_bench import Level, add_warmup, best_batches, edited_copy, read_config
+
+REPOSITORY = Path(__file__).resolve().parents[1] / "services" / "triton" / "model_repository"
+
+
+def test_warmup_all_covers_every_batch_size_with_the_models_inputs():
+    config = read_config(REPOSITORY / "chest_xray_classifier")
+    add_warmup(config)
+    assert [w.batch_size for w in config.model_warmup] == list(range(1, config.max_batch_size + 1))
+    for warmup in config.model_warmup:
+        (name, given), = warmup.inputs.items()
+        assert name == config.input[0].name and list(given.dims) == list(config.input[0].dims) and given.zero_data
+
+
+def test_edits_reach_the_named_config_and_only_it(tmp_path):
+    served = edited_copy(REPOSITORY, tmp_path / "copy", dynamic_batching=False, queue_delay_us=None, instances=2,
+                         config_name="gpu", warmup=True)
+    for model in ("chest_xray_classifier", "anomaly_detector", "report_encoder"):
+        gpu, cpu = read_config(served / model, "gpu"), read_config(served / model)
+        assert not gpu.HasField("dynamic_batching") and [g.count for g in gpu.instance_group] == [2] and gpu.model_warmup
+        assert cpu == read_config(REPOSITORY / model)  # config.pbtxt untouched
+        assert gpu.optimization == read_config(REPOSITORY / model, "gpu").optimization
+
+
+def test_best_batch_is_against_batch_one_of_the_same_serving():
+    levels = [Level("batch1", "m", c, 100, 0, 1.0, [1.0], b) for c, b in ((1, 1), (16, 1), (16, 4))]
+    levels[1].completed = 300  # 300 images/s at batch 1, concurrency 16
+    levels[2].completed = 200  # 200 requests of 4 images: 800 images/s
+    assert best_batches(levels) == ["batch1 m: batch 1 300.0 images/s (c=16); best batch 4 800.0 images/s (c=16): 2.67x"]
