@@ -147,7 +147,11 @@ instance_group [
 ]
 # ONNX Runtime: TensorRT where it can (engines cached under /tmp, rebuilt when a pod starts), CUDA for the
 # rest. FP32, not FP16: half precision moves probabilities by ~1e-3, enough to flip a finding that sits on
-# its threshold; change precision_mode only after the thresholds are re-validated at FP16.
+# its threshold; change precision_mode only after the thresholds are re-validated at FP16. CUDA without TF32
+# (use_tf32 0): on Ampere and newer GPUs ONNX Runtime's CUDA provider rounds convolutions to TF32 by default,
+# which moved the classifier's probabilities by 2.5e-4 and the detector's boxes by up to 16 px against the CPU
+# on an H200 (1.8e-7 and 1.5e-5 without it; README Performance). TensorRT has no such switch in ONNX Runtime:
+# measure its agreement before serving from TensorRT on an Ampere or newer GPU (a T4 has no TF32).
 optimization {
   execution_accelerators {
     gpu_execution_accelerator [
@@ -161,6 +165,7 @@ optimization {
       {
         name: "cuda"
         parameters { key: "cudnn_conv_use_max_workspace" value: "1" }
+        parameters { key: "use_tf32" value: "0" }
       }
     ]
   }
