@@ -14,9 +14,10 @@ import argparse
 import json
 import os
 import re
+import sys
 import threading
 import time
-from collections.abc import Callable, Mapping
+from collections.abc import Callable, Iterator, Mapping
 from dataclasses import dataclass
 from decimal import Decimal
 from pathlib import Path
@@ -190,19 +191,37 @@ def cache_path(lake_root: Path, folder: Path, digest: str) -> Path:
     return Path(lake_root) / CACHE_DIR / folder.parent.name / folder.name / f"{digest}.parquet"
 
 
-def partition_sources(lake_root: Path) -> tuple[list[Path], list[Path]]:
-    """(current columnar copies, partition folders without one). A partition with no object is in neither."""
-    cached, uncached = [], []
+def _partitions(lake_root: Path) -> Iterator[tuple[Path, Path, int]]:
+    """(partition folder, its current columnar copy's path, its object count) for each partition holding objects."""
     for folder in sorted((Path(lake_root) / LAKE_PREFIX).glob("dt=*/hour=*")):
         try:
             digest, count = partition_digest(folder)
         except FileNotFoundError:
             continue
-        if not count:
-            continue
-        copy = cache_path(lake_root, folder, digest)
+        if count:
+            yield folder, cache_path(lake_root, folder, digest), count
+
+
+def partition_sources(lake_root: Path) -> tuple[list[Path], list[Path]]:
+    """(current columnar copies, partition folders without one). A partition with no object is in neither."""
+    cached, uncached = [], []
+    for folder, copy, _ in _partitions(lake_root):
         (cached if copy.is_file() else uncached).append(copy if copy.is_file() else folder)
     return cached, uncached
+
+
+# From this many objects without a current columnar copy, `radstream query` says that compaction would help: every
+# query reads each such object (~0.2 ms apiece on the dev machines; README Performance, the lake at 100,000 studies).
+COMPACT_HINT_OBJECTS = 2_000
+
+
+def uncompacted(lake_root: Path) -> tuple[int, int]:
+    """(objects, partitions) that queries read object by object: those without a current columnar copy."""
+    objects = partitions = 0
+    for _, copy, count in _partitions(lake_root):
+        if not copy.is_file():
+            objects, partitions = objects + count, partitions + 1
+    return objects, partitions
 
 
 class _Queries:
@@ -507,8 +526,14 @@ def cmd_query(args: argparse.Namespace) -> int:
         print(f"-- Athena (there the database is radstream_<EnvironmentName>)\n{athena}\n-- DuckDB (sqlglot {sqlglot.__version__})\n{runner.translate(args.name)}")
         return 0
     result = runner.run(args.name, **_params(args.param))
+    objects, partitions = uncompacted(lake)
+    hint = (f"{objects:,} telemetry objects in {partitions} partitions have no compacted copy, and every query reads "
+            f"each of them: `radstream lake compact --data-dir {args.data_dir}` merges them (the answers stay the same)"
+            if objects >= COMPACT_HINT_OBJECTS else "")
     if args.json:
         print(json.dumps({"query": args.name, "columns": result.columns, "rows": result.as_dicts()}, indent=2, default=str))
+        if hint:
+            print(hint, file=sys.stderr)
         return 0
     if args.limit < 0:
         raise ConfigurationError(f"--limit wants 0 (all rows) or more, got {args.limit}")
@@ -523,4 +548,6 @@ def cmd_query(args: argparse.Namespace) -> int:
         console.print(f"no rows (telemetry lake: {lake})")
     elif len(shown) < len(result.rows):
         console.print(f"the first {len(shown)} of {len(result.rows)} rows: --limit 0 shows them all, --json prints them as JSON")
+    if hint:
+        console.print(hint, markup=False)
     return 0

@@ -233,3 +233,26 @@ def test_query_delivers_the_buffers_of_a_killed_run_before_it_answers(tmp_path, 
     os.close(sink._open.fd)  # as if the process had died: its lock goes with it
     assert main(["query", "study_end_to_end", "--data-dir", str(tmp_path), "--json"]) == 0
     assert [row["study_id"] for row in json.loads(capsys.readouterr().out)["rows"]] == ["buffered"]
+
+
+def test_query_says_when_compaction_would_help_and_not_after_it(before, tmp_path, capsys, monkeypatch):
+    import radstream.analytics as analytics
+
+    source, _ = before
+    shutil.copytree(source / "telemetry", tmp_path / "telemetry")
+    monkeypatch.setattr(analytics, "COMPACT_HINT_OBJECTS", 60)  # the lake holds 63 objects in 3 partitions
+    assert main(["query", "error_rate", "--data-dir", str(tmp_path)]) == 0
+    assert "63 telemetry objects in 3 partitions have no compacted copy" in capsys.readouterr().out
+    assert main(["query", "error_rate", "--data-dir", str(tmp_path), "--json"]) == 0
+    captured = capsys.readouterr()
+    json.loads(captured.out)  # stdout stays JSON; the hint goes to stderr
+    assert f"radstream lake compact --data-dir {tmp_path}" in captured.err
+    assert main(["lake", "compact", "--data-dir", str(tmp_path), "--quiet"]) == 0
+    capsys.readouterr()
+    assert main(["query", "error_rate", "--data-dir", str(tmp_path)]) == 0
+    assert "no compacted copy" not in capsys.readouterr().out
+    monkeypatch.setattr(analytics, "COMPACT_HINT_OBJECTS", 64)
+    shutil.rmtree(tmp_path / "telemetry")
+    shutil.copytree(source / "telemetry", tmp_path / "telemetry")
+    assert main(["query", "error_rate", "--data-dir", str(tmp_path)]) == 0
+    assert "no compacted copy" not in capsys.readouterr().out  # 63 < 64: a small lake is not nagged
