@@ -54,6 +54,7 @@ from radstream.triton_server import (  # noqa: E402
     gpu_execution_providers,
     iter_models,
     model_config_path,
+    open_onnx_session,
 )
 from services.triton.triton_client import TritonInference  # noqa: E402
 
@@ -321,8 +322,11 @@ def bench_direct(repository: Path, models: list[str], requests: int, duration_s:
         config = read_config(repository / model, config_name)
         gpu = any(g.kind == g.KIND_GPU for g in config.instance_group)
         providers = gpu_execution_providers(config) if gpu else ["CPUExecutionProvider"]
-        session = ort.InferenceSession(str(repository / model / "1" / "model.onnx"), providers=providers)
-        print(f"  direct     {model}: ONNX Runtime {ort.__version__} providers {session.get_providers()}")
+        session = open_onnx_session(ort, str(repository / model / "1" / "model.onnx"), ort.SessionOptions(), providers,
+                                    lambda m: print(f"  direct     {model}: {m}"))
+        cuda = session.get_provider_options().get("CUDAExecutionProvider", {})
+        print(f"  direct     {model}: ONNX Runtime {ort.__version__} providers {session.get_providers()}"
+              + (f" (CUDA use_tf32={cuda.get('use_tf32')})" if cuda else ""))
         if gpu and "CUDAExecutionProvider" not in session.get_providers():
             raise SystemExit(f"{model}: the config asks for the GPU but ONNX Runtime has no CUDA provider here")
         for batch in batch_sizes:

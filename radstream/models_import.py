@@ -150,7 +150,7 @@ instance_group [
 # its threshold; change precision_mode only after the thresholds are re-validated at FP16. CUDA without TF32
 # (use_tf32 0): on Ampere and newer GPUs ONNX Runtime's CUDA provider rounds convolutions to TF32 by default,
 # which moved the classifier's probabilities by 2.5e-4 and the detector's boxes by up to 16 px against the CPU
-# on an H200 (1.8e-7 and 1.5e-5 without it; README Performance). TensorRT has no such switch in ONNX Runtime:
+# on an H200 (1.8e-7 and 1.5e-5 without it; README Performance). Triton maps no such switch for TensorRT:
 # measure its agreement before serving from TensorRT on an Ampere or newer GPU (a T4 has no TF32).
 optimization {
   execution_accelerators {

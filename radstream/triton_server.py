@@ -27,6 +27,7 @@ from __future__ import annotations
 import argparse
 import atexit
 import importlib.util
+import inspect
 import os
 import shutil
 import signal
@@ -91,6 +92,8 @@ def providers_for(kind, device_id, available):
     return chosen
 
 
+{open_session}
+
 class TritonPythonModel:
     def initialize(self, args):
         config = json.loads(args["model_config"])
@@ -104,13 +107,14 @@ class TritonPythonModel:
         path = os.path.join(args["model_repository"], args["model_version"], {onnx_name!r})
         kind = args.get("model_instance_kind", "CPU")
         providers = providers_for(kind, int(args.get("model_instance_device_id") or 0), ort.get_available_providers())
-        self.session = ort.InferenceSession(path, options, providers=providers)
+        self.session = open_onnx_session(ort, path, options, providers, pb_utils.Logger.log_warn)
         used = self.session.get_providers()
         if kind == "GPU" and "CUDAExecutionProvider" not in used:
             raise RuntimeError(f"a KIND_GPU instance, but ONNX Runtime runs it on {{used}}: never on the CPU silently")
+        cuda = self.session.get_provider_options().get("CUDAExecutionProvider", {{}})
         pb_utils.Logger.log_info(
             f"{{args['model_name']}} instance {{args['model_instance_name']}} ({{kind}}): ONNX Runtime "
-            f"{{ort.__version__}} providers {{used}}"
+            f"{{ort.__version__}} providers {{used}}" + (f" (CUDA use_tf32={{cuda.get('use_tf32')}})" if cuda else "")
         )
         self.batched = config.get("max_batch_size", 0) > 0
         self.inputs = [i["name"] for i in config["input"]]
@@ -137,6 +141,25 @@ class TritonPythonModel:
             responses.append(pb_utils.InferenceResponse(output_tensors=tensors))
         return responses
 '''
+
+
+def open_onnx_session(ort, path, options, providers, warn):
+    """An ONNX Runtime session on `providers`, each with the options given, or an error.
+
+    When a provider cannot be created (TensorRT without its libraries), ONNX Runtime falls back to CUDA and the CPU
+    with *default* options, which would drop the CUDA options silently (use_tf32 0 among them: the GPU's findings
+    would no longer match the CPU's). So a session that lost a provider is made again on the providers that did
+    load, with their options. Self-contained: the generated model.py carries its source."""
+    names = [p if isinstance(p, str) else p[0] for p in providers]
+    session = ort.InferenceSession(path, options, providers=providers)
+    missing = [n for n in names if n not in session.get_providers()]
+    if missing:
+        kept = [p for p in providers if (p if isinstance(p, str) else p[0]) not in missing]
+        warn(f"{', '.join(missing)} could not be created here; running on the rest with their own options")
+        session = ort.InferenceSession(path, options, providers=kept)
+        if session.get_providers() != [p if isinstance(p, str) else p[0] for p in kept]:
+            raise RuntimeError(f"ONNX Runtime runs {path} on {session.get_providers()}, not on {kept}")
+    return session
 
 
 def free_port(host: str = "127.0.0.1") -> int:
@@ -322,7 +345,8 @@ def write_serving_repository(model_repository: Path, dest: Path, *, sys_path: li
                 for f in entry.iterdir():
                     (version_dir / f.name).symlink_to(f)
                 (version_dir / "model.py").write_text(
-                    _MODEL_PY.format(sys_path=sys_path, onnx_name=onnx_name, gpu_providers=gpu_providers)
+                    _MODEL_PY.format(sys_path=sys_path, onnx_name=onnx_name, gpu_providers=gpu_providers,
+                                     open_session=inspect.getsource(open_onnx_session))
                 )
             else:
                 (out_dir / entry.name).symlink_to(entry)

@@ -117,3 +117,46 @@ def test_a_gpu_instance_needs_the_cuda_provider_and_never_falls_back_to_the_cpu(
     chosen = model.providers_for("GPU", 0, ["CUDAExecutionProvider", "CPUExecutionProvider"])
     assert [p if isinstance(p, str) else p[0] for p in chosen] == ["CUDAExecutionProvider", "CPUExecutionProvider"]
     assert model.warnings and "TensorrtExecutionProvider" in model.warnings[0]
+
+
+class _FallbackOrt:
+    """ONNX Runtime's own behaviour when TensorRT's libraries are missing: the session falls back to CUDA and the CPU
+    with default options (onnxruntime-gpu 1.31.1 on the H200 did exactly this)."""
+
+    def __init__(self):
+        self.calls = []
+
+    def InferenceSession(self, path, options, providers):  # noqa: N802 - ONNX Runtime's name
+        self.calls.append(providers)
+        names = [p if isinstance(p, str) else p[0] for p in providers]
+        running = [n for n in names if n != "TensorrtExecutionProvider"]
+        return types.SimpleNamespace(get_providers=lambda: running)
+
+
+def test_a_provider_that_cannot_load_does_not_take_the_others_options_with_it():
+    from radstream.triton_server import open_onnx_session
+
+    gpu = parse(REPOSITORY / "chest_xray_classifier" / "configs" / "gpu.pbtxt")
+    providers = gpu_execution_providers(gpu)
+    ort, warnings = _FallbackOrt(), []
+    session = open_onnx_session(ort, "model.onnx", None, providers, warnings.append)
+    assert session.get_providers() == ["CUDAExecutionProvider", "CPUExecutionProvider"]
+    # Made again on CUDA with its own options (use_tf32 0), not on ONNX Runtime's default-option fallback.
+    assert ort.calls[-1] == [("CUDAExecutionProvider", {"cudnn_conv_use_max_workspace": "1", "use_tf32": "0"}),
+                             "CPUExecutionProvider"]
+    assert "TensorrtExecutionProvider could not be created" in warnings[0]
+
+
+def test_with_the_real_onnx_runtime_a_missing_provider_is_dropped_and_said(tmp_path):
+    import onnxruntime as ort
+
+    from radstream.triton_server import open_onnx_session
+
+    warnings = []
+    model = str(REPOSITORY / "report_encoder" / "1" / "model.onnx")
+    session = open_onnx_session(ort, model, ort.SessionOptions(), [("CUDAExecutionProvider", {"use_tf32": "0"}),
+                                                                   "CPUExecutionProvider"], warnings.append)
+    if "CUDAExecutionProvider" in ort.get_available_providers():
+        assert session.get_provider_options()["CUDAExecutionProvider"]["use_tf32"] == "0"
+    else:  # this machine's CPU build: the CPU only, and a warning that says so
+        assert session.get_providers() == ["CPUExecutionProvider"] and "CUDAExecutionProvider" in warnings[0]
