@@ -32,3 +32,25 @@ def test_best_batch_is_against_batch_one_of_the_same_serving():
     levels[1].completed = 300  # 300 images/s at batch 1, concurrency 16
     levels[2].completed = 200  # 200 requests of 4 images: 800 images/s
     assert best_batches(levels) == ["batch1 m: batch 1 300.0 images/s (c=16); best batch 4 800.0 images/s (c=16): 2.67x"]
+
+
+def test_provider_agreement_refuses_without_a_gpu_provider(capsys):
+    import onnxruntime as ort
+
+    from benchmarks import provider_agreement
+
+    if "CUDAExecutionProvider" in ort.get_available_providers():  # a GPU build: it compares, and the configs agree
+        assert provider_agreement.main([]) == 0
+        assert "largest difference" in capsys.readouterr().out
+    else:
+        assert provider_agreement.main([]) == 2
+        assert "no CUDA provider" in capsys.readouterr().err
+
+
+def test_provider_agreement_feeds_noise_and_zeros_batched_as_the_config_allows():
+    from benchmarks.provider_agreement import inputs
+
+    config = read_config(REPOSITORY / "anomaly_detector", "gpu")
+    noise, zeros = inputs(config, 16)
+    assert noise["image"].shape == zeros["image"].shape == (min(16, config.max_batch_size), *config.input[0].dims)
+    assert 0 <= noise["image"].min() and noise["image"].max() < 1 and not zeros["image"].any()
