@@ -296,6 +296,10 @@ class DuckDBQueryRunner(_Queries):
         con = duckdb.connect(":memory:")
         # Athena's session zone is UTC, and so are the lake's dt/hour partitions.
         con.execute("SET TimeZone = 'UTC'")
+        # Every named query orders its own output. Keeping the scan's order made DuckDB buffer each object's few rows
+        # in order for the shared `recent`: a never-compacted 100,000-object lake took 20 GB and spilled 12 GB to disk
+        # (138 s for p95_latency_per_stage); without it, 78 s and nothing spilled (README Performance).
+        con.execute("SET preserve_insertion_order = false")
         con.execute(f'CREATE SCHEMA IF NOT EXISTS "{self.table[0]}"')
         return con
 
