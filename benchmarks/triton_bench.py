@@ -13,9 +13,10 @@ With --variant NAME=KEY:VALUE[,KEY:VALUE...] (repeatable): one server on a tempo
 model as it is (`<model>__current`) and once per variant with its config edited (`<model>__NAME`); keys: batching
 (off), delay_us (max_queue_delay_microseconds), preferred (batch sizes joined by /, e.g. 4/8/16, or none),
 instances (instance_group count), warmup (all: model_warmup at every batch size up to max_batch_size, zeros, which
-Triton runs while the model loads). With --model-config-name the named configs are edited. The variants are measured interleaved, level by level, `--rounds` times in a
-rotating order, so a change in the machine's load reaches them all alike; the table gives medians over the rounds
-and each variant's throughput against the current config. The load average is printed before and after.
+Triton runs while the model loads). With --model-config-name the named configs are edited. The variants are
+measured interleaved, level by level, `--rounds` times in a rotating order, so a change in the machine's load
+reaches them all alike; the table gives medians over the rounds and each variant's throughput against the current
+config. The load average is printed before and after.
 
 Each level of concurrency runs that many threads, each with its own client, sending `--batch-sizes` images per
 request (one by default) until `--requests` requests are done or `--duration` seconds have passed. The repository
