@@ -15,6 +15,7 @@ import json
 import os
 import re
 import sys
+import tempfile
 import threading
 import time
 from collections.abc import Callable, Iterator, Mapping
@@ -300,6 +301,9 @@ class DuckDBQueryRunner(_Queries):
         # in order for the shared `recent`: a never-compacted 100,000-object lake took 20 GB and spilled 12 GB to disk
         # (138 s for p95_latency_per_stage); without it, 78 s and nothing spilled (README Performance).
         con.execute("SET preserve_insertion_order = false")
+        # A query too large for memory spills; by default into `.tmp` under the working directory, wherever the user
+        # runs `radstream query` (a read-only one fails the query). The system's temp folder instead.
+        con.execute("SET temp_directory = ?", [str(Path(tempfile.gettempdir()) / "radstream-duckdb")])
         con.execute(f'CREATE SCHEMA IF NOT EXISTS "{self.table[0]}"')
         return con
 

@@ -8,6 +8,7 @@ import shutil
 import signal
 import subprocess
 import sys
+import tempfile
 import textwrap
 import time
 from collections import Counter
@@ -266,7 +267,10 @@ def test_the_runner_does_not_keep_the_scans_order_and_every_answer_is_ordered_by
 
     source, expected = before
     runner = DuckDBQueryRunner(source / "telemetry")
-    assert runner.connect().execute("SELECT current_setting('preserve_insertion_order')").fetchone() == (False,)
+    con = runner.connect()
+    assert con.execute("SELECT current_setting('preserve_insertion_order')").fetchone() == (False,)
+    # and a query too large for memory spills into the system's temp folder, not into `.tmp` wherever the user stands
+    assert Path(con.execute("SELECT current_setting('temp_directory')").fetchone()[0]).parent == Path(tempfile.gettempdir())
     for name, query in load_named_queries().items():
         tree = sqlglot.parse_one(query.sql.replace("${GlueDatabase}", "d").replace("${TelemetryTable}", "t"), read="trino")
         assert tree.args.get("order") or len(expected[name]) <= 1, name
