@@ -205,24 +205,25 @@ def _partitions(lake_root: Path) -> Iterator[tuple[Path, Path, int]]:
 
 def partition_sources(lake_root: Path) -> tuple[list[Path], list[Path]]:
     """(current columnar copies, partition folders without one). A partition with no object is in neither."""
-    cached, uncached = [], []
-    for folder, copy, _ in _partitions(lake_root):
-        (cached if copy.is_file() else uncached).append(copy if copy.is_file() else folder)
+    cached, uncached, _ = _sources(lake_root)
     return cached, uncached
+
+
+def _sources(lake_root: Path) -> tuple[list[Path], list[Path], int]:
+    """partition_sources, and how many objects the partitions without a copy hold."""
+    cached, uncached, uncached_objects = [], [], 0
+    for folder, copy, count in _partitions(lake_root):
+        if copy.is_file():
+            cached.append(copy)
+        else:
+            uncached.append(folder)
+            uncached_objects += count
+    return cached, uncached, uncached_objects
 
 
 # From this many objects without a current columnar copy, `radstream query` says that compaction would help: every
 # query reads each such object (~0.2 ms apiece on the dev machines; README Performance, the lake at 100,000 studies).
 COMPACT_HINT_OBJECTS = 2_000
-
-
-def uncompacted(lake_root: Path) -> tuple[int, int]:
-    """(objects, partitions) that queries read object by object: those without a current columnar copy."""
-    objects = partitions = 0
-    for _, copy, count in _partitions(lake_root):
-        if not copy.is_file():
-            objects, partitions = objects + count, partitions + 1
-    return objects, partitions
 
 
 class _Queries:
@@ -254,6 +255,7 @@ class DuckDBQueryRunner(_Queries):
         self._duck: Any = None
         self._view = ""
         self._translated: dict[str, str] = {}
+        self.uncompacted = (0, 0)  # (objects, partitions) the view reads object by object, as of its last listing
 
     def _table(self) -> tuple[str, str, dict[str, str]]:
         tables = [(n, r) for n, r in self.template.resources.items() if r.get("Type") == "AWS::Glue::Table"]
@@ -277,7 +279,8 @@ class DuckDBQueryRunner(_Queries):
         still current (same objects, same sizes), else from its gzip NDJSON objects."""
         schema, table, columns = self.table
         target = f'"{schema}"."{table}"'
-        cached, uncached = partition_sources(self.lake_root)
+        cached, uncached, objects = _sources(self.lake_root)
+        self.uncompacted = (objects, len(uncached))
         if not cached and not uncached:
             typed_nulls = ", ".join(f'CAST(NULL AS {t}) AS "{c}"' for c, t in {**columns, **PARTITION_COLUMNS}.items())
             return f"CREATE OR REPLACE VIEW {target} AS SELECT {typed_nulls} WHERE false"
@@ -299,7 +302,7 @@ class DuckDBQueryRunner(_Queries):
         con.execute("SET TimeZone = 'UTC'")
         # Every named query orders its own output. Keeping the scan's order made DuckDB buffer each object's few rows
         # in order for the shared `recent`: a never-compacted 100,000-object lake took 20 GB and spilled 12 GB to disk
-        # (138 s for p95_latency_per_stage); without it, 78 s and nothing spilled (README Performance).
+        # (97.8 s for p95_latency_per_stage); without it, 28.2 s and nothing spilled (README Performance).
         con.execute("SET preserve_insertion_order = false")
         # A query too large for memory spills; by default into `.tmp` under the working directory, wherever the user
         # runs `radstream query` (a read-only one fails the query). The system's temp folder instead.
@@ -534,7 +537,7 @@ def cmd_query(args: argparse.Namespace) -> int:
         print(f"-- Athena (there the database is radstream_<EnvironmentName>)\n{athena}\n-- DuckDB (sqlglot {sqlglot.__version__})\n{runner.translate(args.name)}")
         return 0
     result = runner.run(args.name, **_params(args.param))
-    objects, partitions = uncompacted(lake)
+    objects, partitions = runner.uncompacted
     hint = (f"{objects:,} telemetry objects in {partitions} partitions have no compacted copy, and every query reads "
             f"each of them: `radstream lake compact --data-dir {args.data_dir}` merges them (the answers stay the same)"
             if objects >= COMPACT_HINT_OBJECTS else "")
