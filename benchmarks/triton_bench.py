@@ -13,7 +13,8 @@ With --variant NAME=KEY:VALUE[,KEY:VALUE...] (repeatable): one server on a tempo
 model as it is (`<model>__current`) and once per variant with its config edited (`<model>__NAME`); keys: batching
 (off), delay_us (max_queue_delay_microseconds), preferred (batch sizes joined by /, e.g. 4/8/16, or none),
 instances (instance_group count), warmup (all: model_warmup at every batch size up to max_batch_size, zeros, which
-Triton runs while the model loads). With --model-config-name the named configs are edited. The variants are
+Triton runs while the model loads), cuda (KEY=VALUE[/KEY=VALUE...] set on the config's CUDA accelerator, e.g.
+cudnn_conv_algo_search=HEURISTIC). With --model-config-name the named configs are edited. The variants are
 measured interleaved, level by level, `--rounds` times in a rotating order, so a change in the machine's load
 reaches them all alike; the table gives medians over the rounds and each variant's throughput against the current
 config. The load average is printed before and after.
@@ -28,7 +29,15 @@ On a GPU machine (onnxruntime-gpu importable ahead of the CPU build):
 
 serves each model's configs/gpu.pbtxt (KIND_GPU; the providers each instance runs on are printed from the server's
 log) and, with --direct, runs the same ONNX models in this process with the same providers, serially, at each batch
-size: the yardstick that shows what Triton's serving costs. images/s counts images, inf/s requests.
+size: the yardstick that shows what Triton's serving costs. images/s counts images, inf/s requests. --direct also
+prints what the first call at each batch size cost (cuDNN picks its kernels then), and with --mixed a run whose
+batch size changes every call, as dynamic batching feeds a backend; --cuda-option KEY=VALUE overrides a CUDA provider
+option of the in-process run (e.g. cudnn_conv_algo_search=HEURISTIC).
+
+After every level served by Triton, a `server:` line gives the server's own account from its statistics: the
+requests, the executions (batches) they ran in and their mean size, and per request the time queued, copying
+input, executing (for the Python-backend copy, the stub's execute()) and handling output. That tells a slow level's
+queue from its execution.
 """
 from __future__ import annotations
 
@@ -73,6 +82,7 @@ class Level:
     seconds: float
     latencies_ms: list[float]
     batch: int = 1
+    server: ServerStats | None = None
 
     @property
     def throughput(self) -> float:
@@ -84,6 +94,76 @@ class Level:
 
     def percentile(self, q: float) -> float:
         return float(np.percentile(self.latencies_ms, q)) if self.latencies_ms else float("nan")
+
+
+STAGES = ("queue", "compute_input", "compute_infer", "compute_output")
+
+
+@dataclass
+class ServerStats:
+    """What the server says of one level: requests served, the executions (batches) it ran them in, and where a
+    request's time went, per successful request: waiting in the scheduler's queue, then the input copy, execution
+    and output handling of the batch it ran in (Triton counts a batch's whole duration for each of its requests).
+    For the Python backend's serving copy, compute_infer is the stub's execute()."""
+    requests: int
+    images: int
+    executions: int
+    ms: dict[str, float]
+
+    @property
+    def mean_batch(self) -> float:
+        return self.images / self.executions if self.executions else float("nan")
+
+    def line(self) -> str:
+        return (f"server: {self.requests} requests in {self.executions} executions (mean batch {self.mean_batch:.1f} "
+                f"images); per request ms: " + ", ".join(f"{k} {v:.2f}" for k, v in self.ms.items()))
+
+
+def statistics_counts(admin, model: str) -> dict[str, int]:
+    """The server's cumulative counters for `model` (Triton's statistics extension), as plain integers."""
+    stats = admin.get_inference_statistics(model)["model_stats"][0]
+    counts = {"images": int(stats.get("inference_count", 0)), "executions": int(stats.get("execution_count", 0)),
+              "requests": int(stats.get("inference_stats", {}).get("success", {}).get("count", 0))}
+    for stage in STAGES:
+        counts[stage] = int(stats.get("inference_stats", {}).get(stage, {}).get("ns", 0))
+    return counts
+
+
+def server_delta(admin, model: str, before: dict[str, int], completed: int, deadline_s: float = 10.0) -> ServerStats:
+    """The counters' change since `before`, once they count the level's `completed` requests: the backend reports a
+    batch's statistics after sending its responses, so the last batch can lag the client's last answer."""
+    deadline = time.monotonic() + deadline_s
+    after = statistics_counts(admin, model)
+    while after["requests"] - before["requests"] < completed and time.monotonic() < deadline:
+        time.sleep(0.05)
+        after = statistics_counts(admin, model)
+    delta = {k: after[k] - before[k] for k in after}
+    per = max(delta["requests"], 1)
+    return ServerStats(delta["requests"], delta["images"], delta["executions"],
+                       {stage: delta[stage] / per / 1e6 for stage in STAGES})
+
+
+def measured_level(admin, url: str, model: str, inputs: dict[str, np.ndarray], concurrency: int, requests: int,
+                   duration_s: float, mode: str, batch: int = 1) -> Level:
+    """run_level, with the server's own account of the level (its statistics before and after)."""
+    before = statistics_counts(admin, model)
+    level = run_level(url, model, inputs, concurrency, requests, duration_s, mode, batch)
+    # run_level's untimed first request per client is counted by the server too
+    level.server = server_delta(admin, model, before, level.completed + concurrency)
+    return level
+
+
+def admin_client(server: TritonServer):
+    import tritonclient.grpc as grpcclient  # gRPC: the http client needs gevent, which a GPU image may lack
+
+    class Admin:
+        def __init__(self) -> None:
+            self.client = grpcclient.InferenceServerClient(server.grpc_url.removeprefix("grpc://"))
+
+        def get_inference_statistics(self, model: str) -> dict:
+            return self.client.get_inference_statistics(model, as_json=True)
+
+    return Admin()
 
 
 def read_config(model_dir: Path, config_name: str | None = None):
@@ -119,7 +199,7 @@ def edited_copy(repository: Path, dest: Path, *, dynamic_batching: bool, queue_d
     return dest
 
 
-VARIANT_KEYS = ("batching", "delay_us", "preferred", "instances", "warmup")
+VARIANT_KEYS = ("batching", "delay_us", "preferred", "instances", "warmup", "cuda")
 
 
 def parse_variant(text: str) -> tuple[str, dict[str, str]]:
@@ -150,6 +230,16 @@ def apply_edits(config, edits: dict[str, str]) -> None:
             group.count = int(edits["instances"])
     if edits.get("warmup") == "all":
         add_warmup(config)
+    if "cuda" in edits:  # KEY=VALUE[/KEY=VALUE...] on the config's cuda accelerator, e.g. cudnn_conv_algo_search=HEURISTIC
+        accelerators = [a for a in config.optimization.execution_accelerators.gpu_execution_accelerator if a.name == "cuda"]
+        if not accelerators:
+            raise SystemExit(f"variant cuda:{edits['cuda']}: {config.name}'s config has no cuda accelerator (use --model-config-name gpu)")
+        for item in edits["cuda"].split("/"):
+            key, sep, value = item.partition("=")
+            if not sep:
+                raise SystemExit(f"variant cuda:{edits['cuda']}: want KEY=VALUE[/KEY=VALUE...]")
+            for accelerator in accelerators:
+                accelerator.parameters[key] = value
 
 
 def add_warmup(config) -> None:
@@ -189,17 +279,19 @@ def bench_variants(repository: Path, models: list[str], variants: dict[str, dict
         for line in provider_lines(server):
             print(f"  {line}")
         url = server.grpc_url if protocol == "grpc" else server.http_url
+        admin = admin_client(server)
         for r in range(rounds):
             order = names[r % len(names):] + names[: r % len(names)]  # rotate, so no variant always goes first
             for model in models:
                 inputs = one_image(repository / f"{model}__current")
                 for concurrency in levels:
                     for name in order:
-                        level = run_level(url, f"{model}__{name}", inputs, concurrency, requests, duration_s, name)
+                        level = measured_level(admin, url, f"{model}__{name}", inputs, concurrency, requests, duration_s, name)
                         level.model = model
                         results.append(level)
                         print(f"  round {r + 1} {name:<10} {model:<22} c={concurrency:<3} {level.throughput:8.1f} inf/s  "
                               f"p50 {level.percentile(50):7.1f} ms  p95 {level.percentile(95):7.1f} ms", flush=True)
+                        print(f"          {level.server.line()}", flush=True)
     return results
 
 
@@ -280,6 +372,8 @@ def print_level(level: Level) -> None:
     print(f"  {level.mode:<10} {level.model:<22} c={level.concurrency:<3} b={level.batch:<3} "
           f"{level.throughput:8.1f} inf/s {level.images_per_s:9.1f} images/s  "
           f"p50 {level.percentile(50):7.1f} ms  p95 {level.percentile(95):7.1f} ms", flush=True)
+    if level.server:
+        print(f"             {level.server.line()}", flush=True)
 
 
 def provider_lines(server: TritonServer) -> list[str]:
@@ -300,6 +394,7 @@ def bench_server(repository: Path, mode: str, models: list[str], levels: list[in
         for line in provider_lines(server):
             print(f"  {mode:<10} {line}")
         url = server.grpc_url if protocol == "grpc" else server.http_url
+        admin = admin_client(server)
         for model in models:
             max_batch = read_config(repository / model, config_name).max_batch_size
             for batch in batch_sizes:
@@ -307,22 +402,25 @@ def bench_server(repository: Path, mode: str, models: list[str], levels: list[in
                     continue
                 inputs = one_image(repository / model, batch, config_name)
                 for concurrency in levels:
-                    level = run_level(url, model, inputs, concurrency, requests, duration_s, mode, batch)
+                    level = measured_level(admin, url, model, inputs, concurrency, requests, duration_s, mode, batch)
                     results.append(level)
                     print_level(level)
     return results
 
 
 def bench_direct(repository: Path, models: list[str], requests: int, duration_s: float,
-                 batch_sizes: tuple[int, ...], config_name: str | None) -> list[Level]:
-    """The same ONNX models in this process, serially, on the providers the served config asks for."""
+                 batch_sizes: tuple[int, ...], config_name: str | None,
+                 cuda_overrides: dict[str, str] | None = None, mixed: bool = False) -> list[Level]:
+    """The same ONNX models in this process, serially, on the providers the served config asks for (the CUDA
+    provider's options overridden by `cuda_overrides`, e.g. use_tf32=1 to see what TF32 buys)."""
     import onnxruntime as ort
 
     results = []
     for model in models:
         config = read_config(repository / model, config_name)
         gpu = any(g.kind == g.KIND_GPU for g in config.instance_group)
-        providers = gpu_execution_providers(config) if gpu else ["CPUExecutionProvider"]
+        providers = [p if isinstance(p, str) or p[0] != "CUDAExecutionProvider" else (p[0], {**p[1], **(cuda_overrides or {})})
+                     for p in gpu_execution_providers(config)] if gpu else ["CPUExecutionProvider"]
         session = open_onnx_session(ort, str(repository / model / "1" / "model.onnx"), ort.SessionOptions(), providers,
                                     lambda m: print(f"  direct     {model}: {m}"))
         cuda = session.get_provider_options().get("CUDAExecutionProvider", {})
@@ -334,7 +432,10 @@ def bench_direct(repository: Path, models: list[str], requests: int, duration_s:
             if batch > max(config.max_batch_size, 1):
                 continue
             inputs = one_image(repository / model, batch, config_name)
-            for _ in range(3):  # warm-up: CUDA/cuDNN pick their kernels for this shape
+            t0 = time.perf_counter()
+            session.run(None, inputs)  # the first call at a new shape: CUDA/cuDNN pick their kernels for it
+            first_ms = (time.perf_counter() - t0) * 1000
+            for _ in range(2):  # warm-up
                 session.run(None, inputs)
             latencies = []
             start = time.perf_counter()
@@ -345,7 +446,37 @@ def bench_direct(repository: Path, models: list[str], requests: int, duration_s:
             level = Level("direct", model, 1, len(latencies), 0, time.perf_counter() - start, latencies, batch)
             results.append(level)
             print_level(level)
+            print(f"             first call at this batch size {first_ms:.1f} ms", flush=True)
+        if mixed and len(batch_sizes) > 1:
+            print_mixed(model, mixed_batches(session, repository / model, batch_sizes, config, config_name, requests, duration_s))
     return results
+
+
+def mixed_batches(session, model_dir: Path, batch_sizes: tuple[int, ...], config, config_name: str | None,
+                  requests: int, duration_s: float) -> tuple[int, int, float, list[float]]:
+    """Calls whose batch size changes from one call to the next, as dynamic batching feeds a backend (the sizes in
+    a seeded random order, every size already seen): (calls, images, seconds, latencies ms)."""
+    sizes = [b for b in batch_sizes if b <= max(config.max_batch_size, 1)]
+    feeds = {b: one_image(model_dir, b, config_name) for b in sizes}
+    for b in sizes:
+        session.run(None, feeds[b])
+    order = np.random.default_rng(0).choice(sizes, size=4096)
+    latencies, images = [], 0
+    start = time.perf_counter()
+    while len(latencies) < requests and time.perf_counter() - start < duration_s:
+        b = int(order[len(latencies) % len(order)])
+        t0 = time.perf_counter()
+        session.run(None, feeds[b])
+        latencies.append((time.perf_counter() - t0) * 1000)
+        images += b
+    return len(latencies), images, time.perf_counter() - start, latencies
+
+
+def print_mixed(model: str, measured: tuple[int, int, float, list[float]]) -> None:
+    calls, images, seconds, latencies = measured
+    print(f"  mixed      {model:<22} c=1   b=mix  {calls / seconds:8.1f} inf/s {images / seconds:9.1f} images/s  "
+          f"p50 {float(np.percentile(latencies, 50)):7.1f} ms  p95 {float(np.percentile(latencies, 95)):7.1f} ms "
+          f"(batch size changing call to call, mean {images / max(calls, 1):.1f})", flush=True)
 
 
 def table(results: list[Level]) -> str:
@@ -400,10 +531,18 @@ def main(argv: list[str] | None = None) -> int:
                         help="serve copies with model_warmup at every batch size (see --variant warmup:all)")
     parser.add_argument("--direct", action="store_true",
                         help="also run the models in this process, serially, on the providers the config asks for")
+    parser.add_argument("--mixed", action="store_true",
+                        help="with --direct and several --batch-sizes: also a run whose batch size changes every call")
+    parser.add_argument("--cuda-option", action="append", default=[], metavar="KEY=VALUE",
+                        help="with --direct: override a CUDA provider option of the in-process run (repeatable), "
+                             "e.g. use_tf32=1")
     args = parser.parse_args(argv)
     batch_sizes = tuple(int(b) for b in args.batch_sizes.split(",") if b)
     if args.variant and (batch_sizes != (1,) or args.direct):
         parser.error("--variant measures one image per request: no --batch-sizes or --direct")
+    if args.cuda_option and not args.direct:
+        parser.error("--cuda-option applies to the in-process run: add --direct")
+    cuda_overrides = dict(o.split("=", 1) for o in args.cuda_option)
 
     levels = [int(c) for c in args.concurrency.split(",")]
     models = [m for m in args.models.split(",") if m]
@@ -431,7 +570,7 @@ def main(argv: list[str] | None = None) -> int:
             print(variant_table(results, ["current", *variants]))
             return 1 if any(r.errors for r in results) else 0
         results: list[Level] = []
-        for mode in args.modes.split(","):
+        for mode in filter(None, args.modes.split(",")):  # --modes "" with --direct: the in-process run alone
             dynamic = mode == "dynamic"
             if dynamic and args.queue_delay_us is None and args.instances is None and not args.warmup_all:
                 served = repository
@@ -443,7 +582,7 @@ def main(argv: list[str] | None = None) -> int:
                                     batch_sizes, args.model_config_name)
         if args.direct:
             results += bench_direct(repository, models, args.requests, args.duration, batch_sizes,
-                                    args.model_config_name)
+                                    args.model_config_name, cuda_overrides, args.mixed)
     print()
     print(table(results))
     for line in best_batches(results):

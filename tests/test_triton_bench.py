@@ -54,3 +54,18 @@ def test_provider_agreement_feeds_noise_and_zeros_batched_as_the_config_allows()
     noise, zeros = inputs(config, 16)
     assert noise["image"].shape == zeros["image"].shape == (min(16, config.max_batch_size), *config.input[0].dims)
     assert 0 <= noise["image"].min() and noise["image"].max() < 1 and not zeros["image"].any()
+
+
+def test_a_cuda_variant_sets_the_gpu_configs_cuda_parameters_and_refuses_a_config_without_them(tmp_path):
+    import pytest
+
+    from benchmarks.triton_bench import apply_edits, parse_variant
+
+    name, edits = parse_variant("heur=cuda:cudnn_conv_algo_search=HEURISTIC/use_tf32=1")
+    config = read_config(REPOSITORY / "chest_xray_classifier", "gpu")
+    apply_edits(config, edits)
+    (cuda,) = [a for a in config.optimization.execution_accelerators.gpu_execution_accelerator if a.name == "cuda"]
+    assert name == "heur" and cuda.parameters["cudnn_conv_algo_search"] == "HEURISTIC" and cuda.parameters["use_tf32"] == "1"
+    assert cuda.parameters["cudnn_conv_use_max_workspace"] == "1"  # the others kept
+    with pytest.raises(SystemExit, match="no cuda accelerator"):
+        apply_edits(read_config(REPOSITORY / "chest_xray_classifier"), edits)

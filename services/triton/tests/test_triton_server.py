@@ -208,3 +208,18 @@ def test_the_gpu_config_fails_loudly_without_a_gpu(tiny_model_repository, tmp_pa
     with TritonServer(repository) as served:
         with TritonInference(served.grpc_url, timeout_s=10) as client:
             assert client.infer("report_encoder", sample_batch(repository / "report_encoder", 1))["embedding"].shape[0] == 1
+
+
+def test_the_benchmark_reads_the_servers_own_account_of_each_level(model_repository, server):
+    """triton_bench's per-level server statistics: the requests the level sent (and each client's untimed first
+    one), the batches the scheduler formed, and a time for each part of a request's path."""
+    from benchmarks.triton_bench import STAGES, admin_client, measured_level, one_image
+
+    model_dir = model_dirs(model_repository)[0]
+    level = measured_level(admin_client(server), server.grpc_url, model_dir.name, one_image(model_dir), 4, 40, 60.0, "test")
+    stats = level.server
+    assert level.completed == 40 and not level.errors
+    assert stats.requests == 40 + 4 and stats.images == stats.requests  # one image a request
+    assert 1 <= stats.executions <= stats.requests and stats.mean_batch >= 1
+    assert set(stats.ms) == set(STAGES) and stats.ms["compute_infer"] > 0 and all(v >= 0 for v in stats.ms.values())
+    assert "mean batch" in stats.line()
