@@ -18,11 +18,12 @@ def test_warmup_all_covers_every_batch_size_with_the_models_inputs():
 
 
 def test_edits_reach_the_named_config_and_only_it(tmp_path):
-    served = edited_copy(REPOSITORY, tmp_path / "copy", dynamic_batching=False, queue_delay_us=None, instances=2,
+    served = edited_copy(REPOSITORY, tmp_path / "copy", dynamic_batching=True, queue_delay_us=500, instances=2,
                          config_name="gpu", warmup=True)
     for model in ("chest_xray_classifier", "anomaly_detector", "report_encoder"):
         gpu, cpu = read_config(served / model, "gpu"), read_config(served / model)
-        assert not gpu.HasField("dynamic_batching") and [g.count for g in gpu.instance_group] == [2] and gpu.model_warmup
+        assert gpu.dynamic_batching.max_queue_delay_microseconds == 500  # the GPU configs have none: the edit adds it
+        assert [g.count for g in gpu.instance_group] == [2] and gpu.model_warmup
         assert cpu == read_config(REPOSITORY / model)  # config.pbtxt untouched
         assert gpu.optimization == read_config(REPOSITORY / model, "gpu").optimization
 
