@@ -18,7 +18,7 @@ from pathlib import Path
 import pytest
 
 import radstream.lake as lake_module
-from radstream.analytics import DuckDBQueryRunner, load_named_queries, partition_sources
+from radstream.analytics import DuckDBQueryRunner, load_named_queries, partition_sources, render
 from radstream.cli import main
 from radstream.lake import compact
 from shared.contracts import ModelRef
@@ -271,6 +271,6 @@ def test_the_runner_does_not_keep_the_scans_order_and_every_answer_is_ordered_by
     assert con.execute("SELECT current_setting('preserve_insertion_order')").fetchone() == (False,)
     # and a query too large for memory spills into the system's temp folder, not into `.tmp` wherever the user stands
     assert Path(con.execute("SELECT current_setting('temp_directory')").fetchone()[0]).parent == Path(tempfile.gettempdir())
-    for name, query in load_named_queries().items():
-        tree = sqlglot.parse_one(query.sql.replace("${GlueDatabase}", "d").replace("${TelemetryTable}", "t"), read="trino")
+    for name, query in load_named_queries().items():  # the Athena SQL as the template resolves it
+        tree = sqlglot.parse_one(render(query, runner.names), read="trino")
         assert tree.args.get("order") or len(expected[name]) <= 1, name
