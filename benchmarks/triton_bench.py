@@ -454,8 +454,9 @@ def bench_direct(repository: Path, models: list[str], requests: int, duration_s:
 
 def mixed_batches(session, model_dir: Path, batch_sizes: tuple[int, ...], config, config_name: str | None,
                   requests: int, duration_s: float) -> tuple[int, int, float, list[float]]:
-    """Calls whose batch size changes from one call to the next, as dynamic batching feeds a backend (the sizes in
-    a seeded random order, every size already seen): (calls, images, seconds, latencies ms)."""
+    """Calls whose batch size changes from call to call, as dynamic batching feeds a backend: the sizes drawn in a
+    seeded random order (with n sizes, a call repeats the one before about once in n), every size already run
+    before the clock starts. (calls, images, seconds, latencies ms)."""
     sizes = [b for b in batch_sizes if b <= max(config.max_batch_size, 1)]
     feeds = {b: one_image(model_dir, b, config_name) for b in sizes}
     for b in sizes:
@@ -540,8 +541,8 @@ def main(argv: list[str] | None = None) -> int:
     batch_sizes = tuple(int(b) for b in args.batch_sizes.split(",") if b)
     if args.variant and (batch_sizes != (1,) or args.direct):
         parser.error("--variant measures one image per request: no --batch-sizes or --direct")
-    if args.cuda_option and not args.direct:
-        parser.error("--cuda-option applies to the in-process run: add --direct")
+    if (args.cuda_option or args.mixed) and not args.direct:
+        parser.error("--cuda-option and --mixed apply to the in-process run: add --direct")
     cuda_overrides = dict(o.split("=", 1) for o in args.cuda_option)
 
     levels = [int(c) for c in args.concurrency.split(",")]
