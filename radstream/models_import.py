@@ -125,7 +125,7 @@ _GPU_NO_BATCHING = """# No dynamic_batching on the GPU (config.pbtxt batches on 
 # change of batch size from one call to the next, even among sizes it has run before: 83 ms a call for the
 # classifier against 0.3-0.8 ms at any fixed size on an H200 (8-13 ms with cudnn_conv_algo_search DEFAULT or
 # HEURISTIC, still 10-40x), and dynamic batching hands it a different size almost every call. Through Triton at
-# concurrency 16 that made batching 14-17x slower than none, p95 300-670 ms (README Performance). A client that
+# concurrency 16 that made batching 14-17x slower than none, p95 200-670 ms (README Performance). A client that
 # wants batches sends them: 16 images a request ran 5x the images/s of one.
 """
 
