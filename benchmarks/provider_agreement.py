@@ -20,7 +20,7 @@ ROOT = Path(__file__).resolve().parent.parent
 if str(ROOT) not in sys.path:
     sys.path.insert(0, str(ROOT))
 
-from benchmarks.triton_bench import REAL_REPOSITORY, read_config  # noqa: E402
+from benchmarks.triton_bench import REAL_REPOSITORY, read_config, with_cuda_options  # noqa: E402
 from radstream.triton_server import gpu_execution_providers, iter_models, open_onnx_session  # noqa: E402
 
 
@@ -50,8 +50,7 @@ def main(argv: list[str] | None = None) -> int:
     worst = 0.0
     for model_dir in iter_models(args.model_repository):
         config = read_config(model_dir, args.model_config_name)
-        providers = [p if isinstance(p, str) or p[0] != "CUDAExecutionProvider" else (p[0], {**p[1], **overrides})
-                     for p in gpu_execution_providers(config)]
+        providers = with_cuda_options(gpu_execution_providers(config), overrides)
         path = str(model_dir / "1" / "model.onnx")
         cpu = ort.InferenceSession(path, providers=["CPUExecutionProvider"])
         gpu = open_onnx_session(ort, path, ort.SessionOptions(), providers, lambda m: print(f"  {model_dir.name}: {m}"))

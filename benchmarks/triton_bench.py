@@ -121,7 +121,7 @@ class ServerStats:
 
 def statistics_counts(admin, model: str) -> dict[str, int]:
     """The server's cumulative counters for `model` (Triton's statistics extension), as plain integers."""
-    stats = admin.get_inference_statistics(model)["model_stats"][0]
+    stats = admin.get_inference_statistics(model, as_json=True)["model_stats"][0]
     counts = {"images": int(stats.get("inference_count", 0)), "executions": int(stats.get("execution_count", 0)),
               "requests": int(stats.get("inference_stats", {}).get("success", {}).get("count", 0))}
     for stage in STAGES:
@@ -156,14 +156,7 @@ def measured_level(admin, url: str, model: str, inputs: dict[str, np.ndarray], c
 def admin_client(server: TritonServer):
     import tritonclient.grpc as grpcclient  # gRPC: the http client needs gevent, which a GPU image may lack
 
-    class Admin:
-        def __init__(self) -> None:
-            self.client = grpcclient.InferenceServerClient(server.grpc_url.removeprefix("grpc://"))
-
-        def get_inference_statistics(self, model: str) -> dict:
-            return self.client.get_inference_statistics(model, as_json=True)
-
-    return Admin()
+    return grpcclient.InferenceServerClient(server.grpc_url.removeprefix("grpc://"))
 
 
 def read_config(model_dir: Path, config_name: str | None = None):
@@ -408,6 +401,12 @@ def bench_server(repository: Path, mode: str, models: list[str], levels: list[in
     return results
 
 
+def with_cuda_options(providers: list, overrides: dict[str, str] | None) -> list:
+    """`providers` (as gpu_execution_providers gives them) with the CUDA provider's options overridden."""
+    return [p if isinstance(p, str) or p[0] != "CUDAExecutionProvider" else (p[0], {**p[1], **(overrides or {})})
+            for p in providers]
+
+
 def bench_direct(repository: Path, models: list[str], requests: int, duration_s: float,
                  batch_sizes: tuple[int, ...], config_name: str | None,
                  cuda_overrides: dict[str, str] | None = None, mixed: bool = False) -> list[Level]:
@@ -419,8 +418,7 @@ def bench_direct(repository: Path, models: list[str], requests: int, duration_s:
     for model in models:
         config = read_config(repository / model, config_name)
         gpu = any(g.kind == g.KIND_GPU for g in config.instance_group)
-        providers = [p if isinstance(p, str) or p[0] != "CUDAExecutionProvider" else (p[0], {**p[1], **(cuda_overrides or {})})
-                     for p in gpu_execution_providers(config)] if gpu else ["CPUExecutionProvider"]
+        providers = with_cuda_options(gpu_execution_providers(config), cuda_overrides) if gpu else ["CPUExecutionProvider"]
         session = open_onnx_session(ort, str(repository / model / "1" / "model.onnx"), ort.SessionOptions(), providers,
                                     lambda m: print(f"  direct     {model}: {m}"))
         cuda = session.get_provider_options().get("CUDAExecutionProvider", {})
