@@ -2,20 +2,27 @@
 PYTHON ?= python3
 # Empty as root (CI, the dev machines); `make dcmtk SUDO=sudo` elsewhere.
 SUDO ?=
+# Debian packages for the tests' real peers, installed only when missing. apt waits up to 5 minutes for another
+# process's dpkg lock, and the whole update+install is tried 5 times (a lock held past that, a mirror hiccup).
+APT_GET := $(SUDO) env DEBIAN_FRONTEND=noninteractive apt-get -qq -o DPkg::Lock::Timeout=300
+apt_install = for try in 1 2 3 4 5; do $(APT_GET) update && $(APT_GET) install -y --no-install-recommends $(1) && exit 0; \
+	echo "apt-get failed (try $$try of 5); retrying in 15 s" >&2; sleep 15; done; exit 1
 VENV := .venv
 BIN := $(VENV)/bin
 STAMP := $(VENV)/.installed
-REQUIREMENTS := requirements-dev.txt $(wildcard requirements-*.txt) shared/requirements.txt $(wildcard services/*/requirements.txt) pyproject.toml
+# Every environment installs from a lock (exact versions, sha256 hashes); `make lock` rewrites the locks from the
+# *.txt files that say what we ask for. pip checks every hash, and resolves nothing (--no-deps).
+PIP_LOCKED := -m pip install --quiet --require-hashes --no-deps
+LOCKS := requirements-dev.lock requirements-triton.lock requirements-triton-python.lock pyproject.toml
 
-.PHONY: venv venv-train dcmtk orthanc demo demo-pacs test test-unit test-torch models bench schemas clean chromium screenshots
+.PHONY: venv venv-train dcmtk orthanc demo demo-pacs test test-unit test-torch models bench schemas clean chromium screenshots lock
 
-$(STAMP): $(REQUIREMENTS)
+$(STAMP): $(LOCKS)
 	test -x $(BIN)/python || $(PYTHON) -m venv $(VENV)
-	$(BIN)/python -m pip install --quiet --upgrade pip
-	$(BIN)/python -m pip install --quiet -r requirements-dev.txt
+	$(BIN)/python $(PIP_LOCKED) -r requirements-dev.lock
 	# nvidia-pytriton is installed for its tritonserver binary only; see requirements-triton.txt.
-	$(BIN)/python -m pip install --quiet --no-deps -r requirements-triton.txt
-	$(BIN)/python -m pip install --quiet --no-deps -e .
+	$(BIN)/python $(PIP_LOCKED) -r requirements-triton.lock
+	$(BIN)/python -m pip install --quiet --no-deps --no-build-isolation -e .
 	$(BIN)/python -c "from radstream.triton_server import ensure_python_backend_env; ensure_python_backend_env()"
 	touch $@
 
@@ -33,28 +40,28 @@ demo-pacs: venv dcmtk orthanc
 # dicom3tools' dciodvfy checks the overlay (Secondary Capture) against its IOD.
 # Installed only when missing, so a second run costs nothing.
 dcmtk:
-	@{ command -v dcmcjpeg >/dev/null 2>&1 && command -v dciodvfy >/dev/null 2>&1; } || { $(SUDO) apt-get update -qq && $(SUDO) env DEBIAN_FRONTEND=noninteractive apt-get install -y --no-install-recommends dcmtk dicom3tools; }
+	@{ command -v dcmcjpeg >/dev/null 2>&1 && command -v dciodvfy >/dev/null 2>&1; } || { $(call apt_install,dcmtk dicom3tools); }
 
 # The gateway's tests start Orthanc (Debian's PACS, with its DICOMweb plugin) as the hospital; installed only when missing.
 # Debian's package does not start the daemon in a container (policy-rc.d); the tests run their own on free ports.
 orthanc:
-	@{ command -v Orthanc >/dev/null 2>&1 && test -f /usr/share/orthanc/plugins/libOrthancDicomWeb.so; } || { $(SUDO) apt-get update -qq && $(SUDO) env DEBIAN_FRONTEND=noninteractive apt-get install -y --no-install-recommends orthanc orthanc-dicomweb; }
+	@{ command -v Orthanc >/dev/null 2>&1 && test -f /usr/share/orthanc/plugins/libOrthancDicomWeb.so; } || { $(call apt_install,orthanc orthanc-dicomweb); }
 
 test: venv dcmtk orthanc chromium
 	RADSTREAM_IMAGE_TESTS=1 $(BIN)/python -m pytest -q
 
 # The console's browser tests drive Debian's Chromium through playwright (never `playwright install`: no browser download).
 chromium:
-	command -v chromium >/dev/null || ($(SUDO) apt-get update -qq && $(SUDO) env DEBIAN_FRONTEND=noninteractive apt-get install -y --no-install-recommends chromium)
+	@command -v chromium >/dev/null || { $(call apt_install,chromium); }
 
 # The README's screenshots, made by the browser tests.
 screenshots: venv chromium
 	RADSTREAM_UPDATE_SCREENSHOTS=1 $(BIN)/python -m pytest -q tests/console
 
 # The tests that need torch (training, torchxrayvision import) use their own virtual environment.
-.venv-train/.installed: training/requirements.txt
+.venv-train/.installed: training/requirements.lock
 	test -x .venv-train/bin/python || $(PYTHON) -m venv .venv-train
-	.venv-train/bin/python -m pip install --quiet -r training/requirements.txt
+	.venv-train/bin/python $(PIP_LOCKED) -r training/requirements.lock
 	touch $@
 
 # The environment with torch: `radstream models import-torchxrayvision` runs the import there.
@@ -68,6 +75,15 @@ models: .venv-train/.installed
 
 schemas: venv
 	$(BIN)/python -m shared.contracts
+
+# Rewrites every *.lock from its *.txt (uv, itself installed from a lock); review the diff, run `make test`, commit.
+.venv-lock/.installed: requirements-lock.lock
+	test -x .venv-lock/bin/python || $(PYTHON) -m venv .venv-lock
+	.venv-lock/bin/python $(PIP_LOCKED) -r requirements-lock.lock
+	touch $@
+
+lock: .venv-lock/.installed
+	UV=.venv-lock/bin/uv scripts/lock.sh
 
 clean:
 	rm -rf $(VENV) .venv-train radstream-data

@@ -46,8 +46,9 @@ from pathlib import Path
 
 from shared.errors import ConfigurationError, InferenceUnavailable
 
-# What the Python backend stub imports in place of this environment's numpy 2 (see module docstring).
-PYTHON_BACKEND_PACKAGES = ("numpy==1.26.4",)
+# What the Python backend stub imports in place of this environment's numpy 2 (see module docstring):
+# numpy 1.x, pinned with its hashes in the repository's lock (make lock writes it).
+PYTHON_BACKEND_LOCK = Path(__file__).resolve().parents[1] / "requirements-triton-python.lock"
 PYTHON_BACKEND_ENV_VAR = "RADSTREAM_TRITON_PYTHON_ENV"
 
 # Python backend shared memory per model instance; a batch of 16 chest X-rays at 256x256 FP32 is 4 MiB.
@@ -175,7 +176,7 @@ def tritonserver_home() -> Path:
     spec = importlib.util.find_spec("pytriton")
     if spec is None or not spec.submodule_search_locations:
         raise ConfigurationError(
-            "nvidia-pytriton is not installed: pip install --no-deps -r requirements-triton.txt"
+            "nvidia-pytriton is not installed: make venv (it installs requirements-triton.lock)"
         )
     home = Path(next(iter(spec.submodule_search_locations))) / "tritonserver"
     if not (home / "bin" / "tritonserver").is_file():
@@ -204,10 +205,10 @@ def python_backend_env_dir() -> Path:
 
 
 def ensure_python_backend_env(target: Path | None = None) -> Path:
-    """Install PYTHON_BACKEND_PACKAGES into `target` once (pip --target); return the folder."""
+    """Install PYTHON_BACKEND_LOCK into `target` once (pip --target, hashes checked); return the folder."""
     target = target or python_backend_env_dir()
     marker = target / ".radstream-packages"
-    wanted = "\n".join(PYTHON_BACKEND_PACKAGES)
+    wanted = PYTHON_BACKEND_LOCK.read_text()
     if marker.is_file() and marker.read_text() == wanted:
         return target
     target.parent.mkdir(parents=True, exist_ok=True)
@@ -215,7 +216,7 @@ def ensure_python_backend_env(target: Path | None = None) -> Path:
     try:
         subprocess.run(
             [sys.executable, "-m", "pip", "install", "--quiet", "--disable-pip-version-check",
-             "--no-deps", "--target", str(staging), *PYTHON_BACKEND_PACKAGES],
+             "--no-deps", "--require-hashes", "--target", str(staging), "-r", str(PYTHON_BACKEND_LOCK)],
             check=True, timeout=600,
         )
         (staging / ".radstream-packages").write_text(wanted)
@@ -223,7 +224,7 @@ def ensure_python_backend_env(target: Path | None = None) -> Path:
             shutil.rmtree(target)
         staging.rename(target)
     except subprocess.CalledProcessError as e:
-        raise ConfigurationError(f"could not install {' '.join(PYTHON_BACKEND_PACKAGES)} for Triton's "
+        raise ConfigurationError(f"could not install {PYTHON_BACKEND_LOCK.name} for Triton's "
                                  f"Python backend into {target}") from e
     finally:
         shutil.rmtree(staging, ignore_errors=True)

@@ -36,7 +36,7 @@ def test_missing_torch_is_reported_before_anything_else(no_train_env, tmp_path, 
 def test_make_venv_train_is_the_target_that_builds_the_torch_environment():
     makefile = (Path(models_import.REPO_ROOT) / "Makefile").read_text()
     assert "\nvenv-train: .venv-train/.installed\n" in makefile
-    assert ".venv-train/bin/python -m pip install --quiet -r training/requirements.txt" in makefile
+    assert ".venv-train/bin/python $(PIP_LOCKED) -r training/requirements.lock" in makefile
 
 
 def test_a_missing_weights_file_is_named(monkeypatch, tmp_path, capsys):

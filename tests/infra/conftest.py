@@ -2,7 +2,7 @@
 
 checkov (pins boto3==1.35.49) and aws-sam-translator (pins pydantic~=2.13.3) cannot share the project's
 environment (boto3==1.44.8, pydantic==2.14.4), so they live in .venv-infra, built from
-requirements-infra.txt on first use and rebuilt when that file changes (about 1.5 minutes with pip's
+requirements-infra.lock (hashes checked) on first use and rebuilt when that file changes (about 1.5 minutes with pip's
 cache, 2-3 without). RADSTREAM_INFRA_PYTHON points at another interpreter that has them.
 """
 from __future__ import annotations
@@ -17,7 +17,7 @@ import pytest
 
 ROOT = Path(__file__).resolve().parents[2]
 TEMPLATE = ROOT / "template.yaml"
-REQUIREMENTS = ROOT / "requirements-infra.txt"
+REQUIREMENTS = ROOT / "requirements-infra.lock"
 VENV = ROOT / ".venv-infra"
 INSTALL_TIMEOUT_S = 900
 
@@ -29,7 +29,8 @@ def _build_venv() -> Path:
     if python.exists() and stamp.exists() and stamp.read_text() == digest:
         return python
     subprocess.run([sys.executable, "-m", "venv", "--clear", str(VENV)], check=True, timeout=120)
-    result = subprocess.run([str(python), "-m", "pip", "install", "--quiet", "-r", str(REQUIREMENTS)],
+    result = subprocess.run([str(python), "-m", "pip", "install", "--quiet", "--require-hashes", "--no-deps",
+                             "-r", str(REQUIREMENTS)],
                             capture_output=True, text=True, timeout=INSTALL_TIMEOUT_S)
     if result.returncode != 0:
         pytest.fail(f"could not install {REQUIREMENTS.name} into {VENV.name}:\n{result.stderr[-3000:]}")

@@ -1,5 +1,5 @@
-"""What each Lambda image holds, rebuilt without Docker: a clean virtual environment with only the service's
-requirements, and only the files its Dockerfile copies. The handler must import there.
+"""What each Lambda image holds, rebuilt without Docker: a clean virtual environment with only the lock its
+Dockerfile installs (hashes checked, nothing resolved), and only the files its Dockerfile copies. The handler must import there.
 
 Slow (a virtual environment and an install per service; pip's cache makes repeats quicker), so it runs only
 when asked for: `pytest -m slow tests/infra` or RADSTREAM_IMAGE_TESTS=1.
@@ -45,6 +45,20 @@ def copy_like_the_dockerfile(service: str, task_root: Path) -> None:
                     shutil.copy2(source, target)
 
 
+def dockerfile_lock(service: str) -> Path:
+    """The lock the Dockerfile copies in and installs with --require-hashes."""
+    dockerfile = (ROOT / "services" / service / "Dockerfile").read_text()
+    copied = re.search(r"^COPY\s+(\S+\.lock)\s+/tmp/requirements\.lock$", dockerfile, re.MULTILINE)
+    assert copied, f"services/{service}/Dockerfile copies no lock"
+    assert re.search(r"^RUN pip install .*--require-hashes --no-deps -r /tmp/requirements\.lock", dockerfile, re.MULTILINE)
+    return ROOT / copied.group(1)
+
+
+@pytest.mark.parametrize("service", sorted(SERVICES))
+def test_each_image_installs_its_own_lock(service: str):
+    assert dockerfile_lock(service) == ROOT / "services" / service / "requirements.lock"
+
+
 @pytest.mark.slow
 @pytest.mark.parametrize("service", sorted(SERVICES))
 def test_handler_imports_in_a_clean_environment(service: str, tmp_path: Path, request: pytest.FixtureRequest):
@@ -53,7 +67,8 @@ def test_handler_imports_in_a_clean_environment(service: str, tmp_path: Path, re
     venv, task_root = tmp_path / "venv", tmp_path / "task"
     subprocess.run([sys.executable, "-m", "venv", str(venv)], check=True, timeout=120)
     python = venv / "bin" / "python"
-    install = subprocess.run([str(python), "-m", "pip", "install", "--quiet", "-r", str(ROOT / "services" / service / "requirements.txt")],
+    install = subprocess.run([str(python), "-m", "pip", "install", "--quiet", "--require-hashes", "--no-deps",
+                              "-r", str(dockerfile_lock(service))],
                              capture_output=True, text=True, timeout=900)
     assert install.returncode == 0, install.stderr[-3000:]
     copy_like_the_dockerfile(service, task_root)
