@@ -151,7 +151,7 @@ def scu_worker(args: argparse.Namespace) -> int:
 
     from pynetdicom import AE
 
-    from services.gateway.domain import CR_IMAGE_STORAGE
+    from shared.acceptance import CR_IMAGE_STORAGE
 
     logging.getLogger("pynetdicom").setLevel(logging.CRITICAL)  # rejected associations would log an error each
     manifest = json.loads(Path(args.manifest).read_text())

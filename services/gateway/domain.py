@@ -21,22 +21,16 @@ import logging
 from collections.abc import Callable
 from dataclasses import dataclass
 
+from shared import acceptance
+from shared.acceptance import text as _text
 from shared.errors import ConfigurationError, RadStreamError
 from shared.messages import INCOMING
 from shared.storage import ObjectStore
 
 log = logging.getLogger("radstream.gateway")
 
-# Storage SOP classes the models are for: projection chest radiographs (PS3.4 Annex B.5).
-CR_IMAGE_STORAGE = "1.2.840.10008.5.1.4.1.1.1"
-DX_FOR_PRESENTATION = "1.2.840.10008.5.1.4.1.1.1.1"
-DX_FOR_PROCESSING = "1.2.840.10008.5.1.4.1.1.1.1.1"
-ACCEPTED_SOP_CLASSES = {
-    CR_IMAGE_STORAGE: "Computed Radiography Image Storage",
-    DX_FOR_PRESENTATION: "Digital X-Ray Image Storage - For Presentation",
-    DX_FOR_PROCESSING: "Digital X-Ray Image Storage - For Processing",
-}
-MODALITY_OF = {CR_IMAGE_STORAGE: {"CR"}, DX_FOR_PRESENTATION: {"DX"}, DX_FOR_PROCESSING: {"DX"}}
+# The storage SOP classes and the rule are the pipeline's (shared.acceptance): the gateway never acknowledges what validate refuses.
+ACCEPTED_SOP_CLASSES = acceptance.ACCEPTED_SOP_CLASSES
 
 # C-STORE statuses (PS3.4 B.2.3, PS3.7 C.4.2.1.4): what each refusal tells the sending modality.
 SOP_CLASS_NOT_SUPPORTED = 0x0122  # Refused: SOP Class not supported (also refused at association negotiation)
@@ -79,19 +73,7 @@ def pseudonym_key(value: str | None) -> bytes:
     return value.encode()
 
 
-def _text(ds, keyword: str) -> str:
-    """An attribute's text as stored (no value conversion, whose warnings would quote the value into logs)."""
-    from pydicom.datadict import tag_for_keyword
-
-    element = ds.get_item(tag_for_keyword(keyword))
-    if element is None or element.value is None:
-        return ""
-    value = element.value
-    text = value.decode("iso8859-1") if isinstance(value, bytes) else str(value)
-    return text.strip(" \x00")
-
-
-HEADER_TAGS = ["SOPClassUID", "SOPInstanceUID", "StudyInstanceUID", "Modality", "BodyPartExamined"]
+HEADER_TAGS = ["SOPInstanceUID", "StudyInstanceUID", *acceptance.HEADER_KEYWORDS]
 
 
 class Receiver:
@@ -110,21 +92,16 @@ class Receiver:
 
         try:
             ds = pydicom.dcmread(io.BytesIO(data), stop_before_pixels=True, specific_tags=HEADER_TAGS)
-            sop_class = _text(ds, "SOPClassUID") or str(ds.file_meta.get("MediaStorageSOPClassUID", ""))
         except (InvalidDicomError, OSError, ValueError, KeyError, AttributeError) as e:
             raise Refused(CANNOT_UNDERSTAND, f"the instance cannot be parsed as DICOM ({type(e).__name__})") from e
-        if sop_class not in ACCEPTED_SOP_CLASSES:
-            raise Refused(SOP_CLASS_NOT_SUPPORTED, "SOP Class is not CR or DX image storage")
-        if sop_class_uid is not None and sop_class_uid != sop_class:
-            raise Refused(DATASET_DOES_NOT_MATCH, "the data set's SOPClassUID differs from the request's Affected SOP Class")
+        try:
+            acceptance.accept(ds, sop_class_uid)
+        except acceptance.NotAccepted as e:
+            status = SOP_CLASS_NOT_SUPPORTED if e.by == "sop_class" else CANNOT_UNDERSTAND if e.attribute == "BodyPartExamined" else DATASET_DOES_NOT_MATCH
+            raise Refused(status, e.reason) from e
         missing = [tag for tag in ("StudyInstanceUID", "SOPInstanceUID") if not _text(ds, tag)]
         if missing:
             raise Refused(DATASET_DOES_NOT_MATCH, f"required attribute(s) missing: {', '.join(missing)}")
-        modality = _text(ds, "Modality")
-        if modality not in MODALITY_OF[sop_class]:
-            raise Refused(DATASET_DOES_NOT_MATCH, f"Modality does not match the SOP Class ({ACCEPTED_SOP_CLASSES[sop_class]})")
-        if _text(ds, "BodyPartExamined").upper() != "CHEST":
-            raise Refused(CANNOT_UNDERSTAND, "BodyPartExamined is not CHEST: only chest radiographs are processed")
         return study_id_for(self.key, _text(ds, "StudyInstanceUID"), _text(ds, "SOPInstanceUID"))
 
     def receive(self, data: bytes, *, sop_class_uid: str | None = None, transfer_syntax: str = "", source: str = "") -> Received:

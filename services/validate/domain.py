@@ -15,6 +15,7 @@ from typing import Any
 from jsonschema import Draft202012Validator
 from jsonschema.exceptions import ValidationError as SchemaError
 
+from shared.acceptance import HEADER_KEYWORDS, NotAccepted, accept
 from shared.contracts import SCHEMA_DIR, ObjectRef
 from shared.errors import InvalidImage, InvalidStudy, ObjectNotFound
 from shared.imageheader import check_pixel_limit
@@ -25,10 +26,6 @@ from shared.storage import ObjectStore
 
 SIDECAR_SCHEMA = SCHEMA_DIR / "sidecar.v1.schema.json"
 MIN_IMAGE_BYTES = 64
-DICOM_MODALITIES = ("CR", "DX")
-VIEW_POSITIONS = ("PA", "AP", "LATERAL", "LL", "RL")
-
-
 
 @cache
 def sidecar_validator() -> Draft202012Validator:
@@ -100,23 +97,20 @@ def read_image(store: ObjectStore, bucket: str, key: str, study_id: str, max_ima
 
 
 def dicom_metadata(data: bytes, study_id: str) -> dict[str, str]:
-    """The few acquisition tags the pipeline needs. Patient module tags are never read."""
+    """The few acquisition tags the pipeline needs, after the acceptance rule (shared.acceptance) that the gateway
+    applies too. Patient module tags are never read."""
     import pydicom
     from pydicom.errors import InvalidDicomError
 
     try:
-        ds = pydicom.dcmread(io.BytesIO(data), stop_before_pixels=True, specific_tags=["Modality", "BodyPartExamined", "ViewPosition"])
+        ds = pydicom.dcmread(io.BytesIO(data), stop_before_pixels=True, specific_tags=HEADER_KEYWORDS)
     except (InvalidDicomError, OSError, ValueError) as e:
         raise InvalidImage(f"DICOM header cannot be read ({type(e).__name__})", study_id=study_id) from e
-    modality, body_part = str(ds.get("Modality", "")), str(ds.get("BodyPartExamined", "")).upper()
-    view = str(ds.get("ViewPosition", "")).upper()
-    if modality not in DICOM_MODALITIES:
-        raise InvalidStudy(f"DICOM Modality must be one of {', '.join(DICOM_MODALITIES)}, found {modality or 'none'}", study_id=study_id)
-    if body_part != "CHEST":
-        raise InvalidStudy(f"DICOM BodyPartExamined must be CHEST, found {body_part or 'none'}", study_id=study_id)
-    if view and view not in VIEW_POSITIONS:
-        raise InvalidStudy(f"DICOM ViewPosition must be one of {', '.join(VIEW_POSITIONS)}, found {view}", study_id=study_id)
-    return {"modality": modality, "view_position": view or "UNKNOWN"}
+    try:
+        accepted = accept(ds)
+    except NotAccepted as e:
+        raise InvalidStudy(f"not a chest X-ray study ({e.attribute}): {e.reason}", study_id=study_id) from e
+    return {"modality": accepted.modality, "view_position": accepted.view_position}
 
 
 def validate_study(request: ValidateRequest, store: ObjectStore, max_image_bytes: int, max_image_pixels: int = DEFAULT_MAX_IMAGE_PIXELS) -> ValidatedStudy:

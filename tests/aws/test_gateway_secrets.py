@@ -11,7 +11,7 @@ import pydicom
 import pytest
 from pynetdicom import AE
 
-from services.gateway.domain import CR_IMAGE_STORAGE
+from shared.acceptance import CR_IMAGE_STORAGE
 from services.gateway.secrets import pseudonym_key_value
 from services.gateway.server import Gateway
 from services.gateway.tests.test_gateway import cr_instance

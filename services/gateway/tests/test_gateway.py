@@ -21,7 +21,8 @@ from pydicom.uid import generate_uid
 from radstream.phantoms import generate_phantom
 from radstream.runtime import LocalRuntime
 from radstream.transfer_syntaxes import SYNTAXES, dicom_dataset, encode, stored_values
-from services.gateway.domain import CR_IMAGE_STORAGE, Receiver, Refused, study_id_for
+from services.gateway.domain import Receiver, Refused, study_id_for
+from shared.acceptance import CR_IMAGE_STORAGE
 from services.gateway.server import Gateway, LocalPipeline
 from shared.settings import Settings
 from shared.storage import LocalObjectStore

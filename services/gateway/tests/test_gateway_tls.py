@@ -15,7 +15,7 @@ import pytest
 from pynetdicom import AE
 from pynetdicom.sop_class import Verification
 
-from services.gateway.domain import CR_IMAGE_STORAGE
+from shared.acceptance import CR_IMAGE_STORAGE
 from services.gateway.probe import echo
 from services.gateway.server import Gateway
 from services.gateway.tests.test_gateway import KEY, cr_instance
