@@ -52,7 +52,8 @@ import radstream.runtime as runtime_module  # noqa: E402
 import services.prepare.domain as prepare_domain  # noqa: E402
 from radstream.runtime import LocalRuntime  # noqa: E402
 from radstream.samples import write_demo_studies  # noqa: E402
-from services.prepare.domain import decode_raster, model_tensor  # noqa: E402
+from services.prepare.domain import model_tensor  # noqa: E402
+from shared.pixels import decode_raster  # noqa: E402
 from shared.model_repository import ModelRepository  # noqa: E402
 from shared.settings import Settings  # noqa: E402
 

@@ -361,9 +361,8 @@ BOX_COLOURS_BGR = {"nodule_mass": (60, 80, 255), "focal_opacity": (0, 200, 255)}
 
 
 def decode_for_display(data: bytes, study_id: str) -> RenderedImage:
-    """Decode exactly as the prepare stage does (its functions, not a second decoder), then to 8 bits for a screen."""
-    from services.prepare.domain import decode_dicom, decode_raster
-    from services.validate.domain import sniff_format
+    """Decode exactly as the prepare stage does (shared.pixels, not a second decoder), then to 8 bits for a screen."""
+    from shared.pixels import decode_dicom, decode_raster, sniff_format
 
     kind = sniff_format(data[:132])
     if kind is None:
@@ -404,8 +403,7 @@ class ConsoleData:
             refresh(force=True)
         if self.emf:
             self.emf.refresh()
-        import services.prepare.domain  # noqa: F401  (prepare's decoders and their libraries: loaded now, not on the first study view)
-        import services.validate.domain  # noqa: F401
+        import shared.pixels  # noqa: F401  (the decoders and their libraries: loaded now, not on the first study view)
 
     # --- studies ---
     def studies(self, flt: StudyFilter, page: int = 1, per_page: int = 50) -> StudyPage:

@@ -75,7 +75,7 @@ def build_overlay(result: StudyResult, source_bytes: bytes, source: Any, uid: Ca
     from highdicom.sc import SCImage
     from pydicom.uid import JPEGLSLossless
 
-    from services.prepare.domain import decode_dicom
+    from shared.pixels import decode_dicom
 
     picture = draw(decode_dicom(source_bytes, result.study_id).pixels, result, draft_label)
     orientation = source.get("PatientOrientation")

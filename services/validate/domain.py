@@ -19,6 +19,7 @@ from shared.acceptance import HEADER_KEYWORDS, NotAccepted, accept
 from shared.contracts import SCHEMA_DIR, ObjectRef
 from shared.errors import InvalidImage, InvalidStudy, ObjectNotFound
 from shared.imageheader import check_pixel_limit
+from shared.pixels import sniff_format
 from shared.messages import INCOMING, ImageFormat, StudyImage, ValidatedStudy, ValidateRequest, study_id_from_key
 from shared.settings import DEFAULT_MAX_IMAGE_PIXELS
 from shared.sidecar import SidecarUnreadable, parse_sidecar_bytes
@@ -32,17 +33,6 @@ def sidecar_validator() -> Draft202012Validator:
     schema = json.loads(SIDECAR_SCHEMA.read_text())
     Draft202012Validator.check_schema(schema)
     return Draft202012Validator(schema)
-
-
-def sniff_format(head: bytes) -> ImageFormat | None:
-    """The real format, by magic bytes: a file's extension proves nothing."""
-    if head.startswith(b"\x89PNG\r\n\x1a\n"):
-        return "png"
-    if head.startswith(b"\xff\xd8\xff"):
-        return "jpeg"
-    if len(head) >= 132 and head[128:132] == b"DICM":  # 128-byte preamble, then the DICOM prefix
-        return "dicom"
-    return None
 
 
 def describe(error: SchemaError) -> str:

@@ -200,7 +200,7 @@ def test_throughput_buckets_keep_every_study_on_a_time_axis() -> None:
 
 def test_every_picture_is_prepare_s_decoding_whatever_the_container(page, console_url: str, demo_dir: Path) -> None:
     """8-bit and 16-bit PNG, JPEG, RGB PNG and the 12-bit MONOCHROME1 DICOM: the served picture is prepare's decoded pixels."""
-    from services.prepare.domain import decode_dicom, decode_raster
+    from shared.pixels import decode_dicom, decode_raster
 
     containers = set()
     for study_id, doc in results(demo_dir).items():

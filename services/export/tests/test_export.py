@@ -90,7 +90,7 @@ def test_overlay_is_a_secondary_capture_of_the_source_with_the_boxes_burned_in(t
     import shutil
     import subprocess
 
-    from services.prepare.domain import decode_dicom
+    from shared.pixels import decode_dicom
 
     store = LocalObjectStore(tmp_path)
     gradient = np.tile(np.linspace(500, 3500, 256), (200, 1))  # 200 rows x 256 columns, 12-bit, left dark, right bright

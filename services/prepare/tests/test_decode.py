@@ -10,7 +10,8 @@ import pytest
 from conftest import jpeg_claiming, one_bit_png, with_sbit
 from radstream.phantoms import generate_phantom, to_uint8
 from radstream.transfer_syntaxes import SYNTAXES, dataset_bytes, dcmtk, dicom_dataset, dicom_in_syntax, stored_values
-from services.prepare.domain import PrepareRequest, decode_dicom, decode_raster, prepare_tensors
+from services.prepare.domain import PrepareRequest, prepare_tensors
+from shared.pixels import decode_dicom, decode_raster
 from shared.errors import InvalidImage
 from shared.imageheader import check_pixel_limit, image_geometry
 from shared.messages import StudyImage

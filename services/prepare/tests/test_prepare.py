@@ -9,12 +9,11 @@ import pytest
 
 from conftest import gradient_png, with_sbit
 from radstream.samples import dicom_bytes
-from services.prepare.domain import (
-    XRV_RANGE, PrepareRequest, decode_dicom, decode_raster, letterbox, png_significant_bits, prepare_tensors,
-)
+from services.prepare.domain import XRV_RANGE, PrepareRequest, letterbox, prepare_tensors
 from shared.errors import InvalidImage
 from shared.messages import StudyImage
 from shared.model_repository import ModelRepository
+from shared.pixels import decode_dicom, decode_raster, png_significant_bits
 
 
 def test_8_and_16_bit_are_scaled_by_their_depth():

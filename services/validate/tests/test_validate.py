@@ -8,7 +8,8 @@ import json
 import pytest
 
 from conftest import gradient_png, jpeg_claiming, make_sidecar, one_bit_png
-from services.validate.domain import ValidateRequest, sniff_format, validate_study
+from services.validate.domain import ValidateRequest, validate_study
+from shared.pixels import sniff_format
 from shared.errors import InvalidImage, InvalidStudy
 
 
