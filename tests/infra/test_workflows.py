@@ -85,3 +85,13 @@ def test_actionlint_catches_a_broken_workflow(tmp_path):
     broken = tmp_path / "broken.yml"
     broken.write_text("on: push\njobs:\n  x:\n    runs-on: ubuntu-latest\n    steps:\n      - run: echo ${{ github.nope }}\n")
     assert actionlint([broken])
+
+
+def test_the_template_jobs_cfn_lint_step_passes_as_ci_runs_it(infra_python: Path):
+    """CI runs this very command; cfn-lint exits 4 on a warning (its documented exit codes), which fails the job."""
+    steps = load("template.yml")["jobs"]["lint"]["steps"]
+    command = next(s["run"] for s in steps if s.get("name") == "cfn-lint")
+    assert command.startswith(".venv-infra/bin/cfn-lint ")
+    result = subprocess.run([str(infra_python.parent / "cfn-lint"), *command.split()[1:]], cwd=ROOT,
+                            capture_output=True, text=True, timeout=600)
+    assert result.returncode == 0, result.stdout[-3000:] + result.stderr[-1000:]
