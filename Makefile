@@ -15,7 +15,7 @@ STAMP := $(VENV)/.installed
 PIP_LOCKED := -m pip install --quiet --require-hashes --no-deps
 LOCKS := requirements-dev.lock requirements-triton.lock requirements-triton-python.lock pyproject.toml
 
-.PHONY: venv venv-train dcmtk orthanc demo demo-pacs test test-unit test-torch models bench schemas clean chromium screenshots lock
+.PHONY: venv venv-train dcmtk orthanc demo demo-pacs test test-unit test-integration test-e2e test-torch models bench schemas clean chromium screenshots lock
 
 $(STAMP): $(LOCKS)
 	test -x $(BIN)/python || $(PYTHON) -m venv $(VENV)
@@ -49,6 +49,20 @@ orthanc:
 
 test: venv dcmtk orthanc chromium
 	RADSTREAM_IMAGE_TESTS=1 $(BIN)/python -m pytest -q
+
+# The layers of `make test` (conftest.py says which folder is which): each alone, for a quicker loop.
+test-unit: venv
+	$(BIN)/python -m pytest -q -m unit
+
+test-integration: venv dcmtk orthanc chromium
+	RADSTREAM_IMAGE_TESTS=1 $(BIN)/python -m pytest -q -m integration
+
+test-e2e: venv dcmtk
+	$(BIN)/python -m pytest -q -m e2e
+
+# The headline benchmark, quick: the pipeline against the irreducible work on 1024² studies (prints medians and ratios).
+bench: venv
+	$(BIN)/python benchmarks/limit_bench.py --quick
 
 # The console's browser tests drive Debian's Chromium through playwright (never `playwright install`: no browser download).
 chromium:

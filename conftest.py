@@ -22,6 +22,29 @@ if signal.getsignal(signal.SIGINT) == signal.SIG_IGN:
     signal.signal(signal.SIGINT, signal.default_int_handler)
 
 
+# The test layers (make test-unit, test-integration, test-e2e; make test runs all three). By where a test lives:
+# integration tests talk to a real peer over loopback (the AWS emulator, dcmtk, Orthanc, Chromium, tritonserver,
+# the template tools); end-to-end tests run the CLI or the whole local pipeline on files; the rest are unit tests.
+INTEGRATION = ("tests/aws/", "tests/infra/", "tests/console/test_console_browser.py", "services/gateway/tests/",
+               "services/triton/tests/test_triton_server.py", "services/triton/tests/test_gpu_serving.py",
+               "tests/test_triton_pipeline.py", "tests/test_triton_bench.py")
+E2E = ("tests/test_", "tests/analytics/", "tests/e2e/")
+ROOT = Path(__file__).resolve().parent
+
+
+def layer_of(path: Path) -> str:
+    relative = path.resolve().relative_to(ROOT).as_posix()
+    if relative.startswith(INTEGRATION):
+        return "integration"
+    return "e2e" if relative.startswith(E2E) else "unit"
+
+
+@pytest.hookimpl(tryfirst=True)
+def pytest_collection_modifyitems(items: list[pytest.Item]) -> None:
+    for item in items:
+        item.add_marker(layer_of(item.path))
+
+
 @pytest.fixture(autouse=True)
 def hermetic_settings(monkeypatch: pytest.MonkeyPatch) -> None:
     """No test sees RadStream settings from the shell that runs it (or from an earlier test)."""
