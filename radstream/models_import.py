@@ -393,7 +393,7 @@ def import_torchxrayvision(
         if not np.allclose(ref, got, atol=1e-4):
             raise AssertionError(f"onnxruntime output differs from torch by {float(np.abs(ref - got).max())}")
         _write_slot(folder, version, labels, op, digest, source, weights_name, xrv,
-                     "random initialisation (test only)" if random_init else f"weights {Path(weights).name} sha256 {digest}")
+                     "random initialisation (test only)" if random_init or weights is None else f"weights {Path(weights).name} sha256 {digest}")
         staging.rename(folder / str(version))
     except BaseException:
         shutil.rmtree(staging, ignore_errors=True)

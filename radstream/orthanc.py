@@ -27,9 +27,10 @@ class Orthanc:
 
     def __init__(self, folder: Path, dimse_port: int | None = None, http_port: int | None = None, *, ae_title: str = "ORTHANC",
                  modalities: dict[str, tuple[str, str, int]] | None = None, start_timeout_s: float = 60) -> None:
-        self.binary = shutil.which("Orthanc")
-        if not self.binary:
+        binary = shutil.which("Orthanc")
+        if not binary:
             raise ConfigurationError("Orthanc (Debian package orthanc) is not installed: `make orthanc` installs it")
+        self.binary: str = binary
         if not DICOMWEB_PLUGIN.is_file():
             raise ConfigurationError("Orthanc's DICOMweb plugin (Debian package orthanc-dicomweb) is missing: `make orthanc` installs it")
         self.folder = Path(folder)

@@ -387,7 +387,7 @@ def generate_phantom(
             if ok:
                 pu, pv = cu, cvv
                 break
-        if pu is None:
+        if pu is None or pv is None:
             pu, pv = cu, cvv
         x0 = max(0, int((pu - 2.2 * rad) * w))
         x1 = min(w, int(math.ceil((pu + 2.2 * rad) * w)) + 1)
@@ -406,8 +406,7 @@ def generate_phantom(
                 ou, ov = gl.uniform(-0.6, 0.6, size=2) * rad
                 sr = gl.uniform(0.35, 0.6) * rad
                 acc = np.maximum(acc, np.exp(-0.5 * ((uu - pu - ou) ** 2 + (vv - pv - ov) ** 2) / sr**2))
-            rough = gl.standard_normal((4, 4)).astype(np.float32)
-            rough = cv2.resize(rough, (x1 - x0, y1 - y0), interpolation=cv2.INTER_CUBIC)
+            rough = cv2.resize(gl.standard_normal((4, 4)).astype(np.float32), (x1 - x0, y1 - y0), interpolation=cv2.INTER_CUBIC)
             blob = np.clip((acc * (1.0 + 0.3 * rough) - 0.35) / 0.4, 0.0, 1.0)
             ys, xs = np.nonzero(blob > 0.2)
             if len(xs):

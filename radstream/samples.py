@@ -51,10 +51,10 @@ def dicom_bytes(pixels: np.ndarray, photometric: str = "MONOCHROME2", *, bits_st
     """A Digital X-Ray DICOM file, uncompressed. `patient_name` (with a patient ID), `birth_date` and `accession_number`
     let tests prove where the header's PHI and identifiers go (docs/phi.md)."""
     from pydicom.dataset import FileDataset, FileMetaDataset
-    from pydicom.uid import ExplicitVRLittleEndian, generate_uid
+    from pydicom.uid import UID, ExplicitVRLittleEndian, generate_uid
 
     meta = FileMetaDataset()
-    meta.MediaStorageSOPClassUID = "1.2.840.10008.5.1.4.1.1.1.1"  # Digital X-Ray Image Storage - For Presentation
+    meta.MediaStorageSOPClassUID = UID("1.2.840.10008.5.1.4.1.1.1.1")  # Digital X-Ray Image Storage - For Presentation
     meta.MediaStorageSOPInstanceUID = generate_uid()
     meta.TransferSyntaxUID = ExplicitVRLittleEndian
     ds = FileDataset("study.dcm", {}, file_meta=meta, preamble=b"\0" * 128)

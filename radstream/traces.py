@@ -25,12 +25,12 @@ def _hex(*parts: object, length: int) -> str:
 
 def segment_document(execution: ExecutionResult, study_id: str) -> dict[str, Any]:
     started: dict[str, list[float]] = {}
-    subsegments = []
+    subsegments: list[dict[str, Any]] = []
     for event in execution.history:
         if event.type == "TaskScheduled":
             started.setdefault(event.state or "", []).append(event.timestamp)
         elif event.type in _DONE and started.get(event.state or ""):
-            subsegment = {
+            subsegment: dict[str, Any] = {
                 "id": _hex(execution.name, event.state, event.timestamp, length=16), "name": event.state, "namespace": "aws",
                 "start_time": started[event.state or ""].pop(0), "end_time": event.timestamp,
                 "aws": {"function_name": (event.resource or "").rsplit(":", 1)[-1]},

@@ -13,6 +13,7 @@ import subprocess
 import tempfile
 from dataclasses import dataclass
 from pathlib import Path
+from typing import Any
 
 import numpy as np
 
@@ -64,10 +65,10 @@ def stored_values(image: np.ndarray, bits: int, photometric: str = "MONOCHROME2"
 def dicom_dataset(values: np.ndarray, photometric: str = "MONOCHROME2", *, bits_stored: int = 12, signed: bool = False, **tags):
     """A Digital X-Ray (For Presentation) dataset, Explicit VR Little Endian, CHEST PA; `tags` set more attributes."""
     from pydicom.dataset import FileDataset, FileMetaDataset
-    from pydicom.uid import ExplicitVRLittleEndian, generate_uid
+    from pydicom.uid import UID, ExplicitVRLittleEndian, generate_uid
 
     meta = FileMetaDataset()
-    meta.MediaStorageSOPClassUID = "1.2.840.10008.5.1.4.1.1.1.1"
+    meta.MediaStorageSOPClassUID = UID("1.2.840.10008.5.1.4.1.1.1.1")
     meta.MediaStorageSOPInstanceUID = generate_uid()
     meta.TransferSyntaxUID = ExplicitVRLittleEndian
     ds = FileDataset("study.dcm", {}, file_meta=meta, preamble=b"\0" * 128)
@@ -124,7 +125,8 @@ def encode(ds, syntax: Syntax) -> bytes:
     if not uid.is_compressed:  # implicit VR, deflate: a different encoding of the same elements
         ds.file_meta.TransferSyntaxUID = uid
         return dataset_bytes(ds, implicit_vr=uid.is_implicit_VR)
-    options = {"jpeg-ls-near-lossless": {"jls_error": NEAR_LOSSLESS_ERROR}, "jpeg2000": {"j2k_cr": [JPEG2000_RATIO]}}.get(syntax.name, {})
+    encoder_options: dict[str, dict[str, Any]] = {"jpeg-ls-near-lossless": {"jls_error": NEAR_LOSSLESS_ERROR}, "jpeg2000": {"j2k_cr": [JPEG2000_RATIO]}}
+    options = encoder_options.get(syntax.name, {})
     ds.compress(uid, **options)
     return dataset_bytes(ds)
 

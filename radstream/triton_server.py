@@ -43,6 +43,7 @@ import uuid
 from collections import deque
 from collections.abc import Iterator
 from pathlib import Path
+from typing import IO
 
 from shared.errors import ConfigurationError, InferenceUnavailable
 
@@ -413,7 +414,7 @@ class TritonServer:
         self.log_verbose = log_verbose
         self._process: subprocess.Popen | None = None
         self._workdir: Path | None = None
-        self._log_handle = None
+        self._log_handle: IO[bytes] | None = None
         self._shm_prefix = f"radstream_{os.getpid()}_{uuid.uuid4().hex[:8]}_"
 
     @property

@@ -8,6 +8,8 @@ Anything that is not a botocore error is not translated: it is our own bug and i
 """
 from __future__ import annotations
 
+from typing import Literal
+
 from botocore.exceptions import (
     BotoCoreError, ClientError, ConnectionError as BotoConnectionError, EndpointConnectionError,
     NoCredentialsError, NoRegionError, ParamValidationError, PartialCredentialsError,
@@ -75,7 +77,7 @@ class translated:
     def __enter__(self) -> None:
         return None
 
-    def __exit__(self, exc_type: type | None, error: BaseException | None, tb: object) -> bool:
+    def __exit__(self, exc_type: type | None, error: BaseException | None, tb: object) -> Literal[False]:
         if isinstance(error, Exception) and not isinstance(error, RadStreamError):
             mapped = translate(error, self.what, self.setting)
             if mapped is not None:

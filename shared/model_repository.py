@@ -5,6 +5,8 @@ comes from here, so swapping weights means swapping files, not code. See docs/mo
 """
 from __future__ import annotations
 
+from typing import Literal
+
 import json
 from dataclasses import dataclass, field
 from functools import cached_property
@@ -15,7 +17,8 @@ from google.protobuf import text_format
 from shared.contracts import ModelRef
 from shared.errors import ConfigurationError
 
-KINDS = ("classifier", "detector", "encoder")
+ModelKind = Literal["classifier", "detector", "encoder"]
+KINDS: tuple[ModelKind, ...] = ("classifier", "detector", "encoder")
 NORMALIZATIONS = ("unit", "xrv")
 
 
@@ -24,7 +27,7 @@ class ModelSpec:
     name: str
     version: str
     folder: Path
-    kind: str
+    kind: ModelKind
     normalization: str
     input_name: str
     input_size: int

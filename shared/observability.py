@@ -20,7 +20,7 @@ from collections.abc import Callable, Iterator
 from contextlib import contextmanager
 from contextvars import ContextVar
 from datetime import datetime, timezone
-from typing import IO, Any, Generic, TypeVar
+from typing import IO, Any, Generic, Literal, TypeVar
 
 from aws_lambda_powertools import Logger, Tracer
 from pydantic import ValidationError
@@ -37,7 +37,7 @@ _log_target: ContextVar[IO[str] | None] = ContextVar("radstream_log_target", def
 class _LogStream(logging.StreamHandler):
     """Writes to whatever sys.stdout is at the time (Lambda's log stream), or to the stream `logs_to` names."""
 
-    @property  # type: ignore[override]
+    @property
     def stream(self) -> IO[str]:
         return _log_target.get() or sys.stdout
 
@@ -95,7 +95,7 @@ def telemetry_event_id(*, study_id: str, execution_id: str, stage: str, status: 
 
 
 def telemetry_record(
-    *, stage: Stage, study_id: str, execution_id: str, status: str, duration_ms: float | None,
+    *, stage: Stage, study_id: str, execution_id: str, status: Literal["succeeded", "failed"], duration_ms: float | None,
     model: ModelRef | None = None, error_type: str | None = None, bytes_in: int = 0, bytes_out: int = 0,
     cold_start: bool = False,
 ) -> TelemetryRecord:

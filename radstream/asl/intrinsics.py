@@ -15,6 +15,11 @@ from typing import Any
 from .errors import INTRINSIC_FAILURE, DefinitionError, StatesError
 from .jsonpath import PathNotFound, compile_path
 
+
+def _constant(value: str) -> Callable[[Any, Any], str]:
+    """An argument that evaluates to the same text whatever the data and context."""
+    return lambda data, ctx: value
+
 # (state input, context object or None) -> value
 Evaluator = Callable[[Any, "dict[str, Any] | None"], Any]
 
@@ -186,7 +191,7 @@ class _Parser:
                 if not args and self.text.startswith("'", self.pos):
                     raw_template = self.raw_string()
                     value = re.sub(r"\\(.)", r"\1", raw_template)
-                    args.append(lambda data, ctx, value=value: value)
+                    args.append(_constant(value))
                 else:
                     args.append(self.argument())
                 self.skip_space()

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import functools
 import itertools
 import json
 import pickle
@@ -238,7 +239,8 @@ class _Catcher:
     result_path: Path | None
 
 
-def _matches(names: tuple[str, ...], error: str) -> bool:
+def _matches(names: tuple[str, ...], error: str | None) -> bool:
+    # None: an error with no name (a Fail state that names none).
     if error in E.TERMINAL:
         return False
     return any(
@@ -530,7 +532,7 @@ class _Program:
         start = spec.get("StartAt")
         if start not in spec["States"]:
             raise DefinitionError(f"{where}: StartAt {start!r} is not a state")
-        self.start: str = start
+        self.start: str = str(start)
         self.states: dict[str, _State] = {}
         for name, state_spec in spec["States"].items():
             w = f"{where}.States.{name}"
@@ -618,7 +620,7 @@ class _Parallel(_State):
         try:
             results = fan_out(
                 run.machine._pool,
-                [lambda b=b: b.execute(effective, run, scope) for b in self.branches],
+                [functools.partial(b.execute, effective, run, scope) for b in self.branches],
                 scope,
             )
         except StatesError as err:

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import functools
 import queue
 import threading
 from collections.abc import Callable
@@ -123,7 +124,7 @@ def fan_out(pool: DaemonPool, fns: list[Callable[[], Any]], scope: Scope) -> lis
             job.done.set()
 
     for job in jobs[1:]:
-        if not pool.try_spawn_fanout(lambda job=job: run(job)):
+        if not pool.try_spawn_fanout(functools.partial(run, job)):
             break
     for job in jobs:
         run(job)

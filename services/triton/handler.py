@@ -7,6 +7,7 @@ from services.triton.domain import Inference
 from shared.messages import InferenceRequest, ModelOutput
 from shared.model_repository import ModelRepository
 from shared.observability import StageHandler
+from shared.inference import InferenceBackend
 from shared.settings import Settings
 from shared.wiring import object_store
 
@@ -14,6 +15,7 @@ from shared.wiring import object_store
 def build(settings: Settings) -> Inference:
     """Triton when TRITON_URL is set (locally or on EKS), else ONNX Runtime in-process over the same repository."""
     repository = ModelRepository(settings.model_repository)
+    backend: InferenceBackend
     if settings.triton_url:
         from services.triton.triton_client import TritonInference
 

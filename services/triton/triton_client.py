@@ -10,7 +10,7 @@ from __future__ import annotations
 import socket
 import threading
 from dataclasses import dataclass
-from typing import Any
+from typing import Any, Literal
 from urllib.parse import urlsplit
 
 import numpy as np
@@ -172,7 +172,7 @@ class _translated:
     def __enter__(self) -> None:
         return None
 
-    def __exit__(self, exc_type, e, tb) -> bool:
+    def __exit__(self, exc_type, e, tb) -> Literal[False]:
         if e is None or isinstance(e, (InferenceUnavailable, InferenceFailed)):
             return False
         details = {"model": self.model_name, "url": self.url}
