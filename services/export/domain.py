@@ -30,6 +30,7 @@ from typing import Any
 from services.export import codes
 from services.export.header import addressed_header
 from services.export.overlay import build_overlay, overlay_bytes
+from services.export.status import write_status
 from shared.contracts import ObjectRef, StudyResult
 from shared.errors import InvalidImage, PermanentError
 from shared.messages import ExportedResult, ExportRequest
@@ -145,8 +146,8 @@ def image_library(header: Any):
     return library
 
 
-def build_sr(result: StudyResult, source: Any):
-    """The TID 1500 Comprehensive 3D SR, addressed with the source's header as addressed_header() cleans it."""
+def build_sr(result: StudyResult, header: Any):
+    """The TID 1500 Comprehensive 3D SR, addressed with the source's header as addressed_header() cleans it (`header`)."""
     # highdicom's INFO lines name the source by its SOPInstanceUID ("copy attributes of module ... from dataset <uid>"):
     # identifiers in logs (docs/phi.md). Its warnings (no values) still log.
     logging.getLogger("highdicom").setLevel(logging.WARNING)
@@ -158,7 +159,6 @@ def build_sr(result: StudyResult, source: Any):
     )
     from highdicom.sr.value_types import ContentSequence
 
-    header = addressed_header(source)
     sop_class, sop_instance = str(header.SOPClassUID), str(header.SOPInstanceUID)
     site = [FindingSite(anatomic_location=codes.CHEST.sr())]
     used: list[codes.Code] = []
@@ -290,12 +290,11 @@ def _device(result: StudyResult, model_name: str) -> dict[str, Any]:
     return device
 
 
-def build_fhir(result: StudyResult, source: Any, sr: bytes, sr_uid: str) -> dict[str, Any]:
+def build_fhir(result: StudyResult, header: Any, sr: bytes, sr_uid: str) -> dict[str, Any]:
     """The collection Bundle: DiagnosticReport (the SR in presentedForm), an Observation per finding and per box,
     the algorithms as Devices, the Patient and the ImagingStudy; urn:uuid fullUrls, deterministic per study and execution."""
     from fhir.resources.R4B.bundle import Bundle
 
-    header = addressed_header(source)
 
     def full_url(entry: str) -> str:
         return f"urn:uuid:{uuid.uuid5(FHIR_NAMESPACE, '|'.join((result.study_id, result.execution_id, entry)))}"
@@ -377,23 +376,27 @@ def export_result(request: ExportRequest, store: ObjectStore, results_bucket: st
     result = StudyResult.model_validate_json(store.get_bytes(request.stored.result.bucket, request.stored.result.key))
     data = source_bytes(store, result)
     source = source_header(data, study_id)
-    missing = [k for k in ("StudyInstanceUID", "SeriesInstanceUID", "SOPInstanceUID", "SOPClassUID") if not str(source.get(k) or "").strip()]
+    header = addressed_header(source)
+    missing = [k for k in ("StudyInstanceUID", "SeriesInstanceUID", "SOPInstanceUID", "SOPClassUID") if k not in header]
     if missing:
-        # Type 1 in every image IOD: without them a PACS cannot file an SR, nor an EHR link the report. The result
-        # stands (the models' outputs do not depend on them); the export says why it wrote nothing.
-        reason = f"not exported: the source DICOM lacks {', '.join(missing)}"
+        # Type 1 in every image IOD: without them (or with a value that is no UID) a PACS cannot file an SR, nor an EHR
+        # link the report. The result stands (the models' outputs do not depend on them); the export says why it wrote nothing.
+        reason = f"not exported: the source DICOM lacks a valid {', '.join(missing)}"
         logger.warning("export skipped", reason=reason)
+        write_status(store, results_bucket, study_id, result.execution_id, "skipped", message=reason)
         return ExportedResult(study_id=study_id, skipped=reason)
-    sr = build_sr(result, source)
+    sr = build_sr(result, header)
     sr_data = sr_bytes(sr)
-    fhir = json.dumps(build_fhir(result, source, sr_data, str(sr.SOPInstanceUID)), indent=2).encode()
+    fhir = json.dumps(build_fhir(result, header, sr_data, str(sr.SOPInstanceUID)), indent=2).encode()
     overlay_data = overlay_bytes(build_overlay(
-        result, data, addressed_header(source), lambda what: _uid(result, what), f"RadStream {NOT_FOR_CLINICAL_USE}",
+        result, data, header, lambda what: _uid(result, what), f"RadStream {NOT_FOR_CLINICAL_USE}",
         NOT_FOR_CLINICAL_USE, MANUFACTURER))
     prefix = f"results/{study_id}/"
     stored_sr = store.put_bytes(results_bucket, prefix + "report.sr.dcm", sr_data, content_type="application/dicom")
     stored_overlay = store.put_bytes(results_bucket, prefix + "report.overlay.dcm", overlay_data, content_type="application/dicom")
     stored_fhir = store.put_bytes(results_bucket, prefix + "report.fhir.json", fhir, content_type="application/fhir+json")
+    refs = [ObjectRef(bucket=results_bucket, key=stored.key) for stored in (stored_sr, stored_overlay, stored_fhir)]
+    write_status(store, results_bucket, study_id, result.execution_id, "built", exports=refs)
     return ExportedResult(
         study_id=study_id, sr=ObjectRef(bucket=results_bucket, key=stored_sr.key), fhir=ObjectRef(bucket=results_bucket, key=stored_fhir.key),
         overlay=ObjectRef(bucket=results_bucket, key=stored_overlay.key),
