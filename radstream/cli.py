@@ -369,7 +369,7 @@ def cmd_export(args: argparse.Namespace) -> int:
             for key in keys:
                 letter = DeadLetter.model_validate_json(store.get_bytes(settings.results_bucket, key))
                 what = "not built" if letter.kind == "build" else "not delivered"
-                print(f"{key}: {what}: {letter.error_type}: {letter.message} (failed {letter.failed_at:%Y-%m-%d %H:%M:%S} UTC)")
+                print(f"{key}: {letter.error_type}: {letter.message} ({what}; failed {letter.failed_at:%Y-%m-%d %H:%M:%S} UTC)")
             print(f"{len(keys)} dead letter(s)" + ("; `radstream export --retry` builds and sends them again" if keys else ""))
             return 0
         delivered = failed = 0

@@ -1,19 +1,24 @@
 """Export stage: a DICOM study's result, DICOM-native and FHIR, addressed back to the hospital.
 
 Inputs: the workflow state's validated study and stored result (object keys only); the result itself
-(results/<study_id>/result.json) and the source DICOM's header (images bucket, pixels not read, the same
-bytes validate checked: sha256). Outputs, both under results/<study_id>/:
-- report.sr.dcm: a Comprehensive 3D SR holding a TID 1500 Measurement Report (highdicom): one TID 1501
-  group per classifier finding (a qualitative evaluation Present/Absent, the probability and the threshold
-  as measurements), one TID 1410 group per detector box (an image-region SCOORD POLYLINE in the source
-  image's pixels, referencing its SOP instance, with the score), the draft report text in the report's
-  Qualitative Evaluations container, and each group's algorithm (TID 4019: model name and version).
-  The source's patient, study and general equipment modules are copied (highdicom's evidence), so a PACS
-  files the SR with the study. Series description and the text both say "not for clinical use".
-- report.fhir.json: a FHIR R4 (R4B models, identical for these resources) collection Bundle: the
-  DiagnosticReport, one Observation per finding and per box, the Patient and the ImagingStudy, mapped as
-  the "DICOM SR to FHIR Resource Mapping" IG maps TID 1500 (docs/gateway.md says where it is simplified).
-These two objects carry the patient module by design (docs/phi.md); the stage returns only their keys.
+(results/<study_id>/result.json) and the source DICOM's header (images bucket, pixels not read for the SR, the same
+bytes validate checked: sha256), cleaned by services/export/header.py (each copied value valid for its VR).
+Outputs, all under results/<study_id>/:
+- report.sr.dcm: a Comprehensive 3D SR holding a TID 1500 Measurement Report (highdicom): the image library
+  (TID 1600, built here from what the header really has), one TID 1501 group per classifier finding (a qualitative
+  evaluation Present/Absent, the certainty and the operating point), one TID 1410 group per detector box (an
+  image-region SCOORD POLYLINE in the source image's pixels, referencing its SOP instance, with the score), the
+  draft report text in the report's Qualitative Evaluations container, and each group's algorithm (TID 4019).
+  Every concept is coded from services/export/codes.py, the table the FHIR bundle uses too. Series description and
+  the text both say "not for clinical use".
+- report.overlay.dcm: the Secondary Capture with the boxes burned in (services/export/overlay.py).
+- report.fhir.json: a FHIR R4 collection Bundle (validated with fhir.resources' R4B models, identical for these
+  resources): the DiagnosticReport (the SR in presentedForm), one Observation per finding and per box, a Device per
+  model, the Patient and the ImagingStudy; urn:uuid fullUrls (uuid5 of study, execution and entry), declared
+  profiles; mapped as the "DICOM SR to FHIR Resource Mapping" IG maps TID 1500 (docs/gateway.md says where simplified).
+- exports.json: the study's export status (built, or skipped with why).
+These objects carry the patient module by design (docs/phi.md); the stage returns only their keys. An error here
+never costs the study its result: the workflow's Catch dead-letters the build (services/export/deliver.py).
 """
 from __future__ import annotations
 

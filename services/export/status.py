@@ -16,7 +16,8 @@ def status_key(study_id: str) -> str:
 
 
 def write_status(store: ObjectStore, bucket: str, study_id: str, execution_id: str, status: str, **fields: Any) -> ObjectRef:
-    record = ExportStatus(study_id=study_id, execution_id=execution_id, status=status, updated_at=datetime.now(timezone.utc), **fields)  # type: ignore[arg-type]
+    record = ExportStatus.model_validate(
+        {"study_id": study_id, "execution_id": execution_id, "status": status, "updated_at": datetime.now(timezone.utc), **fields})
     stored = store.put_bytes(bucket, status_key(study_id), record.model_dump_json(indent=2, exclude_none=True).encode(),
                              content_type="application/json")
     return ObjectRef(bucket=bucket, key=stored.key)

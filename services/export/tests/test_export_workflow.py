@@ -114,7 +114,8 @@ def test_an_export_that_cannot_be_built_leaves_the_result_and_is_replayed(tmp_pa
     # The disk mended: `radstream export` lists it, --retry builds the exports again (no destination: built only)...
     (data / "results/results/blocked/report.sr.dcm").rmdir()
     assert main(["export", "--data-dir", str(data)]) == 0
-    assert "not built: StorageUnavailable" in capsys.readouterr().out
+    listed = capsys.readouterr().out
+    assert f"export-failed/blocked/{letter_path.name}: StorageUnavailable: " in listed and "(not built; failed" in listed
     assert main(["export", "--retry", "--data-dir", str(data)]) == 0
     out = capsys.readouterr().out
     assert "blocked: exports built" in out and "1 delivered, 0 still failing" in out
