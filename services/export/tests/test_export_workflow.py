@@ -23,7 +23,7 @@ from fhir.resources.R4B.bundle import Bundle
 from radstream.cli import main
 from radstream.phantoms import generate_phantom
 from radstream.runtime import LocalRuntime
-from radstream.samples import dicom_bytes
+from radstream.samples import dicom_bytes, write_dicom_study
 from services.export.tests.test_deliver import Endpoint
 from shared.settings import Settings
 from tests.test_local_pipeline import lake_records
@@ -44,6 +44,11 @@ def challenge_study(folder: Path) -> Path:
     folder.mkdir(parents=True)
     ds.save_as(folder / "study.dcm", enforce_file_format=True)
     return folder
+
+
+def plain_study(folder: Path) -> Path:
+    """A DX study every builder has always handled: what fails below is the store, not the header."""
+    return write_dicom_study(folder, generate_phantom(np.random.default_rng(12), size=256).image, patient_name="CHALLENGE^PATIENT")
 
 
 def dciodvfy_errors(data: bytes, path: Path) -> list[str]:
@@ -71,7 +76,7 @@ def test_a_challenge_dicom_gets_its_result_and_valid_exports(tmp_path, capsys):
 
 def test_an_export_that_cannot_be_built_leaves_the_result_and_is_replayed(tmp_path, capsys):
     data = tmp_path / "data"
-    folder = challenge_study(tmp_path / "studies" / "blocked")
+    folder = plain_study(tmp_path / "studies" / "blocked")
     settings = Settings(data_dir=data)
     sleeps: list[float] = []
     with LocalRuntime(settings, workers=1, sleep=sleeps.append) as runtime:
@@ -127,7 +132,7 @@ def test_an_export_that_cannot_be_built_leaves_the_result_and_is_replayed(tmp_pa
 
 def test_a_failed_build_replayed_to_a_destination_is_built_then_delivered(tmp_path, capsys):
     data = tmp_path / "data"
-    folder = challenge_study(tmp_path / "studies" / "later")
+    folder = challenge_study(tmp_path / "studies" / "later")  # the header the builders now take, and a failing store
     blocked = data / "results/results/later/report.overlay.dcm"
     blocked.mkdir(parents=True)
     with LocalRuntime(Settings(data_dir=data), workers=1, sleep=lambda s: None) as runtime:
