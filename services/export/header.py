@@ -37,6 +37,7 @@ _AGE = re.compile(r"^\s*0*(\d{1,3})\s*([DWMY]?)\s*$", re.IGNORECASE)
 _ORIENTATION = re.compile(r"^(?:[AFHLPR]{1,3})$")
 _TEXT_VRS = {"AE", "AS", "CS", "DA", "DS", "DT", "IS", "LO", "LT", "PN", "SH", "ST", "TM", "UC", "UI", "UR", "UT"}
 _SINGLE_VALUED_TEXT = {"LT", "ST", "UT", "UR"}
+_PADDED = {"AE", "AS", "CS", "DA", "DS", "DT", "IS", "TM", "UI"}
 
 
 def _charset_terms(source: Any) -> list[str] | None:
@@ -71,7 +72,10 @@ def raw_values(source: Any, keyword: str, encodings: list[str]) -> list[str] | l
         elif not isinstance(value, str):
             value = "\\".join(str(v) for v in value) if isinstance(value, (list, tuple, MultiValue)) else str(value)
         value = value.rstrip(" \x00") if vr != "UI" else value.rstrip("\x00").strip()
-        return [value] if vr in _SINGLE_VALUED_TEXT else value.split("\\")
+        if vr in _SINGLE_VALUED_TEXT:
+            return [value]
+        # Padding around each value is not part of it (PS3.5 6.2) for the code-like VRs; names and texts keep theirs.
+        return [v.strip(" ") if vr in _PADDED else v for v in value.split("\\")]
     if isinstance(value, bytes):  # US/SS/FD/...: binary numbers, converted without validation
         value = source[tag].value
     return list(value) if isinstance(value, (list, tuple, MultiValue)) else [value]

@@ -89,6 +89,7 @@ HEADERS: dict[str, list[Callable[[pydicom.Dataset], None]]] = {
     "orientation-compound": [setting(PatientOrientation=["A", "FR"])],
     "orientation-one-value": [raw(0x00200020, "CS", b"L ")],
     "orientation-invalid": [raw(0x00200020, "CS", b"left\\foot ")],
+    "orientation-padded": [raw(0x00200020, "CS", b" A\\F ")],
     "spacing-zero": [raw(0x00181164, "DS", b"0\\0 ")],
     "spacing-one-value": [raw(0x00181164, "DS", b"0.2 ")],
     "age-bare-number": [raw(0x00101010, "AS", b"62")],
