@@ -354,7 +354,8 @@ def add_destination_options(p: argparse.ArgumentParser) -> None:
 
 
 def cmd_export(args: argparse.Namespace) -> int:
-    """The dead letters in the results bucket; with --retry, each sent again to the destinations configured now."""
+    """The dead letters in the results bucket; with --retry, each replayed: a failed build built again, then (as a failed
+    delivery) sent to the destinations configured now."""
     from services.export.deliver import DeadLetter, dead_letters, replay_dead_letters
     from shared import wiring
 
@@ -367,14 +368,16 @@ def cmd_export(args: argparse.Namespace) -> int:
         if not args.retry:
             for key in keys:
                 letter = DeadLetter.model_validate_json(store.get_bytes(settings.results_bucket, key))
-                print(f"{key}: {letter.error_type}: {letter.message} (failed {letter.failed_at:%Y-%m-%d %H:%M:%S} UTC)")
-            print(f"{len(keys)} dead letter(s)" + ("; `radstream export --retry` sends them again" if keys else ""))
+                what = "not built" if letter.kind == "build" else "not delivered"
+                print(f"{key}: {letter.error_type}: {letter.message} ({what}; failed {letter.failed_at:%Y-%m-%d %H:%M:%S} UTC)")
+            print(f"{len(keys)} dead letter(s)" + ("; `radstream export --retry` builds and sends them again" if keys else ""))
             return 0
         delivered = failed = 0
         for i, replayed in enumerate(replay_dead_letters(store, settings), start=1):
             if replayed.error is None:
                 delivered += 1
-                print(f"[{i}/{len(keys)}] {replayed.study_id}: delivered to {', '.join(replayed.delivered or [])}; {replayed.key} removed", flush=True)
+                done = [*(["exports built"] if replayed.rebuilt else []), *([f"delivered to {', '.join(replayed.delivered)}"] if replayed.delivered else [])]
+                print(f"[{i}/{len(keys)}] {replayed.study_id}: {' and '.join(done) or 'nothing to send'}; {replayed.key} removed", flush=True)
             else:
                 failed += 1
                 print(f"[{i}/{len(keys)}] {replayed.study_id}: still failing: {replayed.error.error_name}: {replayed.error.message}", flush=True)

@@ -1,4 +1,4 @@
-"""Versioned contracts: what leaves the pipeline (result, failure record, telemetry record).
+"""Versioned contracts: what leaves the pipeline (result, failure record, telemetry record, export status).
 
 The JSON Schema files beside this module (schemas/*.v1.schema.json) are generated from these models
 (`python -m shared.contracts`) and a test keeps them in step. The sidecar's schema is hand-written,
@@ -146,10 +146,31 @@ class FailureRecord(Contract):
     superseded_result: ObjectRef | None = None
 
 
+class ExportStatus(Contract):
+    """results/<study_id>/exports.json: what became of a DICOM study's exports (SR, overlay, FHIR bundle) and their
+    delivery. The result is the study's record; this says whether its consequences reached the hospital, and if not
+    why and what replays them (a dead letter for `radstream export --retry`). No patient value (docs/phi.md)."""
+
+    schema_version: Literal["1"] = "1"
+    study_id: str
+    execution_id: str = Field(description="the run whose result these exports are of (result.json's execution_id)")
+    status: Literal["built", "skipped", "delivered", "build_failed", "delivery_failed"] = Field(description=(
+        "built: SR, overlay and FHIR bundle written, nothing sent (no destination configured); skipped: the source "
+        "cannot be addressed (message says why); delivered: sent to every destination; build_failed / delivery_failed: "
+        "dead-lettered, `radstream export --retry` builds and/or sends them again"))
+    updated_at: datetime
+    exports: list[ObjectRef] = []
+    destinations: list[str] = []
+    error_type: str | None = None
+    message: str | None = Field(None, description="the reason a person can act on (never a patient value)")
+    dead_letter: ObjectRef | None = None
+
+
 CONTRACTS: dict[str, type[Contract]] = {
     "result": StudyResult,
     "failure": FailureRecord,
     "telemetry": TelemetryRecord,
+    "exports": ExportStatus,
 }
 
 

@@ -11,7 +11,7 @@ from typing import Any, Literal
 
 from pydantic import BaseModel
 
-from shared.contracts import Detection, Finding, ModelRef, ObjectRef, ReportSentence
+from shared.contracts import Detection, Finding, ModelRef, ObjectRef, ReportSentence, TelemetryRecord
 
 ImageFormat = Literal["png", "jpeg", "dicom"]
 INCOMING = "incoming/"
@@ -151,12 +151,15 @@ class ExportedResult(StageOutput):
     skipped: str | None = None
 
 
-# --- DeliverResults (and its dead letter) ---
+# --- DeliverResults (and the dead letters of RecordDeadLetter and RecordExportFailure) ---
 class DeliverRequest(BaseModel):
     study: ValidatedStudy
-    exported: ExportedResult
+    # What ExportResults wrote; absent when ExportResults itself failed (RecordExportFailure: the build is dead-lettered).
+    exported: ExportedResult | None = None
+    # The stored result, for a build that failed: what `radstream export --retry` builds the exports from again.
+    stored: StoredResult | None = None
     execution_id: str = "direct-invoke"
-    # Set by the workflow's Catch ({Error, Cause}) once delivery failed for good: record the dead letter instead.
+    # Set by the workflow's Catch ({Error, Cause}) once delivery, or the build, failed for good: record the dead letter instead.
     error: dict[str, Any] | None = None
 
 
@@ -164,6 +167,9 @@ class DeliveredResult(StageOutput):
     destinations: list[str] = []  # where the exports went (dimse:AE@host:port, stow:URL, fhir:URL)
     dead_letter: ObjectRef | None = None  # results/export-failed/<study_id>/<execution>.json
     skipped: str | None = None  # why nothing was sent (nothing exported, no destination configured)
+    # A build that failed: the export stage's telemetry record (status failed), which the workflow counts in place of
+    # ExportResults' own (ExportFailed puts it at $.exported.telemetry).
+    export_record: TelemetryRecord | None = None
 
 
 # --- RecordFailure ---

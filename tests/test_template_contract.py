@@ -60,9 +60,9 @@ def test_permanent_errors_are_never_retried(template):
 
 def test_every_task_calls_a_handler_that_imports(template):
     tasks = [s for _, s in walk_states(template.definition()["States"]) if s["Type"] == "Task"]
-    # validate, prepare, 3 model branches, store, export, deliver and its dead letter (DICOM studies), telemetry,
-    # record failure, failure telemetry
-    assert len(tasks) == 12
+    # validate, prepare, 3 model branches, store, export, deliver and its dead letter, the export's failure record
+    # (DICOM studies), telemetry, record failure, failure telemetry
+    assert len(tasks) == 13
     for task in tasks:
         module, _, attribute = template.handler_for(task["Resource"]).rpartition(".")
         assert callable(getattr(importlib.import_module(module), attribute))
@@ -103,8 +103,7 @@ def test_store_reads_the_state_keys_the_template_writes(template):
     from services.store.domain import STAGE_KEYS
 
     states = template.definition()["States"]
-    by_stage = {"validate": "ValidateMetadata", "prepare": "PrepareTensors", "inference": "RunModels", "store": "StoreResults",
-                "export": "ExportResults"}
+    by_stage = {"validate": "ValidateMetadata", "prepare": "PrepareTensors", "inference": "RunModels", "store": "StoreResults"}
     assert [stage for stage, _ in STAGE_KEYS] == list(by_stage), "in pipeline order"
     for stage, key in STAGE_KEYS:
         assert states[by_stage[stage]]["ResultPath"] == f"$.{key}", f"{by_stage[stage]} writes $.{key}"
@@ -131,3 +130,31 @@ def test_a_failure_that_cannot_be_recorded_ends_named(template):
     assert catch["ErrorEquals"] == ["States.ALL"]
     end = states[catch["Next"]]
     assert end["Type"] == "Fail" and end["Error"] == shared.errors.FailureNotRecorded.__name__
+
+
+def test_nothing_after_the_result_reaches_record_failure(template):
+    """The result is the study's record: from StoreResults on, every path (Next, Default, Choices, Catch) ends in the
+    study's telemetry as a success; an export that fails is dead-lettered by the delivery function, never a study failure."""
+    states = template.definition()["States"]
+
+    def successors(state: dict) -> list[str]:
+        names = [state.get("Next"), state.get("Default")] + [c.get("Next") for c in state.get("Choices", [])]
+        return [n for n in names + [c["Next"] for c in state.get("Catch", [])] if n]
+
+    seen, todo = set(), [states["StoreResults"]["Next"]]
+    while todo:
+        name = todo.pop()
+        if name in seen:
+            continue
+        seen.add(name)
+        todo.extend(successors(states[name]))
+    assert "ExportResults" in seen and "SendTelemetry" in seen
+    assert not seen & {"RecordFailure", "SendFailureTelemetry", "StudyFailed"}, sorted(seen)
+    (catch,) = states["ExportResults"]["Catch"]
+    recorder = states[catch["Next"]]
+    assert catch["ErrorEquals"] == ["States.ALL"] and recorder["Resource"] == states["RecordDeadLetter"]["Resource"]
+    assert recorder["Parameters"]["error.$"] == catch["ResultPath"] and "exported.$" not in recorder["Parameters"]
+    # Its failed export record takes ExportResults' place in the telemetry the study sends.
+    counted = states[recorder["Next"]]
+    assert counted["Type"] == "Pass" and counted["ResultPath"] == states["ExportResults"]["ResultPath"]
+    assert "$.exported.telemetry" in states["SendTelemetry"]["Parameters"]["records.$"]

@@ -28,6 +28,7 @@ import numpy as np
 
 from radstream.analytics import DuckDBQueryRunner, LAKE_PREFIX, QueryResult
 from radstream.template import Template
+from shared.contracts import ExportStatus
 from shared.errors import ConfigurationError, ObjectNotFound
 from shared.metrics import EmfLog, MetricSummary
 from shared.storage import ObjectStore
@@ -323,6 +324,9 @@ class StudyDetail:
     trace: dict[str, Any] | None = None
     runs: list[str] = field(default_factory=list)
     trace_note: str | None = None
+    # DICOM studies: what became of the result's exports (results/<study_id>/exports.json, shared.contracts.ExportStatus),
+    # only when it is about this result's run (an earlier run's status would describe other exports).
+    exports: dict[str, Any] | None = None
 
 
 class RenderedImage:
@@ -425,10 +429,10 @@ class ConsoleData:
 
     # --- one study ---
     def raw(self, study_id: str, name: str) -> bytes:
-        """result.json, report.txt or error.json, as stored."""
+        """result.json, report.txt, exports.json or error.json, as stored."""
         check_study_id(study_id)
         prefix = "failed" if name == "error.json" else "results"
-        if name not in ("result.json", "report.txt", "error.json"):
+        if name not in ("result.json", "report.txt", "exports.json", "error.json"):
             raise ObjectNotFound(f"study {study_id}: no {name}")
         return self.store.get_bytes(self.results_bucket, f"{prefix}/{study_id}/{name}")
 
@@ -454,8 +458,21 @@ class ConsoleData:
                 detail.width, detail.height, detail.photometric, detail.bit_depth = image.width, image.height, image.photometric, image.bit_depth
             except Exception as e:  # the page still shows the findings; the reason is shown in place of the image
                 detail.image_error = f"{type(e).__name__}: {e}"
+            detail.exports = self.export_status(study_id, doc)
         self._add_trace(detail)
         return detail
+
+    def export_status(self, study_id: str, result: dict[str, Any]) -> dict[str, Any] | None:
+        """The study's export status for this result's run, as stored; None for a study with no exports (PNG/JPEG)."""
+        try:
+            status = ExportStatus.model_validate_json(self.store.get_bytes(self.results_bucket, f"results/{study_id}/exports.json"))
+        except ObjectNotFound:
+            return None
+        except ValueError:
+            return {"status": "unreadable", "message": "results/" + study_id + "/exports.json cannot be read"}
+        if status.execution_id != result.get("execution_id"):
+            return None
+        return status.model_dump(mode="json", exclude_none=True)
 
     def image(self, study_id: str, result: dict[str, Any] | None = None) -> RenderedImage:
         check_study_id(study_id)

@@ -46,7 +46,7 @@ def write_report(data: ConsoleData, out: Path) -> ReportSummary:
         written += 1
         folder = out / "study" / row.study_id
         folder.mkdir(exist_ok=True)
-        for name in ("result.json", "report.txt", "error.json"):
+        for name in ("result.json", "report.txt", "exports.json", "error.json"):
             try:
                 (folder / name).write_bytes(data.raw(row.study_id, name))
             except ObjectNotFound:

@@ -26,7 +26,8 @@ SECURITY_HEADERS = {
     "Referrer-Policy": "no-referrer",
     "Cache-Control": "no-store",
 }
-STUDY_FILES = {"result.json": "application/json", "report.txt": "text/plain; charset=utf-8", "error.json": "application/json"}
+STUDY_FILES = {"result.json": "application/json", "report.txt": "text/plain; charset=utf-8", "exports.json": "application/json",
+               "error.json": "application/json"}
 
 
 def _int(params: dict[str, list[str]], name: str, default: int, allowed: tuple[int, ...] | None = None) -> int:

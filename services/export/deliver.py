@@ -1,4 +1,4 @@
-"""Delivery of a study's exports to the hospital, and the dead letters of deliveries that kept failing.
+"""Delivery of a study's exports to the hospital, and the dead letters of exports that could not be built or delivered.
 
 DeliverResults (template.yaml) runs after ExportResults for DICOM studies. It sends the SR and the overlay
 (results/<study_id>/report.sr.dcm, report.overlay.dcm) to the configured destinations: a DICOM node by
@@ -8,11 +8,16 @@ or warning (0x0000, 0xB000, 0xB006, 0xB007) or HTTP 2xx is delivered; 0xA7xx (ou
 408/429/5xx or a peer that cannot be reached is DeliveryUnavailable (the template retries it); anything else
 DeliveryRefused. Log lines name the study id and the peer, never a patient value.
 
-When the retries are spent (or the peer refused), the workflow's Catch runs the same function with the error:
-it writes a dead letter, results/export-failed/<study_id>/<execution>.json (study id, execution, error, the
-exports' keys and the destinations; no patient value), and the study continues to SendTelemetry with its
-result: a delivery failure is not a study failure. `radstream export --retry` replays the dead letters
-(`replay_dead_letters`): a delivered one is removed, a failing one stays.
+When the retries are spent (or the peer refused), the workflow's Catch runs the same function with the error
+(RecordDeadLetter); when ExportResults itself failed (a header no builder could address, a bug), its Catch does too,
+without exports (RecordExportFailure). Either way it writes a dead letter, results/export-failed/<study_id>/<execution>.json
+(study id, execution, kind build|delivery, error, the exports' keys or what rebuilds them, the destinations; no
+patient value), marks the study's export status (results/<study_id>/exports.json: build_failed or delivery_failed,
+with the message to act on), and the study continues to SendTelemetry with its result: an export failure is never a
+study failure, and never moves or hides the result. A failed build also returns the export stage's failed telemetry
+record, counted in place of ExportResults' own. `radstream export --retry` replays the dead letters
+(`replay_dead_letters`): a failed build is built again, then sent like a failed delivery; a letter replayed in full is
+removed, a failing one stays (rewritten as a failed delivery once its exports are built).
 """
 from __future__ import annotations
 
@@ -25,13 +30,17 @@ import uuid
 from collections.abc import Callable, Iterator
 from dataclasses import dataclass
 from datetime import datetime, timezone
-from typing import Any
+from typing import Any, Literal
 
 from pydantic import BaseModel
 
+from services.export.status import write_status
 from shared.contracts import ObjectRef
-from shared.errors import ConfigurationError, DeliveryRefused, DeliveryUnavailable, ObjectNotFound, RadStreamError, caught_error
-from shared.messages import DeliveredResult, DeliverRequest, ExportedResult
+from shared.errors import (
+    ConfigurationError, DeliveryRefused, DeliveryUnavailable, MalformedEvent, ObjectNotFound, PermanentError, RadStreamError, caught_error,
+)
+from shared.messages import DeliveredResult, DeliverRequest, ExportedResult, ExportRequest, StoredResult, ValidatedStudy
+from shared.observability import telemetry_record
 from shared.settings import Settings
 from shared.storage import ObjectStore
 
@@ -174,15 +183,21 @@ def deliver_exports(study_id: str, exported: ExportedResult, store: ObjectStore,
 
 # --- dead letters ---
 class DeadLetter(BaseModel):
-    """A delivery that kept failing: what to send again, and why it failed. No patient value (docs/phi.md)."""
+    """An export that kept failing: what to build and/or send again, and why it failed. No patient value (docs/phi.md).
+
+    kind "delivery": the exports were built and could not be sent (RecordDeadLetter); `exported` names them.
+    kind "build": ExportResults itself failed (RecordExportFailure); `study` and `stored` are what builds them again."""
 
     study_id: str
     execution_id: str
     failed_at: datetime
+    kind: Literal["build", "delivery"] = "delivery"
     error_type: str
     message: str
     destinations: list[str]
-    exported: ExportedResult
+    exported: ExportedResult | None = None
+    study: ValidatedStudy | None = None
+    stored: StoredResult | None = None
     replay: str = "radstream export --retry"
 
 
@@ -191,35 +206,60 @@ def dead_letter_key(study_id: str, execution_id: str) -> str:
     return f"{DEAD_LETTERS}{study_id}/{execution}.json"
 
 
-def error_message(error: dict[str, Any], study_id: str, execution_id: str) -> tuple[str, str]:
+def error_message(error: dict[str, Any], study_id: str, execution_id: str, doing: str = "delivering") -> tuple[str, str]:
     """The Catch's {Error, Cause}: our own errors' messages (they never carry patient values), else only the type."""
     error_type, message = caught_error(error)
-    return error_type, message or f"study {study_id}: unexpected {error_type} while delivering; see the logs of execution {execution_id}"
+    return error_type, message or (f"study {study_id}: unexpected {error_type} while {doing}; see the logs of execution {execution_id}; "
+                                   "the result stands and `radstream export --retry` tries again")
+
+
+def _exports(exported: ExportedResult | None) -> list[ObjectRef]:
+    return [ref for ref in (exported.sr, exported.overlay, exported.fhir) if ref is not None] if exported else []
 
 
 def record_dead_letter(request: DeliverRequest, store: ObjectStore, settings: Settings) -> DeliveredResult:
+    """The Catch of DeliverResults (a delivery that kept failing) or of ExportResults (a build that failed): the dead letter,
+    the study's export status, and for a failed build the export stage's failed telemetry record. The result stays."""
     study_id = request.study.study_id
-    error_type, message = error_message(request.error or {}, study_id, request.execution_id)
+    kind: Literal["build", "delivery"] = "build" if request.exported is None else "delivery"
+    if kind == "build" and request.stored is None:
+        raise MalformedEvent("a failed export build needs the stored result (stored) to be replayed", study_id=study_id)
+    error_type, message = error_message(request.error or {}, study_id, request.execution_id,
+                                        "building its exports (SR, overlay, FHIR)" if kind == "build" else "delivering its exports")
     letter = DeadLetter(
-        study_id=study_id, execution_id=request.execution_id, failed_at=datetime.now(timezone.utc), error_type=error_type,
+        study_id=study_id, execution_id=request.execution_id, failed_at=datetime.now(timezone.utc), kind=kind, error_type=error_type,
         message=message, destinations=destinations(settings), exported=request.exported,
+        study=request.study if kind == "build" else None, stored=request.stored if kind == "build" else None,
     )
     stored = store.put_bytes(settings.results_bucket, dead_letter_key(study_id, request.execution_id),
                              letter.model_dump_json(indent=2, exclude_none=True).encode(), content_type="application/json")
-    log.warning("exports not delivered study_id=%s error_type=%s: dead letter %s", study_id, error_type, stored.key)
-    return DeliveredResult(study_id=study_id, dead_letter=ObjectRef(bucket=settings.results_bucket, key=stored.key), bytes_out=stored.size)
+    ref = ObjectRef(bucket=settings.results_bucket, key=stored.key)
+    write_status(store, settings.results_bucket, study_id, request.execution_id, f"{kind}_failed", exports=_exports(request.exported),
+                 destinations=letter.destinations, error_type=error_type, message=message, dead_letter=ref)
+    log.warning("exports not %s study_id=%s error_type=%s: dead letter %s", "built" if kind == "build" else "delivered", study_id,
+                error_type, stored.key)
+    record = None
+    if kind == "build":
+        record = telemetry_record(stage="export", study_id=study_id, execution_id=request.execution_id, status="failed",
+                                  duration_ms=None, error_type=error_type)
+    return DeliveredResult(study_id=study_id, dead_letter=ref, bytes_out=stored.size, export_record=record)
 
 
 def deliver(request: DeliverRequest, store: ObjectStore, settings: Settings) -> DeliveredResult:
-    """DeliverResults: send the exports; or, called by the Catch with the error, write the dead letter."""
+    """DeliverResults: send the exports; or, called by a Catch with the error, write the dead letter."""
     if request.error is not None:
         return record_dead_letter(request, store, settings)
     study_id = request.study.study_id
+    if request.exported is None:
+        raise MalformedEvent("DeliverResults needs the exports (exported) or, from a Catch, the error", study_id=study_id)
     if request.exported.sr is None:
         return DeliveredResult(study_id=study_id, skipped=request.exported.skipped or "nothing was exported")
     if not destinations(settings):
         return DeliveredResult(study_id=study_id, skipped="no destination configured (EXPORT_DICOM_PEER, EXPORT_STOW_URL, EXPORT_FHIR_URL)")
-    return DeliveredResult(study_id=study_id, destinations=deliver_exports(study_id, request.exported, store, settings))
+    reached = deliver_exports(study_id, request.exported, store, settings)
+    write_status(store, settings.results_bucket, study_id, request.execution_id, "delivered", exports=_exports(request.exported),
+                 destinations=reached)
+    return DeliveredResult(study_id=study_id, destinations=reached)
 
 
 @dataclass
@@ -227,6 +267,7 @@ class Replayed:
     key: str
     study_id: str
     delivered: list[str] | None = None
+    rebuilt: bool = False
     error: RadStreamError | None = None
 
 
@@ -234,10 +275,49 @@ def dead_letters(store: ObjectStore, bucket: str) -> list[str]:
     return sorted(k for k in store.list_keys(bucket, DEAD_LETTERS) if k.endswith(".json"))
 
 
-def replay_dead_letters(store: ObjectStore, settings: Settings, on_each: Callable[[Replayed], None] | None = None) -> Iterator[Replayed]:
-    """Send each dead letter's exports again to the destinations configured now; a delivered one's letter is removed."""
-    if not destinations(settings):
+def _replay(letter: DeadLetter, outcome: Replayed, store: ObjectStore, settings: Settings) -> None:
+    """Build the exports again (a failed build), then send them to the destinations configured now (if any)."""
+    from services.export.domain import export_result
+
+    exported = letter.exported
+    if letter.kind == "build":
+        assert letter.study is not None and letter.stored is not None  # noqa: S101 - record_dead_letter writes both for a build
+        try:
+            exported = export_result(ExportRequest(study=letter.study, stored=letter.stored, execution_id=letter.execution_id), store,
+                                     settings.results_bucket)
+        except RadStreamError:
+            raise
+        except Exception as e:  # a builder's own bug: named by type (its message could carry header values), the letter kept
+            log.error("exports not rebuilt study_id=%s error_type=%s", letter.study_id, type(e).__name__)
+            raise PermanentError(f"study {letter.study_id}: the exports still cannot be built (unexpected {type(e).__name__}); "
+                                 "see the logs", study_id=letter.study_id) from e
+        outcome.rebuilt = True
+        if exported.sr is None or not destinations(settings):
+            return  # nothing to send (the source cannot be addressed: exports.json says why), or nowhere to send it yet
+    elif not destinations(settings):
         raise ConfigurationError("no destination configured to replay to: set EXPORT_DICOM_PEER, EXPORT_STOW_URL or EXPORT_FHIR_URL")
+    assert exported is not None  # noqa: S101 - a delivery letter always names its exports
+    try:
+        outcome.delivered = deliver_exports(letter.study_id, exported, store, settings)
+    except RadStreamError as e:
+        # Still not sent (and, for a rebuilt one, from now on a failed delivery of the exports just built): the letter
+        # and the study's export status say why, for the next replay.
+        failed = letter.model_copy(update={"kind": "delivery", "exported": exported, "study": None, "stored": None,
+                                           "failed_at": datetime.now(timezone.utc), "error_type": e.error_name, "message": e.message,
+                                           "destinations": destinations(settings)})
+        stored = store.put_bytes(settings.results_bucket, dead_letter_key(letter.study_id, letter.execution_id),
+                                 failed.model_dump_json(indent=2, exclude_none=True).encode(), content_type="application/json")
+        write_status(store, settings.results_bucket, letter.study_id, letter.execution_id, "delivery_failed", exports=_exports(exported),
+                     destinations=failed.destinations, error_type=e.error_name, message=e.message,
+                     dead_letter=ObjectRef(bucket=settings.results_bucket, key=stored.key))
+        raise
+    write_status(store, settings.results_bucket, letter.study_id, letter.execution_id, "delivered", exports=_exports(exported),
+                 destinations=outcome.delivered)
+
+
+def replay_dead_letters(store: ObjectStore, settings: Settings, on_each: Callable[[Replayed], None] | None = None) -> Iterator[Replayed]:
+    """Replay each dead letter: a failed build is built again, then (as a failed delivery) sent to the destinations
+    configured now; a letter whose replay succeeded is removed, a failing one stays (exports.json says why)."""
     for key in dead_letters(store, settings.results_bucket):
         try:
             letter = DeadLetter.model_validate_json(store.get_bytes(settings.results_bucket, key))
@@ -249,7 +329,7 @@ def replay_dead_letters(store: ObjectStore, settings: Settings, on_each: Callabl
             continue
         outcome = Replayed(key=key, study_id=letter.study_id)
         try:
-            outcome.delivered = deliver_exports(letter.study_id, letter.exported, store, settings)
+            _replay(letter, outcome, store, settings)
             store.delete(settings.results_bucket, key)
         except RadStreamError as e:
             outcome.error = e

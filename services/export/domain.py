@@ -1,30 +1,41 @@
 """Export stage: a DICOM study's result, DICOM-native and FHIR, addressed back to the hospital.
 
 Inputs: the workflow state's validated study and stored result (object keys only); the result itself
-(results/<study_id>/result.json) and the source DICOM's header (images bucket, pixels not read, the same
-bytes validate checked: sha256). Outputs, both under results/<study_id>/:
-- report.sr.dcm: a Comprehensive 3D SR holding a TID 1500 Measurement Report (highdicom): one TID 1501
-  group per classifier finding (a qualitative evaluation Present/Absent, the probability and the threshold
-  as measurements), one TID 1410 group per detector box (an image-region SCOORD POLYLINE in the source
-  image's pixels, referencing its SOP instance, with the score), the draft report text in the report's
-  Qualitative Evaluations container, and each group's algorithm (TID 4019: model name and version).
-  The source's patient, study and general equipment modules are copied (highdicom's evidence), so a PACS
-  files the SR with the study. Series description and the text both say "not for clinical use".
-- report.fhir.json: a FHIR R4 (R4B models, identical for these resources) collection Bundle: the
-  DiagnosticReport, one Observation per finding and per box, the Patient and the ImagingStudy, mapped as
-  the "DICOM SR to FHIR Resource Mapping" IG maps TID 1500 (docs/gateway.md says where it is simplified).
-These two objects carry the patient module by design (docs/phi.md); the stage returns only their keys.
+(results/<study_id>/result.json) and the source DICOM's header (images bucket, pixels not read for the SR, the same
+bytes validate checked: sha256), cleaned by services/export/header.py (each copied value valid for its VR).
+Outputs, all under results/<study_id>/:
+- report.sr.dcm: a Comprehensive 3D SR holding a TID 1500 Measurement Report (highdicom): the image library
+  (TID 1600, built here from what the header really has), one TID 1501 group per classifier finding (a qualitative
+  evaluation Present/Absent, the certainty and the operating point), one TID 1410 group per detector box (an
+  image-region SCOORD POLYLINE in the source image's pixels, referencing its SOP instance, with the score), the
+  draft report text in the report's Qualitative Evaluations container, and each group's algorithm (TID 4019).
+  Every concept is coded from services/export/codes.py, the table the FHIR bundle uses too. Series description and
+  the text both say "not for clinical use".
+- report.overlay.dcm: the Secondary Capture with the boxes burned in (services/export/overlay.py).
+- report.fhir.json: a FHIR R4 collection Bundle (validated with fhir.resources' R4B models, identical for these
+  resources): the DiagnosticReport (the SR in presentedForm), one Observation per finding and per box, a Device per
+  model, the Patient and the ImagingStudy; urn:uuid fullUrls (uuid5 of study, execution and entry), declared
+  profiles; mapped as the "DICOM SR to FHIR Resource Mapping" IG maps TID 1500 (docs/gateway.md says where simplified).
+- exports.json: the study's export status (built, or skipped with why).
+These objects carry the patient module by design (docs/phi.md); the stage returns only their keys. An error here
+never costs the study its result: the workflow's Catch dead-letters the build (services/export/deliver.py).
 """
 from __future__ import annotations
 
+import base64
 import hashlib
 import io
 import json
 import logging
+import re
+import uuid
 from datetime import timezone
 from typing import Any
 
+from services.export import codes
+from services.export.header import addressed_header
 from services.export.overlay import build_overlay, overlay_bytes
+from services.export.status import write_status
 from shared.contracts import ObjectRef, StudyResult
 from shared.errors import InvalidImage, PermanentError
 from shared.messages import ExportedResult, ExportRequest
@@ -34,47 +45,15 @@ from shared.storage import ObjectStore
 NOT_FOR_CLINICAL_USE = "AI-generated draft, not for clinical use"
 MANUFACTURER = "RadStream"
 SR_SERIES_NUMBER = 9901
-# Our labels in a private coding scheme (PS3.16 8.2: 99-prefixed designators are local); where SNOMED CT has
-# the finding, the FHIR Observation codes it there too.
-PRIVATE_SCHEME = "99RADSTREAM"
-TYPE2_COPIED = ("PatientName", "PatientID", "PatientBirthDate", "PatientSex", "AccessionNumber", "StudyID", "StudyDate", "StudyTime",
-                "ReferringPhysicianName")
-SNOMED = {
-    "Cardiomegaly": ("8186001", "Cardiomegaly"),
-    "Effusion": ("60046008", "Pleural effusion"),
-    "Pleural Effusion": ("60046008", "Pleural effusion"),
-    "Pneumothorax": ("36118008", "Pneumothorax"),
-    "Edema": ("19242006", "Pulmonary edema"),
-    "Consolidation": ("95436008", "Lung consolidation"),
-    "Atelectasis": ("46621007", "Atelectasis"),
-    "Pneumonia": ("233604007", "Pneumonia"),
-    "nodule_mass": ("786838002", "Pulmonary nodule"),
-}
-
-
-def finding_code(label: str):
-    from highdicom.sr import CodedConcept
-
-    # Labels over 16 characters become a Long Code Value (PS3.3 8.8), never truncated into a collision.
-    return CodedConcept(value=label, scheme_designator=PRIVATE_SCHEME, meaning=label.replace("_", " "))
-
-
-def _codes():
-    from highdicom.sr import CodedConcept
-
-    return {
-        "present": CodedConcept("52101004", "SCT", "Present"),
-        "absent": CodedConcept("2667000", "SCT", "Absent"),
-        "probability": CodedConcept("probability", PRIVATE_SCHEME, "Probability"),
-        "threshold": CodedConcept("threshold", PRIVATE_SCHEME, "Decision threshold"),
-        "score": CodedConcept("score", PRIVATE_SCHEME, "Detection score"),
-        "unity": CodedConcept("1", "UCUM", "no units"),
-        "chest_xray": CodedConcept("43075005", "SCT", "Radiographic imaging procedure"),
-        "chest": CodedConcept("51185008", "SCT", "Thoracic structure"),
-        "finding": CodedConcept("121071", "DCM", "Finding"),
-        "impression": CodedConcept("121073", "DCM", "Impression"),
-        "qualitative": CodedConcept("C0034375", "UMLS", "Qualitative Evaluations"),
-    }
+# The namespace of the bundle's urn:uuid fullUrls: uuid5 of study, execution and entry, so a retried export writes the
+# same bundle and a re-run a new one (as the DICOM UIDs).
+FHIR_NAMESPACE = uuid.UUID("5b0f4f9e-2d2a-5c1e-9a57-7a0d2f3c1288")
+# RadStream's declared profiles of the R4 resources it writes (docs/gateway.md, "FHIR"): modelled on the HL7 DICOM SR to
+# FHIR IG's Imaging Measurement Group and Report, which are FHIR R5 and so cannot be claimed by an R4 bundle.
+PROFILE_BASE = "http://radstream.example/fhir/StructureDefinition/"
+# The source DICOM's PatientID when its header names no issuer that is an OID: the hospital's own identifier, as written.
+PATIENT_ID_SYSTEM = codes.PRIVATE_SYSTEM + ".1"
+URI = "urn:ietf:rfc:3986"
 
 
 def source_bytes(store: ObjectStore, result: StudyResult) -> bytes:
@@ -104,6 +83,7 @@ def _uid(result: StudyResult, what: str) -> str:
 
 
 def _algorithm(result: StudyResult, model_name: str):
+    """TID 4019: the model's name and version (the name says the models are not for clinical use)."""
     from highdicom.sr import AlgorithmIdentification
 
     model = result.models.get(model_name)
@@ -125,77 +105,123 @@ def report_text(result: StudyResult) -> str:
     return "\n".join(line for line in lines if line)
 
 
-def build_sr(result: StudyResult, source: Any):
+MODALITY_CODES = {"CR": ("CR", "Computed Radiography"), "DX": ("DX", "Digital Radiography")}
+
+
+def image_library(header: Any):
+    """TID 1600 Image Library for the source: one group (TID 1602: modality, rows, columns) holding its image entry
+    (TID 1601), with the TID 1603 projection radiography descriptors the header really has: the patient orientation
+    only when it is two valid values, the pixel spacing only when there is one (the SCOORDs are in pixels either way)."""
+    from highdicom.sr import (
+        CodeContentItem, CodedConcept, ContainerContentItem, ImageContentItem, NumContentItem, RelationshipTypeValues, TextContentItem,
+        UIDRefContentItem,
+    )
+    from highdicom.sr.value_types import ContentSequence
+    from pydicom.sr.codedict import codes as dcm
+
+    acquisition = RelationshipTypeValues.HAS_ACQ_CONTEXT
+    pixels = CodedConcept("{pixels}", "UCUM", "Pixels")
+    descriptors: list[Any] = []
+    modality = MODALITY_CODES.get(str(header.get("Modality", "")))
+    if modality:
+        descriptors.append(CodeContentItem(name=dcm.DCM.Modality, value=CodedConcept(modality[0], "DCM", modality[1]),
+                                           relationship_type=acquisition))
+    if "FrameOfReferenceUID" in header:
+        descriptors.append(UIDRefContentItem(name=dcm.DCM.FrameOfReferenceUID, value=header.FrameOfReferenceUID, relationship_type=acquisition))
+    for keyword, name in (("Rows", dcm.DCM.PixelDataRows), ("Columns", dcm.DCM.PixelDataColumns)):
+        if keyword in header:
+            descriptors.append(NumContentItem(name=name, value=int(header[keyword].value), unit=pixels, relationship_type=acquisition))
+    if "PatientOrientation" in header:
+        row, column = header.PatientOrientation
+        descriptors += [TextContentItem(name=dcm.DCM.PatientOrientationRow, value=str(row), relationship_type=acquisition),
+                        TextContentItem(name=dcm.DCM.PatientOrientationColumn, value=str(column), relationship_type=acquisition)]
+    spacing = header.get("ImagerPixelSpacing") or header.get("PixelSpacing")
+    if spacing:
+        descriptors += [
+            NumContentItem(name=dcm.DCM.HorizontalPixelSpacing, value=float(spacing[1]), unit=dcm.UCUM.Millimeter, relationship_type=acquisition),
+            NumContentItem(name=dcm.DCM.VerticalPixelSpacing, value=float(spacing[0]), unit=dcm.UCUM.Millimeter, relationship_type=acquisition),
+        ]
+    entry = ImageContentItem(name=CodedConcept("260753009", "SCT", "Source"), referenced_sop_class_uid=str(header.SOPClassUID),
+                             referenced_sop_instance_uid=str(header.SOPInstanceUID), relationship_type=RelationshipTypeValues.CONTAINS)
+    entry.ContentSequence = ContentSequence(descriptors)
+    group = ContainerContentItem(name=dcm.DCM.ImageLibraryGroup, relationship_type=RelationshipTypeValues.CONTAINS)
+    group.ContentSequence = ContentSequence([entry])
+    library = ContainerContentItem(name=dcm.DCM.ImageLibrary, relationship_type=RelationshipTypeValues.CONTAINS)
+    library.ContentSequence = ContentSequence([group])
+    return library
+
+
+def build_sr(result: StudyResult, header: Any):
+    """The TID 1500 Comprehensive 3D SR, addressed with the source's header as addressed_header() cleans it (`header`)."""
     # highdicom's INFO lines name the source by its SOPInstanceUID ("copy attributes of module ... from dataset <uid>"):
     # identifiers in logs (docs/phi.md). Its warnings (no values) still log.
     logging.getLogger("highdicom").setLevel(logging.WARNING)
     from highdicom.sr import (
-        ContainerContentItem, Comprehensive3DSR, GraphicTypeValues, ImageRegion, Measurement, MeasurementReport,
-        MeasurementsAndQualitativeEvaluations, ObservationContext, PlanarROIMeasurementsAndQualitativeEvaluations,
+        ContainerContentItem, Comprehensive3DSR, FindingSite, GraphicTypeValues, ImageRegion, Measurement,
+        MeasurementReport, MeasurementsAndQualitativeEvaluations, ObservationContext, PlanarROIMeasurementsAndQualitativeEvaluations,
         QualitativeEvaluation, RelationshipTypeValues, SourceImageForMeasurementGroup, SourceImageForRegion, TextContentItem,
         TrackingIdentifier,
     )
     from highdicom.sr.value_types import ContentSequence
 
-    c = _codes()
-    # The patient and study modules' Type 2 attributes (PS3.3 C.7.1.1, C.7.2.1) must be present, empty when unknown;
-    # an archive's header may lack them, so they are added empty (never invented) to this copy of the header.
-    for keyword in TYPE2_COPIED:
-        if keyword not in source:
-            setattr(source, keyword, "")
-    sop_class, sop_instance = str(source.SOPClassUID), str(source.SOPInstanceUID)
+    sop_class, sop_instance = str(header.SOPClassUID), str(header.SOPInstanceUID)
+    site = [FindingSite(anatomic_location=codes.CHEST.sr())]
+    used: list[codes.Code] = []
     groups: list[Any] = []
     for i, finding in enumerate(result.findings, start=1):
+        code = codes.finding(finding.label)
+        used.append(code)
         groups.append(MeasurementsAndQualitativeEvaluations(
-            tracking_identifier=TrackingIdentifier(uid=_uid(result, f"finding-{i}"), identifier=f"finding {i}: {finding.label}"),
-            finding_type=finding_code(finding.label),
+            tracking_identifier=TrackingIdentifier(uid=_uid(result, f"finding-{i}"), identifier=f"finding {i}: {finding.label}"[:64]),
+            finding_type=code.sr(), finding_sites=site,
             algorithm_id=_algorithm(result, "chest_xray_classifier"),
             source_images=[SourceImageForMeasurementGroup(sop_class, sop_instance)],
-            qualitative_evaluations=[QualitativeEvaluation(finding_code(finding.label), c["present"] if finding.positive else c["absent"])],
+            qualitative_evaluations=[QualitativeEvaluation(code.sr(), (codes.PRESENT if finding.positive else codes.ABSENT).sr())],
             measurements=[
-                Measurement(name=c["probability"], value=finding.probability, unit=c["unity"]),
-                Measurement(name=c["threshold"], value=finding.threshold, unit=c["unity"]),
+                Measurement(name=codes.CERTAINTY.sr(), value=finding.probability, unit=codes.UNITLESS.sr()),
+                Measurement(name=codes.OPERATING_POINT.sr(), value=finding.threshold, unit=codes.UNITLESS.sr()),
             ],
         ))
     for i, detection in enumerate(result.detections, start=1):
+        code = codes.finding(detection.label)
+        used.append(code)
         groups.append(PlanarROIMeasurementsAndQualitativeEvaluations(
-            tracking_identifier=TrackingIdentifier(uid=_uid(result, f"box-{i}"), identifier=f"box {i}: {detection.label}"),
+            tracking_identifier=TrackingIdentifier(uid=_uid(result, f"box-{i}"), identifier=f"box {i}: {detection.label}"[:64]),
+            # SCOORD in the source image's pixels (PS3.3 C.18.6: image-relative, whatever the pixel spacing).
             referenced_region=ImageRegion(
                 graphic_type=GraphicTypeValues.POLYLINE, graphic_data=box_polyline(detection.box),
                 source_image=SourceImageForRegion(sop_class, sop_instance),
             ),
-            finding_type=finding_code(detection.label),
+            finding_type=code.sr(), finding_sites=site,
             algorithm_id=_algorithm(result, "anomaly_detector"),
-            qualitative_evaluations=[QualitativeEvaluation(finding_code(detection.label), c["present"])],
-            measurements=[Measurement(name=c["score"], value=detection.score, unit=c["unity"])],
+            qualitative_evaluations=[QualitativeEvaluation(code.sr(), codes.PRESENT.sr())],
+            measurements=[Measurement(name=codes.CERTAINTY.sr(), value=detection.score, unit=codes.UNITLESS.sr())],
         ))
-    report = MeasurementReport(
-        observation_context=ObservationContext(),
-        procedure_reported=c["chest_xray"],
-        imaging_measurements=groups,
-        # The image library (TID 1600) describes the source; highdicom needs its PatientOrientation (Type 2C in CR/DX)
-        # for that, so a source without it gets no library: the groups still reference it by SOP instance.
-        referenced_images=[source] if "PatientOrientation" in source else None,
-    )
+    report = MeasurementReport(observation_context=ObservationContext(), procedure_reported=codes.IMAGING_PROCEDURE.sr(), imaging_measurements=groups)
+    content = report[0].ContentSequence
+    # TID 1500 row 4: the Image Library before the Imaging Measurements (row 6).
+    measurements_at = next(i for i, item in enumerate(content) if item.ConceptNameCodeSequence[0].CodeValue == "126010")
+    content.insert(measurements_at, image_library(header))
     # TID 1500 rows 12-13: the report-level Qualitative Evaluations container holds the draft report text.
-    text = ContainerContentItem(name=c["qualitative"], relationship_type=RelationshipTypeValues.CONTAINS)
+    text = ContainerContentItem(name=codes.QUALITATIVE_EVALUATIONS.sr(), relationship_type=RelationshipTypeValues.CONTAINS)
     text.ContentSequence = ContentSequence([
-        TextContentItem(name=c["impression"], value=report_text(result)[:1024], relationship_type=RelationshipTypeValues.CONTAINS),
+        TextContentItem(name=codes.IMPRESSION.sr(), value=report_text(result)[:1024], relationship_type=RelationshipTypeValues.CONTAINS),
     ])
-    report[0].ContentSequence.append(text)
+    content.append(text)
     sr = Comprehensive3DSR(
-        evidence=[source], content=report[0], series_instance_uid=_uid(result, "series"), series_number=SR_SERIES_NUMBER,
+        evidence=[header], content=report[0], series_instance_uid=_uid(result, "series"), series_number=SR_SERIES_NUMBER,
         sop_instance_uid=_uid(result, "sr"), instance_number=1, manufacturer=MANUFACTURER, is_complete=True, is_final=False,
         is_verified=False, series_description=f"RadStream {NOT_FOR_CLINICAL_USE}"[:64],
     )
-    # The private scheme is declared (PS3.3 C.12.1.1.5), so a reader knows whose codes these are.
-    from pydicom.dataset import Dataset
+    if codes.PRIVATE_SCHEME in codes.schemes_used(used):
+        # The private scheme is declared (PS3.3 C.12.1.1.5), so a reader knows whose codes these are.
+        from pydicom.dataset import Dataset
 
-    scheme = Dataset()
-    scheme.CodingSchemeDesignator = PRIVATE_SCHEME
-    scheme.CodingSchemeName = "RadStream model labels and measurement names"
-    scheme.CodingSchemeResponsibleOrganization = MANUFACTURER
-    sr.CodingSchemeIdentificationSequence = [*sr.get("CodingSchemeIdentificationSequence", []), scheme]
+        scheme = Dataset()
+        scheme.CodingSchemeDesignator = codes.PRIVATE_SCHEME
+        scheme.CodingSchemeName = codes.PRIVATE_SCHEME_NAME
+        scheme.CodingSchemeResponsibleOrganization = MANUFACTURER
+        sr.CodingSchemeIdentificationSequence = [*sr.get("CodingSchemeIdentificationSequence", []), scheme]
     return sr
 
 
@@ -205,94 +231,146 @@ def sr_bytes(sr: Any) -> bytes:
     return buffer.getvalue()
 
 
-# --- FHIR (R4; the R4B models validate these resources, which R4B did not change) ---
-def _coding(label: str) -> dict[str, Any]:
-    codings = [{"system": "urn:oid:1.2.826.0.1.3680043.10.1288.99", "code": label, "display": label.replace("_", " ")}]
-    if label in SNOMED:
-        codings.insert(0, {"system": "http://snomed.info/sct", "code": SNOMED[label][0], "display": SNOMED[label][1]})
-    return {"coding": codings, "text": label.replace("_", " ")}
+# --- FHIR R4 (validated with fhir.resources' R4B models: these resources did not change from R4 to R4B) ---
+def _concept(code: codes.Code, text: str | None = None) -> dict[str, Any]:
+    concept: dict[str, Any] = {"coding": [code.fhir()]}
+    if text:
+        concept["text"] = text
+    return concept
 
 
-def _patient(source: Any) -> dict[str, Any]:
-    patient: dict[str, Any] = {"resourceType": "Patient", "id": "patient"}
-    if source.get("PatientID"):
-        patient["identifier"] = [{"value": str(source.PatientID)}]
-    name = source.get("PatientName")
+def _oid(uid: str) -> dict[str, str]:
+    """A DICOM UID as a FHIR identifier (the IG's form: system urn:ietf:rfc:3986, value urn:oid:)."""
+    return {"system": URI, "value": f"urn:oid:{uid}"}
+
+
+_OID = re.compile(r"^[0-2](\.(0|[1-9][0-9]*))+$")
+
+
+def _patient(header: Any) -> dict[str, Any]:
+    patient: dict[str, Any] = {"resourceType": "Patient"}
+    if header.get("PatientID"):
+        issuer = str(header.get("IssuerOfPatientID") or "")
+        identifier: dict[str, Any] = {
+            "type": {"coding": [{"system": "http://terminology.hl7.org/CodeSystem/v2-0203", "code": "MR"}]},
+            "system": f"urn:oid:{issuer}" if _OID.match(issuer) else PATIENT_ID_SYSTEM, "value": str(header.PatientID),
+        }
+        if issuer and not _OID.match(issuer):
+            identifier["assigner"] = {"display": issuer}
+        patient["identifier"] = [identifier]
+    name = header.get("PatientName")
     if name:
         parts = {"family": name.family_name, "given": [g for g in (name.given_name, name.middle_name) if g]}
-        patient["name"] = [{k: v for k, v in parts.items() if v}]
-    birth = str(source.get("PatientBirthDate") or "")
-    if len(birth) == 8 and birth.isdigit():
+        parts = {k: v for k, v in parts.items() if v}
+        if parts:
+            patient["name"] = [parts]
+    birth = str(header.get("PatientBirthDate") or "")
+    if len(birth) == 8:  # a valid DA (addressed_header checked it)
         patient["birthDate"] = f"{birth[:4]}-{birth[4:6]}-{birth[6:]}"
-    sex = {"M": "male", "F": "female", "O": "other"}.get(str(source.get("PatientSex") or ""))
+    sex = {"M": "male", "F": "female", "O": "other"}.get(str(header.get("PatientSex") or ""))
     if sex:
         patient["gender"] = sex
     return patient
 
 
 def _quantity(value: float) -> dict[str, Any]:
-    return {"value": round(float(value), 6), "unit": "1", "system": "http://unitsofmeasure.org", "code": "1"}
+    return {"value": round(float(value), 6), "unit": codes.UNITLESS.meaning, "system": codes.FHIR_SYSTEMS["UCUM"], "code": codes.UNITLESS.value}
 
 
-def _component(code: str, display: str, value: float) -> dict[str, Any]:
-    return {"code": {"coding": [{"system": "urn:oid:1.2.826.0.1.3680043.10.1288.99", "code": code, "display": display}]},
-            "valueQuantity": _quantity(value)}
+def _component(code: codes.Code, value: float) -> dict[str, Any]:
+    return {"code": _concept(code), "valueQuantity": _quantity(value)}
 
 
-def build_fhir(result: StudyResult, source: Any, sr_uid: str) -> dict[str, Any]:
+def _device(result: StudyResult, model_name: str) -> dict[str, Any]:
+    """TID 4019's algorithm as a Device: name, version, family (the same codes as the SR)."""
+    model = result.models.get(model_name)
+    device: dict[str, Any] = {
+        "resourceType": "Device", "status": "active", "manufacturer": MANUFACTURER,
+        "deviceName": [{"name": model_name, "type": "model-name"}],
+        "type": _concept(codes.ALGORITHM_FAMILY),
+        "note": [{"text": f"{model.provenance if model else model_name}; {NOT_FOR_CLINICAL_USE}"}],
+    }
+    if model:
+        device["version"] = [{"value": model.version}]
+    return device
+
+
+def build_fhir(result: StudyResult, header: Any, sr: bytes, sr_uid: str) -> dict[str, Any]:
+    """The collection Bundle: DiagnosticReport (the SR in presentedForm), an Observation per finding and per box,
+    the algorithms as Devices, the Patient and the ImagingStudy; urn:uuid fullUrls, deterministic per study and execution."""
     from fhir.resources.R4B.bundle import Bundle
 
+
+    def full_url(entry: str) -> str:
+        return f"urn:uuid:{uuid.uuid5(FHIR_NAMESPACE, '|'.join((result.study_id, result.execution_id, entry)))}"
+
+    def ref(entry: str) -> dict[str, str]:
+        return {"reference": full_url(entry)}
+
     issued = result.completed_at.astimezone(timezone.utc).isoformat()
-    study_uid = str(source.StudyInstanceUID)
+    modality = MODALITY_CODES.get(result.modality, (result.modality, result.modality))
     imaging_study: dict[str, Any] = {
-        "resourceType": "ImagingStudy", "id": "study", "status": "available", "subject": {"reference": "urn:uuid:patient"},
-        "identifier": [{"system": "urn:dicom:uid", "value": f"urn:oid:{study_uid}"}],
-        "series": [{"uid": str(source.SeriesInstanceUID), "modality": {"system": "http://dicom.nema.org/resources/ontology/DCM", "code": result.modality},
-                    "instance": [{"uid": str(source.SOPInstanceUID), "sopClass": {"system": "urn:ietf:rfc:3986", "code": f"urn:oid:{source.SOPClassUID}"}}]}],
+        "resourceType": "ImagingStudy", "status": "available", "subject": ref("patient"),
+        "identifier": [_oid(str(header.StudyInstanceUID))],
+        "series": [{"uid": str(header.SeriesInstanceUID),
+                    "modality": {"system": codes.FHIR_SYSTEMS["DCM"], "code": modality[0], "display": modality[1]},
+                    "instance": [{"uid": str(header.SOPInstanceUID), "sopClass": {"system": URI, "code": f"urn:oid:{header.SOPClassUID}"}}]}],
     }
-    if source.get("AccessionNumber"):
+    if header.get("AccessionNumber"):
         imaging_study["identifier"].append({"type": {"coding": [{"system": "http://terminology.hl7.org/CodeSystem/v2-0203", "code": "ACSN"}]},
-                                            "value": str(source.AccessionNumber)})
-    common = {"status": "preliminary", "subject": {"reference": "urn:uuid:patient"}, "issued": issued,
-              "partOf": [{"reference": "urn:uuid:study"}], "bodySite": {"coding": [{"system": "http://snomed.info/sct", "code": "51185008", "display": "Thoracic structure"}]},
-              "category": [{"coding": [{"system": "http://terminology.hl7.org/CodeSystem/observation-category", "code": "imaging"}]}]}
-    observations: list[dict[str, Any]] = []
+                                            "value": str(header.AccessionNumber)})
+    category = [{"coding": [{"system": "http://terminology.hl7.org/CodeSystem/observation-category", "code": "imaging"}]},
+                {"coding": [{"system": codes.FHIR_SYSTEMS["DCM"], "code": "125007", "display": "Measurement Group"}]}]
+    common = {"status": "preliminary", "subject": ref("patient"), "issued": issued, "partOf": [ref("study")],
+              "bodySite": _concept(codes.CHEST), "category": category,
+              "derivedFrom": [{"identifier": _oid(sr_uid), "display": "RadStream TID 1500 SR"}]}
+    entries: dict[str, dict[str, Any]] = {}
     for i, finding in enumerate(result.findings, start=1):
-        model = result.models.get("chest_xray_classifier")
-        observations.append(common | {
-            "resourceType": "Observation", "id": f"finding-{i}", "code": _coding(finding.label),
-            "valueCodeableConcept": {"coding": [{"system": "http://snomed.info/sct", "code": "52101004" if finding.positive else "2667000",
-                                                 "display": "Present" if finding.positive else "Absent"}]},
-            "component": [_component("probability", "Probability", finding.probability), _component("threshold", "Decision threshold", finding.threshold)],
-            "device": {"display": f"chest_xray_classifier {model.version if model else ''} ({NOT_FOR_CLINICAL_USE})".replace("  ", " ")},
-        })
+        entries[f"finding-{i}"] = common | {
+            "resourceType": "Observation", "code": _concept(codes.finding(finding.label), finding.label.replace("_", " ")),
+            "valueCodeableConcept": _concept(codes.PRESENT if finding.positive else codes.ABSENT),
+            "component": [_component(codes.CERTAINTY, finding.probability), _component(codes.OPERATING_POINT, finding.threshold)],
+            "device": ref("device-chest_xray_classifier"),
+        }
     for i, detection in enumerate(result.detections, start=1):
-        model = result.models.get("anomaly_detector")
         x0, y0, x1, y1 = detection.box
-        observations.append(common | {
-            "resourceType": "Observation", "id": f"box-{i}", "code": _coding(detection.label),
-            "valueCodeableConcept": {"coding": [{"system": "http://snomed.info/sct", "code": "52101004", "display": "Present"}]},
-            "component": [_component("score", "Detection score", detection.score)],
+        entries[f"box-{i}"] = common | {
+            "resourceType": "Observation", "code": _concept(codes.finding(detection.label), detection.label.replace("_", " ")),
+            "valueCodeableConcept": _concept(codes.PRESENT),
+            "component": [_component(codes.CERTAINTY, detection.score)],
             # The SCOORD as the IG's note form: the SR (derivedFrom) holds it as a DICOM image region.
-            "note": [{"text": f"Image region SCOORD POLYLINE (pixels of SOP instance {source.SOPInstanceUID}): "
+            "note": [{"text": f"Image region SCOORD POLYLINE (pixels of SOP instance {header.SOPInstanceUID}): "
                               f"{x0:.1f},{y0:.1f} {x1:.1f},{y0:.1f} {x1:.1f},{y1:.1f} {x0:.1f},{y1:.1f}"}],
-            "device": {"display": f"anomaly_detector {model.version if model else ''} ({NOT_FOR_CLINICAL_USE})".replace("  ", " ")},
-        })
-    for observation in observations:
-        observation["derivedFrom"] = [{"identifier": {"system": "urn:dicom:uid", "value": f"urn:oid:{sr_uid}"}, "display": "RadStream TID 1500 SR"}]
-    report = {
-        "resourceType": "DiagnosticReport", "id": "report", "status": "preliminary",
+            "device": ref("device-anomaly_detector"),
+        }
+    observations = list(entries)
+    entries["report"] = {
+        "resourceType": "DiagnosticReport", "status": "preliminary",
         "category": [{"coding": [{"system": "http://terminology.hl7.org/CodeSystem/v2-0074", "code": "RAD"}]}],
-        "code": {"coding": [{"system": "http://dicom.nema.org/resources/ontology/DCM", "code": "126000", "display": "Imaging Measurement Report"}]},
-        "subject": {"reference": "urn:uuid:patient"}, "issued": issued,
-        "imagingStudy": [{"reference": "urn:uuid:study"}],
-        "result": [{"reference": f"urn:uuid:{o['id']}"} for o in observations],
+        "code": {"coding": [codes.DIAGNOSTIC_IMAGING_REPORT.fhir(), codes.IMAGING_MEASUREMENT_REPORT.fhir()]},
+        "subject": ref("patient"), "issued": issued, "imagingStudy": [ref("study")],
+        "result": [ref(name) for name in observations],
         "conclusion": report_text(result),
-        "presentedForm": [{"contentType": "application/dicom", "url": f"urn:oid:{sr_uid}", "title": "RadStream TID 1500 SR"}],
+        # The SR itself, so the form is there to present (a reference to a PACS it may not reach yet would not resolve).
+        "presentedForm": [{"contentType": "application/dicom", "data": base64.b64encode(sr).decode(), "size": len(sr),
+                           "hash": base64.b64encode(hashlib.sha1(sr).digest()).decode(),  # noqa: S324 - FHIR Attachment.hash is SHA-1
+                           "title": "RadStream TID 1500 SR"}],
     }
-    resources = [report, *observations, _patient(source), imaging_study]
+    entries["device-chest_xray_classifier"] = _device(result, "chest_xray_classifier")
+    entries["device-anomaly_detector"] = _device(result, "anomaly_detector")
+    entries["patient"] = _patient(header)
+    entries["study"] = imaging_study
+    profiles = {"DiagnosticReport": "ai-imaging-report", "Observation": "ai-imaging-finding", "Device": "ai-algorithm",
+                "Patient": "source-patient", "ImagingStudy": "source-imaging-study"}
+    order = ["report", *observations, "device-chest_xray_classifier", "device-anomaly_detector", "patient", "study"]
+    bundle_entries = []
+    for name in order:
+        resource = entries[name]
+        resource["id"] = full_url(name).removeprefix("urn:uuid:")
+        resource["meta"] = {"profile": [PROFILE_BASE + profiles[resource["resourceType"]]]}
+        bundle_entries.append({"fullUrl": full_url(name), "resource": resource})
     bundle = {"resourceType": "Bundle", "type": "collection", "timestamp": issued,
-              "entry": [{"fullUrl": f"urn:uuid:{r['id']}", "resource": r} for r in resources]}
+              "identifier": {"system": URI, "value": full_url("bundle")}, "entry": bundle_entries}
     return Bundle.model_validate(bundle).model_dump(mode="json", exclude_none=True)
 
 
@@ -303,23 +381,27 @@ def export_result(request: ExportRequest, store: ObjectStore, results_bucket: st
     result = StudyResult.model_validate_json(store.get_bytes(request.stored.result.bucket, request.stored.result.key))
     data = source_bytes(store, result)
     source = source_header(data, study_id)
-    missing = [k for k in ("StudyInstanceUID", "SeriesInstanceUID", "SOPInstanceUID", "SOPClassUID") if not str(source.get(k) or "").strip()]
+    header = addressed_header(source)
+    missing = [k for k in ("StudyInstanceUID", "SeriesInstanceUID", "SOPInstanceUID", "SOPClassUID") if k not in header]
     if missing:
-        # Type 1 in every image IOD: without them a PACS cannot file an SR, nor an EHR link the report. The result
-        # stands (the models' outputs do not depend on them); the export says why it wrote nothing.
-        reason = f"not exported: the source DICOM lacks {', '.join(missing)}"
+        # Type 1 in every image IOD: without them (or with a value that is no UID) a PACS cannot file an SR, nor an EHR
+        # link the report. The result stands (the models' outputs do not depend on them); the export says why it wrote nothing.
+        reason = f"not exported: the source DICOM lacks a valid {', '.join(missing)}"
         logger.warning("export skipped", reason=reason)
+        write_status(store, results_bucket, study_id, result.execution_id, "skipped", message=reason)
         return ExportedResult(study_id=study_id, skipped=reason)
-    sr = build_sr(result, source)
+    sr = build_sr(result, header)
     sr_data = sr_bytes(sr)
-    fhir = json.dumps(build_fhir(result, source, str(sr.SOPInstanceUID)), indent=2).encode()
+    fhir = json.dumps(build_fhir(result, header, sr_data, str(sr.SOPInstanceUID)), indent=2).encode()
     overlay_data = overlay_bytes(build_overlay(
-        result, data, source_header(data, study_id), lambda what: _uid(result, what), f"RadStream {NOT_FOR_CLINICAL_USE}",
+        result, data, header, lambda what: _uid(result, what), f"RadStream {NOT_FOR_CLINICAL_USE}",
         NOT_FOR_CLINICAL_USE, MANUFACTURER))
     prefix = f"results/{study_id}/"
     stored_sr = store.put_bytes(results_bucket, prefix + "report.sr.dcm", sr_data, content_type="application/dicom")
     stored_overlay = store.put_bytes(results_bucket, prefix + "report.overlay.dcm", overlay_data, content_type="application/dicom")
     stored_fhir = store.put_bytes(results_bucket, prefix + "report.fhir.json", fhir, content_type="application/fhir+json")
+    refs = [ObjectRef(bucket=results_bucket, key=stored.key) for stored in (stored_sr, stored_overlay, stored_fhir)]
+    write_status(store, results_bucket, study_id, result.execution_id, "built", exports=refs)
     return ExportedResult(
         study_id=study_id, sr=ObjectRef(bucket=results_bucket, key=stored_sr.key), fhir=ObjectRef(bucket=results_bucket, key=stored_fhir.key),
         overlay=ObjectRef(bucket=results_bucket, key=stored_overlay.key),

@@ -6,12 +6,13 @@ ones without GSPS support too: a GSPS such a viewer ignores shows nothing, a Sec
 every viewer displays. The price is a second copy of the pixels (8-bit RGB, JPEG-LS lossless), and that the
 annotation cannot be switched off (BurnedInAnnotation YES says so).
 
-The source is decoded exactly as the prepare stage decodes it for the models (services/prepare: every
+The source is decoded exactly as the prepare stage decodes it for the models (shared/pixels.py: every
 transfer syntax, modality LUT, VOI window or LUT, MONOCHROME1 inverted), so the picture is the one a
 radiologist sees. Boxes are in the source's pixel coordinates, (0,0) the top-left corner of the top-left pixel
 (the SR's SCOORD convention); each is drawn on the pixels it covers, in red, with "label score" above it. The
 top-left corner says "AI-generated draft, not for clinical use". The patient, study and equipment modules are
-copied from the source (highdicom's from_ref_dataset), in a series of its own; UIDs are deterministic per
+copied from the source's header as services/export/header.py cleans it (each value valid for its VR), through
+highdicom's from_ref_dataset, in a series of its own; UIDs are deterministic per
 study and execution, as the SR's.
 """
 from __future__ import annotations
@@ -68,7 +69,7 @@ def draw(gray: np.ndarray, result: StudyResult, draft_label: str) -> np.ndarray:
     return picture
 
 
-def build_overlay(result: StudyResult, source_bytes: bytes, source: Any, uid: Callable[[str], str], series_description: str,
+def build_overlay(result: StudyResult, source_bytes: bytes, header: Any, uid: Callable[[str], str], series_description: str,
                   draft_label: str, manufacturer: str):
     """The Secondary Capture (highdicom SCImage) of the annotated source, in its own series of the source's study."""
     logging.getLogger("highdicom").setLevel(logging.WARNING)  # its INFO lines name the source's UIDs (docs/phi.md)
@@ -78,25 +79,28 @@ def build_overlay(result: StudyResult, source_bytes: bytes, source: Any, uid: Ca
     from shared.pixels import decode_dicom
 
     picture = draw(decode_dicom(source_bytes, result.study_id).pixels, result, draft_label)
-    orientation = source.get("PatientOrientation")
+    # `header` is the source's header as services/export/header.py cleans it: every value valid for its VR.
+    orientation = header.get("PatientOrientation")
     sc = SCImage.from_ref_dataset(
-        ref_dataset=source, pixel_array=picture, photometric_interpretation="RGB", bits_allocated=8, coordinate_system="PATIENT",
+        ref_dataset=header, pixel_array=picture, photometric_interpretation="RGB", bits_allocated=8, coordinate_system="PATIENT",
         series_instance_uid=uid("overlay-series"), series_number=OVERLAY_SERIES_NUMBER, sop_instance_uid=uid("overlay"),
         instance_number=1, manufacturer=manufacturer,
         # highdicom wants a (single-letter-pair) orientation for the PATIENT coordinate system; the source's own value
-        # (Type 2C in CR/DX, possibly compound such as "A\\FR", or absent) replaces it below: copied, never invented.
+        # (Type 2C, possibly compound such as "A\\FR", empty or absent) replaces it below: copied, never invented.
         patient_orientation=("L", "F"),
-        laterality=source.get("Laterality") or None,
+        laterality=header.get("Laterality") or None,
         transfer_syntax_uid=JPEGLSLossless,
         series_description=series_description[:64],
     )
+    # The rest of the patient and study modules (PatientAge, PatientIdentityRemoved and its method...), as the SR has them.
+    sc.copy_patient_and_study_information(header)
     sc.PatientOrientation = list(orientation) if orientation else ""
     sc.ConversionType = "WSD"  # made by a workstation (software), not digitised from film or video
     sc.BurnedInAnnotation = "YES"
     sc.ImageComments = f"{draft_label}: detector boxes burned in; the SR in series 9901 holds the findings"
     sc.DerivationDescription = "Source image with AI detection boxes and labels drawn"
-    if source.get("BodyPartExamined"):
-        sc.BodyPartExamined = source.BodyPartExamined
+    if header.get("BodyPartExamined"):
+        sc.BodyPartExamined = header.BodyPartExamined
     return sc
 
 

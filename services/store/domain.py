@@ -27,8 +27,9 @@ from shared.messages import (
 from shared.observability import telemetry_record
 from shared.storage import ObjectStore
 
-# The workflow state keys each stage writes (ResultPath in template.yaml), in pipeline order.
-STAGE_KEYS = (("validate", "study"), ("prepare", "tensors"), ("inference", "inference"), ("store", "stored"), ("export", "exported"))
+# The workflow state keys each stage writes (ResultPath in template.yaml), in pipeline order, up to the result: after
+# StoreResults nothing reaches RecordFailure (an export that fails is dead-lettered, the result stands).
+STAGE_KEYS = (("validate", "study"), ("prepare", "tensors"), ("inference", "inference"), ("store", "stored"))
 # How many sentences the draft report's impression holds.
 REPORT_SENTENCES = 3
 # The DICOM attributes downstream systems key on (identifiers only; the patient module is never read).

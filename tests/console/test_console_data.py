@@ -106,3 +106,30 @@ def test_timeline_shows_each_attempt_so_a_retry_is_visible() -> None:
     assert svg.count('data-task="PrepareTensors"') == 2
     assert 'class="attempt failed" data-task="PrepareTensors" data-status="StorageUnavailable"' in svg
     assert 'data-task="PrepareTensors" data-status="ok"' in svg and "500 ms" in svg
+
+
+def test_the_study_page_shows_the_export_status_of_this_results_run(tmp_path: Path) -> None:
+    """A DICOM study's page says what became of its exports: built by the run, or not built with the reason and the
+    dead letter that replays them; a status left by an earlier run is not shown as this result's."""
+    from radstream.console.pages import Pages, ServerLinks
+    from services.export.status import write_status
+    from shared.contracts import ObjectRef
+
+    assert radstream(["demo", "--count", "1", "--valid-only", "--data-dir", str(tmp_path), "--quiet", "--json"]) == 0
+    data = local_data(tmp_path, refresh_s=0)
+    pages = Pages(data)
+    result = json.loads((tmp_path / "results" / "results" / "demo-dicom" / "result.json").read_text())
+    detail = data.study("demo-dicom")
+    assert detail.exports is not None and detail.exports["status"] == "built"
+    assert 'data-status="built"' in pages.study(ServerLinks(), "demo-dicom")
+    assert data.study("demo-001").exports is None and 'id="exports"' not in pages.study(ServerLinks(), "demo-001")
+    store = LocalObjectStore(tmp_path)
+    write_status(store, "results", "demo-dicom", result["execution_id"], "build_failed", error_type="StorageUnavailable",
+                 message="study demo-dicom: the results bucket cannot be written (EIO); send again later",
+                 dead_letter=ObjectRef(bucket="results", key="export-failed/demo-dicom/run.json"))
+    html = pages.study(ServerLinks(), "demo-dicom")
+    assert 'data-status="build_failed"' in html and "the results bucket cannot be written (EIO)" in html
+    assert "export-failed/demo-dicom/run.json" in html and "radstream export --retry" in html
+    assert json.loads(data.raw("demo-dicom", "exports.json"))["status"] == "build_failed"
+    write_status(store, "results", "demo-dicom", "an-earlier-run", "delivery_failed", message="old")
+    assert data.study("demo-dicom").exports is None

@@ -1,9 +1,11 @@
 """Export service: the SR and FHIR bundle say what result.json says, for the source's patient and study; or nothing, with why."""
 from __future__ import annotations
 
+import base64
 import hashlib
 import io
 import json
+import uuid
 
 import highdicom as hd
 import numpy as np
@@ -44,18 +46,38 @@ def test_sr_and_fhir_carry_the_result_for_the_sources_patient(tmp_path):
     assert sr.SeriesInstanceUID != source.SeriesInstanceUID and sr.Modality == "SR"
     assert "99RADSTREAM" in {s.CodingSchemeDesignator for s in sr.CodingSchemeIdentificationSequence}
     groups = {g.finding_type.meaning: g for g in sr.content.get_image_measurement_groups()}
-    assert set(groups) == {"Edema", "Cardiomegaly"}
-    assert groups["Edema"].get_qualitative_evaluations()[0].value.meaning == "Present"
-    assert groups["Cardiomegaly"].get_qualitative_evaluations()[0].value.meaning == "Absent"
+    # Findings coded in SNOMED CT, as FHIR codes them; the box's model-specific label keeps its declared private code.
+    assert set(groups) == {"Pulmonary edema", "Cardiomegaly"}
+    assert (groups["Pulmonary edema"].finding_type.value, groups["Pulmonary edema"].finding_type.scheme_designator) == ("19242006", "SCT")
+    assert groups["Pulmonary edema"].get_qualitative_evaluations()[0].value.value == "52101004"  # Present
+    assert groups["Cardiomegaly"].get_qualitative_evaluations()[0].value.value == "272519000"  # Absent
+    measured = {m.name.value: m.value for m in groups["Pulmonary edema"].get_measurements()}
+    assert measured == {"111012": 0.8, "111071": 0.5}  # DCM Certainty of Finding, CAD Operating Point
     (box,) = sr.content.get_planar_roi_measurement_groups()
     np.testing.assert_allclose(box.roi.value, [[10, 20], [30, 20], [30, 40], [10, 40], [10, 20]])
+    assert (box.finding_type.value, box.finding_type.scheme_designator) == ("nodule_mass", "99RADSTREAM")
     bundle = json.loads(store.get_bytes("results", out.fhir.key))
     Bundle.model_validate(bundle)
-    resources = {e["resource"]["id"]: e["resource"] for e in bundle["entry"]}
-    assert resources["report"]["status"] == "preliminary" and len(resources["report"]["result"]) == 3
-    assert resources["finding-1"]["component"][0]["valueQuantity"]["value"] == 0.8
-    assert resources["finding-1"]["code"]["coding"][0]["code"] == "19242006"  # Edema: SNOMED pulmonary edema
-    assert resources["patient"]["birthDate"] == "1970-01-01"
+    by_type: dict[str, list] = {}
+    for entry in bundle["entry"]:
+        assert str(uuid.UUID(entry["fullUrl"].removeprefix("urn:uuid:"))) == entry["fullUrl"][9:] and entry["fullUrl"].startswith("urn:uuid:")
+        assert entry["resource"]["meta"]["profile"]
+        by_type.setdefault(entry["resource"]["resourceType"], []).append(entry["resource"])
+    urls = {e["fullUrl"] for e in bundle["entry"]}
+    (report,) = by_type["DiagnosticReport"]
+    assert report["status"] == "preliminary" and len(report["result"]) == 3
+    assert {r["reference"] for r in report["result"] + [report["subject"]] + report["imagingStudy"]} <= urls, "every reference resolves"
+    # presentedForm carries the SR itself.
+    (form,) = report["presentedForm"]
+    assert base64.b64decode(form["data"]) == store.get_bytes("results", out.sr.key) and form["contentType"] == "application/dicom"
+    edema = next(o for o in by_type["Observation"] if o["code"]["coding"][0]["code"] == "19242006")
+    assert edema["component"][0]["code"]["coding"][0] == {"system": "http://dicom.nema.org/resources/ontology/DCM", "code": "111012",
+                                                         "display": "Certainty of Finding"}
+    assert edema["component"][0]["valueQuantity"]["value"] == 0.8
+    (patient,) = by_type["Patient"]
+    assert patient["birthDate"] == "1970-01-01" and patient["identifier"][0]["system"]
+    (study,) = by_type["ImagingStudy"]
+    assert study["identifier"][0] == {"system": "urn:ietf:rfc:3986", "value": f"urn:oid:{source.StudyInstanceUID}"}
     # A retried export rewrites the same SR; a re-run (a new execution) makes a new one.
     assert export(dicom_state(store, data), store).sr == out.sr
     again = pydicom.dcmread(io.BytesIO(store.get_bytes("results", out.sr.key)))

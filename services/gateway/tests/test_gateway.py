@@ -21,6 +21,7 @@ from pydicom.uid import generate_uid
 from radstream.phantoms import generate_phantom
 from radstream.runtime import LocalRuntime
 from radstream.transfer_syntaxes import SYNTAXES, dicom_dataset, encode, stored_values
+from services.export import codes
 from services.gateway.domain import Receiver, Refused, study_id_for
 from shared.acceptance import CR_IMAGE_STORAGE
 from services.gateway.server import Gateway, LocalPipeline
@@ -59,12 +60,15 @@ def check_sr(path: Path, result: dict, source: pydicom.Dataset) -> None:
     groups = sr.content.get_image_measurement_groups()
     findings = {}
     for group in groups:
-        probability = {m.name.meaning: m.value for m in group.get_measurements()}
+        measured = {m.name.value: m.value for m in group.get_measurements()}
         evaluation, = group.get_qualitative_evaluations()
-        findings[group.finding_type.meaning] = (round(probability["Probability"], 6), round(probability["Decision threshold"], 6), evaluation.value.meaning)
+        findings[group.finding_type.meaning] = (round(measured[codes.CERTAINTY.value], 6), round(measured[codes.OPERATING_POINT.value], 6),
+                                                evaluation.value.meaning)
         algorithm = [i.TextValue for i in group[0].ContentSequence if i.ConceptNameCodeSequence[0].CodeValue == "111001"]  # Algorithm Name
         assert algorithm and algorithm[0].startswith("chest_xray_classifier") and "not for clinical use" in algorithm[0]
-    assert findings == {f["label"].replace("_", " "): (round(f["probability"], 6), round(f["threshold"], 6), "Present" if f["positive"] else "Absent")
+    # Coded from the export's one code table (SNOMED CT where the label has a code), as the FHIR bundle codes them.
+    assert findings == {codes.finding(f["label"]).meaning: (round(f["probability"], 6), round(f["threshold"], 6),
+                                                            (codes.PRESENT if f["positive"] else codes.ABSENT).meaning)
                         for f in result["findings"]}
     regions = sr.content.get_planar_roi_measurement_groups()
     assert len(regions) == len(result["detections"])
@@ -74,7 +78,7 @@ def check_sr(path: Path, result: dict, source: pydicom.Dataset) -> None:
         x0, y0, x1, y1 = detection["box"]
         np.testing.assert_allclose(region.value, [[x0, y0], [x1, y0], [x1, y1], [x0, y1], [x0, y0]], atol=1e-3)
         assert region.ContentSequence[0].ReferencedSOPSequence[0].ReferencedSOPInstanceUID == source.SOPInstanceUID
-        assert group.finding_type.meaning == detection["label"].replace("_", " ")
+        assert group.finding_type.meaning == codes.finding(detection["label"]).meaning
 
     # dcmtk reads it too: the document, the template, the report text, the "not for clinical use" label.
     dump = run([tool("dsrdump"), str(path)])
