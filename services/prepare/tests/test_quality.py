@@ -12,7 +12,7 @@ import cv2
 import numpy as np
 import pytest
 
-from radstream.phantoms import generate_phantom, to_uint8
+from radstream.phantoms import generate_limb, generate_phantom, to_uint8
 from radstream.transfer_syntaxes import dataset_bytes, dicom_dataset, dicom_in_syntax, stored_values
 from services.prepare.domain import prepare_tensors
 from services.prepare.quality import quality_flags
@@ -32,17 +32,6 @@ def flags_of(data: bytes, fmt: str) -> list[str]:
 
 def chest(seed: int) -> np.ndarray:
     return generate_phantom(np.random.default_rng(seed), size=SIZE).image
-
-
-def limb(rng: np.random.Generator, size: int = SIZE) -> np.ndarray:
-    """A leg-like radiograph: soft tissue around one or two bright long bones, air either side, the same from top to
-    bottom but for a joint; as a chest would be tagged, bone bright."""
-    x = np.linspace(-1, 1, size)[None, :]
-    y = np.linspace(-1, 1, size)[:, None]
-    tissue = np.abs(x - rng.uniform(-0.1, 0.1)) < rng.uniform(0.25, 0.45)
-    bone = np.abs(x - rng.uniform(-0.05, 0.05)) < rng.uniform(0.06, 0.14) * (1 + 0.6 * np.exp(-((y - rng.uniform(-0.3, 0.3)) / 0.12) ** 2))
-    picture = 0.04 + 0.4 * tissue + 0.45 * bone + rng.normal(0, 0.02, (size, size))
-    return cv2.GaussianBlur(np.clip(picture, 0, 1).astype(np.float32), (0, 0), 2)
 
 
 def test_every_flag_is_named_once_with_its_meaning():
@@ -72,7 +61,7 @@ def test_a_monochrome1_header_over_monochrome2_pixels_is_polarity_suspicious(see
 def non_chests() -> dict[str, np.ndarray]:
     rng = np.random.default_rng(6)
     ramp = np.tile(np.linspace(0, 1, SIZE, dtype=np.float32), (SIZE, 1))
-    out = {f"limb {i}": limb(rng) for i in range(8)}
+    out = {f"limb {i}": generate_limb(rng, SIZE) for i in range(8)}
     out |= {"horizontal ramp": ramp, "vertical ramp": ramp.T.copy(), "diagonal ramp": (ramp + ramp.T) / 2}
     out |= {f"noise {i}": rng.random((SIZE, SIZE)).astype(np.float32) for i in range(3)}
     out["blurred noise"] = cv2.GaussianBlur(rng.random((SIZE, SIZE)).astype(np.float32), (0, 0), 12)
