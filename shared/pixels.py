@@ -22,7 +22,7 @@ if TYPE_CHECKING:  # the training environment imports the window below and has n
     from shared.messages import ImageFormat
 
 
-def sniff_format(head: bytes) -> "ImageFormat | None":
+def sniff_format(head: bytes) -> ImageFormat | None:
     """The real format, by magic bytes: a file's extension proves nothing."""
     if head.startswith(b"\x89PNG\r\n\x1a\n"):
         return "png"
@@ -47,8 +47,8 @@ class Decoded:
 # The intensity rule (docs/models.md "Intensity"): without a declared VOI, black and white are the 0.5th and 99.5th
 # percentiles of the stored values (padding excluded), so the same stored values give the same picture whatever
 # depth a container declares or fails to declare. Percentiles are taken on a fixed grid of about 2^16 samples
-# (every k-th row and column): the same stored values give the same grid at any size.
-WINDOW_PERCENTILES = (0.5, 99.5)
+# (every k-th row and column): the same stored values give the same grid at any size. The first and last of these
+# levels are the window; all four, on the declared range, are what the exposure flags read (services/prepare/quality.py).
 LEVEL_PERCENTILES = (0.5, 5.0, 95.0, 99.5)
 WINDOW_SAMPLES = 1 << 16
 
@@ -103,7 +103,8 @@ def to_unit(values: np.ndarray, low: float, high: float, wide: bool = False) -> 
 def percentile_window(values: np.ndarray, exclude: np.ndarray | None = None) -> np.ndarray:
     """The rule applied to values that are already display-oriented (high = white): the training script uses it too."""
     levels = percentile_levels(values, exclude)
-    return to_unit(values, *window_bounds(levels, values, exclude))
+    wide = values.dtype.itemsize > 4 or (values.dtype.kind in "iu" and values.dtype.itemsize > 2)
+    return to_unit(values, *window_bounds(levels, values, exclude), wide)
 
 
 def declared(levels: np.ndarray, low: float, high: float) -> tuple[float, float, float, float]:
@@ -125,8 +126,8 @@ def png_significant_bits(data: bytes) -> int | None:
 
 
 def inferred_bits(peak: int) -> int:
-    """The smallest depth b in 8..16 whose range holds the brightest value: 10-14-bit detector data in a 16-bit
-    container without sBIT still fills its own range, not 1/16 of 65535."""
+    """The smallest depth b in 8..16 whose range holds the brightest value: the declared range of a 16-bit PNG without
+    sBIT (10-14-bit detector data often comes so), on which its exposure is read; the window does not use it."""
     return next(b for b in range(8, 17) if peak < 2**b)
 
 

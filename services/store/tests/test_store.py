@@ -32,7 +32,7 @@ def state() -> dict:
         "study": {"study_id": "s1", "image": image, "metadata": {"bucket": "images", "key": "incoming/s1/study.json"},
                   "view_position": "PA", "modality": "DX", "priority": "routine", "telemetry": telemetry("validate", 3.5)},
         "tensors": {"study_id": "s1", "original": {"width": 1000, "height": 800, "bit_depth": 8, "photometric": "MONOCHROME2",
-                                 "intensity_rule": "png16-sbit-12bit"},
+                                 "intensity_rule": "png16-sbit12-percentile"},
                     "tensors": {}, "telemetry": telemetry("prepare", 20.0)},
         "inference": [
             {"study_id": "s1", "kind": "classifier", "model": MODEL | {"name": "chest_xray_classifier"}, "telemetry": telemetry("inference", 9, "chest_xray_classifier"),
@@ -78,7 +78,7 @@ def test_result_matches_its_schema_and_is_labelled(store):
     assert result["report"]["label"] == "AI-generated draft, not for clinical use"
     assert result["findings"][0] == {"label": "Edema", "probability": 0.8, "threshold": 0.5, "positive": True}
     assert result["detections"][0]["box"] == [10, 20, 30, 40]
-    assert result["input"] == {"image": {"bucket": "images", "key": "incoming/s1/image.png"}, "sha256": "a" * 64, "size_bytes": 1234, "width": 1000, "height": 800, "intensity_rule": "png16-sbit-12bit", "quality_flags": []}
+    assert result["input"] == {"image": {"bucket": "images", "key": "incoming/s1/image.png"}, "sha256": "a" * 64, "size_bytes": 1234, "width": 1000, "height": 800, "intensity_rule": "png16-sbit12-percentile", "quality_flags": []}
     assert result["timings_ms"] == {"study": 3.5, "tensors": 20.0, "inference.chest_xray_classifier": 9, "inference.anomaly_detector": 11, "inference.report_encoder": 7}
     assert set(result["models"]) == {"chest_xray_classifier", "anomaly_detector", "report_encoder"}
     assert out.positive_findings == ["Edema"]
