@@ -94,8 +94,8 @@ def to_unit(values: np.ndarray, low: float, high: float, wide: bool = False) -> 
     a float32 round trip of 0xFFFFFFFF is 2^32, which turned white into black."""
     span = high - low if high > low else 1.0
     work = values.astype(np.float64 if wide else np.float32)
-    work -= work.dtype.type(low)
-    work *= work.dtype.type(1.0 / span)
+    np.subtract(work, work.dtype.type(low), out=work)
+    np.multiply(work, work.dtype.type(1.0 / span), out=work)
     np.clip(work, 0.0, 1.0, out=work)
     return work if work.dtype == np.float32 else work.astype(np.float32)
 
@@ -303,8 +303,8 @@ def decode_dicom(data: bytes, study_id: str) -> Decoded:
     wide = int(ds.get("BitsAllocated", 16) or 16) > 16
     values = np.asarray(values)
     if inverse:
-        work = np.float64 if wide else np.float32
-        values = work(lo + hi) - values.astype(work)
+        turned = values.astype(np.float64 if wide else np.float32)
+        values = np.subtract(turned.dtype.type(lo + hi), turned, out=turned)
         rule += "-inverted"
     levels = percentile_levels(values, padding)
     # A declared VOI (window or table) is the modality's statement of what to show and wins; else the percentile window.

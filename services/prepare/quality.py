@@ -9,11 +9,12 @@ picture's width and height, so it does not depend on the picture's size or conta
 from __future__ import annotations
 
 from dataclasses import dataclass
+from typing import cast
 
 import cv2
 import numpy as np
 
-from shared.contracts import QUALITY_FLAGS
+from shared.contracts import QUALITY_FLAGS, QualityFlag
 
 THUMBNAIL = 64
 # Where a PA/AP chest puts things, in fractions of the width and height (the patient's right is the image's left):
@@ -55,7 +56,7 @@ def structure(pixels: np.ndarray) -> Structure:
     return Structure(_band(thumb, LUNG_ROWS, MEDIASTINUM_COLUMNS) - lungs, abdomen - lungs, abs(right - left))
 
 
-def quality_flags(pixels: np.ndarray, declared_levels: tuple[float, float, float, float]) -> list[str]:
+def quality_flags(pixels: np.ndarray, declared_levels: tuple[float, float, float, float]) -> list[QualityFlag]:
     """The flags that fire for this picture; `declared_levels` are its 0.5/5/95/99.5th percentiles on the declared range."""
     fired = set()
     s = structure(pixels)
@@ -75,4 +76,4 @@ def quality_flags(pixels: np.ndarray, declared_levels: tuple[float, float, float
         fired.add("underexposed")
     if p99_5 - p0_5 < LOW_CONTRAST_SPAN:
         fired.add("low_contrast")
-    return [flag for flag in QUALITY_FLAGS if flag in fired]
+    return [cast("QualityFlag", flag) for flag in QUALITY_FLAGS if flag in fired]
