@@ -625,8 +625,9 @@ blur and noise. Findings are injected with known ground truth, each with ~25% pr
 (Atelectasis: band opacity + elevated hemidiaphragm; Cardiomegaly: cardiothoracic ratio 0.56-0.68;
 Consolidation: patchy lobar opacity; Edema: bilateral perihilar haze; Pleural Effusion: costophrenic
 fluid level with meniscus) and 0-3 localized lesions (`nodule_mass`: round dense blob;
-`focal_opacity`: irregular patch) with boxes. Phantoms are generated at {GEN_SIZE}x{GEN_SIZE} and resized
-(INTER_AREA) to the input size. Splits (disjoint per-sample seeds): train {counts['train']},
+`focal_opacity`: irregular patch) with boxes. Phantoms are generated at {GEN_SIZE}x{GEN_SIZE}, passed through the
+intensity rule prepare applies (`shared.pixels.percentile_window`: 0.5th..99.5th percentile to black..white,
+docs/models.md "Intensity") and resized (INTER_AREA) to the input size. Splits (disjoint per-sample seeds): train {counts['train']},
 validation {counts['val']} (thresholds), held-out test {counts['test']} (metrics below).
 
 ## Held-out metrics (synthetic test phantoms; say nothing about real radiographs)
