@@ -43,6 +43,18 @@ def containers(picture: np.ndarray) -> list[tuple[str, str, bytes, bool]]:
     return out
 
 
+def wide_dicom(picture: np.ndarray, rgb: bool = False, signed: bool = False) -> bytes:
+    """The picture in 32-bit samples (BitsAllocated = BitsStored = 32), grey or RGB, unsigned or signed."""
+    values = np.rint(np.clip(picture, 0, 1).astype(np.float64) * (2**32 - 1)).astype(np.int64) - (2**31 if signed else 0)
+    ds = dicom_dataset(np.zeros(picture.shape, np.uint8), "RGB" if rgb else "MONOCHROME2", bits_stored=8)
+    ds.BitsAllocated, ds.BitsStored, ds.HighBit, ds.PixelRepresentation = 32, 32, 31, int(signed)
+    if rgb:
+        values = np.repeat(values[..., None], 3, axis=2)
+        ds.SamplesPerPixel, ds.PlanarConfiguration = 3, 0
+    ds.PixelData = values.astype("<i4" if signed else "<u4").tobytes()
+    return dataset_bytes(ds)
+
+
 def run_study(store, repository, inference, study_id: str, fmt: str, data: bytes) -> dict:
     """One container through prepare and the three models: its intensity rule, tensors, probabilities, boxes, impression."""
     key = f"incoming/{study_id}/image.{fmt}"
@@ -133,4 +145,21 @@ def test_the_same_stored_values_are_the_same_picture_in_every_container(pipeline
         print(f"{name:36s} {row['rule']:36s} {dtensor:13.5f} {dp:9.4f}")
         if dtensor > 0.002 or dp > LOSSLESS_TOLERANCE:
             failures.append(f"{name}: tensors differ by {dtensor:.4f}, findings by {dp:.4f} from {reference_name}")
+    assert not failures, failures
+
+
+def test_32_bit_samples_give_the_8_bit_findings(pipeline):
+    """Issue 20, observation 3: in 32-bit RGB, white (0xFFFFFFFF) went through float32 to 2^32 and wrapped to black,
+    moving the findings by 0.25. A phantom with saturated (white) bone, in 32-bit samples of every kind."""
+    picture = np.clip(generate_phantom(np.random.default_rng(33), size=SIZE, findings=("Edema", "Cardiomegaly")).image * 1.25, 0, 1)
+    assert (picture == 1.0).mean() > 0.05, "enough white to matter"
+    reference = run_study(*pipeline, "w-png8", "png", cv2.imencode(".png", to_uint8(picture))[1].tobytes())
+    failures = []
+    for name, data in (("32-bit RGB", wide_dicom(picture, rgb=True)), ("32-bit signed RGB", wide_dicom(picture, rgb=True, signed=True)),
+                       ("32-bit grey", wide_dicom(picture)), ("32-bit signed grey", wide_dicom(picture, signed=True))):
+        row = run_study(*pipeline, f"w-{name.replace(' ', '-')}", "dicom", data)
+        delta = float(np.abs(row["p"] - reference["p"]).max())
+        print(f"{name:20s} {row['rule']:32s} max |dp| {delta:.4f}")
+        if delta > LOSSLESS_TOLERANCE:
+            failures.append(f"{name}: max |dp| {delta:.4f}")
     assert not failures, failures
