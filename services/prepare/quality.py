@@ -22,11 +22,13 @@ LUNG_ROWS = (0.30, 0.60)  # both lung fields, above the domes of the diaphragm
 LUNG_COLUMNS = ((0.22, 0.36), (0.64, 0.78))
 MEDIASTINUM_COLUMNS = (0.45, 0.55)  # spine, heart and mediastinum, between the lungs
 ABDOMEN_ROWS = (0.82, 0.97)  # under the diaphragm, below the lung columns
-# A chest's lungs are darker than the mediastinum between them and the abdomen below them, by at least this much of
-# the window. Measured 2026-12-07 on 300 phantoms: mediastinum - lungs 0.15 to 0.61, abdomen - lungs 0.08 to 0.49;
-# on noise, gradients and limb-like pictures the abdomen (a limb is the same from top to bottom) differs by < 0.01.
+NECK_ROWS = (0.03, 0.15)  # above the apices, the lung columns: shoulders and neck, or air
+# A chest's lungs are darker than the mediastinum between them, and than the abdomen below them or the shoulders above
+# them (a film collimated just under the domes has no abdomen), by at least this much of the window. Measured
+# 2026-12-07 on 300 phantoms: mediastinum - lungs 0.15 to 0.61, abdomen - lungs 0.08 to 0.49; on noise, ramps and
+# limb-like pictures (a limb is the same from top to bottom) the abdomen and the neck differ from the lungs by < 0.01.
 MEDIASTINUM_MARGIN = 0.08
-ABDOMEN_MARGIN = 0.04
+VERTICAL_MARGIN = 0.04
 # On the declared range (BitsStored, sBIT, ...): the brightest 5% under 0.35 is a dark, burned-out picture; the
 # darkest 5% over 0.40 a grey, washed-out one; 0.5th to 99.5th percentile within 0.20 a flat one.
 OVEREXPOSED_P95 = 0.35
@@ -36,10 +38,11 @@ LOW_CONTRAST_SPAN = 0.20
 
 @dataclass(frozen=True)
 class Structure:
-    """Lungs against mediastinum and abdomen, in fractions of the window: positive when the lungs are the darker."""
+    """Lungs against what surrounds them, in fractions of the window: positive when the lungs are the darker."""
 
     mediastinum: float
     abdomen: float
+    neck: float
     asymmetry: float
 
 
@@ -53,18 +56,20 @@ def structure(pixels: np.ndarray) -> Structure:
     right, left = (_band(thumb, LUNG_ROWS, c) for c in LUNG_COLUMNS)
     lungs = (right + left) / 2
     abdomen = sum(_band(thumb, ABDOMEN_ROWS, c) for c in LUNG_COLUMNS) / 2
-    return Structure(_band(thumb, LUNG_ROWS, MEDIASTINUM_COLUMNS) - lungs, abdomen - lungs, abs(right - left))
+    neck = sum(_band(thumb, NECK_ROWS, c) for c in LUNG_COLUMNS) / 2
+    return Structure(_band(thumb, LUNG_ROWS, MEDIASTINUM_COLUMNS) - lungs, abdomen - lungs, neck - lungs, abs(right - left))
 
 
 def quality_flags(pixels: np.ndarray, declared_levels: tuple[float, float, float, float]) -> list[QualityFlag]:
     """The flags that fire for this picture; `declared_levels` are its 0.5/5/95/99.5th percentiles on the declared range."""
     fired = set()
     s = structure(pixels)
-    upright = s.mediastinum > MEDIASTINUM_MARGIN and s.abdomen > ABDOMEN_MARGIN
-    inverted = s.mediastinum < -MEDIASTINUM_MARGIN and s.abdomen < -ABDOMEN_MARGIN
+    above_or_below = max(s.abdomen, s.neck) if s.mediastinum > 0 else min(s.abdomen, s.neck)
+    upright = s.mediastinum > MEDIASTINUM_MARGIN and above_or_below > VERTICAL_MARGIN
+    inverted = s.mediastinum < -MEDIASTINUM_MARGIN and above_or_below < -VERTICAL_MARGIN
     # Two lungs of one patient (one of them consolidated, or behind an effusion) differ less than they differ from
     # what surrounds them.
-    symmetric = s.asymmetry < abs(s.mediastinum) + abs(s.abdomen)
+    symmetric = s.asymmetry < abs(s.mediastinum) + abs(above_or_below)
     if inverted and symmetric:
         fired.add("polarity_suspicious")  # a chest, but white lungs: MONOCHROME1/2 (or INVERSE) says the wrong way
     elif not (upright and symmetric):
