@@ -93,7 +93,7 @@ def to_unit(values: np.ndarray, low: float, high: float, wide: bool = False) -> 
     to 16 bits (float32 holds them exactly: one array, in place), in float64 for `wide` ones (32-bit, double float):
     a float32 round trip of 0xFFFFFFFF is 2^32, which turned white into black."""
     span = high - low if high > low else 1.0
-    work = values.astype(np.float64 if wide else np.float32)
+    work = values.astype(np.float64 if wide else np.float32)  # int32 holding 16-bit values is exact in float32 too
     np.subtract(work, work.dtype.type(low), out=work)
     np.multiply(work, work.dtype.type(1.0 / span), out=work)
     np.clip(work, 0.0, 1.0, out=work)
@@ -303,8 +303,11 @@ def decode_dicom(data: bytes, study_id: str) -> Decoded:
     wide = int(ds.get("BitsAllocated", 16) or 16) > 16
     values = np.asarray(values)
     if inverse:
-        turned = values.astype(np.float64 if wide else np.float32)
-        values = np.subtract(turned.dtype.type(lo + hi), turned, out=turned)
+        if values.dtype.kind in "iu" and float(lo + hi).is_integer():  # integers stay integers: the twin's very values
+            values = np.subtract(np.int64(lo + hi), values, dtype=np.int64 if wide else np.int32)
+        else:
+            turned = values.astype(np.float64 if wide else np.float32)
+            values = np.subtract(turned.dtype.type(lo + hi), turned, out=turned)
         rule += "-inverted"
     levels = percentile_levels(values, padding)
     # A declared VOI (window or table) is the modality's statement of what to show and wins; else the percentile window.
