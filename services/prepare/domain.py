@@ -81,7 +81,7 @@ def is_constant(pixels: np.ndarray, repository: ModelRepository, squares: dict[i
 
 def picture_flags(pixels: np.ndarray, levels: tuple[float, float, float, float], squares: dict[int, tuple[np.ndarray, Letterbox]]) -> list[QualityFlag]:
     """The quality flags, read from the largest letterbox already made (the picture without its black bars), so they
-    cost a 64² resize of a model input rather than a pass over the full picture (0.05 ms instead of 2 at 1024²)."""
+    cost a 64² resize of a model input rather than a pass over the full picture (0.10 ms instead of 0.67 at 1024²)."""
     h, w = pixels.shape
     if not squares:
         return quality_flags(pixels, levels)
