@@ -477,3 +477,15 @@ def letterbox(image: np.ndarray, size: int) -> tuple[np.ndarray, float, float, f
     py, px = (size - nh) // 2, (size - nw) // 2
     out[py : py + nh, px : px + nw] = resized
     return out, scale, float(px), float(py)
+
+
+def generate_limb(rng: np.random.Generator, size: int = 512) -> np.ndarray:
+    """A picture that is not a chest (quality flags' negative case): a leg-like radiograph, soft tissue around a
+    bright long bone with a joint, air either side, the same from top to bottom but for the joint; bone bright."""
+    x = np.linspace(-1, 1, size)[None, :]
+    y = np.linspace(-1, 1, size)[:, None]
+    tissue = np.abs(x - rng.uniform(-0.1, 0.1)) < rng.uniform(0.25, 0.45)
+    joint = 1 + 0.6 * np.exp(-(((y - rng.uniform(-0.3, 0.3)) / 0.12) ** 2))
+    bone = np.abs(x - rng.uniform(-0.05, 0.05)) < rng.uniform(0.06, 0.14) * joint
+    picture = 0.04 + 0.4 * tissue + 0.45 * bone + rng.normal(0, 0.02, (size, size))
+    return _blur(np.clip(picture, 0, 1).astype(np.float32), 2.0 * size / 384)

@@ -20,6 +20,18 @@ Stage = Literal["validate", "prepare", "inference", "store", "export", "telemetr
 FailureStage = Literal["upload", "validate", "prepare", "inference", "store", "export", "telemetry", "workflow", "runtime"]
 
 
+# Input plausibility (docs/models.md, "Quality flags"): read from the picture by prepare, carried into the result,
+# shown by the console and the text report. They inform the reader and never change a finding.
+QUALITY_FLAGS: dict[str, str] = {
+    "polarity_suspicious": "the picture looks inverted: white lung fields (is MONOCHROME1/2 or INVERSE declared the wrong way?)",
+    "not_chest_like": "the picture does not look like a frontal chest radiograph (no dark lung fields beside the mediastinum and above the abdomen)",
+    "underexposed": "washed out: even the darkest parts are grey on the declared range",
+    "overexposed": "burned out: even the brightest parts are dark on the declared range",
+    "low_contrast": "the stored values span less than a fifth of the declared range",
+}
+QualityFlag = Literal["polarity_suspicious", "not_chest_like", "underexposed", "overexposed", "low_contrast"]
+
+
 class Contract(BaseModel):
     model_config = ConfigDict(extra="forbid")
 
@@ -101,8 +113,11 @@ class InputDigest(Contract):
     width: int
     height: int
     # How the stored values became the [0, 1] picture the models saw (docs/models.md, "Intensity"),
-    # e.g. "dicom-12bit-inverted" or "png16-inferred-12bit".
+    # e.g. "dicom-12bit-percentile-inverted" or "png16-percentile".
     intensity_rule: str | None = None
+    quality_flags: list[QualityFlag] = Field(default_factory=list, description=(
+        "What looks wrong with the input picture (docs/models.md, 'Quality flags'); empty when nothing does. "
+        "Flags never change findings."))
 
 
 class StudyResult(Contract):

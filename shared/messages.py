@@ -11,7 +11,7 @@ from typing import Any, Literal
 
 from pydantic import BaseModel
 
-from shared.contracts import Detection, Finding, ModelRef, ObjectRef, ReportSentence, TelemetryRecord
+from shared.contracts import Detection, Finding, ModelRef, ObjectRef, QualityFlag, ReportSentence, TelemetryRecord
 
 ImageFormat = Literal["png", "jpeg", "dicom"]
 INCOMING = "incoming/"
@@ -84,8 +84,10 @@ class OriginalImage(BaseModel):
     height: int
     bit_depth: int
     photometric: str
-    # Which rule of docs/models.md ("Intensity") turned the stored values into [0, 1], e.g. "png16-inferred-12bit".
+    # Which rule of docs/models.md ("Intensity") turned the stored values into [0, 1], e.g. "png16-percentile".
     intensity_rule: str | None = None
+    # What looks wrong with the picture (docs/models.md, "Quality flags"), for the result; never changes findings.
+    quality_flags: list[QualityFlag] = []
 
 
 class PreparedTensors(StageOutput):

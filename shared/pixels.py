@@ -10,14 +10,16 @@ from __future__ import annotations
 import io
 import struct
 from dataclasses import dataclass
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import cv2
 import numpy as np
 
 from shared.errors import InvalidImage
 from shared.imageheader import PNG_SIGNATURE
-from shared.messages import ImageFormat
+
+if TYPE_CHECKING:  # the training environment imports the window below and has no pydantic
+    from shared.messages import ImageFormat
 
 
 def sniff_format(head: bytes) -> ImageFormat | None:
@@ -37,6 +39,77 @@ class Decoded:
     bit_depth: int
     photometric: str
     intensity_rule: str = ""
+    # The picture's 0.5th, 5th, 95th and 99.5th percentiles on the black..white range its container declares
+    # (bit depth, sBIT, modality LUT, VOI): how the exposure sat on the detector, which the window below hides.
+    declared_levels: tuple[float, float, float, float] = (0.0, 0.0, 1.0, 1.0)
+
+
+# The intensity rule (docs/models.md "Intensity"): without a declared VOI, black and white are the 0.5th and 99.5th
+# percentiles of the stored values (padding excluded), so the same stored values give the same picture whatever
+# depth a container declares or fails to declare. Percentiles are taken on a fixed grid of about 2^16 samples
+# (every k-th row and column): the same stored values give the same grid at any size. The first and last of these
+# levels are the window; all four, on the declared range, are what the exposure flags read (services/prepare/quality.py).
+LEVEL_PERCENTILES = (0.5, 5.0, 95.0, 99.5)
+WINDOW_SAMPLES = 1 << 16
+
+
+def window_sample(values: np.ndarray, exclude: np.ndarray | None = None) -> np.ndarray:
+    step = max(1, int((values.shape[0] * values.shape[1] / WINDOW_SAMPLES) ** 0.5))
+    sample = values[::step, ::step]
+    if exclude is not None:
+        sample = sample[~exclude[::step, ::step]]
+    return np.asarray(sample).ravel()
+
+
+def percentile_levels(values: np.ndarray, exclude: np.ndarray | None = None) -> np.ndarray:
+    """LEVEL_PERCENTILES of the values (float64, numpy's linear interpolation); the window's bounds are the first and
+    last. Integer samples are counted (bincount and a cumulative sum: a tenth of the time of a partition)."""
+    sample = window_sample(values, exclude)
+    if sample.size == 0:
+        return np.zeros(len(LEVEL_PERCENTILES))
+    if sample.dtype.kind in "biu":
+        low = int(sample.min())
+        if int(sample.max()) - low < 1 << 17:
+            counts = np.cumsum(np.bincount((sample.astype(np.int64) - low) if low else sample))
+            rank = (sample.size - 1) * np.asarray(LEVEL_PERCENTILES) / 100.0
+            below, frac = np.floor(rank), rank - np.floor(rank)
+            # the k-th smallest value is the first whose cumulative count exceeds k
+            at = np.searchsorted(counts, below, side="right").astype(np.float64)
+            nxt = np.searchsorted(counts, np.minimum(below + 1, sample.size - 1), side="right").astype(np.float64)
+            return low + at + frac * (nxt - at)
+    return np.percentile(sample.astype(np.float64), LEVEL_PERCENTILES)
+
+
+def window_bounds(levels: np.ndarray, values: np.ndarray, exclude: np.ndarray | None = None) -> tuple[float, float]:
+    low, high = float(levels[0]), float(levels[-1])
+    if high <= low:  # more than 99% of one value: the picture is what differs from it, min..max
+        sample = window_sample(values, exclude)
+        low, high = (float(sample.min()), float(sample.max())) if sample.size else (0.0, 1.0)
+    return low, high
+
+
+def to_unit(values: np.ndarray, low: float, high: float, wide: bool = False) -> np.ndarray:
+    """(values - low) / (high - low), clipped to [0, 1], as float32 (a new array). Computed in float32 for samples of up
+    to 16 bits (float32 holds them exactly: one array, in place), in float64 for `wide` ones (32-bit, double float):
+    a float32 round trip of 0xFFFFFFFF is 2^32, which turned white into black."""
+    span = high - low if high > low else 1.0
+    work = values.astype(np.float64 if wide else np.float32)  # int32 holding 16-bit values is exact in float32 too
+    np.subtract(work, work.dtype.type(low), out=work)
+    np.multiply(work, work.dtype.type(1.0 / span), out=work)
+    np.clip(work, 0.0, 1.0, out=work)
+    return work if work.dtype == np.float32 else work.astype(np.float32)
+
+
+def percentile_window(values: np.ndarray, exclude: np.ndarray | None = None) -> np.ndarray:
+    """The rule applied to values that are already display-oriented (high = white): the training script uses it too."""
+    levels = percentile_levels(values, exclude)
+    wide = values.dtype.itemsize > 4 or (values.dtype.kind in "iu" and values.dtype.itemsize > 2)
+    return to_unit(values, *window_bounds(levels, values, exclude), wide)
+
+
+def declared(levels: np.ndarray, low: float, high: float) -> tuple[float, float, float, float]:
+    span = high - low if high > low else 1.0
+    return tuple(float(np.clip((v - low) / span, 0.0, 1.0)) for v in levels)  # type: ignore[return-value]
 
 
 def png_significant_bits(data: bytes) -> int | None:
@@ -53,8 +126,8 @@ def png_significant_bits(data: bytes) -> int | None:
 
 
 def inferred_bits(peak: int) -> int:
-    """The smallest depth b in 8..16 whose range holds the brightest value: 10-14-bit detector data in a 16-bit
-    container without sBIT still fills its own range, not 1/16 of 65535."""
+    """The smallest depth b in 8..16 whose range holds the brightest value: the declared range of a 16-bit PNG without
+    sBIT (10-14-bit detector data often comes so), on which its exposure is read; the window does not use it."""
     return next(b for b in range(8, 17) if peak < 2**b)
 
 
@@ -80,18 +153,16 @@ def decode_raster(data: bytes, study_id: str) -> Decoded:
             # The PNG specification's own form: samples scaled up to 16 bits, sBIT recording the original depth.
             bits, rule = 16, f"{container}16-sbit{sbit}-scaled"
         elif sbit and 8 <= sbit <= 16:
-            bits, rule = sbit, f"{container}16-sbit-{sbit}bit"
+            bits, rule = sbit, f"{container}16-sbit{sbit}"
         else:
-            bits = inferred_bits(peak)
-            rule = f"{container}16-inferred-{bits}bit"
+            # No declared depth: the window needs none; the exposure levels are read on the smallest depth
+            # that holds the data (10-14-bit exports often carry no sBIT).
+            bits, rule = inferred_bits(peak), f"{container}16"
     else:
         raise InvalidImage(f"unsupported pixel type {array.dtype}", study_id=study_id)
-    # In place on one float32 array (a multiply and a clip into new arrays cost two more allocations of the picture's
-    # size: 6 ms at 3000²); the very same values.
-    pixels = array.astype(np.float32)
-    pixels *= np.float32(1.0 / (2**bits - 1))
-    np.clip(pixels, 0.0, 1.0, out=pixels)
-    return Decoded(pixels, bits, "MONOCHROME2", rule)
+    levels = percentile_levels(array)
+    pixels = to_unit(array, *window_bounds(levels, array))  # uint8/uint16: float32 is exact
+    return Decoded(pixels, bits, "MONOCHROME2", rule + "-percentile", declared(levels, 0.0, float(2**bits - 1)))
 
 
 # Photometric interpretations a CR/DX image may carry, and what pydicom hands back for them:
@@ -157,15 +228,22 @@ def apply_voi_table(values: np.ndarray, table: Any) -> tuple[np.ndarray, int]:
 RLE_LOSSLESS = "1.2.840.10008.1.2.5"
 
 
+# Bytes an encoder may leave after the end-of-image marker: padding to an even length (00, or FF as some encoders
+# write it: FF D9 FF), or a few bytes of slack. FF D9 occurs nowhere else near a codestream's end: JPEG and JPEG-LS
+# stuff every FF in entropy-coded data (FF 00, FF 0x..7F) and JPEG 2000 forbids FF 90 and above in packet data.
+TRAILING_AFTER_EOI = 16
+
+
 def codestream_complete(ds: Any) -> bool:
-    """JPEG, JPEG-LS and JPEG 2000 codestreams all end with FF D9 (EOI / EOC); fragments are padded to even length."""
+    """JPEG, JPEG-LS and JPEG 2000 codestreams all end with FF D9 (EOI / EOC), followed at most by a little padding;
+    the frame's fragments are joined first, so padding in the last fragment of several is judged the same way."""
     from pydicom.encaps import generate_frames
 
     try:
         frame = next(generate_frames(ds.PixelData, number_of_frames=1))
     except Exception:  # noqa: BLE001 - a damaged encapsulation: let the decoder say what it finds
         return True
-    return frame.rstrip(b"\0").endswith(b"\xff\xd9")
+    return b"\xff\xd9" in frame.rstrip(b"\x00\xff")[-(2 + TRAILING_AFTER_EOI) :]
 
 
 def decode_dicom(data: bytes, study_id: str) -> Decoded:
@@ -192,34 +270,49 @@ def decode_dicom(data: bytes, study_id: str) -> Decoded:
         raise InvalidImage(f"DICOM pixel data cannot be read ({type(e).__name__}) in {syntax_name}", study_id=study_id) from e
     if raw.ndim == 3 and raw.shape[2] == 3 and photometric in COLOUR:
         # Luma of the RGB picture (ITU-R BT.601, as for a colour PNG); a grey picture stored as colour keeps its values.
-        raw = np.rint(raw.astype(np.float32) @ np.float32([0.299, 0.587, 0.114])).astype(raw.dtype)
+        # float64 beyond 16 bits: float32 holds integers only up to 2^24.
+        exact32 = raw.dtype.kind in "biu" and raw.dtype.itemsize <= 2
+        luma = raw.astype(np.float32 if exact32 else np.float64) @ np.array([0.299, 0.587, 0.114], np.float32 if exact32 else np.float64)
+        raw = np.rint(luma).astype(raw.dtype) if raw.dtype.kind in "biu" else luma
     if raw.ndim != 2:
         raise InvalidImage(f"DICOM image must be a single grayscale frame, found shape {list(raw.shape)}", study_id=study_id)
 
-    lo, hi = dicom_output_range(ds)
+    floating = raw.dtype.kind == "f"  # Float / Double Float Pixel Data: no stored depth, the values are the data
+    if floating:
+        raw = np.nan_to_num(raw, nan=float(np.nanmin(raw)) if np.isfinite(raw).any() else 0.0)
     bits = stored_bits(ds)
     signed = int(ds.get("PixelRepresentation", 0)) == 1
-    values = apply_modality_lut(raw, ds) if photometric in GRAYSCALE else raw
+    values = apply_modality_lut(raw, ds) if photometric in GRAYSCALE and not floating else raw
+    padding = padding_mask(raw, ds) if photometric in GRAYSCALE and not floating else None
+    lo, hi = dicom_output_range(ds) if not floating else (float(raw.min()), float(raw.max()))
     has_lut = bool(ds.get("VOILUTSequence")) and ds.VOILUTSequence[0].get("LUTData") is not None
     has_window = ds.get("WindowCenter") is not None and ds.get("WindowWidth") is not None
-    if photometric in GRAYSCALE and has_lut:
+    voi = photometric in GRAYSCALE and not floating and (has_lut or has_window)
+    if voi and has_lut:
         values, lut_bits = apply_voi_table(values, ds.VOILUTSequence[0])
         lo, hi, rule = 0.0, float(2**lut_bits - 1), "dicom-voi-lut"
-    elif photometric in GRAYSCALE and has_window:
+    elif voi:
         values, rule = apply_windowing(values, ds), "dicom-window"
     else:
-        rule = f"dicom-{bits}bit" + ("-signed" if signed else "")
+        rule = ("dicom-float" if floating else f"dicom-{bits}bit" + ("-signed" if signed else "")) + "-percentile"
     # MONOCHROME1 (low values white) and Presentation LUT Shape INVERSE both mean: the display inverts.
     # A DX MONOCHROME1 image carries INVERSE as well (PS3.3 C.8.11.6.1.2): one inversion, not two.
-    # Measured from the other end of the range, so a MONOCHROME1 file and its MONOCHROME2 twin give identical floats.
+    # Turned around within the declared range before anything is measured, so a MONOCHROME1 file and its MONOCHROME2
+    # twin hold the very same values from here on and give identical floats.
     inverse = photometric == "MONOCHROME1" or str(ds.get("PresentationLUTShape", "")).upper() == "INVERSE"
-    values = np.asarray(values, np.float32)
-    offset = (np.float32(hi) - values) if inverse else (values - np.float32(lo))
-    pixels = np.clip(offset / np.float32(hi - lo), 0.0, 1.0)
+    wide = int(ds.get("BitsAllocated", 16) or 16) > 16
+    values = np.asarray(values)
     if inverse:
+        if values.dtype.kind in "iu" and float(lo + hi).is_integer():  # integers stay integers: the twin's very values
+            values = np.subtract(np.int64(lo + hi), values, dtype=np.int64 if wide else np.int32)
+        else:
+            turned = values.astype(np.float64 if wide else np.float32)
+            values = np.subtract(turned.dtype.type(lo + hi), turned, out=turned)
         rule += "-inverted"
-    padding = padding_mask(raw, ds) if photometric in GRAYSCALE else None
+    levels = percentile_levels(values, padding)
+    # A declared VOI (window or table) is the modality's statement of what to show and wins; else the percentile window.
+    pixels = to_unit(values, lo, hi, wide) if voi else to_unit(values, *window_bounds(levels, values, padding), wide)
     if padding is not None:  # padding is background: black whatever its stored value, and never part of the picture
         pixels[padding] = 0.0
         rule += "-padding"
-    return Decoded(pixels.astype(np.float32), bits, photometric, rule)
+    return Decoded(pixels, bits if not floating else int(ds.get("BitsAllocated", 32)), photometric, rule, declared(levels, lo, hi))

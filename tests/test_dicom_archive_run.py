@@ -28,8 +28,8 @@ def test_every_transfer_syntax_runs_end_to_end(tmp_path, capsys):
         result = json.loads(Path(study["output"]).read_text())
         assert (result["input"]["width"], result["input"]["height"]) == (384, 384)
         rules[study["study_id"]] = result["input"]["intensity_rule"]
-    assert rules["dcm-jpeg-baseline-monochrome1"] == "dicom-8bit-inverted"
-    assert rules["dcm-jpeg2000-lossless-monochrome2"] == "dicom-12bit"
+    assert rules["dcm-jpeg-baseline-monochrome1"] == "dicom-8bit-percentile-inverted"
+    assert rules["dcm-jpeg2000-lossless-monochrome2"] == "dicom-12bit-percentile"
 
 
 @pytest.mark.parametrize("name, size", [("png", 40000), ("jpeg", 60000)])

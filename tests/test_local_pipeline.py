@@ -58,7 +58,7 @@ def test_valid_studies_have_results_that_match_the_schema(demo):
         assert result["report"]["impression"], "the draft report retrieves sentences"
         assert {"study", "tensors", "inference.chest_xray_classifier"} <= set(result["timings_ms"])
         rules.add(result["input"]["intensity_rule"])
-    assert rules == {"png8", "png16-inferred-16bit", "jpeg8", "dicom-12bit-inverted"}, "each container's rule is recorded"
+    assert rules == {"png8-percentile", "png16-percentile", "jpeg8-percentile", "dicom-12bit-percentile-inverted"}, "each container's rule is recorded"
 
 
 def test_invalid_studies_fail_with_a_record_and_keep_their_input(demo):

@@ -38,6 +38,7 @@ if str(ROOT) not in sys.path:
 
 from radstream.models_import import triton_config  # noqa: E402
 from radstream.phantoms import FINDINGS, LESION_LABELS, SENTENCE_BANK, generate_phantom, sentence_bank_entry  # noqa: E402
+from shared.pixels import percentile_window  # noqa: E402
 
 DEFAULT_OUT = ROOT / "services" / "triton" / "model_repository"
 GEN_SIZE = 256  # phantoms are generated at the detector's input size; others are resized from it
@@ -62,7 +63,8 @@ def _make_sample(args: tuple[int, int, int]) -> tuple[np.ndarray, np.ndarray, np
     rng = np.random.default_rng([seed, split_id, index])
     lesions = int(rng.integers(0, 4))
     ph = generate_phantom(rng, GEN_SIZE, lesions=lesions)
-    img256 = ph.image.astype(np.float32)
+    # The models see what prepare gives them: the picture through the intensity rule (docs/models.md "Intensity").
+    img256 = percentile_window(ph.image.astype(np.float32))
     img224 = cv2.resize(img256, (CLS_SIZE, CLS_SIZE), interpolation=cv2.INTER_AREA)
     y = np.array([ph.findings[f] for f in FINDINGS], np.float32)
     boxes = np.array([list(les.box) + [LESION_LABELS.index(les.label)] for les in ph.lesions], np.float32).reshape(-1, 5)
@@ -623,8 +625,9 @@ blur and noise. Findings are injected with known ground truth, each with ~25% pr
 (Atelectasis: band opacity + elevated hemidiaphragm; Cardiomegaly: cardiothoracic ratio 0.56-0.68;
 Consolidation: patchy lobar opacity; Edema: bilateral perihilar haze; Pleural Effusion: costophrenic
 fluid level with meniscus) and 0-3 localized lesions (`nodule_mass`: round dense blob;
-`focal_opacity`: irregular patch) with boxes. Phantoms are generated at {GEN_SIZE}x{GEN_SIZE} and resized
-(INTER_AREA) to the input size. Splits (disjoint per-sample seeds): train {counts['train']},
+`focal_opacity`: irregular patch) with boxes. Phantoms are generated at {GEN_SIZE}x{GEN_SIZE}, passed through the
+intensity rule prepare applies (`shared.pixels.percentile_window`: 0.5th..99.5th percentile to black..white,
+docs/models.md "Intensity") and resized (INTER_AREA) to the input size. Splits (disjoint per-sample seeds): train {counts['train']},
 validation {counts['val']} (thresholds), held-out test {counts['test']} (metrics below).
 
 ## Held-out metrics (synthetic test phantoms; say nothing about real radiographs)

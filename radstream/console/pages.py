@@ -15,7 +15,7 @@ from jinja2 import Environment, FileSystemLoader, StrictUndefined, select_autoes
 
 from radstream.console import charts
 from radstream.console.data import ConsoleData, StudyDetail, StudyFilter
-from shared.contracts import NOT_FOR_CLINICAL_USE
+from shared.contracts import NOT_FOR_CLINICAL_USE, QUALITY_FLAGS
 
 HERE = Path(__file__).resolve().parent
 RANGES = (1, 7, 30, 90)  # days: the named queries' window parameter
@@ -90,6 +90,7 @@ def environment() -> Environment:
     env.filters["fmt"] = _fmt
     env.filters["raw_value"] = lambda v: json.dumps(v, default=str)
     env.globals["NOT_FOR_CLINICAL_USE"] = NOT_FOR_CLINICAL_USE
+    env.globals["QUALITY_FLAGS"] = QUALITY_FLAGS
     return env
 
 

@@ -17,7 +17,8 @@ from datetime import datetime, timezone
 from typing import Any
 
 from shared.contracts import (
-    Detection, DraftReport, FailureRecord, Finding, InputDigest, ObjectRef, ReportSentence, StudyIdentifiers, StudyResult,
+    QUALITY_FLAGS, Detection, DraftReport, FailureRecord, Finding, InputDigest, ObjectRef, ReportSentence, StudyIdentifiers,
+    StudyResult,
 )
 from shared.errors import InvalidImage, ObjectNotFound, PermanentError, caught_error
 from shared.events import STUDY_FAILED, EventPublisher
@@ -141,7 +142,7 @@ def build_result(request: StoreRequest, raw_state: dict[str, Any], store: Object
         input=InputDigest(
             image=ObjectRef(bucket=image.bucket, key=image.key), sha256=image.sha256, size_bytes=image.size_bytes,
             width=request.tensors.original.width, height=request.tensors.original.height,
-            intensity_rule=request.tensors.original.intensity_rule,
+            intensity_rule=request.tensors.original.intensity_rule, quality_flags=request.tensors.original.quality_flags,
         ),
         identifiers=identifiers,
         modality=request.study.modality,
@@ -162,6 +163,8 @@ def report_text(result: StudyResult) -> str:
     if result.detections:
         lines.append("Localized findings: " + "; ".join(f"{d.label} ({d.score:.2f}) at {list(d.box)}" for d in result.detections))
     lines += ["", "Impression (retrieved):"] + [f"- {s.text}" for s in result.report.impression]
+    if result.input.quality_flags:  # the reader is told what looks wrong with the input; the findings are as computed
+        lines += ["", "Input quality flags (findings unchanged):"] + [f"- {flag}: {QUALITY_FLAGS[flag]}" for flag in result.input.quality_flags]
     lines += ["", "Models: " + ", ".join(f"{m.name} v{m.version} ({m.provenance})" for m in result.models.values())]
     return "\n".join(lines) + "\n"
 

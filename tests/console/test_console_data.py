@@ -133,3 +133,32 @@ def test_the_study_page_shows_the_export_status_of_this_results_run(tmp_path: Pa
     assert json.loads(data.raw("demo-dicom", "exports.json"))["status"] == "build_failed"
     write_status(store, "results", "demo-dicom", "an-earlier-run", "delivery_failed", message="old")
     assert data.study("demo-dicom").exports is None
+
+
+def test_the_study_page_shows_the_quality_flags_of_a_real_run(tmp_path: Path) -> None:
+    """A DICOM whose header says MONOCHROME1 over MONOCHROME2 pixels runs end to end: the result, the text report and
+    the console's study page say the picture looks inverted; its twin, declared correctly, says nothing."""
+    import numpy as np
+
+    from radstream.console.pages import Pages, ServerLinks
+    from radstream.phantoms import generate_phantom
+    from radstream.transfer_syntaxes import dataset_bytes, dicom_dataset, stored_values
+
+    values = stored_values(generate_phantom(np.random.default_rng(5), size=256).image, 12)
+    for study, photometric in (("wrong-polarity", "MONOCHROME1"), ("right-polarity", "MONOCHROME2")):
+        (tmp_path / "in" / study).mkdir(parents=True)
+        (tmp_path / "in" / study / "study.dcm").write_bytes(dataset_bytes(dicom_dataset(values, photometric)))
+    data_dir = tmp_path / "data"
+    assert radstream(["run", str(tmp_path / "in"), "--data-dir", str(data_dir), "--quiet", "--json"]) == 0
+    flags = {}
+    for folder in (data_dir / "results" / "results").iterdir():
+        result = json.loads((folder / "result.json").read_text())
+        flags[folder.name] = result["input"]["quality_flags"]
+        html = Pages(local_data(data_dir, refresh_s=0)).study(ServerLinks(), folder.name)
+        report = (folder / "report.txt").read_text()
+        if flags[folder.name]:
+            assert 'data-flag="polarity_suspicious"' in html and "the picture looks inverted" in html
+            assert "polarity_suspicious" in report
+        else:
+            assert "quality-flags" not in html and "quality flags" not in report
+    assert sorted(flags.values()) == [[], ["polarity_suspicious"]], flags

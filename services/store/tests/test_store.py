@@ -32,7 +32,7 @@ def state() -> dict:
         "study": {"study_id": "s1", "image": image, "metadata": {"bucket": "images", "key": "incoming/s1/study.json"},
                   "view_position": "PA", "modality": "DX", "priority": "routine", "telemetry": telemetry("validate", 3.5)},
         "tensors": {"study_id": "s1", "original": {"width": 1000, "height": 800, "bit_depth": 8, "photometric": "MONOCHROME2",
-                                 "intensity_rule": "png16-sbit-12bit"},
+                                 "intensity_rule": "png16-sbit12-percentile"},
                     "tensors": {}, "telemetry": telemetry("prepare", 20.0)},
         "inference": [
             {"study_id": "s1", "kind": "classifier", "model": MODEL | {"name": "chest_xray_classifier"}, "telemetry": telemetry("inference", 9, "chest_xray_classifier"),
@@ -78,13 +78,34 @@ def test_result_matches_its_schema_and_is_labelled(store):
     assert result["report"]["label"] == "AI-generated draft, not for clinical use"
     assert result["findings"][0] == {"label": "Edema", "probability": 0.8, "threshold": 0.5, "positive": True}
     assert result["detections"][0]["box"] == [10, 20, 30, 40]
-    assert result["input"] == {"image": {"bucket": "images", "key": "incoming/s1/image.png"}, "sha256": "a" * 64, "size_bytes": 1234, "width": 1000, "height": 800, "intensity_rule": "png16-sbit-12bit"}
+    assert result["input"] == {"image": {"bucket": "images", "key": "incoming/s1/image.png"}, "sha256": "a" * 64, "size_bytes": 1234, "width": 1000, "height": 800, "intensity_rule": "png16-sbit12-percentile", "quality_flags": []}
     assert result["timings_ms"] == {"study": 3.5, "tensors": 20.0, "inference.chest_xray_classifier": 9, "inference.anomaly_detector": 11, "inference.report_encoder": 7}
     assert set(result["models"]) == {"chest_xray_classifier", "anomaly_detector", "report_encoder"}
     assert out.positive_findings == ["Edema"]
     assert (result["modality"], result["view_position"], result["identifiers"]) == ("DX", "PA", None)
     report = store.get_bytes("results", "results/s1/report.txt").decode()
     assert "AI-GENERATED DRAFT, NOT FOR CLINICAL USE" in report and "Suggested findings: Edema." in report
+
+
+def test_quality_flags_reach_the_result_and_the_report_and_change_no_finding(store):
+    plain, flagged = store_event(state()), store_event(state())
+    flagged["tensors"]["original"]["quality_flags"] = ["polarity_suspicious", "low_contrast"]
+    results = {}
+    for name, event in (("plain", plain), ("flagged", flagged)):
+        out = store_result(StoreRequest.model_validate(event), event, store, f"results-{name}")
+        results[name] = json.loads(store.get_bytes(f"results-{name}", out.result.key))
+        jsonschema.validate(results[name], json.loads(schema_path("result").read_text()))
+    assert results["flagged"]["input"]["quality_flags"] == ["polarity_suspicious", "low_contrast"]
+    for key in ("findings", "detections"):
+        assert results["flagged"][key] == results["plain"][key]
+    assert results["flagged"]["report"]["impression"] == results["plain"]["report"]["impression"]
+    report = store.get_bytes("results-flagged", "results/s1/report.txt").decode()
+    assert "Input quality flags (findings unchanged):" in report
+    assert "- polarity_suspicious: the picture looks inverted" in report and "- low_contrast:" in report
+    assert "quality flags" not in store.get_bytes("results-plain", "results/s1/report.txt").decode()
+    flagged["tensors"]["original"]["quality_flags"] = ["blurry"]  # not a flag of the contract
+    with pytest.raises(ValueError, match="quality_flags"):
+        StoreRequest.model_validate(flagged)
 
 
 def test_impression_agrees_with_the_findings_and_the_boxes(store):

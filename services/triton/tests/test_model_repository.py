@@ -17,6 +17,7 @@ from google.protobuf import text_format
 from tritonclient.grpc import model_config_pb2
 
 from radstream.phantoms import FINDINGS, LESION_LABELS, generate_phantom, letterbox
+from shared.pixels import percentile_window
 
 REPO = Path(__file__).resolve().parents[1] / "model_repository"
 MODELS = {
@@ -46,7 +47,8 @@ def _normalize(x: np.ndarray, norm: str) -> np.ndarray:
 
 def _batch(size: int, seeds, norm: str, **kw):
     phs = [generate_phantom(np.random.default_rng(s), 384, **kw) for s in seeds]
-    x = np.stack([letterbox(p.image, size)[0] for p in phs])[:, None].astype(np.float32)
+    # What prepare gives the models: the picture through the intensity rule (docs/models.md "Intensity"), letterboxed.
+    x = np.stack([letterbox(percentile_window(p.image), size)[0] for p in phs])[:, None].astype(np.float32)
     return phs, _normalize(x, norm)
 
 
