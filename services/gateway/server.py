@@ -28,7 +28,8 @@ class Gateway:
         self.settings = settings
         self.store = store or wiring.object_store(settings)
         # The key (from Secrets Manager when GATEWAY_PSEUDONYM_SECRET_ARN is set) and the TLS files are read once, before listening.
-        self.receiver = Receiver(self.store, settings.images_bucket, pseudonym_key(pseudonym_key_value(settings)), on_stored)
+        self.receiver = Receiver(self.store, settings.images_bucket, pseudonym_key(pseudonym_key_value(settings)), on_stored,
+                                 max_bytes=settings.max_image_bytes)
         context = server_context(settings)
         self.dimse = DimseServer(settings, self.receiver, context)
         try:
@@ -75,8 +76,19 @@ class LocalPipeline:
         self.pool.shutdown(wait=True)
 
 
-def main() -> int:  # pragma: no cover - the container's entry point; the tests start Gateway directly
+def configure_logging() -> None:
+    """One handler per log line. The gateway's loggers ("radstream.gateway") are children of "radstream", which carries
+    the project's structured handler (shared.observability, JSON to stdout); a root handler (for other libraries'
+    warnings, pynetdicom's) received every gateway line a second time through propagation. Now it receives only
+    what is not the project's own."""
+    from shared import observability  # noqa: F401 - installs the "radstream" handler
+
     logging.basicConfig(level=logging.INFO, format="%(asctime)s %(levelname)s %(name)s %(message)s")
+    logging.getLogger("radstream").propagate = False
+
+
+def main() -> int:  # pragma: no cover - the container's entry point; the tests start Gateway directly
+    configure_logging()
     settings = Settings.from_env()
     stop = threading.Event()
     signal.signal(signal.SIGTERM, lambda *_: stop.set())
