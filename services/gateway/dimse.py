@@ -19,12 +19,24 @@ import threading
 from dataclasses import dataclass
 from typing import Any
 
+from collections.abc import Iterator
+
 from pynetdicom import ALL_TRANSFER_SYNTAXES, AE, evt
 from pynetdicom.association import Association
-from pynetdicom.sop_class import Verification  # type: ignore[attr-defined]
+from pynetdicom.sop_class import (  # type: ignore[attr-defined]
+    Comprehensive3DSRStorage,
+    StudyRootQueryRetrieveInformationModelFind,
+    StudyRootQueryRetrieveInformationModelGet,
+    Verification,
+)
+from pydicom.datadict import dictionary_VR
 from pydicom.dataset import Dataset
+from pydicom.multival import MultiValue
+from pydicom.uid import ExplicitVRLittleEndian, ImplicitVRLittleEndian
 
+from services.gateway.archive import MATCHABLE, Archive
 from services.gateway.domain import ACCEPTED_SOP_CLASSES, PROCESSING_FAILURE, Receiver, Refused
+from shared.acceptance import SECONDARY_CAPTURE
 from shared.settings import Settings
 
 log = logging.getLogger("radstream.gateway")
@@ -168,6 +180,12 @@ def build_ae(settings: Settings) -> AE:
     for uid in ACCEPTED_SOP_CLASSES:
         ae.add_supported_context(uid, ALL_TRANSFER_SYNTAXES)
     ae.add_supported_context(Verification)
+    # Query/retrieve of what RadStream made: Study Root C-FIND and C-GET. C-GET sends the SR and the overlay (a
+    # Secondary Capture) back on the same association, so the requestor may take the SCP role for those classes.
+    ae.add_supported_context(StudyRootQueryRetrieveInformationModelFind)
+    ae.add_supported_context(StudyRootQueryRetrieveInformationModelGet)
+    for uid, syntaxes in ((Comprehensive3DSRStorage, [ExplicitVRLittleEndian, ImplicitVRLittleEndian]), (SECONDARY_CAPTURE, ALL_TRANSFER_SYNTAXES)):
+        ae.add_supported_context(uid, syntaxes, scu_role=True, scp_role=True)
     ae.maximum_pdu_size = settings.gateway_max_pdu
     ae.maximum_associations = settings.gateway_max_associations
     ae.acse_timeout = settings.gateway_acse_timeout_s
@@ -208,14 +226,103 @@ def handle_echo(event: Any) -> int:
     return SUCCESS
 
 
+# C-FIND / C-GET statuses (PS3.4 C.4.1.1.4, C.4.3.1.4)
+PENDING, CANCELLED = 0xFF00, 0xFE00
+IDENTIFIER_DOES_NOT_MATCH = 0xA900
+UNABLE_TO_PROCESS = 0xC000
+LEVELS = ("STUDY", "SERIES", "IMAGE")
+
+
+def _identifier_text(element: Any) -> str:
+    value = element.value
+    if value is None:
+        return ""
+    if isinstance(value, (list, tuple, MultiValue)):
+        return "\\".join(str(v) for v in value)
+    return str(value).strip()
+
+
+def handle_find(event: Any, archive: Archive) -> Iterator[tuple[int, Dataset | None]]:
+    """Study Root C-FIND at STUDY, SERIES or IMAGE level: one pending response per match, each with the keys asked for
+    (a key this archive does not hold comes back empty, as PS3.4 C.2.2.1.2 allows)."""
+    identifier = event.identifier
+    level = str(identifier.get("QueryRetrieveLevel", "")).upper()
+    if level not in LEVELS:
+        log.warning("C-FIND refused: QueryRetrieveLevel is not STUDY, SERIES or IMAGE %s", peer_of(event.assoc))
+        yield IDENTIFIER_DOES_NOT_MATCH, None
+        return
+    requested = [e for e in identifier if e.keyword not in ("QueryRetrieveLevel", "SpecificCharacterSet") and e.keyword]
+    filters = {e.keyword: _identifier_text(e) for e in requested if e.keyword in MATCHABLE[level] and _identifier_text(e)}
+    try:
+        answers = archive.search(level, filters)  # type: ignore[arg-type]
+    except Exception as e:  # noqa: BLE001 - the store failed: named, never its message
+        log.error("C-FIND failed error_type=%s %s", type(e).__name__, peer_of(event.assoc))
+        yield UNABLE_TO_PROCESS, None
+        return
+    log.info("C-FIND level=%s matches=%d %s", level, len(answers), peer_of(event.assoc))
+    for answer in answers:
+        if event.is_cancelled:
+            yield CANCELLED, None
+            return
+        out = Dataset()
+        if "SpecificCharacterSet" in answer:
+            out.SpecificCharacterSet = answer.SpecificCharacterSet
+        out.QueryRetrieveLevel = level
+        for element in requested:
+            if element.keyword in answer:
+                out[element.tag] = answer[element.tag]
+            else:
+                out.add_new(element.tag, dictionary_VR(element.tag), None)
+        yield PENDING, out
+
+
+def _in_accepted_syntax(ds: Dataset, assoc: Association) -> Dataset:
+    """The object in a transfer syntax the requestor accepted for its class: as stored, or decompressed when only
+    uncompressed ones were (getscu proposes those by default; the overlay is stored in JPEG-LS)."""
+    syntaxes = {cx.transfer_syntax[0] for cx in assoc.accepted_contexts if cx.abstract_syntax == ds.SOPClassUID and cx.as_scu}
+    stored = ds.file_meta.TransferSyntaxUID
+    if stored not in syntaxes and stored.is_compressed and syntaxes & {ExplicitVRLittleEndian, ImplicitVRLittleEndian}:
+        ds.decompress(generate_instance_uid=False)  # lossless: the same instance, in another transfer syntax
+    return ds
+
+
+def handle_get(event: Any, archive: Archive) -> Iterator[Any]:
+    """Study Root C-GET: the SR and overlay objects under the identifier's study, series or instance UIDs, each sent
+    by a C-STORE sub-operation on this association."""
+    import io
+
+    import pydicom
+
+    identifier = event.identifier
+    level = str(identifier.get("QueryRetrieveLevel", "")).upper()
+    uids = {k: _identifier_text(identifier[k]) if k in identifier else "" for k in ("StudyInstanceUID", "SeriesInstanceUID", "SOPInstanceUID")}
+    unique = {"STUDY": "StudyInstanceUID", "SERIES": "SeriesInstanceUID", "IMAGE": "SOPInstanceUID"}.get(level)
+    if unique is None or not uids[unique]:
+        log.warning("C-GET refused: no unique key for QueryRetrieveLevel %s", peer_of(event.assoc))
+        yield IDENTIFIER_DOES_NOT_MATCH, None
+        return
+    found = archive.instances(uids["StudyInstanceUID"] or None, uids["SeriesInstanceUID"] or None, uids["SOPInstanceUID"] or None)
+    log.info("C-GET level=%s instances=%d %s", level, len(found), peer_of(event.assoc))
+    yield len(found)
+    for item in found:
+        if event.is_cancelled:
+            yield CANCELLED, None
+            return
+        ds = pydicom.dcmread(io.BytesIO(archive.read(item)))
+        yield PENDING, _in_accepted_syntax(ds, event.assoc)
+
+
 class DimseServer:
     """The SCP on (host, port); port 0 takes a free one (`port` says which). With a TLS context and
     GATEWAY_DICOM_TLS_PORT, a second listener speaks DICOM TLS (PS3.15 B.9) on that port (`tls_port`); both
     share one AE, so GATEWAY_MAX_ASSOCIATIONS counts their associations together."""
 
-    def __init__(self, settings: Settings, receiver: Receiver, ssl_context: ssl.SSLContext | None = None) -> None:
+    def __init__(self, settings: Settings, receiver: Receiver, ssl_context: ssl.SSLContext | None = None,
+                 archive: Archive | None = None) -> None:
         self.ae = build_ae(settings)
-        handlers = [(evt.EVT_C_STORE, handle_store, [receiver]), (evt.EVT_C_ECHO, handle_echo), (evt.EVT_REJECTED, handle_rejected)]
+        archive = archive or Archive(receiver.store, settings.results_bucket)
+        handlers = [(evt.EVT_C_STORE, handle_store, [receiver]), (evt.EVT_C_ECHO, handle_echo), (evt.EVT_REJECTED, handle_rejected),
+                    (evt.EVT_C_FIND, handle_find, [archive]), (evt.EVT_C_GET, handle_get, [archive])]
         self.server = self.ae.start_server((settings.gateway_host, settings.gateway_dimse_port), block=False, evt_handlers=handlers)
         self.tls_server = None
         if ssl_context is not None and settings.gateway_dicom_tls_port is not None:

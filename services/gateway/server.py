@@ -1,4 +1,5 @@
-"""The gateway process: the DIMSE SCP and the STOW-RS endpoint over one Receiver.
+"""The gateway process: the DIMSE SCP and the DICOMweb endpoint over one Receiver (storing) and one Archive (serving
+what RadStream made).
 
 In AWS the stored object's S3 event starts the workflow (template.yaml's rule), so nothing more is done
 here. Locally, `LocalPipeline` hands each stored key to a LocalRuntime's `run_key` on worker threads (the
@@ -13,6 +14,7 @@ import threading
 from concurrent.futures import Future, ThreadPoolExecutor
 from typing import Any
 
+from services.gateway.archive import Archive
 from services.gateway.dimse import DimseServer
 from services.gateway.domain import Received, Receiver, pseudonym_key
 from services.gateway.secrets import pseudonym_key_value
@@ -30,10 +32,12 @@ class Gateway:
         # The key (from Secrets Manager when GATEWAY_PSEUDONYM_SECRET_ARN is set) and the TLS files are read once, before listening.
         self.receiver = Receiver(self.store, settings.images_bucket, pseudonym_key(pseudonym_key_value(settings)), on_stored,
                                  max_bytes=settings.max_image_bytes)
+        # What viewers query and retrieve (QIDO-RS, WADO-RS, C-FIND, C-GET): the SR and overlay in the results bucket.
+        self.archive = Archive(self.store, settings.results_bucket)
         context = server_context(settings)
-        self.dimse = DimseServer(settings, self.receiver, context)
+        self.dimse = DimseServer(settings, self.receiver, context, archive=self.archive)
         try:
-            self.stow = StowServer(settings, self.receiver, context, healthy=self.dimse.serving)
+            self.stow = StowServer(settings, self.receiver, context, healthy=self.dimse.serving, archive=self.archive)
         except BaseException:
             self.dimse.close()
             raise

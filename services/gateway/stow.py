@@ -25,12 +25,15 @@ from dataclasses import dataclass, field
 from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 from typing import IO, Any
 
+from services.gateway import dicomweb
+from services.gateway.archive import Archive
 from services.gateway.domain import CANNOT_UNDERSTAND, DATASET_DOES_NOT_MATCH, PROCESSING_FAILURE, Receiver, Refused, oversize
 from shared.settings import Settings
 
 log = logging.getLogger("radstream.gateway")
 _BOUNDARY = re.compile(r'boundary=(?:"([^"]+)"|([^\s;]+))', re.IGNORECASE)
 _TYPE = re.compile(r'type="?([^";]+)"?', re.IGNORECASE)
+_UID_IN_PATH = re.compile(r"(?<=/)[0-9]+(?:\.[0-9]+)+")
 _STUDIES = re.compile(r"^/studies(?:/([0-9.]{1,64}))?/?$")
 READ_BYTES = 1 << 20  # one read from the socket
 HEAD_BYTES = 1 << 18  # what is kept of a part over the limit: enough for its header, to name it in the response
@@ -42,6 +45,11 @@ class BadRequest(Exception):
         super().__init__(reason)
         self.status = status
         self.reason = reason
+
+
+def route_of(path: str) -> str:
+    """A request's path for the log: UIDs (/studies/{uid}/…) and the query string (PatientID=…) are left out (docs/phi.md)."""
+    return _UID_IN_PATH.sub("{uid}", path.split("?", 1)[0])[:200]
 
 
 def body_chunks(rfile: IO[bytes], content_length: str | None, transfer_encoding: str | None) -> Iterator[bytes]:
@@ -275,7 +283,7 @@ class StowServer:
     With `ssl_context` it serves HTTPS (services/gateway/tls.py)."""
 
     def __init__(self, settings: Settings, receiver: Receiver, ssl_context: ssl.SSLContext | None = None,
-                 healthy: Callable[[], bool] | None = None) -> None:
+                 healthy: Callable[[], bool] | None = None, archive: Archive | None = None) -> None:
         max_bytes = receiver.max_bytes
 
         class Handler(BaseHTTPRequestHandler):
@@ -283,8 +291,15 @@ class StowServer:
             protocol_version = "HTTP/1.1"  # chunked request bodies and Expect: 100-continue are HTTP/1.1's
             timeout = settings.gateway_network_timeout_s
 
-            def log_message(self, format: str, *args: Any) -> None:  # noqa: A002 - the request line only, no body
-                log.info("STOW %s %s", self.address_string(), format % args)
+            def log_message(self, format: str, *args: Any) -> None:  # noqa: A002 - the route only
+                log.info("DICOMweb peer=%s %s %s", self.address_string(), self.command, route_of(self.path))
+
+            def log_request(self, code: object = "-", size: object = "-") -> None:
+                if self.path != "/health":  # a probe every few seconds would drown the request log
+                    log.info("DICOMweb peer=%s %s %s -> %s", self.address_string(), self.command, route_of(self.path), code)
+
+            def log_error(self, format: str, *args: Any) -> None:  # noqa: A002 - http.server's parse errors: no values
+                log.warning("DICOMweb peer=%s request not understood", self.address_string())
 
             def _send(self, code: int, body: dict[str, Any] | None = None, message: str | None = None) -> None:
                 if body is None:
@@ -299,16 +314,24 @@ class StowServer:
                 self.end_headers()
                 self.wfile.write(payload)
 
-            def log_request(self, code: object = "-", size: object = "-") -> None:
-                if self.path != "/health":  # a probe every few seconds would drown the request log
-                    super().log_request(code, size)
-
             def do_GET(self) -> None:  # noqa: N802 - http.server's naming
-                if self.path.split("?", 1)[0] != "/health":
-                    self._send(404, message="this gateway serves POST /studies (STOW-RS) and GET /health")
+                path, _, query = self.path.partition("?")
+                if path == "/health":
+                    ok = healthy() if healthy is not None else True
+                    self._send(200 if ok else 503, message="ok" if ok else "the DIMSE listener is not serving")
                     return
-                ok = healthy() if healthy is not None else True
-                self._send(200 if ok else 503, message="ok" if ok else "the DIMSE listener is not serving")
+                found = dicomweb.answer(path, query, archive) if archive is not None else None
+                if found is None:
+                    self._send(404, message="this gateway serves STOW-RS (POST /studies), QIDO-RS and WADO-RS (GET /studies…) and GET /health")
+                    return
+                code, ctype, payload = found
+                self.send_response(code)
+                self.send_header("Content-Type", ctype)
+                self.send_header("Content-Length", str(len(payload)))
+                self.send_header("Connection", "close")
+                self.close_connection = True
+                self.end_headers()
+                self.wfile.write(payload)
 
             def do_POST(self) -> None:  # noqa: N802 - http.server's naming
                 route = _STUDIES.match(self.path.split("?", 1)[0])
