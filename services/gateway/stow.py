@@ -320,7 +320,12 @@ class StowServer:
                     ok = healthy() if healthy is not None else True
                     self._send(200 if ok else 503, message="ok" if ok else "the DIMSE listener is not serving")
                     return
-                found = dicomweb.answer(path, query, archive) if archive is not None else None
+                try:
+                    found = dicomweb.answer(path, query, archive) if archive is not None else None
+                except Exception as e:  # noqa: BLE001 - the results bucket failed: named, never its message
+                    log.error("DICOMweb read failed error_type=%s peer=%s %s", type(e).__name__, self.address_string(), route_of(path))
+                    self._send(500, message="the results bucket cannot be read")
+                    return
                 if found is None:
                     self._send(404, message="this gateway serves STOW-RS (POST /studies), QIDO-RS and WADO-RS (GET /studies…) and GET /health")
                     return
@@ -352,8 +357,9 @@ class StowServer:
                     if not results:
                         self._send(e.status, message=e.reason)
                         return
-                    # Some parts were already stored: they are answered for; the request's end is named in the log.
+                    # Some parts were already stored: they are answered for, and what followed is one failed item.
                     log.warning("STOW request ended badly after %d part(s): %s %s", len(results), e.reason, source)
+                    results.append((b"", Refused(CANNOT_UNDERSTAND, "the rest of the request body is malformed")))
                 except (OSError, socket.timeout) as e:
                     log.warning("STOW request body not received (%s) after %d part(s) %s", type(e).__name__, len(results), source)
                     self.close_connection = True

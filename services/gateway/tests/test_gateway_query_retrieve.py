@@ -164,3 +164,44 @@ def test_results_are_served_from_the_results_bucket_only(served, tmp_path):
     assert source.SOPInstanceUID not in {uid(i, "00080018") for i in instances}
     assert isinstance(gateway.archive.bucket, str) and gateway.archive.bucket == gateway.settings.results_bucket
     assert Path(gateway.settings.data_dir / gateway.settings.results_bucket).is_dir()
+
+
+def test_orthanc_queries_radstream_as_a_peer(served, tmp_path):
+    """Orthanc (a PACS no one here wrote) with RadStream as one of its DicomModalities: its query, study then series
+    level, is answered by the gateway's C-FIND; with RadStream as one of its DICOMweb servers, it retrieves the study
+    (WADO-RS) into its own store. (Orthanc 1.10's DIMSE retrieve is C-MOVE, which the gateway does not serve.)"""
+    import json
+
+    from radstream.orthanc import Orthanc
+    from shared.errors import ConfigurationError
+
+    gateway, source, results, _ = served
+    sr = pydicom.dcmread(results / "report.sr.dcm")
+    overlay = pydicom.dcmread(results / "report.overlay.dcm")
+    try:
+        pacs = Orthanc(tmp_path / "orthanc", modalities={"radstream": (gateway.ae_title, "127.0.0.1", gateway.dimse.port)})
+    except ConfigurationError as e:  # not installed, or did not start: fail loudly, never skip
+        pytest.fail(str(e))
+    with pacs:
+        study = pacs.post("/modalities/radstream/query", json.dumps(
+            {"Level": "Study", "Query": {"PatientID": PATIENT_ID, "StudyInstanceUID": "", "AccessionNumber": ""}}).encode())
+        answers = pacs.get(f"{study['Path']}/answers")
+        assert len(answers) == 1, answers
+        content = pacs.get(f"{study['Path']}/answers/0/content?simplify")
+        assert (content["StudyInstanceUID"], content["AccessionNumber"]) == (source.StudyInstanceUID, "ACC-GW-1")
+        series = pacs.post("/modalities/radstream/query", json.dumps(
+            {"Level": "Series", "Query": {"StudyInstanceUID": source.StudyInstanceUID, "SeriesInstanceUID": "", "Modality": ""}}).encode())
+        found = [pacs.get(f"{series['Path']}/answers/{i}/content?simplify") for i in pacs.get(f"{series['Path']}/answers")]
+        assert sorted(s["SeriesInstanceUID"] for s in found) == sorted([sr.SeriesInstanceUID, overlay.SeriesInstanceUID])
+        import urllib.request
+
+        server = urllib.request.Request(f"{pacs.url}/dicom-web/servers/radstream", method="PUT",
+                                        data=json.dumps({"Url": gateway.stow.url.rsplit("/studies", 1)[0] + "/"}).encode())
+        urllib.request.urlopen(server, timeout=30).close()
+        pacs.post("/dicom-web/servers/radstream/retrieve", json.dumps({"Resources": [{"Study": source.StudyInstanceUID}]}).encode())
+        for uid_, data in ((sr.SOPInstanceUID, (results / "report.sr.dcm").read_bytes()), (overlay.SOPInstanceUID, (results / "report.overlay.dcm").read_bytes())):
+            (found_instance,) = pacs.post("/tools/lookup", uid_.encode())
+            with urllib.request.urlopen(f"{pacs.url}/instances/{found_instance['ID']}/file", timeout=30) as response:
+                got, ours = pydicom.dcmread(io.BytesIO(response.read())), pydicom.dcmread(io.BytesIO(data))
+            assert (got.SOPClassUID, got.get("PixelData"), got.get("ContentSequence")) == (
+                ours.SOPClassUID, ours.get("PixelData"), ours.get("ContentSequence")), uid_
