@@ -194,7 +194,7 @@ def pixel_data_incomplete(ds: Any) -> str | None:
         return "PixelData holds fewer frames than NumberOfFrames"
     if syntax == RLE_LOSSLESS:
         try:
-            ds.pixel_array  # RLE segments carry no end marker: only decoding tells a cut one
+            _ = ds.pixel_array  # RLE segments carry no end marker: only decoding tells a cut one
         except Exception:  # noqa: BLE001 - pydicom raises many types for damaged pixel data
             return "PixelData RLE segments are cut short"
         return None

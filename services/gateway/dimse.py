@@ -98,7 +98,7 @@ class AllowedPeer:
     networks: tuple[ipaddress.IPv4Network | ipaddress.IPv6Network, ...] | None = None
 
     @classmethod
-    def parse(cls, entry: str) -> "AllowedPeer":
+    def parse(cls, entry: str) -> AllowedPeer:
         title, _, host = entry.partition("@")
         if not host:
             return cls(title.strip())
@@ -321,7 +321,7 @@ class DimseServer:
                  archive: Archive | None = None) -> None:
         self.ae = build_ae(settings)
         archive = archive or Archive(receiver.store, settings.results_bucket)
-        handlers = [(evt.EVT_C_STORE, handle_store, [receiver]), (evt.EVT_C_ECHO, handle_echo), (evt.EVT_REJECTED, handle_rejected),
+        handlers: list[Any] = [(evt.EVT_C_STORE, handle_store, [receiver]), (evt.EVT_C_ECHO, handle_echo), (evt.EVT_REJECTED, handle_rejected),
                     (evt.EVT_C_FIND, handle_find, [archive]), (evt.EVT_C_GET, handle_get, [archive])]
         self.server = self.ae.start_server((settings.gateway_host, settings.gateway_dimse_port), block=False, evt_handlers=handlers)
         self.tls_server = None

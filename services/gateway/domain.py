@@ -2,9 +2,10 @@
 
 Knows nothing of DIMSE or HTTP: the DIMSE SCP (services/gateway/dimse.py) and the STOW-RS endpoint
 (services/gateway/stow.py) both hand an encoded instance (a DICOM file, preamble and file meta included)
-to `Receiver.receive`, which checks it, stores it under incoming/<study_id>/<instance>.dcm and answers
-with the stored key, or raises `Refused` carrying the DIMSE status and a reason that names an attribute,
-never a value (docs/phi.md). The object store's PUT returning is the durability point: only then does a
+to `Receiver.receive`, which checks that the pipeline can process it (the acceptance rule, pixel data whole for
+its transfer syntax, MAX_IMAGE_BYTES, no other instance under its SOP Instance UID), stores it under
+incoming/<study_id>/<instance>.dcm and answers with the stored key, or raises `Refused` carrying the DIMSE status
+and a reason of at most 64 characters (an Error Comment) that names an attribute, never a value (docs/phi.md). The object store's PUT returning is the durability point: only then does a
 C-STORE get its success status.
 
 Study ids (docs/gateway.md): one instance is one study for the pipeline (the workflow's rule starts one
@@ -26,8 +27,8 @@ from typing import Any
 from shared import acceptance
 from shared.acceptance import text as _text
 from shared.errors import ConfigurationError, RadStreamError
-from shared.pixels import COLOUR, GRAYSCALE, pixel_data_incomplete
 from shared.messages import INCOMING
+from shared.pixels import COLOUR, GRAYSCALE, pixel_data_incomplete
 from shared.storage import ObjectStore
 
 log = logging.getLogger("radstream.gateway")
@@ -72,7 +73,7 @@ def _short(e: acceptance.NotAccepted, ds: Any) -> str:
         return f"Modality must be {' or '.join(sorted(allowed))} for this SOP class"
     if e.attribute == "BodyPartExamined":
         return "BodyPartExamined (or AnatomicRegionSequence) is not CHEST"
-    return f"{e.attribute} is not accepted"[:COMMENT_MAX]
+    return f"{e.attribute} is not accepted"  # attribute keywords are at most 40 characters
 
 
 @dataclass(frozen=True)

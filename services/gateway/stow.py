@@ -23,11 +23,18 @@ import threading
 from collections.abc import Callable, Iterator
 from dataclasses import dataclass, field
 from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
-from typing import IO, Any
+from typing import Any
 
 from services.gateway import dicomweb
 from services.gateway.archive import Archive
-from services.gateway.domain import CANNOT_UNDERSTAND, DATASET_DOES_NOT_MATCH, PROCESSING_FAILURE, Receiver, Refused, oversize
+from services.gateway.domain import (
+    CANNOT_UNDERSTAND,
+    DATASET_DOES_NOT_MATCH,
+    PROCESSING_FAILURE,
+    Receiver,
+    Refused,
+    oversize,
+)
 from shared.settings import Settings
 
 log = logging.getLogger("radstream.gateway")
@@ -52,7 +59,7 @@ def route_of(path: str) -> str:
     return _UID_IN_PATH.sub("{uid}", path.split("?", 1)[0])[:200]
 
 
-def body_chunks(rfile: IO[bytes], content_length: str | None, transfer_encoding: str | None) -> Iterator[bytes]:
+def body_chunks(rfile: io.BufferedIOBase, content_length: str | None, transfer_encoding: str | None) -> Iterator[bytes]:
     """The request body as it arrives: `Transfer-Encoding: chunked` (what dicomweb-client and curl send for large
     bodies) or Content-Length bytes; neither is a 411."""
     if transfer_encoding:
@@ -291,14 +298,14 @@ class StowServer:
             protocol_version = "HTTP/1.1"  # chunked request bodies and Expect: 100-continue are HTTP/1.1's
             timeout = settings.gateway_network_timeout_s
 
-            def log_message(self, format: str, *args: Any) -> None:  # noqa: A002 - the route only
+            def log_message(self, format: str, *args: Any) -> None:  # the route only
                 log.info("DICOMweb peer=%s %s %s", self.address_string(), self.command, route_of(self.path))
 
             def log_request(self, code: object = "-", size: object = "-") -> None:
                 if self.path != "/health":  # a probe every few seconds would drown the request log
                     log.info("DICOMweb peer=%s %s %s -> %s", self.address_string(), self.command, route_of(self.path), code)
 
-            def log_error(self, format: str, *args: Any) -> None:  # noqa: A002 - http.server's parse errors: no values
+            def log_error(self, format: str, *args: Any) -> None:  # http.server's parse errors: no values
                 log.warning("DICOMweb peer=%s request not understood", self.address_string())
 
             def _send(self, code: int, body: dict[str, Any] | None = None, message: str | None = None) -> None:
@@ -360,7 +367,7 @@ class StowServer:
                     # Some parts were already stored: they are answered for, and what followed is one failed item.
                     log.warning("STOW request ended badly after %d part(s): %s %s", len(results), e.reason, source)
                     results.append((b"", Refused(CANNOT_UNDERSTAND, "the rest of the request body is malformed")))
-                except (OSError, socket.timeout) as e:
+                except OSError as e:  # the peer went away or timed out (TimeoutError is an OSError)
                     log.warning("STOW request body not received (%s) after %d part(s) %s", type(e).__name__, len(results), source)
                     self.close_connection = True
                     return
