@@ -392,3 +392,29 @@ def test_the_gateway_command_prints_each_log_line_once(tmp_path):
     assert len([line for line in text.splitlines() if "C-ECHO" in line and "ONCE" in line]) == 1, text
     assert rejected.returncode != 0
     assert text.count("association rejected") == 1, text
+
+
+def test_whole_native_ybr_full_422_is_acknowledged_and_decodes(tmp_path):
+    """Native YBR_FULL_422 holds two samples a pixel (PS3.3 C.7.6.3.1.2): whole at 2/3 of Rows x Columns x 3, and the
+    pipeline's decoder reads it; cut short it is refused."""
+    from services.gateway.domain import Receiver, Refused
+    from shared.pixels import decode_dicom
+    from shared.storage import LocalObjectStore
+
+    ds = dataset(sc_instance(seed=41))
+    rows, columns = int(ds.Rows), int(ds.Columns)
+    ds.SamplesPerPixel, ds.PhotometricInterpretation, ds.PlanarConfiguration = 3, "YBR_FULL_422", 0
+    ds.BitsAllocated, ds.BitsStored, ds.HighBit, ds.PixelRepresentation = 8, 8, 7, 0
+    ds.PixelData = np.random.default_rng(41).integers(0, 256, rows * columns * 2, dtype=np.uint8).tobytes()
+    for keyword in ("RescaleIntercept", "RescaleSlope", "WindowCenter", "WindowWidth", "PresentationLUTShape"):
+        if keyword in ds:
+            delattr(ds, keyword)
+    whole = to_bytes(ds)
+    receiver = Receiver(LocalObjectStore(tmp_path), "images", KEY.encode())
+    assert receiver.receive(whole).size == len(whole)
+    assert decode_dicom(whole, "ybr422").pixels.shape == (rows, columns)
+    ds.PixelData = ds.PixelData[:rows * columns]
+    ds.SOPInstanceUID = generate_uid()
+    with pytest.raises(Refused) as e:
+        receiver.receive(to_bytes(ds))
+    assert e.value.status == DOES_NOT_MATCH and e.value.reason.startswith("PixelData")
