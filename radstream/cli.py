@@ -309,18 +309,17 @@ def delivery_text(outcome) -> str:
 
 def cmd_gateway(args: argparse.Namespace) -> int:
     """The DICOM gateway on free loopback ports (or --dimse-port/--http-port); each stored instance runs through the local pipeline."""
-    import logging
     import threading
 
     from radstream.runtime import LocalRuntime
-    from services.gateway.server import Gateway, LocalPipeline
+    from services.gateway.server import Gateway, LocalPipeline, configure_logging
 
     settings = with_destinations(settings_from(args), args)
     settings = settings.model_copy(update={
         "gateway_dimse_port": args.dimse_port, "gateway_http_port": args.http_port,
         "gateway_pseudonym_key": settings.gateway_pseudonym_key or local_pseudonym_key(settings.data_dir),
     })
-    logging.basicConfig(level=logging.INFO, format="%(asctime)s %(levelname)s %(message)s")
+    configure_logging()
     with LocalRuntime(settings, workers=args.workers) as runtime:
         pipeline = LocalPipeline(runtime, workers=args.workers)
 

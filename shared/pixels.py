@@ -246,6 +246,46 @@ def codestream_complete(ds: Any) -> bool:
     return b"\xff\xd9" in frame.rstrip(b"\x00\xff")[-(2 + TRAILING_AFTER_EOI) :]
 
 
+def pixel_data_incomplete(ds: Any) -> str | None:
+    """Why a data set's Pixel Data cannot hold a whole image for its transfer syntax (at most 64 characters, naming the
+    attribute, never a value), or None when it can. Native: Rows x Columns x SamplesPerPixel x BitsAllocated (x
+    NumberOfFrames) bits (pydicom's expected length: YBR_FULL_422 carries two samples a pixel), padded to even length; JPEG, JPEG-LS, JPEG 2000: each frame's codestream ends with its
+    end-of-image marker (codestream_complete); RLE: the frame decodes to its full length. The gateway asks this before
+    it acknowledges an instance, so what it says Success for is what decode_dicom can read."""
+    from pydicom.encaps import generate_frames
+
+    if "PixelData" not in ds:
+        return "PixelData is missing or cut short"
+    frames = int(ds.get("NumberOfFrames", 1) or 1)
+    syntax = getattr(ds, "file_meta", {}).get("TransferSyntaxUID")
+    if syntax is None or not syntax.is_encapsulated:
+        from pydicom.pixels.utils import get_expected_length
+
+        try:
+            if "PhotometricInterpretation" in ds:
+                expected = get_expected_length(ds, "bytes")  # YBR_FULL_422 holds 2 samples per pixel, not 3
+            else:  # decode_dicom reads it as MONOCHROME2
+                expected = (int(ds.Rows) * int(ds.Columns) * int(ds.get("SamplesPerPixel", 1) or 1) * int(ds.BitsAllocated) * frames + 7) // 8
+        except (AttributeError, TypeError, ValueError, KeyError):
+            return "Rows, Columns or BitsAllocated is missing"
+        return "PixelData is shorter than the image attributes need" if len(ds.PixelData) < expected else None
+    try:
+        found = list(generate_frames(ds.PixelData, number_of_frames=frames))
+    except Exception:  # noqa: BLE001 - pydicom raises several types for a damaged item structure
+        return "PixelData fragments cannot be read"
+    if len(found) < frames or not all(found):
+        return "PixelData holds fewer frames than NumberOfFrames"
+    if syntax == RLE_LOSSLESS:
+        try:
+            _ = ds.pixel_array  # RLE segments carry no end marker: only decoding tells a cut one
+        except Exception:  # noqa: BLE001 - pydicom raises many types for damaged pixel data
+            return "PixelData RLE segments are cut short"
+        return None
+    if not codestream_complete(ds):  # the first frame: decode_dicom reads single-frame images only
+        return "PixelData codestream has no end-of-image marker"
+    return None
+
+
 def decode_dicom(data: bytes, study_id: str) -> Decoded:
     import pydicom
     from pydicom.pixels import apply_modality_lut, apply_windowing

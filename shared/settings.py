@@ -43,7 +43,6 @@ ENVIRONMENT = {
     "gateway_acse_timeout_s": "GATEWAY_ACSE_TIMEOUT_S",
     "gateway_dimse_timeout_s": "GATEWAY_DIMSE_TIMEOUT_S",
     "gateway_network_timeout_s": "GATEWAY_NETWORK_TIMEOUT_S",
-    "gateway_max_stow_bytes": "GATEWAY_MAX_STOW_BYTES",
     "gateway_pseudonym_key": "GATEWAY_PSEUDONYM_KEY",
     "gateway_pseudonym_secret_arn": "GATEWAY_PSEUDONYM_SECRET_ARN",
     "gateway_tls_cert_file": "GATEWAY_TLS_CERT_FILE",
@@ -88,14 +87,15 @@ class Settings(BaseModel):
     gateway_host: str = "127.0.0.1"
     gateway_dimse_port: int = Field(default=11112, ge=0, le=65535)
     gateway_http_port: int = Field(default=8042, ge=0, le=65535)
-    # Comma-separated calling AE titles allowed to associate; empty: any (a hospital network sets it).
-    gateway_allowed_calling_aes: str | None = None
+    # Comma-separated calling AE titles allowed to associate, each optionally AE@host (an IP address, a CIDR network or
+    # a host name): that AE only from there. Empty: any calling AE (a hospital network sets it). The called AE title
+    # must always be gateway_ae_title. Each instance (C-STORE or a STOW-RS part) is held to max_image_bytes.
+    gateway_allowed_calling_aes: str | None = Field(default=None, pattern=r"^\s*([ -+\--?A-\[\]-~]{1,16}(@[0-9A-Za-z.:/%_-]+)?\s*(,\s*|$))*$")
     gateway_max_pdu: int = Field(default=65536, ge=0)  # 0: unlimited (PS3.8 allows it)
     gateway_max_associations: int = Field(default=10, ge=1)
     gateway_acse_timeout_s: float = Field(default=30.0, gt=0)
     gateway_dimse_timeout_s: float = Field(default=30.0, gt=0)
     gateway_network_timeout_s: float = Field(default=60.0, gt=0)
-    gateway_max_stow_bytes: int = Field(default=512 * 1024 * 1024, gt=0)
     # HMAC-SHA256 key that turns DICOM UIDs into study ids (never the UIDs themselves). Secret: not in repr.
     gateway_pseudonym_key: str | None = Field(default=None, repr=False, min_length=16)
     # In AWS the key is a Secrets Manager secret instead (its ARN): read once at start (services/gateway/secrets.py).

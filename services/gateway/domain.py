@@ -2,9 +2,10 @@
 
 Knows nothing of DIMSE or HTTP: the DIMSE SCP (services/gateway/dimse.py) and the STOW-RS endpoint
 (services/gateway/stow.py) both hand an encoded instance (a DICOM file, preamble and file meta included)
-to `Receiver.receive`, which checks it, stores it under incoming/<study_id>/<instance>.dcm and answers
-with the stored key, or raises `Refused` carrying the DIMSE status and a reason that names an attribute,
-never a value (docs/phi.md). The object store's PUT returning is the durability point: only then does a
+to `Receiver.receive`, which checks that the pipeline can process it (the acceptance rule, pixel data whole for
+its transfer syntax, MAX_IMAGE_BYTES, no other instance under its SOP Instance UID), stores it under
+incoming/<study_id>/<instance>.dcm and answers with the stored key, or raises `Refused` carrying the DIMSE status
+and a reason of at most 64 characters (an Error Comment) that names an attribute, never a value (docs/phi.md). The object store's PUT returning is the durability point: only then does a
 C-STORE get its success status.
 
 Study ids (docs/gateway.md): one instance is one study for the pipeline (the workflow's rule starts one
@@ -18,13 +19,16 @@ import hashlib
 import hmac
 import io
 import logging
+import threading
 from collections.abc import Callable
 from dataclasses import dataclass
+from typing import Any
 
 from shared import acceptance
 from shared.acceptance import text as _text
 from shared.errors import ConfigurationError, RadStreamError
 from shared.messages import INCOMING
+from shared.pixels import COLOUR, GRAYSCALE, pixel_data_incomplete
 from shared.storage import ObjectStore
 
 log = logging.getLogger("radstream.gateway")
@@ -32,21 +36,44 @@ log = logging.getLogger("radstream.gateway")
 # The storage SOP classes and the rule are the pipeline's (shared.acceptance): the gateway never acknowledges what validate refuses.
 ACCEPTED_SOP_CLASSES = acceptance.ACCEPTED_SOP_CLASSES
 
-# C-STORE statuses (PS3.4 B.2.3, PS3.7 C.4.2.1.4): what each refusal tells the sending modality.
+# C-STORE statuses (PS3.4 B.2.3, PS3.7 C.4.2.1.4): what each refusal tells the sending modality. STOW-RS reports
+# the same codes as each failed instance's FailureReason (PS3.18 10.5.3).
 SOP_CLASS_NOT_SUPPORTED = 0x0122  # Refused: SOP Class not supported (also refused at association negotiation)
+DUPLICATE_SOP_INSTANCE = 0x0111  # Failure: another instance is stored under this SOP Instance UID (PS3.7 C.4)
 OUT_OF_RESOURCES = 0xA700  # Refused: Out of Resources - the store is unavailable; the sender should retry later
 DATASET_DOES_NOT_MATCH = 0xA900  # Error: Data Set does not match SOP Class (a required attribute is missing)
 CANNOT_UNDERSTAND = 0xC000  # Error: Cannot understand - a valid instance this service does not process (not a chest)
+PROCESSING_FAILURE = 0x0110  # Failure: the gateway itself failed (an unexpected error)
 PSEUDONYM_HEX = 20  # 80 bits of each HMAC: collisions are out of reach for any archive's number of studies
+COMMENT_MAX = 64  # Error Comment (0000,0902) is LO: 64 characters. Reasons are written to fit, never cut.
 
 
 class Refused(Exception):
-    """An instance the gateway does not store: a DIMSE status and a reason that names no value."""
+    """An instance the gateway does not store: a DIMSE status and a reason (at most 64 characters) that names no value."""
 
     def __init__(self, status: int, reason: str) -> None:
+        if len(reason) > COMMENT_MAX:
+            raise ValueError(f"a refusal's reason must fit the 64-character Error Comment, this one has {len(reason)}")
         super().__init__(reason)
         self.status = status
         self.reason = reason
+
+
+def oversize(limit: int) -> Refused:
+    """The refusal of an instance over MAX_IMAGE_BYTES: the limit validate applies, refused before it is stored."""
+    return Refused(CANNOT_UNDERSTAND, f"instance is over the {limit}-byte limit (MAX_IMAGE_BYTES)")
+
+
+def _short(e: acceptance.NotAccepted, ds: Any) -> str:
+    """The acceptance rule's reason, or, where it is longer than an Error Comment, the same said shorter."""
+    if len(e.reason) <= COMMENT_MAX:
+        return e.reason
+    if e.attribute == "Modality":
+        allowed = acceptance.MODALITY_OF.get(acceptance.sop_class_of(ds), set(acceptance.MODALITIES))
+        return f"Modality must be {' or '.join(sorted(allowed))} for this SOP class"
+    if e.attribute == "BodyPartExamined":
+        return "BodyPartExamined (or AnatomicRegionSequence) is not CHEST"
+    return f"{e.attribute} is not accepted"  # attribute keywords are at most 40 characters
 
 
 @dataclass(frozen=True)
@@ -73,43 +100,100 @@ def pseudonym_key(value: str | None) -> bytes:
     return value.encode()
 
 
-HEADER_TAGS = ["SOPInstanceUID", "StudyInstanceUID", *acceptance.HEADER_KEYWORDS]
+DEFAULT_MAX_BYTES = 64 * 1024 * 1024  # Settings.max_image_bytes's default; the gateway is given the setting itself
+
+
+def _data_set_bytes(data: bytes) -> bytes:
+    """The encoded data set after the file meta (group 0002): the file meta is the receiver's (DIMSE) or the sender's
+    (STOW) wrapping, so the same instance re-sent over either differs in it and nowhere else."""
+    from pydicom.filereader import _read_file_meta_info, read_preamble
+
+    stream = io.BytesIO(data)
+    try:
+        read_preamble(stream, False)
+        _read_file_meta_info(stream)
+    except Exception:  # noqa: BLE001 - an unreadable meta: compare the whole files
+        return data
+    return data[stream.tell():]
+
+
+def same_data_set(stored: bytes, received: bytes) -> bool:
+    """Whether `received` is a re-send of `stored`: byte-identical once the file meta is set aside."""
+    return stored == received or _data_set_bytes(stored) == _data_set_bytes(received)
 
 
 class Receiver:
-    """Checks and stores received instances; `on_stored(key)` runs after each durable store (locally: the pipeline)."""
+    """Checks and stores received instances; `on_stored(key)` runs after each durable store (locally: the pipeline).
 
-    def __init__(self, store: ObjectStore, images_bucket: str, key: bytes, on_stored: Callable[[Received], None] | None = None) -> None:
+    Success means the pipeline can process the instance: the acceptance rule holds, the pixel data is whole for its
+    transfer syntax (shared.pixels.pixel_data_incomplete), a single frame in a photometric interpretation decode_dicom
+    reads, and the instance is within `max_bytes` (MAX_IMAGE_BYTES, the limit validate applies). An instance never
+    replaces a different one stored under the same SOP Instance UID; a re-send (its data set byte-identical; the file meta
+    is the transport's) is acknowledged again, and neither stored nor run again.
+    """
+
+    def __init__(self, store: ObjectStore, images_bucket: str, key: bytes, on_stored: Callable[[Received], None] | None = None,
+                 max_bytes: int = DEFAULT_MAX_BYTES) -> None:
         self.store = store
         self.images_bucket = images_bucket
         self.key = key
         self.on_stored = on_stored
+        self.max_bytes = max_bytes
+        # Striped locks: the check-then-put of one key is never interleaved with another of the same key in this process.
+        self._locks = [threading.Lock() for _ in range(64)]
 
     def check(self, data: bytes, sop_class_uid: str | None = None) -> tuple[str, str]:
         """The instance's (study id, instance name), or Refused. `sop_class_uid`: the one the DIMSE request announced."""
         import pydicom
         from pydicom.errors import InvalidDicomError
 
+        if len(data) > self.max_bytes:
+            raise oversize(self.max_bytes)
         try:
-            ds = pydicom.dcmread(io.BytesIO(data), stop_before_pixels=True, specific_tags=HEADER_TAGS)
-        except (InvalidDicomError, OSError, ValueError, KeyError, AttributeError) as e:
-            raise Refused(CANNOT_UNDERSTAND, f"the instance cannot be parsed as DICOM ({type(e).__name__})") from e
+            ds = pydicom.dcmread(io.BytesIO(data))
+        except (InvalidDicomError, OSError, ValueError, KeyError, AttributeError, EOFError, NotImplementedError) as e:
+            raise Refused(CANNOT_UNDERSTAND, "the instance cannot be parsed as DICOM") from e
         try:
             acceptance.accept(ds, sop_class_uid)
         except acceptance.NotAccepted as e:
             status = SOP_CLASS_NOT_SUPPORTED if e.by == "sop_class" else CANNOT_UNDERSTAND if e.attribute == "BodyPartExamined" else DATASET_DOES_NOT_MATCH
-            raise Refused(status, e.reason) from e
+            raise Refused(status, _short(e, ds)) from e
         missing = [tag for tag in ("StudyInstanceUID", "SOPInstanceUID") if not _text(ds, tag)]
         if missing:
             raise Refused(DATASET_DOES_NOT_MATCH, f"required attribute(s) missing: {', '.join(missing)}")
+        self._check_pixels(ds)
         return study_id_for(self.key, _text(ds, "StudyInstanceUID"), _text(ds, "SOPInstanceUID"))
+
+    @staticmethod
+    def _check_pixels(ds: Any) -> None:
+        """What decode_dicom needs of the image, checked before Success rather than failed in the pipeline."""
+        try:
+            frames = int(ds.get("NumberOfFrames", 1) or 1)
+        except (TypeError, ValueError):
+            frames = 0
+        if frames != 1:
+            raise Refused(CANNOT_UNDERSTAND, "NumberOfFrames is not 1: single-frame images are processed")
+        photometric = _text(ds, "PhotometricInterpretation").upper() or "MONOCHROME2"
+        if photometric not in GRAYSCALE + COLOUR:
+            raise Refused(CANNOT_UNDERSTAND, "PhotometricInterpretation is not grayscale, RGB or YBR")
+        incomplete = pixel_data_incomplete(ds)
+        if incomplete:
+            raise Refused(DATASET_DOES_NOT_MATCH, incomplete)
 
     def receive(self, data: bytes, *, sop_class_uid: str | None = None, transfer_syntax: str = "", source: str = "") -> Received:
         """Check, then store; returns only after the object store's PUT returned (the durability point)."""
         study_id, instance = self.check(data, sop_class_uid)
         key = f"{INCOMING}{study_id}/{instance}.dcm"
         try:
-            stored = self.store.put_bytes(self.images_bucket, key, data, content_type="application/dicom")
+            with self._locks[hash(key) % len(self._locks)]:
+                existing = self.store.head(self.images_bucket, key)
+                if existing is not None:
+                    if same_data_set(self.store.get_bytes(self.images_bucket, key), data):
+                        log.info("instance already stored (a re-send) study_id=%s bytes=%d from %s", study_id, len(data), source)
+                        return Received(study_id, existing.key, existing.size, transfer_syntax)
+                    log.warning("instance refused: another instance is stored under its SOPInstanceUID study_id=%s from %s", study_id, source)
+                    raise Refused(DUPLICATE_SOP_INSTANCE, "another instance with this SOPInstanceUID is stored")
+                stored = self.store.put_bytes(self.images_bucket, key, data, content_type="application/dicom")
         except RadStreamError as e:
             log.warning("instance not stored: %s (%s) from %s", e.error_name, "retryable" if e.retryable else "permanent", source)
             raise Refused(OUT_OF_RESOURCES, "the images bucket is unavailable; send again later") from e

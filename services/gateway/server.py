@@ -1,4 +1,5 @@
-"""The gateway process: the DIMSE SCP and the STOW-RS endpoint over one Receiver.
+"""The gateway process: the DIMSE SCP and the DICOMweb endpoint over one Receiver (storing) and one Archive (serving
+what RadStream made).
 
 In AWS the stored object's S3 event starts the workflow (template.yaml's rule), so nothing more is done
 here. Locally, `LocalPipeline` hands each stored key to a LocalRuntime's `run_key` on worker threads (the
@@ -13,6 +14,7 @@ import threading
 from concurrent.futures import Future, ThreadPoolExecutor
 from typing import Any
 
+from services.gateway.archive import Archive
 from services.gateway.dimse import DimseServer
 from services.gateway.domain import Received, Receiver, pseudonym_key
 from services.gateway.secrets import pseudonym_key_value
@@ -28,11 +30,14 @@ class Gateway:
         self.settings = settings
         self.store = store or wiring.object_store(settings)
         # The key (from Secrets Manager when GATEWAY_PSEUDONYM_SECRET_ARN is set) and the TLS files are read once, before listening.
-        self.receiver = Receiver(self.store, settings.images_bucket, pseudonym_key(pseudonym_key_value(settings)), on_stored)
+        self.receiver = Receiver(self.store, settings.images_bucket, pseudonym_key(pseudonym_key_value(settings)), on_stored,
+                                 max_bytes=settings.max_image_bytes)
+        # What viewers query and retrieve (QIDO-RS, WADO-RS, C-FIND, C-GET): the SR and overlay in the results bucket.
+        self.archive = Archive(self.store, settings.results_bucket)
         context = server_context(settings)
-        self.dimse = DimseServer(settings, self.receiver, context)
+        self.dimse = DimseServer(settings, self.receiver, context, archive=self.archive)
         try:
-            self.stow = StowServer(settings, self.receiver, context, healthy=self.dimse.serving)
+            self.stow = StowServer(settings, self.receiver, context, healthy=self.dimse.serving, archive=self.archive)
         except BaseException:
             self.dimse.close()
             raise
@@ -75,8 +80,19 @@ class LocalPipeline:
         self.pool.shutdown(wait=True)
 
 
-def main() -> int:  # pragma: no cover - the container's entry point; the tests start Gateway directly
+def configure_logging() -> None:
+    """One handler per log line. The gateway's loggers ("radstream.gateway") are children of "radstream", which carries
+    the project's structured handler (shared.observability, JSON to stdout); a root handler (for other libraries'
+    warnings, pynetdicom's) received every gateway line a second time through propagation. Now it receives only
+    what is not the project's own."""
+    from shared import observability  # noqa: F401 - installs the "radstream" handler
+
     logging.basicConfig(level=logging.INFO, format="%(asctime)s %(levelname)s %(name)s %(message)s")
+    logging.getLogger("radstream").propagate = False
+
+
+def main() -> int:  # pragma: no cover - the container's entry point; the tests start Gateway directly
+    configure_logging()
     settings = Settings.from_env()
     stop = threading.Event()
     signal.signal(signal.SIGTERM, lambda *_: stop.set())

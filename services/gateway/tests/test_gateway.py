@@ -208,13 +208,14 @@ def test_stow_rs_stores_parts_and_answers_per_ps3_18(settings):
         with pytest.raises(urllib.error.HTTPError) as e:
             urllib.request.urlopen(wrong, timeout=30)
         assert e.value.code == 415
-    small = settings.model_copy(update={"gateway_max_stow_bytes": 1024})
+    small = settings.model_copy(update={"max_image_bytes": 1024})  # each instance is held to the pipeline's limit
     with Gateway(small) as gateway:
         request = urllib.request.Request(gateway.stow.url, data=body, method="POST", headers={
             "Content-Type": f'multipart/related; type="application/dicom"; boundary={boundary}'})
         with pytest.raises(urllib.error.HTTPError) as e:
             urllib.request.urlopen(request, timeout=30)
-        assert e.value.code == 413
+        assert e.value.code == 409
+        assert [item["00081197"]["Value"] for item in json.loads(e.value.read())["00081198"]["Value"]] == [[0xC000], [0xC000]]
     assert code == 202  # one stored, one refused
     source = pydicom.dcmread(io.BytesIO(chest))
     assert answer["00081199"]["Value"][0]["00081155"]["Value"] == [source.SOPInstanceUID]
