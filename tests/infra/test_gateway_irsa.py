@@ -1,6 +1,7 @@
-"""The DICOM gateway's IRSA role (template.yaml GatewayUploaderRole) grants nothing beyond s3:PutObject on
-incoming/* of the images bucket, with the data key through S3 only, and the one pseudonym-key secret; and the
-platform's endpoints the gateway pods use admit no more than that."""
+"""The DICOM gateway's IRSA role (template.yaml GatewayUploaderRole) grants nothing beyond putting and reading back
+incoming/* of the images bucket, listing results/ and reading the SR and overlay it serves (QIDO/WADO-RS, C-FIND/C-GET),
+the data key through S3 only, and the one pseudonym-key secret; and the platform's endpoints the gateway pods use
+admit no more than that."""
 from __future__ import annotations
 
 import json
@@ -34,19 +35,28 @@ def grants() -> set[tuple[str, str, str]]:
     return found
 
 
-def test_s3_grants_are_put_object_on_incoming_only():
+INCOMING = json.dumps({"Fn::Sub": "${ImagesBucket.Arn}/incoming/*"})
+SERVED = {json.dumps({"Fn::Sub": "${ResultsBucket.Arn}/results/*/report.sr.dcm"}),
+          json.dumps({"Fn::Sub": "${ResultsBucket.Arn}/results/*/report.overlay.dcm"})}
+
+
+def test_s3_grants_are_incoming_instances_and_the_exports_it_serves():
     s3 = {(a, r) for a, r, _ in grants() if a.startswith("s3:")}
-    assert s3 == {("s3:PutObject", json.dumps({"Fn::Sub": "${ImagesBucket.Arn}/incoming/*"}))}
+    assert s3 == {("s3:PutObject", INCOMING), ("s3:GetObject", INCOMING),
+                  ("s3:ListBucket", json.dumps({"Fn::GetAtt": ["ResultsBucket", "Arn"]})),
+                  *{("s3:GetObject", served) for served in SERVED}}
+    (listing,) = [s for s in role_statements() if s["Action"] == "s3:ListBucket"]
+    assert listing["Condition"] == {"StringLike": {"s3:prefix": "results/*"}}
 
 
 def test_the_rest_is_the_data_key_through_s3_and_the_one_secret():
     data_key = json.dumps({"Fn::GetAtt": ["DataKey", "Arn"]})
     s3_only = json.dumps({"Fn::Sub": "s3.${AWS::Region}.amazonaws.com"})
     secrets_only = json.dumps({"Fn::Sub": "secretsmanager.${AWS::Region}.amazonaws.com"})
-    assert grants() == {
-        ("s3:PutObject", json.dumps({"Fn::Sub": "${ImagesBucket.Arn}/incoming/*"}), '""'),
+    assert {g for g in grants() if not g[0].startswith("s3:")} == {
         ("kms:GenerateDataKey", data_key, s3_only),
         ("kms:Encrypt", data_key, s3_only),
+        ("kms:Decrypt", data_key, s3_only),
         ("secretsmanager:GetSecretValue", json.dumps({"Ref": "GatewayPseudonymKey"}), '""'),
         ("kms:Decrypt", data_key, secrets_only),
     }
@@ -74,8 +84,13 @@ def test_the_secret_is_encrypted_with_the_data_key_and_the_endpoints_admit_no_mo
     assert secret["KmsKeyId"] == {"Fn::GetAtt": ["DataKey", "Arn"]}
     assert secret["GenerateSecretString"]["PasswordLength"] >= 32
     assert RESOURCES["GatewayPseudonymKey"]["Condition"] == ROLE["Condition"]
-    (s3,) = PLATFORM["GatewayS3Endpoint"]["Properties"]["PolicyDocument"]["Statement"]
-    assert (s3["Action"], s3["Resource"]) == ("s3:PutObject", {"Fn::Sub": "arn:${AWS::Partition}:s3:::radstream-images-${AWS::AccountId}/incoming/*"})
+    incoming, served = PLATFORM["GatewayS3Endpoint"]["Properties"]["PolicyDocument"]["Statement"]
+    assert (incoming["Action"], incoming["Resource"]) == (["s3:PutObject", "s3:GetObject"],
+                                                          {"Fn::Sub": "arn:${AWS::Partition}:s3:::radstream-images-${AWS::AccountId}/incoming/*"})
+    results = "arn:${AWS::Partition}:s3:::radstream-results-${AWS::AccountId}"
+    assert (served["Action"], served["Resource"]) == (["s3:ListBucket", "s3:GetObject"], [
+        {"Fn::Sub": results}, {"Fn::Sub": results + "/results/*/report.sr.dcm"}, {"Fn::Sub": results + "/results/*/report.overlay.dcm"}])
+    assert RESOURCES["ResultsBucket"]["Properties"]["BucketName"] == {"Fn::Sub": "radstream-results-${AWS::AccountId}"}
     assert RESOURCES["ImagesBucket"]["Properties"]["BucketName"] == {"Fn::Sub": "radstream-images-${AWS::AccountId}"}
     (sm,) = PLATFORM["SecretsManagerEndpoint"]["Properties"]["PolicyDocument"]["Statement"]
     assert sm["Action"] == "secretsmanager:GetSecretValue"
