@@ -96,7 +96,7 @@ def sigterm_as_ctrl_c() -> Iterator[None]:
             signal.signal(signal.SIGTERM, previous)
 
 
-def run_studies(folders: list[Path] | None, args: argparse.Namespace):
+def run_studies(folders: list[Path] | None, args: argparse.Namespace, root: Path | None = None):
     """Run study folders; None: resume what the journals and the images bucket say is unfinished. Returns the RunReport."""
     from radstream.runtime import LocalRuntime
 
@@ -111,12 +111,15 @@ def run_studies(folders: list[Path] | None, args: argparse.Namespace):
             if folders is None:
                 report = runtime.resume(advance)
             else:
-                report = runtime.run_many(folders, advance)
+                report = runtime.run_many(folders, advance, root=root)
         totals = summarise(report.outcomes, time.perf_counter() - started)
     totals |= {"not_run": len(report.not_run), "interrupted": report.interrupted}
+    for warning in report.warnings:  # stderr, always: stdout carries the table or exactly one JSON document
+        print(f"radstream: warning: {warning}", file=sys.stderr)
     if args.json:
         print(json.dumps({"totals": totals, "data_dir": str(settings.data_dir), "journal": str(report.journal),
-                          "not_run": report.not_run, "studies": [asdict(o) for o in report.outcomes]}, indent=2))
+                          "not_run": report.not_run, "warnings": report.warnings, "recovered": report.recovered,
+                          "studies": [asdict(o) for o in report.outcomes]}, indent=2))
     else:
         print_table(Console(width=None if sys.stdout.isatty() else 160), report.outcomes, totals)
         print(f"results: {settings.data_dir / settings.results_bucket}   telemetry: {settings.data_dir / settings.telemetry_bucket}   "
@@ -138,7 +141,7 @@ def exit_code(report) -> int:
 def cmd_run(args: argparse.Namespace) -> int:
     from radstream.runtime import find_studies
 
-    return exit_code(run_studies(find_studies(Path(args.path)), args))
+    return exit_code(run_studies(find_studies(Path(args.path)), args, root=Path(args.path)))
 
 
 def cmd_resume(args: argparse.Namespace) -> int:
@@ -154,7 +157,7 @@ def cmd_demo(args: argparse.Namespace) -> int:
     folders = write_demo_studies(out, 12 if args.count is None else args.count, invalid=not args.valid_only)
     if not args.quiet:
         Console(stderr=True).print(f"wrote {len(folders)} synthetic demo studies to {out} (phantoms, not patient data)")
-    report = run_studies(folders, args)
+    report = run_studies(folders, args, root=out)
     if args.valid_only or report.interrupted:
         return exit_code(report)
     # The demo includes studies broken on purpose (bad-*): it succeeds when exactly those fail, each with its record.

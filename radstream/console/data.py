@@ -227,6 +227,7 @@ class StudyIndex:
         self.refresh_s = refresh_s
         self.readers = readers
         self._seen: set[str] = set()
+        self.skipped: dict[str, str] = {}  # key -> why: records that could not be shown
         self._rows: dict[str, StudyRow] = {}
         self._by_kind: dict[str, dict[str, StudyRow]] = {"result": {}, "failure": {}}
         self._checked = float("-inf")
@@ -237,12 +238,16 @@ class StudyIndex:
     def _read(self, key: str) -> tuple[str, StudyRow] | None:
         try:
             doc = json.loads(self.store.get_bytes(self.bucket, key))
-        except (ObjectNotFound, ValueError):
-            return None  # removed meanwhile, or not JSON: not a study row
-        try:
-            return ("result", row_from_result(doc)) if key.startswith("results/") else ("failure", row_from_failure(doc))
-        except (KeyError, TypeError, AttributeError):
+            row = ("result", row_from_result(doc)) if key.startswith("results/") else ("failure", row_from_failure(doc))
+        except ObjectNotFound:
+            return None  # removed meanwhile
+        except (ValueError, KeyError, TypeError, AttributeError):
+            # Torn by a crash, or not a record: counted and shown (`skipped`), read again on the next refresh (resume
+            # moves it aside and writes the study's record anew).
+            self.skipped[key] = "does not parse"
             return None
+        self.skipped.pop(key, None)
+        return row
 
     def refresh(self, force: bool = False) -> None:
         with self._refresh_lock:
@@ -257,9 +262,12 @@ class StudyIndex:
                 read = [self._read(k) for k in new]
             with self._lock:
                 for key, item in zip(new, read):
-                    self._seen.add(key)
+                    if key not in self.skipped:
+                        self._seen.add(key)
                     if item:
                         self._put(*item)
+                for key in [k for k in self.skipped if k not in keys]:  # moved aside or removed since
+                    del self.skipped[key]
             self._checked = time.monotonic()
 
     def _put(self, kind: str, row: StudyRow) -> None:
@@ -308,6 +316,7 @@ class StudyPage:
     end_to_end: dict[str, float | None]
     findings: list[str]
     counts: dict[str, int]
+    skipped: list[str] = field(default_factory=list)  # records in the bucket that could not be read as one
 
 
 @dataclass
@@ -418,7 +427,13 @@ class ConsoleData:
         e2e = {str(r["study_id"]): r["end_to_end_ms"] for r in self.queries.run("study_end_to_end", days=flt.days).as_dicts()}
         findings = sorted({label for r in in_window for label in r.positives})
         counts = {"all": len(in_window), "succeeded": sum(r.status == "succeeded" for r in in_window), "failed": sum(r.status == "failed" for r in in_window)}
-        return StudyPage(shown, len(rows), page, pages, {r.study_id: e2e.get(r.study_id) for r in shown}, findings, counts)
+        return StudyPage(shown, len(rows), page, pages, {r.study_id: e2e.get(r.study_id) for r in shown}, findings, counts,
+                         sorted(self.index.skipped))
+
+    @property
+    def skipped(self) -> list[str]:
+        """The records the index could not read (torn or not a record), by key."""
+        return sorted(self.index.skipped)
 
     def all_rows(self) -> list[StudyRow]:
         return sorted(self.index.rows(), key=lambda r: (r.at, r.study_id), reverse=True)
