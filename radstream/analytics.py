@@ -508,9 +508,12 @@ def cmd_query(args: argparse.Namespace) -> int:
 
     from shared.settings import Settings
 
+    from radstream.cli import require_data_dir
+
     settings = Settings.from_env()
     lake = Path(args.data_dir) / settings.telemetry_bucket
     if args.name and not args.sql:
+        require_data_dir(args.data_dir, "query")  # a typo is an error, not "no rows"
         # What a killed run had buffered but not delivered (its next start would): into the lake before it is queried.
         from shared.wiring import recover_telemetry
 

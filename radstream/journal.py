@@ -30,6 +30,7 @@ from typing import Any
 
 from shared.atomicfile import append_durably, create_durably
 from shared.errors import StorageUnavailable, is_transient
+from shared.storage import disk_errors
 
 
 @dataclass(frozen=True)
@@ -72,13 +73,15 @@ class Journal:
         entries = list(entries)
         head = {"run": self.path.stem, "command": command, "started": now.isoformat(), "roots": sorted(set(roots)), "studies": len(entries)}
         data = encode_line(head) + b"".join(encode_line(_plan(e)) for e in entries)
-        self._fd = create_durably(self.path)
-        try:
-            append_durably(self._fd, data, self.path)
-            self._verify(len(entries))
-        except BaseException:
-            os.close(self._fd)
-            raise
+        with disk_errors(f"writing the journal {self.path}"):  # a full or read-only disk: StorageUnavailable, nothing run
+            self._fd = create_durably(self.path)
+            try:
+                append_durably(self._fd, data, self.path)
+                self._verify(len(entries))
+            except BaseException:
+                os.close(self._fd)
+                self.path.unlink(missing_ok=True)  # a plan that is not whole on disk promises nothing
+                raise
 
     def _verify(self, studies: int) -> None:
         """Read the plan back before any study starts: a journal that cannot say what it was asked is a disk fault, now."""

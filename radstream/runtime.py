@@ -142,6 +142,16 @@ def study_files(folder: Path) -> list[Path]:
     return sorted(p for p in folder.iterdir() if p.is_file() and p.suffix != ".json") + sidecars
 
 
+def _errno_name(error: BaseException) -> str:
+    """ENOSPC, EROFS…: the errno behind an error (or its cause), never its message (a path could name a patient's study)."""
+    import errno
+
+    for e in (error, error.__cause__):
+        if isinstance(e, OSError) and e.errno:
+            return errno.errorcode.get(e.errno, str(e.errno))
+    return "no errno"
+
+
 @dataclass
 class RunReport:
     """What a run or a resume did: an outcome per study that ran, and the studies it did not reach."""
@@ -243,6 +253,7 @@ class LocalRuntime:
         self._bindings: dict[str, tuple[StageHandler[Any], Any]] = {}
         self._dependencies: dict[Any, Any] = {}
         self._lock = threading.Lock()
+        self.close_warnings: list[str] = []
 
     def __enter__(self) -> "LocalRuntime":
         return self
@@ -251,10 +262,18 @@ class LocalRuntime:
         self.close()
 
     def close(self) -> None:
+        """Close what the runtime opened. Never raises: a disk that filled during the run must not cost the caller its
+        summary; what could not be closed (telemetry left buffered for the next start, say) is in `close_warnings`."""
         with self._lock:
             dependencies, self._dependencies, self._bindings = list(self._dependencies.values()), {}, {}
-        wiring.close_all(*dependencies, self.store, self._metrics)
-        self._log_file.close()
+        for resource in (*dependencies, self.store, self._metrics, self._log_file):
+            try:
+                with logs_to(self._log_file if not self._log_file.closed else None):  # what closing logs is the run's, not stdout's
+                    wiring.close_all(resource)
+            except Exception as e:  # noqa: BLE001 - each one closed or named; the studies' records are already written
+                name = type(resource).__name__
+                self.close_warnings.append(f"{name} not closed cleanly ({type(e).__name__}: {_errno_name(e)}); "
+                                           "buffered telemetry is delivered by the next start")
 
     def binding(self, resource: str) -> tuple[StageHandler[Any], Any]:
         """The handler a task resource names (ImageConfig.Command) and its dependencies, built once from this runtime's settings."""
