@@ -561,8 +561,9 @@ def describe_os_error(e: OSError) -> str:
 
 
 def keep_stdout_for_output() -> None:
-    """The local telemetry sink warns from its own timer thread, where no study's log file is in force; its warnings are
-    the operator's (stderr), never mixed into the table or the one JSON document on stdout."""
+    """The local telemetry sink warns from its own timer thread, where no study's log file is in force, and the lake
+    names the objects it quarantines: the operator's warnings (stderr), never mixed into the table or the one JSON
+    document on stdout."""
     import logging
 
     class Stderr(logging.StreamHandler):
@@ -574,10 +575,11 @@ def keep_stdout_for_output() -> None:
         def stream(self, value) -> None:
             pass
 
-    sink_log = logging.getLogger("radstream.telemetry")
-    if sink_log.propagate:
-        sink_log.propagate = False
-        sink_log.addHandler(Stderr())
+    for name in ("radstream.telemetry", "radstream.lake"):
+        own = logging.getLogger(name)
+        if own.propagate:
+            own.propagate = False
+            own.addHandler(Stderr())
 
 
 def main(argv: list[str] | None = None) -> int:

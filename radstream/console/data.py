@@ -8,7 +8,6 @@ from __future__ import annotations
 
 import functools
 import logging
-import gzip
 import json
 import os
 import re
@@ -26,7 +25,7 @@ from typing import Any
 import cv2
 import numpy as np
 
-from radstream.analytics import DuckDBQueryRunner, LAKE_PREFIX, QueryResult
+from radstream.analytics import LAKE_PREFIX, DuckDBQueryRunner, QueryResult, quarantine_object, read_lake_object
 from radstream.template import Template
 from shared.errors import ConfigurationError, ObjectNotFound
 from shared.metrics import EmfLog, MetricSummary
@@ -71,6 +70,7 @@ class LakeSnapshotRunner(DuckDBQueryRunner):
 
         self.refresh_s = refresh_s
         self._files: set[str] = set()
+        self.quarantined: list[str] = []  # lake objects found unreadable and moved to .quarantine/
         self._checked = float("-inf")
         self._lock = threading.Lock()  # the connection: one statement at a time
         self._refresh_lock = threading.Lock()
@@ -114,11 +114,15 @@ class LakeSnapshotRunner(DuckDBQueryRunner):
                         continue
                     tail = f',"dt":"{partition["dt"]}","hour":"{partition["hour"]}"}}\n'.encode()
                     try:
-                        blob = Path(path).read_bytes()
+                        records = read_lake_object(Path(path))
                     except FileNotFoundError:  # merged away by a compaction since the listing: its records are in the new object
                         found.discard(path)
                         continue
-                    for line in gzip.decompress(blob).splitlines():
+                    except (ValueError, OSError) as e:  # torn by a crash: moved aside and named; the dashboards answer from the rest
+                        self.quarantined.append(quarantine_object(self.lake_root, Path(path), str(e)))
+                        found.discard(path)
+                        continue
+                    for line in records:
                         line = line.rstrip()
                         if line.endswith(b"}"):
                             batch.write(line[:-1] + tail)
