@@ -398,15 +398,33 @@ def cmd_gateway(args: argparse.Namespace) -> int:
     logging.basicConfig(level=logging.INFO, format="%(asctime)s %(levelname)s %(message)s")
     with LocalRuntime(settings, workers=args.workers) as runtime:
         pipeline = LocalPipeline(runtime, workers=args.workers)
+        # What an earlier gateway (or run) acknowledged and did not finish: planned before this one listens, so a new
+        # instance is never mistaken for old work, then run beside what arrives.
+        backlog = runtime.plan_resume()
+        for warning in backlog.warnings:
+            print(f"radstream: warning: {warning}", file=sys.stderr, flush=True)
+        acknowledgements = runtime.acknowledgements()
+
+        def show(outcome) -> None:
+            print(f"study {outcome.study_id}: {outcome.status}" + (f" ({outcome.message})" if outcome.message else "") + delivery_text(outcome), flush=True)
 
         def report(received):
+            # Journalled (fsynced) before the callback returns, and so before the gateway answers Success.
+            acknowledgements.acknowledged(received.key)
             pipeline(received)
             future = pipeline.futures[received.key]
+
             def done(f):
                 outcome = f.result()
-                print(f"study {received.study_id}: {outcome.status}" + (f" ({outcome.message})" if outcome.message else "") + delivery_text(outcome), flush=True)
+                acknowledgements.ended(outcome)
+                show(outcome)
 
             future.add_done_callback(done)
+
+        if backlog.entries:
+            print(f"finishing {len(backlog.entries)} stud{'y' if len(backlog.entries) == 1 else 'ies'} an earlier run or gateway left unfinished",
+                  flush=True)
+            pipeline.pool.submit(runtime.resume, show, backlog)
 
         # SIGTERM stops it as cleanly as Ctrl-C: servers closed, studies finished.
         with sigterm_as_ctrl_c(), Gateway(settings, store=runtime.store, on_stored=report) as gateway:
@@ -419,6 +437,7 @@ def cmd_gateway(args: argparse.Namespace) -> int:
             except KeyboardInterrupt:
                 pass
         pipeline.close()
+        acknowledgements.close()
     return 0
 
 

@@ -142,6 +142,36 @@ def study_files(folder: Path) -> list[Path]:
     return sorted(p for p in folder.iterdir() if p.is_file() and p.suffix != ".json") + sidecars
 
 
+@dataclass
+class ResumePlan:
+    entries: list[JournalEntry]
+    warnings: list[str] = field(default_factory=list)
+    recovered: dict[str, int] = field(default_factory=dict)
+
+
+class Acknowledgements:
+    """The gateway's side of the journal: an instance is journalled (fsynced) when it is stored, before the gateway
+    answers Success, and its outcome when its run ends. A gateway killed in between (even after StoreResults, before
+    SendTelemetry) leaves the instance unfinished in the journal, so the next start (or `radstream resume`) runs it
+    again under the same rules as `run`'s studies, result or no result."""
+
+    def __init__(self, journal: Journal, images_bucket: str) -> None:
+        self.journal = journal
+        self.images_bucket = images_bucket
+
+    def acknowledged(self, key: str) -> None:
+        self.journal.planned(JournalEntry(study_id_from_key(key), f"s3://{self.images_bucket}/{key}"))
+
+    def ended(self, outcome: StudyOutcome) -> None:
+        try:
+            self.journal.ended(outcome.study_id, outcome.source, outcome.status, outcome.error_type, recorded=outcome.output is not None)
+        except OSError:
+            pass  # without its line, the next start runs it once more (a run is idempotent)
+
+    def close(self) -> None:
+        self.journal.close()
+
+
 def _errno_name(error: BaseException) -> str:
     """ENOSPC, EROFS…: the errno behind an error (or its cause), never its message (a path could name a patient's study)."""
     import errno
@@ -530,10 +560,21 @@ class LocalRuntime:
         entries = [JournalEntry(study_id or folder_study_id(Path(source)), source, root_text) for source, study_id, _ in planned]
         return self._journalled("run", entries, planned, on_done)
 
-    def resume(self, on_done: Callable[[StudyOutcome], None] | None = None) -> RunReport:
+    def resume(self, on_done: Callable[[StudyOutcome], None] | None = None, plan: "ResumePlan | None" = None) -> RunReport:
         """Run every study a journal names without a terminal outcome, every one whose record does not check, and every
         upload with neither result nor failure record. What the journals cannot say (lines lost to a crash or a failing
-        disk) is looked for in the study folders they name and in the uploads; the report says what was found there."""
+        disk) is looked for in the study folders they name and in the uploads; the report says what was found there.
+
+        `plan`: one `plan_resume` made earlier (the gateway plans before it listens, then runs the plan beside new work)."""
+        plan = plan or self.plan_resume()
+        planned: list[tuple[str, str | None, Exception | None]] = [(e.source, e.study_id, None) for e in plan.entries]
+        report = self._journalled("resume", plan.entries, planned, on_done)
+        report.warnings = plan.warnings + report.warnings
+        report.recovered = plan.recovered
+        return report
+
+    def plan_resume(self) -> "ResumePlan":
+        """What `resume` would run now, and what it had to say about the journals and records it could not trust."""
         recovery = recover(self.journal_dir)
         warnings = list(recovery.warnings)
         states: dict[str, str | None] = {}
@@ -571,11 +612,11 @@ class LocalRuntime:
         if recovery.roots or recovery.blind:
             warnings.append(f"recovered {from_folders} unfinished stud{'y' if from_folders == 1 else 'ies'} from the study folders "
                             f"under {', '.join(sorted(recovery.roots)) or '(none named)'} and {len(from_uploads)} from the uploads")
-        planned: list[tuple[str, str | None, Exception | None]] = [(e.source, e.study_id, None) for e in entries]
-        report = self._journalled("resume", entries, planned, on_done)
-        report.warnings = warnings + report.warnings
-        report.recovered = {"from_folders": from_folders, "from_uploads": len(from_uploads)}
-        return report
+        return ResumePlan(entries, warnings, {"from_folders": from_folders, "from_uploads": len(from_uploads)})
+
+    def acknowledgements(self) -> "Acknowledgements":
+        """A journal of the instances a gateway acknowledges, for this runtime's data dir (see Acknowledgements)."""
+        return Acknowledgements(Journal(self.journal_dir, "gateway", []), self.settings.images_bucket)
 
     def record_state(self, study_id: str, warnings: list[str] | None = None) -> str | None:
         """"result", "permanent" or "transient" (its failure record), or None (no record): only a record that parses
