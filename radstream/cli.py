@@ -353,16 +353,19 @@ def cmd_trace(args: argparse.Namespace) -> int:
 
 def local_pseudonym_key(data_dir: Path) -> str:
     """GATEWAY_PSEUDONYM_KEY, else a random key kept in DATA_DIR/gateway/pseudonym.key (0600): study ids stay stable across restarts."""
-    import os
     import secrets
+
+    from shared.atomicfile import create_once, staging_dir
 
     path = data_dir / "gateway" / "pseudonym.key"
     if not path.exists():
-        path.parent.mkdir(parents=True, exist_ok=True)
-        fd = os.open(path, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o600)
-        with os.fdopen(fd, "w") as f:
-            f.write(secrets.token_hex(32))
-    return path.read_text().strip()
+        # Durable before first use (a key lost to a power cut would give the same patient's next study another id), and
+        # the first writer's: a second gateway starting at the same moment reads the same key.
+        create_once(path, secrets.token_hex(32).encode(), staging_dir(data_dir))
+    key = path.read_text(errors="replace").strip()
+    if len(key) != 64 or any(c not in "0123456789abcdef" for c in key):
+        raise ConfigurationError(f"{path} does not hold a pseudonym key (64 hex digits): restore it from a backup, or set GATEWAY_PSEUDONYM_KEY")
+    return key
 
 
 def with_destinations(settings: Settings, args: argparse.Namespace) -> Settings:

@@ -10,7 +10,8 @@ process (another runtime on the same data dir) is about to rename. `append_durab
 journal line: written whole, then fsynced before the caller goes on.
 
 RADSTREAM_SYNC_LOG (tests and benchmarks/crash_bench.py only): a file that each durable write appends
-`<path>\t<size>\t<mtime_ns>` to once it is on disk, so a crash simulator knows what an OS crash could not touch.
+`<path>\t<inode>\t<size>\t<mtime_ns>` to once its bytes are on disk, so a crash simulator knows what an OS crash could
+not touch (a file whose inode, size and mtime still match a line; of an appended file, the first <size> bytes).
 """
 from __future__ import annotations
 
@@ -43,6 +44,30 @@ def atomic_copy(source: BinaryIO, target: Path, staging: Path) -> int:
     """Copy an open file to `target` whole or not at all, in the kernel (copy_file_range) where the filesystem
     allows, so a big image never passes through Python; returns the bytes copied. Durable as atomic_write."""
     return _atomically(target, staging, lambda fd: _copy_into(source, fd), True)
+
+
+def create_once(target: Path, data: bytes, staging: Path) -> bool:
+    """Create `target` whole and durable unless it exists (the first writer wins, as O_EXCL): written and fsynced under a
+    temp name, then hard-linked to its name. Returns whether this call created it. The temp file has mode 0600."""
+    tmp = Path(staging) / f"{os.getpid()}-{next(_serial)}"
+    make_dirs(Path(staging))
+    fd = os.open(tmp, _CREATE, 0o600)
+    try:
+        try:
+            _write_all(fd, data)
+            os.fsync(fd)
+            _record_sync(target, fd)
+        finally:
+            os.close(fd)
+        make_dirs(Path(target).parent)
+        try:
+            os.link(tmp, target)
+        except FileExistsError:
+            return False
+        fsync_dir(Path(target).parent)
+        return True
+    finally:
+        tmp.unlink(missing_ok=True)
 
 
 def append_durably(fd: int, data: bytes, path: Path | str) -> None:
@@ -93,7 +118,7 @@ def _record_sync(path: Path | str, fd: int | None = None) -> None:
     if not log:
         return
     st = os.fstat(fd) if fd is not None else os.stat(path)
-    line = f"{os.path.abspath(path)}\t{st.st_size}\t{st.st_mtime_ns}\n".encode()
+    line = f"{os.path.abspath(path)}\t{st.st_ino}\t{st.st_size}\t{st.st_mtime_ns}\n".encode()
     log_fd = os.open(log, os.O_WRONLY | os.O_CREAT | os.O_APPEND, 0o600)
     try:
         os.write(log_fd, line)
@@ -121,6 +146,7 @@ def _atomically(target: Path, staging: Path, fill: Callable[[int], int], durable
             written = fill(fd)
             if durable:
                 os.fsync(fd)  # the bytes on disk before the name points at them: a power cut never shows a torn file
+                _record_sync(target, fd)  # this inode's content is on disk, whichever name it has when the power goes
         finally:
             os.close(fd)
         try:
@@ -136,8 +162,6 @@ def _atomically(target: Path, staging: Path, fill: Callable[[int], int], durable
     except BaseException:
         Path(tmp).unlink(missing_ok=True)
         raise
-    if durable:
-        _record_sync(target)
     return written
 
 

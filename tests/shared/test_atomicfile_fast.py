@@ -147,6 +147,6 @@ def test_the_sync_log_names_what_is_on_disk(tmp_path, monkeypatch):
     target = tmp_path / "a" / "object"
     atomic_write(target, b"12345", tmp_path / ".staging")
     atomic_write(tmp_path / "trace", b"1", tmp_path / ".staging", durable=False)
-    path, size, mtime = log.read_text().splitlines()[0].split("\t")
-    assert (path, int(size), int(mtime)) == (str(target), 5, target.stat().st_mtime_ns)
+    path, inode, size, mtime = log.read_text().splitlines()[0].split("\t")
+    assert (path, int(inode), int(size), int(mtime)) == (str(target), target.stat().st_ino, 5, target.stat().st_mtime_ns)
     assert len(log.read_text().splitlines()) == 1, "a write that is not durable is not logged as on disk"
