@@ -80,7 +80,10 @@ class Journal:
                 self._verify(len(entries))
             except BaseException:
                 os.close(self._fd)
-                self.path.unlink(missing_ok=True)  # a plan that is not whole on disk promises nothing
+                try:
+                    self.path.unlink(missing_ok=True)  # a plan that is not whole on disk promises nothing
+                except OSError:
+                    pass  # a read-only disk: the cut plan stays, and resume skips its torn lines
                 raise
 
     def _verify(self, studies: int) -> None:
