@@ -29,7 +29,6 @@ import os
 import random
 import re
 import shutil
-import signal
 import subprocess
 import sys
 import tempfile
@@ -161,7 +160,7 @@ def gateway_round(data: Path, env: dict[str, str], instances: Path, rng: random.
     for path in rng.sample(files, k=min(len(files), rng.randint(1, 3))):
         if time.monotonic() >= kill_at:
             break
-        sent = subprocess.run([storescu, "-aec", ae, "127.0.0.1", port, str(path)], capture_output=True, text=True,
+        sent = subprocess.run([storescu, "-aec", ae, "127.0.0.1", port, str(path)], capture_output=True, text=True, check=False,
                               timeout=max(1.0, kill_at - time.monotonic() + 30))
         if sent.returncode == 0 and "Error" not in sent.stderr:
             tally.acknowledged.add(path.stem)  # the StudyInstanceUID's file: the study id is looked up at the audit
@@ -284,7 +283,7 @@ def main(argv: list[str] | None = None) -> int:
             sidecar.write_text(__import__("json").dumps(doc))
         broken = folder / f"bad-b{b:02d}"
         broken.mkdir()
-        (broken / "sidecar.json").write_text('{"study_id": "bad-b%02d", "schema_version": "1"}' % b)
+        (broken / "sidecar.json").write_text(f'{{"study_id": "bad-b{b:02d}", "schema_version": "1"}}')
         (broken / "image.png").write_bytes(b"not a png")
         batches.append(folder)
     if "gateway" in actions:

@@ -560,7 +560,7 @@ class LocalRuntime:
         entries = [JournalEntry(study_id or folder_study_id(Path(source)), source, root_text) for source, study_id, _ in planned]
         return self._journalled("run", entries, planned, on_done)
 
-    def resume(self, on_done: Callable[[StudyOutcome], None] | None = None, plan: "ResumePlan | None" = None) -> RunReport:
+    def resume(self, on_done: Callable[[StudyOutcome], None] | None = None, plan: ResumePlan | None = None) -> RunReport:
         """Run every study a journal names without a terminal outcome, every one whose record does not check, and every
         upload with neither result nor failure record. What the journals cannot say (lines lost to a crash or a failing
         disk) is looked for in the study folders they name and in the uploads; the report says what was found there.
@@ -573,7 +573,7 @@ class LocalRuntime:
         report.recovered = plan.recovered
         return report
 
-    def plan_resume(self) -> "ResumePlan":
+    def plan_resume(self) -> ResumePlan:
         """What `resume` would run now, and what it had to say about the journals and records it could not trust."""
         recovery = recover(self.journal_dir)
         warnings = list(recovery.warnings)
@@ -614,7 +614,7 @@ class LocalRuntime:
                             f"under {', '.join(sorted(recovery.roots)) or '(none named)'} and {len(from_uploads)} from the uploads")
         return ResumePlan(entries, warnings, {"from_folders": from_folders, "from_uploads": len(from_uploads)})
 
-    def acknowledgements(self) -> "Acknowledgements":
+    def acknowledgements(self) -> Acknowledgements:
         """A journal of the instances a gateway acknowledges, for this runtime's data dir (see Acknowledgements)."""
         return Acknowledgements(Journal(self.journal_dir, "gateway", []), self.settings.images_bucket)
 

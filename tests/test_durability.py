@@ -53,7 +53,7 @@ def test_a_torn_first_journal_line_loses_no_study(tmp_path, capsys, how):
     _, data, ids = interrupted_run(tmp_path, after=4)
     (journal,) = (data / "journal").glob("*.jsonl")
     damage_line(journal, 1, how)
-    code, summary, err = resume_json(data, capsys)
+    code, _summary, err = resume_json(data, capsys)
     assert code == 0 and "Traceback" not in err
     assert results(data) == ids, "every study of the run has its record"
     assert f"journal/{journal.name}: line(s) 1 torn or unreadable" in err
@@ -77,7 +77,7 @@ def test_an_undecodable_byte_in_any_journal_line_never_stops_resume(tmp_path, ca
     (journal,) = (data / "journal").glob("*.jsonl")
     total = len(journal.read_bytes().split(b"\n")) - 1
     damage_line(journal, total, "byte")  # the last outcome line: its study is run again (idempotent)
-    code, summary, err = resume_json(data, capsys)
+    code, _summary, err = resume_json(data, capsys)
     assert code == 0 and "UnicodeDecodeError" not in err and results(data) == ids
     assert f"line(s) {total} torn or unreadable" in err
 
