@@ -457,6 +457,8 @@ def cmd_export(args: argparse.Namespace) -> int:
 
     # The environment's backend: local folders by default; RADSTREAM_BACKEND=aws with RESULTS_BUCKET replays a stack's letters.
     base = Settings.from_env()
+    if base.backend == "local":
+        require_data_dir(args.data_dir, "export")
     settings = with_destinations(base.model_copy(update={"data_dir": Path(args.data_dir)}) if base.backend == "local" else base, args)
     store = wiring.object_store(settings)
     try:

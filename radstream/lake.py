@@ -277,9 +277,10 @@ def add_lake_parser(subparsers: argparse._SubParsersAction) -> None:
 
 
 def _lake_root(data_dir: str) -> Path:
+    from radstream.cli import require_data_dir
     from shared.settings import Settings
 
-    lake_root = Path(data_dir) / Settings.from_env().telemetry_bucket
+    lake_root = require_data_dir(data_dir, "maintain") / Settings.from_env().telemetry_bucket
     if not (lake_root / LAKE_PREFIX).is_dir() and not (lake_root / ".buffer").is_dir():
         raise ConfigurationError(f"no telemetry lake under {lake_root}")
     return lake_root

@@ -60,7 +60,8 @@ def test_an_unknown_flag_shows_the_subcommands_own_usage(capsys, argv):
     assert stop.value.code == EXIT_USAGE and usage in err and "unrecognized arguments: --bogus" in err
 
 
-@pytest.mark.parametrize("argv", [["query", "throughput_per_minute"], ["resume"], ["report", "--out", "site"], ["trace", "s1"]])
+@pytest.mark.parametrize("argv", [["query", "throughput_per_minute"], ["resume"], ["report", "--out", "site"], ["trace", "s1"], ["export"],
+                                  ["lake", "check"], ["lake", "compact"]])
 def test_a_data_dir_that_is_not_there_is_an_error_not_an_empty_answer(tmp_path, capsys, argv):
     typo = tmp_path / "radstrem-data"
     code = main([*argv, "--data-dir", str(typo)])
