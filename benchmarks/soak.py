@@ -210,6 +210,15 @@ class Triton:
         self.process = None
 
 
+def journal_progress(path: Path) -> tuple[int | None, int]:
+    """(studies the run planned, studies it has journalled as ended), read as resume reads a journal."""
+    from radstream.journal import read_journal
+
+    lines = [line for _, line in read_journal(path)[0]]
+    planned = next((len(l["studies"]) if isinstance(l["studies"], list) else l["studies"] for l in lines if "run" in l), None)
+    return planned, sum("status" in l for l in lines)
+
+
 @dataclass
 class Step:
     """One runner subprocess and what happened to it."""
@@ -271,13 +280,8 @@ class Soak:
                     new = sorted(set(journal_dir.glob("*.jsonl")) - before)
                     journal = new[0] if new else None
                 if journal is not None:
-                    lines = journal.read_bytes().count(b"\n")
-                    if total is None and lines >= 1:
-                        try:
-                            total = len(json.loads(journal.read_text().splitlines()[0])["studies"])
-                        except (ValueError, IndexError, KeyError):
-                            pass
-                    ended = max(0, lines - 1)
+                    planned, ended = journal_progress(journal)
+                    total = total if total is not None else planned
                     if total:
                         if kill_at is not None and kill_target is None:
                             kill_target = max(1, int(total * kill_at))
@@ -300,7 +304,7 @@ class Soak:
         if journal is None:
             new = sorted(set(journal_dir.glob("*.jsonl")) - before) if journal_dir.is_dir() else []
             journal = new[0] if new else None
-        step.ended_studies = max(0, journal.read_bytes().count(b"\n") - 1) if journal else 0
+        step.ended_studies = journal_progress(journal)[1] if journal else 0
         try:
             step.summary = json.loads(out_path.read_text())
         except ValueError:

@@ -12,6 +12,7 @@ from __future__ import annotations
 
 import argparse
 import json
+import logging
 import os
 import re
 import sys
@@ -64,6 +65,8 @@ _SUB_VARIABLE = re.compile(r"\$\{([A-Za-z0-9_:.]+)\}")
 class QueryResult:
     columns: list[str]
     rows: list[tuple[Any, ...]]
+    # Lake objects this query found unreadable and moved aside (<lake>/.quarantine/…): it answered from the rest.
+    quarantined: tuple[str, ...] = ()
 
     def as_dicts(self) -> list[dict[str, Any]]:
         return [dict(zip(self.columns, row)) for row in self.rows]
@@ -165,6 +168,73 @@ def to_duckdb(sql: str) -> str:
 
 
 CACHE_DIR = ".cache"  # <lake root>/.cache/dt=…/hour=…/<digest>.parquet, written by `radstream lake compact`
+QUARANTINE_DIR = ".quarantine"  # <lake root>/.quarantine/<the object's own path>: unreadable objects, kept, never read by a query
+_LAKE_FILE = re.compile(r"""(/[^\s"':]+?\.(?:json\.gz|parquet))""")
+_log = logging.getLogger("radstream.lake")
+
+
+def quarantine_object(lake_root: Path, path: Path, reason: str) -> str:
+    """Move an unreadable lake object aside, under .quarantine/ with its own relative path (kept, never deleted);
+    returns that relative path. A warning names it: the queries answer from the rest of the lake."""
+    from shared.atomicfile import fsync_dir, make_dirs
+
+    lake_root, path = Path(lake_root), Path(path)
+    relative = path.relative_to(lake_root)
+    target = lake_root / QUARANTINE_DIR / relative
+    make_dirs(target.parent)
+    os.replace(path, target)
+    fsync_dir(path.parent)
+    fsync_dir(target.parent)
+    _log.warning("telemetry lake object %s is unreadable (%s): moved to %s; the queries answer from the rest", relative, reason,
+                 (Path(QUARANTINE_DIR) / relative).as_posix())
+    return relative.as_posix()
+
+
+def read_lake_object(path: Path) -> list[bytes]:
+    """A delivery object's record lines; ValueError (naming why, never a value) when it is torn, zero-filled or not
+    gzip NDJSON: what a crash of the machine, or a failing disk, leaves of an object that was never synced."""
+    import gzip
+    import zlib
+
+    try:
+        data = gzip.decompress(Path(path).read_bytes())
+    except (EOFError, zlib.error, gzip.BadGzipFile) as e:
+        raise ValueError(f"not a whole gzip stream ({type(e).__name__})") from e
+    lines = [line for line in data.splitlines() if line.strip()]
+    for number, line in enumerate(lines, start=1):
+        try:
+            record = json.loads(line)
+        except ValueError:
+            raise ValueError(f"line {number} is not JSON") from None
+        if not isinstance(record, dict):
+            raise ValueError(f"line {number} is not a record")  # noqa: TRY004 - one kind of unreadable object, as a cut line is
+    return lines
+
+
+def check_lake(lake_root: Path) -> tuple[int, list[tuple[str, str]]]:
+    """Read every delivery object of the lake whole; quarantine each one that does not read. Returns (objects read,
+    [(quarantined object, why)])."""
+    lake_root = Path(lake_root)
+    checked, bad = 0, []
+    for path in sorted((lake_root / LAKE_PREFIX).glob("dt=*/hour=*/*.json.gz")):
+        checked += 1
+        try:
+            read_lake_object(path)
+        except FileNotFoundError:
+            continue  # merged away by a compaction meanwhile
+        except (ValueError, OSError) as e:
+            bad.append((quarantine_object(lake_root, path, str(e)), str(e)))
+    return checked, bad
+
+
+def named_object(lake_root: Path, error: BaseException) -> Path | None:
+    """The lake object a DuckDB error names (it names the file it could not read), if it is one of this lake's."""
+    root = str(Path(lake_root).resolve())
+    for candidate in _LAKE_FILE.findall(str(error)):
+        path = Path(candidate)
+        if str(path.resolve()).startswith(root + os.sep) and QUARANTINE_DIR not in path.parts and path.is_file():
+            return path
+    return None
 
 
 def _sql_list(paths: list[str] | list[Path]) -> str:
@@ -224,6 +294,8 @@ def _sources(lake_root: Path) -> tuple[list[Path], list[Path], int]:
 # From this many objects without a current columnar copy, `radstream query` says that compaction would help: every
 # query reads each such object (~0.2 ms apiece on the dev machines; README Performance, the lake at 100,000 studies).
 COMPACT_HINT_OBJECTS = 2_000
+# A query moves aside at most this many unreadable objects before it gives up (`radstream lake check` reads them all).
+MAX_QUARANTINED_PER_QUERY = 100
 
 
 class _Queries:
@@ -338,8 +410,10 @@ class DuckDBQueryRunner(_Queries):
         query = self.query(name)
         values = query.bind(params)
         sql = self.translate(name)
+        quarantined: list[str] = []
         with self._duck_lock:
-            for attempt in range(3):
+            relisted = 0
+            while True:
                 try:
                     cursor = self._connection().execute(sql, values)
                     columns = [d[0] for d in cursor.description]
@@ -348,16 +422,22 @@ class DuckDBQueryRunner(_Queries):
                     rows = cursor.fetchall()
                     if decimals:
                         rows = [tuple(float(v) if isinstance(v, Decimal) else v for v in row) for row in rows]
-                    return QueryResult(columns, rows)
-                except duckdb.IOException as e:
+                    return QueryResult(columns, rows, tuple(quarantined))
+                except duckdb.Error as e:
+                    bad = named_object(self.lake_root, e)
+                    if bad is not None and len(quarantined) < MAX_QUARANTINED_PER_QUERY:
+                        # A torn, zero-filled or undecodable object (a crash of the machine, a failing disk): moved
+                        # aside, and the query answers from the rest of the lake, saying so.
+                        quarantined.append(quarantine_object(self.lake_root, bad, type(e).__name__))
+                        self._view = ""
+                        continue
                     # `radstream lake compact` removed an object this query had listed (its records are in the merged
                     # object that replaced it): list the lake again.
-                    if attempt == 2 or "No such file" not in str(e):
-                        raise PermanentError(f"query {name} failed in DuckDB: {e}") from e
-                    self._view = ""
-                except duckdb.Error as e:
+                    if isinstance(e, duckdb.IOException) and "No such file" in str(e) and relisted < 2:
+                        relisted += 1
+                        self._view = ""
+                        continue
                     raise PermanentError(f"query {name} failed in DuckDB: {e}") from e
-        raise AssertionError("unreachable")
 
 
 # Athena error codes worth retrying: throttling, concurrency limits and its own faults.
@@ -506,11 +586,13 @@ def cmd_query(args: argparse.Namespace) -> int:
     from rich.console import Console
     from rich.table import Table
 
+    from radstream.cli import require_data_dir
     from shared.settings import Settings
 
     settings = Settings.from_env()
     lake = Path(args.data_dir) / settings.telemetry_bucket
     if args.name and not args.sql:
+        require_data_dir(args.data_dir, "query")  # a typo is an error, not "no rows"
         # What a killed run had buffered but not delivered (its next start would): into the lake before it is queried.
         from shared.wiring import recover_telemetry
 
@@ -537,12 +619,17 @@ def cmd_query(args: argparse.Namespace) -> int:
         print(f"-- Athena (there the database is radstream_<EnvironmentName>)\n{athena}\n-- DuckDB (sqlglot {sqlglot.__version__})\n{runner.translate(args.name)}")
         return 0
     result = runner.run(args.name, **_params(args.param))
+    if result.quarantined:  # stderr: stdout keeps the table or exactly one JSON document
+        print(f"radstream query: {len(result.quarantined)} unreadable telemetry object(s) moved to {lake / QUARANTINE_DIR}: "
+              f"{', '.join(result.quarantined)}; the answer is from the rest of the lake (`radstream lake check` reads every object)",
+              file=sys.stderr)
     objects, partitions = runner.uncompacted
     hint = (f"{objects:,} telemetry objects in {partitions} partitions have no compacted copy, and every query reads "
             f"each of them: `radstream lake compact --data-dir {args.data_dir}` merges them (the answers stay the same)"
             if objects >= COMPACT_HINT_OBJECTS else "")
     if args.json:
-        print(json.dumps({"query": args.name, "columns": result.columns, "rows": result.as_dicts()}, indent=2, default=str))
+        print(json.dumps({"query": args.name, "columns": result.columns, "rows": result.as_dicts(), "quarantined": list(result.quarantined)},
+                         indent=2, default=str))
         if hint:
             print(hint, file=sys.stderr)
         return 0

@@ -4,6 +4,7 @@ from __future__ import annotations
 import argparse
 import contextlib
 import json
+import shlex
 import signal
 import statistics
 import sys
@@ -20,12 +21,71 @@ from rich.table import Table
 from radstream.analytics import add_query_parser
 from radstream.console.cli import add_console_parsers
 from radstream.lake import add_lake_parser
-from shared.errors import ConfigurationError, RadStreamError
+from shared.errors import ConfigurationError, RadStreamError, StorageUnavailable
 from shared.settings import DEFAULT_MODEL_REPOSITORY, Settings
 
 EXIT_FAILED_STUDIES = 1
-EXIT_USAGE = 2
+EXIT_USAGE = 2  # the command could not do its work: a usage error, or the environment refused (a full or read-only disk, no data dir)
 EXIT_INTERRUPTED = 3  # stopped by Ctrl-C or SIGTERM: the summary names what was not run; `radstream resume` finishes it
+
+
+def positive_int(text: str) -> int:
+    """argparse type for counts that must be at least 1 (--workers)."""
+    try:
+        value = int(text)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"must be a whole number, got {text!r}") from None
+    if value < 1:
+        raise argparse.ArgumentTypeError(f"must be 1 or more, got {value}")
+    return value
+
+
+def non_negative_int(text: str) -> int:
+    """argparse type for counts that may be 0 (--count, a port where 0 picks a free one)."""
+    try:
+        value = int(text)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"must be a whole number, got {text!r}") from None
+    if value < 0:
+        raise argparse.ArgumentTypeError(f"must be 0 or more, got {value}")
+    return value
+
+
+def port(text: str) -> int:
+    value = non_negative_int(text)
+    if value > 65535:
+        raise argparse.ArgumentTypeError(f"must be a TCP port (0 for a free one, up to 65535), got {value}")
+    return value
+
+
+def resume_command(args: argparse.Namespace) -> str:
+    """The exact command that finishes what this one left: the same data dir and model settings, quoted for a shell."""
+    words = ["radstream", "resume", "--data-dir", str(args.data_dir)]
+    for flag, name in (("--triton-url", "triton_url"), ("--model-repository", "model_repository")):
+        if getattr(args, name, None):
+            words += [flag, str(getattr(args, name))]
+    return shlex.join(words)
+
+
+def require_data_dir(data_dir: str | Path, what: str) -> Path:
+    """A data dir the command reads must exist: a typo is an error, never an empty answer."""
+    path = Path(data_dir)
+    if not path.is_dir():
+        raise ConfigurationError(f"no data dir {path} (--data-dir): nothing to {what}; `radstream run PATH --data-dir {path}` makes one")
+    return path
+
+
+def stdout_closed() -> None:
+    """The reader of stdout went away (`… | head -1`): what is left to print goes nowhere, and Python's last flush
+    at exit does not fail again with a second BrokenPipeError."""
+    import os
+
+    try:
+        devnull = os.open(os.devnull, os.O_WRONLY)
+        os.dup2(devnull, sys.stdout.fileno())
+        os.close(devnull)
+    except (OSError, ValueError):
+        pass
 
 
 def percentile(values: list[float], q: float) -> float:
@@ -96,11 +156,13 @@ def sigterm_as_ctrl_c() -> Iterator[None]:
             signal.signal(signal.SIGTERM, previous)
 
 
-def run_studies(folders: list[Path] | None, args: argparse.Namespace):
+def run_studies(folders: list[Path] | None, args: argparse.Namespace, root: Path | None = None):
     """Run study folders; None: resume what the journals and the images bucket say is unfinished. Returns the RunReport."""
     from radstream.runtime import LocalRuntime
 
     settings = settings_from(args)
+    if folders is None:
+        require_data_dir(settings.data_dir, "resume")
     err = Console(stderr=True)
     with sigterm_as_ctrl_c(), LocalRuntime(settings, workers=args.workers) as runtime:
         started = time.perf_counter()
@@ -111,12 +173,26 @@ def run_studies(folders: list[Path] | None, args: argparse.Namespace):
             if folders is None:
                 report = runtime.resume(advance)
             else:
-                report = runtime.run_many(folders, advance)
+                report = runtime.run_many(folders, advance, root=root)
         totals = summarise(report.outcomes, time.perf_counter() - started)
+    report.warnings += runtime.close_warnings
     totals |= {"not_run": len(report.not_run), "interrupted": report.interrupted}
+    for warning in report.warnings:  # stderr, always: stdout carries the table or exactly one JSON document
+        print(f"radstream: warning: {warning}", file=sys.stderr)
+    try:
+        print_summary(report, totals, settings, args)
+    except BrokenPipeError:  # `run --json | head -1`: the run is done and journalled; its exit code still says how it went
+        stdout_closed()
+        print("radstream: stdout closed before the summary was printed; the results are in "
+              f"{settings.data_dir / settings.results_bucket}", file=sys.stderr)
+    return report
+
+
+def print_summary(report, totals: dict, settings: Settings, args: argparse.Namespace) -> None:
     if args.json:
         print(json.dumps({"totals": totals, "data_dir": str(settings.data_dir), "journal": str(report.journal),
-                          "not_run": report.not_run, "studies": [asdict(o) for o in report.outcomes]}, indent=2))
+                          "not_run": report.not_run, "warnings": report.warnings, "recovered": report.recovered,
+                          "studies": [asdict(o) for o in report.outcomes]}, indent=2))
     else:
         print_table(Console(width=None if sys.stdout.isatty() else 160), report.outcomes, totals)
         print(f"results: {settings.data_dir / settings.results_bucket}   telemetry: {settings.data_dir / settings.telemetry_bucket}   "
@@ -125,8 +201,7 @@ def run_studies(folders: list[Path] | None, args: argparse.Namespace):
         if report.interrupted or unrecorded:
             print(f"interrupted: {len(report.not_run)} studies not run; " if report.interrupted else "", end="")
             print(f"{unrecorded} failures not recorded; " if unrecorded else "", end="")
-            print("`radstream resume` finishes them")
-    return report
+            print(f"`{resume_command(args)}` finishes them")
 
 
 def exit_code(report) -> int:
@@ -138,7 +213,7 @@ def exit_code(report) -> int:
 def cmd_run(args: argparse.Namespace) -> int:
     from radstream.runtime import find_studies
 
-    return exit_code(run_studies(find_studies(Path(args.path)), args))
+    return exit_code(run_studies(find_studies(Path(args.path)), args, root=Path(args.path)))
 
 
 def cmd_resume(args: argparse.Namespace) -> int:
@@ -154,7 +229,7 @@ def cmd_demo(args: argparse.Namespace) -> int:
     folders = write_demo_studies(out, 12 if args.count is None else args.count, invalid=not args.valid_only)
     if not args.quiet:
         Console(stderr=True).print(f"wrote {len(folders)} synthetic demo studies to {out} (phantoms, not patient data)")
-    report = run_studies(folders, args)
+    report = run_studies(folders, args, root=out)
     if args.valid_only or report.interrupted:
         return exit_code(report)
     # The demo includes studies broken on purpose (bad-*): it succeeds when exactly those fail, each with its record.
@@ -260,7 +335,7 @@ def cmd_import_xrv(args: argparse.Namespace) -> int:
 def cmd_trace(args: argparse.Namespace) -> int:
     from radstream.traces import latest_trace, waterfall
 
-    document = latest_trace(Path(args.data_dir), args.study_id)
+    document = latest_trace(require_data_dir(args.data_dir, "trace"), args.study_id)
     if args.json:
         print(json.dumps(document, indent=2))
         return 0
@@ -278,16 +353,19 @@ def cmd_trace(args: argparse.Namespace) -> int:
 
 def local_pseudonym_key(data_dir: Path) -> str:
     """GATEWAY_PSEUDONYM_KEY, else a random key kept in DATA_DIR/gateway/pseudonym.key (0600): study ids stay stable across restarts."""
-    import os
     import secrets
+
+    from shared.atomicfile import create_once, staging_dir
 
     path = data_dir / "gateway" / "pseudonym.key"
     if not path.exists():
-        path.parent.mkdir(parents=True, exist_ok=True)
-        fd = os.open(path, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o600)
-        with os.fdopen(fd, "w") as f:
-            f.write(secrets.token_hex(32))
-    return path.read_text().strip()
+        # Durable before first use (a key lost to a power cut would give the same patient's next study another id), and
+        # the first writer's: a second gateway starting at the same moment reads the same key.
+        create_once(path, secrets.token_hex(32).encode(), staging_dir(data_dir))
+    key = path.read_text(errors="replace").strip()
+    if len(key) != 64 or any(c not in "0123456789abcdef" for c in key):
+        raise ConfigurationError(f"{path} does not hold a pseudonym key (64 hex digits): restore it from a backup, or set GATEWAY_PSEUDONYM_KEY")
+    return key
 
 
 def with_destinations(settings: Settings, args: argparse.Namespace) -> Settings:
@@ -322,15 +400,33 @@ def cmd_gateway(args: argparse.Namespace) -> int:
     configure_logging()
     with LocalRuntime(settings, workers=args.workers) as runtime:
         pipeline = LocalPipeline(runtime, workers=args.workers)
+        # What an earlier gateway (or run) acknowledged and did not finish: planned before this one listens, so a new
+        # instance is never mistaken for old work, then run beside what arrives.
+        backlog = runtime.plan_resume()
+        for warning in backlog.warnings:
+            print(f"radstream: warning: {warning}", file=sys.stderr, flush=True)
+        acknowledgements = runtime.acknowledgements()
+
+        def show(outcome) -> None:
+            print(f"study {outcome.study_id}: {outcome.status}" + (f" ({outcome.message})" if outcome.message else "") + delivery_text(outcome), flush=True)
 
         def report(received):
+            # Journalled (fsynced) before the callback returns, and so before the gateway answers Success.
+            acknowledgements.acknowledged(received.key)
             pipeline(received)
             future = pipeline.futures[received.key]
+
             def done(f):
                 outcome = f.result()
-                print(f"study {received.study_id}: {outcome.status}" + (f" ({outcome.message})" if outcome.message else "") + delivery_text(outcome), flush=True)
+                acknowledgements.ended(outcome)
+                show(outcome)
 
             future.add_done_callback(done)
+
+        if backlog.entries:
+            print(f"finishing {len(backlog.entries)} stud{'y' if len(backlog.entries) == 1 else 'ies'} an earlier run or gateway left unfinished",
+                  flush=True)
+            pipeline.pool.submit(runtime.resume, show, backlog)
 
         # SIGTERM stops it as cleanly as Ctrl-C: servers closed, studies finished.
         with sigterm_as_ctrl_c(), Gateway(settings, store=runtime.store, on_stored=report) as gateway:
@@ -343,6 +439,7 @@ def cmd_gateway(args: argparse.Namespace) -> int:
             except KeyboardInterrupt:
                 pass
         pipeline.close()
+        acknowledgements.close()
     return 0
 
 
@@ -360,6 +457,8 @@ def cmd_export(args: argparse.Namespace) -> int:
 
     # The environment's backend: local folders by default; RADSTREAM_BACKEND=aws with RESULTS_BUCKET replays a stack's letters.
     base = Settings.from_env()
+    if base.backend == "local":
+        require_data_dir(args.data_dir, "export")
     settings = with_destinations(base.model_copy(update={"data_dir": Path(args.data_dir)}) if base.backend == "local" else base, args)
     store = wiring.object_store(settings)
     try:
@@ -390,7 +489,7 @@ def add_run_options(p: argparse.ArgumentParser) -> None:
     p.add_argument("--data-dir", default="radstream-data", help="folder holding the local buckets (default: ./radstream-data)")
     p.add_argument("--triton-url", help="serve models from Triton (http://host:8000 or grpc://host:8001) instead of in-process ONNX Runtime")
     p.add_argument("--model-repository", help="Triton model repository (default: services/triton/model_repository)")
-    p.add_argument("--workers", type=int, default=2, help="studies run at once (default 2)")
+    p.add_argument("--workers", type=positive_int, default=2, help="studies run at once (default 2)")
     p.add_argument("--json", action="store_true", help="print a machine-readable summary instead of the table")
     p.add_argument("--quiet", action="store_true", help="no progress bar")
 
@@ -409,7 +508,7 @@ def parser() -> argparse.ArgumentParser:
     resume.set_defaults(func=cmd_resume)
 
     demo = sub.add_parser("demo", help="generate synthetic demo studies (some broken on purpose) and run them")
-    demo.add_argument("--count", type=int, default=None, help="valid studies to generate (default 12; with --pacs 3)")
+    demo.add_argument("--count", type=non_negative_int, default=None, help="valid studies to generate (default 12; with --pacs 3)")
     demo.add_argument("--out", help="where to write the studies (default: DATA_DIR/demo-studies)")
     demo.add_argument("--valid-only", action="store_true", help="skip the broken-on-purpose studies")
     demo.add_argument("--pacs", action="store_true", help="start Orthanc (`make orthanc`) and the gateway, send DICOM demo studies with storescu, "
@@ -420,9 +519,9 @@ def parser() -> argparse.ArgumentParser:
 
     serve = sub.add_parser("serve-models", help="start a local Triton server on the model repository")
     serve.add_argument("--model-repository")
-    serve.add_argument("--http-port", type=int, default=8000)
-    serve.add_argument("--grpc-port", type=int, default=8001)
-    serve.add_argument("--metrics-port", type=int, default=8002)
+    serve.add_argument("--http-port", type=port, default=8000)
+    serve.add_argument("--grpc-port", type=port, default=8001)
+    serve.add_argument("--metrics-port", type=port, default=8002)
     serve.add_argument("--model-config-name", metavar="NAME",
                        help="serve each model's configs/NAME.pbtxt where it has one (gpu: KIND_GPU, CUDA/TensorRT; "
                             "needs a GPU and onnxruntime-gpu), as tritonserver --model-config-name does on EKS")
@@ -443,8 +542,8 @@ def parser() -> argparse.ArgumentParser:
     trace.set_defaults(func=cmd_trace)
 
     gateway = sub.add_parser("gateway", help="start the DICOM gateway (C-ECHO/C-STORE SCP, STOW-RS) and run what it receives through the local pipeline")
-    gateway.add_argument("--dimse-port", type=int, default=0, help="DIMSE port (default: a free one)")
-    gateway.add_argument("--http-port", type=int, default=0, help="STOW-RS port (default: a free one)")
+    gateway.add_argument("--dimse-port", type=port, default=0, help="DIMSE port (default: a free one)")
+    gateway.add_argument("--http-port", type=port, default=0, help="STOW-RS port (default: a free one)")
     add_destination_options(gateway)
     add_run_options(gateway)
     gateway.set_defaults(func=cmd_gateway)
@@ -462,16 +561,81 @@ def parser() -> argparse.ArgumentParser:
     return root
 
 
+def own_usage(root: argparse.ArgumentParser) -> None:
+    """Each subcommand's parser remembers itself (`_parser`), so a bad flag shows that subcommand's usage, not the top's."""
+    stack = [root]
+    while stack:
+        current = stack.pop()
+        current.set_defaults(_parser=current)
+        for action in current._actions:
+            if isinstance(action, argparse._SubParsersAction):
+                stack.extend(action.choices.values())
+
+
+def describe_os_error(e: OSError) -> str:
+    """An environment fault in one line: what was refused, where, and what to do; no traceback."""
+    import errno
+    import os
+
+    name = errno.errorcode.get(e.errno or 0, type(e).__name__)
+    where = f" {e.filename}" if e.filename else ""
+    advice = {errno.ENOSPC: "the disk is full: free space", errno.EDQUOT: "the disk quota is spent: free space",
+              errno.EROFS: "the disk is read-only: choose a writable --data-dir", errno.EACCES: "permission denied: choose a --data-dir you can write",
+              errno.EPERM: "not permitted: choose a --data-dir you can write", errno.ENOTDIR: "a path in --data-dir is a file, not a folder",
+              errno.EIO: "the disk failed to read or write"}.get(e.errno or 0, "the system refused")
+    return f"{advice} ({name}: {os.strerror(e.errno) if e.errno else e}){where}"
+
+
+def keep_stdout_for_output() -> None:
+    """The local telemetry sink warns from its own timer thread, where no study's log file is in force, and the lake
+    names the objects it quarantines: the operator's warnings (stderr), never mixed into the table or the one JSON
+    document on stdout."""
+    import logging
+
+    class Stderr(logging.StreamHandler):
+        @property  # type: ignore[override]
+        def stream(self):  # whatever sys.stderr is at the time of the line
+            return sys.stderr
+
+        @stream.setter
+        def stream(self, value) -> None:
+            pass
+
+    for name in ("radstream.telemetry", "radstream.lake"):
+        own = logging.getLogger(name)
+        if own.propagate:
+            own.propagate = False
+            own.addHandler(Stderr())
+
+
 def main(argv: list[str] | None = None) -> int:
-    args = parser().parse_args(argv)
+    keep_stdout_for_output()
+    root = parser()
+    own_usage(root)
+    args, extra = root.parse_known_args(argv)
+    if extra:
+        args._parser.error(f"unrecognized arguments: {' '.join(extra)}")
+    resumable = hasattr(args, "workers") and args.func in (cmd_run, cmd_resume, cmd_demo)
+    hint = f"; then `{resume_command(args)}` finishes what was not run" if resumable else ""
     try:
         return args.func(args)
+    except StorageUnavailable as e:  # a full, read-only or failing disk under the data dir: the environment, not a study
+        print(f"radstream: {e}{hint}", file=sys.stderr)
+        return EXIT_USAGE
     except RadStreamError as e:
         print(f"radstream: {e}", file=sys.stderr)
         return EXIT_USAGE
     except KeyboardInterrupt:  # a second Ctrl-C while in-flight studies were finishing: those stay unfinished in the journal
-        print("radstream: interrupted; `radstream resume` finishes what was not run", file=sys.stderr)
+        print(f"radstream: interrupted; `{resume_command(args)}` finishes what was not run" if resumable else "radstream: interrupted",
+              file=sys.stderr)
         return EXIT_INTERRUPTED
+    except BrokenPipeError:
+        stdout_closed()
+        print("radstream: stdout closed before the output was all printed", file=sys.stderr)
+        return EXIT_USAGE
+    except OSError as e:
+        print(f"radstream: {describe_os_error(e)}", file=sys.stderr)
+        return EXIT_USAGE
 
 
 if __name__ == "__main__":

@@ -25,6 +25,7 @@ import gzip
 import json
 import os
 import struct
+import sys
 import time
 import uuid
 from collections.abc import Callable, Iterator
@@ -32,7 +33,8 @@ from contextlib import contextmanager
 from dataclasses import dataclass, field
 from pathlib import Path
 
-from radstream.analytics import PARTITION_COLUMNS, DuckDBQueryRunner, cache_path, json_source, partition_digest
+from radstream.analytics import (PARTITION_COLUMNS, QUARANTINE_DIR, DuckDBQueryRunner, cache_path, check_lake, json_source, named_object,
+                                 partition_digest, quarantine_object, read_lake_object)
 from shared.atomicfile import atomic_write, sweep_staging
 from shared.errors import ConfigurationError
 from shared.storage import LocalObjectStore, disk_errors
@@ -55,6 +57,7 @@ class CompactionReport:
     buffers_recovered: int = 0
     intents_finished: int = 0
     columnar_written: int = 0  # partitions whose columnar copy (.cache/…/<digest>.parquet) was (re)written
+    quarantined: list[str] = field(default_factory=list)  # unreadable objects moved to .quarantine/ (skipped, kept)
     seconds: float = 0.0
     details: list[dict] = field(default_factory=list)
 
@@ -97,13 +100,13 @@ def _partitions(lake_root: Path) -> list[Path]:
     return sorted(p for p in (lake_root / LAKE_PREFIX).glob("dt=*/hour=*") if p.is_dir())
 
 
-def _groups(small: list[Path], target_bytes: int) -> list[list[Path]]:
+def _groups(small: list[Path], sizes: dict[Path, int], target_bytes: int) -> list[list[Path]]:
     """Consecutive runs of small objects, each run's uncompressed total within the target."""
     groups: list[list[Path]] = []
     current: list[Path] = []
     total = 0
     for path in small:
-        size = uncompressed_size(path)
+        size = sizes[path]
         if current and total + size > target_bytes:
             groups.append(current)
             current, total = [], 0
@@ -114,29 +117,40 @@ def _groups(small: list[Path], target_bytes: int) -> list[list[Path]]:
     return [g for g in groups if len(g) > 1]
 
 
-def _merge(lake_root: Path, folder: Path, staging: Path, group: list[Path]) -> tuple[int, int]:
-    inputs = [p.relative_to(lake_root).as_posix() for p in group]
-    digest = uuid.uuid5(_NAMESPACE, "\n".join(inputs))
-    output = f"{group[0].parent.relative_to(lake_root).as_posix()}/{STREAM_NAME}-compacted-{time.strftime('%Y-%m-%d-%H-%M-%S', time.gmtime())}-{digest}.json.gz"
+def _merge(lake_root: Path, folder: Path, staging: Path, group: list[Path], quarantined: list[str]) -> tuple[int, int, int]:
+    """Merge a group of objects into one; an input that does not read whole is quarantined and left out. Returns
+    (lines written, repeated lines dropped, inputs merged away)."""
     seen: set[bytes] = set()
     lines: list[bytes] = []
     dropped = 0
+    readable = []
     for path in group:
-        for line in gzip.decompress(path.read_bytes()).splitlines(keepends=True):
-            if not line.endswith(b"\n"):
-                line += b"\n"
+        try:
+            records = read_lake_object(path)
+        except (ValueError, OSError) as e:
+            quarantined.append(quarantine_object(lake_root, path, str(e)))
+            continue
+        readable.append(path)
+        for line in records:
+            line += b"\n"
             if line in seen:
                 dropped += 1
                 continue
             seen.add(line)
             lines.append(line)
+    if len(readable) < 2:
+        return 0, 0, 0
+    group = readable
+    inputs = [p.relative_to(lake_root).as_posix() for p in group]
+    digest = uuid.uuid5(_NAMESPACE, "\n".join(inputs))
+    output = f"{group[0].parent.relative_to(lake_root).as_posix()}/{STREAM_NAME}-compacted-{time.strftime('%Y-%m-%d-%H-%M-%S', time.gmtime())}-{digest}.json.gz"
     intent = folder / f"{digest}.json"
     atomic_write(intent, json.dumps({"output": output, "inputs": inputs}).encode(), staging)
     atomic_write(lake_root / output, gzip.compress(b"".join(lines), compresslevel=6, mtime=0), staging)
     for path in group:
         path.unlink(missing_ok=True)
     intent.unlink()
-    return len(lines), dropped
+    return len(lines), dropped, len(group) - 1
 
 
 def _columnar_connection():
@@ -147,7 +161,21 @@ def _columnar_connection():
     return con
 
 
-def _write_columnar(lake_root: Path, partition: Path, staging: Path, con, columns: dict[str, str]) -> int:
+def _write_columnar(lake_root: Path, partition: Path, staging: Path, con, columns: dict[str, str], quarantined: list[str]) -> int:
+    """_write_one_columnar, moving aside each object DuckDB names as unreadable and trying again without it."""
+    import duckdb
+
+    while True:
+        try:
+            return _write_one_columnar(lake_root, partition, staging, con, columns)
+        except duckdb.Error as e:
+            bad = named_object(lake_root, e)
+            if bad is None:
+                raise
+            quarantined.append(quarantine_object(lake_root, bad, type(e).__name__))
+
+
+def _write_one_columnar(lake_root: Path, partition: Path, staging: Path, con, columns: dict[str, str]) -> int:
     """The partition's records as one Parquet file named for what the partition holds now (its objects' names and
     sizes): DuckDBQueryRunner reads it instead of the gzip NDJSON objects while the partition holds exactly those.
     Derived data only: a partition that changes later is read from its objects again until the next compaction."""
@@ -192,18 +220,25 @@ def compact(
         report.partitions = len(partitions)
         for done, partition in enumerate(partitions, 1):
             files = sorted(partition.glob("*.json.gz"))
-            small = [p for p in files if uncompressed_size(p) < target_bytes // 2]
-            groups = _groups(small, target_bytes)
             report.files_before += len(files)
+            quarantined_before = len(report.quarantined)
+            sizes = {}
+            for path in files:
+                try:
+                    sizes[path] = uncompressed_size(path)
+                except (OSError, struct.error):  # shorter than a gzip trailer: emptied or cut by a crash
+                    report.quarantined.append(quarantine_object(lake_root, path, "shorter than a gzip stream"))
+            small = [p for p in sizes if sizes[p] < target_bytes // 2]
+            groups = _groups(small, sizes, target_bytes)
             merged_away = 0
             for group in groups:
-                written, dropped = _merge(lake_root, folder, staging, group)
+                written, dropped, merged = _merge(lake_root, folder, staging, group, report.quarantined)
                 report.records += written
                 report.repeated_lines_dropped += dropped
-                merged_away += len(group) - 1
-            report.files_after += len(files) - merged_away
+                merged_away += merged
             if columnar:
-                report.columnar_written += _write_columnar(lake_root, partition, staging, con, columns)
+                report.columnar_written += _write_columnar(lake_root, partition, staging, con, columns, report.quarantined)
+            report.files_after += len(files) - merged_away - (len(report.quarantined) - quarantined_before)
             if groups:
                 report.compacted += 1
                 report.details.append({"partition": partition.relative_to(lake_root / LAKE_PREFIX).as_posix(),
@@ -230,18 +265,48 @@ def add_lake_parser(subparsers: argparse._SubParsersAction) -> None:
     p.add_argument("--json", action="store_true", help="print the report as JSON")
     p.add_argument("--quiet", action="store_true", help="no progress bar")
     p.set_defaults(func=cmd_compact)
+    check = lake_sub.add_parser(
+        "check", help="read every telemetry object whole; move each unreadable one to .quarantine/ and name it",
+        description="Read each gzip NDJSON object of the lake whole. One that is torn, zero-filled or not records (what a crash of "
+                    "the machine or a failing disk can leave) is moved to <lake>/.quarantine/ (kept) and named; the queries answer "
+                    "from the rest. Exit 1 when something was quarantined, now or before.",
+    )
+    check.add_argument("--data-dir", default="radstream-data", help="folder holding the local buckets (default: ./radstream-data)")
+    check.add_argument("--json", action="store_true", help="print the result as JSON")
+    check.set_defaults(func=cmd_check)
+
+
+def _lake_root(data_dir: str) -> Path:
+    from radstream.cli import require_data_dir
+    from shared.settings import Settings
+
+    lake_root = require_data_dir(data_dir, "maintain") / Settings.from_env().telemetry_bucket
+    if not (lake_root / LAKE_PREFIX).is_dir() and not (lake_root / ".buffer").is_dir():
+        raise ConfigurationError(f"no telemetry lake under {lake_root}")
+    return lake_root
+
+
+def cmd_check(args: argparse.Namespace) -> int:
+    lake_root = _lake_root(args.data_dir)
+    with disk_errors(f"checking the lake {lake_root}"):
+        checked, bad = check_lake(lake_root)
+        held = sorted(p.relative_to(lake_root / QUARANTINE_DIR).as_posix() for p in (lake_root / QUARANTINE_DIR).rglob("*") if p.is_file())
+    if args.json:
+        print(json.dumps({"lake": str(lake_root), "objects_read": checked, "quarantined_now": [{"object": o, "why": w} for o, w in bad],
+                          "quarantine": held}, indent=2))
+    else:
+        for obj, why in bad:
+            print(f"quarantined {obj}: {why}")
+        print(f"{lake_root}: {checked} objects read, {len(bad)} unreadable moved aside now; "
+              f"{len(held)} object(s) in {lake_root / QUARANTINE_DIR}" + (f": {', '.join(held)}" if held else ""))
+    return 1 if held else 0
 
 
 def cmd_compact(args: argparse.Namespace) -> int:
     from rich.console import Console
     from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeElapsedColumn
 
-    from shared.settings import Settings
-
-    settings = Settings.from_env()
-    lake_root = Path(args.data_dir) / settings.telemetry_bucket
-    if not (lake_root / LAKE_PREFIX).is_dir() and not (lake_root / ".buffer").is_dir():
-        raise ConfigurationError(f"no telemetry lake under {lake_root}")
+    lake_root = _lake_root(args.data_dir)
     target = int(args.target_mb * 1024 * 1024)
     console = Console(stderr=True)
     if args.quiet or args.json:
@@ -254,6 +319,8 @@ def cmd_compact(args: argparse.Namespace) -> int:
                 bar.update(task, completed=done, total=total, description=f"compacting {partition}")
 
             report = compact(lake_root, target_bytes=target, columnar=not args.no_columnar, progress=progress)
+    for obj in report.quarantined:  # stderr: stdout keeps the report
+        print(f"radstream lake compact: {obj} is unreadable: moved to {lake_root / QUARANTINE_DIR / obj} and skipped", file=sys.stderr)
     if args.json:
         print(json.dumps(report.__dict__, indent=2))
         return 0

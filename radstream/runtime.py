@@ -24,12 +24,12 @@ from typing import Any
 
 from radstream.asl import ExecutionResult, Retrier, StateMachine, StatesError, TaskContext, parse_retriers
 from radstream.eventpattern import apply_input_transformer, matches
-from radstream.journal import Journal, JournalEntry, unfinished
+from radstream.journal import Journal, JournalEntry, recover
 from radstream.template import DEFAULT_TEMPLATE, Template
 from radstream.traces import write_trace
 from shared import wiring
 from shared.atomicfile import staging_dir, sweep_staging
-from shared.contracts import FailureRecord, ObjectRef
+from shared.contracts import FailureRecord, ObjectRef, StudyResult
 from shared.errors import ConfigurationError, FailureNotRecorded, ObjectNotFound, RadStreamError, StorageUnavailable, StudyConflict, is_transient
 from shared.messages import INCOMING, study_id_from_key
 from shared.metrics import LocalEmfFile
@@ -143,6 +143,46 @@ def study_files(folder: Path) -> list[Path]:
 
 
 @dataclass
+class ResumePlan:
+    entries: list[JournalEntry]
+    warnings: list[str] = field(default_factory=list)
+    recovered: dict[str, int] = field(default_factory=dict)
+
+
+class Acknowledgements:
+    """The gateway's side of the journal: an instance is journalled (fsynced) when it is stored, before the gateway
+    answers Success, and its outcome when its run ends. A gateway killed in between (even after StoreResults, before
+    SendTelemetry) leaves the instance unfinished in the journal, so the next start (or `radstream resume`) runs it
+    again under the same rules as `run`'s studies, result or no result."""
+
+    def __init__(self, journal: Journal, images_bucket: str) -> None:
+        self.journal = journal
+        self.images_bucket = images_bucket
+
+    def acknowledged(self, key: str) -> None:
+        self.journal.planned(JournalEntry(study_id_from_key(key), f"s3://{self.images_bucket}/{key}"))
+
+    def ended(self, outcome: StudyOutcome) -> None:
+        try:
+            self.journal.ended(outcome.study_id, outcome.source, outcome.status, outcome.error_type, recorded=outcome.output is not None)
+        except OSError:
+            pass  # without its line, the next start runs it once more (a run is idempotent)
+
+    def close(self) -> None:
+        self.journal.close()
+
+
+def _errno_name(error: BaseException) -> str:
+    """ENOSPC, EROFS…: the errno behind an error (or its cause), never its message (a path could name a patient's study)."""
+    import errno
+
+    for e in (error, error.__cause__):
+        if isinstance(e, OSError) and e.errno:
+            return errno.errorcode.get(e.errno, str(e.errno))
+    return "no errno"
+
+
+@dataclass
 class RunReport:
     """What a run or a resume did: an outcome per study that ran, and the studies it did not reach."""
 
@@ -150,6 +190,10 @@ class RunReport:
     not_run: list[str] = field(default_factory=list)
     interrupted: bool = False
     journal: Path | None = None
+    # What resume could not take on trust, in words (a torn journal line, a record moved aside), and what it found
+    # by looking itself; the CLI prints them to stderr.
+    warnings: list[str] = field(default_factory=list)
+    recovered: dict[str, int] = field(default_factory=dict)
 
 
 def storage_retrier(definition: dict[str, Any], state: str = "ValidateMetadata") -> Retrier:
@@ -239,6 +283,7 @@ class LocalRuntime:
         self._bindings: dict[str, tuple[StageHandler[Any], Any]] = {}
         self._dependencies: dict[Any, Any] = {}
         self._lock = threading.Lock()
+        self.close_warnings: list[str] = []
 
     def __enter__(self) -> "LocalRuntime":
         return self
@@ -247,10 +292,18 @@ class LocalRuntime:
         self.close()
 
     def close(self) -> None:
+        """Close what the runtime opened. Never raises: a disk that filled during the run must not cost the caller its
+        summary; what could not be closed (telemetry left buffered for the next start, say) is in `close_warnings`."""
         with self._lock:
             dependencies, self._dependencies, self._bindings = list(self._dependencies.values()), {}, {}
-        wiring.close_all(*dependencies, self.store, self._metrics)
-        self._log_file.close()
+        for resource in (*dependencies, self.store, self._metrics, self._log_file):
+            try:
+                with logs_to(self._log_file if not self._log_file.closed else None):  # what closing logs is the run's, not stdout's
+                    wiring.close_all(resource)
+            except Exception as e:  # noqa: BLE001 - each one closed or named; the studies' records are already written
+                name = type(resource).__name__
+                self.close_warnings.append(f"{name} not closed cleanly ({type(e).__name__}: {_errno_name(e)}); "
+                                           "buffered telemetry is delivered by the next start")
 
     def binding(self, resource: str) -> tuple[StageHandler[Any], Any]:
         """The handler a task resource names (ImageConfig.Command) and its dependencies, built once from this runtime's settings."""
@@ -496,20 +549,106 @@ class LocalRuntime:
             for folder, study_id, error in planned
         ]
 
-    def run_many(self, folders: Iterable[Path], on_done: Callable[[StudyOutcome], None] | None = None) -> RunReport:
-        """Run study folders, journalled: what was asked is written before anything runs (see radstream/journal.py)."""
+    def run_many(self, folders: Iterable[Path], on_done: Callable[[StudyOutcome], None] | None = None, root: Path | None = None) -> RunReport:
+        """Run study folders, journalled: what was asked is written before anything runs (see radstream/journal.py).
+
+        `root`: the PATH the folders were found under; every line of the journal names it, so a resume whose journal
+        lost lines can look there for the studies it no longer names.
+        """
         planned = [(str(folder), study_id, error) for folder, study_id, error in self.plan(folders)]
-        entries = [JournalEntry(study_id or folder_study_id(Path(source)), source) for source, study_id, _ in planned]
+        root_text = str(Path(root).resolve()) if root is not None else None
+        entries = [JournalEntry(study_id or folder_study_id(Path(source)), source, root_text) for source, study_id, _ in planned]
         return self._journalled("run", entries, planned, on_done)
 
-    def resume(self, on_done: Callable[[StudyOutcome], None] | None = None) -> RunReport:
-        """Run every study a journal names without a terminal outcome, and every upload with neither result nor failure record."""
-        entries = unfinished(self.journal_dir)
-        named = {e.study_id for e in entries}
-        entries += [JournalEntry(study_id_from_key(key), f"s3://{self.settings.images_bucket}/{key}")
-                    for key in self.pending() if study_id_from_key(key) not in named]
-        planned: list[tuple[str, str | None, Exception | None]] = [(e.source, e.study_id, None) for e in entries]
-        return self._journalled("resume", entries, planned, on_done)
+    def resume(self, on_done: Callable[[StudyOutcome], None] | None = None, plan: ResumePlan | None = None) -> RunReport:
+        """Run every study a journal names without a terminal outcome, every one whose record does not check, and every
+        upload with neither result nor failure record. What the journals cannot say (lines lost to a crash or a failing
+        disk) is looked for in the study folders they name and in the uploads; the report says what was found there.
+
+        `plan`: one `plan_resume` made earlier (the gateway plans before it listens, then runs the plan beside new work)."""
+        plan = plan or self.plan_resume()
+        planned: list[tuple[str, str | None, Exception | None]] = [(e.source, e.study_id, None) for e in plan.entries]
+        report = self._journalled("resume", plan.entries, planned, on_done)
+        report.warnings = plan.warnings + report.warnings
+        report.recovered = plan.recovered
+        return report
+
+    def plan_resume(self) -> ResumePlan:
+        """What `resume` would run now, and what it had to say about the journals and records it could not trust."""
+        recovery = recover(self.journal_dir)
+        warnings = list(recovery.warnings)
+        states: dict[str, str | None] = {}
+
+        def state(study_id: str) -> str | None:
+            if study_id not in states:
+                try:
+                    states[study_id] = self.record_state(study_id, warnings)
+                except StorageUnavailable:  # unreadable now: run it again (a run is idempotent) rather than stop the resume
+                    states[study_id] = None
+            return states[study_id]
+
+        entries = list(recovery.unfinished)
+        entries += [e for e in recovery.finished.values() if state(e.study_id) not in ("result", "permanent")]
+        named = {e.study_id for e in entries} | set(recovery.finished)
+        from_folders = 0
+        for root in sorted(recovery.roots):
+            try:
+                folders = find_studies(Path(root))
+            except (ConfigurationError, OSError):
+                warnings.append(f"{root}: named by a damaged journal, but it holds no study folder now")
+                continue
+            for folder in folders:
+                try:
+                    study_id = self.study_id(folder)
+                except Exception:  # noqa: BLE001 - a folder that cannot be planned is run, and fails with its own record
+                    study_id = folder_study_id(folder)
+                if study_id not in named and state(study_id) not in ("result", "permanent"):
+                    entries.append(JournalEntry(study_id, str(folder), root))
+                    from_folders += 1
+                named.add(study_id)
+        from_uploads = [JournalEntry(study_id_from_key(key), f"s3://{self.settings.images_bucket}/{key}")
+                        for key in self.pending(state) if study_id_from_key(key) not in named]
+        entries += from_uploads
+        if recovery.roots or recovery.blind:
+            warnings.append(f"recovered {from_folders} unfinished stud{'y' if from_folders == 1 else 'ies'} from the study folders "
+                            f"under {', '.join(sorted(recovery.roots)) or '(none named)'} and {len(from_uploads)} from the uploads")
+        return ResumePlan(entries, warnings, {"from_folders": from_folders, "from_uploads": len(from_uploads)})
+
+    def acknowledgements(self) -> Acknowledgements:
+        """A journal of the instances a gateway acknowledges, for this runtime's data dir (see Acknowledgements)."""
+        return Acknowledgements(Journal(self.journal_dir, "gateway", []), self.settings.images_bucket)
+
+    def record_state(self, study_id: str, warnings: list[str] | None = None) -> str | None:
+        """"result", "permanent" or "transient" (its failure record), or None (no record): only a record that parses
+        and matches its schema counts. One that does not is moved aside (`quarantine/<study_id>/…`, kept, never deleted)
+        and named in `warnings`; the study then has no record, so resume runs it again."""
+        bucket = self.settings.results_bucket
+        for key, model in ((f"results/{study_id}/result.json", StudyResult), (f"failed/{study_id}/error.json", FailureRecord)):
+            try:
+                data = self.store.get_bytes(bucket, key)
+            except ObjectNotFound:
+                continue
+            try:
+                record = model.model_validate_json(data)
+                if record.study_id != study_id:
+                    raise ValueError("study_id")
+            except ValueError:
+                moved = self.quarantine(bucket, key, data)
+                if warnings is not None:
+                    warnings.append(f"{self._location(bucket, key)} does not parse or match its schema: moved to {moved}; the study is run again")
+                continue
+            if isinstance(record, StudyResult):
+                return "result"
+            return "transient" if is_transient(record.error_type) else "permanent"
+        return None
+
+    def quarantine(self, bucket: str, key: str, data: bytes) -> str:
+        """Move a damaged record aside, under quarantine/<study_id>/<UTC time>-<name>, in the same bucket."""
+        study_id, name = key.split("/")[1], key.rsplit("/", 1)[-1]
+        target = f"quarantine/{study_id}/{datetime.now(timezone.utc):%Y%m%dT%H%M%S%f}-{name}"
+        self.store.put_bytes(bucket, target, data)
+        self.store.delete(bucket, key)
+        return self._location(bucket, target)
 
     @property
     def journal_dir(self) -> Path:
@@ -517,7 +656,9 @@ class LocalRuntime:
 
     def _journalled(self, command: str, entries: list[JournalEntry], planned: list[tuple[str, str | None, Exception | None]],
                     on_done: Callable[[StudyOutcome], None] | None) -> RunReport:
-        journal = Journal(self.journal_dir, command, entries)
+        journal = Journal(self.journal_dir, command, entries, roots=[e.root for e in entries if e.root])
+        roots = {e.source: e.root for e in entries}
+        lost_lines: list[str] = []
 
         def run_one(item: tuple[str, str | None, Exception | None]) -> StudyOutcome:
             source, study_id, error = item
@@ -538,8 +679,10 @@ class LocalRuntime:
             except Exception as e:  # noqa: BLE001 - finding a resumed study's input failed (a store outage): its own record
                 outcome = self.refused(source, named, "runtime", e)
             try:
-                journal.ended(outcome.study_id, outcome.source, outcome.status, outcome.error_type, recorded=outcome.output is not None)
+                journal.ended(outcome.study_id, outcome.source, outcome.status, outcome.error_type, recorded=outcome.output is not None,
+                              root=roots.get(source))
             except OSError as e:  # the study is done; without its line, resume runs it once more (idempotent)
+                lost_lines.append(outcome.study_id)
                 with logs_to(self._log_file):
                     logger.warning("journal line not written", study_id=outcome.study_id, error_type=type(e).__name__)
             return outcome
@@ -550,34 +693,34 @@ class LocalRuntime:
             journal.close()
         report.journal = journal.path
         report.not_run = [entries[i].study_id for i in report.not_run]  # type: ignore[index]
+        if lost_lines:
+            report.warnings.append(f"{len(lost_lines)} journal line(s) not written (the disk refused them): "
+                                   "`radstream resume` runs those studies once more")
         return report
 
     def _uploaded_key(self, study_id: str) -> str | None:
         keys = [k for k in self.store.list_keys(self.settings.images_bucket, f"{INCOMING}{study_id}/") if k.endswith((".json", ".dcm"))]
         return keys[0] if len(keys) == 1 else None
 
-    def pending(self) -> list[str]:
-        """Uploads that start a run (by the template's rule) whose study has no result and no failure record, or only a transient one.
+    def pending(self, state: Callable[[str], str | None] | None = None) -> list[str]:
+        """Uploads that start a run (by the template's rule) whose study has no result and no failure record, or only a
+        transient one, or one that does not check (`record_state`, or the `state` the caller keeps).
 
         What a crash between upload and result, or an outage, leaves behind; `resume` runs them again.
         """
-        bucket, results = self.settings.images_bucket, self.settings.results_bucket
+        bucket = self.settings.images_bucket
         keys = []
         for key in self.store.list_keys(bucket, INCOMING):
             head = self.store.head(bucket, key)
             if head is None or not self.route(s3_event(bucket, key, head.size)):
                 continue
             study_id = study_id_from_key(key)
-            if self.store.head(results, f"results/{study_id}/result.json"):
-                continue
-            if self.store.head(results, f"failed/{study_id}/error.json"):
-                try:
-                    record = json.loads(self.store.get_bytes(results, f"failed/{study_id}/error.json"))
-                except (StorageUnavailable, ValueError):
-                    record = {}  # unreadable now: run it again (a run is idempotent) rather than stop the whole resume
-                if record and not is_transient(record.get("error_type")):
-                    continue
-            keys.append(key)
+            try:
+                known = (state or self.record_state)(study_id)
+            except StorageUnavailable:
+                known = None  # unreadable now: run it again (a run is idempotent) rather than stop the whole resume
+            if known not in ("result", "permanent"):
+                keys.append(key)
         return keys
 
     def _map(self, run: Callable[[Any], StudyOutcome], items: list[Any], on_done: Callable[[StudyOutcome], None] | None) -> RunReport:

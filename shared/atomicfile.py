@@ -1,10 +1,17 @@
-"""Whole-or-nothing file writes for the embedded store, and the sweep of what a killed writer left behind.
+"""Whole-or-nothing, durable file writes for the embedded store, and the sweep of what a killed writer left behind.
 
 A write goes to a temp file in one staging folder beside the data (same filesystem, so the rename is
-atomic) and is renamed onto its target. A SIGKILL or power cut between the two leaves only a temp file in
-the staging folder, never a half-written object and never debris beside a result. Each temp file is named
-for the process that writes it, so `sweep_staging` removes the leftovers of dead writers only and never a
-file that a live process (another runtime on the same data dir) is about to rename.
+atomic), is fsynced, renamed onto its target, and the target's folder is fsynced: once `atomic_write` returns,
+a power cut or an operating-system crash leaves the whole new file, and before that the whole old one (or none),
+never a torn or zero-filled one. A SIGKILL or power cut before the rename leaves only a temp file in the staging
+folder, never a half-written object and never debris beside a result. Each temp file is named for the process
+that writes it, so `sweep_staging` removes the leftovers of dead writers only and never a file that a live
+process (another runtime on the same data dir) is about to rename. `append_durably` is the same promise for a
+journal line: written whole, then fsynced before the caller goes on.
+
+RADSTREAM_SYNC_LOG (tests and benchmarks/crash_bench.py only): a file that each durable write appends
+`<path>\t<inode>\t<size>\t<mtime_ns>` to once its bytes are on disk, so a crash simulator knows what an OS crash could
+not touch (a file whose inode, size and mtime still match a line; of an appended file, the first <size> bytes).
 """
 from __future__ import annotations
 
@@ -16,6 +23,7 @@ from pathlib import Path
 from typing import BinaryIO
 
 STAGING = ".staging"
+SYNC_LOG = "RADSTREAM_SYNC_LOG"
 _serial = itertools.count()  # next() on a count is atomic under the GIL: one name per write in this process
 _CREATE = os.O_WRONLY | os.O_CREAT | os.O_EXCL | getattr(os, "O_CLOEXEC", 0)
 
@@ -24,18 +32,101 @@ def staging_dir(root: Path) -> Path:
     return Path(root) / STAGING
 
 
-def atomic_write(target: Path, data: bytes, staging: Path) -> None:
-    """Write `data` to `target` whole or not at all (temp file in `staging`, then rename)."""
-    _atomically(target, staging, lambda fd: _write_all(fd, data))
+def atomic_write(target: Path, data: bytes, staging: Path, *, durable: bool = True) -> None:
+    """Write `data` to `target` whole or not at all (temp file in `staging`, fsync, rename, fsync of the folder).
+
+    `durable=False` only for files nothing is promised on (a trace): whole or nothing against a kill, not a power cut.
+    """
+    _atomically(target, staging, lambda fd: _write_all(fd, data), durable)
 
 
 def atomic_copy(source: BinaryIO, target: Path, staging: Path) -> int:
     """Copy an open file to `target` whole or not at all, in the kernel (copy_file_range) where the filesystem
-    allows, so a big image never passes through Python; returns the bytes copied."""
-    return _atomically(target, staging, lambda fd: _copy_into(source, fd))
+    allows, so a big image never passes through Python; returns the bytes copied. Durable as atomic_write."""
+    return _atomically(target, staging, lambda fd: _copy_into(source, fd), True)
 
 
-def _atomically(target: Path, staging: Path, fill: Callable[[int], int]) -> int:
+def create_once(target: Path, data: bytes, staging: Path) -> bool:
+    """Create `target` whole and durable unless it exists (the first writer wins, as O_EXCL): written and fsynced under a
+    temp name, then hard-linked to its name. Returns whether this call created it. The temp file has mode 0600."""
+    tmp = Path(staging) / f"{os.getpid()}-{next(_serial)}"
+    make_dirs(Path(staging))
+    fd = os.open(tmp, _CREATE, 0o600)
+    try:
+        try:
+            _write_all(fd, data)
+            os.fsync(fd)
+            _record_sync(target, fd)
+        finally:
+            os.close(fd)
+        make_dirs(Path(target).parent)
+        try:
+            os.link(tmp, target)
+        except FileExistsError:
+            return False
+        fsync_dir(Path(target).parent)
+        return True
+    finally:
+        tmp.unlink(missing_ok=True)
+
+
+def append_durably(fd: int, data: bytes, path: Path | str) -> None:
+    """Append whole lines to an open file (O_APPEND) and fsync it before returning: a journal's write-ahead step."""
+    _write_all(fd, data)
+    os.fsync(fd)
+    _record_sync(path, fd)
+
+
+def fsync_dir(folder: Path | str) -> None:
+    """Make a folder's entries (a rename, a new file, a new subfolder) survive a power cut."""
+    fd = os.open(folder, os.O_RDONLY | getattr(os, "O_DIRECTORY", 0))
+    try:
+        os.fsync(fd)
+    finally:
+        os.close(fd)
+
+
+def make_dirs(folder: Path) -> None:
+    """mkdir -p whose new folders survive a power cut: each new folder's entry is fsynced in its parent."""
+    missing: list[Path] = []
+    current = Path(folder)
+    while not current.is_dir():
+        missing.append(current)
+        current = current.parent
+    for new in reversed(missing):
+        try:
+            new.mkdir()
+        except FileExistsError:  # made meanwhile by another writer: its entry is that writer's to sync (and ours too, below)
+            pass
+        fsync_dir(new.parent)
+
+
+def create_durably(path: Path, flags: int = os.O_WRONLY | os.O_APPEND, mode: int = 0o644) -> int:
+    """Create a new file (O_EXCL) whose entry survives a power cut; returns its descriptor (a journal's)."""
+    make_dirs(path.parent)
+    fd = os.open(path, flags | os.O_CREAT | os.O_EXCL | getattr(os, "O_CLOEXEC", 0), mode)
+    try:
+        fsync_dir(path.parent)
+    except BaseException:
+        os.close(fd)
+        raise
+    return fd
+
+
+def _record_sync(path: Path | str, fd: int | None = None) -> None:
+    log = os.environ.get(SYNC_LOG)
+    if not log:
+        return
+    st = os.fstat(fd) if fd is not None else os.stat(path)
+    line = f"{os.path.abspath(path)}\t{st.st_ino}\t{st.st_size}\t{st.st_mtime_ns}\n".encode()
+    log_fd = os.open(log, os.O_WRONLY | os.O_CREAT | os.O_APPEND, 0o600)
+    try:
+        os.write(log_fd, line)
+    finally:
+        os.close(log_fd)
+
+
+def _atomically(target: Path, staging: Path, fill: Callable[[int], int], durable: bool) -> int:
     """`fill` a temp file in `staging`, then rename it onto `target`; nothing is left behind if anything fails.
 
     Folders are made only when a write finds them missing (the common write pays no mkdir), and the temp name is
@@ -53,13 +144,21 @@ def _atomically(target: Path, staging: Path, fill: Callable[[int], int]) -> int:
     try:
         try:
             written = fill(fd)
+            if durable:
+                os.fsync(fd)  # the bytes on disk before the name points at them: a power cut never shows a torn file
+                _record_sync(target, fd)  # this inode's content is on disk, whichever name it has when the power goes
         finally:
             os.close(fd)
         try:
             os.replace(tmp, target)
         except FileNotFoundError:  # the target's folder is new (the temp file is there: it was just written)
-            target.parent.mkdir(parents=True, exist_ok=True)
+            if durable:
+                make_dirs(Path(target).parent)
+            else:
+                Path(target).parent.mkdir(parents=True, exist_ok=True)
             os.replace(tmp, target)
+        if durable:
+            fsync_dir(Path(target).parent)  # the rename itself survives a power cut
     except BaseException:
         Path(tmp).unlink(missing_ok=True)
         raise

@@ -16,6 +16,7 @@ from datetime import datetime, timezone
 from pathlib import Path
 from typing import Any, Protocol
 
+from shared.atomicfile import append_durably, fsync_dir, make_dirs
 from shared.contracts import TelemetryRecord
 from shared.aws_errors import translated
 from shared.errors import StorageUnavailable
@@ -247,12 +248,13 @@ class BufferedLakeSink:
         folder = buffer_dir(self.lake_root)
         opening = folder / f"{name}{_OPENING_SUFFIX}"
         with disk_errors("opening a telemetry buffer"):
-            folder.mkdir(parents=True, exist_ok=True)
+            make_dirs(folder)
             fd = os.open(opening, os.O_WRONLY | os.O_CREAT | os.O_EXCL | os.O_APPEND, 0o644)
             try:
                 fcntl.flock(fd, fcntl.LOCK_EX)  # before it has its real name: recovery never finds a buffer of ours unlocked
                 path = folder / f"{name}{_BUFFER_SUFFIX}"
                 os.rename(opening, path)
+                fsync_dir(folder)  # the buffer's name survives a power cut, as its records do
             except BaseException:
                 os.close(fd)
                 opening.unlink(missing_ok=True)
@@ -265,11 +267,11 @@ class BufferedLakeSink:
         return self._open
 
     def _append(self, buffer: _Buffer, data: bytes) -> None:
-        view = memoryview(data)
         try:
             with disk_errors(f"appending to telemetry buffer {buffer.path.name}"):
-                while view:
-                    view = view[os.write(buffer.fd, view):]
+                # fsynced before send returns: SendTelemetry is the study's last step before its journal line says
+                # it ended, so a power cut after that line never finds the study's records gone (one fsync a study).
+                append_durably(buffer.fd, data, buffer.path)
         except StorageUnavailable:
             # Undo the part that got in, so the next append starts on a line of its own; if even that fails,
             # seal the buffer: delivery drops the cut line, and the records after it go to a new buffer.

@@ -20,6 +20,7 @@ import numpy as np
 import pytest
 
 from radstream.cli import EXIT_FAILED_STUDIES, EXIT_INTERRUPTED, main
+from radstream.journal import read_journal
 from radstream.runtime import LocalRuntime
 from radstream.samples import write_demo_studies, write_study
 from services.triton.onnx_backend import OnnxRuntimeBackend
@@ -111,7 +112,7 @@ def runner(studies: Path, data: Path, *extra: str) -> subprocess.Popen:
 def wait_for_journal_lines(data: Path, at_least: int, deadline_s: float = 60) -> None:
     deadline = time.monotonic() + deadline_s
     while time.monotonic() < deadline:
-        lines = sum(len(p.read_text().splitlines()) - 1 for p in (data / "journal").glob("*.jsonl")) if (data / "journal").is_dir() else 0
+        lines = sum("status" in line for p in (data / "journal").glob("*.jsonl") for _, line in read_journal(p)[0]) if (data / "journal").is_dir() else 0
         if lines >= at_least:
             return
         time.sleep(0.05)
@@ -325,8 +326,10 @@ def test_a_study_written_by_hand_keeps_working(tmp_path, capsys):
     code, summary = run_json(["run", str(folder), "--data-dir", str(tmp_path / "data")], capsys)
     assert code == 0 and summary["studies"][0]["status"] == "succeeded"
     (journal,) = (tmp_path / "data" / "journal").glob("*.jsonl")
-    header, done = (json.loads(line) for line in journal.read_text().splitlines())
-    assert header["studies"] == [{"study_id": "hand-1", "source": str(folder)}] and done["status"] == "succeeded"
+    lines, damaged = read_journal(journal)
+    (_, header), (_, plan), (_, done) = lines
+    assert not damaged and header["studies"] == 1 and header["roots"] == [str(folder.resolve())]
+    assert (plan["planned"], plan["source"]) == ("hand-1", str(folder)) and done["status"] == "succeeded"
 
 
 # A runtime without process globals -------------------------------------------------------------------------------

@@ -2,6 +2,7 @@
 from __future__ import annotations
 
 import argparse
+import sys
 from pathlib import Path
 from typing import Any
 
@@ -68,5 +69,10 @@ def cmd_report(args: argparse.Namespace) -> int:
 
     summary = write_report(console_data(args), Path(args.out))
     print(f"wrote {summary.pages} pages ({summary.studies} studies, {summary.images} PNG overlays) to {summary.out}; open {summary.out / 'index.html'}")
+    if summary.skipped:
+        n = len(summary.skipped)
+        print(f"radstream report: skipped {n} record{'s' if n > 1 else ''} that do{'es' if n == 1 else ''} not parse: {', '.join(summary.skipped)} "
+              "(`radstream resume` moves them aside and runs those studies again)", file=sys.stderr)
+        return 1
     return 0
 

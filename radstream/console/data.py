@@ -8,7 +8,6 @@ from __future__ import annotations
 
 import functools
 import logging
-import gzip
 import json
 import os
 import re
@@ -26,7 +25,7 @@ from typing import Any
 import cv2
 import numpy as np
 
-from radstream.analytics import DuckDBQueryRunner, LAKE_PREFIX, QueryResult
+from radstream.analytics import LAKE_PREFIX, DuckDBQueryRunner, QueryResult, quarantine_object, read_lake_object
 from radstream.template import Template
 from shared.contracts import ExportStatus
 from shared.errors import ConfigurationError, ObjectNotFound
@@ -72,6 +71,7 @@ class LakeSnapshotRunner(DuckDBQueryRunner):
 
         self.refresh_s = refresh_s
         self._files: set[str] = set()
+        self.quarantined: list[str] = []  # lake objects found unreadable and moved to .quarantine/
         self._checked = float("-inf")
         self._lock = threading.Lock()  # the connection: one statement at a time
         self._refresh_lock = threading.Lock()
@@ -115,11 +115,15 @@ class LakeSnapshotRunner(DuckDBQueryRunner):
                         continue
                     tail = f',"dt":"{partition["dt"]}","hour":"{partition["hour"]}"}}\n'.encode()
                     try:
-                        blob = Path(path).read_bytes()
+                        records = read_lake_object(Path(path))
                     except FileNotFoundError:  # merged away by a compaction since the listing: its records are in the new object
                         found.discard(path)
                         continue
-                    for line in gzip.decompress(blob).splitlines():
+                    except (ValueError, OSError) as e:  # torn by a crash: moved aside and named; the dashboards answer from the rest
+                        self.quarantined.append(quarantine_object(self.lake_root, Path(path), str(e)))
+                        found.discard(path)
+                        continue
+                    for line in records:
                         line = line.rstrip()
                         if line.endswith(b"}"):
                             batch.write(line[:-1] + tail)
@@ -228,6 +232,7 @@ class StudyIndex:
         self.refresh_s = refresh_s
         self.readers = readers
         self._seen: set[str] = set()
+        self.skipped: dict[str, str] = {}  # key -> why: records that could not be shown
         self._rows: dict[str, StudyRow] = {}
         self._by_kind: dict[str, dict[str, StudyRow]] = {"result": {}, "failure": {}}
         self._checked = float("-inf")
@@ -238,12 +243,16 @@ class StudyIndex:
     def _read(self, key: str) -> tuple[str, StudyRow] | None:
         try:
             doc = json.loads(self.store.get_bytes(self.bucket, key))
-        except (ObjectNotFound, ValueError):
-            return None  # removed meanwhile, or not JSON: not a study row
-        try:
-            return ("result", row_from_result(doc)) if key.startswith("results/") else ("failure", row_from_failure(doc))
-        except (KeyError, TypeError, AttributeError):
+            row = ("result", row_from_result(doc)) if key.startswith("results/") else ("failure", row_from_failure(doc))
+        except ObjectNotFound:
+            return None  # removed meanwhile
+        except (ValueError, KeyError, TypeError, AttributeError):
+            # Torn by a crash, or not a record: counted and shown (`skipped`), read again on the next refresh (resume
+            # moves it aside and writes the study's record anew).
+            self.skipped[key] = "does not parse"
             return None
+        self.skipped.pop(key, None)
+        return row
 
     def refresh(self, force: bool = False) -> None:
         with self._refresh_lock:
@@ -258,9 +267,12 @@ class StudyIndex:
                 read = [self._read(k) for k in new]
             with self._lock:
                 for key, item in zip(new, read):
-                    self._seen.add(key)
+                    if key not in self.skipped:
+                        self._seen.add(key)
                     if item:
                         self._put(*item)
+                for key in [k for k in self.skipped if k not in keys]:  # moved aside or removed since
+                    del self.skipped[key]
             self._checked = time.monotonic()
 
     def _put(self, kind: str, row: StudyRow) -> None:
@@ -309,6 +321,7 @@ class StudyPage:
     end_to_end: dict[str, float | None]
     findings: list[str]
     counts: dict[str, int]
+    skipped: list[str] = field(default_factory=list)  # records in the bucket that could not be read as one
 
 
 @dataclass
@@ -422,7 +435,13 @@ class ConsoleData:
         e2e = {str(r["study_id"]): r["end_to_end_ms"] for r in self.queries.run("study_end_to_end", days=flt.days).as_dicts()}
         findings = sorted({label for r in in_window for label in r.positives})
         counts = {"all": len(in_window), "succeeded": sum(r.status == "succeeded" for r in in_window), "failed": sum(r.status == "failed" for r in in_window)}
-        return StudyPage(shown, len(rows), page, pages, {r.study_id: e2e.get(r.study_id) for r in shown}, findings, counts)
+        return StudyPage(shown, len(rows), page, pages, {r.study_id: e2e.get(r.study_id) for r in shown}, findings, counts,
+                         sorted(self.index.skipped))
+
+    @property
+    def skipped(self) -> list[str]:
+        """The records the index could not read (torn or not a record), by key."""
+        return sorted(self.index.skipped)
 
     def all_rows(self) -> list[StudyRow]:
         return sorted(self.index.rows(), key=lambda r: (r.at, r.study_id), reverse=True)

@@ -2,7 +2,7 @@
 from __future__ import annotations
 
 import shutil
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from pathlib import Path
 
 from radstream.console.data import ConsoleData, StudyFilter
@@ -19,6 +19,7 @@ class ReportSummary:
     studies: int
     pages: int
     images: int
+    skipped: list[str] = field(default_factory=list)  # records in the bucket that could not be read (torn, not a record)
 
 
 def write_report(data: ConsoleData, out: Path) -> ReportSummary:
@@ -57,4 +58,4 @@ def write_report(data: ConsoleData, out: Path) -> ReportSummary:
             (folder / "image.png").write_bytes(image.png)
             (folder / "overlay.png").write_bytes(image.overlay_png(detail.document.get("detections", [])))
             images += 1
-    return ReportSummary(out, len(rows), written, images)
+    return ReportSummary(out, len(rows), written, images, data.skipped)

@@ -9,10 +9,11 @@ from __future__ import annotations
 import hashlib
 import io
 import json
+from datetime import datetime
 from functools import cache
 from typing import Any
 
-from jsonschema import Draft202012Validator
+from jsonschema import Draft202012Validator, FormatChecker
 from jsonschema.exceptions import ValidationError as SchemaError
 
 from shared.acceptance import HEADER_KEYWORDS, NotAccepted, accept
@@ -32,7 +33,19 @@ MIN_IMAGE_BYTES = 64
 def sidecar_validator() -> Draft202012Validator:
     schema = json.loads(SIDECAR_SCHEMA.read_text())
     Draft202012Validator.check_schema(schema)
-    return Draft202012Validator(schema)
+    return Draft202012Validator(schema, format_checker=DATE_TIME)
+
+
+# jsonschema checks "date-time" only when an optional package is installed, and a pattern alone accepts 2026-02-30 or
+# 25:61: the calendar decides here (a month's days, leap years, hours < 24, offsets within a day).
+DATE_TIME = FormatChecker(formats=())
+
+
+@DATE_TIME.checks("date-time", raises=ValueError)
+def is_date_time(value: object) -> bool:
+    if isinstance(value, str):
+        datetime.fromisoformat(value)
+    return True
 
 
 def describe(error: SchemaError) -> str:
@@ -53,6 +66,8 @@ def describe(error: SchemaError) -> str:
         return f"{where}: must be of type {expected}"
     if v == "pattern":
         return f"{where}: has characters or a form that is not allowed (pattern {expected})"
+    if v == "format":
+        return f"{where}: is not a real {expected} (RFC 3339, e.g. 2026-12-07T10:00:00Z)"
     if v in ("minimum", "maximum"):
         return f"{where}: must be {'at least' if v == 'minimum' else 'at most'} {expected}"
     return f"{where}: fails '{v}'"

@@ -86,3 +86,67 @@ def test_put_file_on_a_full_disk_is_an_outage_and_an_unreadable_source_is_not(tm
         store.put_file("images", "incoming/s1/image.png", source)
     assert store.head("images", "incoming/s1/image.png") is None
     assert os.listdir(tmp_path / "data" / ".staging") == []
+
+
+def _fsynced(monkeypatch) -> list[str]:
+    """Record what each fsync made durable (the file or folder behind the descriptor)."""
+    synced: list[str] = []
+    real = os.fsync
+
+    def fsync(fd: int) -> None:
+        synced.append(os.readlink(f"/proc/self/fd/{fd}"))
+        real(fd)
+
+    monkeypatch.setattr(atomicfile.os, "fsync", fsync)
+    return synced
+
+
+def test_a_promised_write_is_fsynced_then_renamed_then_its_folder_fsynced(tmp_path, monkeypatch):
+    synced = _fsynced(monkeypatch)
+    staging, target = tmp_path / ".staging", tmp_path / "results" / "results" / "s1" / "result.json"
+    atomic_write(target, b"{}", staging)
+    temp = [p for p in synced if p.startswith(str(staging))]
+    assert temp, "the temp file's bytes reach the disk before the rename"
+    assert synced[-1] == str(target.parent), "the rename reaches the disk before the write returns"
+    # each folder the write made has its entry synced in its parent
+    assert {str(tmp_path), str(tmp_path / "results"), str(tmp_path / "results" / "results")} <= set(synced)
+
+
+def test_an_upload_and_an_object_of_the_local_store_are_durable(tmp_path, monkeypatch):
+    from shared.storage import LocalObjectStore
+
+    synced = _fsynced(monkeypatch)
+    source = tmp_path / "image.png"
+    source.write_bytes(b"x" * 1000)
+    store = LocalObjectStore(tmp_path / "data")
+    store.put_file("images", "incoming/s1/image.png", source)
+    store.put_bytes("results", "results/s1/result.json", b"{}")
+    assert str(tmp_path / "data" / "images" / "incoming" / "s1") in synced
+    assert str(tmp_path / "data" / "results" / "results" / "s1") in synced
+
+
+def test_a_telemetry_buffer_append_is_fsynced_before_send_returns(tmp_path, monkeypatch):
+    from datetime import datetime, timezone
+
+    from shared.contracts import TelemetryRecord
+    from shared.storage import LocalObjectStore
+    from shared.telemetry import BufferedLakeSink
+
+    synced = _fsynced(monkeypatch)
+    sink = BufferedLakeSink(LocalObjectStore(tmp_path), "telemetry", tmp_path / "telemetry", timer=False)
+    record = TelemetryRecord(event_id="e1", time=datetime.now(timezone.utc), study_id="s1", execution_id="s1-0", stage="validate",
+                             status="succeeded", duration_ms=1.0)
+    sink.send([record])
+    assert any(p.endswith(".ndjson") for p in synced), "the record is on disk when send returns"
+    sink.close()
+
+
+def test_the_sync_log_names_what_is_on_disk(tmp_path, monkeypatch):
+    log = tmp_path / "sync.log"
+    monkeypatch.setenv(atomicfile.SYNC_LOG, str(log))
+    target = tmp_path / "a" / "object"
+    atomic_write(target, b"12345", tmp_path / ".staging")
+    atomic_write(tmp_path / "trace", b"1", tmp_path / ".staging", durable=False)
+    path, inode, size, mtime = log.read_text().splitlines()[0].split("\t")
+    assert (path, int(inode), int(size), int(mtime)) == (str(target), target.stat().st_ino, 5, target.stat().st_mtime_ns)
+    assert len(log.read_text().splitlines()) == 1, "a write that is not durable is not logged as on disk"

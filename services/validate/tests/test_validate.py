@@ -55,6 +55,19 @@ def test_each_schema_error_names_its_field(store, upload, override, expected):
         validate(store, upload(make_sidecar(**override), image))
 
 
+@pytest.mark.parametrize("when", ["2026-13-45T25:61:61Z", "2026-02-30T10:00:00Z", "2026-04-31T00:00:00+01:00", "2026-01-01T24:00:00Z",
+                                  "2026-01-01T10:00:00+25:00"])
+def test_acquired_at_must_be_a_real_date_time(store, upload, when):
+    with pytest.raises(InvalidStudy, match="acquired_at: is not a real date-time") as err:
+        validate(store, upload(make_sidecar(acquired_at=when), gradient_png()))
+    assert when not in str(err.value), "the message names the field, never its value"
+
+
+@pytest.mark.parametrize("when", ["2024-02-29T23:59:59Z", "2026-12-07T10:00:00.123456+05:30", "2026-01-01T00:00:00-00:00"])
+def test_a_real_acquired_at_is_accepted(store, upload, when):
+    assert validate(store, upload(make_sidecar(acquired_at=when), gradient_png())).study_id == "study-001"
+
+
 def test_missing_fields_are_listed(store, upload):
     doc = make_sidecar()
     del doc["modality"], doc["acquired_at"]
