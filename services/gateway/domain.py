@@ -26,7 +26,7 @@ from typing import Any
 
 from shared import acceptance
 from shared.acceptance import text as _text
-from shared.errors import ConfigurationError, RadStreamError
+from shared.errors import ConfigurationError, RadStreamError, StorageUnavailable
 from shared.messages import INCOMING
 from shared.pixels import COLOUR, GRAYSCALE, pixel_data_incomplete
 from shared.storage import ObjectStore
@@ -202,6 +202,11 @@ class Receiver:
         if self.on_stored is not None:
             try:
                 self.on_stored(received)
-            except Exception as e:  # noqa: BLE001 - the instance is stored: its status stays success; the run can be resumed
+            except (OSError, StorageUnavailable) as e:
+                # The acknowledgement could not be journalled (a full or read-only disk): no Success the gateway cannot
+                # keep. The stored object stays in incoming/, where resume's scan of the uploads finds it.
+                log.error("stored instance not journalled study_id=%s error_type=%s", study_id, type(e).__name__)
+                raise Refused(OUT_OF_RESOURCES, "cannot journal the instance; send again later") from e
+            except Exception as e:  # noqa: BLE001 - the instance is stored and journalled: its status stays success
                 log.error("stored instance not handed on study_id=%s error_type=%s", study_id, type(e).__name__)
         return received

@@ -239,6 +239,25 @@ def test_success_only_after_the_store_returned(tmp_path):
     assert (tmp_path / "images" / stored.key).is_file()
 
 
+def test_no_success_when_the_acknowledgement_cannot_be_journalled(tmp_path):
+    """The local gateway journals each instance before Success (radstream gateway's on_stored); a full disk there is
+    out of resources, not a Success the restarted gateway would never finish. Another handing-on error stays Success."""
+    import errno
+
+    def journal_on_a_full_disk(received):
+        raise OSError(errno.ENOSPC, "No space left on device")
+
+    with pytest.raises(Refused) as e:
+        Receiver(LocalObjectStore(tmp_path), "images", KEY.encode(), on_stored=journal_on_a_full_disk).receive(cr_instance("explicit-le"))
+    assert e.value.status == 0xA700
+
+    def pipeline_bug(received):
+        raise RuntimeError("the pipeline's own bug")
+
+    stored = Receiver(LocalObjectStore(tmp_path / "other"), "images", KEY.encode(), on_stored=pipeline_bug).receive(cr_instance("explicit-le"))
+    assert (tmp_path / "other" / "images" / stored.key).is_file()
+
+
 def test_instances_of_one_study_share_the_pseudonym_prefix_and_differ_per_instance():
     study = generate_uid()
     a, _ = study_id_for(KEY.encode(), study, generate_uid())
