@@ -1,5 +1,5 @@
 """The EKS manifests as checkov's Kubernetes checks see them, on every kustomize build: base and overlays, the
-cluster-wide pieces, each environment's overlay, and what infra/gitops/render.py renders for Argo CD (images by
+cluster-wide pieces, each environment's overlay, and what infra/deliver.py render renders for Argo CD (images by
 digest in the environment's ECR, in samconfig.toml's region, the stacks' outputs set)."""
 from __future__ import annotations
 
@@ -19,7 +19,7 @@ import yaml
 from .conftest import ROOT
 
 ENVS = ROOT / "infra" / "gitops" / "envs"
-RENDER = ROOT / "infra" / "gitops" / "render.py"
+DELIVER = ROOT / "infra" / "deliver.py"
 SAMCONFIG = tomllib.loads((ROOT / "samconfig.toml").read_text())
 ENVIRONMENTS = sorted(p.name for p in ENVS.iterdir())
 ACCOUNT = "123456789012"
@@ -34,7 +34,7 @@ def build(folder: Path) -> str:
 
 
 def stack_outputs(env: str) -> list[dict[str, str]]:
-    """The outputs render.py reads, shaped as `aws cloudformation describe-stacks` gives them, for a made-up account."""
+    """The outputs deliver.py render reads, shaped as `aws cloudformation describe-stacks` gives them, for a made-up account."""
     region = SAMCONFIG[env]["deploy"]["parameters"]["region"]
     values = {"ArtifactsBucketName": f"radstream-artifacts-{ACCOUNT}", "ImagesBucketName": f"radstream-images-{ACCOUNT}",
               "TritonModelReaderRoleArn": f"arn:aws:iam::{ACCOUNT}:role/radstream-{env}-triton",
@@ -51,7 +51,7 @@ def digest(name: str) -> str:
 def run_render(env: str, tmp_path: Path, *extra: str, outputs: list[dict[str, str]] | None = None) -> subprocess.CompletedProcess[str]:
     (tmp_path / "outputs.json").write_text(json.dumps(stack_outputs(env) if outputs is None else outputs))
     digests = [f"--digest={name}={digest(name)}" for name in ("gateway", "tritonserver", "k8s-device-plugin")]
-    return subprocess.run([sys.executable, str(RENDER), "--env", env, "--account", ACCOUNT, "--outputs", str(tmp_path / "outputs.json"),
+    return subprocess.run([sys.executable, str(DELIVER), "render", "--env", env, "--account", ACCOUNT, "--outputs", str(tmp_path / "outputs.json"),
                            *digests, "--out", str(tmp_path / "rendered"), *extra], capture_output=True, text=True, timeout=300)
 
 
@@ -140,11 +140,11 @@ def test_render_refuses_what_cannot_deploy(tmp_path):
     missing = [o for o in stack_outputs("dev") if o["OutputKey"] != "TritonModelReaderRoleArn"]
     result = run_render("dev", tmp_path, "--app", "triton", outputs=missing)
     assert result.returncode == 2 and "TritonModelReaderRoleArn" in result.stderr
-    result = subprocess.run([sys.executable, str(RENDER), "--env", "dev", "--account", ACCOUNT, "--digest", "gateway=latest",
+    result = subprocess.run([sys.executable, str(DELIVER), "render", "--env", "dev", "--account", ACCOUNT, "--digest", "gateway=latest",
                              "--app", "gateway", "--out", str(tmp_path / "x")], capture_output=True, text=True, timeout=120)
     assert result.returncode == 2 and "digest of gateway" in result.stderr
     # No digest for an image: not pinned, refused rather than deployed by tag.
     (tmp_path / "outputs.json").write_text(json.dumps(stack_outputs("dev")))
-    result = subprocess.run([sys.executable, str(RENDER), "--env", "dev", "--account", ACCOUNT, "--outputs", str(tmp_path / "outputs.json"),
+    result = subprocess.run([sys.executable, str(DELIVER), "render", "--env", "dev", "--account", ACCOUNT, "--outputs", str(tmp_path / "outputs.json"),
                              "--app", "triton", "--out", str(tmp_path / "y")], capture_output=True, text=True, timeout=120)
     assert result.returncode == 2 and "not pinned by digest" in result.stderr

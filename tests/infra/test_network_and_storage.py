@@ -58,7 +58,7 @@ def test_the_vpc_functions_reach_aws_only_through_the_endpoints():
     config = tomllib.loads((ROOT / "samconfig.toml").read_text())
     pattern = APP["Parameters"]["S3PrefixListId"]["AllowedPattern"]
     for env, tables in config.items():
-        if not isinstance(tables, dict) or env == "default" or env.endswith("-platform"):
+        if not isinstance(tables, dict) or env == "default" or env.endswith(("-platform", "-delivery")):
             continue
         overrides = dict(i.split("=", 1) for i in tables["deploy"]["parameters"]["parameter_overrides"])
         assert re.fullmatch(pattern, overrides["S3PrefixListId"]), env

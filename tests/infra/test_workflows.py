@@ -8,6 +8,8 @@ from __future__ import annotations
 import fnmatch
 
 import json
+import re
+import tomllib
 import shutil
 import subprocess
 from pathlib import Path
@@ -76,7 +78,8 @@ def actionlint(files: list[Path]) -> list[str]:
 
 def test_actionlint_finds_nothing():
     files = sorted(WORKFLOWS.glob("*.yml"))
-    assert len(files) == len(SERVICES) + 2  # the services, template.yml and lock-refresh.yml
+    # the services, template.yml, lock-refresh.yml, and delivery: deliver.yml and the deploy-environment.yml it calls
+    assert len(files) == len(SERVICES) + 4
     problems = actionlint(files)
     assert not problems, "\n".join(problems)
 
@@ -95,3 +98,64 @@ def test_the_template_jobs_cfn_lint_step_passes_as_ci_runs_it(infra_python: Path
     result = subprocess.run([str(infra_python.parent / "cfn-lint"), *command.split()[1:]], cwd=ROOT,
                             capture_output=True, text=True, timeout=600)
     assert result.returncode == 0, result.stdout[-3000:] + result.stderr[-1000:]
+
+
+def runs(workflow: dict) -> list[str]:
+    return [step["run"] for job in workflow["jobs"].values() for step in job.get("steps", []) if "run" in step]
+
+
+def test_every_make_target_a_workflow_calls_exists():
+    makefile = (ROOT / "Makefile").read_text()
+    defined = set(re.findall(r"^([\w.-]+(?:\s+[\w.-]+)*)\s*:(?!=)", makefile, re.M))
+    targets = {t for line in defined for t in line.split()}
+    called = set()
+    for path in sorted(WORKFLOWS.glob("*.yml")):
+        for command in runs(yaml.safe_load(path.read_text())):
+            for match in re.finditer(r"(?:^|[;&|]\s*|\n\s*)make((?:\s+[\w.=-]+)+)", command):
+                called |= {(path.name, word) for word in match.group(1).split() if "=" not in word and not word.startswith("-")}
+    assert called and {t for _, t in called} >= {"venv", "test-unit"}
+    missing = sorted(f"{name}: make {target}" for name, target in called if target not in targets)
+    assert not missing, missing
+
+
+def delivered_environments() -> dict[str, str]:
+    """Each environment deliver.yml deploys (its jobs' `with: environment:`) -> the job."""
+    jobs = load("deliver.yml")["jobs"]
+    return {job["with"]["environment"]: name for name, job in jobs.items()
+            if job.get("uses") == "./.github/workflows/deploy-environment.yml"}
+
+
+def test_every_environment_the_workflows_name_exists_in_samconfig():
+    samconfig = tomllib.loads((ROOT / "samconfig.toml").read_text())
+    environments = delivered_environments()
+    assert list(environments) == ["dev", "staging", "prod"]
+    reusable = load("deploy-environment.yml")
+    assert reusable["jobs"]["deploy"]["environment"] == "${{ inputs.environment }}"  # GitHub's protection rules apply
+    config_envs = [m.group(1) for command in runs(reusable) for m in re.finditer(r"--config-env\s+\"?([^\s\"]+)", command)]
+    assert config_envs
+    for environment in environments:
+        for template in config_envs:
+            name = template.replace("$ENVIRONMENT", environment).replace("${{ inputs.environment }}", environment)
+            assert name in samconfig and "deploy" in samconfig[name], f"--config-env {name} is not in samconfig.toml"
+        # deliver.py settings names the delivery stack the job reads; samconfig deploys it.
+        assert f"{environment}-delivery" in samconfig
+    # Literal --config-env anywhere else must exist too.
+    for path in sorted(WORKFLOWS.glob("*.yml")):
+        for command in runs(yaml.safe_load(path.read_text())):
+            for name in re.findall(r"--config-env\s+([\w-]+)", command):
+                assert name in samconfig, f"{path.name}: --config-env {name}"
+
+
+def test_delivery_goes_dev_then_staging_then_prod_with_the_same_release():
+    jobs = load("deliver.yml")["jobs"]
+    environments = delivered_environments()
+    assert [jobs[environments[e]]["needs"] for e in ("dev", "staging", "prod")] == ["build", environments["dev"], environments["staging"]]
+    for name in environments.values():
+        assert jobs[name]["permissions"] == {"contents": "write", "id-token": "write"}
+    assert load("deliver.yml")[True]["push"]["branches"] == ["main"]
+    steps = load("deploy-environment.yml")["jobs"]["deploy"]["steps"]
+    credentials = next(s for s in steps if str(s.get("uses", "")).startswith("aws-actions/configure-aws-credentials"))
+    assert credentials["with"]["role-to-assume"] == "${{ secrets.AWS_DEPLOY_ROLE_ARN }}"  # OIDC, no stored keys
+    commands = " ".join(runs(load("deploy-environment.yml")))
+    assert "--no-confirm-changeset" in commands and "--role-arn" in commands and "deliver.py render" in commands
+    assert "sam build" not in commands and "docker build" not in commands  # the build job's images, not a rebuild

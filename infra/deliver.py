@@ -1,15 +1,23 @@
-"""Renders one environment's EKS manifests for Argo CD: its overlay (infra/gitops/envs/<env>/<app>) with every image
-pinned by digest in that environment's ECR and the stacks' outputs (role ARNs, buckets, the S3 endpoint) set.
+"""What the delivery workflow (.github/workflows/deploy-environment.yml) asks of the repository, in one place.
 
-    python infra/gitops/render.py --env dev --account 123456789012 \
+    python infra/deliver.py settings --env dev
+        region, stack names and the other per-environment values, as GITHUB_OUTPUT lines, from samconfig.toml
+    python infra/deliver.py image-repositories --repository <functions repository URI>
+        sam deploy's --image-repositories, one line each: every image function of template.yaml to that repository
+    python infra/deliver.py built-images [--template .aws-sam/build/template.yaml]
+        the local images `sam build` made, to save once and deploy to every environment
+    python infra/deliver.py upstream-images
+        <repository>=<image> for each NVIDIA image the manifests name, to copy into the environment's ECR
+    python infra/deliver.py render --env dev --account 123456789012 \
         --outputs sam-outputs.json --outputs platform-outputs.json \
-        --digest gateway=sha256:... --digest tritonserver=sha256:... --digest k8s-device-plugin=sha256:... \
-        --out rendered/
+        --digest gateway=sha256:... --digest tritonserver=sha256:... --digest k8s-device-plugin=sha256:... --out rendered/
+        one environment's EKS manifests for Argo CD: its overlay (infra/gitops/envs/<env>/<app>) with every image
+        pinned by digest in that environment's ECR and the stacks' outputs (role ARNs, buckets, the S3 endpoint) set
 
 The outputs files are `aws cloudformation describe-stacks --query 'Stacks[0].Outputs'` (a list of OutputKey and
 OutputValue). The region is samconfig.toml's for the environment: one registry and region story for the Lambdas
-(SAM) and the pods. The delivery workflow pushes what this writes to the branch gitops/<env>, which the
-environment's Argo CD Applications (infra/gitops/argocd) follow; nothing applies a manifest by hand.
+(SAM) and the pods. The workflow pushes what render writes to the branch gitops/<env>, which the environment's
+Argo CD Applications (infra/gitops/argocd) follow; nothing applies a manifest by hand.
 """
 from __future__ import annotations
 
@@ -26,9 +34,10 @@ from typing import Any
 
 import yaml
 
-ROOT = Path(__file__).resolve().parents[2]
+ROOT = Path(__file__).resolve().parents[1]
 ENVS = ROOT / "infra" / "gitops" / "envs"
 APPS = ("cluster", "triton", "gateway")
+ENVIRONMENTS = ("dev", "staging", "prod")
 # The name each base manifest gives an image -> its repository in the environment's ECR (infra/delivery.yaml).
 IMAGES = {
     "nvcr.io/nvidia/tritonserver": "tritonserver",
@@ -41,7 +50,7 @@ EXAMPLE_ACCOUNT = "111122223333"
 
 
 class RenderError(Exception):
-    """The inputs cannot make a deployable manifest (a missing output, a malformed digest, a placeholder left)."""
+    """The inputs cannot make a deployment (an unknown environment, a missing output, a malformed digest, a placeholder left)."""
 
 
 def region(env: str) -> str:
@@ -139,24 +148,86 @@ def check(rendered: str, env: str, app: str, account: str) -> None:
                 raise RenderError(f"{env}/{app}: container {container['name']} is not pinned by digest in the environment's ECR (pass --digest)")
 
 
+def samconfig(env: str) -> dict[str, Any]:
+    return tomllib.loads((ROOT / "samconfig.toml").read_text())[env]["deploy"]["parameters"]
+
+
+def settings_lines(env: str) -> list[str]:
+    if env.endswith(("-platform", "-delivery")) or env not in ENVIRONMENTS:
+        raise RenderError(f"env must be one of {', '.join(ENVIRONMENTS)}")
+    return [f"region={region(env)}", f"stack={samconfig(env)['stack_name']}",
+            f"platform_stack={samconfig(env + '-platform')['stack_name']}", f"delivery_stack=radstream-{env}-delivery"]
+
+
+def image_functions(template: Path) -> dict[str, dict[str, Any]]:
+    sys.path.insert(0, str(ROOT))
+    from radstream.template import load_yaml
+
+    return {name: r for name, r in load_yaml(template)["Resources"].items()
+            if r["Type"] in ("AWS::Serverless::Function", "AWS::Lambda::Function") and r["Properties"].get("PackageType") == "Image"}
+
+
+def image_repositories(repository: str) -> list[str]:
+    """sam deploy's --image-repositories=FunctionLogicalId=<repository>, one per image function: SAM then creates no
+    companion repositories (the deploy role may not), and tags each function's image apart in the one repository."""
+    return [f"--image-repositories={name}={repository}" for name in image_functions(ROOT / "template.yaml")]
+
+
+def built_images(template: Path) -> list[str]:
+    """The local images `sam build` made (its template's ImageUri), for `docker save`: built once, deployed everywhere."""
+    return sorted({r["Properties"]["ImageUri"] for r in image_functions(template).values()})
+
+
+def upstream_images() -> dict[str, str]:
+    """Repository in the environment's ECR -> the image the base manifests name upstream (nvcr.io), to copy there."""
+    found = {}
+    for folder in ("services/triton/k8s/base", "services/triton/k8s/cluster"):
+        for path in sorted((ROOT / folder).glob("*.yaml")):
+            for doc in yaml.safe_load_all(path.read_text()):
+                for container in ((doc or {}).get("spec", {}).get("template", {}).get("spec", {}).get("containers", [])):
+                    name = re.split(r"[:@]", container["image"].split("/", 1)[1], maxsplit=1)[0]
+                    upstream = next((k for k in IMAGES if k.split("/", 1)[1] == name), None)
+                    if upstream and upstream.startswith("nvcr.io/"):
+                        found[IMAGES[upstream]] = container["image"]
+    return found
+
+
 def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(description=__doc__.split("\n", 1)[0])
-    parser.add_argument("--env", required=True)
-    parser.add_argument("--account", required=True)
-    parser.add_argument("--outputs", type=Path, action="append", default=[])
-    parser.add_argument("--digest", action="append", default=[], help="repository=sha256:... (gateway, tritonserver, k8s-device-plugin)")
-    parser.add_argument("--app", action="append", choices=APPS, help="default: all")
-    parser.add_argument("--out", type=Path, required=True)
+    commands = parser.add_subparsers(dest="command", required=True)
+    settings_parser = commands.add_parser("settings")
+    settings_parser.add_argument("--env", required=True)
+    repos = commands.add_parser("image-repositories")
+    repos.add_argument("--repository", required=True)
+    built = commands.add_parser("built-images")
+    built.add_argument("--template", type=Path, default=ROOT / ".aws-sam" / "build" / "template.yaml")
+    commands.add_parser("upstream-images")
+    render_parser = commands.add_parser("render")
+    render_parser.add_argument("--env", required=True)
+    render_parser.add_argument("--account", required=True)
+    render_parser.add_argument("--outputs", type=Path, action="append", default=[])
+    render_parser.add_argument("--digest", action="append", default=[], help="repository=sha256:... (gateway, tritonserver, k8s-device-plugin)")
+    render_parser.add_argument("--app", action="append", choices=APPS, help="default: all")
+    render_parser.add_argument("--out", type=Path, required=True)
     args = parser.parse_args(argv)
-    digests = dict(d.split("=", 1) for d in args.digest)
     try:
-        outputs = load_outputs(args.outputs)
-        for app in args.app or APPS:
-            rendered = render(args.env, app, args.account, digests, outputs)
-            (args.out / app).mkdir(parents=True, exist_ok=True)
-            (args.out / app / "manifests.yaml").write_text(rendered)
+        if args.command == "settings":
+            print("\n".join(settings_lines(args.env)))
+        elif args.command == "image-repositories":
+            print("\n".join(image_repositories(args.repository)))
+        elif args.command == "built-images":
+            print("\n".join(built_images(args.template)))
+        elif args.command == "upstream-images":
+            print("\n".join(f"{repo}={image}" for repo, image in upstream_images().items()))
+        else:
+            digests = dict(d.split("=", 1) for d in args.digest)
+            outputs = load_outputs(args.outputs)
+            for app in args.app or APPS:
+                rendered = render(args.env, app, args.account, digests, outputs)
+                (args.out / app).mkdir(parents=True, exist_ok=True)
+                (args.out / app / "manifests.yaml").write_text(rendered)
     except RenderError as e:
-        print(f"render: {e}", file=sys.stderr)
+        print(f"deliver: {e}", file=sys.stderr)
         return 2
     return 0
 
