@@ -10,9 +10,11 @@
         <repository>=<image> for each NVIDIA image the manifests name, to copy into the environment's ECR
     python infra/deliver.py render --env dev --account 123456789012 \
         --outputs sam-outputs.json --outputs platform-outputs.json \
-        --digest gateway=sha256:... --digest tritonserver=sha256:... --digest k8s-device-plugin=sha256:... --out rendered/
+        --digest gateway=sha256:... --digest tritonserver=sha256:... --digest k8s-device-plugin=sha256:... \
+        --repo-url https://github.com/<owner>/<name>.git --out rendered/
         one environment's EKS manifests for Argo CD: its overlay (infra/gitops/envs/<env>/<app>) with every image
-        pinned by digest in that environment's ECR and the stacks' outputs (role ARNs, buckets, the S3 endpoint) set
+        pinned by digest in that environment's ECR and the stacks' outputs (role ARNs, buckets, the S3 endpoint) set,
+        and the Argo CD Applications (infra/gitops/argocd) that follow them on the branch gitops/<env>
 
 The outputs files are `aws cloudformation describe-stacks --query 'Stacks[0].Outputs'` (a list of OutputKey and
 OutputValue). The region is samconfig.toml's for the environment: one registry and region story for the Lambdas
@@ -36,7 +38,8 @@ import yaml
 
 ROOT = Path(__file__).resolve().parents[1]
 ENVS = ROOT / "infra" / "gitops" / "envs"
-APPS = ("cluster", "triton", "gateway")
+APPS = ("cluster", "triton", "gateway", "argocd")
+ARGOCD = ROOT / "infra" / "gitops" / "argocd"
 ENVIRONMENTS = ("dev", "staging", "prod")
 # The name each base manifest gives an image -> its repository in the environment's ECR (infra/delivery.yaml).
 IMAGES = {
@@ -100,13 +103,17 @@ def settings(app: str, env: str, outputs: dict[str, str]) -> list[dict[str, Any]
     return []
 
 
-def render(env: str, app: str, account: str, digests: dict[str, str], outputs: dict[str, str]) -> str:
+def render(env: str, app: str, account: str, digests: dict[str, str], outputs: dict[str, str], repo_url: str = "") -> str:
     if not re.fullmatch(r"\d{12}", account):
         raise RenderError("account must be a 12-digit AWS account id")
     for name, digest in digests.items():
         if not DIGEST.fullmatch(digest):
             raise RenderError(f"digest of {name} is not sha256:<64 hex>")
-    overlay = ENVS / env / app
+    if env not in ENVIRONMENTS:
+        raise RenderError(f"env must be one of {', '.join(ENVIRONMENTS)}")
+    overlay = ARGOCD if app == "argocd" else ENVS / env / app
+    if app == "argocd" and not re.fullmatch(r"https://[\w.-]+/[\w.-]+/[\w.-]+\.git", repo_url):
+        raise RenderError("repo-url must be the repository's https://<host>/<owner>/<name>.git (Argo CD's Applications follow it)")
     if not overlay.is_dir():
         raise RenderError(f"no overlay {overlay.relative_to(ROOT)}")
     with tempfile.TemporaryDirectory() as work:
@@ -130,6 +137,10 @@ def render(env: str, app: str, account: str, digests: dict[str, str], outputs: d
             del annotations[key]
         if "annotations" in doc["metadata"] and not annotations:
             del doc["metadata"]["annotations"]
+        if doc["kind"] == "Application":
+            doc["spec"]["source"].update(repoURL=repo_url, targetRevision=f"gitops/{env}")
+        elif doc["kind"] == "AppProject":
+            doc["spec"]["sourceRepos"] = [repo_url]
     rendered = yaml.safe_dump_all(docs, sort_keys=False)
     check(rendered, env, app, account)
     return rendered
@@ -137,6 +148,8 @@ def render(env: str, app: str, account: str, digests: dict[str, str], outputs: d
 
 def check(rendered: str, env: str, app: str, account: str) -> None:
     """Every image in the environment's ECR by digest; no example account or other region left."""
+    if "OWNER/REPOSITORY" in rendered or "gitops/ENVIRONMENT" in rendered:
+        raise RenderError(f"{env}/{app}: an Application still names the example repository or branch")
     if EXAMPLE_ACCOUNT in rendered:
         raise RenderError(f"{env}/{app}: a value of the example account {EXAMPLE_ACCOUNT} is left: set it from a stack output")
     for doc in yaml.safe_load_all(rendered):
@@ -208,6 +221,7 @@ def main(argv: list[str] | None = None) -> int:
     render_parser.add_argument("--outputs", type=Path, action="append", default=[])
     render_parser.add_argument("--digest", action="append", default=[], help="repository=sha256:... (gateway, tritonserver, k8s-device-plugin)")
     render_parser.add_argument("--app", action="append", choices=APPS, help="default: all")
+    render_parser.add_argument("--repo-url", default="", help="https://github.com/<owner>/<name>.git: what Argo CD follows")
     render_parser.add_argument("--out", type=Path, required=True)
     args = parser.parse_args(argv)
     try:
@@ -223,7 +237,7 @@ def main(argv: list[str] | None = None) -> int:
             digests = dict(d.split("=", 1) for d in args.digest)
             outputs = load_outputs(args.outputs)
             for app in args.app or APPS:
-                rendered = render(args.env, app, args.account, digests, outputs)
+                rendered = render(args.env, app, args.account, digests, outputs, args.repo_url)
                 (args.out / app).mkdir(parents=True, exist_ok=True)
                 (args.out / app / "manifests.yaml").write_text(rendered)
     except RenderError as e:
