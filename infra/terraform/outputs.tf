@@ -42,3 +42,10 @@ output "load_balancer_controller_role_arn" {
 output "cluster_autoscaler_role_arn" {
   value = aws_iam_role.cluster_autoscaler_role.arn
 }
+output "cluster_backup_bucket_name" {
+  description = "Velero's backup location (infra/gitops/backup)"
+  value       = aws_s3_bucket.cluster_backup_bucket.id
+}
+output "velero_role_arn" {
+  value = aws_iam_role.velero_role.arn
+}

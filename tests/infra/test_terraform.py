@@ -28,12 +28,17 @@ TYPES = {  # CloudFormation type -> Terraform type
     "AWS::ECR::PullThroughCacheRule": "aws_ecr_pull_through_cache_rule", "AWS::EKS::Cluster": "aws_eks_cluster",
     "AWS::IAM::OIDCProvider": "aws_iam_openid_connect_provider", "AWS::EC2::SecurityGroupIngress": "aws_security_group_rule",
     "AWS::EC2::LaunchTemplate": "aws_launch_template", "AWS::EKS::Nodegroup": "aws_eks_node_group", "AWS::EKS::Addon": "aws_eks_addon",
+    "AWS::S3::Bucket": "aws_s3_bucket", "AWS::S3::BucketPolicy": "aws_s3_bucket_policy",
 }
 # Where Terraform spells one CloudFormation resource differently.
 FOLDED = {"InternetGatewayAttachment": "aws_internet_gateway.internet_gateway"}  # aws_internet_gateway's vpc_id attaches it
 # Terraform only: what CloudFormation cannot express or keeps inside another resource.
 TERRAFORM_ONLY = {"aws_default_security_group.default", "aws_iam_role_policy.vpc_flow_log_role",
-                  "aws_iam_role_policy.load_balancer_controller_role", "aws_iam_role_policy.cluster_autoscaler_role"}
+                  "aws_iam_role_policy.load_balancer_controller_role", "aws_iam_role_policy.cluster_autoscaler_role",
+                  "aws_iam_role_policy.velero_role",
+                  # a CloudFormation bucket's properties are separate resources in the AWS provider
+                  *(f"aws_s3_bucket_{part}.cluster_backup_bucket" for part in (
+                      "server_side_encryption_configuration", "public_access_block", "ownership_controls", "lifecycle_configuration"))}
 
 
 def snake(name: str) -> str:
@@ -175,7 +180,7 @@ def test_the_same_cluster_nodes_and_add_ons(hcl):
 
 
 def test_the_same_controller_permissions(hcl):
-    for role in ("LoadBalancerControllerRole", "ClusterAutoscalerRole"):
+    for role in ("LoadBalancerControllerRole", "ClusterAutoscalerRole", "VeleroRole"):
         (policy,) = RESOURCES[role]["Properties"]["Policies"]
         text = value(hcl["resource"][f"aws_iam_role_policy.{snake(role)}"], "policy")
         for statement in policy["PolicyDocument"]["Statement"]:
