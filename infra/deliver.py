@@ -125,7 +125,7 @@ def render(env: str, app: str, account: str, digests: dict[str, str], outputs: d
                                     for name, repo in IMAGES.items() if repo in digests],
                          "patches": [{"path": f"patch-{i}.yaml"} for i in range(len(patches))]}
         (Path(work) / "kustomization.yaml").write_text(yaml.safe_dump(kustomization))
-        result = subprocess.run(["kubectl", "kustomize", work], capture_output=True, text=True, timeout=120)
+        result = subprocess.run(["kubectl", "kustomize", work], capture_output=True, text=True, timeout=120, check=False)
     if result.returncode != 0:
         raise RenderError(f"kustomize failed for {env}/{app}: {result.stderr.strip()}")
     docs = [d for d in yaml.safe_load_all(result.stdout) if d]

@@ -53,7 +53,7 @@ def run_render(env: str, tmp_path: Path, *extra: str, outputs: list[dict[str, st
     (tmp_path / "outputs.json").write_text(json.dumps(stack_outputs(env) if outputs is None else outputs))
     digests = [f"--digest={name}={digest(name)}" for name in ("gateway", "tritonserver", "k8s-device-plugin")]
     return subprocess.run([sys.executable, str(DELIVER), "render", "--env", env, "--account", ACCOUNT, "--outputs", str(tmp_path / "outputs.json"),
-                           *digests, "--repo-url", REPO_URL, "--out", str(tmp_path / "rendered"), *extra], capture_output=True, text=True, timeout=300)
+                           *digests, "--repo-url", REPO_URL, "--out", str(tmp_path / "rendered"), *extra], capture_output=True, text=True, timeout=300, check=False)
 
 
 @pytest.fixture(scope="module")
@@ -78,7 +78,7 @@ def checkov_report(infra_python: Path, rendered: dict[str, Path], tmp_path_facto
             (folder / f"rendered-{env}_{manifests.parent.name}.yaml").write_text(manifests.read_text())
     env = {**os.environ, "BC_SKIP_MAPPING": "TRUE", "CHECKOV_RUN_SCA_PACKAGE_SCAN_V2": "false"}
     result = subprocess.run([str(infra_python.parent / "checkov"), "-d", str(folder), "--framework", "kubernetes",
-                             "--skip-download", "-o", "json"], capture_output=True, text=True, timeout=600, env=env, cwd=folder)
+                             "--skip-download", "-o", "json"], capture_output=True, text=True, timeout=600, env=env, cwd=folder, check=False)
     report = json.loads(result.stdout)
     report["files"] = sorted(p.name for p in folder.glob("*.yaml"))
     return report
@@ -144,10 +144,10 @@ def test_render_refuses_what_cannot_deploy(tmp_path):
     result = run_render("dev", tmp_path, "--app", "triton", outputs=missing)
     assert result.returncode == 2 and "TritonModelReaderRoleArn" in result.stderr
     result = subprocess.run([sys.executable, str(DELIVER), "render", "--env", "dev", "--account", ACCOUNT, "--digest", "gateway=latest",
-                             "--app", "gateway", "--out", str(tmp_path / "x")], capture_output=True, text=True, timeout=120)
+                             "--app", "gateway", "--out", str(tmp_path / "x")], capture_output=True, text=True, timeout=120, check=False)
     assert result.returncode == 2 and "digest of gateway" in result.stderr
     # No digest for an image: not pinned, refused rather than deployed by tag.
     (tmp_path / "outputs.json").write_text(json.dumps(stack_outputs("dev")))
     result = subprocess.run([sys.executable, str(DELIVER), "render", "--env", "dev", "--account", ACCOUNT, "--outputs", str(tmp_path / "outputs.json"),
-                             "--app", "triton", "--out", str(tmp_path / "y")], capture_output=True, text=True, timeout=120)
+                             "--app", "triton", "--out", str(tmp_path / "y")], capture_output=True, text=True, timeout=120, check=False)
     assert result.returncode == 2 and "not pinned by digest" in result.stderr
