@@ -17,10 +17,10 @@ from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 
-from radstream.coherence import contradictions, overlapping_boxes  # noqa: E402
-from radstream.runtime import LocalRuntime  # noqa: E402
-from radstream.samples import write_demo_studies  # noqa: E402
-from shared.settings import Settings  # noqa: E402
+from radstream.coherence import contradictions, overlapping_boxes
+from radstream.runtime import LocalRuntime
+from radstream.samples import write_demo_studies
+from shared.settings import Settings
 
 
 def audit(studies: int, size: int, seed: int, workers: int) -> dict:

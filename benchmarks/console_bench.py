@@ -29,7 +29,7 @@ import threading
 import time
 import urllib.request
 import uuid
-from datetime import datetime, timedelta, timezone
+from datetime import datetime, timedelta, UTC
 from pathlib import Path
 
 ROOT = Path(__file__).resolve().parent.parent
@@ -80,7 +80,7 @@ def generate(data_dir: Path, studies: int, seed: int = 11) -> None:
     rng = np.random.default_rng(seed)
     pyrng = random.Random(seed)
     images = write_images(data_dir, 24, rng)
-    now = datetime.now(timezone.utc)
+    now = datetime.now(UTC)
     emf = LocalEmfFile(data_dir)
     results = data_dir / "results"
     for n in range(studies):

@@ -263,13 +263,13 @@ class LogCapture:
     def __init__(self, path: Path) -> None:
         self.path = path
 
-    def __enter__(self) -> "LogCapture":
+    def __enter__(self) -> LogCapture:
         import logging
 
         sys.stdout.flush()
         sys.stderr.flush()
         self.saved = (os.dup(1), os.dup(2))
-        self.file = open(self.path, "w")  # noqa: SIM115 - closed in __exit__
+        self.file = open(self.path, "w")
         os.dup2(self.file.fileno(), 1)
         os.dup2(self.file.fileno(), 2)
         self.handler = logging.StreamHandler(self.file)

@@ -40,7 +40,7 @@ import tempfile
 import time
 import uuid
 from collections import defaultdict
-from datetime import datetime, timedelta, timezone
+from datetime import datetime, timedelta, UTC
 from pathlib import Path
 
 ROOT = Path(__file__).resolve().parent.parent
@@ -123,7 +123,7 @@ def execution_batch(rng: random.Random, study: str, at: datetime, *, fail: tuple
 def generate(studies: int, days: float, seed: int = 12) -> list[tuple[datetime, list[str]]]:
     """Every delivery batch of the lake, in delivery order: (when it was sent, its NDJSON lines)."""
     rng = random.Random(seed)
-    end = datetime.now(timezone.utc) - timedelta(minutes=5)
+    end = datetime.now(UTC) - timedelta(minutes=5)
     start = end - timedelta(days=days)
     step = (end - start) / studies
     batches: list[tuple[datetime, list[str]]] = []

@@ -39,7 +39,7 @@ import tempfile
 import time
 from collections.abc import Iterator
 from concurrent.futures import ProcessPoolExecutor, ThreadPoolExecutor
-from datetime import datetime, timezone
+from datetime import datetime, UTC
 from pathlib import Path
 
 import cv2
@@ -48,14 +48,14 @@ import onnxruntime as ort
 
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 
-import radstream.runtime as runtime_module  # noqa: E402
-import services.prepare.domain as prepare_domain  # noqa: E402
-from radstream.runtime import LocalRuntime  # noqa: E402
-from radstream.samples import write_demo_studies  # noqa: E402
-from services.prepare.domain import model_tensor  # noqa: E402
-from shared.pixels import decode_raster  # noqa: E402
-from shared.model_repository import ModelRepository  # noqa: E402
-from shared.settings import Settings  # noqa: E402
+import radstream.runtime as runtime_module
+import services.prepare.domain as prepare_domain
+from radstream.runtime import LocalRuntime
+from radstream.samples import write_demo_studies
+from services.prepare.domain import model_tensor
+from shared.pixels import decode_raster
+from shared.model_repository import ModelRepository
+from shared.settings import Settings
 
 XRV_RANGE = 1024.0
 
@@ -350,7 +350,7 @@ def main() -> None:
     settings = Settings()
     work = Irreducible(settings)
     load = os.getloadavg()
-    started = datetime.now(timezone.utc)
+    started = datetime.now(UTC)
     with tempfile.TemporaryDirectory(prefix="radstream-limit-") as tmp:
         breakdowns: list[tuple[int, int, float, dict[str, float]]] = []
         rows = [row for size in args.sizes for row in bench_size(size, args, Path(tmp), work, settings, breakdowns)]

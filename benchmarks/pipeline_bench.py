@@ -21,9 +21,9 @@ from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 
-from radstream.runtime import LocalRuntime  # noqa: E402
-from radstream.samples import write_demo_studies  # noqa: E402
-from shared.settings import Settings  # noqa: E402
+from radstream.runtime import LocalRuntime
+from radstream.samples import write_demo_studies
+from shared.settings import Settings
 
 
 def p95(values: list[float]) -> float:

@@ -53,7 +53,7 @@ def main(argv: list[str] | None = None) -> int:
         providers = with_cuda_options(gpu_execution_providers(config), overrides)
         path = str(model_dir / "1" / "model.onnx")
         cpu = ort.InferenceSession(path, providers=["CPUExecutionProvider"])
-        gpu = open_onnx_session(ort, path, ort.SessionOptions(), providers, lambda m: print(f"  {model_dir.name}: {m}"))
+        gpu = open_onnx_session(ort, path, ort.SessionOptions(), providers, lambda m, name=model_dir.name: print(f"  {name}: {m}"))
         options = gpu.get_provider_options().get("CUDAExecutionProvider", {})
         names = [o.name for o in cpu.get_outputs()]
         diffs = dict.fromkeys(names, 0.0)

@@ -24,12 +24,12 @@ import numpy as np
 
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 
-from radstream.cli import main as radstream  # noqa: E402
-from radstream.phantoms import generate_limb, generate_phantom, to_uint8  # noqa: E402
-from radstream.transfer_syntaxes import dataset_bytes, dicom_dataset, stored_values  # noqa: E402
-from services.prepare.domain import letterbox, picture_flags  # noqa: E402
-from services.prepare.quality import quality_flags  # noqa: E402
-from shared.pixels import decode_dicom, decode_raster, percentile_levels  # noqa: E402
+from radstream.cli import main as radstream
+from radstream.phantoms import generate_limb, generate_phantom, to_uint8
+from radstream.transfer_syntaxes import dataset_bytes, dicom_dataset, stored_values
+from services.prepare.domain import letterbox, picture_flags
+from services.prepare.quality import quality_flags
+from shared.pixels import decode_dicom, decode_raster, percentile_levels
 
 SIZE = 512
 

@@ -215,8 +215,8 @@ def journal_progress(path: Path) -> tuple[int | None, int]:
     from radstream.journal import read_journal
 
     lines = [line for _, line in read_journal(path)[0]]
-    planned = next((len(l["studies"]) if isinstance(l["studies"], list) else l["studies"] for l in lines if "run" in l), None)
-    return planned, sum("status" in l for l in lines)
+    planned = next((len(line["studies"]) if isinstance(line["studies"], list) else line["studies"] for line in lines if "run" in line), None)
+    return planned, sum("status" in line for line in lines)
 
 
 @dataclass
@@ -320,7 +320,7 @@ class Soak:
             self.triton.crash()
             time.sleep(self.args.triton_down)
             self.triton.start()
-        except BaseException as e:  # noqa: BLE001 - a thread's error would vanish; the soak must fail with it
+        except BaseException as e:
             self.invariants.append(f"Triton outage: {type(e).__name__}: {e}")
             return
         self.triton_outages.append(time.monotonic() - down_at)

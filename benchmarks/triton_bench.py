@@ -342,7 +342,7 @@ def run_level(url: str, model: str, inputs: dict[str, np.ndarray], concurrency: 
             t0 = time.perf_counter()
             try:
                 client.infer(model, inputs)
-            except Exception:  # noqa: BLE001 - counted and reported, the run goes on
+            except Exception:
                 with lock:
                     errors += 1
                 continue
@@ -420,7 +420,7 @@ def bench_direct(repository: Path, models: list[str], requests: int, duration_s:
         gpu = any(g.kind == g.KIND_GPU for g in config.instance_group)
         providers = with_cuda_options(gpu_execution_providers(config), cuda_overrides) if gpu else ["CPUExecutionProvider"]
         session = open_onnx_session(ort, str(repository / model / "1" / "model.onnx"), ort.SessionOptions(), providers,
-                                    lambda m: print(f"  direct     {model}: {m}"))
+                                    lambda m, model=model: print(f"  direct     {model}: {m}"))
         cuda = session.get_provider_options().get("CUDAExecutionProvider", {})
         print(f"  direct     {model}: ONNX Runtime {ort.__version__} providers {session.get_providers()}"
               + (f" (CUDA use_tf32={cuda.get('use_tf32')})" if cuda else ""))

@@ -207,7 +207,7 @@ def read_lake_object(path: Path) -> list[bytes]:
         except ValueError:
             raise ValueError(f"line {number} is not JSON") from None
         if not isinstance(record, dict):
-            raise ValueError(f"line {number} is not a record")  # noqa: TRY004 - one kind of unreadable object, as a cut line is
+            raise ValueError(f"line {number} is not a record")
     return lines
 
 

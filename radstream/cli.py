@@ -593,7 +593,7 @@ def keep_stdout_for_output() -> None:
     import logging
 
     class Stderr(logging.StreamHandler):
-        @property  # type: ignore[override]
+        @property
         def stream(self):  # whatever sys.stderr is at the time of the line
             return sys.stderr
 

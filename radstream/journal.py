@@ -24,7 +24,7 @@ import uuid
 import zlib
 from collections.abc import Iterable
 from dataclasses import dataclass, field
-from datetime import datetime, timezone
+from datetime import datetime, UTC
 from pathlib import Path
 from typing import Any
 
@@ -67,7 +67,7 @@ class Journal:
     """One run's journal file; lines are appended from the worker threads under a lock, each fsynced before it returns."""
 
     def __init__(self, folder: Path, command: str, entries: Iterable[JournalEntry], roots: Iterable[str] = ()) -> None:
-        now = datetime.now(timezone.utc)
+        now = datetime.now(UTC)
         self.path = folder / f"{now:%Y%m%dT%H%M%S%f}-{uuid.uuid4().hex[:6]}.jsonl"
         self._lock = threading.Lock()
         entries = list(entries)

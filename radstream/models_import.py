@@ -26,7 +26,7 @@ import shutil
 import subprocess
 import sys
 from pathlib import Path
-from typing import Sequence
+from collections.abc import Sequence
 
 from radstream.phantoms import FINDINGS
 
@@ -323,7 +323,7 @@ def import_torchxrayvision(
         digest = file_sha256(weights)
         try:
             obj = torch.load(weights, map_location="cpu", weights_only=True)
-        except Exception as exc:  # noqa: BLE001
+        except Exception as exc:
             if not allow_pickle:
                 raise ImportRefused(
                     f"{weights} is not a plain state dict ({type(exc).__name__}); torchxrayvision's own .pt files "

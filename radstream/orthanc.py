@@ -62,7 +62,7 @@ class Orthanc:
             "Plugins": [str(DICOMWEB_PLUGIN)], "DicomWeb": {"Enable": True, "Root": "/dicom-web/"},
         }
         (self.folder / "orthanc.json").write_text(json.dumps(config))
-        self._log = open(self.folder / "orthanc.log", "a")  # noqa: SIM115 - closed in stop()
+        self._log = open(self.folder / "orthanc.log", "a")
         self.process = subprocess.Popen([self.binary, str(self.folder / "orthanc.json")], stdout=self._log, stderr=subprocess.STDOUT)
         deadline = time.monotonic() + self.start_timeout_s
         while True:
@@ -112,7 +112,7 @@ class Orthanc:
             self._log.close()
             self._log = None
 
-    def __enter__(self) -> "Orthanc":
+    def __enter__(self) -> Orthanc:
         return self
 
     def __exit__(self, *exc: object) -> None:

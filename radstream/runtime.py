@@ -18,7 +18,7 @@ from collections import Counter
 from collections.abc import Callable, Iterable
 from concurrent.futures import FIRST_COMPLETED, Future, ThreadPoolExecutor, wait
 from dataclasses import dataclass, field
-from datetime import datetime, timezone
+from datetime import datetime, UTC
 from pathlib import Path
 from typing import Any
 
@@ -29,7 +29,7 @@ from radstream.template import DEFAULT_TEMPLATE, Template
 from radstream.traces import write_trace
 from shared import wiring
 from shared.atomicfile import staging_dir, sweep_staging
-from shared.contracts import FailureRecord, ObjectRef, StudyResult
+from shared.contracts import FailureRecord, FailureStage, ObjectRef, StudyResult
 from shared.errors import ConfigurationError, FailureNotRecorded, ObjectNotFound, RadStreamError, StorageUnavailable, StudyConflict, is_transient
 from shared.messages import INCOMING, study_id_from_key
 from shared.metrics import LocalEmfFile
@@ -81,7 +81,7 @@ class StudyOutcome:
 
 def s3_event(bucket: str, key: str, size: int) -> dict[str, Any]:
     """The event S3 sends to EventBridge for a PUT (EventBridge notifications enabled on the bucket)."""
-    now = datetime.now(timezone.utc).strftime("%Y-%m-%dT%H:%M:%SZ")
+    now = datetime.now(UTC).strftime("%Y-%m-%dT%H:%M:%SZ")
     return {
         "version": "0", "id": str(uuid.uuid4()), "detail-type": "Object Created", "source": "aws.s3",
         "account": "000000000000", "time": now, "region": "local",
@@ -119,7 +119,7 @@ def upload_key_study_id(folder: Path, sidecar: Path) -> str:
     """
     try:
         claimed = parse_sidecar_bytes(sidecar.read_bytes()).get("study_id")
-    except Exception:  # noqa: BLE001 - any unreadable sidecar falls back to the folder's name; validate reports it
+    except Exception:
         claimed = None
     if isinstance(claimed, str) and claimed and not _SAFE_ID.search(claimed) and claimed not in (".", ".."):
         return claimed
@@ -276,7 +276,7 @@ class LocalRuntime:
         except StorageUnavailable:
             pass  # still buffered, on disk: the next start delivers it
         (settings.data_dir / "logs").mkdir(exist_ok=True)
-        self._log_file = open(settings.data_dir / "logs" / "radstream.log", "a")  # noqa: SIM115 - held for the runtime's life
+        self._log_file = open(settings.data_dir / "logs" / "radstream.log", "a")
         self._metrics = LocalEmfFile(settings.data_dir)  # the EMF lines Lambda would print, captured for the console
         self.rules = self.template.event_rules(settings.to_env())
         self.machine = StateMachine(self.template.definition(), self.invoke, sleep=sleep, max_workers=branch_threads)
@@ -285,7 +285,7 @@ class LocalRuntime:
         self._lock = threading.Lock()
         self.close_warnings: list[str] = []
 
-    def __enter__(self) -> "LocalRuntime":
+    def __enter__(self) -> LocalRuntime:
         return self
 
     def __exit__(self, *exc: object) -> None:
@@ -300,7 +300,7 @@ class LocalRuntime:
             try:
                 with logs_to(self._log_file if not self._log_file.closed else None):  # what closing logs is the run's, not stdout's
                     wiring.close_all(resource)
-            except Exception as e:  # noqa: BLE001 - each one closed or named; the studies' records are already written
+            except Exception as e:
                 name = type(resource).__name__
                 self.close_warnings.append(f"{name} not closed cleanly ({type(e).__name__}: {_errno_name(e)}); "
                                            "buffered telemetry is delivered by the next start")
@@ -434,7 +434,7 @@ class LocalRuntime:
         result.output = self._location(bucket, key)
         return result
 
-    def refused(self, source: str, study_id: str, stage: str, error: Exception) -> StudyOutcome:
+    def refused(self, source: str, study_id: str, stage: FailureStage, error: Exception) -> StudyOutcome:
         """A study that failed outside the workflow (its upload, or the runtime itself): its failure record, if it can be written.
 
         Our own errors say what is wrong; anything else is named by type and logged with where it came from,
@@ -451,7 +451,7 @@ class LocalRuntime:
         outcome = StudyOutcome(study_id=study_id, source=source, status="failed", stage=stage, error_type=error_type, message=message)
         try:
             result = self._has_result(study_id)
-        except Exception:  # noqa: BLE001 - unknown: write nothing beside what may be a result; resume runs it again
+        except Exception:
             return outcome
         if result:
             # The study's own result stays the only record under its id. A refused second input is finished business
@@ -463,11 +463,11 @@ class LocalRuntime:
         record = FailureRecord(
             study_id=study_id, stage=stage, error_type=error_type, message=message,
             input=ObjectRef(bucket=self.settings.images_bucket, key=f"{INCOMING}{study_id}/"), execution_id="none",
-            failed_at=datetime.now(timezone.utc),
+            failed_at=datetime.now(UTC),
         )
         try:
             self.store.put_bytes(bucket, key, record.model_dump_json(indent=2).encode(), content_type="application/json")
-        except Exception as e:  # noqa: BLE001 - the outcome (and the journal) still say what happened
+        except Exception as e:
             outcome.message = f"{message} (and its failure record could not be written: {type(e).__name__}; resume runs it again)"
             return outcome
         outcome.output = self._location(bucket, key)
@@ -475,7 +475,8 @@ class LocalRuntime:
 
     def _location(self, bucket: str, key: str) -> str:
         store = self.store.inner
-        return str(store.path(bucket, key)) if isinstance(getattr(store, "inner", store), LocalObjectStore) else f"s3://{bucket}/{key}"
+        local = getattr(store, "inner", store)  # under the fault injector, when one is configured
+        return str(local.path(bucket, key)) if isinstance(local, LocalObjectStore) else f"s3://{bucket}/{key}"
 
     def _has_result(self, study_id: str) -> bool:
         return self.store.head(self.settings.results_bucket, f"results/{study_id}/result.json") is not None
@@ -485,11 +486,11 @@ class LocalRuntime:
         source = str(folder)
         try:
             study_id = study_id or self.study_id(folder)
-        except Exception as e:  # noqa: BLE001 - one bad folder never stops the others
+        except Exception as e:
             return self.refused(source, folder_study_id(folder), "upload", e)
         try:
             events = self.upload(folder, study_id)
-        except Exception as e:  # noqa: BLE001
+        except Exception as e:
             return self.refused(source, study_id, "upload", e)
         return self._run(source, study_id, events)
 
@@ -500,7 +501,7 @@ class LocalRuntime:
             head = self.store.head(bucket, key)
             if head is None:
                 raise ObjectNotFound(f"no object s3://{bucket}/{key} to run", study_id=study_id)
-        except Exception as e:  # noqa: BLE001
+        except Exception as e:
             return self.refused(source, study_id, "upload", e)
         return self._run(source, study_id, [s3_event(bucket, key, head.size)])
 
@@ -516,7 +517,7 @@ class LocalRuntime:
                 with logs_to(self._log_file):
                     logger.warning("trace not written", study_id=study_id, error_type=type(e).__name__)
             return self.outcome(source, study_id, execution)
-        except Exception as e:  # noqa: BLE001 - whatever breaks, this study ends with its own record
+        except Exception as e:
             return self.refused(source, study_id, "runtime", e)
         finally:
             self._flush_log_file()
@@ -534,7 +535,7 @@ class LocalRuntime:
         for folder in folders:
             try:
                 planned.append((folder, self.study_id(folder), None))
-            except Exception as e:  # noqa: BLE001
+            except Exception as e:
                 planned.append((folder, None, e))
         claims = Counter(study_id for _, study_id, _ in planned if study_id)
         owners: dict[str, list[str]] = {}
@@ -600,7 +601,7 @@ class LocalRuntime:
             for folder in folders:
                 try:
                     study_id = self.study_id(folder)
-                except Exception:  # noqa: BLE001 - a folder that cannot be planned is run, and fails with its own record
+                except Exception:
                     study_id = folder_study_id(folder)
                 if study_id not in named and state(study_id) not in ("result", "permanent"):
                     entries.append(JournalEntry(study_id, str(folder), root))
@@ -645,7 +646,7 @@ class LocalRuntime:
     def quarantine(self, bucket: str, key: str, data: bytes) -> str:
         """Move a damaged record aside, under quarantine/<study_id>/<UTC time>-<name>, in the same bucket."""
         study_id, name = key.split("/")[1], key.rsplit("/", 1)[-1]
-        target = f"quarantine/{study_id}/{datetime.now(timezone.utc):%Y%m%dT%H%M%S%f}-{name}"
+        target = f"quarantine/{study_id}/{datetime.now(UTC):%Y%m%dT%H%M%S%f}-{name}"
         self.store.put_bytes(bucket, target, data)
         self.store.delete(bucket, key)
         return self._location(bucket, target)
@@ -676,7 +677,7 @@ class LocalRuntime:
                 else:
                     outcome = self.refused(source, named, "upload",
                                            ConfigurationError(f"{source} is gone and nothing was uploaded for it", study_id=study_id))
-            except Exception as e:  # noqa: BLE001 - finding a resumed study's input failed (a store outage): its own record
+            except Exception as e:
                 outcome = self.refused(source, named, "runtime", e)
             try:
                 journal.ended(outcome.study_id, outcome.source, outcome.status, outcome.error_type, recorded=outcome.output is not None,
@@ -688,11 +689,11 @@ class LocalRuntime:
             return outcome
 
         try:
-            report = self._map(run_one, planned, on_done)
+            report, not_run = self._map(run_one, planned, on_done)
         finally:
             journal.close()
         report.journal = journal.path
-        report.not_run = [entries[i].study_id for i in report.not_run]  # type: ignore[index]
+        report.not_run = [entries[i].study_id for i in not_run]
         if lost_lines:
             report.warnings.append(f"{len(lost_lines)} journal line(s) not written (the disk refused them): "
                                    "`radstream resume` runs those studies once more")
@@ -723,8 +724,10 @@ class LocalRuntime:
                 keys.append(key)
         return keys
 
-    def _map(self, run: Callable[[Any], StudyOutcome], items: list[Any], on_done: Callable[[StudyOutcome], None] | None) -> RunReport:
-        """Run items on the workers, starting each only when a worker is free.
+    def _map(self, run: Callable[[Any], StudyOutcome], items: list[Any],
+             on_done: Callable[[StudyOutcome], None] | None) -> tuple[RunReport, list[int]]:
+        """Run items on the workers, starting each only when a worker is free; the report, and the indexes of the items
+        not reached (the caller names them).
 
         Ctrl-C (or SIGTERM, which the CLI turns into the same) stops starting new studies; those in flight
         finish and are journalled; the rest are reported as not run, for `radstream resume`.
@@ -755,8 +758,5 @@ class LocalRuntime:
                 interrupted = True
                 for future in list(running):
                     done[running.pop(future)] = future.result()
-        return RunReport(
-            outcomes=[done[i] for i in sorted(done)],
-            not_run=[i for i in range(len(items)) if i not in done],  # indexes; _journalled names them
-            interrupted=interrupted,
-        )
+        report = RunReport(outcomes=[done[i] for i in sorted(done)], interrupted=interrupted)
+        return report, [i for i in range(len(items)) if i not in done]

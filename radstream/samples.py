@@ -4,7 +4,7 @@ from __future__ import annotations
 import hashlib
 import io
 import json
-from datetime import datetime, timedelta, timezone
+from datetime import datetime, timedelta, UTC
 from pathlib import Path
 
 import cv2
@@ -16,7 +16,7 @@ SOURCE = "radstream-demo/synthetic-phantom"
 
 
 def sidecar(study_id: str, image: str, rng: np.random.Generator, data: bytes | None = None) -> dict:
-    acquired = datetime(2026, 1, 1, tzinfo=timezone.utc) + timedelta(minutes=int(rng.integers(0, 500_000)))
+    acquired = datetime(2026, 1, 1, tzinfo=UTC) + timedelta(minutes=int(rng.integers(0, 500_000)))
     doc = {
         "schema_version": "1",
         "study_id": study_id,

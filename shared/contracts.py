@@ -14,7 +14,7 @@ from typing import Literal
 from pydantic import BaseModel, ConfigDict, Field
 
 SCHEMA_DIR = Path(__file__).resolve().parent / "schemas"
-NOT_FOR_CLINICAL_USE = "not for clinical use"
+NOT_FOR_CLINICAL_USE: Literal["not for clinical use"] = "not for clinical use"
 Stage = Literal["validate", "prepare", "inference", "store", "export", "telemetry", "workflow"]
 # Where a study can fail: a workflow stage, or before the workflow (its upload) or around it (the local runtime).
 FailureStage = Literal["upload", "validate", "prepare", "inference", "store", "export", "telemetry", "workflow", "runtime"]

@@ -7,7 +7,7 @@ from __future__ import annotations
 
 import json
 import threading
-from datetime import datetime, timezone
+from datetime import datetime, UTC
 from pathlib import Path
 from typing import Any, Protocol
 
@@ -43,7 +43,7 @@ class LocalEventLog:
     def publish(self, detail_type: str, detail: dict[str, Any]) -> None:
         line = json.dumps({
             "detail-type": detail_type, "source": self.source,
-            "time": datetime.now(timezone.utc).strftime("%Y-%m-%dT%H:%M:%SZ"),
+            "time": datetime.now(UTC).strftime("%Y-%m-%dT%H:%M:%SZ"),
             "detail": json.loads(_encode(detail_type, detail)),
         }, separators=(",", ":"))
         with self._lock:

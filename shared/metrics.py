@@ -35,7 +35,7 @@ import threading
 import time
 from collections.abc import Iterable, Mapping, Sequence
 from dataclasses import dataclass, field
-from datetime import datetime, timezone
+from datetime import datetime, UTC
 from pathlib import Path
 from typing import IO, Any, Protocol
 
@@ -167,7 +167,7 @@ class LocalEmfFile:
         self._open: tuple[Path, int] | None = None
 
     def path(self, now: datetime | None = None) -> Path:
-        return self.folder / f"emf-{(now or datetime.now(timezone.utc)):%Y-%m-%d}.jsonl"
+        return self.folder / f"emf-{(now or datetime.now(UTC)):%Y-%m-%d}.jsonl"
 
     def write(self, documents: Iterable[Mapping[str, Any]]) -> None:
         text = "".join(emf_line(d) for d in documents)
@@ -241,7 +241,7 @@ class Aggregate:
             self.minimum = min(self.minimum, v)
             self.maximum = max(self.maximum, v)
 
-    def merge(self, other: "Aggregate") -> None:
+    def merge(self, other: Aggregate) -> None:
         self.count += other.count
         self.total += other.total
         self.minimum = min(self.minimum, other.minimum)

@@ -19,7 +19,7 @@ import uuid
 from collections.abc import Callable, Iterator
 from contextlib import contextmanager
 from contextvars import ContextVar
-from datetime import datetime, timezone
+from datetime import datetime, UTC
 from typing import IO, Any, Generic, Literal, TypeVar
 
 from aws_lambda_powertools import Logger, Tracer
@@ -102,7 +102,7 @@ def telemetry_record(
     model_name = model.name if model else None
     return TelemetryRecord(
         event_id=telemetry_event_id(study_id=study_id, execution_id=execution_id, stage=stage, status=status, model_name=model_name),
-        time=datetime.now(timezone.utc), study_id=study_id, execution_id=execution_id,
+        time=datetime.now(UTC), study_id=study_id, execution_id=execution_id,
         stage=stage, status=status, duration_ms=duration_ms, model_name=model_name,
         model_version=model.version if model else None, error_type=error_type, bytes_in=bytes_in,
         bytes_out=bytes_out, cold_start=cold_start,
@@ -164,7 +164,7 @@ class StageHandler(Generic[D]):
             return
         try:
             metrics.write(stage_metrics(stage=self.stage, **values))
-        except Exception as e:  # noqa: BLE001 - a metric that cannot be written never fails a study
+        except Exception as e:
             logger.warning("metrics not written", error_type=type(e).__name__)
 
     def _invoke(self, event: dict[str, Any], context: Any, *, deps: D, metrics: EmfWriter | None = None) -> dict[str, Any]:

@@ -241,7 +241,7 @@ def codestream_complete(ds: Any) -> bool:
 
     try:
         frame = next(generate_frames(ds.PixelData, number_of_frames=1))
-    except Exception:  # noqa: BLE001 - a damaged encapsulation: let the decoder say what it finds
+    except Exception:
         return True
     return b"\xff\xd9" in frame.rstrip(b"\x00\xff")[-(2 + TRAILING_AFTER_EOI) :]
 
@@ -271,14 +271,14 @@ def pixel_data_incomplete(ds: Any) -> str | None:
         return "PixelData is shorter than the image attributes need" if len(ds.PixelData) < expected else None
     try:
         found = list(generate_frames(ds.PixelData, number_of_frames=frames))
-    except Exception:  # noqa: BLE001 - pydicom raises several types for a damaged item structure
+    except Exception:
         return "PixelData fragments cannot be read"
     if len(found) < frames or not all(found):
         return "PixelData holds fewer frames than NumberOfFrames"
     if syntax == RLE_LOSSLESS:
         try:
             _ = ds.pixel_array  # RLE segments carry no end marker: only decoding tells a cut one
-        except Exception:  # noqa: BLE001 - pydicom raises many types for damaged pixel data
+        except Exception:
             return "PixelData RLE segments are cut short"
         return None
     if not codestream_complete(ds):  # the first frame: decode_dicom reads single-frame images only

@@ -116,11 +116,11 @@ class Settings(BaseModel):
         return [ae.strip() for ae in (self.gateway_allowed_calling_aes or "").split(",") if ae.strip()]
 
     @classmethod
-    def from_env(cls, environ: dict[str, str] | None = None) -> "Settings":
+    def from_env(cls, environ: dict[str, str] | None = None) -> Settings:
         env = os.environ if environ is None else environ
         values = {name: env[var] for name, var in ENVIRONMENT.items() if env.get(var)}
         try:
-            return cls(**values)
+            return cls.model_validate(values)
         except ValidationError as e:
             fields = ", ".join(f"{ENVIRONMENT[str(err['loc'][0])]} ({err['msg']})" for err in e.errors())
             raise ConfigurationError(f"invalid settings: {fields}") from e

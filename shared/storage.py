@@ -6,7 +6,7 @@ import os
 import threading
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any, BinaryIO, Protocol
+from typing import Any, BinaryIO, Literal, Protocol
 
 from shared.atomicfile import atomic_copy, atomic_write, staging_dir
 from shared.aws_errors import translated
@@ -103,7 +103,7 @@ class LocalObjectStore:
         start = base / folder if folder and ".." not in folder.split("/") else base
         if not start.is_dir():
             return []
-        keys = []
+        keys: list[str] = []
         with _disk(f"listing s3://{bucket}/{prefix}"):
             for dirpath, _, filenames in os.walk(start):
                 rel = os.path.relpath(dirpath, base).replace(os.sep, "/")
@@ -214,7 +214,7 @@ class _disk:
     def __enter__(self) -> None:
         return None
 
-    def __exit__(self, exc_type: type | None, error: BaseException | None, tb: object) -> bool:
+    def __exit__(self, exc_type: type | None, error: BaseException | None, tb: object) -> Literal[False]:
         if isinstance(error, OSError) and not isinstance(error, FileNotFoundError):
             name = errno.errorcode.get(error.errno or 0, type(error).__name__)
             raise StorageUnavailable(f"local store: {name} ({os.strerror(error.errno) if error.errno else 'I/O error'}) {self.what}") from error

@@ -12,7 +12,7 @@ import uuid
 from collections import defaultdict
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass
-from datetime import datetime, timezone
+from datetime import datetime, UTC
 from pathlib import Path
 from typing import Any, Protocol
 
@@ -31,7 +31,7 @@ class TelemetrySink(Protocol):
 
 def partition_prefix(time: datetime) -> str:
     """Firehose's dynamic partitioning in template.yaml writes the same dt=/hour= layout (UTC)."""
-    t = time.astimezone(timezone.utc)
+    t = time.astimezone(UTC)
     return f"{LAKE_PREFIX}/dt={t:%Y-%m-%d}/hour={t:%H}/"
 
 
@@ -51,7 +51,7 @@ class LocalLakeSink:
         by_partition: dict[str, list[TelemetryRecord]] = defaultdict(list)
         for record in records:
             by_partition[partition_prefix(record.time)].append(record)
-        now = datetime.now(timezone.utc)
+        now = datetime.now(UTC)
         for prefix, batch in by_partition.items():
             key = f"{prefix}{self.stream_name}-1-{now:%Y-%m-%d-%H-%M-%S}-{uuid.uuid4()}.json.gz"
             self.store.put_bytes(self.bucket, key, gzip.compress(to_ndjson(batch), mtime=0), content_type="application/gzip")
@@ -109,7 +109,7 @@ def deliver_buffer(path: Path, store: ObjectStore, bucket: str, stream_name: str
     data = path.read_bytes()
     stem = path.name[: -len(_BUFFER_SUFFIX)]
     opened_ms, _, buffer_id = stem.partition("-")
-    opened = datetime.fromtimestamp(int(opened_ms) / 1000, timezone.utc) if opened_ms.isdigit() else datetime.now(timezone.utc)
+    opened = datetime.fromtimestamp(int(opened_ms) / 1000, UTC) if opened_ms.isdigit() else datetime.now(UTC)
     by_partition, dropped = complete_lines(data)
     if dropped:
         _log.warning("telemetry buffer %s: %d incomplete or unreadable line(s) dropped", path.name, dropped)
@@ -293,7 +293,7 @@ class BufferedLakeSink:
     def _due(self) -> None:
         try:
             self.flush()
-        except Exception:  # noqa: BLE001 - the timer thread has no caller; the next send, flush or close retries
+        except Exception:
             _log.warning("telemetry buffer delivery failed; it stays buffered", exc_info=True)
 
     # --- delivery ---

@@ -92,7 +92,7 @@ class StoreDependencies:
     store: ObjectStore
 
     @classmethod
-    def from_settings(cls, settings: Settings) -> "StoreDependencies":
+    def from_settings(cls, settings: Settings) -> StoreDependencies:
         return cls(settings, object_store(settings))
 
     def close(self) -> None:

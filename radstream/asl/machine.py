@@ -84,7 +84,7 @@ def _copy(value: Any) -> Any:
     # A pickle round trip is a deep copy done in C: half the time of walking the dicts in Python (a study's state).
     try:
         return pickle.loads(pickle.dumps(value, protocol=pickle.HIGHEST_PROTOCOL))
-    except Exception:  # noqa: BLE001 - something pickle cannot carry (never JSON state data): copy the containers
+    except Exception:
         return _walk_copy(value)
 
 

@@ -18,7 +18,7 @@ from collections import OrderedDict
 from collections.abc import Callable
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass, field
-from datetime import datetime, timedelta, timezone
+from datetime import datetime, timedelta, UTC
 from pathlib import Path
 from typing import Any
 
@@ -408,7 +408,7 @@ class ConsoleData:
         self.data_dir = Path(data_dir) if data_dir else None
         self.index = StudyIndex(store, results_bucket, refresh_s, readers)
         self.emf = EmfLog(self.data_dir) if self.data_dir else None
-        self.clock = clock or (lambda: datetime.now(timezone.utc))
+        self.clock = clock or (lambda: datetime.now(UTC))
         self._images: OrderedDict[str, RenderedImage] = OrderedDict()
         self._images_lock = threading.Lock()
 

@@ -39,23 +39,23 @@ def _int(params: dict[str, list[str]], name: str, default: int, allowed: tuple[i
 
 
 class ConsoleHandler(BaseHTTPRequestHandler):
-    server: "ConsoleServer"
+    server: ConsoleServer
     server_version = "RadStreamConsole"
     sys_version = ""
 
-    def log_message(self, format: str, *args: Any) -> None:  # noqa: A002 (the base class's name)
+    def log_message(self, format: str, *args: Any) -> None:
         log.info("%s %s", self.address_string(), format % args)
 
-    def do_HEAD(self) -> None:  # noqa: N802
+    def do_HEAD(self) -> None:
         self._dispatch(head=True)
 
-    def do_GET(self) -> None:  # noqa: N802
+    def do_GET(self) -> None:
         self._dispatch(head=False)
 
     def _refuse(self) -> None:
         self._send(HTTPStatus.METHOD_NOT_ALLOWED, b"read-only console: GET only\n", "text/plain; charset=utf-8", extra={"Allow": "GET, HEAD"})
 
-    do_POST = do_PUT = do_DELETE = do_PATCH = _refuse  # noqa: N815
+    do_POST = do_PUT = do_DELETE = do_PATCH = _refuse
 
     def _send(self, status: HTTPStatus, body: bytes, content_type: str, head: bool = False, extra: dict[str, str] | None = None) -> None:
         self.send_response(status)

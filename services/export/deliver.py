@@ -29,7 +29,7 @@ import urllib.request
 import uuid
 from collections.abc import Callable, Iterator
 from dataclasses import dataclass
-from datetime import datetime, timezone
+from datetime import datetime, UTC
 from typing import Any, Literal
 
 from pydantic import BaseModel
@@ -58,7 +58,7 @@ class DicomPeer:
     port: int
 
     @classmethod
-    def parse(cls, text: str) -> "DicomPeer":
+    def parse(cls, text: str) -> DicomPeer:
         match = _PEER.match(text.strip())
         if not match:
             raise ConfigurationError("EXPORT_DICOM_PEER must be AE_TITLE@host:port, e.g. PACS@10.0.0.5:104")
@@ -227,7 +227,7 @@ def record_dead_letter(request: DeliverRequest, store: ObjectStore, settings: Se
     error_type, message = error_message(request.error or {}, study_id, request.execution_id,
                                         "building its exports (SR, overlay, FHIR)" if kind == "build" else "delivering its exports")
     letter = DeadLetter(
-        study_id=study_id, execution_id=request.execution_id, failed_at=datetime.now(timezone.utc), kind=kind, error_type=error_type,
+        study_id=study_id, execution_id=request.execution_id, failed_at=datetime.now(UTC), kind=kind, error_type=error_type,
         message=message, destinations=destinations(settings), exported=request.exported,
         study=request.study if kind == "build" else None, stored=request.stored if kind == "build" else None,
     )
@@ -281,7 +281,7 @@ def _replay(letter: DeadLetter, outcome: Replayed, store: ObjectStore, settings:
 
     exported = letter.exported
     if letter.kind == "build":
-        assert letter.study is not None and letter.stored is not None  # noqa: S101 - record_dead_letter writes both for a build
+        assert letter.study is not None and letter.stored is not None
         try:
             exported = export_result(ExportRequest(study=letter.study, stored=letter.stored, execution_id=letter.execution_id), store,
                                      settings.results_bucket)
@@ -296,14 +296,14 @@ def _replay(letter: DeadLetter, outcome: Replayed, store: ObjectStore, settings:
             return  # nothing to send (the source cannot be addressed: exports.json says why), or nowhere to send it yet
     elif not destinations(settings):
         raise ConfigurationError("no destination configured to replay to: set EXPORT_DICOM_PEER, EXPORT_STOW_URL or EXPORT_FHIR_URL")
-    assert exported is not None  # noqa: S101 - a delivery letter always names its exports
+    assert exported is not None
     try:
         outcome.delivered = deliver_exports(letter.study_id, exported, store, settings)
     except RadStreamError as e:
         # Still not sent (and, for a rebuilt one, from now on a failed delivery of the exports just built): the letter
         # and the study's export status say why, for the next replay.
         failed = letter.model_copy(update={"kind": "delivery", "exported": exported, "study": None, "stored": None,
-                                           "failed_at": datetime.now(timezone.utc), "error_type": e.error_name, "message": e.message,
+                                           "failed_at": datetime.now(UTC), "error_type": e.error_name, "message": e.message,
                                            "destinations": destinations(settings)})
         stored = store.put_bytes(settings.results_bucket, dead_letter_key(letter.study_id, letter.execution_id),
                                  failed.model_dump_json(indent=2, exclude_none=True).encode(), content_type="application/json")

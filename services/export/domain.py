@@ -29,7 +29,7 @@ import json
 import logging
 import re
 import uuid
-from datetime import timezone
+from datetime import UTC
 from typing import Any
 
 from services.export import codes
@@ -307,7 +307,7 @@ def build_fhir(result: StudyResult, header: Any, sr: bytes, sr_uid: str) -> dict
     def ref(entry: str) -> dict[str, str]:
         return {"reference": full_url(entry)}
 
-    issued = result.completed_at.astimezone(timezone.utc).isoformat()
+    issued = result.completed_at.astimezone(UTC).isoformat()
     modality = MODALITY_CODES.get(result.modality, (result.modality, result.modality))
     imaging_study: dict[str, Any] = {
         "resourceType": "ImagingStudy", "status": "available", "subject": ref("patient"),
@@ -353,7 +353,7 @@ def build_fhir(result: StudyResult, header: Any, sr: bytes, sr_uid: str) -> dict
         "conclusion": report_text(result),
         # The SR itself, so the form is there to present (a reference to a PACS it may not reach yet would not resolve).
         "presentedForm": [{"contentType": "application/dicom", "data": base64.b64encode(sr).decode(), "size": len(sr),
-                           "hash": base64.b64encode(hashlib.sha1(sr).digest()).decode(),  # noqa: S324 - FHIR Attachment.hash is SHA-1
+                           "hash": base64.b64encode(hashlib.sha1(sr).digest()).decode(),
                            "title": "RadStream TID 1500 SR"}],
     }
     entries["device-chest_xray_classifier"] = _device(result, "chest_xray_classifier")

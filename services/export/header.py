@@ -63,7 +63,7 @@ def raw_values(source: Any, keyword: str, encodings: list[str]) -> list[str] | l
     element = source.get_item(tag) if tag is not None else None
     if element is None or element.value is None:
         return None
-    vr = dictionary_VR(tag)
+    vr = dictionary_VR(element.tag)
     value = element.value
     if vr in _TEXT_VRS:
         if isinstance(value, bytes):
@@ -103,7 +103,7 @@ def patient_age(values: list[str] | None) -> str | None:
 
 def addressed_header(source: Any) -> Any:
     """A new dataset holding the source's patient, study, image-reference and equipment attributes, each valid for its VR."""
-    from pydicom.datadict import dictionary_VR, tag_for_keyword
+    from pydicom.datadict import dictionary_VR
     from pydicom.dataset import Dataset
 
     from pydicom.charset import convert_encodings
@@ -125,10 +125,11 @@ def addressed_header(source: Any) -> Any:
             continue
         if values is None or values == [""]:
             continue
-        vr = dictionary_VR(tag_for_keyword(keyword))
+        vr = dictionary_VR(_tag(keyword))
         if not terms and vr in _TEXT_VRS and not all(str(v).isascii() for v in values):
             continue  # no character set to write it in
-        if keyword in ENUMERATED and ENUMERATED[keyword] is not None and not set(map(str, values)) <= ENUMERATED[keyword]:
+        allowed = ENUMERATED.get(keyword)
+        if allowed is not None and not set(map(str, values)) <= allowed:
             continue
         if keyword == "PatientOrientation" and (len(values) != 2 or not all(_ORIENTATION.match(str(v)) for v in values)):
             continue
@@ -136,15 +137,25 @@ def addressed_header(source: Any) -> Any:
             continue
         if not _valid(vr, values):
             continue
-        header[tag_for_keyword(keyword)] = _element(keyword, vr, values)
+        header[_tag(keyword)] = _element(keyword, vr, values)
     if header.get("PatientIdentityRemoved") == "YES" and "DeidentificationMethod" not in header:
-        method = source.get_item(tag_for_keyword("DeidentificationMethodCodeSequence"))
+        method = source.get_item(_tag("DeidentificationMethodCodeSequence"))
         # The coded method is a sequence we do not copy: its presence still means the source named a method.
         header.DeidentificationMethod = NO_METHOD if method is None else "Coded in the source (DeidentificationMethodCodeSequence)"
     for keyword in TYPE2:
         if keyword not in header:
-            header[tag_for_keyword(keyword)] = _element(keyword, dictionary_VR(tag_for_keyword(keyword)), [])
+            header[_tag(keyword)] = _element(keyword, dictionary_VR(_tag(keyword)), [])
     return header
+
+
+def _tag(keyword: str) -> int:
+    """The tag of a keyword of pydicom's dictionary (this module names only those)."""
+    from pydicom.datadict import tag_for_keyword
+
+    tag = tag_for_keyword(keyword)
+    if tag is None:
+        raise KeyError(f"{keyword} is not a DICOM keyword")
+    return tag
 
 
 def _positive(value: Any) -> bool:
@@ -156,12 +167,11 @@ def _positive(value: Any) -> bool:
 
 def _element(keyword: str, vr: str, values: list[Any]) -> Any:
     from pydicom.dataelem import DataElement
-    from pydicom.datadict import tag_for_keyword
 
     value: Any = values[0] if len(values) == 1 else (list(values) if values else "")
     if not values and vr not in _TEXT_VRS:
         value = None
-    return DataElement(tag_for_keyword(keyword), vr, value)
+    return DataElement(_tag(keyword), vr, value)
 
 
 def has_spacing(header: Any) -> bool:

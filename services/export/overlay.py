@@ -94,7 +94,7 @@ def build_overlay(result: StudyResult, source_bytes: bytes, header: Any, uid: Ca
     )
     # The rest of the patient and study modules (PatientAge, PatientIdentityRemoved and its method...), as the SR has them.
     sc.copy_patient_and_study_information(header)
-    sc.PatientOrientation = list(orientation) if orientation else ""
+    sc.PatientOrientation = list(orientation) if orientation else []  # Type 2: present, empty when unknown
     sc.ConversionType = "WSD"  # made by a workstation (software), not digitised from film or video
     sc.BurnedInAnnotation = "YES"
     sc.ImageComments = f"{draft_label}: detector boxes burned in; the SR in series 9901 holds the findings"

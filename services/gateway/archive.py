@@ -122,7 +122,7 @@ class Archive:
         groups: dict[str, list[Stored]] = {"STUDY": by_study, "SERIES": by_series}.get(level) or {
             _value(item.header, "SOPInstanceUID"): [item] for item in objects}
         answers = []
-        for uid, members in sorted(groups.items()):
+        for _uid, members in sorted(groups.items()):
             first = members[0].header
             study = by_study[_value(first, "StudyInstanceUID")]
             modalities = {_value(m.header, "Modality") for m in study}

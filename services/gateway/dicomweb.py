@@ -61,7 +61,7 @@ def _known_tag(tag: int) -> bool:
 
 def qido(path: str, query: str, archive: Archive) -> Response | None:
     """A QIDO-RS answer, or None when `path` is not a QIDO-RS resource."""
-    for pattern, (level, path_keys) in QIDO.items():
+    for pattern, (level, path_keys) in QIDO.items():  # noqa: B007 - the matching route's, read after the break
         route = pattern.match(path)
         if route is not None:
             break

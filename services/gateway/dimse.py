@@ -23,6 +23,7 @@ from collections.abc import Iterator
 
 from pynetdicom import ALL_TRANSFER_SYNTAXES, AE, evt
 from pynetdicom.association import Association
+from pynetdicom.transport import ThreadedAssociationServer
 from pynetdicom.sop_class import (  # type: ignore[attr-defined]
     Comprehensive3DSRStorage,
     StudyRootQueryRetrieveInformationModelFind,
@@ -66,7 +67,7 @@ class SlotLimitedAE(AE):
         self._slot_holders: set[Association] = set()
         super().__init__(*args, **kwargs)
 
-    @property  # type: ignore[override]
+    @property
     def maximum_associations(self) -> int:
         current = threading.current_thread()
         if not (isinstance(current, Association) and current.is_acceptor and current.ae is self):
@@ -134,7 +135,7 @@ class GatewayAE(SlotLimitedAE):
 
     allowed_peers: tuple[AllowedPeer, ...] = ()
 
-    @property  # type: ignore[override]
+    @property
     def require_calling_aet(self) -> list[str]:
         current = threading.current_thread()
         if not self.allowed_peers or not (isinstance(current, Association) and current.is_acceptor and current.ae is self):
@@ -215,7 +216,7 @@ def handle_store(event: Any, receiver: Receiver) -> Dataset:
     except Refused as e:
         log.warning("C-STORE refused status=0x%04X reason=%s %s", e.status, e.reason, calling)
         return status(e.status, e.reason)
-    except Exception as e:  # noqa: BLE001 - an unexpected error is the SCP's failure: named, never its message
+    except Exception as e:
         log.error("C-STORE failed unexpectedly error_type=%s %s", type(e).__name__, calling)
         return status(PROCESSING_FAILURE, "processing failure in the gateway")
     return status(SUCCESS)
@@ -255,7 +256,7 @@ def handle_find(event: Any, archive: Archive) -> Iterator[tuple[int, Dataset | N
     filters = {e.keyword: _identifier_text(e) for e in requested if e.keyword in MATCHABLE[level] and _identifier_text(e)}
     try:
         answers = archive.search(level, filters)  # type: ignore[arg-type]
-    except Exception as e:  # noqa: BLE001 - the store failed: named, never its message
+    except Exception as e:
         log.error("C-FIND failed error_type=%s %s", type(e).__name__, peer_of(event.assoc))
         yield UNABLE_TO_PROCESS, None
         return
@@ -323,12 +324,12 @@ class DimseServer:
         archive = archive or Archive(receiver.store, settings.results_bucket)
         handlers: list[Any] = [(evt.EVT_C_STORE, handle_store, [receiver]), (evt.EVT_C_ECHO, handle_echo), (evt.EVT_REJECTED, handle_rejected),
                     (evt.EVT_C_FIND, handle_find, [archive]), (evt.EVT_C_GET, handle_get, [archive])]
-        self.server = self.ae.start_server((settings.gateway_host, settings.gateway_dimse_port), block=False, evt_handlers=handlers)
-        self.tls_server = None
+        self.server = _listening(self.ae.start_server((settings.gateway_host, settings.gateway_dimse_port), block=False, evt_handlers=handlers))
+        self.tls_server: ThreadedAssociationServer | None = None
         if ssl_context is not None and settings.gateway_dicom_tls_port is not None:
             try:
-                self.tls_server = self.ae.start_server((settings.gateway_host, settings.gateway_dicom_tls_port), block=False,
-                                                       evt_handlers=handlers, ssl_context=ssl_context)
+                self.tls_server = _listening(self.ae.start_server((settings.gateway_host, settings.gateway_dicom_tls_port), block=False,
+                                                                  evt_handlers=handlers, ssl_context=ssl_context))
             except BaseException:
                 self.server.shutdown()
                 raise
@@ -343,10 +344,17 @@ class DimseServer:
 
     def serving(self) -> bool:
         """Whether every listener's socket is still open (GET /health)."""
-        return all(s.socket.fileno() >= 0 for s in (self.server, self.tls_server) if s is not None)
+        return all(s.socket is not None and s.socket.fileno() >= 0 for s in (self.server, self.tls_server) if s is not None)
 
     def close(self) -> None:
         """Stops the listeners (again: nothing)."""
         for server in (self.tls_server, self.server):
-            if server is not None and server.socket.fileno() >= 0:
+            if server is not None and server.socket is not None and server.socket.fileno() >= 0:
                 server.shutdown()
+
+
+def _listening(server: ThreadedAssociationServer | None) -> ThreadedAssociationServer:
+    """pynetdicom's start_server returns its server when not blocking (None only when it blocked until shut down)."""
+    if server is None:
+        raise RuntimeError("pynetdicom started no server")
+    return server

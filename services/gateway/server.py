@@ -46,7 +46,7 @@ class Gateway:
     def ae_title(self) -> str:
         return self.settings.gateway_ae_title
 
-    def __enter__(self) -> "Gateway":
+    def __enter__(self) -> Gateway:
         return self
 
     def __exit__(self, *exc: object) -> None:

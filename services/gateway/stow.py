@@ -207,7 +207,7 @@ def _uid_of(data: bytes, keyword: str) -> str | None:
         ds = pydicom.dcmread(io.BytesIO(data), stop_before_pixels=True, specific_tags=[keyword])
         value = ds.get(keyword)
         return str(value) if value else None
-    except Exception:  # noqa: BLE001 - a part cut short or not DICOM: the response just lacks the UID
+    except Exception:
         return None
 
 
@@ -254,7 +254,7 @@ def store_part(part: Part, receiver: Receiver, study_uid: str | None, source: st
         receiver.receive(data, source=source)
     except Refused as e:
         return e
-    except Exception as e:  # noqa: BLE001 - an unexpected error is this instance's failure: named, never its message
+    except Exception as e:
         log.error("STOW instance failed unexpectedly error_type=%s %s", type(e).__name__, source)
         return Refused(PROCESSING_FAILURE, "processing failure in the gateway")
     return None
@@ -321,7 +321,7 @@ class StowServer:
                 self.end_headers()
                 self.wfile.write(payload)
 
-            def do_GET(self) -> None:  # noqa: N802 - http.server's naming
+            def do_GET(self) -> None:
                 path, _, query = self.path.partition("?")
                 if path == "/health":
                     ok = healthy() if healthy is not None else True
@@ -329,7 +329,7 @@ class StowServer:
                     return
                 try:
                     found = dicomweb.answer(path, query, archive) if archive is not None else None
-                except Exception as e:  # noqa: BLE001 - the results bucket failed: named, never its message
+                except Exception as e:
                     log.error("DICOMweb read failed error_type=%s peer=%s %s", type(e).__name__, self.address_string(), route_of(path))
                     self._send(500, message="the results bucket cannot be read")
                     return
@@ -345,7 +345,7 @@ class StowServer:
                 self.end_headers()
                 self.wfile.write(payload)
 
-            def do_POST(self) -> None:  # noqa: N802 - http.server's naming
+            def do_POST(self) -> None:
                 route = _STUDIES.match(self.path.split("?", 1)[0])
                 if route is None:
                     self._send(404, message="STOW-RS is POST /studies or /studies/{StudyInstanceUID}")
@@ -390,6 +390,7 @@ class StowServer:
     @property
     def url(self) -> str:
         host = self.httpd.server_address[0]
+        host = host.decode() if isinstance(host, bytes) else host
         scheme = "https" if self.httpd.ssl_context is not None else "http"
         return f"{scheme}://{host}:{self.port}/studies"
 

@@ -20,7 +20,7 @@ class Dependencies:
     repository: ModelRepository
 
     @classmethod
-    def from_settings(cls, settings: Settings) -> "Dependencies":
+    def from_settings(cls, settings: Settings) -> Dependencies:
         return cls(settings, object_store(settings), ModelRepository(settings.model_repository))
 
     def close(self) -> None:

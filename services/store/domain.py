@@ -13,12 +13,12 @@ from __future__ import annotations
 import hashlib
 import io
 import json
-from datetime import datetime, timezone
+from datetime import datetime, UTC
 from typing import Any
 
 from shared.contracts import (
     QUALITY_FLAGS, Detection, DraftReport, FailureRecord, Finding, InputDigest, ObjectRef, ReportSentence, StudyIdentifiers,
-    StudyResult,
+    Stage, StudyResult,
 )
 from shared.errors import InvalidImage, ObjectNotFound, PermanentError, caught_error
 from shared.events import STUDY_FAILED, EventPublisher
@@ -30,7 +30,7 @@ from shared.storage import ObjectStore
 
 # The workflow state keys each stage writes (ResultPath in template.yaml), in pipeline order, up to the result: after
 # StoreResults nothing reaches RecordFailure (an export that fails is dead-lettered, the result stands).
-STAGE_KEYS = (("validate", "study"), ("prepare", "tensors"), ("inference", "inference"), ("store", "stored"))
+STAGE_KEYS: tuple[tuple[Stage, str], ...] = (("validate", "study"), ("prepare", "tensors"), ("inference", "inference"), ("store", "stored"))
 # How many sentences the draft report's impression holds.
 REPORT_SENTENCES = 3
 # The DICOM attributes downstream systems key on (identifiers only; the patient module is never read).
@@ -97,7 +97,7 @@ def end_to_end_ms(started_at: datetime | None, completed_at: datetime) -> float 
     if started_at is None:
         return None
     if started_at.tzinfo is None:
-        started_at = started_at.replace(tzinfo=timezone.utc)
+        started_at = started_at.replace(tzinfo=UTC)
     return round((completed_at - started_at).total_seconds() * 1000, 1)
 
 
@@ -130,13 +130,15 @@ def build_result(request: StoreRequest, raw_state: dict[str, Any], store: Object
     if missing:
         raise PermanentError(f"model outputs missing for: {', '.join(sorted(missing))}", study_id=study_id)
     classifier, detector, encoder = by_kind["classifier"], by_kind["detector"], by_kind["encoder"]
+    if encoder.model is None:
+        raise PermanentError("the report encoder's output names no model version", study_id=study_id)
     findings = classifier.findings or []
     detections = detector.detections or []
     decided = {f.label for f in findings} | set(detector.labels or []) | {d.label for d in detections}
     impression = select_impression(encoder.candidates or [], findings, detections, decided)
     image = request.study.image
     identifiers = dicom_identifiers(store, image, study_id) if image.format == "dicom" else None
-    completed_at = datetime.now(timezone.utc)
+    completed_at = datetime.now(UTC)
     return StudyResult(
         study_id=study_id,
         input=InputDigest(
@@ -159,10 +161,14 @@ def build_result(request: StoreRequest, raw_state: dict[str, Any], store: Object
 
 
 def report_text(result: StudyResult) -> str:
-    lines = [f"RadStream draft report for study {result.study_id}", result.report.label.upper(), "", result.report.findings_text]
+    report = result.report
+    lines = [f"RadStream draft report for study {result.study_id}"]
+    if report is not None:
+        lines += [report.label.upper(), "", report.findings_text]
     if result.detections:
         lines.append("Localized findings: " + "; ".join(f"{d.label} ({d.score:.2f}) at {list(d.box)}" for d in result.detections))
-    lines += ["", "Impression (retrieved):"] + [f"- {s.text}" for s in result.report.impression]
+    if report is not None:
+        lines += ["", "Impression (retrieved):"] + [f"- {s.text}" for s in report.impression]
     if result.input.quality_flags:  # the reader is told what looks wrong with the input; the findings are as computed
         lines += ["", "Input quality flags (findings unchanged):"] + [f"- {flag}: {QUALITY_FLAGS[flag]}" for flag in result.input.quality_flags]
     lines += ["", "Models: " + ", ".join(f"{m.name} v{m.version} ({m.provenance})" for m in result.models.values())]
@@ -182,7 +188,7 @@ def store_result(request: StoreRequest, raw_state: dict[str, Any], store: Object
     )
 
 
-def failed_stage(state: dict[str, Any]) -> str:
+def failed_stage(state: dict[str, Any]) -> Stage:
     """The first stage whose output is not in the state is the one that failed (derived, not recorded)."""
     for stage, key in STAGE_KEYS:
         if key not in state:
@@ -204,7 +210,7 @@ def record_failure(request: FailureRequest, store: ObjectStore, results_bucket: 
     record = FailureRecord(
         study_id=study_id, stage=stage, error_type=error_type, message=message,
         input=ObjectRef(bucket=request.bucket, key=request.key), execution_id=request.execution_id,
-        failed_at=datetime.now(timezone.utc),
+        failed_at=datetime.now(UTC),
     )
     record.superseded_result = _supersede_result(store, results_bucket, study_id, request.execution_id)
     key = f"failed/{study_id}/error.json"

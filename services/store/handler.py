@@ -17,7 +17,7 @@ class FailureDependencies(StoreDependencies):
     events: EventPublisher
 
     @classmethod
-    def from_settings(cls, settings: Settings) -> "FailureDependencies":
+    def from_settings(cls, settings: Settings) -> FailureDependencies:
         return cls(settings, object_store(settings), event_publisher(settings))
 
     def close(self) -> None:

@@ -6,7 +6,7 @@ the local lake in the embedded default; both end as gzip NDJSON under dt=YYYY-MM
 """
 from __future__ import annotations
 
-from datetime import datetime, timezone
+from datetime import datetime, UTC
 from typing import Any
 
 from shared.contracts import TelemetryRecord
@@ -31,7 +31,7 @@ def send_telemetry(request: TelemetryRequest, sink: TelemetrySink) -> TelemetryS
     records = [TelemetryRecord.model_validate(r) for r in flatten(request.records)]
     duration_ms = None
     if request.started_at is not None:
-        duration_ms = round((datetime.now(timezone.utc) - request.started_at).total_seconds() * 1000, 3)
+        duration_ms = round((datetime.now(UTC) - request.started_at).total_seconds() * 1000, 3)
     records.append(telemetry_record(
         stage="workflow", study_id=request.study_id, execution_id=request.execution_id, status=request.status,
         duration_ms=duration_ms, error_type=next((r.error_type for r in records if r.error_type), None),

@@ -17,7 +17,7 @@ class Dependencies:
     sink: TelemetrySink
 
     @classmethod
-    def from_settings(cls, settings: Settings) -> "Dependencies":
+    def from_settings(cls, settings: Settings) -> Dependencies:
         return cls(telemetry_sink(settings))
 
     def close(self) -> None:

@@ -81,7 +81,7 @@ class TritonInference:
             if self.protocol == "grpc":
                 return bool(self._client().is_server_ready(client_timeout=self.connect_timeout_s))
             return bool(self._client().is_server_ready())
-        except Exception:  # noqa: BLE001 - any failure to answer means "not ready"
+        except Exception:
             return False
 
     def model_io(self, model_name: str) -> _ModelIO:
@@ -146,7 +146,7 @@ class TritonInference:
         for client in clients:
             try:
                 client.close()
-            except Exception:  # noqa: BLE001 - closing is best effort
+            except Exception:
                 pass
         self._local = threading.local()
 

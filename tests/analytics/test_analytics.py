@@ -5,7 +5,7 @@ import argparse
 import json
 import math
 import re
-from datetime import datetime, timedelta, timezone
+from datetime import datetime, timedelta, UTC
 from pathlib import Path
 
 import boto3
@@ -27,7 +27,7 @@ QUERIES = ["p95_latency_per_stage", "throughput_per_minute", "error_rate", "mode
 # The prices and assumptions of the cost queries' shared price table (us-east-1 list prices, 512 MB functions).
 USD_PER_GB_SECOND, LAMBDA_GB, USD_PER_REQUEST, USD_PER_TRANSITION, TRANSITIONS_PER_STUDY = 0.0000166667, 0.5, 0.0000002, 0.000025, 8
 
-NOW = datetime.now(timezone.utc)
+NOW = datetime.now(UTC)
 # Two minutes of studies, an hour ago (inside every query's default window, whatever the time of day).
 BASE = (NOW - timedelta(hours=1)).replace(second=0, microsecond=0)
 OLD = NOW - timedelta(days=40)

@@ -12,7 +12,7 @@ import tempfile
 import textwrap
 import time
 from collections import Counter
-from datetime import datetime, timedelta, timezone
+from datetime import datetime, timedelta, UTC
 from pathlib import Path
 
 import pytest
@@ -27,7 +27,7 @@ from shared.storage import LocalObjectStore
 from shared.telemetry import BufferedLakeSink, LocalLakeSink
 
 ROOT = Path(__file__).resolve().parents[2]
-NOW = datetime.now(timezone.utc)
+NOW = datetime.now(UTC)
 BASE = (NOW - timedelta(hours=3)).replace(minute=0, second=0, microsecond=0)
 MODELS = ("chest_xray_classifier", "anomaly_detector", "report_encoder")
 

@@ -81,7 +81,7 @@ def _localstack() -> Iterator[Emulator]:
         import docker
 
         docker.from_env().ping()
-    except Exception as e:  # noqa: BLE001 - any failure here means "no engine"
+    except Exception as e:
         pytest.skip(f"RADSTREAM_EMULATOR=localstack needs a Docker engine: {type(e).__name__}")
     container = LocalStackContainer(image=os.environ.get("LOCALSTACK_IMAGE", "localstack/localstack:4")).with_services("s3", "kinesis", "events", "sqs")
     container.start()

@@ -3,7 +3,7 @@ from __future__ import annotations
 
 import json
 import uuid
-from datetime import datetime, timezone
+from datetime import datetime, UTC
 
 import pytest
 from botocore.config import Config
@@ -18,7 +18,7 @@ from shared.telemetry import KinesisSink
 
 
 def record(study_id: str, stage: str = "validate") -> TelemetryRecord:
-    return TelemetryRecord(event_id=str(uuid.uuid4()), time=datetime.now(timezone.utc), study_id=study_id,
+    return TelemetryRecord(event_id=str(uuid.uuid4()), time=datetime.now(UTC), study_id=study_id,
                            execution_id="exec-1", stage=stage, status="succeeded", duration_ms=12.5)
 
 

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import json
 import urllib.request
-from datetime import datetime, timezone
+from datetime import datetime, UTC
 
 import cv2
 import numpy as np
@@ -57,7 +57,7 @@ def test_console_reads_s3_and_athena(emulator) -> None:
 
     data = aws_data(Settings(backend="aws", results_bucket="radstream-results-test"), workgroup="radstream-dev", database="radstream_dev")
     data.queries.runner.poll_initial_s = 0.01
-    data.clock = lambda: datetime(2099, 1, 2, tzinfo=timezone.utc)  # the records are dated 2099-01-01: inside the window
+    data.clock = lambda: datetime(2099, 1, 2, tzinfo=UTC)  # the records are dated 2099-01-01: inside the window
     data.warm()
     server = ConsoleServer(data)
     server.start_in_thread()

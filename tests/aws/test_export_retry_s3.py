@@ -3,7 +3,7 @@ is sent again and the letter deleted from S3."""
 from __future__ import annotations
 
 import json
-from datetime import datetime, timezone
+from datetime import datetime, UTC
 
 from radstream.cli import main
 from services.export.deliver import DeadLetter, dead_letter_key
@@ -18,7 +18,7 @@ def test_export_retry_replays_a_dead_letter_in_s3(emulator, bucket, monkeypatch,
     bundle = json.dumps({"resourceType": "Bundle", "type": "collection"}).encode()
     store.put_bytes(bucket, "results/s3-study/report.fhir.json", bundle)
     letter = DeadLetter(
-        study_id="s3-study", execution_id="arn:aws:states:eu-west-1:000000000000:execution:wf:run-1", failed_at=datetime.now(timezone.utc),
+        study_id="s3-study", execution_id="arn:aws:states:eu-west-1:000000000000:execution:wf:run-1", failed_at=datetime.now(UTC),
         error_type="DeliveryUnavailable", message="FHIR cannot be reached", destinations=["fhir:http://old"],
         exported=ExportedResult(study_id="s3-study", fhir=ObjectRef(bucket=bucket, key="results/s3-study/report.fhir.json")),
     )

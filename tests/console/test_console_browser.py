@@ -177,7 +177,7 @@ def test_static_report_has_every_page_and_an_overlay_per_study(tmp_path: Path, d
         plain = cv2.imread(str(out / "study" / study_id / "image.png"), cv2.IMREAD_GRAYSCALE)
         overlay = cv2.imread(str(out / "study" / study_id / "overlay.png"), cv2.IMREAD_COLOR)
         assert overlay.shape[:2] == plain.shape == (doc["input"]["height"], doc["input"]["width"])
-        for x1, y1, x2, y2 in (d["box"] for d in doc["detections"]):
+        for x1, _y1, x2, y2 in (d["box"] for d in doc["detections"]):
             edge = overlay[int(round(y2)), int(x1 + 2) : int(x2 - 2)]
             assert (np.abs(edge[:, 2].astype(int) - edge[:, 0].astype(int)) > 60).mean() > 0.8  # a coloured line, not the gray picture
     page.goto((out / "study" / "demo-dicom.html").as_uri())

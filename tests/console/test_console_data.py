@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import json
 import time
-from datetime import datetime, timedelta, timezone
+from datetime import datetime, timedelta, UTC
 from pathlib import Path
 
 
@@ -15,7 +15,7 @@ from shared.observability import telemetry_record
 from shared.storage import LocalObjectStore
 from shared.telemetry import LocalLakeSink
 
-NOW = datetime.now(timezone.utc) - timedelta(minutes=5)
+NOW = datetime.now(UTC) - timedelta(minutes=5)
 
 
 def records(study: str, status: str = "succeeded", at: datetime = NOW) -> list:

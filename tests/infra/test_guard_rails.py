@@ -38,7 +38,7 @@ def test_every_function_shifts_its_alias_gradually_and_rolls_back_on_its_alarms(
         assert errors["Threshold"] == {"Ref": "ReleaseErrorRatePercent"}
 
 
-def test_the_transform_gives_codedeploy_groups_that_stop_and_roll_back_on_alarm(transformed):
+def test_the_transform_gives_codedeploy_groups_that_stop_and_roll_back_on_alarm(transformed):  # noqa: F811 - the fixture imported above
     resources = transformed["Resources"]
     groups = {n: r["Properties"] for n, r in resources.items() if r["Type"] == "AWS::CodeDeploy::DeploymentGroup"}
     assert len(groups) == len(FUNCTIONS)

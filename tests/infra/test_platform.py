@@ -161,7 +161,7 @@ def test_irsa_trust_policies_render_to_valid_json():
               for name in ("aws-load-balancer-controller", "cluster-autoscaler")}
     lbc = charts["aws-load-balancer-controller"]["serviceAccount"]["name"]
     autoscaler = charts["cluster-autoscaler"]["rbac"]["serviceAccount"]["name"]
-    for role, resources, expected_subject in ((RESOURCES["VpcCniRole"], RESOURCES, "system:serviceaccount:kube-system:aws-node"),
+    for role, _resources, expected_subject in ((RESOURCES["VpcCniRole"], RESOURCES, "system:serviceaccount:kube-system:aws-node"),
                                               (RESOURCES["LoadBalancerControllerRole"], RESOURCES, f"system:serviceaccount:kube-system:{lbc}"),
                                               (RESOURCES["ClusterAutoscalerRole"], RESOURCES, f"system:serviceaccount:kube-system:{autoscaler}"),
                                               (APP["TritonModelReaderRole"], APP, f"system:serviceaccount:{account['namespace']}:{account['name']}")):

@@ -6,7 +6,7 @@ import json
 import os
 import re
 import subprocess
-from datetime import datetime, timezone
+from datetime import datetime, UTC
 from pathlib import Path
 from typing import Any
 
@@ -183,7 +183,7 @@ def test_firehose_writes_the_layout_the_local_lake_writes():
     query = {p["ParameterName"]: p["ParameterValue"] for p in extraction["Parameters"]}["MetadataExtractionQuery"]
     slices = dict(re.findall(r"(\w+): \.time\[(\d+:\d+)\]", query))
     assert set(slices) == {"dt", "hour"}, query
-    for moment in (datetime(2026, 3, 1, 0, 5, 7, 1234, tzinfo=timezone.utc), datetime(2026, 12, 31, 23, 59, 59, tzinfo=timezone.utc)):
+    for moment in (datetime(2026, 3, 1, 0, 5, 7, 1234, tzinfo=UTC), datetime(2026, 12, 31, 23, 59, 59, tzinfo=UTC)):
         record = json.loads(TelemetryRecord(event_id="e", time=moment, study_id="s", execution_id="x", stage="validate", status="succeeded").model_dump_json())
         keys = {name: record["time"][slice(*map(int, span.split(":")))] for name, span in slices.items()}
         prefix = s3["Prefix"].replace("!{partitionKeyFromQuery:dt}", keys["dt"]).replace("!{partitionKeyFromQuery:hour}", keys["hour"])

@@ -20,7 +20,7 @@ def test_the_fast_loader_is_libyamls_and_reads_the_template_as_the_python_parser
     assert yaml.__with_libyaml__, "PyYAML without libyaml: the template would parse 10x slower"
     assert issubclass(template._CfnLoader, yaml.CSafeLoader)
     text = template.DEFAULT_TEMPLATE.read_text()
-    assert yaml.load(text, Loader=template._CfnLoader) == yaml.load(text, Loader=_python_loader())  # noqa: S506
+    assert yaml.load(text, Loader=template._CfnLoader) == yaml.load(text, Loader=_python_loader())
 
 
 def test_short_form_tags_dates_and_block_scalars_read_the_same():
@@ -38,6 +38,6 @@ Folded: >-
   b
 Numbers: [1, 1.5, 0x1F, .inf, null, ~, yes, "yes"]
 """
-    fast = yaml.load(text, Loader=template._CfnLoader)  # noqa: S506
-    assert fast == yaml.load(text, Loader=_python_loader())  # noqa: S506
+    fast = yaml.load(text, Loader=template._CfnLoader)
+    assert fast == yaml.load(text, Loader=_python_loader())
     assert fast["Arn"] == {"Fn::GetAtt": ["Queue", "Arn"]} and fast["Name"] == {"Fn::Sub": "${AWS::StackName}-x"}

@@ -3,7 +3,7 @@ from __future__ import annotations
 
 import json
 import threading
-from datetime import datetime, timedelta, timezone
+from datetime import datetime, timedelta, UTC
 from pathlib import Path
 
 import pytest
@@ -121,13 +121,13 @@ def test_emf_log_reads_incrementally_and_summarises(tmp_path: Path) -> None:
 
 def test_emf_log_window_excludes_older_hours(tmp_path: Path) -> None:
     old = stage_metrics(stage="validate", status="succeeded", duration_ms=5.0)[0]
-    old["_aws"]["Timestamp"] = int((datetime.now(timezone.utc) - timedelta(days=3)).timestamp() * 1000)
+    old["_aws"]["Timestamp"] = int((datetime.now(UTC) - timedelta(days=3)).timestamp() * 1000)
     new = stage_metrics(stage="validate", status="succeeded", duration_ms=7.0)[0]
     (tmp_path / "metrics").mkdir()
     (tmp_path / "metrics" / "emf-x.jsonl").write_text(json.dumps(old) + "\n" + json.dumps(new) + "\n")
     log = EmfLog(tmp_path)
     everything = [s for s in log.summary() if s.name == "StageDuration"]
-    last_day = [s for s in log.summary(since=datetime.now(timezone.utc) - timedelta(days=1)) if s.name == "StageDuration"]
+    last_day = [s for s in log.summary(since=datetime.now(UTC) - timedelta(days=1)) if s.name == "StageDuration"]
     assert everything[0].samples == 2 and last_day[0].samples == 1 and last_day[0].total == 7.0
 
 

@@ -6,6 +6,7 @@ import shutil
 
 from shared import atomicfile
 from shared.atomicfile import atomic_write
+from datetime import UTC
 
 
 def test_writes_into_new_folders_and_again_after_they_are_removed(tmp_path):
@@ -126,7 +127,7 @@ def test_an_upload_and_an_object_of_the_local_store_are_durable(tmp_path, monkey
 
 
 def test_a_telemetry_buffer_append_is_fsynced_before_send_returns(tmp_path, monkeypatch):
-    from datetime import datetime, timezone
+    from datetime import datetime
 
     from shared.contracts import TelemetryRecord
     from shared.storage import LocalObjectStore
@@ -134,7 +135,7 @@ def test_a_telemetry_buffer_append_is_fsynced_before_send_returns(tmp_path, monk
 
     synced = _fsynced(monkeypatch)
     sink = BufferedLakeSink(LocalObjectStore(tmp_path), "telemetry", tmp_path / "telemetry", timer=False)
-    record = TelemetryRecord(event_id="e1", time=datetime.now(timezone.utc), study_id="s1", execution_id="s1-0", stage="validate",
+    record = TelemetryRecord(event_id="e1", time=datetime.now(UTC), study_id="s1", execution_id="s1-0", stage="validate",
                              status="succeeded", duration_ms=1.0)
     sink.send([record])
     assert any(p.endswith(".ndjson") for p in synced), "the record is on disk when send returns"

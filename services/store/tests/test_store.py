@@ -4,7 +4,7 @@ from __future__ import annotations
 import hashlib
 import io
 import json
-from datetime import datetime, timedelta, timezone
+from datetime import datetime, timedelta, UTC
 
 import jsonschema
 import numpy as np
@@ -128,7 +128,7 @@ def test_without_any_positive_the_normal_sentence_is_allowed(store):
 
 
 def test_end_to_end_time_runs_from_the_execution_start(store):
-    event = store_event(state()) | {"started_at": (datetime.now(timezone.utc) - timedelta(seconds=2)).isoformat()}
+    event = store_event(state()) | {"started_at": (datetime.now(UTC) - timedelta(seconds=2)).isoformat()}
     out = store_result(StoreRequest.model_validate(event), event, store, "results")
     result = json.loads(store.get_bytes("results", out.result.key))
     assert 2000 <= result["end_to_end_ms"] < 60_000

@@ -4,18 +4,15 @@ from __future__ import annotations
 
 import gzip
 import json
-import os
-import shutil
 import signal
 import subprocess
 import sys
 import textwrap
 import time
 from collections import Counter
-from datetime import datetime, timedelta, timezone
+from datetime import datetime, timedelta, UTC
 from pathlib import Path
 
-import pytest
 
 from shared.contracts import ModelRef
 from shared.errors import StorageUnavailable
@@ -26,7 +23,7 @@ from shared.telemetry import BufferedLakeSink, buffer_dir, recover_buffers
 from shared.wiring import telemetry_sink
 
 ROOT = Path(__file__).resolve().parents[3]
-T0 = datetime(2026, 11, 26, 23, 59, 58, tzinfo=timezone.utc)
+T0 = datetime(2026, 11, 26, 23, 59, 58, tzinfo=UTC)
 
 
 def records(study: str, when: datetime = T0, n: int = 7) -> list:

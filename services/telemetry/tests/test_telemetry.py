@@ -3,7 +3,7 @@ from __future__ import annotations
 
 import gzip
 import json
-from datetime import datetime, timedelta, timezone
+from datetime import datetime, timedelta, UTC
 
 import boto3
 import pytest
@@ -26,7 +26,7 @@ def read_lake(store) -> dict[str, list[dict]]:
 
 
 def test_lake_is_gzip_ndjson_partitioned_by_utc_date_and_hour(store):
-    t = datetime(2026, 11, 26, 23, 59, 59, tzinfo=timezone.utc)
+    t = datetime(2026, 11, 26, 23, 59, 59, tzinfo=UTC)
     LocalLakeSink(store, "telemetry").send([record("validate", t), record("prepare", t + timedelta(seconds=2))])
     lake = read_lake(store)
     prefixes = sorted(k.rsplit("/", 1)[0] for k in lake)
@@ -36,7 +36,7 @@ def test_lake_is_gzip_ndjson_partitioned_by_utc_date_and_hour(store):
 
 
 def test_send_adds_one_workflow_record_with_end_to_end_time(store):
-    started = datetime.now(timezone.utc) - timedelta(milliseconds=250)
+    started = datetime.now(UTC) - timedelta(milliseconds=250)
     request = TelemetryRequest(study_id="s1", status="failed", execution_id="e1", started_at=started,
                                records=[record("validate").model_dump(mode="json"), [record("inference").model_dump(mode="json")], None])
     out = send_telemetry(request, LocalLakeSink(store, "telemetry"))

@@ -126,7 +126,7 @@ class _FallbackOrt:
     def __init__(self):
         self.calls = []
 
-    def InferenceSession(self, path, options, providers):  # noqa: N802 - ONNX Runtime's name
+    def InferenceSession(self, path, options, providers):
         self.calls.append(providers)
         names = [p if isinstance(p, str) else p[0] for p in providers]
         running = [n for n in names if n != "TensorrtExecutionProvider"]
