@@ -10,14 +10,29 @@ from __future__ import annotations
 import io
 import struct
 from dataclasses import dataclass
+from typing import TYPE_CHECKING
 
 from shared.errors import InvalidImage
+
+if TYPE_CHECKING:  # the training environment imports shared.pixels (and so this module) and has no pydantic
+    from shared.messages import ImageFormat
 
 PNG_SIGNATURE = b"\x89PNG\r\n\x1a\n"
 PNG_CHANNELS = {0: 1, 2: 3, 3: 1, 4: 2, 6: 4}  # IHDR colour type -> samples per pixel (palette: 1 index)
 # Start-of-frame markers (baseline, extended, progressive, lossless; Huffman or arithmetic), not DHT/JPG/DAC.
 JPEG_SOF = {0xC0, 0xC1, 0xC2, 0xC3, 0xC5, 0xC6, 0xC7, 0xC9, 0xCA, 0xCB, 0xCD, 0xCE, 0xCF}
 JPEG_STANDALONE = {0x01, *range(0xD0, 0xD9)}  # TEM, RSTn, SOI: no length field
+
+
+def sniff_format(head: bytes) -> ImageFormat | None:
+    """The real format, by magic bytes: a file's extension proves nothing."""
+    if head.startswith(b"\x89PNG\r\n\x1a\n"):
+        return "png"
+    if head.startswith(b"\xff\xd8\xff"):
+        return "jpeg"
+    if len(head) >= 132 and head[128:132] == b"DICM":  # 128-byte preamble, then the DICOM prefix
+        return "dicom"
+    return None
 
 
 @dataclass(frozen=True)

@@ -10,28 +10,13 @@ from __future__ import annotations
 import io
 import struct
 from dataclasses import dataclass
-from typing import TYPE_CHECKING, Any
+from typing import Any
 
 import cv2
 import numpy as np
 
 from shared.errors import InvalidImage
 from shared.imageheader import PNG_SIGNATURE
-
-if TYPE_CHECKING:  # the training environment imports the window below and has no pydantic
-    from shared.messages import ImageFormat
-
-
-def sniff_format(head: bytes) -> ImageFormat | None:
-    """The real format, by magic bytes: a file's extension proves nothing."""
-    if head.startswith(b"\x89PNG\r\n\x1a\n"):
-        return "png"
-    if head.startswith(b"\xff\xd8\xff"):
-        return "jpeg"
-    if len(head) >= 132 and head[128:132] == b"DICM":  # 128-byte preamble, then the DICOM prefix
-        return "dicom"
-    return None
-
 
 @dataclass
 class Decoded:

@@ -168,8 +168,18 @@ resource "aws_vpc_endpoint" "gateway_s3_endpoint" {
       Sid       = "IncomingInstancesOnly"
       Effect    = "Allow"
       Principal = "*"
-      Action    = "s3:PutObject"
+      Action    = ["s3:PutObject", "s3:GetObject"]
       Resource  = "arn:${local.partition}:s3:::radstream-images-${local.account}/incoming/*"
+      }, {
+      Sid       = "TheResultsTheGatewayServes"
+      Effect    = "Allow"
+      Principal = "*"
+      Action    = ["s3:ListBucket", "s3:GetObject"]
+      Resource = [
+        "arn:${local.partition}:s3:::radstream-results-${local.account}",
+        "arn:${local.partition}:s3:::radstream-results-${local.account}/results/*/report.sr.dcm",
+        "arn:${local.partition}:s3:::radstream-results-${local.account}/results/*/report.overlay.dcm",
+      ]
     }]
   })
 }

@@ -379,7 +379,8 @@ BOX_COLOURS_BGR = {"nodule_mass": (60, 80, 255), "focal_opacity": (0, 200, 255)}
 
 def decode_for_display(data: bytes, study_id: str) -> RenderedImage:
     """Decode exactly as the prepare stage does (shared.pixels, not a second decoder), then to 8 bits for a screen."""
-    from shared.pixels import decode_dicom, decode_raster, sniff_format
+    from shared.imageheader import sniff_format
+    from shared.pixels import decode_dicom, decode_raster
 
     kind = sniff_format(data[:132])
     if kind is None:

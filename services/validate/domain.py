@@ -20,7 +20,7 @@ from shared.acceptance import HEADER_KEYWORDS, NotAccepted, accept
 from shared.contracts import SCHEMA_DIR, ObjectRef
 from shared.errors import InvalidImage, InvalidStudy, ObjectNotFound
 from shared.imageheader import check_pixel_limit
-from shared.pixels import sniff_format
+from shared.imageheader import sniff_format
 from shared.messages import INCOMING, ImageFormat, StudyImage, ValidatedStudy, ValidateRequest, study_id_from_key
 from shared.settings import DEFAULT_MAX_IMAGE_PIXELS
 from shared.sidecar import SidecarUnreadable, parse_sidecar_bytes

@@ -9,7 +9,7 @@ import pytest
 
 from conftest import gradient_png, jpeg_claiming, make_sidecar, one_bit_png
 from services.validate.domain import ValidateRequest, validate_study
-from shared.pixels import sniff_format
+from shared.imageheader import sniff_format
 from shared.errors import InvalidImage, InvalidStudy
 
 
