@@ -36,7 +36,7 @@ from services.export import codes
 from services.export.header import addressed_header
 from services.export.overlay import build_overlay, overlay_bytes
 from services.export.status import write_status
-from shared.contracts import ObjectRef, StudyResult
+from shared.contracts import QUALITY_FLAGS, ObjectRef, StudyResult
 from shared.errors import InvalidImage, PermanentError
 from shared.messages import ExportedResult, ExportRequest
 from shared.observability import logger
@@ -102,6 +102,9 @@ def report_text(result: StudyResult) -> str:
     lines = [NOT_FOR_CLINICAL_USE + ".", report.findings_text if report else ""]
     if report and report.impression:
         lines.append("Impression (retrieved): " + " ".join(s.text for s in report.impression))
+    if result.input.quality_flags:  # what looks wrong with the input travels with the findings (which it never changed)
+        lines.append("Input quality flags (findings unchanged): " + "; ".join(
+            f"{flag}: {QUALITY_FLAGS[flag]}" for flag in result.input.quality_flags))
     return "\n".join(line for line in lines if line)
 
 

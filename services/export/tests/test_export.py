@@ -153,3 +153,19 @@ def test_overlay_is_a_secondary_capture_of_the_source_with_the_boxes_burned_in(t
     verify = subprocess.run(["dciodvfy", str(overlay_file)], capture_output=True, text=True, timeout=60)
     report = verify.stdout + verify.stderr
     assert "SCImage" in report and not [line for line in report.splitlines() if line.startswith("Error")], report
+
+
+def test_quality_flags_travel_with_the_findings_in_the_sr_and_fhir(tmp_path):
+    """A result whose input looked wrong says so in what goes back to the hospital, beside findings it never changed."""
+    store = LocalObjectStore(tmp_path)
+    s = dicom_state(store, dicom_bytes(np.zeros((64, 64))))
+    result = json.loads(store.get_bytes("results", "results/s1/result.json"))
+    result["input"]["quality_flags"] = ["polarity_suspicious"]
+    store.put_bytes("results", "results/s1/result.json", json.dumps(result).encode())
+    out = export(s, store)
+    bundle = json.loads(store.get_bytes("results", out.fhir.key))
+    (report,) = [e["resource"] for e in bundle["entry"] if e["resource"]["resourceType"] == "DiagnosticReport"]
+    assert "polarity_suspicious" in report["conclusion"] and "findings unchanged" in report["conclusion"]
+    sr = pydicom.dcmread(io.BytesIO(store.get_bytes("results", out.sr.key)))
+    texts = [str(element.value) for element in sr.iterall() if element.keyword == "TextValue"]
+    assert any("polarity_suspicious" in text for text in texts), texts
