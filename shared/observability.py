@@ -194,7 +194,9 @@ class StageHandler(Generic[D]):
                 self._emit(metrics, status="failed", duration_ms=(time.perf_counter() - started) * 1000, error_type=e.error_name,
                            study_id=study_id, execution_id=execution_id)
                 raise
-            except Exception as e:
+            except (KeyboardInterrupt, SystemExit, GeneratorExit):
+                raise
+            except BaseException as e:  # noqa: BLE001 - a native extension's panic (pyo3's PanicException) is not an Exception
                 # Our own bug or a library's: name it and where it came from, never its message (it could carry data).
                 tracer.put_annotation(key="error_type", value=type(e).__name__)
                 logger.error("stage failed unexpectedly", error_type=type(e).__name__, code_path=code_location(e))

@@ -127,3 +127,25 @@ def test_a_transcoder_refusing_an_input_is_recorded_as_not_produced():
     lossless = next(c for c in corpus.CONTAINERS if c.name == "dcmtk-jpeg-lossless")
     with pytest.raises(corpus.NotProduced, match=r"^not produced by dcmcjpeg: .+"):
         corpus.transcode(lossless, dataset_bytes(ds))
+
+
+def test_a_decoder_panic_ends_as_the_studys_failure_record_and_the_others_run(tmp_path):
+    """Found by the corpus: GDCM's RLE of pydicom's MR_small_padded.dcm makes pylibjpeg-rle panic (pyo3's PanicException,
+    a BaseException): `radstream run` died with a traceback, no summary and no record for any study after it. Every
+    per-study error, whatever its type, must end as that study's record while the others run (README, "Nothing lost")."""
+    root = Path(pydicom.data.DATA_ROOT) / "test_files"
+    rle = next(c for c in corpus.CONTAINERS if c.name == "gdcm-rle")
+    members = []
+    for name in ("MR_small_padded.dcm", "MR_small.dcm"):
+        data = corpus.retag(_read(root / name), corpus.DX_FOR_PRESENTATION, "DX")
+        encoded, syntax = corpus.transcode(rle, corpus.native(data))
+        folder = tmp_path / "corpus" / name.removesuffix(".dcm")
+        folder.mkdir(parents=True)
+        (folder / "study.dcm").write_bytes(encoded)
+        members.append(corpus.Member(f"pydicom/{name}", rle.name, False, syntax, str(folder / "study.dcm")))
+    outcomes = corpus.run_cli(members, tmp_path / "run", workers=1)
+    padded, plain = (outcomes[m.path] for m in members)
+    assert plain.status == "succeeded", plain
+    assert padded.status in ("succeeded", "failed") and padded.message != "", padded
+    if padded.status == "failed":
+        assert padded.stage == "prepare" and padded.error_type, padded
