@@ -36,6 +36,7 @@ import hashlib
 import io
 import json
 import os
+import re
 import shutil
 import subprocess
 import sys
@@ -116,6 +117,7 @@ class Source:
     pixel_class: str
     reference: str  # "pydicom" / "gdcm": the reference decoder that reads it; "" when none does
     reference_error: str = ""
+    picture: str = ""  # picture_digest: sources that hold one picture are compared with each other
 
 
 @dataclass
@@ -129,7 +131,9 @@ class Member:
     path: str = ""  # "" when not produced
     note: str = ""  # "not produced by <tool>: <reason>"
     reference: str = ""  # the reference decoder that reads its pixel data: pydicom, else gdcm; "" for none
-    expect_refusal: str = ""  # why a refusal is allowed (the reference decoders cannot read it either)
+    expect_refusal: str = ""  # why a refusal is allowed (a documented limit, or the reference decoders cannot read it either)
+    refusal_names: str = ""  # the attribute an allowed refusal's message must name, for a documented limit
+    picture: str = ""  # the picture it holds: rows with one picture are compared (max |dp|)
 
 
 @dataclass
@@ -168,15 +172,29 @@ def pixel_class(ds: Any) -> str:
     return "/".join(str(ds.get(k, "-")) for k in ("PhotometricInterpretation", "SamplesPerPixel", "BitsAllocated", "BitsStored", "PixelRepresentation"))
 
 
-def reference_decode(data: bytes) -> tuple[str, str]:
-    """("pydicom" or "gdcm", "") when a reference decoder reads the pixel data, else ("", pydicom's error)."""
+# What, beside the stored values, decides the picture the models see (docs/models.md, "Intensity").
+PICTURE_ATTRIBUTES = ("PhotometricInterpretation", "BitsStored", "PixelRepresentation", "RescaleSlope", "RescaleIntercept",
+                      "WindowCenter", "WindowWidth", "VOILUTFunction", "PresentationLUTShape")
+
+
+def picture_digest(ds: Any) -> str:
+    """Files with the same decoded values and the same intensity attributes hold one picture, whatever their container."""
+    values = np.ascontiguousarray(ds.pixel_array)
+    values = values.astype(values.dtype.newbyteorder("<"))
+    digest = hashlib.sha1(values.tobytes())
+    digest.update(repr((values.shape, values.dtype.str, "VOILUTSequence" in ds,
+                        [str(ds.get(k, "")) for k in PICTURE_ATTRIBUTES])).encode())
+    return digest.hexdigest()[:16]
+
+
+def reference_decode(data: bytes) -> tuple[str, str, str]:
+    """("pydicom" or "gdcm", "", the picture's digest) when a reference decoder reads the pixel data, else ("", pydicom's error, "")."""
     import pydicom
 
     try:
         with warnings.catch_warnings():
             warnings.simplefilter("ignore")
-            pydicom.dcmread(io.BytesIO(data)).pixel_array
-        return "pydicom", ""
+            return "pydicom", "", picture_digest(pydicom.dcmread(io.BytesIO(data)))
     except Exception as e:  # noqa: BLE001 - any decoder error: the file is not decodable by pydicom
         error = f"{type(e).__name__}: {str(e).splitlines()[0][:120] if str(e) else ''}"
     with tempfile.TemporaryDirectory() as tmp:
@@ -187,11 +205,23 @@ def reference_decode(data: bytes) -> tuple[str, str]:
             try:
                 with warnings.catch_warnings():
                     warnings.simplefilter("ignore")
-                    pydicom.dcmread(target).pixel_array
-                return "gdcm", ""
+                    return "gdcm", "", picture_digest(pydicom.dcmread(target))
             except Exception:  # noqa: BLE001
                 pass
-    return "", error
+    return "", error, ""
+
+
+# The README's documented limits ("A study folder holds ... one DICOM file (CR or DX, BodyPartExamined CHEST, one frame,
+# MONOCHROME1/2, RGB or YBR)"): a refusal for one of these is allowed, and must name the attribute.
+DOCUMENTED_PHOTOMETRICS = ("MONOCHROME1", "MONOCHROME2", "RGB", "YBR_FULL", "YBR_FULL_422", "YBR_RCT", "YBR_ICT", "YBR_PARTIAL_420")
+
+
+def documented_limit(ds: Any) -> tuple[str, str]:
+    """(attribute, why) when the README documents that this file is refused; ("", "") otherwise."""
+    photometric = str(ds.get("PhotometricInterpretation", "")).strip()
+    if photometric not in DOCUMENTED_PHOTOMETRICS:
+        return "PhotometricInterpretation", f"PhotometricInterpretation {photometric} is outside the documented MONOCHROME1/2, RGB or YBR"
+    return "", ""
 
 
 def choose_sop_class(ds: Any, index: int) -> tuple[str, str]:
@@ -248,8 +278,8 @@ def pydicom_sources() -> tuple[list[Source], list[tuple[str, str]]]:
         sop_class, modality = choose_sop_class(ds, len(sources))
         klass = pixel_class(ds)
         data = retag(ds, sop_class, modality)
-        decoder, error = reference_decode(data)
-        sources.append(Source(f"pydicom/{name}", data, klass, decoder, error))
+        decoder, error, picture = reference_decode(data)
+        sources.append(Source(f"pydicom/{name}", data, klass, decoder, error, picture))
     return sources, left_out
 
 
@@ -265,7 +295,8 @@ def phantom_sources(size: int = 256) -> list[Source]:
         ds = dicom_dataset(stored_values(image, 12, photometric), photometric, bits_stored=12, SOPClassUID=sop_class, Modality=modality,
                            StudyInstanceUID=generate_uid(), SeriesInstanceUID=generate_uid())
         ds.file_meta.MediaStorageSOPClassUID = sop_class
-        sources.append(Source(f"phantom/{photometric.lower()}-12bit", dataset_bytes(ds), pixel_class(ds), "pydicom"))
+        data = dataset_bytes(ds)
+        sources.append(Source(f"phantom/{photometric.lower()}-12bit", data, pixel_class(ds), *reference_decode(data)))
     return sources
 
 
@@ -375,8 +406,12 @@ def build_corpus(out: Path, transcode_all: bool = False, containers: tuple[Conta
         except NotProduced as e:
             member.note = str(e)
             return member
-        member.reference, error = (source.reference, source.reference_error) if container is None else reference_decode(data)
-        if not member.reference:
+        member.reference, error, _ = (source.reference, source.reference_error, "") if container is None else reference_decode(data)
+        member.picture = source.picture or source.group
+        attribute, why = documented_limit(pydicom.dcmread(io.BytesIO(data), stop_before_pixels=True))
+        if attribute:
+            member.expect_refusal, member.refusal_names = f"a documented limit: {why}", attribute
+        elif not member.reference:
             member.expect_refusal = f"no reference decoder (pydicom, GDCM) reads its pixel data ({error})"
         folder = out / folder_name
         folder.mkdir(parents=True, exist_ok=True)
@@ -432,9 +467,12 @@ def run_cli(members: list[Member], work: Path, workers: int = 2) -> dict[str, Ou
     env = {**os.environ, "PYTHONPATH": os.pathsep.join([str(ROOT), *filter(None, [os.environ.get("PYTHONPATH")])])}
     run = subprocess.run([sys.executable, "-m", "radstream.cli", "run", str(studies), "--data-dir", str(data), "--json", "--quiet",
                           "--workers", str(workers)], capture_output=True, text=True, timeout=3600, cwd=ROOT, env=env)
-    if run.returncode not in (0, 1):
-        raise RuntimeError(f"radstream run exited {run.returncode}: {run.stderr[-2000:]}")
-    summary = json.loads(run.stdout)
+    try:
+        summary = json.loads(run.stdout)
+    except ValueError:
+        summary = None
+    if run.returncode not in (0, 1) or summary is None:
+        raise RuntimeError(f"radstream run exited {run.returncode} with no summary: {run.stderr[-2000:]}")
     outcomes, unexpected = {}, unexpected_errors(data)
     for study in summary["studies"]:
         path = by_folder.get(study["study_id"])
@@ -565,9 +603,13 @@ class Row:
         return not self.problems
 
 
+STUDY_PREFIX = re.compile(r"^study [^ ]+: ")
+
+
 def evaluate(members: list[Member], outcomes: dict[str, Outcome], path: str) -> list[Row]:
     """One row per member for one entry point, with the problems that fail it."""
-    rows, by_group = [], {}
+    rows: list[Row] = []
+    by_picture: dict[str, list[tuple[Member, Outcome, Row]]] = {}
     for member in members:
         row = Row(path, member.group, member.container, member.transfer_syntax, member.lossy, "", reference=member.reference or "none")
         if not member.path:
@@ -579,7 +621,7 @@ def evaluate(members: list[Member], outcomes: dict[str, Outcome], path: str) -> 
             row.decoded = "yes"
             if member.expect_refusal:
                 row.decoded = "yes (the reference decoders cannot)"
-            by_group.setdefault(member.group, []).append((member, outcome, row))
+            by_picture.setdefault(member.picture, []).append((member, outcome, row))
             row.sr_errors, row.overlay_errors, row.fhir = outcome.sr_errors, outcome.overlay_errors, outcome.fhir
             for kind, count in (("SR", outcome.sr_errors), ("overlay", outcome.overlay_errors)):
                 if count is None:
@@ -589,8 +631,9 @@ def evaluate(members: list[Member], outcomes: dict[str, Outcome], path: str) -> 
             if outcome.fhir != "valid":
                 row.problems.append(f"FHIR bundle: {outcome.fhir or 'not written'}")
         elif outcome.status == "failed":
-            row.decoded = f"refused at {outcome.stage} ({outcome.error_type}): {outcome.message}"
-            clear = outcome.error_type and outcome.message and outcome.stage in ("validate", "prepare", "gateway") and not outcome.code_path
+            row.decoded = f"refused at {outcome.stage} ({outcome.error_type}): {STUDY_PREFIX.sub('', outcome.message)}"
+            clear = outcome.error_type and outcome.message and outcome.stage in ("validate", "prepare", "gateway") and not outcome.code_path \
+                and member.refusal_names in outcome.message
             where = f" [{outcome.code_path}]" if outcome.code_path else ""
             if not member.expect_refusal:
                 row.problems.append(f"refused though {member.reference} decodes it: {outcome.stage} {outcome.error_type}: {outcome.message}{where}")
@@ -600,7 +643,9 @@ def evaluate(members: list[Member], outcomes: dict[str, Outcome], path: str) -> 
             row.decoded = f"crashed: {outcome.message}"
             row.problems.append(row.decoded)
         rows.append(row)
-    for group, entries in by_group.items():
+    for entries in by_picture.values():
+        # The reference: the first original holding the picture (sources with one picture are compared with each other),
+        # else its first lossless container with a result.
         reference = next((o for m, o, _ in entries if m.container == "original"), None) or \
             next((o for m, o, _ in entries if not m.lossy), None)
         if reference is None or not reference.probabilities:
@@ -633,7 +678,7 @@ def format_table(rows: list[Row]) -> str:
     def cells(row: Row | None) -> tuple[str, str, str]:
         if row is None:
             return "-", "-", "-"
-        decoded = row.decoded if len(row.decoded) <= 60 else row.decoded[:57] + "..."
+        decoded = row.decoded if len(row.decoded) <= 72 else row.decoded[:69] + "..."
         dp = "" if row.max_dp is None else f"{row.max_dp:.4f}"
         errors = "" if row.sr_errors is None and row.overlay_errors is None else f"{row.sr_errors if row.sr_errors is not None else '-'}/" \
                                                                                  f"{row.overlay_errors if row.overlay_errors is not None else '-'}"
