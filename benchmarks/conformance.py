@@ -59,6 +59,7 @@ SECONDARY_CAPTURE = "1.2.840.10008.5.1.4.1.1.7"
 FINDINGS = ("Atelectasis", "Cardiomegaly", "Consolidation", "Edema", "Pleural_Effusion")
 LOSSLESS_TOLERANCE, LOSSY_TOLERANCE = 0.02, 0.10
 PSEUDONYM_KEY = "conformance-corpus-pseudonym-key-0123456789"
+CONTROL = (KeyboardInterrupt, SystemExit, GeneratorExit)  # never taken for a decoder's failure
 
 
 @dataclass(frozen=True)
@@ -195,7 +196,9 @@ def reference_decode(data: bytes) -> tuple[str, str, str]:
         with warnings.catch_warnings():
             warnings.simplefilter("ignore")
             return "pydicom", "", picture_digest(pydicom.dcmread(io.BytesIO(data)))
-    except Exception as e:  # noqa: BLE001 - any decoder error: the file is not decodable by pydicom
+    except CONTROL:
+        raise
+    except BaseException as e:  # noqa: BLE001 - any decoder error (a Rust plugin's panic too): pydicom cannot decode it
         error = f"{type(e).__name__}: {str(e).splitlines()[0][:120] if str(e) else ''}"
     with tempfile.TemporaryDirectory() as tmp:
         source, target = Path(tmp) / "in.dcm", Path(tmp) / "out.dcm"
@@ -206,7 +209,9 @@ def reference_decode(data: bytes) -> tuple[str, str, str]:
                 with warnings.catch_warnings():
                     warnings.simplefilter("ignore")
                     return "gdcm", "", picture_digest(pydicom.dcmread(target))
-            except Exception:  # noqa: BLE001
+            except CONTROL:
+                raise
+            except BaseException:  # noqa: BLE001 - as above
                 pass
     return "", error, ""
 
@@ -314,7 +319,9 @@ def native(data: bytes) -> bytes:
         if syntax.is_compressed and not syntax.is_deflated:
             try:
                 ds.decompress(generate_instance_uid=False)
-            except Exception:  # noqa: BLE001 - pydicom's plugins cannot: GDCM, the other reference decoder
+            except CONTROL:
+                raise
+            except BaseException:  # noqa: BLE001 - pydicom's plugins cannot (or panic): GDCM, the other reference decoder
                 return run_tool("gdcmconv", ("--raw", "--explicit"), data)
             buffer = io.BytesIO()
             ds.save_as(buffer, enforce_file_format=True)
