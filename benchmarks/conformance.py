@@ -26,7 +26,7 @@ Every file goes through `radstream run` (one invocation, a folder of study folde
 - max |dp|: over the five findings, against the group's reference (the original, or its first lossless container
   with a result): within 0.02 for a lossless container, 0.10 for a lossy one;
 - dciodvfy: errors dicom3tools' validator reports on the SR and the overlay the export wrote (0 passes);
-- fhir: the bundle validates with fhir.resources (R4B).
+- fhir: the bundle validates with fhir.resources (R4B), and every urn:uuid it uses is a UUID (FHIR's uuid type).
 Exit code 0 when every row passes, 1 otherwise.
 """
 from __future__ import annotations
@@ -561,14 +561,33 @@ def dciodvfy_errors(path: Path) -> tuple[int, str]:
     return len(errors), errors[0] if errors else ""
 
 
+# FHIR's uuid type (R4 2.24.0.1): "urn:uuid:" and an RFC 4122 UUID in lower case; fhir.resources types fullUrl and
+# Reference.reference as plain uri/string, so a "urn:uuid:report" passes it.
+FHIR_UUID = re.compile(r"urn:uuid:[0-9a-f]{8}-[0-9a-f]{4}-[0-9a-f]{4}-[0-9a-f]{4}-[0-9a-f]{12}")
+
+
+def _urn_uuids(node: Any) -> list[str]:
+    if isinstance(node, dict):
+        return [v for k, v in node.items() if k in ("fullUrl", "reference") and isinstance(v, str) and v.startswith("urn:uuid:")] + \
+            [u for v in node.values() for u in _urn_uuids(v)]
+    if isinstance(node, list):
+        return [u for v in node for u in _urn_uuids(v)]
+    return []
+
+
 def fhir_validity(path: Path) -> str:
+    """"valid" when fhir.resources (R4B) validates the bundle and every urn:uuid it uses is a UUID; else the first error."""
     from fhir.resources.R4B.bundle import Bundle
 
+    text = path.read_text()
     try:
-        Bundle.model_validate_json(path.read_text()) if hasattr(Bundle, "model_validate_json") else Bundle.parse_file(path)
-        return "valid"
+        Bundle.model_validate_json(text) if hasattr(Bundle, "model_validate_json") else Bundle.parse_raw(text)
     except Exception as e:  # noqa: BLE001 - any validation error is the row's failure
         return f"{type(e).__name__}: {str(e).splitlines()[0][:160]}"
+    bad = sorted({u for u in _urn_uuids(json.loads(text)) if not FHIR_UUID.fullmatch(u)})
+    if bad:
+        return f"fullUrl/reference not a urn:uuid UUID (FHIR uuid type): {', '.join(bad)[:160]}"
+    return "valid"
 
 
 def check_exports(outcome: Outcome) -> None:
