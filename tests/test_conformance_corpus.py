@@ -37,6 +37,7 @@ def _read(path: Path | str | bytes) -> pydicom.Dataset:
         return pydicom.dcmread(io.BytesIO(path) if isinstance(path, bytes) else path)
 
 
+@pytest.mark.filterwarnings("ignore::UserWarning")  # pydicom's own test files hold invalid values on purpose (badVR.dcm)
 def test_every_local_single_frame_image_is_a_source_retagged_as_chest_with_its_pixels_untouched(report):
     root = Path(pydicom.data.DATA_ROOT) / "test_files"
     originals = {m.group: m for m in report["members"] if m.container == "original"}
