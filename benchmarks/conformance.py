@@ -149,6 +149,7 @@ class Outcome:
     dciodvfy_first_error: str = ""
     fhir: str = ""  # "valid", or the validation error's first line; "" when there is no bundle
     folder: str = ""  # the study's results folder
+    unanswered: str = ""  # the gateway left a C-STORE unanswered (the file was sent again on a new association)
     code_path: str = ""  # an unexpected error's code path, from the stage's log line (code locations only, no values)
 
 
@@ -512,6 +513,7 @@ def run_gateway(members: list[Member], work: Path, workers: int = 2) -> dict[str
     if len(contexts) > 128:
         raise RuntimeError(f"{len(contexts)} presentation contexts: more than one association may propose (128)")
     outcomes: dict[str, Outcome] = {}
+    unanswered: dict[str, str] = {}
     with LocalRuntime(settings, workers=workers) as runtime:
         pipeline = LocalPipeline(runtime, workers=workers)
         try:
@@ -519,19 +521,33 @@ def run_gateway(members: list[Member], work: Path, workers: int = 2) -> dict[str
                 scu = AE(ae_title="CORPUS")
                 for sop, syntax in contexts:
                     scu.add_requested_context(sop, [syntax])
-                scu.dimse_timeout = scu.network_timeout = 120
-                assoc = scu.associate("127.0.0.1", gateway.dimse.port, ae_title=gateway.ae_title)
-                if not assoc.is_established:
-                    raise RuntimeError("the gateway did not accept the corpus's association")
+                scu.dimse_timeout = scu.network_timeout = 60
+
+                def associate() -> Any:
+                    assoc = scu.associate("127.0.0.1", gateway.dimse.port, ae_title=gateway.ae_title)
+                    if not assoc.is_established:
+                        raise RuntimeError("the gateway did not accept the corpus's association")
+                    return assoc
+
+                assoc = associate()
                 try:
                     for path, _, _, study_id in files:
+                        started = time.perf_counter()
                         status = assoc.send_c_store(Path(path))
+                        if "Status" not in status:  # no response: the association was aborted or timed out
+                            unanswered[path] = f"the C-STORE got no response in {time.perf_counter() - started:.0f} s " \
+                                               f"(association {'aborted' if not assoc.is_established else 'timed out'}); sent again"
+                            if assoc.is_established:
+                                assoc.abort()
+                            assoc = associate()
+                            status = assoc.send_c_store(Path(path))
                         code = int(status.Status) if "Status" in status else -1
                         if code != 0:
                             comment = str(status.get("ErrorComment", "")) if status else "no response"
                             outcomes[path] = Outcome("failed", f"C-STORE status 0x{code & 0xFFFF:04X}: {comment}", "Refused", "gateway")
                 finally:
-                    assoc.release()
+                    if assoc.is_established:
+                        assoc.release()
             for future in list(pipeline.futures.values()):
                 future.result(timeout=1800)
         finally:
@@ -551,6 +567,8 @@ def run_gateway(members: list[Member], work: Path, workers: int = 2) -> dict[str
         outcomes[path] = _outcome_from_result(settings.data_dir / "results", study_id, outcome.status, outcome.message or "",
                                               outcome.error_type or "", outcome.stage or "")
         outcomes[path].code_path = unexpected.get(study_id, "")
+    for path, why in unanswered.items():
+        outcomes[path].unanswered = why
     return outcomes
 
 
@@ -643,6 +661,8 @@ def evaluate(members: list[Member], outcomes: dict[str, Outcome], path: str) -> 
             rows.append(row)
             continue
         outcome = outcomes.get(member.path) or Outcome("missing", "no outcome")
+        if outcome.unanswered:
+            row.problems.append(f"gateway: {outcome.unanswered}")
         if outcome.status == "succeeded":
             row.decoded = "yes"
             if member.expect_refusal:
@@ -757,7 +777,17 @@ def main(argv: list[str] | None = None) -> int:
     args = ap.parse_args(argv)
     with tempfile.TemporaryDirectory() as tmp:
         work = Path(args.work_dir) if args.work_dir else Path(tmp)
-        report = conformance(work, args.transcode == "all", args.workers, not args.no_gateway)
+        # The in-process gateway's loggers write to the process's stdout: while it runs, that is stderr, so stdout
+        # holds the table (or the JSON) alone.
+        sys.stdout.flush()
+        saved = os.dup(1)
+        os.dup2(2, 1)
+        try:
+            report = conformance(work, args.transcode == "all", args.workers, not args.no_gateway)
+        finally:
+            sys.stdout.flush()
+            os.dup2(saved, 1)
+            os.close(saved)
     rows = report["rows"]
     if args.json:
         print(json.dumps({"rows": [{**asdict(r), "passed": r.passed} for r in rows], "left_out": report["left_out"],

@@ -89,6 +89,7 @@ def test_both_entry_points_ran_every_file(report):
         rows = [r for r in report["rows"] if r.path == path and not r.decoded.startswith("not produced")]
         assert len(rows) == len(produced)
         assert not [r for r in rows if r.decoded.startswith("crashed")], [(r.group, r.container, r.decoded) for r in rows if r.decoded.startswith("crashed")]
+    assert not _problems(report, "got no response"), _problems(report, "got no response")  # the gateway answers every C-STORE
 
 
 def _problems(report: dict, word: str) -> list[str]:
