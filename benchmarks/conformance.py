@@ -741,6 +741,60 @@ def format_table(rows: list[Row]) -> str:
     return "\n".join(out)
 
 
+# One letter per kind of problem, for the matrix: a cell holds the letters of its run and gateway rows ("." passes).
+MATRIX_LEGEND = {
+    "E": "the export stage crashed (unexpected error; the result is superseded)",
+    "U": "another stage failed unexpectedly",
+    "T": "refused as truncated though a reference decoder reads it",
+    "X": "refused as unreadable though a reference decoder reads it",
+    "C": "refused as a constant picture though a reference decoder reads it",
+    "R": "another refusal a reference decoder does not share, or an unclear one",
+    "D": "max |dp| over the tolerance",
+    "V": "dciodvfy errors in the SR or the overlay",
+    "F": "the FHIR bundle does not validate",
+    "G": "the gateway left a C-STORE unanswered",
+    "N": "no SR or overlay written",
+    "-": "not produced by the transcoder",
+}
+
+
+def _letter(problem: str) -> str:
+    if problem.startswith("gateway:"):
+        return "G"
+    if "max |dp|" in problem:
+        return "D"
+    if "dciodvfy" in problem:
+        return "V"
+    if problem.startswith("FHIR"):
+        return "F"
+    if problem.startswith("no "):
+        return "N"
+    if "unexpected" in problem:
+        return "E" if " export " in problem else "U"
+    return "T" if "truncated" in problem else "X" if "cannot be read" in problem else "C" if "constant value" in problem else "R"
+
+
+def format_matrix(rows: list[Row]) -> str:
+    """group x container, one cell per file: "." passes, else the letters of its problems (MATRIX_LEGEND)."""
+    groups: list[str] = list(dict.fromkeys(r.group for r in rows))
+    containers: list[str] = list(dict.fromkeys(r.container for r in rows))
+    cells: dict[tuple[str, str], set[str]] = {}
+    for row in rows:
+        cell = cells.setdefault((row.group, row.container), set())
+        if row.decoded.startswith("not produced"):
+            cell.add("-")
+        cell.update(_letter(p) for p in row.problems)
+    width = max(len(g) for g in groups)
+    lines = [" ".ljust(width) + " " + " ".join(f"{i:>3}" for i in range(len(containers)))]
+    for group in groups:
+        lines.append(group.ljust(width) + " " + " ".join(
+            f"{''.join(sorted(cells[(group, c)])) or '.':>3}" if (group, c) in cells else "   " for c in containers))
+    lines.append("")
+    lines.append("containers: " + "; ".join(f"{i} {c}" for i, c in enumerate(containers)))
+    lines.append("cells: . passes; " + "; ".join(f"{k} {v}" for k, v in MATRIX_LEGEND.items()))
+    return "\n".join(lines)
+
+
 def failures(rows: list[Row]) -> list[str]:
     return [f"{r.path}: {r.group} [{r.container}, {SYNTAX_NAMES.get(r.transfer_syntax, r.transfer_syntax)}]: {p}" for r in rows for p in r.problems]
 
@@ -774,6 +828,7 @@ def main(argv: list[str] | None = None) -> int:
     ap.add_argument("--no-gateway", action="store_true", help="only `radstream run`")
     ap.add_argument("--work-dir", help="keep the corpus and both data dirs here (default: a temporary folder)")
     ap.add_argument("--json", action="store_true", help="print the rows as JSON")
+    ap.add_argument("--matrix", action="store_true", help="print group x container as one letter-coded cell per file, not the wide table")
     args = ap.parse_args(argv)
     with tempfile.TemporaryDirectory() as tmp:
         work = Path(args.work_dir) if args.work_dir else Path(tmp)
@@ -793,7 +848,7 @@ def main(argv: list[str] | None = None) -> int:
         print(json.dumps({"rows": [{**asdict(r), "passed": r.passed} for r in rows], "left_out": report["left_out"],
                           "timings": report["timings"]}, indent=1))
     else:
-        print(format_table(rows))
+        print(format_matrix(rows) if args.matrix else format_table(rows))
         print()
         sources = sorted({m.group for m in report["members"]})
         produced = sum(1 for m in report["members"] if m.path)
