@@ -713,10 +713,6 @@ _TYPES: dict[str, type[_State]] = {
 
 
 
-# What stops the interpreter itself rather than failing a task: Ctrl-C, sys.exit, a generator closing.
-_CONTROL = (KeyboardInterrupt, SystemExit, GeneratorExit)
-
-
 def _exception_error(exc: BaseException) -> StatesError:
     if isinstance(exc, StatesError):
         return exc
@@ -828,9 +824,7 @@ class StateMachine:
         if deadline is None and run.deadline is None:
             try:
                 return _copy(self.invoke(target, payload, context))
-            except _CONTROL:
-                raise
-            except BaseException as exc:  # noqa: BLE001 - a native extension's panic (pyo3) is a BaseException: a task failure, as a dead Lambda is
+            except Exception as exc:
                 raise _exception_error(exc) from exc
         box: dict[str, Any] = {}
         done = threading.Event()
@@ -838,7 +832,7 @@ class StateMachine:
         def work() -> None:
             try:
                 box["result"] = self.invoke(target, payload, context)
-            except BaseException as exc:  # noqa: BLE001 - carried to the caller's thread, which decides (below)
+            except Exception as exc:
                 box["error"] = exc
             finally:
                 done.set()
@@ -850,8 +844,6 @@ class StateMachine:
                 raise StatesError(E.TIMEOUT, f"Task timed out after {timeout} seconds")
             raise _ExecutionTimedOut()
         if "error" in box:
-            if isinstance(box["error"], _CONTROL):
-                raise box["error"]
             raise _exception_error(box["error"]) from box["error"]
         return _copy(box["result"])
 
