@@ -184,8 +184,9 @@ def picture_digest(ds: Any) -> str:
     values = np.ascontiguousarray(ds.pixel_array)
     values = values.astype(values.dtype.newbyteorder("<"))
     digest = hashlib.sha1(values.tobytes())
-    digest.update(repr((values.shape, values.dtype.str, "VOILUTSequence" in ds,
-                        [str(ds.get(k, "")) for k in PICTURE_ATTRIBUTES])).encode())
+    # pydicom's pixel_array is RGB for every YBR form: the colour space the file stores does not change the picture.
+    attributes = ["RGB" if str(ds.get(k, "")).startswith("YBR") else str(ds.get(k, "")) for k in PICTURE_ATTRIBUTES]
+    digest.update(repr((values.shape, values.dtype.kind, "VOILUTSequence" in ds, attributes)).encode())
     return digest.hexdigest()[:16]
 
 
@@ -414,8 +415,13 @@ def build_corpus(out: Path, transcode_all: bool = False, containers: tuple[Conta
         except NotProduced as e:
             member.note = str(e)
             return member
-        member.reference, error, _ = (source.reference, source.reference_error, "") if container is None else reference_decode(data)
+        member.reference, error, picture = (source.reference, source.reference_error, source.picture) if container is None \
+            else reference_decode(data)
         member.picture = source.picture or source.group
+        if container is not None and not container.lossy and picture and picture != source.picture:
+            # A lossless transcoder wrote other values than the source's, as the reference decoder reads them (dcmconv and
+            # pydicom order 32-bit samples in Big Endian OW differently): the file is compared with files of its own values.
+            member.picture, member.note = picture, f"{container.tool} changed the values (as {member.reference} reads them)"
         attribute, why = documented_limit(pydicom.dcmread(io.BytesIO(data), stop_before_pixels=True))
         if attribute:
             member.expect_refusal, member.refusal_names = f"a documented limit: {why}", attribute
@@ -688,6 +694,8 @@ def evaluate(members: list[Member], outcomes: dict[str, Outcome], path: str) -> 
         else:
             row.decoded = f"crashed: {outcome.message}"
             row.problems.append(row.decoded)
+        if member.note:
+            row.decoded += f" [{member.note}]"
         rows.append(row)
     for entries in by_picture.values():
         # The reference: the first original holding the picture (sources with one picture are compared with each other),
