@@ -37,8 +37,8 @@ demo-pacs: venv dcmtk orthanc
 
 # The DICOM tests write JPEG Baseline/Extended/Lossless (dcmcjpeg) and Big Endian (dcmconv) files with dcmtk,
 # Debian's package; the gateway's tests use its echoscu/storescu (the modality) and dsrdump (reads the SR).
-# dicom3tools' dciodvfy checks the overlay (Secondary Capture) against its IOD. GDCM's gdcmconv (libgdcm-tools) is a
-# second, independent encoder (JPEG 2000, JPEG Lossless) for the decoding tests.
+# dicom3tools' dciodvfy checks the overlay (Secondary Capture) against its IOD. GDCM's gdcmconv (libgdcm-tools)
+# writes the conformance corpus's JPEG 2000 (and its own JPEG, JPEG-LS, RLE) files, a second encoder beside dcmtk.
 # Installed only when missing, so a second run costs nothing.
 dcmtk:
 	@{ command -v dcmcjpeg >/dev/null 2>&1 && command -v dciodvfy >/dev/null 2>&1; } || { $(call apt_install,dcmtk dicom3tools); }

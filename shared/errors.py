@@ -75,6 +75,17 @@ class ConfigurationError(PermanentError):
     """Settings or the model repository are inconsistent."""
 
 
+class NativeLibraryPanic(PermanentError):
+    """A native (Rust, pyo3) extension panicked on this input. pyo3 raises `pyo3_runtime.PanicException`, a BaseException
+    that passes every `except Exception` (one in a JPEG/RLE plugin took down `radstream run` whole); the stage wrapper
+    turns it into this error. Not retried: the same input panics again."""
+
+
+def is_native_panic(error: BaseException) -> bool:
+    """pyo3's PanicException: each pyo3 extension defines its own class, all named so, in module pyo3_runtime."""
+    return type(error).__name__ == "PanicException" and type(error).__module__ == "pyo3_runtime"
+
+
 class FailureNotRecorded(RetryableError):
     """A study failed and its failure record could not be written either: the input is kept; resume runs it again."""
 

@@ -26,7 +26,7 @@ from aws_lambda_powertools import Logger, Tracer
 from pydantic import ValidationError
 
 from shared.contracts import ModelRef, Stage, TelemetryRecord
-from shared.errors import MalformedEvent, RadStreamError
+from shared.errors import MalformedEvent, NativeLibraryPanic, RadStreamError, is_native_panic
 from shared.messages import ModelOutput, RecordedFailure, StageOutput, StoredResult, study_id_from_key
 from shared.metrics import EmfWriter, ModelLatency, StdoutEmf, stage_metrics
 from shared.settings import Settings
@@ -201,6 +201,15 @@ class StageHandler(Generic[D]):
                 self._emit(metrics, status="failed", duration_ms=(time.perf_counter() - started) * 1000, error_type=type(e).__name__,
                            study_id=study_id, execution_id=execution_id)
                 raise
+            except BaseException as e:
+                if not is_native_panic(e):
+                    raise  # Ctrl-C, SystemExit, a process being killed: not the study's to record
+                tracer.put_annotation(key="error_type", value=NativeLibraryPanic.__name__)
+                logger.error("stage failed unexpectedly", error_type=type(e).__name__, code_path=code_location(e))
+                self._emit(metrics, status="failed", duration_ms=(time.perf_counter() - started) * 1000,
+                           error_type=NativeLibraryPanic.__name__, study_id=study_id, execution_id=execution_id)
+                raise NativeLibraryPanic(f"the {self.stage} stage's native library crashed ({type(e).__name__}) on this input; "
+                                         "the input is kept", study_id=study_id) from e
             duration_ms = (time.perf_counter() - started) * 1000
             record = telemetry_record(
                 stage=self.stage, study_id=output.study_id, execution_id=execution_id, status="succeeded",
