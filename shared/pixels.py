@@ -70,6 +70,9 @@ def window_bounds(levels: np.ndarray, values: np.ndarray, exclude: np.ndarray | 
     if high <= low:  # more than 99% of one value: the picture is what differs from it, min..max
         sample = window_sample(values, exclude)
         low, high = (float(sample.min()), float(sample.max())) if sample.size else (0.0, 1.0)
+        if high <= low:  # the sampling grid missed what differs (a small structure on a flat field): every value
+            kept = values if exclude is None else values[~exclude]
+            low, high = (float(kept.min()), float(kept.max())) if kept.size else (0.0, 1.0)
     return low, high
 
 
@@ -271,6 +274,49 @@ def pixel_data_incomplete(ds: Any) -> str | None:
     return None
 
 
+JPEG_EXTENDED_12BIT = "1.2.840.10008.1.2.4.51"
+
+
+def gdcm_jpeg_extended(data: bytes, ds: Any) -> np.ndarray | None:
+    """A grayscale 12-bit JPEG Extended frame through GDCM's IJG codec, or None when GDCM cannot read it either.
+
+    libjpeg (pylibjpeg, pydicom's only 12-bit JPEG backend) refuses what dcmtk's and GDCM's encoders and older
+    modalities write for 12-bit sequential JPEG ("scan start must be zero and scan stop must be 63"); GDCM, the DICOM
+    toolkits' own codec, reads them. pydicom keeps GDCM out of 12-bit JPEG Extended, so it is asked directly."""
+    import os
+    import tempfile
+
+    import gdcm
+
+    if int(ds.get("SamplesPerPixel", 1) or 1) != 1:
+        return None
+    gdcm.Trace.WarningOff()
+    gdcm.Trace.ErrorOff()  # GDCM tries each JPEG precision in turn and reports every miss on stderr
+    handle, path = tempfile.mkstemp(suffix=".dcm")
+    try:
+        with os.fdopen(handle, "wb") as f:
+            f.write(data)
+        reader = gdcm.ImageReader()
+        reader.SetFileName(path)
+        if not reader.Read():
+            return None
+        image = reader.GetImage()
+        buffer = image.GetBuffer()
+    finally:
+        os.unlink(path)
+    raw = buffer.encode("utf-8", "surrogateescape") if isinstance(buffer, str) else bytes(buffer)
+    dtype = np.dtype(("<i" if int(ds.get("PixelRepresentation", 0)) == 1 else "<u") + ("2" if int(ds.BitsAllocated) > 8 else "1"))
+    rows, columns = int(ds.Rows), int(ds.Columns)
+    if len(raw) != rows * columns * dtype.itemsize:
+        return None
+    return np.frombuffer(raw, dtype).reshape(rows, columns).copy()
+
+
+def _varies(values: np.ndarray, exclude: np.ndarray | None) -> bool:
+    kept = np.asarray(values) if exclude is None else np.asarray(values)[~exclude]
+    return bool(kept.size) and float(kept.max()) > float(kept.min())
+
+
 def decode_dicom(data: bytes, study_id: str) -> Decoded:
     import pydicom
     from pydicom.pixels import apply_modality_lut, apply_windowing
@@ -292,7 +338,10 @@ def decode_dicom(data: bytes, study_id: str) -> Decoded:
     try:
         raw = ds.pixel_array  # decompresses with pydicom's pixel backends; YBR comes back as RGB
     except Exception as e:  # pydicom raises many types for bad or unsupported pixel data
-        raise InvalidImage(f"DICOM pixel data cannot be read ({type(e).__name__}) in {syntax_name}", study_id=study_id) from e
+        fallback = gdcm_jpeg_extended(data, ds) if syntax == JPEG_EXTENDED_12BIT else None
+        if fallback is None:
+            raise InvalidImage(f"DICOM pixel data cannot be read ({type(e).__name__}) in {syntax_name}", study_id=study_id) from e
+        raw = fallback
     if raw.ndim == 3 and raw.shape[2] == 3 and photometric in COLOUR:
         # Luma of the RGB picture (ITU-R BT.601, as for a colour PNG); a grey picture stored as colour keeps its values.
         # float64 beyond 16 bits: float32 holds integers only up to 2^24.
@@ -318,8 +367,15 @@ def decode_dicom(data: bytes, study_id: str) -> Decoded:
         lo, hi, rule = 0.0, float(2**lut_bits - 1), "dicom-voi-lut"
     elif voi:
         values, rule = apply_windowing(values, ds), "dicom-window"
-    else:
-        rule = ("dicom-float" if floating else f"dicom-{bits}bit" + ("-signed" if signed else "")) + "-percentile"
+    percentile_rule = ("dicom-float" if floating else f"dicom-{bits}bit" + ("-signed" if signed else "")) + "-percentile"
+    if voi and not _varies(values, padding):
+        # The declared VOI leaves nothing to read (every pixel below or above the window: a window meant for another
+        # picture, or copied from a template): the stored values are the picture, under the percentile rule.
+        values, voi = (apply_modality_lut(raw, ds) if not floating else raw), False
+        lo, hi = dicom_output_range(ds) if not floating else (float(raw.min()), float(raw.max()))
+        rule = percentile_rule + "-voi-saturated"
+    elif not voi:
+        rule = percentile_rule
     # MONOCHROME1 (low values white) and Presentation LUT Shape INVERSE both mean: the display inverts.
     # A DX MONOCHROME1 image carries INVERSE as well (PS3.3 C.8.11.6.1.2): one inversion, not two.
     # Turned around within the declared range before anything is measured, so a MONOCHROME1 file and its MONOCHROME2

@@ -74,24 +74,30 @@ def build_overlay(result: StudyResult, source_bytes: bytes, header: Any, uid: Ca
     """The Secondary Capture (highdicom SCImage) of the annotated source, in its own series of the source's study."""
     logging.getLogger("highdicom").setLevel(logging.WARNING)  # its INFO lines name the source's UIDs (docs/phi.md)
     from highdicom.sc import SCImage
-    from pydicom.uid import JPEGLSLossless
+    from pydicom.uid import ExplicitVRLittleEndian, JPEGLSLossless
 
     from shared.pixels import decode_dicom
 
     picture = draw(decode_dicom(source_bytes, result.study_id).pixels, result, draft_label)
     # `header` is the source's header as services/export/header.py cleans it: every value valid for its VR.
     orientation = header.get("PatientOrientation")
-    sc = SCImage.from_ref_dataset(
-        ref_dataset=header, pixel_array=picture, photometric_interpretation="RGB", bits_allocated=8, coordinate_system="PATIENT",
-        series_instance_uid=uid("overlay-series"), series_number=OVERLAY_SERIES_NUMBER, sop_instance_uid=uid("overlay"),
-        instance_number=1, manufacturer=manufacturer,
-        # highdicom wants a (single-letter-pair) orientation for the PATIENT coordinate system; the source's own value
-        # (Type 2C, possibly compound such as "A\\FR", empty or absent) replaces it below: copied, never invented.
-        patient_orientation=("L", "F"),
-        laterality=header.get("Laterality") or None,
-        transfer_syntax_uid=JPEGLSLossless,
-        series_description=series_description[:64],
-    )
+    def secondary_capture(transfer_syntax: str) -> Any:
+        return SCImage.from_ref_dataset(
+            ref_dataset=header, pixel_array=picture, photometric_interpretation="RGB", bits_allocated=8, coordinate_system="PATIENT",
+            series_instance_uid=uid("overlay-series"), series_number=OVERLAY_SERIES_NUMBER, sop_instance_uid=uid("overlay"),
+            instance_number=1, manufacturer=manufacturer,
+            # highdicom wants a (single-letter-pair) orientation for the PATIENT coordinate system; the source's own value
+            # (Type 2C, possibly compound such as "A\\FR", empty or absent) replaces it below: copied, never invented.
+            patient_orientation=("L", "F"),
+            laterality=header.get("Laterality") or None,
+            transfer_syntax_uid=transfer_syntax,
+            series_description=series_description[:64],
+        )
+
+    try:
+        sc = secondary_capture(JPEGLSLossless)
+    except RuntimeError:  # CharLS cannot code a picture of a few pixels ("destination buffer too small"): uncompressed
+        sc = secondary_capture(ExplicitVRLittleEndian)
     # The rest of the patient and study modules (PatientAge, PatientIdentityRemoved and its method...), as the SR has them.
     sc.copy_patient_and_study_information(header)
     sc.PatientOrientation = list(orientation) if orientation else []  # Type 2: present, empty when unknown

@@ -169,3 +169,18 @@ def test_quality_flags_travel_with_the_findings_in_the_sr_and_fhir(tmp_path):
     sr = pydicom.dcmread(io.BytesIO(store.get_bytes("results", out.sr.key)))
     texts = [str(element.value) for element in sr.iterall() if element.keyword == "TextValue"]
     assert any("polarity_suspicious" in text for text in texts), texts
+
+
+def test_a_picture_of_a_few_pixels_still_gets_its_overlay(tmp_path):
+    """pydicom's SC_rgb_small_odd (3 x 3 RGB) as a chest SC: CharLS cannot code it, so the overlay goes uncompressed."""
+    from pydicom.data import get_testdata_file
+
+    ds = pydicom.dcmread(get_testdata_file("SC_rgb_small_odd.dcm"))
+    ds.Modality, ds.BodyPartExamined = "CR", "CHEST"
+    buffer = io.BytesIO()
+    ds.save_as(buffer, enforce_file_format=True)
+    store = LocalObjectStore(tmp_path)
+    out = export(dicom_state(store, buffer.getvalue()), store)
+    overlay = pydicom.dcmread(io.BytesIO(store.get_bytes("results", out.overlay.key)))
+    assert (overlay.Rows, overlay.Columns, overlay.SamplesPerPixel) == (3, 3, 3)
+    assert overlay.file_meta.TransferSyntaxUID == pydicom.uid.ExplicitVRLittleEndian
