@@ -1,4 +1,5 @@
 """Fixtures shared by every test folder: a small model repository written on the fly, stores, sidecars."""
+
 from __future__ import annotations
 
 import hashlib
@@ -25,9 +26,16 @@ if signal.getsignal(signal.SIGINT) == signal.SIG_IGN:
 # The test layers (make test-unit, test-integration, test-e2e; make test runs all three). By where a test lives:
 # integration tests talk to a real peer over loopback (the AWS emulator, dcmtk, Orthanc, Chromium, tritonserver,
 # the template tools); end-to-end tests run the CLI or the whole local pipeline on files; the rest are unit tests.
-INTEGRATION = ("tests/aws/", "tests/infra/", "tests/console/test_console_browser.py", "services/gateway/tests/",
-               "services/triton/tests/test_triton_server.py", "services/triton/tests/test_gpu_serving.py",
-               "tests/test_triton_pipeline.py", "tests/test_triton_bench.py")
+INTEGRATION = (
+    "tests/aws/",
+    "tests/infra/",
+    "tests/console/test_console_browser.py",
+    "services/gateway/tests/",
+    "services/triton/tests/test_triton_server.py",
+    "services/triton/tests/test_gpu_serving.py",
+    "tests/test_triton_pipeline.py",
+    "tests/test_triton_bench.py",
+)
 E2E = ("tests/test_", "tests/analytics/", "tests/e2e/")
 ROOT = Path(__file__).resolve().parent
 
@@ -50,6 +58,7 @@ def hermetic_settings(monkeypatch: pytest.MonkeyPatch) -> None:
     """No test sees RadStream settings from the shell that runs it (or from an earlier test)."""
     for var in ENVIRONMENT.values():
         monkeypatch.delenv(var, raising=False)
+
 
 CONFIG = """name: "{name}"
 backend: "onnxruntime"
@@ -74,9 +83,13 @@ def config_only_repository(tmp_path: Path) -> Path:
     for name, size, output, dims, kind, normalization in models:
         folder = root / name
         (folder / "1").mkdir(parents=True)
-        (folder / "config.pbtxt").write_text(CONFIG.format(name=name, size=size, output=output, dims=dims, kind=kind, normalization=normalization))
+        (folder / "config.pbtxt").write_text(
+            CONFIG.format(name=name, size=size, output=output, dims=dims, kind=kind, normalization=normalization)
+        )
     (root / "chest_xray_classifier" / "labels.txt").write_text("Atelectasis\nCardiomegaly\nConsolidation\nEdema\nPleural Effusion\n")
-    (root / "chest_xray_classifier" / "thresholds.json").write_text(json.dumps({"Atelectasis": 0.4, "Cardiomegaly": 0.5, "Consolidation": 0.5, "Edema": 0.6, "Pleural Effusion": 0.3}))
+    (root / "chest_xray_classifier" / "thresholds.json").write_text(
+        json.dumps({"Atelectasis": 0.4, "Cardiomegaly": 0.5, "Consolidation": 0.5, "Edema": 0.6, "Pleural Effusion": 0.3})
+    )
     (root / "anomaly_detector" / "labels.txt").write_text("nodule_mass\nfocal_opacity\n")
     (root / "anomaly_detector" / "thresholds.json").write_text(json.dumps({"score_threshold": 0.5}))
     return root
@@ -95,9 +108,16 @@ def gradient_png(width: int = 300, height: int = 200, dtype=np.uint8) -> bytes:
 
 def make_sidecar(study_id: str = "study-001", image: str = "image.png", data: bytes | None = None, **overrides) -> dict:
     doc = {
-        "schema_version": "1", "study_id": study_id, "image": image, "modality": "DX", "body_part": "CHEST",
-        "view_position": "PA", "patient": {"pseudo_id": "anon-42", "age_years": 61, "sex": "F"},
-        "acquired_at": "2026-03-01T10:20:30Z", "priority": "routine", "source": "unit test",
+        "schema_version": "1",
+        "study_id": study_id,
+        "image": image,
+        "modality": "DX",
+        "body_part": "CHEST",
+        "view_position": "PA",
+        "patient": {"pseudo_id": "anon-42", "age_years": 61, "sex": "F"},
+        "acquired_at": "2026-03-01T10:20:30Z",
+        "priority": "routine",
+        "source": "unit test",
     }
     if data is not None:
         doc["sha256"] = hashlib.sha256(data).hexdigest()

@@ -5,6 +5,7 @@
 Prints how many results carry an impression sentence that contradicts the findings (radstream/coherence.py's
 text judge), and how many carry two boxes overlapping with IoU > 0.5 (and > 0.9, of different labels).
 """
+
 from __future__ import annotations
 
 import argparse
@@ -32,13 +33,18 @@ def audit(studies: int, size: int, seed: int, workers: int) -> dict:
             outcomes = runtime.run_many(folders).outcomes
         wall = time.perf_counter() - started
         failed = [o.study_id for o in outcomes if o.status != "succeeded"]
-        results = [json.loads((root / "data" / "results" / "results" / o.study_id / "result.json").read_text())
-                   for o in outcomes if o.status == "succeeded"]
+        results = [
+            json.loads((root / "data" / "results" / "results" / o.study_id / "result.json").read_text())
+            for o in outcomes
+            if o.status == "succeeded"
+        ]
     contradicting = {r["study_id"]: contradictions(r) for r in results}
     overlap = {r["study_id"]: overlapping_boxes(r) for r in results}
     near_duplicate = {k: [p for p in v if p[0] != p[1] and p[2] > 0.9] for k, v in overlap.items()}
     return {
-        "studies": len(outcomes), "failed": failed, "wall_s": round(wall, 1),
+        "studies": len(outcomes),
+        "failed": failed,
+        "wall_s": round(wall, 1),
         "results_contradicting_findings": sum(1 for v in contradicting.values() if v),
         "results_with_boxes_iou_over_0.5": sum(1 for v in overlap.values() if v),
         "results_with_different_label_boxes_iou_over_0.9": sum(1 for v in near_duplicate.values() if v),
@@ -56,7 +62,9 @@ def main() -> int:
     args = ap.parse_args()
     report = audit(args.studies, args.size, args.seed, args.workers)
     print(json.dumps(report, indent=2))
-    return 0 if not report["failed"] and not report["results_contradicting_findings"] and not report["results_with_boxes_iou_over_0.5"] else 1
+    return (
+        0 if not report["failed"] and not report["results_contradicting_findings"] and not report["results_with_boxes_iou_over_0.5"] else 1
+    )
 
 
 if __name__ == "__main__":

@@ -9,6 +9,7 @@ DICOM transfer-syntax studies the container-invariance tests use (those dcmtk wr
 installed), then runs every one through `radstream run` from each checkout (each with its own code, this
 virtual environment) and compares result.json and failure records study by study. Exit code 1 on any difference.
 """
+
 from __future__ import annotations
 
 import argparse
@@ -53,7 +54,11 @@ def write_studies(out: Path) -> None:
 def run_tree(tree: Path, studies: Path, data_dir: Path) -> None:
     subprocess.run(
         [str(HERE / ".venv/bin/python"), "-m", "radstream.cli", "run", str(studies), "--data-dir", str(data_dir), "--quiet", "--json"],
-        cwd=tree, check=False, stdout=subprocess.DEVNULL, env=os.environ | {"PYTHONPATH": str(tree)}, timeout=1800,
+        cwd=tree,
+        check=False,
+        stdout=subprocess.DEVNULL,
+        env=os.environ | {"PYTHONPATH": str(tree)},
+        timeout=1800,
     )
 
 
@@ -83,8 +88,12 @@ def differences(base: dict[str, dict], ours: dict[str, dict]) -> list[str]:
         pa = {f["label"]: f for f in a["findings"]}
         pb = {f["label"]: f for f in b["findings"]}
         for label in sorted(set(pa) | set(pb)):
-            if label not in pa or label not in pb or abs(pa[label]["probability"] - pb[label]["probability"]) > TOLERANCE \
-                    or pa[label]["positive"] != pb[label]["positive"]:
+            if (
+                label not in pa
+                or label not in pb
+                or abs(pa[label]["probability"] - pb[label]["probability"]) > TOLERANCE
+                or pa[label]["positive"] != pb[label]["positive"]
+            ):
                 problems.append(f"{study}: finding {label} {pa.get(label)} vs {pb.get(label)}")
         if a["detections"] != b["detections"]:
             problems.append(f"{study}: detections differ: {a['detections']} vs {b['detections']}")

@@ -30,6 +30,7 @@ Every file goes through `radstream run` (one invocation, a folder of study folde
 - fhir: the bundle validates with fhir.resources (R4B), and every urn:uuid it uses is a UUID (FHIR's uuid type).
 Exit code 0 when every row passes, 1 otherwise.
 """
+
 from __future__ import annotations
 
 import argparse
@@ -102,8 +103,14 @@ CONTAINERS: tuple[Container, ...] = (
     Container("gdcm-jpeg2000-lossless", "gdcmconv", ("--j2k",), "1.2.840.10008.1.2.4.90", False),
     Container("gdcm-jpeg2000-lossy", "gdcmconv", ("--j2k", "--lossy", "-r", "10"), "1.2.840.10008.1.2.4.91", True),
 )
-TOOL_PACKAGES = {"dcmconv": "dcmtk", "dcmcrle": "dcmtk", "dcmcjpeg": "dcmtk", "dcmcjpls": "dcmtk", "gdcmconv": "libgdcm-tools",
-                 "dciodvfy": "dicom3tools"}
+TOOL_PACKAGES = {
+    "dcmconv": "dcmtk",
+    "dcmcrle": "dcmtk",
+    "dcmcjpeg": "dcmtk",
+    "dcmcjpls": "dcmtk",
+    "gdcmconv": "libgdcm-tools",
+    "dciodvfy": "dicom3tools",
+}
 
 
 class ToolMissing(RuntimeError):
@@ -162,12 +169,15 @@ class Outcome:
 
 # ---------------------------------------------------------------- sources
 
+
 def pydicom_test_files() -> list[Path]:
     """pydicom's bundled test files present locally (never `get_testdata_files()`, which downloads the rest)."""
     import pydicom.data
 
     root = Path(pydicom.data.DATA_ROOT) / "test_files"
-    return sorted(p for p in root.rglob("*") if p.is_file() and p.suffix not in (".py", ".pyc", ".json", ".txt", ".gz", ".bz2", ".xz", ".zip"))
+    return sorted(
+        p for p in root.rglob("*") if p.is_file() and p.suffix not in (".py", ".pyc", ".json", ".txt", ".gz", ".bz2", ".xz", ".zip")
+    )
 
 
 def _frames(ds: Any) -> int:
@@ -178,12 +188,23 @@ def _frames(ds: Any) -> int:
 
 
 def pixel_class(ds: Any) -> str:
-    return "/".join(str(ds.get(k, "-")) for k in ("PhotometricInterpretation", "SamplesPerPixel", "BitsAllocated", "BitsStored", "PixelRepresentation"))
+    return "/".join(
+        str(ds.get(k, "-")) for k in ("PhotometricInterpretation", "SamplesPerPixel", "BitsAllocated", "BitsStored", "PixelRepresentation")
+    )
 
 
 # What, beside the stored values, decides the picture the models see (docs/models.md, "Intensity").
-PICTURE_ATTRIBUTES = ("PhotometricInterpretation", "BitsStored", "PixelRepresentation", "RescaleSlope", "RescaleIntercept",
-                      "WindowCenter", "WindowWidth", "VOILUTFunction", "PresentationLUTShape")
+PICTURE_ATTRIBUTES = (
+    "PhotometricInterpretation",
+    "BitsStored",
+    "PixelRepresentation",
+    "RescaleSlope",
+    "RescaleIntercept",
+    "WindowCenter",
+    "WindowWidth",
+    "VOILUTFunction",
+    "PresentationLUTShape",
+)
 
 
 def picture_digest(ds: Any) -> str:
@@ -250,7 +271,10 @@ def documented_limit(ds: Any) -> tuple[str, str]:
 
 def choose_sop_class(ds: Any, index: int) -> tuple[str, str]:
     """(SOP class, Modality): colour, palette and 1-bit pictures only fit Secondary Capture; grey ones take turns as CR, DX and SC."""
-    grey = str(ds.get("PhotometricInterpretation", "")) in ("MONOCHROME1", "MONOCHROME2") and int(ds.get("BitsAllocated", 0) or 0) in (8, 16)
+    grey = str(ds.get("PhotometricInterpretation", "")) in ("MONOCHROME1", "MONOCHROME2") and int(ds.get("BitsAllocated", 0) or 0) in (
+        8,
+        16,
+    )
     if not grey:
         return SECONDARY_CAPTURE, ("CR", "DX")[index % 2]
     return [(CR_IMAGE_STORAGE, "CR"), (DX_FOR_PRESENTATION, "DX"), (SECONDARY_CAPTURE, ("DX", "CR")[index // 3 % 2])][index % 3]
@@ -316,8 +340,15 @@ def phantom_sources(size: int = 256) -> list[Source]:
     image = generate_phantom(np.random.default_rng(20), size=size).image
     sources = []
     for photometric, sop_class, modality in (("MONOCHROME1", CR_IMAGE_STORAGE, "CR"), ("MONOCHROME2", DX_FOR_PRESENTATION, "DX")):
-        ds = dicom_dataset(stored_values(image, 12, photometric), photometric, bits_stored=12, SOPClassUID=sop_class, Modality=modality,
-                           StudyInstanceUID=generate_uid(), SeriesInstanceUID=generate_uid())
+        ds = dicom_dataset(
+            stored_values(image, 12, photometric),
+            photometric,
+            bits_stored=12,
+            SOPClassUID=sop_class,
+            Modality=modality,
+            StudyInstanceUID=generate_uid(),
+            SeriesInstanceUID=generate_uid(),
+        )
         ds.file_meta.MediaStorageSOPClassUID = sop_class
         data = dataset_bytes(ds)
         sources.append(Source(f"phantom/{photometric.lower()}-12bit", data, pixel_class(ds), *reference_decode(data)))
@@ -325,6 +356,7 @@ def phantom_sources(size: int = 256) -> list[Source]:
 
 
 # ---------------------------------------------------------------- containers
+
 
 def native(data: bytes) -> bytes:
     """The file uncompressed, Explicit VR Little Endian (the transcoders' common input): pydicom (else GDCM) decodes
@@ -354,7 +386,11 @@ def run_tool(name: str, args: tuple[str, ...], data: bytes) -> bytes:
     with tempfile.TemporaryDirectory() as tmp:
         source, target = Path(tmp) / "in.dcm", Path(tmp) / "out.dcm"
         source.write_bytes(data)
-        command = [tool(name), *args, str(source), str(target)] if name != "gdcmconv" else [tool(name), *args, "-i", str(source), "-o", str(target)]
+        command = (
+            [tool(name), *args, str(source), str(target)]
+            if name != "gdcmconv"
+            else [tool(name), *args, "-i", str(source), "-o", str(target)]
+        )
         run = subprocess.run(command, capture_output=True, text=True, timeout=120)
         if run.returncode != 0 or not target.exists():
             said = (run.stderr + "\n" + run.stdout).replace(str(source), "the input").replace(str(target), "the output")
@@ -392,7 +428,9 @@ def transcode(container: Container, base: bytes) -> tuple[bytes, str]:
     return out, syntax
 
 
-def build_corpus(out: Path, transcode_all: bool = False, containers: tuple[Container, ...] = CONTAINERS) -> tuple[list[Member], list[tuple[str, str]]]:
+def build_corpus(
+    out: Path, transcode_all: bool = False, containers: tuple[Container, ...] = CONTAINERS
+) -> tuple[list[Member], list[tuple[str, str]]]:
     """Write every member under out/<study folder>/study.dcm; (members, left-out files with their reason)."""
     import pydicom
 
@@ -432,8 +470,9 @@ def build_corpus(out: Path, transcode_all: bool = False, containers: tuple[Conta
         except NotProduced as e:
             member.note = str(e)
             return member
-        member.reference, error, picture = (source.reference, source.reference_error, source.picture) if container is None \
-            else reference_decode(data)
+        member.reference, error, picture = (
+            (source.reference, source.reference_error, source.picture) if container is None else reference_decode(data)
+        )
         member.picture = source.picture or source.group
         if container is not None and not container.lossy and picture and picture != source.picture:
             # A lossless transcoder wrote other values than the source's, as the reference decoder reads them (dcmconv and
@@ -467,6 +506,7 @@ def build_corpus(out: Path, transcode_all: bool = False, containers: tuple[Conta
 
 
 # ---------------------------------------------------------------- running
+
 
 def _outcome_from_result(results: Path, study_id: str, status: str, message: str = "", error_type: str = "", stage: str = "") -> Outcome:
     outcome = Outcome(status=status, message=message or "", error_type=error_type or "", stage=stage or "")
@@ -507,8 +547,26 @@ def run_cli(members: list[Member], work: Path, workers: int = 2) -> dict[str, Ou
             by_folder[folder.name] = member.path
     data = work / "run-data"
     env = {**os.environ, "PYTHONPATH": os.pathsep.join([str(ROOT), *filter(None, [os.environ.get("PYTHONPATH")])])}
-    run = subprocess.run([sys.executable, "-m", "radstream.cli", "run", str(studies), "--data-dir", str(data), "--json", "--quiet",
-                          "--workers", str(workers)], capture_output=True, text=True, timeout=3600, cwd=ROOT, env=env)
+    run = subprocess.run(
+        [
+            sys.executable,
+            "-m",
+            "radstream.cli",
+            "run",
+            str(studies),
+            "--data-dir",
+            str(data),
+            "--json",
+            "--quiet",
+            "--workers",
+            str(workers),
+        ],
+        capture_output=True,
+        text=True,
+        timeout=3600,
+        cwd=ROOT,
+        env=env,
+    )
     try:
         summary = json.loads(run.stdout)
     except ValueError:
@@ -519,8 +577,14 @@ def run_cli(members: list[Member], work: Path, workers: int = 2) -> dict[str, Ou
     for study in summary["studies"]:
         path = by_folder.get(study["study_id"])
         if path:
-            outcomes[path] = _outcome_from_result(data / "results", study["study_id"], study["status"], study.get("message") or "",
-                                                  study.get("error_type") or "", study.get("stage") or "")
+            outcomes[path] = _outcome_from_result(
+                data / "results",
+                study["study_id"],
+                study["status"],
+                study.get("message") or "",
+                study.get("error_type") or "",
+                study.get("stage") or "",
+            )
             outcomes[path].code_path = unexpected.get(study["study_id"], "")
     return outcomes
 
@@ -535,14 +599,27 @@ def run_gateway(members: list[Member], work: Path, workers: int = 2) -> dict[str
     from services.gateway.server import Gateway, LocalPipeline
     from shared.settings import Settings
 
-    settings = Settings(data_dir=work / "gateway-data", gateway_dimse_port=0, gateway_http_port=0, gateway_pseudonym_key=PSEUDONYM_KEY,
-                        gateway_dimse_timeout_s=60, gateway_acse_timeout_s=30, gateway_network_timeout_s=60)
+    settings = Settings(
+        data_dir=work / "gateway-data",
+        gateway_dimse_port=0,
+        gateway_http_port=0,
+        gateway_pseudonym_key=PSEUDONYM_KEY,
+        gateway_dimse_timeout_s=60,
+        gateway_acse_timeout_s=30,
+        gateway_network_timeout_s=60,
+    )
     files = []
     for member in members:
         if member.path:
             ds = pydicom.dcmread(member.path, stop_before_pixels=True)
-            files.append((member.path, str(ds.SOPClassUID), str(ds.file_meta.TransferSyntaxUID),
-                          study_id_for(PSEUDONYM_KEY.encode(), str(ds.StudyInstanceUID), str(ds.SOPInstanceUID))[0]))
+            files.append(
+                (
+                    member.path,
+                    str(ds.SOPClassUID),
+                    str(ds.file_meta.TransferSyntaxUID),
+                    study_id_for(PSEUDONYM_KEY.encode(), str(ds.StudyInstanceUID), str(ds.SOPInstanceUID))[0],
+                )
+            )
     contexts = sorted({(sop, syntax) for _, sop, syntax, _ in files})
     if len(contexts) > 128:
         raise RuntimeError(f"{len(contexts)} presentation contexts: more than one association may propose (128)")
@@ -569,8 +646,10 @@ def run_gateway(members: list[Member], work: Path, workers: int = 2) -> dict[str
                         started = time.perf_counter()
                         status = assoc.send_c_store(Path(path))
                         if "Status" not in status:  # no response: the association was aborted or timed out
-                            unanswered[path] = f"the C-STORE got no response in {time.perf_counter() - started:.0f} s " \
-                                               f"(association {'aborted' if not assoc.is_established else 'timed out'}); sent again"
+                            unanswered[path] = (
+                                f"the C-STORE got no response in {time.perf_counter() - started:.0f} s "
+                                f"(association {'aborted' if not assoc.is_established else 'timed out'}); sent again"
+                            )
                             if assoc.is_established:
                                 assoc.abort()
                             assoc = associate()
@@ -598,8 +677,9 @@ def run_gateway(members: list[Member], work: Path, workers: int = 2) -> dict[str
         if outcome is None:
             outcomes[path] = Outcome("missing", "stored but never run")
             continue
-        outcomes[path] = _outcome_from_result(settings.data_dir / "results", study_id, outcome.status, outcome.message or "",
-                                              outcome.error_type or "", outcome.stage or "")
+        outcomes[path] = _outcome_from_result(
+            settings.data_dir / "results", study_id, outcome.status, outcome.message or "", outcome.error_type or "", outcome.stage or ""
+        )
         outcomes[path].code_path = unexpected.get(study_id, "")
     for path, why in unanswered.items():
         outcomes[path].unanswered = why
@@ -620,15 +700,16 @@ FHIR_UUID = re.compile(r"urn:uuid:[0-9a-f]{8}-[0-9a-f]{4}-[0-9a-f]{4}-[0-9a-f]{4
 
 def _urn_uuids(node: Any) -> list[str]:
     if isinstance(node, dict):
-        return [v for k, v in node.items() if k in ("fullUrl", "reference") and isinstance(v, str) and v.startswith("urn:uuid:")] + \
-            [u for v in node.values() for u in _urn_uuids(v)]
+        return [v for k, v in node.items() if k in ("fullUrl", "reference") and isinstance(v, str) and v.startswith("urn:uuid:")] + [
+            u for v in node.values() for u in _urn_uuids(v)
+        ]
     if isinstance(node, list):
         return [u for v in node for u in _urn_uuids(v)]
     return []
 
 
 def fhir_validity(path: Path) -> str:
-    """"valid" when fhir.resources (R4B) validates the bundle and every urn:uuid it uses is a UUID; else the first error."""
+    """ "valid" when fhir.resources (R4B) validates the bundle and every urn:uuid it uses is a UUID; else the first error."""
     from fhir.resources.R4B.bundle import Bundle
 
     text = path.read_text()
@@ -659,6 +740,7 @@ def check_exports(outcome: Outcome) -> None:
 
 
 # ---------------------------------------------------------------- the table
+
 
 @dataclass
 class Row:
@@ -712,13 +794,22 @@ def evaluate(members: list[Member], outcomes: dict[str, Outcome], path: str) -> 
                 row.problems.append(f"FHIR bundle: {outcome.fhir or 'not written'}")
         elif outcome.status == "failed":
             row.decoded = f"refused at {outcome.stage} ({outcome.error_type}): {STUDY_PREFIX.sub('', outcome.message)}"
-            clear = outcome.error_type and outcome.message and outcome.stage in ("validate", "prepare", "gateway") and not outcome.code_path \
+            clear = (
+                outcome.error_type
+                and outcome.message
+                and outcome.stage in ("validate", "prepare", "gateway")
+                and not outcome.code_path
                 and member.refusal_names in outcome.message
+            )
             where = f" [{outcome.code_path}]" if outcome.code_path else ""
             if not member.expect_refusal:
-                row.problems.append(f"refused though {member.reference} decodes it: {outcome.stage} {outcome.error_type}: {outcome.message}{where}")
+                row.problems.append(
+                    f"refused though {member.reference} decodes it: {outcome.stage} {outcome.error_type}: {outcome.message}{where}"
+                )
             elif not clear:
-                row.problems.append(f"refusal is not a clear failure record: {outcome.stage} {outcome.error_type}: {outcome.message}{where}")
+                row.problems.append(
+                    f"refusal is not a clear failure record: {outcome.stage} {outcome.error_type}: {outcome.message}{where}"
+                )
         else:
             row.decoded = f"crashed: {outcome.message}"
             row.problems.append(row.decoded)
@@ -728,8 +819,9 @@ def evaluate(members: list[Member], outcomes: dict[str, Outcome], path: str) -> 
     for entries in by_picture.values():
         # The reference: the first original holding the picture (sources with one picture are compared with each other),
         # else its first lossless container with a result.
-        reference = next((o for m, o, _ in entries if m.container == "original"), None) or \
-            next((o for m, o, _ in entries if not m.lossy), None)
+        reference = next((o for m, o, _ in entries if m.container == "original"), None) or next(
+            (o for m, o, _ in entries if not m.lossy), None
+        )
         if reference is None or not reference.probabilities:
             continue
         for member, outcome, row in entries:
@@ -739,16 +831,26 @@ def evaluate(members: list[Member], outcomes: dict[str, Outcome], path: str) -> 
                 continue
             row.tolerance = LOSSY_TOLERANCE if member.lossy else LOSSLESS_TOLERANCE
             if not row.max_dp <= row.tolerance:  # NaN (a finding missing) fails too
-                row.problems.append(f"max |dp| {row.max_dp} over the {row.tolerance} a {'lossy' if member.lossy else 'lossless'} container allows")
+                row.problems.append(
+                    f"max |dp| {row.max_dp} over the {row.tolerance} a {'lossy' if member.lossy else 'lossless'} container allows"
+                )
     return rows
 
 
 SYNTAX_NAMES = {
-    "1.2.840.10008.1.2": "implicit-le", "1.2.840.10008.1.2.1": "explicit-le", "1.2.840.10008.1.2.2": "explicit-be",
-    "1.2.840.10008.1.2.1.99": "deflated-le", "1.2.840.10008.1.2.5": "rle", "1.2.840.10008.1.2.4.50": "jpeg-baseline",
-    "1.2.840.10008.1.2.4.51": "jpeg-extended", "1.2.840.10008.1.2.4.57": "jpeg-lossless", "1.2.840.10008.1.2.4.70": "jpeg-lossless-sv1",
-    "1.2.840.10008.1.2.4.80": "jpeg-ls-lossless", "1.2.840.10008.1.2.4.81": "jpeg-ls-near-lossless",
-    "1.2.840.10008.1.2.4.90": "jpeg2000-lossless", "1.2.840.10008.1.2.4.91": "jpeg2000",
+    "1.2.840.10008.1.2": "implicit-le",
+    "1.2.840.10008.1.2.1": "explicit-le",
+    "1.2.840.10008.1.2.2": "explicit-be",
+    "1.2.840.10008.1.2.1.99": "deflated-le",
+    "1.2.840.10008.1.2.5": "rle",
+    "1.2.840.10008.1.2.4.50": "jpeg-baseline",
+    "1.2.840.10008.1.2.4.51": "jpeg-extended",
+    "1.2.840.10008.1.2.4.57": "jpeg-lossless",
+    "1.2.840.10008.1.2.4.70": "jpeg-lossless-sv1",
+    "1.2.840.10008.1.2.4.80": "jpeg-ls-lossless",
+    "1.2.840.10008.1.2.4.81": "jpeg-ls-near-lossless",
+    "1.2.840.10008.1.2.4.90": "jpeg2000-lossless",
+    "1.2.840.10008.1.2.4.91": "jpeg2000",
 }
 
 
@@ -765,15 +867,26 @@ def format_table(rows: list[Row]) -> str:
             return "-", "-", "-"
         decoded = row.decoded if len(row.decoded) <= 72 else row.decoded[:69] + "..."
         dp = "" if row.max_dp is None else f"{row.max_dp:.4f}"
-        errors = "" if row.sr_errors is None and row.overlay_errors is None else f"{row.sr_errors if row.sr_errors is not None else '-'}/" \
-                                                                                 f"{row.overlay_errors if row.overlay_errors is not None else '-'}"
+        errors = (
+            ""
+            if row.sr_errors is None and row.overlay_errors is None
+            else f"{row.sr_errors if row.sr_errors is not None else '-'}/{row.overlay_errors if row.overlay_errors is not None else '-'}"
+        )
         return decoded, dp, errors
 
     for (group, container), by_path in paired.items():
         any_row = next(iter(by_path.values()))
         ok = "PASS" if all(r.passed for r in by_path.values()) else "FAIL"
-        lines.append((group, container, SYNTAX_NAMES.get(any_row.transfer_syntax, any_row.transfer_syntax or "-"),
-                      *cells(by_path.get("run")), *cells(by_path.get("gateway")), ok))
+        lines.append(
+            (
+                group,
+                container,
+                SYNTAX_NAMES.get(any_row.transfer_syntax, any_row.transfer_syntax or "-"),
+                *cells(by_path.get("run")),
+                *cells(by_path.get("gateway")),
+                ok,
+            )
+        )
     widths = [max(len(str(c)) for c in column) for column in zip(header, *lines)]
     out = [" | ".join(str(c).ljust(w) for c, w in zip(header, widths)), "-+-".join("-" * w for w in widths)]
     out += [" | ".join(str(c).ljust(w) for c, w in zip(line, widths)) for line in lines]
@@ -826,8 +939,11 @@ def format_matrix(rows: list[Row]) -> str:
     width = max(len(g) for g in groups)
     lines = [" ".ljust(width) + " " + " ".join(f"{i:>3}" for i in range(len(containers)))]
     for group in groups:
-        lines.append(group.ljust(width) + " " + " ".join(
-            f"{''.join(sorted(cells[(group, c)])) or '.':>3}" if (group, c) in cells else "   " for c in containers))
+        lines.append(
+            group.ljust(width)
+            + " "
+            + " ".join(f"{''.join(sorted(cells[(group, c)])) or '.':>3}" if (group, c) in cells else "   " for c in containers)
+        )
     lines.append("")
     lines.append("containers: " + "; ".join(f"{i} {c}" for i, c in enumerate(containers)))
     lines.append("cells: . passes; " + "; ".join(f"{k} {v}" for k, v in MATRIX_LEGEND.items()))
@@ -835,7 +951,11 @@ def format_matrix(rows: list[Row]) -> str:
 
 
 def failures(rows: list[Row]) -> list[str]:
-    return [f"{r.path}: {r.group} [{r.container}, {SYNTAX_NAMES.get(r.transfer_syntax, r.transfer_syntax)}]: {p}" for r in rows for p in r.problems]
+    return [
+        f"{r.path}: {r.group} [{r.container}, {SYNTAX_NAMES.get(r.transfer_syntax, r.transfer_syntax)}]: {p}"
+        for r in rows
+        for p in r.problems
+    ]
 
 
 def conformance(work: Path, transcode_all: bool = False, workers: int = 2, gateway: bool = True) -> dict[str, Any]:
@@ -861,8 +981,12 @@ def conformance(work: Path, transcode_all: bool = False, workers: int = 2, gatew
 
 def main(argv: list[str] | None = None) -> int:
     ap = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
-    ap.add_argument("--transcode", choices=("all", "classes"), default="all",
-                    help="transcode every source (all, the default) or one source per pixel-module class (classes: the suite's run)")
+    ap.add_argument(
+        "--transcode",
+        choices=("all", "classes"),
+        default="all",
+        help="transcode every source (all, the default) or one source per pixel-module class (classes: the suite's run)",
+    )
     ap.add_argument("--workers", type=int, default=2, help="studies run at once, by `radstream run` and by the gateway's pipeline")
     ap.add_argument("--no-gateway", action="store_true", help="only `radstream run`")
     ap.add_argument("--work-dir", help="keep the corpus and both data dirs here (default: a temporary folder)")
@@ -884,15 +1008,21 @@ def main(argv: list[str] | None = None) -> int:
             os.close(saved)
     rows = report["rows"]
     if args.json:
-        print(json.dumps({"rows": [{**asdict(r), "passed": r.passed} for r in rows], "left_out": report["left_out"],
-                          "timings": report["timings"]}, indent=1))
+        print(
+            json.dumps(
+                {"rows": [{**asdict(r), "passed": r.passed} for r in rows], "left_out": report["left_out"], "timings": report["timings"]},
+                indent=1,
+            )
+        )
     else:
         print(format_matrix(rows) if args.matrix else format_table(rows))
         print()
         sources = sorted({m.group for m in report["members"]})
         produced = sum(1 for m in report["members"] if m.path)
-        print(f"{len(sources)} sources, {produced} files ({sum(1 for m in report['members'] if not m.path)} containers not produced); "
-              f"rows passing: {sum(r.passed for r in rows)} of {len(rows)}; timings {report['timings']}")
+        print(
+            f"{len(sources)} sources, {produced} files ({sum(1 for m in report['members'] if not m.path)} containers not produced); "
+            f"rows passing: {sum(r.passed for r in rows)} of {len(rows)}; timings {report['timings']}"
+        )
         for name, why in report["left_out"]:
             print(f"left out: {name}: {why}")
         for line in failures(rows):

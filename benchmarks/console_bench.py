@@ -12,6 +12,7 @@ Then it starts `radstream console` on a free loopback port (startup: reading eve
 and measures, with Chromium, each page's load (navigation start to the load event, image included), plus the
 server's own time per page over plain HTTP. Figures: median and max of --repeat loads each.
 """
+
 from __future__ import annotations
 
 import argparse
@@ -45,12 +46,25 @@ from shared.metrics import LocalEmfFile, ModelLatency, stage_metrics  # noqa: E4
 LABELS = ["Atelectasis", "Cardiomegaly", "Consolidation", "Edema", "Pleural Effusion"]
 THRESHOLDS = [0.3257, 0.3597, 0.2929, 0.5077, 0.0955]
 PROVENANCE = "reference model trained on synthetic phantoms, not clinically validated"
-MODELS = {name: {"name": name, "version": "1", "provenance": PROVENANCE} for name in ("chest_xray_classifier", "anomaly_detector", "report_encoder")}
-FAILURES = [("validate", "InvalidStudy", "sidecar breaks schema v1: (top level): field(s) patient_name not allowed"),
-            ("validate", "InvalidImage", "image 'image.png' is not PNG, JPEG or DICOM (by its content; the extension is not trusted)"),
-            ("prepare", "InvalidImage", "image decodes to a constant value: nothing to read")]
-CHROMIUM_ARGS = ["--headless", "--no-sandbox", "--disable-gpu", "--disable-quic", "--no-first-run", "--disable-background-networking",
-                 "--disable-component-update", "--disable-sync"]
+MODELS = {
+    name: {"name": name, "version": "1", "provenance": PROVENANCE}
+    for name in ("chest_xray_classifier", "anomaly_detector", "report_encoder")
+}
+FAILURES = [
+    ("validate", "InvalidStudy", "sidecar breaks schema v1: (top level): field(s) patient_name not allowed"),
+    ("validate", "InvalidImage", "image 'image.png' is not PNG, JPEG or DICOM (by its content; the extension is not trusted)"),
+    ("prepare", "InvalidImage", "image decodes to a constant value: nothing to read"),
+]
+CHROMIUM_ARGS = [
+    "--headless",
+    "--no-sandbox",
+    "--disable-gpu",
+    "--disable-quic",
+    "--no-first-run",
+    "--disable-background-networking",
+    "--disable-component-update",
+    "--disable-sync",
+]
 
 
 def write_images(data_dir: Path, count: int, rng: np.random.Generator) -> list[tuple[str, int, int]]:
@@ -70,10 +84,32 @@ def write_images(data_dir: Path, count: int, rng: np.random.Generator) -> list[t
     return keys
 
 
-def record(study: str, execution: str, stage: str, at: datetime, ms: float, status: str = "succeeded", model: str | None = None, error: str | None = None) -> dict:
-    return {"schema_version": "1", "event_id": str(uuid.uuid4()), "time": at.strftime("%Y-%m-%dT%H:%M:%S.%fZ"), "study_id": study, "execution_id": execution,
-            "stage": stage, "status": status, "duration_ms": round(ms, 3), "model_name": model, "model_version": "1" if model else None,
-            "error_type": error, "bytes_in": 1000, "bytes_out": 1000, "cold_start": False}
+def record(
+    study: str,
+    execution: str,
+    stage: str,
+    at: datetime,
+    ms: float,
+    status: str = "succeeded",
+    model: str | None = None,
+    error: str | None = None,
+) -> dict:
+    return {
+        "schema_version": "1",
+        "event_id": str(uuid.uuid4()),
+        "time": at.strftime("%Y-%m-%dT%H:%M:%S.%fZ"),
+        "study_id": study,
+        "execution_id": execution,
+        "stage": stage,
+        "status": status,
+        "duration_ms": round(ms, 3),
+        "model_name": model,
+        "model_version": "1" if model else None,
+        "error_type": error,
+        "bytes_in": 1000,
+        "bytes_out": 1000,
+        "cold_start": False,
+    }
 
 
 def generate(data_dir: Path, studies: int, seed: int = 11) -> None:
@@ -93,51 +129,115 @@ def generate(data_dir: Path, studies: int, seed: int = 11) -> None:
             stage, error, message = pyrng.choice(FAILURES)
             folder = results / "failed" / study
             folder.mkdir(parents=True, exist_ok=True)
-            (folder / "error.json").write_text(json.dumps({
-                "schema_version": "1", "study_id": study, "status": "failed", "stage": stage, "error_type": error, "message": f"study {study}: {message}",
-                "input": {"bucket": "images", "key": f"incoming/{study}/study.json"}, "execution_id": execution_id,
-                "failed_at": at.strftime("%Y-%m-%dT%H:%M:%S.%fZ")}, indent=2))
-            records = [record(study, execution_id, stage, at, 5.0, "failed", error=error), record(study, execution_id, "workflow", at, e2e / 5, "failed", error=error)]
+            (folder / "error.json").write_text(
+                json.dumps(
+                    {
+                        "schema_version": "1",
+                        "study_id": study,
+                        "status": "failed",
+                        "stage": stage,
+                        "error_type": error,
+                        "message": f"study {study}: {message}",
+                        "input": {"bucket": "images", "key": f"incoming/{study}/study.json"},
+                        "execution_id": execution_id,
+                        "failed_at": at.strftime("%Y-%m-%dT%H:%M:%S.%fZ"),
+                    },
+                    indent=2,
+                )
+            )
+            records = [
+                record(study, execution_id, stage, at, 5.0, "failed", error=error),
+                record(study, execution_id, "workflow", at, e2e / 5, "failed", error=error),
+            ]
             emf.write(stage_metrics(stage=stage, status="failed", duration_ms=5.0, error_type=error, study_status="failed", study_id=study))
         else:
             key, w, h = images[n % len(images)]
             probabilities = [round(float(p), 4) for p in rng.beta(0.6, 2.0, size=5)]
-            findings = [{"label": lab, "probability": p, "threshold": t, "positive": p >= t} for lab, p, t in zip(LABELS, probabilities, THRESHOLDS)]
+            findings = [
+                {"label": lab, "probability": p, "threshold": t, "positive": p >= t} for lab, p, t in zip(LABELS, probabilities, THRESHOLDS)
+            ]
             detections = []
             for _ in range(int(rng.integers(0, 4))):
                 x, y, s = float(rng.uniform(100, 800)), float(rng.uniform(100, 800)), float(rng.uniform(30, 120))
-                detections.append({"label": str(rng.choice(["nodule_mass", "focal_opacity"])), "score": round(float(rng.uniform(0.3, 0.95)), 4),
-                                   "box": [round(x, 1), round(y, 1), round(x + s, 1), round(y + s, 1)]})
+                detections.append(
+                    {
+                        "label": str(rng.choice(["nodule_mass", "focal_opacity"])),
+                        "score": round(float(rng.uniform(0.3, 0.95)), 4),
+                        "box": [round(x, 1), round(y, 1), round(x + s, 1), round(y + s, 1)],
+                    }
+                )
             positives = [f["label"] for f in findings if f["positive"]]
             result = {
-                "schema_version": "1", "study_id": study, "status": "succeeded", "label": "not for clinical use",
+                "schema_version": "1",
+                "study_id": study,
+                "status": "succeeded",
+                "label": "not for clinical use",
                 "input": {"image": {"bucket": "images", "key": key}, "sha256": f"{n:064x}", "size_bytes": 600000, "width": w, "height": h},
-                "execution_id": execution_id, "completed_at": at.strftime("%Y-%m-%dT%H:%M:%S.%fZ"), "models": MODELS, "findings": findings,
+                "execution_id": execution_id,
+                "completed_at": at.strftime("%Y-%m-%dT%H:%M:%S.%fZ"),
+                "models": MODELS,
+                "findings": findings,
                 "detections": detections,
-                "report": {"label": "AI-generated draft, not for clinical use", "findings_text": f"Suggested findings: {', '.join(positives) or 'none'}.",
-                           "impression": [{"text": "No pulmonary edema.", "similarity": 0.43}, {"text": "No atelectasis.", "similarity": 0.42}],
-                           "embedding_model": MODELS["report_encoder"]},
-                "timings_ms": {"study": 3.1, "tensors": 24.0, "inference.chest_xray_classifier": 4.1, "inference.anomaly_detector": 10.6, "inference.report_encoder": 6.0},
+                "report": {
+                    "label": "AI-generated draft, not for clinical use",
+                    "findings_text": f"Suggested findings: {', '.join(positives) or 'none'}.",
+                    "impression": [{"text": "No pulmonary edema.", "similarity": 0.43}, {"text": "No atelectasis.", "similarity": 0.42}],
+                    "embedding_model": MODELS["report_encoder"],
+                },
+                "timings_ms": {
+                    "study": 3.1,
+                    "tensors": 24.0,
+                    "inference.chest_xray_classifier": 4.1,
+                    "inference.anomaly_detector": 10.6,
+                    "inference.report_encoder": 6.0,
+                },
             }
             folder = results / "results" / study
             folder.mkdir(parents=True, exist_ok=True)
             (folder / "result.json").write_text(json.dumps(result, indent=2))
             (folder / "report.txt").write_text(f"RadStream draft report for study {study}\nAI-GENERATED DRAFT, NOT FOR CLINICAL USE\n")
-            stages = [("validate", 2.3, None), ("prepare", 24.3, None), ("inference", 4.1, "chest_xray_classifier"), ("inference", 10.6, "anomaly_detector"),
-                      ("inference", 6.0, "report_encoder"), ("store", 1.0, None)]
+            stages = [
+                ("validate", 2.3, None),
+                ("prepare", 24.3, None),
+                ("inference", 4.1, "chest_xray_classifier"),
+                ("inference", 10.6, "anomaly_detector"),
+                ("inference", 6.0, "report_encoder"),
+                ("store", 1.0, None),
+            ]
             records = [record(study, execution_id, s, at, ms * pyrng.uniform(0.8, 1.6), model=m) for s, ms, m in stages]
             records.append(record(study, execution_id, "workflow", at, e2e))
-            emf.write(stage_metrics(stage="store", status="succeeded", duration_ms=1.0, findings=findings, detections=detections, study_status="succeeded",
-                                    study_id=study, models=[ModelLatency(m, "1", ms) for _, ms, m in stages if m]))
+            emf.write(
+                stage_metrics(
+                    stage="store",
+                    status="succeeded",
+                    duration_ms=1.0,
+                    findings=findings,
+                    detections=detections,
+                    study_status="succeeded",
+                    study_id=study,
+                    models=[ModelLatency(m, "1", ms) for _, ms, m in stages if m],
+                )
+            )
         lake = data_dir / "telemetry" / "telemetry" / f"dt={at:%Y-%m-%d}" / f"hour={at:%H}"
         lake.mkdir(parents=True, exist_ok=True)
         (lake / f"radstream-telemetry-1-{at:%Y-%m-%d-%H-%M-%S}-{uuid.uuid4()}.json.gz").write_bytes(
-            gzip.compress("".join(json.dumps(r) + "\n" for r in records).encode(), mtime=0))
+            gzip.compress("".join(json.dumps(r) + "\n" for r in records).encode(), mtime=0)
+        )
         t0 = at.timestamp() - e2e / 1000
-        trace = {"trace_id": f"1-{int(t0):08x}-{n:024x}", "id": f"{n:016x}", "name": "radstream-study", "start_time": t0, "end_time": at.timestamp(),
-                 "annotations": {"study_id": study, "status": "FAILED" if failed else "SUCCEEDED", "execution": execution_id.rsplit(":", 1)[-1]},
-                 "subsegments": [{"id": f"{i:016x}", "name": name, "start_time": t0 + i * e2e / 8000, "end_time": t0 + (i + 1) * e2e / 8000}
-                                 for i, name in enumerate(["ValidateMetadata", "PrepareTensors", "Classify", "Detect", "Encode", "StoreResults", "SendTelemetry"])]}
+        trace = {
+            "trace_id": f"1-{int(t0):08x}-{n:024x}",
+            "id": f"{n:016x}",
+            "name": "radstream-study",
+            "start_time": t0,
+            "end_time": at.timestamp(),
+            "annotations": {"study_id": study, "status": "FAILED" if failed else "SUCCEEDED", "execution": execution_id.rsplit(":", 1)[-1]},
+            "subsegments": [
+                {"id": f"{i:016x}", "name": name, "start_time": t0 + i * e2e / 8000, "end_time": t0 + (i + 1) * e2e / 8000}
+                for i, name in enumerate(
+                    ["ValidateMetadata", "PrepareTensors", "Classify", "Detect", "Encode", "StoreResults", "SendTelemetry"]
+                )
+            ],
+        }
         traces = data_dir / "traces" / study
         traces.mkdir(parents=True, exist_ok=True)
         (traces / f"{execution_id.rsplit(':', 1)[-1]}.json").write_text(json.dumps(trace))
@@ -145,8 +245,13 @@ def generate(data_dir: Path, studies: int, seed: int = 11) -> None:
 
 def start_console(data_dir: Path) -> tuple[subprocess.Popen, str, float]:
     started = time.perf_counter()
-    process = subprocess.Popen([sys.executable, "-m", "radstream.cli", "console", "--data-dir", str(data_dir)], cwd=ROOT, stdout=subprocess.PIPE, text=True,
-                               env={k: v for k, v in os.environ.items() if not k.startswith("RADSTREAM_")})
+    process = subprocess.Popen(
+        [sys.executable, "-m", "radstream.cli", "console", "--data-dir", str(data_dir)],
+        cwd=ROOT,
+        stdout=subprocess.PIPE,
+        text=True,
+        env={k: v for k, v in os.environ.items() if not k.startswith("RADSTREAM_")},
+    )
     line: list[str] = []
     reader = threading.Thread(target=lambda: line.append(process.stdout.readline()), daemon=True)
     reader.start()
@@ -220,7 +325,10 @@ def measure(url: str, repeat: int, first_views: list[str], study: str) -> None:
                 started = time.perf_counter()
                 page.goto(url + path, wait_until="load")
                 browser.append((time.perf_counter() - started) * 1000)
-            print(f"{name:45} {statistics.median(server):>12.0f} / {max(server):<9.0f} {statistics.median(browser):>16.0f} / {max(browser):<9.0f}", flush=True)
+            print(
+                f"{name:45} {statistics.median(server):>12.0f} / {max(server):<9.0f} {statistics.median(browser):>16.0f} / {max(browser):<9.0f}",
+                flush=True,
+            )
         print(f"{'study, first view (image decoded), 5 studies':45} {'':>24} {statistics.median(cold):>16.0f} / {max(cold):<9.0f}")
         context.close()
 

@@ -22,6 +22,7 @@ until nothing is left and a compaction, then the audit:
 
 Exit 1 when any of them is not zero.
 """
+
 from __future__ import annotations
 
 import argparse
@@ -109,8 +110,15 @@ def power_cut(data: Path, since_ns: int, sync_log: Path, rng: random.Random, tal
 
 
 def cli(args: list[str], env: dict[str, str], **kwargs) -> subprocess.Popen:
-    return subprocess.Popen([sys.executable, "-m", "radstream.cli", *args], cwd=PRODUCT, env=env, stdout=subprocess.PIPE,
-                            stderr=subprocess.PIPE, text=True, **kwargs)
+    return subprocess.Popen(
+        [sys.executable, "-m", "radstream.cli", *args],
+        cwd=PRODUCT,
+        env=env,
+        stdout=subprocess.PIPE,
+        stderr=subprocess.PIPE,
+        text=True,
+        **kwargs,
+    )
 
 
 def finish(process: subprocess.Popen, tally: Tally, what: str, kill_at: float | None) -> tuple[str, str]:
@@ -160,8 +168,13 @@ def gateway_round(data: Path, env: dict[str, str], instances: Path, rng: random.
     for path in rng.sample(files, k=min(len(files), rng.randint(1, 3))):
         if time.monotonic() >= kill_at:
             break
-        sent = subprocess.run([storescu, "-aec", ae, "127.0.0.1", port, str(path)], capture_output=True, text=True, check=False,
-                              timeout=max(1.0, kill_at - time.monotonic() + 30))
+        sent = subprocess.run(
+            [storescu, "-aec", ae, "127.0.0.1", port, str(path)],
+            capture_output=True,
+            text=True,
+            check=False,
+            timeout=max(1.0, kill_at - time.monotonic() + 30),
+        )
         if sent.returncode == 0 and "Error" not in sent.stderr:
             tally.acknowledged.add(path.stem)  # the StudyInstanceUID's file: the study id is looked up at the audit
     finish(process, tally, "gateway", kill_at)
@@ -220,6 +233,7 @@ def audit(data: Path, instances: Path, tally: Tally) -> dict[str, int]:
                 return json.loads(path.read_text())["study_id"] == study_id
             except (OSError, ValueError, KeyError, TypeError):
                 return False
+
         return whole(results_root / "results" / study_id / "result.json"), whole(results_root / "failed" / study_id / "error.json")
 
     lost, twice = unfindable, 0
@@ -246,8 +260,15 @@ def audit(data: Path, instances: Path, tally: Tally) -> dict[str, int]:
     twice += sum(1 for s in recorded if counts.get(s, 0) > 1)
     missing = sorted(s for s in recorded if counts.get(s, 0) == 0)
     tally.notes += [f"{s}: no telemetry row" for s in missing[:10]]
-    return {"promised studies": len(promised), "recorded": len(recorded), "studies lost": lost, "counted twice": twice,
-            "telemetry missing": len(missing), "tracebacks": tally.tracebacks, "bad exits": tally.bad_exits}
+    return {
+        "promised studies": len(promised),
+        "recorded": len(recorded),
+        "studies lost": lost,
+        "counted twice": twice,
+        "telemetry missing": len(missing),
+        "tracebacks": tally.tracebacks,
+        "bad exits": tally.bad_exits,
+    }
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -300,11 +321,17 @@ def main(argv: list[str] | None = None) -> int:
         if action == "gateway":
             gateway_round(data, env, instances, rng, tally, delay)
         else:
-            command = {"run": ["run", str(rng.choice(batches)), "--data-dir", str(data), "--quiet", "--workers", str(rng.choice((1, 2)))],
-                       "resume": ["resume", "--data-dir", str(data), "--quiet"],
-                       "compact": ["lake", "compact", "--data-dir", str(data), "--quiet", "--target-mb", str(rng.choice((0.001, 0.01, 64)))]}[action]
+            command = {
+                "run": ["run", str(rng.choice(batches)), "--data-dir", str(data), "--quiet", "--workers", str(rng.choice((1, 2)))],
+                "resume": ["resume", "--data-dir", str(data), "--quiet"],
+                "compact": ["lake", "compact", "--data-dir", str(data), "--quiet", "--target-mb", str(rng.choice((0.001, 0.01, 64)))],
+            }[action]
             if action == "compact" and not (data / "telemetry").is_dir():
-                command = ["resume", "--data-dir", str(data), "--quiet"] if data.is_dir() else ["run", str(batches[0]), "--data-dir", str(data), "--quiet"]
+                command = (
+                    ["resume", "--data-dir", str(data), "--quiet"]
+                    if data.is_dir()
+                    else ["run", str(batches[0]), "--data-dir", str(data), "--quiet"]
+                )
             finish(cli(command, env), tally, action, time.monotonic() + delay)
         if data.exists():
             power_cut(data, since, sync_log, rng, tally)

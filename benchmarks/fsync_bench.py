@@ -7,6 +7,7 @@ promised file fsynced, renamed, its folder fsynced; each journal line and teleme
 os.fsync made a no-op in this process (what the pipeline did before issue 22: whole against a kill, not against a
 power cut). It prints studies/min for each, the median over the rounds, and the fsyncs a study costs.
 """
+
 from __future__ import annotations
 
 import argparse
@@ -64,7 +65,7 @@ def main(argv: list[str] | None = None) -> int:
         rates: dict[bool, list[float]] = {True: [], False: []}
         fsyncs = 0
         for i in range(args.rounds):
-            for durable in ((True, False) if i % 2 == 0 else (False, True)):
+            for durable in (True, False) if i % 2 == 0 else (False, True):
                 rate, calls = run_once(folders, root / f"data-{i}-{durable}", args.workers, durable)
                 rates[durable].append(rate)
                 if durable:

@@ -25,6 +25,7 @@ in the process's log output; the accession number and UIDs only in result.json's
 (the workflow's DeliverResults; `sr_delivery` sets where); the bench polls Orthanc's QIDO-RS for each study's SR and
 reports C-STORE success -> SR found in Orthanc, median and p95.
 """
+
 from __future__ import annotations
 
 import argparse
@@ -54,8 +55,12 @@ from shared.settings import Settings  # noqa: E402
 KEY = "bench-key-0123456789abcdef"
 # The load test's patient: distinctive values the PHI scan looks for. UIDs under a root of their own, so one
 # prefix finds any of them (pydicom's generated UIDs have no dot after its root, so none can match).
-PHI = {"PatientName": "LOADTEST^PHIPATIENT", "PatientID": "MRN-LOAD-90817", "PatientBirthDate": "19450317",
-       "AccessionNumber": "ACC-LOAD-55123"}
+PHI = {
+    "PatientName": "LOADTEST^PHIPATIENT",
+    "PatientID": "MRN-LOAD-90817",
+    "PatientBirthDate": "19450317",
+    "AccessionNumber": "ACC-LOAD-55123",
+}
 UID_ROOT = "1.2.826.0.1.3680043.8.498.4711."
 
 
@@ -66,8 +71,12 @@ def percentile(values: list[float], q: float) -> float:
 
 def send(port: int, files: list[Path], syntax_flag: str) -> float:
     started = time.perf_counter()
-    run = subprocess.run([shutil.which("storescu") or "storescu", syntax_flag, "-aec", "RADSTREAM", "127.0.0.1", str(port), *map(str, files)],
-                         capture_output=True, text=True, timeout=600)
+    run = subprocess.run(
+        [shutil.which("storescu") or "storescu", syntax_flag, "-aec", "RADSTREAM", "127.0.0.1", str(port), *map(str, files)],
+        capture_output=True,
+        text=True,
+        timeout=600,
+    )
     if run.returncode != 0:
         raise SystemExit(f"storescu failed: {run.stderr.strip()}")
     return time.perf_counter() - started
@@ -110,20 +119,25 @@ def throughput(args: argparse.Namespace) -> int:
             if sr.exists():
                 latencies.append((sr.stat().st_mtime - t0) * 1000)
         summary = {
-            "instances": args.instances, "syntax": args.syntax, "bytes_per_instance": files[0].stat().st_size,
+            "instances": args.instances,
+            "syntax": args.syntax,
+            "bytes_per_instance": files[0].stat().st_size,
             "store_only": {"stored": stored, "wall_s": round(wall, 3), "instances_per_s": round(args.instances / wall, 1)},
-            "with_pipeline": {"workers": args.workers, "succeeded": sum(o.status == "succeeded" for o in outcomes), "wall_s": round(total, 2),
-                              "instances_per_s": round(args.instances / total, 2),
-                              "cstore_to_sr_ms_median": round(percentile(latencies, 0.5), 1) if latencies else None,
-                              "cstore_to_sr_ms_p95": round(percentile(latencies, 0.95), 1) if latencies else None},
+            "with_pipeline": {
+                "workers": args.workers,
+                "succeeded": sum(o.status == "succeeded" for o in outcomes),
+                "wall_s": round(total, 2),
+                "instances_per_s": round(args.instances / total, 2),
+                "cstore_to_sr_ms_median": round(percentile(latencies, 0.5), 1) if latencies else None,
+                "cstore_to_sr_ms_p95": round(percentile(latencies, 0.95), 1) if latencies else None,
+            },
         }
     print(json.dumps(summary, indent=2))
     return 0 if summary["with_pipeline"]["succeeded"] == args.instances and stored == args.instances else 1
 
 
-
-
 # --- load: many concurrent associations, nothing lost, no PHI outside its places -------------------------------
+
 
 def load_instances(folder: Path, count: int, size: int, syntax: str) -> list[dict[str, str]]:
     """`count` instances, each its own study, from 8 distinct images (re-encoding per instance is not what is measured)."""
@@ -156,11 +170,19 @@ def scu_worker(args: argparse.Namespace) -> int:
     logging.getLogger("pynetdicom").setLevel(logging.CRITICAL)  # rejected associations would log an error each
     manifest = json.loads(Path(args.manifest).read_text())
     syntax = args.transfer_syntax
-    shares = [manifest[i::args.associations] for i in range(args.associations)]
+    shares = [manifest[i :: args.associations] for i in range(args.associations)]
     barrier = threading.Barrier(args.associations)
     lock = threading.Lock()
-    out: dict[str, Any] = {"successes": [], "failures": [], "rejected": 0, "not_established": 0, "out_of_resources": 0,
-                           "dropped": 0, "established": 0, "unfinished": 0}
+    out: dict[str, Any] = {
+        "successes": [],
+        "failures": [],
+        "rejected": 0,
+        "not_established": 0,
+        "out_of_resources": 0,
+        "dropped": 0,
+        "established": 0,
+        "unfinished": 0,
+    }
     deadline = time.time() + args.deadline_s
 
     def count(name: str, n: int = 1) -> None:
@@ -303,8 +325,13 @@ def load(args: argparse.Namespace, work: Path) -> dict[str, Any]:
     manifest = load_instances(work / "send", args.instances, args.size, args.syntax)
     (work / "manifest.json").write_text(json.dumps(manifest))
     syntax = str(pydicom.dcmread(manifest[0]["path"], stop_before_pixels=True).file_meta.TransferSyntaxUID)
-    settings = Settings(data_dir=work / "data", gateway_dimse_port=0, gateway_http_port=0, gateway_pseudonym_key=KEY,
-                        gateway_max_associations=args.max_associations)
+    settings = Settings(
+        data_dir=work / "data",
+        gateway_dimse_port=0,
+        gateway_http_port=0,
+        gateway_pseudonym_key=KEY,
+        gateway_max_associations=args.max_associations,
+    )
     stored_at: dict[str, float] = {}
     done_at: dict[str, float] = {}
     active = {"now": 0, "peak": 0, "accepted": 0}
@@ -324,10 +351,28 @@ def load(args: argparse.Namespace, work: Path) -> dict[str, Any]:
         gateway.dimse.server.bind(evt.EVT_ESTABLISHED, opened)
         for closing in (evt.EVT_RELEASED, evt.EVT_ABORTED):
             gateway.dimse.server.bind(closing, closed)
-        scu = subprocess.run([sys.executable, __file__, "--scu-worker", "--port", str(gateway.dimse.port),
-                              "--manifest", str(work / "manifest.json"), "--associations", str(args.associations),
-                              "--transfer-syntax", syntax, "--out", str(work / "scu.json"), "--deadline-s", str(args.deadline_s)],
-                             capture_output=True, text=True, timeout=args.deadline_s + 120)
+        scu = subprocess.run(
+            [
+                sys.executable,
+                __file__,
+                "--scu-worker",
+                "--port",
+                str(gateway.dimse.port),
+                "--manifest",
+                str(work / "manifest.json"),
+                "--associations",
+                str(args.associations),
+                "--transfer-syntax",
+                syntax,
+                "--out",
+                str(work / "scu.json"),
+                "--deadline-s",
+                str(args.deadline_s),
+            ],
+            capture_output=True,
+            text=True,
+            timeout=args.deadline_s + 120,
+        )
         if scu.returncode != 0:
             raise SystemExit(f"the SCU process failed: {scu.stderr[-2000:]}")
 
@@ -372,20 +417,42 @@ def load(args: argparse.Namespace, work: Path) -> dict[str, Any]:
     end = max(done_at.values(), default=last_ok)
     latencies = [(done_at[k] - stored_at[k]) for k in stored_at if k in done_at]
     return {
-        "mode": "load", "date": time.strftime("%Y-%m-%d"), "associations": args.associations, "instances": args.instances,
-        "max_associations": args.max_associations, "image_size": args.size, "syntax": args.syntax,
-        "bytes_per_instance": Path(manifest[0]["path"]).stat().st_size, "pipeline_workers": args.workers,
-        "scu": {"successes": len(sent["successes"]), "failures": len(sent["failures"]), "unfinished": sent["unfinished"],
-                "associations_established": sent["established"], "associations_rejected": sent["rejected"],
-                "associations_not_established_otherwise": sent["not_established"], "dropped": sent["dropped"],
-                "out_of_resources": sent["out_of_resources"]},
-        "gateway": {"peak_concurrent_associations": active["peak"], "associations_accepted": active["accepted"],
-                    "limit_respected": active["peak"] <= args.max_associations},
+        "mode": "load",
+        "date": time.strftime("%Y-%m-%d"),
+        "associations": args.associations,
+        "instances": args.instances,
+        "max_associations": args.max_associations,
+        "image_size": args.size,
+        "syntax": args.syntax,
+        "bytes_per_instance": Path(manifest[0]["path"]).stat().st_size,
+        "pipeline_workers": args.workers,
+        "scu": {
+            "successes": len(sent["successes"]),
+            "failures": len(sent["failures"]),
+            "unfinished": sent["unfinished"],
+            "associations_established": sent["established"],
+            "associations_rejected": sent["rejected"],
+            "associations_not_established_otherwise": sent["not_established"],
+            "dropped": sent["dropped"],
+            "out_of_resources": sent["out_of_resources"],
+        },
+        "gateway": {
+            "peak_concurrent_associations": active["peak"],
+            "associations_accepted": active["accepted"],
+            "limit_respected": active["peak"] <= args.max_associations,
+        },
         "receive_only": bool(args.receive_only),
-        "store": {"objects": stored_objects, "distinct_successes": len(expected_keys), "runs": None if outcomes is None else len(outcomes),
-                  "runs_succeeded": None if outcomes is None else sum(o.status == "succeeded" for o in outcomes.values()), "results": results},
-        "lost": lost[:20], "lost_count": len(lost),
-        "phi_hits": hits[:20], "phi_hit_count": len(hits),
+        "store": {
+            "objects": stored_objects,
+            "distinct_successes": len(expected_keys),
+            "runs": None if outcomes is None else len(outcomes),
+            "runs_succeeded": None if outcomes is None else sum(o.status == "succeeded" for o in outcomes.values()),
+            "results": results,
+        },
+        "lost": lost[:20],
+        "lost_count": len(lost),
+        "phi_hits": hits[:20],
+        "phi_hit_count": len(hits),
         "received_s": round(last_ok - first, 2),
         "received_instances_per_s": round(len(sent["successes"]) / max(last_ok - first, 1e-9), 1),
         "end_to_end_s": round(end - first, 2),
@@ -396,10 +463,15 @@ def load(args: argparse.Namespace, work: Path) -> dict[str, Any]:
 
 
 def load_passed(summary: dict[str, Any]) -> bool:
-    return (summary["scu"]["successes"] == summary["instances"] and summary["scu"]["failures"] == 0 and summary["lost_count"] == 0
-            and summary["phi_hit_count"] == 0 and summary["gateway"]["limit_respected"]
-            and summary["store"]["distinct_successes"] == summary["store"]["objects"] == summary["instances"]
-            and (summary["receive_only"] or summary["store"]["results"] == summary["store"]["runs_succeeded"] == summary["instances"]))
+    return (
+        summary["scu"]["successes"] == summary["instances"]
+        and summary["scu"]["failures"] == 0
+        and summary["lost_count"] == 0
+        and summary["phi_hit_count"] == 0
+        and summary["gateway"]["limit_respected"]
+        and summary["store"]["distinct_successes"] == summary["store"]["objects"] == summary["instances"]
+        and (summary["receive_only"] or summary["store"]["results"] == summary["store"]["runs_succeeded"] == summary["instances"])
+    )
 
 
 # --- C-STORE -> SR in the PACS (Orthanc) ------------------------------------------------------------------------
@@ -410,16 +482,19 @@ SR_CLASSES = ("1.2.840.10008.5.1.4.1.1.88.34", "1.2.840.10008.5.1.4.1.1.88.22") 
 def sr_delivery(delivery: str, pacs_dimse: int, pacs_http: int) -> dict[str, str | None]:
     """How a study's SR reaches the PACS in this bench: the workflow's DeliverResults task (services/export/deliver.py)
     sends it to the destinations in the settings, by C-STORE or by STOW-RS."""
-    return {"export_dicom_peer": f"ORTHANC@127.0.0.1:{pacs_dimse}" if delivery == "dimse" else None,
-            "export_stow_url": f"http://127.0.0.1:{pacs_http}/dicom-web/studies" if delivery == "stow" else None}
+    return {
+        "export_dicom_peer": f"ORTHANC@127.0.0.1:{pacs_dimse}" if delivery == "dimse" else None,
+        "export_stow_url": f"http://127.0.0.1:{pacs_http}/dicom-web/studies" if delivery == "stow" else None,
+    }
 
 
 def srs_in_orthanc(url: str) -> set[str]:
     """StudyInstanceUIDs of the SRs Orthanc holds, by QIDO-RS (one instance-level query across studies)."""
     found: set[str] = set()
     for sop_class in SR_CLASSES:
-        request = urllib.request.Request(f"{url}/dicom-web/instances?SOPClassUID={sop_class}&includefield=0020000D",
-                                         headers={"Accept": "application/dicom+json"})
+        request = urllib.request.Request(
+            f"{url}/dicom-web/instances?SOPClassUID={sop_class}&includefield=0020000D", headers={"Accept": "application/dicom+json"}
+        )
         with urllib.request.urlopen(request, timeout=10) as response:
             body = response.read()
         for item in json.loads(body) if body else []:
@@ -446,8 +521,13 @@ def orthanc_latency(args: argparse.Namespace, work: Path) -> dict[str, Any]:
         study_id, instance = study_id_for(KEY.encode(), ds.StudyInstanceUID, ds.SOPInstanceUID)
         uid_of_key[f"incoming/{study_id}/{instance}.dcm"] = ds.StudyInstanceUID
     pacs_dimse, pacs_http = free_port(), free_port()
-    settings = Settings(data_dir=work / "data", gateway_dimse_port=0, gateway_http_port=0, gateway_pseudonym_key=KEY,
-                        **sr_delivery(args.delivery, pacs_dimse, pacs_http))
+    settings = Settings(
+        data_dir=work / "data",
+        gateway_dimse_port=0,
+        gateway_http_port=0,
+        gateway_pseudonym_key=KEY,
+        **sr_delivery(args.delivery, pacs_dimse, pacs_http),
+    )
     stored_at: dict[str, float] = {}
     found_at: dict[str, float] = {}
     with LocalRuntime(settings, workers=args.workers) as runtime:
@@ -482,11 +562,21 @@ def orthanc_latency(args: argparse.Namespace, work: Path) -> dict[str, Any]:
                 orthanc.stop()
     latencies = [found_at[uid] - stored_at[uid] for uid in stored_at if uid in found_at]
     return {
-        "mode": "orthanc", "date": time.strftime("%Y-%m-%d"), "instances": args.instances, "syntax": args.syntax, "image_size": args.size,
-        "delivery": args.delivery, "pipeline_workers": args.workers, "bytes_per_instance": files[0].stat().st_size,
-        "stored": len(stored_at), "succeeded": sum(o.status == "succeeded" for o in outcomes), "srs_found_in_orthanc": len(found_at),
-        "storescu_s": round(wall, 2), "received_instances_per_s": round(args.instances / wall, 1),
-        "end_to_end_s": round(total, 2), "end_to_end_instances_per_s": round(args.instances / total, 2),
+        "mode": "orthanc",
+        "date": time.strftime("%Y-%m-%d"),
+        "instances": args.instances,
+        "syntax": args.syntax,
+        "image_size": args.size,
+        "delivery": args.delivery,
+        "pipeline_workers": args.workers,
+        "bytes_per_instance": files[0].stat().st_size,
+        "stored": len(stored_at),
+        "succeeded": sum(o.status == "succeeded" for o in outcomes),
+        "srs_found_in_orthanc": len(found_at),
+        "storescu_s": round(wall, 2),
+        "received_instances_per_s": round(args.instances / wall, 1),
+        "end_to_end_s": round(total, 2),
+        "end_to_end_instances_per_s": round(args.instances / total, 2),
         "cstore_to_sr_in_orthanc_s_median": round(percentile(latencies, 0.5), 2) if latencies else None,
         "cstore_to_sr_in_orthanc_s_p95": round(percentile(latencies, 0.95), 2) if latencies else None,
         "poll_interval_s": 0.05,

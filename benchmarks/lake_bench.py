@@ -26,6 +26,7 @@ order rows arrive in); the table says so per query. `--compare-template OTHER/te
 named queries on the compacted lake and checks they give the same rows (a reshaped query must not change its answer).
 The machine's load average is printed before and after.
 """
+
 from __future__ import annotations
 
 import argparse
@@ -65,19 +66,44 @@ def _time(t: datetime) -> str:
     return t.strftime("%Y-%m-%dT%H:%M:%S.%fZ")  # as TelemetryRecord.model_dump_json writes a UTC time
 
 
-def _line(study: str, execution: str, stage: str, status: str, at: datetime, ms: float | None, model: tuple | None = None,
-          error: str | None = None, bytes_in: int = 0, bytes_out: int = 0, cold: bool = False) -> str:
+def _line(
+    study: str,
+    execution: str,
+    stage: str,
+    status: str,
+    at: datetime,
+    ms: float | None,
+    model: tuple | None = None,
+    error: str | None = None,
+    bytes_in: int = 0,
+    bytes_out: int = 0,
+    cold: bool = False,
+) -> str:
     name, version = (model[0], model[1]) if model else (None, None)
-    return json.dumps({
-        "schema_version": "1", "event_id": telemetry_event_id(study_id=study, execution_id=execution, stage=stage, status=status, model_name=name),
-        "time": _time(at), "study_id": study, "execution_id": execution, "stage": stage, "status": status,
-        "duration_ms": None if ms is None else round(ms, 3), "model_name": name, "model_version": version, "error_type": error,
-        "bytes_in": bytes_in, "bytes_out": bytes_out, "cold_start": cold,
-    }, separators=(",", ":"))
+    return json.dumps(
+        {
+            "schema_version": "1",
+            "event_id": telemetry_event_id(study_id=study, execution_id=execution, stage=stage, status=status, model_name=name),
+            "time": _time(at),
+            "study_id": study,
+            "execution_id": execution,
+            "stage": stage,
+            "status": status,
+            "duration_ms": None if ms is None else round(ms, 3),
+            "model_name": name,
+            "model_version": version,
+            "error_type": error,
+            "bytes_in": bytes_in,
+            "bytes_out": bytes_out,
+            "cold_start": cold,
+        },
+        separators=(",", ":"),
+    )
 
 
-def execution_batch(rng: random.Random, study: str, at: datetime, *, fail: tuple[str, str] | None = None, dicom: bool = False,
-                    cold: bool = False) -> tuple[list[str], datetime]:
+def execution_batch(
+    rng: random.Random, study: str, at: datetime, *, fail: tuple[str, str] | None = None, dicom: bool = False, cold: bool = False
+) -> tuple[list[str], datetime]:
     """One execution's batch as SendTelemetry ships it: each stage's record stamped when it ended, then the workflow's."""
     execution = f"{ARN}{study}-{rng.getrandbits(32):08x}"
     t, lines = at, []
@@ -105,8 +131,19 @@ def execution_batch(rng: random.Random, study: str, at: datetime, *, fail: tuple
         for model in MODELS:
             took = ms(model[2])
             slowest = max(slowest, took)
-            lines.append(_line(study, execution, "inference", "succeeded", t + timedelta(milliseconds=took), took, model=model,
-                               bytes_in=224 * 224 * 4, bytes_out=rng.randrange(40, 4000)))
+            lines.append(
+                _line(
+                    study,
+                    execution,
+                    "inference",
+                    "succeeded",
+                    t + timedelta(milliseconds=took),
+                    took,
+                    model=model,
+                    bytes_in=224 * 224 * 4,
+                    bytes_out=rng.randrange(40, 4000),
+                )
+            )
         t += timedelta(milliseconds=slowest)
         if fail and fail[0] == "store":
             failed("store", fail[1])
@@ -116,7 +153,9 @@ def execution_batch(rng: random.Random, study: str, at: datetime, *, fail: tuple
                 stage("export", STAGE_MS["export"], bytes_out=rng.randrange(20_000, 60_000))
     end = t + timedelta(milliseconds=ms(6))
     error = fail[1] if fail else None
-    lines.append(_line(study, execution, "workflow", "failed" if fail else "succeeded", end, (end - at).total_seconds() * 1000, error=error))
+    lines.append(
+        _line(study, execution, "workflow", "failed" if fail else "succeeded", end, (end - at).total_seconds() * 1000, error=error)
+    )
     return lines, end
 
 
@@ -181,8 +220,13 @@ def write_buffered(data: Path, batches: list[tuple[datetime, list[str]]], settin
     """Through the buffered sink itself, its clock the batches' own times (one process running the studies as they come)."""
     now = [0.0]
     sink = BufferedLakeSink(
-        LocalObjectStore(data), "telemetry", data / "telemetry", size_bytes=int(settings.telemetry_buffer_mb * 1024 * 1024),
-        interval_s=settings.telemetry_buffer_s, clock=lambda: now[0], timer=False,
+        LocalObjectStore(data),
+        "telemetry",
+        data / "telemetry",
+        size_bytes=int(settings.telemetry_buffer_mb * 1024 * 1024),
+        interval_s=settings.telemetry_buffer_s,
+        clock=lambda: now[0],
+        timer=False,
     )
     for when, lines in batches:
         now[0] = when.timestamp()
@@ -234,8 +278,12 @@ def main() -> int:
     p.add_argument("--days", type=float, default=6.0, help="the studies are spread over the last DAYS days (default 6)")
     p.add_argument("--repeat", type=int, default=3, help="runs per query on the buffered and compacted lakes (median)")
     p.add_argument("--repeat-per-study", type=int, default=1, help="runs per query on the one-object-per-study lake")
-    p.add_argument("--per-study-queries", type=int, default=8, help="time only the first N queries on the one-object-per-study lake "
-                   "(each reads every object: minutes at 100,000)")
+    p.add_argument(
+        "--per-study-queries",
+        type=int,
+        default=8,
+        help="time only the first N queries on the one-object-per-study lake (each reads every object: minutes at 100,000)",
+    )
     p.add_argument("--work-dir", help="keep the lakes here (default: a temporary folder, removed)")
     p.add_argument("--compare-template", help="also run this template's named queries on the compacted lake; their rows must match")
     args = p.parse_args()
@@ -250,7 +298,9 @@ def main() -> int:
         for _, lines in batches[:: max(1, len(batches) // 2000)]:
             for line in lines:
                 TelemetryRecord.model_validate_json(line)  # the pipeline's shape (every record is validated again below)
-        print(f"generated {args.studies} studies, {len(batches)} delivery batches, {records} records in {time.perf_counter() - started:.1f} s")
+        print(
+            f"generated {args.studies} studies, {len(batches)} delivery batches, {records} records in {time.perf_counter() - started:.1f} s"
+        )
 
         per_study = work / "per-study"
         started = time.perf_counter()
@@ -258,14 +308,18 @@ def main() -> int:
         print(f"per-study lake: {objects['per study']} objects in {time.perf_counter() - started:.1f} s")
         started = time.perf_counter()
         objects["buffered"] = write_buffered(work / "buffered", batches, settings)
-        print(f"buffered lake ({settings.telemetry_buffer_mb:g} MB / {settings.telemetry_buffer_s:g} s hints): "
-              f"{objects['buffered']} objects in {time.perf_counter() - started:.1f} s")
+        print(
+            f"buffered lake ({settings.telemetry_buffer_mb:g} MB / {settings.telemetry_buffer_s:g} s hints): "
+            f"{objects['buffered']} objects in {time.perf_counter() - started:.1f} s"
+        )
         compacted = work / "compacted"
         shutil.copytree(per_study, compacted)
         started = time.perf_counter()
         report = compact(compacted / "telemetry", columnar=False)
-        print(f"`radstream lake compact` (objects only) on the per-study lake: {report.files_before} -> {report.files_after} objects, "
-              f"{report.partitions} partitions, {report.repeated_lines_dropped} repeated lines dropped, {time.perf_counter() - started:.1f} s")
+        print(
+            f"`radstream lake compact` (objects only) on the per-study lake: {report.files_before} -> {report.files_after} objects, "
+            f"{report.partitions} partitions, {report.repeated_lines_dropped} repeated lines dropped, {time.perf_counter() - started:.1f} s"
+        )
         objects["compacted"] = objects["+ columnar"] = report.files_after
 
         names = list(load_named_queries())
@@ -276,13 +330,17 @@ def main() -> int:
         }
         started = time.perf_counter()
         report = compact(compacted / "telemetry")
-        print(f"`radstream lake compact` again, writing the columnar copies: {report.columnar_written} partitions, "
-              f"{time.perf_counter() - started:.1f} s")
+        print(
+            f"`radstream lake compact` again, writing the columnar copies: {report.columnar_written} partitions, "
+            f"{time.perf_counter() - started:.1f} s"
+        )
         results["+ columnar"] = time_queries(compacted / "telemetry", args.repeat, names)
         layouts = list(results)
         header = f"{'named query':26s}" + "".join(f"{f'{k} ({objects[k]:,} obj)':>24s}" for k in layouts) + "  same rows"
-        print(f"\n{args.studies:,} studies over {args.days:g} days, {records:,} records; seconds per query (median of "
-              f"{args.repeat_per_study} per study, else {args.repeat}), DuckDB via DuckDBQueryRunner.run")
+        print(
+            f"\n{args.studies:,} studies over {args.days:g} days, {records:,} records; seconds per query (median of "
+            f"{args.repeat_per_study} per study, else {args.repeat}), DuckDB via DuckDBQueryRunner.run"
+        )
         print(header)
         print("-" * len(header))
         for name in names:
@@ -300,8 +358,10 @@ def main() -> int:
             print(f"\n{args.compare_template} on the compacted lake (+ columnar), its seconds against ours, and whether the rows match:")
             for name in names:
                 ours, theirs = results["+ columnar"][name], other[name]
-                print(f"{name:26s}{theirs[0]:>10.3f}{ours[0]:>10.3f}  {'yes' if same(theirs[1], ours[1]) else 'NO'}"
-                      f"{'' if theirs[1] == ours[1] else ' (approx_percentile within its tolerance)' if same(theirs[1], ours[1]) else ''}")
+                print(
+                    f"{name:26s}{theirs[0]:>10.3f}{ours[0]:>10.3f}  {'yes' if same(theirs[1], ours[1]) else 'NO'}"
+                    f"{'' if theirs[1] == ours[1] else ' (approx_percentile within its tolerance)' if same(theirs[1], ours[1]) else ''}"
+                )
         slowest = {k: max((v[0] for v in results[k].values()), default=float("nan")) for k in layouts}
         print("slowest" + " " * 19 + "".join(f"{slowest[k]:>24.3f}" for k in layouts))
         print(f"load average at end: {' '.join(f'{x:.2f}' for x in os.getloadavg())}")

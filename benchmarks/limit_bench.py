@@ -24,6 +24,7 @@ the GIL) or, with --irreducible-processes, 2 processes. CPU ms/study is this pro
 the children's with --irreducible-processes) over the timed studies. The DICOM study the demo set holds is
 left out: its SR/FHIR export is work the irreducible script does not do.
 """
+
 from __future__ import annotations
 
 import argparse
@@ -139,7 +140,9 @@ def irreducible_round(work: Irreducible, paths: list[Path], workers: int, pool: 
 
 
 # ---------------------------------------------------------------- the pipeline
-def pipeline_round(studies: list[Path], warmup: list[Path], workers: int, data_dir: Path, from_bucket: bool = False) -> tuple[float, float, dict[str, dict]]:
+def pipeline_round(
+    studies: list[Path], warmup: list[Path], workers: int, data_dir: Path, from_bucket: bool = False
+) -> tuple[float, float, dict[str, dict]]:
     """(wall s, CPU s, result.json per study id) for all studies, through a fresh warmed-up runtime.
 
     from_bucket: the studies are uploaded first, untimed, and the timed part is `resume` running every upload without a
@@ -196,10 +199,15 @@ def breakdown_round(studies: list[Path], warmup: list[Path], data_dir: Path) -> 
     meter = _Meter()
     with contextlib.ExitStack() as patches:
         for owner, name, label in [
-            (LocalRuntime, "run_folder", "run_folder"), (LocalRuntime, "upload", "upload"), (LocalRuntime, "start", "workflow"),
-            (runtime_module, "write_trace", "trace"), (LocalRuntime, "invoke", "invoke"),
-            (prepare_domain, "decode_raster", "decode"), (prepare_domain, "is_constant", "letterbox"),
-            (prepare_domain, "model_tensor", "letterbox"), (ort.InferenceSession, "run", "models"),
+            (LocalRuntime, "run_folder", "run_folder"),
+            (LocalRuntime, "upload", "upload"),
+            (LocalRuntime, "start", "workflow"),
+            (runtime_module, "write_trace", "trace"),
+            (LocalRuntime, "invoke", "invoke"),
+            (prepare_domain, "decode_raster", "decode"),
+            (prepare_domain, "is_constant", "letterbox"),
+            (prepare_domain, "model_tensor", "letterbox"),
+            (ort.InferenceSession, "run", "models"),
         ]:
             patches.enter_context(meter.patched(owner, name, label))
         with LocalRuntime(Settings(data_dir=data_dir), workers=1) as runtime:
@@ -217,6 +225,7 @@ def breakdown_round(studies: list[Path], warmup: list[Path], data_dir: Path) -> 
 
 def print_breakdown(size: int, n: int, cpu: float, pieces: dict[str, float]) -> None:
     """The metered pieces as CPU ms per study, from the irreducible work out to the runtime around it."""
+
     def ms(value: float) -> float:
         return value / n * 1000
 
@@ -237,7 +246,11 @@ def print_breakdown(size: int, n: int, cpu: float, pieces: dict[str, float]) -> 
         ("Lambda handler wrappers: logs, EMF, telemetry record, (de)serialise", get["handler"] - sum(runs.values()), "handlers"),
         ("the runtime's task call (payload size check)", get["invoke"] - get["handler"], "handlers"),
         ("workflow interpreter (template.yaml's state machine)", get["workflow"] - get["invoke"], "runtime"),
-        ("routing the upload's event, reading the outcome back", get["run_folder"] - get["upload"] - get["workflow"] - get["trace"], "runtime"),
+        (
+            "routing the upload's event, reading the outcome back",
+            get["run_folder"] - get["upload"] - get["workflow"] - get["trace"],
+            "runtime",
+        ),
         ("study ids, journal, scheduling, other threads, GC", cpu - get["run_folder"], "runtime"),
     ]
     print(f"\nwhere a {size}² study's CPU goes (1 worker, {n} studies, one metered round; thread CPU ms per study):")
@@ -246,8 +259,10 @@ def print_breakdown(size: int, n: int, cpu: float, pieces: dict[str, float]) -> 
     print(f"  {'total (process CPU)':<72} {ms(cpu):>6.2f}")
     beyond = cpu - irreducible
     stage_work = sum(v for _, v, k in rows if k == "stage work")
-    print(f"  irreducible {ms(irreducible):.2f}, beyond it {ms(beyond):.2f}; the irreducible work over the stages' own work alone "
-          f"(no handlers, interpreter, upload or trace): {irreducible / (irreducible + stage_work):.2f}")
+    print(
+        f"  irreducible {ms(irreducible):.2f}, beyond it {ms(beyond):.2f}; the irreducible work over the stages' own work alone "
+        f"(no handlers, interpreter, upload or trace): {irreducible / (irreducible + stage_work):.2f}"
+    )
 
 
 # ---------------------------------------------------------------- the same work?
@@ -260,7 +275,11 @@ def check_same_work(work: Irreducible, studies: list[Path], results: dict[str, d
         pixels = decode_raster(path.read_bytes(), folder.name).pixels
         for spec in repository.models.values():
             theirs, _ = model_tensor(pixels, spec)
-            if ours[spec.name].dtype != theirs.dtype or ours[spec.name].shape != theirs.shape or not np.array_equal(ours[spec.name], theirs):
+            if (
+                ours[spec.name].dtype != theirs.dtype
+                or ours[spec.name].shape != theirs.shape
+                or not np.array_equal(ours[spec.name], theirs)
+            ):
                 raise SystemExit(f"{folder.name}: irreducible tensor for {spec.name} differs from prepare's")
         outputs = work.run(path)
         result = results[folder.name]
@@ -268,18 +287,30 @@ def check_same_work(work: Irreducible, studies: list[Path], results: dict[str, d
         probabilities = dict(zip(classifier.labels, outputs[classifier.name][0][0].tolist()))
         for finding in result["findings"]:
             if abs(probabilities[finding["label"]] - finding["probability"]) > 5e-5:
-                raise SystemExit(f"{folder.name}: {finding['label']} {probabilities[finding['label']]} vs pipeline {finding['probability']}")
+                raise SystemExit(
+                    f"{folder.name}: {finding['label']} {probabilities[finding['label']]} vs pipeline {finding['probability']}"
+                )
 
 
 # ---------------------------------------------------------------- the run
-def bench_size(size: int, args: argparse.Namespace, root: Path, work: Irreducible, settings: Settings,
-               breakdowns: list[tuple[int, int, float, dict[str, float]]]) -> list[dict]:
+def bench_size(
+    size: int,
+    args: argparse.Namespace,
+    root: Path,
+    work: Irreducible,
+    settings: Settings,
+    breakdowns: list[tuple[int, int, float, dict[str, float]]],
+) -> list[dict]:
     print(f"generating {args.studies} synthetic {size}x{size} studies ...", file=sys.stderr)
     folders = write_demo_studies(root / f"studies-{size}", args.studies, size=size, invalid=False, seed=11)
     studies = [f for f in folders if not f.name.endswith("-dicom")]
     # One warm-up study of each format the timed studies rotate through (8/16-bit PNG, JPEG, RGB PNG), with their own
     # ids: each decoder's first use (lazy imports, codec set-up) is cold start, paid before the clock starts.
-    warmup = [f for f in write_demo_studies(root / f"warmup-{size}", 4, size=size, invalid=False, seed=12, prefix="warm") if not f.name.endswith("-dicom")]
+    warmup = [
+        f
+        for f in write_demo_studies(root / f"warmup-{size}", 4, size=size, invalid=False, seed=12, prefix="warm")
+        if not f.name.endswith("-dicom")
+    ]
     paths = [Irreducible.image_path(f) for f in studies]
     rows = []
     for workers in args.workers:
@@ -294,7 +325,9 @@ def bench_size(size: int, args: argparse.Namespace, root: Path, work: Irreducibl
             order = series if r % 2 == 0 else series[::-1]
             for which in order:
                 if which in ("pipeline", "bucket"):
-                    wall, cpu, results = pipeline_round(studies, warmup, workers, root / f"data-{size}-w{workers}-r{r}-{which}", which == "bucket")
+                    wall, cpu, results = pipeline_round(
+                        studies, warmup, workers, root / f"data-{size}-w{workers}-r{r}-{which}", which == "bucket"
+                    )
                     (pipe if which == "pipeline" else bucket).append((wall, cpu))
                     if not checked:
                         check_same_work(work, studies, results)
@@ -303,31 +336,41 @@ def bench_size(size: int, args: argparse.Namespace, root: Path, work: Irreducibl
                     if r == 0:
                         work.run(paths[0])  # warm
                     irr.append(irreducible_round(work, paths, workers, pool))
-            print(f"  {size}² w={workers} round {r + 1}/{args.rounds}: pipeline {len(studies) / pipe[-1][0] * 60:.0f}/min, "
-                  f"irreducible {len(studies) / irr[-1][0] * 60:.0f}/min", file=sys.stderr)
+            print(
+                f"  {size}² w={workers} round {r + 1}/{args.rounds}: pipeline {len(studies) / pipe[-1][0] * 60:.0f}/min, "
+                f"irreducible {len(studies) / irr[-1][0] * 60:.0f}/min",
+                file=sys.stderr,
+            )
         if pool is not None:
             pool.shutdown()
         if args.breakdown and workers == 1:  # after the timed rounds: the meters cost time of their own
             cpu, pieces = breakdown_round(studies, warmup, root / f"data-{size}-breakdown")
             breakdowns.append((size, len(studies), cpu, pieces))
         n = len(studies)
-        rows.append({
-            "size": size, "workers": workers, "studies": n, "rounds": args.rounds,
-            "pipeline_per_min": statistics.median(n / w * 60 for w, _ in pipe),
-            "pipeline_cpu_ms": statistics.median(c / n * 1000 for _, c in pipe),
-            "irreducible_per_min": statistics.median(n / w * 60 for w, _ in irr),
-            "irreducible_cpu_ms": statistics.median(c / n * 1000 for _, c in irr),
-            "ratio": statistics.median(iw / pw for (pw, _), (iw, _) in zip(pipe, irr)),
-            # CPU per study, irreducible over pipeline: steadier than throughput where neighbours share the machine
-            "cpu_ratio": statistics.median(ic / pc for (_, pc), (_, ic) in zip(pipe, irr)),
-        })
+        rows.append(
+            {
+                "size": size,
+                "workers": workers,
+                "studies": n,
+                "rounds": args.rounds,
+                "pipeline_per_min": statistics.median(n / w * 60 for w, _ in pipe),
+                "pipeline_cpu_ms": statistics.median(c / n * 1000 for _, c in pipe),
+                "irreducible_per_min": statistics.median(n / w * 60 for w, _ in irr),
+                "irreducible_cpu_ms": statistics.median(c / n * 1000 for _, c in irr),
+                "ratio": statistics.median(iw / pw for (pw, _), (iw, _) in zip(pipe, irr)),
+                # CPU per study, irreducible over pipeline: steadier than throughput where neighbours share the machine
+                "cpu_ratio": statistics.median(ic / pc for (_, pc), (_, ic) in zip(pipe, irr)),
+            }
+        )
         if bucket:
-            rows[-1].update({
-                "bucket_per_min": statistics.median(n / w * 60 for w, _ in bucket),
-                "bucket_cpu_ms": statistics.median(c / n * 1000 for _, c in bucket),
-                "bucket_ratio": statistics.median(iw / pw for (pw, _), (iw, _) in zip(bucket, irr)),
-                "bucket_cpu_ratio": statistics.median(ic / pc for (_, pc), (_, ic) in zip(bucket, irr)),
-            })
+            rows[-1].update(
+                {
+                    "bucket_per_min": statistics.median(n / w * 60 for w, _ in bucket),
+                    "bucket_cpu_ms": statistics.median(c / n * 1000 for _, c in bucket),
+                    "bucket_ratio": statistics.median(iw / pw for (pw, _), (iw, _) in zip(bucket, irr)),
+                    "bucket_cpu_ratio": statistics.median(ic / pc for (_, pc), (_, ic) in zip(bucket, irr)),
+                }
+            )
     return rows
 
 
@@ -337,13 +380,21 @@ def main() -> None:
     parser.add_argument("--studies", type=int, default=40, help="studies per size (default 40)")
     parser.add_argument("--rounds", type=int, default=5, help="interleaved pipeline/irreducible rounds (default 5)")
     parser.add_argument("--workers", type=int, nargs="+", default=[1, 2])
-    parser.add_argument("--irreducible-processes", action="store_true", help="run the irreducible work on processes, not threads, with >1 worker")
+    parser.add_argument(
+        "--irreducible-processes", action="store_true", help="run the irreducible work on processes, not threads, with >1 worker"
+    )
     parser.add_argument("--quick", action="store_true", help="1024² only, 12 studies, 3 rounds")
     parser.add_argument("--json", action="store_true", help="print the rows as JSON too")
-    parser.add_argument("--from-bucket", action="store_true",
-                        help="also time the pipeline from the bucket: studies uploaded first (untimed), then `resume` runs them")
-    parser.add_argument("--breakdown", action="store_true",
-                        help="after the timed rounds, one metered 1-worker round per size: where the pipeline's CPU goes, piece by piece")
+    parser.add_argument(
+        "--from-bucket",
+        action="store_true",
+        help="also time the pipeline from the bucket: studies uploaded first (untimed), then `resume` runs them",
+    )
+    parser.add_argument(
+        "--breakdown",
+        action="store_true",
+        help="after the timed rounds, one metered 1-worker round per size: where the pipeline's CPU goes, piece by piece",
+    )
     args = parser.parse_args()
     if args.quick:
         args.sizes, args.studies, args.rounds = [1024], 12, 3
@@ -355,20 +406,28 @@ def main() -> None:
         breakdowns: list[tuple[int, int, float, dict[str, float]]] = []
         rows = [row for size in args.sizes for row in bench_size(size, args, Path(tmp), work, settings, breakdowns)]
     mode = "processes" if args.irreducible_processes else "threads"
-    print(f"\nlimit benchmark, {started:%Y-%m-%d %H:%M} UTC, {os.cpu_count()} CPUs ({platform.machine()}), "
-          f"load average {load[0]:.2f} at start, {os.getloadavg()[0]:.2f} at end; medians over {args.rounds} interleaved rounds")
+    print(
+        f"\nlimit benchmark, {started:%Y-%m-%d %H:%M} UTC, {os.cpu_count()} CPUs ({platform.machine()}), "
+        f"load average {load[0]:.2f} at start, {os.getloadavg()[0]:.2f} at end; medians over {args.rounds} interleaved rounds"
+    )
     print(f"irreducible work with >1 worker on {mode}; ratio = pipeline / irreducible throughput (median of per-round ratios)")
     print("cpu ratio = irreducible / pipeline CPU per study (median of per-round ratios): the steadier figure on a shared machine")
-    print(f"{'size':>6} {'workers':>7} {'studies':>7} | {'pipeline/min':>12} {'CPU ms':>7} | {'irreducible/min':>15} {'CPU ms':>7} | {'ratio':>6} {'cpu ratio':>9}")
+    print(
+        f"{'size':>6} {'workers':>7} {'studies':>7} | {'pipeline/min':>12} {'CPU ms':>7} | {'irreducible/min':>15} {'CPU ms':>7} | {'ratio':>6} {'cpu ratio':>9}"
+    )
     for r in rows:
-        print(f"{r['size']:>5}² {r['workers']:>7} {r['studies']:>7} | {r['pipeline_per_min']:>12.0f} {r['pipeline_cpu_ms']:>7.1f} | "
-              f"{r['irreducible_per_min']:>15.0f} {r['irreducible_cpu_ms']:>7.1f} | {r['ratio']:>6.2f} {r['cpu_ratio']:>9.2f}")
+        print(
+            f"{r['size']:>5}² {r['workers']:>7} {r['studies']:>7} | {r['pipeline_per_min']:>12.0f} {r['pipeline_cpu_ms']:>7.1f} | "
+            f"{r['irreducible_per_min']:>15.0f} {r['irreducible_cpu_ms']:>7.1f} | {r['ratio']:>6.2f} {r['cpu_ratio']:>9.2f}"
+        )
     if args.from_bucket:
         print("\nfrom the bucket (uploaded first, untimed; then `resume` runs them, its scan for pending uploads included):")
         print(f"{'size':>6} {'workers':>7} | {'pipeline/min':>12} {'CPU ms':>7} | {'ratio':>6} {'cpu ratio':>9}")
         for r in rows:
-            print(f"{r['size']:>5}² {r['workers']:>7} | {r['bucket_per_min']:>12.0f} {r['bucket_cpu_ms']:>7.1f} | "
-                  f"{r['bucket_ratio']:>6.2f} {r['bucket_cpu_ratio']:>9.2f}")
+            print(
+                f"{r['size']:>5}² {r['workers']:>7} | {r['bucket_per_min']:>12.0f} {r['bucket_cpu_ms']:>7.1f} | "
+                f"{r['bucket_ratio']:>6.2f} {r['bucket_cpu_ratio']:>9.2f}"
+            )
     for size, n, cpu, pieces in breakdowns:
         print_breakdown(size, n, cpu, pieces)
     if args.json:

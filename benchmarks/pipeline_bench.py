@@ -7,6 +7,7 @@ synthetic studies; per-stage medians come from the telemetry lake the run wrote.
 end-to-end time minus the stages on the critical path (validate + prepare + slowest model + store):
 what the workflow engine, the JSON hand-offs and the telemetry stage cost.
 """
+
 from __future__ import annotations
 
 import argparse
@@ -32,7 +33,11 @@ def p95(values: list[float]) -> float:
 
 
 def lake(data_dir: Path) -> list[dict]:
-    return [json.loads(line) for f in sorted((data_dir / "telemetry").rglob("*.json.gz")) for line in gzip.decompress(f.read_bytes()).splitlines()]
+    return [
+        json.loads(line)
+        for f in sorted((data_dir / "telemetry").rglob("*.json.gz"))
+        for line in gzip.decompress(f.read_bytes()).splitlines()
+    ]
 
 
 def run(studies: list[Path], warmup: list[Path], workers: int, root: Path, triton_url: str | None) -> dict:
@@ -60,8 +65,13 @@ def run(studies: list[Path], warmup: list[Path], workers: int, root: Path, trito
         critical = s["validate"] + s["prepare"] + max(v for k, v in s.items() if k.startswith("inference:")) + s["store"]
         overhead.append(o.end_to_end_ms - critical)
     return {
-        "workers": workers, "studies": len(outcomes), "wall_s": wall, "per_minute": len(outcomes) / wall * 60,
-        "e2e_median": statistics.median(e2e), "e2e_p95": p95(e2e), "overhead_median": statistics.median(overhead),
+        "workers": workers,
+        "studies": len(outcomes),
+        "wall_s": wall,
+        "per_minute": len(outcomes) / wall * 60,
+        "e2e_median": statistics.median(e2e),
+        "e2e_p95": p95(e2e),
+        "overhead_median": statistics.median(overhead),
         "stages": {k: statistics.median(v) for k, v in sorted(stages.items())},
     }
 
@@ -80,7 +90,9 @@ def main() -> None:
         # Their own ids (warm-001, warm-dicom), so their cold-start records are the ones left out of the figures.
         warmup = write_demo_studies(root / "warmup", 2, size=args.size, invalid=False, seed=12, prefix="warm")
         results = [run(studies, warmup, w, root, args.triton_url) for w in args.workers]
-    print(f"\nembedded pipeline, {args.size}x{args.size} studies ({args.studies} + 1 DICOM per run), {'Triton ' + args.triton_url if args.triton_url else 'ONNX Runtime in-process'}")
+    print(
+        f"\nembedded pipeline, {args.size}x{args.size} studies ({args.studies} + 1 DICOM per run), {'Triton ' + args.triton_url if args.triton_url else 'ONNX Runtime in-process'}"
+    )
     print(f"{'workers':>7} {'studies/min':>12} {'e2e median ms':>14} {'e2e p95 ms':>11} {'overhead ms':>12}")
     for r in results:
         print(f"{r['workers']:>7} {r['per_minute']:>12.0f} {r['e2e_median']:>14.1f} {r['e2e_p95']:>11.1f} {r['overhead_median']:>12.1f}")

@@ -8,6 +8,7 @@ Run it on a GPU machine with onnxruntime-gpu before serving a config there (READ
 default TF32 moved the detector's boxes by 16 px on an H200). Without a CUDA provider it says so and exits 2.
 The images are uniform noise in [0, 1) and all zeros (`--images` of each), batched as the config allows.
 """
+
 from __future__ import annotations
 
 import argparse
@@ -27,8 +28,10 @@ from radstream.triton_server import gpu_execution_providers, iter_models, open_o
 def inputs(config, images: int, seed: int = 0) -> list[dict[str, np.ndarray]]:
     rng = np.random.default_rng(seed)
     batch = max(1, min(images, config.max_batch_size or 1))
-    return [{i.name: rng.random((batch, *i.dims), dtype=np.float32) for i in config.input},
-            {i.name: np.zeros((batch, *i.dims), np.float32) for i in config.input}]
+    return [
+        {i.name: rng.random((batch, *i.dims), dtype=np.float32) for i in config.input},
+        {i.name: np.zeros((batch, *i.dims), np.float32) for i in config.input},
+    ]
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -36,14 +39,22 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--model-repository", type=Path, default=REAL_REPOSITORY)
     parser.add_argument("--model-config-name", default="gpu", metavar="NAME")
     parser.add_argument("--images", type=int, default=16)
-    parser.add_argument("--cuda-option", action="append", default=[], metavar="KEY=VALUE",
-                        help="override a CUDA provider option (repeatable), e.g. use_tf32=1")
+    parser.add_argument(
+        "--cuda-option",
+        action="append",
+        default=[],
+        metavar="KEY=VALUE",
+        help="override a CUDA provider option (repeatable), e.g. use_tf32=1",
+    )
     args = parser.parse_args(argv)
     import onnxruntime as ort
 
     if "CUDAExecutionProvider" not in ort.get_available_providers():
-        print(f"no CUDA provider in this ONNX Runtime ({ort.__version__}: {', '.join(ort.get_available_providers())}): "
-              "install onnxruntime-gpu on a GPU machine", file=sys.stderr)
+        print(
+            f"no CUDA provider in this ONNX Runtime ({ort.__version__}: {', '.join(ort.get_available_providers())}): "
+            "install onnxruntime-gpu on a GPU machine",
+            file=sys.stderr,
+        )
         return 2
     overrides = dict(o.split("=", 1) for o in args.cuda_option)
     print(f"ONNX Runtime {ort.__version__}; configs/{args.model_config_name}.pbtxt; CUDA overrides {overrides or 'none'}")
@@ -61,8 +72,10 @@ def main(argv: list[str] | None = None) -> int:
             for name, want, got in zip(names, cpu.run(None, feeds), gpu.run(None, feeds)):
                 diffs[name] = max(diffs[name], float(np.max(np.abs(got.astype(np.float64) - want))))
         worst = max(worst, *diffs.values())
-        print(f"{model_dir.name:<22} on {gpu.get_providers()[0]} (use_tf32={options.get('use_tf32')}): "
-              + ", ".join(f"{n} {d:.1e}" for n, d in diffs.items()))
+        print(
+            f"{model_dir.name:<22} on {gpu.get_providers()[0]} (use_tf32={options.get('use_tf32')}): "
+            + ", ".join(f"{n} {d:.1e}" for n, d in diffs.items())
+        )
     print(f"largest difference: {worst:.1e}")
     return 0
 

@@ -7,6 +7,7 @@ phantoms as 8-bit PNG and as 12-bit MONOCHROME1 DICOM; and the cases each flag i
 MONOCHROME2 pixels, limb-like, ramp and noise pictures, dark, washed-out and flat chests). Times the flags at 1024²
 as prepare computes them (from the letterbox it already made) and on the full picture, and the percentile levels.
 """
+
 from __future__ import annotations
 
 import argparse
@@ -51,7 +52,9 @@ def cases(n: int) -> dict[str, list[tuple[bytes, str]]]:
     others += [rng.random((SIZE, SIZE)).astype(np.float32) for _ in range(3)]
     return {
         "upright phantoms, 8-bit PNG": [(cv2.imencode(".png", to_uint8(c))[1].tobytes(), "png") for c in chests],
-        "upright phantoms, DICOM 12-bit MONOCHROME1": [(dicom(stored_values(c, 12, "MONOCHROME1"), "MONOCHROME1"), "dicom") for c in chests],
+        "upright phantoms, DICOM 12-bit MONOCHROME1": [
+            (dicom(stored_values(c, 12, "MONOCHROME1"), "MONOCHROME1"), "dicom") for c in chests
+        ],
         "MONOCHROME1 header over MONOCHROME2 pixels": [(dicom(stored_values(c, 12), "MONOCHROME1"), "dicom") for c in chests],
         "not a chest (limbs, ramps, noise)": [(dicom(stored_values(o, 12)), "dicom") for o in others],
         "dark chest (0.3 x picture)": [(dicom(stored_values(0.3 * c, 12)), "dicom") for c in chests],
@@ -76,9 +79,11 @@ def timing(runs: int = 200) -> dict[str, float]:
     squares = {256: letterbox(picture, 256)}
     levels = (0.0, 0.05, 0.9, 1.0)
     out = {}
-    for name, fn in (("flags as prepare computes them (from the 256² letterbox)", lambda: picture_flags(picture, levels, squares)),
-                     ("flags from the full 1024² picture", lambda: quality_flags(picture, levels)),
-                     ("percentile levels of 1024² 12-bit values", lambda: percentile_levels(values))):
+    for name, fn in (
+        ("flags as prepare computes them (from the 256² letterbox)", lambda: picture_flags(picture, levels, squares)),
+        ("flags from the full 1024² picture", lambda: quality_flags(picture, levels)),
+        ("percentile levels of 1024² 12-bit values", lambda: percentile_levels(values)),
+    ):
         times = []
         for _ in range(runs):
             started = time.perf_counter()
@@ -103,7 +108,10 @@ def main() -> None:
         print(f"{name:45s} n={len(items):4d}  " + ", ".join(f"{flag} {count}" for flag, count in sorted(counter.items())))
     if args.demo:
         n, counter = demo_flags(args.demo)
-        print(f"{'radstream demo --count ' + str(args.demo) + ' (results)':45s} n={n:4d}  " + ", ".join(f"{flag} {count}" for flag, count in sorted(counter.items())))
+        print(
+            f"{'radstream demo --count ' + str(args.demo) + ' (results)':45s} n={n:4d}  "
+            + ", ".join(f"{flag} {count}" for flag, count in sorted(counter.items()))
+        )
 
 
 if __name__ == "__main__":

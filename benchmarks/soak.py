@@ -23,6 +23,7 @@ The audit reads only what the product wrote (results bucket, telemetry lake, log
 lost, duplicated, telemetry against the contract, misattributed log lines / telemetry records / traces.
 It exits 1 when an invariant breaks, 0 otherwise.
 """
+
 from __future__ import annotations
 
 import argparse
@@ -96,8 +97,14 @@ def budget_table(samples: int = 1_000_000, seed: int = 1) -> list[dict]:
     def walk(states: dict) -> None:
         for name, state in states.items():
             for retrier in state.get("Retry", []):
-                key = (tuple(retrier["ErrorEquals"]), retrier.get("IntervalSeconds", 1), retrier.get("MaxAttempts", 3),
-                       retrier.get("BackoffRate", 2.0), retrier.get("MaxDelaySeconds"), retrier.get("JitterStrategy", "NONE"))
+                key = (
+                    tuple(retrier["ErrorEquals"]),
+                    retrier.get("IntervalSeconds", 1),
+                    retrier.get("MaxAttempts", 3),
+                    retrier.get("BackoffRate", 2.0),
+                    retrier.get("MaxDelaySeconds"),
+                    retrier.get("JitterStrategy", "NONE"),
+                )
                 found[key].add(name)
             for branch in state.get("Branches", []):
                 walk(branch["States"])
@@ -107,8 +114,14 @@ def budget_table(samples: int = 1_000_000, seed: int = 1) -> list[dict]:
     rows = []
     for (errors, interval, attempts, backoff, max_delay, jitter), states in sorted(found.items(), key=lambda kv: -kv[0][2]):
         caps = retry_delays_caps(interval, attempts, backoff, max_delay)
-        row = {"errors": errors[0] + (f" (+{len(errors) - 1})" if len(errors) > 1 else ""), "states": sorted(states), "retries": attempts,
-               "caps": caps, "sum": sum(caps), "jitter": jitter}
+        row = {
+            "errors": errors[0] + (f" (+{len(errors) - 1})" if len(errors) > 1 else ""),
+            "states": sorted(states),
+            "retries": attempts,
+            "caps": caps,
+            "sum": sum(caps),
+            "jitter": jitter,
+        }
         if jitter == "FULL":
             total = np.zeros(samples)
             for cap in caps:
@@ -164,9 +177,23 @@ class Triton:
             began = time.monotonic()
             with open(self.log, "ab") as log:
                 self.process = subprocess.Popen(
-                    [sys.executable, "-m", "radstream.cli", "serve-models", "--http-port", str(self.http),
-                     "--grpc-port", str(self.grpc), "--metrics-port", str(self.metrics)],
-                    cwd=ROOT, stdout=log, stderr=subprocess.STDOUT, stdin=subprocess.DEVNULL, start_new_session=True,
+                    [
+                        sys.executable,
+                        "-m",
+                        "radstream.cli",
+                        "serve-models",
+                        "--http-port",
+                        str(self.http),
+                        "--grpc-port",
+                        str(self.grpc),
+                        "--metrics-port",
+                        str(self.metrics),
+                    ],
+                    cwd=ROOT,
+                    stdout=log,
+                    stderr=subprocess.STDOUT,
+                    stdin=subprocess.DEVNULL,
+                    start_new_session=True,
                 )
             while time.monotonic() - began < deadline_s:
                 if self.ready():
@@ -215,7 +242,9 @@ def journal_progress(path: Path) -> tuple[int | None, int]:
     from radstream.journal import read_journal
 
     lines = [line for _, line in read_journal(path)[0]]
-    planned = next((len(line["studies"]) if isinstance(line["studies"], list) else line["studies"] for line in lines if "run" in line), None)
+    planned = next(
+        (len(line["studies"]) if isinstance(line["studies"], list) else line["studies"] for line in lines if "run" in line), None
+    )
     return planned, sum("status" in line for line in lines)
 
 
@@ -247,8 +276,17 @@ class Soak:
         self.faults_seed = args.seed
 
     # --- runner subprocesses ---
-    def runner(self, name: str, command: list[str], *, kill_at: float | None = None, sig: int = signal.SIGKILL,
-               triton_outage_at: float | None = None, expected_total: int | None = None, deadline_s: float = 3600) -> Step:
+    def runner(
+        self,
+        name: str,
+        command: list[str],
+        *,
+        kill_at: float | None = None,
+        sig: int = signal.SIGKILL,
+        triton_outage_at: float | None = None,
+        expected_total: int | None = None,
+        deadline_s: float = 3600,
+    ) -> Step:
         """Run `radstream COMMAND` with faults; send `sig` once `kill_at` (a share of expected_total) of the studies ended.
 
         Progress is read from the journal the run writes (one line per study that ended), as a person would.
@@ -257,7 +295,18 @@ class Soak:
         env = dict(os.environ, RADSTREAM_FAULTS=f"{self.args.faults},seed={self.faults_seed}" if self.args.faults else "")
         if not self.args.faults:
             env.pop("RADSTREAM_FAULTS")
-        argv = [sys.executable, "-m", "radstream.cli", *command, "--data-dir", str(self.data), "--workers", str(self.args.workers), "--quiet", "--json"]
+        argv = [
+            sys.executable,
+            "-m",
+            "radstream.cli",
+            *command,
+            "--data-dir",
+            str(self.data),
+            "--workers",
+            str(self.args.workers),
+            "--quiet",
+            "--json",
+        ]
         if self.triton:
             argv += ["--triton-url", self.triton.grpc_url]
         step = Step(name, argv)
@@ -344,8 +393,11 @@ class Soak:
         began = time.monotonic()
         folders = write_demo_studies(self.studies_dir, self.args.studies, size=self.args.size, seed=self.args.seed)
         self.folders = folders
-        print(f"wrote {len(folders)} studies ({self.args.studies} valid + 1 DICOM + {len(EXPECTED_FAILURES)} broken on purpose) "
-              f"at {self.args.size}x{self.args.size} in {time.monotonic() - began:.1f}s", flush=True)
+        print(
+            f"wrote {len(folders)} studies ({self.args.studies} valid + 1 DICOM + {len(EXPECTED_FAILURES)} broken on purpose) "
+            f"at {self.args.size}x{self.args.size} in {time.monotonic() - began:.1f}s",
+            flush=True,
+        )
 
     def run(self) -> None:
         args = self.args
@@ -361,12 +413,18 @@ class Soak:
         if step.signalled:
             totals = (step.summary or {}).get("totals", {})
             if step.rc != EXIT_INTERRUPTED or not totals.get("interrupted"):
-                self.invariants.append(f"Ctrl-C: exit {step.rc} (expected {EXIT_INTERRUPTED}) with summary interrupted={totals.get('interrupted')}")
+                self.invariants.append(
+                    f"Ctrl-C: exit {step.rc} (expected {EXIT_INTERRUPTED}) with summary interrupted={totals.get('interrupted')}"
+                )
         else:
             step.notes.append("ended before the SIGINT could land")
         # 3. Triton crashes and comes back mid-run; the long soak also kills the runner a second time
-        self.runner("resume-triton-outage" if self.triton else "resume-mid", ["resume"], triton_outage_at=0.02 if self.triton else None,
-                    kill_at=None if args.short else self.random.uniform(0.5, 0.8))
+        self.runner(
+            "resume-triton-outage" if self.triton else "resume-mid",
+            ["resume"],
+            triton_outage_at=0.02 if self.triton else None,
+            kill_at=None if args.short else self.random.uniform(0.5, 0.8),
+        )
         # 4. finish (what is left: studies the faults stopped outside the workflow; step 6 proves nothing is left)
         self.runner("resume", ["resume"])
         # 5. a duplicate upload and re-runs
@@ -380,7 +438,9 @@ class Soak:
         target = self.random.choice(finished)
         self.dup_target = target
         self.dup_before = {p.name: hashlib.sha256(p.read_bytes()).hexdigest() for p in (results / target).iterdir()}
-        self.dup_input_before = {p.name: hashlib.sha256(p.read_bytes()).hexdigest() for p in (self.data / "images" / "incoming" / target).iterdir()}
+        self.dup_input_before = {
+            p.name: hashlib.sha256(p.read_bytes()).hexdigest() for p in (self.data / "images" / "incoming" / target).iterdir()
+        }
         import numpy as np
 
         rng = np.random.default_rng(self.args.seed + 1)
@@ -390,7 +450,9 @@ class Soak:
         outcome = ((step.summary or {}).get("studies") or [{}])[0]
         self.dup_outcome = outcome
         if step.rc != 1 or outcome.get("error_type") != "StudyConflict":
-            self.invariants.append(f"duplicate upload of {target}: exit {step.rc}, {outcome.get('error_type')} (expected exit 1, StudyConflict)")
+            self.invariants.append(
+                f"duplicate upload of {target}: exit {step.rc}, {outcome.get('error_type')} (expected exit 1, StudyConflict)"
+            )
         # Re-runs: finished folders (a valid one, the DICOM, a broken one) run again as they are.
         rerun = self.work / "rerun"
         for name in (self.random.choice(finished), "demo-dicom", "bad-digest"):
@@ -431,7 +493,12 @@ class Soak:
             if study_id in result_ids:
                 problems["duplicated"].append(f"{study_id}: a result and a failure record ({doc['error_type']})")
             else:
-                records[study_id] = {"kind": "failure", "execution_id": doc["execution_id"], "stage": doc["stage"], "error_type": doc["error_type"]}
+                records[study_id] = {
+                    "kind": "failure",
+                    "execution_id": doc["execution_id"],
+                    "stage": doc["stage"],
+                    "error_type": doc["error_type"],
+                }
         for study_id in sorted(known):
             if study_id not in result_ids and study_id not in failure_ids:
                 problems["lost"].append(f"{study_id}: neither result nor failure record")
@@ -442,7 +509,9 @@ class Soak:
                 if study_id in result_ids:
                     problems["lost"].append(f"{study_id}: broken on purpose, but it has a result")
                 elif (records[study_id]["stage"], records[study_id]["error_type"]) != expected:
-                    problems["lost"].append(f"{study_id}: expected {expected}, recorded {(records[study_id]['stage'], records[study_id]['error_type'])}")
+                    problems["lost"].append(
+                        f"{study_id}: expected {expected}, recorded {(records[study_id]['stage'], records[study_id]['error_type'])}"
+                    )
         for study_id in (result_ids | failure_ids) - known:
             problems["unknown"].append(f"{study_id}: a record for a study nobody uploaded")
         figures["failures by type"] = dict(sorted(failures_by_type.items()))
@@ -487,7 +556,11 @@ class Soak:
             models = {r["model_name"] for r in got if r["stage"] == "inference" and r["status"] == "succeeded"}
             if expected is None:
                 problems["telemetry contract"].append(f"{study_id}: its record names no workflow execution ({record['execution_id']})")
-            elif actual != expected or (expected.get(("inference", "succeeded")) and len(models) != MODELS) or any(r["study_id"] != study_id for r in got):
+            elif (
+                actual != expected
+                or (expected.get(("inference", "succeeded")) and len(models) != MODELS)
+                or any(r["study_id"] != study_id for r in got)
+            ):
                 problems["telemetry contract"].append(f"{study_id}: {dict(actual)} != {dict(expected)}")
             else:
                 telemetry_ok += 1
@@ -508,7 +581,9 @@ class Soak:
                 continue
             study_id, execution_id = line.get("study_id"), line.get("execution_id")
             if not study_id or not execution_id or not execution_belongs(execution_id, study_id):
-                problems["misattributed log lines"].append(f"line {number}: study {study_id!r}, execution {execution_id!r}: {line.get('message')}")
+                problems["misattributed log lines"].append(
+                    f"line {number}: study {study_id!r}, execution {execution_id!r}: {line.get('message')}"
+                )
             if line.get("message") == "stage failed" and line.get("retryable"):
                 attempts[line["error_type"]] += 1
                 retried[line["error_type"]].add(str(study_id))
@@ -545,8 +620,15 @@ def expected_telemetry(record: dict) -> Counter | None:
     if record["execution_id"] in ("none", "", None):
         return None
     if record["kind"] == "result":
-        expected = Counter({("validate", "succeeded"): 1, ("prepare", "succeeded"): 1, ("inference", "succeeded"): MODELS,
-                            ("store", "succeeded"): 1, ("workflow", "succeeded"): 1})
+        expected = Counter(
+            {
+                ("validate", "succeeded"): 1,
+                ("prepare", "succeeded"): 1,
+                ("inference", "succeeded"): MODELS,
+                ("store", "succeeded"): 1,
+                ("workflow", "succeeded"): 1,
+            }
+        )
         if record.get("dicom"):
             expected[("export", "succeeded")] = 1  # ExportResults runs for DICOM studies only
         return expected
@@ -567,14 +649,21 @@ def print_report(soak: Soak, audit: dict, wall_s: float) -> None:
     for s in soak.steps:
         print(f"{s.name:24} {str(s.rc):>3}  {s.ended_studies:>13}  {s.wall_s:>6.1f}   {'; '.join(s.notes)}")
     if soak.triton:
-        print(f"Triton: started in {', '.join(f'{t:.1f}' for t in soak.triton.starts)} s; outages (kill to ready again): "
-              f"{', '.join(f'{t:.1f}' for t in soak.triton_outages) or 'none'} s")
+        print(
+            f"Triton: started in {', '.join(f'{t:.1f}' for t in soak.triton.starts)} s; outages (kill to ready again): "
+            f"{', '.join(f'{t:.1f}' for t in soak.triton_outages) or 'none'} s"
+        )
     print()
     rows = [
-        ("studies", figures["studies"]), ("results", figures["results"]), ("failure records", figures["failure records"]),
+        ("studies", figures["studies"]),
+        ("results", figures["results"]),
+        ("failure records", figures["failure records"]),
         *((f"  {k}", v) for k, v in figures["failures by type"].items()),
-        ("lost", len(problems["lost"])), ("duplicated", len(problems["duplicated"])), ("misfiled", len(problems["misfiled"])),
-        ("unknown studies", len(problems["unknown"])), ("duplicate upload accepted", len(problems["duplicate accepted"])),
+        ("lost", len(problems["lost"])),
+        ("duplicated", len(problems["duplicated"])),
+        ("misfiled", len(problems["misfiled"])),
+        ("unknown studies", len(problems["unknown"])),
+        ("duplicate upload accepted", len(problems["duplicate accepted"])),
         ("telemetry records (deduped)", figures["telemetry records (after dedupe)"]),
         ("  copies dropped by dedupe", figures["telemetry copies dropped by dedupe"]),
         ("  studies meeting contract", figures["studies whose telemetry meets the contract"]),
@@ -583,16 +672,20 @@ def print_report(soak: Soak, audit: dict, wall_s: float) -> None:
         ("misattributed telemetry", len(problems["misattributed telemetry"])),
         ("failed task attempts (retryable)", sum(n for n, _ in figures["failed attempts retried"].values())),
         *((f"  {k} (studies)", f"{n} ({m})") for k, (n, m) in figures["failed attempts retried"].items()),
-        ("log lines", figures["log lines"]), ("misattributed log lines", len(problems["misattributed log lines"])),
-        ("traces", figures["traces"]), ("misattributed traces", len(problems["misattributed traces"])),
+        ("log lines", figures["log lines"]),
+        ("misattributed log lines", len(problems["misattributed log lines"])),
+        ("traces", figures["traces"]),
+        ("misattributed traces", len(problems["misattributed traces"])),
         ("temp files left behind", len(problems["debris"])),
     ]
     width = max(len(k) for k, _ in rows)
     for k, v in rows:
         print(f"{k:<{width}}  {v:>8}")
     processed = sum(s.ended_studies for s in soak.steps)
-    print(f"wall time {wall_s:.1f} s; {figures['studies'] / wall_s * 60:.0f} studies/min end to end "
-          f"({processed} study runs, re-runs and resumes included)")
+    print(
+        f"wall time {wall_s:.1f} s; {figures['studies'] / wall_s * 60:.0f} studies/min end to end "
+        f"({processed} study runs, re-runs and resumes included)"
+    )
     broken = [k for k, v in problems.items() if v] + (["schedule"] if soak.invariants else [])
     for line in soak.invariants:
         print(f"INVARIANT: {line}")
@@ -612,9 +705,13 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--short", action="store_true", help="the quick version for the test suite: 60 studies at 256x256, one SIGKILL")
     p.add_argument("--no-triton", action="store_true", help="in-process ONNX Runtime instead of a local Triton (no Triton outage)")
     p.add_argument("--triton-down", type=float, default=7.0, help="seconds Triton stays down after its crash (default 7)")
-    p.add_argument("--faults", default=DEFAULT_FAULTS, help=f"RADSTREAM_FAULTS for the runners, without seed (default {DEFAULT_FAULTS}; '' for none)")
+    p.add_argument(
+        "--faults", default=DEFAULT_FAULTS, help=f"RADSTREAM_FAULTS for the runners, without seed (default {DEFAULT_FAULTS}; '' for none)"
+    )
     p.add_argument("--seed", type=int, default=7)
-    p.add_argument("--work-dir", help="where to put the studies and the data dir (default: a temporary folder, removed when the soak passes)")
+    p.add_argument(
+        "--work-dir", help="where to put the studies and the data dir (default: a temporary folder, removed when the soak passes)"
+    )
     p.add_argument("--budgets", action="store_true", help="print the retry-budget arithmetic of template.yaml and exit")
     args = p.parse_args(argv)
     if args.budgets:
@@ -624,8 +721,11 @@ def main(argv: list[str] | None = None) -> int:
     args.size = args.size if args.size is not None else (256 if args.short else 512)
     work = Path(args.work_dir) if args.work_dir else Path(tempfile.mkdtemp(prefix="radstream-soak-"))
     work.mkdir(parents=True, exist_ok=True)
-    print(f"soak: {args.studies} studies at {args.size}x{args.size}, {args.workers} workers, faults {args.faults or 'none'}, "
-          f"Triton {'off' if args.no_triton else 'on'}; work dir {work}", flush=True)
+    print(
+        f"soak: {args.studies} studies at {args.size}x{args.size}, {args.workers} workers, faults {args.faults or 'none'}, "
+        f"Triton {'off' if args.no_triton else 'on'}; work dir {work}",
+        flush=True,
+    )
     # A shell starts background jobs with SIGINT ignored, and an ignored signal stays ignored across exec: the runners
     # would never see the Ctrl-C. A handler of our own is reset to the default in each child, as at a terminal.
     signal.signal(signal.SIGINT, signal.default_int_handler)

@@ -39,6 +39,7 @@ requests, the executions (batches) they ran in and their mean size, and per requ
 input, executing (for the Python-backend copy, the stub's execute()) and handling output. That tells a slow level's
 queue from its execution.
 """
+
 from __future__ import annotations
 
 import argparse
@@ -105,6 +106,7 @@ class ServerStats:
     request's time went, per successful request: waiting in the scheduler's queue, then the input copy, execution
     and output handling of the batch it ran in (Triton counts a batch's whole duration for each of its requests).
     For the Python backend's serving copy, compute_infer is the stub's execute()."""
+
     requests: int
     images: int
     executions: int
@@ -115,15 +117,20 @@ class ServerStats:
         return self.images / self.executions if self.executions else float("nan")
 
     def line(self) -> str:
-        return (f"server: {self.requests} requests in {self.executions} executions (mean batch {self.mean_batch:.1f} "
-                f"images); per request ms: " + ", ".join(f"{k} {v:.2f}" for k, v in self.ms.items()))
+        return (
+            f"server: {self.requests} requests in {self.executions} executions (mean batch {self.mean_batch:.1f} "
+            f"images); per request ms: " + ", ".join(f"{k} {v:.2f}" for k, v in self.ms.items())
+        )
 
 
 def statistics_counts(admin, model: str) -> dict[str, int]:
     """The server's cumulative counters for `model` (Triton's statistics extension), as plain integers."""
     stats = admin.get_inference_statistics(model, as_json=True)["model_stats"][0]
-    counts = {"images": int(stats.get("inference_count", 0)), "executions": int(stats.get("execution_count", 0)),
-              "requests": int(stats.get("inference_stats", {}).get("success", {}).get("count", 0))}
+    counts = {
+        "images": int(stats.get("inference_count", 0)),
+        "executions": int(stats.get("execution_count", 0)),
+        "requests": int(stats.get("inference_stats", {}).get("success", {}).get("count", 0)),
+    }
     for stage in STAGES:
         counts[stage] = int(stats.get("inference_stats", {}).get(stage, {}).get("ns", 0))
     return counts
@@ -139,12 +146,20 @@ def server_delta(admin, model: str, before: dict[str, int], completed: int, dead
         after = statistics_counts(admin, model)
     delta = {k: after[k] - before[k] for k in after}
     per = max(delta["requests"], 1)
-    return ServerStats(delta["requests"], delta["images"], delta["executions"],
-                       {stage: delta[stage] / per / 1e6 for stage in STAGES})
+    return ServerStats(delta["requests"], delta["images"], delta["executions"], {stage: delta[stage] / per / 1e6 for stage in STAGES})
 
 
-def measured_level(admin, url: str, model: str, inputs: dict[str, np.ndarray], concurrency: int, requests: int,
-                   duration_s: float, mode: str, batch: int = 1) -> Level:
+def measured_level(
+    admin,
+    url: str,
+    model: str,
+    inputs: dict[str, np.ndarray],
+    concurrency: int,
+    requests: int,
+    duration_s: float,
+    mode: str,
+    batch: int = 1,
+) -> Level:
     """run_level, with the server's own account of the level (its statistics before and after)."""
     before = statistics_counts(admin, model)
     level = run_level(url, model, inputs, concurrency, requests, duration_s, mode, batch)
@@ -172,8 +187,16 @@ def write_config(model_dir: Path, config, config_name: str | None = None) -> Non
     model_config_path(model_dir, config_name).write_text(text_format.MessageToString(config))
 
 
-def edited_copy(repository: Path, dest: Path, *, dynamic_batching: bool, queue_delay_us: int | None,
-                instances: int | None, config_name: str | None = None, warmup: bool = False) -> Path:
+def edited_copy(
+    repository: Path,
+    dest: Path,
+    *,
+    dynamic_batching: bool,
+    queue_delay_us: int | None,
+    instances: int | None,
+    config_name: str | None = None,
+    warmup: bool = False,
+) -> Path:
     """Copy `repository` to `dest` and edit its configs there (the original stays as it is)."""
     shutil.copytree(repository, dest, symlinks=True)
     for model_dir in iter_models(dest):
@@ -246,8 +269,9 @@ def add_warmup(config) -> None:
             warmup.inputs[i.name].zero_data = True
 
 
-def variant_repository(repository: Path, dest: Path, models: list[str], variants: dict[str, dict[str, str]],
-                       config_name: str | None = None) -> Path:
+def variant_repository(
+    repository: Path, dest: Path, models: list[str], variants: dict[str, dict[str, str]], config_name: str | None = None
+) -> Path:
     """`<model>__current` (the config as it is) and `<model>__<variant>` (edited) for each model, in one repository."""
     dest.mkdir(parents=True)
     for model in models:
@@ -261,9 +285,17 @@ def variant_repository(repository: Path, dest: Path, models: list[str], variants
     return dest
 
 
-def bench_variants(repository: Path, models: list[str], variants: dict[str, dict[str, str]], levels: list[int],
-                   requests: int, duration_s: float, protocol: str, rounds: int,
-                   config_name: str | None = None) -> list[Level]:
+def bench_variants(
+    repository: Path,
+    models: list[str],
+    variants: dict[str, dict[str, str]],
+    levels: list[int],
+    requests: int,
+    duration_s: float,
+    protocol: str,
+    rounds: int,
+    config_name: str | None = None,
+) -> list[Level]:
     names = ["current", *variants]
     results: list[Level] = []
     started = time.perf_counter()
@@ -274,7 +306,7 @@ def bench_variants(repository: Path, models: list[str], variants: dict[str, dict
         url = server.grpc_url if protocol == "grpc" else server.http_url
         admin = admin_client(server)
         for r in range(rounds):
-            order = names[r % len(names):] + names[: r % len(names)]  # rotate, so no variant always goes first
+            order = names[r % len(names) :] + names[: r % len(names)]  # rotate, so no variant always goes first
             for model in models:
                 inputs = one_image(repository / f"{model}__current")
                 for concurrency in levels:
@@ -282,8 +314,11 @@ def bench_variants(repository: Path, models: list[str], variants: dict[str, dict
                         level = measured_level(admin, url, f"{model}__{name}", inputs, concurrency, requests, duration_s, name)
                         level.model = model
                         results.append(level)
-                        print(f"  round {r + 1} {name:<10} {model:<22} c={concurrency:<3} {level.throughput:8.1f} inf/s  "
-                              f"p50 {level.percentile(50):7.1f} ms  p95 {level.percentile(95):7.1f} ms", flush=True)
+                        print(
+                            f"  round {r + 1} {name:<10} {model:<22} c={concurrency:<3} {level.throughput:8.1f} inf/s  "
+                            f"p50 {level.percentile(50):7.1f} ms  p95 {level.percentile(95):7.1f} ms",
+                            flush=True,
+                        )
                         print(f"          {level.server.line()}", flush=True)
     return results
 
@@ -301,8 +336,10 @@ def variant_table(results: list[Level], names: list[str]) -> str:
             rate = statistics.median(x.throughput for x in levels)
             p50 = statistics.median(x.percentile(50) for x in levels)
             p95 = statistics.median(x.percentile(95) for x in levels)
-            rows.append(f"| {model:<22} | {concurrency:>5} | {name:<10} | {rate:>7.1f} | {p50:>7.1f} | {p95:>7.1f} | "
-                        f"{rate / base if base else float('nan'):>9.2f}x | {sum(x.errors for x in levels):>6} |")
+            rows.append(
+                f"| {model:<22} | {concurrency:>5} | {name:<10} | {rate:>7.1f} | {p50:>7.1f} | {p95:>7.1f} | "
+                f"{rate / base if base else float('nan'):>9.2f}x | {sum(x.errors for x in levels):>6} |"
+            )
     return "\n".join(rows)
 
 
@@ -319,8 +356,9 @@ def one_image(model_dir: Path, batch: int = 1, config_name: str | None = None) -
     return {i.name: rng.random((batch, *i.dims), dtype=np.float32) for i in config.input}
 
 
-def run_level(url: str, model: str, inputs: dict[str, np.ndarray], concurrency: int, requests: int,
-              duration_s: float, mode: str, batch: int = 1) -> Level:
+def run_level(
+    url: str, model: str, inputs: dict[str, np.ndarray], concurrency: int, requests: int, duration_s: float, mode: str, batch: int = 1
+) -> Level:
     clients = [TritonInference(url, timeout_s=60) for _ in range(concurrency)]
     for c in clients:  # connect and fetch metadata outside the timed window
         c.infer(model, inputs)
@@ -362,9 +400,12 @@ def run_level(url: str, model: str, inputs: dict[str, np.ndarray], concurrency: 
 
 
 def print_level(level: Level) -> None:
-    print(f"  {level.mode:<10} {level.model:<22} c={level.concurrency:<3} b={level.batch:<3} "
-          f"{level.throughput:8.1f} inf/s {level.images_per_s:9.1f} images/s  "
-          f"p50 {level.percentile(50):7.1f} ms  p95 {level.percentile(95):7.1f} ms", flush=True)
+    print(
+        f"  {level.mode:<10} {level.model:<22} c={level.concurrency:<3} b={level.batch:<3} "
+        f"{level.throughput:8.1f} inf/s {level.images_per_s:9.1f} images/s  "
+        f"p50 {level.percentile(50):7.1f} ms  p95 {level.percentile(95):7.1f} ms",
+        flush=True,
+    )
     if level.server:
         print(f"             {level.server.line()}", flush=True)
 
@@ -373,13 +414,24 @@ def provider_lines(server: TritonServer) -> list[str]:
     """What each model instance runs on, as the generated model.py logged it."""
     if not server.log_file or not server.log_file.is_file():
         return []
-    return [line.split("] ", 1)[-1].strip().strip('"') for line in server.log_file.read_text(errors="replace").splitlines()
-            if "ONNX Runtime" in line and "providers" in line]
+    return [
+        line.split("] ", 1)[-1].strip().strip('"')
+        for line in server.log_file.read_text(errors="replace").splitlines()
+        if "ONNX Runtime" in line and "providers" in line
+    ]
 
 
-def bench_server(repository: Path, mode: str, models: list[str], levels: list[int], requests: int,
-                 duration_s: float, protocol: str, batch_sizes: tuple[int, ...] = (1,),
-                 config_name: str | None = None) -> list[Level]:
+def bench_server(
+    repository: Path,
+    mode: str,
+    models: list[str],
+    levels: list[int],
+    requests: int,
+    duration_s: float,
+    protocol: str,
+    batch_sizes: tuple[int, ...] = (1,),
+    config_name: str | None = None,
+) -> list[Level]:
     results = []
     started = time.perf_counter()
     with TritonServer(repository, model_config_name=config_name, ready_deadline_s=600) as server:
@@ -403,13 +455,19 @@ def bench_server(repository: Path, mode: str, models: list[str], levels: list[in
 
 def with_cuda_options(providers: list, overrides: dict[str, str] | None) -> list:
     """`providers` (as gpu_execution_providers gives them) with the CUDA provider's options overridden."""
-    return [p if isinstance(p, str) or p[0] != "CUDAExecutionProvider" else (p[0], {**p[1], **(overrides or {})})
-            for p in providers]
+    return [p if isinstance(p, str) or p[0] != "CUDAExecutionProvider" else (p[0], {**p[1], **(overrides or {})}) for p in providers]
 
 
-def bench_direct(repository: Path, models: list[str], requests: int, duration_s: float,
-                 batch_sizes: tuple[int, ...], config_name: str | None,
-                 cuda_overrides: dict[str, str] | None = None, mixed: bool = False) -> list[Level]:
+def bench_direct(
+    repository: Path,
+    models: list[str],
+    requests: int,
+    duration_s: float,
+    batch_sizes: tuple[int, ...],
+    config_name: str | None,
+    cuda_overrides: dict[str, str] | None = None,
+    mixed: bool = False,
+) -> list[Level]:
     """The same ONNX models in this process, serially, on the providers the served config asks for (the CUDA
     provider's options overridden by `cuda_overrides`, e.g. use_tf32=1 to see what TF32 buys)."""
     import onnxruntime as ort
@@ -419,11 +477,18 @@ def bench_direct(repository: Path, models: list[str], requests: int, duration_s:
         config = read_config(repository / model, config_name)
         gpu = any(g.kind == g.KIND_GPU for g in config.instance_group)
         providers = with_cuda_options(gpu_execution_providers(config), cuda_overrides) if gpu else ["CPUExecutionProvider"]
-        session = open_onnx_session(ort, str(repository / model / "1" / "model.onnx"), ort.SessionOptions(), providers,
-                                    lambda m, model=model: print(f"  direct     {model}: {m}"))
+        session = open_onnx_session(
+            ort,
+            str(repository / model / "1" / "model.onnx"),
+            ort.SessionOptions(),
+            providers,
+            lambda m, model=model: print(f"  direct     {model}: {m}"),
+        )
         cuda = session.get_provider_options().get("CUDAExecutionProvider", {})
-        print(f"  direct     {model}: ONNX Runtime {ort.__version__} providers {session.get_providers()}"
-              + (f" (CUDA use_tf32={cuda.get('use_tf32')})" if cuda else ""))
+        print(
+            f"  direct     {model}: ONNX Runtime {ort.__version__} providers {session.get_providers()}"
+            + (f" (CUDA use_tf32={cuda.get('use_tf32')})" if cuda else "")
+        )
         if gpu and "CUDAExecutionProvider" not in session.get_providers():
             raise SystemExit(f"{model}: the config asks for the GPU but ONNX Runtime has no CUDA provider here")
         for batch in batch_sizes:
@@ -450,8 +515,9 @@ def bench_direct(repository: Path, models: list[str], requests: int, duration_s:
     return results
 
 
-def mixed_batches(session, model_dir: Path, batch_sizes: tuple[int, ...], config, config_name: str | None,
-                  requests: int, duration_s: float) -> tuple[int, int, float, list[float]]:
+def mixed_batches(
+    session, model_dir: Path, batch_sizes: tuple[int, ...], config, config_name: str | None, requests: int, duration_s: float
+) -> tuple[int, int, float, list[float]]:
     """Calls whose batch size changes from call to call, as dynamic batching feeds a backend: the sizes drawn in a
     seeded random order (with n sizes, a call repeats the one before about once in n), every size already run
     before the clock starts. (calls, images, seconds, latencies ms)."""
@@ -473,20 +539,27 @@ def mixed_batches(session, model_dir: Path, batch_sizes: tuple[int, ...], config
 
 def print_mixed(model: str, measured: tuple[int, int, float, list[float]]) -> None:
     calls, images, seconds, latencies = measured
-    print(f"  mixed      {model:<22} c=1   b=mix  {calls / seconds:8.1f} inf/s {images / seconds:9.1f} images/s  "
-          f"p50 {float(np.percentile(latencies, 50)):7.1f} ms  p95 {float(np.percentile(latencies, 95)):7.1f} ms "
-          f"(batch size changing call to call, mean {images / max(calls, 1):.1f})", flush=True)
+    print(
+        f"  mixed      {model:<22} c=1   b=mix  {calls / seconds:8.1f} inf/s {images / seconds:9.1f} images/s  "
+        f"p50 {float(np.percentile(latencies, 50)):7.1f} ms  p95 {float(np.percentile(latencies, 95)):7.1f} ms "
+        f"(batch size changing call to call, mean {images / max(calls, 1):.1f})",
+        flush=True,
+    )
 
 
 def table(results: list[Level]) -> str:
-    head = (f"| {'serving':<10} | {'model':<22} | {'conc.':>5} | {'batch':>5} | {'requests':>8} | {'errors':>6} "
-            f"| {'inf/s':>7} | {'images/s':>8} | {'p50 ms':>7} | {'p95 ms':>7} |")
+    head = (
+        f"| {'serving':<10} | {'model':<22} | {'conc.':>5} | {'batch':>5} | {'requests':>8} | {'errors':>6} "
+        f"| {'inf/s':>7} | {'images/s':>8} | {'p50 ms':>7} | {'p95 ms':>7} |"
+    )
     rule = "|" + "|".join("-" * (len(cell)) for cell in head.split("|")[1:-1]) + "|"
     rows = [head, rule]
     for r in results:
-        rows.append(f"| {r.mode:<10} | {r.model:<22} | {r.concurrency:>5} | {r.batch:>5} | {r.completed:>8} "
-                    f"| {r.errors:>6} | {r.throughput:>7.1f} | {r.images_per_s:>8.1f} | {r.percentile(50):>7.1f} "
-                    f"| {r.percentile(95):>7.1f} |")
+        rows.append(
+            f"| {r.mode:<10} | {r.model:<22} | {r.concurrency:>5} | {r.batch:>5} | {r.completed:>8} "
+            f"| {r.errors:>6} | {r.throughput:>7.1f} | {r.images_per_s:>8.1f} | {r.percentile(50):>7.1f} "
+            f"| {r.percentile(95):>7.1f} |"
+        )
     return "\n".join(rows)
 
 
@@ -499,42 +572,61 @@ def best_batches(results: list[Level]) -> list[str]:
         if not ones or len({r.batch for r in mine}) < 2:
             continue
         one, best = max(ones, key=lambda r: r.images_per_s), max(mine, key=lambda r: r.images_per_s)
-        lines.append(f"{mode} {model}: batch 1 {one.images_per_s:.1f} images/s (c={one.concurrency}); best "
-                     f"batch {best.batch} {best.images_per_s:.1f} images/s (c={best.concurrency}): "
-                     f"{best.images_per_s / one.images_per_s:.2f}x")
+        lines.append(
+            f"{mode} {model}: batch 1 {one.images_per_s:.1f} images/s (c={one.concurrency}); best "
+            f"batch {best.batch} {best.images_per_s:.1f} images/s (c={best.concurrency}): "
+            f"{best.images_per_s / one.images_per_s:.2f}x"
+        )
     return lines
 
 
 def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    parser.add_argument("--model-repository", type=Path, default=None,
-                        help="default: services/triton/model_repository, or the tiny test models if absent")
+    parser.add_argument(
+        "--model-repository", type=Path, default=None, help="default: services/triton/model_repository, or the tiny test models if absent"
+    )
     parser.add_argument("--tiny", action="store_true", help="benchmark the tiny test models")
     parser.add_argument("--models", default="chest_xray_classifier,anomaly_detector,report_encoder")
     parser.add_argument("--concurrency", default="1,4,16")
     parser.add_argument("--requests", type=int, default=300, help="requests per level at most")
     parser.add_argument("--duration", type=float, default=15.0, help="seconds per level at most")
     parser.add_argument("--protocol", choices=("grpc", "http"), default="grpc")
-    parser.add_argument("--queue-delay-us", type=int, default=None,
-                        help="try another dynamic_batching.max_queue_delay_microseconds (on a copy)")
-    parser.add_argument("--instances", type=int, default=None,
-                        help="try another instance_group count (on a copy, both runs)")
+    parser.add_argument(
+        "--queue-delay-us", type=int, default=None, help="try another dynamic_batching.max_queue_delay_microseconds (on a copy)"
+    )
+    parser.add_argument("--instances", type=int, default=None, help="try another instance_group count (on a copy, both runs)")
     parser.add_argument("--modes", default="dynamic,batch1")
-    parser.add_argument("--variant", action="append", default=[], metavar="NAME=KEY:VALUE,...",
-                        help="measure this config beside the current one, interleaved in one server (repeatable)")
+    parser.add_argument(
+        "--variant",
+        action="append",
+        default=[],
+        metavar="NAME=KEY:VALUE,...",
+        help="measure this config beside the current one, interleaved in one server (repeatable)",
+    )
     parser.add_argument("--rounds", type=int, default=3, help="with --variant: interleaved rounds (medians are reported)")
     parser.add_argument("--batch-sizes", default="1", help="images per request, e.g. 1,4,16 (up to max_batch_size)")
-    parser.add_argument("--model-config-name", default=None, metavar="NAME",
-                        help="serve configs/NAME.pbtxt where a model has one (gpu: KIND_GPU, onnxruntime-gpu)")
-    parser.add_argument("--warmup-all", action="store_true",
-                        help="serve copies with model_warmup at every batch size (see --variant warmup:all)")
-    parser.add_argument("--direct", action="store_true",
-                        help="also run the models in this process, serially, on the providers the config asks for")
-    parser.add_argument("--mixed", action="store_true",
-                        help="with --direct and several --batch-sizes: also a run whose batch size changes every call")
-    parser.add_argument("--cuda-option", action="append", default=[], metavar="KEY=VALUE",
-                        help="with --direct: override a CUDA provider option of the in-process run (repeatable), "
-                             "e.g. use_tf32=1")
+    parser.add_argument(
+        "--model-config-name",
+        default=None,
+        metavar="NAME",
+        help="serve configs/NAME.pbtxt where a model has one (gpu: KIND_GPU, onnxruntime-gpu)",
+    )
+    parser.add_argument(
+        "--warmup-all", action="store_true", help="serve copies with model_warmup at every batch size (see --variant warmup:all)"
+    )
+    parser.add_argument(
+        "--direct", action="store_true", help="also run the models in this process, serially, on the providers the config asks for"
+    )
+    parser.add_argument(
+        "--mixed", action="store_true", help="with --direct and several --batch-sizes: also a run whose batch size changes every call"
+    )
+    parser.add_argument(
+        "--cuda-option",
+        action="append",
+        default=[],
+        metavar="KEY=VALUE",
+        help="with --direct: override a CUDA provider option of the in-process run (repeatable), e.g. use_tf32=1",
+    )
     args = parser.parse_args(argv)
     batch_sizes = tuple(int(b) for b in args.batch_sizes.split(",") if b)
     if args.variant and (batch_sizes != (1,) or args.direct):
@@ -555,15 +647,19 @@ def main(argv: list[str] | None = None) -> int:
             repository = tiny_repository(tmp_path / "tiny")
             print("benchmarking the tiny test models (no trained repository)")
         repository = repository.resolve()
-        print(f"repository {repository}; {args.protocol}; concurrency {levels}; "
-              f"≤{args.requests} requests and ≤{args.duration:.0f}s per level")
+        print(
+            f"repository {repository}; {args.protocol}; concurrency {levels}; ≤{args.requests} requests and ≤{args.duration:.0f}s per level"
+        )
         if args.variant:
             variants = dict(parse_variant(v) for v in args.variant)
-            print(f"load average before: {' '.join(f'{x:.2f}' for x in os.getloadavg())} ({os.cpu_count()} cores); "
-                  f"variants: {variants}; {args.rounds} interleaved rounds")
+            print(
+                f"load average before: {' '.join(f'{x:.2f}' for x in os.getloadavg())} ({os.cpu_count()} cores); "
+                f"variants: {variants}; {args.rounds} interleaved rounds"
+            )
             served = variant_repository(repository, tmp_path / "variants", models, variants, args.model_config_name)
-            results = bench_variants(served, models, variants, levels, args.requests, args.duration, args.protocol,
-                                     args.rounds, args.model_config_name)
+            results = bench_variants(
+                served, models, variants, levels, args.requests, args.duration, args.protocol, args.rounds, args.model_config_name
+            )
             print(f"load average after: {' '.join(f'{x:.2f}' for x in os.getloadavg())}")
             print()
             print(variant_table(results, ["current", *variants]))
@@ -574,14 +670,22 @@ def main(argv: list[str] | None = None) -> int:
             if dynamic and args.queue_delay_us is None and args.instances is None and not args.warmup_all:
                 served = repository
             else:
-                served = edited_copy(repository, tmp_path / mode, dynamic_batching=dynamic,
-                                     queue_delay_us=args.queue_delay_us, instances=args.instances,
-                                     config_name=args.model_config_name, warmup=args.warmup_all)
-            results += bench_server(served, mode, models, levels, args.requests, args.duration, args.protocol,
-                                    batch_sizes, args.model_config_name)
+                served = edited_copy(
+                    repository,
+                    tmp_path / mode,
+                    dynamic_batching=dynamic,
+                    queue_delay_us=args.queue_delay_us,
+                    instances=args.instances,
+                    config_name=args.model_config_name,
+                    warmup=args.warmup_all,
+                )
+            results += bench_server(
+                served, mode, models, levels, args.requests, args.duration, args.protocol, batch_sizes, args.model_config_name
+            )
         if args.direct:
-            results += bench_direct(repository, models, args.requests, args.duration, batch_sizes,
-                                    args.model_config_name, cuda_overrides, args.mixed)
+            results += bench_direct(
+                repository, models, args.requests, args.duration, batch_sizes, args.model_config_name, cuda_overrides, args.mixed
+            )
     print()
     print(table(results))
     for line in best_batches(results):
@@ -591,8 +695,7 @@ def main(argv: list[str] | None = None) -> int:
     for model in models:
         dyn, one = by_key.get(("dynamic", model, top)), by_key.get(("batch1", model, top))
         if dyn and one and one.throughput:
-            print(f"{model}: dynamic batching at concurrency {top}: "
-                  f"{dyn.throughput / one.throughput:.2f}x batch-1 throughput")
+            print(f"{model}: dynamic batching at concurrency {top}: {dyn.throughput / one.throughput:.2f}x batch-1 throughput")
     return 1 if any(r.errors for r in results) else 0
 
 

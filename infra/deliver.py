@@ -21,6 +21,7 @@ OutputValue). The region is samconfig.toml's for the environment: one registry a
 (SAM) and the pods. The workflow pushes what render writes to the branch gitops/<env>, which the environment's
 Argo CD Applications (infra/gitops/argocd) follow; nothing applies a manifest by hand.
 """
+
 from __future__ import annotations
 
 import argparse
@@ -83,23 +84,40 @@ def settings(app: str, env: str, outputs: dict[str, str]) -> list[dict[str, Any]
         return outputs[key]
 
     def config_map(name: str, namespace: str, data: dict[str, str]) -> dict[str, Any]:
-        return {"apiVersion": "v1", "kind": "ConfigMap", "metadata": {"name": name, "namespace": namespace},
-                "data": {"AWS_REGION": aws_region, "AWS_DEFAULT_REGION": aws_region, **data}}
+        return {
+            "apiVersion": "v1",
+            "kind": "ConfigMap",
+            "metadata": {"name": name, "namespace": namespace},
+            "data": {"AWS_REGION": aws_region, "AWS_DEFAULT_REGION": aws_region, **data},
+        }
 
     def role(name: str, namespace: str, arn: str) -> dict[str, Any]:
-        return {"apiVersion": "v1", "kind": "ServiceAccount",
-                "metadata": {"name": name, "namespace": namespace, "annotations": {"eks.amazonaws.com/role-arn": arn}}}
+        return {
+            "apiVersion": "v1",
+            "kind": "ServiceAccount",
+            "metadata": {"name": name, "namespace": namespace, "annotations": {"eks.amazonaws.com/role-arn": arn}},
+        }
 
     if app == "triton":
-        return [config_map("triton-settings", "radstream-triton",
-                           {"MODEL_REPOSITORY": f"s3://{output('ArtifactsBucketName')}/model_repository"}),
-                role("triton", "radstream-triton", output("TritonModelReaderRoleArn"))]
+        return [
+            config_map(
+                "triton-settings", "radstream-triton", {"MODEL_REPOSITORY": f"s3://{output('ArtifactsBucketName')}/model_repository"}
+            ),
+            role("triton", "radstream-triton", output("TritonModelReaderRoleArn")),
+        ]
     if app == "gateway":
-        return [config_map("gateway-settings", "radstream-gateway",
-                           {"IMAGES_BUCKET": output("ImagesBucketName"),
-                            "AWS_ENDPOINT_URL_S3": output("GatewayS3EndpointUrl"),
-                            "GATEWAY_PSEUDONYM_SECRET_ARN": output("GatewayPseudonymKeyArn")}),
-                role("gateway", "radstream-gateway", output("GatewayUploaderRoleArn"))]
+        return [
+            config_map(
+                "gateway-settings",
+                "radstream-gateway",
+                {
+                    "IMAGES_BUCKET": output("ImagesBucketName"),
+                    "AWS_ENDPOINT_URL_S3": output("GatewayS3EndpointUrl"),
+                    "GATEWAY_PSEUDONYM_SECRET_ARN": output("GatewayPseudonymKeyArn"),
+                },
+            ),
+            role("gateway", "radstream-gateway", output("GatewayUploaderRoleArn")),
+        ]
     return []
 
 
@@ -120,10 +138,17 @@ def render(env: str, app: str, account: str, digests: dict[str, str], outputs: d
         patches = settings(app, env, outputs)
         for i, patch in enumerate(patches):
             (Path(work) / f"patch-{i}.yaml").write_text(yaml.safe_dump(patch))
-        kustomization = {"apiVersion": "kustomize.config.k8s.io/v1beta1", "kind": "Kustomization", "resources": [os.path.relpath(overlay, work)],
-                         "images": [{"name": name, "newName": repository(account, env, repo), "digest": digests[repo]}
-                                    for name, repo in IMAGES.items() if repo in digests],
-                         "patches": [{"path": f"patch-{i}.yaml"} for i in range(len(patches))]}
+        kustomization = {
+            "apiVersion": "kustomize.config.k8s.io/v1beta1",
+            "kind": "Kustomization",
+            "resources": [os.path.relpath(overlay, work)],
+            "images": [
+                {"name": name, "newName": repository(account, env, repo), "digest": digests[repo]}
+                for name, repo in IMAGES.items()
+                if repo in digests
+            ],
+            "patches": [{"path": f"patch-{i}.yaml"} for i in range(len(patches))],
+        }
         (Path(work) / "kustomization.yaml").write_text(yaml.safe_dump(kustomization))
         result = subprocess.run(["kubectl", "kustomize", work], capture_output=True, text=True, timeout=120, check=False)
     if result.returncode != 0:
@@ -158,7 +183,9 @@ def check(rendered: str, env: str, app: str, account: str) -> None:
             image = container["image"]
             name, _, digest = image.partition("@")
             if not DIGEST.fullmatch(digest) or not name.startswith(f"{account}.dkr.ecr.{region(env)}.amazonaws.com/"):
-                raise RenderError(f"{env}/{app}: container {container['name']} is not pinned by digest in the environment's ECR (pass --digest)")
+                raise RenderError(
+                    f"{env}/{app}: container {container['name']} is not pinned by digest in the environment's ECR (pass --digest)"
+                )
 
 
 def samconfig(env: str) -> dict[str, Any]:
@@ -168,16 +195,23 @@ def samconfig(env: str) -> dict[str, Any]:
 def settings_lines(env: str) -> list[str]:
     if env.endswith(("-platform", "-delivery")) or env not in ENVIRONMENTS:
         raise RenderError(f"env must be one of {', '.join(ENVIRONMENTS)}")
-    return [f"region={region(env)}", f"stack={samconfig(env)['stack_name']}",
-            f"platform_stack={samconfig(env + '-platform')['stack_name']}", f"delivery_stack=radstream-{env}-delivery"]
+    return [
+        f"region={region(env)}",
+        f"stack={samconfig(env)['stack_name']}",
+        f"platform_stack={samconfig(env + '-platform')['stack_name']}",
+        f"delivery_stack=radstream-{env}-delivery",
+    ]
 
 
 def image_functions(template: Path) -> dict[str, dict[str, Any]]:
     sys.path.insert(0, str(ROOT))
     from radstream.template import load_yaml
 
-    return {name: r for name, r in load_yaml(template)["Resources"].items()
-            if r["Type"] in ("AWS::Serverless::Function", "AWS::Lambda::Function") and r["Properties"].get("PackageType") == "Image"}
+    return {
+        name: r
+        for name, r in load_yaml(template)["Resources"].items()
+        if r["Type"] in ("AWS::Serverless::Function", "AWS::Lambda::Function") and r["Properties"].get("PackageType") == "Image"
+    }
 
 
 def image_repositories(repository: str) -> list[str]:
@@ -197,7 +231,7 @@ def upstream_images() -> dict[str, str]:
     for folder in ("services/triton/k8s/base", "services/triton/k8s/cluster"):
         for path in sorted((ROOT / folder).glob("*.yaml")):
             for doc in yaml.safe_load_all(path.read_text()):
-                for container in ((doc or {}).get("spec", {}).get("template", {}).get("spec", {}).get("containers", [])):
+                for container in (doc or {}).get("spec", {}).get("template", {}).get("spec", {}).get("containers", []):
                     name = re.split(r"[:@]", container["image"].split("/", 1)[1], maxsplit=1)[0]
                     upstream = next((k for k in IMAGES if k.split("/", 1)[1] == name), None)
                     if upstream and upstream.startswith("nvcr.io/"):
@@ -219,7 +253,9 @@ def main(argv: list[str] | None = None) -> int:
     render_parser.add_argument("--env", required=True)
     render_parser.add_argument("--account", required=True)
     render_parser.add_argument("--outputs", type=Path, action="append", default=[])
-    render_parser.add_argument("--digest", action="append", default=[], help="repository=sha256:... (gateway, tritonserver, k8s-device-plugin)")
+    render_parser.add_argument(
+        "--digest", action="append", default=[], help="repository=sha256:... (gateway, tritonserver, k8s-device-plugin)"
+    )
     render_parser.add_argument("--app", action="append", choices=APPS, help="default: all")
     render_parser.add_argument("--repo-url", default="", help="https://github.com/<owner>/<name>.git: what Argo CD follows")
     render_parser.add_argument("--out", type=Path, required=True)

@@ -8,6 +8,7 @@ telemetry sink writes (`<telemetry bucket>/telemetry/dt=YYYY-MM-DD/hour=HH/*.jso
 A query's `?` placeholders are Athena execution parameters; the line `-- parameters: days=7` in the SQL
 names them, in order, with their defaults. Values are integers only (they are spliced in as SQL literals).
 """
+
 from __future__ import annotations
 
 import argparse
@@ -56,7 +57,14 @@ DUCKDB_COLUMNS: dict[str, str] = {
     "cold_start": "BOOLEAN",
 }
 PARTITION_COLUMNS: dict[str, str] = {"dt": "VARCHAR", "hour": "VARCHAR"}
-_GLUE_TO_DUCKDB = {"string": "VARCHAR", "double": "DOUBLE", "bigint": "BIGINT", "boolean": "BOOLEAN", "timestamp": "TIMESTAMP", "int": "INTEGER"}
+_GLUE_TO_DUCKDB = {
+    "string": "VARCHAR",
+    "double": "DOUBLE",
+    "bigint": "BIGINT",
+    "boolean": "BOOLEAN",
+    "timestamp": "TIMESTAMP",
+    "int": "INTEGER",
+}
 _PARAMETERS_LINE = re.compile(r"^\s*--\s*parameters:\s*(?P<spec>.*)$", re.MULTILINE)
 _SUB_VARIABLE = re.compile(r"\$\{([A-Za-z0-9_:.]+)\}")
 
@@ -85,7 +93,9 @@ class NamedQuery:
         known = {name for name, _ in self.parameters}
         unknown = sorted(set(params) - known)
         if unknown:
-            raise ConfigurationError(f"query {self.name} has no parameter {', '.join(unknown)} (it takes: {', '.join(sorted(known)) or 'none'})")
+            raise ConfigurationError(
+                f"query {self.name} has no parameter {', '.join(unknown)} (it takes: {', '.join(sorted(known)) or 'none'})"
+            )
         values = []
         for name, default in self.parameters:
             value = params.get(name, default)
@@ -122,7 +132,9 @@ def load_named_queries(template: Template | Path | None = None) -> dict[str, Nam
         if isinstance(raw, dict) and "Fn::Sub" in raw:
             raw = raw["Fn::Sub"]
         if not isinstance(name, str) or not isinstance(raw, str):
-            raise ConfigurationError(f"{template.path}: {logical_id} needs a literal Name and a QueryString (a string or a one-argument !Sub)")
+            raise ConfigurationError(
+                f"{template.path}: {logical_id} needs a literal Name and a QueryString (a string or a one-argument !Sub)"
+            )
         if name in queries:
             raise ConfigurationError(f"{template.path}: two named queries called {name}")
         queries[name] = NamedQuery(name, str(props.get("Description", "")), raw, _parse_parameters(name, raw))
@@ -185,8 +197,12 @@ def quarantine_object(lake_root: Path, path: Path, reason: str) -> str:
     os.replace(path, target)
     fsync_dir(path.parent)
     fsync_dir(target.parent)
-    _log.warning("telemetry lake object %s is unreadable (%s): moved to %s; the queries answer from the rest", relative, reason,
-                 (Path(QUARANTINE_DIR) / relative).as_posix())
+    _log.warning(
+        "telemetry lake object %s is unreadable (%s): moved to %s; the queries answer from the rest",
+        relative,
+        reason,
+        (Path(QUARANTINE_DIR) / relative).as_posix(),
+    )
     return relative.as_posix()
 
 
@@ -245,8 +261,10 @@ def json_source(globs: list[str], columns: Mapping[str, str]) -> str:
     """read_json over the lake's gzip NDJSON objects, typed as the Glue table, dt/hour from the Hive-style path."""
     struct = ", ".join(f"'{c}': '{t}'" for c, t in columns.items())
     hive_types = ", ".join(f"'{c}': '{t}'" for c, t in PARTITION_COLUMNS.items())
-    return (f"read_json({_sql_list(globs)}, format = 'newline_delimited', compression = 'gzip', columns = {{{struct}}}, "
-            f"hive_partitioning = true, hive_types = {{{hive_types}}})")
+    return (
+        f"read_json({_sql_list(globs)}, format = 'newline_delimited', compression = 'gzip', columns = {{{struct}}}, "
+        f"hive_partitioning = true, hive_types = {{{hive_types}}})"
+    )
 
 
 def partition_digest(folder: Path) -> tuple[str, int]:
@@ -441,16 +459,35 @@ class DuckDBQueryRunner(_Queries):
 
 
 # Athena error codes worth retrying: throttling, concurrency limits and its own faults.
-_NUMERIC = {"tinyint": int, "smallint": int, "integer": int, "int": int, "bigint": int, "double": float, "float": float, "real": float, "decimal": float}
+_NUMERIC = {
+    "tinyint": int,
+    "smallint": int,
+    "integer": int,
+    "int": int,
+    "bigint": int,
+    "double": float,
+    "float": float,
+    "real": float,
+    "decimal": float,
+}
 
 
 class AthenaQueryRunner(_Queries):
     """The named queries through Athena: start, poll with backoff until a deadline, page through the results."""
 
     def __init__(
-        self, client: Any, workgroup: str, database: str, template: Template | Path | None = None, *,
-        timeout_s: float = 300.0, poll_initial_s: float = 0.25, poll_max_s: float = 5.0, page_size: int = 1000,
-        sleep: Callable[[float], None] = time.sleep, clock: Callable[[], float] = time.monotonic,
+        self,
+        client: Any,
+        workgroup: str,
+        database: str,
+        template: Template | Path | None = None,
+        *,
+        timeout_s: float = 300.0,
+        poll_initial_s: float = 0.25,
+        poll_max_s: float = 5.0,
+        page_size: int = 1000,
+        sleep: Callable[[float], None] = time.sleep,
+        clock: Callable[[], float] = time.monotonic,
     ) -> None:
         super().__init__(template)
         self.client = client
@@ -506,7 +543,9 @@ class AthenaQueryRunner(_Queries):
                     self._call("stop_query_execution", QueryExecutionId=execution_id)
                 except RadStreamError:
                     pass  # the deadline is what the caller hears about; the workgroup's cutoff bounds a runaway query
-                raise StorageUnavailable(f"athena query {name} ({execution_id}) still {state} after {self.timeout_s:g} s; asked Athena to stop it")
+                raise StorageUnavailable(
+                    f"athena query {name} ({execution_id}) still {state} after {self.timeout_s:g} s; asked Athena to stop it"
+                )
             self.sleep(min(delay, remaining))
             delay = min(delay * 2, self.poll_max_s)
 
@@ -556,17 +595,24 @@ def _convert(value: str | None, athena_type: str) -> Any:
 # shows the first rows and says how many more there are; --json (or --limit 0) gives them all.
 DEFAULT_TABLE_ROWS = 100
 
+
 def add_query_parser(subparsers: Any) -> argparse.ArgumentParser:
     p = subparsers.add_parser(
-        "query", help="run template.yaml's Athena named queries over the local telemetry lake (DuckDB)",
+        "query",
+        help="run template.yaml's Athena named queries over the local telemetry lake (DuckDB)",
         description="Without NAME, list the named queries. With NAME, run it with DuckDB over DATA_DIR's telemetry lake.",
     )
     p.add_argument("name", nargs="?", help="a named query (omit to list them)")
     p.add_argument("--data-dir", default="radstream-data", help="folder holding the local buckets (default: ./radstream-data)")
     p.add_argument("-p", "--param", action="append", default=[], metavar="NAME=VALUE", help="a query parameter, e.g. days=30 (repeatable)")
     p.add_argument("--json", action="store_true", help="print JSON instead of a table (every row)")
-    p.add_argument("--limit", type=int, default=DEFAULT_TABLE_ROWS, metavar="N",
-                   help=f"rows the table shows (default {DEFAULT_TABLE_ROWS}; 0: all); says how many more there are")
+    p.add_argument(
+        "--limit",
+        type=int,
+        default=DEFAULT_TABLE_ROWS,
+        metavar="N",
+        help=f"rows the table shows (default {DEFAULT_TABLE_ROWS}; 0: all); says how many more there are",
+    )
     p.add_argument("--sql", action="store_true", help="print the query as Athena runs it and as DuckDB runs it, without running it")
     p.set_defaults(func=cmd_query)
     return p
@@ -616,20 +662,32 @@ def cmd_query(args: argparse.Namespace) -> int:
         return 0
     if args.sql:
         athena = render(runner.query(args.name), glue_names(runner.template, LOCAL_DATABASE))
-        print(f"-- Athena (there the database is radstream_<EnvironmentName>)\n{athena}\n-- DuckDB (sqlglot {sqlglot.__version__})\n{runner.translate(args.name)}")
+        print(
+            f"-- Athena (there the database is radstream_<EnvironmentName>)\n{athena}\n-- DuckDB (sqlglot {sqlglot.__version__})\n{runner.translate(args.name)}"
+        )
         return 0
     result = runner.run(args.name, **_params(args.param))
     if result.quarantined:  # stderr: stdout keeps the table or exactly one JSON document
-        print(f"radstream query: {len(result.quarantined)} unreadable telemetry object(s) moved to {lake / QUARANTINE_DIR}: "
-              f"{', '.join(result.quarantined)}; the answer is from the rest of the lake (`radstream lake check` reads every object)",
-              file=sys.stderr)
+        print(
+            f"radstream query: {len(result.quarantined)} unreadable telemetry object(s) moved to {lake / QUARANTINE_DIR}: "
+            f"{', '.join(result.quarantined)}; the answer is from the rest of the lake (`radstream lake check` reads every object)",
+            file=sys.stderr,
+        )
     objects, partitions = runner.uncompacted
-    hint = (f"{objects:,} telemetry objects in {partitions} partitions have no compacted copy, and every query reads "
-            f"each of them: `radstream lake compact --data-dir {args.data_dir}` merges them (the answers stay the same)"
-            if objects >= COMPACT_HINT_OBJECTS else "")
+    hint = (
+        f"{objects:,} telemetry objects in {partitions} partitions have no compacted copy, and every query reads "
+        f"each of them: `radstream lake compact --data-dir {args.data_dir}` merges them (the answers stay the same)"
+        if objects >= COMPACT_HINT_OBJECTS
+        else ""
+    )
     if args.json:
-        print(json.dumps({"query": args.name, "columns": result.columns, "rows": result.as_dicts(), "quarantined": list(result.quarantined)},
-                         indent=2, default=str))
+        print(
+            json.dumps(
+                {"query": args.name, "columns": result.columns, "rows": result.as_dicts(), "quarantined": list(result.quarantined)},
+                indent=2,
+                default=str,
+            )
+        )
         if hint:
             print(hint, file=sys.stderr)
         return 0

@@ -1,4 +1,5 @@
 """The radstream command: run studies through the embedded pipeline, make demo studies, serve models."""
+
 from __future__ import annotations
 
 import argparse
@@ -166,8 +167,15 @@ def run_studies(folders: list[Path] | None, args: argparse.Namespace, root: Path
     err = Console(stderr=True)
     with sigterm_as_ctrl_c(), LocalRuntime(settings, workers=args.workers) as runtime:
         started = time.perf_counter()
-        with Progress(TextColumn("{task.description}"), BarColumn(), MofNCompleteColumn(), TimeElapsedColumn(),
-                      console=err, disable=args.quiet, transient=not err.is_terminal) as progress:
+        with Progress(
+            TextColumn("{task.description}"),
+            BarColumn(),
+            MofNCompleteColumn(),
+            TimeElapsedColumn(),
+            console=err,
+            disable=args.quiet,
+            transient=not err.is_terminal,
+        ) as progress:
             task = progress.add_task("studies", total=len(folders) if folders is not None else None)
             advance = lambda o: progress.advance(task)  # noqa: E731
             if folders is None:
@@ -183,20 +191,35 @@ def run_studies(folders: list[Path] | None, args: argparse.Namespace, root: Path
         print_summary(report, totals, settings, args)
     except BrokenPipeError:  # `run --json | head -1`: the run is done and journalled; its exit code still says how it went
         stdout_closed()
-        print("radstream: stdout closed before the summary was printed; the results are in "
-              f"{settings.data_dir / settings.results_bucket}", file=sys.stderr)
+        print(
+            f"radstream: stdout closed before the summary was printed; the results are in {settings.data_dir / settings.results_bucket}",
+            file=sys.stderr,
+        )
     return report
 
 
 def print_summary(report, totals: dict, settings: Settings, args: argparse.Namespace) -> None:
     if args.json:
-        print(json.dumps({"totals": totals, "data_dir": str(settings.data_dir), "journal": str(report.journal),
-                          "not_run": report.not_run, "warnings": report.warnings, "recovered": report.recovered,
-                          "studies": [asdict(o) for o in report.outcomes]}, indent=2))
+        print(
+            json.dumps(
+                {
+                    "totals": totals,
+                    "data_dir": str(settings.data_dir),
+                    "journal": str(report.journal),
+                    "not_run": report.not_run,
+                    "warnings": report.warnings,
+                    "recovered": report.recovered,
+                    "studies": [asdict(o) for o in report.outcomes],
+                },
+                indent=2,
+            )
+        )
     else:
         print_table(Console(width=None if sys.stdout.isatty() else 160), report.outcomes, totals)
-        print(f"results: {settings.data_dir / settings.results_bucket}   telemetry: {settings.data_dir / settings.telemetry_bucket}   "
-              f"logs: {settings.data_dir / 'logs'}   journal: {report.journal}")
+        print(
+            f"results: {settings.data_dir / settings.results_bucket}   telemetry: {settings.data_dir / settings.telemetry_bucket}   "
+            f"logs: {settings.data_dir / 'logs'}   journal: {report.journal}"
+        )
         unrecorded = sum(o.output is None for o in report.outcomes)
         if report.interrupted or unrecorded:
             print(f"interrupted: {len(report.not_run)} studies not run; " if report.interrupted else "", end="")
@@ -237,7 +260,10 @@ def cmd_demo(args: argparse.Namespace) -> int:
     if wrong:
         print(f"demo: unexpected outcome for {', '.join(wrong)}", file=sys.stderr)
         return EXIT_FAILED_STUDIES
-    print("demo: every valid study has a result; every broken one (bad-*) has a failure record, as intended", file=sys.stderr if args.json else sys.stdout)
+    print(
+        "demo: every valid study has a result; every broken one (bad-*) has a failure record, as intended",
+        file=sys.stderr if args.json else sys.stdout,
+    )
     return 0
 
 
@@ -263,27 +289,41 @@ def cmd_demo_pacs(args: argparse.Namespace) -> int:
     settings = settings_from(args)
     out = Path(args.out) if args.out else settings.data_dir / "demo-pacs-studies"
     rng = np.random.default_rng(11)
-    files = [write_dicom_study(out / f"pacs-{i + 1:03d}", generate_phantom(rng, size=512).image, patient_name=f"DEMO^PATIENT{i + 1}") / "study.dcm"
-             for i in range(max(1, 3 if args.count is None else args.count))]
+    files = [
+        write_dicom_study(out / f"pacs-{i + 1:03d}", generate_phantom(rng, size=512).image, patient_name=f"DEMO^PATIENT{i + 1}")
+        / "study.dcm"
+        for i in range(max(1, 3 if args.count is None else args.count))
+    ]
     print(f"wrote {len(files)} synthetic DICOM studies to {out} (phantoms, not patient data)", flush=True)
     with Orthanc(settings.data_dir / "orthanc") as pacs:
         print(f"Orthanc (the PACS): AE {pacs.ae_title} on 127.0.0.1:{pacs.dimse_port}, web/DICOMweb {pacs.url}", flush=True)
-        settings = settings.model_copy(update={
-            "gateway_dimse_port": 0, "gateway_http_port": 0, "export_dicom_peer": pacs.peer,
-            "gateway_pseudonym_key": settings.gateway_pseudonym_key or local_pseudonym_key(settings.data_dir)})
+        settings = settings.model_copy(
+            update={
+                "gateway_dimse_port": 0,
+                "gateway_http_port": 0,
+                "export_dicom_peer": pacs.peer,
+                "gateway_pseudonym_key": settings.gateway_pseudonym_key or local_pseudonym_key(settings.data_dir),
+            }
+        )
         with LocalRuntime(settings, workers=args.workers) as runtime:
             pipeline = LocalPipeline(runtime, workers=args.workers)
             with Gateway(settings, store=runtime.store, on_stored=pipeline) as gateway:
                 print(f"gateway: AE {gateway.ae_title} on 127.0.0.1:{gateway.dimse.port}; sending with storescu", flush=True)
-                sent = subprocess.run([storescu, "-aec", gateway.ae_title, "127.0.0.1", str(gateway.dimse.port), *map(str, files)],
-                                      capture_output=True, text=True, timeout=300)
+                sent = subprocess.run(
+                    [storescu, "-aec", gateway.ae_title, "127.0.0.1", str(gateway.dimse.port), *map(str, files)],
+                    capture_output=True,
+                    text=True,
+                    timeout=300,
+                )
                 if sent.returncode != 0:
                     print(f"demo --pacs: storescu failed ({sent.returncode}): {sent.stderr[-1000:]}", file=sys.stderr)
                     return EXIT_FAILED_STUDIES
                 deadline = time.monotonic() + 600
                 while len(pipeline.futures) < len(files) and time.monotonic() < deadline:
                     time.sleep(0.1)
-                outcomes = {o.study_id: o for o in (f.result(timeout=max(1, deadline - time.monotonic())) for f in list(pipeline.futures.values()))}
+                outcomes = {
+                    o.study_id: o for o in (f.result(timeout=max(1, deadline - time.monotonic())) for f in list(pipeline.futures.values()))
+                }
                 pipeline.close()
         results = settings.data_dir / settings.results_bucket / "results"
         key = pseudonym_key(settings.gateway_pseudonym_key)
@@ -298,7 +338,11 @@ def cmd_demo_pacs(args: argparse.Namespace) -> int:
                 continue
             _, series = pacs.qido_study(study_uid)
             found = {dicom_json_value(s, "00080060"): dicom_json_value(s, "0008103E") for s in series}
-            print(f"\nstudy {outcome.study_id} ({file.parent.name}): {outcome.status}" + (f" ({outcome.message})" if outcome.message else "") + delivery_text(outcome))
+            print(
+                f"\nstudy {outcome.study_id} ({file.parent.name}): {outcome.status}"
+                + (f" ({outcome.message})" if outcome.message else "")
+                + delivery_text(outcome)
+            )
             print(f"  results:  {results / outcome.study_id}/  (result.json, report.sr.dcm, report.overlay.dcm, report.fhir.json)")
             print(f"  in Orthanc by QIDO-RS: {pacs.url}/dicom-web/studies?StudyInstanceUID={study_uid}")
             for modality, description in sorted(found.items()):
@@ -321,15 +365,24 @@ def cmd_demo_pacs(args: argparse.Namespace) -> int:
 def cmd_serve_models(args: argparse.Namespace) -> int:
     from radstream.triton_server import serve_models
 
-    return serve_models(Path(args.model_repository or DEFAULT_MODEL_REPOSITORY), http_port=args.http_port, grpc_port=args.grpc_port,
-                        metrics_port=args.metrics_port, model_config_name=args.model_config_name)
+    return serve_models(
+        Path(args.model_repository or DEFAULT_MODEL_REPOSITORY),
+        http_port=args.http_port,
+        grpc_port=args.grpc_port,
+        metrics_port=args.metrics_port,
+        model_config_name=args.model_config_name,
+    )
 
 
 def cmd_import_xrv(args: argparse.Namespace) -> int:
     from radstream.models_import import run_import
 
-    return run_import(Path(args.weights), Path(args.model_repository or DEFAULT_MODEL_REPOSITORY),
-                      weights_name=args.weights_name, allow_pickle=args.allow_pickle)
+    return run_import(
+        Path(args.weights),
+        Path(args.model_repository or DEFAULT_MODEL_REPOSITORY),
+        weights_name=args.weights_name,
+        allow_pickle=args.allow_pickle,
+    )
 
 
 def cmd_trace(args: argparse.Namespace) -> int:
@@ -364,14 +417,19 @@ def local_pseudonym_key(data_dir: Path) -> str:
         create_once(path, secrets.token_hex(32).encode(), staging_dir(data_dir))
     key = path.read_text(errors="replace").strip()
     if len(key) != 64 or any(c not in "0123456789abcdef" for c in key):
-        raise ConfigurationError(f"{path} does not hold a pseudonym key (64 hex digits): restore it from a backup, or set GATEWAY_PSEUDONYM_KEY")
+        raise ConfigurationError(
+            f"{path} does not hold a pseudonym key (64 hex digits): restore it from a backup, or set GATEWAY_PSEUDONYM_KEY"
+        )
     return key
 
 
 def with_destinations(settings: Settings, args: argparse.Namespace) -> Settings:
     """EXPORT_DICOM_PEER / EXPORT_STOW_URL / EXPORT_FHIR_URL, overridden by --dicom-peer / --stow-url / --fhir-url."""
-    update = {name: value for name, value in (("export_dicom_peer", args.dicom_peer), ("export_stow_url", args.stow_url),
-                                              ("export_fhir_url", args.fhir_url)) if value}
+    update = {
+        name: value
+        for name, value in (("export_dicom_peer", args.dicom_peer), ("export_stow_url", args.stow_url), ("export_fhir_url", args.fhir_url))
+        if value
+    }
     return settings.model_copy(update=update)
 
 
@@ -393,10 +451,13 @@ def cmd_gateway(args: argparse.Namespace) -> int:
     from services.gateway.server import Gateway, LocalPipeline, configure_logging
 
     settings = with_destinations(settings_from(args), args)
-    settings = settings.model_copy(update={
-        "gateway_dimse_port": args.dimse_port, "gateway_http_port": args.http_port,
-        "gateway_pseudonym_key": settings.gateway_pseudonym_key or local_pseudonym_key(settings.data_dir),
-    })
+    settings = settings.model_copy(
+        update={
+            "gateway_dimse_port": args.dimse_port,
+            "gateway_http_port": args.http_port,
+            "gateway_pseudonym_key": settings.gateway_pseudonym_key or local_pseudonym_key(settings.data_dir),
+        }
+    )
     configure_logging()
     with LocalRuntime(settings, workers=args.workers) as runtime:
         pipeline = LocalPipeline(runtime, workers=args.workers)
@@ -408,7 +469,12 @@ def cmd_gateway(args: argparse.Namespace) -> int:
         acknowledgements = runtime.acknowledgements()
 
         def show(outcome) -> None:
-            print(f"study {outcome.study_id}: {outcome.status}" + (f" ({outcome.message})" if outcome.message else "") + delivery_text(outcome), flush=True)
+            print(
+                f"study {outcome.study_id}: {outcome.status}"
+                + (f" ({outcome.message})" if outcome.message else "")
+                + delivery_text(outcome),
+                flush=True,
+            )
 
         def report(received):
             # Journalled (fsynced) before the callback returns, and so before the gateway answers Success.
@@ -424,14 +490,19 @@ def cmd_gateway(args: argparse.Namespace) -> int:
             future.add_done_callback(done)
 
         if backlog.entries:
-            print(f"finishing {len(backlog.entries)} stud{'y' if len(backlog.entries) == 1 else 'ies'} an earlier run or gateway left unfinished",
-                  flush=True)
+            print(
+                f"finishing {len(backlog.entries)} stud{'y' if len(backlog.entries) == 1 else 'ies'} an earlier run or gateway left unfinished",
+                flush=True,
+            )
             pipeline.pool.submit(runtime.resume, show, backlog)
 
         # SIGTERM stops it as cleanly as Ctrl-C: servers closed, studies finished.
         with sigterm_as_ctrl_c(), Gateway(settings, store=runtime.store, on_stored=report) as gateway:
             print(f"AE title: {gateway.ae_title}", flush=True)
-            print(f"DIMSE:    {settings.gateway_host} port {gateway.dimse.port}  (e.g. storescu -aec {gateway.ae_title} {settings.gateway_host} {gateway.dimse.port} FILE.dcm)", flush=True)
+            print(
+                f"DIMSE:    {settings.gateway_host} port {gateway.dimse.port}  (e.g. storescu -aec {gateway.ae_title} {settings.gateway_host} {gateway.dimse.port} FILE.dcm)",
+                flush=True,
+            )
             print(f"STOW-RS:  {gateway.stow.url}", flush=True)
             print(f"results:  {settings.data_dir / settings.results_bucket / 'results'}; Ctrl-C stops", flush=True)
             try:
@@ -474,11 +545,19 @@ def cmd_export(args: argparse.Namespace) -> int:
         for i, replayed in enumerate(replay_dead_letters(store, settings), start=1):
             if replayed.error is None:
                 delivered += 1
-                done = [*(["exports built"] if replayed.rebuilt else []), *([f"delivered to {', '.join(replayed.delivered)}"] if replayed.delivered else [])]
-                print(f"[{i}/{len(keys)}] {replayed.study_id}: {' and '.join(done) or 'nothing to send'}; {replayed.key} removed", flush=True)
+                done = [
+                    *(["exports built"] if replayed.rebuilt else []),
+                    *([f"delivered to {', '.join(replayed.delivered)}"] if replayed.delivered else []),
+                ]
+                print(
+                    f"[{i}/{len(keys)}] {replayed.study_id}: {' and '.join(done) or 'nothing to send'}; {replayed.key} removed", flush=True
+                )
             else:
                 failed += 1
-                print(f"[{i}/{len(keys)}] {replayed.study_id}: still failing: {replayed.error.error_name}: {replayed.error.message}", flush=True)
+                print(
+                    f"[{i}/{len(keys)}] {replayed.study_id}: still failing: {replayed.error.error_name}: {replayed.error.message}",
+                    flush=True,
+                )
         print(f"replayed {delivered + failed} dead letter(s): {delivered} delivered, {failed} still failing")
         return EXIT_FAILED_STUDIES if failed else 0
     finally:
@@ -487,7 +566,9 @@ def cmd_export(args: argparse.Namespace) -> int:
 
 def add_run_options(p: argparse.ArgumentParser) -> None:
     p.add_argument("--data-dir", default="radstream-data", help="folder holding the local buckets (default: ./radstream-data)")
-    p.add_argument("--triton-url", help="serve models from Triton (http://host:8000 or grpc://host:8001) instead of in-process ONNX Runtime")
+    p.add_argument(
+        "--triton-url", help="serve models from Triton (http://host:8000 or grpc://host:8001) instead of in-process ONNX Runtime"
+    )
     p.add_argument("--model-repository", help="Triton model repository (default: services/triton/model_repository)")
     p.add_argument("--workers", type=positive_int, default=2, help="studies run at once (default 2)")
     p.add_argument("--json", action="store_true", help="print a machine-readable summary instead of the table")
@@ -503,7 +584,10 @@ def parser() -> argparse.ArgumentParser:
     add_run_options(run)
     run.set_defaults(func=cmd_run)
 
-    resume = sub.add_parser("resume", help="finish what earlier runs left: studies never run, cut short or failed transiently (after a crash, Ctrl-C or an outage)")
+    resume = sub.add_parser(
+        "resume",
+        help="finish what earlier runs left: studies never run, cut short or failed transiently (after a crash, Ctrl-C or an outage)",
+    )
     add_run_options(resume)
     resume.set_defaults(func=cmd_resume)
 
@@ -511,8 +595,12 @@ def parser() -> argparse.ArgumentParser:
     demo.add_argument("--count", type=non_negative_int, default=None, help="valid studies to generate (default 12; with --pacs 3)")
     demo.add_argument("--out", help="where to write the studies (default: DATA_DIR/demo-studies)")
     demo.add_argument("--valid-only", action="store_true", help="skip the broken-on-purpose studies")
-    demo.add_argument("--pacs", action="store_true", help="start Orthanc (`make orthanc`) and the gateway, send DICOM demo studies with storescu, "
-                      "and show where their SRs and overlays landed in Orthanc (QIDO-RS)")
+    demo.add_argument(
+        "--pacs",
+        action="store_true",
+        help="start Orthanc (`make orthanc`) and the gateway, send DICOM demo studies with storescu, "
+        "and show where their SRs and overlays landed in Orthanc (QIDO-RS)",
+    )
     demo.add_argument("--keep-running", action="store_true", help="with --pacs: keep Orthanc running to browse it, until Ctrl-C")
     add_run_options(demo)
     demo.set_defaults(func=cmd_demo)
@@ -522,9 +610,12 @@ def parser() -> argparse.ArgumentParser:
     serve.add_argument("--http-port", type=port, default=8000)
     serve.add_argument("--grpc-port", type=port, default=8001)
     serve.add_argument("--metrics-port", type=port, default=8002)
-    serve.add_argument("--model-config-name", metavar="NAME",
-                       help="serve each model's configs/NAME.pbtxt where it has one (gpu: KIND_GPU, CUDA/TensorRT; "
-                            "needs a GPU and onnxruntime-gpu), as tritonserver --model-config-name does on EKS")
+    serve.add_argument(
+        "--model-config-name",
+        metavar="NAME",
+        help="serve each model's configs/NAME.pbtxt where it has one (gpu: KIND_GPU, CUDA/TensorRT; "
+        "needs a GPU and onnxruntime-gpu), as tritonserver --model-config-name does on EKS",
+    )
     serve.set_defaults(func=cmd_serve_models)
 
     models = sub.add_parser("models", help="manage the model repository")
@@ -541,7 +632,9 @@ def parser() -> argparse.ArgumentParser:
     trace.add_argument("--json", action="store_true", help="print the segment document")
     trace.set_defaults(func=cmd_trace)
 
-    gateway = sub.add_parser("gateway", help="start the DICOM gateway (C-ECHO/C-STORE SCP, STOW-RS) and run what it receives through the local pipeline")
+    gateway = sub.add_parser(
+        "gateway", help="start the DICOM gateway (C-ECHO/C-STORE SCP, STOW-RS) and run what it receives through the local pipeline"
+    )
     gateway.add_argument("--dimse-port", type=port, default=0, help="DIMSE port (default: a free one)")
     gateway.add_argument("--http-port", type=port, default=0, help="STOW-RS port (default: a free one)")
     add_destination_options(gateway)
@@ -549,9 +642,15 @@ def parser() -> argparse.ArgumentParser:
     gateway.set_defaults(func=cmd_gateway)
 
     export = sub.add_parser("export", help="list the dead letters of deliveries that kept failing; --retry sends them again")
-    export.add_argument("--retry", action="store_true", help="send each dead letter's SR, overlay and FHIR bundle again; a delivered one is removed")
-    export.add_argument("--data-dir", default="radstream-data", help="folder holding the local buckets (default: ./radstream-data; "
-                        "RADSTREAM_BACKEND=aws and RESULTS_BUCKET: the stack's results bucket)")
+    export.add_argument(
+        "--retry", action="store_true", help="send each dead letter's SR, overlay and FHIR bundle again; a delivered one is removed"
+    )
+    export.add_argument(
+        "--data-dir",
+        default="radstream-data",
+        help="folder holding the local buckets (default: ./radstream-data; "
+        "RADSTREAM_BACKEND=aws and RESULTS_BUCKET: the stack's results bucket)",
+    )
     add_destination_options(export)
     export.set_defaults(func=cmd_export, triton_url=None, model_repository=None)
 
@@ -579,10 +678,15 @@ def describe_os_error(e: OSError) -> str:
 
     name = errno.errorcode.get(e.errno or 0, type(e).__name__)
     where = f" {e.filename}" if e.filename else ""
-    advice = {errno.ENOSPC: "the disk is full: free space", errno.EDQUOT: "the disk quota is spent: free space",
-              errno.EROFS: "the disk is read-only: choose a writable --data-dir", errno.EACCES: "permission denied: choose a --data-dir you can write",
-              errno.EPERM: "not permitted: choose a --data-dir you can write", errno.ENOTDIR: "a path in --data-dir is a file, not a folder",
-              errno.EIO: "the disk failed to read or write"}.get(e.errno or 0, "the system refused")
+    advice = {
+        errno.ENOSPC: "the disk is full: free space",
+        errno.EDQUOT: "the disk quota is spent: free space",
+        errno.EROFS: "the disk is read-only: choose a writable --data-dir",
+        errno.EACCES: "permission denied: choose a --data-dir you can write",
+        errno.EPERM: "not permitted: choose a --data-dir you can write",
+        errno.ENOTDIR: "a path in --data-dir is a file, not a folder",
+        errno.EIO: "the disk failed to read or write",
+    }.get(e.errno or 0, "the system refused")
     return f"{advice} ({name}: {os.strerror(e.errno) if e.errno else e}){where}"
 
 
@@ -626,8 +730,10 @@ def main(argv: list[str] | None = None) -> int:
         print(f"radstream: {e}", file=sys.stderr)
         return EXIT_USAGE
     except KeyboardInterrupt:  # a second Ctrl-C while in-flight studies were finishing: those stay unfinished in the journal
-        print(f"radstream: interrupted; `{resume_command(args)}` finishes what was not run" if resumable else "radstream: interrupted",
-              file=sys.stderr)
+        print(
+            f"radstream: interrupted; `{resume_command(args)}` finishes what was not run" if resumable else "radstream: interrupted",
+            file=sys.stderr,
+        )
         return EXIT_INTERRUPTED
     except BrokenPipeError:
         stdout_closed()

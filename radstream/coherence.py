@@ -3,6 +3,7 @@
 The judge reads sentences as text (keywords and negation), not the sentence bank's tags, so it checks
 the store stage's selection independently of the tags that selection relies on.
 """
+
 from __future__ import annotations
 
 import re
@@ -56,5 +57,9 @@ def iou(a: tuple[float, ...], b: tuple[float, ...]) -> float:
 def overlapping_boxes(result: dict[str, Any], limit: float = 0.5) -> list[tuple[str, str, float]]:
     """Pairs of reported boxes (any labels) whose IoU exceeds `limit`."""
     boxes = result["detections"]
-    return [(a["label"], b["label"], round(iou(a["box"], b["box"]), 3))
-            for i, a in enumerate(boxes) for b in boxes[i + 1:] if iou(a["box"], b["box"]) > limit]
+    return [
+        (a["label"], b["label"], round(iou(a["box"], b["box"]), 3))
+        for i, a in enumerate(boxes)
+        for b in boxes[i + 1 :]
+        if iou(a["box"], b["box"]) > limit
+    ]

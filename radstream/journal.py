@@ -15,6 +15,7 @@ it also looks at what it can see: the study folders under the run's roots (every
 images bucket's uploads (radstream/runtime.py, `resume`). Journals of the earlier format (a header line with the
 study list, plain JSON lines) are still read.
 """
+
 from __future__ import annotations
 
 import json
@@ -91,8 +92,10 @@ class Journal:
         lines, damaged = read_journal(self.path)
         planned = sum("planned" in line for _, line in lines)
         if damaged or planned != studies:
-            raise StorageUnavailable(f"journal {self.path}: its plan did not read back whole ({planned} of {studies} studies); "
-                                     "the disk is failing: nothing was run")
+            raise StorageUnavailable(
+                f"journal {self.path}: its plan did not read back whole ({planned} of {studies} studies); "
+                "the disk is failing: nothing was run"
+            )
 
     def _append(self, record: dict[str, Any]) -> None:
         with self._lock:  # one line at a time, each on disk before the next: the sync log and a reader see whole lines
@@ -103,7 +106,9 @@ class Journal:
         self._append(_plan(entry))
 
     def ended(self, study_id: str, source: str, status: str, error_type: str | None, recorded: bool, root: str | None = None) -> None:
-        self._append({"study_id": study_id, "source": source, "root": root, "status": status, "error_type": error_type, "recorded": recorded})
+        self._append(
+            {"study_id": study_id, "source": source, "root": root, "status": status, "error_type": error_type, "recorded": recorded}
+        )
 
     def close(self) -> None:
         with self._lock:

@@ -17,6 +17,7 @@ its inputs are removed; output absent, the intent is dropped and the inputs stay
 (an exclusive lock on `.compaction/lock`); live sinks keep writing meanwhile, and what they deliver during a
 compaction is left for the next one. The buffers of processes that were killed are delivered first.
 """
+
 from __future__ import annotations
 
 import argparse
@@ -33,8 +34,18 @@ from contextlib import contextmanager
 from dataclasses import dataclass, field
 from pathlib import Path
 
-from radstream.analytics import (PARTITION_COLUMNS, QUARANTINE_DIR, DuckDBQueryRunner, cache_path, check_lake, json_source, named_object,
-                                 partition_digest, quarantine_object, read_lake_object)
+from radstream.analytics import (
+    PARTITION_COLUMNS,
+    QUARANTINE_DIR,
+    DuckDBQueryRunner,
+    cache_path,
+    check_lake,
+    json_source,
+    named_object,
+    partition_digest,
+    quarantine_object,
+    read_lake_object,
+)
 from shared.atomicfile import atomic_write, sweep_staging
 from shared.errors import ConfigurationError
 from shared.storage import LocalObjectStore, disk_errors
@@ -189,8 +200,10 @@ def _write_one_columnar(lake_root: Path, partition: Path, staging: Path, con, co
     names = ", ".join(f'"{c}"' for c in {**columns, **PARTITION_COLUMNS})
     staging.mkdir(parents=True, exist_ok=True)
     temp = staging / f"{os.getpid()}-{digest}.parquet"
-    con.execute(f"COPY (SELECT {names} FROM {json_source(files, columns)}) TO '{str(temp).replace(chr(39), chr(39) * 2)}' "
-                "(FORMAT parquet, COMPRESSION lz4)")  # lz4: ~35 % less CPU to read than zstd, 1.7x the bytes
+    con.execute(
+        f"COPY (SELECT {names} FROM {json_source(files, columns)}) TO '{str(temp).replace(chr(39), chr(39) * 2)}' "
+        "(FORMAT parquet, COMPRESSION lz4)"
+    )  # lz4: ~35 % less CPU to read than zstd, 1.7x the bytes
     target.parent.mkdir(parents=True, exist_ok=True)
     os.replace(temp, target)
     for stale in target.parent.glob("*.parquet"):
@@ -200,7 +213,11 @@ def _write_one_columnar(lake_root: Path, partition: Path, staging: Path, con, co
 
 
 def compact(
-    lake_root: Path, *, target_bytes: int = DEFAULT_TARGET_BYTES, columnar: bool = True, progress: Callable[[int, int, str], None] | None = None,
+    lake_root: Path,
+    *,
+    target_bytes: int = DEFAULT_TARGET_BYTES,
+    columnar: bool = True,
+    progress: Callable[[int, int, str], None] | None = None,
 ) -> CompactionReport:
     """Compact the lake under `lake_root` (<data dir>/<telemetry bucket>). `progress(done, total, partition)` after each."""
     if target_bytes <= 0:
@@ -241,8 +258,13 @@ def compact(
             report.files_after += len(files) - merged_away - (len(report.quarantined) - quarantined_before)
             if groups:
                 report.compacted += 1
-                report.details.append({"partition": partition.relative_to(lake_root / LAKE_PREFIX).as_posix(),
-                                       "before": len(files), "after": len(files) - merged_away})
+                report.details.append(
+                    {
+                        "partition": partition.relative_to(lake_root / LAKE_PREFIX).as_posix(),
+                        "before": len(files),
+                        "after": len(files) - merged_away,
+                    }
+                )
             if progress:
                 progress(done, len(partitions), partition.relative_to(lake_root / LAKE_PREFIX).as_posix())
     report.seconds = round(time.monotonic() - started, 3)
@@ -251,25 +273,32 @@ def compact(
 
 # --- CLI: radstream lake compact [--data-dir DIR] [--target-mb N] [--json] [--quiet] ---
 
+
 def add_lake_parser(subparsers: argparse._SubParsersAction) -> None:
     lake = subparsers.add_parser("lake", help="maintain the local telemetry lake")
     lake_sub = lake.add_subparsers(dest="lake_command", required=True)
     p = lake_sub.add_parser(
-        "compact", help="merge the small delivery objects of each dt=/hour= partition (crash-safe; queries answer the same)",
+        "compact",
+        help="merge the small delivery objects of each dt=/hour= partition (crash-safe; queries answer the same)",
         description="Merge each partition's small gzip NDJSON objects into objects of up to --target-mb (uncompressed). "
-                    "Safe to kill and to run again; live runs may keep writing.",
+        "Safe to kill and to run again; live runs may keep writing.",
     )
     p.add_argument("--data-dir", default="radstream-data", help="folder holding the local buckets (default: ./radstream-data)")
-    p.add_argument("--target-mb", type=float, default=DEFAULT_TARGET_BYTES / 1024 / 1024, help="largest merged object, uncompressed (default 64)")
-    p.add_argument("--no-columnar", action="store_true", help="do not write the partitions' Parquet copies (the queries then read the gzip objects)")
+    p.add_argument(
+        "--target-mb", type=float, default=DEFAULT_TARGET_BYTES / 1024 / 1024, help="largest merged object, uncompressed (default 64)"
+    )
+    p.add_argument(
+        "--no-columnar", action="store_true", help="do not write the partitions' Parquet copies (the queries then read the gzip objects)"
+    )
     p.add_argument("--json", action="store_true", help="print the report as JSON")
     p.add_argument("--quiet", action="store_true", help="no progress bar")
     p.set_defaults(func=cmd_compact)
     check = lake_sub.add_parser(
-        "check", help="read every telemetry object whole; move each unreadable one to .quarantine/ and name it",
+        "check",
+        help="read every telemetry object whole; move each unreadable one to .quarantine/ and name it",
         description="Read each gzip NDJSON object of the lake whole. One that is torn, zero-filled or not records (what a crash of "
-                    "the machine or a failing disk can leave) is moved to <lake>/.quarantine/ (kept) and named; the queries answer "
-                    "from the rest. Exit 1 when something was quarantined, now or before.",
+        "the machine or a failing disk can leave) is moved to <lake>/.quarantine/ (kept) and named; the queries answer "
+        "from the rest. Exit 1 when something was quarantined, now or before.",
     )
     check.add_argument("--data-dir", default="radstream-data", help="folder holding the local buckets (default: ./radstream-data)")
     check.add_argument("--json", action="store_true", help="print the result as JSON")
@@ -292,13 +321,24 @@ def cmd_check(args: argparse.Namespace) -> int:
         checked, bad = check_lake(lake_root)
         held = sorted(p.relative_to(lake_root / QUARANTINE_DIR).as_posix() for p in (lake_root / QUARANTINE_DIR).rglob("*") if p.is_file())
     if args.json:
-        print(json.dumps({"lake": str(lake_root), "objects_read": checked, "quarantined_now": [{"object": o, "why": w} for o, w in bad],
-                          "quarantine": held}, indent=2))
+        print(
+            json.dumps(
+                {
+                    "lake": str(lake_root),
+                    "objects_read": checked,
+                    "quarantined_now": [{"object": o, "why": w} for o, w in bad],
+                    "quarantine": held,
+                },
+                indent=2,
+            )
+        )
     else:
         for obj, why in bad:
             print(f"quarantined {obj}: {why}")
-        print(f"{lake_root}: {checked} objects read, {len(bad)} unreadable moved aside now; "
-              f"{len(held)} object(s) in {lake_root / QUARANTINE_DIR}" + (f": {', '.join(held)}" if held else ""))
+        print(
+            f"{lake_root}: {checked} objects read, {len(bad)} unreadable moved aside now; "
+            f"{len(held)} object(s) in {lake_root / QUARANTINE_DIR}" + (f": {', '.join(held)}" if held else "")
+        )
     return 1 if held else 0
 
 

@@ -52,9 +52,11 @@ def missing_modules() -> list[str]:
 
 
 def torch_missing_message(missing: Sequence[str]) -> str:
-    return (f"importing torchxrayvision weights needs {', '.join(missing)}, which this Python ({sys.prefix}) does not have. "
-            f"Run `{SETUP_COMMAND}` once from the repository root: it builds .venv-train from training/requirements.txt "
-            "(CPU-only torch); `radstream models import-torchxrayvision` then runs the import there.")
+    return (
+        f"importing torchxrayvision weights needs {', '.join(missing)}, which this Python ({sys.prefix}) does not have. "
+        f"Run `{SETUP_COMMAND}` once from the repository root: it builds .venv-train from training/requirements.txt "
+        "(CPU-only torch); `radstream models import-torchxrayvision` then runs the import there."
+    )
 
 
 def check_weights_file(weights: Path) -> None:
@@ -76,6 +78,7 @@ def next_version(folder: Path) -> int:
     """One past the highest version folder (1 for an empty slot): each import is a new version."""
     versions = [int(p.name) for p in folder.iterdir() if p.is_dir() and p.name.isdigit()] if folder.is_dir() else []
     return max(versions, default=0) + 1
+
 
 _CONFIG_TEMPLATE = """# {title}
 # I/O contract: docs/models.md. Dims exclude the batch dimension (max_batch_size > 0).
@@ -205,9 +208,17 @@ def triton_config(
             lines.append(f'    label_filename: "{label_file}"')
         lines.append("  }")
         blocks.append("\n".join(lines))
-    return _CONFIG_TEMPLATE.format(title=title, name=name, size=size, outputs=",\n".join(blocks),
-                                   norm=normalization, kind=kind, provenance=provenance, placement=_PLACEMENT[placement],
-                                   batching=_batching(kind, placement))
+    return _CONFIG_TEMPLATE.format(
+        title=title,
+        name=name,
+        size=size,
+        outputs=",\n".join(blocks),
+        norm=normalization,
+        kind=kind,
+        provenance=provenance,
+        placement=_PLACEMENT[placement],
+        batching=_batching(kind, placement),
+    )
 
 
 _TV_STUB_LIB = None
@@ -231,13 +242,18 @@ def _import_torchxrayvision():
             raise
     import torch
 
-    for mod in [m for m in sys.modules if m == "torchvision" or m.startswith("torchvision.")
-                or m == "torchxrayvision" or m.startswith("torchxrayvision.")]:
+    for mod in [
+        m
+        for m in sys.modules
+        if m == "torchvision" or m.startswith("torchvision.") or m == "torchxrayvision" or m.startswith("torchxrayvision.")
+    ]:
         del sys.modules[mod]
     if _TV_STUB_LIB is None:
         lib = torch.library.Library("torchvision", "FRAGMENT")
-        for schema in ("nms(Tensor dets, Tensor scores, float iou_threshold) -> Tensor",
-                       "qnms(Tensor dets, Tensor scores, float iou_threshold) -> Tensor"):
+        for schema in (
+            "nms(Tensor dets, Tensor scores, float iou_threshold) -> Tensor",
+            "qnms(Tensor dets, Tensor scores, float iou_threshold) -> Tensor",
+        ):
             try:
                 lib.define(schema)
             except RuntimeError:
@@ -260,7 +276,7 @@ def _state_dict_from(obj, torch):
             if key in obj and isinstance(obj[key], (dict, torch.nn.Module)):
                 inner, inner_meta = _state_dict_from(obj[key], torch)
                 return inner, {**inner_meta, **meta}
-        state = {k[len("module."):] if k.startswith("module.") else k: v for k, v in obj.items()}
+        state = {k[len("module.") :] if k.startswith("module.") else k: v for k, v in obj.items()}
         if not all(isinstance(v, torch.Tensor) for v in state.values()):
             raise ValueError("weights file holds no state dict of tensors")
         return state, meta
@@ -327,7 +343,8 @@ def import_torchxrayvision(
             if not allow_pickle:
                 raise ImportRefused(
                     f"{weights} is not a plain state dict ({type(exc).__name__}); torchxrayvision's own .pt files "
-                    "are pickled models: pass --allow-pickle (allow_pickle=True) if you trust the file, since unpickling runs its code") from exc
+                    "are pickled models: pass --allow-pickle (allow_pickle=True) if you trust the file, since unpickling runs its code"
+                ) from exc
             obj = torch.load(weights, map_location="cpu", weights_only=False)
         state, meta = _state_dict_from(obj, torch)
         saved_thr = state.pop("op_threshs", None)
@@ -381,9 +398,16 @@ def import_torchxrayvision(
     try:
         onnx_path = staging / "model.onnx"
         torch.onnx.export(
-            wrapped, (torch.zeros(2, 1, INPUT_SIZE, INPUT_SIZE),), str(onnx_path), dynamo=False, opset_version=OPSET,
-            input_names=["image"], output_names=["probabilities"],
-            dynamic_axes={"image": {0: "batch"}, "probabilities": {0: "batch"}}, do_constant_folding=True)
+            wrapped,
+            (torch.zeros(2, 1, INPUT_SIZE, INPUT_SIZE),),
+            str(onnx_path),
+            dynamo=False,
+            opset_version=OPSET,
+            input_names=["image"],
+            output_names=["probabilities"],
+            dynamic_axes={"image": {0: "batch"}, "probabilities": {0: "batch"}},
+            do_constant_folding=True,
+        )
 
         # the exported graph must agree with torch
         x = (np.random.default_rng(0).random((3, 1, INPUT_SIZE, INPUT_SIZE), dtype=np.float32) * 2 - 1) * 1024
@@ -392,8 +416,17 @@ def import_torchxrayvision(
         got = ort.InferenceSession(str(onnx_path), providers=["CPUExecutionProvider"]).run(None, {"image": x})[0]
         if not np.allclose(ref, got, atol=1e-4):
             raise AssertionError(f"onnxruntime output differs from torch by {float(np.abs(ref - got).max())}")
-        _write_slot(folder, version, labels, op, digest, source, weights_name, xrv,
-                     "random initialisation (test only)" if random_init or weights is None else f"weights {Path(weights).name} sha256 {digest}")
+        _write_slot(
+            folder,
+            version,
+            labels,
+            op,
+            digest,
+            source,
+            weights_name,
+            xrv,
+            "random initialisation (test only)" if random_init or weights is None else f"weights {Path(weights).name} sha256 {digest}",
+        )
         staging.rename(folder / str(version))
     except BaseException:
         shutil.rmtree(staging, ignore_errors=True)
@@ -401,17 +434,35 @@ def import_torchxrayvision(
     return folder
 
 
-def _write_slot(folder: Path, version: int, labels: list[str], op: list[float] | None, digest: str | None, source: str,
-                weights_name: str | None, xrv, weights_desc: str) -> None:
+def _write_slot(
+    folder: Path,
+    version: int,
+    labels: list[str],
+    op: list[float] | None,
+    digest: str | None,
+    source: str,
+    weights_name: str | None,
+    xrv,
+    weights_desc: str,
+) -> None:
     """config.pbtxt (provenance with version and sha256), labels, thresholds and the model card of an imported version."""
     # config.pbtxt and configs/gpu.pbtxt change together: a GPU node must not serve the old model's settings.
     (folder / GPU_CONFIG).parent.mkdir(exist_ok=True)
     for placement, path in (("cpu", folder / "config.pbtxt"), ("gpu", folder / GPU_CONFIG)):
-        path.write_text(triton_config(
-            CLASSIFIER, "chest_xray_classifier: torchxrayvision DenseNet-121 (imported weights)", INPUT_SIZE, "xrv",
-            "classifier", [("probabilities", "TYPE_FP32", [len(FINDINGS)], "labels.txt")],
-            provenance=(f"torchxrayvision DenseNet-121 v{version}, {weights_desc}, not validated by RadStream").replace('"', "'").replace("\\", "/"),
-            placement=placement))
+        path.write_text(
+            triton_config(
+                CLASSIFIER,
+                "chest_xray_classifier: torchxrayvision DenseNet-121 (imported weights)",
+                INPUT_SIZE,
+                "xrv",
+                "classifier",
+                [("probabilities", "TYPE_FP32", [len(FINDINGS)], "labels.txt")],
+                provenance=(f"torchxrayvision DenseNet-121 v{version}, {weights_desc}, not validated by RadStream")
+                .replace('"', "'")
+                .replace("\\", "/"),
+                placement=placement,
+            )
+        )
     (folder / "labels.txt").write_text("\n".join(FINDINGS) + "\n")
     (folder / "thresholds.json").write_text(json.dumps({f: 0.5 for f in FINDINGS}, indent=2) + "\n")
     stale = folder / "metrics.json"  # the reference model's metrics no longer apply
@@ -426,11 +477,11 @@ def _write_slot(folder: Path, version: int, labels: list[str], op: list[float] |
 
 ## Weights
 - version: {version} (folder `{version}/`; earlier versions stay beside it, Triton serves the highest)
-- sha256 of the weights file: {digest or 'none (random initialisation)'}
-- architecture: `torchxrayvision.models.DenseNet` (torchxrayvision {getattr(xrv, '__version__', '?')})
+- sha256 of the weights file: {digest or "none (random initialisation)"}
+- architecture: `torchxrayvision.models.DenseNet` (torchxrayvision {getattr(xrv, "__version__", "?")})
 - source: {source}
-- torchxrayvision weights name: {weights_name or 'not given'}
-- output post-processing: {'torchxrayvision operating-point normalisation (0.5 = operating point): ' + json.dumps(dict(zip(FINDINGS, op))) if op else 'sigmoid'}
+- torchxrayvision weights name: {weights_name or "not given"}
+- output post-processing: {"torchxrayvision operating-point normalisation (0.5 = operating point): " + json.dumps(dict(zip(FINDINGS, op))) if op else "sigmoid"}
 
 ## Input and output
 - input `image` FP32 [N, 1, 224, 224], normalisation `xrv` (`(2x - 1) * 1024`, torchxrayvision's convention)
@@ -443,8 +494,16 @@ def _write_slot(folder: Path, version: int, labels: list[str], op: list[float] |
 """)
 
 
-def run_import(weights: Path, repo: Path, *, weights_name: str | None = None, allow_pickle: bool = False,
-               train_python: Path | None = None, out=None, err=None) -> int:
+def run_import(
+    weights: Path,
+    repo: Path,
+    *,
+    weights_name: str | None = None,
+    allow_pickle: bool = False,
+    train_python: Path | None = None,
+    out=None,
+    err=None,
+) -> int:
     """The `radstream models import-torchxrayvision` command: torch first, then the file, then the import.
 
     Without torch here but with the training environment built, the import runs there (same arguments).
@@ -480,13 +539,20 @@ def run_import(weights: Path, repo: Path, *, weights_name: str | None = None, al
 def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("weights", help="path of the torchxrayvision DenseNet weights file (.pt)")
     parser.add_argument("--model-repository", help="Triton model repository (default: services/triton/model_repository)")
-    parser.add_argument("--weights-name", help="torchxrayvision weights name (e.g. densenet121-res224-chex): its labels, operating points and input size")
-    parser.add_argument("--allow-pickle", action="store_true",
-                        help="load a pickled model (torchxrayvision publishes its weights that way); unpickling runs code: only for files you trust")
+    parser.add_argument(
+        "--weights-name", help="torchxrayvision weights name (e.g. densenet121-res224-chex): its labels, operating points and input size"
+    )
+    parser.add_argument(
+        "--allow-pickle",
+        action="store_true",
+        help="load a pickled model (torchxrayvision publishes its weights that way); unpickling runs code: only for files you trust",
+    )
 
 
 def main(argv: list[str] | None = None) -> int:
-    parser = argparse.ArgumentParser(prog="python -m radstream.models_import", description="import torchxrayvision weights into chest_xray_classifier")
+    parser = argparse.ArgumentParser(
+        prog="python -m radstream.models_import", description="import torchxrayvision weights into chest_xray_classifier"
+    )
     add_arguments(parser)
     args = parser.parse_args(argv)
     repo = Path(args.model_repository) if args.model_repository else REPO_ROOT / "services" / "triton" / "model_repository"

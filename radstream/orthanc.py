@@ -4,6 +4,7 @@ Started on loopback ports with a generated configuration in its own folder (stor
 restart keeps what it stored); the tests and `radstream demo --pacs` use it. It fails with a clear message when
 Orthanc is not installed or does not answer in time; it never falls back to anything else.
 """
+
 from __future__ import annotations
 
 import json
@@ -25,8 +26,16 @@ DICOMWEB_PLUGIN = Path("/usr/share/orthanc/plugins/libOrthancDicomWeb.so")
 class Orthanc:
     """One Orthanc process. `modalities` names the DICOM nodes it may push to: {name: (AE title, host, port)}."""
 
-    def __init__(self, folder: Path, dimse_port: int | None = None, http_port: int | None = None, *, ae_title: str = "ORTHANC",
-                 modalities: dict[str, tuple[str, str, int]] | None = None, start_timeout_s: float = 60) -> None:
+    def __init__(
+        self,
+        folder: Path,
+        dimse_port: int | None = None,
+        http_port: int | None = None,
+        *,
+        ae_title: str = "ORTHANC",
+        modalities: dict[str, tuple[str, str, int]] | None = None,
+        start_timeout_s: float = 60,
+    ) -> None:
         binary = shutil.which("Orthanc")
         if not binary:
             raise ConfigurationError("Orthanc (Debian package orthanc) is not installed: `make orthanc` installs it")
@@ -55,11 +64,19 @@ class Orthanc:
     def start(self) -> None:
         self.folder.mkdir(parents=True, exist_ok=True)
         config = {
-            "Name": "radstream-local-pacs", "StorageDirectory": str(self.folder / "storage"), "IndexDirectory": str(self.folder / "index"),
-            "DicomAet": self.ae_title, "DicomPort": self.dimse_port, "HttpPort": self.http_port, "RemoteAccessAllowed": False,
-            "AuthenticationEnabled": False, "DicomAlwaysAllowStore": True, "DicomCheckCalledAet": True,
+            "Name": "radstream-local-pacs",
+            "StorageDirectory": str(self.folder / "storage"),
+            "IndexDirectory": str(self.folder / "index"),
+            "DicomAet": self.ae_title,
+            "DicomPort": self.dimse_port,
+            "HttpPort": self.http_port,
+            "RemoteAccessAllowed": False,
+            "AuthenticationEnabled": False,
+            "DicomAlwaysAllowStore": True,
+            "DicomCheckCalledAet": True,
             "DicomModalities": {name: list(entry) for name, entry in self.modalities.items()},
-            "Plugins": [str(DICOMWEB_PLUGIN)], "DicomWeb": {"Enable": True, "Root": "/dicom-web/"},
+            "Plugins": [str(DICOMWEB_PLUGIN)],
+            "DicomWeb": {"Enable": True, "Root": "/dicom-web/"},
         }
         (self.folder / "orthanc.json").write_text(json.dumps(config))
         self._log = open(self.folder / "orthanc.log", "a")
@@ -96,7 +113,9 @@ class Orthanc:
 
     def qido_study(self, study_uid: str) -> tuple[list[dict], list[dict]]:
         """QIDO-RS: the study found by its StudyInstanceUID (GET /dicom-web/studies?StudyInstanceUID=…), and its series."""
-        studies = self.get("/dicom-web/studies?" + urllib.parse.urlencode({"StudyInstanceUID": study_uid}), accept="application/dicom+json") or []
+        studies = (
+            self.get("/dicom-web/studies?" + urllib.parse.urlencode({"StudyInstanceUID": study_uid}), accept="application/dicom+json") or []
+        )
         series = self.get(f"/dicom-web/studies/{urllib.parse.quote(study_uid)}/series", accept="application/dicom+json") if studies else []
         return studies, series or []
 

@@ -97,6 +97,7 @@ def sentence_bank_entry(text: str, embedding) -> dict:
     asserts, negates = SENTENCE_TAGS[text]
     return {"text": text, "asserts": list(asserts), "negates": list(negates), "embedding": [round(float(v), 6) for v in embedding]}
 
+
 _PREVALENCE = 0.25
 _MAX_WORK = 256  # anatomy is rendered at most at this resolution, then resized; noise is full-size
 
@@ -181,9 +182,7 @@ def generate_phantom(
     if lesions is not None:
         rng.integers(0, 3)
     seeds = rng.integers(0, 2**63 - 1, size=10)
-    g_anat, g_ate, g_card, g_cons, g_edema, g_eff, g_les, g_tex, g_noise, g_glob = (
-        np.random.default_rng(int(s)) for s in seeds
-    )
+    g_anat, g_ate, g_card, g_cons, g_edema, g_eff, g_les, g_tex, g_noise, g_glob = (np.random.default_rng(int(s)) for s in seeds)
 
     w = min(size, _MAX_WORK)
     u = ((np.arange(w, dtype=np.float32) + 0.5) / w)[None, :]
@@ -262,8 +261,7 @@ def generate_phantom(
     for s in (-1, 1):
         for r in range(n_ribs):
             v0 = lt - 0.02 + rib_phase + r * spacing * 0.92
-            rib_lines.append(_pts(np.stack([cx + s * (0.03 + tw * ks),
-                                            v0 - 0.03 * np.sin(np.pi * ks * 0.8) + rib_amp * ks**2], 1), w))
+            rib_lines.append(_pts(np.stack([cx + s * (0.03 + tw * ks), v0 - 0.03 * np.sin(np.pi * ks * 0.8) + rib_amp * ks**2], 1), w))
         clav = np.array([[cx + s * 0.05, lt + 0.02], [cx + s * 0.18, lt - 0.005], [cx + s * 0.3, lt - 0.03]])
         cv2.polylines(bones, [_pts(clav, w)], False, 255, int(thick * 1.3) + 1, cv2.LINE_AA, shift=4)
     cv2.polylines(bones, rib_lines, False, 150, thick, cv2.LINE_AA, shift=4)
@@ -274,8 +272,7 @@ def generate_phantom(
     body_f = body_bin.astype(np.float32)
     dens = tissue * body_f
     dens -= lung_air * lung_bin * (1.0 - 0.15 * t)
-    dens += body_f * (0.08 * medi + 0.06 * below_dome + (0.09 + 0.02 * vert) * spine
-                      + (0.11 / 255.0) * bones)
+    dens += body_f * (0.08 * medi + 0.06 * below_dome + (0.09 + 0.02 * vert) * spine + (0.11 / 255.0) * bones)
     dens += 0.07 * heart_bin
     dens = _blur(dens.astype(np.float32), edge_sigma)
     body = _blur(body_f, edge_sigma)
@@ -293,8 +290,9 @@ def generate_phantom(
         th = (0.012 + 0.014 * p[3]) * zoom
         ang = -s * (5 + 25 * p[4])
         band = np.zeros((w, w), np.uint8)
-        cv2.ellipse(band, (int(bu * w * 16), int(bv * w * 16)), (int(length * w * 16), int(th * w * 16)),
-                    ang, 0, 360, 255, -1, cv2.LINE_AA, shift=4)
+        cv2.ellipse(
+            band, (int(bu * w * 16), int(bv * w * 16)), (int(length * w * 16), int(th * w * 16)), ang, 0, 360, 255, -1, cv2.LINE_AA, shift=4
+        )
         band_f = _blur(band.astype(np.float32) * (1.0 / 255.0), edge_sigma)
         dens = dens + (0.26 + 0.1 * p[5]) * band_f * np.maximum(lung, 0.3 * body)
         sentences_ate = f"Band-like atelectasis at the {_side_word(s)} lung base."

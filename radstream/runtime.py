@@ -5,6 +5,7 @@ the S3 "Object Created" events that S3 would send to EventBridge. Each event goe
 template's rule pattern and input transformer; each match starts an execution of the template's
 state machine, whose tasks call the very Lambda handlers the container images run.
 """
+
 from __future__ import annotations
 
 import hashlib
@@ -30,7 +31,15 @@ from radstream.traces import write_trace
 from shared import wiring
 from shared.atomicfile import staging_dir, sweep_staging
 from shared.contracts import FailureRecord, FailureStage, ObjectRef, StudyResult
-from shared.errors import ConfigurationError, FailureNotRecorded, ObjectNotFound, RadStreamError, StorageUnavailable, StudyConflict, is_transient
+from shared.errors import (
+    ConfigurationError,
+    FailureNotRecorded,
+    ObjectNotFound,
+    RadStreamError,
+    StorageUnavailable,
+    StudyConflict,
+    is_transient,
+)
 from shared.messages import INCOMING, study_id_from_key
 from shared.metrics import LocalEmfFile
 from shared.observability import StageHandler, code_location, flush_logs, logger, logs_to
@@ -83,13 +92,21 @@ def s3_event(bucket: str, key: str, size: int) -> dict[str, Any]:
     """The event S3 sends to EventBridge for a PUT (EventBridge notifications enabled on the bucket)."""
     now = datetime.now(UTC).strftime("%Y-%m-%dT%H:%M:%SZ")
     return {
-        "version": "0", "id": str(uuid.uuid4()), "detail-type": "Object Created", "source": "aws.s3",
-        "account": "000000000000", "time": now, "region": "local",
+        "version": "0",
+        "id": str(uuid.uuid4()),
+        "detail-type": "Object Created",
+        "source": "aws.s3",
+        "account": "000000000000",
+        "time": now,
+        "region": "local",
         "resources": [f"arn:aws:s3:::{bucket}"],
         "detail": {
-            "version": "0", "bucket": {"name": bucket},
+            "version": "0",
+            "bucket": {"name": bucket},
             "object": {"key": key, "size": size, "sequencer": uuid.uuid4().hex[:16]},
-            "request-id": uuid.uuid4().hex[:16], "requester": "local", "reason": "PutObject",
+            "request-id": uuid.uuid4().hex[:16],
+            "requester": "local",
+            "reason": "PutObject",
         },
     }
 
@@ -103,7 +120,9 @@ def find_studies(path: Path) -> list[Path]:
         return [path]
     studies = sorted(p for p in path.iterdir() if p.is_dir() and is_study(p))
     if not studies:
-        raise ConfigurationError(f"{path} holds no study: expected a folder with a sidecar (*.json) or a DICOM file (*.dcm), or folders of them")
+        raise ConfigurationError(
+            f"{path} holds no study: expected a folder with a sidecar (*.json) or a DICOM file (*.dcm), or folders of them"
+        )
     return studies
 
 
@@ -254,8 +273,14 @@ class LocalRuntime:
     state is touched, so two runtimes in one process do not disturb each other.
     """
 
-    def __init__(self, settings: Settings, template_path: Path = DEFAULT_TEMPLATE, workers: int = 2, sleep: Callable[[float], None] = time.sleep,
-                 branch_threads: int = 0) -> None:
+    def __init__(
+        self,
+        settings: Settings,
+        template_path: Path = DEFAULT_TEMPLATE,
+        workers: int = 2,
+        sleep: Callable[[float], None] = time.sleep,
+        branch_threads: int = 0,
+    ) -> None:
         """`branch_threads`: threads a Parallel state's branches (a study's three models) may take beside the study's own.
 
         0 (the default): a study runs its models one after another, and studies run side by side on the workers. On
@@ -302,8 +327,9 @@ class LocalRuntime:
                     wiring.close_all(resource)
             except Exception as e:
                 name = type(resource).__name__
-                self.close_warnings.append(f"{name} not closed cleanly ({type(e).__name__}: {_errno_name(e)}); "
-                                           "buffered telemetry is delivered by the next start")
+                self.close_warnings.append(
+                    f"{name} not closed cleanly ({type(e).__name__}: {_errno_name(e)}); buffered telemetry is delivered by the next start"
+                )
 
     def binding(self, resource: str) -> tuple[StageHandler[Any], Any]:
         """The handler a task resource names (ImageConfig.Command) and its dependencies, built once from this runtime's settings."""
@@ -312,7 +338,9 @@ class LocalRuntime:
                 module_name, _, attribute = self.template.handler_for(resource).rpartition(".")
                 handler = getattr(importlib.import_module(module_name), attribute)
                 if not isinstance(handler, StageHandler):
-                    raise ConfigurationError(f"{module_name}.{attribute} is not a StageHandler; the runtime cannot give it its dependencies")
+                    raise ConfigurationError(
+                        f"{module_name}.{attribute} is not a StageHandler; the runtime cannot give it its dependencies"
+                    )
                 if handler.build not in self._dependencies:
                     self._dependencies[handler.build] = handler.build(self.settings)
                 self._bindings[resource] = (handler, self._dependencies[handler.build])
@@ -329,7 +357,9 @@ class LocalRuntime:
             output = handler.invoke(payload, LambdaContext(function_name=resource.rsplit(":", 1)[-1]), deps, self._metrics)
         encoded = json.dumps(output)
         if len(encoded) > MAX_PAYLOAD_BYTES:
-            raise StatesError("States.DataLimitExceeded", f"task {context.state_name} returned {len(encoded)} bytes, over Step Functions' 256 KB")
+            raise StatesError(
+                "States.DataLimitExceeded", f"task {context.state_name} returned {len(encoded)} bytes, over Step Functions' 256 KB"
+            )
         # The handler's output is already JSON values (model_dump(mode="json")) and the state machine copies what a
         # task returns: parsing `encoded` back would be a third copy of the same values.
         return output
@@ -400,8 +430,11 @@ class LocalRuntime:
     # --- outcomes ---
     def outcome(self, source: str, study_id: str, execution: ExecutionResult) -> StudyOutcome:
         result = StudyOutcome(
-            study_id=study_id, source=source, status="succeeded" if execution.status == "SUCCEEDED" else "failed",
-            execution_name=execution.name, end_to_end_ms=round((execution.stop_time - execution.start_time) * 1000, 1),
+            study_id=study_id,
+            source=source,
+            status="succeeded" if execution.status == "SUCCEEDED" else "failed",
+            execution_name=execution.name,
+            end_to_end_ms=round((execution.stop_time - execution.start_time) * 1000, 1),
         )
         bucket = self.settings.results_bucket
         if result.status == "succeeded":
@@ -426,8 +459,16 @@ class LocalRuntime:
             if record is None or record.get("execution_id") != execution.execution_id:
                 # The workflow ended before (or without) writing this run's record: RecordFailure failed too
                 # (FailureNotRecorded, the study's own error as the cause), or a last step such as SendTelemetry did.
-                result.stage, result.error_type = ("record", FailureNotRecorded.__name__) if execution.error == FailureNotRecorded.__name__ else ("workflow", execution.error)
-                cause = f"{execution.cause} and its failure record could not be written" if execution.error == FailureNotRecorded.__name__ else f"the workflow ended with {execution.error}"
+                result.stage, result.error_type = (
+                    ("record", FailureNotRecorded.__name__)
+                    if execution.error == FailureNotRecorded.__name__
+                    else ("workflow", execution.error)
+                )
+                cause = (
+                    f"{execution.cause} and its failure record could not be written"
+                    if execution.error == FailureNotRecorded.__name__
+                    else f"the workflow ended with {execution.error}"
+                )
                 result.message = f"study {study_id}: {cause}; the input is kept: `radstream resume` runs it again"
                 return result
             result.stage, result.error_type, result.message = record["stage"], record["error_type"], record["message"]
@@ -446,7 +487,13 @@ class LocalRuntime:
             error_type = type(error).__name__
             message = f"study {study_id}: unexpected {error_type} in the local runtime ({stage}); see logs/radstream.log"
             with logs_to(self._log_file):
-                logger.error("study failed outside the workflow", study_id=study_id, stage=stage, error_type=error_type, code_path=code_location(error))
+                logger.error(
+                    "study failed outside the workflow",
+                    study_id=study_id,
+                    stage=stage,
+                    error_type=error_type,
+                    code_path=code_location(error),
+                )
             self._flush_log_file()
         outcome = StudyOutcome(study_id=study_id, source=source, status="failed", stage=stage, error_type=error_type, message=message)
         try:
@@ -461,8 +508,12 @@ class LocalRuntime:
             return outcome
         bucket, key = self.settings.results_bucket, f"failed/{study_id}/error.json"
         record = FailureRecord(
-            study_id=study_id, stage=stage, error_type=error_type, message=message,
-            input=ObjectRef(bucket=self.settings.images_bucket, key=f"{INCOMING}{study_id}/"), execution_id="none",
+            study_id=study_id,
+            stage=stage,
+            error_type=error_type,
+            message=message,
+            input=ObjectRef(bucket=self.settings.images_bucket, key=f"{INCOMING}{study_id}/"),
+            execution_id="none",
             failed_at=datetime.now(UTC),
         )
         try:
@@ -509,7 +560,9 @@ class LocalRuntime:
         try:
             executions = [self.start(execution_input) for event in events for execution_input in self.route(event)]
             if len(executions) != 1:
-                raise ConfigurationError(f"{source}: its upload started {len(executions)} executions; the rule in template.yaml should start exactly one")
+                raise ConfigurationError(
+                    f"{source}: its upload started {len(executions)} executions; the rule in template.yaml should start exactly one"
+                )
             execution = executions[0]
             try:
                 write_trace(self.settings.data_dir, execution, study_id)
@@ -543,14 +596,23 @@ class LocalRuntime:
             if study_id and claims[study_id] > 1:
                 owners.setdefault(study_id, []).append(str(folder))
         return [
-            (folder, study_id, StudyConflict(
-                f"{claims[study_id]} folders of this batch claim study_id {study_id} ({', '.join(owners[study_id])}); "
-                "a study id names one input: give each study its own", study_id=study_id,
-            )) if study_id in owners and error is None else (folder, study_id, error)
+            (
+                folder,
+                study_id,
+                StudyConflict(
+                    f"{claims[study_id]} folders of this batch claim study_id {study_id} ({', '.join(owners[study_id])}); "
+                    "a study id names one input: give each study its own",
+                    study_id=study_id,
+                ),
+            )
+            if study_id in owners and error is None
+            else (folder, study_id, error)
             for folder, study_id, error in planned
         ]
 
-    def run_many(self, folders: Iterable[Path], on_done: Callable[[StudyOutcome], None] | None = None, root: Path | None = None) -> RunReport:
+    def run_many(
+        self, folders: Iterable[Path], on_done: Callable[[StudyOutcome], None] | None = None, root: Path | None = None
+    ) -> RunReport:
         """Run study folders, journalled: what was asked is written before anything runs (see radstream/journal.py).
 
         `root`: the PATH the folders were found under; every line of the journal names it, so a resume whose journal
@@ -607,12 +669,17 @@ class LocalRuntime:
                     entries.append(JournalEntry(study_id, str(folder), root))
                     from_folders += 1
                 named.add(study_id)
-        from_uploads = [JournalEntry(study_id_from_key(key), f"s3://{self.settings.images_bucket}/{key}")
-                        for key in self.pending(state) if study_id_from_key(key) not in named]
+        from_uploads = [
+            JournalEntry(study_id_from_key(key), f"s3://{self.settings.images_bucket}/{key}")
+            for key in self.pending(state)
+            if study_id_from_key(key) not in named
+        ]
         entries += from_uploads
         if recovery.roots or recovery.blind:
-            warnings.append(f"recovered {from_folders} unfinished stud{'y' if from_folders == 1 else 'ies'} from the study folders "
-                            f"under {', '.join(sorted(recovery.roots)) or '(none named)'} and {len(from_uploads)} from the uploads")
+            warnings.append(
+                f"recovered {from_folders} unfinished stud{'y' if from_folders == 1 else 'ies'} from the study folders "
+                f"under {', '.join(sorted(recovery.roots)) or '(none named)'} and {len(from_uploads)} from the uploads"
+            )
         return ResumePlan(entries, warnings, {"from_folders": from_folders, "from_uploads": len(from_uploads)})
 
     def acknowledgements(self) -> Acknowledgements:
@@ -620,7 +687,7 @@ class LocalRuntime:
         return Acknowledgements(Journal(self.journal_dir, "gateway", []), self.settings.images_bucket)
 
     def record_state(self, study_id: str, warnings: list[str] | None = None) -> str | None:
-        """"result", "permanent" or "transient" (its failure record), or None (no record): only a record that parses
+        """ "result", "permanent" or "transient" (its failure record), or None (no record): only a record that parses
         and matches its schema counts. One that does not is moved aside (`quarantine/<study_id>/…`, kept, never deleted)
         and named in `warnings`; the study then has no record, so resume runs it again."""
         bucket = self.settings.results_bucket
@@ -636,7 +703,9 @@ class LocalRuntime:
             except ValueError:
                 moved = self.quarantine(bucket, key, data)
                 if warnings is not None:
-                    warnings.append(f"{self._location(bucket, key)} does not parse or match its schema: moved to {moved}; the study is run again")
+                    warnings.append(
+                        f"{self._location(bucket, key)} does not parse or match its schema: moved to {moved}; the study is run again"
+                    )
                 continue
             if isinstance(record, StudyResult):
                 return "result"
@@ -655,8 +724,13 @@ class LocalRuntime:
     def journal_dir(self) -> Path:
         return self.settings.data_dir / "journal"
 
-    def _journalled(self, command: str, entries: list[JournalEntry], planned: list[tuple[str, str | None, Exception | None]],
-                    on_done: Callable[[StudyOutcome], None] | None) -> RunReport:
+    def _journalled(
+        self,
+        command: str,
+        entries: list[JournalEntry],
+        planned: list[tuple[str, str | None, Exception | None]],
+        on_done: Callable[[StudyOutcome], None] | None,
+    ) -> RunReport:
         journal = Journal(self.journal_dir, command, entries, roots=[e.root for e in entries if e.root])
         roots = {e.source: e.root for e in entries}
         lost_lines: list[str] = []
@@ -675,13 +749,20 @@ class LocalRuntime:
                 elif study_id and (key := self._uploaded_key(study_id)):
                     outcome = self.run_key(key)
                 else:
-                    outcome = self.refused(source, named, "upload",
-                                           ConfigurationError(f"{source} is gone and nothing was uploaded for it", study_id=study_id))
+                    outcome = self.refused(
+                        source, named, "upload", ConfigurationError(f"{source} is gone and nothing was uploaded for it", study_id=study_id)
+                    )
             except Exception as e:
                 outcome = self.refused(source, named, "runtime", e)
             try:
-                journal.ended(outcome.study_id, outcome.source, outcome.status, outcome.error_type, recorded=outcome.output is not None,
-                              root=roots.get(source))
+                journal.ended(
+                    outcome.study_id,
+                    outcome.source,
+                    outcome.status,
+                    outcome.error_type,
+                    recorded=outcome.output is not None,
+                    root=roots.get(source),
+                )
             except OSError as e:  # the study is done; without its line, resume runs it once more (idempotent)
                 lost_lines.append(outcome.study_id)
                 with logs_to(self._log_file):
@@ -695,8 +776,9 @@ class LocalRuntime:
         report.journal = journal.path
         report.not_run = [entries[i].study_id for i in not_run]
         if lost_lines:
-            report.warnings.append(f"{len(lost_lines)} journal line(s) not written (the disk refused them): "
-                                   "`radstream resume` runs those studies once more")
+            report.warnings.append(
+                f"{len(lost_lines)} journal line(s) not written (the disk refused them): `radstream resume` runs those studies once more"
+            )
         return report
 
     def _uploaded_key(self, study_id: str) -> str | None:
@@ -724,8 +806,9 @@ class LocalRuntime:
                 keys.append(key)
         return keys
 
-    def _map(self, run: Callable[[Any], StudyOutcome], items: list[Any],
-             on_done: Callable[[StudyOutcome], None] | None) -> tuple[RunReport, list[int]]:
+    def _map(
+        self, run: Callable[[Any], StudyOutcome], items: list[Any], on_done: Callable[[StudyOutcome], None] | None
+    ) -> tuple[RunReport, list[int]]:
         """Run items on the workers, starting each only when a worker is free; the report, and the indexes of the items
         not reached (the caller names them).
 

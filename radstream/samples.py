@@ -1,4 +1,5 @@
 """Demo studies: synthetic chest-X-ray-like phantoms (labelled as such) with sidecars, and some broken on purpose."""
+
 from __future__ import annotations
 
 import hashlib
@@ -24,7 +25,11 @@ def sidecar(study_id: str, image: str, rng: np.random.Generator, data: bytes | N
         "modality": str(rng.choice(["CR", "DX"])),
         "body_part": "CHEST",
         "view_position": str(rng.choice(["PA", "AP"])),
-        "patient": {"pseudo_id": f"anon-{rng.integers(10**6, 10**7)}", "age_years": int(rng.integers(18, 95)), "sex": str(rng.choice(["F", "M"]))},
+        "patient": {
+            "pseudo_id": f"anon-{rng.integers(10**6, 10**7)}",
+            "age_years": int(rng.integers(18, 95)),
+            "sex": str(rng.choice(["F", "M"])),
+        },
         "acquired_at": acquired.strftime("%Y-%m-%dT%H:%M:%SZ"),
         "priority": str(rng.choice(["routine", "routine", "urgent"])),
         "source": SOURCE,
@@ -45,9 +50,18 @@ def encode(image: np.ndarray, variant: int) -> tuple[str, bytes]:
     return "image.png", cv2.imencode(".png", cv2.cvtColor(to_uint8(image), cv2.COLOR_GRAY2BGR))[1].tobytes()
 
 
-def dicom_bytes(pixels: np.ndarray, photometric: str = "MONOCHROME2", *, bits_stored: int = 12,
-                window: tuple[float, float] | None = None, patient_name: str = "", body_part: str = "CHEST", modality: str = "DX",
-                accession_number: str = "", birth_date: str = "") -> bytes:
+def dicom_bytes(
+    pixels: np.ndarray,
+    photometric: str = "MONOCHROME2",
+    *,
+    bits_stored: int = 12,
+    window: tuple[float, float] | None = None,
+    patient_name: str = "",
+    body_part: str = "CHEST",
+    modality: str = "DX",
+    accession_number: str = "",
+    birth_date: str = "",
+) -> bytes:
     """A Digital X-Ray DICOM file, uncompressed. `patient_name` (with a patient ID), `birth_date` and `accession_number`
     let tests prove where the header's PHI and identifiers go (docs/phi.md)."""
     from pydicom.dataset import FileDataset, FileMetaDataset
@@ -90,7 +104,9 @@ def write_study(folder: Path, doc: dict, image_name: str, data: bytes) -> Path:
     return folder
 
 
-def write_demo_studies(out: Path, count: int = 12, *, size: int = 1024, seed: int = 7, invalid: bool = True, prefix: str = "demo") -> list[Path]:
+def write_demo_studies(
+    out: Path, count: int = 12, *, size: int = 1024, seed: int = 7, invalid: bool = True, prefix: str = "demo"
+) -> list[Path]:
     """`count` valid studies <prefix>-001..., plus (with `invalid`) four that must fail, each for a reason a person can read."""
     rng = np.random.default_rng(seed)
     folders = []

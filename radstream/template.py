@@ -2,6 +2,7 @@
 
 There is no second copy of any of these in code: the local runtime runs what this returns.
 """
+
 from __future__ import annotations
 
 import copy
@@ -17,10 +18,24 @@ from shared.errors import ConfigurationError
 DEFAULT_TEMPLATE = Path(__file__).resolve().parent.parent / "template.yaml"
 LOCAL_ARN = "arn:aws:lambda:local:000000000000:function:{}"
 _TAGS = {
-    "Ref": "Ref", "Condition": "Condition", "GetAtt": "Fn::GetAtt", "Sub": "Fn::Sub", "Join": "Fn::Join",
-    "Select": "Fn::Select", "Split": "Fn::Split", "If": "Fn::If", "Equals": "Fn::Equals", "Not": "Fn::Not",
-    "And": "Fn::And", "Or": "Fn::Or", "FindInMap": "Fn::FindInMap", "ImportValue": "Fn::ImportValue",
-    "Base64": "Fn::Base64", "Cidr": "Fn::Cidr", "GetAZs": "Fn::GetAZs", "Transform": "Fn::Transform",
+    "Ref": "Ref",
+    "Condition": "Condition",
+    "GetAtt": "Fn::GetAtt",
+    "Sub": "Fn::Sub",
+    "Join": "Fn::Join",
+    "Select": "Fn::Select",
+    "Split": "Fn::Split",
+    "If": "Fn::If",
+    "Equals": "Fn::Equals",
+    "Not": "Fn::Not",
+    "And": "Fn::And",
+    "Or": "Fn::Or",
+    "FindInMap": "Fn::FindInMap",
+    "ImportValue": "Fn::ImportValue",
+    "Base64": "Fn::Base64",
+    "Cidr": "Fn::Cidr",
+    "GetAZs": "Fn::GetAZs",
+    "Transform": "Fn::Transform",
 }
 
 
@@ -112,7 +127,9 @@ class Template:
         for logical_id, resource in self.resources.items():
             if resource.get("Type") != "AWS::Serverless::Function":
                 continue
-            alias = resource.get("Properties", {}).get("AutoPublishAlias") or self.doc.get("Globals", {}).get("Function", {}).get("AutoPublishAlias")
+            alias = resource.get("Properties", {}).get("AutoPublishAlias") or self.doc.get("Globals", {}).get("Function", {}).get(
+                "AutoPublishAlias"
+            )
             if alias and ref in (f"{logical_id}.Alias", f"{logical_id}Alias{alias}"):
                 return logical_id
         return None
@@ -137,7 +154,11 @@ class Template:
         A Ref to a bucket becomes the local bucket name of the setting that Globals maps it to
         (IMAGES_BUCKET: !Ref ImagesBucket), so the pattern is the template's, with local names.
         """
-        by_logical_id = {v["Ref"]: local_values[k] for k, v in self.global_environment().items() if isinstance(v, dict) and "Ref" in v and k in local_values}
+        by_logical_id = {
+            v["Ref"]: local_values[k]
+            for k, v in self.global_environment().items()
+            if isinstance(v, dict) and "Ref" in v and k in local_values
+        }
         _, machine = self.state_machine
         rules = []
         for name, event in machine["Properties"].get("Events", {}).items():
@@ -145,10 +166,14 @@ class Template:
                 continue
             props = event["Properties"]
             transformer = props.get("InputTransformer", {})
-            rules.append(EventRule(
-                name=name, pattern=_resolve_refs(props["Pattern"], by_logical_id, self.path),
-                input_paths_map=transformer.get("InputPathsMap", {}), input_template=transformer.get("InputTemplate"),
-            ))
+            rules.append(
+                EventRule(
+                    name=name,
+                    pattern=_resolve_refs(props["Pattern"], by_logical_id, self.path),
+                    input_paths_map=transformer.get("InputPathsMap", {}),
+                    input_template=transformer.get("InputTemplate"),
+                )
+            )
         if not rules:
             raise ConfigurationError(f"{self.path}: the state machine has no EventBridgeRule event")
         return rules

@@ -5,6 +5,7 @@ files). pydicom writes the syntaxes it has encoders for (RLE, JPEG-LS, JPEG 2000
 dcmtk writes the rest: `dcmcjpeg` the JPEG processes (Baseline, Extended, Lossless), `dcmconv` Big
 Endian (pydicom 3 refuses to convert a dataset's endianness). Nothing is downloaded.
 """
+
 from __future__ import annotations
 
 import io
@@ -28,21 +29,24 @@ class Syntax:
     options: tuple[str, ...] = ()
 
 
-SYNTAXES: dict[str, Syntax] = {s.name: s for s in (
-    Syntax("explicit-le", "1.2.840.10008.1.2.1", 12, False, "pydicom"),
-    Syntax("implicit-le", "1.2.840.10008.1.2", 12, False, "pydicom"),
-    Syntax("explicit-be", "1.2.840.10008.1.2.2", 12, False, "dcmconv", ("+tb",)),
-    Syntax("deflated-le", "1.2.840.10008.1.2.1.99", 12, False, "pydicom"),
-    Syntax("rle", "1.2.840.10008.1.2.5", 12, False, "pydicom"),
-    Syntax("jpeg-baseline", "1.2.840.10008.1.2.4.50", 8, True, "dcmcjpeg", ("+eb", "+q", "95", "+sr")),
-    Syntax("jpeg-extended", "1.2.840.10008.1.2.4.51", 12, True, "dcmcjpeg", ("+ee", "+q", "95", "+sr")),
-    Syntax("jpeg-lossless", "1.2.840.10008.1.2.4.57", 12, False, "dcmcjpeg", ("+el",)),
-    Syntax("jpeg-lossless-sv1", "1.2.840.10008.1.2.4.70", 12, False, "dcmcjpeg", ("+e1",)),
-    Syntax("jpeg-ls-lossless", "1.2.840.10008.1.2.4.80", 12, False, "pydicom"),
-    Syntax("jpeg-ls-near-lossless", "1.2.840.10008.1.2.4.81", 12, True, "pydicom"),
-    Syntax("jpeg2000-lossless", "1.2.840.10008.1.2.4.90", 12, False, "pydicom"),
-    Syntax("jpeg2000", "1.2.840.10008.1.2.4.91", 12, True, "pydicom"),
-)}
+SYNTAXES: dict[str, Syntax] = {
+    s.name: s
+    for s in (
+        Syntax("explicit-le", "1.2.840.10008.1.2.1", 12, False, "pydicom"),
+        Syntax("implicit-le", "1.2.840.10008.1.2", 12, False, "pydicom"),
+        Syntax("explicit-be", "1.2.840.10008.1.2.2", 12, False, "dcmconv", ("+tb",)),
+        Syntax("deflated-le", "1.2.840.10008.1.2.1.99", 12, False, "pydicom"),
+        Syntax("rle", "1.2.840.10008.1.2.5", 12, False, "pydicom"),
+        Syntax("jpeg-baseline", "1.2.840.10008.1.2.4.50", 8, True, "dcmcjpeg", ("+eb", "+q", "95", "+sr")),
+        Syntax("jpeg-extended", "1.2.840.10008.1.2.4.51", 12, True, "dcmcjpeg", ("+ee", "+q", "95", "+sr")),
+        Syntax("jpeg-lossless", "1.2.840.10008.1.2.4.57", 12, False, "dcmcjpeg", ("+el",)),
+        Syntax("jpeg-lossless-sv1", "1.2.840.10008.1.2.4.70", 12, False, "dcmcjpeg", ("+e1",)),
+        Syntax("jpeg-ls-lossless", "1.2.840.10008.1.2.4.80", 12, False, "pydicom"),
+        Syntax("jpeg-ls-near-lossless", "1.2.840.10008.1.2.4.81", 12, True, "pydicom"),
+        Syntax("jpeg2000-lossless", "1.2.840.10008.1.2.4.90", 12, False, "pydicom"),
+        Syntax("jpeg2000", "1.2.840.10008.1.2.4.91", 12, True, "pydicom"),
+    )
+}
 
 # dcmcjpeg's lossy modes rescale by default to the pixel values actually used (+sp: the minimum becomes 0
 # while the header keeps an identity rescale), which shifts a MONOCHROME1 picture; +sr keeps the stored range.
@@ -125,7 +129,10 @@ def encode(ds, syntax: Syntax) -> bytes:
     if not uid.is_compressed:  # implicit VR, deflate: a different encoding of the same elements
         ds.file_meta.TransferSyntaxUID = uid
         return dataset_bytes(ds, implicit_vr=uid.is_implicit_VR)
-    encoder_options: dict[str, dict[str, Any]] = {"jpeg-ls-near-lossless": {"jls_error": NEAR_LOSSLESS_ERROR}, "jpeg2000": {"j2k_cr": [JPEG2000_RATIO]}}
+    encoder_options: dict[str, dict[str, Any]] = {
+        "jpeg-ls-near-lossless": {"jls_error": NEAR_LOSSLESS_ERROR},
+        "jpeg2000": {"j2k_cr": [JPEG2000_RATIO]},
+    }
     options = encoder_options.get(syntax.name, {})
     ds.compress(uid, **options)
     return dataset_bytes(ds)
@@ -138,7 +145,9 @@ def dicom_in_syntax(image: np.ndarray, syntax: str, photometric: str = "MONOCHRO
     return encode(dicom_dataset(values, photometric, bits_stored=chosen.bits, **tags), chosen)
 
 
-def write_transfer_syntax_studies(out: Path, image: np.ndarray, photometrics: tuple[str, ...] = ("MONOCHROME1", "MONOCHROME2")) -> list[Path]:
+def write_transfer_syntax_studies(
+    out: Path, image: np.ndarray, photometrics: tuple[str, ...] = ("MONOCHROME1", "MONOCHROME2")
+) -> list[Path]:
     """One study folder per transfer syntax and photometric interpretation, each holding one DICOM file."""
     folders = []
     for name in SYNTAXES:

@@ -22,6 +22,7 @@ Two facts about the bundled Python backend stub decide the environment it is sta
   empty), so the stub imports numpy from a separate folder holding `numpy==1.26.4`
   (`ensure_python_backend_env`), ahead of this virtual environment's site-packages (onnxruntime).
 """
+
 from __future__ import annotations
 
 import argparse
@@ -176,9 +177,7 @@ def tritonserver_home() -> Path:
     # find_spec does not import pytriton, whose own imports need numpy < 2.
     spec = importlib.util.find_spec("pytriton")
     if spec is None or not spec.submodule_search_locations:
-        raise ConfigurationError(
-            "nvidia-pytriton is not installed: make venv (it installs requirements-triton.lock)"
-        )
+        raise ConfigurationError("nvidia-pytriton is not installed: make venv (it installs requirements-triton.lock)")
     home = Path(next(iter(spec.submodule_search_locations))) / "tritonserver"
     if not (home / "bin" / "tritonserver").is_file():
         raise ConfigurationError(f"no tritonserver binary under {home}")
@@ -216,17 +215,29 @@ def ensure_python_backend_env(target: Path | None = None) -> Path:
     staging = Path(tempfile.mkdtemp(prefix=target.name + ".", dir=target.parent))
     try:
         subprocess.run(
-            [sys.executable, "-m", "pip", "install", "--quiet", "--disable-pip-version-check",
-             "--no-deps", "--require-hashes", "--target", str(staging), "-r", str(PYTHON_BACKEND_LOCK)],
-            check=True, timeout=600,
+            [
+                sys.executable,
+                "-m",
+                "pip",
+                "install",
+                "--quiet",
+                "--disable-pip-version-check",
+                "--no-deps",
+                "--require-hashes",
+                "--target",
+                str(staging),
+                "-r",
+                str(PYTHON_BACKEND_LOCK),
+            ],
+            check=True,
+            timeout=600,
         )
         (staging / ".radstream-packages").write_text(wanted)
         if target.exists():
             shutil.rmtree(target)
         staging.rename(target)
     except subprocess.CalledProcessError as e:
-        raise ConfigurationError(f"could not install {PYTHON_BACKEND_LOCK.name} for Triton's "
-                                 f"Python backend into {target}") from e
+        raise ConfigurationError(f"could not install {PYTHON_BACKEND_LOCK.name} for Triton's Python backend into {target}") from e
     finally:
         shutil.rmtree(staging, ignore_errors=True)
     return target
@@ -256,12 +267,15 @@ def model_config_path(model_dir: Path, config_name: str | None = None) -> Path:
 
 # gpu_execution_accelerator names in a config, as ONNX Runtime providers with the options they carry.
 _ACCELERATORS = {
-    "tensorrt": ("TensorrtExecutionProvider", {
-        "precision_mode": lambda v: {"trt_fp16_enable": str(v.upper() == "FP16")},
-        "max_workspace_size_bytes": lambda v: {"trt_max_workspace_size": v},
-        "trt_engine_cache_enable": lambda v: {"trt_engine_cache_enable": v},
-        "trt_engine_cache_path": lambda v: {"trt_engine_cache_path": v},
-    }),
+    "tensorrt": (
+        "TensorrtExecutionProvider",
+        {
+            "precision_mode": lambda v: {"trt_fp16_enable": str(v.upper() == "FP16")},
+            "max_workspace_size_bytes": lambda v: {"trt_max_workspace_size": v},
+            "trt_engine_cache_enable": lambda v: {"trt_engine_cache_enable": v},
+            "trt_engine_cache_path": lambda v: {"trt_engine_cache_path": v},
+        },
+    ),
     # Triton's ONNX Runtime backend hands every "cuda" parameter to the CUDA provider as it is (ONNX Runtime
     # refuses an unknown one): None means the same here.
     "cuda": ("CUDAExecutionProvider", None),
@@ -276,16 +290,16 @@ def gpu_execution_providers(config) -> list:
     providers: list = []
     for accelerator in config.optimization.execution_accelerators.gpu_execution_accelerator:
         if accelerator.name not in _ACCELERATORS:
-            raise ConfigurationError(f"{config.name}: gpu_execution_accelerator {accelerator.name!r} is not one of "
-                                     f"{', '.join(_ACCELERATORS)}")
+            raise ConfigurationError(
+                f"{config.name}: gpu_execution_accelerator {accelerator.name!r} is not one of {', '.join(_ACCELERATORS)}"
+            )
         provider, known = _ACCELERATORS[accelerator.name]
         options: dict[str, str] = {}
         for key, value in sorted(accelerator.parameters.items()):
             if known is None:
                 options[key] = value
             elif key not in known:
-                raise ConfigurationError(f"{config.name}: {accelerator.name} parameter {key!r} is not one of "
-                                         f"{', '.join(known)}")
+                raise ConfigurationError(f"{config.name}: {accelerator.name} parameter {key!r} is not one of {', '.join(known)}")
             else:
                 options.update(known[key](value))
         providers.append((provider, options))
@@ -302,8 +316,7 @@ def iter_models(model_repository: Path) -> Iterator[Path]:
             yield child
 
 
-def write_serving_repository(model_repository: Path, dest: Path, *, sys_path: list[str],
-                             model_config_name: str | None = None) -> Path:
+def write_serving_repository(model_repository: Path, dest: Path, *, sys_path: list[str], model_config_name: str | None = None) -> Path:
     """Lay out `dest` as a Python-backend twin of `model_repository` (files linked, configs rewritten).
 
     `model_config_name` picks each model's `configs/<name>.pbtxt` where present, as Triton's
@@ -323,8 +336,7 @@ def write_serving_repository(model_repository: Path, dest: Path, *, sys_path: li
         onnx_name = config.default_model_filename or "model.onnx"
         if config.platform not in ("", "onnxruntime_onnx") or config.backend not in ("", "onnxruntime"):
             raise ConfigurationError(
-                f"{model_dir.name}: only ONNX models can be served locally "
-                f"(platform={config.platform!r}, backend={config.backend!r})"
+                f"{model_dir.name}: only ONNX models can be served locally (platform={config.platform!r}, backend={config.backend!r})"
             )
         config.name = config.name or model_dir.name
         gpu_providers = gpu_execution_providers(config)
@@ -347,8 +359,12 @@ def write_serving_repository(model_repository: Path, dest: Path, *, sys_path: li
                 for f in entry.iterdir():
                     (version_dir / f.name).symlink_to(f)
                 (version_dir / "model.py").write_text(
-                    _MODEL_PY.format(sys_path=sys_path, onnx_name=onnx_name, gpu_providers=gpu_providers,
-                                     open_session=inspect.getsource(open_onnx_session))
+                    _MODEL_PY.format(
+                        sys_path=sys_path,
+                        onnx_name=onnx_name,
+                        gpu_providers=gpu_providers,
+                        open_session=inspect.getsource(open_onnx_session),
+                    )
                 )
             else:
                 (out_dir / entry.name).symlink_to(entry)
@@ -376,8 +392,7 @@ def server_environment() -> dict[str, str]:
     libdir = sysconfig.get_config_var("LIBDIR")
     home = tritonserver_home()
     bundled = home.parent.parent / "nvidia_pytriton.libs"
-    parts = [p for p in (libdir, str(bundled) if bundled.is_dir() else None,
-                         env.get("LD_LIBRARY_PATH")) if p]
+    parts = [p for p in (libdir, str(bundled) if bundled.is_dir() else None, env.get("LD_LIBRARY_PATH")) if p]
     env["LD_LIBRARY_PATH"] = os.pathsep.join(parts)
     return env
 
@@ -471,7 +486,8 @@ class TritonServer:
         self._workdir = Path(tempfile.mkdtemp(prefix="radstream-triton-"))
         try:
             write_serving_repository(
-                self.model_repository, self._workdir / "models",
+                self.model_repository,
+                self._workdir / "models",
                 sys_path=[str(numpy_dir), *onnxruntime_path(), sysconfig.get_paths()["purelib"]],
                 model_config_name=self.model_config_name,
             )
@@ -517,8 +533,7 @@ class TritonServer:
             except subprocess.TimeoutExpired:
                 continue
             raise InferenceUnavailable(
-                f"Triton server exited with code {code} before it was ready; {self.log_errors()}"
-                f"log tail:\n{self.log_tail()}",
+                f"Triton server exited with code {code} before it was ready; {self.log_errors()}log tail:\n{self.log_tail()}",
                 exit_code=code,
             )
 
@@ -605,7 +620,10 @@ def serve_models(
     """Run Triton in the foreground until Ctrl-C or SIGTERM; print its URLs. Returns an exit code."""
     server = TritonServer(
         model_repository or default_model_repository(),
-        http_port=http_port, grpc_port=grpc_port, metrics_port=metrics_port, address=address,
+        http_port=http_port,
+        grpc_port=grpc_port,
+        metrics_port=metrics_port,
+        address=address,
         model_config_name=model_config_name,
     )
     previous = signal.signal(signal.SIGTERM, _interrupt)
@@ -641,7 +659,7 @@ def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(
         prog="radstream serve-models",
         description="Serve the model repository with a local Triton Inference Server (CPU; "
-                    "--model-config-name gpu on a GPU machine with onnxruntime-gpu).",
+        "--model-config-name gpu on a GPU machine with onnxruntime-gpu).",
     )
     parser.add_argument("--model-repository", type=Path, default=default_model_repository())
     parser.add_argument("--http-port", type=int, default=8000)
@@ -649,13 +667,22 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--metrics-port", type=int, default=8002)
     parser.add_argument("--address", default="127.0.0.1", help="address to bind (0.0.0.0 for all)")
     parser.add_argument("--deadline", type=float, default=120.0, help="seconds to wait for readiness")
-    parser.add_argument("--model-config-name", default=None, metavar="NAME",
-                        help="serve each model's configs/NAME.pbtxt where it has one (gpu: KIND_GPU, CUDA/TensorRT), "
-                             "as tritonserver --model-config-name does on EKS")
+    parser.add_argument(
+        "--model-config-name",
+        default=None,
+        metavar="NAME",
+        help="serve each model's configs/NAME.pbtxt where it has one (gpu: KIND_GPU, CUDA/TensorRT), "
+        "as tritonserver --model-config-name does on EKS",
+    )
     args = parser.parse_args(argv)
     return serve_models(
-        args.model_repository, args.http_port, args.grpc_port, args.metrics_port,
-        address=args.address, deadline_s=args.deadline, model_config_name=args.model_config_name,
+        args.model_repository,
+        args.http_port,
+        args.grpc_port,
+        args.metrics_port,
+        address=args.address,
+        deadline_s=args.deadline,
+        model_config_name=args.model_config_name,
     )
 
 

@@ -9,6 +9,7 @@ A study is a projection radiograph of the chest:
 A refusal names the attribute that decided (never its value: it may be anything the sender wrote) and says whether
 the SOP class or the content decided, so the gateway can answer with the status a sender expects.
 """
+
 from __future__ import annotations
 
 from dataclasses import dataclass
@@ -93,10 +94,17 @@ def accept(ds: Any, announced_sop_class: str | None = None) -> Accepted:
     modality = text(ds, "Modality").upper()
     if modality not in MODALITY_OF[sop_class]:
         allowed = " or ".join(sorted(MODALITY_OF[sop_class]))
-        raise NotAccepted("Modality", f"Modality must be {allowed} for {ACCEPTED_SOP_CLASSES[sop_class]}, "
-                                      f"found {modality if modality.isalnum() and len(modality) <= 16 else 'none'}", "content")
+        raise NotAccepted(
+            "Modality",
+            f"Modality must be {allowed} for {ACCEPTED_SOP_CLASSES[sop_class]}, "
+            f"found {modality if modality.isalnum() and len(modality) <= 16 else 'none'}",
+            "content",
+        )
     if not _says_chest(ds):
-        raise NotAccepted("BodyPartExamined", "BodyPartExamined (or AnatomicRegionSequence) does not say CHEST: "
-                                              "only chest radiographs are processed", "content")
+        raise NotAccepted(
+            "BodyPartExamined",
+            "BodyPartExamined (or AnatomicRegionSequence) does not say CHEST: only chest radiographs are processed",
+            "content",
+        )
     view = text(ds, "ViewPosition").upper()
     return Accepted(sop_class=sop_class, modality=modality, view_position=view if view in VIEW_POSITIONS else "UNKNOWN")

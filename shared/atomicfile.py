@@ -13,6 +13,7 @@ RADSTREAM_SYNC_LOG (tests and benchmarks/crash_bench.py only): a file that each 
 `<path>\t<inode>\t<size>\t<mtime_ns>` to once its bytes are on disk, so a crash simulator knows what an OS crash could
 not touch (a file whose inode, size and mtime still match a line; of an appended file, the first <size> bytes).
 """
+
 from __future__ import annotations
 
 import errno
@@ -168,7 +169,7 @@ def _atomically(target: Path, staging: Path, fill: Callable[[int], int], durable
 def _write_all(fd: int, data: bytes) -> int:
     view = memoryview(data)
     while view:
-        view = view[os.write(fd, view):]
+        view = view[os.write(fd, view) :]
     return len(data)
 
 

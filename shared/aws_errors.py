@@ -6,35 +6,69 @@
 - an object that is not there: ObjectNotFound.
 Anything that is not a botocore error is not translated: it is our own bug and is reported as itself.
 """
+
 from __future__ import annotations
 
 from typing import Literal
 
 from botocore.exceptions import (
-    BotoCoreError, ClientError, ConnectionError as BotoConnectionError, EndpointConnectionError,
-    NoCredentialsError, NoRegionError, ParamValidationError, PartialCredentialsError,
+    BotoCoreError,
+    ClientError,
+    ConnectionError as BotoConnectionError,
+    EndpointConnectionError,
+    NoCredentialsError,
+    NoRegionError,
+    ParamValidationError,
+    PartialCredentialsError,
 )
 
 from shared.errors import ConfigurationError, ObjectNotFound, RadStreamError, StorageUnavailable
 
-TRANSIENT_CODES = frozenset({
-    "Throttling", "ThrottlingException", "ThrottledException", "SlowDown", "RequestLimitExceeded",
-    "TooManyRequestsException", "ProvisionedThroughputExceededException", "LimitExceededException",
-    "RequestThrottled", "RequestThrottledException", "InternalError", "InternalFailure", "InternalServerError",
-    "InternalServerException", "InternalException", "ServiceUnavailable", "ServiceUnavailableException",
-    "RequestTimeout", "RequestTimeoutException", "KMS.KMSInternalException", "KMSInternalException",
-})
+TRANSIENT_CODES = frozenset(
+    {
+        "Throttling",
+        "ThrottlingException",
+        "ThrottledException",
+        "SlowDown",
+        "RequestLimitExceeded",
+        "TooManyRequestsException",
+        "ProvisionedThroughputExceededException",
+        "LimitExceededException",
+        "RequestThrottled",
+        "RequestThrottledException",
+        "InternalError",
+        "InternalFailure",
+        "InternalServerError",
+        "InternalServerException",
+        "InternalException",
+        "ServiceUnavailable",
+        "ServiceUnavailableException",
+        "RequestTimeout",
+        "RequestTimeoutException",
+        "KMS.KMSInternalException",
+        "KMSInternalException",
+    }
+)
 NOT_FOUND_CODES = frozenset({"NoSuchKey", "404", "NotFound", "NoSuchVersion"})
 # The deployment, not the request, is wrong: these name what a person has to fix.
 CONFIGURATION_CODES = {
-    "AccessDenied": "the role's permissions", "AccessDeniedException": "the role's permissions",
-    "UnauthorizedOperation": "the role's permissions", "UnrecognizedClientException": "the credentials",
-    "InvalidAccessKeyId": "the credentials", "SignatureDoesNotMatch": "the credentials",
-    "ExpiredToken": "the credentials", "ExpiredTokenException": "the credentials",
-    "NoSuchBucket": "the bucket setting", "ResourceNotFoundException": "the resource name setting",
-    "InvalidBucketName": "the bucket setting", "KMS.DisabledException": "the KMS key", "KMS.NotFoundException": "the KMS key",
-    "KMS.KMSInvalidStateException": "the KMS key", "KMS.AccessDeniedException": "the KMS key policy",
-    "InvalidArgument": "the request the adapter built", "ValidationException": "the request the adapter built",
+    "AccessDenied": "the role's permissions",
+    "AccessDeniedException": "the role's permissions",
+    "UnauthorizedOperation": "the role's permissions",
+    "UnrecognizedClientException": "the credentials",
+    "InvalidAccessKeyId": "the credentials",
+    "SignatureDoesNotMatch": "the credentials",
+    "ExpiredToken": "the credentials",
+    "ExpiredTokenException": "the credentials",
+    "NoSuchBucket": "the bucket setting",
+    "ResourceNotFoundException": "the resource name setting",
+    "InvalidBucketName": "the bucket setting",
+    "KMS.DisabledException": "the KMS key",
+    "KMS.NotFoundException": "the KMS key",
+    "KMS.KMSInvalidStateException": "the KMS key",
+    "KMS.AccessDeniedException": "the KMS key policy",
+    "InvalidArgument": "the request the adapter built",
+    "ValidationException": "the request the adapter built",
     "InvalidRequestException": "the request the adapter built",
 }
 

@@ -4,6 +4,7 @@ The JSON Schema files beside this module (schemas/*.v1.schema.json) are generate
 (`python -m shared.contracts`) and a test keeps them in step. The sidecar's schema is hand-written,
 since it is what users write against.
 """
+
 from __future__ import annotations
 
 import json
@@ -77,10 +78,13 @@ class Finding(Contract):
 class Detection(Contract):
     label: str
     score: float = Field(ge=0, le=1)
-    box: tuple[float, float, float, float] = Field(description=(
-        "[x_min, y_min, x_max, y_max] in pixels of the original image as uploaded (its full resolution, before any "
-        "letterbox), origin at the image's top-left corner, x to the right, y down; x_min < x_max <= width, "
-        "y_min < y_max <= height. Boxes never overlap by IoU > 0.5, whatever their labels (non-maximum suppression)."))
+    box: tuple[float, float, float, float] = Field(
+        description=(
+            "[x_min, y_min, x_max, y_max] in pixels of the original image as uploaded (its full resolution, before any "
+            "letterbox), origin at the image's top-left corner, x to the right, y down; x_min < x_max <= width, "
+            "y_min < y_max <= height. Boxes never overlap by IoU > 0.5, whatever their labels (non-maximum suppression)."
+        )
+    )
 
 
 class ReportSentence(Contract):
@@ -115,9 +119,13 @@ class InputDigest(Contract):
     # How the stored values became the [0, 1] picture the models saw (docs/models.md, "Intensity"),
     # e.g. "dicom-12bit-percentile-inverted" or "png16-percentile".
     intensity_rule: str | None = None
-    quality_flags: list[QualityFlag] = Field(default_factory=list, description=(
-        "What looks wrong with the input picture (docs/models.md, 'Quality flags'); empty when nothing does. "
-        "Flags never change findings."))
+    quality_flags: list[QualityFlag] = Field(
+        default_factory=list,
+        description=(
+            "What looks wrong with the input picture (docs/models.md, 'Quality flags'); empty when nothing does. "
+            "Flags never change findings."
+        ),
+    )
 
 
 class StudyResult(Contract):
@@ -128,15 +136,21 @@ class StudyResult(Contract):
     status: Literal["succeeded"] = "succeeded"
     label: Literal["not for clinical use"] = NOT_FOR_CLINICAL_USE
     input: InputDigest
-    identifiers: StudyIdentifiers | None = Field(None, description="DICOM studies only; null for a sidecar study (its study_id is the key).")
+    identifiers: StudyIdentifiers | None = Field(
+        None, description="DICOM studies only; null for a sidecar study (its study_id is the key)."
+    )
     modality: str = Field(description="CR or DX, from the sidecar or the DICOM header")
     view_position: str = Field(description="PA, AP, LATERAL, LL, RL, or UNKNOWN when a DICOM header leaves it empty")
     execution_id: str
     completed_at: datetime
-    end_to_end_ms: float | None = Field(None, description=(
-        "From the workflow execution's start to this result being assembled (completed_at), in milliseconds: "
-        "validate, prepare, the models and the store stage with their retries. Excludes the time before the "
-        "workflow started (upload and event delivery) and the telemetry stage after the result."))
+    end_to_end_ms: float | None = Field(
+        None,
+        description=(
+            "From the workflow execution's start to this result being assembled (completed_at), in milliseconds: "
+            "validate, prepare, the models and the store stage with their retries. Excludes the time before the "
+            "workflow started (upload and event delivery) and the telemetry stage after the result."
+        ),
+    )
     models: dict[str, ModelRef]
     findings: list[Finding]
     detections: list[Detection]
@@ -169,10 +183,13 @@ class ExportStatus(Contract):
     schema_version: Literal["1"] = "1"
     study_id: str
     execution_id: str = Field(description="the run whose result these exports are of (result.json's execution_id)")
-    status: Literal["built", "skipped", "delivered", "build_failed", "delivery_failed"] = Field(description=(
-        "built: SR, overlay and FHIR bundle written, nothing sent (no destination configured); skipped: the source "
-        "cannot be addressed (message says why); delivered: sent to every destination; build_failed / delivery_failed: "
-        "dead-lettered, `radstream export --retry` builds and/or sends them again"))
+    status: Literal["built", "skipped", "delivered", "build_failed", "delivery_failed"] = Field(
+        description=(
+            "built: SR, overlay and FHIR bundle written, nothing sent (no destination configured); skipped: the source "
+            "cannot be addressed (message says why); delivered: sent to every destination; build_failed / delivery_failed: "
+            "dead-lettered, `radstream export --retry` builds and/or sends them again"
+        )
+    )
     updated_at: datetime
     exports: list[ObjectRef] = []
     destinations: list[str] = []

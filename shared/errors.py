@@ -1,4 +1,5 @@
 """One error tree: the workflow's Retry and Catch match these class names, never message text."""
+
 from __future__ import annotations
 
 import json
@@ -91,10 +92,16 @@ class FailureNotRecorded(RetryableError):
 
 
 # Step Functions' and Lambda's own transient errors, by the names the workflow sees.
-_TRANSIENT_SERVICE_ERRORS = frozenset({
-    "States.Timeout", "States.HeartbeatTimeout", "Lambda.ServiceException", "Lambda.AWSLambdaException",
-    "Lambda.SdkClientException", "Lambda.TooManyRequestsException",
-})
+_TRANSIENT_SERVICE_ERRORS = frozenset(
+    {
+        "States.Timeout",
+        "States.HeartbeatTimeout",
+        "Lambda.ServiceException",
+        "Lambda.AWSLambdaException",
+        "Lambda.SdkClientException",
+        "Lambda.TooManyRequestsException",
+    }
+)
 
 
 def error_class(error_name: str | None) -> type[RadStreamError] | None:

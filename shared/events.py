@@ -3,6 +3,7 @@
 The workflow's RecordFailure stage publishes "Study Failed" through this port; on AWS the event lands on
 the account's default bus (EVENT_BUS_NAME), where rules can route it to a ticketing system or a pager.
 """
+
 from __future__ import annotations
 
 import json
@@ -41,11 +42,15 @@ class LocalEventLog:
         self._lock = threading.Lock()
 
     def publish(self, detail_type: str, detail: dict[str, Any]) -> None:
-        line = json.dumps({
-            "detail-type": detail_type, "source": self.source,
-            "time": datetime.now(UTC).strftime("%Y-%m-%dT%H:%M:%SZ"),
-            "detail": json.loads(_encode(detail_type, detail)),
-        }, separators=(",", ":"))
+        line = json.dumps(
+            {
+                "detail-type": detail_type,
+                "source": self.source,
+                "time": datetime.now(UTC).strftime("%Y-%m-%dT%H:%M:%SZ"),
+                "detail": json.loads(_encode(detail_type, detail)),
+            },
+            separators=(",", ":"),
+        )
         with self._lock:
             self.path.parent.mkdir(parents=True, exist_ok=True)
             with self.path.open("a") as f:

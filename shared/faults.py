@@ -4,6 +4,7 @@ It fails the way the real stores fail, below the translation layer, so what is e
 own handling: a full disk (ENOSPC) and a timeout reach LocalObjectStore's OSError mapping; a throttle is
 S3's SlowDown passed through the one AWS error table.
 """
+
 from __future__ import annotations
 
 import errno
@@ -22,7 +23,7 @@ KINDS = ("enospc", "throttle", "timeout", "eio")
 
 
 def parse_faults(spec: str) -> tuple[dict[str, float], int]:
-    """"enospc=0.02,throttle=0.01,seed=7" -> ({"enospc": 0.02, "throttle": 0.01}, 7)."""
+    """ "enospc=0.02,throttle=0.01,seed=7" -> ({"enospc": 0.02, "throttle": 0.01}, 7)."""
     rates: dict[str, float] = {}
     seed = 0
     for part in filter(None, (p.strip() for p in spec.split(","))):

@@ -5,6 +5,7 @@ claim any size in its SOF segment. The byte limit (MAX_IMAGE_BYTES) cannot see e
 read width, height, channels (and frames, for DICOM) from the header and hold the product to
 MAX_IMAGE_PIXELS before anything allocates the pixels.
 """
+
 from __future__ import annotations
 
 import io
@@ -87,7 +88,9 @@ def dicom_geometry(data: bytes) -> ImageGeometry | None:
     import pydicom
 
     try:
-        ds = pydicom.dcmread(io.BytesIO(data), stop_before_pixels=True, specific_tags=["Rows", "Columns", "SamplesPerPixel", "NumberOfFrames"])
+        ds = pydicom.dcmread(
+            io.BytesIO(data), stop_before_pixels=True, specific_tags=["Rows", "Columns", "SamplesPerPixel", "NumberOfFrames"]
+        )
         rows, columns = int(ds.Rows), int(ds.Columns)
         return ImageGeometry(columns, rows, int(ds.get("SamplesPerPixel", 1) or 1), int(ds.get("NumberOfFrames", 1) or 1))
     except Exception:
@@ -104,9 +107,13 @@ def check_pixel_limit(data: bytes, image_format: str, max_image_pixels: int, stu
     """Refuse, before decoding, an image whose header declares more samples than the limit, or no size at all."""
     geometry = image_geometry(data, image_format)
     if geometry is None:
-        raise InvalidImage(f"image cannot be decoded: its {image_format.upper()} header declares no size (corrupt or truncated)", study_id=study_id)
+        raise InvalidImage(
+            f"image cannot be decoded: its {image_format.upper()} header declares no size (corrupt or truncated)", study_id=study_id
+        )
     if geometry.width == 0 or geometry.height == 0:
-        raise InvalidImage(f"{image_format.upper()} header declares an empty image ({geometry.width} x {geometry.height})", study_id=study_id)
+        raise InvalidImage(
+            f"{image_format.upper()} header declares an empty image ({geometry.width} x {geometry.height})", study_id=study_id
+        )
     if geometry.samples > max_image_pixels:
         raise InvalidImage(
             f"image is {geometry.describe()} by its {image_format.upper()} header, over the {max_image_pixels:,}-sample limit "

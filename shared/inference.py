@@ -1,4 +1,5 @@
 """Inference port: run one model of the repository on a batch. Adapters: ONNX Runtime in-process, Triton."""
+
 from __future__ import annotations
 
 from typing import Protocol

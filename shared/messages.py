@@ -4,6 +4,7 @@ Each stage's request is what template.yaml's Parameters build for it; each respo
 puts into the state. One name and one home for each, so the store and failure paths read the very models
 the earlier stages wrote rather than partial copies of them.
 """
+
 from __future__ import annotations
 
 from datetime import datetime
@@ -101,7 +102,6 @@ class CandidateSentence(ReportSentence):
 
     asserts: list[str] = []
     negates: list[str] = []
-
 
 
 class InferenceRequest(BaseModel):

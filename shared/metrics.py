@@ -26,6 +26,7 @@ with different dimensions need separate documents anyway. Each document is built
 `EphemeralMetrics` serialises (`powertools_document`, held equal by tests/metrics): building a metric set per
 call through Powertools cost a tenth of the embedded pipeline's overhead per study (benchmarks/limit_bench.py).
 """
+
 from __future__ import annotations
 
 import json
@@ -53,7 +54,9 @@ class ModelLatency:
     duration_ms: float
 
 
-def _document(dimensions: Mapping[str, str], values: Iterable[tuple[str, MetricUnit, float]], metadata: Mapping[str, str], service: str) -> dict[str, Any]:
+def _document(
+    dimensions: Mapping[str, str], values: Iterable[tuple[str, MetricUnit, float]], metadata: Mapping[str, str], service: str
+) -> dict[str, Any]:
     """One EMF document: the very dict Powertools' EphemeralMetrics serialises for these dimensions, metadata and
     values (tests/metrics holds the two equal), built directly: Powertools' per-call metric set, validation and
     serialisation cost ~0.19 ms a stage, a tenth of a study's whole pipeline overhead, for names and units that
@@ -62,18 +65,24 @@ def _document(dimensions: Mapping[str, str], values: Iterable[tuple[str, MetricU
     return {
         "_aws": {
             "Timestamp": int(datetime.now().timestamp() * 1000),
-            "CloudWatchMetrics": [{
-                "Namespace": NAMESPACE,
-                "Dimensions": [[*dimensions, "service"]],
-                "Metrics": [{"Name": name, "Unit": str(getattr(unit, "value", unit))} for name, unit, _ in metrics],
-            }],
+            "CloudWatchMetrics": [
+                {
+                    "Namespace": NAMESPACE,
+                    "Dimensions": [[*dimensions, "service"]],
+                    "Metrics": [{"Name": name, "Unit": str(getattr(unit, "value", unit))} for name, unit, _ in metrics],
+                }
+            ],
         },
-        **dimensions, "service": service, **metadata,
+        **dimensions,
+        "service": service,
+        **metadata,
         **{name: [float(value)] for name, _, value in metrics},
     }
 
 
-def powertools_document(dimensions: Mapping[str, str], values: Iterable[tuple[str, MetricUnit, float]], metadata: Mapping[str, str], service: str) -> dict[str, Any]:
+def powertools_document(
+    dimensions: Mapping[str, str], values: Iterable[tuple[str, MetricUnit, float]], metadata: Mapping[str, str], service: str
+) -> dict[str, Any]:
     """The same document through Powertools (the reference `_document` is held to)."""
     metrics = EphemeralMetrics(namespace=NAMESPACE, service=service)
     for name, dimension in dimensions.items():
@@ -86,10 +95,20 @@ def powertools_document(dimensions: Mapping[str, str], values: Iterable[tuple[st
 
 
 def stage_metrics(
-    *, stage: str, status: str, duration_ms: float, bytes_in: int = 0, bytes_out: int = 0,
-    error_type: str | None = None, findings: Sequence[Mapping[str, Any]] = (), detections: Sequence[Mapping[str, Any]] = (),
-    models: Sequence[ModelLatency] = (), study_status: str | None = None, study_id: str | None = None,
-    execution_id: str | None = None, service: str | None = None,
+    *,
+    stage: str,
+    status: str,
+    duration_ms: float,
+    bytes_in: int = 0,
+    bytes_out: int = 0,
+    error_type: str | None = None,
+    findings: Sequence[Mapping[str, Any]] = (),
+    detections: Sequence[Mapping[str, Any]] = (),
+    models: Sequence[ModelLatency] = (),
+    study_status: str | None = None,
+    study_id: str | None = None,
+    execution_id: str | None = None,
+    service: str | None = None,
 ) -> list[dict[str, Any]]:
     """The EMF documents for one stage invocation, one per dimension set (see the module's table).
 
@@ -103,20 +122,36 @@ def stage_metrics(
         raise ValueError(f"study status must be succeeded or failed, got {study_status!r}")
     service = service or os.environ.get("POWERTOOLS_SERVICE_NAME") or SERVICE
     metadata = {k: v for k, v in (("study_id", study_id), ("execution_id", execution_id)) if v}
-    documents = [_document({"stage": stage}, [
-        ("StageDuration", MetricUnit.Milliseconds, duration_ms),
-        ("StageSucceeded", MetricUnit.Count, 1 if status == "succeeded" else 0),
-        ("StageFailed", MetricUnit.Count, 1 if status == "failed" else 0),
-        ("StageBytesIn", MetricUnit.Bytes, bytes_in),
-        ("StageBytesOut", MetricUnit.Bytes, bytes_out),
-    ], metadata, service)]
+    documents = [
+        _document(
+            {"stage": stage},
+            [
+                ("StageDuration", MetricUnit.Milliseconds, duration_ms),
+                ("StageSucceeded", MetricUnit.Count, 1 if status == "succeeded" else 0),
+                ("StageFailed", MetricUnit.Count, 1 if status == "failed" else 0),
+                ("StageBytesIn", MetricUnit.Bytes, bytes_in),
+                ("StageBytesOut", MetricUnit.Bytes, bytes_out),
+            ],
+            metadata,
+            service,
+        )
+    ]
     if status == "failed":
-        documents.append(_document({"stage": stage, "error_type": error_type or "Unknown"}, [("StageErrors", MetricUnit.Count, 1)], metadata, service))
+        documents.append(
+            _document({"stage": stage, "error_type": error_type or "Unknown"}, [("StageErrors", MetricUnit.Count, 1)], metadata, service)
+        )
     if study_status:
-        documents.append(_document({}, [
-            ("StudiesSucceeded", MetricUnit.Count, 1 if study_status == "succeeded" else 0),
-            ("StudiesFailed", MetricUnit.Count, 1 if study_status == "failed" else 0),
-        ], metadata, service))
+        documents.append(
+            _document(
+                {},
+                [
+                    ("StudiesSucceeded", MetricUnit.Count, 1 if study_status == "succeeded" else 0),
+                    ("StudiesFailed", MetricUnit.Count, 1 if study_status == "failed" else 0),
+                ],
+                metadata,
+                service,
+            )
+        )
     positives: dict[str, int] = {}
     for finding in findings:
         if finding.get("positive"):
@@ -129,7 +164,14 @@ def stage_metrics(
     for label, count in sorted(boxes.items()):
         documents.append(_document({"label": label}, [("Detections", MetricUnit.Count, count)], metadata, service))
     for model in models:
-        documents.append(_document({"model": model.name, "model_version": model.version}, [("ModelLatency", MetricUnit.Milliseconds, model.duration_ms)], metadata, service))
+        documents.append(
+            _document(
+                {"model": model.name, "model_version": model.version},
+                [("ModelLatency", MetricUnit.Milliseconds, model.duration_ms)],
+                metadata,
+                service,
+            )
+        )
     return documents
 
 
@@ -194,6 +236,7 @@ class LocalEmfFile:
 
 
 # --- reading captured EMF (the console's dashboard) ---
+
 
 @dataclass(frozen=True)
 class MetricPoint:

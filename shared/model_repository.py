@@ -3,6 +3,7 @@
 Everything the pipeline knows about a model (input size, normalisation, how to read its outputs)
 comes from here, so swapping weights means swapping files, not code. See docs/models.md.
 """
+
 from __future__ import annotations
 
 from typing import Literal
@@ -79,10 +80,18 @@ def load_model_spec(folder: Path) -> ModelSpec:
     thresholds_file = folder / "thresholds.json"
     thresholds = json.loads(thresholds_file.read_text()) if thresholds_file.exists() else {}
     return ModelSpec(
-        name=name, version=versions[-1], folder=folder, kind=kind, normalization=normalization,
-        input_name=config.input[0].name, input_size=dims[1], outputs=tuple(o.name for o in config.output),
-        max_batch_size=config.max_batch_size, provenance=params.get("radstream.provenance", "unspecified"),
-        labels=labels, thresholds={k: float(v) for k, v in thresholds.items()},
+        name=name,
+        version=versions[-1],
+        folder=folder,
+        kind=kind,
+        normalization=normalization,
+        input_name=config.input[0].name,
+        input_size=dims[1],
+        outputs=tuple(o.name for o in config.output),
+        max_batch_size=config.max_batch_size,
+        provenance=params.get("radstream.provenance", "unspecified"),
+        labels=labels,
+        thresholds={k: float(v) for k, v in thresholds.items()},
     )
 
 

@@ -6,6 +6,7 @@ header bytes are built once per (dtype, shape) and a header read back is looked 
 before is parsed by NumPy's own reader. The bytes are exactly `np.save`'s (a test checks it), so an artifact
 written here is an ordinary .npy file in S3 or on disk.
 """
+
 from __future__ import annotations
 
 import io

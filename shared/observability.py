@@ -7,6 +7,7 @@ Nothing here is process state that one run could leak into another: log keys are
 thread-safe keys, set and cleared around each invocation), and where log lines go is a context variable
 that the local runtime sets around the invocations it makes.
 """
+
 from __future__ import annotations
 
 import hashlib
@@ -95,17 +96,33 @@ def telemetry_event_id(*, study_id: str, execution_id: str, stage: str, status: 
 
 
 def telemetry_record(
-    *, stage: Stage, study_id: str, execution_id: str, status: Literal["succeeded", "failed"], duration_ms: float | None,
-    model: ModelRef | None = None, error_type: str | None = None, bytes_in: int = 0, bytes_out: int = 0,
+    *,
+    stage: Stage,
+    study_id: str,
+    execution_id: str,
+    status: Literal["succeeded", "failed"],
+    duration_ms: float | None,
+    model: ModelRef | None = None,
+    error_type: str | None = None,
+    bytes_in: int = 0,
+    bytes_out: int = 0,
     cold_start: bool = False,
 ) -> TelemetryRecord:
     model_name = model.name if model else None
     return TelemetryRecord(
         event_id=telemetry_event_id(study_id=study_id, execution_id=execution_id, stage=stage, status=status, model_name=model_name),
-        time=datetime.now(UTC), study_id=study_id, execution_id=execution_id,
-        stage=stage, status=status, duration_ms=duration_ms, model_name=model_name,
-        model_version=model.version if model else None, error_type=error_type, bytes_in=bytes_in,
-        bytes_out=bytes_out, cold_start=cold_start,
+        time=datetime.now(UTC),
+        study_id=study_id,
+        execution_id=execution_id,
+        stage=stage,
+        status=status,
+        duration_ms=duration_ms,
+        model_name=model_name,
+        model_version=model.version if model else None,
+        error_type=error_type,
+        bytes_in=bytes_in,
+        bytes_out=bytes_out,
+        cold_start=cold_start,
     )
 
 
@@ -146,7 +163,9 @@ class StageHandler(Generic[D]):
         self._lock = threading.Lock()
         self._warm: set[int] = set()  # ids of the dependency sets that have served an invocation
         # Tracing off (outside Lambda, or POWERTOOLS_TRACE_DISABLED): no subsegment to open, so no wrapper to pay for.
-        self._traced = self._invoke if tracer.disabled else tracer.capture_lambda_handler(capture_response=False, capture_error=False)(self._invoke)
+        self._traced = (
+            self._invoke if tracer.disabled else tracer.capture_lambda_handler(capture_response=False, capture_error=False)(self._invoke)
+        )
 
     def __call__(self, event: dict[str, Any], context: Any) -> dict[str, Any]:
         if self._lambda_deps is None:
@@ -174,7 +193,9 @@ class StageHandler(Generic[D]):
         execution_id = str(event.get("execution_id", "direct-invoke"))
         study_id = event_study_id(event)
         logger.thread_safe_append_keys(
-            stage=self.stage, execution_id=execution_id, study_id=study_id,
+            stage=self.stage,
+            execution_id=execution_id,
+            study_id=study_id,
             request_id=getattr(context, "aws_request_id", None),
         )
         tracer.put_annotation(key="stage", value=self.stage)
@@ -191,30 +212,56 @@ class StageHandler(Generic[D]):
             except RadStreamError as e:
                 tracer.put_annotation(key="error_type", value=e.error_name)
                 logger.warning("stage failed", error_type=e.error_name, retryable=e.retryable, reason=str(e))
-                self._emit(metrics, status="failed", duration_ms=(time.perf_counter() - started) * 1000, error_type=e.error_name,
-                           study_id=study_id, execution_id=execution_id)
+                self._emit(
+                    metrics,
+                    status="failed",
+                    duration_ms=(time.perf_counter() - started) * 1000,
+                    error_type=e.error_name,
+                    study_id=study_id,
+                    execution_id=execution_id,
+                )
                 raise
             except Exception as e:
                 # Our own bug or a library's: name it and where it came from, never its message (it could carry data).
                 tracer.put_annotation(key="error_type", value=type(e).__name__)
                 logger.error("stage failed unexpectedly", error_type=type(e).__name__, code_path=code_location(e))
-                self._emit(metrics, status="failed", duration_ms=(time.perf_counter() - started) * 1000, error_type=type(e).__name__,
-                           study_id=study_id, execution_id=execution_id)
+                self._emit(
+                    metrics,
+                    status="failed",
+                    duration_ms=(time.perf_counter() - started) * 1000,
+                    error_type=type(e).__name__,
+                    study_id=study_id,
+                    execution_id=execution_id,
+                )
                 raise
             except BaseException as e:
                 if not is_native_panic(e):
                     raise  # Ctrl-C, SystemExit, a process being killed: not the study's to record
                 tracer.put_annotation(key="error_type", value=NativeLibraryPanic.__name__)
                 logger.error("stage failed unexpectedly", error_type=type(e).__name__, code_path=code_location(e))
-                self._emit(metrics, status="failed", duration_ms=(time.perf_counter() - started) * 1000,
-                           error_type=NativeLibraryPanic.__name__, study_id=study_id, execution_id=execution_id)
-                raise NativeLibraryPanic(f"the {self.stage} stage's native library crashed ({type(e).__name__}) on this input; "
-                                         "the input is kept", study_id=study_id) from e
+                self._emit(
+                    metrics,
+                    status="failed",
+                    duration_ms=(time.perf_counter() - started) * 1000,
+                    error_type=NativeLibraryPanic.__name__,
+                    study_id=study_id,
+                    execution_id=execution_id,
+                )
+                raise NativeLibraryPanic(
+                    f"the {self.stage} stage's native library crashed ({type(e).__name__}) on this input; the input is kept",
+                    study_id=study_id,
+                ) from e
             duration_ms = (time.perf_counter() - started) * 1000
             record = telemetry_record(
-                stage=self.stage, study_id=output.study_id, execution_id=execution_id, status="succeeded",
-                duration_ms=round(duration_ms, 3), model=output.model, bytes_in=output.bytes_in,
-                bytes_out=output.bytes_out, cold_start=cold_start,
+                stage=self.stage,
+                study_id=output.study_id,
+                execution_id=execution_id,
+                status="succeeded",
+                duration_ms=round(duration_ms, 3),
+                model=output.model,
+                bytes_in=output.bytes_in,
+                bytes_out=output.bytes_out,
+                cold_start=cold_start,
             )
             logger.info("stage succeeded", duration_ms=record.duration_ms, bytes_out=output.bytes_out)
             self._emit(metrics, **_output_metrics(output, duration_ms), study_id=output.study_id, execution_id=execution_id)

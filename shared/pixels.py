@@ -5,6 +5,7 @@ Used by prepare (the models' tensors), export (the overlay drawn on the source) 
 one decoder, so the picture the models saw is the picture the overlay and the viewer show. Its libraries are in
 shared/requirements-pixels.txt, installed only by the images that decode.
 """
+
 from __future__ import annotations
 
 import io
@@ -17,6 +18,7 @@ import numpy as np
 
 from shared.errors import InvalidImage
 from shared.imageheader import PNG_SIGNATURE
+
 
 @dataclass
 class Decoded:
@@ -253,7 +255,9 @@ def pixel_data_incomplete(ds: Any) -> str | None:
             if "PhotometricInterpretation" in ds:
                 expected = get_expected_length(ds, "bytes")  # YBR_FULL_422 holds 2 samples per pixel, not 3
             else:  # decode_dicom reads it as MONOCHROME2
-                expected = (int(ds.Rows) * int(ds.Columns) * int(ds.get("SamplesPerPixel", 1) or 1) * int(ds.BitsAllocated) * frames + 7) // 8
+                expected = (
+                    int(ds.Rows) * int(ds.Columns) * int(ds.get("SamplesPerPixel", 1) or 1) * int(ds.BitsAllocated) * frames + 7
+                ) // 8
         except (AttributeError, TypeError, ValueError, KeyError):
             return "Rows, Columns or BitsAllocated is missing"
         return "PixelData is shorter than the image attributes need" if len(ds.PixelData) < expected else None
@@ -329,7 +333,9 @@ def decode_dicom(data: bytes, study_id: str) -> Decoded:
     syntax_name = f"{syntax.name} ({syntax})" if syntax else "unknown transfer syntax"
     photometric = str(ds.get("PhotometricInterpretation", "MONOCHROME2")).upper()
     if photometric not in GRAYSCALE + COLOUR:
-        raise InvalidImage(f"DICOM PhotometricInterpretation {photometric} is not supported for CR/DX (grayscale, RGB or YBR)", study_id=study_id)
+        raise InvalidImage(
+            f"DICOM PhotometricInterpretation {photometric} is not supported for CR/DX (grayscale, RGB or YBR)", study_id=study_id
+        )
     if int(ds.get("NumberOfFrames", 1) or 1) != 1:
         raise InvalidImage(f"DICOM image must be a single frame, found {ds.NumberOfFrames} frames", study_id=study_id)
     if syntax is not None and syntax.is_encapsulated and syntax != RLE_LOSSLESS and not codestream_complete(ds):

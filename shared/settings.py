@@ -1,4 +1,5 @@
 """Settings: one validated model read from the environment at cold start; they choose the adapters."""
+
 from __future__ import annotations
 
 import os
@@ -90,7 +91,9 @@ class Settings(BaseModel):
     # Comma-separated calling AE titles allowed to associate, each optionally AE@host (an IP address, a CIDR network or
     # a host name): that AE only from there. Empty: any calling AE (a hospital network sets it). The called AE title
     # must always be gateway_ae_title. Each instance (C-STORE or a STOW-RS part) is held to max_image_bytes.
-    gateway_allowed_calling_aes: str | None = Field(default=None, pattern=r"^\s*([ -+\--?A-\[\]-~]{1,16}(@[0-9A-Za-z.:/%_-]+)?\s*(,\s*|$))*$")
+    gateway_allowed_calling_aes: str | None = Field(
+        default=None, pattern=r"^\s*([ -+\--?A-\[\]-~]{1,16}(@[0-9A-Za-z.:/%_-]+)?\s*(,\s*|$))*$"
+    )
     gateway_max_pdu: int = Field(default=65536, ge=0)  # 0: unlimited (PS3.8 allows it)
     gateway_max_associations: int = Field(default=10, ge=1)
     gateway_acse_timeout_s: float = Field(default=30.0, gt=0)

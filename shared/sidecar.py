@@ -4,6 +4,7 @@ Editors on Windows save UTF-8 with a byte-order mark (EF BB BF); some save UTF-1
 lets a parser ignore a BOM, and a reader that does not (``json.loads(path.read_text())``) fails on the
 very first character, so the runtime and the validate stage could disagree on a study's id.
 """
+
 from __future__ import annotations
 
 import json

@@ -1,4 +1,5 @@
 """Object store port and its two adapters: folders on disk (embedded default) and S3 (boto3)."""
+
 from __future__ import annotations
 
 import errno
@@ -217,7 +218,9 @@ class _disk:
     def __exit__(self, exc_type: type | None, error: BaseException | None, tb: object) -> Literal[False]:
         if isinstance(error, OSError) and not isinstance(error, FileNotFoundError):
             name = errno.errorcode.get(error.errno or 0, type(error).__name__)
-            raise StorageUnavailable(f"local store: {name} ({os.strerror(error.errno) if error.errno else 'I/O error'}) {self.what}") from error
+            raise StorageUnavailable(
+                f"local store: {name} ({os.strerror(error.errno) if error.errno else 'I/O error'}) {self.what}"
+            ) from error
         return False
 
 

@@ -1,4 +1,5 @@
 """Telemetry sink port and adapters: a local lake laid out as Firehose lays it out (buffered as Firehose buffers), or Kinesis."""
+
 from __future__ import annotations
 
 import fcntl
@@ -182,8 +183,16 @@ class BufferedLakeSink:
     """
 
     def __init__(
-        self, store: ObjectStore, bucket: str, lake_root: Path, *, size_bytes: int = 64 * 1024 * 1024, interval_s: float = 60.0,
-        stream_name: str = "radstream-telemetry", clock: Callable[[], float] = time.time, timer: bool = True,
+        self,
+        store: ObjectStore,
+        bucket: str,
+        lake_root: Path,
+        *,
+        size_bytes: int = 64 * 1024 * 1024,
+        interval_s: float = 60.0,
+        stream_name: str = "radstream-telemetry",
+        clock: Callable[[], float] = time.time,
+        timer: bool = True,
     ) -> None:
         if size_bytes <= 0 or interval_s <= 0:
             raise ValueError("telemetry buffer: size and interval must be positive")

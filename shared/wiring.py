@@ -3,6 +3,7 @@
 Each service's handler names a `build(settings) -> dependencies` function; Lambda calls it once per
 container with the settings from the environment, the local runtime once per runtime with its own.
 """
+
 from __future__ import annotations
 
 import threading
@@ -56,8 +57,11 @@ def telemetry_sink(settings: Settings, store: ObjectStore | None = None) -> Tele
             raise ConfigurationError("TELEMETRY_STREAM_NAME must be set when RADSTREAM_BACKEND=aws")
         return KinesisSink(boto3_client("kinesis"), settings.telemetry_stream)
     return BufferedLakeSink(
-        store or object_store(settings), settings.telemetry_bucket, settings.data_dir / settings.telemetry_bucket,
-        size_bytes=int(settings.telemetry_buffer_mb * 1024 * 1024), interval_s=settings.telemetry_buffer_s,
+        store or object_store(settings),
+        settings.telemetry_bucket,
+        settings.data_dir / settings.telemetry_bucket,
+        size_bytes=int(settings.telemetry_buffer_mb * 1024 * 1024),
+        interval_s=settings.telemetry_buffer_s,
     )
 
 

@@ -1,4 +1,5 @@
 """The radstream command: `run` on a mixed folder, its --json summary and its exit code; `demo`; bad paths."""
+
 from __future__ import annotations
 
 import json

@@ -1,6 +1,7 @@
 """Issue 22, observations 5 and 6: the CLI at its edges. Each case ends in one clear line on stderr and the README's exit
 code (0 all succeeded, 1 a study failed, 2 usage or environment, 3 interrupted), never a traceback; --json prints
 exactly one JSON document on stdout."""
+
 from __future__ import annotations
 
 import errno
@@ -37,8 +38,9 @@ def one_line(err: str) -> str:
 
 def cli(*args: str, stdout=subprocess.PIPE, env: dict[str, str] | None = None) -> subprocess.Popen:
     environment = {k: v for k, v in os.environ.items() if not k.startswith(("RADSTREAM_", "TRITON_"))} | (env or {})
-    return subprocess.Popen([sys.executable, "-m", "radstream.cli", *args], cwd=REPO, env=environment, stdout=stdout,
-                            stderr=subprocess.PIPE, text=True)
+    return subprocess.Popen(
+        [sys.executable, "-m", "radstream.cli", *args], cwd=REPO, env=environment, stdout=stdout, stderr=subprocess.PIPE, text=True
+    )
 
 
 @pytest.mark.parametrize("workers", ["0", "-1", "two"])
@@ -50,8 +52,19 @@ def test_a_bad_worker_count_is_a_usage_error_with_runs_own_usage(studies, tmp_pa
     assert not (tmp_path / "data").exists(), "nothing ran"
 
 
-@pytest.mark.parametrize("argv", [["run", "X", "--bogus"], ["resume", "--bogus"], ["query", "--bogus"], ["lake", "compact", "--bogus"],
-                                  ["report", "--out", "site", "--bogus"], ["trace", "s1", "--bogus"], ["export", "--bogus"], ["demo", "--bogus"]])
+@pytest.mark.parametrize(
+    "argv",
+    [
+        ["run", "X", "--bogus"],
+        ["resume", "--bogus"],
+        ["query", "--bogus"],
+        ["lake", "compact", "--bogus"],
+        ["report", "--out", "site", "--bogus"],
+        ["trace", "s1", "--bogus"],
+        ["export", "--bogus"],
+        ["demo", "--bogus"],
+    ],
+)
 def test_an_unknown_flag_shows_the_subcommands_own_usage(capsys, argv):
     with pytest.raises(SystemExit) as stop:
         main(argv)
@@ -60,8 +73,18 @@ def test_an_unknown_flag_shows_the_subcommands_own_usage(capsys, argv):
     assert stop.value.code == EXIT_USAGE and usage in err and "unrecognized arguments: --bogus" in err
 
 
-@pytest.mark.parametrize("argv", [["query", "throughput_per_minute"], ["resume"], ["report", "--out", "site"], ["trace", "s1"], ["export"],
-                                  ["lake", "check"], ["lake", "compact"]])
+@pytest.mark.parametrize(
+    "argv",
+    [
+        ["query", "throughput_per_minute"],
+        ["resume"],
+        ["report", "--out", "site"],
+        ["trace", "s1"],
+        ["export"],
+        ["lake", "check"],
+        ["lake", "compact"],
+    ],
+)
 def test_a_data_dir_that_is_not_there_is_an_error_not_an_empty_answer(tmp_path, capsys, argv):
     typo = tmp_path / "radstrem-data"
     code = main([*argv, "--data-dir", str(typo)])

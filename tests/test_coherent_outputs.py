@@ -3,6 +3,7 @@
 The end-to-end check runs 80 synthetic studies through the local pipeline (about 8 s on the 2-core machine);
 benchmarks/coherence_bench.py runs the same audit over 500 (`--studies 500 --size 256`).
 """
+
 from __future__ import annotations
 
 import json
@@ -44,13 +45,16 @@ def test_the_committed_bank_carries_the_tags():
     assert {s["text"]: (tuple(s["asserts"]), tuple(s["negates"])) for s in bank["sentences"]} == SENTENCE_TAGS
 
 
-@pytest.mark.parametrize(("text", "asserts", "denies"), [
-    ("No focal consolidation.", set(), {"Consolidation"}),
-    ("Heart size is normal.", set(), {"Cardiomegaly"}),
-    ("Heart size is enlarged.", {"Cardiomegaly"}, set()),
-    ("Small left pleural effusion.", {"Pleural Effusion"}, set()),
-    ("No acute cardiopulmonary abnormality.", set(), set(FINDINGS) | set(LESION_LABELS)),
-])
+@pytest.mark.parametrize(
+    ("text", "asserts", "denies"),
+    [
+        ("No focal consolidation.", set(), {"Consolidation"}),
+        ("Heart size is normal.", set(), {"Cardiomegaly"}),
+        ("Heart size is enlarged.", {"Cardiomegaly"}, set()),
+        ("Small left pleural effusion.", {"Pleural Effusion"}, set()),
+        ("No acute cardiopulmonary abnormality.", set(), set(FINDINGS) | set(LESION_LABELS)),
+    ],
+)
 def test_the_audit_reads_sentences_by_their_words(text, asserts, denies):
     assert judge(text) == (asserts, denies)
 
@@ -59,8 +63,13 @@ def test_the_audit_catches_a_contradiction_and_an_overlap():
     result = {
         "findings": [{"label": "Consolidation", "positive": True}, {"label": "Edema", "positive": False}],
         "detections": [{"label": "nodule_mass", "box": [10, 10, 50, 50]}, {"label": "focal_opacity", "box": [11, 11, 51, 51]}],
-        "report": {"impression": [{"text": "No focal consolidation."}, {"text": "Bilateral perihilar haziness consistent with pulmonary edema."},
-                                  {"text": "Nodule or mass in the left lung."}]},
+        "report": {
+            "impression": [
+                {"text": "No focal consolidation."},
+                {"text": "Bilateral perihilar haziness consistent with pulmonary edema."},
+                {"text": "Nodule or mass in the left lung."},
+            ]
+        },
     }
     assert contradictions(result) == ["No focal consolidation.", "Bilateral perihilar haziness consistent with pulmonary edema."]
     assert overlapping_boxes(result) == [("nodule_mass", "focal_opacity", 0.906)]

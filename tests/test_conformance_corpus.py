@@ -4,6 +4,7 @@ phantoms transcoded by dcmtk and GDCM, run through `radstream run` and through t
 and every SR, overlay and FHIR bundle the export writes is valid. benchmarks/conformance.py builds and runs it; this
 test runs the same code (`--transcode classes`: every original, one transcoded source per pixel-module class) and
 prints the table. A transcoder or validator that is missing fails, never skips."""
+
 from __future__ import annotations
 
 import io
@@ -17,8 +18,18 @@ import pytest
 from benchmarks import conformance as corpus
 from shared.settings import ENVIRONMENT
 
-PIXEL_MODULE = ("Rows", "Columns", "SamplesPerPixel", "PhotometricInterpretation", "BitsAllocated", "BitsStored", "HighBit",
-                "PixelRepresentation", "PlanarConfiguration", "NumberOfFrames")
+PIXEL_MODULE = (
+    "Rows",
+    "Columns",
+    "SamplesPerPixel",
+    "PhotometricInterpretation",
+    "BitsAllocated",
+    "BitsStored",
+    "HighBit",
+    "PixelRepresentation",
+    "PlanarConfiguration",
+    "NumberOfFrames",
+)
 
 
 @pytest.fixture(scope="module")
@@ -55,8 +66,11 @@ def test_every_local_single_frame_image_is_a_source_retagged_as_chest_with_its_p
         # Every image is either in the corpus or left out for a reason that is not "single-frame image".
         assert f"pydicom/{name}" in originals or left_out.get(name), name
         if f"pydicom/{name}" not in originals:
-            assert left_out[name] in ("multi-frame", "NumberOfFrames is not an integer",
-                                      "not an image: pixel module or transfer syntax missing"), (name, left_out[name])
+            assert left_out[name] in (
+                "multi-frame",
+                "NumberOfFrames is not an integer",
+                "not an image: pixel module or transfer syntax missing",
+            ), (name, left_out[name])
             continue
         member = originals[f"pydicom/{name}"]
         assert member.path, name
@@ -88,7 +102,9 @@ def test_both_entry_points_ran_every_file(report):
     for path in ("run", "gateway"):
         rows = [r for r in report["rows"] if r.path == path and not r.decoded.startswith("not produced")]
         assert len(rows) == len(produced)
-        assert not [r for r in rows if r.decoded.startswith("crashed")], [(r.group, r.container, r.decoded) for r in rows if r.decoded.startswith("crashed")]
+        assert not [r for r in rows if r.decoded.startswith("crashed")], [
+            (r.group, r.container, r.decoded) for r in rows if r.decoded.startswith("crashed")
+        ]
     assert not _problems(report, "got no response"), _problems(report, "got no response")  # the gateway answers every C-STORE
 
 

@@ -6,6 +6,7 @@ archive uses. Each goes through the prepare stage and the three reference models
 Runtime over the model repository), and the classifier's probabilities are compared with the 8-bit
 PNG's: within 0.02 for every lossless container, 0.05 for the lossy ones. `pytest -s` prints the table.
 """
+
 from __future__ import annotations
 
 import cv2
@@ -59,16 +60,23 @@ def run_study(store, repository, inference, study_id: str, fmt: str, data: bytes
     """One container through prepare and the three models: its intensity rule, tensors, probabilities, boxes, impression."""
     key = f"incoming/{study_id}/image.{fmt}"
     store.put_bytes("images", key, data)
-    request = PrepareRequest(study_id=study_id, image=StudyImage(bucket="images", key=key, format=fmt, sha256="0" * 64, size_bytes=len(data)))
+    request = PrepareRequest(
+        study_id=study_id, image=StudyImage(bucket="images", key=key, format=fmt, sha256="0" * 64, size_bytes=len(data))
+    )
     prepared = prepare_tensors(request, store, repository, "artifacts")
     outputs = {
         spec.kind: inference.run(InferenceRequest(model=model, study_id=study_id, tensor=prepared.tensors[model]))
         for model, spec in repository.models.items()
     }
     tensors = {model: from_npy(store.get_bytes(ref.bucket, ref.key)) for model, ref in prepared.tensors.items()}
-    return {"rule": prepared.original.intensity_rule, "p": np.array([f.probability for f in outputs["classifier"].findings]),
-            "labels": [f.label for f in outputs["classifier"].findings], "tensors": tensors,
-            "boxes": len(outputs["detector"].detections or []), "impression": outputs["encoder"].candidates[0].text}
+    return {
+        "rule": prepared.original.intensity_rule,
+        "p": np.array([f.probability for f in outputs["classifier"].findings]),
+        "labels": [f.label for f in outputs["classifier"].findings],
+        "tensors": tensors,
+        "boxes": len(outputs["detector"].detections or []),
+        "impression": outputs["encoder"].candidates[0].text,
+    }
 
 
 @pytest.fixture(scope="module")
@@ -122,8 +130,13 @@ def dim_containers(values: np.ndarray) -> list[tuple[str, str, bytes]]:
         ("dicom BitsStored 12, MONOCHROME1", "dicom", dataset_bytes(dicom_dataset(4095 - values, "MONOCHROME1", bits_stored=12))),
         ("dicom BitsStored 12, JPEG-LS", "dicom", dicom_in_syntax(values / 4095.0, "jpeg-ls-lossless")),
         # A declared window is the modality's statement and wins; one that says what the percentiles say gives their picture.
-        ("dicom BitsStored 12, window", "dicom", dataset_bytes(dicom_dataset(values, bits_stored=12, WindowCenter=float(low + high) / 2 + 0.5,
-                                                                            WindowWidth=float(high - low) + 1))),
+        (
+            "dicom BitsStored 12, window",
+            "dicom",
+            dataset_bytes(
+                dicom_dataset(values, bits_stored=12, WindowCenter=float(low + high) / 2 + 0.5, WindowWidth=float(high - low) + 1)
+            ),
+        ),
     ]
 
 
@@ -139,8 +152,10 @@ def test_the_same_stored_values_are_the_same_picture_in_every_container(pipeline
     failures = []
     print(f"\n{'container':36s} {'intensity rule':36s} {'max |dtensor|':>13s} {'max |dp|':>9s}")
     for name, row in rows:
-        dtensor = max(float(np.abs(row["tensors"][m] - reference["tensors"][m]).max() / (2048.0 if row["tensors"][m].min() < 0 else 1.0))
-                      for m in row["tensors"])
+        dtensor = max(
+            float(np.abs(row["tensors"][m] - reference["tensors"][m]).max() / (2048.0 if row["tensors"][m].min() < 0 else 1.0))
+            for m in row["tensors"]
+        )
         dp = float(np.abs(row["p"] - reference["p"]).max())
         print(f"{name:36s} {row['rule']:36s} {dtensor:13.5f} {dp:9.4f}")
         if dtensor > 0.002 or dp > LOSSLESS_TOLERANCE:
@@ -155,8 +170,12 @@ def test_32_bit_samples_give_the_8_bit_findings(pipeline):
     assert (picture == 1.0).mean() > 0.05, "enough white to matter"
     reference = run_study(*pipeline, "w-png8", "png", cv2.imencode(".png", to_uint8(picture))[1].tobytes())
     failures = []
-    for name, data in (("32-bit RGB", wide_dicom(picture, rgb=True)), ("32-bit signed RGB", wide_dicom(picture, rgb=True, signed=True)),
-                       ("32-bit grey", wide_dicom(picture)), ("32-bit signed grey", wide_dicom(picture, signed=True))):
+    for name, data in (
+        ("32-bit RGB", wide_dicom(picture, rgb=True)),
+        ("32-bit signed RGB", wide_dicom(picture, rgb=True, signed=True)),
+        ("32-bit grey", wide_dicom(picture)),
+        ("32-bit signed grey", wide_dicom(picture, signed=True)),
+    ):
         row = run_study(*pipeline, f"w-{name.replace(' ', '-')}", "dicom", data)
         delta = float(np.abs(row["p"] - reference["p"]).max())
         print(f"{name:20s} {row['rule']:32s} max |dp| {delta:.4f}")

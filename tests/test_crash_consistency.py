@@ -1,6 +1,7 @@
 """Issue 22: the crash-consistency harness (benchmarks/crash_bench.py), short: simulated OS crashes under `run`, `resume`,
 `lake compact` and the gateway (SIGKILL, then every file written since its last fsync cut, zero-filled or emptied),
 then resume: no study lost, none counted twice, no traceback. It starts real processes (and storescu), hence `slow`."""
+
 from __future__ import annotations
 
 import re
@@ -16,9 +17,25 @@ pytestmark = pytest.mark.slow
 
 def test_twenty_simulated_os_crashes_lose_and_double_nothing(tmp_path):
     bench = subprocess.run(
-        [sys.executable, str(ROOT / "benchmarks" / "crash_bench.py"), "--crashes", "20", "--batches", "3", "--per-batch", "3",
-         "--max-delay", "4", "--work-dir", str(tmp_path / "crash")],
-        cwd=ROOT, capture_output=True, text=True, timeout=600, check=False,
+        [
+            sys.executable,
+            str(ROOT / "benchmarks" / "crash_bench.py"),
+            "--crashes",
+            "20",
+            "--batches",
+            "3",
+            "--per-batch",
+            "3",
+            "--max-delay",
+            "4",
+            "--work-dir",
+            str(tmp_path / "crash"),
+        ],
+        cwd=ROOT,
+        capture_output=True,
+        text=True,
+        timeout=600,
+        check=False,
     )
     out = bench.stdout
     assert bench.returncode == 0, out[-4000:] + bench.stderr[-4000:]

@@ -1,5 +1,6 @@
 """A folder of DICOM files in every transfer syntax a CR/DX archive uses runs through `radstream run` with no failure;
 decompression bombs end as refusals that name their size and the limit."""
+
 from __future__ import annotations
 
 import json

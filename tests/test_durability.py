@@ -1,4 +1,5 @@
 """Issue 22: what a machine crash or a failing disk leaves behind (a torn journal, a torn record) costs no study."""
+
 from __future__ import annotations
 
 import json
@@ -38,7 +39,12 @@ def interrupted_run(tmp_path: Path, after: int) -> tuple[Path, Path, set[str]]:
 def damage_line(path: Path, number: int, how: str) -> None:
     lines = path.read_bytes().split(b"\n")
     line = lines[number - 1]
-    lines[number - 1] = {"cut": line[: len(line) // 2], "zero": b"\0" * len(line), "empty": b"", "byte": line[:9] + b"\xff\xfe" + line[11:]}[how]
+    lines[number - 1] = {
+        "cut": line[: len(line) // 2],
+        "zero": b"\0" * len(line),
+        "empty": b"",
+        "byte": line[:9] + b"\xff\xfe" + line[11:],
+    }[how]
     path.write_bytes(b"\n".join(lines))
 
 
@@ -91,6 +97,7 @@ def test_a_journal_that_lost_every_line_resumes_from_the_uploads_and_says_so(tmp
 
 
 # observation 2: a record resume trusts is checked first ------------------------------------------------------------
+
 
 def test_a_torn_result_is_moved_aside_and_its_study_run_again(tmp_path, capsys):
     studies, data = tmp_path / "studies", tmp_path / "data"

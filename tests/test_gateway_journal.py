@@ -2,6 +2,7 @@
 
 A gateway killed between StoreResults and SendTelemetry left an instance with its result and no workflow telemetry:
 resume skipped it (result.json exists) and throughput counted 11 of 12; a restarted gateway ran nothing."""
+
 from __future__ import annotations
 
 import gzip
@@ -36,8 +37,14 @@ class GatewayProcess:
     def __init__(self, data: Path, *, die_in_telemetry: bool = False) -> None:
         env = {k: v for k, v in os.environ.items() if not k.startswith(("GATEWAY_", "RADSTREAM_", "TRITON_"))}
         command = ["-c", DIE_IN_TELEMETRY] if die_in_telemetry else ["-m", "radstream.cli"]
-        self.process = subprocess.Popen([sys.executable, *command, "gateway", "--data-dir", str(data), "--workers", "1"],
-                                        stdout=subprocess.PIPE, stderr=subprocess.DEVNULL, text=True, env=env, cwd=REPO)
+        self.process = subprocess.Popen(
+            [sys.executable, *command, "gateway", "--data-dir", str(data), "--workers", "1"],
+            stdout=subprocess.PIPE,
+            stderr=subprocess.DEVNULL,
+            text=True,
+            env=env,
+            cwd=REPO,
+        )
         self.lines: list[str] = []
         self.deadline = time.monotonic() + 120
 
@@ -63,8 +70,12 @@ class GatewayProcess:
 
 
 def workflow_records(data: Path) -> list[dict]:
-    return [r for f in sorted((data / "telemetry").rglob("*.json.gz")) for line in gzip.decompress(f.read_bytes()).splitlines()
-            if (r := json.loads(line))["stage"] == "workflow"]
+    return [
+        r
+        for f in sorted((data / "telemetry").rglob("*.json.gz"))
+        for line in gzip.decompress(f.read_bytes()).splitlines()
+        if (r := json.loads(line))["stage"] == "workflow"
+    ]
 
 
 def test_an_acknowledged_instance_killed_before_its_telemetry_is_finished_by_the_restarted_gateway(tmp_path):

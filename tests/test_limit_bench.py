@@ -3,6 +3,7 @@
 A benchmark is measured by running it, never timed here; this only holds that the command works end to end on
 tiny studies (the same-work check included) and that every metered piece is really metered (a patch that misses
 its target reads as zero, or as a negative remainder in the piece around it)."""
+
 from __future__ import annotations
 
 import re
@@ -15,9 +16,24 @@ ROOT = Path(__file__).resolve().parent.parent
 
 def test_limit_bench_prints_both_ratios_and_a_breakdown_whose_pieces_are_all_metered():
     run = subprocess.run(
-        [sys.executable, str(ROOT / "benchmarks" / "limit_bench.py"), "--sizes", "256", "--studies", "4", "--rounds", "1",
-         "--workers", "1", "--from-bucket", "--breakdown"],
-        cwd=ROOT, capture_output=True, text=True, timeout=300,
+        [
+            sys.executable,
+            str(ROOT / "benchmarks" / "limit_bench.py"),
+            "--sizes",
+            "256",
+            "--studies",
+            "4",
+            "--rounds",
+            "1",
+            "--workers",
+            "1",
+            "--from-bucket",
+            "--breakdown",
+        ],
+        cwd=ROOT,
+        capture_output=True,
+        text=True,
+        timeout=300,
     )
     out = run.stdout
     assert run.returncode == 0, out[-4000:] + run.stderr[-4000:]

@@ -1,4 +1,5 @@
 """End to end on one machine: demo studies through template.yaml's rule and state machine, handlers in-process."""
+
 from __future__ import annotations
 
 import gzip
@@ -58,7 +59,9 @@ def test_valid_studies_have_results_that_match_the_schema(demo):
         assert result["report"]["impression"], "the draft report retrieves sentences"
         assert {"study", "tensors", "inference.chest_xray_classifier"} <= set(result["timings_ms"])
         rules.add(result["input"]["intensity_rule"])
-    assert rules == {"png8-percentile", "png16-percentile", "jpeg8-percentile", "dicom-12bit-percentile-inverted"}, "each container's rule is recorded"
+    assert rules == {"png8-percentile", "png16-percentile", "jpeg8-percentile", "dicom-12bit-percentile-inverted"}, (
+        "each container's rule is recorded"
+    )
 
 
 def test_invalid_studies_fail_with_a_record_and_keep_their_input(demo):
@@ -82,7 +85,10 @@ def test_no_phi_leaves_the_images_bucket(demo):
     # The DICOM study's SR, overlay and FHIR exports carry its patient module by design (docs/phi.md); nothing else may.
     exports = {p for p in (data_dir / "results").rglob("report.*") if p.suffix != ".txt"}
     assert {p.relative_to(data_dir / "results/results").as_posix() for p in exports} == {
-        "demo-dicom/report.sr.dcm", "demo-dicom/report.overlay.dcm", "demo-dicom/report.fhir.json"}
+        "demo-dicom/report.sr.dcm",
+        "demo-dicom/report.overlay.dcm",
+        "demo-dicom/report.fhir.json",
+    }
     for bucket in ("results", "telemetry", "artifacts", "logs", "events"):
         for path in (data_dir / bucket).rglob("*"):
             if path.is_file() and path not in exports:
@@ -102,8 +108,13 @@ def test_telemetry_lake_has_one_record_per_stage_per_study(demo):
     for study_id in (s for s in outcomes if s.startswith("demo-")):
         stages = {k[1:]: n for k, n in by_study.items() if k[0] == study_id}
         assert stages == {
-            ("validate", None): 1, ("prepare", None): 1, ("inference", "chest_xray_classifier"): 1,
-            ("inference", "anomaly_detector"): 1, ("inference", "report_encoder"): 1, ("store", None): 1, ("workflow", None): 1,
+            ("validate", None): 1,
+            ("prepare", None): 1,
+            ("inference", "chest_xray_classifier"): 1,
+            ("inference", "anomaly_detector"): 1,
+            ("inference", "report_encoder"): 1,
+            ("store", None): 1,
+            ("workflow", None): 1,
         } | ({("export", None): 1} if study_id == "demo-dicom" else {}), study_id  # the export stage: DICOM studies only
     bad = {(k[1], k[2]) for k in by_study if k[0] == "bad-constant"}
     assert bad == {("validate", None), ("prepare", None), ("workflow", None)}
@@ -207,7 +218,12 @@ def test_the_handlers_emit_emf_metrics_that_agree_with_the_outcomes(demo):
     from shared.metrics import parse_emf
 
     data_dir, outcomes = demo
-    points = [p for f in sorted((data_dir / "metrics").glob("emf-*.jsonl")) for line in f.read_text().splitlines() for p in parse_emf(json.loads(line))]
+    points = [
+        p
+        for f in sorted((data_dir / "metrics").glob("emf-*.jsonl"))
+        for line in f.read_text().splitlines()
+        for p in parse_emf(json.loads(line))
+    ]
     total = Counter()
     for p in points:
         total[p.name] += sum(p.values)
@@ -215,7 +231,11 @@ def test_the_handlers_emit_emf_metrics_that_agree_with_the_outcomes(demo):
     assert total["StudiesFailed"] == sum(o.status == "failed" for o in outcomes.values())
     stages = {dict(p.dimensions).get("stage") for p in points if p.name == "StageDuration"}
     assert stages == {"validate", "prepare", "inference", "store", "export", "telemetry"}  # export: the demo's DICOM study
-    assert {dict(p.dimensions)["model"] for p in points if p.name == "ModelLatency"} == {"chest_xray_classifier", "anomaly_detector", "report_encoder"}
+    assert {dict(p.dimensions)["model"] for p in points if p.name == "ModelLatency"} == {
+        "chest_xray_classifier",
+        "anomaly_detector",
+        "report_encoder",
+    }
     assert all(("study_id", o) not in p.dimensions for p in points for o in outcomes), "study ids are metadata, never dimensions"
     errors = {dict(p.dimensions)["error_type"] for p in points if p.name == "StageErrors"}
     assert errors == {"InvalidStudy", "InvalidImage"}
@@ -237,7 +257,6 @@ def test_tensors_live_in_memory_for_one_execution(demo, tmp_path):
     assert wiring.object_store(Settings(data_dir=data_dir)).head("artifacts", "tensors/s1/m.npy") is None
     assert not (tmp_path / "artifacts").exists()
     wiring.execution_artifacts(Settings(data_dir=tmp_path)).delete_prefix("artifacts", "tensors/s1/")
-
 
 
 def test_models_run_one_after_another_unless_asked(tmp_path):

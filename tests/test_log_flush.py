@@ -1,4 +1,5 @@
 """The runtime's log file is written once per study, not once per line: every line of a study is in the file when it ends."""
+
 from __future__ import annotations
 
 import json
@@ -15,7 +16,9 @@ def test_a_studys_lines_are_in_the_file_when_it_ends_with_the_runtime_still_open
         for folder in folders[:2]:
             outcome = runtime.run_folder(folder)
             lines = [json.loads(line) for line in (data / "logs" / "radstream.log").read_text().splitlines()]
-            stages = {line["stage"] for line in lines if line.get("study_id") == outcome.study_id and line.get("message") == "stage succeeded"}
+            stages = {
+                line["stage"] for line in lines if line.get("study_id") == outcome.study_id and line.get("message") == "stage succeeded"
+            }
             assert stages >= {"validate", "prepare", "inference", "store", "telemetry"}, stages
         # A study refused before its workflow (an unexpected error) is flushed too.
         outcome = runtime.refused("x", "refused-1", "runtime", KeyError("boom"))

@@ -1,6 +1,7 @@
 """`radstream models import-torchxrayvision` where torch is missing (this environment): a clear message
 first, naming the command that provides torch; then the weights file; the import itself runs in .venv-train.
 The import proper (torch) is tested by training/tests/test_import_torchxrayvision.py (make test-torch)."""
+
 from __future__ import annotations
 
 import importlib.util
@@ -52,20 +53,40 @@ def test_without_torch_the_import_runs_in_the_training_environment(monkeypatch, 
     record = tmp_path / "argv.json"
     fake = tmp_path / "bin" / "python"
     fake.parent.mkdir()
-    fake.write_text(f"#!{sys.executable}\nimport json, os, sys\n"
-                    f"json.dump({{'argv': sys.argv[1:], 'pythonpath': os.environ.get('PYTHONPATH', '')}}, open({str(record)!r}, 'w'))\n"
-                    "sys.exit(7)\n")
+    fake.write_text(
+        f"#!{sys.executable}\nimport json, os, sys\n"
+        f"json.dump({{'argv': sys.argv[1:], 'pythonpath': os.environ.get('PYTHONPATH', '')}}, open({str(record)!r}, 'w'))\n"
+        "sys.exit(7)\n"
+    )
     fake.chmod(0o755)
     monkeypatch.setattr(models_import, "TRAIN_PYTHON", fake)
     weights = tmp_path / "densenet.pt"
     weights.write_bytes(b"weights")
     monkeypatch.chdir(tmp_path)
-    rc = main(["models", "import-torchxrayvision", "densenet.pt", "--weights-name", "densenet121-res224-chex", "--allow-pickle",
-               "--model-repository", "repo"])
+    rc = main(
+        [
+            "models",
+            "import-torchxrayvision",
+            "densenet.pt",
+            "--weights-name",
+            "densenet121-res224-chex",
+            "--allow-pickle",
+            "--model-repository",
+            "repo",
+        ]
+    )
     assert rc == 7, "the training environment's exit status is the command's"
     seen = json.loads(record.read_text())
-    assert seen["argv"] == ["-m", "radstream.models_import", str(weights), "--model-repository", str(tmp_path / "repo"),
-                            "--weights-name", "densenet121-res224-chex", "--allow-pickle"]
+    assert seen["argv"] == [
+        "-m",
+        "radstream.models_import",
+        str(weights),
+        "--model-repository",
+        str(tmp_path / "repo"),
+        "--weights-name",
+        "densenet121-res224-chex",
+        "--allow-pickle",
+    ]
     assert str(models_import.REPO_ROOT) in seen["pythonpath"].split(":")
 
 

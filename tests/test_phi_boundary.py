@@ -1,6 +1,7 @@
 """The PHI boundary (docs/phi.md): a DICOM's patient data stays in the images bucket, and its identifiers
 reach exactly three places besides: the identifier block of the study's result, and the two exports
 addressed back to the hospital (results/<study_id>/report.sr.dcm, report.overlay.dcm and report.fhir.json)."""
+
 from __future__ import annotations
 
 import gzip
@@ -41,7 +42,9 @@ def test_identifiers_reach_the_result_and_nothing_else(tmp_path, caplog):
     # The same patient in a study the pipeline refuses: the failure path (record, event, telemetry) must hold too.
     refused = tmp_path / "studies" / "phi-refused"
     refused.mkdir(parents=True)
-    (refused / "study.dcm").write_bytes(dicom_bytes(pixels, patient_name=NAME, birth_date=BIRTH_DATE, accession_number=ACCESSION, body_part="ABDOMEN"))
+    (refused / "study.dcm").write_bytes(
+        dicom_bytes(pixels, patient_name=NAME, birth_date=BIRTH_DATE, accession_number=ACCESSION, body_part="ABDOMEN")
+    )
 
     data_dir = tmp_path / "data"
     with LocalRuntime(Settings(data_dir=data_dir), workers=1) as runtime:
@@ -51,8 +54,12 @@ def test_identifiers_reach_the_result_and_nothing_else(tmp_path, caplog):
 
     result_path = data_dir / "results/results/phi-study/result.json"
     result = json.loads(result_path.read_text())
-    identifiers = {"StudyInstanceUID": header.StudyInstanceUID, "SeriesInstanceUID": header.SeriesInstanceUID,
-                   "SOPInstanceUID": header.SOPInstanceUID, "AccessionNumber": ACCESSION}
+    identifiers = {
+        "StudyInstanceUID": header.StudyInstanceUID,
+        "SeriesInstanceUID": header.SeriesInstanceUID,
+        "SOPInstanceUID": header.SOPInstanceUID,
+        "AccessionNumber": ACCESSION,
+    }
     assert result["identifiers"] == identifiers
     assert (result["modality"], result["view_position"]) == ("DX", "PA")
     assert 0 < result["end_to_end_ms"] < 60_000

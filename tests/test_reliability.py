@@ -3,6 +3,7 @@
 Every test here failed on the runtime before the run journal, the per-study failure path and the thread-safe
 log keys (observations 1–3 and 5–8; 4 is in tests/analytics, 9 in shared/tests, 10 in radstream/asl/tests).
 """
+
 from __future__ import annotations
 
 import gzip
@@ -43,7 +44,9 @@ def failures(data: Path) -> dict[str, dict]:
 
 
 def lake(data: Path) -> list[dict]:
-    return [json.loads(line) for f in sorted((data / "telemetry").rglob("*.json.gz")) for line in gzip.decompress(f.read_bytes()).splitlines()]
+    return [
+        json.loads(line) for f in sorted((data / "telemetry").rglob("*.json.gz")) for line in gzip.decompress(f.read_bytes()).splitlines()
+    ]
 
 
 def run_json(args: list[str], capsys) -> tuple[int, dict]:
@@ -52,6 +55,7 @@ def run_json(args: list[str], capsys) -> tuple[int, dict]:
 
 
 # 1. One bad input never aborts a batch -----------------------------------------------------------------------
+
 
 def test_a_sidecar_json_cannot_parse_fails_alone_and_the_batch_finishes(tmp_path, capsys):
     studies = tmp_path / "studies"
@@ -101,18 +105,27 @@ def test_an_unexpected_error_in_the_runtime_becomes_that_studys_record(tmp_path,
 
 # 2. resume finishes a folder after SIGKILL or Ctrl-C ---------------------------------------------------------
 
+
 def runner(studies: Path, data: Path, *extra: str) -> subprocess.Popen:
     env = {k: v for k, v in os.environ.items() if not k.startswith(("RADSTREAM_", "TRITON_"))}
     return subprocess.Popen(
         [sys.executable, "-m", "radstream.cli", "run", str(studies), "--data-dir", str(data), "--quiet", "--workers", "1", *extra],
-        cwd=REPO, env=env, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True,
+        cwd=REPO,
+        env=env,
+        stdout=subprocess.PIPE,
+        stderr=subprocess.PIPE,
+        text=True,
     )
 
 
 def wait_for_journal_lines(data: Path, at_least: int, deadline_s: float = 60) -> None:
     deadline = time.monotonic() + deadline_s
     while time.monotonic() < deadline:
-        lines = sum("status" in line for p in (data / "journal").glob("*.jsonl") for _, line in read_journal(p)[0]) if (data / "journal").is_dir() else 0
+        lines = (
+            sum("status" in line for p in (data / "journal").glob("*.jsonl") for _, line in read_journal(p)[0])
+            if (data / "journal").is_dir()
+            else 0
+        )
         if lines >= at_least:
             return
         time.sleep(0.05)
@@ -141,6 +154,7 @@ def test_resume_finishes_every_study_after_a_kill_or_an_interrupt(tmp_path, caps
 
 # 3. A crash between StoreResults and SendTelemetry loses no telemetry ----------------------------------------
 
+
 class Killed(BaseException):
     """What a SIGKILL does to the process, as far as the study in flight is concerned: nothing after it runs."""
 
@@ -166,6 +180,7 @@ def test_a_crash_after_the_result_before_the_telemetry_is_resumed(tmp_path, monk
 
 
 # 5. An inference outage as long as a Triton restart is outlasted; a later success leaves no stale record ------
+
 
 @pytest.mark.parametrize("failed_calls, status", [(12, "succeeded"), (13, "failed")])
 def test_inference_retries_outlast_an_outage_of_many_attempts(tmp_path, monkeypatch, failed_calls, status):
@@ -219,6 +234,7 @@ def test_a_transient_failure_is_resumed_and_its_record_removed(tmp_path, monkeyp
 
 # 6. Local disk errors are retried, then recorded or named -----------------------------------------------------
 
+
 def test_an_unwritable_results_store_ends_loudly_named_and_resumable(tmp_path):
     folders = write_demo_studies(tmp_path / "studies", 2, size=128, invalid=False)[:2]
     data = tmp_path / "data"
@@ -247,6 +263,7 @@ def test_a_full_disk_fails_every_study_with_a_name_and_resume_finishes_them(tmp_
 
 
 # 7. Every log line names its own study ---------------------------------------------------------------------
+
 
 def test_log_lines_carry_their_own_study_with_four_workers(tmp_path):
     folders = write_demo_studies(tmp_path / "studies", 12, size=128)
@@ -281,6 +298,7 @@ def test_an_unexpected_error_is_logged_with_its_type_and_place_never_its_message
 
 # 8. A study id names one input -------------------------------------------------------------------------------
 
+
 def test_a_different_image_under_a_known_id_is_refused_and_the_result_kept(tmp_path, capsys):
     studies, data = tmp_path / "studies", tmp_path / "data"
     (folder,) = write_demo_studies(studies, 1, size=128, invalid=False)[:1]
@@ -312,7 +330,10 @@ def test_two_folders_claiming_one_id_in_a_batch_are_both_refused(tmp_path, capsy
     by_source = {Path(s["source"]).name: s for s in summary["studies"]}
     assert code == EXIT_FAILED_STUDIES
     for name in ("demo-001", "twin"):
-        assert by_source[name]["error_type"] == "StudyConflict" and "2 folders of this batch claim study_id demo-001" in by_source[name]["message"]
+        assert (
+            by_source[name]["error_type"] == "StudyConflict"
+            and "2 folders of this batch claim study_id demo-001" in by_source[name]["message"]
+        )
     assert by_source["demo-dicom"]["status"] == "succeeded"
     assert not (tmp_path / "data" / "images" / "incoming" / "demo-001").exists()
 
@@ -320,8 +341,18 @@ def test_two_folders_claiming_one_id_in_a_batch_are_both_refused(tmp_path, capsy
 def test_a_study_written_by_hand_keeps_working(tmp_path, capsys):
     """The journal and the conflict rule change nothing for an ordinary study written by hand."""
     image = cv2.imencode(".png", (np.linspace(0, 255, 128 * 128).reshape(128, 128)).astype(np.uint8))[1].tobytes()
-    doc = {"schema_version": "1", "study_id": "hand-1", "image": "x.png", "modality": "DX", "body_part": "CHEST", "view_position": "PA",
-           "patient": {"pseudo_id": "p", "age_years": 50, "sex": "M"}, "acquired_at": "2026-01-01T00:00:00Z", "priority": "routine", "source": "test"}
+    doc = {
+        "schema_version": "1",
+        "study_id": "hand-1",
+        "image": "x.png",
+        "modality": "DX",
+        "body_part": "CHEST",
+        "view_position": "PA",
+        "patient": {"pseudo_id": "p", "age_years": 50, "sex": "M"},
+        "acquired_at": "2026-01-01T00:00:00Z",
+        "priority": "routine",
+        "source": "test",
+    }
     folder = write_study(tmp_path / "hand-1", doc, "x.png", image)
     code, summary = run_json(["run", str(folder), "--data-dir", str(tmp_path / "data")], capsys)
     assert code == 0 and summary["studies"][0]["status"] == "succeeded"
@@ -333,6 +364,7 @@ def test_a_study_written_by_hand_keeps_working(tmp_path, capsys):
 
 
 # A runtime without process globals -------------------------------------------------------------------------------
+
 
 def test_two_runtimes_in_one_process_do_not_disturb_each_other(tmp_path):
     import threading

@@ -7,6 +7,7 @@ replica is taken while the run is still going and the run goes on after it (work
 region lost with replication behind); the journal is copied first, so everything else in the replica is at least as
 new as the journal that decides what resume re-runs.
 """
+
 from __future__ import annotations
 
 import gzip
@@ -66,8 +67,9 @@ def records(data: Path) -> tuple[set[str], set[str]]:
 
 
 def workflow_telemetry(data: Path) -> Counter[str]:
-    lines = [json.loads(line) for f in sorted((data / "telemetry").rglob("*.json.gz"))
-             for line in gzip.decompress(f.read_bytes()).splitlines()]
+    lines = [
+        json.loads(line) for f in sorted((data / "telemetry").rglob("*.json.gz")) for line in gzip.decompress(f.read_bytes()).splitlines()
+    ]
     return Counter(r["study_id"] for r in lines if r["stage"] == "workflow")
 
 
@@ -78,8 +80,14 @@ def test_a_lost_data_dir_is_restored_from_its_replica_and_resume_finishes_everyt
     expected = {f"demo-{i:03d}" for i in range(1, STUDIES + 1)} | {"demo-dicom"}
     env = {k: v for k, v in os.environ.items() if not k.startswith(("RADSTREAM_", "TRITON_"))}
     env["PYTHONPATH"] = os.pathsep.join([str(REPO), env.get("PYTHONPATH", "")])
-    process = subprocess.Popen([sys.executable, "-m", "radstream.cli", "run", str(studies), "--data-dir", str(data), "--quiet",
-                                "--workers", "1"], cwd=REPO, env=env, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+    process = subprocess.Popen(
+        [sys.executable, "-m", "radstream.cli", "run", str(studies), "--data-dir", str(data), "--quiet", "--workers", "1"],
+        cwd=REPO,
+        env=env,
+        stdout=subprocess.PIPE,
+        stderr=subprocess.PIPE,
+        text=True,
+    )
     try:
         wait_for(data, 3)
         if replica == "lagging":
@@ -118,7 +126,9 @@ def test_a_lost_data_dir_is_restored_from_its_replica_and_resume_finishes_everyt
     assert again == 0 and json.loads(capsys.readouterr().out)["totals"]["studies"] == 0, "nothing left, nothing twice"
     total = finished - started
     with capsys.disabled():
-        print(f"\nrestore drill ({replica}): {len(before)} of {len(expected)} studies in the replica; "
-              f"restore {restored - started:.2f} s, resume of {summary['totals']['studies']} studies {finished - restored:.2f} s, "
-              f"total {total:.2f} s")
+        print(
+            f"\nrestore drill ({replica}): {len(before)} of {len(expected)} studies in the replica; "
+            f"restore {restored - started:.2f} s, resume of {summary['totals']['studies']} studies {finished - restored:.2f} s, "
+            f"total {total:.2f} s"
+        )
     assert total < RTO_BUDGET_S

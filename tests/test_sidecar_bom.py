@@ -1,4 +1,5 @@
 """Sidecars are read in one place (shared/sidecar.py): a UTF-8 byte-order mark changes nothing anywhere."""
+
 from __future__ import annotations
 
 import codecs
@@ -14,11 +15,15 @@ from shared.settings import Settings
 from shared.sidecar import SidecarUnreadable, parse_sidecar_bytes
 
 
-@pytest.mark.parametrize("encode", [
-    lambda text: text.encode(),
-    lambda text: codecs.BOM_UTF8 + text.encode(),
-    lambda text: text.encode("utf-16"),  # Notepad's "Unicode": UTF-16 LE with its BOM
-], ids=["utf-8", "utf-8-bom", "utf-16-bom"])
+@pytest.mark.parametrize(
+    "encode",
+    [
+        lambda text: text.encode(),
+        lambda text: codecs.BOM_UTF8 + text.encode(),
+        lambda text: text.encode("utf-16"),  # Notepad's "Unicode": UTF-16 LE with its BOM
+    ],
+    ids=["utf-8", "utf-8-bom", "utf-16-bom"],
+)
 def test_one_parser_reads_every_unicode_form(encode):
     doc = make_sidecar(study_id="bom-001")
     assert parse_sidecar_bytes(encode(json.dumps(doc))) == doc

@@ -1,5 +1,6 @@
 """The short soak (benchmarks/soak.py --short) as a test: crashes, Ctrl-C, a Triton outage and storage faults lose,
 duplicate and misattribute nothing. It starts real processes (runners, a local Triton), hence `slow`."""
+
 from __future__ import annotations
 
 import re
@@ -13,15 +14,26 @@ ROOT = Path(__file__).resolve().parent.parent
 pytestmark = pytest.mark.slow
 
 MUST_BE_ZERO = (
-    "lost", "duplicated", "misfiled", "unknown studies", "duplicate upload accepted", "telemetry contract broken",
-    "telemetry id collisions", "misattributed telemetry", "misattributed log lines", "misattributed traces",
+    "lost",
+    "duplicated",
+    "misfiled",
+    "unknown studies",
+    "duplicate upload accepted",
+    "telemetry contract broken",
+    "telemetry id collisions",
+    "misattributed telemetry",
+    "misattributed log lines",
+    "misattributed traces",
 )
 
 
 def test_short_soak_loses_duplicates_and_misattributes_nothing(tmp_path):
     run = subprocess.run(
         [sys.executable, str(ROOT / "benchmarks" / "soak.py"), "--short", "--work-dir", str(tmp_path / "soak")],
-        cwd=ROOT, capture_output=True, text=True, timeout=300,
+        cwd=ROOT,
+        capture_output=True,
+        text=True,
+        timeout=300,
     )
     out = run.stdout
     assert run.returncode == 0, out[-4000:] + run.stderr[-4000:]

@@ -1,4 +1,5 @@
 """What the soak (benchmarks/soak.py) found, each as the smallest failing case: nothing lost, duplicated or misattributed."""
+
 from __future__ import annotations
 
 import json
@@ -139,7 +140,9 @@ def test_listing_by_prefix_walks_only_that_prefix(tmp_path, monkeypatch):
     assert walked == [tmp_path / "images" / "incoming" / "a-1"]
     # The same answers as S3's prefix listing for partial, empty, missing and odd prefixes.
     assert store.list_keys("images", "incoming/a-1") == ["incoming/a-1/s.json", "incoming/a-1/x.png", "incoming/a-10/s.json"]
-    assert store.list_keys("images", "") == sorted(["incoming/a-1/x.png", "incoming/a-1/s.json", "incoming/a-10/s.json", "incoming/b/s.json", "top.txt"])
+    assert store.list_keys("images", "") == sorted(
+        ["incoming/a-1/x.png", "incoming/a-1/s.json", "incoming/a-10/s.json", "incoming/b/s.json", "top.txt"]
+    )
     assert store.list_keys("images", "incoming/zzz/") == [] and store.list_keys("nobucket", "incoming/") == []
     assert store.list_keys("images", "../images/incoming/") == []
 
@@ -163,8 +166,13 @@ def test_a_write_killed_before_its_rename_leaves_nothing_beside_the_result_and_t
 
     data = tmp_path / "data"
     root = Path(__file__).resolve().parents[1]
-    writer = subprocess.Popen([sys.executable, "-c", KILLED_WRITER, str(data)], cwd=root, stdout=subprocess.PIPE, text=True,
-                              env={**os.environ, "PYTHONPATH": str(root)})
+    writer = subprocess.Popen(
+        [sys.executable, "-c", KILLED_WRITER, str(data)],
+        cwd=root,
+        stdout=subprocess.PIPE,
+        text=True,
+        env={**os.environ, "PYTHONPATH": str(root)},
+    )
     try:
         assert writer.stdout.readline().strip() == "written"
     finally:

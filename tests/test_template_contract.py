@@ -2,6 +2,7 @@
 
 Everything is read from the template, never copied into the test.
 """
+
 from __future__ import annotations
 
 import importlib

@@ -1,4 +1,5 @@
 """benchmarks/triton_bench.py's config edits: what it serves must be what it says it serves."""
+
 from __future__ import annotations
 
 from pathlib import Path
@@ -13,13 +14,14 @@ def test_warmup_all_covers_every_batch_size_with_the_models_inputs():
     add_warmup(config)
     assert [w.batch_size for w in config.model_warmup] == list(range(1, config.max_batch_size + 1))
     for warmup in config.model_warmup:
-        (name, given), = warmup.inputs.items()
+        ((name, given),) = warmup.inputs.items()
         assert name == config.input[0].name and list(given.dims) == list(config.input[0].dims) and given.zero_data
 
 
 def test_edits_reach_the_named_config_and_only_it(tmp_path):
-    served = edited_copy(REPOSITORY, tmp_path / "copy", dynamic_batching=True, queue_delay_us=500, instances=2,
-                         config_name="gpu", warmup=True)
+    served = edited_copy(
+        REPOSITORY, tmp_path / "copy", dynamic_batching=True, queue_delay_us=500, instances=2, config_name="gpu", warmup=True
+    )
     for model in ("chest_xray_classifier", "anomaly_detector", "report_encoder"):
         gpu, cpu = read_config(served / model, "gpu"), read_config(served / model)
         assert gpu.dynamic_batching.max_queue_delay_microseconds == 500  # the GPU configs have none: the edit adds it

@@ -1,4 +1,5 @@
 """The same studies through a real local Triton server (HTTP and gRPC) and through in-process ONNX Runtime give the same results."""
+
 from __future__ import annotations
 
 import json

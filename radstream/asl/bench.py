@@ -17,8 +17,9 @@ def _task(name: str, end: bool = False, **extra: Any) -> dict[str, Any]:
 DEFINITION: dict[str, Any] = {
     "StartAt": "Validate",
     "States": {
-        "Validate": _task("validate", Next="Prepare", ResultPath="$.validation",
-                          Retry=[{"ErrorEquals": ["States.TaskFailed"], "MaxAttempts": 2}]),
+        "Validate": _task(
+            "validate", Next="Prepare", ResultPath="$.validation", Retry=[{"ErrorEquals": ["States.TaskFailed"], "MaxAttempts": 2}]
+        ),
         "Prepare": _task("prepare", Next="Infer", ResultPath="$.prepared"),
         "Infer": {
             "Type": "Parallel",
@@ -55,9 +56,11 @@ def main(runs: int = 2000) -> None:
         result = machine.run(data)
         samples.append(time.perf_counter() - t0)
         assert result.status == "SUCCEEDED", result
-    print(f"median {statistics.median(samples) * 1e6:.0f} us per execution "
-          f"(p90 {statistics.quantiles(samples, n=10)[-1] * 1e6:.0f} us, {runs} runs, "
-          f"{len(result.history)} history events)")
+    print(
+        f"median {statistics.median(samples) * 1e6:.0f} us per execution "
+        f"(p90 {statistics.quantiles(samples, n=10)[-1] * 1e6:.0f} us, {runs} runs, "
+        f"{len(result.history)} history events)"
+    )
 
 
 if __name__ == "__main__":

@@ -58,8 +58,7 @@ def parse_timestamp(value: Any) -> datetime | None:
 def _string_matcher(pattern: str) -> Callable[[Any], bool]:
     # Only "*" is special; "\*" and "\\" escape a literal star or backslash.
     regex = "".join(
-        ".*" if tok == "*" else re.escape(tok[1] if tok.startswith("\\") else tok)
-        for tok in re.findall(r"\\[*\\]|\*|[^*\\]+|\\", pattern)
+        ".*" if tok == "*" else re.escape(tok[1] if tok.startswith("\\") else tok) for tok in re.findall(r"\\[*\\]|\*|[^*\\]+|\\", pattern)
     )
     compiled = re.compile(regex, re.DOTALL)
     return lambda v: isinstance(v, str) and compiled.fullmatch(v) is not None
@@ -85,9 +84,7 @@ def _operators() -> dict[str, tuple[str, str]]:
 
 
 _OPERATORS = _operators()
-_ALL_OPERATORS = (
-    set(_OPERATORS) | {op + "Path" for op in _OPERATORS} | set(_TYPE_TESTS) | {"IsPresent", "StringMatches"}
-)
+_ALL_OPERATORS = set(_OPERATORS) | {op + "Path" for op in _OPERATORS} | set(_TYPE_TESTS) | {"IsPresent", "StringMatches"}
 
 
 def _resolve(path: Path, data: Any, ctx: dict[str, Any] | None) -> Any:

@@ -20,6 +20,7 @@ def _constant(value: str) -> Callable[[Any, Any], str]:
     """An argument that evaluates to the same text whatever the data and context."""
     return lambda data, ctx: value
 
+
 # (state input, context object or None) -> value
 Evaluator = Callable[[Any, "dict[str, Any] | None"], Any]
 
@@ -209,8 +210,7 @@ class _Parser:
             if raw_template is not None:  # a literal: its escapes are resolved by _format
                 return _guard(name, lambda data, ctx: _format(raw_template, *(a(data, ctx) for a in rest)))
             # AWS: "States.Format($.template, $.name)": the template may come from a path or a function.
-            return _guard(name, lambda data, ctx: _format(template(data, ctx), *(a(data, ctx) for a in rest),
-                                                          escapes=False))
+            return _guard(name, lambda data, ctx: _format(template(data, ctx), *(a(data, ctx) for a in rest), escapes=False))
         fn = _FUNCTIONS[name]
         return _guard(name, lambda data, ctx: fn(*(a(data, ctx) for a in args)))
 

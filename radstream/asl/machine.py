@@ -151,23 +151,47 @@ class _Frame:
         return ctx
 
 
-
 _COMMON = {"Type", "Comment"}
 _IO = {"InputPath", "OutputPath"}
 _FLOW = {"Next", "End"}
 _FIELDS: dict[str, set[str]] = {
-    "Task": _COMMON | _IO | _FLOW
-    | {"Resource", "Parameters", "ResultSelector", "ResultPath", "Retry", "Catch", "TimeoutSeconds",
-       "TimeoutSecondsPath", "HeartbeatSeconds", "HeartbeatSecondsPath"},
+    "Task": _COMMON
+    | _IO
+    | _FLOW
+    | {
+        "Resource",
+        "Parameters",
+        "ResultSelector",
+        "ResultPath",
+        "Retry",
+        "Catch",
+        "TimeoutSeconds",
+        "TimeoutSecondsPath",
+        "HeartbeatSeconds",
+        "HeartbeatSecondsPath",
+    },
     "Pass": _COMMON | _IO | _FLOW | {"Parameters", "Result", "ResultPath"},
     "Choice": _COMMON | _IO | {"Choices", "Default"},
     "Wait": _COMMON | _IO | _FLOW | {"Seconds", "SecondsPath", "Timestamp", "TimestampPath"},
     "Succeed": _COMMON | _IO,
     "Fail": _COMMON | {"Error", "ErrorPath", "Cause", "CausePath"},
     "Parallel": _COMMON | _IO | _FLOW | {"Branches", "Parameters", "ResultSelector", "ResultPath", "Retry", "Catch"},
-    "Map": _COMMON | _IO | _FLOW
-    | {"Iterator", "ItemProcessor", "ItemsPath", "ItemSelector", "Parameters", "MaxConcurrency",
-       "MaxConcurrencyPath", "ResultSelector", "ResultPath", "Retry", "Catch"},
+    "Map": _COMMON
+    | _IO
+    | _FLOW
+    | {
+        "Iterator",
+        "ItemProcessor",
+        "ItemsPath",
+        "ItemSelector",
+        "Parameters",
+        "MaxConcurrency",
+        "MaxConcurrencyPath",
+        "ResultSelector",
+        "ResultPath",
+        "Retry",
+        "Catch",
+    },
 }
 
 
@@ -243,9 +267,7 @@ def _matches(names: tuple[str, ...], error: str | None) -> bool:
     # None: an error with no name (a Fail state that names none).
     if error in E.TERMINAL:
         return False
-    return any(
-        name == error or name == E.ALL or (name == E.TASK_FAILED and error != E.TIMEOUT) for name in names
-    )
+    return any(name == error or name == E.ALL or (name == E.TASK_FAILED and error != E.TIMEOUT) for name in names)
 
 
 def _error_list(spec: dict[str, Any], where: str, is_last: bool) -> tuple[str, ...]:
@@ -263,8 +285,15 @@ def parse_retriers(specs: Any, where: str) -> tuple[Retrier, ...]:
     out = []
     for i, spec in enumerate(specs):
         w = f"{where}.Retry[{i}]"
-        unknown = set(spec) - {"ErrorEquals", "IntervalSeconds", "MaxAttempts", "BackoffRate", "MaxDelaySeconds",
-                               "JitterStrategy", "Comment"}
+        unknown = set(spec) - {
+            "ErrorEquals",
+            "IntervalSeconds",
+            "MaxAttempts",
+            "BackoffRate",
+            "MaxDelaySeconds",
+            "JitterStrategy",
+            "Comment",
+        }
         if unknown:
             raise DefinitionError(f"{w}: unknown fields {sorted(unknown)}")
         backoff = spec.get("BackoffRate", 2.0)
@@ -273,14 +302,16 @@ def parse_retriers(specs: Any, where: str) -> tuple[Retrier, ...]:
         jitter = spec.get("JitterStrategy", "NONE")
         if jitter not in ("FULL", "NONE"):
             raise DefinitionError(f"{w}.JitterStrategy must be FULL or NONE")
-        out.append(Retrier(
-            _error_list(spec, w, i == len(specs) - 1),
-            _positive_int(spec.get("IntervalSeconds", 1), f"{w}.IntervalSeconds"),
-            _positive_int(spec.get("MaxAttempts", 3), f"{w}.MaxAttempts", allow_zero=True),
-            float(backoff),
-            _positive_int(spec["MaxDelaySeconds"], f"{w}.MaxDelaySeconds") if "MaxDelaySeconds" in spec else None,
-            jitter == "FULL",
-        ))
+        out.append(
+            Retrier(
+                _error_list(spec, w, i == len(specs) - 1),
+                _positive_int(spec.get("IntervalSeconds", 1), f"{w}.IntervalSeconds"),
+                _positive_int(spec.get("MaxAttempts", 3), f"{w}.MaxAttempts", allow_zero=True),
+                float(backoff),
+                _positive_int(spec["MaxDelaySeconds"], f"{w}.MaxDelaySeconds") if "MaxDelaySeconds" in spec else None,
+                jitter == "FULL",
+            )
+        )
     return tuple(out)
 
 
@@ -295,8 +326,7 @@ def _catchers(specs: Any, where: str) -> tuple[_Catcher, ...]:
             raise DefinitionError(f"{w}: unknown fields {sorted(unknown)}")
         if not isinstance(spec.get("Next"), str):
             raise DefinitionError(f"{w}: 'Next' is required")
-        out.append(_Catcher(_error_list(spec, w, i == len(specs) - 1), spec["Next"],
-                            _result_path(spec, w)))
+        out.append(_Catcher(_error_list(spec, w, i == len(specs) - 1), spec["Next"], _result_path(spec, w)))
     return tuple(out)
 
 
@@ -371,9 +401,7 @@ class _Task(_State):
             raise DefinitionError(f"{where}: {LAMBDA_INVOKE} needs Parameters with FunctionName")
         if "TimeoutSeconds" in spec and "TimeoutSecondsPath" in spec:
             raise DefinitionError(f"{where}: only one of TimeoutSeconds and TimeoutSecondsPath")
-        self.timeout: int | None = (
-            _positive_int(spec["TimeoutSeconds"], f"{where}.TimeoutSeconds") if "TimeoutSeconds" in spec else None
-        )
+        self.timeout: int | None = _positive_int(spec["TimeoutSeconds"], f"{where}.TimeoutSeconds") if "TimeoutSeconds" in spec else None
         self.timeout_path = _select(spec["TimeoutSecondsPath"], where) if "TimeoutSecondsPath" in spec else None
 
     def execute(self, data: Any, frame: _Frame) -> tuple[Any, str | None]:
@@ -396,8 +424,7 @@ class _Task(_State):
             result = self.machine._invoke_task(target, payload, run, frame, timeout)
         except StatesError as err:
             kind = "TaskTimedOut" if err.error == E.TIMEOUT else "TaskFailed"
-            run.event(kind, self.name, duration=time.perf_counter() - started, resource=target,
-                      error=err.error, cause=err.cause)
+            run.event(kind, self.name, duration=time.perf_counter() - started, resource=target, error=err.error, cause=err.cause)
             raise
         run.event("TaskSucceeded", self.name, duration=time.perf_counter() - started, resource=target)
         if self.lambda_invoke:
@@ -516,9 +543,7 @@ class _Fail(_State):
                 cause = self.cause_path(data, ctx)
         except PathNotFound as exc:
             raise StatesError(E.RUNTIME, str(exc)) from None
-        if (self.error_path is not None and not isinstance(error, str)) or (
-            self.cause_path is not None and not isinstance(cause, str)
-        ):
+        if (self.error_path is not None and not isinstance(error, str)) or (self.cause_path is not None and not isinstance(cause, str)):
             raise StatesError(E.RUNTIME, "ErrorPath and CausePath must resolve to strings")
         raise StatesError(error, cause)
 
@@ -650,9 +675,7 @@ class _Map(_State):
         self.parameters = None
         self.items_path = _select(spec.get("ItemsPath", "$"), f"{where}.ItemsPath")
         self.max_concurrency = _positive_int(spec.get("MaxConcurrency", 0), f"{where}.MaxConcurrency", True)
-        self.max_concurrency_path = (
-            _select(spec["MaxConcurrencyPath"], where) if "MaxConcurrencyPath" in spec else None
-        )
+        self.max_concurrency_path = _select(spec["MaxConcurrencyPath"], where) if "MaxConcurrencyPath" in spec else None
         if self.item_selector is not None:
             self.needs_context = True  # ItemSelector sees $$.Map.Item
 
@@ -711,8 +734,6 @@ _TYPES: dict[str, type[_State]] = {
     "Parallel": _Parallel,
     "Map": _Map,
 }
-
-
 
 
 def _exception_error(exc: BaseException) -> StatesError:
@@ -848,4 +869,3 @@ class StateMachine:
         if "error" in box:
             raise _exception_error(box["error"]) from box["error"]
         return _copy(box["result"])
-

@@ -1,4 +1,5 @@
 """`radstream console` and `radstream report`: argument parsing and the wiring from settings to ConsoleData."""
+
 from __future__ import annotations
 
 import argparse
@@ -12,9 +13,13 @@ from shared.errors import ConfigurationError
 def add_console_parsers(subparsers: Any) -> None:
     console = subparsers.add_parser("console", help="serve the console (studies, a study viewer, dashboards) read-only on a loopback port")
     _source_options(console)
-    console.add_argument("--host", default="127.0.0.1", help="address to bind (default 127.0.0.1; a non-loopback address needs --allow-remote)")
+    console.add_argument(
+        "--host", default="127.0.0.1", help="address to bind (default 127.0.0.1; a non-loopback address needs --allow-remote)"
+    )
     console.add_argument("--port", type=int, default=0, help="port (default: a free one)")
-    console.add_argument("--allow-remote", action="store_true", help="allow binding an address other than loopback (the console has no login)")
+    console.add_argument(
+        "--allow-remote", action="store_true", help="allow binding an address other than loopback (the console has no login)"
+    )
     console.set_defaults(func=cmd_console)
 
     report = subparsers.add_parser("report", help="write the console's pages as static HTML, with a PNG overlay per study")
@@ -25,7 +30,11 @@ def add_console_parsers(subparsers: Any) -> None:
 
 def _source_options(p: argparse.ArgumentParser) -> None:
     p.add_argument("--data-dir", default="radstream-data", help="folder holding the local buckets (default: ./radstream-data)")
-    p.add_argument("--backend", choices=["local", "aws"], help="local data dir, or a deployed stack's S3 + Athena (default: RADSTREAM_BACKEND, else local)")
+    p.add_argument(
+        "--backend",
+        choices=["local", "aws"],
+        help="local data dir, or a deployed stack's S3 + Athena (default: RADSTREAM_BACKEND, else local)",
+    )
     p.add_argument("--workgroup", help="AWS: the Athena workgroup (radstream-<env>)")
     p.add_argument("--database", help="AWS: the Glue database (radstream_<env>)")
 
@@ -38,7 +47,9 @@ def console_data(args: argparse.Namespace):
     backend = args.backend or settings.backend
     if backend == "aws":
         if not (args.workgroup and args.database):
-            raise ConfigurationError("the AWS console needs --workgroup radstream-<env> and --database radstream_<env> (the stack's Athena workgroup and Glue database)")
+            raise ConfigurationError(
+                "the AWS console needs --workgroup radstream-<env> and --database radstream_<env> (the stack's Athena workgroup and Glue database)"
+            )
         return aws_data(settings.model_copy(update={"backend": "aws"}), workgroup=args.workgroup, database=args.database)
     data_dir = Path(args.data_dir)
     if not data_dir.is_dir():
@@ -50,7 +61,9 @@ def cmd_console(args: argparse.Namespace) -> int:
     from radstream.console.server import ConsoleServer, is_loopback
 
     if not is_loopback(args.host) and not args.allow_remote:
-        raise ConfigurationError(f"--host {args.host} is not a loopback address; the console has no login, so pass --allow-remote to mean it")
+        raise ConfigurationError(
+            f"--host {args.host} is not a loopback address; the console has no login, so pass --allow-remote to mean it"
+        )
     data = console_data(args)
     data.warm()
     server = ConsoleServer(data, args.host, args.port)
@@ -68,11 +81,15 @@ def cmd_report(args: argparse.Namespace) -> int:
     from radstream.console.report import write_report
 
     summary = write_report(console_data(args), Path(args.out))
-    print(f"wrote {summary.pages} pages ({summary.studies} studies, {summary.images} PNG overlays) to {summary.out}; open {summary.out / 'index.html'}")
+    print(
+        f"wrote {summary.pages} pages ({summary.studies} studies, {summary.images} PNG overlays) to {summary.out}; open {summary.out / 'index.html'}"
+    )
     if summary.skipped:
         n = len(summary.skipped)
-        print(f"radstream report: skipped {n} record{'s' if n > 1 else ''} that do{'es' if n == 1 else ''} not parse: {', '.join(summary.skipped)} "
-              "(`radstream resume` moves them aside and runs those studies again)", file=sys.stderr)
+        print(
+            f"radstream report: skipped {n} record{'s' if n > 1 else ''} that do{'es' if n == 1 else ''} not parse: {', '.join(summary.skipped)} "
+            "(`radstream resume` moves them aside and runs those studies again)",
+            file=sys.stderr,
+        )
         return 1
     return 0
-

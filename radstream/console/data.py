@@ -4,6 +4,7 @@ store port, template.yaml's named queries through the analytics runner, traces a
 Local: the data dir's folders (LocalObjectStore), DuckDB over the lake. AWS: S3 (shared.wiring.object_store) and
 Athena (AthenaQueryRunner); traces are in X-Ray and metrics in CloudWatch there, so those panels say where to look.
 """
+
 from __future__ import annotations
 
 import functools
@@ -209,16 +210,23 @@ class StudyRow:
 def row_from_result(doc: dict[str, Any]) -> StudyRow:
     models = ", ".join(f"{m['name']} v{m['version']}" for m in doc.get("models", {}).values())
     return StudyRow(
-        study_id=doc["study_id"], status="succeeded", at=str(doc.get("completed_at", "")),
+        study_id=doc["study_id"],
+        status="succeeded",
+        at=str(doc.get("completed_at", "")),
         positives=[f["label"] for f in doc.get("findings", []) if f.get("positive")],
-        boxes=len(doc.get("detections", [])), models=models,
+        boxes=len(doc.get("detections", [])),
+        models=models,
     )
 
 
 def row_from_failure(doc: dict[str, Any]) -> StudyRow:
     return StudyRow(
-        study_id=doc["study_id"], status="failed", at=str(doc.get("failed_at", "")),
-        stage=doc.get("stage"), error_type=doc.get("error_type"), message=doc.get("message"),
+        study_id=doc["study_id"],
+        status="failed",
+        at=str(doc.get("failed_at", "")),
+        stage=doc.get("stage"),
+        error_type=doc.get("error_type"),
+        message=doc.get("message"),
     )
 
 
@@ -370,7 +378,16 @@ class RenderedImage:
             cv2.rectangle(canvas, (x1, top - th - base), (x1 + tw, top), colour, -1)
             cv2.putText(canvas, text, (x1, top - base), cv2.FONT_HERSHEY_SIMPLEX, font_scale, (0, 0, 0), 1, cv2.LINE_AA)
         banner = "AI reference models - not for clinical use"
-        cv2.putText(canvas, banner, (8, canvas.shape[0] - 10), cv2.FONT_HERSHEY_SIMPLEX, max(0.5, canvas.shape[1] / 1600), (0, 0, 255), 1, cv2.LINE_AA)
+        cv2.putText(
+            canvas,
+            banner,
+            (8, canvas.shape[0] - 10),
+            cv2.FONT_HERSHEY_SIMPLEX,
+            max(0.5, canvas.shape[1] / 1600),
+            (0, 0, 255),
+            1,
+            cv2.LINE_AA,
+        )
         return cv2.imencode(".png", canvas)[1].tobytes()
 
 
@@ -399,8 +416,16 @@ class ConsoleData:
     """The console's one source of data; the web app and the static report both read through it."""
 
     def __init__(
-        self, *, store: ObjectStore, results_bucket: str, queries: CachedQueries, mode: str,
-        data_dir: Path | None = None, refresh_s: float = 2.0, readers: int = 1, clock: Callable[[], datetime] | None = None,
+        self,
+        *,
+        store: ObjectStore,
+        results_bucket: str,
+        queries: CachedQueries,
+        mode: str,
+        data_dir: Path | None = None,
+        refresh_s: float = 2.0,
+        readers: int = 1,
+        clock: Callable[[], datetime] | None = None,
     ) -> None:
         self.store = store
         self.results_bucket = results_bucket
@@ -435,9 +460,14 @@ class ConsoleData:
         shown = rows[(page - 1) * per_page : page * per_page]
         e2e = {str(r["study_id"]): r["end_to_end_ms"] for r in self.queries.run("study_end_to_end", days=flt.days).as_dicts()}
         findings = sorted({label for r in in_window for label in r.positives})
-        counts = {"all": len(in_window), "succeeded": sum(r.status == "succeeded" for r in in_window), "failed": sum(r.status == "failed" for r in in_window)}
-        return StudyPage(shown, len(rows), page, pages, {r.study_id: e2e.get(r.study_id) for r in shown}, findings, counts,
-                         sorted(self.index.skipped))
+        counts = {
+            "all": len(in_window),
+            "succeeded": sum(r.status == "succeeded" for r in in_window),
+            "failed": sum(r.status == "failed" for r in in_window),
+        }
+        return StudyPage(
+            shown, len(rows), page, pages, {r.study_id: e2e.get(r.study_id) for r in shown}, findings, counts, sorted(self.index.skipped)
+        )
 
     @property
     def skipped(self) -> list[str]:
@@ -475,7 +505,12 @@ class ConsoleData:
         if latest_kind == "result":
             try:
                 image = self.image(study_id, doc)
-                detail.width, detail.height, detail.photometric, detail.bit_depth = image.width, image.height, image.photometric, image.bit_depth
+                detail.width, detail.height, detail.photometric, detail.bit_depth = (
+                    image.width,
+                    image.height,
+                    image.photometric,
+                    image.bit_depth,
+                )
             except Exception as e:  # the page still shows the findings; the reason is shown in place of the image
                 detail.image_error = f"{type(e).__name__}: {e}"
             detail.exports = self.export_status(study_id, doc)
@@ -511,7 +546,7 @@ class ConsoleData:
 
     def _add_trace(self, detail: StudyDetail) -> None:
         if self.data_dir is None:
-            detail.trace_note = "In AWS the trace is in X-Ray: filter on annotation.study_id = \"" + detail.study_id + "\"."
+            detail.trace_note = 'In AWS the trace is in X-Ray: filter on annotation.study_id = "' + detail.study_id + '".'
             return
         folder = self.data_dir / "traces" / detail.study_id
         files = sorted(folder.glob("*.json"), key=lambda p: p.stat().st_mtime) if folder.is_dir() else []
@@ -536,13 +571,21 @@ def check_study_id(study_id: str) -> None:
         raise ObjectNotFound("no such study")
 
 
-def local_data(data_dir: Path, *, results_bucket: str = "results", telemetry_bucket: str = "telemetry", refresh_s: float = 2.0) -> ConsoleData:
+def local_data(
+    data_dir: Path, *, results_bucket: str = "results", telemetry_bucket: str = "telemetry", refresh_s: float = 2.0
+) -> ConsoleData:
     from shared.storage import LocalObjectStore
 
     data_dir = Path(data_dir)
     runner = LakeSnapshotRunner(data_dir / telemetry_bucket, refresh_s=refresh_s)
-    return ConsoleData(store=LocalObjectStore(data_dir), results_bucket=results_bucket, queries=CachedQueries(runner, ttl_s=0),
-                       mode="local", data_dir=data_dir, refresh_s=refresh_s)
+    return ConsoleData(
+        store=LocalObjectStore(data_dir),
+        results_bucket=results_bucket,
+        queries=CachedQueries(runner, ttl_s=0),
+        mode="local",
+        data_dir=data_dir,
+        refresh_s=refresh_s,
+    )
 
 
 def aws_data(settings: Any, *, workgroup: str, database: str, ttl_s: float = 60.0) -> ConsoleData:
@@ -550,5 +593,11 @@ def aws_data(settings: Any, *, workgroup: str, database: str, ttl_s: float = 60.
     from shared.wiring import boto3_client, object_store
 
     runner = AthenaQueryRunner(boto3_client("athena"), workgroup=workgroup, database=database)
-    return ConsoleData(store=object_store(settings), results_bucket=settings.results_bucket, queries=CachedQueries(runner, ttl_s=ttl_s),
-                       mode="aws", refresh_s=ttl_s, readers=16)
+    return ConsoleData(
+        store=object_store(settings),
+        results_bucket=settings.results_bucket,
+        queries=CachedQueries(runner, ttl_s=ttl_s),
+        mode="aws",
+        refresh_s=ttl_s,
+        readers=16,
+    )

@@ -2,6 +2,7 @@
 
 Only the links differ: `ServerLinks` point at the server's routes, `StaticLinks` at the report's files.
 """
+
 from __future__ import annotations
 
 import json
@@ -85,8 +86,13 @@ def _fmt(value: Any) -> str:
 
 
 def environment() -> Environment:
-    env = Environment(loader=FileSystemLoader(HERE / "templates"), autoescape=select_autoescape(["html"]), undefined=StrictUndefined,
-                      trim_blocks=True, lstrip_blocks=True)
+    env = Environment(
+        loader=FileSystemLoader(HERE / "templates"),
+        autoescape=select_autoescape(["html"]),
+        undefined=StrictUndefined,
+        trim_blocks=True,
+        lstrip_blocks=True,
+    )
     env.filters["fmt"] = _fmt
     env.filters["raw_value"] = lambda v: json.dumps(v, default=str)
     env.globals["NOT_FOR_CLINICAL_USE"] = NOT_FOR_CLINICAL_USE
@@ -108,8 +114,14 @@ class Pages:
 
     def study(self, links: Any, study_id: str) -> str:
         detail = self.data.study(study_id)
-        return self._render("study.html", links, s=detail, doc=detail.document, boxes=boxes(detail),
-                            timeline=charts.timeline(detail.trace) if detail.trace else None)
+        return self._render(
+            "study.html",
+            links,
+            s=detail,
+            doc=detail.document,
+            boxes=boxes(detail),
+            timeline=charts.timeline(detail.trace) if detail.trace else None,
+        )
 
     def dashboard(self, links: Any, days: int = DEFAULT_DAYS) -> str:
         results = {name: self.data.query(name, days=days) for name in DASHBOARD_QUERIES}
@@ -120,32 +132,62 @@ class Pages:
         models = results["model_comparison"].as_dicts()
         cost = results["cost_breakdown"].as_dicts()
         per_study = [r for r in cost if r["basis"] == "per study"]
-        per_1000 = sum(r["usd_per_1000_studies"] or 0 for r in per_study) if any(r["usd_per_1000_studies"] is not None for r in per_study) else None
+        per_1000 = (
+            sum(r["usd_per_1000_studies"] or 0 for r in per_study)
+            if any(r["usd_per_1000_studies"] is not None for r in per_study)
+            else None
+        )
         bucket, labels, succeeded, failed = per_bucket(throughput)
         figures = {
             "throughput": charts.columns(
-                f"studies finished per {bucket} minute{'s' if bucket > 1 else ''} (UTC)", labels, [("succeeded", succeeded), ("failed", failed)]),
+                f"studies finished per {bucket} minute{'s' if bucket > 1 else ''} (UTC)",
+                labels,
+                [("succeeded", succeeded), ("failed", failed)],
+            ),
             "latency": charts.hbars(
-                "latency per stage (ms)", [r["stage"] + (f" · {r['model_name']}" if r["model_name"] else "") for r in latency],
-                [("p50", [r["p50_ms"] for r in latency]), ("p95", [r["p95_ms"] for r in latency])], " ms"),
+                "latency per stage (ms)",
+                [r["stage"] + (f" · {r['model_name']}" if r["model_name"] else "") for r in latency],
+                [("p50", [r["p50_ms"] for r in latency]), ("p95", [r["p95_ms"] for r in latency])],
+                " ms",
+            ),
             "errors": charts.hbars(
-                "error rate by stage and type", [f"{r['stage']} · {r['error_type']}" for r in errors],
-                [("error rate %", [100 * r["error_rate"] for r in errors])], " %"),
+                "error rate by stage and type",
+                [f"{r['stage']} · {r['error_type']}" for r in errors],
+                [("error rate %", [100 * r["error_rate"] for r in errors])],
+                " %",
+            ),
             "models": charts.hbars(
-                "model latency (ms)", [f"{r['model_name']} v{r['model_version']}" for r in models],
-                [("p50", [r["p50_ms"] for r in models]), ("p95", [r["p95_ms"] for r in models])], " ms"),
+                "model latency (ms)",
+                [f"{r['model_name']} v{r['model_version']}" for r in models],
+                [("p50", [r["p50_ms"] for r in models]), ("p95", [r["p95_ms"] for r in models])],
+                " ms",
+            ),
             "cost": charts.hbars(
-                "USD per 1,000 studies by item", [f"{r['service']} · {r['item']}" for r in per_study],
-                [("USD / 1,000 studies", [r["usd_per_1000_studies"] for r in per_study])]),
+                "USD per 1,000 studies by item",
+                [f"{r['service']} · {r['item']}" for r in per_study],
+                [("USD / 1,000 studies", [r["usd_per_1000_studies"] for r in per_study])],
+            ),
         }
         totals = {
-            "studies": sum(r["studies"] for r in throughput), "succeeded": sum(r["succeeded"] for r in throughput),
-            "failed": sum(r["failed"] for r in throughput), "usd_per_1000": per_1000,
+            "studies": sum(r["studies"] for r in throughput),
+            "succeeded": sum(r["succeeded"] for r in throughput),
+            "failed": sum(r["failed"] for r in throughput),
+            "usd_per_1000": per_1000,
             "usd_per_day_standing": sum(r["usd"] or 0 for r in cost if r["basis"] == "per day"),
             "prices_as_of": sorted({r["as_of"] for r in cost}),
         }
-        return self._render("dashboard.html", links, days=days, results=results, descriptions=descriptions, figures=figures,
-                            totals=totals, metrics=self.data.metrics(days), bucket=bucket, table_rows=TABLE_ROWS)
+        return self._render(
+            "dashboard.html",
+            links,
+            days=days,
+            results=results,
+            descriptions=descriptions,
+            figures=figures,
+            totals=totals,
+            metrics=self.data.metrics(days),
+            bucket=bucket,
+            table_rows=TABLE_ROWS,
+        )
 
     def query_json(self, name: str, days: int) -> str:
         if name not in DASHBOARD_QUERIES:
@@ -153,7 +195,9 @@ class Pages:
 
             raise ObjectNotFound(f"the dashboard has no query {name}")
         result = self.data.query(name, days=days)
-        return json.dumps({"query": name, "parameters": {"days": days}, "columns": result.columns, "rows": result.as_dicts()}, default=str, indent=1)
+        return json.dumps(
+            {"query": name, "parameters": {"days": days}, "columns": result.columns, "rows": result.as_dicts()}, default=str, indent=1
+        )
 
 
 def per_bucket(throughput: list[dict[str, Any]]) -> tuple[int, list[str], list[float], list[float]]:

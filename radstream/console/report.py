@@ -1,4 +1,5 @@
 """`radstream report --out DIR`: the console's pages as static HTML (and a PNG with the boxes drawn per study), to share without a server."""
+
 from __future__ import annotations
 
 import shutil

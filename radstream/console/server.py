@@ -3,6 +3,7 @@
 GET and HEAD only; no scripts in any page (Content-Security-Policy `script-src 'none'`); study ids are checked
 against a strict pattern before they reach a key; errors say what is missing, never a stack trace or a setting.
 """
+
 from __future__ import annotations
 
 import ipaddress
@@ -26,8 +27,12 @@ SECURITY_HEADERS = {
     "Referrer-Policy": "no-referrer",
     "Cache-Control": "no-store",
 }
-STUDY_FILES = {"result.json": "application/json", "report.txt": "text/plain; charset=utf-8", "exports.json": "application/json",
-               "error.json": "application/json"}
+STUDY_FILES = {
+    "result.json": "application/json",
+    "report.txt": "text/plain; charset=utf-8",
+    "exports.json": "application/json",
+    "error.json": "application/json",
+}
 
 
 def _int(params: dict[str, list[str]], name: str, default: int, allowed: tuple[int, ...] | None = None) -> int:
@@ -53,7 +58,9 @@ class ConsoleHandler(BaseHTTPRequestHandler):
         self._dispatch(head=False)
 
     def _refuse(self) -> None:
-        self._send(HTTPStatus.METHOD_NOT_ALLOWED, b"read-only console: GET only\n", "text/plain; charset=utf-8", extra={"Allow": "GET, HEAD"})
+        self._send(
+            HTTPStatus.METHOD_NOT_ALLOWED, b"read-only console: GET only\n", "text/plain; charset=utf-8", extra={"Allow": "GET, HEAD"}
+        )
 
     do_POST = do_PUT = do_DELETE = do_PATCH = _refuse
 
@@ -81,8 +88,10 @@ class ConsoleHandler(BaseHTTPRequestHandler):
             elif parts == ["studies"]:
                 flt = StudyFilter(
                     status=params.get("status", [""])[0] if params.get("status", [""])[0] in ("succeeded", "failed") else "",
-                    finding=params.get("finding", [""])[0][:64], text=params.get("q", [""])[0][:128],
-                    day=params.get("date", [""])[0][:10], days=_int(params, "days", 30, RANGES),
+                    finding=params.get("finding", [""])[0][:64],
+                    text=params.get("q", [""])[0][:128],
+                    day=params.get("date", [""])[0][:10],
+                    days=_int(params, "days", 30, RANGES),
                 )
                 self._html(pages.studies(links, flt, _int(params, "page", 1)), head)
             elif parts == ["dashboard"]:

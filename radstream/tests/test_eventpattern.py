@@ -11,8 +11,9 @@ from moto.events.models import EventPattern
 from radstream.eventpattern import apply_input_transformer, matches
 
 
-def _s3_event(bucket: str = "radstream-ingest", key: str = "studies/2024/abc.dcm", size: int = 52_428_800,
-              reason: str = "PutObject") -> dict[str, Any]:
+def _s3_event(
+    bucket: str = "radstream-ingest", key: str = "studies/2024/abc.dcm", size: int = 52_428_800, reason: str = "PutObject"
+) -> dict[str, Any]:
     return {
         "version": "0",
         "id": "17793124-05d4-b198-2fde-7ededc63b103",
@@ -40,13 +41,15 @@ EVENTS: dict[str, dict[str, Any]] = {
     "other_bucket": _s3_event(bucket="other", key="studies/x.dcm", size=0),
     "copy": _s3_event(reason="CopyObject", size=10),
     "deleted": {**_s3_event(), "detail-type": "Object Deleted"},
-    "custom": {"source": "radstream.cli", "detail-type": "Study", "detail": {"tags": ["urgent", "ct"],
-               "priority": 3, "note": None, "ip": "10.0.3.7"}},
+    "custom": {
+        "source": "radstream.cli",
+        "detail-type": "Study",
+        "detail": {"tags": ["urgent", "ct"], "priority": 3, "note": None, "ip": "10.0.3.7"},
+    },
 }
 
 PATTERNS: dict[str, dict[str, Any]] = {
-    "template_rule": {"source": ["aws.s3"], "detail-type": ["Object Created"],
-                      "detail": {"bucket": {"name": ["radstream-ingest"]}}},
+    "template_rule": {"source": ["aws.s3"], "detail-type": ["Object Created"], "detail": {"bucket": {"name": ["radstream-ingest"]}}},
     "list_is_or": {"detail-type": ["Object Deleted", "Object Created"]},
     "prefix": {"detail": {"object": {"key": [{"prefix": "studies/"}]}}},
     "prefix_ignore_case": {"detail": {"object": {"key": [{"prefix": {"equals-ignore-case": "STUDIES/"}}]}}},
@@ -63,16 +66,14 @@ PATTERNS: dict[str, dict[str, Any]] = {
     "numeric_range": {"detail": {"object": {"size": [{"numeric": [">", 0, "<=", 104_857_600]}]}}},
     "numeric_eq": {"detail": {"priority": [{"numeric": ["=", 3]}]}},
     "wildcard": {"detail": {"object": {"key": [{"wildcard": "studies/*/*.dcm"}]}}},
-    "or": {"$or": [{"detail": {"object": {"size": [{"numeric": ["<", 100]}]}}},
-                   {"detail": {"reason": ["CopyObject"]}}]},
+    "or": {"$or": [{"detail": {"object": {"size": [{"numeric": ["<", 100]}]}}}, {"detail": {"reason": ["CopyObject"]}}]},
     "array_in_event": {"detail": {"tags": ["urgent"]}},
     "array_no_match": {"detail": {"tags": ["mri"]}},
     "null_value": {"detail": {"note": [None]}},
     "number_vs_string": {"detail": {"priority": ["3"]}},
     "cidr": {"detail": {"ip": [{"cidr": "10.0.0.0/16"}]}},
     "resources_prefix": {"resources": [{"prefix": "arn:aws:s3:::radstream"}]},
-    "multi_field_and": {"source": ["aws.s3"], "detail": {"object": {"size": [{"numeric": [">=", 1024]}]},
-                                                          "reason": ["PutObject"]}},
+    "multi_field_and": {"source": ["aws.s3"], "detail": {"object": {"size": [{"numeric": [">=", 1024]}]}, "reason": ["PutObject"]}},
 }
 
 
@@ -127,8 +128,9 @@ def test_input_transformer_builds_state_machine_input() -> None:
 def test_input_transformer_escapes_and_whole_event() -> None:
     event = {"detail": {"msg": 'say "hi"', "n": 2, "obj": {"a": 1}}}
     paths = {"msg": "$.detail.msg", "n": "$.detail.n", "obj": "$.detail.obj", "missing": "$.detail.nope"}
-    out = apply_input_transformer(paths, '{"text": "<msg> x<n>", "obj": <obj>, "raw": "<obj>", "m": <missing>, '
-                                         '"all": <aws.events.event>}', event)
+    out = apply_input_transformer(
+        paths, '{"text": "<msg> x<n>", "obj": <obj>, "raw": "<obj>", "m": <missing>, "all": <aws.events.event>}', event
+    )
     assert out == {"text": 'say "hi" x2', "obj": {"a": 1}, "raw": '{"a": 1}', "m": None, "all": event}
 
 

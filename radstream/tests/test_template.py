@@ -1,4 +1,5 @@
 """radstream.template: the local runtime resolves the workflow's task ARNs, aliases included."""
+
 from __future__ import annotations
 
 from pathlib import Path

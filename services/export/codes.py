@@ -10,6 +10,7 @@ standard code names exactly (a model's own, such as "nodule_mass" or "focal_opac
 brings) keeps a code in the private scheme 99RADSTREAM (PS3.16 8.2: 99-prefixed designators are local), declared in
 the SR's Coding Scheme Identification and, in FHIR, under the system PRIVATE_SYSTEM. Never a guess at a near code.
 """
+
 from __future__ import annotations
 
 from dataclasses import dataclass

@@ -19,6 +19,7 @@ record, counted in place of ExportResults' own. `radstream export --retry` repla
 (`replay_dead_letters`): a failed build is built again, then sent like a failed delivery; a letter replayed in full is
 removed, a failing one stays (rewritten as a failed delivery once its exports are built).
 """
+
 from __future__ import annotations
 
 import io
@@ -37,7 +38,14 @@ from pydantic import BaseModel
 from services.export.status import write_status
 from shared.contracts import ObjectRef
 from shared.errors import (
-    ConfigurationError, DeliveryRefused, DeliveryUnavailable, MalformedEvent, ObjectNotFound, PermanentError, RadStreamError, caught_error,
+    ConfigurationError,
+    DeliveryRefused,
+    DeliveryUnavailable,
+    MalformedEvent,
+    ObjectNotFound,
+    PermanentError,
+    RadStreamError,
+    caught_error,
 )
 from shared.messages import DeliveredResult, DeliverRequest, ExportedResult, ExportRequest, StoredResult, ValidatedStudy
 from shared.observability import telemetry_record
@@ -86,7 +94,10 @@ def c_store(peer: DicomPeer, files: list[bytes], settings: Settings, study_id: s
     datasets = [pydicom.dcmread(io.BytesIO(data)) for data in files]
     ae = AE(ae_title=settings.gateway_ae_title)
     ae.acse_timeout, ae.dimse_timeout, ae.network_timeout = (
-        settings.gateway_acse_timeout_s, settings.gateway_dimse_timeout_s, settings.gateway_network_timeout_s)
+        settings.gateway_acse_timeout_s,
+        settings.gateway_dimse_timeout_s,
+        settings.gateway_network_timeout_s,
+    )
     for ds in datasets:
         syntaxes = list(dict.fromkeys([str(ds.file_meta.TransferSyntaxUID), ExplicitVRLittleEndian]))
         ae.add_requested_context(ds.SOPClassUID, syntaxes)
@@ -101,7 +112,9 @@ def c_store(peer: DicomPeer, files: list[bytes], settings: Settings, study_id: s
         for ds in datasets:
             accepted = {str(c.transfer_syntax[0]) for c in assoc.accepted_contexts if c.abstract_syntax == ds.SOPClassUID}
             if not accepted:
-                raise DeliveryRefused(f"{peer} does not store SOP class {ds.SOPClassUID} (presentation context rejected)", study_id=study_id)
+                raise DeliveryRefused(
+                    f"{peer} does not store SOP class {ds.SOPClassUID} (presentation context rejected)", study_id=study_id
+                )
             if str(ds.file_meta.TransferSyntaxUID) not in accepted:
                 # Lossless to uncompressed is the same instance: its SOP Instance UID stays (pydicom would make a new one).
                 ds.decompress(generate_instance_uid=False)
@@ -138,8 +151,15 @@ def stow(url: str, files: list[bytes], study_id: str, timeout: float = 60) -> in
     boundary = uuid.uuid4().hex
     body = b"".join(f"--{boundary}\r\nContent-Type: application/dicom\r\n\r\n".encode() + data + b"\r\n" for data in files)
     body += f"--{boundary}--\r\n".encode()
-    return _post(url, body, f'multipart/related; type="application/dicom"; boundary={boundary}', "application/dicom+json",
-                 "STOW-RS", study_id, timeout)
+    return _post(
+        url,
+        body,
+        f'multipart/related; type="application/dicom"; boundary={boundary}',
+        "application/dicom+json",
+        "STOW-RS",
+        study_id,
+        timeout,
+    )
 
 
 def post_fhir(url: str, bundle: bytes, study_id: str, timeout: float = 60) -> int:
@@ -174,8 +194,12 @@ def deliver_exports(study_id: str, exported: ExportedResult, store: ObjectStore,
         log.info("exports delivered by STOW-RS study_id=%s to %s status=%d", study_id, settings.export_stow_url, code)
         delivered.append(f"stow:{settings.export_stow_url}")
     if settings.export_fhir_url and exported.fhir is not None:
-        code = post_fhir(settings.export_fhir_url, store.get_bytes(exported.fhir.bucket, exported.fhir.key), study_id,
-                         timeout=settings.gateway_network_timeout_s)
+        code = post_fhir(
+            settings.export_fhir_url,
+            store.get_bytes(exported.fhir.bucket, exported.fhir.key),
+            study_id,
+            timeout=settings.gateway_network_timeout_s,
+        )
         log.info("FHIR bundle delivered study_id=%s to %s status=%d", study_id, settings.export_fhir_url, code)
         delivered.append(f"fhir:{settings.export_fhir_url}")
     return delivered
@@ -209,8 +233,10 @@ def dead_letter_key(study_id: str, execution_id: str) -> str:
 def error_message(error: dict[str, Any], study_id: str, execution_id: str, doing: str = "delivering") -> tuple[str, str]:
     """The Catch's {Error, Cause}: our own errors' messages (they never carry patient values), else only the type."""
     error_type, message = caught_error(error)
-    return error_type, message or (f"study {study_id}: unexpected {error_type} while {doing}; see the logs of execution {execution_id}; "
-                                   "the result stands and `radstream export --retry` tries again")
+    return error_type, message or (
+        f"study {study_id}: unexpected {error_type} while {doing}; see the logs of execution {execution_id}; "
+        "the result stands and `radstream export --retry` tries again"
+    )
 
 
 def _exports(exported: ExportedResult | None) -> list[ObjectRef]:
@@ -224,24 +250,55 @@ def record_dead_letter(request: DeliverRequest, store: ObjectStore, settings: Se
     kind: Literal["build", "delivery"] = "build" if request.exported is None else "delivery"
     if kind == "build" and request.stored is None:
         raise MalformedEvent("a failed export build needs the stored result (stored) to be replayed", study_id=study_id)
-    error_type, message = error_message(request.error or {}, study_id, request.execution_id,
-                                        "building its exports (SR, overlay, FHIR)" if kind == "build" else "delivering its exports")
-    letter = DeadLetter(
-        study_id=study_id, execution_id=request.execution_id, failed_at=datetime.now(UTC), kind=kind, error_type=error_type,
-        message=message, destinations=destinations(settings), exported=request.exported,
-        study=request.study if kind == "build" else None, stored=request.stored if kind == "build" else None,
+    error_type, message = error_message(
+        request.error or {},
+        study_id,
+        request.execution_id,
+        "building its exports (SR, overlay, FHIR)" if kind == "build" else "delivering its exports",
     )
-    stored = store.put_bytes(settings.results_bucket, dead_letter_key(study_id, request.execution_id),
-                             letter.model_dump_json(indent=2, exclude_none=True).encode(), content_type="application/json")
+    letter = DeadLetter(
+        study_id=study_id,
+        execution_id=request.execution_id,
+        failed_at=datetime.now(UTC),
+        kind=kind,
+        error_type=error_type,
+        message=message,
+        destinations=destinations(settings),
+        exported=request.exported,
+        study=request.study if kind == "build" else None,
+        stored=request.stored if kind == "build" else None,
+    )
+    stored = store.put_bytes(
+        settings.results_bucket,
+        dead_letter_key(study_id, request.execution_id),
+        letter.model_dump_json(indent=2, exclude_none=True).encode(),
+        content_type="application/json",
+    )
     ref = ObjectRef(bucket=settings.results_bucket, key=stored.key)
-    write_status(store, settings.results_bucket, study_id, request.execution_id, f"{kind}_failed", exports=_exports(request.exported),
-                 destinations=letter.destinations, error_type=error_type, message=message, dead_letter=ref)
-    log.warning("exports not %s study_id=%s error_type=%s: dead letter %s", "built" if kind == "build" else "delivered", study_id,
-                error_type, stored.key)
+    write_status(
+        store,
+        settings.results_bucket,
+        study_id,
+        request.execution_id,
+        f"{kind}_failed",
+        exports=_exports(request.exported),
+        destinations=letter.destinations,
+        error_type=error_type,
+        message=message,
+        dead_letter=ref,
+    )
+    log.warning(
+        "exports not %s study_id=%s error_type=%s: dead letter %s",
+        "built" if kind == "build" else "delivered",
+        study_id,
+        error_type,
+        stored.key,
+    )
     record = None
     if kind == "build":
-        record = telemetry_record(stage="export", study_id=study_id, execution_id=request.execution_id, status="failed",
-                                  duration_ms=None, error_type=error_type)
+        record = telemetry_record(
+            stage="export", study_id=study_id, execution_id=request.execution_id, status="failed", duration_ms=None, error_type=error_type
+        )
     return DeliveredResult(study_id=study_id, dead_letter=ref, bytes_out=stored.size, export_record=record)
 
 
@@ -257,8 +314,15 @@ def deliver(request: DeliverRequest, store: ObjectStore, settings: Settings) -> 
     if not destinations(settings):
         return DeliveredResult(study_id=study_id, skipped="no destination configured (EXPORT_DICOM_PEER, EXPORT_STOW_URL, EXPORT_FHIR_URL)")
     reached = deliver_exports(study_id, request.exported, store, settings)
-    write_status(store, settings.results_bucket, study_id, request.execution_id, "delivered", exports=_exports(request.exported),
-                 destinations=reached)
+    write_status(
+        store,
+        settings.results_bucket,
+        study_id,
+        request.execution_id,
+        "delivered",
+        exports=_exports(request.exported),
+        destinations=reached,
+    )
     return DeliveredResult(study_id=study_id, destinations=reached)
 
 
@@ -283,14 +347,17 @@ def _replay(letter: DeadLetter, outcome: Replayed, store: ObjectStore, settings:
     if letter.kind == "build":
         assert letter.study is not None and letter.stored is not None
         try:
-            exported = export_result(ExportRequest(study=letter.study, stored=letter.stored, execution_id=letter.execution_id), store,
-                                     settings.results_bucket)
+            exported = export_result(
+                ExportRequest(study=letter.study, stored=letter.stored, execution_id=letter.execution_id), store, settings.results_bucket
+            )
         except RadStreamError:
             raise
         except Exception as e:  # a builder's own bug: named by type (its message could carry header values), the letter kept
             log.error("exports not rebuilt study_id=%s error_type=%s", letter.study_id, type(e).__name__)
-            raise PermanentError(f"study {letter.study_id}: the exports still cannot be built (unexpected {type(e).__name__}); "
-                                 "see the logs", study_id=letter.study_id) from e
+            raise PermanentError(
+                f"study {letter.study_id}: the exports still cannot be built (unexpected {type(e).__name__}); see the logs",
+                study_id=letter.study_id,
+            ) from e
         outcome.rebuilt = True
         if exported.sr is None or not destinations(settings):
             return  # nothing to send (the source cannot be addressed: exports.json says why), or nowhere to send it yet
@@ -302,17 +369,46 @@ def _replay(letter: DeadLetter, outcome: Replayed, store: ObjectStore, settings:
     except RadStreamError as e:
         # Still not sent (and, for a rebuilt one, from now on a failed delivery of the exports just built): the letter
         # and the study's export status say why, for the next replay.
-        failed = letter.model_copy(update={"kind": "delivery", "exported": exported, "study": None, "stored": None,
-                                           "failed_at": datetime.now(UTC), "error_type": e.error_name, "message": e.message,
-                                           "destinations": destinations(settings)})
-        stored = store.put_bytes(settings.results_bucket, dead_letter_key(letter.study_id, letter.execution_id),
-                                 failed.model_dump_json(indent=2, exclude_none=True).encode(), content_type="application/json")
-        write_status(store, settings.results_bucket, letter.study_id, letter.execution_id, "delivery_failed", exports=_exports(exported),
-                     destinations=failed.destinations, error_type=e.error_name, message=e.message,
-                     dead_letter=ObjectRef(bucket=settings.results_bucket, key=stored.key))
+        failed = letter.model_copy(
+            update={
+                "kind": "delivery",
+                "exported": exported,
+                "study": None,
+                "stored": None,
+                "failed_at": datetime.now(UTC),
+                "error_type": e.error_name,
+                "message": e.message,
+                "destinations": destinations(settings),
+            }
+        )
+        stored = store.put_bytes(
+            settings.results_bucket,
+            dead_letter_key(letter.study_id, letter.execution_id),
+            failed.model_dump_json(indent=2, exclude_none=True).encode(),
+            content_type="application/json",
+        )
+        write_status(
+            store,
+            settings.results_bucket,
+            letter.study_id,
+            letter.execution_id,
+            "delivery_failed",
+            exports=_exports(exported),
+            destinations=failed.destinations,
+            error_type=e.error_name,
+            message=e.message,
+            dead_letter=ObjectRef(bucket=settings.results_bucket, key=stored.key),
+        )
         raise
-    write_status(store, settings.results_bucket, letter.study_id, letter.execution_id, "delivered", exports=_exports(exported),
-                 destinations=outcome.delivered)
+    write_status(
+        store,
+        settings.results_bucket,
+        letter.study_id,
+        letter.execution_id,
+        "delivered",
+        exports=_exports(exported),
+        destinations=outcome.delivered,
+    )
 
 
 def replay_dead_letters(store: ObjectStore, settings: Settings, on_each: Callable[[Replayed], None] | None = None) -> Iterator[Replayed]:
@@ -324,7 +420,9 @@ def replay_dead_letters(store: ObjectStore, settings: Settings, on_each: Callabl
         except ObjectNotFound:
             continue  # replayed meanwhile by someone else
         except ValueError as e:
-            outcome = Replayed(key=key, study_id=key.split("/")[1], error=ConfigurationError(f"dead letter {key} cannot be read ({type(e).__name__})"))
+            outcome = Replayed(
+                key=key, study_id=key.split("/")[1], error=ConfigurationError(f"dead letter {key} cannot be read ({type(e).__name__})")
+            )
             yield outcome
             continue
         outcome = Replayed(key=key, study_id=letter.study_id)

@@ -20,6 +20,7 @@ Outputs, all under results/<study_id>/:
 These objects carry the patient module by design (docs/phi.md); the stage returns only their keys. An error here
 never costs the study its result: the workflow's Catch dead-letters the build (services/export/deliver.py).
 """
+
 from __future__ import annotations
 
 import base64
@@ -103,8 +104,10 @@ def report_text(result: StudyResult) -> str:
     if report and report.impression:
         lines.append("Impression (retrieved): " + " ".join(s.text for s in report.impression))
     if result.input.quality_flags:  # what looks wrong with the input travels with the findings (which it never changed)
-        lines.append("Input quality flags (findings unchanged): " + "; ".join(
-            f"{flag}: {QUALITY_FLAGS[flag]}" for flag in result.input.quality_flags))
+        lines.append(
+            "Input quality flags (findings unchanged): "
+            + "; ".join(f"{flag}: {QUALITY_FLAGS[flag]}" for flag in result.input.quality_flags)
+        )
     return "\n".join(line for line in lines if line)
 
 
@@ -116,7 +119,13 @@ def image_library(header: Any):
     (TID 1601), with the TID 1603 projection radiography descriptors the header really has: the patient orientation
     only when it is two valid values, the pixel spacing only when there is one (the SCOORDs are in pixels either way)."""
     from highdicom.sr import (
-        CodeContentItem, CodedConcept, ContainerContentItem, ImageContentItem, NumContentItem, RelationshipTypeValues, TextContentItem,
+        CodeContentItem,
+        CodedConcept,
+        ContainerContentItem,
+        ImageContentItem,
+        NumContentItem,
+        RelationshipTypeValues,
+        TextContentItem,
         UIDRefContentItem,
     )
     from highdicom.sr.value_types import ContentSequence
@@ -127,25 +136,38 @@ def image_library(header: Any):
     descriptors: list[Any] = []
     modality = MODALITY_CODES.get(str(header.get("Modality", "")))
     if modality:
-        descriptors.append(CodeContentItem(name=dcm.DCM.Modality, value=CodedConcept(modality[0], "DCM", modality[1]),
-                                           relationship_type=acquisition))
+        descriptors.append(
+            CodeContentItem(name=dcm.DCM.Modality, value=CodedConcept(modality[0], "DCM", modality[1]), relationship_type=acquisition)
+        )
     if "FrameOfReferenceUID" in header:
-        descriptors.append(UIDRefContentItem(name=dcm.DCM.FrameOfReferenceUID, value=header.FrameOfReferenceUID, relationship_type=acquisition))
+        descriptors.append(
+            UIDRefContentItem(name=dcm.DCM.FrameOfReferenceUID, value=header.FrameOfReferenceUID, relationship_type=acquisition)
+        )
     for keyword, name in (("Rows", dcm.DCM.PixelDataRows), ("Columns", dcm.DCM.PixelDataColumns)):
         if keyword in header:
             descriptors.append(NumContentItem(name=name, value=int(header[keyword].value), unit=pixels, relationship_type=acquisition))
     if "PatientOrientation" in header:
         row, column = header.PatientOrientation
-        descriptors += [TextContentItem(name=dcm.DCM.PatientOrientationRow, value=str(row), relationship_type=acquisition),
-                        TextContentItem(name=dcm.DCM.PatientOrientationColumn, value=str(column), relationship_type=acquisition)]
+        descriptors += [
+            TextContentItem(name=dcm.DCM.PatientOrientationRow, value=str(row), relationship_type=acquisition),
+            TextContentItem(name=dcm.DCM.PatientOrientationColumn, value=str(column), relationship_type=acquisition),
+        ]
     spacing = header.get("ImagerPixelSpacing") or header.get("PixelSpacing")
     if spacing:
         descriptors += [
-            NumContentItem(name=dcm.DCM.HorizontalPixelSpacing, value=float(spacing[1]), unit=dcm.UCUM.Millimeter, relationship_type=acquisition),
-            NumContentItem(name=dcm.DCM.VerticalPixelSpacing, value=float(spacing[0]), unit=dcm.UCUM.Millimeter, relationship_type=acquisition),
+            NumContentItem(
+                name=dcm.DCM.HorizontalPixelSpacing, value=float(spacing[1]), unit=dcm.UCUM.Millimeter, relationship_type=acquisition
+            ),
+            NumContentItem(
+                name=dcm.DCM.VerticalPixelSpacing, value=float(spacing[0]), unit=dcm.UCUM.Millimeter, relationship_type=acquisition
+            ),
         ]
-    entry = ImageContentItem(name=CodedConcept("260753009", "SCT", "Source"), referenced_sop_class_uid=str(header.SOPClassUID),
-                             referenced_sop_instance_uid=str(header.SOPInstanceUID), relationship_type=RelationshipTypeValues.CONTAINS)
+    entry = ImageContentItem(
+        name=CodedConcept("260753009", "SCT", "Source"),
+        referenced_sop_class_uid=str(header.SOPClassUID),
+        referenced_sop_instance_uid=str(header.SOPInstanceUID),
+        relationship_type=RelationshipTypeValues.CONTAINS,
+    )
     entry.ContentSequence = ContentSequence(descriptors)
     group = ContainerContentItem(name=dcm.DCM.ImageLibraryGroup, relationship_type=RelationshipTypeValues.CONTAINS)
     group.ContentSequence = ContentSequence([entry])
@@ -160,9 +182,21 @@ def build_sr(result: StudyResult, header: Any):
     # identifiers in logs (docs/phi.md). Its warnings (no values) still log.
     logging.getLogger("highdicom").setLevel(logging.WARNING)
     from highdicom.sr import (
-        ContainerContentItem, Comprehensive3DSR, FindingSite, GraphicTypeValues, ImageRegion, Measurement,
-        MeasurementReport, MeasurementsAndQualitativeEvaluations, ObservationContext, PlanarROIMeasurementsAndQualitativeEvaluations,
-        QualitativeEvaluation, RelationshipTypeValues, SourceImageForMeasurementGroup, SourceImageForRegion, TextContentItem,
+        ContainerContentItem,
+        Comprehensive3DSR,
+        FindingSite,
+        GraphicTypeValues,
+        ImageRegion,
+        Measurement,
+        MeasurementReport,
+        MeasurementsAndQualitativeEvaluations,
+        ObservationContext,
+        PlanarROIMeasurementsAndQualitativeEvaluations,
+        QualitativeEvaluation,
+        RelationshipTypeValues,
+        SourceImageForMeasurementGroup,
+        SourceImageForRegion,
+        TextContentItem,
         TrackingIdentifier,
     )
     from highdicom.sr.value_types import ContentSequence
@@ -174,47 +208,68 @@ def build_sr(result: StudyResult, header: Any):
     for i, finding in enumerate(result.findings, start=1):
         code = codes.finding(finding.label)
         used.append(code)
-        groups.append(MeasurementsAndQualitativeEvaluations(
-            tracking_identifier=TrackingIdentifier(uid=_uid(result, f"finding-{i}"), identifier=f"finding {i}: {finding.label}"[:64]),
-            finding_type=code.sr(), finding_sites=site,
-            algorithm_id=_algorithm(result, "chest_xray_classifier"),
-            source_images=[SourceImageForMeasurementGroup(sop_class, sop_instance)],
-            qualitative_evaluations=[QualitativeEvaluation(code.sr(), (codes.PRESENT if finding.positive else codes.ABSENT).sr())],
-            measurements=[
-                Measurement(name=codes.CERTAINTY.sr(), value=finding.probability, unit=codes.UNITLESS.sr()),
-                Measurement(name=codes.OPERATING_POINT.sr(), value=finding.threshold, unit=codes.UNITLESS.sr()),
-            ],
-        ))
+        groups.append(
+            MeasurementsAndQualitativeEvaluations(
+                tracking_identifier=TrackingIdentifier(uid=_uid(result, f"finding-{i}"), identifier=f"finding {i}: {finding.label}"[:64]),
+                finding_type=code.sr(),
+                finding_sites=site,
+                algorithm_id=_algorithm(result, "chest_xray_classifier"),
+                source_images=[SourceImageForMeasurementGroup(sop_class, sop_instance)],
+                qualitative_evaluations=[QualitativeEvaluation(code.sr(), (codes.PRESENT if finding.positive else codes.ABSENT).sr())],
+                measurements=[
+                    Measurement(name=codes.CERTAINTY.sr(), value=finding.probability, unit=codes.UNITLESS.sr()),
+                    Measurement(name=codes.OPERATING_POINT.sr(), value=finding.threshold, unit=codes.UNITLESS.sr()),
+                ],
+            )
+        )
     for i, detection in enumerate(result.detections, start=1):
         code = codes.finding(detection.label)
         used.append(code)
-        groups.append(PlanarROIMeasurementsAndQualitativeEvaluations(
-            tracking_identifier=TrackingIdentifier(uid=_uid(result, f"box-{i}"), identifier=f"box {i}: {detection.label}"[:64]),
-            # SCOORD in the source image's pixels (PS3.3 C.18.6: image-relative, whatever the pixel spacing).
-            referenced_region=ImageRegion(
-                graphic_type=GraphicTypeValues.POLYLINE, graphic_data=box_polyline(detection.box),
-                source_image=SourceImageForRegion(sop_class, sop_instance),
-            ),
-            finding_type=code.sr(), finding_sites=site,
-            algorithm_id=_algorithm(result, "anomaly_detector"),
-            qualitative_evaluations=[QualitativeEvaluation(code.sr(), codes.PRESENT.sr())],
-            measurements=[Measurement(name=codes.CERTAINTY.sr(), value=detection.score, unit=codes.UNITLESS.sr())],
-        ))
-    report = MeasurementReport(observation_context=ObservationContext(), procedure_reported=codes.IMAGING_PROCEDURE.sr(), imaging_measurements=groups)
+        groups.append(
+            PlanarROIMeasurementsAndQualitativeEvaluations(
+                tracking_identifier=TrackingIdentifier(uid=_uid(result, f"box-{i}"), identifier=f"box {i}: {detection.label}"[:64]),
+                # SCOORD in the source image's pixels (PS3.3 C.18.6: image-relative, whatever the pixel spacing).
+                referenced_region=ImageRegion(
+                    graphic_type=GraphicTypeValues.POLYLINE,
+                    graphic_data=box_polyline(detection.box),
+                    source_image=SourceImageForRegion(sop_class, sop_instance),
+                ),
+                finding_type=code.sr(),
+                finding_sites=site,
+                algorithm_id=_algorithm(result, "anomaly_detector"),
+                qualitative_evaluations=[QualitativeEvaluation(code.sr(), codes.PRESENT.sr())],
+                measurements=[Measurement(name=codes.CERTAINTY.sr(), value=detection.score, unit=codes.UNITLESS.sr())],
+            )
+        )
+    report = MeasurementReport(
+        observation_context=ObservationContext(), procedure_reported=codes.IMAGING_PROCEDURE.sr(), imaging_measurements=groups
+    )
     content = report[0].ContentSequence
     # TID 1500 row 4: the Image Library before the Imaging Measurements (row 6).
     measurements_at = next(i for i, item in enumerate(content) if item.ConceptNameCodeSequence[0].CodeValue == "126010")
     content.insert(measurements_at, image_library(header))
     # TID 1500 rows 12-13: the report-level Qualitative Evaluations container holds the draft report text.
     text = ContainerContentItem(name=codes.QUALITATIVE_EVALUATIONS.sr(), relationship_type=RelationshipTypeValues.CONTAINS)
-    text.ContentSequence = ContentSequence([
-        TextContentItem(name=codes.IMPRESSION.sr(), value=report_text(result)[:1024], relationship_type=RelationshipTypeValues.CONTAINS),
-    ])
+    text.ContentSequence = ContentSequence(
+        [
+            TextContentItem(
+                name=codes.IMPRESSION.sr(), value=report_text(result)[:1024], relationship_type=RelationshipTypeValues.CONTAINS
+            ),
+        ]
+    )
     content.append(text)
     sr = Comprehensive3DSR(
-        evidence=[header], content=report[0], series_instance_uid=_uid(result, "series"), series_number=SR_SERIES_NUMBER,
-        sop_instance_uid=_uid(result, "sr"), instance_number=1, manufacturer=MANUFACTURER, is_complete=True, is_final=False,
-        is_verified=False, series_description=f"RadStream {NOT_FOR_CLINICAL_USE}"[:64],
+        evidence=[header],
+        content=report[0],
+        series_instance_uid=_uid(result, "series"),
+        series_number=SR_SERIES_NUMBER,
+        sop_instance_uid=_uid(result, "sr"),
+        instance_number=1,
+        manufacturer=MANUFACTURER,
+        is_complete=True,
+        is_final=False,
+        is_verified=False,
+        series_description=f"RadStream {NOT_FOR_CLINICAL_USE}"[:64],
     )
     if codes.PRIVATE_SCHEME in codes.schemes_used(used):
         # The private scheme is declared (PS3.3 C.12.1.1.5), so a reader knows whose codes these are.
@@ -256,7 +311,8 @@ def _patient(header: Any) -> dict[str, Any]:
         issuer = str(header.get("IssuerOfPatientID") or "")
         identifier: dict[str, Any] = {
             "type": {"coding": [{"system": "http://terminology.hl7.org/CodeSystem/v2-0203", "code": "MR"}]},
-            "system": f"urn:oid:{issuer}" if _OID.match(issuer) else PATIENT_ID_SYSTEM, "value": str(header.PatientID),
+            "system": f"urn:oid:{issuer}" if _OID.match(issuer) else PATIENT_ID_SYSTEM,
+            "value": str(header.PatientID),
         }
         if issuer and not _OID.match(issuer):
             identifier["assigner"] = {"display": issuer}
@@ -277,7 +333,12 @@ def _patient(header: Any) -> dict[str, Any]:
 
 
 def _quantity(value: float) -> dict[str, Any]:
-    return {"value": round(float(value), 6), "unit": codes.UNITLESS.meaning, "system": codes.FHIR_SYSTEMS["UCUM"], "code": codes.UNITLESS.value}
+    return {
+        "value": round(float(value), 6),
+        "unit": codes.UNITLESS.meaning,
+        "system": codes.FHIR_SYSTEMS["UCUM"],
+        "code": codes.UNITLESS.value,
+    }
 
 
 def _component(code: codes.Code, value: float) -> dict[str, Any]:
@@ -288,7 +349,9 @@ def _device(result: StudyResult, model_name: str) -> dict[str, Any]:
     """TID 4019's algorithm as a Device: name, version, family (the same codes as the SR)."""
     model = result.models.get(model_name)
     device: dict[str, Any] = {
-        "resourceType": "Device", "status": "active", "manufacturer": MANUFACTURER,
+        "resourceType": "Device",
+        "status": "active",
+        "manufacturer": MANUFACTURER,
         "deviceName": [{"name": model_name, "type": "model-name"}],
         "type": _concept(codes.ALGORITHM_FAMILY),
         "note": [{"text": f"{model.provenance if model else model_name}; {NOT_FOR_CLINICAL_USE}"}],
@@ -303,7 +366,6 @@ def build_fhir(result: StudyResult, header: Any, sr: bytes, sr_uid: str) -> dict
     the algorithms as Devices, the Patient and the ImagingStudy; urn:uuid fullUrls, deterministic per study and execution."""
     from fhir.resources.R4B.bundle import Bundle
 
-
     def full_url(entry: str) -> str:
         return f"urn:uuid:{uuid.uuid5(FHIR_NAMESPACE, '|'.join((result.study_id, result.execution_id, entry)))}"
 
@@ -313,24 +375,43 @@ def build_fhir(result: StudyResult, header: Any, sr: bytes, sr_uid: str) -> dict
     issued = result.completed_at.astimezone(UTC).isoformat()
     modality = MODALITY_CODES.get(result.modality, (result.modality, result.modality))
     imaging_study: dict[str, Any] = {
-        "resourceType": "ImagingStudy", "status": "available", "subject": ref("patient"),
+        "resourceType": "ImagingStudy",
+        "status": "available",
+        "subject": ref("patient"),
         "identifier": [_oid(str(header.StudyInstanceUID))],
-        "series": [{"uid": str(header.SeriesInstanceUID),
-                    "modality": {"system": codes.FHIR_SYSTEMS["DCM"], "code": modality[0], "display": modality[1]},
-                    "instance": [{"uid": str(header.SOPInstanceUID), "sopClass": {"system": URI, "code": f"urn:oid:{header.SOPClassUID}"}}]}],
+        "series": [
+            {
+                "uid": str(header.SeriesInstanceUID),
+                "modality": {"system": codes.FHIR_SYSTEMS["DCM"], "code": modality[0], "display": modality[1]},
+                "instance": [{"uid": str(header.SOPInstanceUID), "sopClass": {"system": URI, "code": f"urn:oid:{header.SOPClassUID}"}}],
+            }
+        ],
     }
     if header.get("AccessionNumber"):
-        imaging_study["identifier"].append({"type": {"coding": [{"system": "http://terminology.hl7.org/CodeSystem/v2-0203", "code": "ACSN"}]},
-                                            "value": str(header.AccessionNumber)})
-    category = [{"coding": [{"system": "http://terminology.hl7.org/CodeSystem/observation-category", "code": "imaging"}]},
-                {"coding": [{"system": codes.FHIR_SYSTEMS["DCM"], "code": "125007", "display": "Measurement Group"}]}]
-    common = {"status": "preliminary", "subject": ref("patient"), "issued": issued, "partOf": [ref("study")],
-              "bodySite": _concept(codes.CHEST), "category": category,
-              "derivedFrom": [{"identifier": _oid(sr_uid), "display": "RadStream TID 1500 SR"}]}
+        imaging_study["identifier"].append(
+            {
+                "type": {"coding": [{"system": "http://terminology.hl7.org/CodeSystem/v2-0203", "code": "ACSN"}]},
+                "value": str(header.AccessionNumber),
+            }
+        )
+    category = [
+        {"coding": [{"system": "http://terminology.hl7.org/CodeSystem/observation-category", "code": "imaging"}]},
+        {"coding": [{"system": codes.FHIR_SYSTEMS["DCM"], "code": "125007", "display": "Measurement Group"}]},
+    ]
+    common = {
+        "status": "preliminary",
+        "subject": ref("patient"),
+        "issued": issued,
+        "partOf": [ref("study")],
+        "bodySite": _concept(codes.CHEST),
+        "category": category,
+        "derivedFrom": [{"identifier": _oid(sr_uid), "display": "RadStream TID 1500 SR"}],
+    }
     entries: dict[str, dict[str, Any]] = {}
     for i, finding in enumerate(result.findings, start=1):
         entries[f"finding-{i}"] = common | {
-            "resourceType": "Observation", "code": _concept(codes.finding(finding.label), finding.label.replace("_", " ")),
+            "resourceType": "Observation",
+            "code": _concept(codes.finding(finding.label), finding.label.replace("_", " ")),
             "valueCodeableConcept": _concept(codes.PRESENT if finding.positive else codes.ABSENT),
             "component": [_component(codes.CERTAINTY, finding.probability), _component(codes.OPERATING_POINT, finding.threshold)],
             "device": ref("device-chest_xray_classifier"),
@@ -338,33 +419,52 @@ def build_fhir(result: StudyResult, header: Any, sr: bytes, sr_uid: str) -> dict
     for i, detection in enumerate(result.detections, start=1):
         x0, y0, x1, y1 = detection.box
         entries[f"box-{i}"] = common | {
-            "resourceType": "Observation", "code": _concept(codes.finding(detection.label), detection.label.replace("_", " ")),
+            "resourceType": "Observation",
+            "code": _concept(codes.finding(detection.label), detection.label.replace("_", " ")),
             "valueCodeableConcept": _concept(codes.PRESENT),
             "component": [_component(codes.CERTAINTY, detection.score)],
             # The SCOORD as the IG's note form: the SR (derivedFrom) holds it as a DICOM image region.
-            "note": [{"text": f"Image region SCOORD POLYLINE (pixels of SOP instance {header.SOPInstanceUID}): "
-                              f"{x0:.1f},{y0:.1f} {x1:.1f},{y0:.1f} {x1:.1f},{y1:.1f} {x0:.1f},{y1:.1f}"}],
+            "note": [
+                {
+                    "text": f"Image region SCOORD POLYLINE (pixels of SOP instance {header.SOPInstanceUID}): "
+                    f"{x0:.1f},{y0:.1f} {x1:.1f},{y0:.1f} {x1:.1f},{y1:.1f} {x0:.1f},{y1:.1f}"
+                }
+            ],
             "device": ref("device-anomaly_detector"),
         }
     observations = list(entries)
     entries["report"] = {
-        "resourceType": "DiagnosticReport", "status": "preliminary",
+        "resourceType": "DiagnosticReport",
+        "status": "preliminary",
         "category": [{"coding": [{"system": "http://terminology.hl7.org/CodeSystem/v2-0074", "code": "RAD"}]}],
         "code": {"coding": [codes.DIAGNOSTIC_IMAGING_REPORT.fhir(), codes.IMAGING_MEASUREMENT_REPORT.fhir()]},
-        "subject": ref("patient"), "issued": issued, "imagingStudy": [ref("study")],
+        "subject": ref("patient"),
+        "issued": issued,
+        "imagingStudy": [ref("study")],
         "result": [ref(name) for name in observations],
         "conclusion": report_text(result),
         # The SR itself, so the form is there to present (a reference to a PACS it may not reach yet would not resolve).
-        "presentedForm": [{"contentType": "application/dicom", "data": base64.b64encode(sr).decode(), "size": len(sr),
-                           "hash": base64.b64encode(hashlib.sha1(sr).digest()).decode(),
-                           "title": "RadStream TID 1500 SR"}],
+        "presentedForm": [
+            {
+                "contentType": "application/dicom",
+                "data": base64.b64encode(sr).decode(),
+                "size": len(sr),
+                "hash": base64.b64encode(hashlib.sha1(sr).digest()).decode(),
+                "title": "RadStream TID 1500 SR",
+            }
+        ],
     }
     entries["device-chest_xray_classifier"] = _device(result, "chest_xray_classifier")
     entries["device-anomaly_detector"] = _device(result, "anomaly_detector")
     entries["patient"] = _patient(header)
     entries["study"] = imaging_study
-    profiles = {"DiagnosticReport": "ai-imaging-report", "Observation": "ai-imaging-finding", "Device": "ai-algorithm",
-                "Patient": "source-patient", "ImagingStudy": "source-imaging-study"}
+    profiles = {
+        "DiagnosticReport": "ai-imaging-report",
+        "Observation": "ai-imaging-finding",
+        "Device": "ai-algorithm",
+        "Patient": "source-patient",
+        "ImagingStudy": "source-imaging-study",
+    }
     order = ["report", *observations, "device-chest_xray_classifier", "device-anomaly_detector", "patient", "study"]
     bundle_entries = []
     for name in order:
@@ -372,8 +472,13 @@ def build_fhir(result: StudyResult, header: Any, sr: bytes, sr_uid: str) -> dict
         resource["id"] = full_url(name).removeprefix("urn:uuid:")
         resource["meta"] = {"profile": [PROFILE_BASE + profiles[resource["resourceType"]]]}
         bundle_entries.append({"fullUrl": full_url(name), "resource": resource})
-    bundle = {"resourceType": "Bundle", "type": "collection", "timestamp": issued,
-              "identifier": {"system": URI, "value": full_url("bundle")}, "entry": bundle_entries}
+    bundle = {
+        "resourceType": "Bundle",
+        "type": "collection",
+        "timestamp": issued,
+        "identifier": {"system": URI, "value": full_url("bundle")},
+        "entry": bundle_entries,
+    }
     return Bundle.model_validate(bundle).model_dump(mode="json", exclude_none=True)
 
 
@@ -396,9 +501,11 @@ def export_result(request: ExportRequest, store: ObjectStore, results_bucket: st
     sr = build_sr(result, header)
     sr_data = sr_bytes(sr)
     fhir = json.dumps(build_fhir(result, header, sr_data, str(sr.SOPInstanceUID)), indent=2).encode()
-    overlay_data = overlay_bytes(build_overlay(
-        result, data, header, lambda what: _uid(result, what), f"RadStream {NOT_FOR_CLINICAL_USE}",
-        NOT_FOR_CLINICAL_USE, MANUFACTURER))
+    overlay_data = overlay_bytes(
+        build_overlay(
+            result, data, header, lambda what: _uid(result, what), f"RadStream {NOT_FOR_CLINICAL_USE}", NOT_FOR_CLINICAL_USE, MANUFACTURER
+        )
+    )
     prefix = f"results/{study_id}/"
     stored_sr = store.put_bytes(results_bucket, prefix + "report.sr.dcm", sr_data, content_type="application/dicom")
     stored_overlay = store.put_bytes(results_bucket, prefix + "report.overlay.dcm", overlay_data, content_type="application/dicom")
@@ -406,8 +513,10 @@ def export_result(request: ExportRequest, store: ObjectStore, results_bucket: st
     refs = [ObjectRef(bucket=results_bucket, key=stored.key) for stored in (stored_sr, stored_overlay, stored_fhir)]
     write_status(store, results_bucket, study_id, result.execution_id, "built", exports=refs)
     return ExportedResult(
-        study_id=study_id, sr=ObjectRef(bucket=results_bucket, key=stored_sr.key), fhir=ObjectRef(bucket=results_bucket, key=stored_fhir.key),
+        study_id=study_id,
+        sr=ObjectRef(bucket=results_bucket, key=stored_sr.key),
+        fhir=ObjectRef(bucket=results_bucket, key=stored_fhir.key),
         overlay=ObjectRef(bucket=results_bucket, key=stored_overlay.key),
-        bytes_in=len(data), bytes_out=stored_sr.size + stored_overlay.size + stored_fhir.size,
+        bytes_in=len(data),
+        bytes_out=stored_sr.size + stored_overlay.size + stored_fhir.size,
     )
-

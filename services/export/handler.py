@@ -1,6 +1,7 @@
 """Lambda entry points of the export service: ExportResults (radstream-export-results) and DeliverResults
 (radstream-deliver-results, which also writes the dead letter of an export that could not be built or delivered:
 RecordExportFailure, RecordDeadLetter), DICOM studies only."""
+
 from __future__ import annotations
 
 from typing import Any

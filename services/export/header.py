@@ -12,6 +12,7 @@ Type 2 attributes of those modules that are absent or invalid are written empty 
 Values are read from the raw bytes (pydicom's value conversion would validate them and its warnings quote the value
 into logs that must not hold it); error messages and logs name attributes only.
 """
+
 from __future__ import annotations
 
 import re
@@ -19,19 +20,46 @@ from typing import Any
 
 # Copied when valid: the Patient, General Study and Patient Study attributes a PACS or EHR files and shows by.
 # Sequences and the clinical-trial modules are left out (optional modules; their items' own rules are not checked here).
-PATIENT = ("PatientName", "PatientID", "IssuerOfPatientID", "PatientBirthDate", "PatientSex", "PatientIdentityRemoved",
-           "DeidentificationMethod")
+PATIENT = (
+    "PatientName",
+    "PatientID",
+    "IssuerOfPatientID",
+    "PatientBirthDate",
+    "PatientSex",
+    "PatientIdentityRemoved",
+    "DeidentificationMethod",
+)
 STUDY = ("StudyInstanceUID", "StudyDate", "StudyTime", "AccessionNumber", "ReferringPhysicianName", "StudyID", "StudyDescription")
 PATIENT_STUDY = ("PatientAge", "PatientSize", "PatientWeight")
 # The source image itself, as the SR references it and the overlay describes it.
-IMAGE = ("SOPClassUID", "SOPInstanceUID", "SeriesInstanceUID", "Modality", "Laterality", "BodyPartExamined", "Rows", "Columns",
-         "PatientOrientation", "ImagerPixelSpacing", "PixelSpacing", "FrameOfReferenceUID")
+IMAGE = (
+    "SOPClassUID",
+    "SOPInstanceUID",
+    "SeriesInstanceUID",
+    "Modality",
+    "Laterality",
+    "BodyPartExamined",
+    "Rows",
+    "Columns",
+    "PatientOrientation",
+    "ImagerPixelSpacing",
+    "PixelSpacing",
+    "FrameOfReferenceUID",
+)
 # General Equipment, for the exports' Contributing Equipment (the source's acquisition device).
 EQUIPMENT = ("Manufacturer", "ManufacturerModelName", "DeviceSerialNumber", "SoftwareVersions", "InstitutionName", "StationName")
-TYPE2 = ("PatientName", "PatientID", "PatientBirthDate", "PatientSex", "StudyDate", "StudyTime", "AccessionNumber",
-         "ReferringPhysicianName", "StudyID")
-ENUMERATED = {"PatientSex": {"M", "F", "O"}, "PatientIdentityRemoved": {"YES", "NO"},
-              "Laterality": {"R", "L"}, "PatientOrientation": None}
+TYPE2 = (
+    "PatientName",
+    "PatientID",
+    "PatientBirthDate",
+    "PatientSex",
+    "StudyDate",
+    "StudyTime",
+    "AccessionNumber",
+    "ReferringPhysicianName",
+    "StudyID",
+)
+ENUMERATED = {"PatientSex": {"M", "F", "O"}, "PatientIdentityRemoved": {"YES", "NO"}, "Laterality": {"R", "L"}, "PatientOrientation": None}
 NO_METHOD = "Source says PatientIdentityRemoved YES; method not given"
 _AGE = re.compile(r"^\s*0*(\d{1,3})\s*([DWMY]?)\s*$", re.IGNORECASE)
 _ORIENTATION = re.compile(r"^(?:[AFHLPR]{1,3})$")
@@ -68,7 +96,9 @@ def raw_values(source: Any, keyword: str, encodings: list[str]) -> list[str] | l
     if vr in _TEXT_VRS:
         if isinstance(value, bytes):
             delimiters = {0x5E, 0x3D} if vr == "PN" else set()
-            value = decode_bytes(value, encodings, delimiters) if vr in ("PN", "LO", "SH", "LT", "ST", "UT", "UC") else value.decode("ascii")
+            value = (
+                decode_bytes(value, encodings, delimiters) if vr in ("PN", "LO", "SH", "LT", "ST", "UT", "UC") else value.decode("ascii")
+            )
         elif not isinstance(value, str):
             value = "\\".join(str(v) for v in value) if isinstance(value, (list, tuple, MultiValue)) else str(value)
         value = value.rstrip(" \x00") if vr != "UI" else value.rstrip("\x00").strip()

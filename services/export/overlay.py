@@ -15,6 +15,7 @@ copied from the source's header as services/export/header.py cleans it (each val
 highdicom's from_ref_dataset, in a series of its own; UIDs are deterministic per
 study and execution, as the SR's.
 """
+
 from __future__ import annotations
 
 import io
@@ -69,8 +70,15 @@ def draw(gray: np.ndarray, result: StudyResult, draft_label: str) -> np.ndarray:
     return picture
 
 
-def build_overlay(result: StudyResult, source_bytes: bytes, header: Any, uid: Callable[[str], str], series_description: str,
-                  draft_label: str, manufacturer: str):
+def build_overlay(
+    result: StudyResult,
+    source_bytes: bytes,
+    header: Any,
+    uid: Callable[[str], str],
+    series_description: str,
+    draft_label: str,
+    manufacturer: str,
+):
     """The Secondary Capture (highdicom SCImage) of the annotated source, in its own series of the source's study."""
     logging.getLogger("highdicom").setLevel(logging.WARNING)  # its INFO lines name the source's UIDs (docs/phi.md)
     from highdicom.sc import SCImage
@@ -81,11 +89,19 @@ def build_overlay(result: StudyResult, source_bytes: bytes, header: Any, uid: Ca
     picture = draw(decode_dicom(source_bytes, result.study_id).pixels, result, draft_label)
     # `header` is the source's header as services/export/header.py cleans it: every value valid for its VR.
     orientation = header.get("PatientOrientation")
+
     def secondary_capture(transfer_syntax: str) -> Any:
         return SCImage.from_ref_dataset(
-            ref_dataset=header, pixel_array=picture, photometric_interpretation="RGB", bits_allocated=8, coordinate_system="PATIENT",
-            series_instance_uid=uid("overlay-series"), series_number=OVERLAY_SERIES_NUMBER, sop_instance_uid=uid("overlay"),
-            instance_number=1, manufacturer=manufacturer,
+            ref_dataset=header,
+            pixel_array=picture,
+            photometric_interpretation="RGB",
+            bits_allocated=8,
+            coordinate_system="PATIENT",
+            series_instance_uid=uid("overlay-series"),
+            series_number=OVERLAY_SERIES_NUMBER,
+            sop_instance_uid=uid("overlay"),
+            instance_number=1,
+            manufacturer=manufacturer,
             # highdicom wants a (single-letter-pair) orientation for the PATIENT coordinate system; the source's own value
             # (Type 2C, possibly compound such as "A\\FR", empty or absent) replaces it below: copied, never invented.
             patient_orientation=("L", "F"),

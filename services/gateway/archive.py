@@ -7,6 +7,7 @@ or instance (the attributes PS3.18 Table 6.7.1-2 lists for that level, and the c
 objects under a study, series or instance for retrieval. Headers are read once per object (without pixel data) and
 kept while the object's size is unchanged, so a re-run's new SR is seen at the next query.
 """
+
 from __future__ import annotations
 
 import fnmatch
@@ -26,15 +27,33 @@ SERVED = ("report.sr.dcm", "report.overlay.dcm")
 Level = Literal["STUDY", "SERIES", "IMAGE"]
 
 # The attributes each level returns and matches on (PS3.18 Table 6.7.1-2, PS3.4 C.6.2.1: Study Root).
-PATIENT_STUDY = ["PatientName", "PatientID", "PatientBirthDate", "PatientSex", "StudyInstanceUID", "StudyDate", "StudyTime",
-                 "AccessionNumber", "ReferringPhysicianName", "StudyID", "StudyDescription"]
+PATIENT_STUDY = [
+    "PatientName",
+    "PatientID",
+    "PatientBirthDate",
+    "PatientSex",
+    "StudyInstanceUID",
+    "StudyDate",
+    "StudyTime",
+    "AccessionNumber",
+    "ReferringPhysicianName",
+    "StudyID",
+    "StudyDescription",
+]
 SERIES = ["StudyInstanceUID", "SeriesInstanceUID", "Modality", "SeriesNumber", "SeriesDescription", "SeriesDate", "SeriesTime"]
 INSTANCE = ["StudyInstanceUID", "SeriesInstanceUID", "SOPClassUID", "SOPInstanceUID", "InstanceNumber", "Rows", "Columns"]
-COUNTS = {"STUDY": ["ModalitiesInStudy", "NumberOfStudyRelatedSeries", "NumberOfStudyRelatedInstances"],
-          "SERIES": ["NumberOfSeriesRelatedInstances"], "IMAGE": []}
+COUNTS = {
+    "STUDY": ["ModalitiesInStudy", "NumberOfStudyRelatedSeries", "NumberOfStudyRelatedInstances"],
+    "SERIES": ["NumberOfSeriesRelatedInstances"],
+    "IMAGE": [],
+}
 RETURNED = {"STUDY": PATIENT_STUDY, "SERIES": SERIES, "IMAGE": INSTANCE}
 # What a query at a level may match on: its own attributes and those of the levels above (PS3.18 8.3.4.1).
-MATCHABLE = {"STUDY": [*PATIENT_STUDY, "ModalitiesInStudy"], "SERIES": [*PATIENT_STUDY, *SERIES], "IMAGE": [*PATIENT_STUDY, *SERIES, *INSTANCE]}
+MATCHABLE = {
+    "STUDY": [*PATIENT_STUDY, "ModalitiesInStudy"],
+    "SERIES": [*PATIENT_STUDY, *SERIES],
+    "IMAGE": [*PATIENT_STUDY, *SERIES, *INSTANCE],
+}
 UIDS = {"StudyInstanceUID", "SeriesInstanceUID", "SOPInstanceUID", "SOPClassUID"}
 DATES = {"StudyDate", "SeriesDate", "PatientBirthDate"}
 KEY_OF = {"STUDY": "StudyInstanceUID", "SERIES": "SeriesInstanceUID", "IMAGE": "SOPInstanceUID"}
@@ -120,7 +139,8 @@ class Archive:
             by_study.setdefault(_value(item.header, "StudyInstanceUID"), []).append(item)
             by_series.setdefault(_value(item.header, "SeriesInstanceUID"), []).append(item)
         groups: dict[str, list[Stored]] = {"STUDY": by_study, "SERIES": by_series}.get(level) or {
-            _value(item.header, "SOPInstanceUID"): [item] for item in objects}
+            _value(item.header, "SOPInstanceUID"): [item] for item in objects
+        }
         answers = []
         for _uid, members in sorted(groups.items()):
             first = members[0].header
@@ -142,13 +162,12 @@ class Archive:
                 answer.SpecificCharacterSet = first.SpecificCharacterSet
             answer.QueryRetrieveLevel = level
             answers.append(answer)
-        return answers[offset:offset + limit if limit is not None else None]
+        return answers[offset : offset + limit if limit is not None else None]
 
     def instances(self, study_uid: str | None = None, series_uid: str | None = None, sop_uid: str | None = None) -> list[Stored]:
         """The objects under a study, series or instance (each UID may be a list: C-GET's UID list matching)."""
         wanted = {"StudyInstanceUID": study_uid, "SeriesInstanceUID": series_uid, "SOPInstanceUID": sop_uid}
-        return sorted((o for o in self.objects() if all(matches(o.header, k, v) for k, v in wanted.items() if v)),
-                      key=lambda o: o.key)
+        return sorted((o for o in self.objects() if all(matches(o.header, k, v) for k, v in wanted.items() if v)), key=lambda o: o.key)
 
     def read(self, item: Stored) -> bytes:
         return self.store.get_bytes(self.bucket, item.key)

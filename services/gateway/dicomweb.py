@@ -10,6 +10,7 @@ type="application/dicom" with each object as stored (its transfer syntax named i
 …/metadata answers the objects' headers as application/dicom+json. 404 when nothing is there.
 Each function returns (status, content type, body); the HTTP server (stow.py) only routes and writes.
 """
+
 from __future__ import annotations
 
 import json

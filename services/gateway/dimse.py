@@ -8,6 +8,7 @@ and its calling AE title (with the peer's address, where an entry names a host) 
 logged once, with the peer. A C-STORE whose data set still does not fit gets the status `Receiver.check` chose, with
 an Error Comment (at most 64 characters) that names the problem, never a value.
 """
+
 from __future__ import annotations
 
 import ipaddress
@@ -185,7 +186,10 @@ def build_ae(settings: Settings) -> AE:
     # Secondary Capture) back on the same association, so the requestor may take the SCP role for those classes.
     ae.add_supported_context(StudyRootQueryRetrieveInformationModelFind)
     ae.add_supported_context(StudyRootQueryRetrieveInformationModelGet)
-    for uid, syntaxes in ((Comprehensive3DSRStorage, [ExplicitVRLittleEndian, ImplicitVRLittleEndian]), (SECONDARY_CAPTURE, ALL_TRANSFER_SYNTAXES)):
+    for uid, syntaxes in (
+        (Comprehensive3DSRStorage, [ExplicitVRLittleEndian, ImplicitVRLittleEndian]),
+        (SECONDARY_CAPTURE, ALL_TRANSFER_SYNTAXES),
+    ):
         ae.add_supported_context(uid, syntaxes, scu_role=True, scp_role=True)
     ae.maximum_pdu_size = settings.gateway_max_pdu
     ae.maximum_associations = settings.gateway_max_associations
@@ -210,7 +214,9 @@ def handle_store(event: Any, receiver: Receiver) -> Dataset:
     try:
         data = event.encoded_dataset(include_meta=True)
         receiver.receive(
-            data, sop_class_uid=str(event.request.AffectedSOPClassUID), transfer_syntax=str(event.context.transfer_syntax),
+            data,
+            sop_class_uid=str(event.request.AffectedSOPClassUID),
+            transfer_syntax=str(event.context.transfer_syntax),
             source=f"DIMSE {calling}",
         )
     except Refused as e:
@@ -296,7 +302,9 @@ def handle_get(event: Any, archive: Archive) -> Iterator[Any]:
 
     identifier = event.identifier
     level = str(identifier.get("QueryRetrieveLevel", "")).upper()
-    uids = {k: _identifier_text(identifier[k]) if k in identifier else "" for k in ("StudyInstanceUID", "SeriesInstanceUID", "SOPInstanceUID")}
+    uids = {
+        k: _identifier_text(identifier[k]) if k in identifier else "" for k in ("StudyInstanceUID", "SeriesInstanceUID", "SOPInstanceUID")
+    }
     unique = {"STUDY": "StudyInstanceUID", "SERIES": "SeriesInstanceUID", "IMAGE": "SOPInstanceUID"}.get(level)
     if unique is None or not uids[unique]:
         log.warning("C-GET refused: no unique key for QueryRetrieveLevel %s", peer_of(event.assoc))
@@ -318,18 +326,32 @@ class DimseServer:
     GATEWAY_DICOM_TLS_PORT, a second listener speaks DICOM TLS (PS3.15 B.9) on that port (`tls_port`); both
     share one AE, so GATEWAY_MAX_ASSOCIATIONS counts their associations together."""
 
-    def __init__(self, settings: Settings, receiver: Receiver, ssl_context: ssl.SSLContext | None = None,
-                 archive: Archive | None = None) -> None:
+    def __init__(
+        self, settings: Settings, receiver: Receiver, ssl_context: ssl.SSLContext | None = None, archive: Archive | None = None
+    ) -> None:
         self.ae = build_ae(settings)
         archive = archive or Archive(receiver.store, settings.results_bucket)
-        handlers: list[Any] = [(evt.EVT_C_STORE, handle_store, [receiver]), (evt.EVT_C_ECHO, handle_echo), (evt.EVT_REJECTED, handle_rejected),
-                    (evt.EVT_C_FIND, handle_find, [archive]), (evt.EVT_C_GET, handle_get, [archive])]
-        self.server = _listening(self.ae.start_server((settings.gateway_host, settings.gateway_dimse_port), block=False, evt_handlers=handlers))
+        handlers: list[Any] = [
+            (evt.EVT_C_STORE, handle_store, [receiver]),
+            (evt.EVT_C_ECHO, handle_echo),
+            (evt.EVT_REJECTED, handle_rejected),
+            (evt.EVT_C_FIND, handle_find, [archive]),
+            (evt.EVT_C_GET, handle_get, [archive]),
+        ]
+        self.server = _listening(
+            self.ae.start_server((settings.gateway_host, settings.gateway_dimse_port), block=False, evt_handlers=handlers)
+        )
         self.tls_server: ThreadedAssociationServer | None = None
         if ssl_context is not None and settings.gateway_dicom_tls_port is not None:
             try:
-                self.tls_server = _listening(self.ae.start_server((settings.gateway_host, settings.gateway_dicom_tls_port), block=False,
-                                                                  evt_handlers=handlers, ssl_context=ssl_context))
+                self.tls_server = _listening(
+                    self.ae.start_server(
+                        (settings.gateway_host, settings.gateway_dicom_tls_port),
+                        block=False,
+                        evt_handlers=handlers,
+                        ssl_context=ssl_context,
+                    )
+                )
             except BaseException:
                 self.server.shutdown()
                 raise

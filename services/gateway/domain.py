@@ -13,6 +13,7 @@ run per .dcm, and results are keyed by study id), so the id is HMAC-SHA256(key, 
 HMAC-SHA256(key, SOPInstanceUID), truncated, joined by a dot: the instances of one DICOM study share the
 prefix, a re-sent instance maps to the same key, and no UID can be read back without the key.
 """
+
 from __future__ import annotations
 
 import hashlib
@@ -114,7 +115,7 @@ def _data_set_bytes(data: bytes) -> bytes:
         _read_file_meta_info(stream)
     except Exception:
         return data
-    return data[stream.tell():]
+    return data[stream.tell() :]
 
 
 def same_data_set(stored: bytes, received: bytes) -> bool:
@@ -132,8 +133,14 @@ class Receiver:
     is the transport's) is acknowledged again, and neither stored nor run again.
     """
 
-    def __init__(self, store: ObjectStore, images_bucket: str, key: bytes, on_stored: Callable[[Received], None] | None = None,
-                 max_bytes: int = DEFAULT_MAX_BYTES) -> None:
+    def __init__(
+        self,
+        store: ObjectStore,
+        images_bucket: str,
+        key: bytes,
+        on_stored: Callable[[Received], None] | None = None,
+        max_bytes: int = DEFAULT_MAX_BYTES,
+    ) -> None:
         self.store = store
         self.images_bucket = images_bucket
         self.key = key
@@ -156,7 +163,13 @@ class Receiver:
         try:
             acceptance.accept(ds, sop_class_uid)
         except acceptance.NotAccepted as e:
-            status = SOP_CLASS_NOT_SUPPORTED if e.by == "sop_class" else CANNOT_UNDERSTAND if e.attribute == "BodyPartExamined" else DATASET_DOES_NOT_MATCH
+            status = (
+                SOP_CLASS_NOT_SUPPORTED
+                if e.by == "sop_class"
+                else CANNOT_UNDERSTAND
+                if e.attribute == "BodyPartExamined"
+                else DATASET_DOES_NOT_MATCH
+            )
             raise Refused(status, _short(e, ds)) from e
         missing = [tag for tag in ("StudyInstanceUID", "SOPInstanceUID") if not _text(ds, tag)]
         if missing:
@@ -191,7 +204,9 @@ class Receiver:
                     if same_data_set(self.store.get_bytes(self.images_bucket, key), data):
                         log.info("instance already stored (a re-send) study_id=%s bytes=%d from %s", study_id, len(data), source)
                         return Received(study_id, existing.key, existing.size, transfer_syntax)
-                    log.warning("instance refused: another instance is stored under its SOPInstanceUID study_id=%s from %s", study_id, source)
+                    log.warning(
+                        "instance refused: another instance is stored under its SOPInstanceUID study_id=%s from %s", study_id, source
+                    )
                     raise Refused(DUPLICATE_SOP_INSTANCE, "another instance with this SOPInstanceUID is stored")
                 stored = self.store.put_bytes(self.images_bucket, key, data, content_type="application/dicom")
         except RadStreamError as e:

@@ -5,6 +5,7 @@ answered. Exit status 0: the echo succeeded. The probe's association counts agai
 GATEWAY_MAX_ASSOCIATIONS for the few milliseconds it lasts (a full gateway fails the probe only if it stays
 full for the probe's whole failure threshold).
 """
+
 from __future__ import annotations
 
 import sys

@@ -6,6 +6,7 @@ re-read while the process runs: a changed key would change every study id, so a 
 restart (docs/gateway.md, "On EKS"). Any failure stops the gateway before it listens (a pod that cannot read
 its key restarts, with Kubernetes' back-off, rather than hash with another key). Errors name the secret's ARN and the AWS error code, never the value.
 """
+
 from __future__ import annotations
 
 from typing import Any

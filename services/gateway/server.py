@@ -6,6 +6,7 @@ here. Locally, `LocalPipeline` hands each stored key to a LocalRuntime's `run_ke
 C-STORE response never waits for the pipeline). `python -m services.gateway.server` runs it from the
 environment's settings (the container's entry point).
 """
+
 from __future__ import annotations
 
 import logging
@@ -30,8 +31,9 @@ class Gateway:
         self.settings = settings
         self.store = store or wiring.object_store(settings)
         # The key (from Secrets Manager when GATEWAY_PSEUDONYM_SECRET_ARN is set) and the TLS files are read once, before listening.
-        self.receiver = Receiver(self.store, settings.images_bucket, pseudonym_key(pseudonym_key_value(settings)), on_stored,
-                                 max_bytes=settings.max_image_bytes)
+        self.receiver = Receiver(
+            self.store, settings.images_bucket, pseudonym_key(pseudonym_key_value(settings)), on_stored, max_bytes=settings.max_image_bytes
+        )
         # What viewers query and retrieve (QIDO-RS, WADO-RS, C-FIND, C-GET): the SR and overlay in the results bucket.
         self.archive = Archive(self.store, settings.results_bucket)
         context = server_context(settings)
@@ -98,8 +100,12 @@ def main() -> int:  # pragma: no cover - the container's entry point; the tests 
     signal.signal(signal.SIGTERM, lambda *_: stop.set())
     with Gateway(settings) as gateway:
         logging.getLogger("radstream.gateway").info(
-            "gateway ready ae_title=%s dimse_port=%d dicom_tls_port=%s stow=%s", gateway.ae_title, gateway.dimse.port,
-            gateway.dimse.tls_port, gateway.stow.url)
+            "gateway ready ae_title=%s dimse_port=%d dicom_tls_port=%s stow=%s",
+            gateway.ae_title,
+            gateway.dimse.port,
+            gateway.dimse.tls_port,
+            gateway.stow.url,
+        )
         try:
             stop.wait()
         except KeyboardInterrupt:

@@ -11,6 +11,7 @@ loopback by default. `GET /health` answers the probes. Responses follow PS3.18 1
 stored, 202 when some were, 409 when none was, with an application/dicom+json body listing the Referenced SOP Sequence
 and the Failed SOP Sequence (Failure Reason: the DIMSE status the same refusal gets over C-STORE).
 """
+
 from __future__ import annotations
 
 import io
@@ -117,7 +118,7 @@ class Part:
             if len(self.data) > self.limit:
                 self.head, self.data = bytes(self.data[:HEAD_BYTES]), None
         elif len(self.head) < HEAD_BYTES:
-            self.head += chunk[:HEAD_BYTES - len(self.head)]
+            self.head += chunk[: HEAD_BYTES - len(self.head)]
         self.size += len(chunk)
 
     @property
@@ -127,13 +128,13 @@ class Part:
 
 def boundary_of(content_type: str) -> bytes:
     if not content_type.lower().startswith("multipart/related"):
-        raise BadRequest(415, "Content-Type must be multipart/related; type=\"application/dicom\"")
+        raise BadRequest(415, 'Content-Type must be multipart/related; type="application/dicom"')
     boundary = _BOUNDARY.search(content_type)
     part_type = _TYPE.search(content_type)
     if not boundary:
         raise BadRequest(400, "multipart/related without a boundary")
     if part_type and part_type.group(1).lower() != "application/dicom":
-        raise BadRequest(415, "only type=\"application/dicom\" parts are accepted (no metadata+bulkdata STOW)")
+        raise BadRequest(415, 'only type="application/dicom" parts are accepted (no metadata+bulkdata STOW)')
     return (boundary.group(1) or boundary.group(2)).encode("ascii")
 
 
@@ -155,10 +156,10 @@ def multipart_parts(chunks: Iterator[bytes], boundary: bytes, limit: int) -> Ite
     # Preamble: anything before the first delimiter, which starts the body or a line.
     while True:
         at = buffer.find(dash)
-        while at > 0 and buffer[at - 2:at] != b"\r\n":
+        while at > 0 and buffer[at - 2 : at] != b"\r\n":
             at = buffer.find(dash, at + 1)
         if at >= 0:
-            del buffer[:at + len(dash)]
+            del buffer[: at + len(dash)]
             break
         if len(buffer) > HEADERS_MAX or not more():
             raise BadRequest(400, "multipart body has no delimiter line for its boundary")
@@ -181,12 +182,12 @@ def multipart_parts(chunks: Iterator[bytes], boundary: bytes, limit: int) -> Ite
             name, _, value = line.partition(b":")
             if name.strip().lower() == b"content-type":
                 part.content_type = value.strip().decode("latin-1").lower()
-        del buffer[:end + 4]
+        del buffer[: end + 4]
         while True:
             at = buffer.find(delimiter)
             if at >= 0:
                 part.add(bytes(buffer[:at]))
-                del buffer[:at + len(delimiter)]
+                del buffer[: at + len(delimiter)]
                 part.complete = True
                 yield part
                 break
@@ -273,7 +274,11 @@ class _Server(ThreadingHTTPServer):
             try:
                 request = self.ssl_context.wrap_socket(request, server_side=True)
             except (ssl.SSLError, OSError) as e:
-                log.warning("STOW TLS handshake failed from %s (%s)", client_address[0] if isinstance(client_address, tuple) else "?", type(e).__name__)
+                log.warning(
+                    "STOW TLS handshake failed from %s (%s)",
+                    client_address[0] if isinstance(client_address, tuple) else "?",
+                    type(e).__name__,
+                )
                 request.close()
                 return
             try:
@@ -289,8 +294,14 @@ class StowServer:
 
     With `ssl_context` it serves HTTPS (services/gateway/tls.py)."""
 
-    def __init__(self, settings: Settings, receiver: Receiver, ssl_context: ssl.SSLContext | None = None,
-                 healthy: Callable[[], bool] | None = None, archive: Archive | None = None) -> None:
+    def __init__(
+        self,
+        settings: Settings,
+        receiver: Receiver,
+        ssl_context: ssl.SSLContext | None = None,
+        healthy: Callable[[], bool] | None = None,
+        archive: Archive | None = None,
+    ) -> None:
         max_bytes = receiver.max_bytes
 
         class Handler(BaseHTTPRequestHandler):
@@ -334,7 +345,9 @@ class StowServer:
                     self._send(500, message="the results bucket cannot be read")
                     return
                 if found is None:
-                    self._send(404, message="this gateway serves STOW-RS (POST /studies), QIDO-RS and WADO-RS (GET /studies…) and GET /health")
+                    self._send(
+                        404, message="this gateway serves STOW-RS (POST /studies), QIDO-RS and WADO-RS (GET /studies…) and GET /health"
+                    )
                     return
                 code, ctype, payload = found
                 self.send_response(code)

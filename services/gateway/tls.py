@@ -5,6 +5,7 @@ it); the pod terminates TLS itself, so DICOMweb and DICOM TLS are encrypted up t
 the pixels, and the NLB passes TCP through with the client's address kept (the NetworkPolicy can then name
 the hospital's CIDR). TLS 1.2 is the floor (PS3.15 B.9, BCP 195).
 """
+
 from __future__ import annotations
 
 import ssl

@@ -1,4 +1,5 @@
 """Lambda entry point of the prepare stage (radstream-prepare-tensors)."""
+
 from __future__ import annotations
 
 from dataclasses import dataclass

@@ -6,6 +6,7 @@ Outputs: the names of the flags that fire, in QUALITY_FLAGS order. Flags inform 
 Everything is read from a 64 x 64 thumbnail (an area average: well under a millisecond at 1024²) in fractions of the
 picture's width and height, so it does not depend on the picture's size or container.
 """
+
 from __future__ import annotations
 
 from dataclasses import dataclass

@@ -8,6 +8,7 @@ picked among the encoder's candidates consistently with the findings; or, on the
 path, failed/<study_id>/error.json and a "Study Failed" event. Writing the same study again replaces the object under the same
 key, so a retried or re-run study leaves exactly one result.
 """
+
 from __future__ import annotations
 
 import hashlib
@@ -17,13 +18,29 @@ from datetime import datetime, UTC
 from typing import Any
 
 from shared.contracts import (
-    QUALITY_FLAGS, Detection, DraftReport, FailureRecord, Finding, InputDigest, ObjectRef, ReportSentence, StudyIdentifiers,
-    Stage, StudyResult,
+    QUALITY_FLAGS,
+    Detection,
+    DraftReport,
+    FailureRecord,
+    Finding,
+    InputDigest,
+    ObjectRef,
+    ReportSentence,
+    StudyIdentifiers,
+    Stage,
+    StudyResult,
 )
 from shared.errors import InvalidImage, ObjectNotFound, PermanentError, caught_error
 from shared.events import STUDY_FAILED, EventPublisher
 from shared.messages import (
-    CandidateSentence, FailureRequest, ModelOutput, RecordedFailure, StoredResult, StoreRequest, StudyImage, study_id_from_key,
+    CandidateSentence,
+    FailureRequest,
+    ModelOutput,
+    RecordedFailure,
+    StoredResult,
+    StoreRequest,
+    StudyImage,
+    study_id_from_key,
 )
 from shared.observability import telemetry_record
 from shared.storage import ObjectStore
@@ -37,8 +54,9 @@ REPORT_SENTENCES = 3
 IDENTIFIER_TAGS = ("StudyInstanceUID", "SeriesInstanceUID", "SOPInstanceUID", "AccessionNumber")
 
 
-def select_impression(candidates: list[CandidateSentence], findings: list[Finding], detections: list[Detection],
-                      decided: set[str], n: int = REPORT_SENTENCES) -> list[ReportSentence]:
+def select_impression(
+    candidates: list[CandidateSentence], findings: list[Finding], detections: list[Detection], decided: set[str], n: int = REPORT_SENTENCES
+) -> list[ReportSentence]:
     """The n most similar candidates that agree with the models' decisions.
 
     A sentence is kept only if every label it asserts is positive (a classifier finding over its threshold,
@@ -142,9 +160,13 @@ def build_result(request: StoreRequest, raw_state: dict[str, Any], store: Object
     return StudyResult(
         study_id=study_id,
         input=InputDigest(
-            image=ObjectRef(bucket=image.bucket, key=image.key), sha256=image.sha256, size_bytes=image.size_bytes,
-            width=request.tensors.original.width, height=request.tensors.original.height,
-            intensity_rule=request.tensors.original.intensity_rule, quality_flags=request.tensors.original.quality_flags,
+            image=ObjectRef(bucket=image.bucket, key=image.key),
+            sha256=image.sha256,
+            size_bytes=image.size_bytes,
+            width=request.tensors.original.width,
+            height=request.tensors.original.height,
+            intensity_rule=request.tensors.original.intensity_rule,
+            quality_flags=request.tensors.original.quality_flags,
         ),
         identifiers=identifiers,
         modality=request.study.modality,
@@ -170,7 +192,9 @@ def report_text(result: StudyResult) -> str:
     if report is not None:
         lines += ["", "Impression (retrieved):"] + [f"- {s.text}" for s in report.impression]
     if result.input.quality_flags:  # the reader is told what looks wrong with the input; the findings are as computed
-        lines += ["", "Input quality flags (findings unchanged):"] + [f"- {flag}: {QUALITY_FLAGS[flag]}" for flag in result.input.quality_flags]
+        lines += ["", "Input quality flags (findings unchanged):"] + [
+            f"- {flag}: {QUALITY_FLAGS[flag]}" for flag in result.input.quality_flags
+        ]
     lines += ["", "Models: " + ", ".join(f"{m.name} v{m.version} ({m.provenance})" for m in result.models.values())]
     return "\n".join(lines) + "\n"
 
@@ -179,12 +203,16 @@ def store_result(request: StoreRequest, raw_state: dict[str, Any], store: Object
     result = build_result(request, raw_state, store)
     body = result.model_dump_json(indent=2).encode()
     stored = store.put_bytes(results_bucket, f"results/{result.study_id}/result.json", body, content_type="application/json")
-    report = store.put_bytes(results_bucket, f"results/{result.study_id}/report.txt", report_text(result).encode(), content_type="text/plain")
+    report = store.put_bytes(
+        results_bucket, f"results/{result.study_id}/report.txt", report_text(result).encode(), content_type="text/plain"
+    )
     # One study, one record: an earlier run's failure (an outage since over, a fixed setting) goes once the result is safe.
     store.delete(results_bucket, f"failed/{result.study_id}/error.json")
     return StoredResult(
-        study_id=result.study_id, result=ObjectRef(bucket=results_bucket, key=stored.key),
-        positive_findings=[f.label for f in result.findings if f.positive], bytes_out=stored.size + report.size,
+        study_id=result.study_id,
+        result=ObjectRef(bucket=results_bucket, key=stored.key),
+        positive_findings=[f.label for f in result.findings if f.positive],
+        bytes_out=stored.size + report.size,
     )
 
 
@@ -208,8 +236,12 @@ def record_failure(request: FailureRequest, store: ObjectStore, results_bucket: 
     stage = failed_stage(state)
     error_type, message = failure_message(state.get("error") or {}, stage, request.execution_id)
     record = FailureRecord(
-        study_id=study_id, stage=stage, error_type=error_type, message=message,
-        input=ObjectRef(bucket=request.bucket, key=request.key), execution_id=request.execution_id,
+        study_id=study_id,
+        stage=stage,
+        error_type=error_type,
+        message=message,
+        input=ObjectRef(bucket=request.bucket, key=request.key),
+        execution_id=request.execution_id,
         failed_at=datetime.now(UTC),
     )
     record.superseded_result = _supersede_result(store, results_bucket, study_id, request.execution_id)
@@ -219,18 +251,36 @@ def record_failure(request: FailureRequest, store: ObjectStore, results_bucket: 
     # After the record is safe, and once per failure: a retried RecordFailure or a re-run that fails the same way
     # (same input, stage and error) rewrites the record but does not page anyone twice.
     if not repeated:
-        events.publish(STUDY_FAILED, record.model_dump(mode="json") | {
-            "failure": {"bucket": results_bucket, "key": stored.key},
-            "event_id": failure_event_id(record),
-        })
+        events.publish(
+            STUDY_FAILED,
+            record.model_dump(mode="json")
+            | {
+                "failure": {"bucket": results_bucket, "key": stored.key},
+                "event_id": failure_event_id(record),
+            },
+        )
     # Telemetry: what the stages before the failure reported, plus a record for the failed stage.
-    records = [item["telemetry"] for _, key in STAGE_KEYS for item in _as_list(state.get(key)) if isinstance(item, dict) and item.get("telemetry")]
-    records.append(telemetry_record(
-        stage=stage, study_id=study_id, execution_id=request.execution_id, status="failed", duration_ms=None, error_type=error_type,
-    ).model_dump(mode="json"))
+    records = [
+        item["telemetry"] for _, key in STAGE_KEYS for item in _as_list(state.get(key)) if isinstance(item, dict) and item.get("telemetry")
+    ]
+    records.append(
+        telemetry_record(
+            stage=stage,
+            study_id=study_id,
+            execution_id=request.execution_id,
+            status="failed",
+            duration_ms=None,
+            error_type=error_type,
+        ).model_dump(mode="json")
+    )
     return RecordedFailure(
-        study_id=study_id, failure=ObjectRef(bucket=results_bucket, key=stored.key), error_type=error_type, message=message,
-        stage=stage, records=records, bytes_out=stored.size,
+        study_id=study_id,
+        failure=ObjectRef(bucket=results_bucket, key=stored.key),
+        error_type=error_type,
+        message=message,
+        stage=stage,
+        records=records,
+        bytes_out=stored.size,
     )
 
 
@@ -265,7 +315,11 @@ def _same_failure(store: ObjectStore, bucket: str, key: str, record: FailureReco
         return False
     except ValueError:
         return False  # an unreadable earlier record is replaced, and this failure announced
-    return (earlier.get("stage"), earlier.get("error_type"), earlier.get("input", {}).get("key")) == (record.stage, record.error_type, record.input.key)
+    return (earlier.get("stage"), earlier.get("error_type"), earlier.get("input", {}).get("key")) == (
+        record.stage,
+        record.error_type,
+        record.input.key,
+    )
 
 
 def _as_list(value: Any) -> list[Any]:

@@ -1,4 +1,5 @@
 """Lambda entry points of the store service: StoreResults (radstream-store-results) and RecordFailure."""
+
 from __future__ import annotations
 
 from dataclasses import dataclass

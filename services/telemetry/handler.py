@@ -1,4 +1,5 @@
 """Lambda entry point of the telemetry service (radstream-send-telemetry)."""
+
 from __future__ import annotations
 
 from dataclasses import dataclass

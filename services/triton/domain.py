@@ -5,6 +5,7 @@ Outputs: findings (classifier), detections in original-image pixels after non-ma
 (detector), or the report sentences nearest the image embedding, ranked, with what each asserts and
 negates (encoder): the store stage picks the impression among them once all three models have answered.
 """
+
 from __future__ import annotations
 
 import json
@@ -28,6 +29,7 @@ REPORT_CANDIDATES = 12
 # Two reported boxes never overlap more than this (IoU), whatever their labels: the higher score keeps the place.
 NMS_IOU = 0.5
 
+
 class SentenceBank:
     """The report encoder's text side: sentences, their embeddings and tags, in the model's version folder.
 
@@ -46,7 +48,9 @@ class SentenceBank:
         except (OSError, json.JSONDecodeError) as e:
             raise ConfigurationError(f"sentence bank {path} cannot be read: {e}") from e
         except (KeyError, TypeError) as e:
-            raise ConfigurationError(f"sentence bank {path}: every sentence needs text, asserts, negates and embedding (missing {e})") from e
+            raise ConfigurationError(
+                f"sentence bank {path}: every sentence needs text, asserts, negates and embedding (missing {e})"
+            ) from e
 
     def labels(self) -> set[str]:
         return {label for tags in self.asserts + self.negates for label in tags}
@@ -54,8 +58,12 @@ class SentenceBank:
     def nearest(self, embedding: np.ndarray, k: int) -> list[CandidateSentence]:
         similarity = self.embeddings @ embedding
         order = np.argsort(-similarity, kind="stable")[:k]
-        return [CandidateSentence(text=self.texts[i], similarity=round(float(similarity[i]), 4), asserts=self.asserts[i], negates=self.negates[i])
-                for i in order]
+        return [
+            CandidateSentence(
+                text=self.texts[i], similarity=round(float(similarity[i]), 4), asserts=self.asserts[i], negates=self.negates[i]
+            )
+            for i in order
+        ]
 
 
 class Inference:
@@ -87,10 +95,17 @@ class Inference:
         tensor = from_npy(raw)
         expected = [1, 1, spec.input_size, spec.input_size]
         if list(tensor.shape) != expected:
-            raise InferenceFailed(f"tensor for {spec.name} has shape {list(tensor.shape)}, model wants {expected}", study_id=request.study_id)
+            raise InferenceFailed(
+                f"tensor for {spec.name} has shape {list(tensor.shape)}, model wants {expected}", study_id=request.study_id
+            )
         outputs = self.backend.infer(spec.name, {spec.input_name: tensor})
-        output = ModelOutput(study_id=request.study_id, kind=spec.kind, model=spec.ref, bytes_in=len(raw),
-                             labels=list(spec.labels) if spec.kind != "encoder" else None)
+        output = ModelOutput(
+            study_id=request.study_id,
+            kind=spec.kind,
+            model=spec.ref,
+            bytes_in=len(raw),
+            labels=list(spec.labels) if spec.kind != "encoder" else None,
+        )
         try:
             if spec.kind == "classifier":
                 output.findings = read_findings(spec, outputs)
@@ -99,7 +114,9 @@ class Inference:
             else:
                 output.candidates = self.sentence_bank.nearest(read_embedding(outputs), REPORT_CANDIDATES)
         except (KeyError, IndexError, ValueError) as e:
-            raise InferenceFailed(f"model {spec.name} returned outputs that do not fit docs/models.md ({type(e).__name__}: {e})", study_id=request.study_id) from e
+            raise InferenceFailed(
+                f"model {spec.name} returned outputs that do not fit docs/models.md ({type(e).__name__}: {e})", study_id=request.study_id
+            ) from e
         return output
 
 
@@ -129,7 +146,11 @@ def read_detections(spec: ModelSpec, outputs: dict[str, np.ndarray], tensor: Ten
         y1, y2 = ((np.clip([box[1], box[3]], 0, None) - lb.pad_y) / lb.scale).clip(0, h).tolist()
         if x2 <= x1 or y2 <= y1:
             continue
-        detections.append(Detection(label=spec.labels[int(cls)], score=round(min(score, 1.0), 4), box=(round(x1, 1), round(y1, 1), round(x2, 1), round(y2, 1))))
+        detections.append(
+            Detection(
+                label=spec.labels[int(cls)], score=round(min(score, 1.0), 4), box=(round(x1, 1), round(y1, 1), round(x2, 1), round(y2, 1))
+            )
+        )
     return suppress_overlaps(detections, NMS_IOU)
 
 

@@ -1,4 +1,5 @@
 """Lambda entry point of the inference stage (radstream-run-model): one model, one study."""
+
 from __future__ import annotations
 
 from typing import Any

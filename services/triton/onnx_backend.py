@@ -1,4 +1,5 @@
 """ONNX Runtime over the Triton model repository, in-process: the embedded default when no TRITON_URL is set."""
+
 from __future__ import annotations
 
 import threading
@@ -29,9 +30,7 @@ class OnnxRuntimeBackend:
                     options = ort.SessionOptions()
                     options.intra_op_num_threads = self.threads
                     options.inter_op_num_threads = 1
-                    session = ort.InferenceSession(
-                        str(spec.version_dir / "model.onnx"), options, providers=["CPUExecutionProvider"]
-                    )
+                    session = ort.InferenceSession(str(spec.version_dir / "model.onnx"), options, providers=["CPUExecutionProvider"])
                     self._sessions[model_name] = session
         return session
 

@@ -5,6 +5,7 @@ The URL's scheme picks the protocol: `http://host:8000` / `https://...` (tritonc
 the server unreachable, overloaded or timing out -> `InferenceUnavailable` (the workflow retries it);
 the request or the model wrong -> `InferenceFailed` (permanent).
 """
+
 from __future__ import annotations
 
 import socket
@@ -63,7 +64,9 @@ class TritonInference:
                 import tritonclient.http as httpclient
 
                 client = httpclient.InferenceServerClient(
-                    self.netloc, ssl=self.ssl, connection_timeout=self.connect_timeout_s,
+                    self.netloc,
+                    ssl=self.ssl,
+                    connection_timeout=self.connect_timeout_s,
                     network_timeout=self.timeout_s,
                 )
             else:
@@ -91,8 +94,7 @@ class TritonInference:
             return io
         with _translated(model_name, self.url):
             if self.protocol == "grpc":
-                meta = self._client().get_model_metadata(model_name, as_json=True,
-                                                         client_timeout=self.timeout_s)
+                meta = self._client().get_model_metadata(model_name, as_json=True, client_timeout=self.timeout_s)
             else:
                 meta = self._client().get_model_metadata(model_name)
         io = _ModelIO(
@@ -130,8 +132,7 @@ class TritonInference:
             outputs = [module.InferRequestedOutput(n) for n in io.outputs]
         with _translated(model_name, self.url):
             if self.protocol == "grpc":
-                result = self._client().infer(model_name, request_inputs, outputs=outputs,
-                                              client_timeout=self.timeout_s)
+                result = self._client().infer(model_name, request_inputs, outputs=outputs, client_timeout=self.timeout_s)
             else:
                 result = self._client().infer(model_name, request_inputs, outputs=outputs)
             arrays = {name: result.as_numpy(name) for name in io.outputs}
@@ -183,9 +184,7 @@ class _translated:
         if isinstance(e, InferenceServerException):
             details["status"] = e.status()
             if _is_retryable(e):
-                raise InferenceUnavailable(
-                    f"Triton at {self.url} unavailable for {self.model_name}: {e.message()}", **details
-                ) from e
+                raise InferenceUnavailable(f"Triton at {self.url} unavailable for {self.model_name}: {e.message()}", **details) from e
             raise InferenceFailed(f"Triton rejected {self.model_name}: {e.message()}", **details) from e
         if isinstance(e, (ConnectionError, TimeoutError, socket.timeout, socket.gaierror, OSError)):
             raise InferenceUnavailable(

@@ -4,6 +4,7 @@ Inputs: the sidecar's location (images bucket, incoming/<study_id>/<name>.json).
 Outputs: the study id, the image's location, real format, digest and size. Nothing from the
 patient block travels on: later stages need none of it.
 """
+
 from __future__ import annotations
 
 import hashlib
@@ -28,6 +29,7 @@ from shared.storage import ObjectStore
 
 SIDECAR_SCHEMA = SCHEMA_DIR / "sidecar.v1.schema.json"
 MIN_IMAGE_BYTES = 64
+
 
 @cache
 def sidecar_validator() -> Draft202012Validator:
@@ -118,7 +120,9 @@ def dicom_metadata(data: bytes, study_id: str) -> dict[str, str]:
     return {"modality": accepted.modality, "view_position": accepted.view_position}
 
 
-def validate_study(request: ValidateRequest, store: ObjectStore, max_image_bytes: int, max_image_pixels: int = DEFAULT_MAX_IMAGE_PIXELS) -> ValidatedStudy:
+def validate_study(
+    request: ValidateRequest, store: ObjectStore, max_image_bytes: int, max_image_pixels: int = DEFAULT_MAX_IMAGE_PIXELS
+) -> ValidatedStudy:
     """A study arrives as a sidecar (incoming/<id>/<name>.json naming its image) or as one DICOM file (incoming/<id>/<name>.dcm)."""
     key_study_id = study_id_from_key(request.key)
     if key_study_id == request.key or not request.key.endswith((".json", ".dcm")):
@@ -137,11 +141,16 @@ def validate_study(request: ValidateRequest, store: ObjectStore, max_image_bytes
         sidecar = parse_sidecar(raw, key_study_id)
         study_id = sidecar["study_id"]
         if study_id != key_study_id:
-            raise InvalidStudy(f"sidecar says study_id {study_id!r} but it was uploaded under incoming/{key_study_id}/", study_id=key_study_id)
+            raise InvalidStudy(
+                f"sidecar says study_id {study_id!r} but it was uploaded under incoming/{key_study_id}/", study_id=key_study_id
+            )
         image_key = f"{INCOMING}{study_id}/{sidecar['image']}"
         data, image_format, digest = read_image(store, request.bucket, image_key, study_id, max_image_bytes)
         if sidecar.get("sha256") and sidecar["sha256"] != digest:
-            raise InvalidImage(f"image {sidecar['image']!r} sha256 {digest[:12]}… does not match the sidecar's {sidecar['sha256'][:12]}…", study_id=study_id)
+            raise InvalidImage(
+                f"image {sidecar['image']!r} sha256 {digest[:12]}… does not match the sidecar's {sidecar['sha256'][:12]}…",
+                study_id=study_id,
+            )
         metadata, raw_size, priority = sidecar, len(raw), sidecar.get("priority", "routine")
     # The size the header declares, held to the limit before any stage decodes a pixel (a PNG of zeros can be 1.6 GB decoded).
     check_pixel_limit(data, image_format, max_image_pixels, study_id)
@@ -150,5 +159,8 @@ def validate_study(request: ValidateRequest, store: ObjectStore, max_image_bytes
         study_id=study_id,
         metadata=ObjectRef(bucket=request.bucket, key=request.key),
         image=StudyImage(bucket=request.bucket, key=image_key, format=image_format, sha256=digest, size_bytes=len(data)),
-        view_position=metadata["view_position"], modality=metadata["modality"], priority=priority, bytes_in=raw_size + len(data),
+        view_position=metadata["view_position"],
+        modality=metadata["modality"],
+        priority=priority,
+        bytes_in=raw_size + len(data),
     )

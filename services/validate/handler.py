@@ -1,4 +1,5 @@
 """Lambda entry point of the validate stage (radstream-validate-metadata)."""
+
 from __future__ import annotations
 
 from typing import Any

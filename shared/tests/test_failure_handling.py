@@ -1,4 +1,5 @@
 """Observations 6 and 9 of "Nothing lost": one AWS error table for every adapter, and local disk errors as outages."""
+
 from __future__ import annotations
 
 import errno
@@ -39,18 +40,21 @@ ADAPTERS = {
 
 
 @pytest.mark.parametrize("adapter", sorted(ADAPTERS))
-@pytest.mark.parametrize(("code", "status", "expected"), [
-    ("AccessDenied", 403, ConfigurationError),
-    ("AccessDeniedException", 400, ConfigurationError),
-    ("ResourceNotFoundException", 400, ConfigurationError),
-    ("NoSuchBucket", 404, ConfigurationError),
-    ("ValidationException", 400, ConfigurationError),
-    ("ThrottlingException", 400, StorageUnavailable),
-    ("SlowDown", 503, StorageUnavailable),
-    ("ProvisionedThroughputExceededException", 400, StorageUnavailable),
-    ("InternalError", 500, StorageUnavailable),
-    ("SomethingNew", 502, StorageUnavailable),
-])
+@pytest.mark.parametrize(
+    ("code", "status", "expected"),
+    [
+        ("AccessDenied", 403, ConfigurationError),
+        ("AccessDeniedException", 400, ConfigurationError),
+        ("ResourceNotFoundException", 400, ConfigurationError),
+        ("NoSuchBucket", 404, ConfigurationError),
+        ("ValidationException", 400, ConfigurationError),
+        ("ThrottlingException", 400, StorageUnavailable),
+        ("SlowDown", 503, StorageUnavailable),
+        ("ProvisionedThroughputExceededException", 400, StorageUnavailable),
+        ("InternalError", 500, StorageUnavailable),
+        ("SomethingNew", 502, StorageUnavailable),
+    ],
+)
 def test_every_adapter_reads_an_aws_error_the_same_way(adapter, code, status, expected):
     service, operation, call = ADAPTERS[adapter]
     c = client(service)

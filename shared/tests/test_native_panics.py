@@ -2,6 +2,7 @@
 pydicom's MR_small_padded.dcm) fails the stage with an error of the tree, which the workflow's Catch records as the
 study's failure; before, it passed every `except Exception` and took `radstream run` down whole. A process being
 stopped (Ctrl-C, SystemExit, the reliability tests' simulated kill) is not turned into a study's error."""
+
 from __future__ import annotations
 
 import pytest

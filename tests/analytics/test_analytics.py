@@ -1,4 +1,5 @@
 """The analytics port: template.yaml's Athena named queries, run by DuckDB over a known lake, and the Athena adapter."""
+
 from __future__ import annotations
 
 import argparse
@@ -13,7 +14,13 @@ import pytest
 from botocore.stub import ANY, Stubber
 
 from radstream.analytics import (
-    DUCKDB_COLUMNS, AthenaQueryRunner, DuckDBQueryRunner, add_query_parser, load_named_queries, placeholders, render,
+    DUCKDB_COLUMNS,
+    AthenaQueryRunner,
+    DuckDBQueryRunner,
+    add_query_parser,
+    load_named_queries,
+    placeholders,
+    render,
 )
 from radstream.template import DEFAULT_TEMPLATE, Template
 from shared.contracts import ModelRef, TelemetryRecord
@@ -22,8 +29,16 @@ from shared.observability import telemetry_record
 from shared.storage import LocalObjectStore
 from shared.telemetry import LocalLakeSink
 
-QUERIES = ["p95_latency_per_stage", "throughput_per_minute", "error_rate", "model_comparison", "cost_per_1000_studies",
-           "latency_per_stage", "study_end_to_end", "cost_breakdown"]  # the last three: the console's (tests/console)
+QUERIES = [
+    "p95_latency_per_stage",
+    "throughput_per_minute",
+    "error_rate",
+    "model_comparison",
+    "cost_per_1000_studies",
+    "latency_per_stage",
+    "study_end_to_end",
+    "cost_breakdown",
+]  # the last three: the console's (tests/console)
 # The prices and assumptions of the cost queries' shared price table (us-east-1 list prices, 512 MB functions).
 USD_PER_GB_SECOND, LAMBDA_GB, USD_PER_REQUEST, USD_PER_TRANSITION, TRANSITIONS_PER_STUDY = 0.0000166667, 0.5, 0.0000002, 0.000025, 8
 
@@ -37,8 +52,18 @@ DETECTOR = ModelRef(name="anomaly_detector", version="1", provenance="test")
 ENCODER = ModelRef(name="report_encoder", version="3", provenance="test")
 
 
-def record(stage: str, study: str, ms: float | None, at: datetime, status: str = "succeeded", model: ModelRef | None = None, error: str | None = None) -> TelemetryRecord:
-    r = telemetry_record(stage=stage, study_id=study, execution_id=f"exec-{study}", status=status, duration_ms=ms, model=model, error_type=error)
+def record(
+    stage: str,
+    study: str,
+    ms: float | None,
+    at: datetime,
+    status: str = "succeeded",
+    model: ModelRef | None = None,
+    error: str | None = None,
+) -> TelemetryRecord:
+    r = telemetry_record(
+        stage=stage, study_id=study, execution_id=f"exec-{study}", status=status, duration_ms=ms, model=model, error_type=error
+    )
     return r.model_copy(update={"time": at})
 
 
@@ -100,6 +125,7 @@ def bounds(values: list[float], q: float) -> tuple[float, float]:
 
 # --- the template ---------------------------------------------------------------------------------
 
+
 def test_template_has_the_named_queries_each_with_its_parameters_declared() -> None:
     queries = load_named_queries()
     assert list(queries) == QUERIES
@@ -121,7 +147,11 @@ def test_glue_table_matches_the_telemetry_contract_and_projects_partitions() -> 
     assert table["StorageDescriptor"]["SerdeInfo"]["SerializationLibrary"] == "org.openx.data.jsonserde.JsonSerDe"
     params = table["Parameters"]
     assert params["projection.enabled"] == "true"
-    assert (params["projection.dt.type"], params["projection.dt.format"], params["projection.dt.range"]) == ("date", "yyyy-MM-dd", "2026-01-01,NOW")
+    assert (params["projection.dt.type"], params["projection.dt.format"], params["projection.dt.range"]) == (
+        "date",
+        "yyyy-MM-dd",
+        "2026-01-01,NOW",
+    )
     assert (params["projection.hour.type"], params["projection.hour.range"], params["projection.hour.digits"]) == ("integer", "0,23", "2")
     assert params["storage.location.template"] == {"Fn::Sub": "s3://${TelemetryBucket}/telemetry/dt=${!dt}/hour=${!hour}/"}
     workgroup = template.resources["AthenaWorkGroup"]["Properties"]["WorkGroupConfiguration"]
@@ -142,7 +172,9 @@ def test_every_named_query_counts_through_the_same_dedupe_block() -> None:
         blocks[query.name] = found[0]
         rest = query.sql.replace(found[0], "")
         assert "${TelemetryTable}" not in rest, f"{query.name} reads the table outside the counted block"
-        assert not re.search(r"\b(FROM|JOIN)\s+(recent|copies|once|finished|latest)\b", rest, re.IGNORECASE), f"{query.name} reads around `counted`"
+        assert not re.search(r"\b(FROM|JOIN)\s+(recent|copies|once|finished|latest)\b", rest, re.IGNORECASE), (
+            f"{query.name} reads around `counted`"
+        )
         assert re.search(r"\bFROM counted\b", rest), query.name
     variants: dict[str, list[str]] = {}
     for name, block in blocks.items():
@@ -188,10 +220,18 @@ def test_every_named_query_transpiles_and_runs_on_an_empty_lake(tmp_path: Path, 
     result = runner.run(name)
     assert result.columns
     if name == "cost_per_1000_studies":
-        assert result.as_dicts() == [{
-            "studies": 0, "lambda_requests": 0, "lambda_gb_seconds": 0.0, "lambda_compute_usd": 0.0, "lambda_request_usd": 0.0,
-            "step_functions_usd": 0.0, "total_usd": 0.0, "usd_per_1000_studies": None,
-        }]
+        assert result.as_dicts() == [
+            {
+                "studies": 0,
+                "lambda_requests": 0,
+                "lambda_gb_seconds": 0.0,
+                "lambda_compute_usd": 0.0,
+                "lambda_request_usd": 0.0,
+                "step_functions_usd": 0.0,
+                "total_usd": 0.0,
+                "usd_per_1000_studies": None,
+            }
+        ]
     elif name == "cost_breakdown":  # the price table's rows, with no usage
         assert result.rows and all(row["studies"] == 0 and (row["usd"] == 0) == (row["basis"] == "per study") for row in result.as_dicts())
     else:
@@ -200,11 +240,16 @@ def test_every_named_query_transpiles_and_runs_on_an_empty_lake(tmp_path: Path, 
 
 def test_every_template_query_in_the_file_is_read_not_a_copy(tmp_path: Path) -> None:
     """DuckDBQueryRunner runs whatever template it is given: a query added there is runnable with no code."""
-    doc = DEFAULT_TEMPLATE.read_text().replace("\n  # --- end analytics ---", (
-        "\n"
-        "  ExtraQuery:\n    Type: AWS::Athena::NamedQuery\n    Properties:\n      Name: stages\n      Database: !Ref GlueDatabase\n"
-        "      QueryString: !Sub 'SELECT DISTINCT stage FROM \"${GlueDatabase}\".\"${TelemetryTable}\" ORDER BY stage'\n"
-        "  # --- end analytics ---"), 1)
+    doc = DEFAULT_TEMPLATE.read_text().replace(
+        "\n  # --- end analytics ---",
+        (
+            "\n"
+            "  ExtraQuery:\n    Type: AWS::Athena::NamedQuery\n    Properties:\n      Name: stages\n      Database: !Ref GlueDatabase\n"
+            '      QueryString: !Sub \'SELECT DISTINCT stage FROM "${GlueDatabase}"."${TelemetryTable}" ORDER BY stage\'\n'
+            "  # --- end analytics ---"
+        ),
+        1,
+    )
     path = tmp_path / "template.yaml"
     path.write_text(doc)
     data_dir = tmp_path / "data"
@@ -215,6 +260,7 @@ def test_every_template_query_in_the_file_is_read_not_a_copy(tmp_path: Path) -> 
 
 
 # --- the numbers, over a known lake --------------------------------------------------------------
+
 
 def test_p95_latency_per_stage(duck: DuckDBQueryRunner, records: list[TelemetryRecord]) -> None:
     result = duck.run("p95_latency_per_stage")
@@ -314,9 +360,12 @@ def test_parameters_are_checked(duck: DuckDBQueryRunner) -> None:
 
 def test_a_partial_lake_keeps_every_column(tmp_path: Path) -> None:
     """A study rejected at validate (no model fields anywhere): the view's explicit types still carry every column."""
-    LocalLakeSink(LocalObjectStore(tmp_path), "telemetry").send([
-        record("validate", "s", 7, BASE, "failed", error="InvalidStudy"), record("workflow", "s", 9, BASE, "failed", error="InvalidStudy"),
-    ])
+    LocalLakeSink(LocalObjectStore(tmp_path), "telemetry").send(
+        [
+            record("validate", "s", 7, BASE, "failed", error="InvalidStudy"),
+            record("workflow", "s", 9, BASE, "failed", error="InvalidStudy"),
+        ]
+    )
     runner = DuckDBQueryRunner(tmp_path / "telemetry")
     assert runner.run("model_comparison").rows == []
     assert runner.run("p95_latency_per_stage").rows == []
@@ -332,10 +381,13 @@ def test_an_execution_that_never_finished_is_not_counted(tmp_path: Path) -> None
         if name == "cost_breakdown":  # the price table, with no usage: only the standing per-day cost remains
             assert rows and all(r["studies"] == 0 and (r["quantity"] == 0 or r["basis"] == "per day") for r in rows), rows
             continue
-        assert rows == ([] if name != "cost_per_1000_studies" else [rows[0] | {"studies": 0, "lambda_requests": 0, "lambda_gb_seconds": 0.0}]), name
+        assert rows == (
+            [] if name != "cost_per_1000_studies" else [rows[0] | {"studies": 0, "lambda_requests": 0, "lambda_gb_seconds": 0.0}]
+        ), name
 
 
 # --- the CLI --------------------------------------------------------------------------------------
+
 
 def cli(argv: list[str]) -> argparse.Namespace:
     root = argparse.ArgumentParser(prog="radstream")
@@ -368,7 +420,9 @@ def test_cli_lists_and_runs_queries(lake: Path, capsys: pytest.CaptureFixture[st
     assert "APPROX_QUANTILE" in capsys.readouterr().out
 
 
-def test_cli_table_shows_the_first_rows_and_says_how_many_more(lake: Path, capsys: pytest.CaptureFixture[str], monkeypatch: pytest.MonkeyPatch) -> None:
+def test_cli_table_shows_the_first_rows_and_says_how_many_more(
+    lake: Path, capsys: pytest.CaptureFixture[str], monkeypatch: pytest.MonkeyPatch
+) -> None:
     """A query of 100,000 rows must not keep a terminal busy for minutes laying out a table nobody reads whole."""
     monkeypatch.delenv("TELEMETRY_BUCKET", raising=False)
     args = cli(["query", "error_rate", "--data-dir", str(lake.parent), "--json", "-p", "days=60"])
@@ -388,6 +442,7 @@ def test_cli_table_shows_the_first_rows_and_says_how_many_more(lake: Path, capsy
 
 
 # --- Athena ---------------------------------------------------------------------------------------
+
 
 @pytest.fixture
 def athena():
@@ -419,13 +474,20 @@ def execution(state: str, **status) -> dict:
 
 
 def page(rows: list[list[str | None]], token: str | None = None) -> dict:
-    response = {"ResultSet": {
-        "Rows": [{"Data": [{} if v is None else {"VarCharValue": v} for v in row]} for row in rows],
-        "ResultSetMetadata": {"ColumnInfo": [
-            {"Name": "stage", "Type": "varchar"}, {"Name": "error_type", "Type": "varchar"}, {"Name": "total", "Type": "bigint"},
-            {"Name": "failed", "Type": "bigint"}, {"Name": "error_rate", "Type": "double"},
-        ]},
-    }}
+    response = {
+        "ResultSet": {
+            "Rows": [{"Data": [{} if v is None else {"VarCharValue": v} for v in row]} for row in rows],
+            "ResultSetMetadata": {
+                "ColumnInfo": [
+                    {"Name": "stage", "Type": "varchar"},
+                    {"Name": "error_type", "Type": "varchar"},
+                    {"Name": "total", "Type": "bigint"},
+                    {"Name": "failed", "Type": "bigint"},
+                    {"Name": "error_rate", "Type": "double"},
+                ]
+            },
+        }
+    }
     if token:
         response["NextToken"] = token
     return response
@@ -437,19 +499,38 @@ def test_athena_runs_the_named_query_in_the_workgroup_and_pages_results(athena) 
     runner = runner_for(client, fake)
     sql = runner.sql("error_rate")
     assert 'FROM "radstream_dev"."telemetry"' in sql and "${" not in sql
-    stubber.add_response("start_query_execution", {"QueryExecutionId": "q-1"}, {
-        "QueryString": sql, "QueryExecutionContext": {"Database": "radstream_dev"}, "WorkGroup": "radstream-dev",
-        "ExecutionParameters": ["30"],
-    })
+    stubber.add_response(
+        "start_query_execution",
+        {"QueryExecutionId": "q-1"},
+        {
+            "QueryString": sql,
+            "QueryExecutionContext": {"Database": "radstream_dev"},
+            "WorkGroup": "radstream-dev",
+            "ExecutionParameters": ["30"],
+        },
+    )
     for state in ("QUEUED", "RUNNING", "RUNNING", "SUCCEEDED"):
         stubber.add_response("get_query_execution", execution(state), {"QueryExecutionId": "q-1"})
-    stubber.add_response("get_query_results", page([
-        ["stage", "error_type", "total", "failed", "error_rate"],
-        ["prepare", "InvalidImage", "9", "1", "0.1111"],
-    ], token="page-2"), {"QueryExecutionId": "q-1", "MaxResults": 1000})
-    stubber.add_response("get_query_results", page([["store", None, "8", "0", "0.0"]]), {
-        "QueryExecutionId": "q-1", "MaxResults": 1000, "NextToken": "page-2",
-    })
+    stubber.add_response(
+        "get_query_results",
+        page(
+            [
+                ["stage", "error_type", "total", "failed", "error_rate"],
+                ["prepare", "InvalidImage", "9", "1", "0.1111"],
+            ],
+            token="page-2",
+        ),
+        {"QueryExecutionId": "q-1", "MaxResults": 1000},
+    )
+    stubber.add_response(
+        "get_query_results",
+        page([["store", None, "8", "0", "0.0"]]),
+        {
+            "QueryExecutionId": "q-1",
+            "MaxResults": 1000,
+            "NextToken": "page-2",
+        },
+    )
     result = runner.run("error_rate", days=30)
     assert result.columns == ["stage", "error_type", "total", "failed", "error_rate"]
     assert result.rows == [("prepare", "InvalidImage", 9, 1, 0.1111), ("store", None, 8, 0, 0.0)]
@@ -458,13 +539,25 @@ def test_athena_runs_the_named_query_in_the_workgroup_and_pages_results(athena) 
 
 def test_athena_failed_query_is_permanent_with_the_reason(athena) -> None:
     client, stubber = athena
-    stubber.add_response("start_query_execution", {"QueryExecutionId": "q-1"}, {
-        "QueryString": ANY, "QueryExecutionContext": {"Database": "radstream_dev"}, "WorkGroup": "radstream-dev", "ExecutionParameters": ["7"],
-    })
-    stubber.add_response("get_query_execution", execution(
-        "FAILED", StateChangeReason="TABLE_NOT_FOUND: line 3:17: Table 'radstream_dev.telemetry' does not exist",
-        AthenaError={"ErrorCategory": 2, "ErrorType": 1006, "Retryable": False},
-    ), {"QueryExecutionId": "q-1"})
+    stubber.add_response(
+        "start_query_execution",
+        {"QueryExecutionId": "q-1"},
+        {
+            "QueryString": ANY,
+            "QueryExecutionContext": {"Database": "radstream_dev"},
+            "WorkGroup": "radstream-dev",
+            "ExecutionParameters": ["7"],
+        },
+    )
+    stubber.add_response(
+        "get_query_execution",
+        execution(
+            "FAILED",
+            StateChangeReason="TABLE_NOT_FOUND: line 3:17: Table 'radstream_dev.telemetry' does not exist",
+            AthenaError={"ErrorCategory": 2, "ErrorType": 1006, "Retryable": False},
+        ),
+        {"QueryExecutionId": "q-1"},
+    )
     with pytest.raises(PermanentError, match="TABLE_NOT_FOUND") as caught:
         runner_for(client, FakeTime()).run("p95_latency_per_stage")
     assert not isinstance(caught.value, StorageUnavailable)
@@ -473,19 +566,27 @@ def test_athena_failed_query_is_permanent_with_the_reason(athena) -> None:
 def test_athena_retryable_failure_is_transient(athena) -> None:
     client, stubber = athena
     stubber.add_response("start_query_execution", {"QueryExecutionId": "q-1"})
-    stubber.add_response("get_query_execution", execution(
-        "FAILED", StateChangeReason="INTERNAL_ERROR", AthenaError={"ErrorCategory": 1, "ErrorType": 401, "Retryable": True},
-    ))
+    stubber.add_response(
+        "get_query_execution",
+        execution(
+            "FAILED",
+            StateChangeReason="INTERNAL_ERROR",
+            AthenaError={"ErrorCategory": 1, "ErrorType": 401, "Retryable": True},
+        ),
+    )
     with pytest.raises(StorageUnavailable, match="INTERNAL_ERROR"):
         runner_for(client, FakeTime()).run("error_rate")
 
 
-@pytest.mark.parametrize(("code", "status", "error"), [
-    ("TooManyRequestsException", 400, StorageUnavailable),
-    ("ThrottlingException", 400, StorageUnavailable),
-    ("InternalServerException", 500, StorageUnavailable),
-    ("InvalidRequestException", 400, PermanentError),
-])
+@pytest.mark.parametrize(
+    ("code", "status", "error"),
+    [
+        ("TooManyRequestsException", 400, StorageUnavailable),
+        ("ThrottlingException", 400, StorageUnavailable),
+        ("InternalServerException", 500, StorageUnavailable),
+        ("InvalidRequestException", 400, PermanentError),
+    ],
+)
 def test_athena_client_errors_are_translated(athena, code: str, status: int, error: type) -> None:
     client, stubber = athena
     stubber.add_client_error("start_query_execution", service_error_code=code, http_status_code=status)
@@ -516,12 +617,17 @@ RERUN_STUDIES = ["s-0", "s-1", "s-2"]
 MODELS = [CLASSIFIER_V1, DETECTOR, ENCODER]
 
 
-def execution_records(study: str, execution: str, at: datetime, scale: float, failed_at: str | None = None, error: str | None = None,
-                      finished: bool = True) -> list[TelemetryRecord]:
+def execution_records(
+    study: str, execution: str, at: datetime, scale: float, failed_at: str | None = None, error: str | None = None, finished: bool = True
+) -> list[TelemetryRecord]:
     """One execution's batch as SendTelemetry ships it: its stage records, then the workflow record (if it finished)."""
 
-    def one(stage: str, ms: float | None, status: str = "succeeded", model: ModelRef | None = None, err: str | None = None) -> TelemetryRecord:
-        r = telemetry_record(stage=stage, study_id=study, execution_id=execution, status=status, duration_ms=ms, model=model, error_type=err)
+    def one(
+        stage: str, ms: float | None, status: str = "succeeded", model: ModelRef | None = None, err: str | None = None
+    ) -> TelemetryRecord:
+        r = telemetry_record(
+            stage=stage, study_id=study, execution_id=execution, status=status, duration_ms=ms, model=model, error_type=err
+        )
         return r.model_copy(update={"time": at})
 
     records = []
@@ -548,7 +654,9 @@ def rerun_lake(tmp_path_factory: pytest.TempPathFactory) -> tuple[Path, list[Tel
     # The folder's first pass: slow (10x), superseded by the re-run.
     sink.send([r for i, s in enumerate(RERUN_STUDIES) for r in execution_records(s, f"first-{s}", first + timedelta(seconds=5 * i), 10)])
     # A study whose first execution failed in store on an S3 outage (no retry left), then `radstream resume` ran it again.
-    sink.send(execution_records("resumed", "first-resumed", first + timedelta(minutes=2), 10, failed_at="store", error="StorageUnavailable"))
+    sink.send(
+        execution_records("resumed", "first-resumed", first + timedelta(minutes=2), 10, failed_at="store", error="StorageUnavailable")
+    )
     # The re-run of the folder: new executions of the same studies, later.
     for i, s in enumerate(RERUN_STUDIES):
         batch = execution_records(s, f"rerun-{s}", second + timedelta(seconds=5 * i), 1 + i / 10)
@@ -577,8 +685,11 @@ def test_reruns_resumes_and_retried_deliveries_count_each_study_once(rerun_lake:
 
     # Error rate: the resumed study's StorageUnavailable was superseded by its resume; every stage counts 4 studies.
     assert duck.run("error_rate").rows == [
-        ("inference", None, 12, 0, 0.0), ("prepare", None, 4, 0, 0.0), ("store", None, 4, 0, 0.0),
-        ("validate", None, 4, 0, 0.0), ("workflow", None, 4, 0, 0.0),
+        ("inference", None, 12, 0, 0.0),
+        ("prepare", None, 4, 0, 0.0),
+        ("store", None, 4, 0, 0.0),
+        ("validate", None, 4, 0, 0.0),
+        ("workflow", None, 4, 0, 0.0),
     ]
 
     # Latency: the latest executions' durations only (the superseded first pass was 10x slower).
@@ -596,7 +707,9 @@ def test_reruns_resumes_and_retried_deliveries_count_each_study_once(rerun_lake:
 
     models = duck.run("model_comparison").as_dicts()
     assert [(m["model_name"], m["model_version"], m["inferences"], m["failed"]) for m in models] == [
-        ("anomaly_detector", "1", 4, 0), ("chest_xray_classifier", "1", 4, 0), ("report_encoder", "3", 4, 0),
+        ("anomaly_detector", "1", 4, 0),
+        ("chest_xray_classifier", "1", 4, 0),
+        ("report_encoder", "3", 4, 0),
     ]
     for m in models:
         values = groups[("inference", m["model_name"])]
@@ -617,7 +730,9 @@ def test_a_failed_latest_execution_is_what_counts(tmp_path: Path) -> None:
     duck = DuckDBQueryRunner(tmp_path / "telemetry")
     assert duck.run("throughput_per_minute").rows == [(f"{BASE + timedelta(minutes=1):%Y-%m-%d %H:%M}", 1, 0, 1)]
     assert duck.run("error_rate").rows == [
-        ("prepare", "InvalidImage", 1, 1, 1.0), ("validate", None, 1, 0, 0.0), ("workflow", "InvalidImage", 1, 1, 1.0),
+        ("prepare", "InvalidImage", 1, 1, 1.0),
+        ("validate", None, 1, 0, 0.0),
+        ("workflow", "InvalidImage", 1, 1, 1.0),
     ]
     assert duck.run("model_comparison").rows == []
     assert duck.run("cost_per_1000_studies").as_dicts()[0]["studies"] == 1
@@ -638,6 +753,9 @@ def test_a_redelivered_workflow_record_counts_from_its_first_delivery(tmp_path: 
     assert duck.run("throughput_per_minute").rows == [(f"{BASE + timedelta(minutes=1):%Y-%m-%d %H:%M}", 1, 1, 0)]
     assert [(r["execution_id"], r["end_to_end_ms"]) for r in duck.run("study_end_to_end").as_dicts()] == [("two", 2000.0)]
     assert duck.run("error_rate").rows == [
-        ("inference", None, 3, 0, 0.0), ("prepare", None, 1, 0, 0.0), ("store", None, 1, 0, 0.0),
-        ("validate", None, 1, 0, 0.0), ("workflow", None, 1, 0, 0.0),
+        ("inference", None, 3, 0, 0.0),
+        ("prepare", None, 1, 0, 0.0),
+        ("store", None, 1, 0, 0.0),
+        ("validate", None, 1, 0, 0.0),
+        ("workflow", None, 1, 0, 0.0),
     ]

@@ -1,4 +1,5 @@
 """`radstream lake compact`: fewer objects, the same answers; idempotent; a kill at any point loses and doubles nothing."""
+
 from __future__ import annotations
 
 import gzip
@@ -35,13 +36,22 @@ MODELS = ("chest_xray_classifier", "anomaly_detector", "report_encoder")
 def execution(study: str, run: str, at: datetime, failed: bool = False) -> list:
     def one(stage: str, ms: float | None, status: str = "succeeded", model: str | None = None, error: str | None = None):
         ref = ModelRef(name=model, version="1", provenance="test") if model else None
-        r = telemetry_record(stage=stage, study_id=study, execution_id=f"{run}-{study}", status=status, duration_ms=ms, model=ref, error_type=error)
+        r = telemetry_record(
+            stage=stage, study_id=study, execution_id=f"{run}-{study}", status=status, duration_ms=ms, model=ref, error_type=error
+        )
         return r.model_copy(update={"time": at})
 
     if failed:
-        return [one("validate", 2.0), one("prepare", None, "failed", error="InvalidImage"), one("workflow", 20.0, "failed", error="InvalidImage")]
-    return ([one("validate", 2.0), one("prepare", 26.0)] + [one("inference", 5.0 + i, model=m) for i, m in enumerate(MODELS)]
-            + [one("store", 1.5), one("workflow", 50.0 + len(study))])
+        return [
+            one("validate", 2.0),
+            one("prepare", None, "failed", error="InvalidImage"),
+            one("workflow", 20.0, "failed", error="InvalidImage"),
+        ]
+    return (
+        [one("validate", 2.0), one("prepare", 26.0)]
+        + [one("inference", 5.0 + i, model=m) for i, m in enumerate(MODELS)]
+        + [one("store", 1.5), one("workflow", 50.0 + len(study))]
+    )
 
 
 def write_lake(data: Path, studies: int = 60) -> None:
@@ -58,7 +68,9 @@ def write_lake(data: Path, studies: int = 60) -> None:
 
 
 def objects(data: Path) -> dict[str, bytes]:
-    return {p.relative_to(data / "telemetry").as_posix(): p.read_bytes() for p in sorted((data / "telemetry" / "telemetry").rglob("*.json.gz"))}
+    return {
+        p.relative_to(data / "telemetry").as_posix(): p.read_bytes() for p in sorted((data / "telemetry" / "telemetry").rglob("*.json.gz"))
+    }
 
 
 def lines(data: Path) -> Counter:
@@ -194,7 +206,9 @@ def test_sigkilled_compactions_lose_and_double_nothing(tmp_path):
     event_ids = {json.loads(line)["event_id"] for line in original}
     killed = 0
     for delay in (0.02, 0.1, 0.25, 0.5):
-        proc = subprocess.Popen([sys.executable, "-c", KILLED_COMPACTION, str(tmp_path / "telemetry"), str(ROOT)], stdout=subprocess.PIPE, text=True)
+        proc = subprocess.Popen(
+            [sys.executable, "-c", KILLED_COMPACTION, str(tmp_path / "telemetry"), str(ROOT)], stdout=subprocess.PIPE, text=True
+        )
         assert proc.stdout.readline().strip() == "start"
         time.sleep(delay)
         proc.send_signal(signal.SIGKILL)

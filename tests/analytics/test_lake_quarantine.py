@@ -1,5 +1,6 @@
 """Issue 22, observation 3: one torn lake object (a crash of the machine, a failing disk) stops no query and no compaction:
 it is moved to .quarantine/, named, and the rest of the lake answers."""
+
 from __future__ import annotations
 
 import gzip

@@ -4,6 +4,7 @@ RADSTREAM_EMULATOR=localstack starts LocalStack through testcontainers instead (
 the tests skip, saying why, where there is none). Every test gets a fresh emulator state and an
 environment that points boto3 at it: AWS_ENDPOINT_URL, fake credentials, a region.
 """
+
 from __future__ import annotations
 
 import os
@@ -29,7 +30,9 @@ class Emulator:
     def client(self, service: str) -> Any:
         import boto3
 
-        return boto3.session.Session(region_name=REGION, aws_access_key_id="testing", aws_secret_access_key="testing").client(service, endpoint_url=self.endpoint)
+        return boto3.session.Session(region_name=REGION, aws_access_key_id="testing", aws_secret_access_key="testing").client(
+            service, endpoint_url=self.endpoint
+        )
 
     def reset(self) -> None:
         if self.name == "moto":
@@ -83,7 +86,9 @@ def _localstack() -> Iterator[Emulator]:
         docker.from_env().ping()
     except Exception as e:
         pytest.skip(f"RADSTREAM_EMULATOR=localstack needs a Docker engine: {type(e).__name__}")
-    container = LocalStackContainer(image=os.environ.get("LOCALSTACK_IMAGE", "localstack/localstack:4")).with_services("s3", "kinesis", "events", "sqs")
+    container = LocalStackContainer(image=os.environ.get("LOCALSTACK_IMAGE", "localstack/localstack:4")).with_services(
+        "s3", "kinesis", "events", "sqs"
+    )
     container.start()
     try:
         endpoint = container.get_url()

@@ -1,4 +1,5 @@
 """The AWS adapters against an AWS API emulator over HTTP: S3ObjectStore, KinesisSink, EventBridgePublisher."""
+
 from __future__ import annotations
 
 import json
@@ -18,11 +19,19 @@ from shared.telemetry import KinesisSink
 
 
 def record(study_id: str, stage: str = "validate") -> TelemetryRecord:
-    return TelemetryRecord(event_id=str(uuid.uuid4()), time=datetime.now(UTC), study_id=study_id,
-                           execution_id="exec-1", stage=stage, status="succeeded", duration_ms=12.5)
+    return TelemetryRecord(
+        event_id=str(uuid.uuid4()),
+        time=datetime.now(UTC),
+        study_id=study_id,
+        execution_id="exec-1",
+        stage=stage,
+        status="succeeded",
+        duration_ms=12.5,
+    )
 
 
 # --- S3ObjectStore -------------------------------------------------------------------------------
+
 
 def test_s3_put_get_head_list(emulator, bucket):
     store = S3ObjectStore(emulator.client("s3"))
@@ -57,7 +66,8 @@ def test_s3_unreachable_endpoint_is_retryable(emulator):
     import boto3
 
     dead = boto3.session.Session(region_name="eu-west-1").client(
-        "s3", endpoint_url="http://127.0.0.1:9", config=Config(retries={"max_attempts": 1}, connect_timeout=1, read_timeout=1))
+        "s3", endpoint_url="http://127.0.0.1:9", config=Config(retries={"max_attempts": 1}, connect_timeout=1, read_timeout=1)
+    )
     with pytest.raises(StorageUnavailable) as caught:
         S3ObjectStore(dead).get_bytes("b", "k")
     assert caught.value.retryable
@@ -76,6 +86,7 @@ def test_wiring_builds_s3_from_the_environment(emulator, bucket):
 
 
 # --- KinesisSink ---------------------------------------------------------------------------------
+
 
 def read_stream(client, stream: str) -> list[dict]:
     shard = client.describe_stream(StreamName=stream)["StreamDescription"]["Shards"][0]["ShardId"]
@@ -111,6 +122,7 @@ def test_kinesis_missing_stream_names_the_setting(emulator):
 
 # --- EventBridge ---------------------------------------------------------------------------------
 
+
 def test_eventbridge_publishes_to_a_rule_target(emulator):
     events, sqs = emulator.client("events"), emulator.client("sqs")
     queue_url = sqs.create_queue(QueueName="study-failed")["QueueUrl"]
@@ -143,7 +155,9 @@ def test_local_event_log_appends_json_lines(tmp_path):
     log.publish(STUDY_FAILED, {"study_id": "s2"})
     assert log.path == tmp_path / "events" / "events.jsonl"
     assert [(e["source"], e["detail-type"], e["detail"]["study_id"]) for e in log.read()] == [
-        ("radstream", STUDY_FAILED, "s1"), ("radstream", STUDY_FAILED, "s2")]
+        ("radstream", STUDY_FAILED, "s1"),
+        ("radstream", STUDY_FAILED, "s2"),
+    ]
 
 
 def test_athena_runs_a_named_query_and_types_its_rows(emulator):
@@ -153,15 +167,38 @@ def test_athena_runs_a_named_query_and_types_its_rows(emulator):
     from radstream.analytics import AthenaQueryRunner
 
     client = emulator.client("athena")
-    client.create_work_group(Name="radstream-dev", Configuration={"ResultConfiguration": {"OutputLocation": "s3://results/athena-results/"}})
+    client.create_work_group(
+        Name="radstream-dev", Configuration={"ResultConfiguration": {"OutputLocation": "s3://results/athena-results/"}}
+    )
     columns = [("model_name", "varchar"), ("model_version", "varchar"), ("inferences", "bigint"), ("p95_ms", "double")]
     rows = [[name for name, _ in columns], ["chest_xray_classifier", "1", "42", "4.5"]]
-    queued = {"account_id": "123456789012", "region": client.meta.region_name, "results": [{
-        "rows": [{"Data": [{"VarCharValue": v} for v in row]} for row in rows],
-        "column_info": [{"Name": n, "Type": t, "CatalogName": "hive", "SchemaName": "", "TableName": "", "Label": n,
-                         "Precision": 0, "Scale": 0, "Nullable": "UNKNOWN", "CaseSensitive": False} for n, t in columns],
-    }]}
-    request = urllib.request.Request(f"{emulator.endpoint}/moto-api/static/athena/query-results", data=json.dumps(queued).encode(), method="POST")
+    queued = {
+        "account_id": "123456789012",
+        "region": client.meta.region_name,
+        "results": [
+            {
+                "rows": [{"Data": [{"VarCharValue": v} for v in row]} for row in rows],
+                "column_info": [
+                    {
+                        "Name": n,
+                        "Type": t,
+                        "CatalogName": "hive",
+                        "SchemaName": "",
+                        "TableName": "",
+                        "Label": n,
+                        "Precision": 0,
+                        "Scale": 0,
+                        "Nullable": "UNKNOWN",
+                        "CaseSensitive": False,
+                    }
+                    for n, t in columns
+                ],
+            }
+        ],
+    }
+    request = urllib.request.Request(
+        f"{emulator.endpoint}/moto-api/static/athena/query-results", data=json.dumps(queued).encode(), method="POST"
+    )
     urllib.request.urlopen(request, timeout=5).close()
     runner = AthenaQueryRunner(client, "radstream-dev", "radstream_dev", poll_initial_s=0.01)
     result = runner.run("model_comparison")

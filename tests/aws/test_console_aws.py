@@ -1,5 +1,6 @@
 """The console against a deployed stack's shape: results read from S3 through the object-store port, the named queries
 through Athena (AthenaQueryRunner), both over HTTP to the emulator; pages carry no credentials."""
+
 from __future__ import annotations
 
 import json
@@ -19,12 +20,33 @@ REGION = "eu-west-1"
 
 def queue_athena_rows(emulator, columns: list[tuple[str, str]], rows: list[list[str]]) -> None:
     client = emulator.client("athena")
-    queued = {"account_id": "123456789012", "region": client.meta.region_name, "results": [{
-        "rows": [{"Data": [{"VarCharValue": v} for v in row]} for row in [[n for n, _ in columns], *rows]],
-        "column_info": [{"Name": n, "Type": t, "CatalogName": "hive", "SchemaName": "", "TableName": "", "Label": n,
-                         "Precision": 0, "Scale": 0, "Nullable": "UNKNOWN", "CaseSensitive": False} for n, t in columns],
-    }]}
-    request = urllib.request.Request(f"{emulator.endpoint}/moto-api/static/athena/query-results", data=json.dumps(queued).encode(), method="POST")
+    queued = {
+        "account_id": "123456789012",
+        "region": client.meta.region_name,
+        "results": [
+            {
+                "rows": [{"Data": [{"VarCharValue": v} for v in row]} for row in [[n for n, _ in columns], *rows]],
+                "column_info": [
+                    {
+                        "Name": n,
+                        "Type": t,
+                        "CatalogName": "hive",
+                        "SchemaName": "",
+                        "TableName": "",
+                        "Label": n,
+                        "Precision": 0,
+                        "Scale": 0,
+                        "Nullable": "UNKNOWN",
+                        "CaseSensitive": False,
+                    }
+                    for n, t in columns
+                ],
+            }
+        ],
+    }
+    request = urllib.request.Request(
+        f"{emulator.endpoint}/moto-api/static/athena/query-results", data=json.dumps(queued).encode(), method="POST"
+    )
     urllib.request.urlopen(request, timeout=5).close()
 
 
@@ -32,28 +54,63 @@ def test_console_reads_s3_and_athena(emulator) -> None:
     s3 = emulator.client("s3")
     for name in ("radstream-images-test", "radstream-results-test"):
         s3.create_bucket(Bucket=name, CreateBucketConfiguration={"LocationConstraint": REGION})
-    emulator.client("athena").create_work_group(Name="radstream-dev", Configuration={"ResultConfiguration": {"OutputLocation": "s3://radstream-results-test/athena/"}})
+    emulator.client("athena").create_work_group(
+        Name="radstream-dev", Configuration={"ResultConfiguration": {"OutputLocation": "s3://radstream-results-test/athena/"}}
+    )
     image = to_uint8(generate_phantom(np.random.default_rng(3), size=320).image)
     s3.put_object(Bucket="radstream-images-test", Key="incoming/s-1/image.png", Body=cv2.imencode(".png", image)[1].tobytes())
     model = {"name": "anomaly_detector", "version": "1", "provenance": "reference model"}
     result = {
-        "schema_version": "1", "study_id": "s-1", "status": "succeeded", "label": "not for clinical use",
-        "input": {"image": {"bucket": "radstream-images-test", "key": "incoming/s-1/image.png"}, "sha256": "ab" * 32, "size_bytes": 1, "width": 320, "height": 320},
-        "execution_id": "arn:aws:states:eu-west-1:123456789012:execution:wf:s-1", "completed_at": "2099-01-01T10:00:00Z", "models": {"anomaly_detector": model},
+        "schema_version": "1",
+        "study_id": "s-1",
+        "status": "succeeded",
+        "label": "not for clinical use",
+        "input": {
+            "image": {"bucket": "radstream-images-test", "key": "incoming/s-1/image.png"},
+            "sha256": "ab" * 32,
+            "size_bytes": 1,
+            "width": 320,
+            "height": 320,
+        },
+        "execution_id": "arn:aws:states:eu-west-1:123456789012:execution:wf:s-1",
+        "completed_at": "2099-01-01T10:00:00Z",
+        "models": {"anomaly_detector": model},
         "findings": [{"label": "Edema", "probability": 0.7, "threshold": 0.5, "positive": True}],
         "detections": [{"label": "nodule_mass", "score": 0.8, "box": [10.0, 20.0, 60.0, 90.0]}],
-        "report": {"label": "AI-generated draft, not for clinical use", "findings_text": "Suggested findings: Edema.", "impression": [], "embedding_model": model},
+        "report": {
+            "label": "AI-generated draft, not for clinical use",
+            "findings_text": "Suggested findings: Edema.",
+            "impression": [],
+            "embedding_model": model,
+        },
         "timings_ms": {},
     }
-    failure = {"schema_version": "1", "study_id": "s-2", "status": "failed", "stage": "validate", "error_type": "InvalidStudy",
-               "message": "study s-2: sidecar breaks schema v1", "input": {"bucket": "radstream-images-test", "key": "incoming/s-2/study.json"},
-               "execution_id": "x", "failed_at": "2099-01-01T09:00:00Z"}
+    failure = {
+        "schema_version": "1",
+        "study_id": "s-2",
+        "status": "failed",
+        "stage": "validate",
+        "error_type": "InvalidStudy",
+        "message": "study s-2: sidecar breaks schema v1",
+        "input": {"bucket": "radstream-images-test", "key": "incoming/s-2/study.json"},
+        "execution_id": "x",
+        "failed_at": "2099-01-01T09:00:00Z",
+    }
     s3.put_object(Bucket="radstream-results-test", Key="results/s-1/result.json", Body=json.dumps(result).encode())
     s3.put_object(Bucket="radstream-results-test", Key="results/s-1/report.txt", Body=b"AI-GENERATED DRAFT, NOT FOR CLINICAL USE\n")
     s3.put_object(Bucket="radstream-results-test", Key="failed/s-2/error.json", Body=json.dumps(failure).encode())
-    queue_athena_rows(emulator, [("study_id", "varchar"), ("execution_id", "varchar"), ("status", "varchar"), ("error_type", "varchar"),
-                                 ("end_to_end_ms", "double"), ("finished_utc", "varchar")],
-                      [["s-1", "x", "succeeded", "", "123.4", "2099-01-01 10:00:00"]])
+    queue_athena_rows(
+        emulator,
+        [
+            ("study_id", "varchar"),
+            ("execution_id", "varchar"),
+            ("status", "varchar"),
+            ("error_type", "varchar"),
+            ("end_to_end_ms", "double"),
+            ("finished_utc", "varchar"),
+        ],
+        [["s-1", "x", "succeeded", "", "123.4", "2099-01-01 10:00:00"]],
+    )
 
     data = aws_data(Settings(backend="aws", results_bucket="radstream-results-test"), workgroup="radstream-dev", database="radstream_dev")
     data.queries.runner.poll_initial_s = 0.01

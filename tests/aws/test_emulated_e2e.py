@@ -4,6 +4,7 @@ with the AWS adapters -> result.json in the results bucket and telemetry in the 
 moto stands in for S3, EventBridge, SQS and Kinesis; the rule's target is an SQS queue (moto delivers matched
 events to SQS targets), from which the test takes the event to the workflow, as Step Functions would.
 """
+
 from __future__ import annotations
 
 import json
@@ -32,9 +33,13 @@ def models_missing() -> list[str]:
 def deployment(emulator, tmp_path):
     """The stack's buckets, stream and rule, created in the emulator with the template's names and pattern."""
     settings = Settings(
-        backend="aws", data_dir=tmp_path / "data", telemetry_stream="radstream-telemetry-test",
-        images_bucket=f"radstream-images-{ACCOUNT}", results_bucket=f"radstream-results-{ACCOUNT}",
-        telemetry_bucket=f"radstream-telemetry-{ACCOUNT}", artifacts_bucket=f"radstream-artifacts-{ACCOUNT}",
+        backend="aws",
+        data_dir=tmp_path / "data",
+        telemetry_stream="radstream-telemetry-test",
+        images_bucket=f"radstream-images-{ACCOUNT}",
+        results_bucket=f"radstream-results-{ACCOUNT}",
+        telemetry_bucket=f"radstream-telemetry-{ACCOUNT}",
+        artifacts_bucket=f"radstream-artifacts-{ACCOUNT}",
     )
     s3, kinesis, events, sqs = (emulator.client(s) for s in ("s3", "kinesis", "events", "sqs"))
     for bucket in (settings.images_bucket, settings.results_bucket, settings.telemetry_bucket, settings.artifacts_bucket):
@@ -83,7 +88,10 @@ def run_workflow(settings: Settings, rule, event: dict):
         runtime.close()
 
 
-@pytest.mark.skipif(bool(models_missing()), reason=f"the reference ONNX models are not in services/triton/model_repository yet (missing: {', '.join(models_missing())})")
+@pytest.mark.skipif(
+    bool(models_missing()),
+    reason=f"the reference ONNX models are not in services/triton/model_repository yet (missing: {', '.join(models_missing())})",
+)
 def test_a_study_flows_from_upload_to_result_and_telemetry(emulator, deployment):
     settings, rule, queue_url = deployment
     image = gradient_png(512, 512)
@@ -122,7 +130,10 @@ def test_an_invalid_study_ends_with_a_failure_record_and_telemetry(emulator, dep
     assert emulator.client("s3").head_object(Bucket=settings.images_bucket, Key="incoming/e2e-bad/image.png")  # the input is kept
 
 
-@pytest.mark.skipif(bool(models_missing()), reason=f"the reference ONNX models are not in services/triton/model_repository yet (missing: {', '.join(models_missing())})")
+@pytest.mark.skipif(
+    bool(models_missing()),
+    reason=f"the reference ONNX models are not in services/triton/model_repository yet (missing: {', '.join(models_missing())})",
+)
 def test_a_c_store_to_the_gateway_starts_the_workflow_and_exports_the_sr(emulator, deployment, tmp_path):
     """The AWS path of issue 10: the gateway PUTs to S3, the template's rule matches the .dcm, the workflow (AWS
     adapters) stores the result and, for this DICOM study, the SR and FHIR bundle next to it."""
@@ -136,14 +147,20 @@ def test_a_c_store_to_the_gateway_starts_the_workflow_and_exports_the_sr(emulato
     from services.gateway.tests.test_gateway import cr_instance
 
     settings, rule, queue_url = deployment
-    settings = settings.model_copy(update={"gateway_dimse_port": 0, "gateway_http_port": 0, "gateway_pseudonym_key": "e2e-key-0123456789abcdef"})
+    settings = settings.model_copy(
+        update={"gateway_dimse_port": 0, "gateway_http_port": 0, "gateway_pseudonym_key": "e2e-key-0123456789abcdef"}
+    )
     data = cr_instance("jpeg-ls-lossless")
     (tmp_path / "cr.dcm").write_bytes(data)
     storescu = shutil.which("storescu")
     assert storescu, "storescu (Debian package dcmtk) is not installed: `make dcmtk`"
     with Gateway(settings) as gateway:
-        sent = subprocess.run([storescu, "-xt", "-aec", gateway.ae_title, "127.0.0.1", str(gateway.dimse.port), str(tmp_path / "cr.dcm")],
-                              capture_output=True, text=True, timeout=60)
+        sent = subprocess.run(
+            [storescu, "-xt", "-aec", gateway.ae_title, "127.0.0.1", str(gateway.dimse.port), str(tmp_path / "cr.dcm")],
+            capture_output=True,
+            text=True,
+            timeout=60,
+        )
     assert sent.returncode == 0, sent.stderr
 
     (event,) = routed_events(emulator, queue_url)

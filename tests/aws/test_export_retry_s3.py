@@ -1,5 +1,6 @@
 """`radstream export --retry` against a stack's results bucket (S3, here the emulator): the dead letter's FHIR bundle
 is sent again and the letter deleted from S3."""
+
 from __future__ import annotations
 
 import json
@@ -18,8 +19,12 @@ def test_export_retry_replays_a_dead_letter_in_s3(emulator, bucket, monkeypatch,
     bundle = json.dumps({"resourceType": "Bundle", "type": "collection"}).encode()
     store.put_bytes(bucket, "results/s3-study/report.fhir.json", bundle)
     letter = DeadLetter(
-        study_id="s3-study", execution_id="arn:aws:states:eu-west-1:000000000000:execution:wf:run-1", failed_at=datetime.now(UTC),
-        error_type="DeliveryUnavailable", message="FHIR cannot be reached", destinations=["fhir:http://old"],
+        study_id="s3-study",
+        execution_id="arn:aws:states:eu-west-1:000000000000:execution:wf:run-1",
+        failed_at=datetime.now(UTC),
+        error_type="DeliveryUnavailable",
+        message="FHIR cannot be reached",
+        destinations=["fhir:http://old"],
         exported=ExportedResult(study_id="s3-study", fhir=ObjectRef(bucket=bucket, key="results/s3-study/report.fhir.json")),
     )
     key = dead_letter_key(letter.study_id, letter.execution_id)

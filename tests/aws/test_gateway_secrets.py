@@ -1,6 +1,7 @@
 """The gateway's pseudonym key from Secrets Manager (moto's server over HTTP): fetched once at start through
 boto3, used for the study ids of what it stores in S3, and every failure a clear error that names the secret,
 never its value."""
+
 from __future__ import annotations
 
 import hashlib
@@ -29,10 +30,16 @@ def secret_arn(emulator) -> str:
 
 def test_the_gateway_hashes_with_the_secret_and_stores_in_s3(emulator, bucket, secret_arn, tmp_path):
     calls = []
-    settings = Settings.from_env({
-        "RADSTREAM_BACKEND": "aws", "IMAGES_BUCKET": bucket, "GATEWAY_DIMSE_PORT": "0", "GATEWAY_HTTP_PORT": "0",
-        "GATEWAY_PSEUDONYM_SECRET_ARN": secret_arn, "GATEWAY_PSEUDONYM_KEY": ENV_KEY,  # the secret wins
-    })
+    settings = Settings.from_env(
+        {
+            "RADSTREAM_BACKEND": "aws",
+            "IMAGES_BUCKET": bucket,
+            "GATEWAY_DIMSE_PORT": "0",
+            "GATEWAY_HTTP_PORT": "0",
+            "GATEWAY_PSEUDONYM_SECRET_ARN": secret_arn,
+            "GATEWAY_PSEUDONYM_KEY": ENV_KEY,  # the secret wins
+        }
+    )
     data = cr_instance("explicit-le")
     source = pydicom.dcmread(io.BytesIO(data))
     with Gateway(settings, on_stored=calls.append) as gateway:
@@ -72,11 +79,14 @@ def test_a_missing_or_unusable_secret_stops_the_gateway_naming_the_secret(emulat
 def test_the_key_is_read_once_at_start(emulator, bucket, secret_arn):
     """A later change of the secret does not change the running gateway's study ids (a rotation is a restart)."""
     calls = []
-    settings = Settings(backend="aws", images_bucket=bucket, gateway_dimse_port=0, gateway_http_port=0,
-                        gateway_pseudonym_secret_arn=secret_arn)
+    settings = Settings(
+        backend="aws", images_bucket=bucket, gateway_dimse_port=0, gateway_http_port=0, gateway_pseudonym_secret_arn=secret_arn
+    )
     with Gateway(settings, on_stored=calls.append) as gateway:
         emulator.client("secretsmanager").put_secret_value(SecretId=secret_arn, SecretString="rotated-key-0123456789abcdef")
         data = cr_instance("explicit-le")
         gateway.receiver.receive(data)
     source = pydicom.dcmread(io.BytesIO(data), stop_before_pixels=True)
-    assert calls[0].study_id.split(".")[0] == hmac.new(SECRET_KEY.encode(), source.StudyInstanceUID.encode(), hashlib.sha256).hexdigest()[:20]
+    assert (
+        calls[0].study_id.split(".")[0] == hmac.new(SECRET_KEY.encode(), source.StudyInstanceUID.encode(), hashlib.sha256).hexdigest()[:20]
+    )

@@ -3,6 +3,7 @@ and Debian's Chromium driven by Playwright (no browser download: /usr/bin/chromi
 
 Chromium that cannot start fails the tests: it does not skip them.
 """
+
 from __future__ import annotations
 
 import os
@@ -21,8 +22,14 @@ from radstream.cli import main as radstream
 ROOT = Path(__file__).resolve().parents[2]
 CHROMIUM = os.environ.get("RADSTREAM_CHROMIUM", "/usr/bin/chromium")
 CHROMIUM_ARGS = [
-    "--headless", "--no-sandbox", "--disable-gpu", "--disable-quic", "--no-first-run", "--disable-background-networking",
-    "--disable-component-update", "--disable-sync",
+    "--headless",
+    "--no-sandbox",
+    "--disable-gpu",
+    "--disable-quic",
+    "--no-first-run",
+    "--disable-background-networking",
+    "--disable-component-update",
+    "--disable-sync",
 ]
 START_DEADLINE_S = 60.0
 
@@ -42,8 +49,12 @@ def demo_dir(tmp_path_factory: pytest.TempPathFactory) -> Path:
 def console_url(demo_dir: Path) -> Iterator[str]:
     """`radstream console` as a user starts it, on a free port; its first line names the URL."""
     process = subprocess.Popen(
-        [sys.executable, "-m", "radstream.cli", "console", "--data-dir", str(demo_dir)], cwd=ROOT,
-        stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True, env={k: v for k, v in os.environ.items() if not k.startswith("RADSTREAM_")},
+        [sys.executable, "-m", "radstream.cli", "console", "--data-dir", str(demo_dir)],
+        cwd=ROOT,
+        stdout=subprocess.PIPE,
+        stderr=subprocess.PIPE,
+        text=True,
+        env={k: v for k, v in os.environ.items() if not k.startswith("RADSTREAM_")},
     )
     lines: list[str] = []
     reader = threading.Thread(target=lambda: lines.append(process.stdout.readline()), daemon=True)
@@ -73,7 +84,11 @@ def browser_context() -> Iterator[object]:
     with sync_playwright() as p, tempfile.TemporaryDirectory(prefix="radstream-chromium-") as profile:
         try:
             context = p.chromium.launch_persistent_context(
-                profile, executable_path=CHROMIUM, headless=True, args=CHROMIUM_ARGS, timeout=START_DEADLINE_S * 1000,
+                profile,
+                executable_path=CHROMIUM,
+                headless=True,
+                args=CHROMIUM_ARGS,
+                timeout=START_DEADLINE_S * 1000,
                 viewport={"width": 1300, "height": 900},
             )
         except Exception as e:

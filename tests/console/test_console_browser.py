@@ -1,5 +1,6 @@
 """The console in a real browser: the demo studies listed, boxes where result.json puts them, MONOCHROME1 shown with bone
 bright, and dashboard numbers equal to template.yaml's named queries run independently over the same lake."""
+
 from __future__ import annotations
 
 import json
@@ -84,8 +85,12 @@ def test_study_page_draws_each_box_where_result_json_puts_it(page, console_url: 
             assert label.startswith(detection["label"])
             # ... and where the browser put the box on screen, scaled back, lands on the same pixels.
             box = rect.bounding_box()
-            on_screen = [(box["x"] - shown["x"]) / scale, (box["y"] - shown["y"]) / scale, (box["x"] + box["width"] - shown["x"]) / scale,
-                         (box["y"] + box["height"] - shown["y"]) / scale]
+            on_screen = [
+                (box["x"] - shown["x"]) / scale,
+                (box["y"] - shown["y"]) / scale,
+                (box["x"] + box["width"] - shown["x"]) / scale,
+                (box["y"] + box["height"] - shown["y"]) / scale,
+            ]
             assert on_screen == pytest.approx([x1, y1, x2, y2], abs=2 / scale + 1)
         findings = page.locator("table.findings tr[data-label]").all()
         assert len(findings) == len(doc["findings"])
@@ -118,7 +123,9 @@ def test_monochrome1_dicom_is_shown_with_bone_bright(page, console_url: str, dem
     bone, air = shot[stored <= low].mean(), shot[stored >= high].mean()
     assert bone > air + 100, (bone, air)  # the lowest stored values (bone, in MONOCHROME1) are the brightest on screen
     # The served picture is prepare's decoding: it runs opposite to the stored values, pixel for pixel.
-    served = cv2.imdecode(np.frombuffer(page.request.get(console_url + "study/demo-dicom/image.png").body(), np.uint8), cv2.IMREAD_GRAYSCALE)
+    served = cv2.imdecode(
+        np.frombuffer(page.request.get(console_url + "study/demo-dicom/image.png").body(), np.uint8), cv2.IMREAD_GRAYSCALE
+    )
     assert served.shape == stored.shape
     assert np.corrcoef(served.ravel().astype(np.float32), stored.ravel())[0, 1] < -0.99
 
@@ -190,12 +197,21 @@ def test_static_report_has_every_page_and_an_overlay_per_study(tmp_path: Path, d
 
 
 def test_throughput_buckets_keep_every_study_on_a_time_axis() -> None:
-    rows = [{"minute_utc": f"2026-12-0{d} {h:02d}:{m:02d}", "studies": 2, "succeeded": 1, "failed": 1}
-            for d in (1, 2, 3) for h in (0, 11, 23) for m in (0, 59)]
+    rows = [
+        {"minute_utc": f"2026-12-0{d} {h:02d}:{m:02d}", "studies": 2, "succeeded": 1, "failed": 1}
+        for d in (1, 2, 3)
+        for h in (0, 11, 23)
+        for m in (0, 59)
+    ]
     bucket, labels, succeeded, failed = per_bucket(rows)
     assert bucket == 15 and len(labels) == 288 and labels[0] == "2026-12-01 00:00"
     assert sum(succeeded) == sum(failed) == len(rows)
-    assert per_bucket(rows[:2]) == (1, ["2026-12-01 00:00"] + [f"2026-12-01 00:{m:02d}" for m in range(1, 60)], [1.0] + [0.0] * 58 + [1.0], [1.0] + [0.0] * 58 + [1.0])
+    assert per_bucket(rows[:2]) == (
+        1,
+        ["2026-12-01 00:00"] + [f"2026-12-01 00:{m:02d}" for m in range(1, 60)],
+        [1.0] + [0.0] * 58 + [1.0],
+        [1.0] + [0.0] * 58 + [1.0],
+    )
 
 
 def test_every_picture_is_prepare_s_decoding_whatever_the_container(page, console_url: str, demo_dir: Path) -> None:
@@ -208,6 +224,8 @@ def test_every_picture_is_prepare_s_decoding_whatever_the_container(page, consol
         decoded = decode_dicom(raw, study_id) if raw[128:132] == b"DICM" else decode_raster(raw, study_id)
         containers.add((Path(doc["input"]["image"]["key"]).suffix, decoded.bit_depth, decoded.photometric))
         expected = np.round(np.clip(decoded.pixels, 0, 1) * 255).astype(np.uint8)
-        served = cv2.imdecode(np.frombuffer(page.request.get(console_url + f"study/{study_id}/image.png").body(), np.uint8), cv2.IMREAD_UNCHANGED)
+        served = cv2.imdecode(
+            np.frombuffer(page.request.get(console_url + f"study/{study_id}/image.png").body(), np.uint8), cv2.IMREAD_UNCHANGED
+        )
         assert served.dtype == np.uint8 and np.array_equal(served, expected), study_id
     assert {(".png", 8, "MONOCHROME2"), (".png", 16, "MONOCHROME2"), (".jpg", 8, "MONOCHROME2"), (".dcm", 12, "MONOCHROME1")} <= containers

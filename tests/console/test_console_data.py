@@ -1,5 +1,6 @@
 """The console's data layer without a browser: the lake snapshot answers as the plain DuckDB runner does and takes in
 new delivery objects; the study index keeps each study's latest record; the CLI refuses what it should."""
+
 from __future__ import annotations
 
 import json
@@ -20,9 +21,17 @@ NOW = datetime.now(UTC) - timedelta(minutes=5)
 
 def records(study: str, status: str = "succeeded", at: datetime = NOW) -> list:
     stages = [("validate", 2.0), ("prepare", 20.0), ("store", 1.0), ("workflow", 40.0)]
-    return [telemetry_record(stage=s, study_id=study, execution_id=f"x-{study}", status=status if s == "workflow" else "succeeded", duration_ms=ms,
-                             error_type="InvalidImage" if status == "failed" and s == "workflow" else None).model_copy(update={"time": at})
-            for s, ms in stages]
+    return [
+        telemetry_record(
+            stage=s,
+            study_id=study,
+            execution_id=f"x-{study}",
+            status=status if s == "workflow" else "succeeded",
+            duration_ms=ms,
+            error_type="InvalidImage" if status == "failed" and s == "workflow" else None,
+        ).model_copy(update={"time": at})
+        for s, ms in stages
+    ]
 
 
 def test_lake_snapshot_equals_the_plain_runner_and_takes_in_new_objects(tmp_path: Path) -> None:
@@ -57,14 +66,25 @@ def test_lake_snapshot_reloads_when_a_compaction_replaces_objects(tmp_path: Path
 
 def test_study_index_keeps_the_latest_record_of_a_rerun_study(tmp_path: Path) -> None:
     store = LocalObjectStore(tmp_path)
-    failure = {"study_id": "s1", "stage": "validate", "error_type": "InvalidImage", "message": "study s1: bad", "failed_at": "2026-01-01T10:00:00Z"}
+    failure = {
+        "study_id": "s1",
+        "stage": "validate",
+        "error_type": "InvalidImage",
+        "message": "study s1: bad",
+        "failed_at": "2026-01-01T10:00:00Z",
+    }
     store.put_bytes("results", "failed/s1/error.json", json.dumps(failure).encode())
     store.put_bytes("results", "results/s2/result.json", b"not json")
     index = StudyIndex(store, "results", refresh_s=0)
     index.refresh(force=True)
     assert [(r.study_id, r.status, r.error_type) for r in index.rows()] == [("s1", "failed", "InvalidImage")]
-    result = {"study_id": "s1", "completed_at": "2026-01-01T11:00:00Z", "models": {"m": {"name": "m", "version": "2"}},
-              "findings": [{"label": "Edema", "positive": True}, {"label": "Cardiomegaly", "positive": False}], "detections": [{}, {}]}
+    result = {
+        "study_id": "s1",
+        "completed_at": "2026-01-01T11:00:00Z",
+        "models": {"m": {"name": "m", "version": "2"}},
+        "findings": [{"label": "Edema", "positive": True}, {"label": "Cardiomegaly", "positive": False}],
+        "detections": [{}, {}],
+    }
     store.put_bytes("results", "results/s1/result.json", json.dumps(result).encode())
     index.refresh(force=True)
     row = {r.study_id: r for r in index.rows()}["s1"]
@@ -97,11 +117,21 @@ def test_console_cli_refuses_a_remote_bind_a_missing_data_dir_and_aws_without_at
 def test_timeline_shows_each_attempt_so_a_retry_is_visible() -> None:
     from radstream.console.charts import timeline
 
-    document = {"start_time": 100.0, "end_time": 100.5, "subsegments": [
-        {"name": "ValidateMetadata", "start_time": 100.0, "end_time": 100.01},
-        {"name": "PrepareTensors", "start_time": 100.01, "end_time": 100.05, "error": True, "cause": {"exceptions": [{"type": "StorageUnavailable"}]}},
-        {"name": "PrepareTensors", "start_time": 100.25, "end_time": 100.45},
-    ]}
+    document = {
+        "start_time": 100.0,
+        "end_time": 100.5,
+        "subsegments": [
+            {"name": "ValidateMetadata", "start_time": 100.0, "end_time": 100.01},
+            {
+                "name": "PrepareTensors",
+                "start_time": 100.01,
+                "end_time": 100.05,
+                "error": True,
+                "cause": {"exceptions": [{"type": "StorageUnavailable"}]},
+            },
+            {"name": "PrepareTensors", "start_time": 100.25, "end_time": 100.45},
+        ],
+    }
     svg = str(timeline(document))
     assert svg.count('data-task="PrepareTensors"') == 2
     assert 'class="attempt failed" data-task="PrepareTensors" data-status="StorageUnavailable"' in svg
@@ -124,9 +154,16 @@ def test_the_study_page_shows_the_export_status_of_this_results_run(tmp_path: Pa
     assert 'data-status="built"' in pages.study(ServerLinks(), "demo-dicom")
     assert data.study("demo-001").exports is None and 'id="exports"' not in pages.study(ServerLinks(), "demo-001")
     store = LocalObjectStore(tmp_path)
-    write_status(store, "results", "demo-dicom", result["execution_id"], "build_failed", error_type="StorageUnavailable",
-                 message="study demo-dicom: the results bucket cannot be written (EIO); send again later",
-                 dead_letter=ObjectRef(bucket="results", key="export-failed/demo-dicom/run.json"))
+    write_status(
+        store,
+        "results",
+        "demo-dicom",
+        result["execution_id"],
+        "build_failed",
+        error_type="StorageUnavailable",
+        message="study demo-dicom: the results bucket cannot be written (EIO); send again later",
+        dead_letter=ObjectRef(bucket="results", key="export-failed/demo-dicom/run.json"),
+    )
     html = pages.study(ServerLinks(), "demo-dicom")
     assert 'data-status="build_failed"' in html and "the results bucket cannot be written (EIO)" in html
     assert "export-failed/demo-dicom/run.json" in html and "radstream export --retry" in html

@@ -5,6 +5,7 @@ environment (boto3==1.44.8, pydantic==2.14.4), so they live in .venv-infra, buil
 requirements-infra.lock (hashes checked) on first use and rebuilt when that file changes (about 1.5 minutes with pip's
 cache, 2-3 without). RADSTREAM_INFRA_PYTHON points at another interpreter that has them.
 """
+
 from __future__ import annotations
 
 import hashlib
@@ -29,9 +30,12 @@ def _build_venv() -> Path:
     if python.exists() and stamp.exists() and stamp.read_text() == digest:
         return python
     subprocess.run([sys.executable, "-m", "venv", "--clear", str(VENV)], check=True, timeout=120)
-    result = subprocess.run([str(python), "-m", "pip", "install", "--quiet", "--require-hashes", "--no-deps",
-                             "-r", str(REQUIREMENTS)],
-                            capture_output=True, text=True, timeout=INSTALL_TIMEOUT_S)
+    result = subprocess.run(
+        [str(python), "-m", "pip", "install", "--quiet", "--require-hashes", "--no-deps", "-r", str(REQUIREMENTS)],
+        capture_output=True,
+        text=True,
+        timeout=INSTALL_TIMEOUT_S,
+    )
     if result.returncode != 0:
         pytest.fail(f"could not install {REQUIREMENTS.name} into {VENV.name}:\n{result.stderr[-3000:]}")
     stamp.write_text(digest)

@@ -4,6 +4,7 @@ Usage: python sam_translate.py TEMPLATE OUT.json [NAME=VALUE ...] (parameter val
 image function gets an ImageUri (ECR fills it at deploy). Managed policies resolve to their well-known
 ARNs instead of through IAM, so no AWS account is needed.
 """
+
 from __future__ import annotations
 
 import json

@@ -1,6 +1,7 @@
 """infra/delivery.yaml, offline: cfn-lint, checkov, and least privilege for GitHub Actions (the OIDC trust names the
 repository and the environment; the deploy role changes only its environment's stacks, passes only CloudFormation's
 role, pushes only its environment's repositories); and infra/deliver.py's answers to the delivery workflow."""
+
 from __future__ import annotations
 
 import json
@@ -24,14 +25,23 @@ DELIVER = ROOT / "infra" / "deliver.py"
 
 def test_cfn_lint_finds_nothing(infra_python: Path):
     """Not even a warning: cfn-lint exits 4 on one, which fails the template workflow's step."""
-    result = subprocess.run([str(infra_python.parent / "cfn-lint"), str(DELIVERY)], capture_output=True, text=True, timeout=300, check=False)
+    result = subprocess.run(
+        [str(infra_python.parent / "cfn-lint"), str(DELIVERY)], capture_output=True, text=True, timeout=300, check=False
+    )
     assert result.returncode == 0, result.stdout[-3000:]
 
 
 def test_checkov_passes_and_every_skip_is_justified(infra_python: Path, tmp_path: Path):
     env = {**os.environ, "BC_SKIP_MAPPING": "TRUE", "CHECKOV_RUN_SCA_PACKAGE_SCAN_V2": "false"}
-    result = subprocess.run([str(infra_python.parent / "checkov"), "-f", str(DELIVERY), "--framework", "cloudformation",
-                             "--skip-download", "-o", "json"], capture_output=True, text=True, timeout=300, env=env, cwd=tmp_path, check=False)
+    result = subprocess.run(
+        [str(infra_python.parent / "checkov"), "-f", str(DELIVERY), "--framework", "cloudformation", "--skip-download", "-o", "json"],
+        capture_output=True,
+        text=True,
+        timeout=300,
+        env=env,
+        cwd=tmp_path,
+        check=False,
+    )
     report = json.loads(result.stdout)
     failed = [f"{c['check_id']} {c['resource']}: {c['check_name']}" for c in report["results"]["failed_checks"]]
     assert not failed, "\n".join(failed)
@@ -62,8 +72,11 @@ def test_the_deploy_role_is_least_privilege():
     for sid, statement in found.items():
         assert statement["Effect"] == "Allow" and not any("*" in a for a in as_list(statement["Action"])), sid
         if statement["Resource"] == "*":
-            assert set(as_list(statement["Action"])) <= {"ecr:GetAuthorizationToken", "cloudformation:ValidateTemplate",
-                                                         "cloudformation:GetTemplateSummary"}, sid
+            assert set(as_list(statement["Action"])) <= {
+                "ecr:GetAuthorizationToken",
+                "cloudformation:ValidateTemplate",
+                "cloudformation:GetTemplateSummary",
+            }, sid
     changes = json.dumps(found["ChangeTheEnvironmentsStacksThroughChangeSets"]["Resource"])
     assert "stack/radstream-${EnvironmentName}/*" in changes and "stack/radstream-${EnvironmentName}-platform/*" in changes
     assert "cloudformation:ExecuteChangeSet" in found["ChangeTheEnvironmentsStacksThroughChangeSets"]["Action"]
@@ -89,19 +102,31 @@ def test_the_repositories_are_the_ones_the_workflow_and_render_use():
     sys.path.insert(0, str(ROOT / "infra"))
     import deliver
 
-    named = {r["Properties"]["RepositoryName"]["Fn::Sub"].split("/", 1)[1] for n, r in RESOURCES.items() if r["Type"] == "AWS::ECR::Repository"}
+    named = {
+        r["Properties"]["RepositoryName"]["Fn::Sub"].split("/", 1)[1] for n, r in RESOURCES.items() if r["Type"] == "AWS::ECR::Repository"
+    }
     assert set(deliver.IMAGES.values()) | {"functions"} == named
     assert set(deliver.upstream_images()) == {"tritonserver", "k8s-device-plugin"}
 
 
 def test_deliver_answers_the_workflow():
-    settings = subprocess.run([sys.executable, str(DELIVER), "settings", "--env", "staging"], capture_output=True, text=True, timeout=60, check=False)
+    settings = subprocess.run(
+        [sys.executable, str(DELIVER), "settings", "--env", "staging"], capture_output=True, text=True, timeout=60, check=False
+    )
     assert settings.returncode == 0, settings.stderr
     values = dict(line.split("=", 1) for line in settings.stdout.split())
-    assert values == {"region": "eu-west-1", "stack": "radstream-staging", "platform_stack": "radstream-staging-platform",
-                      "delivery_stack": "radstream-staging-delivery"}
-    refused = subprocess.run([sys.executable, str(DELIVER), "settings", "--env", "qa"], capture_output=True, text=True, timeout=60, check=False)
+    assert values == {
+        "region": "eu-west-1",
+        "stack": "radstream-staging",
+        "platform_stack": "radstream-staging-platform",
+        "delivery_stack": "radstream-staging-delivery",
+    }
+    refused = subprocess.run(
+        [sys.executable, str(DELIVER), "settings", "--env", "qa"], capture_output=True, text=True, timeout=60, check=False
+    )
     assert refused.returncode == 2 and "env must be one of" in refused.stderr
-    repos = subprocess.run([sys.executable, str(DELIVER), "image-repositories", "--repository", "r"], capture_output=True, text=True, timeout=60, check=False)
+    repos = subprocess.run(
+        [sys.executable, str(DELIVER), "image-repositories", "--repository", "r"], capture_output=True, text=True, timeout=60, check=False
+    )
     functions = [n for n, r in load_yaml(ROOT / "template.yaml")["Resources"].items() if r["Type"] == "AWS::Serverless::Function"]
     assert repos.stdout.split() == [f"--image-repositories={n}=r" for n in functions]

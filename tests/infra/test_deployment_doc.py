@@ -1,5 +1,6 @@
 """docs/deployment.md's numbers, computed from the templates and samconfig.toml: a count written by hand drifts (the
 doc said six Lambdas when the template had eight, 9 interface endpoints for 11, 17 alarms for 22)."""
+
 from __future__ import annotations
 
 import re
@@ -39,8 +40,10 @@ def alarms() -> int:
 
 def alarm_metrics() -> int:
     """CloudWatch bills an alarm per metric it reads: metric math counts each MetricStat, not the expressions."""
-    return sum(1 if "MetricName" in r["Properties"] else sum("MetricStat" in m for m in r["Properties"]["Metrics"])
-               for r in of_type(APP, "AWS::CloudWatch::Alarm").values())
+    return sum(
+        1 if "MetricName" in r["Properties"] else sum("MetricStat" in m for m in r["Properties"]["Metrics"])
+        for r in of_type(APP, "AWS::CloudWatch::Alarm").values()
+    )
 
 
 def prod_reserved_concurrency() -> int:
@@ -55,11 +58,13 @@ def figures(pattern: str) -> list[tuple[str, ...]]:
 
 
 def test_counts_match_the_templates():
-    for pattern, expected in ((r"(\d+) container-image Lambdas", functions()),
-                              (r"(\d+) interface endpoints", interface_endpoints()),
-                              (r"(\d+) alarms \(\d+ metrics\)", alarms()),
-                              (r"\d+ alarms \((\d+) metrics\)", alarm_metrics()),
-                              (r"ECR: (\d+) Lambda images", images())):
+    for pattern, expected in (
+        (r"(\d+) container-image Lambdas", functions()),
+        (r"(\d+) interface endpoints", interface_endpoints()),
+        (r"(\d+) alarms \(\d+ metrics\)", alarms()),
+        (r"\d+ alarms \((\d+) metrics\)", alarm_metrics()),
+        (r"ECR: (\d+) Lambda images", images()),
+    ):
         for (found,) in figures(pattern):
             assert int(found) == expected, f"{pattern}: the doc says {found}, the template has {expected}"
     for count, each, total in figures(r"prod's (\d+) x (\d+) = (\d+)"):

@@ -2,6 +2,7 @@
 incoming/* of the images bucket, listing results/ and reading the SR and overlay it serves (QIDO/WADO-RS, C-FIND/C-GET),
 the data key through S3 only, and the one pseudonym-key secret; and the platform's endpoints the gateway pods use
 admit no more than that."""
+
 from __future__ import annotations
 
 import json
@@ -36,15 +37,20 @@ def grants() -> set[tuple[str, str, str]]:
 
 
 INCOMING = json.dumps({"Fn::Sub": "${ImagesBucket.Arn}/incoming/*"})
-SERVED = {json.dumps({"Fn::Sub": "${ResultsBucket.Arn}/results/*/report.sr.dcm"}),
-          json.dumps({"Fn::Sub": "${ResultsBucket.Arn}/results/*/report.overlay.dcm"})}
+SERVED = {
+    json.dumps({"Fn::Sub": "${ResultsBucket.Arn}/results/*/report.sr.dcm"}),
+    json.dumps({"Fn::Sub": "${ResultsBucket.Arn}/results/*/report.overlay.dcm"}),
+}
 
 
 def test_s3_grants_are_incoming_instances_and_the_exports_it_serves():
     s3 = {(a, r) for a, r, _ in grants() if a.startswith("s3:")}
-    assert s3 == {("s3:PutObject", INCOMING), ("s3:GetObject", INCOMING),
-                  ("s3:ListBucket", json.dumps({"Fn::GetAtt": ["ResultsBucket", "Arn"]})),
-                  *{("s3:GetObject", served) for served in SERVED}}
+    assert s3 == {
+        ("s3:PutObject", INCOMING),
+        ("s3:GetObject", INCOMING),
+        ("s3:ListBucket", json.dumps({"Fn::GetAtt": ["ResultsBucket", "Arn"]})),
+        *{("s3:GetObject", served) for served in SERVED},
+    }
     (listing,) = [s for s in role_statements() if s["Action"] == "s3:ListBucket"]
     assert listing["Condition"] == {"StringLike": {"s3:prefix": "results/*"}}
 
@@ -75,8 +81,10 @@ def test_only_the_gateway_service_account_assumes_it():
     trust = json.loads(re.sub(r"\$\{([^}]+)\}", lambda m: values[m.group(1)], ROLE["Properties"]["AssumeRolePolicyDocument"]["Fn::Sub"][0]))
     (statement,) = trust["Statement"]
     assert statement["Action"] == "sts:AssumeRoleWithWebIdentity"
-    assert statement["Condition"]["StringEquals"] == {"ISSUER:sub": "system:serviceaccount:radstream-gateway:gateway",
-                                                     "ISSUER:aud": "sts.amazonaws.com"}
+    assert statement["Condition"]["StringEquals"] == {
+        "ISSUER:sub": "system:serviceaccount:radstream-gateway:gateway",
+        "ISSUER:aud": "sts.amazonaws.com",
+    }
 
 
 def test_the_secret_is_encrypted_with_the_data_key_and_the_endpoints_admit_no_more():
@@ -85,11 +93,15 @@ def test_the_secret_is_encrypted_with_the_data_key_and_the_endpoints_admit_no_mo
     assert secret["GenerateSecretString"]["PasswordLength"] >= 32
     assert RESOURCES["GatewayPseudonymKey"]["Condition"] == ROLE["Condition"]
     incoming, served = PLATFORM["GatewayS3Endpoint"]["Properties"]["PolicyDocument"]["Statement"]
-    assert (incoming["Action"], incoming["Resource"]) == (["s3:PutObject", "s3:GetObject"],
-                                                          {"Fn::Sub": "arn:${AWS::Partition}:s3:::radstream-images-${AWS::AccountId}/incoming/*"})
+    assert (incoming["Action"], incoming["Resource"]) == (
+        ["s3:PutObject", "s3:GetObject"],
+        {"Fn::Sub": "arn:${AWS::Partition}:s3:::radstream-images-${AWS::AccountId}/incoming/*"},
+    )
     results = "arn:${AWS::Partition}:s3:::radstream-results-${AWS::AccountId}"
-    assert (served["Action"], served["Resource"]) == (["s3:ListBucket", "s3:GetObject"], [
-        {"Fn::Sub": results}, {"Fn::Sub": results + "/results/*/report.sr.dcm"}, {"Fn::Sub": results + "/results/*/report.overlay.dcm"}])
+    assert (served["Action"], served["Resource"]) == (
+        ["s3:ListBucket", "s3:GetObject"],
+        [{"Fn::Sub": results}, {"Fn::Sub": results + "/results/*/report.sr.dcm"}, {"Fn::Sub": results + "/results/*/report.overlay.dcm"}],
+    )
     assert RESOURCES["ResultsBucket"]["Properties"]["BucketName"] == {"Fn::Sub": "radstream-results-${AWS::AccountId}"}
     assert RESOURCES["ImagesBucket"]["Properties"]["BucketName"] == {"Fn::Sub": "radstream-images-${AWS::AccountId}"}
     (sm,) = PLATFORM["SecretsManagerEndpoint"]["Properties"]["PolicyDocument"]["Statement"]

@@ -2,6 +2,7 @@
 Rollouts objects are validated against the schemas of their Go API types (npm's @kubernetes-models/argo-cd and
 argo-rollouts, generated from argoproj's pkg/apis v1alpha1: types and enums, not unknown keys), and structurally here:
 what follows what, which metrics decide a rollback, and that the pieces name each other."""
+
 from __future__ import annotations
 
 import json
@@ -38,12 +39,23 @@ def argo_validate(docs: list[dict[str, Any]], tmp_path: Path) -> list[str]:
     assert node and npm, "node and npm validate the Argo objects against their published schemas"
     npm_dir = VENV / "npm"
     if not all((npm_dir / "node_modules" / m.rsplit("@", 1)[0] / "package.json").exists() for m in ARGO_MODELS):
-        install = subprocess.run([npm, "install", "--silent", "--no-audit", "--no-fund", "--prefix", str(npm_dir), *ARGO_MODELS],
-                                 capture_output=True, text=True, timeout=300, check=False)
+        install = subprocess.run(
+            [npm, "install", "--silent", "--no-audit", "--no-fund", "--prefix", str(npm_dir), *ARGO_MODELS],
+            capture_output=True,
+            text=True,
+            timeout=300,
+            check=False,
+        )
         assert install.returncode == 0, f"could not install {ARGO_MODELS} from the npm registry: {install.stderr[-500:]}"
     (tmp_path / "docs.json").write_text(json.dumps(docs))
-    result = subprocess.run([node, str(Path(__file__).with_name("argo_validate.mjs")), str(tmp_path / "docs.json")],
-                            capture_output=True, text=True, timeout=120, env={"ARGO_NPM_DIR": str(npm_dir), "PATH": ""}, check=False)
+    result = subprocess.run(
+        [node, str(Path(__file__).with_name("argo_validate.mjs")), str(tmp_path / "docs.json")],
+        capture_output=True,
+        text=True,
+        timeout=120,
+        env={"ARGO_NPM_DIR": str(npm_dir), "PATH": ""},
+        check=False,
+    )
     assert result.returncode == 0, result.stderr[-2000:]
     return json.loads(result.stdout)
 
@@ -105,7 +117,11 @@ def test_triton_rolls_out_progressively_and_aborts_on_its_own_metrics(rendered):
         assert spec["workloadRef"] == {"apiVersion": "apps/v1", "kind": "Deployment", "name": "triton", "scaleDown": "progressively"}
         assert deployment["spec"]["replicas"] == 0 and "replicas" not in spec
         assert spec["selector"] == deployment["spec"]["selector"]
-        assert one(docs, "HorizontalPodAutoscaler")["spec"]["scaleTargetRef"] == {"apiVersion": "argoproj.io/v1alpha1", "kind": "Rollout", "name": "triton"}
+        assert one(docs, "HorizontalPodAutoscaler")["spec"]["scaleTargetRef"] == {
+            "apiVersion": "argoproj.io/v1alpha1",
+            "kind": "Rollout",
+            "name": "triton",
+        }
         canary = spec["strategy"]["canary"]
         weights = [s["setWeight"] for s in canary["steps"] if "setWeight" in s]
         assert weights == sorted(weights) and weights[0] < 50 and weights[-1] == 100

@@ -1,5 +1,6 @@
 """template.yaml's safe releases and guard rails: aliases shifted by CodeDeploy with rollback alarms, the
 workflow on the aliases, CloudTrail, GuardDuty, the gateway WAF, the budget, replication, tags."""
+
 from __future__ import annotations
 
 import tomllib
@@ -60,11 +61,19 @@ def test_each_environment_gets_its_own_traffic_shifting(infra_python, tmp_path):
     for env in ("staging", "prod"):
         kind = overrides(env)["DeploymentPreferenceType"]
         out = tmp_path / f"{env}.json"
-        result = subprocess.run([str(infra_python), str(script), str(TEMPLATE), str(out), f"DeploymentPreferenceType={kind}"],
-                                capture_output=True, text=True, timeout=120)
+        result = subprocess.run(
+            [str(infra_python), str(script), str(TEMPLATE), str(out), f"DeploymentPreferenceType={kind}"],
+            capture_output=True,
+            text=True,
+            timeout=120,
+        )
         assert result.returncode == 0, result.stderr[-2000:]
-        groups = [r["Properties"] for r in json.loads(out.read_text())["Resources"].values() if r["Type"] == "AWS::CodeDeploy::DeploymentGroup"]
-        assert groups and all(g["DeploymentConfigName"] == {"Fn::Sub": ["CodeDeployDefault.Lambda${ConfigName}", {"ConfigName": kind}]} for g in groups)
+        groups = [
+            r["Properties"] for r in json.loads(out.read_text())["Resources"].values() if r["Type"] == "AWS::CodeDeploy::DeploymentGroup"
+        ]
+        assert groups and all(
+            g["DeploymentConfigName"] == {"Fn::Sub": ["CodeDeployDefault.Lambda${ConfigName}", {"ConfigName": kind}]} for g in groups
+        )
         assert all(g["DeploymentStyle"]["DeploymentType"] == "BLUE_GREEN" for g in groups)
 
 
@@ -111,7 +120,11 @@ def test_guardduty_protects_s3_and_eks_and_pages_on_high_findings():
 def test_the_gateway_waf_is_ready_but_only_built_when_asked():
     acl = RESOURCES["GatewayWebAcl"]
     assert acl["Condition"] == "CreateGatewayWaf" and acl["Properties"]["Scope"] == "REGIONAL"
-    groups = {r["Statement"]["ManagedRuleGroupStatement"]["Name"]: r for r in acl["Properties"]["Rules"] if "ManagedRuleGroupStatement" in r["Statement"]}
+    groups = {
+        r["Statement"]["ManagedRuleGroupStatement"]["Name"]: r
+        for r in acl["Properties"]["Rules"]
+        if "ManagedRuleGroupStatement" in r["Statement"]
+    }
     assert {"AWSManagedRulesCommonRuleSet", "AWSManagedRulesKnownBadInputsRuleSet"} <= set(groups)
     # DICOM uploads are megabytes: the common set's body-size rule only counts.
     overrides_ = groups["AWSManagedRulesCommonRuleSet"]["Statement"]["ManagedRuleGroupStatement"]["RuleActionOverrides"]
@@ -128,7 +141,9 @@ def test_the_budget_alarms_through_the_alerts_topic():
     assert budget["Budget"]["CostFilters"]["TagKeyValue"] == ["user:project$radstream"]
     kinds = {n["Notification"]["NotificationType"] for n in budget["NotificationsWithSubscribers"]}
     assert kinds == {"ACTUAL", "FORECASTED"}
-    assert all({"SubscriptionType": "SNS", "Address": {"Ref": "AlertsTopic"}} in n["Subscribers"] for n in budget["NotificationsWithSubscribers"])
+    assert all(
+        {"SubscriptionType": "SNS", "Address": {"Ref": "AlertsTopic"}} in n["Subscribers"] for n in budget["NotificationsWithSubscribers"]
+    )
     key = RESOURCES["DataKey"]["Properties"]["KeyPolicy"]["Statement"]
     assert any("budgets.amazonaws.com" in s.get("Principal", {}).get("Service", []) for s in key)
     assert len({overrides(env)["MonthlyBudgetUsd"] for env in ENVIRONMENTS}) == 3
@@ -147,8 +162,19 @@ def test_replication_is_behind_its_condition():
 
 def test_rules_use_only_the_functions_cloudformation_allows_in_rules():
     """Rules take a narrower set of intrinsics than Conditions (no Fn::Join, no Fn::Sub); cfn-lint does not check it."""
-    allowed = {"Fn::And", "Fn::Contains", "Fn::EachMemberEquals", "Fn::EachMemberIn", "Fn::Equals", "Fn::Not", "Fn::Or",
-               "Fn::RefAll", "Fn::ValueOf", "Fn::ValueOfAll", "Ref"}
+    allowed = {
+        "Fn::And",
+        "Fn::Contains",
+        "Fn::EachMemberEquals",
+        "Fn::EachMemberIn",
+        "Fn::Equals",
+        "Fn::Not",
+        "Fn::Or",
+        "Fn::RefAll",
+        "Fn::ValueOf",
+        "Fn::ValueOfAll",
+        "Ref",
+    }
 
     def functions(value: Any) -> set[str]:
         if isinstance(value, dict):

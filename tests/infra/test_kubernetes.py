@@ -1,6 +1,7 @@
 """The EKS manifests as checkov's Kubernetes checks see them, on every kustomize build: base and overlays, the
 cluster-wide pieces, each environment's overlay, and what infra/deliver.py render renders for Argo CD (images by
 digest in the environment's ECR, in samconfig.toml's region, the stacks' outputs set)."""
+
 from __future__ import annotations
 
 import hashlib
@@ -23,8 +24,14 @@ DELIVER = ROOT / "infra" / "deliver.py"
 SAMCONFIG = tomllib.loads((ROOT / "samconfig.toml").read_text())
 ENVIRONMENTS = sorted(p.name for p in ENVS.iterdir())
 ACCOUNT = "123456789012"
-BUILDS = [ROOT / "services/triton/k8s/base", ROOT / "services/triton/k8s/overlays/cpu", ROOT / "services/triton/k8s/cluster",
-          ROOT / "services/gateway/k8s/base", ROOT / "infra/gitops/argocd", *sorted(ENVS.glob("*/*"))]
+BUILDS = [
+    ROOT / "services/triton/k8s/base",
+    ROOT / "services/triton/k8s/overlays/cpu",
+    ROOT / "services/triton/k8s/cluster",
+    ROOT / "services/gateway/k8s/base",
+    ROOT / "infra/gitops/argocd",
+    *sorted(ENVS.glob("*/*")),
+]
 REPO_URL = "https://github.com/example-hospital/radstream.git"
 
 pytestmark = pytest.mark.skipif(shutil.which("kubectl") is None, reason="kubectl (kustomize) not installed")
@@ -37,11 +44,14 @@ def build(folder: Path) -> str:
 def stack_outputs(env: str) -> list[dict[str, str]]:
     """The outputs deliver.py render reads, shaped as `aws cloudformation describe-stacks` gives them, for a made-up account."""
     region = SAMCONFIG[env]["deploy"]["parameters"]["region"]
-    values = {"ArtifactsBucketName": f"radstream-artifacts-{ACCOUNT}", "ImagesBucketName": f"radstream-images-{ACCOUNT}",
-              "TritonModelReaderRoleArn": f"arn:aws:iam::{ACCOUNT}:role/radstream-{env}-triton",
-              "GatewayUploaderRoleArn": f"arn:aws:iam::{ACCOUNT}:role/radstream-{env}-gateway",
-              "GatewayPseudonymKeyArn": f"arn:aws:secretsmanager:{region}:{ACCOUNT}:secret:radstream/{env}/gateway/pseudonym-key-Ab12Cd",
-              "GatewayS3EndpointUrl": f"https://bucket.vpce-0a1b2c3d4e5f60718-abcd1234.s3.{region}.vpce.amazonaws.com"}
+    values = {
+        "ArtifactsBucketName": f"radstream-artifacts-{ACCOUNT}",
+        "ImagesBucketName": f"radstream-images-{ACCOUNT}",
+        "TritonModelReaderRoleArn": f"arn:aws:iam::{ACCOUNT}:role/radstream-{env}-triton",
+        "GatewayUploaderRoleArn": f"arn:aws:iam::{ACCOUNT}:role/radstream-{env}-gateway",
+        "GatewayPseudonymKeyArn": f"arn:aws:secretsmanager:{region}:{ACCOUNT}:secret:radstream/{env}/gateway/pseudonym-key-Ab12Cd",
+        "GatewayS3EndpointUrl": f"https://bucket.vpce-0a1b2c3d4e5f60718-abcd1234.s3.{region}.vpce.amazonaws.com",
+    }
     return [{"OutputKey": k, "OutputValue": v} for k, v in values.items()]
 
 
@@ -52,8 +62,29 @@ def digest(name: str) -> str:
 def run_render(env: str, tmp_path: Path, *extra: str, outputs: list[dict[str, str]] | None = None) -> subprocess.CompletedProcess[str]:
     (tmp_path / "outputs.json").write_text(json.dumps(stack_outputs(env) if outputs is None else outputs))
     digests = [f"--digest={name}={digest(name)}" for name in ("gateway", "tritonserver", "k8s-device-plugin")]
-    return subprocess.run([sys.executable, str(DELIVER), "render", "--env", env, "--account", ACCOUNT, "--outputs", str(tmp_path / "outputs.json"),
-                           *digests, "--repo-url", REPO_URL, "--out", str(tmp_path / "rendered"), *extra], capture_output=True, text=True, timeout=300, check=False)
+    return subprocess.run(
+        [
+            sys.executable,
+            str(DELIVER),
+            "render",
+            "--env",
+            env,
+            "--account",
+            ACCOUNT,
+            "--outputs",
+            str(tmp_path / "outputs.json"),
+            *digests,
+            "--repo-url",
+            REPO_URL,
+            "--out",
+            str(tmp_path / "rendered"),
+            *extra,
+        ],
+        capture_output=True,
+        text=True,
+        timeout=300,
+        check=False,
+    )
 
 
 @pytest.fixture(scope="module")
@@ -77,8 +108,15 @@ def checkov_report(infra_python: Path, rendered: dict[str, Path], tmp_path_facto
         for manifests in out.glob("*/manifests.yaml"):
             (folder / f"rendered-{env}_{manifests.parent.name}.yaml").write_text(manifests.read_text())
     env = {**os.environ, "BC_SKIP_MAPPING": "TRUE", "CHECKOV_RUN_SCA_PACKAGE_SCAN_V2": "false"}
-    result = subprocess.run([str(infra_python.parent / "checkov"), "-d", str(folder), "--framework", "kubernetes",
-                             "--skip-download", "-o", "json"], capture_output=True, text=True, timeout=600, env=env, cwd=folder, check=False)
+    result = subprocess.run(
+        [str(infra_python.parent / "checkov"), "-d", str(folder), "--framework", "kubernetes", "--skip-download", "-o", "json"],
+        capture_output=True,
+        text=True,
+        timeout=600,
+        env=env,
+        cwd=folder,
+        check=False,
+    )
     report = json.loads(result.stdout)
     report["files"] = sorted(p.name for p in folder.glob("*.yaml"))
     return report
@@ -115,7 +153,9 @@ def test_rendered_images_are_by_digest_in_the_environments_ecr_in_samconfigs_reg
                     images.append(container["image"])
         assert len(images) == 3, images
         for image in images:
-            assert re.fullmatch(rf"{ACCOUNT}\.dkr\.ecr\.{region}\.amazonaws\.com/radstream-{env}/[a-z0-9-]+@sha256:[0-9a-f]{{64}}", image), image
+            assert re.fullmatch(
+                rf"{ACCOUNT}\.dkr\.ecr\.{region}\.amazonaws\.com/radstream-{env}/[a-z0-9-]+@sha256:[0-9a-f]{{64}}", image
+            ), image
 
 
 def test_one_region_everywhere():
@@ -134,20 +174,66 @@ def test_each_environment_overlay_holds_its_platform_vpc_cidr():
         for app, policy in (("triton", "triton"), ("gateway", "gateway")):
             docs = list(yaml.safe_load_all(build(ENVS / env / app)))
             (netpol,) = [d for d in docs if d["kind"] == "NetworkPolicy" and d["metadata"]["name"] == policy]
-            cidrs = {b["ipBlock"]["cidr"] for rule in netpol["spec"].get("ingress", []) + netpol["spec"].get("egress", [])
-                     for b in rule.get("from", []) + rule.get("to", []) if "ipBlock" in b}
-            assert overrides["VpcCidr"] in cidrs and not {c for c in cidrs if c.startswith("10.") and c != overrides["VpcCidr"]}, (env, app, cidrs)
+            cidrs = {
+                b["ipBlock"]["cidr"]
+                for rule in netpol["spec"].get("ingress", []) + netpol["spec"].get("egress", [])
+                for b in rule.get("from", []) + rule.get("to", [])
+                if "ipBlock" in b
+            }
+            assert overrides["VpcCidr"] in cidrs and not {c for c in cidrs if c.startswith("10.") and c != overrides["VpcCidr"]}, (
+                env,
+                app,
+                cidrs,
+            )
 
 
 def test_render_refuses_what_cannot_deploy(tmp_path):
     missing = [o for o in stack_outputs("dev") if o["OutputKey"] != "TritonModelReaderRoleArn"]
     result = run_render("dev", tmp_path, "--app", "triton", outputs=missing)
     assert result.returncode == 2 and "TritonModelReaderRoleArn" in result.stderr
-    result = subprocess.run([sys.executable, str(DELIVER), "render", "--env", "dev", "--account", ACCOUNT, "--digest", "gateway=latest",
-                             "--app", "gateway", "--out", str(tmp_path / "x")], capture_output=True, text=True, timeout=120, check=False)
+    result = subprocess.run(
+        [
+            sys.executable,
+            str(DELIVER),
+            "render",
+            "--env",
+            "dev",
+            "--account",
+            ACCOUNT,
+            "--digest",
+            "gateway=latest",
+            "--app",
+            "gateway",
+            "--out",
+            str(tmp_path / "x"),
+        ],
+        capture_output=True,
+        text=True,
+        timeout=120,
+        check=False,
+    )
     assert result.returncode == 2 and "digest of gateway" in result.stderr
     # No digest for an image: not pinned, refused rather than deployed by tag.
     (tmp_path / "outputs.json").write_text(json.dumps(stack_outputs("dev")))
-    result = subprocess.run([sys.executable, str(DELIVER), "render", "--env", "dev", "--account", ACCOUNT, "--outputs", str(tmp_path / "outputs.json"),
-                             "--app", "triton", "--out", str(tmp_path / "y")], capture_output=True, text=True, timeout=120, check=False)
+    result = subprocess.run(
+        [
+            sys.executable,
+            str(DELIVER),
+            "render",
+            "--env",
+            "dev",
+            "--account",
+            ACCOUNT,
+            "--outputs",
+            str(tmp_path / "outputs.json"),
+            "--app",
+            "triton",
+            "--out",
+            str(tmp_path / "y"),
+        ],
+        capture_output=True,
+        text=True,
+        timeout=120,
+        check=False,
+    )
     assert result.returncode == 2 and "not pinned by digest" in result.stderr

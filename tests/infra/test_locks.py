@@ -2,6 +2,7 @@
 
 A new release on PyPI (a botocore 1.44.18 beside the tested 1.44.8) must not change what a fresh clone installs.
 """
+
 from __future__ import annotations
 
 import re
@@ -19,8 +20,11 @@ PAIRS = [
     ("requirements-triton-python.txt", "requirements-triton-python.lock"),
     ("requirements-lock.txt", "requirements-lock.lock"),
     ("training/requirements.txt", "training/requirements.lock"),
-    *[(f"services/{d.name}/requirements.txt", f"services/{d.name}/requirements.lock")
-      for d in sorted((ROOT / "services").iterdir()) if (d / "requirements.txt").is_file()],
+    *[
+        (f"services/{d.name}/requirements.txt", f"services/{d.name}/requirements.lock")
+        for d in sorted((ROOT / "services").iterdir())
+        if (d / "requirements.txt").is_file()
+    ],
 ]
 PIN = re.compile(r"^([A-Za-z0-9_.\-]+)(?:\[[^\]]*\])?==(\S+)")
 
@@ -77,9 +81,14 @@ def test_botocore_is_pinned_where_boto3_is():
 
 
 def install_lines() -> list[tuple[str, str]]:
-    files = [ROOT / "Makefile", ROOT / "tests/infra/conftest.py", ROOT / "tests/infra/test_service_images.py",
-             ROOT / "radstream/triton_server.py", *sorted(ROOT.glob("services/*/Dockerfile")),
-             *sorted(ROOT.glob(".github/workflows/*.yml"))]
+    files = [
+        ROOT / "Makefile",
+        ROOT / "tests/infra/conftest.py",
+        ROOT / "tests/infra/test_service_images.py",
+        ROOT / "radstream/triton_server.py",
+        *sorted(ROOT.glob("services/*/Dockerfile")),
+        *sorted(ROOT.glob(".github/workflows/*.yml")),
+    ]
     lines = []
     for path in files:
         text = path.read_text()

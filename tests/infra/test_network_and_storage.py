@@ -1,5 +1,6 @@
 """Where the stacks' traffic may go and how their buckets hold data: egress only to named destinations (never
 0.0.0.0/0), TLS 1.2 or newer on every bucket, the audit trail's logs write-once."""
+
 from __future__ import annotations
 
 import json
@@ -21,10 +22,15 @@ def of_type(doc: dict[str, Any], kind: str) -> dict[str, dict[str, Any]]:
 
 
 def egress_rules(doc: dict[str, Any]) -> list[tuple[str, dict[str, Any]]]:
-    rules = [(name, rule) for name, r in of_type(doc, "AWS::EC2::SecurityGroup").items()
-             for rule in r["Properties"].get("SecurityGroupEgress", [])]
-    rules += [(r["Properties"]["GroupId"].get("Ref", str(r["Properties"]["GroupId"])), r["Properties"])
-              for r in of_type(doc, "AWS::EC2::SecurityGroupEgress").values()]
+    rules = [
+        (name, rule)
+        for name, r in of_type(doc, "AWS::EC2::SecurityGroup").items()
+        for rule in r["Properties"].get("SecurityGroupEgress", [])
+    ]
+    rules += [
+        (r["Properties"]["GroupId"].get("Ref", str(r["Properties"]["GroupId"])), r["Properties"])
+        for r in of_type(doc, "AWS::EC2::SecurityGroupEgress").values()
+    ]
     return rules
 
 
@@ -34,7 +40,9 @@ def test_no_security_group_egress_reaches_anywhere():
         rules = egress_rules(doc)
         assert rules
         for group, rule in rules:
-            destinations = {k: rule[k] for k in ("CidrIp", "CidrIpv6", "DestinationPrefixListId", "DestinationSecurityGroupId") if k in rule}
+            destinations = {
+                k: rule[k] for k in ("CidrIp", "CidrIpv6", "DestinationPrefixListId", "DestinationSecurityGroupId") if k in rule
+            }
             assert len(destinations) == 1, (group, rule)
             assert not set(json.dumps(destinations).split('"')) & set(ANYWHERE), f"{group}: egress to the internet: {rule['Description']}"
 
@@ -66,8 +74,10 @@ def test_the_vpc_functions_reach_aws_only_through_the_endpoints():
 
 def bucket_policies(doc: dict[str, Any]) -> dict[str, list[dict[str, Any]]]:
     """bucket resource name -> its policy's statements."""
-    return {p["Properties"]["Bucket"]["Ref"]: p["Properties"]["PolicyDocument"]["Statement"]
-            for p in of_type(doc, "AWS::S3::BucketPolicy").values()}
+    return {
+        p["Properties"]["Bucket"]["Ref"]: p["Properties"]["PolicyDocument"]["Statement"]
+        for p in of_type(doc, "AWS::S3::BucketPolicy").values()
+    }
 
 
 def test_every_bucket_refuses_plain_http_and_tls_below_1_2():

@@ -1,5 +1,6 @@
 """infra/platform.yaml, offline: cfn-lint, checkov, and what template.yaml and the Triton manifests rely on
 (the exports the SAM stack imports, endpoint policies limited to RadStream's resources, node groups, add-ons, IRSA)."""
+
 from __future__ import annotations
 
 import json
@@ -27,8 +28,10 @@ def of_type(kind: str) -> dict[str, dict[str, Any]]:
 def endpoints() -> dict[str, dict[str, Any]]:
     """service suffix (s3, kinesis-streams, ...) -> endpoint properties; the gateway's S3 interface endpoint is
     "s3 (gateway pods)", the S3 gateway endpoint everything else uses "s3"."""
-    return {p["ServiceName"]["Fn::Sub"].split("}.", 1)[1] + (" (gateway pods)" if name == "GatewayS3Endpoint" else ""): p
-            for name, p in of_type("AWS::EC2::VPCEndpoint").items()}
+    return {
+        p["ServiceName"]["Fn::Sub"].split("}.", 1)[1] + (" (gateway pods)" if name == "GatewayS3Endpoint" else ""): p
+        for name, p in of_type("AWS::EC2::VPCEndpoint").items()
+    }
 
 
 def test_cfn_lint_finds_no_errors():
@@ -41,8 +44,14 @@ def test_cfn_lint_finds_no_errors():
 
 def test_checkov_passes_and_every_skip_is_justified(infra_python: Path, tmp_path: Path):
     env = {**os.environ, "BC_SKIP_MAPPING": "TRUE", "CHECKOV_RUN_SCA_PACKAGE_SCAN_V2": "false"}
-    result = subprocess.run([str(infra_python.parent / "checkov"), "-f", str(PLATFORM), "--framework", "cloudformation",
-                             "--skip-download", "-o", "json"], capture_output=True, text=True, timeout=300, env=env, cwd=tmp_path)
+    result = subprocess.run(
+        [str(infra_python.parent / "checkov"), "-f", str(PLATFORM), "--framework", "cloudformation", "--skip-download", "-o", "json"],
+        capture_output=True,
+        text=True,
+        timeout=300,
+        env=env,
+        cwd=tmp_path,
+    )
     report = json.loads(result.stdout)
     failed = [f"{c['check_id']} {c['resource']}: {c['check_name']}" for c in report["results"]["failed_checks"]]
     assert not failed, "\n".join(failed)
@@ -60,8 +69,9 @@ def test_the_exports_are_what_template_yaml_imports():
 
 def test_the_endpoints_the_workloads_need_without_a_nat():
     found = endpoints()
-    assert {"s3", "kinesis-streams", "glue", "athena", "ecr.api", "ecr.dkr", "sts", "logs", "secretsmanager",
-            "s3 (gateway pods)"} <= set(found)
+    assert {"s3", "kinesis-streams", "glue", "athena", "ecr.api", "ecr.dkr", "sts", "logs", "secretsmanager", "s3 (gateway pods)"} <= set(
+        found
+    )
     assert found["s3"]["VpcEndpointType"] == "Gateway"
     for service, props in found.items():
         assert props.get("PolicyDocument"), f"{service}: no endpoint policy (full access)"
@@ -86,19 +96,28 @@ def test_data_endpoint_policies_admit_only_radstream_resources():
     """The S3, Kinesis, Glue and Athena endpoints name exactly the buckets, stream, database and workgroup
     template.yaml creates (ECR's layer bucket aside); a renamed resource there fails here."""
     found = endpoints()
-    resources = {service: {json.dumps(r) for s in found[service]["PolicyDocument"]["Statement"] for r in as_list(s["Resource"])}
-                 for service in ("s3", "kinesis-streams", "glue", "athena")}
+    resources = {
+        service: {json.dumps(r) for s in found[service]["PolicyDocument"]["Statement"] for r in as_list(s["Resource"])}
+        for service in ("s3", "kinesis-streams", "glue", "athena")
+    }
     for bucket in ("ImagesBucket", "ResultsBucket", "TelemetryBucket", "ArtifactsBucket"):
         name = names(bucket, "BucketName")
         assert any(name in r for r in resources["s3"]), bucket
-    s3_rest = [r for r in resources["s3"] if not any(names(b, "BucketName") in r for b in ("ImagesBucket", "ResultsBucket", "TelemetryBucket", "ArtifactsBucket"))]
+    s3_rest = [
+        r
+        for r in resources["s3"]
+        if not any(names(b, "BucketName") in r for b in ("ImagesBucket", "ResultsBucket", "TelemetryBucket", "ArtifactsBucket"))
+    ]
     assert s3_rest == [json.dumps({"Fn::Sub": "arn:${AWS::Partition}:s3:::prod-${AWS::Region}-starport-layer-bucket/*"})]
     assert all(names("TelemetryStream", "Name") in r for r in resources["kinesis-streams"])
     database = names("GlueDatabase", "DatabaseInput.Name")
     assert all(r.endswith(':catalog"}') or database in r for r in resources["glue"])
     assert all(names("AthenaWorkGroup", "Name") in r for r in resources["athena"])
     for service in ("s3", "kinesis-streams", "glue", "athena"):
-        assert all(s["Effect"] == "Allow" and "*" not in json.dumps(s["Action"]).replace(":*", "") for s in found[service]["PolicyDocument"]["Statement"])
+        assert all(
+            s["Effect"] == "Allow" and "*" not in json.dumps(s["Action"]).replace(":*", "")
+            for s in found[service]["PolicyDocument"]["Statement"]
+        )
 
 
 def test_no_statement_allows_every_action_and_every_resource_star_says_why():
@@ -107,7 +126,7 @@ def test_no_statement_allows_every_action_and_every_resource_star_says_why():
     lines = PLATFORM.read_text().splitlines()
     for number, line in enumerate(lines):
         if re.search(r"""Resource:\s*["']\*["']""", line):
-            assert "#" in line, f"platform.yaml:{number + 1}: Resource \"*\" without a comment saying why"
+            assert "#" in line, f'platform.yaml:{number + 1}: Resource "*" without a comment saying why'
     for statement in allowed:
         if statement.get("Resource") == "*" and statement.get("Principal") == "*":
             assert statement["Condition"]["StringEquals"]["aws:PrincipalAccount"] == {"Ref": "AWS::AccountId"}, statement
@@ -152,19 +171,27 @@ def test_irsa_trust_policies_render_to_valid_json():
     """The IRSA trust policies are strings (their condition keys name the issuer): substituted, they parse,
     and Triton's names the service account that k8s/base/serviceaccount.yaml defines."""
     issuer = "oidc.eks.eu-west-1.amazonaws.com/id/EXAMPLED539D4633E53DE1B71EXAMPLE"
-    values = {"AWS::Partition": "aws", "AWS::AccountId": "123456789012", "Issuer": issuer,
-              "OidcProvider": f"arn:aws:iam::123456789012:oidc-provider/{issuer}"}
+    values = {
+        "AWS::Partition": "aws",
+        "AWS::AccountId": "123456789012",
+        "Issuer": issuer,
+        "OidcProvider": f"arn:aws:iam::123456789012:oidc-provider/{issuer}",
+    }
     import yaml
 
     account = yaml.safe_load((ROOT / "services/triton/k8s/base/serviceaccount.yaml").read_text())["metadata"]
-    charts = {name: yaml.safe_load((ROOT / "services/triton/k8s" / f"{name}-values.yaml").read_text())
-              for name in ("aws-load-balancer-controller", "cluster-autoscaler")}
+    charts = {
+        name: yaml.safe_load((ROOT / "services/triton/k8s" / f"{name}-values.yaml").read_text())
+        for name in ("aws-load-balancer-controller", "cluster-autoscaler")
+    }
     lbc = charts["aws-load-balancer-controller"]["serviceAccount"]["name"]
     autoscaler = charts["cluster-autoscaler"]["rbac"]["serviceAccount"]["name"]
-    for role, _resources, expected_subject in ((RESOURCES["VpcCniRole"], RESOURCES, "system:serviceaccount:kube-system:aws-node"),
-                                              (RESOURCES["LoadBalancerControllerRole"], RESOURCES, f"system:serviceaccount:kube-system:{lbc}"),
-                                              (RESOURCES["ClusterAutoscalerRole"], RESOURCES, f"system:serviceaccount:kube-system:{autoscaler}"),
-                                              (APP["TritonModelReaderRole"], APP, f"system:serviceaccount:{account['namespace']}:{account['name']}")):
+    for role, _resources, expected_subject in (
+        (RESOURCES["VpcCniRole"], RESOURCES, "system:serviceaccount:kube-system:aws-node"),
+        (RESOURCES["LoadBalancerControllerRole"], RESOURCES, f"system:serviceaccount:kube-system:{lbc}"),
+        (RESOURCES["ClusterAutoscalerRole"], RESOURCES, f"system:serviceaccount:kube-system:{autoscaler}"),
+        (APP["TritonModelReaderRole"], APP, f"system:serviceaccount:{account['namespace']}:{account['name']}"),
+    ):
         body, _ = role["Properties"]["AssumeRolePolicyDocument"]["Fn::Sub"]
         rendered = json.loads(re.sub(r"\$\{([\w:]+)\}", lambda m: values[m.group(1)], body))
         (statement,) = rendered["Statement"]
@@ -174,10 +201,18 @@ def test_irsa_trust_policies_render_to_valid_json():
 
 def test_the_walk_through_names_every_step():
     """README and docs/deployment.md name each step of the deployment, in order."""
-    steps = ["sam deploy --config-env dev-platform", "kubectl apply -k services/triton/k8s/cluster",
-             "sam build && sam deploy --config-env dev", "update-cost-allocation-tags-status", "aws s3 sync services/triton/model_repository",
-             "aws-load-balancer-controller", "kubectl apply -k services/triton/k8s/base", "prometheus-values.yaml",
-             "prometheus-adapter-values.yaml", "TritonUrl="]
+    steps = [
+        "sam deploy --config-env dev-platform",
+        "kubectl apply -k services/triton/k8s/cluster",
+        "sam build && sam deploy --config-env dev",
+        "update-cost-allocation-tags-status",
+        "aws s3 sync services/triton/model_repository",
+        "aws-load-balancer-controller",
+        "kubectl apply -k services/triton/k8s/base",
+        "prometheus-values.yaml",
+        "prometheus-adapter-values.yaml",
+        "TritonUrl=",
+    ]
     for path in (ROOT / "README.md", ROOT / "docs" / "deployment.md"):
         text = path.read_text()
         positions = [text.find(step) for step in steps]
@@ -207,5 +242,8 @@ def test_the_controllers_change_only_this_clusters_resources():
     assert scaling["MaxSize"] == {"Ref": "GpuNodesMax"} and DOC["Parameters"]["GpuNodesMax"]["Default"] >= hpa["maxReplicas"]
     import tomllib
 
-    prod = dict(i.split("=", 1) for i in tomllib.loads((ROOT / "samconfig.toml").read_text())["prod-platform"]["deploy"]["parameters"]["parameter_overrides"])
+    prod = dict(
+        i.split("=", 1)
+        for i in tomllib.loads((ROOT / "samconfig.toml").read_text())["prod-platform"]["deploy"]["parameters"]["parameter_overrides"]
+    )
     assert int(prod["GpuNodesMin"]) >= hpa["minReplicas"] and int(prod["GpuNodesMax"]) >= hpa["maxReplicas"]

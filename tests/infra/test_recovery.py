@@ -1,5 +1,6 @@
 """Recovery as built: Velero's schedules in every environment's cluster, what they cover and keep against the bucket
 the platform gives them (and its IRSA role), and docs/recovery.md's RTO/RPO table naming every component."""
+
 from __future__ import annotations
 
 import json
@@ -25,8 +26,9 @@ def hours(ttl: str) -> float:
 def test_every_environment_backs_up_what_git_does_not_hold():
     bucket_days = PLATFORM["ClusterBackupBucket"]["Properties"]["LifecycleConfiguration"]["Rules"][0]["ExpirationInDays"]
     for env in sorted(p.name for p in ENVS.iterdir()):
-        rendered = subprocess.run(["kubectl", "kustomize", str(ENVS / env / "cluster")], check=True, capture_output=True,
-                                  text=True, timeout=60).stdout
+        rendered = subprocess.run(
+            ["kubectl", "kustomize", str(ENVS / env / "cluster")], check=True, capture_output=True, text=True, timeout=60
+        ).stdout
         schedules = {d["metadata"]["name"]: d for d in yaml.safe_load_all(rendered) if d and d["kind"] == "Schedule"}
         assert schedules, env
         covered = {ns for s in schedules.values() for ns in s["spec"]["template"]["includedNamespaces"]}
@@ -46,7 +48,7 @@ def test_velero_may_use_its_bucket_and_nothing_else():
     assert "system:serviceaccount:velero:velero" in body
     (policy,) = role["Policies"]
     resources = json.dumps([s["Resource"] for s in policy["PolicyDocument"]["Statement"]])
-    assert "*\"" not in resources.replace("}/*", "}") and "ClusterBackupBucket" in resources
+    assert '*"' not in resources.replace("}/*", "}") and "ClusterBackupBucket" in resources
     assert {"ClusterBackupBucketName", "VeleroRoleArn"} <= set(load_yaml(ROOT / "infra" / "platform.yaml")["Outputs"])
 
 
@@ -57,7 +59,16 @@ def test_the_recovery_design_names_rto_and_rpo_for_every_component():
     for row in rows:
         cells = [c.strip() for c in row.strip("|").split("|")]
         assert len(cells) == 4 and all(cells), row
-    for component in ("images and results buckets", "telemetry lake", "audit trail", "Triton", "gateway", "cluster state",
-                      "platform", "region", "embedded runtime"):
+    for component in (
+        "images and results buckets",
+        "telemetry lake",
+        "audit trail",
+        "Triton",
+        "gateway",
+        "cluster state",
+        "platform",
+        "region",
+        "embedded runtime",
+    ):
         assert component in table, component
     assert "tests/test_restore_drill.py" in DOC and "## Runbook (AWS)" in DOC and "velero restore" in DOC

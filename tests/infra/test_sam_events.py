@@ -1,5 +1,6 @@
 """`sam local invoke -e events/...` fixtures: each parses into its stage's request model, and the S3 event
 matches the StudyUploaded rule read from template.yaml (never a copy of its pattern)."""
+
 from __future__ import annotations
 
 import json
@@ -19,8 +20,12 @@ from shared.contracts import TelemetryRecord
 ROOT = Path(__file__).resolve().parents[2]
 EVENTS = ROOT / "events"
 MODELS = {
-    "validate": ValidateRequest, "prepare": PrepareRequest, "inference": InferenceRequest,
-    "store": StoreRequest, "record-failure": FailureRequest, "telemetry": TelemetryRequest,
+    "validate": ValidateRequest,
+    "prepare": PrepareRequest,
+    "inference": InferenceRequest,
+    "store": StoreRequest,
+    "record-failure": FailureRequest,
+    "telemetry": TelemetryRequest,
 }
 FIXTURES = sorted((folder, path) for folder in MODELS for path in (EVENTS / folder).glob("*.json"))
 
@@ -45,7 +50,9 @@ def test_telemetry_fixture_records_are_contract_records():
 def test_s3_event_matches_the_template_rule_and_transforms_into_validate_input():
     event = json.loads((EVENTS / "eventbridge" / "s3-object-created.json").read_text())
     bucket = event["detail"]["bucket"]["name"]
-    (rule,) = Template(ROOT / "template.yaml").event_rules({"IMAGES_BUCKET": bucket, "RESULTS_BUCKET": "r", "TELEMETRY_BUCKET": "t", "ARTIFACTS_BUCKET": "a"})
+    (rule,) = Template(ROOT / "template.yaml").event_rules(
+        {"IMAGES_BUCKET": bucket, "RESULTS_BUCKET": "r", "TELEMETRY_BUCKET": "t", "ARTIFACTS_BUCKET": "a"}
+    )
     assert matches(rule.pattern, event)
     execution_input = apply_input_transformer(rule.input_paths_map, rule.input_template, event)
     assert ValidateRequest.model_validate(execution_input).key == "incoming/demo-001/study.json"

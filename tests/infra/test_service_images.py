@@ -4,6 +4,7 @@ Dockerfile installs (hashes checked, nothing resolved), and only the files its D
 Slow (a virtual environment and an install per service; pip's cache makes repeats quicker), so it runs only
 when asked for: `pytest -m slow tests/infra` or RADSTREAM_IMAGE_TESTS=1.
 """
+
 from __future__ import annotations
 
 import os
@@ -67,13 +68,24 @@ def test_handler_imports_in_a_clean_environment(service: str, tmp_path: Path, re
     venv, task_root = tmp_path / "venv", tmp_path / "task"
     subprocess.run([sys.executable, "-m", "venv", str(venv)], check=True, timeout=120)
     python = venv / "bin" / "python"
-    install = subprocess.run([str(python), "-m", "pip", "install", "--quiet", "--require-hashes", "--no-deps",
-                              "-r", str(dockerfile_lock(service))],
-                             capture_output=True, text=True, timeout=900)
+    install = subprocess.run(
+        [str(python), "-m", "pip", "install", "--quiet", "--require-hashes", "--no-deps", "-r", str(dockerfile_lock(service))],
+        capture_output=True,
+        text=True,
+        timeout=900,
+    )
     assert install.returncode == 0, install.stderr[-3000:]
     copy_like_the_dockerfile(service, task_root)
-    imports = "; ".join(f"import importlib; m = importlib.import_module({h.rpartition('.')[0]!r}); assert callable(m.{h.rpartition('.')[2]})" for h in SERVICES[service])
+    imports = "; ".join(
+        f"import importlib; m = importlib.import_module({h.rpartition('.')[0]!r}); assert callable(m.{h.rpartition('.')[2]})"
+        for h in SERVICES[service]
+    )
     # -I: no user site, no PYTHONPATH, no current directory: only the task root, as in the image.
-    result = subprocess.run([str(python), "-I", "-c", f"import sys; sys.path.insert(0, {str(task_root)!r}); {imports}"],
-                            capture_output=True, text=True, timeout=120, cwd=tmp_path)
+    result = subprocess.run(
+        [str(python), "-I", "-c", f"import sys; sys.path.insert(0, {str(task_root)!r}); {imports}"],
+        capture_output=True,
+        text=True,
+        timeout=120,
+        cwd=tmp_path,
+    )
     assert result.returncode == 0, result.stderr[-3000:]

@@ -1,5 +1,6 @@
 """template.yaml, offline: cfn-lint, the SAM transform, checkov, least-privilege IAM, and what the local
 runtime and the services rely on (images, handlers, the lake layout)."""
+
 from __future__ import annotations
 
 import json
@@ -34,8 +35,12 @@ def test_cfn_lint_finds_no_errors():
 @pytest.fixture(scope="module")
 def transformed(infra_python: Path, tmp_path_factory: pytest.TempPathFactory) -> dict[str, Any]:
     out = tmp_path_factory.mktemp("sam") / "template.json"
-    result = subprocess.run([str(infra_python), str(Path(__file__).with_name("sam_translate.py")), str(TEMPLATE), str(out)],
-                            capture_output=True, text=True, timeout=120)
+    result = subprocess.run(
+        [str(infra_python), str(Path(__file__).with_name("sam_translate.py")), str(TEMPLATE), str(out)],
+        capture_output=True,
+        text=True,
+        timeout=120,
+    )
     assert result.returncode == 0, result.stderr[-3000:]
     return json.loads(out.read_text())
 
@@ -84,7 +89,7 @@ def test_every_resource_star_says_why():
             continue
         indent = len(line) - len(line.lstrip())
         span = [line]
-        for above in reversed(lines[max(0, number - 15):number]):
+        for above in reversed(lines[max(0, number - 15) : number]):
             span.append(above)
             stripped = above.lstrip()
             if stripped.startswith("- ") and len(above) - len(stripped) < indent:
@@ -100,14 +105,22 @@ def test_functions_use_scoped_statements_and_the_data_key():
         for policy in policies:
             template_name = next(iter(policy))
             assert template_name in ("Statement", "LambdaInvokePolicy"), f"{name}: {template_name} grants more than the stage uses"
-        actions = {a for s in statements({"Statement": [s for p in policies for s in p.get("Statement", [])]}) for a in as_list(s["Action"])}
+        actions = {
+            a for s in statements({"Statement": [s for p in policies for s in p.get("Statement", [])]}) for a in as_list(s["Action"])
+        }
         assert {"kms:Decrypt", "kms:GenerateDataKey"} <= actions, name
 
 
 def test_checkov_passes_and_every_skip_is_justified(infra_python: Path, tmp_path: Path):
     env = {**os.environ, "BC_SKIP_MAPPING": "TRUE", "CHECKOV_RUN_SCA_PACKAGE_SCAN_V2": "false"}
-    result = subprocess.run([str(infra_python.parent / "checkov"), "-f", str(TEMPLATE), "--framework", "cloudformation",
-                             "--skip-download", "-o", "json"], capture_output=True, text=True, timeout=300, env=env, cwd=tmp_path)
+    result = subprocess.run(
+        [str(infra_python.parent / "checkov"), "-f", str(TEMPLATE), "--framework", "cloudformation", "--skip-download", "-o", "json"],
+        capture_output=True,
+        text=True,
+        timeout=300,
+        env=env,
+        cwd=tmp_path,
+    )
     report = json.loads(result.stdout)
     failed = [f"{c['check_id']} {c['resource']}: {c['check_name']}" for c in report["results"]["failed_checks"]]
     assert not failed, "\n".join(failed)
@@ -124,7 +137,10 @@ def test_every_function_image_and_handler_exists():
         assert props["PackageType"] == "Image" and metadata["DockerContext"] == "."
         dockerfile = ROOT / metadata["Dockerfile"]
         assert dockerfile.is_file(), f"{name}: {dockerfile} missing"
-        assert dockerfile.read_text().startswith(("#", "FROM public.ecr.aws/lambda/python:3.11")) and "FROM public.ecr.aws/lambda/python:3.11" in dockerfile.read_text()
+        assert (
+            dockerfile.read_text().startswith(("#", "FROM public.ecr.aws/lambda/python:3.11"))
+            and "FROM public.ecr.aws/lambda/python:3.11" in dockerfile.read_text()
+        )
         (handler,) = props["ImageConfig"]["Command"]
         module, _, attribute = handler.rpartition(".")
         source = ROOT / (module.replace(".", "/") + ".py")
@@ -160,7 +176,11 @@ def test_definition_has_no_yaml_aliases():
 def test_buckets_are_encrypted_versioned_private_logged_and_tls_only():
     buckets = {name: r["Properties"] for name, r in RESOURCES.items() if r["Type"] == "AWS::S3::Bucket"}
     assert {"ImagesBucket", "ResultsBucket", "TelemetryBucket", "ArtifactsBucket"} <= set(buckets)
-    policies = {r["Properties"]["Bucket"]["Ref"]: r["Properties"]["PolicyDocument"] for r in RESOURCES.values() if r["Type"] == "AWS::S3::BucketPolicy"}
+    policies = {
+        r["Properties"]["Bucket"]["Ref"]: r["Properties"]["PolicyDocument"]
+        for r in RESOURCES.values()
+        if r["Type"] == "AWS::S3::BucketPolicy"
+    }
     for name, props in buckets.items():
         assert props["VersioningConfiguration"]["Status"] == "Enabled", name
         assert all(props["PublicAccessBlockConfiguration"].values()), name
@@ -168,7 +188,10 @@ def test_buckets_are_encrypted_versioned_private_logged_and_tls_only():
         assert any(s["Condition"] == {"Bool": {"aws:SecureTransport": "false"}} for s in denies), name
         if name != "AccessLogsBucket":
             (rule,) = props["BucketEncryption"]["ServerSideEncryptionConfiguration"]
-            assert rule["ServerSideEncryptionByDefault"] == {"SSEAlgorithm": "aws:kms", "KMSMasterKeyID": {"Fn::GetAtt": ["DataKey", "Arn"]}}
+            assert rule["ServerSideEncryptionByDefault"] == {
+                "SSEAlgorithm": "aws:kms",
+                "KMSMasterKeyID": {"Fn::GetAtt": ["DataKey", "Arn"]},
+            }
             assert props["LoggingConfiguration"]["DestinationBucketName"] == {"Ref": "AccessLogsBucket"}
     tensors = [r for r in buckets["ArtifactsBucket"]["LifecycleConfiguration"]["Rules"] if r.get("Prefix") == "tensors/"]
     assert tensors and tensors[0]["ExpirationInDays"] == {"Ref": "TensorRetentionDays"}
@@ -184,7 +207,11 @@ def test_firehose_writes_the_layout_the_local_lake_writes():
     slices = dict(re.findall(r"(\w+): \.time\[(\d+:\d+)\]", query))
     assert set(slices) == {"dt", "hour"}, query
     for moment in (datetime(2026, 3, 1, 0, 5, 7, 1234, tzinfo=UTC), datetime(2026, 12, 31, 23, 59, 59, tzinfo=UTC)):
-        record = json.loads(TelemetryRecord(event_id="e", time=moment, study_id="s", execution_id="x", stage="validate", status="succeeded").model_dump_json())
+        record = json.loads(
+            TelemetryRecord(
+                event_id="e", time=moment, study_id="s", execution_id="x", stage="validate", status="succeeded"
+            ).model_dump_json()
+        )
         keys = {name: record["time"][slice(*map(int, span.split(":")))] for name, span in slices.items()}
         prefix = s3["Prefix"].replace("!{partitionKeyFromQuery:dt}", keys["dt"]).replace("!{partitionKeyFromQuery:hour}", keys["hour"])
         assert prefix == partition_prefix(moment)
@@ -194,7 +221,9 @@ def test_firehose_writes_the_layout_the_local_lake_writes():
 
 def test_alarms_notify_the_topic():
     alarms = {name: r["Properties"] for name, r in RESOURCES.items() if r["Type"] == "AWS::CloudWatch::Alarm"}
-    metrics = {p.get("MetricName") for p in alarms.values()} | {m["MetricStat"]["Metric"]["MetricName"] for p in alarms.values() for m in p.get("Metrics", []) if "MetricStat" in m}
+    metrics = {p.get("MetricName") for p in alarms.values()} | {
+        m["MetricStat"]["Metric"]["MetricName"] for p in alarms.values() for m in p.get("Metrics", []) if "MetricStat" in m
+    }
     assert {"ExecutionTime", "ExecutionsFailed", "ApproximateNumberOfMessagesVisible", "DeliveryToS3.Success"} <= metrics
     assert all(p["AlarmActions"] == [{"Ref": "AlertsTopic"}] for p in alarms.values())
     assert alarms["EndToEndLatencyAlarm"]["ExtendedStatistic"] == "p95"
@@ -211,7 +240,11 @@ def test_samconfig_environments_differ_where_they_should():
     parameters = {}
     for env in ("dev", "staging", "prod"):
         deploy = config[env]["deploy"]["parameters"]
-        assert deploy["resolve_image_repos"] is True and deploy["stack_name"] == f"radstream-{env}" and "CAPABILITY_IAM" in deploy["capabilities"]
+        assert (
+            deploy["resolve_image_repos"] is True
+            and deploy["stack_name"] == f"radstream-{env}"
+            and "CAPABILITY_IAM" in deploy["capabilities"]
+        )
         parameters[env] = dict(item.split("=", 1) for item in deploy["parameter_overrides"])
         assert set(parameters[env]) <= set(DOC["Parameters"]), set(parameters[env]) - set(DOC["Parameters"])
         assert parameters[env]["EnvironmentName"] == env

@@ -1,4 +1,5 @@
 """template.yaml is read with libyaml's parser (10x faster) and must read exactly as PyYAML's pure-Python parser reads it."""
+
 from __future__ import annotations
 
 import yaml

@@ -1,5 +1,6 @@
 """infra/terraform: infra/platform.yaml as a Terraform module, held equal to it (the same resources, variables, outputs
 and key properties) by parsing both, and 0 failed in checkov's Terraform checks (each skip with its reason)."""
+
 from __future__ import annotations
 
 import json
@@ -19,26 +20,46 @@ TERRAFORM = ROOT / "infra" / "terraform"
 CFN = load_yaml(ROOT / "infra" / "platform.yaml")
 RESOURCES: dict[str, dict[str, Any]] = CFN["Resources"]
 TYPES = {  # CloudFormation type -> Terraform type
-    "AWS::EC2::VPC": "aws_vpc", "AWS::Logs::LogGroup": "aws_cloudwatch_log_group", "AWS::IAM::Role": "aws_iam_role",
-    "AWS::EC2::FlowLog": "aws_flow_log", "AWS::EC2::InternetGateway": "aws_internet_gateway", "AWS::EC2::Subnet": "aws_subnet",
-    "AWS::EC2::RouteTable": "aws_route_table", "AWS::EC2::Route": "aws_route",
-    "AWS::EC2::SubnetRouteTableAssociation": "aws_route_table_association", "AWS::EC2::EIP": "aws_eip",
-    "AWS::EC2::NatGateway": "aws_nat_gateway", "AWS::KMS::Key": "aws_kms_key", "AWS::KMS::Alias": "aws_kms_alias",
-    "AWS::EC2::SecurityGroup": "aws_security_group", "AWS::EC2::VPCEndpoint": "aws_vpc_endpoint",
-    "AWS::ECR::PullThroughCacheRule": "aws_ecr_pull_through_cache_rule", "AWS::EKS::Cluster": "aws_eks_cluster",
-    "AWS::IAM::OIDCProvider": "aws_iam_openid_connect_provider", "AWS::EC2::SecurityGroupIngress": "aws_security_group_rule",
-    "AWS::EC2::LaunchTemplate": "aws_launch_template", "AWS::EKS::Nodegroup": "aws_eks_node_group", "AWS::EKS::Addon": "aws_eks_addon",
-    "AWS::S3::Bucket": "aws_s3_bucket", "AWS::S3::BucketPolicy": "aws_s3_bucket_policy",
+    "AWS::EC2::VPC": "aws_vpc",
+    "AWS::Logs::LogGroup": "aws_cloudwatch_log_group",
+    "AWS::IAM::Role": "aws_iam_role",
+    "AWS::EC2::FlowLog": "aws_flow_log",
+    "AWS::EC2::InternetGateway": "aws_internet_gateway",
+    "AWS::EC2::Subnet": "aws_subnet",
+    "AWS::EC2::RouteTable": "aws_route_table",
+    "AWS::EC2::Route": "aws_route",
+    "AWS::EC2::SubnetRouteTableAssociation": "aws_route_table_association",
+    "AWS::EC2::EIP": "aws_eip",
+    "AWS::EC2::NatGateway": "aws_nat_gateway",
+    "AWS::KMS::Key": "aws_kms_key",
+    "AWS::KMS::Alias": "aws_kms_alias",
+    "AWS::EC2::SecurityGroup": "aws_security_group",
+    "AWS::EC2::VPCEndpoint": "aws_vpc_endpoint",
+    "AWS::ECR::PullThroughCacheRule": "aws_ecr_pull_through_cache_rule",
+    "AWS::EKS::Cluster": "aws_eks_cluster",
+    "AWS::IAM::OIDCProvider": "aws_iam_openid_connect_provider",
+    "AWS::EC2::SecurityGroupIngress": "aws_security_group_rule",
+    "AWS::EC2::LaunchTemplate": "aws_launch_template",
+    "AWS::EKS::Nodegroup": "aws_eks_node_group",
+    "AWS::EKS::Addon": "aws_eks_addon",
+    "AWS::S3::Bucket": "aws_s3_bucket",
+    "AWS::S3::BucketPolicy": "aws_s3_bucket_policy",
 }
 # Where Terraform spells one CloudFormation resource differently.
 FOLDED = {"InternetGatewayAttachment": "aws_internet_gateway.internet_gateway"}  # aws_internet_gateway's vpc_id attaches it
 # Terraform only: what CloudFormation cannot express or keeps inside another resource.
-TERRAFORM_ONLY = {"aws_default_security_group.default", "aws_iam_role_policy.vpc_flow_log_role",
-                  "aws_iam_role_policy.load_balancer_controller_role", "aws_iam_role_policy.cluster_autoscaler_role",
-                  "aws_iam_role_policy.velero_role",
-                  # a CloudFormation bucket's properties are separate resources in the AWS provider
-                  *(f"aws_s3_bucket_{part}.cluster_backup_bucket" for part in (
-                      "server_side_encryption_configuration", "public_access_block", "ownership_controls", "lifecycle_configuration"))}
+TERRAFORM_ONLY = {
+    "aws_default_security_group.default",
+    "aws_iam_role_policy.vpc_flow_log_role",
+    "aws_iam_role_policy.load_balancer_controller_role",
+    "aws_iam_role_policy.cluster_autoscaler_role",
+    "aws_iam_role_policy.velero_role",
+    # a CloudFormation bucket's properties are separate resources in the AWS provider
+    *(
+        f"aws_s3_bucket_{part}.cluster_backup_bucket"
+        for part in ("server_side_encryption_configuration", "public_access_block", "ownership_controls", "lifecycle_configuration")
+    ),
+}
 
 
 def snake(name: str) -> str:
@@ -59,8 +80,13 @@ def value(block: dict[str, Any], key: str) -> Any:
 
 @pytest.fixture(scope="module")
 def hcl(infra_python: Path) -> dict[str, Any]:
-    result = subprocess.run([str(infra_python), str(Path(__file__).with_name("hcl_to_json.py")), str(TERRAFORM)],
-                            capture_output=True, text=True, timeout=120, check=False)
+    result = subprocess.run(
+        [str(infra_python), str(Path(__file__).with_name("hcl_to_json.py")), str(TERRAFORM)],
+        capture_output=True,
+        text=True,
+        timeout=120,
+        check=False,
+    )
     assert result.returncode == 0, result.stderr[-2000:]
     parsed = json.loads(result.stdout)
     merged: dict[str, Any] = {"resource": {}, "variable": {}, "output": {}, "locals": {}}
@@ -78,9 +104,13 @@ def hcl(infra_python: Path) -> dict[str, Any]:
 
 
 def interface_services() -> dict[str, dict[str, Any]]:
-    return {p["ServiceName"]["Fn::Sub"].split("}.", 1)[1]: p for name, r in RESOURCES.items()
-            if r["Type"] == "AWS::EC2::VPCEndpoint" and (p := r["Properties"])["VpcEndpointType"] == "Interface"
-            and p["PrivateDnsEnabled"] is True}
+    return {
+        p["ServiceName"]["Fn::Sub"].split("}.", 1)[1]: p
+        for name, r in RESOURCES.items()
+        if r["Type"] == "AWS::EC2::VPCEndpoint"
+        and (p := r["Properties"])["VpcEndpointType"] == "Interface"
+        and p["PrivateDnsEnabled"] is True
+    }
 
 
 def address(name: str, resource: dict[str, Any]) -> str:
@@ -96,7 +126,10 @@ def test_the_same_resources(hcl):
     expected = {address(n, r) for n, r in RESOURCES.items()}
     interface = {f"aws_vpc_endpoint.interface[{s}]" for s in value(hcl["locals"], "interface_endpoints")}
     found = (set(hcl["resource"]) - {"aws_vpc_endpoint.interface"}) | interface
-    assert found - TERRAFORM_ONLY == expected, {"only in terraform": found - TERRAFORM_ONLY - expected, "only in cloudformation": expected - found}
+    assert found - TERRAFORM_ONLY == expected, {
+        "only in terraform": found - TERRAFORM_ONLY - expected,
+        "only in cloudformation": expected - found,
+    }
     # Conditional resources are conditional in both: CreateVpc/CreateNat -> count.
     for name, resource in RESOURCES.items():
         if "Condition" in resource and name not in FOLDED:
@@ -161,16 +194,27 @@ def test_the_same_cluster_nodes_and_add_ons(hcl):
         tf_template = res[f"aws_launch_template.{snake(cfn['LaunchTemplate']['Id']['Ref'])}"]
         metadata = value(tf_template, "metadata_options")
         assert (value(metadata, "http_tokens"), value(metadata, "http_put_response_hop_limit")) == (
-            template["MetadataOptions"]["HttpTokens"], template["MetadataOptions"]["HttpPutResponseHopLimit"])
+            template["MetadataOptions"]["HttpTokens"],
+            template["MetadataOptions"]["HttpPutResponseHopLimit"],
+        )
         ebs = value(value(tf_template, "block_device_mappings"), "ebs")
         cfn_ebs = template["BlockDeviceMappings"][0]["Ebs"]
-        assert (value(ebs, "volume_size"), value(ebs, "volume_type"), value(ebs, "encrypted")) == (cfn_ebs["VolumeSize"], cfn_ebs["VolumeType"], True)
-    assert value(value(res["aws_eks_node_group.cpu_node_group"], "scaling_config"), "max_size") == RESOURCES["CpuNodeGroup"]["Properties"]["ScalingConfig"]["MaxSize"]
+        assert (value(ebs, "volume_size"), value(ebs, "volume_type"), value(ebs, "encrypted")) == (
+            cfn_ebs["VolumeSize"],
+            cfn_ebs["VolumeType"],
+            True,
+        )
+    assert (
+        value(value(res["aws_eks_node_group.cpu_node_group"], "scaling_config"), "max_size")
+        == RESOURCES["CpuNodeGroup"]["Properties"]["ScalingConfig"]["MaxSize"]
+    )
     addons = {value(b, "addon_name") for k, b in res.items() if k.startswith("aws_eks_addon.")}
     assert addons == {r["Properties"]["AddonName"] for r in RESOURCES.values() if r["Type"] == "AWS::EKS::Addon"}
     assert "enableNetworkPolicy" in value(res["aws_eks_addon.vpc_cni_addon"], "configuration_values")
     upstreams = {value(b, "upstream_registry_url") for k, b in res.items() if k.startswith("aws_ecr_pull_through_cache_rule.")}
-    assert upstreams == {r["Properties"]["UpstreamRegistryUrl"] for r in RESOURCES.values() if r["Type"] == "AWS::ECR::PullThroughCacheRule"}
+    assert upstreams == {
+        r["Properties"]["UpstreamRegistryUrl"] for r in RESOURCES.values() if r["Type"] == "AWS::ECR::PullThroughCacheRule"
+    }
     key = RESOURCES["PlatformKey"]["Properties"]
     assert value(res["aws_kms_key.platform_key"], "enable_key_rotation") is True
     assert value(res["aws_kms_key.platform_key"], "deletion_window_in_days") == key["PendingWindowInDays"]
@@ -187,14 +231,25 @@ def test_the_same_controller_permissions(hcl):
             assert quoted(text, statement["Sid"]), (role, statement["Sid"])
             for action in statement["Action"] if isinstance(statement["Action"], list) else [statement["Action"]]:
                 assert quoted(text, action), (role, action)
-        for condition in ("aws:RequestTag/elbv2.k8s.aws/cluster", "aws:ResourceTag/elbv2.k8s.aws/cluster", "aws:ResourceTag/eks:cluster-name"):
+        for condition in (
+            "aws:RequestTag/elbv2.k8s.aws/cluster",
+            "aws:ResourceTag/elbv2.k8s.aws/cluster",
+            "aws:ResourceTag/eks:cluster-name",
+        ):
             assert (condition in json.dumps(policy)) == (condition in text), (role, condition)
 
 
 def test_checkov_terraform_finds_nothing_and_every_skip_says_why(infra_python: Path, tmp_path: Path):
     env = {**os.environ, "BC_SKIP_MAPPING": "TRUE", "CHECKOV_RUN_SCA_PACKAGE_SCAN_V2": "false"}
-    result = subprocess.run([str(infra_python.parent / "checkov"), "-d", str(TERRAFORM), "--framework", "terraform",
-                             "--skip-download", "-o", "json"], capture_output=True, text=True, timeout=600, env=env, cwd=tmp_path, check=False)
+    result = subprocess.run(
+        [str(infra_python.parent / "checkov"), "-d", str(TERRAFORM), "--framework", "terraform", "--skip-download", "-o", "json"],
+        capture_output=True,
+        text=True,
+        timeout=600,
+        env=env,
+        cwd=tmp_path,
+        check=False,
+    )
     report = json.loads(result.stdout)
     failed = [f"{c['check_id']} {c['resource']}: {c['check_name']}" for c in report["results"]["failed_checks"]]
     assert not failed, "\n".join(failed)

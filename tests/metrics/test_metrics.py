@@ -1,4 +1,5 @@
 """EMF metrics: the documents shared.metrics builds with Powertools, their local capture, and the reader the console uses."""
+
 from __future__ import annotations
 
 import json
@@ -15,8 +16,11 @@ FINDINGS = [
     {"label": "Cardiomegaly", "probability": 0.1, "threshold": 0.4, "positive": False},
     {"label": "Pleural Effusion", "probability": 0.9, "threshold": 0.1, "positive": True},
 ]
-DETECTIONS = [{"label": "nodule_mass", "score": 0.7, "box": [1, 2, 3, 4]}, {"label": "nodule_mass", "score": 0.6, "box": [5, 6, 7, 8]},
-              {"label": "focal_opacity", "score": 0.5, "box": [1, 1, 2, 2]}]
+DETECTIONS = [
+    {"label": "nodule_mass", "score": 0.7, "box": [1, 2, 3, 4]},
+    {"label": "nodule_mass", "score": 0.6, "box": [5, 6, 7, 8]},
+    {"label": "focal_opacity", "score": 0.5, "box": [1, 1, 2, 2]},
+]
 
 
 def by_metric(documents: list[dict]) -> dict[str, list]:
@@ -29,8 +33,18 @@ def by_metric(documents: list[dict]) -> dict[str, list]:
 
 
 def test_a_stored_result_emits_stage_study_findings_and_detections() -> None:
-    docs = stage_metrics(stage="store", status="succeeded", duration_ms=12.5, bytes_in=100, bytes_out=2048, findings=FINDINGS,
-                         detections=DETECTIONS, study_status="succeeded", study_id="study-7", execution_id="exec-7")
+    docs = stage_metrics(
+        stage="store",
+        status="succeeded",
+        duration_ms=12.5,
+        bytes_in=100,
+        bytes_out=2048,
+        findings=FINDINGS,
+        detections=DETECTIONS,
+        study_status="succeeded",
+        study_id="study-7",
+        execution_id="exec-7",
+    )
     for doc in docs:
         directive = doc["_aws"]["CloudWatchMetrics"]
         assert len(directive) == 1 and directive[0]["Namespace"] == NAMESPACE == "RadStream"
@@ -56,8 +70,14 @@ def test_a_failed_stage_counts_its_error_type_and_the_failed_study() -> None:
 
 
 def test_inference_reports_latency_per_model_and_version() -> None:
-    m = by_metric(stage_metrics(stage="inference", status="succeeded", duration_ms=40.0,
-                                models=[ModelLatency("chest_xray_classifier", "1", 4.5), ModelLatency("anomaly_detector", "2", 11.0)]))
+    m = by_metric(
+        stage_metrics(
+            stage="inference",
+            status="succeeded",
+            duration_ms=40.0,
+            models=[ModelLatency("chest_xray_classifier", "1", 4.5), ModelLatency("anomaly_detector", "2", 11.0)],
+        )
+    )
     assert sorted(m["ModelLatency"], key=lambda x: x[0]["model"]) == [
         ({"model": "anomaly_detector", "model_version": "2", "service": "radstream"}, (11.0,)),
         ({"model": "chest_xray_classifier", "model_version": "1", "service": "radstream"}, (4.5,)),
@@ -104,7 +124,14 @@ def test_emf_log_reads_incrementally_and_summarises(tmp_path: Path) -> None:
         sink.write(stage_metrics(stage="prepare", status="succeeded", duration_ms=ms))
     summary = {(s.name, s.dimensions): s for s in log.summary()}
     duration = summary[("StageDuration", (("stage", "prepare"), ("service", "radstream")))]
-    assert (duration.samples, duration.total, duration.average, duration.minimum, duration.maximum, duration.unit) == (3, 60.0, 20.0, 10.0, 30.0, "Milliseconds")
+    assert (duration.samples, duration.total, duration.average, duration.minimum, duration.maximum, duration.unit) == (
+        3,
+        60.0,
+        20.0,
+        10.0,
+        30.0,
+        "Milliseconds",
+    )
 
     # A line still being written (no newline yet) waits; a line that is not EMF is skipped and counted.
     path = sink.path()
@@ -113,10 +140,12 @@ def test_emf_log_reads_incrementally_and_summarises(tmp_path: Path) -> None:
         f.write(json.dumps(stage_metrics(stage="prepare", status="succeeded", duration_ms=40.0)[0])[:30])
     summary = {(s.name, s.dimensions): s for s in log.summary()}
     assert summary[("StageDuration", (("stage", "prepare"), ("service", "radstream")))].samples == 3 and log.skipped == 1
-    path.write_text(path.read_text()[: -30])  # the writer's torn line replaced by a whole one
+    path.write_text(path.read_text()[:-30])  # the writer's torn line replaced by a whole one
     sink.write(stage_metrics(stage="prepare", status="succeeded", duration_ms=40.0))
     log2 = EmfLog(tmp_path)
-    assert {(s.name, s.dimensions): s for s in log2.summary()}[("StageDuration", (("stage", "prepare"), ("service", "radstream")))].samples == 4
+    assert {(s.name, s.dimensions): s for s in log2.summary()}[
+        ("StageDuration", (("stage", "prepare"), ("service", "radstream")))
+    ].samples == 4
 
 
 def test_emf_log_window_excludes_older_hours(tmp_path: Path) -> None:
@@ -133,8 +162,16 @@ def test_emf_log_window_excludes_older_hours(tmp_path: Path) -> None:
 
 def emitted() -> set[tuple[str, frozenset[str]]]:
     """(metric, dimension names) for every metric stage_metrics can emit."""
-    docs = stage_metrics(stage="inference", status="failed", duration_ms=1, error_type="X", findings=FINDINGS, detections=DETECTIONS,
-                         models=[ModelLatency("m", "1", 1.0)], study_status="failed")
+    docs = stage_metrics(
+        stage="inference",
+        status="failed",
+        duration_ms=1,
+        error_type="X",
+        findings=FINDINGS,
+        detections=DETECTIONS,
+        models=[ModelLatency("m", "1", 1.0)],
+        study_status="failed",
+    )
     return {(p.name, frozenset(d for d, _ in p.dimensions)) for doc in docs for p in parse_emf(doc)}
 
 
@@ -167,19 +204,41 @@ def test_the_template_dashboard_and_alarm_use_metrics_the_handlers_emit() -> Non
             metric = m["MetricStat"]["Metric"]
             assert metric["Namespace"] == NAMESPACE
             used.add((metric["MetricName"], frozenset(d["Name"] for d in metric["Dimensions"])))
-    assert {name for name, _ in used} >= {"StageDuration", "StudiesSucceeded", "StudiesFailed", "PositiveFindings", "ModelLatency", "StageErrors"}
+    assert {name for name, _ in used} >= {
+        "StageDuration",
+        "StudiesSucceeded",
+        "StudiesFailed",
+        "PositiveFindings",
+        "ModelLatency",
+        "StageErrors",
+    }
     assert used <= emitted(), used - emitted()
 
 
-@pytest.mark.parametrize("status,study_status,error_type", [("succeeded", "succeeded", None), ("failed", "failed", "InvalidImage"), ("succeeded", None, None)])
-def test_documents_are_the_ones_powertools_serialises(monkeypatch: pytest.MonkeyPatch, status: str, study_status: str | None, error_type: str | None) -> None:
+@pytest.mark.parametrize(
+    "status,study_status,error_type", [("succeeded", "succeeded", None), ("failed", "failed", "InvalidImage"), ("succeeded", None, None)]
+)
+def test_documents_are_the_ones_powertools_serialises(
+    monkeypatch: pytest.MonkeyPatch, status: str, study_status: str | None, error_type: str | None
+) -> None:
     """shared.metrics builds each EMF document directly; Powertools' EphemeralMetrics is the reference it must equal
     (same keys in the same order, same values), whatever the stage emits."""
     import shared.metrics as metrics
 
-    kwargs = dict(stage="store", status=status, duration_ms=3.25, bytes_in=1234, bytes_out=56, error_type=error_type, findings=FINDINGS,
-                  detections=DETECTIONS, models=[ModelLatency("chest_xray_classifier", "3", 4.5)], study_status=study_status,
-                  study_id="s-1", execution_id="e-1")
+    kwargs = dict(
+        stage="store",
+        status=status,
+        duration_ms=3.25,
+        bytes_in=1234,
+        bytes_out=56,
+        error_type=error_type,
+        findings=FINDINGS,
+        detections=DETECTIONS,
+        models=[ModelLatency("chest_xray_classifier", "3", 4.5)],
+        study_status=study_status,
+        study_id="s-1",
+        execution_id="e-1",
+    )
     ours = stage_metrics(**kwargs)
     monkeypatch.setattr(metrics, "_document", metrics.powertools_document)
     reference = stage_metrics(**kwargs)

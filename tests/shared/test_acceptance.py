@@ -1,4 +1,5 @@
 """The one acceptance rule (shared.acceptance) that validate and the gateway both apply."""
+
 from __future__ import annotations
 
 import pytest
@@ -23,29 +24,35 @@ def region(scheme: str, code: str) -> list[Dataset]:
     return [item]
 
 
-@pytest.mark.parametrize("attributes", [
-    {},
-    {"SOPClassUID": DX_FOR_PRESENTATION, "Modality": "DX", "ViewPosition": "AP"},
-    # Challenge data sets wrap CR pixels in Secondary Capture: a study, the SC's Modality says what it is.
-    {"SOPClassUID": SECONDARY_CAPTURE, "Modality": "CR"},
-    {"BodyPartExamined": "chest"},
-    {"BodyPartExamined": None, "AnatomicRegionSequence": region("SCT", "51185008")},
-    {"BodyPartExamined": "", "AnatomicRegionSequence": region("SRT", "T-D3000")},
-])
+@pytest.mark.parametrize(
+    "attributes",
+    [
+        {},
+        {"SOPClassUID": DX_FOR_PRESENTATION, "Modality": "DX", "ViewPosition": "AP"},
+        # Challenge data sets wrap CR pixels in Secondary Capture: a study, the SC's Modality says what it is.
+        {"SOPClassUID": SECONDARY_CAPTURE, "Modality": "CR"},
+        {"BodyPartExamined": "chest"},
+        {"BodyPartExamined": None, "AnatomicRegionSequence": region("SCT", "51185008")},
+        {"BodyPartExamined": "", "AnatomicRegionSequence": region("SRT", "T-D3000")},
+    ],
+)
 def test_chest_radiographs_are_studies(attributes):
     accepted = accept(header(**attributes))
     assert accepted.modality in ("CR", "DX")
 
 
-@pytest.mark.parametrize(("attributes", "attribute", "by"), [
-    ({"SOPClassUID": CT_IMAGE_STORAGE, "Modality": "CT"}, "SOPClassUID", "sop_class"),
-    ({"SOPClassUID": None}, "SOPClassUID", "content"),
-    ({"SOPClassUID": SECONDARY_CAPTURE, "Modality": "OT"}, "Modality", "content"),
-    ({"Modality": "DX"}, "Modality", "content"),  # CR Image Storage says CR
-    ({"BodyPartExamined": "KNEE"}, "BodyPartExamined", "content"),
-    ({"BodyPartExamined": None}, "BodyPartExamined", "content"),
-    ({"BodyPartExamined": None, "AnatomicRegionSequence": region("SCT", "72696002")}, "BodyPartExamined", "content"),  # knee
-])
+@pytest.mark.parametrize(
+    ("attributes", "attribute", "by"),
+    [
+        ({"SOPClassUID": CT_IMAGE_STORAGE, "Modality": "CT"}, "SOPClassUID", "sop_class"),
+        ({"SOPClassUID": None}, "SOPClassUID", "content"),
+        ({"SOPClassUID": SECONDARY_CAPTURE, "Modality": "OT"}, "Modality", "content"),
+        ({"Modality": "DX"}, "Modality", "content"),  # CR Image Storage says CR
+        ({"BodyPartExamined": "KNEE"}, "BodyPartExamined", "content"),
+        ({"BodyPartExamined": None}, "BodyPartExamined", "content"),
+        ({"BodyPartExamined": None, "AnatomicRegionSequence": region("SCT", "72696002")}, "BodyPartExamined", "content"),  # knee
+    ],
+)
 def test_refusals_name_the_attribute_that_decided(attributes, attribute, by):
     with pytest.raises(NotAccepted) as refused:
         accept(header(**attributes))

@@ -1,4 +1,5 @@
 """atomic_write makes folders only when missing and survives a stale temp file of a dead process with its pid."""
+
 from __future__ import annotations
 
 import os
@@ -135,8 +136,9 @@ def test_a_telemetry_buffer_append_is_fsynced_before_send_returns(tmp_path, monk
 
     synced = _fsynced(monkeypatch)
     sink = BufferedLakeSink(LocalObjectStore(tmp_path), "telemetry", tmp_path / "telemetry", timer=False)
-    record = TelemetryRecord(event_id="e1", time=datetime.now(UTC), study_id="s1", execution_id="s1-0", stage="validate",
-                             status="succeeded", duration_ms=1.0)
+    record = TelemetryRecord(
+        event_id="e1", time=datetime.now(UTC), study_id="s1", execution_id="s1-0", stage="validate", status="succeeded", duration_ms=1.0
+    )
     sink.send([record])
     assert any(p.endswith(".ndjson") for p in synced), "the record is on disk when send returns"
     sink.close()

@@ -1,4 +1,5 @@
 """The layering ARCHITECTURE.md describes, read from the code's imports (the product code, not its tests)."""
+
 from __future__ import annotations
 
 import ast

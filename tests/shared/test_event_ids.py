@@ -1,4 +1,5 @@
 """Telemetry event ids are uuid5 of the record's identity, formed without uuid objects: the same ids as before."""
+
 from __future__ import annotations
 
 import random

@@ -1,4 +1,5 @@
 """shared.npy writes np.save's very bytes and reads what np.load reads, faster (no per-call header parsing)."""
+
 from __future__ import annotations
 
 import io
@@ -9,8 +10,17 @@ import pytest
 from shared.npy import from_npy, to_npy
 
 
-@pytest.mark.parametrize("shape,dtype", [((1, 1, 224, 224), np.float32), ((1, 1, 512, 512), np.float32), ((3,), np.int64),
-                                         ((2, 3, 4), np.uint16), ((), np.float64), ((0, 5), np.float32)])
+@pytest.mark.parametrize(
+    "shape,dtype",
+    [
+        ((1, 1, 224, 224), np.float32),
+        ((1, 1, 512, 512), np.float32),
+        ((3,), np.int64),
+        ((2, 3, 4), np.uint16),
+        ((), np.float64),
+        ((0, 5), np.float32),
+    ],
+)
 def test_bytes_are_np_saves_and_np_load_reads_them_back(shape, dtype):
     array = (np.arange(int(np.prod(shape))) % 251).astype(dtype).reshape(shape)
     buffer = io.BytesIO()

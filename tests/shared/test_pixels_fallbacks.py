@@ -1,5 +1,6 @@
 """Classes the conformance corpus found after the intensity rule landed: files a reference decoder reads that the
 pipeline refused."""
+
 from __future__ import annotations
 
 import subprocess

@@ -35,8 +35,7 @@ class Tasks:
         return [c[0] for c in self.calls]
 
 
-def machine(definition: dict[str, Any], tasks: Callable[[str, Any, TaskContext], Any] | None = None,
-            **kwargs: Any) -> StateMachine:
+def machine(definition: dict[str, Any], tasks: Callable[[str, Any, TaskContext], Any] | None = None, **kwargs: Any) -> StateMachine:
     kwargs.setdefault("sleep", FakeSleep())
     return StateMachine(definition, tasks or Tasks(), **kwargs)
 

@@ -29,16 +29,21 @@ def pass_failure(parameters: dict[str, Any], data: Any) -> tuple[str | None, str
 
 # --- States.Format ---------------------------------------------------------------------------------------
 
+
 def test_format_template_from_a_path() -> None:
     """AWS: 'given the following input: {"name": "Arnav", "template": "Hello, my name is {}."}
     States.Format can be used as follows: States.Format('Hello, my name is {}.', $.name) or
     States.Format($.template, $.name). Both result in an output of Hello, my name is Arnav.'"""
     data = {"name": "Arnav", "template": "Hello, my name is {}."}
-    out = pass_output({"literal.$": "States.Format('Hello, my name is {}.', $.name)",
-                       "path.$": "States.Format($.template, $.name)",
-                       "nested.$": "States.Format(States.Format('{} {}', $.template, 'Bye.'), $.name)"}, data)
-    assert out == {"literal": "Hello, my name is Arnav.", "path": "Hello, my name is Arnav.",
-                   "nested": "Hello, my name is Arnav. Bye."}
+    out = pass_output(
+        {
+            "literal.$": "States.Format('Hello, my name is {}.', $.name)",
+            "path.$": "States.Format($.template, $.name)",
+            "nested.$": "States.Format(States.Format('{} {}', $.template, 'Bye.'), $.name)",
+        },
+        data,
+    )
+    assert out == {"literal": "Hello, my name is Arnav.", "path": "Hello, my name is Arnav.", "nested": "Hello, my name is Arnav. Bye."}
 
 
 def test_format_template_from_a_path_must_be_a_string() -> None:
@@ -49,12 +54,23 @@ def test_format_template_from_a_path_must_be_a_string() -> None:
 
 # --- rounding of non-integer arguments -------------------------------------------------------------------
 
-@pytest.mark.parametrize(("a", "b", "expected"), [
-    # Sums AWS returned for these inputs (LocalStack's AWS-validated snapshot of States.MathAdd):
-    # halves round up, as Java's Math.round does, so -1.5 becomes -1.
-    (1.49, 1.50, 3), (1.50, 1.51, 4), (-1.49, -1.50, -2), (-9, 3, -6),
-    (0.5, 0, 1), (2.5, 0, 3), (-0.5, 0, 0), (-2.5, 0, -2), (-2.51, 0, -3),
-])
+
+@pytest.mark.parametrize(
+    ("a", "b", "expected"),
+    [
+        # Sums AWS returned for these inputs (LocalStack's AWS-validated snapshot of States.MathAdd):
+        # halves round up, as Java's Math.round does, so -1.5 becomes -1.
+        (1.49, 1.50, 3),
+        (1.50, 1.51, 4),
+        (-1.49, -1.50, -2),
+        (-9, 3, -6),
+        (0.5, 0, 1),
+        (2.5, 0, 3),
+        (-0.5, 0, 0),
+        (-2.5, 0, -2),
+        (-2.51, 0, -3),
+    ],
+)
 def test_math_add_rounds_non_integers(a: float, b: float, expected: int) -> None:
     """AWS (States.MathAdd): 'If you specify a non-integer value for one or both the arguments,
     Step Functions will round it off to the nearest integer.'"""
@@ -76,8 +92,7 @@ def test_array_range_rounds_its_arguments() -> None:
     """AWS (States.ArrayRange): 'You must specify integer values for all of the arguments. If you specify a
     non-integer value for any of the arguments, Step Functions will round it off to the nearest integer.'"""
     assert pass_output({"r.$": "States.ArrayRange(0.6, 8.4, 1.5)"}, {}) == {"r": [1, 3, 5, 7]}
-    assert pass_output({"r.$": "States.ArrayRange($.a, $.b, $.s)"}, {"a": 9.5, "b": 0.5, "s": -3.2}) == {
-        "r": [10, 7, 4, 1]}
+    assert pass_output({"r.$": "States.ArrayRange($.a, $.b, $.s)"}, {"a": 9.5, "b": 0.5, "s": -3.2}) == {"r": [10, 7, 4, 1]}
     error, _ = pass_failure({"r.$": "States.ArrayRange(1, 5, 0.4)"}, {})  # step rounds to 0
     assert error == "States.IntrinsicFailure"
 
@@ -85,47 +100,56 @@ def test_array_range_rounds_its_arguments() -> None:
 def test_math_random_rounds_start_and_end() -> None:
     """AWS (States.MathRandom): 'If you specify a non-integer value for the start number or end number
     argument, Step Functions will round it off to the nearest integer.'"""
-    values = {pass_output({"r.$": "States.MathRandom($.s, $.e, $.seed)"},
-                          {"s": 12.5, "e": 15.5, "seed": seed})["r"] for seed in range(40)}
+    values = {pass_output({"r.$": "States.MathRandom($.s, $.e, $.seed)"}, {"s": 12.5, "e": 15.5, "seed": seed})["r"] for seed in range(40)}
     assert values <= {13, 14, 15} and len(values) > 1
 
 
 # --- States.ArrayRange's size limit ----------------------------------------------------------------------
 
+
 def test_array_range_refuses_more_than_1000_items() -> None:
     """AWS (States.ArrayRange): 'The newly generated array can't contain more than 1000 items.'"""
     assert pass_output({"n.$": "States.ArrayLength(States.ArrayRange(1, 1000, 1))"}, {}) == {"n": 1000}
     assert pass_output({"n.$": "States.ArrayLength(States.ArrayRange(1999, 0, -2))"}, {}) == {"n": 1000}
-    for call in ("States.ArrayRange(1, 1001, 1)", "States.ArrayRange(0, 2000, 2)", "States.ArrayRange(0, -1000, -1)",
-                 "States.ArrayRange(0, 1e12, 1)"):
+    for call in (
+        "States.ArrayRange(1, 1001, 1)",
+        "States.ArrayRange(0, 2000, 2)",
+        "States.ArrayRange(0, -1000, -1)",
+        "States.ArrayRange(0, 1e12, 1)",
+    ):
         error, cause = pass_failure({"r.$": call}, {})
         assert error == "States.IntrinsicFailure" and "over the limit of 1000" in (cause or ""), call
 
 
 # --- JSONPath filter expressions -------------------------------------------------------------------------
 
-ITEMS = {"items": [
-    {"n": 1, "id": "a", "kind": "cr", "name": "first"},
-    {"n": 2, "id": "b", "kind": "ct"},
-    {"n": 3, "id": "c", "kind": "dx", "name": "third"},
-]}
+ITEMS = {
+    "items": [
+        {"n": 1, "id": "a", "kind": "cr", "name": "first"},
+        {"n": 2, "id": "b", "kind": "ct"},
+        {"n": 3, "id": "c", "kind": "dx", "name": "third"},
+    ]
+}
 
 
-@pytest.mark.parametrize(("path", "expected"), [
-    ("$.items[?(@.n > 1)].id", ["b", "c"]),
-    ("$.items[?(@.n >= 2)].id", ["b", "c"]),
-    ("$.items[?(@.n < 2)].id", ["a"]),
-    ("$.items[?(@.n <= 2)].id", ["a", "b"]),
-    ("$.items[?(@.n == 2)].id", ["b"]),
-    ("$.items[?(@.n != 2)].id", ["a", "c"]),
-    ("$.items[?(@.kind == 'ct')].id", ["b"]),
-    ('$.items[?(@.kind == "dx")].n', [3]),
-    ("$.items[?(@.kind > 'cr')].id", ["b", "c"]),
-    ("$.items[?(@.name)].id", ["a", "c"]),
-    ("$.items[?(@.n > 1 && @.kind != 'dx')].id", ["b"]),
-    ("$.items[?(@.n > 5)]", []),
-    ("$.missing[?(@.n > 1)]", []),
-])
+@pytest.mark.parametrize(
+    ("path", "expected"),
+    [
+        ("$.items[?(@.n > 1)].id", ["b", "c"]),
+        ("$.items[?(@.n >= 2)].id", ["b", "c"]),
+        ("$.items[?(@.n < 2)].id", ["a"]),
+        ("$.items[?(@.n <= 2)].id", ["a", "b"]),
+        ("$.items[?(@.n == 2)].id", ["b"]),
+        ("$.items[?(@.n != 2)].id", ["a", "c"]),
+        ("$.items[?(@.kind == 'ct')].id", ["b"]),
+        ('$.items[?(@.kind == "dx")].n', [3]),
+        ("$.items[?(@.kind > 'cr')].id", ["b", "c"]),
+        ("$.items[?(@.name)].id", ["a", "c"]),
+        ("$.items[?(@.n > 1 && @.kind != 'dx')].id", ["b"]),
+        ("$.items[?(@.n > 5)]", []),
+        ("$.missing[?(@.n > 1)]", []),
+    ],
+)
 def test_filter_expressions(path: str, expected: list[Any]) -> None:
     """AWS (Paths): 'Paths follow JsonPath syntax' (Jayway JsonPath, whose filters are
     '[?(<expression>)]' with '@' the current item, e.g. [?(@.age > 18)], string literals in single or
@@ -137,10 +161,11 @@ def test_filter_paths_in_inputpath_parameters_and_resultselector() -> None:
     """AWS (Paths): 'You can specify a path to access subsets of the input when specifying values for
     InputPath, ResultPath, and OutputPath' and 'by using paths within the "Parameters" field'."""
     state = {
-        "Type": "Task", "Resource": "echo", "End": True,
+        "Type": "Task",
+        "Resource": "echo",
+        "End": True,
         "InputPath": "$.items[?(@.n > 1)]",
-        "Parameters": {"ids.$": "$[?(@.kind != 'dx')].id", "count.$": "States.ArrayLength($[?(@.n >= 2)])",
-                       "all.$": "$"},
+        "Parameters": {"ids.$": "$[?(@.kind != 'dx')].id", "count.$": "States.ArrayLength($[?(@.n >= 2)])", "all.$": "$"},
         "ResultSelector": {"named.$": "$.all[?(@.name)].id", "ids.$": "$.ids", "count.$": "$.count"},
     }
     tasks = Tasks(echo=lambda p: p)
@@ -164,6 +189,7 @@ def test_filter_errors() -> None:
 
 # --- Fail state without Error or Cause -------------------------------------------------------------------
 
+
 def test_fail_state_without_error_or_cause_reports_none() -> None:
     """AWS (Fail state): 'Cause (Optional) Provides a custom failure string ...' and 'Error (Optional)
     Provides an error name ...': when they are absent the execution has no error and no cause (null),
@@ -186,13 +212,21 @@ def test_fail_state_error_must_be_a_string() -> None:
 
 # --- JSON equality in States.ArrayContains / States.ArrayUnique -------------------------------------------
 
+
 def test_array_contains_and_unique_tell_true_from_1() -> None:
     """AWS: 'Use the States.ArrayContains intrinsic function to determine if a specific value is present in
     an array.' ... 'You must specify a valid JSON object as the second argument.' Values are JSON values,
     and JSON's true is not the number 1 (Python's ``True == 1`` is); ArrayUnique keeps both for the same reason."""
     data = {"a": [1, 0, [1], {"k": 1}], "b": [1, True, 0, False, [1], [True], 1.0]}
-    out = pass_output({"t.$": "States.ArrayContains($.a, true)", "f.$": "States.ArrayContains($.a, false)",
-                       "nested.$": "States.ArrayContains($.a, $.b[5])", "obj.$": "States.ArrayContains($.a, $.a[3])",
-                       "one.$": "States.ArrayContains($.a, 1)", "u.$": "States.ArrayUnique($.b)"}, data)
-    assert out == {"t": False, "f": False, "nested": False, "obj": True, "one": True,
-                   "u": [1, True, 0, False, [1], [True]]}
+    out = pass_output(
+        {
+            "t.$": "States.ArrayContains($.a, true)",
+            "f.$": "States.ArrayContains($.a, false)",
+            "nested.$": "States.ArrayContains($.a, $.b[5])",
+            "obj.$": "States.ArrayContains($.a, $.a[3])",
+            "one.$": "States.ArrayContains($.a, 1)",
+            "u.$": "States.ArrayUnique($.b)",
+        },
+        data,
+    )
+    assert out == {"t": False, "f": False, "nested": False, "obj": True, "one": True, "u": [1, True, 0, False, [1], [True]]}

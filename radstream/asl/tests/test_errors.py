@@ -51,8 +51,7 @@ SPEC_RETRY = {
 
 def spec_machine(*errors: type[Exception]) -> tuple[StateMachine, FakeSleep, Tasks]:
     sleep, tasks = FakeSleep(), Tasks(x=failing(*errors))
-    definition = single({"Type": "Task", "Resource": "x", "End": True, **SPEC_RETRY},
-                        Z={"Type": "Pass", "End": True})
+    definition = single({"Type": "Task", "Resource": "x", "End": True, **SPEC_RETRY}, Z={"Type": "Pass", "End": True})
     return StateMachine(definition, tasks, sleep=sleep), sleep, tasks
 
 
@@ -68,8 +67,10 @@ def test_spec_retrier_counts_are_shared_then_catch() -> None:
     sm, sleep, tasks = spec_machine(ErrorA, ErrorB, ErrorA)
     result = sm.run({"in": 1})
     assert sleep.calls == [1.0, 2.0] and len(tasks.calls) == 3
-    assert result.output == {"in": 1, "error-info": {
-        "Error": "ErrorA", "Cause": json.dumps({"errorMessage": "boom", "errorType": "ErrorA"})}}
+    assert result.output == {
+        "in": 1,
+        "error-info": {"Error": "ErrorA", "Cause": json.dumps({"errorMessage": "boom", "errorType": "ErrorA"})},
+    }
     events = [(e.type, e.state) for e in result.history]
     assert events.count(("TaskFailed", "S")) == 3
     assert events[-3:] == [("PassStateEntered", "Z"), ("PassStateExited", "Z"), ("ExecutionSucceeded", None)]
@@ -77,17 +78,30 @@ def test_spec_retrier_counts_are_shared_then_catch() -> None:
 
 def test_max_delay_full_jitter_and_zero_attempts(monkeypatch: pytest.MonkeyPatch) -> None:
     sleep = FakeSleep()
-    definition = single({"Type": "Task", "Resource": "x", "End": True, "Retry": [
-        {"ErrorEquals": ["ErrorB"], "MaxAttempts": 0},
-        {"ErrorEquals": ["ErrorA"], "IntervalSeconds": 3, "BackoffRate": 3, "MaxAttempts": 4, "MaxDelaySeconds": 20},
-    ]})
+    definition = single(
+        {
+            "Type": "Task",
+            "Resource": "x",
+            "End": True,
+            "Retry": [
+                {"ErrorEquals": ["ErrorB"], "MaxAttempts": 0},
+                {"ErrorEquals": ["ErrorA"], "IntervalSeconds": 3, "BackoffRate": 3, "MaxAttempts": 4, "MaxDelaySeconds": 20},
+            ],
+        }
+    )
     assert StateMachine(definition, Tasks(x=failing(*[ErrorA] * 4)), sleep=sleep).run({}).status == "SUCCEEDED"
     assert sleep.calls == [3, 9, 20, 20]
     result = StateMachine(definition, Tasks(x=failing(ErrorB)), sleep=sleep).run({})
     assert (result.status, result.error) == ("FAILED", "ErrorB")
     monkeypatch.setattr("random.uniform", lambda lo, hi: hi / 2)
-    jitter = single({"Type": "Task", "Resource": "x", "End": True, "Retry": [
-        {"ErrorEquals": ["States.ALL"], "IntervalSeconds": 4, "JitterStrategy": "FULL"}]})
+    jitter = single(
+        {
+            "Type": "Task",
+            "Resource": "x",
+            "End": True,
+            "Retry": [{"ErrorEquals": ["States.ALL"], "IntervalSeconds": 4, "JitterStrategy": "FULL"}],
+        }
+    )
     sleep = FakeSleep()
     StateMachine(jitter, Tasks(x=failing(ErrorA, ErrorA)), sleep=sleep).run({})
     assert sleep.calls == [2.0, 4.0]
@@ -108,9 +122,16 @@ def test_task_failed_wildcard_excludes_timeout() -> None:
         release.wait(5)
         return "late"
 
-    definition = single({"Type": "Task", "Resource": "slow", "TimeoutSecondsPath": "$.t", "End": True,
-                         "Catch": [{"ErrorEquals": ["States.TaskFailed"], "Next": "Caught"}]},
-                        Caught={"Type": "Pass", "End": True})
+    definition = single(
+        {
+            "Type": "Task",
+            "Resource": "slow",
+            "TimeoutSecondsPath": "$.t",
+            "End": True,
+            "Catch": [{"ErrorEquals": ["States.TaskFailed"], "Next": "Caught"}],
+        },
+        Caught={"Type": "Pass", "End": True},
+    )
     t0 = time.monotonic()
     result = machine(definition, Tasks(slow=slow)).run({"t": 0.05})
     release.set()
@@ -124,10 +145,17 @@ def test_task_failed_wildcard_excludes_timeout() -> None:
 def test_timeout_is_retried_and_caught_by_name() -> None:
     release = threading.Event()
     tasks = Tasks(slow=lambda p: release.wait(5))
-    definition = single({"Type": "Task", "Resource": "slow", "TimeoutSecondsPath": "$.t", "End": True,
-                         "Retry": [{"ErrorEquals": ["States.Timeout"], "MaxAttempts": 1}],
-                         "Catch": [{"ErrorEquals": ["States.Timeout"], "Next": "H", "ResultPath": "$.err"}]},
-                        H={"Type": "Pass", "End": True})
+    definition = single(
+        {
+            "Type": "Task",
+            "Resource": "slow",
+            "TimeoutSecondsPath": "$.t",
+            "End": True,
+            "Retry": [{"ErrorEquals": ["States.Timeout"], "MaxAttempts": 1}],
+            "Catch": [{"ErrorEquals": ["States.Timeout"], "Next": "H", "ResultPath": "$.err"}],
+        },
+        H={"Type": "Pass", "End": True},
+    )
     result = machine(definition, tasks).run({"t": 0.02})
     release.set()
     assert result.output["err"]["Error"] == "States.Timeout" and len(tasks.calls) == 2
@@ -136,24 +164,41 @@ def test_timeout_is_retried_and_caught_by_name() -> None:
 
 def test_runtime_error_is_never_retried_or_caught() -> None:
     tasks = Tasks(x=lambda p: p)
-    definition = single({"Type": "Task", "Resource": "x", "InputPath": "$.missing", "End": True,
-                         "Retry": [{"ErrorEquals": ["States.ALL"]}],
-                         "Catch": [{"ErrorEquals": ["States.ALL"], "Next": "H"}]},
-                        H={"Type": "Pass", "End": True})
+    definition = single(
+        {
+            "Type": "Task",
+            "Resource": "x",
+            "InputPath": "$.missing",
+            "End": True,
+            "Retry": [{"ErrorEquals": ["States.ALL"]}],
+            "Catch": [{"ErrorEquals": ["States.ALL"], "Next": "H"}],
+        },
+        H={"Type": "Pass", "End": True},
+    )
     sleep = FakeSleep()
     result = machine(definition, tasks, sleep=sleep).run({})
     assert (result.status, result.error, tasks.calls, sleep.calls) == ("FAILED", "States.Runtime", [], [])
 
 
-@pytest.mark.parametrize(("state", "error"), [
-    ({"Parameters": {"x.$": "$.missing"}}, "States.ParameterPathFailure"),
-    ({"ResultSelector": {"x.$": "$.missing"}}, "States.ParameterPathFailure"),
-    ({"ResultPath": "$.s.deeper"}, "States.ResultPathMatchFailure"),
-])
+@pytest.mark.parametrize(
+    ("state", "error"),
+    [
+        ({"Parameters": {"x.$": "$.missing"}}, "States.ParameterPathFailure"),
+        ({"ResultSelector": {"x.$": "$.missing"}}, "States.ParameterPathFailure"),
+        ({"ResultPath": "$.s.deeper"}, "States.ResultPathMatchFailure"),
+    ],
+)
 def test_path_failures_are_catchable(state: dict[str, Any], error: str) -> None:
-    definition = single({"Type": "Task", "Resource": "x", "End": True, **state,
-                         "Catch": [{"ErrorEquals": ["States.ALL"], "Next": "H", "ResultPath": "$.err"}]},
-                        H={"Type": "Pass", "End": True})
+    definition = single(
+        {
+            "Type": "Task",
+            "Resource": "x",
+            "End": True,
+            **state,
+            "Catch": [{"ErrorEquals": ["States.ALL"], "Next": "H", "ResultPath": "$.err"}],
+        },
+        H={"Type": "Pass", "End": True},
+    )
     result = machine(definition, Tasks(x=lambda p: {"r": 1})).run({"s": "string"})
     assert result.output["err"]["Error"] == error
 

@@ -16,10 +16,8 @@ SPEC_PARALLEL = {
             "Type": "Parallel",
             "End": True,
             "Branches": [
-                {"StartAt": "LookupAddress", "States": {
-                    "LookupAddress": {"Type": "Task", "Resource": "AddressFinder", "End": True}}},
-                {"StartAt": "LookupPhone", "States": {
-                    "LookupPhone": {"Type": "Task", "Resource": "PhoneFinder", "End": True}}},
+                {"StartAt": "LookupAddress", "States": {"LookupAddress": {"Type": "Task", "Resource": "AddressFinder", "End": True}}},
+                {"StartAt": "LookupPhone", "States": {"LookupPhone": {"Type": "Task", "Resource": "PhoneFinder", "End": True}}},
             ],
         }
     },
@@ -48,28 +46,42 @@ def test_parallel_branch_failure_cancels_siblings_and_is_caught() -> None:
         raise ValueError("bad study")
 
     tasks = Tasks(fail=fail, slow=slow, after=lambda p: 2)
-    definition = single({
-        "Type": "Parallel", "End": True, "ResultPath": "$.r",
-        "Branches": [
-            {"StartAt": "F", "States": {"F": {"Type": "Task", "Resource": "fail", "End": True}}},
-            {"StartAt": "A", "States": {"A": {"Type": "Task", "Resource": "slow", "Next": "B"},
-                                        "B": {"Type": "Task", "Resource": "after", "End": True}}},
-        ],
-        "Retry": [{"ErrorEquals": ["ValueError"], "MaxAttempts": 0}],
-        "Catch": [{"ErrorEquals": ["ValueError"], "Next": "H", "ResultPath": "$.error"}],
-    }, H={"Type": "Pass", "End": True})
+    definition = single(
+        {
+            "Type": "Parallel",
+            "End": True,
+            "ResultPath": "$.r",
+            "Branches": [
+                {"StartAt": "F", "States": {"F": {"Type": "Task", "Resource": "fail", "End": True}}},
+                {
+                    "StartAt": "A",
+                    "States": {
+                        "A": {"Type": "Task", "Resource": "slow", "Next": "B"},
+                        "B": {"Type": "Task", "Resource": "after", "End": True},
+                    },
+                },
+            ],
+            "Retry": [{"ErrorEquals": ["ValueError"], "MaxAttempts": 0}],
+            "Catch": [{"ErrorEquals": ["ValueError"], "Next": "H", "ResultPath": "$.error"}],
+        },
+        H={"Type": "Pass", "End": True},
+    )
     result = machine(definition, tasks).run({})
     assert result.output["error"]["Error"] == "ValueError"
     assert "after" not in tasks.names()
-    assert [e.type for e in result.history if e.type.startswith("Parallel")][-2:] == [
-        "ParallelStateFailed", "ParallelStateExited"]
+    assert [e.type for e in result.history if e.type.startswith("Parallel")][-2:] == ["ParallelStateFailed", "ParallelStateExited"]
 
 
 def test_parallel_branches_run_concurrently() -> None:
     barrier = threading.Barrier(3, timeout=5)
     tasks = Tasks(**{f"b{i}": (lambda p, i=i: barrier.wait() >= 0 and i) for i in range(3)})
-    definition = single({"Type": "Parallel", "End": True, "Branches": [
-        {"StartAt": "T", "States": {"T": {"Type": "Task", "Resource": f"b{i}", "End": True}}} for i in range(3)]})
+    definition = single(
+        {
+            "Type": "Parallel",
+            "End": True,
+            "Branches": [{"StartAt": "T", "States": {"T": {"Type": "Task", "Resource": f"b{i}", "End": True}}} for i in range(3)],
+        }
+    )
     assert machine(definition, tasks).run({}).output == [0, 1, 2]
 
 
@@ -87,22 +99,29 @@ SPEC_MAP_INPUT = {
 
 
 def _spec_map(processor_key: str, selector_key: str) -> dict[str, Any]:
-    return single({
-        "Type": "Map", "InputPath": "$.detail", "ItemsPath": "$.shipped", "MaxConcurrency": 0,
-        selector_key: {"parcel.$": "$$.Map.Item.Value", "courier.$": "$.delivery-partner",
-                       "index.$": "$$.Map.Item.Index"},
-        processor_key: {"StartAt": "Validate", "States": {
-            "Validate": {"Type": "Task", "Resource": "ship-val", "End": True}}},
-        "ResultPath": "$.detail.shipped", "End": True})
+    return single(
+        {
+            "Type": "Map",
+            "InputPath": "$.detail",
+            "ItemsPath": "$.shipped",
+            "MaxConcurrency": 0,
+            selector_key: {"parcel.$": "$$.Map.Item.Value", "courier.$": "$.delivery-partner", "index.$": "$$.Map.Item.Index"},
+            processor_key: {"StartAt": "Validate", "States": {"Validate": {"Type": "Task", "Resource": "ship-val", "End": True}}},
+            "ResultPath": "$.detail.shipped",
+            "End": True,
+        }
+    )
 
 
 def test_spec_map_example_both_spellings() -> None:
     for processor_key, selector_key in (("ItemProcessor", "ItemSelector"), ("Iterator", "Parameters")):
         tasks = Tasks(**{"ship-val": lambda p: {"ok": p["parcel"]["prod"], "courier": p["courier"], "i": p["index"]}})
         out = machine(_spec_map(processor_key, selector_key), tasks).run(SPEC_MAP_INPUT).output
-        assert out["detail"]["shipped"] == [{"ok": "R31", "courier": "UQS", "i": 0},
-                                            {"ok": "S39", "courier": "UQS", "i": 1},
-                                            {"ok": "R31", "courier": "UQS", "i": 2}]
+        assert out["detail"]["shipped"] == [
+            {"ok": "R31", "courier": "UQS", "i": 0},
+            {"ok": "S39", "courier": "UQS", "i": 1},
+            {"ok": "R31", "courier": "UQS", "i": 2},
+        ]
         assert out["ship-date"] == "2016-03-14T01:59:00Z"
 
 
@@ -118,8 +137,14 @@ def test_map_max_concurrency_and_empty_input() -> None:
             active[0] -= 1
         return payload * 2
 
-    definition = single({"Type": "Map", "MaxConcurrency": 2, "End": True, "ItemProcessor": {
-        "StartAt": "T", "States": {"T": {"Type": "Task", "Resource": "w", "End": True}}}})
+    definition = single(
+        {
+            "Type": "Map",
+            "MaxConcurrency": 2,
+            "End": True,
+            "ItemProcessor": {"StartAt": "T", "States": {"T": {"Type": "Task", "Resource": "w", "End": True}}},
+        }
+    )
     assert machine(definition, Tasks(w=work)).run(list(range(8))).output == [i * 2 for i in range(8)]
     assert peak[0] <= 2
     assert machine(definition, Tasks(w=work)).run([]).output == []
@@ -131,22 +156,25 @@ def test_map_item_failure_fails_map() -> None:
             raise KeyError("three")
         return payload
 
-    definition = single({"Type": "Map", "End": True, "ItemProcessor": {
-        "StartAt": "T", "States": {"T": {"Type": "Task", "Resource": "w", "End": True}}}})
+    definition = single(
+        {"Type": "Map", "End": True, "ItemProcessor": {"StartAt": "T", "States": {"T": {"Type": "Task", "Resource": "w", "End": True}}}}
+    )
     result = machine(definition, Tasks(w=work)).run([1, 2, 3, 4])
     assert (result.status, result.error) == ("FAILED", "KeyError")
     assert any(e.type == "MapIterationFailed" and e.index == 2 for e in result.history)
 
 
 def test_map_items_must_be_an_array() -> None:
-    definition = single({"Type": "Map", "End": True, "ItemProcessor": {
-        "StartAt": "T", "States": {"T": {"Type": "Pass", "End": True}}}})
+    definition = single({"Type": "Map", "End": True, "ItemProcessor": {"StartAt": "T", "States": {"T": {"Type": "Pass", "End": True}}}})
     assert machine(definition).run({"not": "array"}).error == "States.Runtime"
 
 
 def test_nested_parallel_inside_map_with_one_worker_does_not_deadlock() -> None:
-    inner = {"Type": "Parallel", "End": True, "Branches": [
-        {"StartAt": "T", "States": {"T": {"Type": "Task", "Resource": "t", "End": True}}} for _ in range(3)]}
+    inner = {
+        "Type": "Parallel",
+        "End": True,
+        "Branches": [{"StartAt": "T", "States": {"T": {"Type": "Task", "Resource": "t", "End": True}}} for _ in range(3)],
+    }
     definition = single({"Type": "Map", "End": True, "ItemProcessor": {"StartAt": "P", "States": {"P": inner}}})
     sm = StateMachine(definition, Tasks(t=lambda p: p), max_workers=1)
     assert sm.run([1, 2, 3, 4]).output == [[i] * 3 for i in (1, 2, 3, 4)]

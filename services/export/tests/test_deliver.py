@@ -4,6 +4,7 @@ retried by the template's rule, then ends in a dead letter (no patient value) wh
 
 The destination here is a FHIR endpoint on a loopback HTTP server whose answer the test chooses (the DICOM
 destinations are tested against Orthanc in services/gateway/tests/test_orthanc.py)."""
+
 from __future__ import annotations
 
 import json
@@ -62,7 +63,9 @@ def endpoint():
 
 
 def dicom_folder(tmp_path: Path) -> Path:
-    return write_dicom_study(tmp_path / "studies" / "deliver-study", generate_phantom(np.random.default_rng(5), size=256).image, patient_name=NAME)
+    return write_dicom_study(
+        tmp_path / "studies" / "deliver-study", generate_phantom(np.random.default_rng(5), size=256).image, patient_name=NAME
+    )
 
 
 def test_http_statuses_map_to_retryable_and_refused(endpoint):

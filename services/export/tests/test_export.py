@@ -1,4 +1,5 @@
 """Export service: the SR and FHIR bundle say what result.json says, for the source's patient and study; or nothing, with why."""
+
 from __future__ import annotations
 
 import base64
@@ -25,14 +26,21 @@ from shared.storage import LocalObjectStore
 def dicom_state(store: LocalObjectStore, data: bytes, execution_id: str = "e1") -> dict:
     s = state()
     store.put_bytes("images", "incoming/s1/study.dcm", data)
-    s["study"]["image"] |= {"key": "incoming/s1/study.dcm", "format": "dicom", "sha256": hashlib.sha256(data).hexdigest(), "size_bytes": len(data)}
+    s["study"]["image"] |= {
+        "key": "incoming/s1/study.dcm",
+        "format": "dicom",
+        "sha256": hashlib.sha256(data).hexdigest(),
+        "size_bytes": len(data),
+    }
     event = store_event(s) | {"execution_id": execution_id}
     s["stored"] = store_result(StoreRequest.model_validate(event), event, store, "results").model_dump(mode="json")
     return s
 
 
 def export(s: dict, store: LocalObjectStore, execution_id: str = "e1"):
-    return export_result(ExportRequest.model_validate({"study": s["study"], "stored": s["stored"], "execution_id": execution_id}), store, "results")
+    return export_result(
+        ExportRequest.model_validate({"study": s["study"], "stored": s["stored"], "execution_id": execution_id}), store, "results"
+    )
 
 
 def test_sr_and_fhir_carry_the_result_for_the_sources_patient(tmp_path):
@@ -60,7 +68,9 @@ def test_sr_and_fhir_carry_the_result_for_the_sources_patient(tmp_path):
     Bundle.model_validate(bundle)
     by_type: dict[str, list] = {}
     for entry in bundle["entry"]:
-        assert str(uuid.UUID(entry["fullUrl"].removeprefix("urn:uuid:"))) == entry["fullUrl"][9:] and entry["fullUrl"].startswith("urn:uuid:")
+        assert str(uuid.UUID(entry["fullUrl"].removeprefix("urn:uuid:"))) == entry["fullUrl"][9:] and entry["fullUrl"].startswith(
+            "urn:uuid:"
+        )
         assert entry["resource"]["meta"]["profile"]
         by_type.setdefault(entry["resource"]["resourceType"], []).append(entry["resource"])
     urls = {e["fullUrl"] for e in bundle["entry"]}
@@ -71,8 +81,11 @@ def test_sr_and_fhir_carry_the_result_for_the_sources_patient(tmp_path):
     (form,) = report["presentedForm"]
     assert base64.b64decode(form["data"]) == store.get_bytes("results", out.sr.key) and form["contentType"] == "application/dicom"
     edema = next(o for o in by_type["Observation"] if o["code"]["coding"][0]["code"] == "19242006")
-    assert edema["component"][0]["code"]["coding"][0] == {"system": "http://dicom.nema.org/resources/ontology/DCM", "code": "111012",
-                                                         "display": "Certainty of Finding"}
+    assert edema["component"][0]["code"]["coding"][0] == {
+        "system": "http://dicom.nema.org/resources/ontology/DCM",
+        "code": "111012",
+        "display": "Certainty of Finding",
+    }
     assert edema["component"][0]["valueQuantity"]["value"] == 0.8
     (patient,) = by_type["Patient"]
     assert patient["birthDate"] == "1970-01-01" and patient["identifier"][0]["system"]
@@ -127,7 +140,11 @@ def test_overlay_is_a_secondary_capture_of_the_source_with_the_boxes_burned_in(t
     # Filed with the source's patient and study, in a series of its own (neither the source's nor the SR's).
     assert sc.SOPClassUID == "1.2.840.10008.5.1.4.1.1.7" and sc.BurnedInAnnotation == "YES"
     assert (sc.StudyInstanceUID, str(sc.PatientName), sc.PatientID, sc.AccessionNumber) == (
-        source.StudyInstanceUID, "OVERLAY^PAT", source.PatientID, "ACC-2")
+        source.StudyInstanceUID,
+        "OVERLAY^PAT",
+        source.PatientID,
+        "ACC-2",
+    )
     assert sc.SeriesInstanceUID not in (source.SeriesInstanceUID, sr.SeriesInstanceUID) and sc.SeriesNumber == 9902
     assert "not for clinical use" in sc.SeriesDescription
     # The picture: the source as prepare decodes it, grey (R = G = B), except the box [10, 20, 30, 40] drawn in red on
@@ -145,7 +162,10 @@ def test_overlay_is_a_secondary_capture_of_the_source_with_the_boxes_burned_in(t
     assert (pixels[20:40, 31:] == expected[20:40, 31:, None]).all(), "right of the box the image is unchanged"
     assert not (pixels[:19] == expected[:19, :, None]).all(), "the label and the notice are drawn above the box"
     # Deterministic UIDs, as the SR's: a retried export rewrites the same instance, a re-run makes a new one.
-    assert pydicom.dcmread(io.BytesIO(store.get_bytes("results", export(dicom_state(store, data), store).overlay.key))).SOPInstanceUID == sc.SOPInstanceUID
+    assert (
+        pydicom.dcmread(io.BytesIO(store.get_bytes("results", export(dicom_state(store, data), store).overlay.key))).SOPInstanceUID
+        == sc.SOPInstanceUID
+    )
     # dcmtk reads it; dicom3tools' IOD checker (Debian's dicom3tools, `make dcmtk`) finds no error in it.
     assert shutil.which("dcmdump") and shutil.which("dciodvfy"), "dcmtk and dicom3tools are needed: `make dcmtk` installs them"
     dump = subprocess.run(["dcmdump", str(overlay_file)], capture_output=True, text=True, timeout=60)

@@ -5,6 +5,7 @@ with optional, empty, malformed and retired attributes; each SR and overlay pass
 The header forms are those real archives hold: challenge data sets that wrap CR pixels in Secondary Capture with
 PatientOrientation present but empty and no pixel spacing, PatientAge written as a bare number, de-identified files
 that say PatientIdentityRemoved YES without a method, Type 2 attributes left out, MONOCHROME1 and signed pixels."""
+
 from __future__ import annotations
 
 import io
@@ -23,7 +24,12 @@ from radstream.samples import dicom_bytes
 from services.export.tests.test_export import dicom_state, export
 from shared.storage import LocalObjectStore
 
-CR, DX, DX_PROCESSING, SC = "1.2.840.10008.5.1.4.1.1.1", "1.2.840.10008.5.1.4.1.1.1.1", "1.2.840.10008.5.1.4.1.1.1.1.1", "1.2.840.10008.5.1.4.1.1.7"
+CR, DX, DX_PROCESSING, SC = (
+    "1.2.840.10008.5.1.4.1.1.1",
+    "1.2.840.10008.5.1.4.1.1.1.1",
+    "1.2.840.10008.5.1.4.1.1.1.1.1",
+    "1.2.840.10008.5.1.4.1.1.7",
+)
 
 
 def sop_class(uid: str, modality: str) -> Callable[[pydicom.Dataset], None]:
@@ -32,6 +38,7 @@ def sop_class(uid: str, modality: str) -> Callable[[pydicom.Dataset], None]:
         ds.Modality = modality
         if uid == DX_PROCESSING:
             ds.PresentationIntentType = "FOR PROCESSING"
+
     return change
 
 
@@ -48,6 +55,7 @@ def setting(**values: object) -> Callable[[pydicom.Dataset], None]:
     def change(ds: pydicom.Dataset) -> None:
         for keyword, value in values.items():
             setattr(ds, keyword, value)
+
     return change
 
 
@@ -56,15 +64,18 @@ def removing(*keywords: str) -> Callable[[pydicom.Dataset], None]:
         for keyword in keywords:
             if keyword in ds:
                 delattr(ds, keyword)
+
     return change
 
 
 def raw(keyword_tag: int, vr: str, value: bytes) -> Callable[[pydicom.Dataset], None]:
     """An attribute written as raw bytes, whatever its VR allows (as a foreign writer does)."""
+
     def change(ds: pydicom.Dataset) -> None:
         from pydicom.dataelem import RawDataElement
 
         ds[keyword_tag] = RawDataElement(pydicom.tag.Tag(keyword_tag), vr, len(value), value, 0, False, True)  # type: ignore[assignment]
+
     return change
 
 
@@ -98,8 +109,19 @@ HEADERS: dict[str, list[Callable[[pydicom.Dataset], None]]] = {
     "age-valid": [setting(PatientAge="045Y")],
     "identity-removed-no-method": [setting(PatientIdentityRemoved="YES")],
     "identity-removed-with-method": [setting(PatientIdentityRemoved="YES", DeidentificationMethod="Basic profile")],
-    "no-type2-identifiers": [removing("StudyID", "AccessionNumber", "ReferringPhysicianName", "StudyDate", "StudyTime",
-                                      "PatientBirthDate", "PatientSex", "PatientName", "PatientID")],
+    "no-type2-identifiers": [
+        removing(
+            "StudyID",
+            "AccessionNumber",
+            "ReferringPhysicianName",
+            "StudyDate",
+            "StudyTime",
+            "PatientBirthDate",
+            "PatientSex",
+            "PatientName",
+            "PatientID",
+        )
+    ],
     "dates-malformed": [raw(0x00100030, "DA", b"1970-01-01"), raw(0x00080020, "DA", b"2019/03/01"), raw(0x00080030, "TM", b"25:99:00")],
     "sex-word": [raw(0x00100040, "CS", b"male")],
     "id-too-long": [raw(0x00100020, "LO", b"X" * 70), raw(0x00080050, "SH", b"A" * 20)],
@@ -155,8 +177,16 @@ def test_every_valid_header_gives_an_sr_and_overlay_without_iod_errors(name, tmp
 def test_copied_values_are_valid_for_their_vr_or_left_out(tmp_path):
     """PatientAge normalised to AS, a de-identified source's method stated, malformed values left out, Type 2 kept empty."""
     store = LocalObjectStore(tmp_path / "data")
-    data = source([challenge, raw(0x00101010, "AS", b"62"), setting(PatientIdentityRemoved="YES"), removing("StudyID"),
-                   raw(0x00100030, "DA", b"1962-03-01"), raw(0x00100040, "CS", b"female")])
+    data = source(
+        [
+            challenge,
+            raw(0x00101010, "AS", b"62"),
+            setting(PatientIdentityRemoved="YES"),
+            removing("StudyID"),
+            raw(0x00100030, "DA", b"1962-03-01"),
+            raw(0x00100040, "CS", b"female"),
+        ]
+    )
     out = export(dicom_state(store, data), store)
     for ref in (out.sr, out.overlay):
         ds = pydicom.dcmread(io.BytesIO(store.get_bytes("results", ref.key)))

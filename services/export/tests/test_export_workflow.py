@@ -8,6 +8,7 @@
   dead-letters the build, counts one failed export record and a succeeded study; `radstream export --retry` builds the
   exports again and delivers them.
 """
+
 from __future__ import annotations
 
 import io

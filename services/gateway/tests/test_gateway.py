@@ -1,5 +1,6 @@
 """The gateway against real peers: dcmtk's echoscu/storescu as the modality, an HTTP client for STOW-RS, and the
 local pipeline behind it; the SR read back by highdicom and by dcmtk's dsrdump. A peer that cannot run fails."""
+
 from __future__ import annotations
 
 import hashlib
@@ -38,15 +39,30 @@ def tool(name: str) -> str:
     return path
 
 
-def cr_instance(syntax: str = "jpeg-ls-lossless", body_part: str = "CHEST", study_uid: str | None = None, seed: int = 3,
-                size: int = 320) -> bytes:
+def cr_instance(
+    syntax: str = "jpeg-ls-lossless", body_part: str = "CHEST", study_uid: str | None = None, seed: int = 3, size: int = 320
+) -> bytes:
     image = generate_phantom(np.random.default_rng(seed), size=size).image
     chosen = SYNTAXES[syntax]
     ds = dicom_dataset(
-        stored_values(image, chosen.bits), bits_stored=chosen.bits, SOPClassUID=CR_IMAGE_STORAGE, Modality="CR",
-        BodyPartExamined=body_part, StudyInstanceUID=study_uid or generate_uid(), SeriesInstanceUID=generate_uid(),
-        PatientName=NAME, PatientID=PATIENT_ID, PatientBirthDate="19600101", PatientSex="F", AccessionNumber="ACC-GW-1",
-        StudyDate="20260101", StudyTime="101010", ReferringPhysicianName="", StudyID="1", SeriesNumber=1, InstanceNumber=1,
+        stored_values(image, chosen.bits),
+        bits_stored=chosen.bits,
+        SOPClassUID=CR_IMAGE_STORAGE,
+        Modality="CR",
+        BodyPartExamined=body_part,
+        StudyInstanceUID=study_uid or generate_uid(),
+        SeriesInstanceUID=generate_uid(),
+        PatientName=NAME,
+        PatientID=PATIENT_ID,
+        PatientBirthDate="19600101",
+        PatientSex="F",
+        AccessionNumber="ACC-GW-1",
+        StudyDate="20260101",
+        StudyTime="101010",
+        ReferringPhysicianName="",
+        StudyID="1",
+        SeriesNumber=1,
+        InstanceNumber=1,
     )
     ds.file_meta.MediaStorageSOPClassUID = CR_IMAGE_STORAGE
     return encode(ds, chosen)
@@ -61,15 +77,23 @@ def check_sr(path: Path, result: dict, source: pydicom.Dataset) -> None:
     findings = {}
     for group in groups:
         measured = {m.name.value: m.value for m in group.get_measurements()}
-        evaluation, = group.get_qualitative_evaluations()
-        findings[group.finding_type.meaning] = (round(measured[codes.CERTAINTY.value], 6), round(measured[codes.OPERATING_POINT.value], 6),
-                                                evaluation.value.meaning)
+        (evaluation,) = group.get_qualitative_evaluations()
+        findings[group.finding_type.meaning] = (
+            round(measured[codes.CERTAINTY.value], 6),
+            round(measured[codes.OPERATING_POINT.value], 6),
+            evaluation.value.meaning,
+        )
         algorithm = [i.TextValue for i in group[0].ContentSequence if i.ConceptNameCodeSequence[0].CodeValue == "111001"]  # Algorithm Name
         assert algorithm and algorithm[0].startswith("chest_xray_classifier") and "not for clinical use" in algorithm[0]
     # Coded from the export's one code table (SNOMED CT where the label has a code), as the FHIR bundle codes them.
-    assert findings == {codes.finding(f["label"]).meaning: (round(f["probability"], 6), round(f["threshold"], 6),
-                                                            (codes.PRESENT if f["positive"] else codes.ABSENT).meaning)
-                        for f in result["findings"]}
+    assert findings == {
+        codes.finding(f["label"]).meaning: (
+            round(f["probability"], 6),
+            round(f["threshold"], 6),
+            (codes.PRESENT if f["positive"] else codes.ABSENT).meaning,
+        )
+        for f in result["findings"]
+    }
     regions = sr.content.get_planar_roi_measurement_groups()
     assert len(regions) == len(result["detections"])
     for group, detection in zip(regions, result["detections"]):
@@ -93,8 +117,15 @@ def run(cmd: list[str], timeout: float = 60) -> subprocess.CompletedProcess:
 
 @pytest.fixture
 def settings(tmp_path: Path) -> Settings:
-    return Settings(data_dir=tmp_path / "data", gateway_dimse_port=0, gateway_http_port=0, gateway_pseudonym_key=KEY,
-                    gateway_dimse_timeout_s=20, gateway_acse_timeout_s=20, gateway_network_timeout_s=30)
+    return Settings(
+        data_dir=tmp_path / "data",
+        gateway_dimse_port=0,
+        gateway_http_port=0,
+        gateway_pseudonym_key=KEY,
+        gateway_dimse_timeout_s=20,
+        gateway_acse_timeout_s=20,
+        gateway_network_timeout_s=30,
+    )
 
 
 def test_echo_and_compressed_cr_store_run_the_pipeline_and_export_an_sr(settings, tmp_path, caplog):
@@ -112,7 +143,7 @@ def test_echo_and_compressed_cr_store_run_the_pipeline_and_export_an_sr(settings
             assert echo.returncode == 0, echo.stderr
             store = run([tool("storescu"), "-xt", "-aet", "MODALITY", "-aec", gateway.ae_title, "127.0.0.1", port, str(path)])
             assert store.returncode == 0, store.stderr
-        (key, future), = pipeline.futures.items()
+        ((key, future),) = pipeline.futures.items()
         outcome = future.result(timeout=300)
         pipeline.close()
 
@@ -135,7 +166,7 @@ def test_echo_and_compressed_cr_store_run_the_pipeline_and_export_an_sr(settings
     fhir = json.loads((results / "report.fhir.json").read_text())
     kinds = [e["resource"]["resourceType"] for e in fhir["entry"]]
     assert kinds.count("DiagnosticReport") == 1 and kinds.count("Observation") == len(result["findings"]) + len(result["detections"])
-    patient, = [e["resource"] for e in fhir["entry"] if e["resource"]["resourceType"] == "Patient"]
+    (patient,) = [e["resource"] for e in fhir["entry"] if e["resource"]["resourceType"] == "Patient"]
     assert patient["identifier"][0]["value"] == PATIENT_ID
 
     # No log line (ours, pynetdicom's, the stages') carries a UID or a patient value, at any level.
@@ -151,8 +182,13 @@ def test_echo_and_compressed_cr_store_run_the_pipeline_and_export_an_sr(settings
 def test_non_chest_and_unsupported_sop_classes_are_refused_with_dimse_statuses(settings, tmp_path):
     abdomen = tmp_path / "abdomen.dcm"
     abdomen.write_bytes(cr_instance("explicit-le", body_part="ABDOMEN"))
-    ct = dicom_dataset(stored_values(generate_phantom(np.random.default_rng(1), size=64).image, 12), SOPClassUID="1.2.840.10008.5.1.4.1.1.2",
-                       Modality="CT", StudyInstanceUID=generate_uid(), SeriesInstanceUID=generate_uid())
+    ct = dicom_dataset(
+        stored_values(generate_phantom(np.random.default_rng(1), size=64).image, 12),
+        SOPClassUID="1.2.840.10008.5.1.4.1.1.2",
+        Modality="CT",
+        StudyInstanceUID=generate_uid(),
+        SeriesInstanceUID=generate_uid(),
+    )
     ct.file_meta.MediaStorageSOPClassUID = ct.SOPClassUID
     ct_path = tmp_path / "ct.dcm"
     ct.save_as(ct_path, enforce_file_format=True)
@@ -163,7 +199,10 @@ def test_non_chest_and_unsupported_sop_classes_are_refused_with_dimse_statuses(s
         assert "store response (error: cannotunderstand)" in (refused.stdout + refused.stderr).lower(), refused.stderr  # 0xC000
         unsupported = run([tool("storescu"), "-v", "-aec", gateway.ae_title, "127.0.0.1", port, str(ct_path)])
         assert unsupported.returncode != 0
-        assert "no presentation context" in (unsupported.stdout + unsupported.stderr).lower() or "no acceptable presentation" in (unsupported.stdout + unsupported.stderr).lower(), unsupported.stderr
+        assert (
+            "no presentation context" in (unsupported.stdout + unsupported.stderr).lower()
+            or "no acceptable presentation" in (unsupported.stdout + unsupported.stderr).lower()
+        ), unsupported.stderr
     assert not list(settings.data_dir.rglob("*.dcm"))  # nothing refused was stored
 
 
@@ -200,8 +239,15 @@ def test_stow_rs_stores_parts_and_answers_per_ps3_18(settings):
     body = b"".join(f"--{boundary}\r\nContent-Type: application/dicom\r\n\r\n".encode() + part + b"\r\n" for part in (chest, abdomen))
     body += f"--{boundary}--\r\n".encode()
     with Gateway(settings) as gateway:
-        request = urllib.request.Request(gateway.stow.url, data=body, method="POST", headers={
-            "Content-Type": f'multipart/related; type="application/dicom"; boundary={boundary}', "Accept": "application/dicom+json"})
+        request = urllib.request.Request(
+            gateway.stow.url,
+            data=body,
+            method="POST",
+            headers={
+                "Content-Type": f'multipart/related; type="application/dicom"; boundary={boundary}',
+                "Accept": "application/dicom+json",
+            },
+        )
         with urllib.request.urlopen(request, timeout=30) as response:
             code, answer = response.status, json.loads(response.read())
         wrong = urllib.request.Request(gateway.stow.url, data=b"{}", method="POST", headers={"Content-Type": "application/json"})
@@ -210,8 +256,12 @@ def test_stow_rs_stores_parts_and_answers_per_ps3_18(settings):
         assert e.value.code == 415
     small = settings.model_copy(update={"max_image_bytes": 1024})  # each instance is held to the pipeline's limit
     with Gateway(small) as gateway:
-        request = urllib.request.Request(gateway.stow.url, data=body, method="POST", headers={
-            "Content-Type": f'multipart/related; type="application/dicom"; boundary={boundary}'})
+        request = urllib.request.Request(
+            gateway.stow.url,
+            data=body,
+            method="POST",
+            headers={"Content-Type": f'multipart/related; type="application/dicom"; boundary={boundary}'},
+        )
         with pytest.raises(urllib.error.HTTPError) as e:
             urllib.request.urlopen(request, timeout=30)
         assert e.value.code == 409
@@ -254,7 +304,9 @@ def test_no_success_when_the_acknowledgement_cannot_be_journalled(tmp_path):
     def pipeline_bug(received):
         raise RuntimeError("the pipeline's own bug")
 
-    stored = Receiver(LocalObjectStore(tmp_path / "other"), "images", KEY.encode(), on_stored=pipeline_bug).receive(cr_instance("explicit-le"))
+    stored = Receiver(LocalObjectStore(tmp_path / "other"), "images", KEY.encode(), on_stored=pipeline_bug).receive(
+        cr_instance("explicit-le")
+    )
     assert (tmp_path / "other" / "images" / stored.key).is_file()
 
 
@@ -279,8 +331,14 @@ def test_radstream_gateway_command_prints_its_addresses_and_runs_what_it_receive
     path = tmp_path / "cr.dcm"
     path.write_bytes(cr_instance())
     env = {k: v for k, v in os.environ.items() if not k.startswith("GATEWAY_")}
-    process = subprocess.Popen([sys.executable, "-m", "radstream.cli", "gateway", "--data-dir", str(tmp_path / "data"), "--workers", "1"],
-                               stdout=subprocess.PIPE, stderr=subprocess.DEVNULL, text=True, env=env, cwd=Path(__file__).resolve().parents[3])
+    process = subprocess.Popen(
+        [sys.executable, "-m", "radstream.cli", "gateway", "--data-dir", str(tmp_path / "data"), "--workers", "1"],
+        stdout=subprocess.PIPE,
+        stderr=subprocess.DEVNULL,
+        text=True,
+        env=env,
+        cwd=Path(__file__).resolve().parents[3],
+    )
     lines: list[str] = []
     try:
         deadline = time.monotonic() + 120
@@ -318,8 +376,15 @@ def test_radstream_gateway_command_prints_its_addresses_and_runs_what_it_receive
 def test_gateway_settings_come_from_the_environment_and_are_checked():
     from shared.errors import ConfigurationError
 
-    settings = Settings.from_env({"GATEWAY_DIMSE_PORT": "104", "GATEWAY_ALLOWED_CALLING_AES": "CR_ROOM_1, DX_ROOM_2,",
-                                  "GATEWAY_MAX_PDU": "0", "GATEWAY_PSEUDONYM_KEY": KEY, "EXPORT_DICOM_PEER": "PACS@10.0.0.5:104"})
+    settings = Settings.from_env(
+        {
+            "GATEWAY_DIMSE_PORT": "104",
+            "GATEWAY_ALLOWED_CALLING_AES": "CR_ROOM_1, DX_ROOM_2,",
+            "GATEWAY_MAX_PDU": "0",
+            "GATEWAY_PSEUDONYM_KEY": KEY,
+            "EXPORT_DICOM_PEER": "PACS@10.0.0.5:104",
+        }
+    )
     assert (settings.gateway_dimse_port, settings.gateway_allowed_ae_list, settings.gateway_max_pdu) == (104, ["CR_ROOM_1", "DX_ROOM_2"], 0)
     assert settings.export_dicom_peer == "PACS@10.0.0.5:104"
     assert KEY not in repr(settings), "the HMAC key is a secret"

@@ -4,6 +4,7 @@ pynetdicom as an SCU. Each observation of issue 21 is a test here: STOW-RS per P
 pipeline can process (acceptance rule, whole pixel data in every transfer syntax, MAX_IMAGE_BYTES), no instance
 replaced under its SOP Instance UID, the called AE title and the calling AE allow-list, Error Comments that fit, and
 one log line per event. A peer that cannot run fails the test."""
+
 from __future__ import annotations
 
 import io
@@ -33,16 +34,32 @@ from shared.settings import Settings
 ROOT = Path(__file__).resolve().parents[3]
 SUCCESS, DUPLICATE, DOES_NOT_MATCH, CANNOT_UNDERSTAND = 0x0000, 0x0111, 0xA900, 0xC000
 STORESCU_PROPOSES = {
-    "explicit-le": [], "implicit-le": ["-xi"], "explicit-be": ["-xb"], "deflated-le": ["-xd"], "rle": ["-xr"], "jpeg-baseline": ["-xy"],
-    "jpeg-extended": ["-xx"], "jpeg-lossless-sv1": ["-xs"], "jpeg-ls-lossless": ["-xt"], "jpeg-ls-near-lossless": ["-xu"],
-    "jpeg2000-lossless": ["-xv"], "jpeg2000": ["-xw"],
+    "explicit-le": [],
+    "implicit-le": ["-xi"],
+    "explicit-be": ["-xb"],
+    "deflated-le": ["-xd"],
+    "rle": ["-xr"],
+    "jpeg-baseline": ["-xy"],
+    "jpeg-extended": ["-xx"],
+    "jpeg-lossless-sv1": ["-xs"],
+    "jpeg-ls-lossless": ["-xt"],
+    "jpeg-ls-near-lossless": ["-xu"],
+    "jpeg2000-lossless": ["-xv"],
+    "jpeg2000": ["-xw"],
 }
 
 
 @pytest.fixture
 def settings(tmp_path: Path) -> Settings:
-    return Settings(data_dir=tmp_path / "data", gateway_dimse_port=0, gateway_http_port=0, gateway_pseudonym_key=KEY,
-                    gateway_dimse_timeout_s=20, gateway_acse_timeout_s=20, gateway_network_timeout_s=30)
+    return Settings(
+        data_dir=tmp_path / "data",
+        gateway_dimse_port=0,
+        gateway_http_port=0,
+        gateway_pseudonym_key=KEY,
+        gateway_dimse_timeout_s=20,
+        gateway_acse_timeout_s=20,
+        gateway_network_timeout_s=30,
+    )
 
 
 def dicomweb(gateway: Gateway, chunk_size: int = 10**6):
@@ -68,18 +85,25 @@ def truncated(data: bytes) -> bytes:
     ds = dataset(data)
     if ds.file_meta.TransferSyntaxUID.is_encapsulated:
         frame = next(generate_frames(ds.PixelData, number_of_frames=1))
-        ds.PixelData = encapsulate([frame[:len(frame) // 2]])
+        ds.PixelData = encapsulate([frame[: len(frame) // 2]])
     else:
-        ds.PixelData = ds.PixelData[:len(ds.PixelData) // 4 * 2]
+        ds.PixelData = ds.PixelData[: len(ds.PixelData) // 4 * 2]
     return to_bytes(ds)
 
 
 def sc_instance(seed: int = 5) -> bytes:
     image = generate_phantom(np.random.default_rng(seed), size=128).image
     chosen = SYNTAXES["explicit-le"]
-    ds = dicom_dataset(stored_values(image, chosen.bits), bits_stored=chosen.bits, SOPClassUID=SECONDARY_CAPTURE, Modality="DX",
-                       BodyPartExamined="CHEST", StudyInstanceUID=generate_uid(), SeriesInstanceUID=generate_uid(),
-                       ConversionType="WSD")
+    ds = dicom_dataset(
+        stored_values(image, chosen.bits),
+        bits_stored=chosen.bits,
+        SOPClassUID=SECONDARY_CAPTURE,
+        Modality="DX",
+        BodyPartExamined="CHEST",
+        StudyInstanceUID=generate_uid(),
+        SeriesInstanceUID=generate_uid(),
+        ConversionType="WSD",
+    )
     ds.file_meta.MediaStorageSOPClassUID = SECONDARY_CAPTURE
     return encode(ds, chosen)
 
@@ -117,6 +141,7 @@ def referenced(answer: pydicom.Dataset) -> list[str]:
 
 # --- 1. STOW-RS per PS3.18, with dicomweb-client -------------------------------------------------------------------
 
+
 def test_dicomweb_client_stores_several_instances_with_its_preamble_and_chunked_uploads(settings):
     chest = [cr_instance("explicit-le", seed=seed, size=256) for seed in (1, 2, 3)]
     with Gateway(settings) as gateway:
@@ -132,7 +157,11 @@ def test_dicomweb_client_stores_several_instances_with_its_preamble_and_chunked_
 def test_stow_answers_202_when_some_fail_and_409_when_all_fail_with_a_failure_reason_per_instance(settings):
     import requests
 
-    chest, abdomen, cut = cr_instance("explicit-le", seed=4), cr_instance("explicit-le", body_part="ABDOMEN"), truncated(cr_instance("jpeg-ls-lossless", seed=6))
+    chest, abdomen, cut = (
+        cr_instance("explicit-le", seed=4),
+        cr_instance("explicit-le", body_part="ABDOMEN"),
+        truncated(cr_instance("jpeg-ls-lossless", seed=6)),
+    )
     with Gateway(settings) as gateway:
         some = dicomweb(gateway, chunk_size=4096).store_instances([dataset(chest), dataset(abdomen)])
         with pytest.raises(requests.HTTPError) as e:
@@ -153,14 +182,38 @@ def test_curl_preamble_epilogue_chunked_and_the_study_in_the_path(settings, tmp_
     study = generate_uid()
     ours, other = cr_instance("explicit-le", study_uid=study, seed=7), cr_instance("explicit-le", seed=8)
     boundary = "b0und4ry"
-    body = (b"This is the preamble, ignored.\r\n--" + boundary.encode() + b"  \r\nContent-Type: application/dicom\r\n\r\n" + ours
-            + b"\r\n--" + boundary.encode() + b"\r\n\r\n" + other
-            + b"\r\n--" + boundary.encode() + b"--\r\nThis is the epilogue, ignored.\r\n")
+    body = (
+        b"This is the preamble, ignored.\r\n--"
+        + boundary.encode()
+        + b"  \r\nContent-Type: application/dicom\r\n\r\n"
+        + ours
+        + b"\r\n--"
+        + boundary.encode()
+        + b"\r\n\r\n"
+        + other
+        + b"\r\n--"
+        + boundary.encode()
+        + b"--\r\nThis is the epilogue, ignored.\r\n"
+    )
     (tmp_path / "body").write_bytes(body)
     with Gateway(settings) as gateway:
-        sent = run(["curl", "-sS", "-o", str(tmp_path / "answer.json"), "-w", "%{http_code}", "-H", "Transfer-Encoding: chunked",
-                    "-H", f'Content-Type: multipart/related; type="application/dicom"; boundary={boundary}',
-                    "--data-binary", f"@{tmp_path / 'body'}", f"{gateway.stow.url}/{study}"])
+        sent = run(
+            [
+                "curl",
+                "-sS",
+                "-o",
+                str(tmp_path / "answer.json"),
+                "-w",
+                "%{http_code}",
+                "-H",
+                "Transfer-Encoding: chunked",
+                "-H",
+                f'Content-Type: multipart/related; type="application/dicom"; boundary={boundary}',
+                "--data-binary",
+                f"@{tmp_path / 'body'}",
+                f"{gateway.stow.url}/{study}",
+            ]
+        )
     assert sent.returncode == 0, sent.stderr
     assert sent.stdout == "202"
     answer = pydicom.Dataset.from_json((tmp_path / "answer.json").read_text())
@@ -170,6 +223,7 @@ def test_curl_preamble_epilogue_chunked_and_the_study_in_the_path(settings, tmp_
 
 
 # --- 2. Success only for what can be processed ------------------------------------------------------------------------
+
 
 @pytest.mark.parametrize("syntax", sorted(SYNTAXES))
 def test_every_transfer_syntax_is_stored_whole_and_refused_truncated(settings, tmp_path, syntax):
@@ -183,7 +237,9 @@ def test_every_transfer_syntax_is_stored_whole_and_refused_truncated(settings, t
         # storescu proposes the file's own transfer syntax (one option each), so the instance travels as encoded; it has
         # no option for JPEG Lossless process 14 (non-SV1): pynetdicom sends that one.
         if syntax in STORESCU_PROPOSES:
-            sent = run([tool("storescu"), *STORESCU_PROPOSES[syntax], "-aec", gateway.ae_title, "127.0.0.1", str(gateway.dimse.port), str(path)])
+            sent = run(
+                [tool("storescu"), *STORESCU_PROPOSES[syntax], "-aec", gateway.ae_title, "127.0.0.1", str(gateway.dimse.port), str(path)]
+            )
             assert sent.returncode == 0, sent.stdout + sent.stderr
         else:
             assert c_store(gateway, whole).Status == SUCCESS
@@ -209,7 +265,7 @@ def test_a_file_cut_short_is_refused_over_stow_and_dimse(settings, tmp_path):
 
     for syntax in ("explicit-le", "jpeg-ls-lossless"):
         whole = cr_instance(syntax, seed=12)
-        cut = whole[:len(whole) - 1000]
+        cut = whole[: len(whole) - 1000]
         with Gateway(settings) as gateway:
             with pytest.raises(requests.HTTPError) as e:
                 dicomweb(gateway)._http_post_multipart_application_dicom(gateway.stow.url, [cut])
@@ -287,6 +343,7 @@ def test_an_instance_never_replaces_another_under_its_sop_instance_uid(settings,
 
 # --- 3. AE titles -----------------------------------------------------------------------------------------------------
 
+
 def test_a_wrong_called_ae_title_is_rejected_at_association_and_logged_once(settings, tmp_path, caplog):
     caplog.set_level(logging.INFO, logger="radstream.gateway")
     path = tmp_path / "cr.dcm"
@@ -330,10 +387,13 @@ def test_allow_list_entries_are_checked_at_start():
         with pytest.raises(ConfigurationError, match="GATEWAY_ALLOWED_CALLING_AES"):
             Settings.from_env({"GATEWAY_ALLOWED_CALLING_AES": bad})
     assert Settings.from_env({"GATEWAY_ALLOWED_CALLING_AES": "PACS@10.0.0.5, CR_1@10.2.0.0/16,"}).gateway_allowed_ae_list == [
-        "PACS@10.0.0.5", "CR_1@10.2.0.0/16"]
+        "PACS@10.0.0.5",
+        "CR_1@10.2.0.0/16",
+    ]
 
 
 # --- 4. Error comments and log lines -------------------------------------------------------------------------------------
+
 
 @pytest.mark.parametrize("change", ["abdomen", "no-body-part", "modality", "no-modality", "frames", "photometric"])
 def test_error_comments_fit_64_characters_as_whole_words(settings, change):
@@ -371,8 +431,14 @@ def test_the_gateway_command_prints_each_log_line_once(tmp_path):
     """`radstream gateway`, as a user starts it: one C-ECHO and one rejected association make one line each, not two."""
     env = {k: v for k, v in os.environ.items() if not k.startswith("GATEWAY_")}
     out, err = open(tmp_path / "out", "w+"), open(tmp_path / "err", "w+")
-    process = subprocess.Popen([sys.executable, "-m", "radstream.cli", "gateway", "--data-dir", str(tmp_path / "data"), "--workers", "1"],
-                               stdout=out, stderr=err, text=True, env=env, cwd=ROOT)
+    process = subprocess.Popen(
+        [sys.executable, "-m", "radstream.cli", "gateway", "--data-dir", str(tmp_path / "data"), "--workers", "1"],
+        stdout=out,
+        stderr=err,
+        text=True,
+        env=env,
+        cwd=ROOT,
+    )
     try:
         deadline = time.monotonic() + 120
         while not re.search(r"DIMSE: +127\.0\.0\.1 port (\d+)", (tmp_path / "out").read_text()):
@@ -413,7 +479,7 @@ def test_whole_native_ybr_full_422_is_acknowledged_and_decodes(tmp_path):
     receiver = Receiver(LocalObjectStore(tmp_path), "images", KEY.encode())
     assert receiver.receive(whole).size == len(whole)
     assert decode_dicom(whole, "ybr422").pixels.shape == (rows, columns)
-    ds.PixelData = ds.PixelData[:rows * columns]
+    ds.PixelData = ds.PixelData[: rows * columns]
     ds.SOPInstanceUID = generate_uid()
     with pytest.raises(Refused) as e:
         receiver.receive(to_bytes(ds))

@@ -2,6 +2,7 @@
 their own process, real associations over loopback) sending 100 instances to a gateway that admits 5 at a time.
 Fails on a lost instance (a C-STORE success without its stored object, its succeeded run and its result), on
 the limit exceeded, and on any patient value found outside the images bucket and the DICOM/FHIR exports."""
+
 from __future__ import annotations
 
 import importlib.util
@@ -23,9 +24,31 @@ def bench_module():
 
 def test_twenty_associations_lose_nothing_respect_the_limit_and_leak_no_phi(tmp_path):
     work = tmp_path / "load"
-    run = subprocess.run([sys.executable, str(BENCH), "--load", "--associations", "20", "--instances", "100",
-                          "--max-associations", "5", "--size", "96", "--work-dir", str(work), "--out", str(tmp_path / "summary.json"),
-                          "--deadline-s", "600"], capture_output=True, text=True, timeout=900, cwd=ROOT)
+    run = subprocess.run(
+        [
+            sys.executable,
+            str(BENCH),
+            "--load",
+            "--associations",
+            "20",
+            "--instances",
+            "100",
+            "--max-associations",
+            "5",
+            "--size",
+            "96",
+            "--work-dir",
+            str(work),
+            "--out",
+            str(tmp_path / "summary.json"),
+            "--deadline-s",
+            "600",
+        ],
+        capture_output=True,
+        text=True,
+        timeout=900,
+        cwd=ROOT,
+    )
     assert (tmp_path / "summary.json").is_file(), run.stderr[-3000:]
     summary = json.loads((tmp_path / "summary.json").read_text())
     assert summary["lost_count"] == 0, summary["lost"]
@@ -49,15 +72,37 @@ def test_twenty_associations_lose_nothing_respect_the_limit_and_leak_no_phi(tmp_
     trace = next(p for p in data.rglob("*") if p.is_file() and p.relative_to(data).parts[0] == "traces")
     trace.write_bytes(trace.read_bytes() + bench.PHI["PatientBirthDate"].encode())
     assert bench.phi_scan(data, f"stored for {bench.PHI['AccessionNumber']}") == [
-        "AccessionNumber in the log output", f"PatientBirthDate in {trace.relative_to(data)}"]
+        "AccessionNumber in the log output",
+        f"PatientBirthDate in {trace.relative_to(data)}",
+    ]
 
 
 def test_the_orthanc_mode_finds_each_sr_in_the_pacs_and_times_it(tmp_path):
     """benchmarks/gateway_bench.py --orthanc, small: Debian's Orthanc as the PACS; every stored instance's SR is
     found there by QIDO-RS, and the C-STORE -> SR-in-Orthanc times are reported."""
-    run = subprocess.run([sys.executable, str(BENCH), "--orthanc", "--instances", "2", "--size", "128", "--syntax", "explicit-le",
-                          "--work-dir", str(tmp_path / "orthanc"), "--out", str(tmp_path / "summary.json"), "--deadline-s", "300"],
-                         capture_output=True, text=True, timeout=600, cwd=ROOT)
+    run = subprocess.run(
+        [
+            sys.executable,
+            str(BENCH),
+            "--orthanc",
+            "--instances",
+            "2",
+            "--size",
+            "128",
+            "--syntax",
+            "explicit-le",
+            "--work-dir",
+            str(tmp_path / "orthanc"),
+            "--out",
+            str(tmp_path / "summary.json"),
+            "--deadline-s",
+            "300",
+        ],
+        capture_output=True,
+        text=True,
+        timeout=600,
+        cwd=ROOT,
+    )
     assert (tmp_path / "summary.json").is_file(), run.stderr[-3000:] + run.stdout[-2000:]
     summary = json.loads((tmp_path / "summary.json").read_text())
     assert (summary["stored"], summary["succeeded"], summary["srs_found_in_orthanc"]) == (2, 2, 2), summary

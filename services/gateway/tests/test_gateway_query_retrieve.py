@@ -2,6 +2,7 @@
 this project wrote look them up in the gateway — dicomweb-client (QIDO-RS search, WADO-RS retrieve and metadata),
 dcmtk's findscu (Study Root C-FIND, study and series level) and getscu (C-GET). Before issue 21 `findscu` got "No
 Acceptable Presentation Contexts" and `GET /studies` a 404. A peer that cannot run fails the test."""
+
 from __future__ import annotations
 
 import io
@@ -25,8 +26,15 @@ SECONDARY_CAPTURE = "1.2.840.10008.5.1.4.1.1.7"
 def served(tmp_path_factory):
     """A gateway in front of the local pipeline, after one CR went through it: (gateway, source, results folder)."""
     tmp = tmp_path_factory.mktemp("served")
-    settings = Settings(data_dir=tmp / "data", gateway_dimse_port=0, gateway_http_port=0, gateway_pseudonym_key=KEY,
-                        gateway_dimse_timeout_s=20, gateway_acse_timeout_s=20, gateway_network_timeout_s=30)
+    settings = Settings(
+        data_dir=tmp / "data",
+        gateway_dimse_port=0,
+        gateway_http_port=0,
+        gateway_pseudonym_key=KEY,
+        gateway_dimse_timeout_s=20,
+        gateway_acse_timeout_s=20,
+        gateway_network_timeout_s=30,
+    )
     data = cr_instance("jpeg-ls-lossless")
     (tmp / "cr.dcm").write_bytes(data)
     with LocalRuntime(settings, workers=1) as runtime:
@@ -69,7 +77,8 @@ def test_qido_rs_finds_the_study_its_series_and_instances(served):
     assert sorted(uid(s, "00080060") for s in series) == sorted([sr.Modality, overlay.Modality])
     instances = web.search_for_instances(study_instance_uid=source.StudyInstanceUID)
     assert sorted((uid(i, "00080016"), uid(i, "00080018")) for i in instances) == sorted(
-        [(COMPREHENSIVE_3D_SR, sr.SOPInstanceUID), (SECONDARY_CAPTURE, overlay.SOPInstanceUID)])
+        [(COMPREHENSIVE_3D_SR, sr.SOPInstanceUID), (SECONDARY_CAPTURE, overlay.SOPInstanceUID)]
+    )
     only_sr = web.search_for_instances(search_filters={"SOPClassUID": COMPREHENSIVE_3D_SR})
     assert [uid(i, "00080018") for i in only_sr] == [sr.SOPInstanceUID]
     assert len(web.search_for_instances(limit=1)) == 1
@@ -89,7 +98,7 @@ def test_wado_rs_retrieves_the_sr_and_overlay_as_stored_and_their_metadata(serve
     assert str(got.PatientName) == NAME and got.PatientID == PATIENT_ID
     study = list(web.retrieve_study(source.StudyInstanceUID))
     assert sorted(d.SOPInstanceUID for d in study) == sorted([sr.SOPInstanceUID, overlay.SOPInstanceUID])
-    stored_overlay, = [d for d in study if d.SOPInstanceUID == overlay.SOPInstanceUID]
+    (stored_overlay,) = [d for d in study if d.SOPInstanceUID == overlay.SOPInstanceUID]
     assert stored_overlay.PixelData == overlay.PixelData  # as stored (JPEG-LS), not re-encoded
     metadata = web.retrieve_study_metadata(source.StudyInstanceUID)
     assert sorted(uid(m, "00080018") for m in metadata) == sorted([sr.SOPInstanceUID, overlay.SOPInstanceUID])
@@ -111,10 +120,18 @@ def test_findscu_finds_the_study_and_its_series(served, tmp_path):
         assert found.returncode == 0, found.stdout + found.stderr
         return [pydicom.dcmread(p) for p in sorted((tmp_path / folder).glob("rsp*.dcm"))]
 
-    studies = find("study", "QueryRetrieveLevel=STUDY", f"PatientID={PATIENT_ID}", "StudyInstanceUID", "PatientName",
-                   "NumberOfStudyRelatedInstances", "ModalitiesInStudy")
+    studies = find(
+        "study",
+        "QueryRetrieveLevel=STUDY",
+        f"PatientID={PATIENT_ID}",
+        "StudyInstanceUID",
+        "PatientName",
+        "NumberOfStudyRelatedInstances",
+        "ModalitiesInStudy",
+    )
     assert [(s.StudyInstanceUID, str(s.PatientName), int(s.NumberOfStudyRelatedInstances)) for s in studies] == [
-        (source.StudyInstanceUID, NAME, 2)]
+        (source.StudyInstanceUID, NAME, 2)
+    ]
     series = find("series", "QueryRetrieveLevel=SERIES", f"StudyInstanceUID={source.StudyInstanceUID}", "SeriesInstanceUID", "Modality")
     assert sorted(s.SeriesInstanceUID for s in series) == sorted([sr.SeriesInstanceUID, overlay.SeriesInstanceUID])
     assert find("none", "QueryRetrieveLevel=STUDY", "PatientID=SOMEONE-ELSE", "StudyInstanceUID") == []
@@ -124,8 +141,24 @@ def test_getscu_retrieves_the_sr_and_the_overlay(served, tmp_path):
     gateway, source, results, _ = served
     sr = pydicom.dcmread(results / "report.sr.dcm")
     overlay = pydicom.dcmread(results / "report.overlay.dcm")
-    got = run([tool("getscu"), "-S", "-aet", "VIEWER", "-aec", gateway.ae_title, "127.0.0.1", str(gateway.dimse.port),
-               "-od", str(tmp_path), "-k", "QueryRetrieveLevel=STUDY", "-k", f"StudyInstanceUID={source.StudyInstanceUID}"])
+    got = run(
+        [
+            tool("getscu"),
+            "-S",
+            "-aet",
+            "VIEWER",
+            "-aec",
+            gateway.ae_title,
+            "127.0.0.1",
+            str(gateway.dimse.port),
+            "-od",
+            str(tmp_path),
+            "-k",
+            "QueryRetrieveLevel=STUDY",
+            "-k",
+            f"StudyInstanceUID={source.StudyInstanceUID}",
+        ]
+    )
     assert got.returncode == 0, got.stdout + got.stderr
     files = {d.SOPInstanceUID: d for d in (pydicom.dcmread(p) for p in tmp_path.iterdir() if p.is_file())}
     assert set(files) == {sr.SOPInstanceUID, overlay.SOPInstanceUID}, got.stdout + got.stderr
@@ -134,9 +167,24 @@ def test_getscu_retrieves_the_sr_and_the_overlay(served, tmp_path):
     assert (files[overlay.SOPInstanceUID].pixel_array == overlay.pixel_array).all()
     series_only = tmp_path / "series"
     series_only.mkdir()
-    got = run([tool("getscu"), "-S", "-aec", gateway.ae_title, "127.0.0.1", str(gateway.dimse.port), "-od", str(series_only),
-               "-k", "QueryRetrieveLevel=SERIES", "-k", f"StudyInstanceUID={source.StudyInstanceUID}",
-               "-k", f"SeriesInstanceUID={sr.SeriesInstanceUID}"])
+    got = run(
+        [
+            tool("getscu"),
+            "-S",
+            "-aec",
+            gateway.ae_title,
+            "127.0.0.1",
+            str(gateway.dimse.port),
+            "-od",
+            str(series_only),
+            "-k",
+            "QueryRetrieveLevel=SERIES",
+            "-k",
+            f"StudyInstanceUID={source.StudyInstanceUID}",
+            "-k",
+            f"SeriesInstanceUID={sr.SeriesInstanceUID}",
+        ]
+    )
     assert got.returncode == 0, got.stdout + got.stderr
     assert [pydicom.dcmread(p).SOPInstanceUID for p in series_only.iterdir()] == [sr.SOPInstanceUID]
 
@@ -147,8 +195,22 @@ def test_queries_leave_no_uid_or_patient_value_in_the_logs(served, caplog):
     web = client(gateway)
     web.search_for_studies(search_filters={"PatientID": PATIENT_ID, "PatientName": "GATEWAY^*"})
     web.retrieve_study_metadata(source.StudyInstanceUID)
-    found = run([tool("findscu"), "-S", "-aec", gateway.ae_title, "127.0.0.1", str(gateway.dimse.port), "-k", "QueryRetrieveLevel=STUDY",
-                 "-k", f"PatientID={PATIENT_ID}", "-k", "StudyInstanceUID"])
+    found = run(
+        [
+            tool("findscu"),
+            "-S",
+            "-aec",
+            gateway.ae_title,
+            "127.0.0.1",
+            str(gateway.dimse.port),
+            "-k",
+            "QueryRetrieveLevel=STUDY",
+            "-k",
+            f"PatientID={PATIENT_ID}",
+            "-k",
+            "StudyInstanceUID",
+        ]
+    )
     assert found.returncode == 0
     # The gateway's lines and pynetdicom's (the clients in this process log their own requests: not the gateway's)
     text = "\n".join(r.getMessage() for r in caplog.records if r.name.startswith(("radstream", "pynetdicom")))
@@ -183,25 +245,40 @@ def test_orthanc_queries_radstream_as_a_peer(served, tmp_path):
     except ConfigurationError as e:  # not installed, or did not start: fail loudly, never skip
         pytest.fail(str(e))
     with pacs:
-        study = pacs.post("/modalities/radstream/query", json.dumps(
-            {"Level": "Study", "Query": {"PatientID": PATIENT_ID, "StudyInstanceUID": "", "AccessionNumber": ""}}).encode())
+        study = pacs.post(
+            "/modalities/radstream/query",
+            json.dumps({"Level": "Study", "Query": {"PatientID": PATIENT_ID, "StudyInstanceUID": "", "AccessionNumber": ""}}).encode(),
+        )
         answers = pacs.get(f"{study['Path']}/answers")
         assert len(answers) == 1, answers
         content = pacs.get(f"{study['Path']}/answers/0/content?simplify")
         assert (content["StudyInstanceUID"], content["AccessionNumber"]) == (source.StudyInstanceUID, "ACC-GW-1")
-        series = pacs.post("/modalities/radstream/query", json.dumps(
-            {"Level": "Series", "Query": {"StudyInstanceUID": source.StudyInstanceUID, "SeriesInstanceUID": "", "Modality": ""}}).encode())
+        series = pacs.post(
+            "/modalities/radstream/query",
+            json.dumps(
+                {"Level": "Series", "Query": {"StudyInstanceUID": source.StudyInstanceUID, "SeriesInstanceUID": "", "Modality": ""}}
+            ).encode(),
+        )
         found = [pacs.get(f"{series['Path']}/answers/{i}/content?simplify") for i in pacs.get(f"{series['Path']}/answers")]
         assert sorted(s["SeriesInstanceUID"] for s in found) == sorted([sr.SeriesInstanceUID, overlay.SeriesInstanceUID])
         import urllib.request
 
-        server = urllib.request.Request(f"{pacs.url}/dicom-web/servers/radstream", method="PUT",
-                                        data=json.dumps({"Url": gateway.stow.url.rsplit("/studies", 1)[0] + "/"}).encode())
+        server = urllib.request.Request(
+            f"{pacs.url}/dicom-web/servers/radstream",
+            method="PUT",
+            data=json.dumps({"Url": gateway.stow.url.rsplit("/studies", 1)[0] + "/"}).encode(),
+        )
         urllib.request.urlopen(server, timeout=30).close()
         pacs.post("/dicom-web/servers/radstream/retrieve", json.dumps({"Resources": [{"Study": source.StudyInstanceUID}]}).encode())
-        for uid_, data in ((sr.SOPInstanceUID, (results / "report.sr.dcm").read_bytes()), (overlay.SOPInstanceUID, (results / "report.overlay.dcm").read_bytes())):
+        for uid_, data in (
+            (sr.SOPInstanceUID, (results / "report.sr.dcm").read_bytes()),
+            (overlay.SOPInstanceUID, (results / "report.overlay.dcm").read_bytes()),
+        ):
             (found_instance,) = pacs.post("/tools/lookup", uid_.encode())
             with urllib.request.urlopen(f"{pacs.url}/instances/{found_instance['ID']}/file", timeout=30) as response:
                 got, ours = pydicom.dcmread(io.BytesIO(response.read())), pydicom.dcmread(io.BytesIO(data))
             assert (got.SOPClassUID, got.get("PixelData"), got.get("ContentSequence")) == (
-                ours.SOPClassUID, ours.get("PixelData"), ours.get("ContentSequence")), uid_
+                ours.SOPClassUID,
+                ours.get("PixelData"),
+                ours.get("ContentSequence"),
+            ), uid_

@@ -1,5 +1,6 @@
 """TLS on the gateway (a certificate as a mounted Secret would give it): STOW-RS over HTTPS, DICOM TLS on its own
 port, GET /health for the probes, and the C-ECHO liveness probe. Real handshakes over loopback."""
+
 from __future__ import annotations
 
 import datetime
@@ -33,11 +34,17 @@ def self_signed(folder: Path) -> tuple[Path, Path]:
     key = ec.generate_private_key(ec.SECP256R1())
     name = x509.Name([x509.NameAttribute(NameOID.COMMON_NAME, "gateway.radstream.test")])
     now = datetime.datetime.now(datetime.UTC)
-    cert = (x509.CertificateBuilder().subject_name(name).issuer_name(name).public_key(key.public_key())
-            .serial_number(x509.random_serial_number()).not_valid_before(now - datetime.timedelta(minutes=1))
-            .not_valid_after(now + datetime.timedelta(days=1))
-            .add_extension(x509.SubjectAlternativeName([x509.DNSName("localhost")]), critical=False)
-            .sign(key, hashes.SHA256()))
+    cert = (
+        x509.CertificateBuilder()
+        .subject_name(name)
+        .issuer_name(name)
+        .public_key(key.public_key())
+        .serial_number(x509.random_serial_number())
+        .not_valid_before(now - datetime.timedelta(minutes=1))
+        .not_valid_after(now + datetime.timedelta(days=1))
+        .add_extension(x509.SubjectAlternativeName([x509.DNSName("localhost")]), critical=False)
+        .sign(key, hashes.SHA256())
+    )
     cert_path, key_path = folder / "tls.crt", folder / "tls.key"
     cert_path.write_bytes(cert.public_bytes(serialization.Encoding.PEM))
     key_path.write_bytes(key.private_bytes(serialization.Encoding.PEM, serialization.PrivateFormat.PKCS8, serialization.NoEncryption()))
@@ -53,9 +60,17 @@ def client_context(cert: Path) -> ssl.SSLContext:
 @pytest.fixture
 def tls_settings(tmp_path: Path) -> Settings:
     cert, key = self_signed(tmp_path)
-    return Settings(data_dir=tmp_path / "data", gateway_dimse_port=0, gateway_http_port=0, gateway_dicom_tls_port=0,
-                    gateway_pseudonym_key=KEY, gateway_tls_cert_file=cert, gateway_tls_key_file=key,
-                    gateway_allowed_calling_aes="MODALITY,RADSTREAM-PROBE", gateway_network_timeout_s=10)
+    return Settings(
+        data_dir=tmp_path / "data",
+        gateway_dimse_port=0,
+        gateway_http_port=0,
+        gateway_dicom_tls_port=0,
+        gateway_pseudonym_key=KEY,
+        gateway_tls_cert_file=cert,
+        gateway_tls_key_file=key,
+        gateway_allowed_calling_aes="MODALITY,RADSTREAM-PROBE",
+        gateway_network_timeout_s=10,
+    )
 
 
 def test_stow_over_https_and_health(tls_settings):
@@ -68,8 +83,12 @@ def test_stow_over_https_and_health(tls_settings):
         base = f"https://localhost:{gateway.stow.port}"
         with urllib.request.urlopen(f"{base}/health", timeout=10, context=context) as response:
             assert (response.status, response.read()) == (200, b"ok")
-        request = urllib.request.Request(f"{base}/studies", data=body, method="POST", headers={
-            "Content-Type": f'multipart/related; type="application/dicom"; boundary={boundary}'})
+        request = urllib.request.Request(
+            f"{base}/studies",
+            data=body,
+            method="POST",
+            headers={"Content-Type": f'multipart/related; type="application/dicom"; boundary={boundary}'},
+        )
         with urllib.request.urlopen(request, timeout=30, context=context) as response:
             assert response.status == 200
             answer = json.loads(response.read())
@@ -103,8 +122,9 @@ def test_dicom_tls_echo_and_store_and_the_plain_port_probe(tls_settings):
         finally:
             assoc.release()
         # A client that does not trust the certificate gets no association.
-        untrusted = scu.associate("127.0.0.1", gateway.dimse.tls_port, ae_title=gateway.ae_title,
-                                  tls_args=(ssl.create_default_context(), "localhost"))
+        untrusted = scu.associate(
+            "127.0.0.1", gateway.dimse.tls_port, ae_title=gateway.ae_title, tls_args=(ssl.create_default_context(), "localhost")
+        )
         assert not untrusted.is_established
         # The pod's liveness probe: a C-ECHO on the plain DIMSE port, as its allowed calling AE.
         assert echo(tls_settings.model_copy(update={"gateway_dimse_port": gateway.dimse.port}))

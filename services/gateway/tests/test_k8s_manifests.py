@@ -1,5 +1,6 @@
 """The gateway-on-EKS manifests, offline as Triton's are (kubernetes-validate against the Kubernetes JSON schemas,
 `kubectl kustomize` when present), and wired to each other, to the image, to the settings and to the stacks."""
+
 from __future__ import annotations
 
 import ipaddress
@@ -48,8 +49,15 @@ def settings_of_configmap() -> dict[str, str]:
 def test_every_manifest_is_listed_and_valid():
     listed = set(yaml.safe_load((BASE / "kustomization.yaml").read_text())["resources"])
     assert listed == {p.name for p in BASE.glob("*.yaml")} - {"kustomization.yaml"}
-    assert {d["kind"] for d in resources()} == {"Namespace", "ServiceAccount", "ConfigMap", "Deployment", "Service",
-                                               "PodDisruptionBudget", "NetworkPolicy"}
+    assert {d["kind"] for d in resources()} == {
+        "Namespace",
+        "ServiceAccount",
+        "ConfigMap",
+        "Deployment",
+        "Service",
+        "PodDisruptionBudget",
+        "NetworkPolicy",
+    }
     for doc in resources():
         validate(doc)
         if doc["kind"] != "Namespace":
@@ -98,13 +106,19 @@ def test_the_configmap_is_valid_gateway_settings_with_tls_and_the_secret():
     assert settings.gateway_tls_key_file == Path(tls_mount["mountPath"]) / "tls.key"
     # The container's ports are the settings' ports.
     ports = {p["name"]: p["containerPort"] for p in container()["ports"]}
-    assert ports == {"dimse": settings.gateway_dimse_port, "dicom-tls": settings.gateway_dicom_tls_port, "https": settings.gateway_http_port}
+    assert ports == {
+        "dimse": settings.gateway_dimse_port,
+        "dicom-tls": settings.gateway_dicom_tls_port,
+        "https": settings.gateway_http_port,
+    }
     # The liveness probe's C-ECHO calls as RADSTREAM-PROBE, which the allowed list must hold.
     assert "RADSTREAM-PROBE" in settings.gateway_allowed_ae_list
     assert data["AWS_ENDPOINT_URL_S3"].startswith("https://bucket.vpce-") and ".s3." in data["AWS_ENDPOINT_URL_S3"]
     # The secret's name is the one template.yaml gives it (any environment).
     name = TEMPLATE["Resources"]["GatewayPseudonymKey"]["Properties"]["Name"]["Fn::Sub"].replace("${EnvironmentName}", "[a-z]+")
-    assert re.fullmatch(rf"arn:aws:secretsmanager:[a-z0-9-]+:\d{{12}}:secret:{name}-[A-Za-z0-9]{{6}}", settings.gateway_pseudonym_secret_arn)
+    assert re.fullmatch(
+        rf"arn:aws:secretsmanager:[a-z0-9-]+:\d{{12}}:secret:{name}-[A-Za-z0-9]{{6}}", settings.gateway_pseudonym_secret_arn
+    )
 
 
 def test_probes_use_health_over_https_and_a_c_echo():
@@ -132,7 +146,8 @@ def test_the_service_is_an_internal_nlb_for_dimse_and_https_passing_tls_through(
     container_ports = {p["name"] for p in container()["ports"]}
     assert set(ports.values()) <= container_ports
     assert int(annotations["service.beta.kubernetes.io/aws-load-balancer-healthcheck-port"]) == next(
-        p["containerPort"] for p in container()["ports"] if p["name"] == "https")
+        p["containerPort"] for p in container()["ports"] if p["name"] == "https"
+    )
 
 
 def test_network_policy_admits_the_hospital_and_reaches_only_dns_and_the_endpoints():
@@ -142,7 +157,10 @@ def test_network_policy_admits_the_hospital_and_reaches_only_dns_and_the_endpoin
     hospital = one("Service")["spec"]["loadBalancerSourceRanges"]
     vpc = PLATFORM["Parameters"]["VpcCidr"]["Default"]
     container_ports = {p["containerPort"] for p in container()["ports"]}
-    ingress = {frozenset(p["port"] for p in rule["ports"]): [peer["ipBlock"]["cidr"] for peer in rule["from"]] for rule in policy["spec"]["ingress"]}
+    ingress = {
+        frozenset(p["port"] for p in rule["ports"]): [peer["ipBlock"]["cidr"] for peer in rule["from"]]
+        for rule in policy["spec"]["ingress"]
+    }
     assert ingress == {frozenset(container_ports): hospital, frozenset({8443}): [vpc]}
     for peers in ingress.values():
         assert all(ipaddress.ip_network(c).prefixlen >= 8 for c in peers)  # never "anywhere"
@@ -152,8 +170,11 @@ def test_network_policy_admits_the_hospital_and_reaches_only_dns_and_the_endpoin
     assert dns["to"][0]["namespaceSelector"]["matchLabels"] == {"kubernetes.io/metadata.name": "kube-system"}
     assert endpoints == {"to": [{"ipBlock": {"cidr": vpc}}], "ports": [{"protocol": "TCP", "port": 443}]}
     # The VPC's interface endpoints the gateway calls exist in the platform stack.
-    services = {r["Properties"]["ServiceName"]["Fn::Sub"].rsplit(".", 1)[-1]: r["Properties"]
-                for r in PLATFORM["Resources"].values() if r["Type"] == "AWS::EC2::VPCEndpoint" and r["Properties"]["VpcEndpointType"] == "Interface"}
+    services = {
+        r["Properties"]["ServiceName"]["Fn::Sub"].rsplit(".", 1)[-1]: r["Properties"]
+        for r in PLATFORM["Resources"].values()
+        if r["Type"] == "AWS::EC2::VPCEndpoint" and r["Properties"]["VpcEndpointType"] == "Interface"
+    }
     assert {"secretsmanager", "sts", "s3"} <= set(services)
 
 

@@ -9,6 +9,7 @@
   `radstream export --retry` delivers and removes it.
 Orthanc or dcmtk that cannot start fails the test (`make orthanc`, `make dcmtk` install them).
 """
+
 from __future__ import annotations
 
 import io
@@ -40,8 +41,16 @@ def start_orthanc(folder: Path, **kwargs) -> Orthanc:
 
 
 def settings_for(tmp_path: Path, **update) -> Settings:
-    return Settings(data_dir=tmp_path / "data", gateway_dimse_port=0, gateway_http_port=0, gateway_pseudonym_key=KEY,
-                    gateway_dimse_timeout_s=20, gateway_acse_timeout_s=20, gateway_network_timeout_s=30, **update)
+    return Settings(
+        data_dir=tmp_path / "data",
+        gateway_dimse_port=0,
+        gateway_http_port=0,
+        gateway_pseudonym_key=KEY,
+        gateway_dimse_timeout_s=20,
+        gateway_acse_timeout_s=20,
+        gateway_network_timeout_s=30,
+        **update,
+    )
 
 
 def instance_file(pacs: Orthanc, sop_instance_uid: str) -> bytes:
@@ -60,8 +69,11 @@ def qido_series(pacs: Orthanc, study_uid: str) -> dict[str, dict]:
     for item in series:
         series_uid = dicom_json_value(item, "0020000E")
         instances = pacs.get(f"/dicom-web/studies/{study_uid}/series/{series_uid}/instances", accept="application/dicom+json")
-        found[dicom_json_value(item, "00080060")] = {"uid": series_uid, "description": dicom_json_value(item, "0008103E"),
-                                                     "instances": [dicom_json_value(i, "00080018") for i in instances]}
+        found[dicom_json_value(item, "00080060")] = {
+            "uid": series_uid,
+            "description": dicom_json_value(item, "0008103E"),
+            "instances": [dicom_json_value(i, "00080018") for i in instances],
+        }
     return found
 
 
@@ -85,14 +97,19 @@ def test_orthanc_pushes_a_cr_and_gets_the_sr_and_overlay_back_filed_with_its_stu
     data = cr_instance("jpeg-ls-lossless")
     source = pydicom.dcmread(io.BytesIO(data), stop_before_pixels=True)
     pacs_dimse, pacs_http = free_port(), free_port()
-    settings = settings_for(tmp_path, export_dicom_peer=f"ORTHANC@127.0.0.1:{pacs_dimse}",
-                            export_stow_url=f"http://127.0.0.1:{pacs_http}/dicom-web/studies")
+    settings = settings_for(
+        tmp_path, export_dicom_peer=f"ORTHANC@127.0.0.1:{pacs_dimse}", export_stow_url=f"http://127.0.0.1:{pacs_http}/dicom-web/studies"
+    )
     with LocalRuntime(settings, workers=1) as runtime:
         pipeline = LocalPipeline(runtime, workers=1)
         with Gateway(settings, store=runtime.store, on_stored=pipeline) as gateway:
             # Orthanc's ports were chosen before the gateway's settings (they name it); the gateway's port is its modality.
-            with start_orthanc(tmp_path / "orthanc", dimse_port=pacs_dimse, http_port=pacs_http,
-                               modalities={"radstream": ("RADSTREAM", "127.0.0.1", gateway.dimse.port)}) as orthanc:
+            with start_orthanc(
+                tmp_path / "orthanc",
+                dimse_port=pacs_dimse,
+                http_port=pacs_http,
+                modalities={"radstream": ("RADSTREAM", "127.0.0.1", gateway.dimse.port)},
+            ) as orthanc:
                 instance = orthanc.post("/instances", data)
                 # The PACS pushes the CR to the gateway (Orthanc's C-STORE SCU).
                 pushed = orthanc.post("/modalities/radstream/store", instance["ID"].encode())
@@ -106,10 +123,16 @@ def test_orthanc_pushes_a_cr_and_gets_the_sr_and_overlay_back_filed_with_its_stu
                 (study,) = orthanc.get("/studies")
                 assert orthanc.get(f"/studies/{study}")["MainDicomTags"]["StudyInstanceUID"] == source.StudyInstanceUID
                 instances = [orthanc.get(f"/instances/{i}/simplified-tags") for i in orthanc.get("/instances")]
-                assert sorted(i["SOPClassUID"] for i in instances) == sorted([source.SOPClassUID, COMPREHENSIVE_3D_SR, SECONDARY_CAPTURE]), [(i["SOPClassUID"], i["SOPInstanceUID"], i["SeriesInstanceUID"]) for i in instances]
+                assert sorted(i["SOPClassUID"] for i in instances) == sorted(
+                    [source.SOPClassUID, COMPREHENSIVE_3D_SR, SECONDARY_CAPTURE]
+                ), [(i["SOPClassUID"], i["SOPInstanceUID"], i["SeriesInstanceUID"]) for i in instances]
                 for sop_class, modality in ((COMPREHENSIVE_3D_SR, "SR"), (SECONDARY_CAPTURE, "OT")):
                     made = next(i for i in instances if i["SOPClassUID"] == sop_class)
-                    assert (made["StudyInstanceUID"], made["PatientID"], made["Modality"]) == (source.StudyInstanceUID, source.PatientID, modality)
+                    assert (made["StudyInstanceUID"], made["PatientID"], made["Modality"]) == (
+                        source.StudyInstanceUID,
+                        source.PatientID,
+                        modality,
+                    )
 
 
 def test_storescu_to_gateway_to_workflow_to_orthanc_found_by_qido_rs(tmp_path):
@@ -191,7 +214,11 @@ def test_demo_pacs_shows_each_study_in_orthanc(tmp_path, capsys):
     assert main(["demo", "--pacs", "--count", "2", "--data-dir", str(tmp_path / "data"), "--workers", "1"]) == 0
     out = capsys.readouterr().out
     assert out.count(": succeeded; SR and overlay delivered to dimse:ORTHANC@127.0.0.1:") == 2, out
-    assert out.count("/dicom-web/studies?StudyInstanceUID=") == 2 and out.count("series SR: RadStream") == 2 and out.count("series OT: RadStream") == 2
+    assert (
+        out.count("/dicom-web/studies?StudyInstanceUID=") == 2
+        and out.count("series SR: RadStream") == 2
+        and out.count("series OT: RadStream") == 2
+    )
     assert "every study's SR and overlay are in Orthanc" in out
     for line in out.splitlines():
         if line.strip().startswith("results:"):

@@ -1,4 +1,5 @@
 """Decoding: every CR/DX transfer syntax, YBR, padding, INVERSE, signed pixels, 16-bit PNG depth, size limits before pixels."""
+
 from __future__ import annotations
 
 import re
@@ -169,7 +170,10 @@ def png_bomb() -> bytes:
 def test_bombs_declare_their_size_in_the_header(png_bomb):
     assert len(png_bomb) < 1_000_000, "small on disk"
     assert image_geometry(png_bomb, "png").samples == 40000 * 40000
-    assert (image_geometry(jpeg_claiming(60000, 60000), "jpeg").width, image_geometry(jpeg_claiming(60000, 60000), "jpeg").height) == (60000, 60000)
+    assert (image_geometry(jpeg_claiming(60000, 60000), "jpeg").width, image_geometry(jpeg_claiming(60000, 60000), "jpeg").height) == (
+        60000,
+        60000,
+    )
     geometry = image_geometry(dicom_in_syntax(np.zeros((32, 48)), "jpeg-ls-lossless"), "dicom")
     assert (geometry.width, geometry.height, geometry.channels, geometry.frames) == (48, 32, 1, 1)
 
@@ -178,8 +182,14 @@ def test_bombs_declare_their_size_in_the_header(png_bomb):
 def test_bombs_are_refused_before_decoding_naming_size_and_limit(store, config_only_repository, png_bomb, name, fmt, size):
     data = png_bomb if name == "png" else jpeg_claiming(size, size)
     store.put_bytes("images", f"incoming/bomb/image.{name}", data)
-    request = PrepareRequest(study_id="bomb", image=StudyImage(bucket="images", key=f"incoming/bomb/image.{name}", format=fmt, sha256="0" * 64, size_bytes=len(data)))
-    with pytest.raises(InvalidImage, match=rf"study bomb: image is {size} x {size} pixels x 1 channel\(s\) = {size * size:,} samples by its {fmt.upper()} header, over the 100,000,000-sample limit \(MAX_IMAGE_PIXELS\)"):
+    request = PrepareRequest(
+        study_id="bomb",
+        image=StudyImage(bucket="images", key=f"incoming/bomb/image.{name}", format=fmt, sha256="0" * 64, size_bytes=len(data)),
+    )
+    with pytest.raises(
+        InvalidImage,
+        match=rf"study bomb: image is {size} x {size} pixels x 1 channel\(s\) = {size * size:,} samples by its {fmt.upper()} header, over the 100,000,000-sample limit \(MAX_IMAGE_PIXELS\)",
+    ):
         prepare_tensors(request, store, ModelRepository(config_only_repository), "artifacts")
 
 
@@ -220,7 +230,9 @@ def test_undecodable_pixel_data_names_the_transfer_syntax(picture):
     ds.PixelData = encapsulate([b"\xff\x4f\xff\x51" + bytes(200) + b"\xff\xd9"])  # a J2K start, then nothing valid
     buffer = io.BytesIO()
     ds.save_as(buffer)
-    with pytest.raises(InvalidImage, match=r"study s: DICOM pixel data cannot be read \(\w+\) in JPEG 2000 Image Compression \(Lossless Only\)"):
+    with pytest.raises(
+        InvalidImage, match=r"study s: DICOM pixel data cannot be read \(\w+\) in JPEG 2000 Image Compression \(Lossless Only\)"
+    ):
         decode_dicom(buffer.getvalue(), "s")
 
 

@@ -4,6 +4,7 @@ pydicom reads (1, 8, 12, 16, 32 bits, signed and unsigned, grayscale and RGB, fl
 The compressed files come from real encoders (dcmtk's dcmcjpeg and dcmcjpls, GDCM's gdcmconv); the padding is appended
 to the last fragment with pydicom's encapsulation helpers, as the encoders seen in the wild write it.
 """
+
 from __future__ import annotations
 
 import io
@@ -191,7 +192,7 @@ def test_float_pixel_data(picture, dtype):
     ds = dicom_dataset(np.zeros(picture.shape, np.uint8), bits_stored=8)
     del ds.PixelData, ds.BitsStored, ds.HighBit, ds.PixelRepresentation, ds.RescaleSlope, ds.RescaleIntercept
     ds.BitsAllocated = 32 if dtype == "float32" else 64
-    values = (picture.astype(dtype) * 3000.0 - 1000.0)  # e.g. a physical quantity, not detector counts
+    values = picture.astype(dtype) * 3000.0 - 1000.0  # e.g. a physical quantity, not detector counts
     if dtype == "float32":
         ds.FloatPixelData = values.tobytes()
     else:

@@ -1,4 +1,5 @@
 """Prepare stage: pixel handling (bit depth, colour, MONOCHROME1, windowing), letterboxing, tensors in the artifacts bucket."""
+
 from __future__ import annotations
 
 import io
@@ -35,7 +36,9 @@ def test_12_bit_data_in_a_16_bit_png_uses_the_sbit_depth():
 def test_rgb_becomes_grayscale():
     gray = np.tile(np.arange(0, 250, 2, dtype=np.uint8), (50, 1))
     rgb = cv2.imencode(".png", cv2.cvtColor(gray, cv2.COLOR_GRAY2BGR))[1].tobytes()
-    np.testing.assert_allclose(decode_raster(rgb, "s").pixels, decode_raster(cv2.imencode(".png", gray)[1].tobytes(), "s").pixels, atol=1 / 255)
+    np.testing.assert_allclose(
+        decode_raster(rgb, "s").pixels, decode_raster(cv2.imencode(".png", gray)[1].tobytes(), "s").pixels, atol=1 / 255
+    )
 
 
 def test_corrupt_image_is_a_clear_error():
@@ -72,7 +75,9 @@ def test_letterbox_pads_without_cropping_and_maps_back():
 def test_tensors_are_written_per_model_with_their_normalisation(store, config_only_repository):
     png = gradient_png(1024, 768)
     store.put_bytes("images", "incoming/s1/image.png", png)
-    request = PrepareRequest(study_id="s1", image=StudyImage(bucket="images", key="incoming/s1/image.png", format="png", sha256="0" * 64, size_bytes=len(png)))
+    request = PrepareRequest(
+        study_id="s1", image=StudyImage(bucket="images", key="incoming/s1/image.png", format="png", sha256="0" * 64, size_bytes=len(png))
+    )
     out = prepare_tensors(request, store, ModelRepository(config_only_repository), "artifacts")
     assert set(out.tensors) == {"chest_xray_classifier", "anomaly_detector", "report_encoder"}
     assert (out.original.width, out.original.height) == (1024, 768)
@@ -88,13 +93,22 @@ def test_tensors_are_written_per_model_with_their_normalisation(store, config_on
 def test_constant_image_is_rejected(store, config_only_repository):
     flat = cv2.imencode(".png", np.full((64, 64), 77, np.uint8))[1].tobytes()
     store.put_bytes("images", "incoming/s2/image.png", flat)
-    request = PrepareRequest(study_id="s2", image=StudyImage(bucket="images", key="incoming/s2/image.png", format="png", sha256="0" * 64, size_bytes=len(flat)))
+    request = PrepareRequest(
+        study_id="s2", image=StudyImage(bucket="images", key="incoming/s2/image.png", format="png", sha256="0" * 64, size_bytes=len(flat))
+    )
     with pytest.raises(InvalidImage, match="study s2: image decodes to a constant value"):
         prepare_tensors(request, store, ModelRepository(config_only_repository), "artifacts")
 
 
-@pytest.mark.parametrize("shape,dtype,level,step", [((2000, 1500), np.uint8, 77, 1), ((1500, 2600), np.uint16, 3000, 1),
-                                                   ((3000, 3000), np.uint8, 0, 1), ((3000, 2000), np.uint16, 40000, 1)])
+@pytest.mark.parametrize(
+    "shape,dtype,level,step",
+    [
+        ((2000, 1500), np.uint8, 77, 1),
+        ((1500, 2600), np.uint16, 3000, 1),
+        ((3000, 3000), np.uint8, 0, 1),
+        ((3000, 2000), np.uint16, 40000, 1),
+    ],
+)
 def test_flatness_is_judged_as_on_the_full_image(store, config_only_repository, shape, dtype, level, step):
     """Judged on the largest model input first, but the answer is the full image's: flat stays flat, and one pixel
     one level off (the least an image can differ from flat; 1/65535 in a 16-bit one, which a resize averages below
@@ -110,7 +124,9 @@ def test_flatness_is_judged_as_on_the_full_image(store, config_only_repository, 
         data = cv2.imencode(".png", image)[1].tobytes()
         key = f"incoming/f{i}/image.png"
         store.put_bytes("images", key, data)
-        request = PrepareRequest(study_id=f"f{i}", image=StudyImage(bucket="images", key=key, format="png", sha256="0" * 64, size_bytes=len(data)))
+        request = PrepareRequest(
+            study_id=f"f{i}", image=StudyImage(bucket="images", key=key, format="png", sha256="0" * 64, size_bytes=len(data))
+        )
         if constant:
             with pytest.raises(InvalidImage, match="constant value"):
                 prepare_tensors(request, store, repository, "artifacts")

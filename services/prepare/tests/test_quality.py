@@ -4,6 +4,7 @@ Positive and negative cases are built from the synthetic phantoms: upright chest
 MONOCHROME1 header over MONOCHROME2 pixels (polarity), limb-like, uniform-gradient and noise pictures (not a chest),
 and chests stored dark, washed out or flat on their declared range (exposure).
 """
+
 from __future__ import annotations
 
 from typing import get_args
@@ -77,11 +78,14 @@ def test_a_picture_that_is_not_a_chest_is_flagged(name):
 
 
 @pytest.mark.parametrize("seed", range(4))
-@pytest.mark.parametrize("case, transform, expected", [
-    ("dark, burned out", lambda p: 0.30 * p, {"overexposed"}),
-    ("grey, washed out", lambda p: 0.55 + 0.45 * p, {"underexposed"}),
-    ("flat", lambda p: 0.45 + 0.12 * p, {"low_contrast", "underexposed"}),
-])
+@pytest.mark.parametrize(
+    "case, transform, expected",
+    [
+        ("dark, burned out", lambda p: 0.30 * p, {"overexposed"}),
+        ("grey, washed out", lambda p: 0.55 + 0.45 * p, {"underexposed"}),
+        ("flat", lambda p: 0.45 + 0.12 * p, {"low_contrast", "underexposed"}),
+    ],
+)
 def test_exposure_is_read_on_the_declared_range(seed, case, transform, expected):
     picture = chest(seed)
     for bits_stored in (12, 16):
@@ -100,11 +104,17 @@ def test_prepare_carries_the_flags_and_the_tensors_do_not_depend_on_them(store):
     prepared = {}
     for name, data in (("good", good), ("wrong", wrong)):
         store.put_bytes("images", f"incoming/{name}/study.dcm", data)
-        request = PrepareRequest(study_id=name, image=StudyImage(bucket="images", key=f"incoming/{name}/study.dcm", format="dicom", sha256="0" * 64, size_bytes=len(data)))
+        request = PrepareRequest(
+            study_id=name,
+            image=StudyImage(bucket="images", key=f"incoming/{name}/study.dcm", format="dicom", sha256="0" * 64, size_bytes=len(data)),
+        )
         prepared[name] = prepare_tensors(request, store, repository, "artifacts")
     assert prepared["good"].original.quality_flags == []
     assert prepared["wrong"].original.quality_flags == []  # MONOCHROME1 correctly declared: the same upright picture
     inverted = dataset_bytes(dicom_dataset(stored_values(picture, 12), "MONOCHROME1"))
     store.put_bytes("images", "incoming/inv/study.dcm", inverted)
-    request = PrepareRequest(study_id="inv", image=StudyImage(bucket="images", key="incoming/inv/study.dcm", format="dicom", sha256="0" * 64, size_bytes=len(inverted)))
+    request = PrepareRequest(
+        study_id="inv",
+        image=StudyImage(bucket="images", key="incoming/inv/study.dcm", format="dicom", sha256="0" * 64, size_bytes=len(inverted)),
+    )
     assert prepare_tensors(request, store, repository, "artifacts").original.quality_flags == ["polarity_suspicious"]

@@ -1,4 +1,5 @@
 """Store service: the result contract, idempotent writes, and failure records that a person can act on."""
+
 from __future__ import annotations
 
 import hashlib
@@ -22,26 +23,63 @@ MODEL = {"name": "m", "version": "1", "provenance": "reference model trained on 
 
 
 def telemetry(stage: str, ms: float, model: str | None = None) -> dict:
-    return telemetry_record(stage=stage, study_id="s1", execution_id="e1", status="succeeded", duration_ms=ms).model_dump(mode="json") | {"model_name": model}
+    return telemetry_record(stage=stage, study_id="s1", execution_id="e1", status="succeeded", duration_ms=ms).model_dump(mode="json") | {
+        "model_name": model
+    }
 
 
 def state() -> dict:
     image = {"bucket": "images", "key": "incoming/s1/image.png", "format": "png", "sha256": "a" * 64, "size_bytes": 1234}
     return {
-        "bucket": "images", "key": "incoming/s1/study.json",
-        "study": {"study_id": "s1", "image": image, "metadata": {"bucket": "images", "key": "incoming/s1/study.json"},
-                  "view_position": "PA", "modality": "DX", "priority": "routine", "telemetry": telemetry("validate", 3.5)},
-        "tensors": {"study_id": "s1", "original": {"width": 1000, "height": 800, "bit_depth": 8, "photometric": "MONOCHROME2",
-                                 "intensity_rule": "png16-sbit12-percentile"},
-                    "tensors": {}, "telemetry": telemetry("prepare", 20.0)},
+        "bucket": "images",
+        "key": "incoming/s1/study.json",
+        "study": {
+            "study_id": "s1",
+            "image": image,
+            "metadata": {"bucket": "images", "key": "incoming/s1/study.json"},
+            "view_position": "PA",
+            "modality": "DX",
+            "priority": "routine",
+            "telemetry": telemetry("validate", 3.5),
+        },
+        "tensors": {
+            "study_id": "s1",
+            "original": {
+                "width": 1000,
+                "height": 800,
+                "bit_depth": 8,
+                "photometric": "MONOCHROME2",
+                "intensity_rule": "png16-sbit12-percentile",
+            },
+            "tensors": {},
+            "telemetry": telemetry("prepare", 20.0),
+        },
         "inference": [
-            {"study_id": "s1", "kind": "classifier", "model": MODEL | {"name": "chest_xray_classifier"}, "telemetry": telemetry("inference", 9, "chest_xray_classifier"),
-             "findings": [{"label": "Edema", "probability": 0.8, "threshold": 0.5, "positive": True},
-                          {"label": "Cardiomegaly", "probability": 0.1, "threshold": 0.5, "positive": False}]},
-            {"study_id": "s1", "kind": "detector", "model": MODEL | {"name": "anomaly_detector"}, "telemetry": telemetry("inference", 11, "anomaly_detector"),
-             "labels": ["nodule_mass", "focal_opacity"], "detections": [{"label": "nodule_mass", "score": 0.7, "box": [10, 20, 30, 40]}]},
-            {"study_id": "s1", "kind": "encoder", "model": MODEL | {"name": "report_encoder"}, "telemetry": telemetry("inference", 7, "report_encoder"),
-             "candidates": [sentence(*c) for c in CANDIDATES]},
+            {
+                "study_id": "s1",
+                "kind": "classifier",
+                "model": MODEL | {"name": "chest_xray_classifier"},
+                "telemetry": telemetry("inference", 9, "chest_xray_classifier"),
+                "findings": [
+                    {"label": "Edema", "probability": 0.8, "threshold": 0.5, "positive": True},
+                    {"label": "Cardiomegaly", "probability": 0.1, "threshold": 0.5, "positive": False},
+                ],
+            },
+            {
+                "study_id": "s1",
+                "kind": "detector",
+                "model": MODEL | {"name": "anomaly_detector"},
+                "telemetry": telemetry("inference", 11, "anomaly_detector"),
+                "labels": ["nodule_mass", "focal_opacity"],
+                "detections": [{"label": "nodule_mass", "score": 0.7, "box": [10, 20, 30, 40]}],
+            },
+            {
+                "study_id": "s1",
+                "kind": "encoder",
+                "model": MODEL | {"name": "report_encoder"},
+                "telemetry": telemetry("inference", 7, "report_encoder"),
+                "candidates": [sentence(*c) for c in CANDIDATES],
+            },
         ],
     }
 
@@ -49,15 +87,15 @@ def state() -> dict:
 # Ranked as an encoder might rank them for a study with edema and a nodule, and no cardiomegaly.
 CANDIDATES = [
     ("No acute cardiopulmonary abnormality.", 0.9, [], ["Cardiomegaly", "Edema", "nodule_mass", "focal_opacity"]),  # denies the edema
-    ("No pulmonary edema.", 0.85, [], ["Edema"]),                                                  # denies the edema
+    ("No pulmonary edema.", 0.85, [], ["Edema"]),  # denies the edema
     ("Bilateral perihilar haziness consistent with pulmonary edema.", 0.8, ["Edema"], []),
-    ("Heart size is enlarged.", 0.75, ["Cardiomegaly"], []),                                       # asserts a negative
-    ("No pulmonary nodule or mass.", 0.7, [], ["nodule_mass"]),                                    # denies the boxed nodule
+    ("Heart size is enlarged.", 0.75, ["Cardiomegaly"], []),  # asserts a negative
+    ("No pulmonary nodule or mass.", 0.7, [], ["nodule_mass"]),  # denies the boxed nodule
     ("Nodule or mass in the right lung.", 0.65, ["nodule_mass"], []),
-    ("Nodule or mass in the left lung.", 0.6, ["nodule_mass"], []),                                # a second nodule sentence
-    ("No pneumothorax.", 0.55, [], ["Pneumothorax"]),                                              # no model decides on it
+    ("Nodule or mass in the left lung.", 0.6, ["nodule_mass"], []),  # a second nodule sentence
+    ("No pneumothorax.", 0.55, [], ["Pneumothorax"]),  # no model decides on it
     ("Heart size is normal.", 0.5, [], ["Cardiomegaly"]),
-    ("Focal opacity in the left lung.", 0.45, ["focal_opacity"], []),                              # no such box
+    ("Focal opacity in the left lung.", 0.45, ["focal_opacity"], []),  # no such box
 ]
 
 
@@ -78,8 +116,22 @@ def test_result_matches_its_schema_and_is_labelled(store):
     assert result["report"]["label"] == "AI-generated draft, not for clinical use"
     assert result["findings"][0] == {"label": "Edema", "probability": 0.8, "threshold": 0.5, "positive": True}
     assert result["detections"][0]["box"] == [10, 20, 30, 40]
-    assert result["input"] == {"image": {"bucket": "images", "key": "incoming/s1/image.png"}, "sha256": "a" * 64, "size_bytes": 1234, "width": 1000, "height": 800, "intensity_rule": "png16-sbit12-percentile", "quality_flags": []}
-    assert result["timings_ms"] == {"study": 3.5, "tensors": 20.0, "inference.chest_xray_classifier": 9, "inference.anomaly_detector": 11, "inference.report_encoder": 7}
+    assert result["input"] == {
+        "image": {"bucket": "images", "key": "incoming/s1/image.png"},
+        "sha256": "a" * 64,
+        "size_bytes": 1234,
+        "width": 1000,
+        "height": 800,
+        "intensity_rule": "png16-sbit12-percentile",
+        "quality_flags": [],
+    }
+    assert result["timings_ms"] == {
+        "study": 3.5,
+        "tensors": 20.0,
+        "inference.chest_xray_classifier": 9,
+        "inference.anomaly_detector": 11,
+        "inference.report_encoder": 7,
+    }
     assert set(result["models"]) == {"chest_xray_classifier", "anomaly_detector", "report_encoder"}
     assert out.positive_findings == ["Edema"]
     assert (result["modality"], result["view_position"], result["identifiers"]) == ("DX", "PA", None)
@@ -113,7 +165,9 @@ def test_impression_agrees_with_the_findings_and_the_boxes(store):
     out = store_result(StoreRequest.model_validate(event), event, store, "results")
     result = json.loads(store.get_bytes("results", out.result.key))
     assert [s["text"] for s in result["report"]["impression"]] == [
-        "Bilateral perihilar haziness consistent with pulmonary edema.", "Nodule or mass in the right lung.", "Heart size is normal.",
+        "Bilateral perihilar haziness consistent with pulmonary edema.",
+        "Nodule or mass in the right lung.",
+        "Heart size is normal.",
     ]
     assert result["report"]["impression"][0] == {"text": "Bilateral perihilar haziness consistent with pulmonary edema.", "similarity": 0.8}
 
@@ -140,12 +194,21 @@ def test_dicom_identifiers_are_read_from_the_upload_not_the_state(store):
     data = dicom_bytes(np.full((64, 64), 2000), patient_name="ROE^RICHARD", accession_number="ACC0042", birth_date="19580412")
     store.put_bytes("images", "incoming/s1/study.dcm", data)
     event = store_event(state())
-    event["study"]["image"] |= {"key": "incoming/s1/study.dcm", "format": "dicom", "sha256": hashlib.sha256(data).hexdigest(), "size_bytes": len(data)}
+    event["study"]["image"] |= {
+        "key": "incoming/s1/study.dcm",
+        "format": "dicom",
+        "sha256": hashlib.sha256(data).hexdigest(),
+        "size_bytes": len(data),
+    }
     out = store_result(StoreRequest.model_validate(event), event, store, "results")
     result = json.loads(store.get_bytes("results", out.result.key))
     ds = pydicom.dcmread(io.BytesIO(data))
-    assert result["identifiers"] == {"StudyInstanceUID": ds.StudyInstanceUID, "SeriesInstanceUID": ds.SeriesInstanceUID,
-                                     "SOPInstanceUID": ds.SOPInstanceUID, "AccessionNumber": ds.AccessionNumber}
+    assert result["identifiers"] == {
+        "StudyInstanceUID": ds.StudyInstanceUID,
+        "SeriesInstanceUID": ds.SeriesInstanceUID,
+        "SOPInstanceUID": ds.SOPInstanceUID,
+        "AccessionNumber": ds.AccessionNumber,
+    }
     written = b"".join(store.get_bytes("results", k) for k in store.list_keys("results"))
     assert b"ROE^RICHARD" not in written and b"MRN-" not in written
     assert ds.StudyInstanceUID.encode() not in store.get_bytes("results", "results/s1/report.txt")
@@ -168,7 +231,12 @@ def test_malformed_identifiers_are_kept_as_stored_and_never_quoted_in_logs(store
     data = buffer.getvalue()
     store.put_bytes("images", "incoming/s1/study.dcm", data)
     event = store_event(state())
-    event["study"]["image"] |= {"key": "incoming/s1/study.dcm", "format": "dicom", "sha256": hashlib.sha256(data).hexdigest(), "size_bytes": len(data)}
+    event["study"]["image"] |= {
+        "key": "incoming/s1/study.dcm",
+        "format": "dicom",
+        "sha256": hashlib.sha256(data).hexdigest(),
+        "size_bytes": len(data),
+    }
     recwarn.clear()
     caplog.clear()
     with caplog.at_level("DEBUG"):
@@ -207,7 +275,7 @@ def test_a_missing_model_output_is_refused(store):
 @pytest.mark.parametrize(("drop", "stage"), [("study", "validate"), ("tensors", "prepare"), ("inference", "inference")])
 def test_failed_stage_is_the_first_missing_output(drop, stage):
     s = state()
-    for key in ("study", "tensors", "inference")[("study", "tensors", "inference").index(drop):]:
+    for key in ("study", "tensors", "inference")[("study", "tensors", "inference").index(drop) :]:
         s.pop(key)
     assert failed_stage(s) == stage
 
@@ -215,16 +283,25 @@ def test_failed_stage_is_the_first_missing_output(drop, stage):
 def test_failure_record_keeps_our_message_and_points_at_the_input(store):
     s = state()
     del s["inference"]
-    s["error"] = {"Error": "InferenceUnavailable", "Cause": json.dumps({"errorMessage": "study s1: triton at http://x:8000 is not reachable", "errorType": "InferenceUnavailable"})}
+    s["error"] = {
+        "Error": "InferenceUnavailable",
+        "Cause": json.dumps({"errorMessage": "study s1: triton at http://x:8000 is not reachable", "errorType": "InferenceUnavailable"}),
+    }
     events = LocalEventLog(store.root)
-    out = record_failure(FailureRequest(bucket="images", key="incoming/s1/study.json", state=s, execution_id="e1"), store, "results", events)
+    out = record_failure(
+        FailureRequest(bucket="images", key="incoming/s1/study.json", state=s, execution_id="e1"), store, "results", events
+    )
     record = json.loads(store.get_bytes("results", "failed/s1/error.json"))
     jsonschema.validate(record, json.loads(schema_path("failure").read_text()))
     assert record["stage"] == "inference" and record["error_type"] == "InferenceUnavailable"
     assert record["message"] == "study s1: triton at http://x:8000 is not reachable"
     assert record["input"] == {"bucket": "images", "key": "incoming/s1/study.json"}
     # Telemetry: the two stages that ran, then the failed one.
-    assert [(r["stage"], r["status"]) for r in out.records] == [("validate", "succeeded"), ("prepare", "succeeded"), ("inference", "failed")]
+    assert [(r["stage"], r["status"]) for r in out.records] == [
+        ("validate", "succeeded"),
+        ("prepare", "succeeded"),
+        ("inference", "failed"),
+    ]
     (event,) = events.read()
     assert event["detail-type"] == STUDY_FAILED and event["source"] == "radstream"
     assert event["detail"]["study_id"] == "s1" and event["detail"]["error_type"] == "InferenceUnavailable"
@@ -232,7 +309,11 @@ def test_failure_record_keeps_our_message_and_points_at_the_input(store):
 
 
 def test_unexpected_errors_do_not_leak_their_text(store):
-    s = {"bucket": "images", "key": "incoming/s9/study.json", "error": {"Error": "KeyError", "Cause": json.dumps({"errorMessage": "'DOE^JANE'"})}}
+    s = {
+        "bucket": "images",
+        "key": "incoming/s9/study.json",
+        "error": {"Error": "KeyError", "Cause": json.dumps({"errorMessage": "'DOE^JANE'"})},
+    }
     events = LocalEventLog(store.root)
     record_failure(FailureRequest(bucket="images", key="incoming/s9/study.json", state=s, execution_id="e7"), store, "results", events)
     assert "DOE^JANE" not in events.path.read_text()
@@ -247,9 +328,13 @@ def test_a_failed_rerun_supersedes_the_earlier_result_and_loses_nothing(store):
     event = store_event(state())
     store_result(StoreRequest.model_validate(event), event, store, "results")
     before = store.get_bytes("results", "results/s1/result.json")
-    failed = state() | {"error": {"Error": "InvalidImage", "Cause": json.dumps({"errorMessage": "study s1: image decodes to a constant value"})}}
+    failed = state() | {
+        "error": {"Error": "InvalidImage", "Cause": json.dumps({"errorMessage": "study s1: image decodes to a constant value"})}
+    }
     del failed["tensors"], failed["inference"]
-    request = FailureRequest(bucket="images", key="incoming/s1/study.json", state=failed, execution_id="arn:aws:states:local:0:execution:sm:s1-rerun")
+    request = FailureRequest(
+        bucket="images", key="incoming/s1/study.json", state=failed, execution_id="arn:aws:states:local:0:execution:sm:s1-rerun"
+    )
     record_failure(request, store, "results", LocalEventLog(store.root))
     assert store.head("results", "results/s1/result.json") is None and store.head("results", "results/s1/report.txt") is None
     record = json.loads(store.get_bytes("results", "failed/s1/error.json"))

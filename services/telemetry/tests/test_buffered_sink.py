@@ -1,5 +1,6 @@
 """The local lake's Firehose: buffered by size and by time, one object per buffer and partition, nothing lost when the
 process is killed before a flush, nothing delivered twice when it is killed during one."""
+
 from __future__ import annotations
 
 import gzip
@@ -29,9 +30,14 @@ T0 = datetime(2026, 11, 26, 23, 59, 58, tzinfo=UTC)
 def records(study: str, when: datetime = T0, n: int = 7) -> list:
     stages = ["validate", "prepare", "inference", "inference", "inference", "store", "workflow"][:n]
     return [
-        telemetry_record(stage=s, study_id=study, execution_id=f"e-{study}", status="succeeded", duration_ms=1.0 + i,
-                         model=ModelRef(name=f"m{i}", version="1", provenance="test") if s == "inference" else None)
-        .model_copy(update={"time": when + timedelta(seconds=i)})
+        telemetry_record(
+            stage=s,
+            study_id=study,
+            execution_id=f"e-{study}",
+            status="succeeded",
+            duration_ms=1.0 + i,
+            model=ModelRef(name=f"m{i}", version="1", provenance="test") if s == "inference" else None,
+        ).model_copy(update={"time": when + timedelta(seconds=i)})
         for i, s in enumerate(stages)
     ]
 
@@ -171,7 +177,9 @@ WRITER = textwrap.dedent("""
 
 
 def test_a_sigkilled_process_loses_no_buffered_record_and_the_next_start_delivers_them_once(tmp_path):
-    writer = subprocess.Popen([sys.executable, "-c", WRITER, str(tmp_path), str(ROOT)], stdin=subprocess.PIPE, stdout=subprocess.PIPE, text=True)
+    writer = subprocess.Popen(
+        [sys.executable, "-c", WRITER, str(tmp_path), str(ROOT)], stdin=subprocess.PIPE, stdout=subprocess.PIPE, text=True
+    )
     try:
         assert writer.stdout.readline().strip() == "sent"
     finally:

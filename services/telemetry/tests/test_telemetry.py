@@ -1,4 +1,5 @@
 """Telemetry service: the lake's Firehose layout, the workflow record, Kinesis batching and partial failures."""
+
 from __future__ import annotations
 
 import gzip
@@ -22,7 +23,10 @@ def record(stage: str, when: datetime | None = None) -> TelemetryRecord:
 
 
 def read_lake(store) -> dict[str, list[dict]]:
-    return {key: [json.loads(line) for line in gzip.decompress(store.get_bytes("telemetry", key)).splitlines()] for key in store.list_keys("telemetry")}
+    return {
+        key: [json.loads(line) for line in gzip.decompress(store.get_bytes("telemetry", key)).splitlines()]
+        for key in store.list_keys("telemetry")
+    }
 
 
 def test_lake_is_gzip_ndjson_partitioned_by_utc_date_and_hour(store):
@@ -37,8 +41,13 @@ def test_lake_is_gzip_ndjson_partitioned_by_utc_date_and_hour(store):
 
 def test_send_adds_one_workflow_record_with_end_to_end_time(store):
     started = datetime.now(UTC) - timedelta(milliseconds=250)
-    request = TelemetryRequest(study_id="s1", status="failed", execution_id="e1", started_at=started,
-                               records=[record("validate").model_dump(mode="json"), [record("inference").model_dump(mode="json")], None])
+    request = TelemetryRequest(
+        study_id="s1",
+        status="failed",
+        execution_id="e1",
+        started_at=started,
+        records=[record("validate").model_dump(mode="json"), [record("inference").model_dump(mode="json")], None],
+    )
     out = send_telemetry(request, LocalLakeSink(store, "telemetry"))
     assert out.sent == 3
     rows = [r for rows in read_lake(store).values() for r in rows]
@@ -54,10 +63,28 @@ def test_kinesis_sink_resends_only_the_failed_entries():
     client = kinesis()
     records = [record("validate"), record("prepare")]
     with Stubber(client) as stub:
-        stub.add_response("put_records", {"FailedRecordCount": 1, "Records": [{"SequenceNumber": "1", "ShardId": "s"}, {"ErrorCode": "ProvisionedThroughputExceededException", "ErrorMessage": "slow down"}]},
-                          {"StreamName": "radstream-telemetry", "Records": [{"Data": r.model_dump_json().encode() + b"\n", "PartitionKey": "s1"} for r in records]})
-        stub.add_response("put_records", {"Records": [{"SequenceNumber": "2", "ShardId": "s"}]},
-                          {"StreamName": "radstream-telemetry", "Records": [{"Data": records[1].model_dump_json().encode() + b"\n", "PartitionKey": "s1"}]})
+        stub.add_response(
+            "put_records",
+            {
+                "FailedRecordCount": 1,
+                "Records": [
+                    {"SequenceNumber": "1", "ShardId": "s"},
+                    {"ErrorCode": "ProvisionedThroughputExceededException", "ErrorMessage": "slow down"},
+                ],
+            },
+            {
+                "StreamName": "radstream-telemetry",
+                "Records": [{"Data": r.model_dump_json().encode() + b"\n", "PartitionKey": "s1"} for r in records],
+            },
+        )
+        stub.add_response(
+            "put_records",
+            {"Records": [{"SequenceNumber": "2", "ShardId": "s"}]},
+            {
+                "StreamName": "radstream-telemetry",
+                "Records": [{"Data": records[1].model_dump_json().encode() + b"\n", "PartitionKey": "s1"}],
+            },
+        )
         assert KinesisSink(client, "radstream-telemetry").send(records) == 2
         stub.assert_no_pending_responses()
 

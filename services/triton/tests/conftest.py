@@ -1,4 +1,5 @@
 """Fixtures: a Triton model repository (the real one when trained, else tiny ONNX models on the same contracts)."""
+
 from __future__ import annotations
 
 import json
@@ -15,15 +16,13 @@ DETECTOR_LABELS = ["nodule_mass", "focal_opacity"]
 
 
 def real_repository_complete(root: Path = REAL_REPOSITORY) -> bool:
-    return all((root / m / "config.pbtxt").is_file() and (root / m / "1" / "model.onnx").is_file()
-               for m in MODEL_NAMES)
+    return all((root / m / "config.pbtxt").is_file() and (root / m / "1" / "model.onnx").is_file() for m in MODEL_NAMES)
 
 
-def _config(name: str, size: int, outputs: list[tuple[str, str, list[int]]], *, normalization: str,
-            kind: str, max_queue_delay_us: int = 2000) -> str:
-    outs = ",\n".join(
-        f'  {{ name: "{o}" data_type: {t} dims: [ {", ".join(map(str, d))} ] }}' for o, t, d in outputs
-    )
+def _config(
+    name: str, size: int, outputs: list[tuple[str, str, list[int]]], *, normalization: str, kind: str, max_queue_delay_us: int = 2000
+) -> str:
+    outs = ",\n".join(f'  {{ name: "{o}" data_type: {t} dims: [ {", ".join(map(str, d))} ] }}' for o, t, d in outputs)
     return f'''name: "{name}"
 platform: "onnxruntime_onnx"
 max_batch_size: 16
@@ -64,8 +63,7 @@ def build_tiny_repository(root: Path, seed: int = 0) -> Path:
     def pooled(size: int, cell: int) -> list:
         # image [N,1,S,S] -> features [N, (S/cell)^2]: cheap, and every pixel counts.
         return [
-            helper.make_node("AveragePool", ["image"], ["pooled"], kernel_shape=[cell, cell],
-                             strides=[cell, cell]),
+            helper.make_node("AveragePool", ["image"], ["pooled"], kernel_shape=[cell, cell], strides=[cell, cell]),
             helper.make_node("Flatten", ["pooled"], ["features"], axis=1),
         ]
 
@@ -79,16 +77,17 @@ def build_tiny_repository(root: Path, seed: int = 0) -> Path:
         helper.make_node("Sigmoid", ["logits"], ["probabilities"]),
     ]
     graph = helper.make_graph(
-        nodes, "chest_xray_classifier", [image_input(224)],
+        nodes,
+        "chest_xray_classifier",
+        [image_input(224)],
         [helper.make_tensor_value_info("probabilities", TensorProto.FLOAT, ["N", 5])],
-        [weight("W", (5, 196)), weight("b", (5,)),
-         numpy_helper.from_array(np.array([1 / 1024], np.float32), "inv_scale")],
+        [weight("W", (5, 196)), weight("b", (5,)), numpy_helper.from_array(np.array([1 / 1024], np.float32), "inv_scale")],
     )
     folder = root / "chest_xray_classifier"
     _save(helper.make_model(graph, opset_imports=opset), folder)
-    (folder / "config.pbtxt").write_text(_config(
-        "chest_xray_classifier", 224, [("probabilities", "TYPE_FP32", [5])],
-        normalization="xrv", kind="classifier"))
+    (folder / "config.pbtxt").write_text(
+        _config("chest_xray_classifier", 224, [("probabilities", "TYPE_FP32", [5])], normalization="xrv", kind="classifier")
+    )
     (folder / "labels.txt").write_text("\n".join(CLASSIFIER_LABELS) + "\n")
     (folder / "thresholds.json").write_text(json.dumps({label: 0.5 for label in CLASSIFIER_LABELS}))
 
@@ -108,24 +107,36 @@ def build_tiny_repository(root: Path, seed: int = 0) -> Path:
         helper.make_node("Mul", ["boxes_unit", "size"], ["boxes"]),
     ]
     graph = helper.make_graph(
-        nodes, "anomaly_detector", [image_input(256)],
-        [helper.make_tensor_value_info("boxes", TensorProto.FLOAT, ["N", 16, 4]),
-         helper.make_tensor_value_info("scores", TensorProto.FLOAT, ["N", 16]),
-         helper.make_tensor_value_info("classes", TensorProto.INT32, ["N", 16])],
-        [weight("Ws", (16, 256), 1.0), weight("Wb", (64, 256), 1.0),
-         numpy_helper.from_array(np.array([16], np.int64), "k"),
-         numpy_helper.from_array(np.array(2, np.int64), "two"),
-         numpy_helper.from_array(np.array([0, 16, 4], np.int64), "box_shape"),
-         numpy_helper.from_array(np.array([0.5], np.float32), "half"),
-         numpy_helper.from_array(np.array([0, 0, 0.5, 0.5], np.float32), "offset"),
-         numpy_helper.from_array(np.array([256], np.float32), "size")],
+        nodes,
+        "anomaly_detector",
+        [image_input(256)],
+        [
+            helper.make_tensor_value_info("boxes", TensorProto.FLOAT, ["N", 16, 4]),
+            helper.make_tensor_value_info("scores", TensorProto.FLOAT, ["N", 16]),
+            helper.make_tensor_value_info("classes", TensorProto.INT32, ["N", 16]),
+        ],
+        [
+            weight("Ws", (16, 256), 1.0),
+            weight("Wb", (64, 256), 1.0),
+            numpy_helper.from_array(np.array([16], np.int64), "k"),
+            numpy_helper.from_array(np.array(2, np.int64), "two"),
+            numpy_helper.from_array(np.array([0, 16, 4], np.int64), "box_shape"),
+            numpy_helper.from_array(np.array([0.5], np.float32), "half"),
+            numpy_helper.from_array(np.array([0, 0, 0.5, 0.5], np.float32), "offset"),
+            numpy_helper.from_array(np.array([256], np.float32), "size"),
+        ],
     )
     folder = root / "anomaly_detector"
     _save(helper.make_model(graph, opset_imports=opset), folder)
-    (folder / "config.pbtxt").write_text(_config(
-        "anomaly_detector", 256,
-        [("boxes", "TYPE_FP32", [16, 4]), ("scores", "TYPE_FP32", [16]), ("classes", "TYPE_INT32", [16])],
-        normalization="unit", kind="detector"))
+    (folder / "config.pbtxt").write_text(
+        _config(
+            "anomaly_detector",
+            256,
+            [("boxes", "TYPE_FP32", [16, 4]), ("scores", "TYPE_FP32", [16]), ("classes", "TYPE_INT32", [16])],
+            normalization="unit",
+            kind="detector",
+        )
+    )
     (folder / "labels.txt").write_text("\n".join(DETECTOR_LABELS) + "\n")
     (folder / "thresholds.json").write_text(json.dumps({"score_threshold": 0.5}))
 
@@ -135,18 +146,25 @@ def build_tiny_repository(root: Path, seed: int = 0) -> Path:
         helper.make_node("LpNormalization", ["raw"], ["embedding"], axis=1, p=2),
     ]
     graph = helper.make_graph(
-        nodes, "report_encoder", [image_input(224)],
+        nodes,
+        "report_encoder",
+        [image_input(224)],
         [helper.make_tensor_value_info("embedding", TensorProto.FLOAT, ["N", 128])],
         [weight("We", (128, 196))],
     )
     folder = root / "report_encoder"
     _save(helper.make_model(graph, opset_imports=opset), folder)
-    (folder / "config.pbtxt").write_text(_config(
-        "report_encoder", 224, [("embedding", "TYPE_FP32", [128])], normalization="unit", kind="encoder"))
+    (folder / "config.pbtxt").write_text(
+        _config("report_encoder", 224, [("embedding", "TYPE_FP32", [128])], normalization="unit", kind="encoder")
+    )
     bank_rng = np.random.default_rng(seed + 1)
     sentences = []
-    for text in ("No acute cardiopulmonary abnormality.", "Small left pleural effusion.",
-                 "Mild cardiomegaly.", "Focal opacity in the right lower lobe."):
+    for text in (
+        "No acute cardiopulmonary abnormality.",
+        "Small left pleural effusion.",
+        "Mild cardiomegaly.",
+        "Focal opacity in the right lower lobe.",
+    ):
         v = bank_rng.standard_normal(128)
         sentences.append({"text": text, "embedding": (v / np.linalg.norm(v)).round(6).tolist()})
     (folder / "1" / "sentence_bank.json").write_text(json.dumps({"dim": 128, "sentences": sentences}))

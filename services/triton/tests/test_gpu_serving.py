@@ -1,5 +1,6 @@
 """The local Triton's GPU serving (`--model-config-name gpu`): which config is served, on which instances, and
 which ONNX Runtime providers each instance asks for. The GPU run itself needs a GPU machine (README Performance)."""
+
 from __future__ import annotations
 
 import ast
@@ -46,11 +47,18 @@ def test_the_gpu_configs_ask_for_tensorrt_then_cuda_then_the_cpu():
         assert model_config_path(model_dir, "gpu") == model_dir / "configs" / "gpu.pbtxt"
         providers = gpu_execution_providers(config)
         assert [p if isinstance(p, str) else p[0] for p in providers] == [
-            "TensorrtExecutionProvider", "CUDAExecutionProvider", "CPUExecutionProvider"], model_dir.name
+            "TensorrtExecutionProvider",
+            "CUDAExecutionProvider",
+            "CPUExecutionProvider",
+        ], model_dir.name
         trt, cuda = providers[0][1], providers[1][1]
         # FP32 as the config says (half precision moves probabilities by ~1e-3), its workspace and engine cache.
-        assert trt == {"trt_fp16_enable": "False", "trt_max_workspace_size": "1073741824",
-                       "trt_engine_cache_enable": "1", "trt_engine_cache_path": "/tmp/trt-engines"}
+        assert trt == {
+            "trt_fp16_enable": "False",
+            "trt_max_workspace_size": "1073741824",
+            "trt_engine_cache_enable": "1",
+            "trt_engine_cache_path": "/tmp/trt-engines",
+        }
         # No TF32: on an H200 it moved the classifier's probabilities by 2.5e-4 and the detector's boxes by 16 px.
         assert cuda == {"cudnn_conv_use_max_workspace": "1", "use_tf32": "0"}
 
@@ -60,8 +68,7 @@ def test_cuda_parameters_reach_onnx_runtime_as_they_are():
     gpu = parse(REPOSITORY / "chest_xray_classifier" / "configs" / "gpu.pbtxt")
     gpu.optimization.execution_accelerators.gpu_execution_accelerator[1].parameters["cudnn_conv_algo_search"] = "HEURISTIC"
     cuda = gpu_execution_providers(gpu)[1]
-    assert cuda == ("CUDAExecutionProvider", {"cudnn_conv_algo_search": "HEURISTIC", "cudnn_conv_use_max_workspace": "1",
-                                              "use_tf32": "0"})
+    assert cuda == ("CUDAExecutionProvider", {"cudnn_conv_algo_search": "HEURISTIC", "cudnn_conv_use_max_workspace": "1", "use_tf32": "0"})
 
 
 def test_without_accelerators_a_gpu_instance_gets_cuda_and_an_unknown_one_is_refused():
@@ -142,8 +149,7 @@ def test_a_provider_that_cannot_load_does_not_take_the_others_options_with_it():
     session = open_onnx_session(ort, "model.onnx", None, providers, warnings.append)
     assert session.get_providers() == ["CUDAExecutionProvider", "CPUExecutionProvider"]
     # Made again on CUDA with its own options (use_tf32 0), not on ONNX Runtime's default-option fallback.
-    assert ort.calls[-1] == [("CUDAExecutionProvider", {"cudnn_conv_use_max_workspace": "1", "use_tf32": "0"}),
-                             "CPUExecutionProvider"]
+    assert ort.calls[-1] == [("CUDAExecutionProvider", {"cudnn_conv_use_max_workspace": "1", "use_tf32": "0"}), "CPUExecutionProvider"]
     assert "TensorrtExecutionProvider could not be created" in warnings[0]
 
 
@@ -154,8 +160,9 @@ def test_with_the_real_onnx_runtime_a_missing_provider_is_dropped_and_said(tmp_p
 
     warnings = []
     model = str(REPOSITORY / "report_encoder" / "1" / "model.onnx")
-    session = open_onnx_session(ort, model, ort.SessionOptions(), [("CUDAExecutionProvider", {"use_tf32": "0"}),
-                                                                   "CPUExecutionProvider"], warnings.append)
+    session = open_onnx_session(
+        ort, model, ort.SessionOptions(), [("CUDAExecutionProvider", {"use_tf32": "0"}), "CPUExecutionProvider"], warnings.append
+    )
     if "CUDAExecutionProvider" in ort.get_available_providers():
         assert session.get_provider_options()["CUDAExecutionProvider"]["use_tf32"] == "0"
     else:  # this machine's CPU build: the CPU only, and a warning that says so

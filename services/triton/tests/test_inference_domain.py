@@ -1,4 +1,5 @@
 """Inference stage: reading each model kind's outputs, boxes back to original pixels, errors by type."""
+
 from __future__ import annotations
 
 import io
@@ -33,17 +34,22 @@ def put_tensor(store, model: str, size: int, letterbox: Letterbox, width: int, h
     np.save(buffer, np.zeros((1, 1, size, size), np.float32))
     key = f"tensors/s1/{model}.npy"
     store.put_bytes("artifacts", key, buffer.getvalue())
-    return TensorRef(bucket="artifacts", key=key, shape=[1, 1, size, size], letterbox=letterbox, original_width=width, original_height=height)
+    return TensorRef(
+        bucket="artifacts", key=key, shape=[1, 1, size, size], letterbox=letterbox, original_width=width, original_height=height
+    )
 
 
 @pytest.fixture
 def repository(config_only_repository):
-    bank = {"dim": 3, "sentences": [
-        {"text": "Heart size is enlarged.", "asserts": ["Cardiomegaly"], "negates": [], "embedding": [1, 0, 0]},
-        {"text": "No pleural effusion.", "asserts": [], "negates": ["Pleural Effusion"], "embedding": [0, 1, 0]},
-        {"text": "Small right pleural effusion.", "asserts": ["Pleural Effusion"], "negates": [], "embedding": [0, 0.6, 0.8]},
-        {"text": "No pulmonary edema.", "asserts": [], "negates": ["Edema"], "embedding": [0, 0, 1]},
-    ]}
+    bank = {
+        "dim": 3,
+        "sentences": [
+            {"text": "Heart size is enlarged.", "asserts": ["Cardiomegaly"], "negates": [], "embedding": [1, 0, 0]},
+            {"text": "No pleural effusion.", "asserts": [], "negates": ["Pleural Effusion"], "embedding": [0, 1, 0]},
+            {"text": "Small right pleural effusion.", "asserts": ["Pleural Effusion"], "negates": [], "embedding": [0, 0.6, 0.8]},
+            {"text": "No pulmonary edema.", "asserts": [], "negates": ["Edema"], "embedding": [0, 0, 1]},
+        ],
+    }
     (config_only_repository / "report_encoder" / "1" / "sentence_bank.json").write_text(json.dumps(bank))
     return ModelRepository(config_only_repository)
 
@@ -53,7 +59,11 @@ def test_classifier_findings_use_per_finding_thresholds(store, repository):
     tensor = put_tensor(store, "chest_xray_classifier", 224, Letterbox(scale=0.5, pad_x=0, pad_y=0), 448, 448)
     out = Inference(backend, repository, store).run(InferenceRequest(model="chest_xray_classifier", study_id="s1", tensor=tensor))
     assert [(f.label, f.positive) for f in out.findings] == [
-        ("Atelectasis", True), ("Cardiomegaly", False), ("Consolidation", True), ("Edema", False), ("Pleural Effusion", True),
+        ("Atelectasis", True),
+        ("Cardiomegaly", False),
+        ("Consolidation", True),
+        ("Edema", False),
+        ("Pleural Effusion", True),
     ]
     assert out.findings[3].threshold == 0.6
     assert out.model.name == "chest_xray_classifier" and out.model.provenance == "test fixture"
@@ -83,7 +93,12 @@ def test_encoder_retrieves_the_nearest_sentences(store, repository):
     tensor = put_tensor(store, "report_encoder", 224, Letterbox(scale=1, pad_x=0, pad_y=0), 224, 224)
     out = Inference(backend, repository, store).run(InferenceRequest(model="report_encoder", study_id="s1", tensor=tensor))
     # All of them, ranked (the store stage picks the impression once the findings are known), with their tags.
-    assert [s.text for s in out.candidates] == ["Small right pleural effusion.", "No pulmonary edema.", "No pleural effusion.", "Heart size is enlarged."]
+    assert [s.text for s in out.candidates] == [
+        "Small right pleural effusion.",
+        "No pulmonary edema.",
+        "No pleural effusion.",
+        "Heart size is enlarged.",
+    ]
     assert out.candidates[0].similarity > out.candidates[1].similarity
     assert (out.candidates[0].asserts, out.candidates[2].negates) == (["Pleural Effusion"], ["Pleural Effusion"])
 
@@ -99,7 +114,11 @@ def test_a_sentence_bank_without_tags_is_refused(store, repository):
 
 def test_a_sentence_bank_tagging_a_label_no_model_decides_is_refused(store, repository):
     path = repository.root / "report_encoder" / "1" / "sentence_bank.json"
-    path.write_text(json.dumps({"dim": 3, "sentences": [{"text": "No pneumothorax.", "asserts": [], "negates": ["Pneumothorax"], "embedding": [1, 0, 0]}]}))
+    path.write_text(
+        json.dumps(
+            {"dim": 3, "sentences": [{"text": "No pneumothorax.", "asserts": [], "negates": ["Pneumothorax"], "embedding": [1, 0, 0]}]}
+        )
+    )
     backend = FakeBackend({"report_encoder": {"embedding": np.array([[1, 0, 0]], np.float32)}})
     tensor = put_tensor(store, "report_encoder", 224, Letterbox(scale=1, pad_x=0, pad_y=0), 224, 224)
     with pytest.raises(ConfigurationError, match="Pneumothorax"):
@@ -115,11 +134,11 @@ def detector_outputs(rows: list[tuple[list[float], float, int]]) -> dict[str, np
 
 def test_overlapping_boxes_are_suppressed_within_and_across_labels(store, repository):
     rows = [
-        ([100, 100, 140, 140], 0.9, 0),   # nodule_mass, kept
-        ([101, 101, 141, 141], 0.8, 1),   # focal_opacity on the same place (IoU ~0.9): cross-class duplicate, dropped
-        ([102, 100, 142, 140], 0.7, 0),   # nodule_mass again (IoU ~0.9): class-aware duplicate, dropped
+        ([100, 100, 140, 140], 0.9, 0),  # nodule_mass, kept
+        ([101, 101, 141, 141], 0.8, 1),  # focal_opacity on the same place (IoU ~0.9): cross-class duplicate, dropped
+        ([102, 100, 142, 140], 0.7, 0),  # nodule_mass again (IoU ~0.9): class-aware duplicate, dropped
         ([120, 100, 160, 140], 0.85, 1),  # half overlapping (IoU 1/3): a second lesion, kept
-        ([10, 10, 30, 30], 0.6, 1),       # elsewhere, kept
+        ([10, 10, 30, 30], 0.6, 1),  # elsewhere, kept
     ]
     backend = FakeBackend({"anomaly_detector": detector_outputs(rows)})
     tensor = put_tensor(store, "anomaly_detector", 256, Letterbox(scale=1, pad_x=0, pad_y=0), 256, 256)
@@ -127,7 +146,7 @@ def test_overlapping_boxes_are_suppressed_within_and_across_labels(store, reposi
     assert [(d.label, d.score) for d in out.detections] == [("nodule_mass", 0.9), ("focal_opacity", 0.85), ("focal_opacity", 0.6)]
     assert out.labels == ["nodule_mass", "focal_opacity"]
     boxes = [d.box for d in out.detections]
-    assert all(box_iou(a, b) <= 0.5 for i, a in enumerate(boxes) for b in boxes[i + 1:])
+    assert all(box_iou(a, b) <= 0.5 for i, a in enumerate(boxes) for b in boxes[i + 1 :])
 
 
 def test_box_iou_is_intersection_over_union():
@@ -161,6 +180,15 @@ def test_wrong_tensor_shape_is_refused_before_inference(store, repository):
 
 def test_sentence_bank_orders_by_cosine(tmp_path):
     path = tmp_path / "bank.json"
-    path.write_text(json.dumps({"dim": 2, "sentences": [{"text": "a", "asserts": [], "negates": [], "embedding": [1, 0]},
-                                                                {"text": "b", "asserts": [], "negates": [], "embedding": [0, 1]}]}))
+    path.write_text(
+        json.dumps(
+            {
+                "dim": 2,
+                "sentences": [
+                    {"text": "a", "asserts": [], "negates": [], "embedding": [1, 0]},
+                    {"text": "b", "asserts": [], "negates": [], "embedding": [0, 1]},
+                ],
+            }
+        )
+    )
     assert [s.text for s in SentenceBank(path).nearest(np.array([0.1, 0.99], np.float32), 2)] == ["b", "a"]

@@ -1,4 +1,5 @@
 """The Triton-on-EKS manifests: valid against the Kubernetes schemas (offline) and wired to each other."""
+
 from __future__ import annotations
 
 import shutil
@@ -53,8 +54,16 @@ def test_every_manifest_is_listed_and_valid():
     on_disk = {p.name for p in BASE.glob("*.yaml")} - {"kustomization.yaml"}
     assert listed == on_disk
     kinds = {d["kind"] for d in base_resources()}
-    assert kinds >= {"Namespace", "ServiceAccount", "ConfigMap", "Deployment", "Service",
-                     "HorizontalPodAutoscaler", "PodDisruptionBudget", "NetworkPolicy"}
+    assert kinds >= {
+        "Namespace",
+        "ServiceAccount",
+        "ConfigMap",
+        "Deployment",
+        "Service",
+        "HorizontalPodAutoscaler",
+        "PodDisruptionBudget",
+        "NetworkPolicy",
+    }
     for doc in base_resources():
         validate(doc)
 
@@ -62,8 +71,7 @@ def test_every_manifest_is_listed_and_valid():
 @pytest.mark.skipif(shutil.which("kubectl") is None, reason="kubectl (kustomize) not installed")
 @pytest.mark.parametrize("folder", [BASE, K8S / "overlays" / "cpu"], ids=["base", "cpu"])
 def test_kustomize_build_is_valid(folder):
-    rendered = subprocess.run(["kubectl", "kustomize", str(folder)], check=True, capture_output=True,
-                              text=True, timeout=60).stdout
+    rendered = subprocess.run(["kubectl", "kustomize", str(folder)], check=True, capture_output=True, text=True, timeout=60).stdout
     docs = [d for d in yaml.safe_load_all(rendered) if d]
     assert len(docs) == len(base_resources())
     for doc in docs:
@@ -127,8 +135,9 @@ def test_deployment_runs_pinned_triton_from_s3_on_a_gpu():
     container = triton_container()
     assert container["image"] == "nvcr.io/nvidia/tritonserver:24.10-py3"
     assert "--model-repository=$(MODEL_REPOSITORY)" in container["args"]
-    assert one("ConfigMap", [d for d in base_resources() if d["metadata"]["name"] == "triton-settings"])[
-        "data"]["MODEL_REPOSITORY"].startswith("s3://")
+    assert one("ConfigMap", [d for d in base_resources() if d["metadata"]["name"] == "triton-settings"])["data"][
+        "MODEL_REPOSITORY"
+    ].startswith("s3://")
     assert container["resources"]["limits"]["nvidia.com/gpu"] == "1"
     assert pod["nodeSelector"] == {"nvidia.com/gpu.present": "true"}
     assert {"key": "nvidia.com/gpu", "operator": "Exists", "effect": "NoSchedule"} in pod["tolerations"]
@@ -176,8 +185,7 @@ def test_hpa_scales_the_deployment_on_queue_time_then_cpu():
     hpa = one("HorizontalPodAutoscaler")
     deployment = one("Deployment")
     assert hpa["apiVersion"] == "autoscaling/v2"
-    assert hpa["spec"]["scaleTargetRef"] == {
-        "apiVersion": "apps/v1", "kind": "Deployment", "name": deployment["metadata"]["name"]}
+    assert hpa["spec"]["scaleTargetRef"] == {"apiVersion": "apps/v1", "kind": "Deployment", "name": deployment["metadata"]["name"]}
     assert hpa["metadata"]["namespace"] == deployment["metadata"]["namespace"]
     metrics = hpa["spec"]["metrics"]
     pods = [m for m in metrics if m["type"] == "Pods"]
@@ -190,8 +198,7 @@ def test_hpa_scales_the_deployment_on_queue_time_then_cpu():
 
 
 def test_adapter_rule_computes_queue_time_per_request():
-    rules_cm = [d for d in base_resources()
-                if d["kind"] == "ConfigMap" and d["metadata"]["name"] == "triton-prometheus-adapter-rules"]
+    rules_cm = [d for d in base_resources() if d["kind"] == "ConfigMap" and d["metadata"]["name"] == "triton-prometheus-adapter-rules"]
     assert len(rules_cm) == 1
     rules = yaml.safe_load(rules_cm[0]["data"]["config.yaml"])["rules"]
     rule = next(r for r in rules if r["name"]["as"] == "triton_queue_time_per_request_us")
@@ -259,8 +266,15 @@ def test_cluster_pieces_are_valid_and_match_the_gpu_node_group():
     for pod in (plugin, triton_pod):
         assert pod["nodeSelector"].items() <= gpu_group["Labels"].items()
         assert all(t in pod["tolerations"] for t in taints)
-    assert one("Namespace", docs)["metadata"]["name"] == one(
-        "ConfigMap", [d for d in base_resources() if d["metadata"]["name"] == "triton-prometheus-adapter-rules"])["metadata"]["namespace"]
+    assert (
+        one("Namespace", docs)["metadata"]["name"]
+        == one("ConfigMap", [d for d in base_resources() if d["metadata"]["name"] == "triton-prometheus-adapter-rules"])["metadata"][
+            "namespace"
+        ]
+    )
     values = yaml.safe_load((K8S / "prometheus-values.yaml").read_text())
     adapter = yaml.safe_load((K8S / "prometheus-adapter-values.yaml").read_text())
-    assert adapter["prometheus"]["url"] == "http://prometheus-server.monitoring.svc" and values["server"]["persistentVolume"]["enabled"] is False
+    assert (
+        adapter["prometheus"]["url"] == "http://prometheus-server.monitoring.svc"
+        and values["server"]["persistentVolume"]["enabled"] is False
+    )

@@ -23,8 +23,12 @@ REPO = Path(__file__).resolve().parents[1] / "model_repository"
 MODELS = {
     # name: (kind, normalization, input size, {output: (triton dtype, dims)})
     "chest_xray_classifier": ("classifier", "xrv", 224, {"probabilities": ("TYPE_FP32", [5])}),
-    "anomaly_detector": ("detector", "unit", 256, {
-        "boxes": ("TYPE_FP32", [16, 4]), "scores": ("TYPE_FP32", [16]), "classes": ("TYPE_INT32", [16])}),
+    "anomaly_detector": (
+        "detector",
+        "unit",
+        256,
+        {"boxes": ("TYPE_FP32", [16, 4]), "scores": ("TYPE_FP32", [16]), "classes": ("TYPE_INT32", [16])},
+    ),
     "report_encoder": ("encoder", "unit", 224, {"embedding": ("TYPE_FP32", [128])}),
 }
 ORT_TYPES = {"TYPE_FP32": "tensor(float)", "TYPE_INT32": "tensor(int32)"}
@@ -78,8 +82,7 @@ def test_config_matches_contract(model):
     else:
         assert list(cfg.dynamic_batching.preferred_batch_size) == []
         assert cfg.dynamic_batching.max_queue_delay_microseconds == 0 and cfg.HasField("dynamic_batching")
-    assert [(model_config_pb2.ModelInstanceGroup.Kind.Name(g.kind), g.count) for g in cfg.instance_group] == [
-        ("KIND_CPU", 1)]
+    assert [(model_config_pb2.ModelInstanceGroup.Kind.Name(g.kind), g.count) for g in cfg.instance_group] == [("KIND_CPU", 1)]
     assert cfg.parameters["radstream.normalization"].string_value == norm
     assert cfg.parameters["radstream.kind"].string_value == kind
 

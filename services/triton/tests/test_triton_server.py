@@ -1,4 +1,5 @@
 """A real tritonserver (nvidia-pytriton's binary, CPU) serving the model repository through TritonInference."""
+
 from __future__ import annotations
 
 import importlib.util
@@ -18,8 +19,7 @@ from shared.errors import InferenceFailed, InferenceUnavailable
 pytestmark = [
     pytest.mark.slow,
     # find_spec, not import: pytriton's own Python package wants numpy < 2; only its binary is used.
-    pytest.mark.skipif(importlib.util.find_spec("pytriton") is None,
-                       reason="nvidia-pytriton is not installed (requirements-triton.txt)"),
+    pytest.mark.skipif(importlib.util.find_spec("pytriton") is None, reason="nvidia-pytriton is not installed (requirements-triton.txt)"),
 ]
 
 
@@ -107,10 +107,8 @@ def test_dynamic_batching_config_is_honoured(model_repository, server):
     try:
         served = admin.get_model_config(model_dir.name)
         assert served["max_batch_size"] == wanted.max_batch_size > 0
-        assert served["dynamic_batching"]["max_queue_delay_microseconds"] == (
-            wanted.dynamic_batching.max_queue_delay_microseconds)
-        assert list(served["dynamic_batching"].get("preferred_batch_size", [])) == list(
-            wanted.dynamic_batching.preferred_batch_size)
+        assert served["dynamic_batching"]["max_queue_delay_microseconds"] == (wanted.dynamic_batching.max_queue_delay_microseconds)
+        assert list(served["dynamic_batching"].get("preferred_batch_size", [])) == list(wanted.dynamic_batching.preferred_batch_size)
 
         def stats():
             s = admin.get_inference_statistics(model_dir.name)["model_stats"][0]

@@ -1,4 +1,5 @@
 """Validate stage: the sidecar schema, the image cross-checks, and errors that name field and study but no PHI."""
+
 from __future__ import annotations
 
 import re
@@ -55,8 +56,10 @@ def test_each_schema_error_names_its_field(store, upload, override, expected):
         validate(store, upload(make_sidecar(**override), image))
 
 
-@pytest.mark.parametrize("when", ["2026-13-45T25:61:61Z", "2026-02-30T10:00:00Z", "2026-04-31T00:00:00+01:00", "2026-01-01T24:00:00Z",
-                                  "2026-01-01T10:00:00+25:00"])
+@pytest.mark.parametrize(
+    "when",
+    ["2026-13-45T25:61:61Z", "2026-02-30T10:00:00Z", "2026-04-31T00:00:00+01:00", "2026-01-01T24:00:00Z", "2026-01-01T10:00:00+25:00"],
+)
 def test_acquired_at_must_be_a_real_date_time(store, upload, when):
     with pytest.raises(InvalidStudy, match="acquired_at: is not a real date-time") as err:
         validate(store, upload(make_sidecar(acquired_at=when), gradient_png()))
@@ -147,10 +150,19 @@ def test_a_dicom_file_carries_its_own_metadata_and_its_patient_stays_behind(stor
     assert "DOE" not in out.model_dump_json() and "MRN" not in out.model_dump_json()
 
 
-@pytest.mark.parametrize(("kwargs", "expected"), [
-    ({"modality": "CT"}, "not a chest X-ray study (Modality): Modality must be DX for Digital X-Ray Image Storage - For Presentation, found CT"),
-    ({"body_part": "KNEE"}, "not a chest X-ray study (BodyPartExamined): BodyPartExamined (or AnatomicRegionSequence) does not say CHEST"),
-])
+@pytest.mark.parametrize(
+    ("kwargs", "expected"),
+    [
+        (
+            {"modality": "CT"},
+            "not a chest X-ray study (Modality): Modality must be DX for Digital X-Ray Image Storage - For Presentation, found CT",
+        ),
+        (
+            {"body_part": "KNEE"},
+            "not a chest X-ray study (BodyPartExamined): BodyPartExamined (or AnatomicRegionSequence) does not say CHEST",
+        ),
+    ],
+)
 def test_dicom_acquisition_tags_are_checked(store, kwargs, expected):
     with pytest.raises(InvalidStudy, match=re.escape(expected)):
         validate(store, dicom_study(store, **kwargs))
@@ -168,7 +180,10 @@ def test_decompression_bombs_are_refused_by_their_header(store, upload, name, si
     image = one_bit_png(size, size) if name == "png" else jpeg_claiming(size, size)
     assert len(image) < 1_000_000
     key = upload(make_sidecar(image=f"image.{name}"), image, image_name=f"image.{name}")
-    with pytest.raises(InvalidImage, match=rf"study study-001: image is {size} x {size} pixels x 1 channel\(s\) = {size * size:,} samples by its {name.upper()} header, over the 100,000,000-sample limit \(MAX_IMAGE_PIXELS\)"):
+    with pytest.raises(
+        InvalidImage,
+        match=rf"study study-001: image is {size} x {size} pixels x 1 channel\(s\) = {size * size:,} samples by its {name.upper()} header, over the 100,000,000-sample limit \(MAX_IMAGE_PIXELS\)",
+    ):
         validate(store, key)
 
 
@@ -180,7 +195,9 @@ def test_the_pixel_limit_is_a_setting(store, upload):
     image = gradient_png(300, 200)
     key = upload(make_sidecar(data=image), image)
     deps = StoreDependencies(Settings.from_env({"MAX_IMAGE_PIXELS": "59999", "RADSTREAM_DATA_DIR": str(store.root)}), store)
-    with pytest.raises(InvalidImage, match="300 x 200 pixels x 1 channel\\(s\\) = 60,000 samples by its PNG header, over the 59,999-sample limit"):
+    with pytest.raises(
+        InvalidImage, match="300 x 200 pixels x 1 channel\\(s\\) = 60,000 samples by its PNG header, over the 59,999-sample limit"
+    ):
         handler.run({"bucket": "images", "key": key}, deps)
     deps = StoreDependencies(Settings.from_env({"MAX_IMAGE_PIXELS": "60000", "RADSTREAM_DATA_DIR": str(store.root)}), store)
     assert handler.run({"bucket": "images", "key": key}, deps).study_id == "study-001"
@@ -191,5 +208,7 @@ def test_a_dicom_bomb_is_refused_by_rows_and_columns(store):
 
     data = dataset_bytes(dicom_dataset(__import__("numpy").zeros((16, 16)), Rows=30000, Columns=30000))
     key = store.put_bytes("images", "incoming/dcm-big/study.dcm", data).key
-    with pytest.raises(InvalidImage, match="study dcm-big: image is 30000 x 30000 pixels x 1 channel\\(s\\) = 900,000,000 samples by its DICOM header"):
+    with pytest.raises(
+        InvalidImage, match="study dcm-big: image is 30000 x 30000 pixels x 1 channel\\(s\\) = 900,000,000 samples by its DICOM header"
+    ):
         validate(store, key)
