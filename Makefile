@@ -15,7 +15,7 @@ STAMP := $(VENV)/.installed
 PIP_LOCKED := -m pip install --quiet --require-hashes --no-deps
 LOCKS := requirements-dev.lock requirements-triton.lock requirements-triton-python.lock pyproject.toml
 
-.PHONY: venv venv-train dcmtk orthanc demo demo-pacs test test-unit test-integration test-e2e test-torch models bench schemas clean chromium screenshots lock
+.PHONY: venv venv-train dcmtk orthanc demo demo-pacs test lint typecheck test-unit test-integration test-e2e test-torch models bench schemas clean chromium screenshots lock
 
 $(STAMP): $(LOCKS)
 	test -x $(BIN)/python || $(PYTHON) -m venv $(VENV)
@@ -49,8 +49,16 @@ dcmtk:
 orthanc:
 	@{ command -v Orthanc >/dev/null 2>&1 && test -f /usr/share/orthanc/plugins/libOrthancDicomWeb.so; } || { $(call apt_install,orthanc orthanc-dicomweb); }
 
-test: venv dcmtk orthanc chromium
+test: lint typecheck venv dcmtk orthanc chromium
 	RADSTREAM_IMAGE_TESTS=1 $(BIN)/python -m pytest -q
+
+# The gates, run by make test before the suite: ruff's rules and format (pyproject.toml says which and why), mypy.
+lint: venv
+	$(BIN)/ruff check .
+	$(BIN)/ruff format --check .
+
+typecheck: venv
+	$(BIN)/mypy
 
 # The layers of `make test` (conftest.py says which folder is which): each alone, for a quicker loop.
 test-unit: venv
