@@ -479,8 +479,10 @@ class Soak:
             records[study_id] = {"kind": "result", "execution_id": doc["execution_id"], "dicom": dicom}
             if doc["study_id"] != study_id:
                 problems["misfiled"].append(f"results/{study_id}/result.json names {doc['study_id']}")
-            # A DICOM study's result comes with its exports for the hospital (ExportResults): the SR, the overlay and the FHIR bundle.
-            allowed = ("result.json", "report.txt") + (("report.sr.dcm", "report.overlay.dcm", "report.fhir.json") if dicom else ())
+            # A DICOM study's result comes with its exports for the hospital (ExportResults): the SR, the overlay and the FHIR
+            # bundle, and exports.json, what became of them (built, delivered, or why not).
+            exports = ("report.sr.dcm", "report.overlay.dcm", "report.fhir.json", "exports.json")
+            allowed = ("result.json", "report.txt") + (exports if dicom else ())
             extra = sorted(p.name for p in (results_bucket / "results" / study_id).iterdir() if p.name not in allowed)
             if extra:
                 problems["duplicated"].append(f"{study_id}: extra files beside its result: {extra}")

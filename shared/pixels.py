@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import io
 import struct
+import threading
 from dataclasses import dataclass
 from typing import Any
 
@@ -244,6 +245,8 @@ def pixel_data_incomplete(ds: Any) -> str | None:
     it acknowledges an instance, so what it says Success for is what decode_dicom can read."""
     from pydicom.encaps import generate_frames
 
+    _gdcm_only_where_asked()  # the RLE check decodes with the plugins decode_dicom uses
+
     if "PixelData" not in ds:
         return "PixelData is missing or cut short"
     frames = int(ds.get("NumberOfFrames", 1) or 1)
@@ -279,6 +282,36 @@ def pixel_data_incomplete(ds: Any) -> str | None:
 
 
 JPEG_EXTENDED_12BIT = "1.2.840.10008.1.2.4.51"
+
+
+_PLUGINS_SET = threading.Lock()
+_plugins_set = False
+
+
+def _gdcm_only_where_asked() -> None:
+    """python-gdcm is installed for gdcm_jpeg_extended alone; pydicom would also pick it up as a pixel plugin for every
+    compressed syntax, where it turns a damaged JPEG 2000 stream into pixels instead of an error. Done once, under a lock
+    (pydicom's remove_plugin is not thread-safe), on the first DICOM decode: the training environment imports this
+    module without pydicom."""
+    global _plugins_set
+    with _PLUGINS_SET:
+        if _plugins_set:
+            return
+        _remove_gdcm_plugin()
+        _plugins_set = True
+
+
+def _remove_gdcm_plugin() -> None:
+    import pydicom.uid
+    from pydicom.pixels import get_decoder
+
+    for syntax in pydicom.uid.AllTransferSyntaxes:
+        try:
+            decoder = get_decoder(syntax)
+        except NotImplementedError:
+            continue
+        if "gdcm" in decoder.available_plugins:
+            decoder.remove_plugin("gdcm")
 
 
 def gdcm_jpeg_extended(data: bytes, ds: Any) -> np.ndarray | None:
@@ -325,6 +358,7 @@ def decode_dicom(data: bytes, study_id: str) -> Decoded:
     import pydicom
     from pydicom.pixels import apply_modality_lut, apply_windowing
 
+    _gdcm_only_where_asked()
     try:
         ds = pydicom.dcmread(io.BytesIO(data))
     except Exception as e:  # pydicom raises many types for damaged files

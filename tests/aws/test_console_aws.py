@@ -10,6 +10,7 @@ from datetime import datetime, UTC
 import cv2
 import numpy as np
 
+from shared.pixels import percentile_window
 from radstream.console.data import aws_data
 from radstream.console.server import ConsoleServer
 from radstream.phantoms import generate_phantom, to_uint8
@@ -125,7 +126,9 @@ def test_console_reads_s3_and_athena(emulator) -> None:
         study = urllib.request.urlopen(server.url + "study/s-1", timeout=30).read().decode()
         assert 'x="10.0" y="20.0" width="50.0" height="70.0"' in study and "X-Ray" in study
         png = urllib.request.urlopen(server.url + "study/s-1/image.png", timeout=30).read()
-        assert np.array_equal(cv2.imdecode(np.frombuffer(png, np.uint8), cv2.IMREAD_GRAYSCALE), image)
+        # The picture the models saw, read from S3: the stored 8-bit values under the percentile rule (docs/models.md).
+        shown = np.round(percentile_window(image) * 255.0).astype(np.uint8)
+        assert np.array_equal(cv2.imdecode(np.frombuffer(png, np.uint8), cv2.IMREAD_GRAYSCALE), shown)
         for page in (studies, study):
             assert "testing" not in page and "AWS_SECRET" not in page and "Not for clinical use" in page
     finally:

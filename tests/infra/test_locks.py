@@ -92,8 +92,10 @@ def install_lines() -> list[tuple[str, str]]:
     lines = []
     for path in files:
         text = path.read_text()
-        # A Python argument list on several lines counts as one install.
-        for match in re.finditer(r"pip\"?,?\s*\"?install\b[^\n]*(?:\n\s+[^\n]*){0,2}", text):
+        # A Python argument list counts as one install up to its closing bracket, however it is wrapped; a shell line
+        # up to its end (with the continuation lines that follow it).
+        pattern = r"\"pip\",\s*\"install\"[^\]]*" if path.suffix == ".py" else r"pip\"?,?\s*\"?install\b[^\n]*(?:\n\s+[^\n]*){0,2}"
+        for match in re.finditer(pattern, text):
             lines.append((str(path.relative_to(ROOT)), match.group(0)))
     return lines
 
