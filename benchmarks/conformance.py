@@ -219,8 +219,15 @@ def picture_digest(ds: Any) -> str:
 
 
 def reference_decode(data: bytes) -> tuple[str, str, str]:
-    """("pydicom" or "gdcm", "", the picture's digest) when a reference decoder reads the pixel data, else ("", pydicom's error, "")."""
+    """("pydicom" or "gdcm", "", the picture's digest) when a reference decoder reads the pixel data, else ("", pydicom's error, "").
+
+    pydicom with the pixel plugins the pipeline uses (python-gdcm is there for one fallback, not as a plugin), then
+    GDCM's own gdcmconv as the independent second reference."""
     import pydicom
+
+    from shared.pixels import use_pixel_plugins
+
+    use_pixel_plugins()
 
     try:
         with warnings.catch_warnings():

@@ -245,7 +245,7 @@ def pixel_data_incomplete(ds: Any) -> str | None:
     it acknowledges an instance, so what it says Success for is what decode_dicom can read."""
     from pydicom.encaps import generate_frames
 
-    _gdcm_only_where_asked()  # the RLE check decodes with the plugins decode_dicom uses
+    use_pixel_plugins()  # the RLE check decodes with the plugins decode_dicom uses
 
     if "PixelData" not in ds:
         return "PixelData is missing or cut short"
@@ -288,7 +288,7 @@ _PLUGINS_SET = threading.Lock()
 _plugins_set = False
 
 
-def _gdcm_only_where_asked() -> None:
+def use_pixel_plugins() -> None:
     """python-gdcm is installed for gdcm_jpeg_extended alone; pydicom would also pick it up as a pixel plugin for every
     compressed syntax, where it turns a damaged JPEG 2000 stream into pixels instead of an error. Done once, under a lock
     (pydicom's remove_plugin is not thread-safe), on the first DICOM decode: the training environment imports this
@@ -358,7 +358,7 @@ def decode_dicom(data: bytes, study_id: str) -> Decoded:
     import pydicom
     from pydicom.pixels import apply_modality_lut, apply_windowing
 
-    _gdcm_only_where_asked()
+    use_pixel_plugins()
     try:
         ds = pydicom.dcmread(io.BytesIO(data))
     except Exception as e:  # pydicom raises many types for damaged files
