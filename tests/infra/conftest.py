@@ -46,3 +46,20 @@ def _build_venv() -> Path:
 def infra_python() -> Path:
     override = os.environ.get("RADSTREAM_INFRA_PYTHON")
     return Path(override) if override else _build_venv()
+
+
+def checkov_report(infra_python: Path, cwd: Path, *target: str, timeout: float = 600) -> dict:
+    """checkov's JSON report on `target` (e.g. "-f", path, "--framework", "cloudformation"), offline, no SCA scan."""
+    import json
+
+    env = {**os.environ, "BC_SKIP_MAPPING": "TRUE", "CHECKOV_RUN_SCA_PACKAGE_SCAN_V2": "false"}
+    result = subprocess.run(
+        [str(infra_python.parent / "checkov"), *target, "--skip-download", "-o", "json"],
+        capture_output=True,
+        text=True,
+        timeout=timeout,
+        env=env,
+        cwd=cwd,
+        check=False,
+    )
+    return json.loads(result.stdout)

@@ -5,7 +5,6 @@ role, pushes only its environment's repositories); and infra/deliver.py's answer
 from __future__ import annotations
 
 import json
-import os
 import re
 import subprocess
 import sys
@@ -14,7 +13,7 @@ from typing import Any
 
 from radstream.template import load_yaml
 
-from .conftest import ROOT
+from .conftest import ROOT, checkov_report
 from .test_template import as_list, statements
 
 DELIVERY = ROOT / "infra" / "delivery.yaml"
@@ -32,17 +31,7 @@ def test_cfn_lint_finds_nothing(infra_python: Path):
 
 
 def test_checkov_passes_and_every_skip_is_justified(infra_python: Path, tmp_path: Path):
-    env = {**os.environ, "BC_SKIP_MAPPING": "TRUE", "CHECKOV_RUN_SCA_PACKAGE_SCAN_V2": "false"}
-    result = subprocess.run(
-        [str(infra_python.parent / "checkov"), "-f", str(DELIVERY), "--framework", "cloudformation", "--skip-download", "-o", "json"],
-        capture_output=True,
-        text=True,
-        timeout=300,
-        env=env,
-        cwd=tmp_path,
-        check=False,
-    )
-    report = json.loads(result.stdout)
+    report = checkov_report(infra_python, tmp_path, "-f", str(DELIVERY), "--framework", "cloudformation", timeout=300)
     failed = [f"{c['check_id']} {c['resource']}: {c['check_name']}" for c in report["results"]["failed_checks"]]
     assert not failed, "\n".join(failed)
     assert report["summary"]["parsing_errors"] == 0 and report["summary"]["passed"] > 20

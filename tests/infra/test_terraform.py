@@ -4,7 +4,6 @@ and key properties) by parsing both, and 0 failed in checkov's Terraform checks 
 from __future__ import annotations
 
 import json
-import os
 import re
 import subprocess
 from pathlib import Path
@@ -14,7 +13,7 @@ import pytest
 
 from radstream.template import load_yaml
 
-from .conftest import ROOT
+from .conftest import ROOT, checkov_report
 
 TERRAFORM = ROOT / "infra" / "terraform"
 CFN = load_yaml(ROOT / "infra" / "platform.yaml")
@@ -240,17 +239,7 @@ def test_the_same_controller_permissions(hcl):
 
 
 def test_checkov_terraform_finds_nothing_and_every_skip_says_why(infra_python: Path, tmp_path: Path):
-    env = {**os.environ, "BC_SKIP_MAPPING": "TRUE", "CHECKOV_RUN_SCA_PACKAGE_SCAN_V2": "false"}
-    result = subprocess.run(
-        [str(infra_python.parent / "checkov"), "-d", str(TERRAFORM), "--framework", "terraform", "--skip-download", "-o", "json"],
-        capture_output=True,
-        text=True,
-        timeout=600,
-        env=env,
-        cwd=tmp_path,
-        check=False,
-    )
-    report = json.loads(result.stdout)
+    report = checkov_report(infra_python, tmp_path, "-d", str(TERRAFORM), "--framework", "terraform", timeout=600)
     failed = [f"{c['check_id']} {c['resource']}: {c['check_name']}" for c in report["results"]["failed_checks"]]
     assert not failed, "\n".join(failed)
     assert report["summary"]["parsing_errors"] == 0 and report["summary"]["passed"] > 50
