@@ -26,9 +26,10 @@ from typing import Any
 from radstream.asl import ExecutionResult, Retrier, StateMachine, StatesError, TaskContext, parse_retriers
 from radstream.eventpattern import apply_input_transformer, matches
 from radstream.journal import Journal, JournalEntry, recover
+from radstream.scheduling import StudyQueue
 from radstream.template import DEFAULT_TEMPLATE, Template
 from radstream.traces import write_trace
-from shared import wiring
+from shared import priority, wiring
 from shared.atomicfile import staging_dir, sweep_staging
 from shared.contracts import FailureRecord, FailureStage, ObjectRef, StudyResult
 from shared.errors import (
@@ -770,7 +771,7 @@ class LocalRuntime:
             return outcome
 
         try:
-            report, not_run = self._map(run_one, planned, on_done)
+            report, not_run = self._map(run_one, planned, on_done, [self.priority_of(source) for source, _, _ in planned])
         finally:
             journal.close()
         report.journal = journal.path
@@ -780,6 +781,18 @@ class LocalRuntime:
                 f"{len(lost_lines)} journal line(s) not written (the disk refused them): `radstream resume` runs those studies once more"
             )
         return report
+
+    def priority_of(self, source: str) -> str:
+        """A study's priority before it runs (shared.priority): from its folder, or from its upload."""
+        prefix = f"s3://{self.settings.images_bucket}/"
+        if not source.startswith(prefix):
+            return priority.of_folder(Path(source)) if Path(source).is_dir() else priority.DEFAULT
+        key = source.removeprefix(prefix)
+        try:
+            data = self.store.get_bytes(self.settings.images_bucket, key)
+        except RadStreamError:
+            return priority.DEFAULT  # its run names what is wrong
+        return priority.of_dicom_bytes(data) if key.endswith(".dcm") else priority.of_sidecar_bytes(data)
 
     def _uploaded_key(self, study_id: str) -> str | None:
         keys = [k for k in self.store.list_keys(self.settings.images_bucket, f"{INCOMING}{study_id}/") if k.endswith((".json", ".dcm"))]
@@ -807,22 +820,28 @@ class LocalRuntime:
         return keys
 
     def _map(
-        self, run: Callable[[Any], StudyOutcome], items: list[Any], on_done: Callable[[StudyOutcome], None] | None
+        self,
+        run: Callable[[Any], StudyOutcome],
+        items: list[Any],
+        on_done: Callable[[StudyOutcome], None] | None,
+        priorities: list[str] | None = None,
     ) -> tuple[RunReport, list[int]]:
-        """Run items on the workers, starting each only when a worker is free; the report, and the indexes of the items
-        not reached (the caller names them).
+        """Run items on the workers, starting each only when a worker is free, stat before urgent before routine
+        (radstream/scheduling.py); the report, and the indexes of the items not reached (the caller names them).
 
         Ctrl-C (or SIGTERM, which the CLI turns into the same) stops starting new studies; those in flight
         finish and are journalled; the rest are reported as not run, for `radstream resume`.
         """
         done: dict[int, StudyOutcome] = {}
         interrupted = False
-        queue = iter(range(len(items)))
+        queue: StudyQueue[int] = StudyQueue()
+        for index in range(len(items)):
+            queue.put(index, priorities[index] if priorities else priority.DEFAULT)
         with ThreadPoolExecutor(self.workers, thread_name_prefix="study") as pool:
             running: dict[Future[StudyOutcome], int] = {}
 
             def start_next() -> None:
-                index = next(queue, None)
+                index = queue.pop()
                 if index is not None:
                     running[pool.submit(run, items[index])] = index
 

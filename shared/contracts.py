@@ -141,6 +141,10 @@ class StudyResult(Contract):
     )
     modality: str = Field(description="CR or DX, from the sidecar or the DICOM header")
     view_position: str = Field(description="PA, AP, LATERAL, LL, RL, or UNKNOWN when a DICOM header leaves it empty")
+    priority: Literal["stat", "urgent", "routine"] = Field(
+        "routine",
+        description="The sidecar's priority, or DICOM's Requested Procedure Priority (0040,1003) mapped by shared/priority.py",
+    )
     execution_id: str
     completed_at: datetime
     end_to_end_ms: float | None = Field(

@@ -17,6 +17,7 @@ import json
 from datetime import datetime, UTC
 from typing import Any
 
+from shared import priority
 from shared.contracts import (
     QUALITY_FLAGS,
     Detection,
@@ -171,6 +172,7 @@ def build_result(request: StoreRequest, raw_state: dict[str, Any], store: Object
         identifiers=identifiers,
         modality=request.study.modality,
         view_position=request.study.view_position,
+        priority=priority.from_sidecar(request.study.priority),
         execution_id=request.execution_id,
         completed_at=completed_at,
         end_to_end_ms=end_to_end_ms(request.started_at, completed_at),

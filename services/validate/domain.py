@@ -17,6 +17,7 @@ from typing import Any
 from jsonschema import Draft202012Validator, FormatChecker
 from jsonschema.exceptions import ValidationError as SchemaError
 
+from shared import priority
 from shared.acceptance import HEADER_KEYWORDS, NotAccepted, accept
 from shared.contracts import SCHEMA_DIR, ObjectRef
 from shared.errors import InvalidImage, InvalidStudy, ObjectNotFound
@@ -110,14 +111,18 @@ def dicom_metadata(data: bytes, study_id: str) -> dict[str, str]:
     from pydicom.errors import InvalidDicomError
 
     try:
-        ds = pydicom.dcmread(io.BytesIO(data), stop_before_pixels=True, specific_tags=HEADER_KEYWORDS)
+        ds = pydicom.dcmread(io.BytesIO(data), stop_before_pixels=True, specific_tags=[*HEADER_KEYWORDS, "RequestedProcedurePriority"])
     except (InvalidDicomError, OSError, ValueError) as e:
         raise InvalidImage(f"DICOM header cannot be read ({type(e).__name__})", study_id=study_id) from e
     try:
         accepted = accept(ds)
     except NotAccepted as e:
         raise InvalidStudy(f"not a chest X-ray study ({e.attribute}): {e.reason}", study_id=study_id) from e
-    return {"modality": accepted.modality, "view_position": accepted.view_position}
+    return {
+        "modality": accepted.modality,
+        "view_position": accepted.view_position,
+        "priority": priority.from_dicom(ds.get("RequestedProcedurePriority")),
+    }
 
 
 def validate_study(
@@ -132,7 +137,7 @@ def validate_study(
         if image_format != "dicom":
             raise InvalidImage(f"{request.key.rsplit('/', 1)[-1]!r} is named .dcm but is {image_format}", study_id=key_study_id)
         metadata, study_id, image_key, raw_size = dicom_metadata(data, key_study_id), key_study_id, request.key, 0
-        priority = "routine"
+        level = metadata["priority"]
     else:
         try:
             raw = store.get_bytes(request.bucket, request.key)
@@ -151,7 +156,7 @@ def validate_study(
                 f"image {sidecar['image']!r} sha256 {digest[:12]}… does not match the sidecar's {sidecar['sha256'][:12]}…",
                 study_id=study_id,
             )
-        metadata, raw_size, priority = sidecar, len(raw), sidecar.get("priority", "routine")
+        metadata, raw_size, level = sidecar, len(raw), priority.from_sidecar(sidecar.get("priority"))
     # The size the header declares, held to the limit before any stage decodes a pixel (a PNG of zeros can be 1.6 GB decoded).
     check_pixel_limit(data, image_format, max_image_pixels, study_id)
 
@@ -161,6 +166,6 @@ def validate_study(
         image=StudyImage(bucket=request.bucket, key=image_key, format=image_format, sha256=digest, size_bytes=len(data)),
         view_position=metadata["view_position"],
         modality=metadata["modality"],
-        priority=priority,
+        priority=level,
         bytes_in=raw_size + len(data),
     )

@@ -1,0 +1,81 @@
+"""A study's priority, one mapping: the sidecar's `priority`, DICOM's Requested Procedure Priority (0040,1003), and HL7's.
+
+Everything that schedules or reports urgency (the runtime's queue, the gateway's, the workflow state, the result,
+telemetry, the exports and the ORU's OBR-5) reads a priority through this module and nowhere else.
+"""
+
+from __future__ import annotations
+
+import io
+import json
+from pathlib import Path
+from typing import Literal
+
+Priority = Literal["stat", "urgent", "routine"]
+PRIORITIES: tuple[Priority, ...] = ("stat", "urgent", "routine")  # most urgent first
+DEFAULT: Priority = "routine"
+
+# DICOM PS3.3 C.4.11 / C.4.10: Requested Procedure Priority (0040,1003) and Scheduled Procedure Step Priority
+# (0040,0009... in MPPS) take STAT, HIGH, ROUTINE, MEDIUM, LOW. HIGH is what a modality worklist sends for "urgent".
+_DICOM: dict[str, Priority] = {"STAT": "stat", "HIGH": "urgent", "ROUTINE": "routine", "MEDIUM": "routine", "LOW": "routine"}
+# HL7 v2 table 0027 (OBR-5 / TQ1-9 priority): S = stat, A = ASAP, R = routine. ASAP is the RIS's word for urgent.
+_HL7: dict[Priority, str] = {"stat": "S", "urgent": "A", "routine": "R"}
+
+
+def rank(priority: str) -> int:
+    """0 for stat, 1 urgent, 2 routine; an unknown value ranks as routine (the schema refuses it earlier)."""
+    return PRIORITIES.index(priority) if priority in PRIORITIES else PRIORITIES.index(DEFAULT)  # type: ignore[arg-type]
+
+
+def from_sidecar(value: object) -> Priority:
+    return value if isinstance(value, str) and value in PRIORITIES else DEFAULT  # type: ignore[return-value]
+
+
+def from_dicom(value: object) -> Priority:
+    """(0040,1003)'s code string, any case and padding; absent or unknown is routine."""
+    return _DICOM.get(str(value or "").strip().upper(), DEFAULT)
+
+
+def to_dicom(priority: str) -> str:
+    return {"stat": "STAT", "urgent": "HIGH"}.get(priority, "ROUTINE")
+
+
+def to_hl7(priority: str) -> str:
+    return _HL7.get(from_sidecar(priority), "R")
+
+
+def to_fhir(priority: str) -> str:
+    """FHIR request-priority: routine | urgent | asap | stat."""
+    return from_sidecar(priority)
+
+
+def of_dicom_bytes(data: bytes) -> Priority:
+    """The priority a DICOM file's header carries, read without its pixels (the tag only)."""
+    import pydicom
+
+    try:
+        ds = pydicom.dcmread(io.BytesIO(data), stop_before_pixels=True, specific_tags=["RequestedProcedurePriority"], force=True)
+        return from_dicom(ds.get("RequestedProcedurePriority"))
+    except Exception:
+        return DEFAULT  # unreadable here: validate names what is wrong; scheduling only needs an order
+
+
+def of_sidecar_bytes(data: bytes) -> Priority:
+    try:
+        doc = json.loads(data)
+    except (ValueError, UnicodeDecodeError, RecursionError):
+        return DEFAULT
+    return from_sidecar(doc.get("priority")) if isinstance(doc, dict) else DEFAULT
+
+
+def of_folder(folder: Path) -> Priority:
+    """A study folder's priority, for the scheduler, before anything is uploaded (a sidecar, or one DICOM file)."""
+    try:
+        for sidecar in sorted(folder.glob("*.json")):
+            return of_sidecar_bytes(sidecar.read_bytes())
+        for dicom in sorted(folder.glob("*.dcm")):
+            with dicom.open("rb") as f:
+                return of_dicom_bytes(f.read(1 << 20))  # the header lies in the first MiB of any file we accept
+    except OSError:
+        pass
+    return DEFAULT
