@@ -240,7 +240,67 @@ def cmd_run(args: argparse.Namespace) -> int:
 
 
 def cmd_resume(args: argparse.Namespace) -> int:
-    return exit_code(run_studies(None, args))
+    code = exit_code(run_studies(None, args))
+    # What a notifier killed mid-delivery left pending (results/<study_id>/notifications.json) goes out now, once.
+    replay_notifications(settings_from(args))
+    return code
+
+
+def replay_notifications(settings: Settings) -> tuple[int, int]:
+    """Send every pending or dead-lettered critical-finding notification again; (delivered, still failing) studies."""
+    from services.notify.domain import replay
+    from shared import wiring
+
+    store, events = wiring.object_store(settings), wiring.event_publisher(settings)
+    try:
+        replayed = replay(store, events, settings)
+    finally:
+        wiring.close_all(store, events)
+    failed = [r for r in replayed if r.dead_letters]
+    for r in replayed:
+        state = f"still failing ({', '.join(r.dead_letters)})" if r.dead_letters else f"delivered {', '.join(r.delivered) or 'nothing new'}"
+        print(f"{r.study_id}: notifications {state}", file=sys.stderr)
+    return len(replayed) - len(failed), len(failed)
+
+
+def cmd_notify(args: argparse.Namespace) -> int:
+    """Critical-finding notifications: list what is pending or dead-lettered; --replay sends it again; --ack records who saw one."""
+    from services.notify.domain import acknowledge, pending_ledgers
+    from shared import wiring
+
+    settings = settings_from(args)
+    require_data_dir(settings.data_dir, "notify")
+    if args.ack:
+        store = wiring.object_store(settings)
+        try:
+            acknowledged = acknowledge(store, settings.results_bucket, args.ack[0], args.ack[1], args.by or "")
+        finally:
+            wiring.close_all(store)
+        print(
+            f"{args.ack[0]} {acknowledged.rule}: acknowledged by {acknowledged.acknowledged_by} at {acknowledged.acknowledged_at:%Y-%m-%d %H:%M:%S} UTC"
+        )
+        return 0
+    if args.replay:
+        delivered, failed = replay_notifications(settings)
+        print(
+            f"replayed {delivered + failed} stud{'y' if delivered + failed == 1 else 'ies'}' notifications: {delivered} delivered, {failed} still failing"
+        )
+        return EXIT_FAILED_STUDIES if failed else 0
+    store = wiring.object_store(settings)
+    try:
+        ledgers = pending_ledgers(store, settings.results_bucket)
+    finally:
+        wiring.close_all(store)
+    for ledger in ledgers:
+        for n in ledger.notifications:
+            for name, channel in n.channels.items():
+                if channel.status in ("pending", "dead_letter"):
+                    print(f"{ledger.study_id} {n.rule} {name}: {channel.status} ({channel.last_error or 'not sent yet'})")
+    print(
+        f"{len(ledgers)} stud{'y' if len(ledgers) == 1 else 'ies'} with undelivered notifications"
+        + ("; `radstream notify --replay` sends them" if ledgers else "")
+    )
+    return 0
 
 
 def cmd_demo(args: argparse.Namespace) -> int:
@@ -653,6 +713,15 @@ def parser() -> argparse.ArgumentParser:
     )
     add_destination_options(export)
     export.set_defaults(func=cmd_export, triton_url=None, model_repository=None)
+
+    notify = sub.add_parser(
+        "notify", help="critical-finding notifications: list undelivered ones; --replay sends them; --ack records who saw one"
+    )
+    notify.add_argument("--replay", action="store_true", help="send every pending or dead-lettered notification again (NOTIFY_MLLP_PEER)")
+    notify.add_argument("--ack", nargs=2, metavar=("STUDY_ID", "RULE"), help="acknowledge a study's notification (recorded, never deleted)")
+    notify.add_argument("--by", help="who acknowledges (with --ack)")
+    notify.add_argument("--data-dir", default="radstream-data", help="folder holding the local buckets (default: ./radstream-data)")
+    notify.set_defaults(func=cmd_notify, triton_url=None, model_repository=None)
 
     add_query_parser(sub)
     add_lake_parser(sub)

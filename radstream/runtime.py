@@ -26,7 +26,7 @@ from typing import Any
 from radstream.asl import ExecutionResult, Retrier, StateMachine, StatesError, TaskContext, parse_retriers
 from radstream.eventpattern import apply_input_transformer, matches
 from radstream.journal import Journal, JournalEntry, recover
-from radstream.scheduling import StudyQueue
+from shared.scheduling import StudyQueue
 from radstream.template import DEFAULT_TEMPLATE, Template
 from radstream.traces import write_trace
 from shared import priority, wiring
@@ -827,7 +827,7 @@ class LocalRuntime:
         priorities: list[str] | None = None,
     ) -> tuple[RunReport, list[int]]:
         """Run items on the workers, starting each only when a worker is free, stat before urgent before routine
-        (radstream/scheduling.py); the report, and the indexes of the items not reached (the caller names them).
+        (shared/scheduling.py); the report, and the indexes of the items not reached (the caller names them).
 
         Ctrl-C (or SIGTERM, which the CLI turns into the same) stops starting new studies; those in flight
         finish and are journalled; the rest are reported as not run, for `radstream resume`.

@@ -16,9 +16,9 @@ from pydantic import BaseModel, ConfigDict, Field
 
 SCHEMA_DIR = Path(__file__).resolve().parent / "schemas"
 NOT_FOR_CLINICAL_USE: Literal["not for clinical use"] = "not for clinical use"
-Stage = Literal["validate", "prepare", "inference", "store", "export", "telemetry", "workflow"]
+Stage = Literal["validate", "prepare", "inference", "store", "export", "notify", "telemetry", "workflow"]
 # Where a study can fail: a workflow stage, or before the workflow (its upload) or around it (the local runtime).
-FailureStage = Literal["upload", "validate", "prepare", "inference", "store", "export", "telemetry", "workflow", "runtime"]
+FailureStage = Literal["upload", "validate", "prepare", "inference", "store", "export", "notify", "telemetry", "workflow", "runtime"]
 
 
 # Input plausibility (docs/models.md, "Quality flags"): read from the picture by prepare, carried into the result,
@@ -160,6 +160,59 @@ class StudyResult(Contract):
     detections: list[Detection]
     report: DraftReport | None
     timings_ms: dict[str, float]
+
+
+class NotificationChannel(Contract):
+    """One way a critical-finding notification goes out: hl7 (ORU^R01 over MLLP) or event ("Critical Finding")."""
+
+    status: Literal["pending", "delivered", "dead_letter", "not_configured"] = "pending"
+    attempts: int = 0
+    # The error's name and our own message (never a patient value); the ACK code (MSA-1) of the RIS: AA, AE or AR.
+    last_error: str | None = None
+    delivered_at: datetime | None = None
+    ack: str | None = None
+
+
+class NotificationEvent(Contract):
+    """One line of a notification's trail: appended, never rewritten or deleted (the audit of who saw what when)."""
+
+    at: datetime
+    what: Literal["fired", "delivered", "failed", "dead_letter", "replayed", "acknowledged"]
+    channel: str | None = None
+    by: str | None = None
+    note: str | None = None
+
+
+class CriticalNotification(Contract):
+    rule: str
+    label: str
+    probability: float
+    threshold: float
+    priority: Literal["stat", "urgent", "routine"]
+    message_id: str = Field(description="MSH-10 and the event's id: from the study and the execution that first fired the rule")
+    execution_id: str
+    fired_at: datetime
+    channels: dict[str, NotificationChannel]
+    in_fhir_bundle: bool = Field(False, description="a FHIR Communication for it goes in a DICOM study's bundle")
+    acknowledged_by: str | None = None
+    acknowledged_at: datetime | None = None
+    trail: list[NotificationEvent] = Field(default_factory=list)
+
+
+def notifications_key(study_id: str) -> str:
+    """Where a study's critical-finding notifications are recorded, in the results bucket (notify writes, export reads)."""
+    return f"results/{study_id}/notifications.json"
+
+
+class StudyNotifications(Contract):
+    """results/<study_id>/notifications.json: the critical-finding rules that fired for a study, and each one's delivery."""
+
+    schema_version: Literal["1"] = "1"
+    study_id: str
+    priority: Literal["stat", "urgent", "routine"] = "routine"
+    arrived_at: datetime | None = Field(None, description="the upload's time (the workflow's uploaded_at)")
+    result_at: datetime | None = Field(None, description="the result's completed_at")
+    notifications: list[CriticalNotification] = Field(default_factory=list)
 
 
 class FailureRecord(Contract):

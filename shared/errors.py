@@ -142,3 +142,11 @@ class DeliveryUnavailable(RetryableError):
 
 class DeliveryRefused(PermanentError):
     """The hospital's PACS refused the object itself (a DIMSE failure status, an HTTP 4xx): sending it again cannot help."""
+
+
+class NotificationUnavailable(RetryableError):
+    """The RIS cannot be reached, dropped the connection, or rejected the message for now (HL7 ACK AR): send again later."""
+
+
+class NotificationRejected(PermanentError):
+    """The RIS refused the message itself (HL7 ACK AE), or no ACK it sent names it: sending it again cannot help."""

@@ -138,6 +138,22 @@ class StoredResult(StageOutput):
     positive_findings: list[str]
 
 
+# --- NotifyCriticalFindings (and RecordNotifyDeadLetter) ---
+class NotifyRequest(BaseModel):
+    study: ValidatedStudy
+    stored: StoredResult
+    execution_id: str = "direct-invoke"
+    uploaded_at: datetime | None = None  # the study's arrival: the upload event's time (the rule's input transformer)
+    # Set by the workflow's Catch ({Error, Cause}) once delivery failed for good: the pending notifications are dead letters.
+    error: dict[str, Any] | None = None
+
+
+class NotifiedResult(StageOutput):
+    fired: list[str] = []  # the critical-finding rules that fired (results/<study_id>/notifications.json says more)
+    delivered: list[str] = []  # what reached its destination in this invocation (hl7:<rule>, event:<rule>)
+    dead_letters: list[str] = []  # the rules whose notification is a dead letter (`radstream notify --replay`)
+
+
 # --- ExportResults (DICOM studies only) ---
 class ExportRequest(BaseModel):
     study: ValidatedStudy

@@ -24,16 +24,26 @@ _HL7: dict[Priority, str] = {"stat": "S", "urgent": "A", "routine": "R"}
 
 def rank(priority: str) -> int:
     """0 for stat, 1 urgent, 2 routine; an unknown value ranks as routine (the schema refuses it earlier)."""
-    return PRIORITIES.index(priority) if priority in PRIORITIES else PRIORITIES.index(DEFAULT)  # type: ignore[arg-type]
+    return PRIORITIES.index(priority) if priority in PRIORITIES else PRIORITIES.index(DEFAULT)
 
 
 def from_sidecar(value: object) -> Priority:
-    return value if isinstance(value, str) and value in PRIORITIES else DEFAULT  # type: ignore[return-value]
+    return value if isinstance(value, str) and value in PRIORITIES else DEFAULT
 
 
 def from_dicom(value: object) -> Priority:
     """(0040,1003)'s code string, any case and padding; absent or unknown is routine."""
     return _DICOM.get(str(value or "").strip().upper(), DEFAULT)
+
+
+def from_dimse(value: object) -> Priority:
+    """A C-STORE request's Priority (0000,0700): 0x0001 HIGH is urgent; MEDIUM (0) and LOW (2) are routine. A modality's
+    HIGH is never stat: only the order ((0040,1003) STAT) says stat."""
+    return "urgent" if value == 1 else DEFAULT
+
+
+def most_urgent(*priorities: str) -> Priority:
+    return PRIORITIES[min(rank(p) for p in priorities)] if priorities else DEFAULT
 
 
 def to_dicom(priority: str) -> str:

@@ -53,6 +53,10 @@ ENVIRONMENT = {
     "export_dicom_peer": "EXPORT_DICOM_PEER",
     "export_stow_url": "EXPORT_STOW_URL",
     "export_fhir_url": "EXPORT_FHIR_URL",
+    # Critical-finding notifications (services/notify, docs/triage.md)
+    "notify_mllp_peer": "NOTIFY_MLLP_PEER",
+    "notify_rules": "NOTIFY_RULES",
+    "notify_timeout_s": "NOTIFY_TIMEOUT_S",
 }
 
 
@@ -113,6 +117,11 @@ class Settings(BaseModel):
     export_dicom_peer: str | None = None
     export_stow_url: str | None = None
     export_fhir_url: str | None = None
+    # The RIS that receives an HL7 v2.5.1 ORU^R01 per fired critical-finding rule, over MLLP (host:port); the rules file
+    # (services/notify/critical_findings.json when unset); how long one connect or ACK may take.
+    notify_mllp_peer: str | None = None
+    notify_rules: Path | None = None
+    notify_timeout_s: float = Field(default=10.0, gt=0)
 
     @property
     def gateway_allowed_ae_list(self) -> list[str]:

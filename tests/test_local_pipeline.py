@@ -114,6 +114,7 @@ def test_telemetry_lake_has_one_record_per_stage_per_study(demo):
             ("inference", "anomaly_detector"): 1,
             ("inference", "report_encoder"): 1,
             ("store", None): 1,
+            ("notify", None): 1,  # the critical-finding rules run on every result (services/notify)
             ("workflow", None): 1,
         } | ({("export", None): 1} if study_id == "demo-dicom" else {}), study_id  # the export stage: DICOM studies only
     bad = {(k[1], k[2]) for k in by_study if k[0] == "bad-constant"}
@@ -171,7 +172,10 @@ def test_running_a_study_again_leaves_one_result(tmp_path):
     first, _, _ = run_one(tmp_path)
     second, _, _ = run_one(tmp_path)
     assert first.status == second.status == "succeeded" and first.study_id == second.study_id
-    results = sorted(p.relative_to(tmp_path / "data") for p in (tmp_path / "data" / "results").rglob("*.json"))
+    # notifications.json, when a critical-finding rule fired, is the record of its delivery (services/notify), not a result.
+    results = sorted(
+        p.relative_to(tmp_path / "data") for p in (tmp_path / "data" / "results").rglob("*.json") if p.name != "notifications.json"
+    )
     assert results == [Path("results/results/demo-001/result.json")]
 
 
@@ -183,7 +187,7 @@ def test_every_study_leaves_a_trace_with_one_subsegment_per_task(demo):
     assert ok["annotations"] == {"study_id": "demo-001", "status": "SUCCEEDED", "execution": outcomes["demo-001"].execution_name}
     assert [s["name"] for s in ok["subsegments"]][:2] == ["ValidateMetadata", "PrepareTensors"]
     assert sorted(s["name"] for s in ok["subsegments"][2:5]) == ["Classify", "Detect", "Encode"]
-    assert [s["name"] for s in ok["subsegments"][5:]] == ["StoreResults", "SendTelemetry"]
+    assert [s["name"] for s in ok["subsegments"][5:]] == ["StoreResults", "NotifyCriticalFindings", "SendTelemetry"]
     assert all(ok["start_time"] <= s["start_time"] <= s["end_time"] <= ok["end_time"] for s in ok["subsegments"])
     failed = latest_trace(data_dir, "bad-constant")
     assert failed["error"] and failed["annotations"]["status"] == "FAILED"
@@ -230,7 +234,7 @@ def test_the_handlers_emit_emf_metrics_that_agree_with_the_outcomes(demo):
     assert total["StudiesSucceeded"] == sum(o.status == "succeeded" for o in outcomes.values())
     assert total["StudiesFailed"] == sum(o.status == "failed" for o in outcomes.values())
     stages = {dict(p.dimensions).get("stage") for p in points if p.name == "StageDuration"}
-    assert stages == {"validate", "prepare", "inference", "store", "export", "telemetry"}  # export: the demo's DICOM study
+    assert stages == {"validate", "prepare", "inference", "store", "notify", "export", "telemetry"}  # export: the demo's DICOM study
     assert {dict(p.dimensions)["model"] for p in points if p.name == "ModelLatency"} == {
         "chest_xray_classifier",
         "anomaly_detector",

@@ -1,5 +1,5 @@
 """Stat studies first: the issue's observation (400 routine + 3 stat listed last, 1 worker: stat finished 401st-402nd),
-reproduced at a size this suite can afford, through `run` and `resume`; and the aging bound of radstream/scheduling.py."""
+reproduced at a size this suite can afford, through `run` and `resume`; and the aging bound of shared/scheduling.py."""
 
 from __future__ import annotations
 
@@ -11,7 +11,7 @@ import numpy as np
 from radstream.phantoms import generate_phantom
 from radstream.runtime import LocalRuntime
 from radstream.samples import encode, sidecar, write_dicom_study, write_study
-from radstream.scheduling import StudyQueue
+from shared.scheduling import StudyQueue
 from shared import priority
 from shared.settings import Settings
 
@@ -123,6 +123,63 @@ def test_a_stream_of_stat_studies_never_starves_routine_work() -> None:
 
 
 def priority_bound_s() -> float:
-    from radstream.scheduling import HEAD_START_S
+    from shared.scheduling import HEAD_START_S
 
     return HEAD_START_S["stat"] + 1
+
+
+def test_the_gateways_queue_runs_stat_instances_first() -> None:
+    """Instances handed on while the one worker is busy run stat first, whatever order they were stored in."""
+    import threading
+
+    from services.gateway.domain import Received
+    from services.gateway.server import LocalPipeline
+
+    started, release, order = threading.Event(), threading.Event(), []
+
+    class Runtime:
+        def run_key(self, key: str) -> str:
+            order.append(key)
+            if key == "first":
+                started.set()
+                assert release.wait(30)
+            return key
+
+    pipeline = LocalPipeline(Runtime(), workers=1)
+    try:
+        pipeline(Received("s", "first", 1, "", "routine"))
+        assert started.wait(30)
+        for key, level in (("r1", "routine"), ("r2", "routine"), ("u1", "urgent"), ("s1", "stat")):
+            pipeline(Received("s", key, 1, "", level))
+        release.set()
+    finally:
+        pipeline.close()
+    assert order == ["first", "s1", "u1", "r1", "r2"]
+    assert pipeline.futures["s1"].result(5) == "s1"
+
+
+def test_the_gateway_reads_an_instances_priority_from_the_order_and_the_association(tmp_path: Path) -> None:
+    import io
+
+    import pydicom
+
+    from radstream.samples import dicom_bytes
+    from services.gateway.domain import Receiver
+    from shared.storage import LocalObjectStore
+
+    image = (generate_phantom(np.random.default_rng(1), size=128).image * 4095).astype(np.uint16)
+    receiver = Receiver(LocalObjectStore(tmp_path), "images", b"k" * 32)
+
+    def instance(order_priority: str | None) -> bytes:
+        ds = pydicom.dcmread(io.BytesIO(dicom_bytes(image)))
+        ds.SOPInstanceUID = pydicom.uid.generate_uid()
+        if order_priority:
+            ds.RequestedProcedurePriority = order_priority
+        out = io.BytesIO()
+        ds.save_as(out, enforce_file_format=True)
+        return out.getvalue()
+
+    assert receiver.receive(instance("STAT")).priority == "stat"
+    assert receiver.receive(instance(None)).priority == "routine"
+    assert receiver.receive(instance(None), request_priority=priority.from_dimse(1)).priority == "urgent"  # C-STORE HIGH
+    assert receiver.receive(instance("STAT"), request_priority="urgent").priority == "stat"  # the more urgent wins

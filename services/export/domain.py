@@ -37,8 +37,8 @@ from services.export import codes
 from services.export.header import addressed_header
 from services.export.overlay import build_overlay, overlay_bytes
 from services.export.status import write_status
-from shared.contracts import QUALITY_FLAGS, ObjectRef, StudyResult
-from shared.errors import InvalidImage, PermanentError
+from shared.contracts import QUALITY_FLAGS, CriticalNotification, ObjectRef, StudyNotifications, StudyResult, notifications_key
+from shared.errors import InvalidImage, ObjectNotFound, PermanentError
 from shared.messages import ExportedResult, ExportRequest
 from shared.observability import logger
 from shared.storage import ObjectStore
@@ -361,9 +361,12 @@ def _device(result: StudyResult, model_name: str) -> dict[str, Any]:
     return device
 
 
-def build_fhir(result: StudyResult, header: Any, sr: bytes, sr_uid: str) -> dict[str, Any]:
+def build_fhir(
+    result: StudyResult, header: Any, sr: bytes, sr_uid: str, critical: list[CriticalNotification] | None = None
+) -> dict[str, Any]:
     """The collection Bundle: DiagnosticReport (the SR in presentedForm), an Observation per finding and per box,
-    the algorithms as Devices, the Patient and the ImagingStudy; urn:uuid fullUrls, deterministic per study and execution."""
+    the algorithms as Devices, the Patient and the ImagingStudy, and a Communication per critical-finding notification
+    about the report; urn:uuid fullUrls, deterministic per study and execution."""
     from fhir.resources.R4B.bundle import Bundle
 
     def full_url(entry: str) -> str:
@@ -454,6 +457,29 @@ def build_fhir(result: StudyResult, header: Any, sr: bytes, sr_uid: str) -> dict
             }
         ],
     }
+    communications = []
+    for notification in critical or []:
+        name = f"critical-{notification.rule}"
+        communications.append(name)
+        entries[name] = {
+            "resourceType": "Communication",
+            # The alert was raised and sent (HL7 ORU, the event bus); a person's acknowledgement is in the console's trail.
+            "status": "completed",
+            "identifier": [{"system": URI, "value": f"urn:radstream:notification:{notification.message_id}"}],
+            "category": [{"coding": [{"system": "http://terminology.hl7.org/CodeSystem/communication-category", "code": "alert"}]}],
+            "priority": notification.priority,
+            "subject": ref("patient"),
+            "about": [ref("report")],
+            "sent": notification.fired_at.astimezone(UTC).isoformat(),
+            "sender": ref("device-chest_xray_classifier"),
+            "reasonCode": [_concept(codes.finding(notification.label), notification.label)],
+            "payload": [
+                {
+                    "contentString": f"Critical finding (rule {notification.rule}): {notification.label} probability "
+                    f"{notification.probability:.3f} at or over {notification.threshold:.3f}. AI generated; {NOT_FOR_CLINICAL_USE}."
+                }
+            ],
+        }
     entries["device-chest_xray_classifier"] = _device(result, "chest_xray_classifier")
     entries["device-anomaly_detector"] = _device(result, "anomaly_detector")
     entries["patient"] = _patient(header)
@@ -464,8 +490,9 @@ def build_fhir(result: StudyResult, header: Any, sr: bytes, sr_uid: str) -> dict
         "Device": "ai-algorithm",
         "Patient": "source-patient",
         "ImagingStudy": "source-imaging-study",
+        "Communication": "ai-critical-finding",
     }
-    order = ["report", *observations, "device-chest_xray_classifier", "device-anomaly_detector", "patient", "study"]
+    order = ["report", *observations, *communications, "device-chest_xray_classifier", "device-anomaly_detector", "patient", "study"]
     bundle_entries = []
     for name in order:
         resource = entries[name]
@@ -480,6 +507,15 @@ def build_fhir(result: StudyResult, header: Any, sr: bytes, sr_uid: str) -> dict
         "entry": bundle_entries,
     }
     return Bundle.model_validate(bundle).model_dump(mode="json", exclude_none=True)
+
+
+def critical_notifications(store: ObjectStore, results_bucket: str, study_id: str) -> list[CriticalNotification]:
+    """The critical-finding notifications NotifyCriticalFindings recorded for the study that go in its FHIR bundle."""
+    try:
+        recorded = StudyNotifications.model_validate_json(store.get_bytes(results_bucket, notifications_key(study_id)))
+    except ObjectNotFound:
+        return []
+    return [n for n in recorded.notifications if n.in_fhir_bundle]
 
 
 def export_result(request: ExportRequest, store: ObjectStore, results_bucket: str) -> ExportedResult:
@@ -500,7 +536,9 @@ def export_result(request: ExportRequest, store: ObjectStore, results_bucket: st
         return ExportedResult(study_id=study_id, skipped=reason)
     sr = build_sr(result, header)
     sr_data = sr_bytes(sr)
-    fhir = json.dumps(build_fhir(result, header, sr_data, str(sr.SOPInstanceUID)), indent=2).encode()
+    fhir = json.dumps(
+        build_fhir(result, header, sr_data, str(sr.SOPInstanceUID), critical_notifications(store, results_bucket, study_id)), indent=2
+    ).encode()
     overlay_data = overlay_bytes(
         build_overlay(
             result, data, header, lambda what: _uid(result, what), f"RadStream {NOT_FOR_CLINICAL_USE}", NOT_FOR_CLINICAL_USE, MANUFACTURER

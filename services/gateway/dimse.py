@@ -38,6 +38,7 @@ from pydicom.uid import ExplicitVRLittleEndian, ImplicitVRLittleEndian
 
 from services.gateway.archive import MATCHABLE, Archive
 from services.gateway.domain import ACCEPTED_SOP_CLASSES, PROCESSING_FAILURE, Receiver, Refused
+from shared import priority
 from shared.acceptance import SECONDARY_CAPTURE
 from shared.settings import Settings
 
@@ -218,6 +219,7 @@ def handle_store(event: Any, receiver: Receiver) -> Dataset:
             sop_class_uid=str(event.request.AffectedSOPClassUID),
             transfer_syntax=str(event.context.transfer_syntax),
             source=f"DIMSE {calling}",
+            request_priority=priority.from_dimse(getattr(event.request, "Priority", None)),
         )
     except Refused as e:
         log.warning("C-STORE refused status=0x%04X reason=%s %s", e.status, e.reason, calling)

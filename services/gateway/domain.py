@@ -25,7 +25,7 @@ from collections.abc import Callable
 from dataclasses import dataclass
 from typing import Any
 
-from shared import acceptance
+from shared import acceptance, priority
 from shared.acceptance import text as _text
 from shared.errors import ConfigurationError, RadStreamError, StorageUnavailable
 from shared.messages import INCOMING
@@ -83,6 +83,8 @@ class Received:
     key: str
     size: int
     transfer_syntax: str
+    # The order's (0040,1003) or the C-STORE request's Priority, the more urgent (shared/priority.py): the queue's order.
+    priority: str = priority.DEFAULT
 
 
 def pseudonym(key: bytes, uid: str) -> str:
@@ -193,9 +195,18 @@ class Receiver:
         if incomplete:
             raise Refused(DATASET_DOES_NOT_MATCH, incomplete)
 
-    def receive(self, data: bytes, *, sop_class_uid: str | None = None, transfer_syntax: str = "", source: str = "") -> Received:
+    def receive(
+        self,
+        data: bytes,
+        *,
+        sop_class_uid: str | None = None,
+        transfer_syntax: str = "",
+        source: str = "",
+        request_priority: str | None = None,
+    ) -> Received:
         """Check, then store; returns only after the object store's PUT returned (the durability point)."""
         study_id, instance = self.check(data, sop_class_uid)
+        level = priority.most_urgent(priority.of_dicom_bytes(data), request_priority or priority.DEFAULT)
         key = f"{INCOMING}{study_id}/{instance}.dcm"
         try:
             with self._locks[hash(key) % len(self._locks)]:
@@ -203,7 +214,7 @@ class Receiver:
                 if existing is not None:
                     if same_data_set(self.store.get_bytes(self.images_bucket, key), data):
                         log.info("instance already stored (a re-send) study_id=%s bytes=%d from %s", study_id, len(data), source)
-                        return Received(study_id, existing.key, existing.size, transfer_syntax)
+                        return Received(study_id, existing.key, existing.size, transfer_syntax, level)
                     log.warning(
                         "instance refused: another instance is stored under its SOPInstanceUID study_id=%s from %s", study_id, source
                     )
@@ -212,7 +223,7 @@ class Receiver:
         except RadStreamError as e:
             log.warning("instance not stored: %s (%s) from %s", e.error_name, "retryable" if e.retryable else "permanent", source)
             raise Refused(OUT_OF_RESOURCES, "the images bucket is unavailable; send again later") from e
-        received = Received(study_id, stored.key, stored.size, transfer_syntax)
+        received = Received(study_id, stored.key, stored.size, transfer_syntax, level)
         log.info("instance stored study_id=%s bytes=%d transfer_syntax=%s from %s", study_id, stored.size, transfer_syntax, source)
         if self.on_stored is not None:
             try:

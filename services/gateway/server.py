@@ -22,6 +22,7 @@ from services.gateway.secrets import pseudonym_key_value
 from services.gateway.stow import StowServer
 from services.gateway.tls import server_context
 from shared import wiring
+from shared.scheduling import Dispatcher, StudyQueue
 from shared.settings import Settings
 from shared.storage import ObjectStore
 
@@ -69,17 +70,32 @@ class LocalPipeline:
 
     def __init__(self, runtime: Any, workers: int = 2) -> None:
         self.runtime = runtime
-        self.pool = ThreadPoolExecutor(max_workers=workers, thread_name_prefix="gateway-run")
+        # Stat, then urgent, then routine, with aging (shared/scheduling.py), in place of first come, first served.
+        self.queue: StudyQueue[tuple[Received, Future]] = StudyQueue()
+        self.dispatcher = Dispatcher(self.queue, self._run, workers, name="gateway-run")
+        # What an earlier run left unfinished (`resume`, with its own workers) runs beside the queue.
+        self.pool = ThreadPoolExecutor(max_workers=1, thread_name_prefix="gateway-backlog")
         self.futures: dict[str, Future] = {}
         self._lock = threading.Lock()
 
     def __call__(self, received: Received) -> None:
-        future = self.pool.submit(self.runtime.run_key, received.key)
+        future: Future = Future()
         with self._lock:
             self.futures[received.key] = future
+        self.queue.put((received, future), received.priority)
+
+    def _run(self, item: tuple[Received, Future]) -> None:
+        received, future = item
+        if not future.set_running_or_notify_cancel():
+            return
+        try:
+            future.set_result(self.runtime.run_key(received.key))
+        except BaseException as e:  # run_key records a study's failure itself; this is the runtime failing
+            future.set_exception(e)
 
     def close(self) -> None:
         self.pool.shutdown(wait=True)
+        self.dispatcher.close()
 
 
 def configure_logging() -> None:

@@ -85,3 +85,25 @@ class StudyQueue(Generic[T]):
     def __len__(self) -> int:
         with self._ready:
             return len(self._heap)
+
+
+class Dispatcher(Generic[T]):
+    """`workers` threads that take studies from a StudyQueue, most urgent first, until it is closed and empty: the
+    gateway's queue and the triage benchmark. `run` must not raise (the runtime's `run_key` records every failure)."""
+
+    def __init__(self, queue: StudyQueue[T], run: Callable[[T], object], workers: int, name: str = "study") -> None:
+        self.queue = queue
+        self.run = run
+        self.threads = [threading.Thread(target=self._work, name=f"{name}-{i}", daemon=True) for i in range(max(1, workers))]
+        for thread in self.threads:
+            thread.start()
+
+    def _work(self) -> None:
+        while (item := self.queue.get()) is not None:
+            self.run(item)
+
+    def close(self, timeout: float | None = None) -> None:
+        """Stop taking new studies once the queue is empty; wait for the workers (the studies already queued run first)."""
+        self.queue.close()
+        for thread in self.threads:
+            thread.join(timeout)

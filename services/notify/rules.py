@@ -1,0 +1,58 @@
+"""Critical-finding rules: which finding, over which probability, for which priorities, sent how (a JSON file)."""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+from typing import Literal
+
+from pydantic import BaseModel, ConfigDict, Field, ValidationError
+
+from shared.contracts import Finding
+from shared.errors import ConfigurationError
+
+DEFAULT_RULES = Path(__file__).with_name("critical_findings.json")
+Channel = Literal["hl7", "event", "fhir"]
+
+
+class Rule(BaseModel):
+    model_config = ConfigDict(extra="forbid")
+
+    name: str = Field(pattern=r"^[a-z0-9][a-z0-9-]{0,39}$")
+    label: str
+    # None: the finding's own operating point, as the result carries it (Finding.threshold, from the model card)
+    threshold: float | None = Field(None, ge=0, le=1)
+    priorities: list[Literal["stat", "urgent", "routine"]] = ["stat", "urgent", "routine"]
+    send: list[Channel] = ["hl7", "event", "fhir"]
+
+
+class RuleSet(BaseModel):
+    model_config = ConfigDict(extra="ignore")
+
+    rules: list[Rule]
+
+
+def load_rules(path: Path | None = None) -> list[Rule]:
+    source = path or DEFAULT_RULES
+    try:
+        rules = RuleSet.model_validate(json.loads(Path(source).read_text())).rules
+    except (OSError, ValueError, ValidationError) as e:
+        raise ConfigurationError(f"NOTIFY_RULES: {source} is not a readable rules file ({type(e).__name__})") from e
+    names = [r.name for r in rules]
+    if len(set(names)) != len(names):
+        raise ConfigurationError(f"NOTIFY_RULES: {source} names a rule twice; each rule needs its own name")
+    return rules
+
+
+def fired(rules: list[Rule], findings: list[Finding], priority: str) -> list[tuple[Rule, Finding, float]]:
+    """Each rule that fires on these findings, with the finding and the threshold it was held to."""
+    by_label = {f.label: f for f in findings}
+    out = []
+    for rule in rules:
+        finding = by_label.get(rule.label)
+        if finding is None or priority not in rule.priorities:
+            continue
+        threshold = rule.threshold if rule.threshold is not None else finding.threshold
+        if finding.probability >= threshold:
+            out.append((rule, finding, threshold))
+    return out
