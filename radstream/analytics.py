@@ -55,6 +55,8 @@ DUCKDB_COLUMNS: dict[str, str] = {
     "bytes_in": "BIGINT",
     "bytes_out": "BIGINT",
     "cold_start": "BOOLEAN",
+    "priority": "VARCHAR",
+    "since_arrival_ms": "DOUBLE",
 }
 PARTITION_COLUMNS: dict[str, str] = {"dt": "VARCHAR", "hour": "VARCHAR"}
 _GLUE_TO_DUCKDB = {

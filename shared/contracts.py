@@ -66,6 +66,10 @@ class TelemetryRecord(Contract):
     bytes_in: int = 0
     bytes_out: int = 0
     cold_start: bool = False
+    # Triage (docs/triage.md): the study's priority, and on the store and notify records the milliseconds from the study's
+    # arrival (its upload) to its result, or to its first notification delivered; null on every other record.
+    priority: str | None = None
+    since_arrival_ms: float | None = None
 
 
 class Finding(Contract):

@@ -31,6 +31,9 @@ class StageOutput(BaseModel):
     bytes_in: int = 0
     bytes_out: int = 0
     model: ModelRef | None = None
+    # What the telemetry record of a triage-relevant stage carries (store: arrival to result; notify: arrival to notification).
+    priority: str | None = None
+    since_arrival_ms: float | None = None
 
 
 class StudyImage(BaseModel):
@@ -131,6 +134,7 @@ class StoreRequest(BaseModel):
     inference: list[ModelOutput]
     execution_id: str = "direct-invoke"
     started_at: datetime | None = None  # the execution's start ($$.Execution.StartTime): the result's end-to-end time
+    uploaded_at: datetime | None = None  # the study's arrival (the upload event's time): telemetry's arrival-to-result
 
 
 class StoredResult(StageOutput):

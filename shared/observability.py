@@ -107,6 +107,8 @@ def telemetry_record(
     bytes_in: int = 0,
     bytes_out: int = 0,
     cold_start: bool = False,
+    priority: str | None = None,
+    since_arrival_ms: float | None = None,
 ) -> TelemetryRecord:
     model_name = model.name if model else None
     return TelemetryRecord(
@@ -123,6 +125,8 @@ def telemetry_record(
         bytes_in=bytes_in,
         bytes_out=bytes_out,
         cold_start=cold_start,
+        priority=priority,
+        since_arrival_ms=since_arrival_ms,
     )
 
 
@@ -262,6 +266,8 @@ class StageHandler(Generic[D]):
                 bytes_in=output.bytes_in,
                 bytes_out=output.bytes_out,
                 cold_start=cold_start,
+                priority=output.priority,
+                since_arrival_ms=output.since_arrival_ms,
             )
             logger.info("stage succeeded", duration_ms=record.duration_ms, bytes_out=output.bytes_out)
             self._emit(metrics, **_output_metrics(output, duration_ms), study_id=output.study_id, execution_id=execution_id)

@@ -28,9 +28,10 @@ import numpy as np
 
 from radstream.analytics import LAKE_PREFIX, DuckDBQueryRunner, QueryResult, quarantine_object, read_lake_object
 from radstream.template import Template
-from shared.contracts import ExportStatus
+from shared.contracts import ExportStatus, StudyNotifications, notifications_key
 from shared.errors import ConfigurationError, ObjectNotFound
 from shared.metrics import EmfLog, MetricSummary
+from shared.priority import rank
 from shared.storage import ObjectStore
 
 _PARTITION = re.compile(r"/dt=(?P<dt>[^/]+)/hour=(?P<hour>[^/]+)/[^/]+$")
@@ -201,6 +202,7 @@ class StudyRow:
     stage: str | None = None
     error_type: str | None = None
     message: str | None = None
+    priority: str = "routine"
 
     @property
     def day(self) -> str:
@@ -216,6 +218,7 @@ def row_from_result(doc: dict[str, Any]) -> StudyRow:
         positives=[f["label"] for f in doc.get("findings", []) if f.get("positive")],
         boxes=len(doc.get("detections", [])),
         models=models,
+        priority=str(doc.get("priority", "routine")),
     )
 
 
@@ -348,6 +351,21 @@ class StudyDetail:
     # DICOM studies: what became of the result's exports (results/<study_id>/exports.json, shared.contracts.ExportStatus),
     # only when it is about this result's run (an earlier run's status would describe other exports).
     exports: dict[str, Any] | None = None
+    # The critical-finding notifications (results/<study_id>/notifications.json): each one's delivery and its trail.
+    notifications: StudyNotifications | None = None
+
+
+@dataclass
+class WorklistRow:
+    """One line of the worklist: a study with its result, most urgent first (docs/triage.md)."""
+
+    study_id: str
+    priority: str
+    critical: list[str]  # the rules that fired
+    unacknowledged: int
+    arrived_at: str  # ISO 8601 UTC: the upload, or the result's time where the arrival is not recorded
+    waiting_s: float
+    positives: list[str]
 
 
 class RenderedImage:
@@ -514,8 +532,62 @@ class ConsoleData:
             except Exception as e:  # the page still shows the findings; the reason is shown in place of the image
                 detail.image_error = f"{type(e).__name__}: {e}"
             detail.exports = self.export_status(study_id, doc)
+            detail.notifications = self.notifications(study_id)
         self._add_trace(detail)
         return detail
+
+    # --- triage ---
+    def notifications(self, study_id: str) -> StudyNotifications | None:
+        check_study_id(study_id)
+        try:
+            return StudyNotifications.model_validate_json(self.store.get_bytes(self.results_bucket, notifications_key(study_id)))
+        except ObjectNotFound:
+            return None
+        except ValueError:
+            return None  # unreadable: the study page says nothing rather than something wrong
+
+    def worklist(self) -> list[WorklistRow]:
+        """Every study with a result, sorted by priority (stat first), then critical finding unacknowledged, then time
+        waiting (longest first)."""
+        now = self.clock()
+        ledgers: dict[str, StudyNotifications] = {}
+        for key in self.store.list_keys(self.results_bucket, "results/"):
+            if key.endswith("/notifications.json"):
+                study_id = key.split("/")[1]
+                found = self.notifications(study_id) if SAFE_STUDY_ID.match(study_id) else None
+                if found is not None:
+                    ledgers[study_id] = found
+        rows = []
+        for row in self.index.rows():
+            if row.status != "succeeded":
+                continue
+            ledger = ledgers.get(row.study_id)
+            arrived = ledger.arrived_at.isoformat() if ledger and ledger.arrived_at else row.at
+            try:
+                waited = (now - datetime.fromisoformat(arrived.replace("Z", "+00:00"))).total_seconds()
+            except ValueError:
+                waited = 0.0
+            notes = ledger.notifications if ledger else []
+            rows.append(
+                WorklistRow(
+                    study_id=row.study_id,
+                    priority=row.priority,
+                    critical=[n.rule for n in notes],
+                    unacknowledged=sum(n.acknowledged_at is None for n in notes),
+                    arrived_at=arrived,
+                    waiting_s=max(0.0, waited),
+                    positives=row.positives,
+                )
+            )
+        rows.sort(key=lambda r: (rank(r.priority), 0 if r.unacknowledged else 1 if r.critical else 2, -r.waiting_s, r.study_id))
+        return rows
+
+    def acknowledge(self, study_id: str, rule: str, by: str) -> None:
+        """A person saw a study's notification: recorded in its trail (services/notify), never deleted."""
+        from services.notify.domain import acknowledge
+
+        check_study_id(study_id)
+        acknowledge(self.store, self.results_bucket, study_id, rule, by)
 
     def export_status(self, study_id: str, result: dict[str, Any]) -> dict[str, Any] | None:
         """The study's export status for this result's run, as stored; None for a study with no exports (PNG/JPEG)."""

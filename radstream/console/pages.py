@@ -23,7 +23,14 @@ RANGES = (1, 7, 30, 90)  # days: the named queries' window parameter
 DEFAULT_DAYS = 7
 TABLE_ROWS = 100  # rows of a query shown under its chart; all of them are in its JSON
 MAX_COLUMNS = 300  # time buckets in the throughput chart
-DASHBOARD_QUERIES = ("throughput_per_minute", "latency_per_stage", "error_rate", "model_comparison", "cost_breakdown")
+DASHBOARD_QUERIES = (
+    "throughput_per_minute",
+    "latency_per_stage",
+    "error_rate",
+    "model_comparison",
+    "cost_breakdown",
+    "triage_latency_by_priority",
+)
 
 
 class ServerLinks:
@@ -42,6 +49,12 @@ class ServerLinks:
 
     def dashboard(self, days: int) -> str:
         return f"/dashboard?days={days}"
+
+    def worklist(self) -> str:
+        return "/worklist"
+
+    def acknowledge(self, study_id: str) -> str:
+        return f"/study/{quote(study_id)}/acknowledge"
 
     def query_json(self, name: str, days: int) -> str:
         return f"/query/{name}.json?days={days}"
@@ -122,6 +135,9 @@ class Pages:
             boxes=boxes(detail),
             timeline=charts.timeline(detail.trace) if detail.trace else None,
         )
+
+    def worklist(self, links: Any) -> str:
+        return self._render("worklist.html", links, rows=self.data.worklist())
 
     def dashboard(self, links: Any, days: int = DEFAULT_DAYS) -> str:
         results = {name: self.data.query(name, days=days) for name in DASHBOARD_QUERIES}

@@ -1,7 +1,8 @@
-"""`radstream console`: the pages served read-only on a loopback port by the standard library's threading HTTP server.
+"""`radstream console`: the pages served on a loopback port by the standard library's threading HTTP server.
 
-GET and HEAD only; no scripts in any page (Content-Security-Policy `script-src 'none'`); study ids are checked
-against a strict pattern before they reach a key; errors say what is missing, never a stack trace or a setting.
+GET and HEAD, and one POST (acknowledging a critical-finding notification, from the console's own page: its trail is
+appended to, never rewritten); no scripts in any page (Content-Security-Policy `script-src 'none'`); study ids are
+checked against a strict pattern before they reach a key; errors say what is missing, never a stack trace or a setting.
 """
 
 from __future__ import annotations
@@ -13,7 +14,7 @@ from http import HTTPStatus
 from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 from pathlib import Path
 from typing import Any
-from urllib.parse import parse_qs, unquote, urlsplit
+from urllib.parse import parse_qs, quote, unquote, urlsplit
 
 from radstream.console.data import ConsoleData, StudyFilter
 from radstream.console.pages import DEFAULT_DAYS, RANGES, Pages, ServerLinks
@@ -62,7 +63,32 @@ class ConsoleHandler(BaseHTTPRequestHandler):
             HTTPStatus.METHOD_NOT_ALLOWED, b"read-only console: GET only\n", "text/plain; charset=utf-8", extra={"Allow": "GET, HEAD"}
         )
 
-    do_POST = do_PUT = do_DELETE = do_PATCH = _refuse
+    do_PUT = do_DELETE = do_PATCH = _refuse
+
+    def do_POST(self) -> None:
+        """The one write: acknowledging a study's critical-finding notification (who; when is the server's clock), appended
+        to its trail and never deleted. Only from this console's own pages (Origin), only a small form."""
+        parts = [unquote(p) for p in urlsplit(self.path).path.split("/") if p]
+        if not (len(parts) == 3 and parts[0] == "study" and parts[2] == "acknowledge"):
+            return self._refuse()
+        # A browser names where a form was posted from: Origin (or, under this console's no-referrer policy, "null" with
+        # Sec-Fetch-Site). Another site's page cannot acknowledge for a person.
+        origin, site = self.headers.get("Origin"), self.headers.get("Sec-Fetch-Site")
+        if origin != self.server.url.rstrip("/") and not (origin in (None, "null") and site == "same-origin"):
+            return self._send(HTTPStatus.FORBIDDEN, b"acknowledge from the console's own page\n", "text/plain; charset=utf-8")
+        length = int(self.headers.get("Content-Length") or 0)
+        if length > 4096:
+            return self._send(HTTPStatus.REQUEST_ENTITY_TOO_LARGE, b"form too large\n", "text/plain; charset=utf-8")
+        form = parse_qs(self.rfile.read(length).decode("utf-8", "replace"))
+        rule, by = form.get("rule", [""])[0][:40], form.get("by", [""])[0].strip()[:64]
+        try:
+            self.server.data.acknowledge(parts[1], rule, by)
+        except ObjectNotFound as e:
+            return self._send(HTTPStatus.NOT_FOUND, f"not found: {e}\n".encode(), "text/plain; charset=utf-8")
+        except RadStreamError as e:
+            return self._send(HTTPStatus.BAD_REQUEST, f"{e}\n".encode(), "text/plain; charset=utf-8")
+        log.info("notification acknowledged study_id=%s rule=%s", parts[1], rule)
+        self._send(HTTPStatus.SEE_OTHER, b"", "text/plain", extra={"Location": f"/study/{quote(parts[1])}#notifications"})
 
     def _send(self, status: HTTPStatus, body: bytes, content_type: str, head: bool = False, extra: dict[str, str] | None = None) -> None:
         self.send_response(status)
@@ -94,6 +120,8 @@ class ConsoleHandler(BaseHTTPRequestHandler):
                     days=_int(params, "days", 30, RANGES),
                 )
                 self._html(pages.studies(links, flt, _int(params, "page", 1)), head)
+            elif parts == ["worklist"]:
+                self._html(pages.worklist(links), head)
             elif parts == ["dashboard"]:
                 self._html(pages.dashboard(links, _int(params, "days", DEFAULT_DAYS, RANGES)), head)
             elif len(parts) == 2 and parts[0] == "study":

@@ -110,6 +110,7 @@ def deliver(
     once the others have had their turn (the workflow's Retry sends only what is still pending)."""
     bucket = settings.results_bucket
     delivered: list[str] = []
+    first_delivery: datetime | None = None
     failure: RadStreamError | None = None
     patient: hl7.Patient | None = None
     for notification in ledger.notifications:
@@ -134,11 +135,18 @@ def deliver(
                 channel.status, channel.delivered_at, channel.last_error = "delivered", datetime.now(UTC), None
                 notification.trail.append(NotificationEvent(at=channel.delivered_at, what="delivered", channel=name, note=channel.ack))
                 delivered.append(f"{name}:{notification.rule}")
+                first_delivery = first_delivery or channel.delivered_at
             save_ledger(store, bucket, ledger)
     if failure is not None:
         raise failure
+    since = (first_delivery - ledger.arrived_at).total_seconds() * 1000 if first_delivery and ledger.arrived_at else None
     return NotifiedResult(
-        study_id=ledger.study_id, fired=[n.rule for n in ledger.notifications], delivered=delivered, bytes_out=len(delivered)
+        study_id=ledger.study_id,
+        fired=[n.rule for n in ledger.notifications],
+        delivered=delivered,
+        bytes_out=len(delivered),
+        priority=ledger.priority,
+        since_arrival_ms=round(since, 1) if since is not None else None,
     )
 
 

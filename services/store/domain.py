@@ -215,6 +215,8 @@ def store_result(request: StoreRequest, raw_state: dict[str, Any], store: Object
         result=ObjectRef(bucket=results_bucket, key=stored.key),
         positive_findings=[f.label for f in result.findings if f.positive],
         bytes_out=stored.size + report.size,
+        priority=result.priority,
+        since_arrival_ms=end_to_end_ms(request.uploaded_at, result.completed_at),
     )
 
 

@@ -31,6 +31,7 @@ from shared.telemetry import LocalLakeSink
 
 QUERIES = [
     "p95_latency_per_stage",
+    "triage_latency_by_priority",  # tests/analytics/test_triage_latency.py
     "throughput_per_minute",
     "error_rate",
     "model_comparison",
