@@ -265,8 +265,9 @@ def replay_notifications(settings: Settings) -> tuple[int, int]:
 
 def cmd_notify(args: argparse.Namespace) -> int:
     """Critical-finding notifications: list what is pending or dead-lettered; --replay sends it again; --ack records who saw one."""
-    from services.notify.domain import acknowledge, pending_ledgers
+    from services.notify.domain import pending_ledgers
     from shared import wiring
+    from shared.notifications import acknowledge
 
     settings = settings_from(args)
     require_data_dir(settings.data_dir, "notify")

@@ -31,6 +31,7 @@ from radstream.template import Template
 from shared.contracts import ExportStatus, StudyNotifications, notifications_key
 from shared.errors import ConfigurationError, ObjectNotFound
 from shared.metrics import EmfLog, MetricSummary
+from shared import notifications
 from shared.priority import rank
 from shared.storage import ObjectStore
 
@@ -584,10 +585,8 @@ class ConsoleData:
 
     def acknowledge(self, study_id: str, rule: str, by: str) -> None:
         """A person saw a study's notification: recorded in its trail (services/notify), never deleted."""
-        from services.notify.domain import acknowledge
-
         check_study_id(study_id)
-        acknowledge(self.store, self.results_bucket, study_id, rule, by)
+        notifications.acknowledge(self.store, self.results_bucket, study_id, rule, by)
 
     def export_status(self, study_id: str, result: dict[str, Any]) -> dict[str, Any] | None:
         """The study's export status for this result's run, as stored; None for a study with no exports (PNG/JPEG)."""

@@ -21,16 +21,16 @@ from services.notify.rules import Rule, fired, load_rules
 from shared.contracts import (
     ObjectRef,
     CriticalNotification,
-    notifications_key,
     NotificationChannel,
     NotificationEvent,
     StudyNotifications,
     StudyResult,
 )
-from shared.errors import NotificationRejected, NotificationUnavailable, ObjectNotFound, RadStreamError, caught_error
+from shared.errors import NotificationRejected, NotificationUnavailable, RadStreamError, caught_error
 from shared.events import EventPublisher
 from shared.messages import NotifiedResult, NotifyRequest, StudyImage, ValidatedStudy
 from shared.priority import from_sidecar
+from shared import notifications
 from shared.settings import Settings
 from shared.sidecar import parse_sidecar_bytes
 from shared.storage import ObjectStore
@@ -38,24 +38,12 @@ from shared.storage import ObjectStore
 CRITICAL_FINDING = "Critical Finding"
 
 
-def ledger_key(study_id: str) -> str:
-    return notifications_key(study_id)
-
-
 def message_id(study_id: str, execution_id: str, rule: str) -> str:
     """MSH-10 (at most 20 characters in v2.5.1): a digest of the study, the execution and the rule."""
     return hashlib.sha256(f"{study_id}\n{execution_id}\n{rule}".encode()).hexdigest()[:20].upper()
 
 
-def load_ledger(store: ObjectStore, bucket: str, study_id: str) -> StudyNotifications | None:
-    try:
-        return StudyNotifications.model_validate_json(store.get_bytes(bucket, ledger_key(study_id)))
-    except ObjectNotFound:
-        return None
-
-
-def save_ledger(store: ObjectStore, bucket: str, ledger: StudyNotifications) -> None:
-    store.put_bytes(bucket, ledger_key(ledger.study_id), ledger.model_dump_json(indent=2).encode(), content_type="application/json")
+load_ledger, save_ledger = notifications.load, notifications.save
 
 
 def _fire(
@@ -254,20 +242,3 @@ def replay(store: ObjectStore, events: EventPublisher, settings: Settings) -> li
                 NotifiedResult(study_id=ledger.study_id, fired=[n.rule for n in ledger.notifications], dead_letters=[type(e).__name__])
             )
     return out
-
-
-def acknowledge(store: ObjectStore, bucket: str, study_id: str, rule: str, by: str) -> CriticalNotification:
-    """A person saw the notification: who and when, appended to its trail (the first acknowledgement also sets
-    acknowledged_by/at); nothing is ever removed."""
-    if not by.strip():
-        raise NotificationRejected("an acknowledgement names who acknowledges")
-    ledger = load_ledger(store, bucket, study_id)
-    match = next((n for n in ledger.notifications if n.rule == rule), None) if ledger else None
-    if ledger is None or match is None:
-        raise ObjectNotFound(f"study {study_id} has no notification for rule {rule!r}", study_id=study_id)
-    now = datetime.now(UTC)
-    if match.acknowledged_at is None:
-        match.acknowledged_by, match.acknowledged_at = by.strip()[:64], now
-    match.trail.append(NotificationEvent(at=now, what="acknowledged", by=by.strip()[:64]))
-    save_ledger(store, bucket, ledger)
-    return match
