@@ -8,4 +8,7 @@ import numpy as np
 
 
 class InferenceBackend(Protocol):
-    def infer(self, model_name: str, inputs: dict[str, np.ndarray]) -> dict[str, np.ndarray]: ...
+    def infer(self, model_name: str, inputs: dict[str, np.ndarray], priority: int = 0) -> dict[str, np.ndarray]:
+        """`priority`: Triton's request priority level (shared.priority.to_triton: 1 stat, 2 urgent, 0 the model's
+        default); a server queues the more urgent first where the model's scheduler has priority levels."""
+        ...

@@ -112,6 +112,7 @@ class InferenceRequest(BaseModel):
     study_id: str
     tensor: TensorRef
     execution_id: str = "direct-invoke"
+    priority: str = "routine"  # the study's (shared/priority.py): Triton's request priority
 
 
 class ModelOutput(StageOutput):

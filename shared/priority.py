@@ -54,6 +54,12 @@ def to_hl7(priority: str) -> str:
     return _HL7.get(from_sidecar(priority), "R")
 
 
+def to_triton(priority: str) -> int:
+    """Triton's request priority (1 is served first): the model configs declare priority_levels 3 with routine's 3 as
+    the default, so 0 (the default) for routine. A model without priority levels ignores it (Triton accepts it)."""
+    return {"stat": 1, "urgent": 2}.get(priority, 0)
+
+
 def to_fhir(priority: str) -> str:
     """FHIR request-priority: routine | urgent | asap | stat."""
     return from_sidecar(priority)

@@ -26,7 +26,7 @@ from shared.contracts import (
     StudyNotifications,
     StudyResult,
 )
-from shared.errors import NotificationRejected, NotificationUnavailable, RadStreamError, caught_error
+from shared.errors import RadStreamError, caught_error
 from shared.events import EventPublisher
 from shared.messages import NotifiedResult, NotifyRequest, StudyImage, ValidatedStudy
 from shared.priority import from_sidecar
@@ -115,7 +115,7 @@ def deliver(
                     classifier = result.models.get("chest_xray_classifier")
                     er7 = hl7.build_oru(ledger.study_id, notification, result.findings, classifier, patient, datetime.now(UTC))
                     channel.ack = hl7.send(str(settings.notify_mllp_peer), er7, notification.message_id, settings.notify_timeout_s)
-            except (NotificationUnavailable, NotificationRejected, RadStreamError) as e:
+            except RadStreamError as e:  # NotificationUnavailable, NotificationRejected, StorageUnavailable (the bus)…
                 channel.last_error = f"{type(e).__name__}: {e}"
                 notification.trail.append(NotificationEvent(at=datetime.now(UTC), what="failed", channel=name, note=type(e).__name__))
                 failure = failure or e

@@ -18,6 +18,7 @@ from shared.contracts import Detection, Finding
 from shared.errors import ConfigurationError, InferenceFailed
 from shared.inference import InferenceBackend
 from shared.messages import CandidateSentence, InferenceRequest, ModelOutput, TensorRef
+from shared.priority import to_triton
 from shared.model_repository import ModelRepository, ModelSpec
 from shared.npy import from_npy
 from shared.storage import ObjectStore
@@ -98,7 +99,7 @@ class Inference:
             raise InferenceFailed(
                 f"tensor for {spec.name} has shape {list(tensor.shape)}, model wants {expected}", study_id=request.study_id
             )
-        outputs = self.backend.infer(spec.name, {spec.input_name: tensor})
+        outputs = self.backend.infer(spec.name, {spec.input_name: tensor}, priority=to_triton(request.priority))
         output = ModelOutput(
             study_id=request.study_id,
             kind=spec.kind,

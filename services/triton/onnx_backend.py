@@ -38,7 +38,8 @@ class OnnxRuntimeBackend:
         with self._lock:
             self._sessions.clear()
 
-    def infer(self, model_name: str, inputs: dict[str, np.ndarray]) -> dict[str, np.ndarray]:
+    def infer(self, model_name: str, inputs: dict[str, np.ndarray], priority: int = 0) -> dict[str, np.ndarray]:
+        """In-process: no queue to order (the runtime's scheduler runs the most urgent study next), so `priority` is unused."""
         session = self.session(model_name)
         names = [o.name for o in session.get_outputs()]
         try:

@@ -21,9 +21,11 @@ class FakeBackend:
         self.outputs = outputs
         self.fail_with = fail_with
         self.calls: list[tuple[str, tuple[int, ...]]] = []
+        self.priorities: list[int] = []
 
-    def infer(self, model_name, inputs):
+    def infer(self, model_name, inputs, priority=0):
         self.calls.append((model_name, next(iter(inputs.values())).shape))
+        self.priorities.append(priority)
         if self.fail_with:
             raise self.fail_with
         return self.outputs[model_name]
@@ -192,3 +194,12 @@ def test_sentence_bank_orders_by_cosine(tmp_path):
         )
     )
     assert [s.text for s in SentenceBank(path).nearest(np.array([0.1, 0.99], np.float32), 2)] == ["b", "a"]
+
+
+@pytest.mark.parametrize("level,expected", [("stat", 1), ("urgent", 2), ("routine", 0)])
+def test_the_studys_priority_is_the_requests_triton_priority(store, repository, level, expected):
+    backend = FakeBackend({"chest_xray_classifier": {"probabilities": np.array([[0.45, 0.2, 0.9, 0.55, 0.31]], np.float32)}})
+    tensor = put_tensor(store, "chest_xray_classifier", 224, Letterbox(scale=0.5, pad_x=0, pad_y=0), 448, 448)
+    request = InferenceRequest(model="chest_xray_classifier", study_id="s1", tensor=tensor, priority=level)
+    Inference(backend, repository, store).run(request)
+    assert backend.priorities == [expected]

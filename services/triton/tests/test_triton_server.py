@@ -221,3 +221,27 @@ def test_the_benchmark_reads_the_servers_own_account_of_each_level(model_reposit
     assert 1 <= stats.executions <= stats.requests and stats.mean_batch >= 1
     assert set(stats.ms) == set(STAGES) and stats.ms["compute_infer"] > 0 and all(v >= 0 for v in stats.ms.values())
     assert "mean batch" in stats.line()
+
+
+def test_priority_levels_are_served_and_every_priority_is_accepted(model_repository, server):
+    """The CPU configs queue stat (1) and urgent (2) requests ahead of routine (3, the default); a request's priority is
+    accepted by every model (Triton ignores it where a model has no priority levels: the GPU configs)."""
+    import tritonclient.http as httpclient
+
+    from shared.priority import to_triton
+
+    admin = httpclient.InferenceServerClient(server.http_url.removeprefix("http://"))
+    try:
+        for model_dir in model_dirs(model_repository):
+            wanted = read_config(model_dir)
+            served = admin.get_model_config(model_dir.name)
+            if wanted.HasField("dynamic_batching") and wanted.dynamic_batching.priority_levels:
+                assert int(served["dynamic_batching"]["priority_levels"]) == 3
+                assert int(served["dynamic_batching"]["default_priority_level"]) == 3
+    finally:
+        admin.close()
+    with TritonInference(server.grpc_url) as triton_client:
+        for model_dir in model_dirs(model_repository):
+            for level in ("stat", "urgent", "routine"):
+                outputs = triton_client.infer(model_dir.name, sample_batch(model_dir, batch=1), priority=to_triton(level))
+                assert outputs and all(a is not None for a in outputs.values())
