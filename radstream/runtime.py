@@ -26,7 +26,6 @@ from typing import Any
 from radstream.asl import ExecutionResult, Retrier, StateMachine, StatesError, TaskContext, parse_retriers
 from radstream.eventpattern import apply_input_transformer, matches
 from radstream.journal import Journal, JournalEntry, recover
-from shared.scheduling import StudyQueue
 from radstream.template import DEFAULT_TEMPLATE, Template
 from radstream.traces import write_trace
 from shared import priority, wiring
@@ -44,6 +43,7 @@ from shared.errors import (
 from shared.messages import INCOMING, study_id_from_key
 from shared.metrics import LocalEmfFile
 from shared.observability import StageHandler, code_location, flush_logs, logger, logs_to
+from shared.scheduling import StudyQueue
 from shared.settings import Settings
 from shared.sidecar import parse_sidecar_bytes
 from shared.storage import LocalObjectStore, ObjectStore, StoredObject

@@ -264,6 +264,7 @@ CONTRACTS: dict[str, type[Contract]] = {
     "failure": FailureRecord,
     "telemetry": TelemetryRecord,
     "exports": ExportStatus,
+    "notifications": StudyNotifications,
 }
 
 

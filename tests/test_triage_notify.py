@@ -64,6 +64,12 @@ def test_a_fired_rule_sends_one_valid_oru_and_one_event(tmp_path: Path) -> None:
             again = runtime.run_folder(tmp_path / "in" / "crit-1")  # the same study run again: nothing sent twice
     assert outcome.status == quiet.status == again.status == "succeeded"
     record = ledger(settings.data_dir, "crit-1")
+    import jsonschema
+
+    from shared.contracts import schema_path
+
+    raw = json.loads((settings.data_dir / "results" / "results" / "crit-1" / "notifications.json").read_text())
+    jsonschema.validate(raw, json.loads(schema_path("notifications").read_text()))
     fired = sorted(n.rule for n in record.notifications)
     assert "pleural-effusion" in fired and record.priority == "stat"
     assert all(n.channels["hl7"].status == "delivered" and n.channels["hl7"].ack == "AA" for n in record.notifications)
