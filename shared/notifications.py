@@ -34,7 +34,7 @@ def acknowledge(store: ObjectStore, bucket: str, study_id: str, rule: str, by: s
     record = load(store, bucket, study_id)
     match = next((n for n in record.notifications if n.rule == rule), None) if record else None
     if record is None or match is None:
-        raise ObjectNotFound(f"study {study_id} has no notification for rule {rule!r}", study_id=study_id)
+        raise ObjectNotFound(f"no notification for rule {rule!r}", study_id=study_id)
     now = datetime.now(UTC)
     if match.acknowledged_at is None:
         match.acknowledged_by, match.acknowledged_at = who, now
