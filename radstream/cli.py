@@ -620,6 +620,9 @@ def parser() -> argparse.ArgumentParser:
 
     models = sub.add_parser("models", help="manage the model repository")
     models_sub = models.add_subparsers(dest="models_command", required=True)
+    from radstream.model_lifecycle import add_parsers as add_lifecycle_parsers
+
+    add_lifecycle_parsers(models_sub)
     xrv = models_sub.add_parser("import-torchxrayvision", help="put a torchxrayvision DenseNet (weights on disk) into the classifier slot")
     from radstream.models_import import add_arguments as add_import_arguments
 

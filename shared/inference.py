@@ -8,4 +8,6 @@ import numpy as np
 
 
 class InferenceBackend(Protocol):
-    def infer(self, model_name: str, inputs: dict[str, np.ndarray]) -> dict[str, np.ndarray]: ...
+    def infer(self, model_name: str, inputs: dict[str, np.ndarray], version: str | None = None) -> dict[str, np.ndarray]:
+        """Run one version of a model (None: the one the repository's pointer names live)."""
+        ...

@@ -22,7 +22,7 @@ class FakeBackend:
         self.fail_with = fail_with
         self.calls: list[tuple[str, tuple[int, ...]]] = []
 
-    def infer(self, model_name, inputs):
+    def infer(self, model_name, inputs, version=None):
         self.calls.append((model_name, next(iter(inputs.values())).shape))
         if self.fail_with:
             raise self.fail_with
