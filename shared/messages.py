@@ -10,7 +10,7 @@ from __future__ import annotations
 from datetime import datetime
 from typing import Any, Literal
 
-from pydantic import BaseModel
+from pydantic import BaseModel, field_validator
 
 from shared.contracts import Detection, Finding, ModelRef, ObjectRef, QualityFlag, ReportSentence, TelemetryRecord
 
@@ -94,6 +94,8 @@ class OriginalImage(BaseModel):
 class PreparedTensors(StageOutput):
     original: OriginalImage
     tensors: dict[str, TensorRef]
+    # How many shadow candidates have a tensor here (docs/model-lifecycle.md): RunModels' Shadow branch runs only then.
+    shadow_candidates: int = 0
 
 
 # --- RunModels (one branch per model) ---
@@ -125,12 +127,43 @@ class ModelOutput(StageOutput):
 
 
 # --- StoreResults ---
+# --- RunModels' Shadow branch (docs/model-lifecycle.md) ---
+class ShadowRequest(BaseModel):
+    """The shadow candidates of every model that has one, on this study's tensors (keys `<model>@<version>`)."""
+
+    shadow: Literal[True] = True
+    study_id: str
+    tensors: dict[str, TensorRef]
+    execution_id: str = "direct-invoke"
+
+
+class ShadowRun(BaseModel):
+    model: ModelRef
+    kind: Literal["classifier", "detector", "encoder"]
+    latency_ms: float
+    output: ObjectRef  # results/shadow/<study_id>/<model>/<version>.json: never read by the store, exports or notifications
+
+
+class ShadowOutput(StageOutput):
+    shadow: list[ShadowRun] = []
+    lake: ObjectRef | None = None  # the study's model_outputs rows, role=shadow
+    skipped: str | None = None  # why nothing ran (no candidate, the study not in any candidate's share)
+
+
 class StoreRequest(BaseModel):
     study: ValidatedStudy
     tensors: PreparedTensors
     inference: list[ModelOutput]
     execution_id: str = "direct-invoke"
     started_at: datetime | None = None  # the execution's start ($$.Execution.StartTime): the result's end-to-end time
+
+    @field_validator("inference", mode="before")
+    @classmethod
+    def _live_outputs_only(cls, value: Any) -> Any:
+        """RunModels' Shadow branch answers beside the live models: its output (or its skip) never reaches the result."""
+        if isinstance(value, list):
+            return [item for item in value if not (item is None or (isinstance(item, dict) and "shadow" in item))]
+        return value
 
 
 class StoredResult(StageOutput):

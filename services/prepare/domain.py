@@ -115,15 +115,17 @@ def prepare_tensors(
     bytes_out = 0
     # One object per distinct (input size, normalisation): models that take the same input share it.
     written: dict[tuple[int, str], tuple[str, list[int], Letterbox]] = {}
-    for spec in repository.models.values():
+    # Live models, then the shadow candidates that run on this study (docs/model-lifecycle.md), each under its tensor key.
+    shadows = repository.shadows_for(study_id)
+    for spec in [*repository.models.values(), *shadows]:
         shared_input = (spec.input_size, spec.normalization)
         if shared_input not in written:
             tensor, box = model_tensor(pixels, spec, squares)
-            stored = store.put_bytes(artifacts_bucket, f"tensors/{study_id}/{spec.name}.npy", to_npy(tensor))
+            stored = store.put_bytes(artifacts_bucket, f"tensors/{study_id}/{spec.tensor_key}.npy", to_npy(tensor))
             bytes_out += stored.size
             written[shared_input] = (stored.key, list(tensor.shape), box)
         key, shape, box = written[shared_input]
-        tensors[spec.name] = TensorRef(
+        tensors[spec.tensor_key] = TensorRef(
             bucket=artifacts_bucket,
             key=key,
             shape=shape,
@@ -142,6 +144,7 @@ def prepare_tensors(
             quality_flags=picture_flags(pixels, decoded.declared_levels, squares),
         ),
         tensors=tensors,
+        shadow_candidates=len(shadows),
         bytes_in=len(data),
         bytes_out=bytes_out,
     )
