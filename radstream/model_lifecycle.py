@@ -564,6 +564,62 @@ def add_parsers(models_sub: Any) -> None:
     sh.add_argument("--stop", action="store_true", help="stop the shadow")
     repo_arg(sh)
     sh.set_defaults(func=cmd_shadow)
+    add_compare_parser(models_sub)
+
+
+def add_compare_parser(models_sub: Any) -> None:
+    cmp = models_sub.add_parser(
+        "compare", help="live against shadow: per-label agreement (positive agreement, Cohen's kappa, mean |dp|), latency and cost"
+    )
+    cmp.add_argument("--data-dir", default="radstream-data", help="folder holding the local buckets (default: ./radstream-data)")
+    cmp.add_argument("--days", type=int, default=30, help="window in days (default 30)")
+    cmp.add_argument("--json", action="store_true", help="print JSON")
+    cmp.set_defaults(func=cmd_compare)
+
+
+def comparison(data_dir: Path, days: int = 30) -> dict[str, list[dict[str, Any]]]:
+    """The named queries model_agreement and model_version_cost over the local lake (DuckDB)."""
+    from radstream.analytics import DuckDBQueryRunner
+    from shared.settings import Settings
+
+    runner = DuckDBQueryRunner(Path(data_dir) / Settings().telemetry_bucket)
+    try:
+        return {name: runner.run(name, days=days).as_dicts() for name in ("model_agreement", "model_version_cost")}
+    finally:
+        runner.close()
+
+
+# What the table shows (--json gives every column, the 2x2 counts included).
+COMPARE_COLUMNS = {
+    "model_agreement": ("model_name", "live_version", "shadow_version", "label", "studies", "positive_agreement", "kappa", "mean_abs_dp"),
+    "model_version_cost": ("model_name", "model_version", "role", "inferences", "avg_ms", "p95_ms", "usd_per_1000_inferences"),
+}
+
+
+def cmd_compare(args: argparse.Namespace) -> int:
+    try:
+        found = comparison(Path(args.data_dir), args.days)
+    except ConfigurationError as e:
+        return _refused(e)
+    if args.json:
+        print(json.dumps(found, indent=2, default=str))
+        return 0
+    from rich.console import Console
+    from rich.table import Table
+
+    console = Console()
+    for name, rows in found.items():
+        if not rows:
+            console.print(f"{name}: no rows (no study with both a live and a shadow answer in {args.days} days)")
+            continue
+        columns = COMPARE_COLUMNS[name]
+        table = Table(title=f"{name} (model outputs labelled with their provenance: see `radstream models list`)")
+        for column in columns:
+            table.add_column(column.replace("_", " "))
+        for r in rows:
+            table.add_row(*("" if r[c] is None else str(r[c]) for c in columns))
+        console.print(table)
+    return 0
 
 
 def _repo(args: argparse.Namespace) -> Path:

@@ -86,6 +86,18 @@ def test_comparison_queries_pair_the_versions_on_their_common_labels(shadow_run)
     assert cost[(CLASSIFIER, "2", "shadow")]["usd_per_1000_inferences"] > 0
 
 
+def test_the_compare_command_prints_both_queries(shadow_run, capsys):
+    from radstream.cli import main
+
+    data, _, valid = shadow_run
+    assert main(["models", "compare", "--data-dir", str(data), "--json"]) == 0
+    found = json.loads(capsys.readouterr().out)
+    assert {r["label"] for r in found["model_agreement"]} == {"Cardiomegaly", "Edema", "Pleural Effusion"}
+    assert {r["role"] for r in found["model_version_cost"]} == {"live", "shadow"}
+    assert main(["models", "compare", "--data-dir", str(data)]) == 0
+    assert "kappa" in capsys.readouterr().out
+
+
 def test_a_failing_shadow_never_costs_the_study(tmp_path):
     repo = tmp_path / "model_repository"
     shutil.copytree(DEFAULT_MODEL_REPOSITORY, repo)
