@@ -565,6 +565,9 @@ def add_parsers(models_sub: Any) -> None:
     repo_arg(sh)
     sh.set_defaults(func=cmd_shadow)
     add_compare_parser(models_sub)
+    from radstream.feedback import add_parser as add_feedback_parser
+
+    add_feedback_parser(models_sub)
 
 
 def add_compare_parser(models_sub: Any) -> None:

@@ -21,7 +21,7 @@ from collections.abc import Iterable
 from datetime import datetime
 from typing import Any, Literal
 
-from shared.messages import ModelOutput
+from shared.messages import ModelOutput, OriginalImage, ValidatedStudy
 from shared.storage import ObjectStore, StoredObject
 
 MODEL_OUTPUTS = "model_outputs"
@@ -31,13 +31,38 @@ SUFFIX = ".ndjson.gz"
 Role = Literal["live", "shadow"]
 
 
+# What the live rows carry about the study's input (the store stage knows it; a shadow row's study has it on its live
+# rows): per-site and per-scanner metrics and the drift queries read them. None of it identifies a patient.
+INPUT_COLUMNS = ("site", "scanner", "modality", "view_position", "width", "height", "bit_depth", "exposure")
+
+
+def study_inputs(study: ValidatedStudy, original: OriginalImage) -> dict[str, Any]:
+    return {
+        "site": study.site,
+        "scanner": study.scanner,
+        "modality": study.modality,
+        "view_position": study.view_position,
+        "width": original.width,
+        "height": original.height,
+        "bit_depth": original.bit_depth,
+        "exposure": original.exposure,
+    }
+
+
 def model_output_rows(
-    output: ModelOutput, *, role: Role, execution_id: str, time: datetime, latency_ms: float | None
+    output: ModelOutput,
+    *,
+    role: Role,
+    execution_id: str,
+    time: datetime,
+    latency_ms: float | None,
+    inputs: dict[str, Any] | None = None,
 ) -> list[dict[str, Any]]:
     """One row per label the model decides on (none for an encoder: it decides on no label)."""
     if output.model is None or output.kind == "encoder":
         return []
     base = {
+        **{c: (inputs or {}).get(c) for c in INPUT_COLUMNS},
         "time": time.isoformat(),
         "study_id": output.study_id,
         "execution_id": execution_id,

@@ -71,6 +71,8 @@ class ValidatedStudy(StageOutput):
     view_position: str
     modality: str
     priority: str
+    site: str | None = None  # the sidecar's source, or a pseudonym of the DICOM institution (services/validate)
+    scanner: str | None = None  # DICOM manufacturer and model
 
 
 # --- PrepareTensors ---
@@ -89,6 +91,7 @@ class OriginalImage(BaseModel):
     intensity_rule: str | None = None
     # What looks wrong with the picture (docs/models.md, "Quality flags"), for the result; never changes findings.
     quality_flags: list[QualityFlag] = []
+    exposure: float | None = None  # mean intensity of the picture, 0..1 (services/prepare): watched for drift
 
 
 class PreparedTensors(StageOutput):

@@ -95,6 +95,14 @@ def picture_flags(
     return quality_flags(squares[size][0][pad_y : pad_y + new_h, pad_x : pad_x + new_w], levels)
 
 
+def exposure(squares: dict[int, tuple[np.ndarray, Letterbox]], h: int, w: int) -> float:
+    """Mean intensity (0 black .. 1 white, after the intensity rule) of the picture inside the largest letterbox made:
+    an input statistic watched for drift (docs/model-lifecycle.md), from pixels already resized, so next to free."""
+    size = max(squares)
+    new_w, new_h, pad_x, pad_y = fitted(h, w, size)
+    return round(float(cv2.mean(squares[size][0][pad_y : pad_y + new_h, pad_x : pad_x + new_w])[0]), 4)
+
+
 def prepare_tensors(
     request: PrepareRequest,
     store: ObjectStore,
@@ -142,6 +150,7 @@ def prepare_tensors(
             photometric=decoded.photometric,
             intensity_rule=decoded.intensity_rule,
             quality_flags=picture_flags(pixels, decoded.declared_levels, squares),
+            exposure=exposure(squares, h, w),
         ),
         tensors=tensors,
         shadow_candidates=len(shadows),

@@ -17,7 +17,7 @@ import json
 from datetime import datetime, UTC
 from typing import Any
 
-from shared.lake_tables import MODEL_OUTPUTS, model_output_rows, put_rows
+from shared.lake_tables import MODEL_OUTPUTS, model_output_rows, put_rows, study_inputs
 from shared.contracts import (
     QUALITY_FLAGS,
     Detection,
@@ -210,9 +210,12 @@ def live_output_rows(request: StoreRequest, raw_state: dict[str, Any], completed
         if record and record.get("model_name") and record.get("duration_ms") is not None:
             latency[record["model_name"]] = record["duration_ms"]
     rows: list[dict[str, Any]] = []
+    inputs = study_inputs(request.study, request.tensors.original)
     for output in request.inference:
         name = output.model.name if output.model else ""
-        rows += model_output_rows(output, role="live", execution_id=request.execution_id, time=completed_at, latency_ms=latency.get(name))
+        rows += model_output_rows(
+            output, role="live", execution_id=request.execution_id, time=completed_at, latency_ms=latency.get(name), inputs=inputs
+        )
     return rows
 
 

@@ -40,7 +40,9 @@ QUERIES = [
     "cost_breakdown",
     "model_agreement",
     "model_version_cost",
-]  # cost_breakdown and the two before it: the console's (tests/console); the last two: docs/model-lifecycle.md
+    "model_performance",
+    "model_calibration",
+]  # cost_breakdown and the two before it: the console's (tests/console); the last four: docs/model-lifecycle.md
 # The prices and assumptions of the cost queries' shared price table (us-east-1 list prices, 512 MB functions).
 USD_PER_GB_SECOND, LAMBDA_GB, USD_PER_REQUEST, USD_PER_TRANSITION, TRANSITIONS_PER_STUDY = 0.0000166667, 0.5, 0.0000002, 0.000025, 8
 
@@ -131,7 +133,7 @@ def bounds(values: list[float], q: float) -> tuple[float, float]:
 def test_template_has_the_named_queries_each_with_its_parameters_declared() -> None:
     queries = load_named_queries()
     assert list(queries) == QUERIES
-    names = {"GlueDatabase": "db", "TelemetryTable": "telemetry", "ModelOutputsTable": "model_outputs"}
+    names = {"GlueDatabase": "db", "TelemetryTable": "telemetry", "ModelOutputsTable": "model_outputs", "FeedbackTable": "feedback"}
     for query in queries.values():
         sql = render(query, names)
         assert '"db"."telemetry"' in sql or '"db"."model_outputs"' in sql
