@@ -42,7 +42,9 @@ QUERIES = [
     "model_version_cost",
     "model_performance",
     "model_calibration",
-]  # cost_breakdown and the two before it: the console's (tests/console); the last four: docs/model-lifecycle.md
+    "model_drift",
+    "daily_distributions",
+]  # cost_breakdown and the two before it: the console's (tests/console); the last six: docs/model-lifecycle.md
 # The prices and assumptions of the cost queries' shared price table (us-east-1 list prices, 512 MB functions).
 USD_PER_GB_SECOND, LAMBDA_GB, USD_PER_REQUEST, USD_PER_TRANSITION, TRANSITIONS_PER_STUDY = 0.0000166667, 0.5, 0.0000002, 0.000025, 8
 
