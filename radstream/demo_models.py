@@ -10,6 +10,7 @@ version that differs from the reference classifier in input size (160 against 22
 from __future__ import annotations
 
 from pathlib import Path
+from typing import Any
 
 import numpy as np
 import yaml
@@ -88,3 +89,116 @@ def write_candidate(folder: Path) -> tuple[Path, Path]:
     spec_path = folder / "candidate.spec.yaml"
     spec_path.write_text(yaml.safe_dump(candidate_spec(), sort_keys=False))
     return onnx_path, spec_path
+
+
+# --- `radstream demo-models`: import, shadow, feedback, comparison, end to end on one machine ---
+DEMO_SITES = ("site-north", "site-south")
+
+
+def write_demo_studies_with_truth(out: Path, count: int, size: int = 512, seed: int = 26) -> tuple[list[Path], dict[str, dict[str, bool]]]:
+    """Phantom studies (sidecar + image) and each one's known findings: the stand-in for what a radiologist would read."""
+    from radstream.phantoms import generate_phantom
+    from radstream.samples import encode, sidecar, write_study
+
+    rng = np.random.default_rng(seed)
+    folders, truth = [], {}
+    for i in range(count):
+        phantom = generate_phantom(rng, size=size)
+        name, data = encode(phantom.image, i % 4)
+        study_id = f"models-{i + 1:03d}"
+        doc = sidecar(study_id, name, rng, data) | {"source": DEMO_SITES[i % 2]}
+        folders.append(write_study(out / study_id, doc, name, data))
+        truth[study_id] = dict(phantom.findings)
+    return folders, truth
+
+
+def feedback_csv(results_dir: Path, truth: dict[str, dict[str, bool]], labels: tuple[str, ...]) -> str:
+    """A reader's verdicts on each live finding, from the phantoms' known truth: agree where the model was right,
+    disagree where not; and corrections for labels only the candidate decides on (their truth: absent in a phantom)."""
+    import json
+
+    lines = ["study_id,label,verdict,present,box_index,reader"]
+    for study_id, findings in sorted(truth.items()):
+        path = results_dir / study_id / "result.json"
+        if not path.exists():
+            continue
+        result = json.loads(path.read_text())
+        for f in result["findings"]:
+            right = f["positive"] == findings.get(f["label"], False)
+            lines.append(f"{study_id},{f['label']},{'agree' if right else 'disagree'},,,demo-reader-{int(study_id[-1]) % 2}")
+        for label in labels:
+            if label not in findings and all(f["label"] != label for f in result["findings"]):
+                lines.append(f"{study_id},{label},corrected,false,,demo-reader-{int(study_id[-1]) % 2}")
+    return "\n".join(lines) + "\n"
+
+
+def run_demo(data_dir: Path, count: int = 8, size: int = 512) -> dict:
+    """Copy the model repository into the data dir (the committed one is never changed), import the candidate, run it
+    in shadow on every study, load feedback from a CSV and answer the comparison and performance queries."""
+    import shutil
+
+    from radstream.feedback import import_csv
+    from radstream.model_lifecycle import comparison, import_model, set_shadow
+    from radstream.runtime import LocalRuntime
+    from shared.settings import DEFAULT_MODEL_REPOSITORY, Settings
+    from shared.storage import LocalObjectStore
+
+    data_dir = Path(data_dir)
+    repo = data_dir / "model_repository"
+    if not repo.exists():
+        shutil.copytree(DEFAULT_MODEL_REPOSITORY, repo)
+    onnx_path, spec_path = write_candidate(data_dir / "candidate")
+    imported = import_model(onnx_path, spec_path, repo)
+    set_shadow(repo, imported.model, imported.version, 1.0)
+    folders, truth = write_demo_studies_with_truth(data_dir / "model-demo-studies", count, size)
+    settings = Settings(data_dir=data_dir, model_repository=repo)
+    with LocalRuntime(settings, workers=2) as runtime:
+        outcomes = runtime.run_many(folders).outcomes
+    csv_path = data_dir / "feedback.csv"
+    csv_path.write_text(feedback_csv(data_dir / settings.results_bucket / "results", truth, CANDIDATE_LABELS))
+    rows = import_csv(csv_path, LocalObjectStore(data_dir), settings.results_bucket, settings.telemetry_bucket)
+    from radstream.analytics import DuckDBQueryRunner
+
+    runner = DuckDBQueryRunner(data_dir / settings.telemetry_bucket)
+    performance = [r for r in runner.run("model_performance").as_dicts() if r["site"] == "all"]
+    return {
+        "imported": {"model": imported.model, "version": imported.version},
+        "studies": sum(o.status == "succeeded" for o in outcomes),
+        "feedback_rows": rows,
+        "feedback_csv": str(csv_path),
+        **comparison(data_dir),
+        "model_performance": performance,
+    }
+
+
+def cmd_demo_models(args: Any) -> int:
+    import json
+
+    from rich.console import Console
+    from rich.table import Table
+
+    found = run_demo(Path(args.data_dir), args.count)
+    if args.json:
+        print(json.dumps(found, indent=2, default=str))
+        return 0
+    console = Console()
+    console.print(
+        f"imported {found['imported']['model']} v{found['imported']['version']} (an untrained demo candidate: outputs arbitrary) "
+        f"and ran it in shadow on {found['studies']} phantom studies; {found['feedback_rows']} feedback rows from {found['feedback_csv']} "
+        "(verdicts from the phantoms' known truth, standing in for a radiologist). Not for clinical use."
+    )
+    from radstream.model_lifecycle import COMPARE_COLUMNS
+
+    columns = {
+        **COMPARE_COLUMNS,
+        "model_performance": ("model_name", "model_version", "label", "studies", "sensitivity", "specificity", "ppv"),
+    }
+    for name, cols in columns.items():
+        table = Table(title=name)
+        for c in cols:
+            table.add_column(c.replace("_", " "))
+        for r in found[name]:
+            table.add_row(*("" if r[c] is None else str(r[c]) for c in cols))
+        console.print(table)
+    console.print(f"console: radstream console --data-dir {args.data_dir}  (Models page)")
+    return 0

@@ -153,8 +153,12 @@ class LakeSnapshotRunner(DuckDBQueryRunner):
             self.refresh()  # the first query waits: nothing is loaded yet
         else:
             self._background.poke()  # new objects arrive for a later query; this one answers from what is loaded
+        model_tables = "${TelemetryTable}" not in self.query(name).sql  # the model queries read the lake's small model tables
         with self._lock:
             try:
+                if model_tables:
+                    for view in self.model_tables_sql():
+                        self._con.execute(view)
                 cursor = self._con.execute(sql, values)
                 columns = [d[0] for d in cursor.description]
                 rows = [tuple(float(v) if isinstance(v, Decimal) else v for v in row) for row in cursor.fetchall()]

@@ -96,6 +96,8 @@ class ConsoleHandler(BaseHTTPRequestHandler):
                 self._html(pages.studies(links, flt, _int(params, "page", 1)), head)
             elif parts == ["dashboard"]:
                 self._html(pages.dashboard(links, _int(params, "days", DEFAULT_DAYS, RANGES)), head)
+            elif parts == ["models"]:
+                self._html(pages.models(links, _int(params, "days", 30, RANGES)), head)
             elif len(parts) == 2 and parts[0] == "study":
                 self._html(pages.study(links, parts[1]), head)
             elif len(parts) == 3 and parts[0] == "study" and parts[2] == "image.png":
