@@ -430,9 +430,11 @@ class ConsoleData:
         refresh_s: float = 2.0,
         readers: int = 1,
         clock: Callable[[], datetime] | None = None,
+        lake_bucket: str = "telemetry",
     ) -> None:
         self.store = store
         self.results_bucket = results_bucket
+        self.lake_bucket = lake_bucket  # where feedback from the console goes (the telemetry bucket's feedback table)
         self.queries = queries
         self.mode = mode
         self.data_dir = Path(data_dir) if data_dir else None
@@ -589,6 +591,7 @@ def local_data(
         mode="local",
         data_dir=data_dir,
         refresh_s=refresh_s,
+        lake_bucket=telemetry_bucket,
     )
 
 
@@ -604,4 +607,5 @@ def aws_data(settings: Any, *, workgroup: str, database: str, ttl_s: float = 60.
         mode="aws",
         refresh_s=ttl_s,
         readers=16,
+        lake_bucket=settings.telemetry_bucket,
     )

@@ -106,12 +106,14 @@ def environment() -> Environment:
 
 
 class Pages:
-    def __init__(self, data: ConsoleData) -> None:
+    def __init__(self, data: ConsoleData, feedback: bool = False) -> None:
         self.data = data
         self.env = environment()
+        self.feedback = feedback  # the study page offers the radiologist's feedback form (radstream console --feedback)
 
     def _render(self, template: str, links: Any, **context: Any) -> str:
-        return self.env.get_template(template).render(links=links, mode=self.data.mode, ranges=RANGES, **context)
+        feedback = self.feedback and not getattr(links, "static", False)
+        return self.env.get_template(template).render(links=links, mode=self.data.mode, ranges=RANGES, feedback=feedback, **context)
 
     def studies(self, links: Any, flt: StudyFilter, page: int = 1, per_page: int = 50) -> str:
         result = self.data.studies(flt, page, per_page)

@@ -13,11 +13,16 @@ from http import HTTPStatus
 from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 from pathlib import Path
 from typing import Any
-from urllib.parse import parse_qs, unquote, urlsplit
+from urllib.parse import parse_qs, quote, unquote, urlsplit
 
-from radstream.console.data import ConsoleData, StudyFilter
+from pydantic import ValidationError
+
+from radstream.console.data import ConsoleData, StudyFilter, check_study_id
 from radstream.console.pages import DEFAULT_DAYS, RANGES, Pages, ServerLinks
+from radstream.feedback import FeedbackItem, FeedbackRefused, record_feedback
 from shared.errors import ObjectNotFound, RadStreamError
+
+MAX_FEEDBACK_BYTES = 4096
 
 STATIC = Path(__file__).resolve().parent / "static"
 log = logging.getLogger("radstream.console")
@@ -62,7 +67,41 @@ class ConsoleHandler(BaseHTTPRequestHandler):
             HTTPStatus.METHOD_NOT_ALLOWED, b"read-only console: GET only\n", "text/plain; charset=utf-8", extra={"Allow": "GET, HEAD"}
         )
 
-    do_POST = do_PUT = do_DELETE = do_PATCH = _refuse
+    do_PUT = do_DELETE = do_PATCH = _refuse
+
+    def do_POST(self) -> None:
+        """The one write, with `radstream console --feedback`: a reader's verdict on a study's finding or box
+        (radstream.feedback; the lake object keeps who and when). Same-origin form posts only."""
+        parts = [unquote(p) for p in urlsplit(self.path).path.split("/") if p]
+        if not (self.server.feedback and len(parts) == 3 and parts[0] == "study" and parts[2] == "feedback"):
+            return self._refuse()
+        same_origin = self.headers.get("Sec-Fetch-Site") == "same-origin" or self.headers.get("Origin") == self.server.url.rstrip("/")
+        if not same_origin:
+            # A form on another site posting here: refused. Browsers say where a request comes from (Sec-Fetch-Site; the
+            # Origin is "null" under the console's no-referrer policy); a request that says neither is refused too.
+            return self._send(HTTPStatus.FORBIDDEN, b"feedback only from the console's own pages\n", "text/plain; charset=utf-8")
+        length = int(self.headers.get("Content-Length") or 0)
+        if not 0 < length <= MAX_FEEDBACK_BYTES:
+            return self._send(HTTPStatus.BAD_REQUEST, b"a feedback form of at most 4 KB\n", "text/plain; charset=utf-8")
+        form = {k: v[0] for k, v in parse_qs(self.rfile.read(length).decode("utf-8", "replace")).items()}
+        try:
+            check_study_id(parts[1])
+            item = FeedbackItem.model_validate(
+                {k: form.get(k, "") for k in ("label", "verdict", "present", "box_index")} | {"study_id": parts[1]}
+            )
+            key, _ = record_feedback(
+                self.server.data.store,
+                [item],
+                reader=form.get("reader", "").strip(),
+                source="console",
+                results_bucket=self.server.data.results_bucket,
+                lake_bucket=self.server.data.lake_bucket,
+            )
+        except (FeedbackRefused, ValidationError, ObjectNotFound) as e:
+            message = str(e) if isinstance(e, FeedbackRefused) else "the form needs label, verdict and reader"
+            return self._send(HTTPStatus.BAD_REQUEST, f"feedback not recorded: {message}\n".encode(), "text/plain; charset=utf-8")
+        log.info("feedback recorded: study %s, %s %s by reader %s (%s)", parts[1], item.label, item.verdict, form.get("reader"), key)
+        self._send(HTTPStatus.SEE_OTHER, b"", "text/plain", extra={"Location": f"/study/{quote(parts[1])}?feedback=recorded"})
 
     def _send(self, status: HTTPStatus, body: bytes, content_type: str, head: bool = False, extra: dict[str, str] | None = None) -> None:
         self.send_response(status)
@@ -127,9 +166,10 @@ class ConsoleHandler(BaseHTTPRequestHandler):
 class ConsoleServer(ThreadingHTTPServer):
     daemon_threads = True
 
-    def __init__(self, data: ConsoleData, host: str = "127.0.0.1", port: int = 0) -> None:
+    def __init__(self, data: ConsoleData, host: str = "127.0.0.1", port: int = 0, feedback: bool = False) -> None:
         self.data = data
-        self.pages = Pages(data)
+        self.feedback = feedback  # radiologists' verdicts accepted (radstream console --feedback)
+        self.pages = Pages(data, feedback=feedback)
         super().__init__((host, port), ConsoleHandler)
 
     @property

@@ -3,8 +3,12 @@ feedback CSV loaded, and the page's tables equal to template.yaml's named querie
 
 from __future__ import annotations
 
+import gzip
 import json
 import os
+import urllib.error
+import urllib.parse
+import urllib.request
 import re
 import subprocess
 import sys
@@ -28,10 +32,9 @@ def models_dir(tmp_path_factory: pytest.TempPathFactory) -> Path:
     return data_dir
 
 
-@pytest.fixture(scope="module")
-def models_console(models_dir: Path) -> Iterator[str]:
+def start_console(data_dir: Path, *extra: str) -> Iterator[str]:
     process = subprocess.Popen(
-        [sys.executable, "-m", "radstream.cli", "console", "--data-dir", str(models_dir)],
+        [sys.executable, "-m", "radstream.cli", "console", "--data-dir", str(data_dir), *extra],
         cwd=ROOT,
         stdout=subprocess.PIPE,
         stderr=subprocess.PIPE,
@@ -53,6 +56,16 @@ def models_console(models_dir: Path) -> Iterator[str]:
             process.wait(10)
         except subprocess.TimeoutExpired:
             process.kill()
+
+
+@pytest.fixture(scope="module")
+def models_console(models_dir: Path) -> Iterator[str]:
+    yield from start_console(models_dir)
+
+
+@pytest.fixture(scope="module")
+def feedback_console(models_dir: Path) -> Iterator[str]:
+    yield from start_console(models_dir, "--feedback")
 
 
 def test_demo_models_imports_shadows_and_loads_feedback(models_dir: Path) -> None:
@@ -83,3 +96,44 @@ def test_models_page_shows_the_named_queries_numbers(page, models_console: str, 
     page.locator('nav a:has-text("Models")').click()
     assert page.url.endswith("/models?days=30")
     page.screenshot(path=str(screenshots / "console-models.png"), full_page=True)
+
+
+def console_feedback(models_dir: Path) -> list[dict]:
+    objects = sorted((models_dir / "telemetry" / "feedback" / "source=console").rglob("*.ndjson.gz"))
+    return [json.loads(line) for f in objects for line in gzip.decompress(f.read_bytes()).splitlines()]
+
+
+def test_a_reader_records_a_verdict_from_the_study_page(page, feedback_console: str, models_dir: Path) -> None:
+    study_id = "models-001"
+    result = json.loads((models_dir / "results" / "results" / study_id / "result.json").read_text())
+    edema = next(f for f in result["findings"] if f["label"] == "Edema")
+    page.goto(feedback_console + f"study/{study_id}")
+    assert "accepts feedback" in page.locator("header .mode").inner_text()
+    form = page.locator("#feedback form")
+    form.locator("input[name=reader]").fill("rad-9")
+    form.locator("select[name=label]").select_option("Edema")
+    form.locator("select[name=verdict]").select_option("disagree")
+    form.locator("button[type=submit]").click()
+    page.wait_for_url("**/study/models-001?feedback=recorded")
+    (row,) = console_feedback(models_dir)
+    assert (row["study_id"], row["label"], row["verdict"], row["reader"]) == (study_id, "Edema", "disagree", "rad-9")
+    assert row["present"] is (not edema["positive"]) and row["model_version"] == "1" and row["time"]
+    # The latest verdict is the truth the metrics use: the console's, after the CSV's.
+    performance = DuckDBQueryRunner(models_dir / "telemetry").run("model_performance", days=30).as_dicts()
+    live_edema = next(r for r in performance if r["model_version"] == "1" and r["label"] == "Edema" and r["site"] == "all")
+    assert live_edema["tp"] + live_edema["tn"] == 5 and live_edema["studies"] == 6
+
+
+def test_feedback_is_refused_from_another_origin_and_when_read_only(feedback_console: str, models_console: str) -> None:
+    body = urllib.parse.urlencode({"reader": "rad-9", "label": "Edema", "verdict": "agree"}).encode()
+    for url, origin, status in (
+        (feedback_console, "http://evil.example", 403),
+        (feedback_console, None, 403),
+        (models_console, feedback_console.rstrip("/"), 405),
+    ):
+        request = urllib.request.Request(url + "study/models-002/feedback", data=body, method="POST")
+        if origin:
+            request.add_header("Origin", origin)
+        with pytest.raises(urllib.error.HTTPError) as refused:
+            urllib.request.urlopen(request, timeout=10)
+        assert refused.value.code == status
