@@ -88,6 +88,7 @@ class ImportSpec(BaseModel):
     provenance: str  # where the weights come from and what they were trained on
     intended_use: str
     limitations: str = "not validated for clinical use"
+    notes: str = ""  # Markdown for the model card (an importer's own facts: architecture, label mapping)
 
     @model_validator(mode="after")
     def _fits_kind(self) -> ImportSpec:
@@ -209,22 +210,41 @@ def run_on_samples(onnx_path: Path, spec: ImportSpec) -> dict[str, Any]:
     except Exception as e:  # as above: ONNX Runtime's own error types
         raise ImportRefused(f"the model failed on the sample studies: {type(e).__name__}: {e}") from e
     summary = check_outputs(spec, dict(zip(names, [np.asarray(v) for v in values])), len(batch))
-    return {"sample_studies": len(batch), "input_shape": [len(batch), *want], **summary}
+    # Triton's config names each output's type as the model has it (a detector's classes are often INT32 or INT64).
+    types = {o.name: ONNX_TO_TRITON.get(o.type, "") for o in session.get_outputs() if o.name in names}
+    unknown = [n for n, t in types.items() if not t]
+    if unknown:
+        raise ImportRefused(f"outputs {', '.join(unknown)} have a type Triton's ONNX Runtime backend is not given here")
+    return {"sample_studies": len(batch), "input_shape": [len(batch), *want], "output_types": types, **summary}
+
+
+ONNX_TO_TRITON = {
+    "tensor(float)": "TYPE_FP32",
+    "tensor(float16)": "TYPE_FP16",
+    "tensor(double)": "TYPE_FP64",
+    "tensor(int32)": "TYPE_INT32",
+    "tensor(int64)": "TYPE_INT64",
+}
 
 
 # --- the version's files ---
-def triton_configs(spec: ImportSpec, version: int, digest: str) -> dict[str, str]:
-    """The version's CPU and GPU Triton configs, written as the reference models' are (radstream.models_import)."""
+def triton_configs(spec: ImportSpec, version: int, digest: str, types: dict[str, str]) -> dict[str, str]:
+    """The version's CPU and GPU Triton configs, written as the reference models' are (radstream.models_import);
+    `types`: each output's Triton type, as the model declares it."""
     from radstream.models_import import triton_config
 
     o = spec.outputs
     outputs: list[tuple[str, str, list[int], str | None]]
     if spec.kind == "classifier":
-        outputs = [("probabilities", "TYPE_FP32", [len(o.labels)], "labels.txt")]
+        outputs = [("probabilities", types["probabilities"], [len(o.labels)], "labels.txt")]
     elif spec.kind == "detector":
-        outputs = [("boxes", "TYPE_FP32", [-1, 4], None), ("scores", "TYPE_FP32", [-1], None), ("classes", "TYPE_FP32", [-1], None)]
+        outputs = [
+            ("boxes", types["boxes"], [-1, 4], None),
+            ("scores", types["scores"], [-1], None),
+            ("classes", types["classes"], [-1], None),
+        ]
     else:
-        outputs = [("embedding", "TYPE_FP32", [int(o.embedding_size or 0)], None)]
+        outputs = [("embedding", types["embedding"], [int(o.embedding_size or 0)], None)]
     provenance = f"{spec.provenance} (v{version}, sha256 {digest[:12]})"
     return {
         placement: triton_config(
@@ -264,7 +284,7 @@ def model_card(spec: ImportSpec, version: int, digest: str, checks: dict[str, An
 ## Checks at import
 Run on {checks["sample_studies"]} synthetic phantom studies: {json.dumps({k: v for k, v in checks.items() if k != "sample_studies"})}.
 Shapes and ranges only: these checks say the model fits the pipeline, not that it reads radiographs well.
-"""
+{("## Notes" + chr(10) + spec.notes) if spec.notes else ""}"""
 
 
 def file_sha256(path: Path) -> str:
@@ -351,7 +371,7 @@ def import_model(onnx_path: Path, spec_path: Path, repo: Path) -> Imported:
     staging.mkdir()
     try:
         shutil.copy2(onnx_path, staging / "model.onnx")
-        configs = triton_configs(spec, version, digest)
+        configs = triton_configs(spec, version, digest, checks["output_types"])
         (staging / "config.pbtxt").write_text(configs["cpu"])
         (staging / GPU_CONFIG).write_text(configs["gpu"])
         if spec.kind != "encoder":
