@@ -12,6 +12,7 @@ A verdict becomes the truth the metrics use: `agree` means the finding is as the
 from __future__ import annotations
 
 import csv
+import hashlib
 import io
 import json
 import re
@@ -97,7 +98,7 @@ def record_feedback(
     items: list[FeedbackItem],
     *,
     reader: str,
-    source: Literal["csv", "console"],
+    source: Literal["csv", "console", "fhir"],
     results_bucket: str = "results",
     lake_bucket: str = "telemetry",
     time: datetime | None = None,
@@ -153,9 +154,64 @@ def import_csv(path: Path, store: ObjectStore, results_bucket: str = "results", 
     )
 
 
+# --- a final report as a FHIR DiagnosticReport ---
+# How a final report names the RadStream study it reads: an identifier in this system whose value is the study id
+# (the RIS echoes it from RadStream's own report, or maps its accession to it). Other identifiers are ignored.
+STUDY_ID_SYSTEM = "urn:radstream:study-id"
+FINAL_STATUSES = ("final", "amended", "corrected", "appended")
+
+
+def report_items(report: dict[str, Any], result: dict[str, Any]) -> list[FeedbackItem]:
+    """The verdicts a final report implies on each finding of the result: a finding whose code (services/export/codes:
+    SNOMED CT, else the private scheme) is among the report's conclusionCode is present, any other absent. A report
+    without conclusionCode says nothing codable, so it is refused rather than read as "all absent"."""
+    from services.export.codes import FHIR_SYSTEMS, finding
+
+    concluded = {(c.get("system"), c.get("code")) for cc in report.get("conclusionCode") or [] for c in cc.get("coding") or []}
+    if not concluded:
+        raise FeedbackRefused("the report has no conclusionCode: nothing to compare the findings with")
+    items = []
+    for f in result.get("findings", []):
+        code = finding(f["label"])
+        present = (FHIR_SYSTEMS[code.scheme], code.value) in concluded
+        items.append(
+            FeedbackItem(study_id=result["study_id"], label=f["label"], verdict="agree" if present == f["positive"] else "disagree")
+        )
+    return items
+
+
+def import_fhir_report(path: Path, store: ObjectStore, results_bucket: str = "results", lake_bucket: str = "telemetry") -> int:
+    """A FHIR DiagnosticReport (R5, validated by fhir.resources) with status final: its verdicts, reader pseudonymised."""
+    from fhir.resources.diagnosticreport import DiagnosticReport
+
+    try:
+        raw = json.loads(Path(path).read_text())
+        DiagnosticReport.model_validate(raw)
+    except (ValueError, ValidationError) as e:
+        raise FeedbackRefused(f"{Path(path).name} is not a FHIR DiagnosticReport ({type(e).__name__})") from e
+    if raw.get("status") not in FINAL_STATUSES:
+        raise FeedbackRefused(
+            f"the report's status is {raw.get('status')!r}: only a final report ({', '.join(FINAL_STATUSES)}) is feedback"
+        )
+    study_ids = [i.get("value") for i in raw.get("identifier") or [] if i.get("system") == STUDY_ID_SYSTEM]
+    if len(study_ids) != 1 or not study_ids[0]:
+        raise FeedbackRefused(f"the report needs one identifier with system {STUDY_ID_SYSTEM} naming the RadStream study")
+    interpreters = raw.get("resultsInterpreter") or []
+    who = json.dumps(interpreters[0], sort_keys=True) if interpreters else ""
+    if not who:
+        raise FeedbackRefused("the report names no resultsInterpreter: feedback says who read it")
+    # The interpreter's reference or name stays in the report; the lake keeps a pseudonym of it.
+    reader = "reader-" + hashlib.sha256(who.encode()).hexdigest()[:10]
+    items = report_items(raw, _result(store, results_bucket, study_ids[0]))
+    return record_feedback(store, items, reader=reader, source="fhir", results_bucket=results_bucket, lake_bucket=lake_bucket)[1]
+
+
 def add_parser(models_sub: Any) -> None:
-    fb = models_sub.add_parser("feedback", help="import radiologists' feedback (CSV: study_id,label,verdict,present,box_index,reader)")
-    fb.add_argument("csv", help="the CSV file")
+    fb = models_sub.add_parser(
+        "feedback",
+        help="import radiologists' feedback: a CSV (study_id,label,verdict,present,box_index,reader) or a final FHIR DiagnosticReport (.json)",
+    )
+    fb.add_argument("csv", help="the CSV file, or a FHIR DiagnosticReport (.json)")
     fb.add_argument("--data-dir", default="radstream-data", help="folder holding the local buckets (default: ./radstream-data)")
     fb.set_defaults(func=cmd_feedback)
 
@@ -167,10 +223,12 @@ def cmd_feedback(args: Any) -> int:
     from shared.storage import LocalObjectStore
 
     settings = Settings()
+    fhir = Path(args.csv).suffix == ".json"
+    read = import_fhir_report if fhir else import_csv
     try:
-        count = import_csv(Path(args.csv), LocalObjectStore(Path(args.data_dir)), settings.results_bucket, settings.telemetry_bucket)
+        count = read(Path(args.csv), LocalObjectStore(Path(args.data_dir)), settings.results_bucket, settings.telemetry_bucket)
     except (FeedbackRefused, OSError) as e:
         print(f"radstream: {e}", file=sys.stderr)
         return 2
-    print(f"recorded {count} feedback rows from {Path(args.csv).name} in the lake ({FEEDBACK}/source=csv)")
+    print(f"recorded {count} feedback rows from {Path(args.csv).name} in the lake ({FEEDBACK}/source={'fhir' if fhir else 'csv'})")
     return 0

@@ -124,3 +124,45 @@ def test_feedback_that_does_not_fit_the_result_is_refused(tmp_path):
     with pytest.raises(FeedbackRefused, match="pseudonymous"):
         record_feedback(store, [FeedbackItem(study_id="s0", label="Edema", verdict="agree")], reader="Dr. Jane Smith", source="console")
     assert not (tmp_path / "telemetry" / "feedback").exists()
+
+
+def fhir_report(study_id: str, codes: list[str], status: str = "final") -> dict:
+    return {
+        "resourceType": "DiagnosticReport",
+        "status": status,
+        "code": {"coding": [{"system": "http://loinc.org", "code": "18748-4", "display": "Diagnostic Imaging Report"}]},
+        "identifier": [{"system": "urn:radstream:study-id", "value": study_id}, {"system": "urn:ris:accession", "value": "ACC-1"}],
+        "resultsInterpreter": [{"reference": "Practitioner/dr-jane-smith", "display": "Dr Jane Smith"}],
+        "conclusionCode": [{"coding": [{"system": "http://snomed.info/sct", "code": c}]} for c in codes],
+    }
+
+
+def test_a_final_fhir_report_becomes_feedback(lake, tmp_path):
+    """s0: the model said Edema, the report concludes pulmonary edema (SCT 19242006): agree, present. s5: the model said
+    no Edema, the report concludes it: disagree, present. s6: a report with another conclusion: Edema absent, agree."""
+    for study_id, codes in (("s0", ["19242006"]), ("s5", ["19242006", "8186001"]), ("s6", ["8186001"])):
+        (tmp_path / f"{study_id}.json").write_text(json.dumps(fhir_report(study_id, codes)))
+        assert main(["models", "feedback", str(tmp_path / f"{study_id}.json"), "--data-dir", str(lake)]) == 0
+    objects = sorted((lake / "telemetry" / "feedback" / "source=fhir").rglob("*.ndjson.gz"))
+    raw = b"".join(gzip.decompress(f.read_bytes()) for f in objects)
+    rows = {json.loads(line)["study_id"]: json.loads(line) for line in raw.splitlines()}
+    assert {k: (r["verdict"], r["present"]) for k, r in rows.items()} == {
+        "s0": ("agree", True),
+        "s5": ("disagree", True),
+        "s6": ("agree", False),
+    }
+    assert rows["s0"]["reader"].startswith("reader-") and b"Jane" not in raw and b"Practitioner" not in raw
+
+
+def test_a_report_that_is_not_final_or_names_no_study_is_refused(lake, tmp_path, capsys):
+    cases = [
+        (fhir_report("s0", ["19242006"], status="preliminary"), "only a final report"),
+        ({**fhir_report("s0", ["19242006"]), "identifier": []}, "urn:radstream:study-id"),
+        ({**fhir_report("s0", []), "conclusionCode": []}, "no conclusionCode"),
+        ({"resourceType": "DiagnosticReport", "status": "final"}, "not a FHIR DiagnosticReport"),
+    ]
+    for i, (report, message) in enumerate(cases):
+        (tmp_path / f"r{i}.json").write_text(json.dumps(report))
+        assert main(["models", "feedback", str(tmp_path / f"r{i}.json"), "--data-dir", str(lake)]) == 2
+        assert message in capsys.readouterr().err
+    assert not (lake / "telemetry" / "feedback" / "source=fhir").exists()
