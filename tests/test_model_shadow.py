@@ -68,6 +68,13 @@ def test_lake_rows_of_each_role_sit_in_their_own_partition(shadow_run):
     assert {(r["model_name"], r["model_version"]) for r in shadow} == {(CLASSIFIER, "2")}
     assert {r["study_id"] for r in shadow} == set(valid)
     assert all(r["latency_ms"] is not None and r["latency_ms"] > 0 for r in shadow)
+    # The live rows carry the study's inputs, and prepare's InputExposure metric (the input-drift alarm's) says the same.
+    exposures = {r["study_id"]: r["exposure"] for r in live}
+    assert all(0 < e < 1 for e in exposures.values())
+    assert all(r["site"] for r in live if r["study_id"] != "demo-dicom"), "a sidecar's source is its study's site"
+    emf = [json.loads(line) for f in (data / "metrics").glob("emf-*.jsonl") for line in f.read_text().splitlines()]
+    metric = sorted(v for d in emf if "InputExposure" in d for v in d["InputExposure"])
+    assert metric == sorted(exposures[s] for s in valid)
     # Telemetry records stay in the telemetry table's layout, untouched by the model tables.
     assert not list((data / "telemetry" / "telemetry").rglob("*.ndjson.gz"))
 
