@@ -166,3 +166,19 @@ def test_a_report_that_is_not_final_or_names_no_study_is_refused(lake, tmp_path,
         assert main(["models", "feedback", str(tmp_path / f"r{i}.json"), "--data-dir", str(lake)]) == 2
         assert message in capsys.readouterr().err
     assert not (lake / "telemetry" / "feedback" / "source=fhir").exists()
+
+
+def test_box_verdicts_give_each_detector_version_its_accepted_share(lake):
+    """s0's one box: accepted by the CSV, then rejected from the console; s1's accepted. The latest verdict per box
+    counts: 1 accepted, 1 rejected; share 0.5, Wilson (1 + 1.9208 -/+ 1.96*sqrt(1*1/2 + 0.9604)) / 5.8416 = 0.0945 .. 0.9055."""
+    store = LocalObjectStore(lake)
+    later = datetime.now(UTC)
+    record_feedback(
+        store, [FeedbackItem(study_id="s1", label="nodule", verdict="accepted", box_index=0)], reader="rad-2", source="console", time=later
+    )
+    record_feedback(
+        store, [FeedbackItem(study_id="s0", label="nodule", verdict="rejected", box_index=0)], reader="rad-2", source="console", time=later
+    )
+    (row,) = DuckDBQueryRunner(lake / "telemetry").run("box_acceptance").as_dicts()
+    assert (row["label"], row["accepted"], row["rejected"], row["accepted_share"]) == ("nodule", 1, 1, 0.5)
+    assert (row["accepted_share_low"], row["accepted_share_high"]) == pytest.approx((0.0945, 0.9055), abs=1e-4)

@@ -24,7 +24,14 @@ DEFAULT_DAYS = 7
 TABLE_ROWS = 100  # rows of a query shown under its chart; all of them are in its JSON
 MAX_COLUMNS = 300  # time buckets in the throughput chart
 # The Models page (docs/model-lifecycle.md): template.yaml's model-table queries; model_drift runs with its own window.
-MODEL_QUERIES = ("model_agreement", "model_version_cost", "model_performance", "model_calibration", "daily_distributions")
+MODEL_QUERIES = (
+    "model_agreement",
+    "model_version_cost",
+    "model_performance",
+    "model_calibration",
+    "box_acceptance",
+    "daily_distributions",
+)
 DASHBOARD_QUERIES = ("throughput_per_minute", "latency_per_stage", "error_rate", "model_comparison", "cost_breakdown")
 
 

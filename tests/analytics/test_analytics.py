@@ -44,7 +44,8 @@ QUERIES = [
     "model_calibration",
     "model_drift",
     "daily_distributions",
-]  # cost_breakdown and the two before it: the console's (tests/console); the last six: docs/model-lifecycle.md
+    "box_acceptance",
+]  # cost_breakdown and the two before it: the console's (tests/console); the last seven: docs/model-lifecycle.md
 # The prices and assumptions of the cost queries' shared price table (us-east-1 list prices, 512 MB functions).
 USD_PER_GB_SECOND, LAMBDA_GB, USD_PER_REQUEST, USD_PER_TRANSITION, TRANSITIONS_PER_STUDY = 0.0000166667, 0.5, 0.0000002, 0.000025, 8
 
@@ -138,7 +139,7 @@ def test_template_has_the_named_queries_each_with_its_parameters_declared() -> N
     names = {"GlueDatabase": "db", "TelemetryTable": "telemetry", "ModelOutputsTable": "model_outputs", "FeedbackTable": "feedback"}
     for query in queries.values():
         sql = render(query, names)
-        assert '"db"."telemetry"' in sql or '"db"."model_outputs"' in sql
+        assert any(f'"db"."{t}"' in sql for t in ("telemetry", "model_outputs", "feedback"))
         assert placeholders(sql) == len(query.parameters), query.name
         assert query.description
 
