@@ -295,8 +295,10 @@ def file_sha256(path: Path) -> str:
     return digest.hexdigest()
 
 
-def _staging(repo: Path) -> Path:
-    return Path(repo) / ".staging"
+def _staging(model_folder: Path) -> Path:
+    """Temp files of the model's atomic writes: inside the model folder, not a number, so Triton never takes it for a
+    version, and not beside the models, where Triton would take it for a model."""
+    return Path(model_folder) / ".staging"
 
 
 def adopt_legacy(folder: Path) -> Pointer:
@@ -308,17 +310,17 @@ def adopt_legacy(folder: Path) -> Pointer:
     versions = versions_in(folder)
     if not versions:
         raise ImportRefused(f"{folder} holds no version")
+    staging = _staging(folder)
     for v in versions:
         own = folder / v
         if (own / "config.pbtxt").exists():
             continue
-        shutil.copy2(folder / "config.pbtxt", own / "config.pbtxt")
-        if (folder / "configs" / "gpu.pbtxt").exists():
-            shutil.copy2(folder / "configs" / "gpu.pbtxt", own / GPU_CONFIG)
-        for name in VERSION_FILES:
-            if (folder / name).exists():
-                shutil.copy2(folder / name, own / name)
-        fsync_dir(own)
+        copies = {folder / "config.pbtxt": own / "config.pbtxt", folder / "configs" / "gpu.pbtxt": own / GPU_CONFIG}
+        copies |= {folder / name: own / name for name in VERSION_FILES}
+        # config.pbtxt last: its presence is what says the version has its own files (load_model_spec).
+        for source, target in sorted(copies.items(), key=lambda c: c[1].name == "config.pbtxt"):
+            if source.exists():
+                atomic_write(target, source.read_bytes(), staging)
     pointer = Pointer(live=versions[-1])
     write_pointer(folder, pointer)
     return pointer
@@ -326,7 +328,7 @@ def adopt_legacy(folder: Path) -> Pointer:
 
 def write_pointer(folder: Path, pointer: Pointer) -> None:
     data = (json.dumps(pointer.to_json(), indent=2) + "\n").encode()
-    atomic_write(Path(folder) / POINTER, data, _staging(Path(folder).parent))
+    atomic_write(Path(folder) / POINTER, data, _staging(Path(folder)))
 
 
 @dataclass(frozen=True)
@@ -503,7 +505,7 @@ def write_serving_files(folder: Path) -> None:
     pointer = read_pointer(folder)
     if pointer is None:
         return
-    staging = _staging(folder.parent)
+    staging = _staging(folder)
     atomic_write(folder / "config.pbtxt", serving_config(folder, pointer, "config.pbtxt").encode(), staging)
     if (folder / pointer.live / GPU_CONFIG).exists():
         (folder / "configs").mkdir(exist_ok=True)

@@ -79,6 +79,8 @@ def test_activate_and_rollback_swap_the_pointer_and_keep_versions(repo, candidat
     rows = [r for r in json.loads(capsys.readouterr().out) if r["model"] == CLASSIFIER]
     assert [(r["version"], r["role"]) for r in rows] == [("1", "live"), ("2", "")]
     assert not any(r["serving_lags_pointer"] for r in rows)
+    # Nothing beside the models that Triton would take for a model (its temp files stay inside the model folder).
+    assert sorted(p.name for p in repo.iterdir()) == ["anomaly_detector", "chest_xray_classifier", "report_encoder"]
 
 
 def test_shadow_serves_both_versions_with_variable_dims(repo, candidate):

@@ -85,6 +85,7 @@ class Inference:
         self.store = store
         self.results_bucket = results_bucket
         self.lake_bucket = lake_bucket
+        self._shadow_banks: dict[str, SentenceBank] = {}
 
     def close(self) -> None:
         close_all(self.backend, self.store)
@@ -105,7 +106,10 @@ class Inference:
         """The live encoder's bank (checked against the live labels), or a shadow encoder's own."""
         if spec.version == self.repository.get(spec.name).version:
             return self.sentence_bank
-        return SentenceBank(spec.version_dir / "sentence_bank.json")
+        bank = self._shadow_banks.get(spec.version)
+        if bank is None:  # read once per version, like the live bank (a race reads it twice, harmlessly)
+            bank = self._shadow_banks[spec.version] = SentenceBank(spec.version_dir / "sentence_bank.json")
+        return bank
 
     def run(self, request: InferenceRequest) -> ModelOutput:
         return self.infer(self.repository.get(request.model), request.tensor, request.study_id)
@@ -128,7 +132,8 @@ class Inference:
             bytes_in += output.bytes_in
             key = f"shadow/{request.study_id}/{spec.name}/{spec.version}.json"
             self.store.put_bytes(self.results_bucket, key, output.model_dump_json(indent=2).encode(), content_type="application/json")
-            assert output.model is not None
+            if output.model is None:  # infer() always names it; a guard for the type, not a case
+                raise InferenceFailed(f"shadow output of {spec.name} names no model", study_id=request.study_id)
             runs.append(
                 ShadowRun(model=output.model, kind=spec.kind, latency_ms=latency_ms, output=ObjectRef(bucket=self.results_bucket, key=key))
             )
