@@ -146,3 +146,59 @@ def test_agreement_matches_a_hand_computed_example(tmp_path):
     assert row["positive_agreement"] == pytest.approx(0.6667)
     assert row["kappa"] == pytest.approx(0.4)
     assert row["mean_abs_dp"] == pytest.approx(0.1)
+
+
+def reference_spec(folder: Path, model: str) -> Path:
+    """A spec for the reference detector or encoder itself: imported again, it is a second version of its slot."""
+    src = DEFAULT_MODEL_REPOSITORY / model
+    common = {"provenance": "reference model trained on synthetic phantoms, imported again (test)", "intended_use": "tests only"}
+    if model == "anomaly_detector":
+        labels = (src / "labels.txt").read_text().split()
+        spec = {
+            "model": model,
+            "kind": "detector",
+            "title": "reference detector again",
+            "input": {"size": 256, "normalization": "unit"},
+            "outputs": {
+                "labels": labels,
+                "box_format": "xyxy",
+                "score_threshold": json.loads((src / "thresholds.json").read_text())["score_threshold"],
+            },
+            **common,
+        }
+    else:
+        shutil.copy(src / "1" / "sentence_bank.json", folder / "bank.json")
+        spec = {
+            "model": model,
+            "kind": "encoder",
+            "title": "reference encoder again",
+            "input": {"size": 224, "normalization": "unit"},
+            "outputs": {"embedding_size": 128, "sentence_bank": "bank.json"},
+            **common,
+        }
+    path = folder / f"{model}.spec.yaml"
+    path.write_text(json.dumps(spec))
+    return path
+
+
+def test_detector_and_encoder_candidates_import_and_run_in_shadow(tmp_path):
+    repo = tmp_path / "model_repository"
+    shutil.copytree(DEFAULT_MODEL_REPOSITORY, repo)
+    for model in ("anomaly_detector", "report_encoder"):
+        imported = import_model(DEFAULT_MODEL_REPOSITORY / model / "1" / "model.onnx", reference_spec(tmp_path, model), repo)
+        set_shadow(repo, model, imported.version, 1.0)
+    config = (repo / "anomaly_detector" / "2" / "config.pbtxt").read_text()
+    assert 'name: "classes"\n    data_type: TYPE_INT32' in config  # the type the model declares
+    folders = write_demo_studies(tmp_path / "studies", 2, size=256, invalid=False)
+    with LocalRuntime(Settings(data_dir=tmp_path / "data", model_repository=repo), workers=1) as runtime:
+        outcomes = [o for o in runtime.run_many(folders).outcomes if o.study_id.startswith("demo-")]
+    assert outcomes and all(o.status == "succeeded" for o in outcomes)
+    for o in outcomes:
+        live = json.loads((tmp_path / "data" / "results" / "results" / o.study_id / "result.json").read_text())
+        detector = json.loads((tmp_path / "data" / "results" / "shadow" / o.study_id / "anomaly_detector" / "2.json").read_text())
+        encoder = json.loads((tmp_path / "data" / "results" / "shadow" / o.study_id / "report_encoder" / "2.json").read_text())
+        assert detector.get("detections", []) == live["detections"]  # the same model: the same boxes
+        assert encoder["candidates"] and encoder["model"]["version"] == "2"
+    agreement = DuckDBQueryRunner(tmp_path / "data" / "telemetry").run("model_agreement").as_dicts()
+    assert {r["label"] for r in agreement} == {"nodule_mass", "focal_opacity"}
+    assert all(r["mean_abs_dp"] == 0 and r["live_only"] == r["shadow_only"] == 0 for r in agreement)
