@@ -98,7 +98,7 @@ def record_feedback(
     items: list[FeedbackItem],
     *,
     reader: str,
-    source: Literal["csv", "console", "fhir"],
+    source: Literal["csv", "console", "fhir", "hl7"],
     results_bucket: str = "results",
     lake_bucket: str = "telemetry",
     time: datetime | None = None,
@@ -206,12 +206,61 @@ def import_fhir_report(path: Path, store: ObjectStore, results_bucket: str = "re
     return record_feedback(store, items, reader=reader, source="fhir", results_bucket=results_bucket, lake_bucket=lake_bucket)[1]
 
 
+# --- a final report as HL7 v2 ORU^R01 ---
+# The RadStream study the report reads: OBR-3 (filler order number) = <study id>^RADSTREAM. Each finding: an OBX of type
+# CWE whose OBX-3 is the finding's code (services/export/codes: SNOMED CT "SCT", else "99RADSTREAM") and whose OBX-5 is
+# Present (SCT 52101004) or Absent (SCT 272519000), the qualitative evaluation RadStream's own SR uses.
+HL7_NAMESPACE = "RADSTREAM"
+HL7_EVALUATIONS = {("52101004", "SCT"): True, ("272519000", "SCT"): False}
+HL7_FINAL = ("F", "C")  # OBR-25 / OBX-11: final, corrected
+
+
+def import_hl7_report(path: Path, store: ObjectStore, results_bucket: str = "results", lake_bucket: str = "telemetry") -> int:
+    """An ORU^R01 final report: its coded findings as verdicts, the interpreter (OBR-32) kept only as a pseudonym. The
+    patient segments are never read."""
+    import hl7
+    from services.export.codes import finding
+
+    try:
+        message = hl7.parse(Path(path).read_text().replace("\r\n", "\r").replace("\n", "\r"))
+        kind = str(message.segment("MSH")(9))
+        obr = message.segment("OBR")
+    except (KeyError, ValueError, hl7.ParseException) as e:
+        raise FeedbackRefused(f"{Path(path).name} is not an HL7 v2 message with an OBR ({type(e).__name__})") from e
+    if not kind.startswith("ORU^R01"):
+        raise FeedbackRefused(f"the message is {kind or 'untyped'}, not an ORU^R01 result")
+    if str(obr(25)) not in HL7_FINAL:
+        raise FeedbackRefused(f"OBR-25 result status is {str(obr(25))!r}: only a final report (F, C) is feedback")
+    if str(obr(3)(1)(2)) != HL7_NAMESPACE or not str(obr(3)(1)(1)):
+        raise FeedbackRefused(f"OBR-3 must name the RadStream study as <study id>^{HL7_NAMESPACE}")
+    interpreter = str(obr(32))
+    if not interpreter:
+        raise FeedbackRefused("OBR-32 names no principal result interpreter: feedback says who read it")
+    result = _result(store, results_bucket, str(obr(3)(1)(1)))
+    by_code = {(finding(f["label"]).value, finding(f["label"]).scheme): f for f in result.get("findings", [])}
+    items = []
+    for obx in message.segments("OBX"):
+        if str(obx(2)) != "CWE" or str(obx(11)) not in HL7_FINAL:
+            continue
+        f = by_code.get((str(obx(3)(1)(1)), str(obx(3)(1)(3))))
+        present = HL7_EVALUATIONS.get((str(obx(5)(1)(1)), str(obx(5)(1)(3))))
+        if f is None or present is None:
+            continue  # a finding no model of this study decides on, or an evaluation other than present / absent
+        items.append(
+            FeedbackItem(study_id=result["study_id"], label=f["label"], verdict="agree" if present == f["positive"] else "disagree")
+        )
+    if not items:
+        raise FeedbackRefused("no final OBX names one of the result's findings as present or absent")
+    reader = "reader-" + hashlib.sha256(interpreter.encode()).hexdigest()[:10]
+    return record_feedback(store, items, reader=reader, source="hl7", results_bucket=results_bucket, lake_bucket=lake_bucket)[1]
+
+
 def add_parser(models_sub: Any) -> None:
     fb = models_sub.add_parser(
         "feedback",
         help="import radiologists' feedback: a CSV (study_id,label,verdict,present,box_index,reader) or a final FHIR DiagnosticReport (.json)",
     )
-    fb.add_argument("csv", help="the CSV file, or a FHIR DiagnosticReport (.json)")
+    fb.add_argument("csv", help="the CSV file, a FHIR DiagnosticReport (.json) or an HL7 ORU^R01 message (.hl7)")
     fb.add_argument("--data-dir", default="radstream-data", help="folder holding the local buckets (default: ./radstream-data)")
     fb.set_defaults(func=cmd_feedback)
 
@@ -223,12 +272,13 @@ def cmd_feedback(args: Any) -> int:
     from shared.storage import LocalObjectStore
 
     settings = Settings()
-    fhir = Path(args.csv).suffix == ".json"
-    read = import_fhir_report if fhir else import_csv
+    source, read = {".json": ("fhir", import_fhir_report), ".hl7": ("hl7", import_hl7_report)}.get(
+        Path(args.csv).suffix, ("csv", import_csv)
+    )
     try:
         count = read(Path(args.csv), LocalObjectStore(Path(args.data_dir)), settings.results_bucket, settings.telemetry_bucket)
     except (FeedbackRefused, OSError) as e:
         print(f"radstream: {e}", file=sys.stderr)
         return 2
-    print(f"recorded {count} feedback rows from {Path(args.csv).name} in the lake ({FEEDBACK}/source={'fhir' if fhir else 'csv'})")
+    print(f"recorded {count} feedback rows from {Path(args.csv).name} in the lake ({FEEDBACK}/source={source})")
     return 0

@@ -182,3 +182,51 @@ def test_box_verdicts_give_each_detector_version_its_accepted_share(lake):
     (row,) = DuckDBQueryRunner(lake / "telemetry").run("box_acceptance").as_dicts()
     assert (row["label"], row["accepted"], row["rejected"], row["accepted_share"]) == ("nodule", 1, 1, 0.5)
     assert (row["accepted_share_low"], row["accepted_share_high"]) == pytest.approx((0.0945, 0.9055), abs=1e-4)
+
+
+def oru(study_id: str, observations: list[tuple[str, str]], status: str = "F", namespace: str = "RADSTREAM") -> str:
+    """An ORU^R01 final report: OBR-3 the study, OBR-25 its status, OBR-32 the interpreter; one CWE OBX per finding
+    (SNOMED CT code, Present 52101004 / Absent 272519000). PID carries a name that must go no further."""
+    obr = ["OBR", "1", "ACC-1", f"{study_id}^{namespace}", "18748-4^Diagnostic Imaging Report^LN"] + [""] * 20 + [status]
+    obr += [""] * (32 - len(obr) + 1)
+    obr[32] = "12345&SMITH&JANE"
+    segments = [
+        "MSH|^~\\&|RIS|HOSP|RADSTREAM|HOSP|20261208010000||ORU^R01|MSG1|P|2.5.1",
+        "PID|1||MRN-88888888^^^HOSP||DOE^JANE",
+        "|".join(obr),
+    ]
+    for i, (code, evaluation) in enumerate(observations, start=1):
+        value = {"present": "52101004^Present^SCT", "absent": "272519000^Absent^SCT"}[evaluation]
+        segments.append(f"OBX|{i}|CWE|{code}^finding^SCT||{value}||||||F")
+    return "\r".join(segments) + "\r"
+
+
+def test_a_final_hl7_oru_report_becomes_feedback(lake, tmp_path):
+    """s0 (model: Edema) read Edema present: agree. s6 (model: no Edema) read present: disagree. s7: absent, agree."""
+    for study_id, evaluation in (("s0", "present"), ("s6", "present"), ("s7", "absent")):
+        (tmp_path / f"{study_id}.hl7").write_text(oru(study_id, [("19242006", evaluation), ("8186001", "absent")]))
+        assert main(["models", "feedback", str(tmp_path / f"{study_id}.hl7"), "--data-dir", str(lake)]) == 0
+    objects = sorted((lake / "telemetry" / "feedback" / "source=hl7").rglob("*.ndjson.gz"))
+    raw = b"".join(gzip.decompress(f.read_bytes()) for f in objects)
+    rows = {json.loads(line)["study_id"]: json.loads(line) for line in raw.splitlines()}
+    # Cardiomegaly is no finding of these results: ignored. One row per study, Edema.
+    assert {k: (r["label"], r["verdict"], r["present"]) for k, r in rows.items()} == {
+        "s0": ("Edema", "agree", True),
+        "s6": ("Edema", "disagree", True),
+        "s7": ("Edema", "agree", False),
+    }
+    assert rows["s0"]["reader"].startswith("reader-") and b"SMITH" not in raw and b"DOE" not in raw and b"MRN" not in raw
+
+
+def test_an_hl7_report_that_is_not_final_or_not_ours_is_refused(lake, tmp_path, capsys):
+    cases = [
+        (oru("s0", [("19242006", "present")], status="P"), "only a final report"),
+        (oru("s0", [("19242006", "present")], namespace="OTHER"), "OBR-3"),
+        (oru("s0", [("8186001", "present")]), "no final OBX"),
+        ("not hl7 at all", "not an HL7 v2 message"),
+    ]
+    for i, (text, message) in enumerate(cases):
+        (tmp_path / f"r{i}.hl7").write_text(text)
+        assert main(["models", "feedback", str(tmp_path / f"r{i}.hl7"), "--data-dir", str(lake)]) == 2
+        assert message in capsys.readouterr().err
+    assert not (lake / "telemetry" / "feedback" / "source=hl7").exists()
