@@ -15,7 +15,7 @@ STAMP := $(VENV)/.installed
 PIP_LOCKED := -m pip install --quiet --require-hashes --no-deps
 LOCKS := requirements-dev.lock requirements-triton.lock requirements-triton-python.lock pyproject.toml
 
-.PHONY: venv venv-train dcmtk orthanc demo demo-pacs test lint typecheck test-unit test-integration test-e2e test-torch models bench schemas clean chromium screenshots lock
+.PHONY: venv venv-train dcmtk orthanc demo demo-models demo-pacs test lint typecheck test-unit test-integration test-e2e test-torch models bench schemas clean chromium screenshots lock
 
 $(STAMP): $(LOCKS)
 	test -x $(BIN)/python || $(PYTHON) -m venv $(VENV)
@@ -30,6 +30,10 @@ venv: $(STAMP)
 
 demo: venv
 	$(BIN)/radstream demo --data-dir radstream-data
+
+# Model lifecycle (docs/model-lifecycle.md): a second classifier imported, run in shadow, feedback from a CSV, compared.
+demo-models: venv
+	$(BIN)/radstream demo-models --data-dir radstream-data-models
 
 # Orthanc as the hospital's PACS, the gateway in front of the pipeline; storescu sends, QIDO-RS finds the SRs and overlays.
 demo-pacs: venv dcmtk orthanc

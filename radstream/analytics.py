@@ -349,13 +349,43 @@ class DuckDBQueryRunner(_Queries):
         self._translated: dict[str, str] = {}
         self.uncompacted = (0, 0)  # (objects, partitions) the view reads object by object, as of its last listing
 
+    def _glue_tables(self) -> list[dict[str, Any]]:
+        return [r["Properties"]["TableInput"] for r in self.template.resources.values() if r.get("Type") == "AWS::Glue::Table"]
+
     def _table(self) -> tuple[str, str, dict[str, str]]:
-        tables = [(n, r) for n, r in self.template.resources.items() if r.get("Type") == "AWS::Glue::Table"]
+        """The telemetry table (the lake proper: partitions, compaction, columnar copies)."""
+        tables = [t for t in self._glue_tables() if t["Name"] == LAKE_PREFIX]
         if len(tables) != 1:
-            raise ConfigurationError(f"{self.template.path}: expected one AWS::Glue::Table, found {len(tables)}")
-        table_input = tables[0][1]["Properties"]["TableInput"]
-        columns = {c["Name"]: _GLUE_TO_DUCKDB.get(c["Type"].lower(), "VARCHAR") for c in table_input["StorageDescriptor"]["Columns"]}
-        return LOCAL_DATABASE, table_input["Name"], columns
+            raise ConfigurationError(f"{self.template.path}: expected one AWS::Glue::Table named {LAKE_PREFIX}, found {len(tables)}")
+        columns = {c["Name"]: _GLUE_TO_DUCKDB.get(c["Type"].lower(), "VARCHAR") for c in tables[0]["StorageDescriptor"]["Columns"]}
+        return LOCAL_DATABASE, tables[0]["Name"], columns
+
+    def model_tables_sql(self) -> list[str]:
+        """The model tables beside telemetry (shared.lake_tables: model_outputs, feedback, ...): each a view over
+        `<table>/<partition>=…/*.ndjson.gz` with its partition columns from the path, or an empty typed view."""
+        from shared.lake_tables import SUFFIX
+
+        views = []
+        for t in self._glue_tables():
+            if t["Name"] == LAKE_PREFIX:
+                continue
+            columns = {c["Name"]: _GLUE_TO_DUCKDB.get(c["Type"].lower(), "VARCHAR") for c in t["StorageDescriptor"]["Columns"]}
+            keys = {k["Name"]: _GLUE_TO_DUCKDB.get(k["Type"].lower(), "VARCHAR") for k in t.get("PartitionKeys", [])}
+            target = f'"{LOCAL_DATABASE}"."{t["Name"]}"'
+            pattern = self.lake_root / t["Name"] / Path(*(f"{k}=*" for k in keys)) / f"*{SUFFIX}"
+            if not any(self.lake_root.glob(str(pattern.relative_to(self.lake_root)))):
+                nulls = ", ".join(f'CAST(NULL AS {ty}) AS "{c}"' for c, ty in {**columns, **keys}.items())
+                views.append(f"CREATE OR REPLACE VIEW {target} AS SELECT {nulls} WHERE false")
+                continue
+            struct = ", ".join(f"'{c}': '{ty}'" for c, ty in columns.items())
+            hive = ", ".join(f"'{c}': '{ty}'" for c, ty in keys.items())
+            names = ", ".join(f'"{c}"' for c in {**columns, **keys})
+            views.append(
+                f"CREATE OR REPLACE VIEW {target} AS SELECT {names} FROM read_json({_sql_list([str(pattern)])}, "
+                f"format = 'newline_delimited', compression = 'gzip', columns = {{{struct}}}, hive_partitioning = true, "
+                f"hive_types = {{{hive}}})"
+            )
+        return views
 
     @property
     def pattern(self) -> Path:
@@ -406,6 +436,8 @@ class DuckDBQueryRunner(_Queries):
         """A new connection with the lake's view, as the lake is listed now."""
         con = self._open()
         con.execute(self.view_sql())
+        for sql in self.model_tables_sql():
+            con.execute(sql)
         return con
 
     def _connection(self) -> Any:
@@ -416,6 +448,8 @@ class DuckDBQueryRunner(_Queries):
         if view != self._view:
             self._duck.execute(view)
             self._view = view
+        for sql in self.model_tables_sql():  # small tables, listed on each query: a row written a moment ago is seen
+            self._duck.execute(sql)
         return self._duck
 
     def close(self) -> None:

@@ -681,11 +681,24 @@ def parser() -> argparse.ArgumentParser:
 
     models = sub.add_parser("models", help="manage the model repository")
     models_sub = models.add_subparsers(dest="models_command", required=True)
+    from radstream.model_lifecycle import add_parsers as add_lifecycle_parsers
+
+    add_lifecycle_parsers(models_sub)
     xrv = models_sub.add_parser("import-torchxrayvision", help="put a torchxrayvision DenseNet (weights on disk) into the classifier slot")
     from radstream.models_import import add_arguments as add_import_arguments
 
     add_import_arguments(xrv)
     xrv.set_defaults(func=cmd_import_xrv)
+
+    demo_models = sub.add_parser(
+        "demo-models", help="model lifecycle demo: import a second classifier, run it in shadow, load feedback, compare"
+    )
+    demo_models.add_argument("--data-dir", default="radstream-data", help="folder holding the local buckets (default: ./radstream-data)")
+    demo_models.add_argument("--count", type=positive_int, default=8, help="phantom studies (default 8)")
+    demo_models.add_argument("--json", action="store_true", help="print JSON")
+    from radstream.demo_models import cmd_demo_models
+
+    demo_models.set_defaults(func=cmd_demo_models)
 
     trace = sub.add_parser("trace", help="show the trace of a study's latest run (an X-Ray segment document)")
     trace.add_argument("study_id")

@@ -6,13 +6,15 @@ classifier slot with::
 
     radstream models import-torchxrayvision densenet121-res224-chex.pt --weights-name densenet121-res224-chex --allow-pickle
 
-Each import adds a new version folder (Triton's layout: chest_xray_classifier/<version>/model.onnx;
-Triton and the embedded runtime serve the highest), so telemetry and results tell the models apart by
-version, and the weights' sha256 is in the model card and in every result's provenance.
+The export (torch) writes the ONNX file and a spec (docs/model-lifecycle.md); the import proper is the generic one,
+`radstream.model_lifecycle.import_model`: checked on sample studies, a new version with its own configs and model card,
+the live version untouched (`radstream models activate chest_xray_classifier <version>` makes it live). The weights'
+sha256 is in the model card and in every result's provenance.
 
-Needs the training environment (training/requirements.txt: torch, torchxrayvision, onnx, onnxruntime),
-which `make venv-train` builds as .venv-train; run from .venv (no torch), the command runs the import
-there. This module itself imports without torch. Nothing is downloaded: the weights file must be local.
+The export needs the training environment (training/requirements.txt: torch, torchxrayvision, onnx, onnxruntime),
+which `make venv-train` builds as .venv-train; run from .venv (no torch), the command runs the export there
+(`--export-to`) and the import here. This module itself imports without torch. Nothing is downloaded: the weights
+file must be local.
 """
 
 from __future__ import annotations
@@ -22,7 +24,6 @@ import hashlib
 import importlib.util
 import json
 import os
-import shutil
 import subprocess
 import sys
 from pathlib import Path
@@ -283,17 +284,18 @@ def _state_dict_from(obj, torch):
     raise ValueError(f"unsupported weights object {type(obj).__name__}")
 
 
-def import_torchxrayvision(
+def export_torchxrayvision(
     weights: Path | None,
-    repo: Path,
+    out_dir: Path,
     *,
     random_init: bool = False,
     weights_name: str | None = None,
     pathologies: Sequence[str] | None = None,
     op_threshs: Sequence[float] | None = None,
     allow_pickle: bool = False,
-) -> Path:
-    """Export a torchxrayvision DenseNet from a local weights file into ``repo/chest_xray_classifier``.
+) -> tuple[Path, Path]:
+    """Export a torchxrayvision DenseNet from a local weights file to ``out_dir/model.onnx`` and its spec
+    ``out_dir/spec.yaml`` (JSON, which is YAML), for ``radstream.model_lifecycle.import_model``.
 
     - ``weights``: a state dict, a checkpoint dict holding one, or (``allow_pickle=True``, only for
       files you trust: unpickling runs code) a whole pickled model as torchxrayvision distributes them.
@@ -304,7 +306,7 @@ def import_torchxrayvision(
 
     Output ``probabilities`` [N, 5] in our label order (torchxrayvision's "Effusion" is our
     "Pleural Effusion"): sigmoid of the logits, or torchxrayvision's operating-point normalisation
-    (0.5 = the operating point) when operating points are known. Returns the model folder.
+    (0.5 = the operating point) when operating points are known. Returns (model.onnx, spec.yaml).
     """
     if weights is None and not random_init:
         raise ValueError("weights is required unless random_init=True")
@@ -388,110 +390,69 @@ def import_torchxrayvision(
             return p
 
     wrapped = Wrapped().eval()
-    folder = Path(repo) / CLASSIFIER
-    folder.mkdir(parents=True, exist_ok=True)
-    version = next_version(folder)
-    # Exported and checked in a staging folder, renamed into place last: a failed import leaves no half version.
-    staging = folder / f".import-{version}"
-    shutil.rmtree(staging, ignore_errors=True)
-    staging.mkdir()
-    try:
-        onnx_path = staging / "model.onnx"
-        torch.onnx.export(
-            wrapped,
-            (torch.zeros(2, 1, INPUT_SIZE, INPUT_SIZE),),
-            str(onnx_path),
-            dynamo=False,
-            opset_version=OPSET,
-            input_names=["image"],
-            output_names=["probabilities"],
-            dynamic_axes={"image": {0: "batch"}, "probabilities": {0: "batch"}},
-            do_constant_folding=True,
-        )
-
-        # the exported graph must agree with torch
-        x = (np.random.default_rng(0).random((3, 1, INPUT_SIZE, INPUT_SIZE), dtype=np.float32) * 2 - 1) * 1024
-        with torch.no_grad():
-            ref = wrapped(torch.from_numpy(x)).numpy()
-        got = ort.InferenceSession(str(onnx_path), providers=["CPUExecutionProvider"]).run(None, {"image": x})[0]
-        if not np.allclose(ref, got, atol=1e-4):
-            raise AssertionError(f"onnxruntime output differs from torch by {float(np.abs(ref - got).max())}")
-        _write_slot(
-            folder,
-            version,
-            labels,
-            op,
-            digest,
-            source,
-            weights_name,
-            xrv,
-            "random initialisation (test only)" if random_init or weights is None else f"weights {Path(weights).name} sha256 {digest}",
-        )
-        staging.rename(folder / str(version))
-    except BaseException:
-        shutil.rmtree(staging, ignore_errors=True)
-        raise
-    return folder
+    out_dir = Path(out_dir)
+    out_dir.mkdir(parents=True, exist_ok=True)
+    onnx_path = out_dir / "model.onnx"
+    torch.onnx.export(
+        wrapped,
+        (torch.zeros(2, 1, INPUT_SIZE, INPUT_SIZE),),
+        str(onnx_path),
+        dynamo=False,
+        opset_version=OPSET,
+        input_names=["image"],
+        output_names=["probabilities"],
+        dynamic_axes={"image": {0: "batch"}, "probabilities": {0: "batch"}},
+        do_constant_folding=True,
+    )
+    # the exported graph must agree with torch
+    x = (np.random.default_rng(0).random((3, 1, INPUT_SIZE, INPUT_SIZE), dtype=np.float32) * 2 - 1) * 1024
+    with torch.no_grad():
+        ref = wrapped(torch.from_numpy(x)).numpy()
+    got = ort.InferenceSession(str(onnx_path), providers=["CPUExecutionProvider"]).run(None, {"image": x})[0]
+    if not np.allclose(ref, got, atol=1e-4):
+        raise AssertionError(f"onnxruntime output differs from torch by {float(np.abs(ref - got).max())}")
+    weights_desc = (
+        "random initialisation (test only)" if random_init or weights is None else f"weights {Path(weights).name} sha256 {digest}"
+    )
+    spec = xrv_spec(labels, op, source, weights_name, getattr(xrv, "__version__", "?"), weights_desc)
+    spec_path = out_dir / "spec.yaml"
+    spec_path.write_text(json.dumps(spec, indent=2) + "\n")
+    return onnx_path, spec_path
 
 
-def _write_slot(
-    folder: Path,
-    version: int,
-    labels: list[str],
-    op: list[float] | None,
-    digest: str | None,
-    source: str,
-    weights_name: str | None,
-    xrv,
-    weights_desc: str,
-) -> None:
-    """config.pbtxt (provenance with version and sha256), labels, thresholds and the model card of an imported version."""
-    # config.pbtxt and configs/gpu.pbtxt change together: a GPU node must not serve the old model's settings.
-    (folder / GPU_CONFIG).parent.mkdir(exist_ok=True)
-    for placement, path in (("cpu", folder / "config.pbtxt"), ("gpu", folder / GPU_CONFIG)):
-        path.write_text(
-            triton_config(
-                CLASSIFIER,
-                "chest_xray_classifier: torchxrayvision DenseNet-121 (imported weights)",
-                INPUT_SIZE,
-                "xrv",
-                "classifier",
-                [("probabilities", "TYPE_FP32", [len(FINDINGS)], "labels.txt")],
-                provenance=(f"torchxrayvision DenseNet-121 v{version}, {weights_desc}, not validated by RadStream")
-                .replace('"', "'")
-                .replace("\\", "/"),
-                placement=placement,
-            )
-        )
-    (folder / "labels.txt").write_text("\n".join(FINDINGS) + "\n")
-    (folder / "thresholds.json").write_text(json.dumps({f: 0.5 for f in FINDINGS}, indent=2) + "\n")
-    stale = folder / "metrics.json"  # the reference model's metrics no longer apply
-    if stale.exists():
-        stale.unlink()
+def xrv_spec(labels: list[str], op: list[float] | None, source: str, weights_name: str | None, xrv_version: str, weights_desc: str) -> dict:
+    """The spec of an exported torchxrayvision DenseNet (docs/model-lifecycle.md): the classifier slot, 224 px, xrv."""
     mapping = "\n".join(f"| {f} | {XRV_NAMES[f]} | {labels.index(XRV_NAMES[f])} |" for f in FINDINGS)
-    (folder / "MODEL_CARD.md").write_text(f"""# chest_xray_classifier: torchxrayvision DenseNet-121 (imported)
+    post = (
+        "torchxrayvision operating-point normalisation (0.5 = operating point): " + json.dumps(dict(zip(FINDINGS, op))) if op else "sigmoid"
+    )
+    return {
+        "model": CLASSIFIER,
+        "kind": "classifier",
+        "title": "torchxrayvision DenseNet-121 (imported weights)",
+        "input": {"name": "image", "size": INPUT_SIZE, "channels": 1, "normalization": "xrv", "letterbox": True},
+        "outputs": {"labels": list(FINDINGS), "thresholds": {f: 0.5 for f in FINDINGS}},
+        "provenance": f"torchxrayvision DenseNet-121, {weights_desc}, not validated by RadStream".replace('"', "'").replace("\\", "/"),
+        "intended_use": "Chest radiographs, as far as the weights' provider validated them; choose real thresholds on your own validation data",
+        "limitations": "RadStream has not validated these weights; until they are validated for your use, treat outputs as not for clinical use",
+        "notes": (
+            f"- architecture: `torchxrayvision.models.DenseNet` (torchxrayvision {xrv_version})\n- source: {source}\n"
+            f"- torchxrayvision weights name: {weights_name or 'not given'}\n- output post-processing: {post}\n\n"
+            f"| our label | torchxrayvision pathology | model output index |\n|---|---|---|\n{mapping}\n"
+        ),
+    }
 
-> Imported by `radstream.models_import.import_torchxrayvision`. RadStream has not validated these
-> weights: their clinical validity is whatever their provider established. Until they are validated
-> for your use, treat outputs as not for clinical use.
 
-## Weights
-- version: {version} (folder `{version}/`; earlier versions stay beside it, Triton serves the highest)
-- sha256 of the weights file: {digest or "none (random initialisation)"}
-- architecture: `torchxrayvision.models.DenseNet` (torchxrayvision {getattr(xrv, "__version__", "?")})
-- source: {source}
-- torchxrayvision weights name: {weights_name or "not given"}
-- output post-processing: {"torchxrayvision operating-point normalisation (0.5 = operating point): " + json.dumps(dict(zip(FINDINGS, op))) if op else "sigmoid"}
+def import_torchxrayvision(weights: Path | None, repo: Path, *, weights_name: str | None = None, allow_pickle: bool = False) -> Path:
+    """Export, then the generic import into ``repo/chest_xray_classifier`` as a new version (needs torch and the
+    service packages in one Python). Returns the new version's folder."""
+    import tempfile
 
-## Input and output
-- input `image` FP32 [N, 1, 224, 224], normalisation `xrv` (`(2x - 1) * 1024`, torchxrayvision's convention)
-- output `probabilities` FP32 [N, 5] in the order of `labels.txt`; `thresholds.json` holds 0.5 for
-  each finding (choose real thresholds on your own validation data)
+    from radstream.model_lifecycle import import_model
 
-| our label | torchxrayvision pathology | model output index |
-|---|---|---|
-{mapping}
-""")
+    with tempfile.TemporaryDirectory(prefix="radstream-xrv-") as tmp:
+        onnx_path, spec_path = export_torchxrayvision(weights, Path(tmp), weights_name=weights_name, allow_pickle=allow_pickle)
+        return import_model(onnx_path, spec_path, Path(repo)).folder
 
 
 def run_import(
@@ -501,17 +462,22 @@ def run_import(
     weights_name: str | None = None,
     allow_pickle: bool = False,
     train_python: Path | None = None,
+    export_to: Path | None = None,
     out=None,
     err=None,
 ) -> int:
-    """The `radstream models import-torchxrayvision` command: torch first, then the file, then the import.
+    """The `radstream models import-torchxrayvision` command: torch first, then the file, then the export and the import.
 
-    Without torch here but with the training environment built, the import runs there (same arguments).
+    Without torch here but with the training environment built, the export runs there (same arguments, `--export-to`
+    a temporary folder) and the generic import here. `export_to`: only export (what the training environment is asked).
     """
+    import tempfile
+
     out, err = out or sys.stdout, err or sys.stderr
     missing = missing_modules()
     train_python = TRAIN_PYTHON if train_python is None else train_python
-    delegate = bool(missing) and train_python.is_file() and Path(sys.executable).resolve() != train_python.resolve()
+    # Not the same environment: two venvs' pythons are links to one interpreter, so compare the environments, not the binaries.
+    delegate = bool(missing) and train_python.is_file() and Path(sys.prefix).resolve() != train_python.parent.parent.resolve()
     if missing and not delegate:
         print(f"radstream: {torch_missing_message(missing)}", file=err)
         return EXIT_REFUSED
@@ -521,18 +487,39 @@ def run_import(
     except ImportRefused as e:
         print(f"radstream: {e}", file=err)
         return EXIT_REFUSED
-    if delegate:
-        argv = [str(train_python), "-m", "radstream.models_import", str(weights), "--model-repository", str(repo)]
-        argv += (["--weights-name", weights_name] if weights_name else []) + (["--allow-pickle"] if allow_pickle else [])
-        env = os.environ | {"PYTHONPATH": os.pathsep.join(filter(None, [str(REPO_ROOT), os.environ.get("PYTHONPATH")]))}
-        return subprocess.run(argv, env=env, check=False).returncode
-    try:
-        folder = import_torchxrayvision(weights, repo, weights_name=weights_name, allow_pickle=allow_pickle)
-    except (ImportRefused, ValueError) as e:
-        print(f"radstream: {e}", file=err)
-        return EXIT_REFUSED
-    version = max(int(p.name) for p in folder.iterdir() if p.is_dir() and p.name.isdigit())
-    print(f"imported {weights.name} (sha256 {file_sha256(weights)}) as {CLASSIFIER} version {version} in {folder}", file=out)
+    if export_to is not None:
+        try:
+            export_torchxrayvision(weights, Path(export_to), weights_name=weights_name, allow_pickle=allow_pickle)
+        except (ImportRefused, ValueError) as e:
+            print(f"radstream: {e}", file=err)
+            return EXIT_REFUSED
+        return 0
+    with tempfile.TemporaryDirectory(prefix="radstream-xrv-") as tmp:
+        if delegate:
+            argv = [str(train_python), "-m", "radstream.models_import", str(weights), "--export-to", tmp]
+            argv += (["--weights-name", weights_name] if weights_name else []) + (["--allow-pickle"] if allow_pickle else [])
+            env = os.environ | {"PYTHONPATH": os.pathsep.join(filter(None, [str(REPO_ROOT), os.environ.get("PYTHONPATH")]))}
+            code = subprocess.run(argv, env=env, check=False).returncode
+            if code:
+                return code
+        else:
+            try:
+                export_torchxrayvision(weights, Path(tmp), weights_name=weights_name, allow_pickle=allow_pickle)
+            except (ImportRefused, ValueError) as e:
+                print(f"radstream: {e}", file=err)
+                return EXIT_REFUSED
+        from radstream.model_lifecycle import ImportRefused as Refused, import_model
+
+        try:
+            imported = import_model(Path(tmp) / "model.onnx", Path(tmp) / "spec.yaml", repo)
+        except Refused as e:
+            print(f"radstream: {e}", file=err)
+            return EXIT_REFUSED
+    print(
+        f"imported {weights.name} (sha256 {file_sha256(weights)}) as {CLASSIFIER} version {imported.version} in {imported.folder}; "
+        f"live unchanged: `radstream models activate {CLASSIFIER} {imported.version}` makes it live",
+        file=out,
+    )
     return 0
 
 
@@ -554,9 +541,13 @@ def main(argv: list[str] | None = None) -> int:
         prog="python -m radstream.models_import", description="import torchxrayvision weights into chest_xray_classifier"
     )
     add_arguments(parser)
+    parser.add_argument(
+        "--export-to", help="only export: write model.onnx and spec.yaml into this folder (the training environment's half)"
+    )
     args = parser.parse_args(argv)
     repo = Path(args.model_repository) if args.model_repository else REPO_ROOT / "services" / "triton" / "model_repository"
-    return run_import(Path(args.weights), repo, weights_name=args.weights_name, allow_pickle=args.allow_pickle)
+    export_to = Path(args.export_to) if args.export_to else None
+    return run_import(Path(args.weights), repo, weights_name=args.weights_name, allow_pickle=args.allow_pickle, export_to=export_to)
 
 
 if __name__ == "__main__":

@@ -10,7 +10,7 @@ from __future__ import annotations
 from datetime import datetime
 from typing import Any, Literal
 
-from pydantic import BaseModel
+from pydantic import BaseModel, field_validator
 
 from shared.contracts import Detection, Finding, ModelRef, ObjectRef, QualityFlag, ReportSentence, TelemetryRecord
 
@@ -74,6 +74,8 @@ class ValidatedStudy(StageOutput):
     view_position: str
     modality: str
     priority: str
+    site: str | None = None  # the sidecar's source, or a pseudonym of the DICOM institution (services/validate)
+    scanner: str | None = None  # DICOM manufacturer and model
 
 
 # --- PrepareTensors ---
@@ -92,11 +94,14 @@ class OriginalImage(BaseModel):
     intensity_rule: str | None = None
     # What looks wrong with the picture (docs/models.md, "Quality flags"), for the result; never changes findings.
     quality_flags: list[QualityFlag] = []
+    exposure: float | None = None  # mean intensity of the picture, 0..1 (services/prepare): watched for drift
 
 
 class PreparedTensors(StageOutput):
     original: OriginalImage
     tensors: dict[str, TensorRef]
+    # How many shadow candidates have a tensor here (docs/model-lifecycle.md): RunModels' Shadow branch runs only then.
+    shadow_candidates: int = 0
 
 
 # --- RunModels (one branch per model) ---
@@ -129,6 +134,29 @@ class ModelOutput(StageOutput):
 
 
 # --- StoreResults ---
+# --- RunModels' Shadow branch (docs/model-lifecycle.md) ---
+class ShadowRequest(BaseModel):
+    """The shadow candidates of every model that has one, on this study's tensors (keys `<model>@<version>`)."""
+
+    shadow: Literal[True] = True
+    study_id: str
+    tensors: dict[str, TensorRef]
+    execution_id: str = "direct-invoke"
+
+
+class ShadowRun(BaseModel):
+    model: ModelRef
+    kind: Literal["classifier", "detector", "encoder"]
+    latency_ms: float
+    output: ObjectRef  # results/shadow/<study_id>/<model>/<version>.json: never read by the store, exports or notifications
+
+
+class ShadowOutput(StageOutput):
+    shadow: list[ShadowRun] = []
+    lake: ObjectRef | None = None  # the study's model_outputs rows, role=shadow
+    skipped: str | None = None  # why nothing ran (no candidate, the study not in any candidate's share)
+
+
 class StoreRequest(BaseModel):
     study: ValidatedStudy
     tensors: PreparedTensors
@@ -136,6 +164,14 @@ class StoreRequest(BaseModel):
     execution_id: str = "direct-invoke"
     started_at: datetime | None = None  # the execution's start ($$.Execution.StartTime): the result's end-to-end time
     uploaded_at: datetime | None = None  # the study's arrival (the upload event's time): telemetry's arrival-to-result
+
+    @field_validator("inference", mode="before")
+    @classmethod
+    def _live_outputs_only(cls, value: Any) -> Any:
+        """RunModels' Shadow branch answers beside the live models: its output (or its skip) never reaches the result."""
+        if isinstance(value, list):
+            return [item for item in value if not (item is None or (isinstance(item, dict) and "shadow" in item))]
+        return value
 
 
 class StoredResult(StageOutput):

@@ -18,6 +18,7 @@ CloudWatch keeps in the log line but does not turn into dimensions):
 | `PositiveFindings` | Count | service, label | each finding above its threshold in a stored result |
 | `Detections` | Count | service, label | each box in a stored result |
 | `ModelLatency` | Milliseconds | service, model, model_version | each inference |
+| `InputExposure` | None | service | each prepared study: the picture's mean intensity, 0..1 (input drift; docs/model-lifecycle.md) |
 
 Why one document per dimension set, and not Powertools' module-wide `Metrics`: `Metrics` keeps one metric set in
 class attributes shared by every instance in the process, so two studies running at once in the local runtime's
@@ -109,6 +110,7 @@ def stage_metrics(
     study_id: str | None = None,
     execution_id: str | None = None,
     service: str | None = None,
+    exposure: float | None = None,
 ) -> list[dict[str, Any]]:
     """The EMF documents for one stage invocation, one per dimension set (see the module's table).
 
@@ -163,6 +165,8 @@ def stage_metrics(
         boxes[str(detection["label"])] = boxes.get(str(detection["label"]), 0) + 1
     for label, count in sorted(boxes.items()):
         documents.append(_document({"label": label}, [("Detections", MetricUnit.Count, count)], metadata, service))
+    if exposure is not None:
+        documents.append(_document({}, [("InputExposure", MetricUnit.NoUnit, exposure)], metadata, service))
     for model in models:
         documents.append(
             _document(

@@ -28,7 +28,7 @@ from pydantic import ValidationError
 
 from shared.contracts import ModelRef, Stage, TelemetryRecord
 from shared.errors import MalformedEvent, NativeLibraryPanic, RadStreamError, is_native_panic
-from shared.messages import ModelOutput, RecordedFailure, StageOutput, StoredResult, study_id_from_key
+from shared.messages import ModelOutput, PreparedTensors, RecordedFailure, StageOutput, StoredResult, study_id_from_key
 from shared.metrics import EmfWriter, ModelLatency, StdoutEmf, stage_metrics
 from shared.settings import Settings
 
@@ -286,6 +286,8 @@ def _output_metrics(output: StageOutput, duration_ms: float) -> dict[str, Any]:
         values["detections"] = [d.model_dump() for d in output.detections or []]
         if output.model:
             values["models"] = [ModelLatency(output.model.name, output.model.version, duration_ms)]
+    elif isinstance(output, PreparedTensors) and output.original.exposure is not None:
+        values["exposure"] = output.original.exposure
     elif isinstance(output, StoredResult):
         values["study_status"] = "succeeded"
     elif isinstance(output, RecordedFailure):

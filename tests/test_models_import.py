@@ -77,17 +77,49 @@ def test_without_torch_the_import_runs_in_the_training_environment(monkeypatch, 
     )
     assert rc == 7, "the training environment's exit status is the command's"
     seen = json.loads(record.read_text())
-    assert seen["argv"] == [
-        "-m",
-        "radstream.models_import",
-        str(weights),
-        "--model-repository",
-        str(tmp_path / "repo"),
-        "--weights-name",
-        "densenet121-res224-chex",
-        "--allow-pickle",
-    ]
+    assert seen["argv"][:4] == ["-m", "radstream.models_import", str(weights), "--export-to"]
+    assert seen["argv"][5:] == ["--weights-name", "densenet121-res224-chex", "--allow-pickle"]
     assert str(models_import.REPO_ROOT) in seen["pythonpath"].split(":")
+
+
+def test_the_export_is_imported_as_a_new_version_through_the_generic_path(monkeypatch, tmp_path, capsys):
+    """The training environment's half (here a stand-in writing a small classifier of the slot's shape, 224 px, xrv, five
+    labels, and the spec export_torchxrayvision writes) then `models import`'s half in this environment: a new version
+    with its own configs and card, the live version untouched."""
+    import shutil
+
+    from radstream.models_import import xrv_spec
+    from radstream.phantoms import FINDINGS
+    from shared.model_repository import ModelRepository, read_pointer
+    from shared.settings import DEFAULT_MODEL_REPOSITORY
+
+    spec = xrv_spec([models_import.XRV_NAMES[f] for f in FINDINGS], None, "test stand-in", None, "0", "weights w.pt sha256 " + "ab" * 32)
+    fake = tmp_path / "bin" / "python"
+    fake.parent.mkdir()
+    fake.write_text(
+        f"#!{sys.executable}\nimport json, sys\nimport onnx\nfrom onnx import TensorProto, helper\n"
+        "out = sys.argv[sys.argv.index('--export-to') + 1]\n"
+        "nodes = [helper.make_node('ReduceMean', ['image'], ['m'], axes=[2, 3], keepdims=0),\n"
+        "         helper.make_node('Tile', ['m', 'reps'], ['t']), helper.make_node('Sigmoid', ['t'], ['probabilities'])]\n"
+        "graph = helper.make_graph(nodes, 'stand_in', [helper.make_tensor_value_info('image', TensorProto.FLOAT, ['N', 1, 224, 224])],\n"
+        "    [helper.make_tensor_value_info('probabilities', TensorProto.FLOAT, ['N', 5])], [helper.make_tensor('reps', TensorProto.INT64, [2], [1, 5])])\n"
+        "model = helper.make_model(graph, opset_imports=[helper.make_opsetid('', 13)]); model.ir_version = 8\n"
+        "onnx.save(model, out + '/model.onnx')\n"
+        f"open(out + '/spec.yaml', 'w').write({json.dumps(spec)!r})\n"
+    )
+    fake.chmod(0o755)
+    monkeypatch.setattr(models_import, "TRAIN_PYTHON", fake)
+    repo = tmp_path / "repo"
+    shutil.copytree(DEFAULT_MODEL_REPOSITORY, repo)
+    (tmp_path / "w.pt").write_bytes(b"weights")
+    assert main(["models", "import-torchxrayvision", str(tmp_path / "w.pt"), "--model-repository", str(repo)]) == 0
+    assert "version 2" in capsys.readouterr().out
+    assert read_pointer(repo / "chest_xray_classifier").live == "1"
+    assert ModelRepository(repo).get("chest_xray_classifier").version == "1"
+    new = repo / "chest_xray_classifier" / "2"
+    assert "KIND_GPU" in (new / "gpu.pbtxt").read_text() and "ab" * 32 in (new / "config.pbtxt").read_text()
+    card = (new / "MODEL_CARD.md").read_text()
+    assert "torchxrayvision pathology" in card and "not validated" in card
 
 
 def test_each_import_is_a_new_version(tmp_path):

@@ -195,11 +195,11 @@ def test_inference_retries_outlast_an_outage_of_many_attempts(tmp_path, monkeypa
     calls: dict[str, int] = {}
     infer = OnnxRuntimeBackend.infer
 
-    def restarting(self, model_name, inputs, priority=0):
+    def restarting(self, model_name, inputs, priority=0, version=None):
         calls[model_name] = calls.get(model_name, 0) + 1
         if calls[model_name] <= failed_calls:
             raise InferenceUnavailable("Triton restarting (test)")
-        return infer(self, model_name, inputs, priority)
+        return infer(self, model_name, inputs, priority, version)
 
     monkeypatch.setattr(OnnxRuntimeBackend, "infer", restarting)
     sleeps: list[float] = []
@@ -218,7 +218,7 @@ def test_a_transient_failure_is_resumed_and_its_record_removed(tmp_path, monkeyp
     folders = write_demo_studies(tmp_path / "studies", 1, size=128, invalid=False)[:1]
     settings = Settings(data_dir=tmp_path / "data")
 
-    def down(self, model_name, inputs, priority=0):
+    def down(self, model_name, inputs, priority=0, version=None):
         raise InferenceUnavailable("Triton down (test)")
 
     with monkeypatch.context() as m:

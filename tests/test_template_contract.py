@@ -61,9 +61,9 @@ def test_permanent_errors_are_never_retried(template):
 
 def test_every_task_calls_a_handler_that_imports(template):
     tasks = [s for _, s in walk_states(template.definition()["States"]) if s["Type"] == "Task"]
-    # validate, prepare, 3 model branches, store, export, deliver and its dead letter, the export's failure record
-    # (DICOM studies), notify and its dead letter, telemetry, record failure, failure telemetry
-    assert len(tasks) == 15
+    # validate, prepare, 3 model branches and the shadow candidates' branch, store, export, deliver and its dead letter,
+    # the export's failure record (DICOM studies), notify and its dead letter, telemetry, record failure, failure telemetry
+    assert len(tasks) == 16
     for task in tasks:
         module, _, attribute = template.handler_for(task["Resource"]).rpartition(".")
         assert callable(getattr(importlib.import_module(module), attribute))

@@ -5,6 +5,7 @@
 Deterministic and without torch: texts and embeddings stay exactly as trained; only the tags are
 (re)written. train_reference_models.py writes the same tags when it builds a bank.
 """
+
 from __future__ import annotations
 
 import json

@@ -230,8 +230,14 @@ def build_models():
         def __init__(self):
             super().__init__()
             self.body = nn.Sequential(
-                cbr(1, 24, 4, 4), cbr(24, 32), cbr(32, 48, 2), cbr(48, 48),
-                cbr(48, 96, 2), cbr(96, 96), cbr(96, 128, 2), cbr(128, 128),
+                cbr(1, 24, 4, 4),
+                cbr(24, 32),
+                cbr(32, 48, 2),
+                cbr(48, 48),
+                cbr(48, 96, 2),
+                cbr(96, 96),
+                cbr(96, 128, 2),
+                cbr(128, 128),
             )
 
         def forward(self, x):
@@ -554,10 +560,14 @@ def verify_onnx(module, x: np.ndarray, path: Path, atol: float) -> dict:
         sc = ref[names.index("scores")]
         gap = np.minimum(np.abs(np.diff(sc, axis=1, prepend=np.inf)), np.abs(np.diff(sc, axis=1, append=-np.inf)))
         keep = gap > 1e-5
-        ref = [r if n == "scores" else np.where(keep.reshape(keep.shape + (1,) * (r.ndim - 2)), r, 0).astype(r.dtype)
-               for n, r in zip(names, ref)]
-        got = [g if n == "scores" else np.where(keep.reshape(keep.shape + (1,) * (g.ndim - 2)), g, 0).astype(g.dtype)
-               for n, g in zip(names, got)]
+        ref = [
+            r if n == "scores" else np.where(keep.reshape(keep.shape + (1,) * (r.ndim - 2)), r, 0).astype(r.dtype)
+            for n, r in zip(names, ref)
+        ]
+        got = [
+            g if n == "scores" else np.where(keep.reshape(keep.shape + (1,) * (g.ndim - 2)), g, 0).astype(g.dtype)
+            for n, g in zip(names, got)
+        ]
         diffs["compared_slots"] = float(keep.mean())
     for o, r, g in zip(sess.get_outputs(), ref, got):
         if r.dtype != g.dtype or r.shape != g.shape:
@@ -591,9 +601,15 @@ def ort_latency_ms(path: Path, size: int, runs: int = 30) -> float:
 
 
 def config_pbtxt(name, title, size, norm, kind, outputs) -> str:
-    return triton_config(name, f"{title}\n# Reference model trained on synthetic phantoms by "
-                         "training/train_reference_models.py: NOT for clinical use.", size, norm, kind, outputs,
-                         provenance=PROVENANCE)
+    return triton_config(
+        name,
+        f"{title}\n# Reference model trained on synthetic phantoms by training/train_reference_models.py: NOT for clinical use.",
+        size,
+        norm,
+        kind,
+        outputs,
+        provenance=PROVENANCE,
+    )
 
 
 def _fmt(v: float) -> str:
@@ -627,14 +643,14 @@ Consolidation: patchy lobar opacity; Edema: bilateral perihilar haze; Pleural Ef
 fluid level with meniscus) and 0-3 localized lesions (`nodule_mass`: round dense blob;
 `focal_opacity`: irregular patch) with boxes. Phantoms are generated at {GEN_SIZE}x{GEN_SIZE}, passed through the
 intensity rule prepare applies (`shared.pixels.percentile_window`: 0.5th..99.5th percentile to black..white,
-docs/models.md "Intensity") and resized (INTER_AREA) to the input size. Splits (disjoint per-sample seeds): train {counts['train']},
-validation {counts['val']} (thresholds), held-out test {counts['test']} (metrics below).
+docs/models.md "Intensity") and resized (INTER_AREA) to the input size. Splits (disjoint per-sample seeds): train {counts["train"]},
+validation {counts["val"]} (thresholds), held-out test {counts["test"]} (metrics below).
 
 ## Held-out metrics (synthetic test phantoms; say nothing about real radiographs)
 {metrics_md}
 
 ## Reproducibility
-`training/train_reference_models.py --seed {args.seed}{' --quick' if args.quick else ''}` (epochs: {args.epochs_desc});
+`training/train_reference_models.py --seed {args.seed}{" --quick" if args.quick else ""}` (epochs: {args.epochs_desc});
 fixed seeds, `torch.use_deterministic_algorithms(True)`, {args.threads} torch thread(s), ONNX opset {OPSET}
 (legacy exporter), outputs checked against torch with onnxruntime. Rerunning with the same seed on the
 same kind of machine regenerates these weights and numbers.
@@ -686,7 +702,7 @@ def run(args) -> dict:
     if "chest_xray_classifier" in only:
         log("training chest_xray_classifier")
         clf = train_classifier(Classifier, data, epochs["classifier"], args.seed, log)
-        xrv = lambda a: (a.astype(np.float32) * 2048.0 - 1024.0)  # noqa: E731
+        xrv = lambda a: a.astype(np.float32) * 2048.0 - 1024.0  # noqa: E731
         p_val = _predict(clf, xrv(data["val"]["img224"]))
         p_test = _predict(clf, xrv(data["test"]["img224"]))
         thresholds = {f: round(youden_threshold(data["val"]["y"][:, i], p_val[:, i]), 4) for i, f in enumerate(FINDINGS)}
@@ -695,27 +711,41 @@ def run(args) -> dict:
         mean_auc = float(np.mean(valid)) if valid else float("nan")
         log(f"  AUROC {json.dumps({k: round(v, 4) for k, v in aurocs.items()})} mean {mean_auc:.4f}")
         d = out / "chest_xray_classifier"
-        export_onnx(clf, torch.zeros(2, 1, CLS_SIZE, CLS_SIZE), d / "1" / "model.onnx", ["probabilities"],
-                        {"probabilities": [len(FINDINGS)]})
+        export_onnx(
+            clf, torch.zeros(2, 1, CLS_SIZE, CLS_SIZE), d / "1" / "model.onnx", ["probabilities"], {"probabilities": [len(FINDINGS)]}
+        )
         diffs = verify_onnx(clf, xrv(data["test"]["img224"][:8]), d / "1" / "model.onnx", 1e-4)
-        (d / "config.pbtxt").write_text(config_pbtxt(
-            "chest_xray_classifier", "chest_xray_classifier: 5 findings, sigmoid probabilities", CLS_SIZE, "xrv",
-            "classifier", [("probabilities", "TYPE_FP32", [len(FINDINGS)], "labels.txt")]))
+        (d / "config.pbtxt").write_text(
+            config_pbtxt(
+                "chest_xray_classifier",
+                "chest_xray_classifier: 5 findings, sigmoid probabilities",
+                CLS_SIZE,
+                "xrv",
+                "classifier",
+                [("probabilities", "TYPE_FP32", [len(FINDINGS)], "labels.txt")],
+            )
+        )
         (d / "labels.txt").write_text("\n".join(FINDINGS) + "\n")
         (d / "thresholds.json").write_text(json.dumps(thresholds, indent=2) + "\n")
-        rows = "\n".join(f"| {f} | {_fmt(aurocs[f])} | {thresholds[f]} | {int(data['test']['y'][:, i].sum())} |"
-                         for i, f in enumerate(FINDINGS))
+        rows = "\n".join(
+            f"| {f} | {_fmt(aurocs[f])} | {thresholds[f]} | {int(data['test']['y'][:, i].sum())} |" for i, f in enumerate(FINDINGS)
+        )
         cls_metrics = {"auroc": aurocs, "mean_auroc": mean_auc, "thresholds": thresholds}
-        (d / "MODEL_CARD.md").write_text(model_card(
-            "chest_xray_classifier",
-            "Multi-label classification of 5 findings (Atelectasis, Cardiomegaly, Consolidation, Edema, "
-            "Pleural Effusion). A small CNN (4x4 patchify stem, 7 conv-BN-ReLU layers, avg+max pooling, linear).",
-            "- input `image` FP32 [N, 1, 224, 224], normalisation `xrv`: `(2x - 1) * 1024`\n"
-            "- output `probabilities` FP32 [N, 5], sigmoid applied, order of `labels.txt`\n"
-            "- `thresholds.json`: per-finding decision thresholds chosen on the validation split (Youden's J)",
-            "| finding | AUROC (test) | threshold (val) | positives (test) |\n|---|---|---|---|\n" + rows +
-            f"\n\nMean AUROC: **{_fmt(mean_auc)}**",
-            args, n))
+        (d / "MODEL_CARD.md").write_text(
+            model_card(
+                "chest_xray_classifier",
+                "Multi-label classification of 5 findings (Atelectasis, Cardiomegaly, Consolidation, Edema, "
+                "Pleural Effusion). A small CNN (4x4 patchify stem, 7 conv-BN-ReLU layers, avg+max pooling, linear).",
+                "- input `image` FP32 [N, 1, 224, 224], normalisation `xrv`: `(2x - 1) * 1024`\n"
+                "- output `probabilities` FP32 [N, 5], sigmoid applied, order of `labels.txt`\n"
+                "- `thresholds.json`: per-finding decision thresholds chosen on the validation split (Youden's J)",
+                "| finding | AUROC (test) | threshold (val) | positives (test) |\n|---|---|---|---|\n"
+                + rows
+                + f"\n\nMean AUROC: **{_fmt(mean_auc)}**",
+                args,
+                n,
+            )
+        )
         (d / "metrics.json").write_text(json.dumps(cls_metrics, indent=2, sort_keys=True) + "\n")
         summary["chest_xray_classifier"] = {**cls_metrics, "onnx_max_abs_diff": diffs}
 
@@ -731,32 +761,48 @@ def run(args) -> dict:
         mean_ap = float(np.mean(valid)) if valid else float("nan")
         log(f"  AP@0.5 {json.dumps({k: round(v, 4) for k, v in aps.items()})} mAP {mean_ap:.4f} score_thr {score_thr} (val F1 {f1:.3f})")
         d = out / "anomaly_detector"
-        export_onnx(det, torch.zeros(2, 1, DET_SIZE, DET_SIZE), d / "1" / "model.onnx", ["boxes", "scores", "classes"],
-                        {"boxes": [K, 4], "scores": [K], "classes": [K]})
+        export_onnx(
+            det,
+            torch.zeros(2, 1, DET_SIZE, DET_SIZE),
+            d / "1" / "model.onnx",
+            ["boxes", "scores", "classes"],
+            {"boxes": [K, 4], "scores": [K], "classes": [K]},
+        )
         diffs = verify_onnx(det, data["test"]["img256"][:8].astype(np.float32), d / "1" / "model.onnx", 1e-3)
-        (d / "config.pbtxt").write_text(config_pbtxt(
-            "anomaly_detector", "anomaly_detector: CenterNet-style boxes, decoded in-graph (TopK 16)", DET_SIZE, "unit",
-            "detector", [("boxes", "TYPE_FP32", [K, 4], None), ("scores", "TYPE_FP32", [K], None),
-                         ("classes", "TYPE_INT32", [K], None)]))
+        (d / "config.pbtxt").write_text(
+            config_pbtxt(
+                "anomaly_detector",
+                "anomaly_detector: CenterNet-style boxes, decoded in-graph (TopK 16)",
+                DET_SIZE,
+                "unit",
+                "detector",
+                [("boxes", "TYPE_FP32", [K, 4], None), ("scores", "TYPE_FP32", [K], None), ("classes", "TYPE_INT32", [K], None)],
+            )
+        )
         (d / "labels.txt").write_text("\n".join(LESION_LABELS) + "\n")
         (d / "thresholds.json").write_text(json.dumps({"score_threshold": score_thr}, indent=2) + "\n")
         n_gt = {lab: int(sum((g[:, 4] == i).sum() for g in data["test"]["boxes"])) for i, lab in enumerate(LESION_LABELS)}
         rows = "\n".join(f"| {lab} | {_fmt(aps[lab])} | {n_gt[lab]} |" for lab in LESION_LABELS)
         det_metrics = {"ap50": aps, "map50": mean_ap, "score_threshold": score_thr, "val_f1_at_threshold": f1}
-        (d / "MODEL_CARD.md").write_text(model_card(
-            "anomaly_detector",
-            "Localizes `nodule_mass` and `focal_opacity` lesions. CenterNet-style: stride-4 class heatmaps, "
-            "log box size and sub-cell offset, with decoding (3x3 max-pool peaks, TopK K=16, box construction, "
-            "sigmoid scores) inside the ONNX graph.",
-            "- input `image` FP32 [N, 1, 256, 256], normalisation `unit` ([0, 1])\n"
-            "- output `boxes` FP32 [N, 16, 4]: x1, y1, x2, y2 in model-input pixels (0..256)\n"
-            "- output `scores` FP32 [N, 16] in [0, 1], sorted descending\n"
-            "- output `classes` INT32 [N, 16]: index into `labels.txt`\n"
-            "- `thresholds.json`: `score_threshold` chosen on the validation split (best F1 at IoU 0.5)",
-            "| class | AP@0.5 (test) | boxes (test) |\n|---|---|---|\n" + rows +
-            f"\n\nmAP@0.5: **{_fmt(mean_ap)}** (VOC all-point AP, IoU 0.5, all 16 slots ranked by score). "
-            f"Score threshold {score_thr} (validation F1 {f1:.3f}).",
-            args, n))
+        (d / "MODEL_CARD.md").write_text(
+            model_card(
+                "anomaly_detector",
+                "Localizes `nodule_mass` and `focal_opacity` lesions. CenterNet-style: stride-4 class heatmaps, "
+                "log box size and sub-cell offset, with decoding (3x3 max-pool peaks, TopK K=16, box construction, "
+                "sigmoid scores) inside the ONNX graph.",
+                "- input `image` FP32 [N, 1, 256, 256], normalisation `unit` ([0, 1])\n"
+                "- output `boxes` FP32 [N, 16, 4]: x1, y1, x2, y2 in model-input pixels (0..256)\n"
+                "- output `scores` FP32 [N, 16] in [0, 1], sorted descending\n"
+                "- output `classes` INT32 [N, 16]: index into `labels.txt`\n"
+                "- `thresholds.json`: `score_threshold` chosen on the validation split (best F1 at IoU 0.5)",
+                "| class | AP@0.5 (test) | boxes (test) |\n|---|---|---|\n"
+                + rows
+                + f"\n\nmAP@0.5: **{_fmt(mean_ap)}** (VOC all-point AP, IoU 0.5, all 16 slots ranked by score). "
+                f"Score threshold {score_thr} (validation F1 {f1:.3f}).",
+                args,
+                n,
+            )
+        )
         (d / "metrics.json").write_text(json.dumps(det_metrics, indent=2, sort_keys=True) + "\n")
         summary["anomaly_detector"] = {**det_metrics, "onnx_max_abs_diff": diffs}
 
@@ -774,29 +820,40 @@ def run(args) -> dict:
         diffs = verify_onnx(enc, data["test"]["img224"][:8].astype(np.float32), d / "1" / "model.onnx", 1e-4)
         bank = {"dim": EMB_DIM, "sentences": [sentence_bank_entry(s, txt[i]) for i, s in enumerate(SENTENCE_BANK)]}
         (d / "1" / "sentence_bank.json").write_text(json.dumps(bank) + "\n")
-        (d / "config.pbtxt").write_text(config_pbtxt(
-            "report_encoder", "report_encoder: 128-d L2-normalised image embedding", ENC_SIZE, "unit", "encoder",
-            [("embedding", "TYPE_FP32", [EMB_DIM], None)]))
+        (d / "config.pbtxt").write_text(
+            config_pbtxt(
+                "report_encoder",
+                "report_encoder: 128-d L2-normalised image embedding",
+                ENC_SIZE,
+                "unit",
+                "encoder",
+                [("embedding", "TYPE_FP32", [EMB_DIM], None)],
+            )
+        )
         (d / "labels.txt").write_text("\n".join(SENTENCE_BANK) + "\n")
         (d / "thresholds.json").write_text("{}\n")
         enc_metrics = {"retrieval": ret}
-        (d / "MODEL_CARD.md").write_text(model_card(
-            "report_encoder",
-            "Image tower of a jointly trained image/sentence embedding. The text side is a learned embedding "
-            f"per sentence of a fixed bank of {len(SENTENCE_BANK)} report sentences (the sentences the phantoms' "
-            "reports are written from), stored in `1/sentence_bank.json`; trained with a sigmoid (SigLIP-style) "
-            "contrastive loss so that an image retrieves the sentences describing it. The draft report takes the "
-            "most similar sentences that agree with the classifier's and detector's decisions.",
-            "- input `image` FP32 [N, 1, 224, 224], normalisation `unit` ([0, 1])\n"
-            "- output `embedding` FP32 [N, 128], L2-normalised\n"
-            "- `1/sentence_bank.json`: `{\"dim\": 128, \"sentences\": [{\"text\", \"asserts\", \"negates\", \"embedding\"}]}`; "
-            "`asserts`/`negates` name the classifier findings and detector lesions a sentence affirms or denies\n"
-            "- `labels.txt`: the sentence texts in bank order; `thresholds.json` is empty (no thresholds)",
-            "| metric | test |\n|---|---|\n"
-            f"| recall@k (k = number of true sentences of the image) | {_fmt(ret['recall_at_k'])} |\n"
-            f"| top-1 sentence correct | {_fmt(ret['top1_accuracy'])} |\n"
-            f"| whole report exact (top-k == true set) | {_fmt(ret['exact_report_rate'])} |",
-            args, n))
+        (d / "MODEL_CARD.md").write_text(
+            model_card(
+                "report_encoder",
+                "Image tower of a jointly trained image/sentence embedding. The text side is a learned embedding "
+                f"per sentence of a fixed bank of {len(SENTENCE_BANK)} report sentences (the sentences the phantoms' "
+                "reports are written from), stored in `1/sentence_bank.json`; trained with a sigmoid (SigLIP-style) "
+                "contrastive loss so that an image retrieves the sentences describing it. The draft report takes the "
+                "most similar sentences that agree with the classifier's and detector's decisions.",
+                "- input `image` FP32 [N, 1, 224, 224], normalisation `unit` ([0, 1])\n"
+                "- output `embedding` FP32 [N, 128], L2-normalised\n"
+                '- `1/sentence_bank.json`: `{"dim": 128, "sentences": [{"text", "asserts", "negates", "embedding"}]}`; '
+                "`asserts`/`negates` name the classifier findings and detector lesions a sentence affirms or denies\n"
+                "- `labels.txt`: the sentence texts in bank order; `thresholds.json` is empty (no thresholds)",
+                "| metric | test |\n|---|---|\n"
+                f"| recall@k (k = number of true sentences of the image) | {_fmt(ret['recall_at_k'])} |\n"
+                f"| top-1 sentence correct | {_fmt(ret['top1_accuracy'])} |\n"
+                f"| whole report exact (top-k == true set) | {_fmt(ret['exact_report_rate'])} |",
+                args,
+                n,
+            )
+        )
         (d / "metrics.json").write_text(json.dumps(enc_metrics, indent=2, sort_keys=True) + "\n")
         summary["report_encoder"] = {**enc_metrics, "onnx_max_abs_diff": diffs}
 
@@ -843,8 +900,12 @@ def main(argv: list[str] | None = None) -> int:
     ap.add_argument("--epochs-cls", type=int, default=4)
     ap.add_argument("--epochs-det", type=int, default=4)
     ap.add_argument("--epochs-enc", type=int, default=3)
-    ap.add_argument("--only", action="append", choices=MODEL_NAMES,
-                    help="train only this model (repeatable); each model's result does not depend on the others")
+    ap.add_argument(
+        "--only",
+        action="append",
+        choices=MODEL_NAMES,
+        help="train only this model (repeatable); each model's result does not depend on the others",
+    )
     ap.add_argument("--summary", type=Path, help="also write the run summary (metrics, sizes, latency) as JSON")
     args = ap.parse_args(argv)
 

@@ -20,6 +20,11 @@ def add_console_parsers(subparsers: Any) -> None:
     console.add_argument(
         "--allow-remote", action="store_true", help="allow binding an address other than loopback (the console has no login)"
     )
+    console.add_argument(
+        "--feedback",
+        action="store_true",
+        help="accept radiologists' verdicts on study pages (recorded in the lake with reader id and time); otherwise read-only",
+    )
     console.set_defaults(func=cmd_console)
 
     report = subparsers.add_parser("report", help="write the console's pages as static HTML, with a PNG overlay per study")
@@ -66,8 +71,9 @@ def cmd_console(args: argparse.Namespace) -> int:
         )
     data = console_data(args)
     data.warm()
-    server = ConsoleServer(data, args.host, args.port)
-    print(f"RadStream console: {server.url}  (read-only; reference models, not for clinical use; Ctrl-C to stop)", flush=True)
+    server = ConsoleServer(data, args.host, args.port, feedback=args.feedback)
+    posture = "accepts feedback" if args.feedback else "read-only"
+    print(f"RadStream console: {server.url}  ({posture}; reference models, not for clinical use; Ctrl-C to stop)", flush=True)
     try:
         server.serve_forever()
     except KeyboardInterrupt:

@@ -155,8 +155,12 @@ class LakeSnapshotRunner(DuckDBQueryRunner):
             self.refresh()  # the first query waits: nothing is loaded yet
         else:
             self._background.poke()  # new objects arrive for a later query; this one answers from what is loaded
+        model_tables = "${TelemetryTable}" not in self.query(name).sql  # the model queries read the lake's small model tables
         with self._lock:
             try:
+                if model_tables:
+                    for view in self.model_tables_sql():
+                        self._con.execute(view)
                 cursor = self._con.execute(sql, values)
                 columns = [d[0] for d in cursor.description]
                 rows = [tuple(float(v) if isinstance(v, Decimal) else v for v in row) for row in cursor.fetchall()]
@@ -445,9 +449,11 @@ class ConsoleData:
         refresh_s: float = 2.0,
         readers: int = 1,
         clock: Callable[[], datetime] | None = None,
+        lake_bucket: str = "telemetry",
     ) -> None:
         self.store = store
         self.results_bucket = results_bucket
+        self.lake_bucket = lake_bucket  # where feedback from the console goes (the telemetry bucket's feedback table)
         self.queries = queries
         self.mode = mode
         self.data_dir = Path(data_dir) if data_dir else None
@@ -656,6 +662,7 @@ def local_data(
         mode="local",
         data_dir=data_dir,
         refresh_s=refresh_s,
+        lake_bucket=telemetry_bucket,
     )
 
 
@@ -671,4 +678,5 @@ def aws_data(settings: Any, *, workgroup: str, database: str, ttl_s: float = 60.
         mode="aws",
         refresh_s=ttl_s,
         readers=16,
+        lake_bucket=settings.telemetry_bucket,
     )

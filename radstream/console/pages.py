@@ -23,6 +23,15 @@ RANGES = (1, 7, 30, 90)  # days: the named queries' window parameter
 DEFAULT_DAYS = 7
 TABLE_ROWS = 100  # rows of a query shown under its chart; all of them are in its JSON
 MAX_COLUMNS = 300  # time buckets in the throughput chart
+# The Models page (docs/model-lifecycle.md): template.yaml's model-table queries; model_drift runs with its own window.
+MODEL_QUERIES = (
+    "model_agreement",
+    "model_version_cost",
+    "model_performance",
+    "model_calibration",
+    "box_acceptance",
+    "daily_distributions",
+)
 DASHBOARD_QUERIES = (
     "throughput_per_minute",
     "latency_per_stage",
@@ -58,6 +67,9 @@ class ServerLinks:
 
     def query_json(self, name: str, days: int) -> str:
         return f"/query/{name}.json?days={days}"
+
+    def models(self, days: int) -> str:
+        return f"/models?days={days}"
 
 
 @dataclass
@@ -114,12 +126,14 @@ def environment() -> Environment:
 
 
 class Pages:
-    def __init__(self, data: ConsoleData) -> None:
+    def __init__(self, data: ConsoleData, feedback: bool = False) -> None:
         self.data = data
         self.env = environment()
+        self.feedback = feedback  # the study page offers the radiologist's feedback form (radstream console --feedback)
 
     def _render(self, template: str, links: Any, **context: Any) -> str:
-        return self.env.get_template(template).render(links=links, mode=self.data.mode, ranges=RANGES, **context)
+        feedback = self.feedback and not getattr(links, "static", False)
+        return self.env.get_template(template).render(links=links, mode=self.data.mode, ranges=RANGES, feedback=feedback, **context)
 
     def studies(self, links: Any, flt: StudyFilter, page: int = 1, per_page: int = 50) -> str:
         result = self.data.studies(flt, page, per_page)
@@ -205,8 +219,39 @@ class Pages:
             table_rows=TABLE_ROWS,
         )
 
+    def models(self, links: Any, days: int = 30) -> str:
+        """Model versions over their life: shadow agreement, latency and cost, radiologists' feedback, drift."""
+        results = {name: self.data.query(name, days=days) for name in MODEL_QUERIES}
+        results["model_drift"] = self.data.query("model_drift", days=1, baseline_days=max(days - 1, 1))
+        descriptions = {name: self.data.queries.description(name) for name in results}
+        drift = results["model_drift"].as_dicts()
+        agreement = [r for r in results["model_agreement"].as_dicts() if r["kappa"] is not None]
+        figures = {
+            "agreement": charts.hbars(
+                "live against shadow, per label (Cohen's kappa)",
+                [f"{r['model_name']} v{r['live_version']}/v{r['shadow_version']} · {r['label']}" for r in agreement],
+                [("kappa", [r["kappa"] for r in agreement])],
+            ),
+            "drift": charts.hbars(
+                "population stability index, last day against the days before",
+                [f"{r['model_name']} v{r['model_version']} · {r['feature']}" for r in drift],
+                [("PSI", [r["psi"] for r in drift])],
+            ),
+        }
+        shifted = [r for r in drift if r["level"] == "shifted"]
+        return self._render(
+            "models.html",
+            links,
+            days=days,
+            results=results,
+            descriptions=descriptions,
+            figures=figures,
+            shifted=shifted,
+            table_rows=TABLE_ROWS,
+        )
+
     def query_json(self, name: str, days: int) -> str:
-        if name not in DASHBOARD_QUERIES:
+        if name not in DASHBOARD_QUERIES and name not in MODEL_QUERIES:
             from shared.errors import ObjectNotFound
 
             raise ObjectNotFound(f"the dashboard has no query {name}")

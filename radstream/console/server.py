@@ -16,9 +16,14 @@ from pathlib import Path
 from typing import Any
 from urllib.parse import parse_qs, quote, unquote, urlsplit
 
-from radstream.console.data import ConsoleData, StudyFilter
+from pydantic import ValidationError
+
+from radstream.console.data import ConsoleData, StudyFilter, check_study_id
 from radstream.console.pages import DEFAULT_DAYS, RANGES, Pages, ServerLinks
+from radstream.feedback import FeedbackItem, FeedbackRefused, record_feedback
 from shared.errors import ObjectNotFound, RadStreamError
+
+MAX_FEEDBACK_BYTES = 4096
 
 STATIC = Path(__file__).resolve().parent / "static"
 log = logging.getLogger("radstream.console")
@@ -66,29 +71,57 @@ class ConsoleHandler(BaseHTTPRequestHandler):
     do_PUT = do_DELETE = do_PATCH = _refuse
 
     def do_POST(self) -> None:
-        """The one write: acknowledging a study's critical-finding notification (who; when is the server's clock), appended
-        to its trail and never deleted. Only from this console's own pages (Origin), only a small form."""
+        """The console's writes, each only from its own pages (Origin, or "null" with Sec-Fetch-Site under its no-referrer
+        policy: another site's page cannot write for a person), each a small form: acknowledging a study's critical-finding
+        notification (who; when is the server's clock), appended to its trail and never deleted; and, with `radstream
+        console --feedback`, a reader's verdict on a study's finding or box (radstream.feedback; the lake object keeps who
+        and when)."""
         parts = [unquote(p) for p in urlsplit(self.path).path.split("/") if p]
-        if not (len(parts) == 3 and parts[0] == "study" and parts[2] == "acknowledge"):
+        action = parts[2] if len(parts) == 3 and parts[0] == "study" else None
+        if action not in ("acknowledge", "feedback") or (action == "feedback" and not self.server.feedback):
             return self._refuse()
-        # A browser names where a form was posted from: Origin (or, under this console's no-referrer policy, "null" with
-        # Sec-Fetch-Site). Another site's page cannot acknowledge for a person.
         origin, site = self.headers.get("Origin"), self.headers.get("Sec-Fetch-Site")
         if origin != self.server.url.rstrip("/") and not (origin in (None, "null") and site == "same-origin"):
-            return self._send(HTTPStatus.FORBIDDEN, b"acknowledge from the console's own page\n", "text/plain; charset=utf-8")
+            return self._send(HTTPStatus.FORBIDDEN, f"{action} only from the console's own pages\n".encode(), "text/plain; charset=utf-8")
         length = int(self.headers.get("Content-Length") or 0)
-        if length > 4096:
-            return self._send(HTTPStatus.REQUEST_ENTITY_TOO_LARGE, b"form too large\n", "text/plain; charset=utf-8")
-        form = parse_qs(self.rfile.read(length).decode("utf-8", "replace"))
-        rule, by = form.get("rule", [""])[0][:40], form.get("by", [""])[0].strip()[:64]
+        if not 0 < length <= MAX_FEEDBACK_BYTES:
+            return self._send(HTTPStatus.BAD_REQUEST, b"a form of at most 4 KB\n", "text/plain; charset=utf-8")
+        form = {k: v[0] for k, v in parse_qs(self.rfile.read(length).decode("utf-8", "replace")).items()}
+        if action == "acknowledge":
+            self._acknowledge(parts[1], form)
+        else:
+            self._feedback(parts[1], form)
+
+    def _acknowledge(self, study_id: str, form: dict[str, str]) -> None:
+        rule, by = form.get("rule", "")[:40], form.get("by", "").strip()[:64]
         try:
-            self.server.data.acknowledge(parts[1], rule, by)
+            self.server.data.acknowledge(study_id, rule, by)
         except ObjectNotFound as e:
             return self._send(HTTPStatus.NOT_FOUND, f"not found: {e}\n".encode(), "text/plain; charset=utf-8")
         except RadStreamError as e:
             return self._send(HTTPStatus.BAD_REQUEST, f"{e}\n".encode(), "text/plain; charset=utf-8")
-        log.info("notification acknowledged study_id=%s rule=%s", parts[1], rule)
-        self._send(HTTPStatus.SEE_OTHER, b"", "text/plain", extra={"Location": f"/study/{quote(parts[1])}#notifications"})
+        log.info("notification acknowledged study_id=%s rule=%s", study_id, rule)
+        self._send(HTTPStatus.SEE_OTHER, b"", "text/plain", extra={"Location": f"/study/{quote(study_id)}#notifications"})
+
+    def _feedback(self, study_id: str, form: dict[str, str]) -> None:
+        try:
+            check_study_id(study_id)
+            item = FeedbackItem.model_validate(
+                {k: form.get(k, "") for k in ("label", "verdict", "present", "box_index")} | {"study_id": study_id}
+            )
+            key, _ = record_feedback(
+                self.server.data.store,
+                [item],
+                reader=form.get("reader", "").strip(),
+                source="console",
+                results_bucket=self.server.data.results_bucket,
+                lake_bucket=self.server.data.lake_bucket,
+            )
+        except (FeedbackRefused, ValidationError, ObjectNotFound) as e:
+            message = str(e) if isinstance(e, FeedbackRefused) else "the form needs label, verdict and reader"
+            return self._send(HTTPStatus.BAD_REQUEST, f"feedback not recorded: {message}\n".encode(), "text/plain; charset=utf-8")
+        log.info("feedback recorded: study %s, %s %s by reader %s (%s)", study_id, item.label, item.verdict, form.get("reader"), key)
+        self._send(HTTPStatus.SEE_OTHER, b"", "text/plain", extra={"Location": f"/study/{quote(study_id)}?feedback=recorded"})
 
     def _send(self, status: HTTPStatus, body: bytes, content_type: str, head: bool = False, extra: dict[str, str] | None = None) -> None:
         self.send_response(status)
@@ -124,6 +157,8 @@ class ConsoleHandler(BaseHTTPRequestHandler):
                 self._html(pages.worklist(links), head)
             elif parts == ["dashboard"]:
                 self._html(pages.dashboard(links, _int(params, "days", DEFAULT_DAYS, RANGES)), head)
+            elif parts == ["models"]:
+                self._html(pages.models(links, _int(params, "days", 30, RANGES)), head)
             elif len(parts) == 2 and parts[0] == "study":
                 self._html(pages.study(links, parts[1]), head)
             elif len(parts) == 3 and parts[0] == "study" and parts[2] == "image.png":
@@ -153,9 +188,10 @@ class ConsoleHandler(BaseHTTPRequestHandler):
 class ConsoleServer(ThreadingHTTPServer):
     daemon_threads = True
 
-    def __init__(self, data: ConsoleData, host: str = "127.0.0.1", port: int = 0) -> None:
+    def __init__(self, data: ConsoleData, host: str = "127.0.0.1", port: int = 0, feedback: bool = False) -> None:
         self.data = data
-        self.pages = Pages(data)
+        self.feedback = feedback  # radiologists' verdicts accepted (radstream console --feedback)
+        self.pages = Pages(data, feedback=feedback)
         super().__init__((host, port), ConsoleHandler)
 
     @property

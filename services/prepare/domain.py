@@ -95,6 +95,14 @@ def picture_flags(
     return quality_flags(squares[size][0][pad_y : pad_y + new_h, pad_x : pad_x + new_w], levels)
 
 
+def exposure(squares: dict[int, tuple[np.ndarray, Letterbox]], h: int, w: int) -> float:
+    """Mean intensity (0 black .. 1 white, after the intensity rule) of the picture inside the largest letterbox made:
+    an input statistic watched for drift (docs/model-lifecycle.md), from pixels already resized, so next to free."""
+    size = max(squares)
+    new_w, new_h, pad_x, pad_y = fitted(h, w, size)
+    return round(float(cv2.mean(squares[size][0][pad_y : pad_y + new_h, pad_x : pad_x + new_w])[0]), 4)
+
+
 def prepare_tensors(
     request: PrepareRequest,
     store: ObjectStore,
@@ -115,15 +123,17 @@ def prepare_tensors(
     bytes_out = 0
     # One object per distinct (input size, normalisation): models that take the same input share it.
     written: dict[tuple[int, str], tuple[str, list[int], Letterbox]] = {}
-    for spec in repository.models.values():
+    # Live models, then the shadow candidates that run on this study (docs/model-lifecycle.md), each under its tensor key.
+    shadows = repository.shadows_for(study_id)
+    for spec in [*repository.models.values(), *shadows]:
         shared_input = (spec.input_size, spec.normalization)
         if shared_input not in written:
             tensor, box = model_tensor(pixels, spec, squares)
-            stored = store.put_bytes(artifacts_bucket, f"tensors/{study_id}/{spec.name}.npy", to_npy(tensor))
+            stored = store.put_bytes(artifacts_bucket, f"tensors/{study_id}/{spec.tensor_key}.npy", to_npy(tensor))
             bytes_out += stored.size
             written[shared_input] = (stored.key, list(tensor.shape), box)
         key, shape, box = written[shared_input]
-        tensors[spec.name] = TensorRef(
+        tensors[spec.tensor_key] = TensorRef(
             bucket=artifacts_bucket,
             key=key,
             shape=shape,
@@ -140,8 +150,10 @@ def prepare_tensors(
             photometric=decoded.photometric,
             intensity_rule=decoded.intensity_rule,
             quality_flags=picture_flags(pixels, decoded.declared_levels, squares),
+            exposure=exposure(squares, h, w),
         ),
         tensors=tensors,
+        shadow_candidates=len(shadows),
         bytes_in=len(data),
         bytes_out=bytes_out,
     )

@@ -18,6 +18,7 @@ from datetime import datetime, UTC
 from typing import Any
 
 from shared import priority
+from shared.lake_tables import MODEL_OUTPUTS, model_output_rows, put_rows, study_inputs
 from shared.contracts import (
     QUALITY_FLAGS,
     Detection,
@@ -131,6 +132,8 @@ def stage_timings(state_parts: dict[str, Any]) -> dict[str, float]:
     timings: dict[str, float] = {}
     for name, part in state_parts.items():
         for item in part if isinstance(part, list) else [part]:
+            if isinstance(item, dict) and "shadow" in item:  # a shadow candidate's time is not the study's
+                continue
             record = item.get("telemetry") if isinstance(item, dict) else None
             if record and record.get("duration_ms") is not None:
                 label = name if not record.get("model_name") else f"{name}.{record['model_name']}"
@@ -201,7 +204,26 @@ def report_text(result: StudyResult) -> str:
     return "\n".join(lines) + "\n"
 
 
-def store_result(request: StoreRequest, raw_state: dict[str, Any], store: ObjectStore, results_bucket: str) -> StoredResult:
+def live_output_rows(request: StoreRequest, raw_state: dict[str, Any], completed_at: datetime) -> list[dict[str, Any]]:
+    """The lake's model_outputs rows of the live models (role=live): what the shadow candidates are compared with."""
+    latency: dict[str, float] = {}
+    for item in raw_state.get("inference") or []:
+        record = item.get("telemetry") if isinstance(item, dict) else None
+        if record and record.get("model_name") and record.get("duration_ms") is not None:
+            latency[record["model_name"]] = record["duration_ms"]
+    rows: list[dict[str, Any]] = []
+    inputs = study_inputs(request.study, request.tensors.original)
+    for output in request.inference:
+        name = output.model.name if output.model else ""
+        rows += model_output_rows(
+            output, role="live", execution_id=request.execution_id, time=completed_at, latency_ms=latency.get(name), inputs=inputs
+        )
+    return rows
+
+
+def store_result(
+    request: StoreRequest, raw_state: dict[str, Any], store: ObjectStore, results_bucket: str, lake_bucket: str | None = None
+) -> StoredResult:
     result = build_result(request, raw_state, store)
     body = result.model_dump_json(indent=2).encode()
     stored = store.put_bytes(results_bucket, f"results/{result.study_id}/result.json", body, content_type="application/json")
@@ -210,6 +232,9 @@ def store_result(request: StoreRequest, raw_state: dict[str, Any], store: Object
     )
     # One study, one record: an earlier run's failure (an outage since over, a fixed setting) goes once the result is safe.
     store.delete(results_bucket, f"failed/{result.study_id}/error.json")
+    if lake_bucket:  # after the result: the lake never holds a live answer the study's record does not
+        rows = live_output_rows(request, raw_state, result.completed_at)
+        put_rows(store, lake_bucket, MODEL_OUTPUTS, "live", result.completed_at, result.study_id, request.execution_id, rows)
     return StoredResult(
         study_id=result.study_id,
         result=ObjectRef(bucket=results_bucket, key=stored.key),

@@ -26,7 +26,7 @@ class FailureDependencies(StoreDependencies):
 
 
 def run(event: dict[str, Any], deps: StoreDependencies) -> StoredResult:
-    return store_result(StoreRequest.model_validate(event), event, deps.store, deps.settings.results_bucket)
+    return store_result(StoreRequest.model_validate(event), event, deps.store, deps.settings.results_bucket, deps.settings.telemetry_bucket)
 
 
 def run_record_failure(event: dict[str, Any], deps: FailureDependencies) -> RecordedFailure:

@@ -9,15 +9,18 @@ negates (encoder): the store stage picks the impression among them once all thre
 from __future__ import annotations
 
 import json
+import time
+from datetime import UTC, datetime
 from functools import cached_property
 from pathlib import Path
 
 import numpy as np
 
-from shared.contracts import Detection, Finding
+from shared.contracts import Detection, Finding, ObjectRef
 from shared.errors import ConfigurationError, InferenceFailed
 from shared.inference import InferenceBackend
-from shared.messages import CandidateSentence, InferenceRequest, ModelOutput, TensorRef
+from shared.lake_tables import MODEL_OUTPUTS, model_output_rows, put_rows
+from shared.messages import CandidateSentence, InferenceRequest, ModelOutput, ShadowOutput, ShadowRequest, ShadowRun, TensorRef
 from shared.priority import to_triton
 from shared.model_repository import ModelRepository, ModelSpec
 from shared.npy import from_npy
@@ -70,10 +73,20 @@ class SentenceBank:
 class Inference:
     """The stage's domain service: a backend, the repository, and what each model kind needs."""
 
-    def __init__(self, backend: InferenceBackend, repository: ModelRepository, store: ObjectStore) -> None:
+    def __init__(
+        self,
+        backend: InferenceBackend,
+        repository: ModelRepository,
+        store: ObjectStore,
+        results_bucket: str = "results",
+        lake_bucket: str = "telemetry",
+    ) -> None:
         self.backend = backend
         self.repository = repository
         self.store = store
+        self.results_bucket = results_bucket
+        self.lake_bucket = lake_bucket
+        self._shadow_banks: dict[str, SentenceBank] = {}
 
     def close(self) -> None:
         close_all(self.backend, self.store)
@@ -90,18 +103,60 @@ class Inference:
             raise ConfigurationError(f"sentence bank of {encoders[0].name} tags labels no model decides on: {', '.join(sorted(unknown))}")
         return bank
 
+    def bank_for(self, spec: ModelSpec) -> SentenceBank:
+        """The live encoder's bank (checked against the live labels), or a shadow encoder's own."""
+        if spec.version == self.repository.get(spec.name).version:
+            return self.sentence_bank
+        bank = self._shadow_banks.get(spec.version)
+        if bank is None:  # read once per version, like the live bank (a race reads it twice, harmlessly)
+            bank = self._shadow_banks[spec.version] = SentenceBank(spec.version_dir / "sentence_bank.json")
+        return bank
+
     def run(self, request: InferenceRequest) -> ModelOutput:
-        spec = self.repository.get(request.model)
-        raw = self.store.get_bytes(request.tensor.bucket, request.tensor.key)
+        return self.infer(self.repository.get(request.model), request.tensor, request.study_id, request.priority)
+
+    def run_shadow(self, request: ShadowRequest) -> ShadowOutput:
+        """Every shadow candidate whose share holds this study, on its tensor: its output stored apart
+        (results/shadow/... and the lake's role=shadow rows), never in the study's result."""
+        candidates = self.repository.shadows_for(request.study_id)
+        if not candidates:
+            return ShadowOutput(study_id=request.study_id, skipped="no shadow candidate runs on this study")
+        runs, rows, bytes_in = [], [], 0
+        now = datetime.now(UTC)
+        for spec in candidates:
+            tensor = request.tensors.get(spec.tensor_key)
+            if tensor is None:
+                raise InferenceFailed(f"no tensor {spec.tensor_key} for the shadow of {spec.name}", study_id=request.study_id)
+            started = time.perf_counter()
+            output = self.infer(spec, tensor, request.study_id)
+            latency_ms = round((time.perf_counter() - started) * 1000, 3)
+            bytes_in += output.bytes_in
+            key = f"shadow/{request.study_id}/{spec.name}/{spec.version}.json"
+            self.store.put_bytes(self.results_bucket, key, output.model_dump_json(indent=2).encode(), content_type="application/json")
+            if output.model is None:  # infer() always names it; a guard for the type, not a case
+                raise InferenceFailed(f"shadow output of {spec.name} names no model", study_id=request.study_id)
+            runs.append(
+                ShadowRun(model=output.model, kind=spec.kind, latency_ms=latency_ms, output=ObjectRef(bucket=self.results_bucket, key=key))
+            )
+            rows += model_output_rows(output, role="shadow", execution_id=request.execution_id, time=now, latency_ms=latency_ms)
+        lake = put_rows(self.store, self.lake_bucket, MODEL_OUTPUTS, "shadow", now, request.study_id, request.execution_id, rows)
+        return ShadowOutput(
+            study_id=request.study_id,
+            shadow=runs,
+            lake=ObjectRef(bucket=self.lake_bucket, key=lake.key) if lake else None,
+            bytes_in=bytes_in,
+        )
+
+    def infer(self, spec: ModelSpec, tensor_ref: TensorRef, study_id: str, priority: str = "routine") -> ModelOutput:
+        """One model version on one tensor. A shadow run keeps the routine priority: it never queues ahead of live work."""
+        raw = self.store.get_bytes(tensor_ref.bucket, tensor_ref.key)
         tensor = from_npy(raw)
         expected = [1, 1, spec.input_size, spec.input_size]
         if list(tensor.shape) != expected:
-            raise InferenceFailed(
-                f"tensor for {spec.name} has shape {list(tensor.shape)}, model wants {expected}", study_id=request.study_id
-            )
-        outputs = self.backend.infer(spec.name, {spec.input_name: tensor}, priority=to_triton(request.priority))
+            raise InferenceFailed(f"tensor for {spec.name} has shape {list(tensor.shape)}, model wants {expected}", study_id=study_id)
+        outputs = self.backend.infer(spec.name, {spec.input_name: tensor}, priority=to_triton(priority), version=spec.version)
         output = ModelOutput(
-            study_id=request.study_id,
+            study_id=study_id,
             kind=spec.kind,
             model=spec.ref,
             bytes_in=len(raw),
@@ -111,12 +166,12 @@ class Inference:
             if spec.kind == "classifier":
                 output.findings = read_findings(spec, outputs)
             elif spec.kind == "detector":
-                output.detections = read_detections(spec, outputs, request.tensor)
+                output.detections = read_detections(spec, outputs, tensor_ref)
             else:
-                output.candidates = self.sentence_bank.nearest(read_embedding(outputs), REPORT_CANDIDATES)
+                output.candidates = self.bank_for(spec).nearest(read_embedding(outputs), REPORT_CANDIDATES)
         except (KeyError, IndexError, ValueError) as e:
             raise InferenceFailed(
-                f"model {spec.name} returned outputs that do not fit docs/models.md ({type(e).__name__}: {e})", study_id=request.study_id
+                f"model {spec.name} returned outputs that do not fit docs/models.md ({type(e).__name__}: {e})", study_id=study_id
             ) from e
         return output
 

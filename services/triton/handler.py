@@ -5,7 +5,7 @@ from __future__ import annotations
 from typing import Any
 
 from services.triton.domain import Inference
-from shared.messages import InferenceRequest, ModelOutput
+from shared.messages import InferenceRequest, ModelOutput, ShadowOutput, ShadowRequest
 from shared.model_repository import ModelRepository
 from shared.observability import StageHandler
 from shared.inference import InferenceBackend
@@ -25,10 +25,13 @@ def build(settings: Settings) -> Inference:
         from services.triton.onnx_backend import OnnxRuntimeBackend
 
         backend = OnnxRuntimeBackend(repository, settings.onnx_threads)
-    return Inference(backend, repository, object_store(settings))
+    return Inference(backend, repository, object_store(settings), settings.results_bucket, settings.telemetry_bucket)
 
 
-def run(event: dict[str, Any], service: Inference) -> ModelOutput:
+def run(event: dict[str, Any], service: Inference) -> ModelOutput | ShadowOutput:
+    """RunModels' branches: one live model (Classify, Detect, Encode), or the shadow candidates (Shadow)."""
+    if event.get("shadow"):
+        return service.run_shadow(ShadowRequest.model_validate(event))
     return service.run(InferenceRequest.model_validate(event))
 
 

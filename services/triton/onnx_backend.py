@@ -8,7 +8,7 @@ import numpy as np
 import onnxruntime as ort
 
 from shared.errors import InferenceFailed
-from shared.model_repository import ModelRepository
+from shared.model_repository import ModelRepository, load_model_spec
 
 
 class OnnxRuntimeBackend:
@@ -17,30 +17,31 @@ class OnnxRuntimeBackend:
     def __init__(self, repository: ModelRepository, threads: int = 1) -> None:
         self.repository = repository
         self.threads = threads
-        self._sessions: dict[str, ort.InferenceSession] = {}
+        self._sessions: dict[tuple[str, str | None], ort.InferenceSession] = {}
         self._lock = threading.Lock()
 
-    def session(self, model_name: str) -> ort.InferenceSession:
-        session = self._sessions.get(model_name)
+    def session(self, model_name: str, version: str | None = None) -> ort.InferenceSession:
+        session = self._sessions.get((model_name, version))
         if session is None:
             with self._lock:
-                session = self._sessions.get(model_name)
+                session = self._sessions.get((model_name, version))
                 if session is None:
-                    spec = self.repository.get(model_name)
+                    live = self.repository.get(model_name)
+                    spec = live if version in (None, live.version) else load_model_spec(live.folder, version)
                     options = ort.SessionOptions()
                     options.intra_op_num_threads = self.threads
                     options.inter_op_num_threads = 1
                     session = ort.InferenceSession(str(spec.version_dir / "model.onnx"), options, providers=["CPUExecutionProvider"])
-                    self._sessions[model_name] = session
+                    self._sessions[(model_name, version)] = session
         return session
 
     def close(self) -> None:
         with self._lock:
             self._sessions.clear()
 
-    def infer(self, model_name: str, inputs: dict[str, np.ndarray], priority: int = 0) -> dict[str, np.ndarray]:
+    def infer(self, model_name: str, inputs: dict[str, np.ndarray], priority: int = 0, version: str | None = None) -> dict[str, np.ndarray]:
         """In-process: no queue to order (the runtime's scheduler runs the most urgent study next), so `priority` is unused."""
-        session = self.session(model_name)
+        session = self.session(model_name, version)
         names = [o.name for o in session.get_outputs()]
         try:
             values = session.run(names, inputs)

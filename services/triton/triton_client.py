@@ -109,9 +109,11 @@ class TritonInference:
     def model_version(self, model_name: str) -> str:
         return self.model_io(model_name).version
 
-    def infer(self, model_name: str, inputs: dict[str, np.ndarray], priority: int = 0) -> dict[str, np.ndarray]:
+    def infer(self, model_name: str, inputs: dict[str, np.ndarray], priority: int = 0, version: str | None = None) -> dict[str, np.ndarray]:
         """Run `model_name` on named arrays (batched shape, e.g. image [N,1,S,S]); outputs by name. `priority`: the request's
-        Triton priority level (1 first; 0 the model's default), honoured by a dynamic batcher with priority_levels."""
+        Triton priority level (1 first; 0 the model's default), honoured by a dynamic batcher with priority_levels.
+        `version`: the one the repository's pointer names (Triton's version_policy serves live and shadow), else
+        Triton's latest."""
         io = self.model_io(model_name)
         if self.protocol == "grpc":
             import tritonclient.grpc as module
@@ -133,9 +135,16 @@ class TritonInference:
             outputs = [module.InferRequestedOutput(n) for n in io.outputs]
         with _translated(model_name, self.url):
             if self.protocol == "grpc":
-                result = self._client().infer(model_name, request_inputs, outputs=outputs, client_timeout=self.timeout_s, priority=priority)
+                result = self._client().infer(
+                    model_name,
+                    request_inputs,
+                    model_version=version or "",
+                    outputs=outputs,
+                    client_timeout=self.timeout_s,
+                    priority=priority,
+                )
             else:
-                result = self._client().infer(model_name, request_inputs, outputs=outputs, priority=priority)
+                result = self._client().infer(model_name, request_inputs, model_version=version or "", outputs=outputs, priority=priority)
             arrays = {name: result.as_numpy(name) for name in io.outputs}
         missing = [name for name, a in arrays.items() if a is None]
         if missing:

@@ -111,7 +111,9 @@ def dicom_metadata(data: bytes, study_id: str) -> dict[str, str]:
     from pydicom.errors import InvalidDicomError
 
     try:
-        ds = pydicom.dcmread(io.BytesIO(data), stop_before_pixels=True, specific_tags=[*HEADER_KEYWORDS, "RequestedProcedurePriority"])
+        ds = pydicom.dcmread(
+            io.BytesIO(data), stop_before_pixels=True, specific_tags=[*HEADER_KEYWORDS, *EQUIPMENT_KEYWORDS, "RequestedProcedurePriority"]
+        )
     except (InvalidDicomError, OSError, ValueError) as e:
         raise InvalidImage(f"DICOM header cannot be read ({type(e).__name__})", study_id=study_id) from e
     try:
@@ -122,7 +124,25 @@ def dicom_metadata(data: bytes, study_id: str) -> dict[str, str]:
         "modality": accepted.modality,
         "view_position": accepted.view_position,
         "priority": priority.from_dicom(ds.get("RequestedProcedurePriority")),
+        **equipment(ds),
     }
+
+
+# The equipment module: which site and scanner made the picture (for per-site metrics and drift; docs/model-lifecycle.md).
+EQUIPMENT_KEYWORDS = ["InstitutionName", "Manufacturer", "ManufacturerModelName"]
+
+
+def equipment(ds: Any) -> dict[str, str]:
+    """site: the institution as a pseudonym (`site-` and 10 hex digits of its sha256: the name itself stays in the
+    images bucket); scanner: manufacturer and model, a device and no person. Absent tags are left out."""
+    out = {}
+    institution = str(ds.get("InstitutionName", "") or "").strip()
+    if institution:
+        out["site"] = "site-" + hashlib.sha256(institution.encode()).hexdigest()[:10]
+    scanner = " ".join(str(ds.get(k, "") or "").strip() for k in ("Manufacturer", "ManufacturerModelName")).strip()
+    if scanner:
+        out["scanner"] = scanner[:64]
+    return out
 
 
 def validate_study(
@@ -167,5 +187,7 @@ def validate_study(
         view_position=metadata["view_position"],
         modality=metadata["modality"],
         priority=level,
+        site=metadata.get("site") or metadata.get("source"),
+        scanner=metadata.get("scanner"),
         bytes_in=raw_size + len(data),
     )

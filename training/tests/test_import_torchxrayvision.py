@@ -21,41 +21,32 @@ def _xrv():
     return torch, xrv
 
 
-def _check_slot(folder, torch_ref=None):
+def _check_export(onnx_path, spec_path):
+    """What the export hands the generic import (radstream.model_lifecycle.import_model, run in .venv): the ONNX file
+    and its spec. The import's own checks and files are tested there (tests/test_models_import.py)."""
     import onnxruntime as ort
-    from google.protobuf import text_format
 
     from radstream.phantoms import FINDINGS
 
-    cfg_text = (folder / "config.pbtxt").read_text()
-    assert 'string_value: "xrv"' in cfg_text and 'string_value: "classifier"' in cfg_text
-    try:
-        from tritonclient.grpc import model_config_pb2
-
-        cfg = model_config_pb2.ModelConfig()
-        text_format.Parse(cfg_text, cfg)
-        assert cfg.name == "chest_xray_classifier" and list(cfg.input[0].dims) == [1, 224, 224]
-        assert cfg.parameters["radstream.normalization"].string_value == "xrv"
-        assert [o.name for o in cfg.output] == ["probabilities"] and list(cfg.output[0].dims) == [5]
-    except ImportError:
-        pass
-    assert (folder / "labels.txt").read_text().splitlines() == list(FINDINGS)
-    assert json.loads((folder / "thresholds.json").read_text()) == {f: 0.5 for f in FINDINGS}
-    assert "torchxrayvision" in (folder / "MODEL_CARD.md").read_text()
-    sess = ort.InferenceSession(str(folder / "1" / "model.onnx"), providers=["CPUExecutionProvider"])
+    spec = json.loads(spec_path.read_text())  # JSON is YAML: the import reads it with yaml.safe_load
+    assert (spec["model"], spec["kind"]) == ("chest_xray_classifier", "classifier")
+    assert spec["input"] == {"name": "image", "size": 224, "channels": 1, "normalization": "xrv", "letterbox": True}
+    assert spec["outputs"] == {"labels": list(FINDINGS), "thresholds": {f: 0.5 for f in FINDINGS}}
+    assert "torchxrayvision" in spec["provenance"] and "torchxrayvision" in spec["notes"]
+    sess = ort.InferenceSession(str(onnx_path), providers=["CPUExecutionProvider"])
     (inp,) = sess.get_inputs()
-    assert inp.name == "image" and inp.shape[1:] == [1, 224, 224]
+    assert inp.name == "image" and inp.shape[1:] == [1, 224, 224] and not isinstance(inp.shape[0], int)
     assert [o.name for o in sess.get_outputs()] == ["probabilities"]
-    return sess
+    return sess, spec
 
 
 def test_random_init_export_matches_torch(tmp_path):
     torch, xrv = _xrv()
-    from radstream.models_import import XRV_NAMES, import_torchxrayvision
+    from radstream.models_import import XRV_NAMES, export_torchxrayvision
 
-    folder = import_torchxrayvision(None, tmp_path / "repo", random_init=True)
-    assert folder == tmp_path / "repo" / "chest_xray_classifier"
-    sess = _check_slot(folder)
+    onnx_path, spec_path = export_torchxrayvision(None, tmp_path / "out", random_init=True)
+    assert (onnx_path, spec_path) == (tmp_path / "out" / "model.onnx", tmp_path / "out" / "spec.yaml")
+    sess, _ = _check_export(onnx_path, spec_path)
     x = ((np.random.default_rng(1).random((2, 1, 224, 224), dtype=np.float32) * 2 - 1) * 1024).astype(np.float32)
     (got,) = sess.run(None, {"image": x})
     assert got.shape == (2, 5) and ((got >= 0) & (got <= 1)).all()
@@ -64,7 +55,7 @@ def test_random_init_export_matches_torch(tmp_path):
 
 def test_state_dict_file_is_loaded_and_mapped(tmp_path):
     torch, xrv = _xrv()
-    from radstream.models_import import XRV_NAMES, import_torchxrayvision
+    from radstream.models_import import XRV_NAMES, export_torchxrayvision
     from radstream.phantoms import FINDINGS
 
     torch.manual_seed(0)
@@ -75,9 +66,8 @@ def test_state_dict_file_is_loaded_and_mapped(tmp_path):
     weights = tmp_path / "weights.pt"
     torch.save({"state_dict": ref.state_dict()}, weights)
 
-    folder = import_torchxrayvision(weights, tmp_path / "repo")
-    sess = _check_slot(folder)
-    assert "sha256" in (folder / "MODEL_CARD.md").read_text()
+    sess, spec = _check_export(*export_torchxrayvision(weights, tmp_path / "out"))
+    assert "sha256" in spec["provenance"]
     x = ((np.random.default_rng(2).random((2, 1, 224, 224), dtype=np.float32) * 2 - 1) * 1024).astype(np.float32)
     (got,) = sess.run(None, {"image": x})
     with torch.no_grad():
@@ -88,86 +78,65 @@ def test_state_dict_file_is_loaded_and_mapped(tmp_path):
 
 def test_missing_weights_or_pathology_is_an_error(tmp_path):
     torch, xrv = _xrv()
-    from radstream.models_import import import_torchxrayvision
+    from radstream.models_import import export_torchxrayvision
 
     with pytest.raises(ValueError):
-        import_torchxrayvision(None, tmp_path / "repo")
+        export_torchxrayvision(None, tmp_path / "out")
     names = ["Lung Opacity"] * 18
     with pytest.raises(ValueError, match="does not predict"):
-        import_torchxrayvision(None, tmp_path / "repo", random_init=True, pathologies=names)
+        export_torchxrayvision(None, tmp_path / "out", random_init=True, pathologies=names)
 
 
 def test_weights_name_uses_operating_points(tmp_path):
     torch, xrv = _xrv()
-    from radstream.models_import import import_torchxrayvision
+    from radstream.models_import import export_torchxrayvision
 
     name = "densenet121-res224-chex"
     if name not in xrv.models.model_urls:
         pytest.skip(f"{name} not in this torchxrayvision's registry")
-    folder = import_torchxrayvision(None, tmp_path / "repo", random_init=True, weights_name=name)
-    sess = _check_slot(folder)
-    assert "operating-point" in (folder / "MODEL_CARD.md").read_text()
+    sess, spec = _check_export(*export_torchxrayvision(None, tmp_path / "out", random_init=True, weights_name=name))
+    assert "operating-point" in spec["notes"]
     x = np.zeros((1, 1, 224, 224), np.float32)
     (got,) = sess.run(None, {"image": x})
     assert got.shape == (1, 5) and ((got >= 0) & (got <= 1)).all()
 
 
-def test_each_import_is_a_new_version_with_its_sha256_in_card_and_provenance(tmp_path):
+def test_the_weights_sha256_is_in_the_spec_provenance(tmp_path):
+    """Versions, configs and the model card come from the generic import (tests/test_models_import.py): what the
+    export owes it is the provenance with the weights' digest, which every result repeats."""
     torch, xrv = _xrv()
     import hashlib
-    import shutil
-    from pathlib import Path
 
-    from radstream.models_import import import_torchxrayvision
+    from radstream.models_import import export_torchxrayvision
 
-    repo = tmp_path / "repo"
-    reference = Path(__file__).resolve().parents[2] / "services" / "triton" / "model_repository" / "chest_xray_classifier"
-    shutil.copytree(reference, repo / "chest_xray_classifier")  # the reference classifier is version 1
     torch.manual_seed(0)
     weights = tmp_path / "weights.pt"
     torch.save(xrv.models.DenseNet(weights=None).state_dict(), weights)
     digest = hashlib.sha256(weights.read_bytes()).hexdigest()
-
-    folder = import_torchxrayvision(weights, repo)
-    assert sorted(p.name for p in folder.iterdir() if p.is_dir() and p.name != "configs") == ["1", "2"]  # no staging folder left
-    # What a GPU node loads changes with config.pbtxt: the same model, placed on the GPU.
-    gpu, cpu = (folder / "configs" / "gpu.pbtxt").read_text(), (folder / "config.pbtxt").read_text()
-    assert "KIND_GPU" in gpu and "tensorrt" in gpu and "KIND_CPU" in cpu
-    gpu, cpu = ("\n".join(line for line in text.splitlines() if not line.startswith("#")) for text in (gpu, cpu))
-    # Only batching (tuned on CPU; none on the GPU, README Performance), placement and accelerators differ.
-    assert "dynamic_batching" in cpu and "dynamic_batching" not in gpu
-    assert gpu.split("instance_group")[0] == cpu.split("dynamic_batching")[0] and gpu.split("parameters:", 1)[1] == cpu.split("parameters:", 1)[1]
-    assert (folder / "1" / "model.onnx").exists() and (folder / "2" / "model.onnx").exists()
-    # radstream.provenance is what every result repeats per model (shared/model_repository.py ModelSpec.ref).
-    config = (folder / "config.pbtxt").read_text()
-    assert f"DenseNet-121 v2, weights weights.pt sha256 {digest}" in config
-    card = (folder / "MODEL_CARD.md").read_text()
-    assert digest in card and "version: 2" in card
-
-    import_torchxrayvision(weights, repo)
-    assert sorted(p.name for p in folder.iterdir() if p.is_dir() and p.name != "configs") == ["1", "2", "3"]
+    _, spec = _check_export(*export_torchxrayvision(weights, tmp_path / "out"))
+    assert f"weights weights.pt sha256 {digest}" in spec["provenance"]
 
 
 def test_a_pickled_model_needs_allow_pickle(tmp_path):
     torch, xrv = _xrv()
-    from radstream.models_import import ImportRefused, import_torchxrayvision
+    from radstream.models_import import ImportRefused, export_torchxrayvision
 
     weights = tmp_path / "whole-model.pt"
     torch.save(xrv.models.DenseNet(weights=None), weights)  # how torchxrayvision publishes its weights
     with pytest.raises(ImportRefused, match="--allow-pickle"):
-        import_torchxrayvision(weights, tmp_path / "repo")
-    assert not any((tmp_path / "repo" / "chest_xray_classifier").glob("[0-9]*"))
-    folder = import_torchxrayvision(weights, tmp_path / "repo", allow_pickle=True)
-    _check_slot(folder)
+        export_torchxrayvision(weights, tmp_path / "out")
+    assert not (tmp_path / "out" / "model.onnx").exists()
+    _check_export(*export_torchxrayvision(weights, tmp_path / "out", allow_pickle=True))
 
 
-def test_the_command_imports_in_the_training_environment(tmp_path, capsys):
+def test_the_command_exports_in_the_training_environment(tmp_path, capsys):
+    """What `radstream models import-torchxrayvision` asks of .venv-train: --export-to a folder."""
     torch, xrv = _xrv()
     from radstream.models_import import main
 
     weights = tmp_path / "weights.pt"
     torch.save(xrv.models.DenseNet(weights=None).state_dict(), weights)
-    assert main([str(weights), "--model-repository", str(tmp_path / "repo")]) == 0
-    assert "chest_xray_classifier version 1" in capsys.readouterr().out
-    assert main([str(tmp_path / "missing.pt"), "--model-repository", str(tmp_path / "repo")]) == 2
+    assert main([str(weights), "--export-to", str(tmp_path / "out")]) == 0
+    _check_export(tmp_path / "out" / "model.onnx", tmp_path / "out" / "spec.yaml")
+    assert main([str(tmp_path / "missing.pt"), "--export-to", str(tmp_path / "out2")]) == 2
     assert "missing.pt does not exist" in capsys.readouterr().err

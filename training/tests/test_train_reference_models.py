@@ -18,9 +18,21 @@ def test_quick_training_writes_a_complete_repository(tmp_path):
     out = tmp_path / "model_repository"
     summary = tmp_path / "summary.json"
     proc = subprocess.run(
-        [sys.executable, str(ROOT / "training" / "train_reference_models.py"), "--quick", "--out", str(out),
-         "--summary", str(summary), "--workers", "1"],
-        capture_output=True, text=True, timeout=900)
+        [
+            sys.executable,
+            str(ROOT / "training" / "train_reference_models.py"),
+            "--quick",
+            "--out",
+            str(out),
+            "--summary",
+            str(summary),
+            "--workers",
+            "1",
+        ],
+        capture_output=True,
+        text=True,
+        timeout=900,
+    )
     assert proc.returncode == 0, proc.stdout[-3000:] + proc.stderr[-3000:]
     for name in ("chest_xray_classifier", "anomaly_detector", "report_encoder"):
         d = out / name
@@ -32,5 +44,4 @@ def test_quick_training_writes_a_complete_repository(tmp_path):
     assert (out / "report_encoder" / "1" / "sentence_bank.json").is_file()
     s = json.loads(summary.read_text())
     assert s["quick"] is True
-    assert set(s["chest_xray_classifier"]["auroc"]) == {
-        "Atelectasis", "Cardiomegaly", "Consolidation", "Edema", "Pleural Effusion"}
+    assert set(s["chest_xray_classifier"]["auroc"]) == {"Atelectasis", "Cardiomegaly", "Consolidation", "Edema", "Pleural Effusion"}

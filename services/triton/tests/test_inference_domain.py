@@ -23,7 +23,7 @@ class FakeBackend:
         self.calls: list[tuple[str, tuple[int, ...]]] = []
         self.priorities: list[int] = []
 
-    def infer(self, model_name, inputs, priority=0):
+    def infer(self, model_name, inputs, priority=0, version=None):
         self.calls.append((model_name, next(iter(inputs.values())).shape))
         self.priorities.append(priority)
         if self.fail_with:
