@@ -72,7 +72,7 @@ def cmd_console(args: argparse.Namespace) -> int:
     data = console_data(args)
     data.warm()
     server = ConsoleServer(data, args.host, args.port, feedback=args.feedback)
-    posture = "accepts feedback" if args.feedback else "read-only"
+    posture = "acknowledges notifications, accepts feedback" if args.feedback else "read-only but for acknowledging notifications"
     print(f"RadStream console: {server.url}  ({posture}; reference models, not for clinical use; Ctrl-C to stop)", flush=True)
     try:
         server.serve_forever()

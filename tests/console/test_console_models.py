@@ -108,7 +108,7 @@ def test_a_reader_records_a_verdict_from_the_study_page(page, feedback_console: 
     result = json.loads((models_dir / "results" / "results" / study_id / "result.json").read_text())
     edema = next(f for f in result["findings"] if f["label"] == "Edema")
     page.goto(feedback_console + f"study/{study_id}")
-    assert "accepts feedback" in page.locator("header .mode").inner_text()
+    assert "recording feedback" in page.locator("header .mode").inner_text()
     form = page.locator("#feedback form")
     form.locator("input[name=reader]").fill("rad-9")
     form.locator("select[name=label]").select_option("Edema")
