@@ -39,8 +39,8 @@ sys.path.insert(0, str(ROOT))
 import cv2  # noqa: E402
 import numpy as np  # noqa: E402
 
-from radstream.phantoms import generate_phantom, to_uint8, to_uint16  # noqa: E402
-from radstream.samples import dicom_bytes  # noqa: E402
+from synthetic.phantoms import generate_phantom, to_uint8, to_uint16  # noqa: E402
+from synthetic.samples import dicom_bytes  # noqa: E402
 from shared.metrics import LocalEmfFile, ModelLatency, stage_metrics  # noqa: E402
 
 LABELS = ["Atelectasis", "Cardiomegaly", "Consolidation", "Edema", "Pleural Effusion"]

@@ -13,7 +13,7 @@ import numpy as np
 from shared.pixels import percentile_window
 from radstream.console.data import aws_data
 from radstream.console.server import ConsoleServer
-from radstream.phantoms import generate_phantom, to_uint8
+from synthetic.phantoms import generate_phantom, to_uint8
 from shared.settings import Settings
 
 REGION = "eu-west-1"

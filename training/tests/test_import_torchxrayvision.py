@@ -25,7 +25,7 @@ def _check_slot(folder, torch_ref=None):
     import onnxruntime as ort
     from google.protobuf import text_format
 
-    from radstream.phantoms import FINDINGS
+    from synthetic.phantoms import FINDINGS
 
     cfg_text = (folder / "config.pbtxt").read_text()
     assert 'string_value: "xrv"' in cfg_text and 'string_value: "classifier"' in cfg_text
@@ -65,7 +65,7 @@ def test_random_init_export_matches_torch(tmp_path):
 def test_state_dict_file_is_loaded_and_mapped(tmp_path):
     torch, xrv = _xrv()
     from radstream.models_import import XRV_NAMES, import_torchxrayvision
-    from radstream.phantoms import FINDINGS
+    from synthetic.phantoms import FINDINGS
 
     torch.manual_seed(0)
     ref = xrv.models.DenseNet(weights=None).eval()

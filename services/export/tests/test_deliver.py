@@ -16,9 +16,9 @@ import numpy as np
 import pytest
 
 from radstream.cli import main
-from radstream.phantoms import generate_phantom
+from synthetic.phantoms import generate_phantom
 from radstream.runtime import LocalRuntime
-from radstream.samples import write_dicom_study
+from synthetic.samples import write_dicom_study
 from services.export.deliver import DicomPeer, dead_letters, post_fhir, stow
 from shared.errors import ConfigurationError, DeliveryRefused, DeliveryUnavailable
 from shared.settings import Settings

@@ -14,7 +14,7 @@ import pydicom
 import pytest
 from fhir.resources.R4B.bundle import Bundle
 
-from radstream.samples import dicom_bytes
+from synthetic.samples import dicom_bytes
 from services.export.domain import export_result
 from services.store.domain import store_result
 from services.store.tests.test_store import state, store_event

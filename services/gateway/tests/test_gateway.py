@@ -19,9 +19,9 @@ import pydicom
 import pytest
 from pydicom.uid import generate_uid
 
-from radstream.phantoms import generate_phantom
+from synthetic.phantoms import generate_phantom
 from radstream.runtime import LocalRuntime
-from radstream.transfer_syntaxes import SYNTAXES, dicom_dataset, encode, stored_values
+from synthetic.transfer_syntaxes import SYNTAXES, dicom_dataset, encode, stored_values
 from services.export import codes
 from services.gateway.domain import Receiver, Refused, study_id_for
 from shared.acceptance import CR_IMAGE_STORAGE

@@ -23,8 +23,8 @@ import pytest
 from pydicom.encaps import encapsulate, generate_frames
 from pydicom.uid import generate_uid
 
-from radstream.phantoms import generate_phantom
-from radstream.transfer_syntaxes import SYNTAXES, dicom_dataset, encode, stored_values
+from synthetic.phantoms import generate_phantom
+from synthetic.transfer_syntaxes import SYNTAXES, dicom_dataset, encode, stored_values
 from services.gateway.domain import COMMENT_MAX, study_id_for
 from services.gateway.server import Gateway
 from services.gateway.tests.test_gateway import KEY, cr_instance, run, tool

@@ -9,7 +9,7 @@ import numpy as np
 import pytest
 
 from conftest import gradient_png, with_sbit
-from radstream.samples import dicom_bytes
+from synthetic.samples import dicom_bytes
 from services.prepare.domain import XRV_RANGE, PrepareRequest, letterbox, prepare_tensors
 from shared.errors import InvalidImage
 from shared.messages import StudyImage

@@ -189,7 +189,7 @@ def test_end_to_end_time_runs_from_the_execution_start(store):
 
 
 def test_dicom_identifiers_are_read_from_the_upload_not_the_state(store):
-    from radstream.samples import dicom_bytes
+    from synthetic.samples import dicom_bytes
 
     data = dicom_bytes(np.full((64, 64), 2000), patient_name="ROE^RICHARD", accession_number="ACC0042", birth_date="19580412")
     store.put_bytes("images", "incoming/s1/study.dcm", data)
@@ -218,7 +218,7 @@ def test_dicom_identifiers_are_read_from_the_upload_not_the_state(store):
 def test_malformed_identifiers_are_kept_as_stored_and_never_quoted_in_logs(store, caplog, recwarn):
     from pydicom import config
 
-    from radstream.samples import dicom_bytes
+    from synthetic.samples import dicom_bytes
 
     ds = pydicom.dcmread(io.BytesIO(dicom_bytes(np.full((64, 64), 2000), accession_number="ACC0042")))
     buffer = io.BytesIO()
@@ -247,7 +247,7 @@ def test_malformed_identifiers_are_kept_as_stored_and_never_quoted_in_logs(store
 
 
 def test_a_dicom_changed_after_validation_is_refused(store):
-    from radstream.samples import dicom_bytes
+    from synthetic.samples import dicom_bytes
 
     data = dicom_bytes(np.full((64, 64), 2000), patient_name="ROE^RICHARD", accession_number="ACC0042", birth_date="19580412")
     store.put_bytes("images", "incoming/s1/study.dcm", data)

@@ -11,7 +11,7 @@ from pathlib import Path
 import cv2
 import numpy as np
 
-from radstream.phantoms import generate_phantom, to_uint8, to_uint16
+from synthetic.phantoms import generate_phantom, to_uint8, to_uint16
 
 SOURCE = "radstream-demo/synthetic-phantom"
 

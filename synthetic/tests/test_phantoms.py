@@ -5,7 +5,7 @@ from __future__ import annotations
 import numpy as np
 import pytest
 
-from radstream.phantoms import (
+from synthetic.phantoms import (
     FINDINGS,
     LESION_LABELS,
     SENTENCE_BANK,
