@@ -39,6 +39,26 @@ def sidecar(study_id: str, image: str, rng: np.random.Generator, data: bytes | N
     return doc
 
 
+def make_sidecar(study_id: str = "study-001", image: str = "image.png", data: bytes | None = None, **overrides) -> dict:
+    """One valid sidecar with fixed values (the tests' default study); `overrides` replace top-level fields."""
+    doc = {
+        "schema_version": "1",
+        "study_id": study_id,
+        "image": image,
+        "modality": "DX",
+        "body_part": "CHEST",
+        "view_position": "PA",
+        "patient": {"pseudo_id": "anon-42", "age_years": 61, "sex": "F"},
+        "acquired_at": "2026-03-01T10:20:30Z",
+        "priority": "routine",
+        "source": "unit test",
+    }
+    if data is not None:
+        doc["sha256"] = hashlib.sha256(data).hexdigest()
+    doc.update(overrides)
+    return doc
+
+
 def encode(image: np.ndarray, variant: int) -> tuple[str, bytes]:
     """Rotate through the formats a study may arrive in: 8-bit PNG, 16-bit PNG, JPEG, RGB PNG."""
     if variant == 0:

@@ -13,7 +13,7 @@ import cv2
 import numpy as np
 import pytest
 
-from conftest import with_sbit
+from synthetic.images import with_sbit
 from synthetic.phantoms import generate_phantom, to_uint8
 from synthetic.transfer_syntaxes import SYNTAXES, dataset_bytes, dicom_dataset, dicom_in_syntax, stored_values
 from services.prepare.domain import PrepareRequest, prepare_tensors

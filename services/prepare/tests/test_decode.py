@@ -8,7 +8,7 @@ import cv2
 import numpy as np
 import pytest
 
-from conftest import jpeg_claiming, one_bit_png, with_sbit
+from synthetic.images import jpeg_claiming, one_bit_png, with_sbit
 from synthetic.phantoms import generate_phantom, to_uint8
 from synthetic.transfer_syntaxes import SYNTAXES, dataset_bytes, dcmtk, dicom_dataset, dicom_in_syntax, stored_values
 from services.prepare.domain import PrepareRequest, prepare_tensors

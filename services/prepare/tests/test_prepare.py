@@ -8,7 +8,7 @@ import cv2
 import numpy as np
 import pytest
 
-from conftest import gradient_png, with_sbit
+from synthetic.images import gradient_png, with_sbit
 from synthetic.samples import dicom_bytes
 from services.prepare.domain import XRV_RANGE, PrepareRequest, letterbox, prepare_tensors
 from shared.errors import InvalidImage

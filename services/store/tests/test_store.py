@@ -17,94 +17,7 @@ from shared.messages import FailureRequest, StoreRequest
 from shared.contracts import schema_path
 from shared.errors import InvalidImage, PermanentError
 from shared.events import STUDY_FAILED, LocalEventLog
-from shared.observability import telemetry_record
-
-MODEL = {"name": "m", "version": "1", "provenance": "reference model trained on synthetic phantoms"}
-
-
-def telemetry(stage: str, ms: float, model: str | None = None) -> dict:
-    return telemetry_record(stage=stage, study_id="s1", execution_id="e1", status="succeeded", duration_ms=ms).model_dump(mode="json") | {
-        "model_name": model
-    }
-
-
-def state() -> dict:
-    image = {"bucket": "images", "key": "incoming/s1/image.png", "format": "png", "sha256": "a" * 64, "size_bytes": 1234}
-    return {
-        "bucket": "images",
-        "key": "incoming/s1/study.json",
-        "study": {
-            "study_id": "s1",
-            "image": image,
-            "metadata": {"bucket": "images", "key": "incoming/s1/study.json"},
-            "view_position": "PA",
-            "modality": "DX",
-            "priority": "routine",
-            "telemetry": telemetry("validate", 3.5),
-        },
-        "tensors": {
-            "study_id": "s1",
-            "original": {
-                "width": 1000,
-                "height": 800,
-                "bit_depth": 8,
-                "photometric": "MONOCHROME2",
-                "intensity_rule": "png16-sbit12-percentile",
-            },
-            "tensors": {},
-            "telemetry": telemetry("prepare", 20.0),
-        },
-        "inference": [
-            {
-                "study_id": "s1",
-                "kind": "classifier",
-                "model": MODEL | {"name": "chest_xray_classifier"},
-                "telemetry": telemetry("inference", 9, "chest_xray_classifier"),
-                "findings": [
-                    {"label": "Edema", "probability": 0.8, "threshold": 0.5, "positive": True},
-                    {"label": "Cardiomegaly", "probability": 0.1, "threshold": 0.5, "positive": False},
-                ],
-            },
-            {
-                "study_id": "s1",
-                "kind": "detector",
-                "model": MODEL | {"name": "anomaly_detector"},
-                "telemetry": telemetry("inference", 11, "anomaly_detector"),
-                "labels": ["nodule_mass", "focal_opacity"],
-                "detections": [{"label": "nodule_mass", "score": 0.7, "box": [10, 20, 30, 40]}],
-            },
-            {
-                "study_id": "s1",
-                "kind": "encoder",
-                "model": MODEL | {"name": "report_encoder"},
-                "telemetry": telemetry("inference", 7, "report_encoder"),
-                "candidates": [sentence(*c) for c in CANDIDATES],
-            },
-        ],
-    }
-
-
-# Ranked as an encoder might rank them for a study with edema and a nodule, and no cardiomegaly.
-CANDIDATES = [
-    ("No acute cardiopulmonary abnormality.", 0.9, [], ["Cardiomegaly", "Edema", "nodule_mass", "focal_opacity"]),  # denies the edema
-    ("No pulmonary edema.", 0.85, [], ["Edema"]),  # denies the edema
-    ("Bilateral perihilar haziness consistent with pulmonary edema.", 0.8, ["Edema"], []),
-    ("Heart size is enlarged.", 0.75, ["Cardiomegaly"], []),  # asserts a negative
-    ("No pulmonary nodule or mass.", 0.7, [], ["nodule_mass"]),  # denies the boxed nodule
-    ("Nodule or mass in the right lung.", 0.65, ["nodule_mass"], []),
-    ("Nodule or mass in the left lung.", 0.6, ["nodule_mass"], []),  # a second nodule sentence
-    ("No pneumothorax.", 0.55, [], ["Pneumothorax"]),  # no model decides on it
-    ("Heart size is normal.", 0.5, [], ["Cardiomegaly"]),
-    ("Focal opacity in the left lung.", 0.45, ["focal_opacity"], []),  # no such box
-]
-
-
-def sentence(text: str, similarity: float, asserts: list[str], negates: list[str]) -> dict:
-    return {"text": text, "similarity": similarity, "asserts": asserts, "negates": negates}
-
-
-def store_event(s: dict) -> dict:
-    return {"study": s["study"], "tensors": s["tensors"], "inference": s["inference"], "execution_id": "e1"}
+from synthetic.states import state, store_event, stored_result
 
 
 def test_result_matches_its_schema_and_is_labelled(store):
@@ -137,6 +50,16 @@ def test_result_matches_its_schema_and_is_labelled(store):
     assert (result["modality"], result["view_position"], result["identifiers"]) == ("DX", "PA", None)
     report = store.get_bytes("results", "results/s1/report.txt").decode()
     assert "AI-GENERATED DRAFT, NOT FOR CLINICAL USE" in report and "Suggested findings: Edema." in report
+
+
+def test_the_result_is_the_one_the_export_tests_start_from(store):
+    """synthetic.states.stored_result is what the export service's tests read as result.json: it must stay what we write."""
+    event = store_event(state())
+    out = store_result(StoreRequest.model_validate(event), event, store, "results")
+    written = json.loads(store.get_bytes("results", out.result.key))
+    expected = stored_result(state())
+    assert written.pop("completed_at") and expected.pop("completed_at")
+    assert written == expected
 
 
 def test_quality_flags_reach_the_result_and_the_report_and_change_no_finding(store):

@@ -201,12 +201,9 @@ def test_encoder_retrieves_matching_sentences():
 def test_gpu_configs_differ_from_config_pbtxt_only_in_placement(model):
     """configs/gpu.pbtxt (what Triton loads on GPU nodes) is config.pbtxt with GPU instances and TensorRT/CUDA, and
     without the server's dynamic batching."""
-    from radstream.models_import import _GPU_NO_BATCHING, _PLACEMENT
-
     name, cfg, _ = model
     text = (REPO / name / "configs" / "gpu.pbtxt").read_text()
-    # the committed files and what `radstream models import-torchxrayvision` writes say the same, reasons included
-    assert _GPU_NO_BATCHING + _PLACEMENT["gpu"] in text
+    # what `radstream models import-torchxrayvision` writes says the same (tests/test_models_import.py)
     gpu = model_config_pb2.ModelConfig()
     text_format.Parse(text, gpu)
     assert [(model_config_pb2.ModelInstanceGroup.Kind.Name(g.kind), g.count) for g in gpu.instance_group] == [("KIND_GPU", 1)]

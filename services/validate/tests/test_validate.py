@@ -8,7 +8,8 @@ import json
 
 import pytest
 
-from conftest import gradient_png, jpeg_claiming, make_sidecar, one_bit_png
+from synthetic.images import gradient_png, jpeg_claiming, one_bit_png
+from synthetic.samples import make_sidecar
 from services.validate.domain import ValidateRequest, validate_study
 from shared.imageheader import sniff_format
 from shared.errors import InvalidImage, InvalidStudy

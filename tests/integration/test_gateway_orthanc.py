@@ -25,7 +25,9 @@ from radstream.orthanc import Orthanc, dicom_json_value, free_port
 from radstream.runtime import LocalRuntime
 from services.export.overlay import BOX_RGB, box_pixels
 from services.gateway.server import Gateway, LocalPipeline
-from services.gateway.tests.test_gateway import KEY, check_sr, cr_instance, run, tool
+from synthetic.instances import cr_instance
+from synthetic.peers import run, tool
+from tests.integration.test_gateway_pipeline import KEY, check_sr
 from shared.errors import ConfigurationError
 from shared.settings import Settings
 

@@ -15,7 +15,9 @@ import requests
 
 from radstream.runtime import LocalRuntime
 from services.gateway.server import Gateway, LocalPipeline
-from services.gateway.tests.test_gateway import KEY, NAME, PATIENT_ID, cr_instance, run, tool
+from synthetic.instances import NAME, PATIENT_ID, cr_instance
+from synthetic.peers import run, tool
+from tests.integration.test_gateway_pipeline import KEY
 from shared.settings import Settings
 
 COMPREHENSIVE_3D_SR = "1.2.840.10008.5.1.4.1.1.88.34"

@@ -25,7 +25,7 @@ from radstream.cli import main
 from synthetic.phantoms import generate_phantom
 from radstream.runtime import LocalRuntime
 from synthetic.samples import dicom_bytes, write_dicom_study
-from services.export.tests.test_deliver import Endpoint
+from synthetic.peers import Endpoint
 from shared.settings import Settings
 from tests.test_local_pipeline import lake_records
 
