@@ -1,13 +1,14 @@
 """Builds adapters from settings: the one door through which stages and tests get their dependencies.
 
-Each service's handler names a `build(settings) -> dependencies` function; Lambda calls it once per
-container with the settings from the environment, the local runtime once per runtime with its own.
+Each service's handler.py has one shape for what its stage needs: a frozen `Dependencies` dataclass whose
+`from_settings(settings)` builds it from these functions and whose `close()` releases it. Lambda calls
+`from_settings` once per container with the settings from the environment, the local runtime once per runtime with
+its own; tests construct `Dependencies` directly with fakes or emulator-backed adapters.
 """
 
 from __future__ import annotations
 
 import threading
-from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
@@ -86,18 +87,3 @@ def close_all(*resources: Any) -> None:
         close = getattr(resource, "close", None)
         if callable(close):
             close()
-
-
-@dataclass(frozen=True)
-class StoreDependencies:
-    """What a stage that only reads and writes objects needs."""
-
-    settings: Settings
-    store: ObjectStore
-
-    @classmethod
-    def from_settings(cls, settings: Settings) -> StoreDependencies:
-        return cls(settings, object_store(settings))
-
-    def close(self) -> None:
-        close_all(self.store)

@@ -10,11 +10,29 @@ from shared.events import EventPublisher
 from shared.messages import FailureRequest, RecordedFailure, StoredResult, StoreRequest
 from shared.observability import StageHandler
 from shared.settings import Settings
-from shared.wiring import StoreDependencies, close_all, event_publisher, object_store
+from shared.storage import ObjectStore
+from shared.wiring import close_all, event_publisher, object_store
 
 
 @dataclass(frozen=True)
-class FailureDependencies(StoreDependencies):
+class Dependencies:
+    settings: Settings
+    store: ObjectStore
+
+    @classmethod
+    def from_settings(cls, settings: Settings) -> Dependencies:
+        return cls(settings, object_store(settings))
+
+    def close(self) -> None:
+        close_all(self.store)
+
+
+@dataclass(frozen=True)
+class FailureDependencies:
+    """RecordFailure's: it also announces the failure ("Study Failed" on the event bus)."""
+
+    settings: Settings
+    store: ObjectStore
     events: EventPublisher
 
     @classmethod
@@ -25,7 +43,7 @@ class FailureDependencies(StoreDependencies):
         close_all(self.store, self.events)
 
 
-def run(event: dict[str, Any], deps: StoreDependencies) -> StoredResult:
+def run(event: dict[str, Any], deps: Dependencies) -> StoredResult:
     return store_result(StoreRequest.model_validate(event), event, deps.store, deps.settings.results_bucket)
 
 
@@ -33,5 +51,5 @@ def run_record_failure(event: dict[str, Any], deps: FailureDependencies) -> Reco
     return record_failure(FailureRequest.model_validate(event), deps.store, deps.settings.results_bucket, deps.events)
 
 
-lambda_handler = StageHandler("store", run, StoreDependencies.from_settings)
+lambda_handler = StageHandler("store", run, Dependencies.from_settings)
 record_failure_handler = StageHandler("store", run_record_failure, FailureDependencies.from_settings)

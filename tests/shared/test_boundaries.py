@@ -99,3 +99,29 @@ def test_synthetic_stays_out_of_the_product_and_the_images():
             assert not any(m.split(".")[0] == "synthetic" for m in imported_modules(path)), f"{path.relative_to(ROOT)} imports synthetic"
     for dockerfile in sorted((ROOT / "services").glob("*/Dockerfile")):
         assert "synthetic" not in dockerfile.read_text(), f"{dockerfile.relative_to(ROOT)} copies synthetic/"
+
+
+HANDLERS = {
+    "validate": ["lambda_handler"],
+    "prepare": ["lambda_handler"],
+    "triton": ["lambda_handler"],
+    "store": ["lambda_handler", "record_failure_handler"],
+    "telemetry": ["lambda_handler"],
+    "export": ["lambda_handler", "deliver_handler"],
+}
+
+
+@pytest.mark.parametrize("service", sorted(HANDLERS))
+def test_every_stage_builds_its_dependencies_one_way(service: str):
+    """A frozen dataclass in the service's handler.py, built by its `from_settings`, released by its `close`."""
+    import dataclasses
+    import importlib
+
+    module = importlib.import_module(f"services.{service}.handler")
+    for name in HANDLERS[service]:
+        build = getattr(module, name).build
+        owner = getattr(build, "__self__", None)
+        assert isinstance(owner, type) and build.__name__ == "from_settings", f"services/{service}/handler.py {name}: built by {build}"
+        assert owner.__module__ == module.__name__, f"{name}: {owner.__qualname__} is not the service's own"
+        assert dataclasses.is_dataclass(owner) and owner.__dataclass_params__.frozen, f"{owner.__qualname__} is not a frozen dataclass"
+        assert callable(getattr(owner, "close", None)), f"{owner.__qualname__} has no close()"
