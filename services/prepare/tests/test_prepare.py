@@ -10,7 +10,8 @@ import pytest
 
 from synthetic.images import gradient_png, with_sbit
 from synthetic.samples import dicom_bytes
-from services.prepare.domain import XRV_RANGE, PrepareRequest, letterbox, prepare_tensors
+from services.prepare.domain import XRV_RANGE, PrepareRequest, prepare_tensors
+from shared.letterbox import letterbox
 from shared.errors import InvalidImage
 from shared.messages import StudyImage
 from shared.model_repository import ModelRepository

@@ -16,7 +16,8 @@ import pytest
 from google.protobuf import text_format
 from tritonclient.grpc import model_config_pb2
 
-from synthetic.phantoms import FINDINGS, LESION_LABELS, generate_phantom, letterbox
+from shared.letterbox import letterbox
+from synthetic.phantoms import FINDINGS, LESION_LABELS, generate_phantom
 from shared.pixels import percentile_window
 
 REPO = Path(__file__).resolve().parents[1] / "model_repository"
