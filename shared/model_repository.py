@@ -47,7 +47,8 @@ class ModelSpec:
         return self.folder / self.version
 
 
-def _parse_config(path: Path):
+def parse_config(path: Path):
+    """A config.pbtxt (or configs/<name>.pbtxt) as Triton's ModelConfig message; ConfigurationError naming the file."""
     # Imported here: the message type comes with tritonclient, which only prepare and triton install.
     from tritonclient.grpc import model_config_pb2
 
@@ -58,7 +59,7 @@ def _parse_config(path: Path):
 
 
 def load_model_spec(folder: Path) -> ModelSpec:
-    config = _parse_config(folder / "config.pbtxt")
+    config = parse_config(folder / "config.pbtxt")
     name = config.name or folder.name
     params = {k: v.string_value for k, v in config.parameters.items()}
     kind, normalization = params.get("radstream.kind"), params.get("radstream.normalization")
