@@ -1,14 +1,17 @@
 """Builds adapters from settings: the one door through which stages and tests get their dependencies.
 
-Each service's handler.py has one shape for what its stage needs: a frozen `Dependencies` dataclass whose
-`from_settings(settings)` builds it from these functions and whose `close()` releases it. Lambda calls
-`from_settings` once per container with the settings from the environment, the local runtime once per runtime with
-its own; tests construct `Dependencies` directly with fakes or emulator-backed adapters.
+A stage's dependencies have one shape: a frozen dataclass whose `from_settings(settings)` builds it from these
+functions and whose `close()` releases it; its handler passes `from_settings` to StageHandler. The stages that need
+only the settings and the object store share StoreDependencies below; any other stage defines its own `Dependencies`
+in its handler.py (no subclassing, no domain object in its place). Lambda calls `from_settings` once per container with
+the settings from the environment, the local runtime once per runtime with its own (the stages sharing
+StoreDependencies share its store there); tests construct the dataclass directly with fakes or emulator adapters.
 """
 
 from __future__ import annotations
 
 import threading
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
@@ -87,3 +90,18 @@ def close_all(*resources: Any) -> None:
         close = getattr(resource, "close", None)
         if callable(close):
             close()
+
+
+@dataclass(frozen=True)
+class StoreDependencies:
+    """What a stage that only reads and writes objects needs (validate, store's StoreResults, export)."""
+
+    settings: Settings
+    store: ObjectStore
+
+    @classmethod
+    def from_settings(cls, settings: Settings) -> StoreDependencies:
+        return cls(settings, object_store(settings))
+
+    def close(self) -> None:
+        close_all(self.store)

@@ -4,38 +4,22 @@ RecordExportFailure, RecordDeadLetter), DICOM studies only."""
 
 from __future__ import annotations
 
-from dataclasses import dataclass
 from typing import Any
 
 from services.export.deliver import deliver
 from services.export.domain import export_result
 from shared.messages import DeliveredResult, DeliverRequest, ExportedResult, ExportRequest
 from shared.observability import StageHandler
-from shared.settings import Settings
-from shared.storage import ObjectStore
-from shared.wiring import close_all, object_store
+from shared.wiring import StoreDependencies
 
 
-@dataclass(frozen=True)
-class Dependencies:
-    settings: Settings
-    store: ObjectStore
-
-    @classmethod
-    def from_settings(cls, settings: Settings) -> Dependencies:
-        return cls(settings, object_store(settings))
-
-    def close(self) -> None:
-        close_all(self.store)
-
-
-def run(event: dict[str, Any], deps: Dependencies) -> ExportedResult:
+def run(event: dict[str, Any], deps: StoreDependencies) -> ExportedResult:
     return export_result(ExportRequest.model_validate(event), deps.store, deps.settings.results_bucket)
 
 
-def run_delivery(event: dict[str, Any], deps: Dependencies) -> DeliveredResult:
+def run_delivery(event: dict[str, Any], deps: StoreDependencies) -> DeliveredResult:
     return deliver(DeliverRequest.model_validate(event), deps.store, deps.settings)
 
 
-lambda_handler = StageHandler("export", run, Dependencies.from_settings)
-deliver_handler = StageHandler("export", run_delivery, Dependencies.from_settings)
+lambda_handler = StageHandler("export", run, StoreDependencies.from_settings)
+deliver_handler = StageHandler("export", run_delivery, StoreDependencies.from_settings)

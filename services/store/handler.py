@@ -11,20 +11,7 @@ from shared.messages import FailureRequest, RecordedFailure, StoredResult, Store
 from shared.observability import StageHandler
 from shared.settings import Settings
 from shared.storage import ObjectStore
-from shared.wiring import close_all, event_publisher, object_store
-
-
-@dataclass(frozen=True)
-class Dependencies:
-    settings: Settings
-    store: ObjectStore
-
-    @classmethod
-    def from_settings(cls, settings: Settings) -> Dependencies:
-        return cls(settings, object_store(settings))
-
-    def close(self) -> None:
-        close_all(self.store)
+from shared.wiring import StoreDependencies, close_all, event_publisher, object_store
 
 
 @dataclass(frozen=True)
@@ -43,7 +30,7 @@ class FailureDependencies:
         close_all(self.store, self.events)
 
 
-def run(event: dict[str, Any], deps: Dependencies) -> StoredResult:
+def run(event: dict[str, Any], deps: StoreDependencies) -> StoredResult:
     return store_result(StoreRequest.model_validate(event), event, deps.store, deps.settings.results_bucket)
 
 
@@ -51,5 +38,5 @@ def run_record_failure(event: dict[str, Any], deps: FailureDependencies) -> Reco
     return record_failure(FailureRequest.model_validate(event), deps.store, deps.settings.results_bucket, deps.events)
 
 
-lambda_handler = StageHandler("store", run, Dependencies.from_settings)
+lambda_handler = StageHandler("store", run, StoreDependencies.from_settings)
 record_failure_handler = StageHandler("store", run_record_failure, FailureDependencies.from_settings)

@@ -113,7 +113,8 @@ HANDLERS = {
 
 @pytest.mark.parametrize("service", sorted(HANDLERS))
 def test_every_stage_builds_its_dependencies_one_way(service: str):
-    """A frozen dataclass in the service's handler.py, built by its `from_settings`, released by its `close`."""
+    """A frozen dataclass built by its `from_settings` and released by its `close`: the service's own (in its handler.py),
+    or shared.wiring's StoreDependencies for the stages that need only the settings and the object store."""
     import dataclasses
     import importlib
 
@@ -122,6 +123,7 @@ def test_every_stage_builds_its_dependencies_one_way(service: str):
         build = getattr(module, name).build
         owner = getattr(build, "__self__", None)
         assert isinstance(owner, type) and build.__name__ == "from_settings", f"services/{service}/handler.py {name}: built by {build}"
-        assert owner.__module__ == module.__name__, f"{name}: {owner.__qualname__} is not the service's own"
+        assert owner.__module__ in (module.__name__, "shared.wiring"), f"{name}: {owner.__qualname__} is neither the service's nor shared"
+        assert owner.__bases__ == (object,), f"{owner.__qualname__} subclasses {owner.__bases__}: one shape, no hierarchy"
         assert dataclasses.is_dataclass(owner) and owner.__dataclass_params__.frozen, f"{owner.__qualname__} is not a frozen dataclass"
         assert callable(getattr(owner, "close", None)), f"{owner.__qualname__} has no close()"

@@ -123,10 +123,11 @@ def test_sniff_format():
 def test_handler_returns_a_telemetry_record(store, upload):
     from services.validate import handler
     from shared.settings import Settings
+    from shared.wiring import StoreDependencies
 
     image = gradient_png()
     key = upload(make_sidecar(data=image), image)
-    deps = handler.Dependencies(Settings(data_dir=store.root), store)
+    deps = StoreDependencies(Settings(data_dir=store.root), store)
     out = handler.lambda_handler.invoke({"bucket": "images", "key": key, "execution_id": "exec-9"}, None, deps)
     json.dumps(out)  # a Lambda response must serialise
     record = out["telemetry"]
@@ -190,15 +191,16 @@ def test_decompression_bombs_are_refused_by_their_header(store, upload, name, si
 def test_the_pixel_limit_is_a_setting(store, upload):
     from services.validate import handler
     from shared.settings import Settings
+    from shared.wiring import StoreDependencies
 
     image = gradient_png(300, 200)
     key = upload(make_sidecar(data=image), image)
-    deps = handler.Dependencies(Settings.from_env({"MAX_IMAGE_PIXELS": "59999", "RADSTREAM_DATA_DIR": str(store.root)}), store)
+    deps = StoreDependencies(Settings.from_env({"MAX_IMAGE_PIXELS": "59999", "RADSTREAM_DATA_DIR": str(store.root)}), store)
     with pytest.raises(
         InvalidImage, match="300 x 200 pixels x 1 channel\\(s\\) = 60,000 samples by its PNG header, over the 59,999-sample limit"
     ):
         handler.run({"bucket": "images", "key": key}, deps)
-    deps = handler.Dependencies(Settings.from_env({"MAX_IMAGE_PIXELS": "60000", "RADSTREAM_DATA_DIR": str(store.root)}), store)
+    deps = StoreDependencies(Settings.from_env({"MAX_IMAGE_PIXELS": "60000", "RADSTREAM_DATA_DIR": str(store.root)}), store)
     assert handler.run({"bucket": "images", "key": key}, deps).study_id == "study-001"
 
 
