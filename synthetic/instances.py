@@ -2,10 +2,14 @@
 
 from __future__ import annotations
 
+from pathlib import Path
+from typing import Any
+
 import numpy as np
 from pydicom.uid import generate_uid
 
 from shared.acceptance import CR_IMAGE_STORAGE
+from shared.settings import Settings
 from synthetic.phantoms import generate_phantom
 from synthetic.transfer_syntaxes import SYNTAXES, dicom_dataset, encode, stored_values
 
@@ -40,3 +44,21 @@ def cr_instance(
     )
     ds.file_meta.MediaStorageSOPClassUID = CR_IMAGE_STORAGE
     return encode(ds, chosen)
+
+
+# The gateway's HMAC key in the tests (GATEWAY_PSEUDONYM_KEY): the study ids they expect are keyed with it.
+KEY = "test-pseudonym-key-0123456789abcdef"
+
+
+def gateway_settings(data_dir: Path, **update: Any) -> Settings:
+    """A gateway on free loopback ports (0) with the tests' key, and deadlines loose enough for a loaded machine."""
+    fields: dict[str, Any] = {
+        "data_dir": data_dir,
+        "gateway_dimse_port": 0,
+        "gateway_http_port": 0,
+        "gateway_pseudonym_key": KEY,
+        "gateway_dimse_timeout_s": 20,
+        "gateway_acse_timeout_s": 20,
+        "gateway_network_timeout_s": 30,
+    }
+    return Settings(**(fields | update))

@@ -27,11 +27,10 @@ from services.export import codes
 from services.gateway.domain import study_id_for
 from services.gateway.server import Gateway, LocalPipeline
 from shared.settings import Settings
-from synthetic.instances import NAME, PATIENT_ID, cr_instance
+from synthetic.instances import KEY, NAME, PATIENT_ID, cr_instance, gateway_settings
 from synthetic.peers import run, tool
 from synthetic.transfer_syntaxes import SYNTAXES
 
-KEY = "test-pseudonym-key-0123456789abcdef"
 ROOT = Path(__file__).resolve().parents[2]
 
 
@@ -80,15 +79,7 @@ def check_sr(path: Path, result: dict, source: pydicom.Dataset) -> None:
 
 @pytest.fixture
 def settings(tmp_path: Path) -> Settings:
-    return Settings(
-        data_dir=tmp_path / "data",
-        gateway_dimse_port=0,
-        gateway_http_port=0,
-        gateway_pseudonym_key=KEY,
-        gateway_dimse_timeout_s=20,
-        gateway_acse_timeout_s=20,
-        gateway_network_timeout_s=30,
-    )
+    return gateway_settings(tmp_path / "data")
 
 
 def test_echo_and_compressed_cr_store_run_the_pipeline_and_export_an_sr(settings, tmp_path, caplog):

@@ -14,7 +14,7 @@ import pydicom
 import pytest
 from pydicom.uid import generate_uid
 
-from synthetic.instances import cr_instance
+from synthetic.instances import KEY, cr_instance, gateway_settings
 from synthetic.peers import run, tool
 from synthetic.phantoms import generate_phantom
 from synthetic.transfer_syntaxes import dicom_dataset, stored_values
@@ -23,20 +23,10 @@ from services.gateway.server import Gateway
 from shared.settings import Settings
 from shared.storage import LocalObjectStore
 
-KEY = "test-pseudonym-key-0123456789abcdef"
-
 
 @pytest.fixture
 def settings(tmp_path: Path) -> Settings:
-    return Settings(
-        data_dir=tmp_path / "data",
-        gateway_dimse_port=0,
-        gateway_http_port=0,
-        gateway_pseudonym_key=KEY,
-        gateway_dimse_timeout_s=20,
-        gateway_acse_timeout_s=20,
-        gateway_network_timeout_s=30,
-    )
+    return gateway_settings(tmp_path / "data")
 
 
 def test_non_chest_and_unsupported_sop_classes_are_refused_with_dimse_statuses(settings, tmp_path):

@@ -23,8 +23,7 @@ from synthetic.phantoms import generate_phantom
 from synthetic.transfer_syntaxes import SYNTAXES, dicom_dataset, encode, stored_values
 from services.gateway.domain import COMMENT_MAX, study_id_for
 from services.gateway.server import Gateway
-from services.gateway.tests.test_gateway import KEY
-from synthetic.instances import cr_instance
+from synthetic.instances import KEY, cr_instance, gateway_settings
 from synthetic.peers import run, tool
 from shared.acceptance import SECONDARY_CAPTURE
 from shared.settings import Settings
@@ -48,15 +47,7 @@ STORESCU_PROPOSES = {
 
 @pytest.fixture
 def settings(tmp_path: Path) -> Settings:
-    return Settings(
-        data_dir=tmp_path / "data",
-        gateway_dimse_port=0,
-        gateway_http_port=0,
-        gateway_pseudonym_key=KEY,
-        gateway_dimse_timeout_s=20,
-        gateway_acse_timeout_s=20,
-        gateway_network_timeout_s=30,
-    )
+    return gateway_settings(tmp_path / "data")
 
 
 def dicomweb(gateway: Gateway, chunk_size: int = 10**6):
