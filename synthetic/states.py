@@ -2,8 +2,11 @@
 
 from __future__ import annotations
 
+import hashlib
+
 from shared.contracts import Stage
 from shared.observability import telemetry_record
+from shared.storage import ObjectStore
 
 MODEL = {"name": "m", "version": "1", "provenance": "reference model trained on synthetic phantoms"}
 
@@ -92,6 +95,18 @@ def sentence(text: str, similarity: float, asserts: list[str], negates: list[str
 
 def store_event(s: dict) -> dict:
     return {"study": s["study"], "tensors": s["tensors"], "inference": s["inference"], "execution_id": "e1"}
+
+
+def with_dicom_upload(s: dict, store: ObjectStore, data: bytes) -> dict:
+    """`s` (state()) with `data` as its DICOM upload, put in the images bucket where validate found it."""
+    store.put_bytes("images", "incoming/s1/study.dcm", data)
+    s["study"]["image"] |= {
+        "key": "incoming/s1/study.dcm",
+        "format": "dicom",
+        "sha256": hashlib.sha256(data).hexdigest(),
+        "size_bytes": len(data),
+    }
+    return s
 
 
 def stored_result(s: dict, execution_id: str = "e1") -> dict:

@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import base64
-import hashlib
 import io
 import json
 import uuid
@@ -16,7 +15,7 @@ from fhir.resources.R4B.bundle import Bundle
 
 from synthetic.samples import dicom_bytes
 from services.export.domain import export_result
-from synthetic.states import state, stored_result
+from synthetic.states import state, stored_result, with_dicom_upload
 from shared.errors import InvalidImage, PermanentError
 from shared.messages import ExportRequest
 from shared.storage import LocalObjectStore
@@ -24,14 +23,7 @@ from shared.storage import LocalObjectStore
 
 def dicom_state(store: LocalObjectStore, data: bytes, execution_id: str = "e1") -> dict:
     """state() with `data` as its DICOM upload, and result.json as StoreResults writes it (synthetic.states.stored_result)."""
-    s = state()
-    store.put_bytes("images", "incoming/s1/study.dcm", data)
-    s["study"]["image"] |= {
-        "key": "incoming/s1/study.dcm",
-        "format": "dicom",
-        "sha256": hashlib.sha256(data).hexdigest(),
-        "size_bytes": len(data),
-    }
+    s = with_dicom_upload(state(), store, data)
     result = store.put_bytes("results", "results/s1/result.json", json.dumps(stored_result(s, execution_id)).encode())
     s["stored"] = {"study_id": "s1", "result": {"bucket": "results", "key": result.key}, "positive_findings": ["Edema"]}
     return s

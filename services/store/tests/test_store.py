@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import hashlib
 import io
 import json
 from datetime import datetime, timedelta, UTC
@@ -17,7 +16,7 @@ from shared.messages import FailureRequest, StoreRequest
 from shared.contracts import schema_path
 from shared.errors import InvalidImage, PermanentError
 from shared.events import STUDY_FAILED, LocalEventLog
-from synthetic.states import state, store_event, stored_result
+from synthetic.states import state, store_event, stored_result, with_dicom_upload
 
 
 def test_result_matches_its_schema_and_is_labelled(store):
@@ -115,14 +114,7 @@ def test_dicom_identifiers_are_read_from_the_upload_not_the_state(store):
     from synthetic.samples import dicom_bytes
 
     data = dicom_bytes(np.full((64, 64), 2000), patient_name="ROE^RICHARD", accession_number="ACC0042", birth_date="19580412")
-    store.put_bytes("images", "incoming/s1/study.dcm", data)
-    event = store_event(state())
-    event["study"]["image"] |= {
-        "key": "incoming/s1/study.dcm",
-        "format": "dicom",
-        "sha256": hashlib.sha256(data).hexdigest(),
-        "size_bytes": len(data),
-    }
+    event = store_event(with_dicom_upload(state(), store, data))
     out = store_result(StoreRequest.model_validate(event), event, store, "results")
     result = json.loads(store.get_bytes("results", out.result.key))
     ds = pydicom.dcmread(io.BytesIO(data))
@@ -152,14 +144,7 @@ def test_malformed_identifiers_are_kept_as_stored_and_never_quoted_in_logs(store
     finally:
         config.settings.writing_validation_mode = previous
     data = buffer.getvalue()
-    store.put_bytes("images", "incoming/s1/study.dcm", data)
-    event = store_event(state())
-    event["study"]["image"] |= {
-        "key": "incoming/s1/study.dcm",
-        "format": "dicom",
-        "sha256": hashlib.sha256(data).hexdigest(),
-        "size_bytes": len(data),
-    }
+    event = store_event(with_dicom_upload(state(), store, data))
     recwarn.clear()
     caplog.clear()
     with caplog.at_level("DEBUG"):
