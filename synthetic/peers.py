@@ -1,4 +1,5 @@
-"""The tests' peers on loopback: the command-line tools (dcmtk, dicom3tools, GDCM) run with a deadline, and a FHIR endpoint."""
+"""The tests' peers on loopback: the command-line tools (dcmtk, dicom3tools, GDCM) run with a deadline, a FHIR endpoint,
+and how Debian's Chromium is started for the console's browser tests and benchmark."""
 
 from __future__ import annotations
 
@@ -6,6 +7,19 @@ import shutil
 import subprocess
 import threading
 from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
+
+
+# Headless, and quiet on the network: no QUIC, no background fetches, no component updates, no sync.
+CHROMIUM_ARGS = [
+    "--headless",
+    "--no-sandbox",
+    "--disable-gpu",
+    "--disable-quic",
+    "--no-first-run",
+    "--disable-background-networking",
+    "--disable-component-update",
+    "--disable-sync",
+]
 
 
 def tool(name: str) -> str:
