@@ -101,26 +101,20 @@ def test_synthetic_stays_out_of_the_product_and_the_images():
         assert "synthetic" not in dockerfile.read_text(), f"{dockerfile.relative_to(ROOT)} copies synthetic/"
 
 
-HANDLERS = {
-    "validate": ["lambda_handler"],
-    "prepare": ["lambda_handler"],
-    "triton": ["lambda_handler"],
-    "store": ["lambda_handler", "record_failure_handler"],
-    "telemetry": ["lambda_handler"],
-    "export": ["lambda_handler", "deliver_handler"],
-}
-
-
-@pytest.mark.parametrize("service", sorted(HANDLERS))
+@pytest.mark.parametrize("service", [s for s in SERVICES if (ROOT / "services" / s / "handler.py").is_file()])
 def test_every_stage_builds_its_dependencies_one_way(service: str):
     """A frozen dataclass built by its `from_settings` and released by its `close`: the service's own (in its handler.py),
     or shared.wiring's StoreDependencies for the stages that need only the settings and the object store."""
     import dataclasses
     import importlib
 
+    from shared.observability import StageHandler
+
     module = importlib.import_module(f"services.{service}.handler")
-    for name in HANDLERS[service]:
-        build = getattr(module, name).build
+    handlers = {name: value for name, value in vars(module).items() if isinstance(value, StageHandler)}
+    assert handlers, f"services/{service}/handler.py has no StageHandler"
+    for name, handler in handlers.items():
+        build = handler.build
         owner = getattr(build, "__self__", None)
         assert isinstance(owner, type) and build.__name__ == "from_settings", f"services/{service}/handler.py {name}: built by {build}"
         assert owner.__module__ in (module.__name__, "shared.wiring"), f"{name}: {owner.__qualname__} is neither the service's nor shared"
