@@ -69,6 +69,7 @@ def test_a_services_tests_import_only_that_service_shared_and_synthetic(service:
                 assert parts[1] == service, f"{where}: a test of two services is an end-to-end test (tests/e2e/)"
         source = path.read_text()
         assert '"-m", "radstream' not in source, f"{path.relative_to(ROOT)} runs the radstream CLI: that is an end-to-end test"
+        assert '"benchmarks"' not in source, f"{path.relative_to(ROOT)} runs a benchmark (the pipeline): that is an end-to-end test"
 
 
 def test_no_test_imports_another_folders_test_modules_or_the_root_conftest():
