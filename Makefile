@@ -15,7 +15,7 @@ STAMP := $(VENV)/.installed
 PIP_LOCKED := -m pip install --quiet --require-hashes --no-deps
 LOCKS := requirements-dev.lock requirements-triton.lock requirements-triton-python.lock pyproject.toml
 
-.PHONY: venv venv-train dcmtk orthanc demo demo-models demo-pacs test lint typecheck test-unit test-integration test-e2e test-torch models bench schemas clean chromium screenshots lock
+.PHONY: venv venv-train dcmtk orthanc demo demo-models demo-pacs test lint typecheck test-unit test-integration test-e2e test-service test-torch models bench schemas clean chromium screenshots lock
 
 $(STAMP): $(LOCKS)
 	test -x $(BIN)/python || $(PYTHON) -m venv $(VENV)
@@ -73,6 +73,19 @@ test-integration: venv dcmtk orthanc chromium
 
 test-e2e: venv dcmtk
 	$(BIN)/python -m pytest -q -m e2e
+
+# One service alone, as its CI job runs it (.github/workflows/<service>.yml): a fresh environment from that service's
+# test lock only (its image's lock plus pytest and the test data's libraries), its tests, then its image's import test
+# (a clean environment from the image's lock, only the files its Dockerfile copies). A requirement missing from the
+# service's lock fails here, not in production. `make test-service SERVICE=prepare`.
+SERVICE_VENV = .venv-service-$(SERVICE)
+test-service:
+	@test -n "$(SERVICE)" && test -f services/$(SERVICE)/requirements-test.lock || { echo "usage: make test-service SERVICE=<a folder of services/ with a requirements-test.lock>" >&2; exit 2; }
+	rm -rf $(SERVICE_VENV)
+	$(PYTHON) -m venv $(SERVICE_VENV)
+	$(SERVICE_VENV)/bin/python $(PIP_LOCKED) -r services/$(SERVICE)/requirements-test.lock
+	$(SERVICE_VENV)/bin/python -m pytest -q services/$(SERVICE)
+	RADSTREAM_IMAGE_TESTS=1 $(SERVICE_VENV)/bin/python -m pytest -q tests/infra/test_service_images.py -k $(SERVICE)
 
 # The headline benchmark, quick: the pipeline against the irreducible work on 1024² studies (prints medians and ratios).
 bench: venv

@@ -1,16 +1,14 @@
-"""Fixtures shared by every test folder: a small model repository written on the fly, stores, sidecars."""
+"""Fixtures shared by every test folder: the test layers, a small model repository written on the fly, stores, uploads.
+
+It imports only shared/ and pytest, so every service's tests run in that service's own environment; test data and
+builders live in synthetic/."""
 
 from __future__ import annotations
 
-import hashlib
 import json
 import signal
-import struct
-import zlib
 from pathlib import Path
 
-import cv2
-import numpy as np
 import pytest
 
 from shared.settings import ENVIRONMENT
@@ -29,10 +27,9 @@ if signal.getsignal(signal.SIGINT) == signal.SIG_IGN:
 INTEGRATION = (
     "tests/aws/",
     "tests/infra/",
+    "tests/integration/",
     "tests/console/test_console_browser.py",
     "services/gateway/tests/",
-    "services/triton/tests/test_triton_server.py",
-    "services/triton/tests/test_gpu_serving.py",
     "tests/test_triton_pipeline.py",
     "tests/test_triton_bench.py",
 )
@@ -100,31 +97,6 @@ def store(tmp_path: Path) -> LocalObjectStore:
     return LocalObjectStore(tmp_path / "data")
 
 
-def gradient_png(width: int = 300, height: int = 200, dtype=np.uint8) -> bytes:
-    peak = np.iinfo(dtype).max
-    image = (np.linspace(0, 1, width)[None, :] * np.linspace(0.2, 1, height)[:, None] * peak).astype(dtype)
-    return cv2.imencode(".png", image)[1].tobytes()
-
-
-def make_sidecar(study_id: str = "study-001", image: str = "image.png", data: bytes | None = None, **overrides) -> dict:
-    doc = {
-        "schema_version": "1",
-        "study_id": study_id,
-        "image": image,
-        "modality": "DX",
-        "body_part": "CHEST",
-        "view_position": "PA",
-        "patient": {"pseudo_id": "anon-42", "age_years": 61, "sex": "F"},
-        "acquired_at": "2026-03-01T10:20:30Z",
-        "priority": "routine",
-        "source": "unit test",
-    }
-    if data is not None:
-        doc["sha256"] = hashlib.sha256(data).hexdigest()
-    doc.update(overrides)
-    return doc
-
-
 @pytest.fixture
 def upload(store: LocalObjectStore):
     """Put a study into the images bucket the way the CLI does; returns the sidecar's key."""
@@ -136,32 +108,3 @@ def upload(store: LocalObjectStore):
         return store.put_bytes("images", f"incoming/{study_id}/study.json", raw).key
 
     return put
-
-
-def png_chunk(kind: bytes, body: bytes) -> bytes:
-    return struct.pack(">I", len(body)) + kind + body + struct.pack(">I", zlib.crc32(kind + body))
-
-
-def one_bit_png(width: int, height: int) -> bytes:
-    """A 1-bit grey PNG of zeros: each row is one filter byte and width/8 bytes, and zlib makes them almost nothing."""
-    compressor = zlib.compressobj(9)
-    row = bytes(1 + (width + 7) // 8)
-    idat = b"".join(compressor.compress(row) for _ in range(height)) + compressor.flush()
-    ihdr = struct.pack(">IIBBBBB", width, height, 1, 0, 0, 0, 0)
-    return b"\x89PNG\r\n\x1a\n" + png_chunk(b"IHDR", ihdr) + png_chunk(b"IDAT", idat) + png_chunk(b"IEND", b"")
-
-
-def jpeg_claiming(width: int, height: int) -> bytes:
-    """A real 16x16 JPEG whose frame header (SOF0) is rewritten to claim width x height."""
-    data = bytearray(cv2.imencode(".jpg", np.full((16, 16), 100, np.uint8))[1].tobytes())
-    sof = data.index(b"\xff\xc0")
-    data[sof + 5 : sof + 9] = struct.pack(">HH", height, width)
-    return bytes(data)
-
-
-def with_sbit(png: bytes, bits: int) -> bytes:
-    """Insert an sBIT chunk after IHDR, as a 12-bit detector's 16-bit PNG carries."""
-    ihdr_end = 8 + 12 + struct.unpack(">I", png[8:12])[0]
-    chunk = struct.pack(">I", 1) + b"sBIT" + bytes([bits])
-    chunk += struct.pack(">I", zlib.crc32(b"sBIT" + bytes([bits])))
-    return png[:ihdr_end] + chunk + png[ihdr_end:]

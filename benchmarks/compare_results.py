@@ -25,8 +25,8 @@ import numpy as np
 
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 
-from radstream.phantoms import generate_phantom
-from radstream.samples import encode, sidecar, write_demo_studies, write_study
+from synthetic.phantoms import generate_phantom
+from synthetic.samples import encode, sidecar, write_demo_studies, write_study
 
 HERE = Path(__file__).resolve().parent.parent
 TOLERANCE = 1e-5
@@ -43,7 +43,7 @@ def write_studies(out: Path) -> None:
         study_id = f"crop-{i:02d}"
         write_study(crops / study_id, sidecar(study_id, name, rng, data), name, data)
     try:
-        from radstream.transfer_syntaxes import write_transfer_syntax_studies
+        from synthetic.transfer_syntaxes import write_transfer_syntax_studies
 
         write_transfer_syntax_studies(out / "syntaxes", generate_phantom(np.random.default_rng(3), size=512).image)
     except Exception as e:

@@ -7,7 +7,7 @@ each run through `radstream run` and through the gateway, with the table of what
 
 Sources: every single-frame image among pydicom's bundled test files that are present in the installed wheel
 (`pydicom.data`'s test_files folder; the files pydicom fetches from the network on demand are never fetched), and
-the project's phantoms (radstream/phantoms.py, 12-bit MONOCHROME1 and MONOCHROME2). Each source is re-tagged as a
+the project's phantoms (synthetic/phantoms.py, 12-bit MONOCHROME1 and MONOCHROME2). Each source is re-tagged as a
 chest CR, DX or Secondary Capture (SOP class, Modality, BodyPartExamined CHEST, new Study/Series/SOP Instance UIDs)
 with its pixel data and pixel-module attributes untouched: that file is the group's "original". Each source is
 then transcoded by dcmtk (dcmconv, dcmcjpeg, dcmcjpls, dcmcrle) and GDCM (gdcmconv) into every transfer syntax
@@ -341,8 +341,8 @@ def pydicom_sources() -> tuple[list[Source], list[tuple[str, str]]]:
 def phantom_sources(size: int = 256) -> list[Source]:
     from pydicom.uid import generate_uid
 
-    from radstream.phantoms import generate_phantom
-    from radstream.transfer_syntaxes import dataset_bytes, dicom_dataset, stored_values
+    from synthetic.phantoms import generate_phantom
+    from synthetic.transfer_syntaxes import dataset_bytes, dicom_dataset, stored_values
 
     image = generate_phantom(np.random.default_rng(20), size=size).image
     sources = []

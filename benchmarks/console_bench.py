@@ -39,8 +39,9 @@ sys.path.insert(0, str(ROOT))
 import cv2  # noqa: E402
 import numpy as np  # noqa: E402
 
-from radstream.phantoms import generate_phantom, to_uint8, to_uint16  # noqa: E402
-from radstream.samples import dicom_bytes  # noqa: E402
+from synthetic.phantoms import generate_phantom, to_uint8, to_uint16  # noqa: E402
+from synthetic.samples import dicom_bytes  # noqa: E402
+from synthetic.peers import CHROMIUM_ARGS  # noqa: E402
 from shared.metrics import LocalEmfFile, ModelLatency, stage_metrics  # noqa: E402
 
 LABELS = ["Atelectasis", "Cardiomegaly", "Consolidation", "Edema", "Pleural Effusion"]
@@ -54,16 +55,6 @@ FAILURES = [
     ("validate", "InvalidStudy", "sidecar breaks schema v1: (top level): field(s) patient_name not allowed"),
     ("validate", "InvalidImage", "image 'image.png' is not PNG, JPEG or DICOM (by its content; the extension is not trusted)"),
     ("prepare", "InvalidImage", "image decodes to a constant value: nothing to read"),
-]
-CHROMIUM_ARGS = [
-    "--headless",
-    "--no-sandbox",
-    "--disable-gpu",
-    "--disable-quic",
-    "--no-first-run",
-    "--disable-background-networking",
-    "--disable-component-update",
-    "--disable-sync",
 ]
 
 

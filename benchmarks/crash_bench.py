@@ -183,8 +183,8 @@ def gateway_round(data: Path, env: dict[str, str], instances: Path, rng: random.
 def write_instances(folder: Path, count: int) -> None:
     import numpy as np
 
-    from radstream.phantoms import generate_phantom
-    from radstream.samples import dicom_bytes
+    from synthetic.phantoms import generate_phantom
+    from synthetic.samples import dicom_bytes
 
     folder.mkdir(parents=True, exist_ok=True)
     rng = np.random.default_rng(5)
@@ -287,7 +287,7 @@ def main(argv: list[str] | None = None) -> int:
     actions = [a.strip() for a in args.actions.split(",") if a.strip()]
     if args.crashes < 1 or not set(actions) <= set(ACTIONS):
         parser.error(f"--crashes >= 1 and --actions from {', '.join(ACTIONS)}")
-    from radstream.samples import write_demo_studies
+    from synthetic.samples import write_demo_studies
 
     work = Path(args.work_dir) if args.work_dir else Path(tempfile.mkdtemp(prefix="radstream-crash-"))
     work.mkdir(parents=True, exist_ok=True)

@@ -49,7 +49,7 @@ sys.path.insert(0, str(ROOT))
 
 from radstream.runtime import LocalRuntime  # noqa: E402
 from services.gateway.server import Gateway, LocalPipeline  # noqa: E402
-from services.gateway.tests.test_gateway import cr_instance  # noqa: E402
+from synthetic.instances import cr_instance  # noqa: E402
 from shared.settings import Settings  # noqa: E402
 
 KEY = "bench-key-0123456789abcdef"

@@ -52,7 +52,7 @@ sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 import radstream.runtime as runtime_module
 import services.prepare.domain as prepare_domain
 from radstream.runtime import LocalRuntime
-from radstream.samples import write_demo_studies
+from synthetic.samples import write_demo_studies
 from services.prepare.domain import model_tensor
 from shared.pixels import decode_raster
 from shared.model_repository import ModelRepository

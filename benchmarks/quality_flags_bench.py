@@ -26,9 +26,10 @@ import numpy as np
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 
 from radstream.cli import main as radstream
-from radstream.phantoms import generate_limb, generate_phantom, to_uint8
-from radstream.transfer_syntaxes import dataset_bytes, dicom_dataset, stored_values
-from services.prepare.domain import letterbox, picture_flags
+from synthetic.phantoms import generate_limb, generate_phantom, to_uint8
+from synthetic.transfer_syntaxes import dataset_bytes, dicom_dataset, stored_values
+from services.prepare.domain import picture_flags
+from shared.letterbox import letterbox
 from services.prepare.quality import quality_flags
 from shared.pixels import decode_dicom, decode_raster, percentile_levels
 

@@ -48,8 +48,8 @@ from pathlib import Path
 ROOT = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(ROOT))
 
-from radstream.phantoms import generate_phantom  # noqa: E402
-from radstream.samples import encode, sidecar, write_demo_studies, write_study  # noqa: E402
+from synthetic.phantoms import generate_phantom  # noqa: E402
+from synthetic.samples import encode, sidecar, write_demo_studies, write_study  # noqa: E402
 from radstream.triton_server import free_port  # noqa: E402
 
 # The studies write_demo_studies breaks on purpose, and the failure each must end with.

@@ -26,12 +26,12 @@ sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 
 import numpy as np
 
-from radstream.phantoms import generate_phantom
+from synthetic.phantoms import generate_phantom
 from radstream.runtime import LocalRuntime
-from radstream.samples import encode, sidecar, write_study
+from synthetic.samples import encode, sidecar, write_study
 from shared.scheduling import HEAD_START_S, Dispatcher, StudyQueue
 from shared.settings import Settings
-from tests.mllp_peer import MllpPeer  # the tests' RIS: strict hl7apy validation, files each MSH-10 once
+from synthetic.mllp_peer import MllpPeer  # the tests' RIS: strict hl7apy validation, files each MSH-10 once
 
 
 def pct(values: list[float], q: float) -> float:

@@ -43,7 +43,6 @@ queue from its execution.
 from __future__ import annotations
 
 import argparse
-import importlib.util
 import os
 import shutil
 import statistics
@@ -70,7 +69,6 @@ from radstream.triton_server import (  # noqa: E402
 from services.triton.triton_client import TritonInference  # noqa: E402
 
 REAL_REPOSITORY = ROOT / "services" / "triton" / "model_repository"
-TESTS_CONFTEST = ROOT / "services" / "triton" / "tests" / "conftest.py"
 
 
 @dataclass
@@ -344,10 +342,9 @@ def variant_table(results: list[Level], names: list[str]) -> str:
 
 
 def tiny_repository(dest: Path) -> Path:
-    spec = importlib.util.spec_from_file_location("_triton_test_fixtures", TESTS_CONFTEST)
-    module = importlib.util.module_from_spec(spec)
-    spec.loader.exec_module(module)
-    return module.build_tiny_repository(dest)
+    from synthetic.models import build_tiny_repository
+
+    return build_tiny_repository(dest)
 
 
 def one_image(model_dir: Path, batch: int = 1, config_name: str | None = None) -> dict[str, np.ndarray]:

@@ -33,31 +33,11 @@ from sqlglot.errors import ErrorLevel, SqlglotError
 from radstream.template import DEFAULT_TEMPLATE, Template
 from shared.aws_errors import translated
 from shared.errors import ConfigurationError, PermanentError, RadStreamError, StorageUnavailable
+from shared.telemetry import LAKE_PREFIX  # the key prefix of the lake's layout, inside the telemetry bucket
 
 READ_DIALECT = "athena"
-LAKE_PREFIX = "telemetry"  # the key prefix of shared.telemetry's layout, inside the telemetry bucket
 LOCAL_DATABASE = "radstream"  # what `${GlueDatabase}` becomes in DuckDB: a schema holding the lake's view
 
-# The lake's columns, as the Glue table declares them (TelemetryRecord), in DuckDB types. Explicit, so an
-# empty lake or one whose records all lack a field (model_name is null outside inference) still has them.
-DUCKDB_COLUMNS: dict[str, str] = {
-    "schema_version": "VARCHAR",
-    "event_id": "VARCHAR",
-    "time": "VARCHAR",
-    "study_id": "VARCHAR",
-    "execution_id": "VARCHAR",
-    "stage": "VARCHAR",
-    "status": "VARCHAR",
-    "duration_ms": "DOUBLE",
-    "model_name": "VARCHAR",
-    "model_version": "VARCHAR",
-    "error_type": "VARCHAR",
-    "bytes_in": "BIGINT",
-    "bytes_out": "BIGINT",
-    "cold_start": "BOOLEAN",
-    "priority": "VARCHAR",
-    "since_arrival_ms": "DOUBLE",
-}
 PARTITION_COLUMNS: dict[str, str] = {"dt": "VARCHAR", "hour": "VARCHAR"}
 _GLUE_TO_DUCKDB = {
     "string": "VARCHAR",

@@ -307,7 +307,7 @@ def cmd_notify(args: argparse.Namespace) -> int:
 def cmd_demo(args: argparse.Namespace) -> int:
     if args.pacs:
         return cmd_demo_pacs(args)
-    from radstream.samples import write_demo_studies
+    from synthetic.samples import write_demo_studies
 
     out = Path(args.out) if args.out else Path(args.data_dir) / "demo-studies"
     folders = write_demo_studies(out, 12 if args.count is None else args.count, invalid=not args.valid_only)
@@ -338,9 +338,9 @@ def cmd_demo_pacs(args: argparse.Namespace) -> int:
     import pydicom
 
     from radstream.orthanc import Orthanc, dicom_json_value
-    from radstream.phantoms import generate_phantom
+    from synthetic.phantoms import generate_phantom
     from radstream.runtime import LocalRuntime
-    from radstream.samples import write_dicom_study
+    from synthetic.samples import write_dicom_study
     from services.gateway.domain import pseudonym_key, study_id_for
     from services.gateway.server import Gateway, LocalPipeline
 

@@ -69,7 +69,7 @@ def build_candidate_classifier(path: Path, size: int = CANDIDATE_SIZE, labels: t
 
 def centre(weights: np.ndarray, size: int) -> np.ndarray:
     """Each label's median logit over phantom studies: subtracting it puts about half the studies on each side."""
-    from radstream.phantoms import generate_phantom
+    from synthetic.phantoms import generate_phantom
     from services.prepare.domain import letterbox
 
     rng = np.random.default_rng(7)
@@ -97,8 +97,8 @@ DEMO_SITES = ("site-north", "site-south")
 
 def write_demo_studies_with_truth(out: Path, count: int, size: int = 512, seed: int = 26) -> tuple[list[Path], dict[str, dict[str, bool]]]:
     """Phantom studies (sidecar + image) and each one's known findings: the stand-in for what a radiologist would read."""
-    from radstream.phantoms import generate_phantom
-    from radstream.samples import encode, sidecar, write_study
+    from synthetic.phantoms import generate_phantom
+    from synthetic.samples import encode, sidecar, write_study
 
     rng = np.random.default_rng(seed)
     folders, truth = [], {}

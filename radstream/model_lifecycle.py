@@ -132,7 +132,7 @@ OUTPUT_NAMES: dict[str, tuple[str, ...]] = {
 
 def sample_tensors(spec: ImportSpec, count: int = SAMPLE_STUDIES) -> np.ndarray:
     """Synthetic phantom studies (with and without findings), letterboxed and normalised as prepare does: [N, 1, S, S]."""
-    from radstream.phantoms import generate_phantom
+    from synthetic.phantoms import generate_phantom
     from services.prepare.domain import letterbox, normalise
 
     rng = np.random.default_rng(26)

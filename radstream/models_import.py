@@ -29,7 +29,7 @@ import sys
 from pathlib import Path
 from collections.abc import Sequence
 
-from radstream.phantoms import FINDINGS
+from synthetic.phantoms import FINDINGS
 
 CLASSIFIER = "chest_xray_classifier"
 INPUT_SIZE = 224

@@ -47,6 +47,7 @@ from pathlib import Path
 from typing import IO
 
 from shared.errors import ConfigurationError, InferenceUnavailable
+from shared.model_repository import parse_config
 
 # What the Python backend stub imports in place of this environment's numpy 2 (see module docstring):
 # numpy 1.x, pinned with its hashes in the repository's lock (make lock writes it).
@@ -243,13 +244,6 @@ def ensure_python_backend_env(target: Path | None = None) -> Path:
     return target
 
 
-def _parse_config(text: str):
-    from google.protobuf import text_format
-    from tritonclient.grpc import model_config_pb2
-
-    return text_format.Parse(text, model_config_pb2.ModelConfig())
-
-
 def _format_config(config) -> str:
     from google.protobuf import text_format
 
@@ -329,10 +323,7 @@ def write_serving_repository(model_repository: Path, dest: Path, *, sys_path: li
         raise ConfigurationError(f"no model (no <model>/config.pbtxt) in {model_repository}")
     for model_dir in models:
         config_path = model_config_path(model_dir, model_config_name)
-        try:
-            config = _parse_config(config_path.read_text())
-        except ValueError as e:  # text_format.ParseError
-            raise ConfigurationError(f"{config_path}: {e}") from e
+        config = parse_config(config_path)
         onnx_name = config.default_model_filename or "model.onnx"
         if config.platform not in ("", "onnxruntime_onnx") or config.backend not in ("", "onnxruntime"):
             raise ConfigurationError(

@@ -18,7 +18,7 @@ compile requirements-triton.txt requirements-triton.lock --no-deps
 compile requirements-infra.txt requirements-infra.lock
 compile requirements-lock.txt requirements-lock.lock
 compile requirements-triton-python.txt requirements-triton-python.lock --no-deps
-for requirements in services/*/requirements.txt; do
+for requirements in services/*/requirements.txt services/*/requirements-test.txt; do
   compile "$requirements" "${requirements%.txt}.lock"
 done
 # The training environment's CPU torch is not on PyPI: its wheel comes from PyTorch's CPU index, which these machines

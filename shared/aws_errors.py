@@ -40,6 +40,7 @@ TRANSIENT_CODES = frozenset(
         "InternalFailure",
         "InternalServerError",
         "InternalServerException",
+        "InternalServiceError",  # Secrets Manager's
         "InternalException",
         "ServiceUnavailable",
         "ServiceUnavailableException",
@@ -67,6 +68,7 @@ CONFIGURATION_CODES = {
     "KMS.NotFoundException": "the KMS key",
     "KMS.KMSInvalidStateException": "the KMS key",
     "KMS.AccessDeniedException": "the KMS key policy",
+    "DecryptionFailure": "the KMS key",  # Secrets Manager could not decrypt the secret with its key
     "InvalidArgument": "the request the adapter built",
     "ValidationException": "the request the adapter built",
     "InvalidRequestException": "the request the adapter built",

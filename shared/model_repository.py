@@ -115,7 +115,8 @@ def shadow_tensor_key(name: str, version: str) -> str:
     return f"{name}@{version}"
 
 
-def _parse_config(path: Path):
+def parse_config(path: Path):
+    """A config.pbtxt (or configs/<name>.pbtxt) as Triton's ModelConfig message; ConfigurationError naming the file."""
     # Imported here: the message type comes with tritonclient, which only prepare and triton install.
     from tritonclient.grpc import model_config_pb2
 
@@ -138,7 +139,7 @@ def load_model_spec(folder: Path, version: str | None = None) -> ModelSpec:
         raise ConfigurationError(f"model {folder.name}: version {version} has no folder in {folder}")
     own = folder / version
     source = own if (own / "config.pbtxt").is_file() else folder
-    config = _parse_config(source / "config.pbtxt")
+    config = parse_config(source / "config.pbtxt")
     name = config.name or folder.name
     params = {k: v.string_value for k, v in config.parameters.items()}
     kind, normalization = params.get("radstream.kind"), params.get("radstream.normalization")

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import errno
+import hashlib
 import os
 import threading
 from dataclasses import dataclass
@@ -11,7 +12,7 @@ from typing import Any, BinaryIO, Literal, Protocol
 
 from shared.atomicfile import atomic_copy, atomic_write, staging_dir
 from shared.aws_errors import translated
-from shared.errors import ObjectNotFound, PermanentError, StorageUnavailable
+from shared.errors import InvalidImage, ObjectNotFound, PermanentError, StorageUnavailable
 
 
 @dataclass(frozen=True)
@@ -37,6 +38,14 @@ class ObjectStore(Protocol):
     def delete(self, bucket: str, key: str) -> None:
         """Remove an object; removing one that is not there is not an error (as S3's DeleteObject)."""
         ...
+
+
+def get_validated_bytes(store: ObjectStore, bucket: str, key: str, sha256: str, study_id: str) -> bytes:
+    """The very bytes validate checked (the sha256 it recorded): an object replaced in the bucket since is refused."""
+    data = store.get_bytes(bucket, key)
+    if hashlib.sha256(data).hexdigest() != sha256:
+        raise InvalidImage("the DICOM file changed in the images bucket after it was validated; upload it again", study_id=study_id)
+    return data
 
 
 def _check_key(key: str) -> None:

@@ -1,7 +1,11 @@
 """Builds adapters from settings: the one door through which stages and tests get their dependencies.
 
-Each service's handler names a `build(settings) -> dependencies` function; Lambda calls it once per
-container with the settings from the environment, the local runtime once per runtime with its own.
+A stage's dependencies have one shape: a frozen dataclass whose `from_settings(settings)` builds it from these
+functions and whose `close()` releases it; its handler passes `from_settings` to StageHandler. The stages that need
+only the settings and the object store share StoreDependencies below; any other stage defines its own `Dependencies`
+in its handler.py (no subclassing, no domain object in its place). Lambda calls `from_settings` once per container with
+the settings from the environment, the local runtime once per runtime with its own (the stages sharing
+StoreDependencies share its store there); tests construct the dataclass directly with fakes or emulator adapters.
 """
 
 from __future__ import annotations
@@ -90,7 +94,7 @@ def close_all(*resources: Any) -> None:
 
 @dataclass(frozen=True)
 class StoreDependencies:
-    """What a stage that only reads and writes objects needs."""
+    """What a stage that only reads and writes objects needs (validate, store's StoreResults, export)."""
 
     settings: Settings
     store: ObjectStore

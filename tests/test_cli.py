@@ -6,7 +6,7 @@ import json
 from pathlib import Path
 
 from radstream.cli import EXIT_FAILED_STUDIES, EXIT_USAGE, main
-from radstream.samples import write_demo_studies
+from synthetic.samples import write_demo_studies
 
 
 def test_run_json_and_exit_code_agree_with_the_buckets(tmp_path, capsys):

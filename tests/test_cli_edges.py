@@ -16,7 +16,7 @@ from pathlib import Path
 import pytest
 
 from radstream.cli import EXIT_INTERRUPTED, EXIT_USAGE, main
-from radstream.samples import write_demo_studies
+from synthetic.samples import write_demo_studies
 from shared import atomicfile
 
 REPO = Path(__file__).resolve().parent.parent

@@ -12,9 +12,9 @@ import numpy as np
 import pytest
 
 from radstream.coherence import contradictions, judge, overlapping_boxes
-from radstream.phantoms import FINDINGS, LESION_LABELS, SENTENCE_BANK, SENTENCE_TAGS, generate_phantom
+from synthetic.phantoms import FINDINGS, LESION_LABELS, SENTENCE_BANK, SENTENCE_TAGS, generate_phantom
 from radstream.runtime import LocalRuntime
-from radstream.samples import write_demo_studies
+from synthetic.samples import write_demo_studies
 from shared.model_repository import ModelRepository
 from shared.settings import DEFAULT_MODEL_REPOSITORY, Settings
 

@@ -137,7 +137,7 @@ def test_a_transcoder_refusing_an_input_is_recorded_as_not_produced():
     """dcmcjpeg has no lossless JPEG for 32-bit samples: that container is "not produced by dcmcjpeg", with its reason."""
     import numpy as np
 
-    from radstream.transfer_syntaxes import dataset_bytes, dicom_dataset
+    from synthetic.transfer_syntaxes import dataset_bytes, dicom_dataset
 
     ds = dicom_dataset(np.zeros((8, 8), np.uint16), bits_stored=16)
     ds.BitsAllocated, ds.BitsStored, ds.HighBit = 32, 32, 31

@@ -13,9 +13,9 @@ import cv2
 import numpy as np
 import pytest
 
-from conftest import with_sbit
-from radstream.phantoms import generate_phantom, to_uint8
-from radstream.transfer_syntaxes import SYNTAXES, dataset_bytes, dicom_dataset, dicom_in_syntax, stored_values
+from synthetic.images import with_sbit
+from synthetic.phantoms import generate_phantom, to_uint8
+from synthetic.transfer_syntaxes import SYNTAXES, dataset_bytes, dicom_dataset, dicom_in_syntax, stored_values
 from services.prepare.domain import PrepareRequest, prepare_tensors
 from services.triton.domain import Inference, InferenceRequest
 from services.triton.onnx_backend import OnnxRuntimeBackend

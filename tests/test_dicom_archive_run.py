@@ -9,10 +9,11 @@ from pathlib import Path
 import numpy as np
 import pytest
 
-from conftest import jpeg_claiming, make_sidecar, one_bit_png
+from synthetic.images import jpeg_claiming, one_bit_png
+from synthetic.samples import make_sidecar
 from radstream.cli import EXIT_FAILED_STUDIES, main
-from radstream.phantoms import generate_phantom
-from radstream.transfer_syntaxes import SYNTAXES, write_transfer_syntax_studies
+from synthetic.phantoms import generate_phantom
+from synthetic.transfer_syntaxes import SYNTAXES, write_transfer_syntax_studies
 
 
 def test_every_transfer_syntax_runs_end_to_end(tmp_path, capsys):

@@ -9,7 +9,7 @@ import pytest
 
 from radstream.cli import main
 from radstream.runtime import LocalRuntime, StudyOutcome
-from radstream.samples import write_demo_studies
+from synthetic.samples import write_demo_studies
 from shared.settings import Settings
 
 STUDIES = 29  # + the demo set's DICOM: 30

@@ -18,7 +18,8 @@ from pathlib import Path
 import pytest
 
 from radstream.journal import read_journal
-from services.gateway.tests.test_gateway import cr_instance, run, tool
+from synthetic.instances import cr_instance
+from synthetic.peers import run, tool
 
 REPO = Path(__file__).resolve().parent.parent
 # The process dies as a power cut would take it, inside SendTelemetry: after StoreResults wrote the result.

@@ -13,7 +13,7 @@ import pytest
 import yaml
 
 from radstream.runtime import LocalRuntime
-from radstream.samples import write_demo_studies
+from synthetic.samples import write_demo_studies
 from radstream.template import DEFAULT_TEMPLATE, load_yaml
 from shared.contracts import schema_path
 from shared.settings import Settings

@@ -5,7 +5,7 @@ from __future__ import annotations
 import json
 
 from radstream.runtime import LocalRuntime
-from radstream.samples import write_demo_studies
+from synthetic.samples import write_demo_studies
 from shared.settings import Settings
 
 

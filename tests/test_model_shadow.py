@@ -15,7 +15,7 @@ from radstream.analytics import DuckDBQueryRunner
 from radstream.demo_models import CANDIDATE_LABELS, write_candidate
 from radstream.model_lifecycle import import_model, set_shadow
 from radstream.runtime import LocalRuntime
-from radstream.samples import write_demo_studies
+from synthetic.samples import write_demo_studies
 from shared.lake_tables import MODEL_OUTPUTS, put_rows
 from shared.settings import DEFAULT_MODEL_REPOSITORY, Settings
 from shared.storage import LocalObjectStore

@@ -15,7 +15,7 @@ import pytest
 from radstream.demo_models import CANDIDATE_LABELS, CANDIDATE_SIZE, write_candidate
 from radstream.model_lifecycle import import_model, set_shadow
 from radstream.runtime import LocalRuntime
-from radstream.samples import write_demo_studies
+from synthetic.samples import write_demo_studies
 from radstream.triton_server import TritonServer
 from services.triton.triton_client import TritonInference
 from shared.settings import DEFAULT_MODEL_REPOSITORY, Settings

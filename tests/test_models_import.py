@@ -89,7 +89,7 @@ def test_the_export_is_imported_as_a_new_version_through_the_generic_path(monkey
     import shutil
 
     from radstream.models_import import xrv_spec
-    from radstream.phantoms import FINDINGS
+    from synthetic.phantoms import FINDINGS
     from shared.model_repository import ModelRepository, read_pointer
     from shared.settings import DEFAULT_MODEL_REPOSITORY
 
@@ -140,3 +140,11 @@ def test_results_name_the_newest_version_and_its_weights(config_only_repository)
     config.write_text(config.read_text().replace("test fixture", "torchxrayvision DenseNet-121 v2, weights w.pt sha256 " + "ab" * 32))
     ref = ModelRepository(config_only_repository).get("chest_xray_classifier").ref
     assert ref.version == "2" and ref.provenance.endswith("sha256 " + "ab" * 32)
+
+
+@pytest.mark.parametrize("name", ["chest_xray_classifier", "anomaly_detector", "report_encoder"])
+def test_the_committed_gpu_configs_say_what_an_import_writes(name: str):
+    """configs/gpu.pbtxt of each committed model and what `radstream models import-torchxrayvision` writes say the
+    same, reasons included."""
+    text = (Path(__file__).resolve().parents[1] / "services" / "triton" / "model_repository" / name / "configs" / "gpu.pbtxt").read_text()
+    assert models_import._GPU_NO_BATCHING + models_import._PLACEMENT["gpu"] in text

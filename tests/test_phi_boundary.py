@@ -13,9 +13,9 @@ from pathlib import Path
 import numpy as np
 import pydicom
 
-from radstream.phantoms import generate_phantom
+from synthetic.phantoms import generate_phantom
 from radstream.runtime import LocalRuntime
-from radstream.samples import dicom_bytes
+from synthetic.samples import dicom_bytes
 from shared.settings import Settings
 
 NAME, BIRTH_DATE, ACCESSION = "PHIPATIENT^ALICE", "19580412", "ACC7731942"

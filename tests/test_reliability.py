@@ -23,7 +23,7 @@ import pytest
 from radstream.cli import EXIT_FAILED_STUDIES, EXIT_INTERRUPTED, main
 from radstream.journal import read_journal
 from radstream.runtime import LocalRuntime
-from radstream.samples import write_demo_studies, write_study
+from synthetic.samples import write_demo_studies, write_study
 from services.triton.onnx_backend import OnnxRuntimeBackend
 from shared.errors import InferenceUnavailable
 from shared.settings import Settings

@@ -24,7 +24,7 @@ from pathlib import Path
 import pytest
 
 from radstream.cli import main
-from radstream.samples import write_demo_studies
+from synthetic.samples import write_demo_studies
 
 REPO = Path(__file__).resolve().parent.parent
 STUDIES = 24

@@ -7,7 +7,8 @@ import json
 
 import pytest
 
-from conftest import gradient_png, make_sidecar
+from synthetic.images import gradient_png
+from synthetic.samples import make_sidecar
 from radstream.runtime import LocalRuntime, upload_key_study_id
 from services.validate.domain import ValidateRequest, validate_study
 from shared.errors import InvalidStudy

@@ -9,8 +9,8 @@ from pathlib import Path
 import pytest
 
 from radstream.runtime import LocalRuntime
-from radstream.samples import encode, sidecar, write_demo_studies, write_study
-from radstream.phantoms import generate_phantom
+from synthetic.samples import encode, sidecar, write_demo_studies, write_study
+from synthetic.phantoms import generate_phantom
 from shared.errors import StorageUnavailable
 from shared.settings import Settings
 

@@ -1,5 +1,5 @@
 """Critical findings reach the RIS: the notify stage of template.yaml's workflow, run by the local runtime, sends one
-HL7 v2.5.1 ORU^R01 per study and fired rule over MLLP to a real listener on loopback (tests/mllp_peer.py, strict
+HL7 v2.5.1 ORU^R01 per study and fired rule over MLLP to a real listener on loopback (synthetic/mllp_peer.py, strict
 hl7apy validation), publishes a "Critical Finding" event, survives NAKs and dropped connections, dead-letters what it
 cannot deliver (replayed by the CLI), and delivers exactly once across a kill of the notifier."""
 
@@ -16,13 +16,13 @@ from pathlib import Path
 import numpy as np
 import pytest
 
-from radstream.phantoms import generate_phantom
+from synthetic.phantoms import generate_phantom
 from radstream.runtime import LocalRuntime
-from radstream.samples import dicom_bytes, encode, sidecar, write_study
+from synthetic.samples import dicom_bytes, encode, sidecar, write_study
 from services.notify.hl7 import validate_strictly
 from shared.contracts import StudyNotifications
 from shared.settings import Settings
-from tests.mllp_peer import MllpPeer
+from synthetic.mllp_peer import MllpPeer
 
 ROOT = Path(__file__).resolve().parents[1]
 

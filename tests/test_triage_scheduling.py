@@ -8,9 +8,9 @@ from pathlib import Path
 
 import numpy as np
 
-from radstream.phantoms import generate_phantom
+from synthetic.phantoms import generate_phantom
 from radstream.runtime import LocalRuntime
-from radstream.samples import encode, sidecar, write_dicom_study, write_study
+from synthetic.samples import encode, sidecar, write_dicom_study, write_study
 from shared.scheduling import StudyQueue
 from shared import priority
 from shared.settings import Settings
@@ -163,7 +163,7 @@ def test_the_gateway_reads_an_instances_priority_from_the_order_and_the_associat
 
     import pydicom
 
-    from radstream.samples import dicom_bytes
+    from synthetic.samples import dicom_bytes
     from services.gateway.domain import Receiver
     from shared.storage import LocalObjectStore
 

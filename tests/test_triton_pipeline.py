@@ -8,7 +8,7 @@ from pathlib import Path
 import pytest
 
 from radstream.runtime import LocalRuntime
-from radstream.samples import write_demo_studies
+from synthetic.samples import write_demo_studies
 from radstream.triton_server import TritonServer
 from shared.settings import DEFAULT_MODEL_REPOSITORY, Settings
 

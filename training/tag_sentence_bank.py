@@ -1,4 +1,4 @@
-"""Write the asserts/negates tags (radstream.phantoms.SENTENCE_TAGS) into a committed sentence bank.
+"""Write the asserts/negates tags (synthetic.phantoms.SENTENCE_TAGS) into a committed sentence bank.
 
     .venv/bin/python training/tag_sentence_bank.py [services/triton/model_repository/report_encoder/1/sentence_bank.json]
 
@@ -14,7 +14,7 @@ from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 
-from radstream.phantoms import SENTENCE_TAGS  # noqa: E402
+from synthetic.phantoms import SENTENCE_TAGS  # noqa: E402
 
 DEFAULT_BANK = Path(__file__).resolve().parent.parent / "services/triton/model_repository/report_encoder/1/sentence_bank.json"
 
@@ -23,7 +23,7 @@ def tag_bank(path: Path) -> int:
     bank = json.loads(path.read_text())
     unknown = [s["text"] for s in bank["sentences"] if s["text"] not in SENTENCE_TAGS]
     if unknown:
-        raise SystemExit(f"{path}: no tags known for {unknown}; add them to radstream.phantoms.SENTENCE_TAGS")
+        raise SystemExit(f"{path}: no tags known for {unknown}; add them to synthetic.phantoms.SENTENCE_TAGS")
     tagged = []
     for s in bank["sentences"]:
         asserts, negates = SENTENCE_TAGS[s["text"]]

@@ -37,6 +37,7 @@ from pydantic import BaseModel
 
 from services.export.status import write_status
 from shared.contracts import ObjectRef
+from shared.dimse import quiet_pynetdicom
 from shared.errors import (
     ConfigurationError,
     DeliveryRefused,
@@ -74,11 +75,6 @@ class DicomPeer:
 
     def __str__(self) -> str:
         return f"{self.ae_title}@{self.host}:{self.port}"
-
-
-def quiet_pynetdicom() -> None:
-    """pynetdicom's DEBUG lines print each request's SOP Instance UID: identifiers in logs (docs/phi.md)."""
-    logging.getLogger("pynetdicom").setLevel(logging.WARNING)
 
 
 def c_store(peer: DicomPeer, files: list[bytes], settings: Settings, study_id: str) -> list[int]:

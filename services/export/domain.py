@@ -41,7 +41,7 @@ from shared.contracts import QUALITY_FLAGS, CriticalNotification, ObjectRef, Stu
 from shared.errors import InvalidImage, ObjectNotFound, PermanentError
 from shared.messages import ExportedResult, ExportRequest
 from shared.observability import logger
-from shared.storage import ObjectStore
+from shared.storage import ObjectStore, get_validated_bytes
 
 NOT_FOR_CLINICAL_USE = "AI-generated draft, not for clinical use"
 MANUFACTURER = "RadStream"
@@ -59,10 +59,7 @@ URI = "urn:ietf:rfc:3986"
 
 def source_bytes(store: ObjectStore, result: StudyResult) -> bytes:
     """The source DICOM, the very bytes validate checked (sha256)."""
-    data = store.get_bytes(result.input.image.bucket, result.input.image.key)
-    if hashlib.sha256(data).hexdigest() != result.input.sha256:
-        raise InvalidImage("the DICOM file changed in the images bucket after it was validated; upload it again", study_id=result.study_id)
-    return data
+    return get_validated_bytes(store, result.input.image.bucket, result.input.image.key, result.input.sha256, result.study_id)
 
 
 def source_header(data: bytes, study_id: str):

@@ -40,16 +40,11 @@ from services.gateway.archive import MATCHABLE, Archive
 from services.gateway.domain import ACCEPTED_SOP_CLASSES, PROCESSING_FAILURE, Receiver, Refused
 from shared import priority
 from shared.acceptance import SECONDARY_CAPTURE
+from shared.dimse import quiet_pynetdicom
 from shared.settings import Settings
 
 log = logging.getLogger("radstream.gateway")
 SUCCESS = 0x0000
-
-
-def quiet_pynetdicom() -> None:
-    """pynetdicom's DEBUG lines print each request's Affected SOP Instance UID and its INFO/DEBUG PDU dumps the
-    peers' details: identifiers in logs (docs/phi.md). Its warnings and errors (no data set values) still log."""
-    logging.getLogger("pynetdicom").setLevel(logging.WARNING)
 
 
 class SlotLimitedAE(AE):

@@ -17,7 +17,7 @@ def echo(settings: Settings, host: str = "127.0.0.1", timeout_s: float = 5.0) ->
     from pynetdicom import AE
     from pynetdicom.sop_class import Verification  # type: ignore[attr-defined]
 
-    from services.gateway.dimse import quiet_pynetdicom
+    from shared.dimse import quiet_pynetdicom
 
     quiet_pynetdicom()
     ae = AE(ae_title="RADSTREAM-PROBE")

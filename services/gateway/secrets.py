@@ -4,13 +4,17 @@ With GATEWAY_PSEUDONYM_SECRET_ARN set, the key is the secret's SecretString, fet
 starts (boto3; the pod's IRSA role may read that one secret and nothing else in Secrets Manager). It is not
 re-read while the process runs: a changed key would change every study id, so a rotation is a deliberate
 restart (docs/gateway.md, "On EKS"). Any failure stops the gateway before it listens (a pod that cannot read
-its key restarts, with Kubernetes' back-off, rather than hash with another key). Errors name the secret's ARN and the AWS error code, never the value.
+its key restarts, with Kubernetes' back-off, rather than hash with another key). AWS errors are classified by the one
+table (shared/aws_errors.py) every adapter uses: a missing secret or a denied read is a ConfigurationError naming
+GATEWAY_PSEUDONYM_SECRET_ARN, throttling or an unreachable endpoint a StorageUnavailable. Errors name the secret's ARN
+and the AWS error code, never the value.
 """
 
 from __future__ import annotations
 
 from typing import Any
 
+from shared.aws_errors import translated
 from shared.errors import ConfigurationError
 from shared.settings import Settings
 
@@ -18,20 +22,14 @@ MIN_KEY_CHARS = 16
 
 
 def fetch_secret(arn: str, client: Any = None) -> str:
-    """The SecretString of `arn`; ConfigurationError when it is missing, binary, short or not readable."""
-    from botocore.exceptions import BotoCoreError, ClientError
-
+    """The SecretString of `arn`; ConfigurationError when it is missing, binary, short or not readable (StorageUnavailable
+    when Secrets Manager throttles or cannot be reached)."""
     if client is None:
         from shared.wiring import boto3_client
 
         client = boto3_client("secretsmanager")
-    try:
+    with translated(f"the pseudonym key secret {arn}", setting="GATEWAY_PSEUDONYM_SECRET_ARN"):
         answer = client.get_secret_value(SecretId=arn)
-    except ClientError as e:
-        code = e.response.get("Error", {}).get("Code", "Unknown")
-        raise ConfigurationError(f"the pseudonym key secret {arn} cannot be read ({code})") from e
-    except BotoCoreError as e:
-        raise ConfigurationError(f"Secrets Manager cannot be reached for {arn} ({type(e).__name__})") from e
     value = answer.get("SecretString")
     if not isinstance(value, str):
         raise ConfigurationError(f"the pseudonym key secret {arn} has no SecretString (a binary secret is not supported)")

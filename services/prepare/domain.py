@@ -16,6 +16,7 @@ from services.prepare.quality import quality_flags
 from shared.contracts import QualityFlag
 from shared.errors import InvalidImage
 from shared.imageheader import check_pixel_limit
+from shared.letterbox import fitted, letterbox
 from shared.messages import Letterbox, OriginalImage, PreparedTensors, PrepareRequest, TensorRef
 from shared.model_repository import ModelRepository, ModelSpec
 from shared.npy import to_npy
@@ -25,24 +26,6 @@ from shared.storage import ObjectStore
 
 # torchxrayvision's convention: images scaled to [-1024, 1024].
 XRV_RANGE = 1024.0
-
-
-def fitted(h: int, w: int, size: int) -> tuple[int, int, int, int]:
-    """Where a h x w image lands in a letterbox of `size`: (new_w, new_h, pad_x, pad_y)."""
-    scale = size / max(h, w)
-    new_w, new_h = max(1, round(w * scale)), max(1, round(h * scale))
-    return new_w, new_h, (size - new_w) // 2, (size - new_h) // 2
-
-
-def letterbox(pixels: np.ndarray, size: int) -> tuple[np.ndarray, Letterbox]:
-    """Scale the longer side to `size`, centre, pad with black. Nothing is cropped."""
-    h, w = pixels.shape
-    new_w, new_h, pad_x, pad_y = fitted(h, w, size)
-    interpolation = cv2.INTER_AREA if size < max(h, w) else cv2.INTER_LINEAR
-    resized = cv2.resize(pixels, (new_w, new_h), interpolation=interpolation)
-    canvas = np.zeros((size, size), np.float32)
-    canvas[pad_y : pad_y + new_h, pad_x : pad_x + new_w] = resized
-    return canvas, Letterbox(scale=new_w / w, pad_x=pad_x, pad_y=pad_y)
 
 
 def normalise(square: np.ndarray, normalization: str) -> np.ndarray:

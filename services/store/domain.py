@@ -45,7 +45,7 @@ from shared.messages import (
     study_id_from_key,
 )
 from shared.observability import telemetry_record
-from shared.storage import ObjectStore
+from shared.storage import ObjectStore, get_validated_bytes
 
 # The workflow state keys each stage writes (ResultPath in template.yaml), in pipeline order, up to the result: after
 # StoreResults nothing reaches RecordFailure (an export that fails is dead-lettered, the result stands).
@@ -90,9 +90,7 @@ def dicom_identifiers(store: ObjectStore, image: StudyImage, study_id: str) -> S
     import pydicom
     from pydicom.errors import InvalidDicomError
 
-    data = store.get_bytes(image.bucket, image.key)
-    if hashlib.sha256(data).hexdigest() != image.sha256:
-        raise InvalidImage("the DICOM file changed in the images bucket after it was validated; upload it again", study_id=study_id)
+    data = get_validated_bytes(store, image.bucket, image.key, image.sha256, study_id)
     try:
         ds = pydicom.dcmread(io.BytesIO(data), stop_before_pixels=True, specific_tags=list(IDENTIFIER_TAGS))
         return StudyIdentifiers(**{tag: _raw_text(ds, tag) for tag in IDENTIFIER_TAGS})

@@ -10,11 +10,16 @@ from shared.events import EventPublisher
 from shared.messages import FailureRequest, RecordedFailure, StoredResult, StoreRequest
 from shared.observability import StageHandler
 from shared.settings import Settings
+from shared.storage import ObjectStore
 from shared.wiring import StoreDependencies, close_all, event_publisher, object_store
 
 
 @dataclass(frozen=True)
-class FailureDependencies(StoreDependencies):
+class FailureDependencies:
+    """RecordFailure's: it also announces the failure ("Study Failed" on the event bus)."""
+
+    settings: Settings
+    store: ObjectStore
     events: EventPublisher
 
     @classmethod

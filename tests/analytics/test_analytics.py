@@ -14,7 +14,6 @@ import pytest
 from botocore.stub import ANY, Stubber
 
 from radstream.analytics import (
-    DUCKDB_COLUMNS,
     AthenaQueryRunner,
     DuckDBQueryRunner,
     add_query_parser,
@@ -149,7 +148,7 @@ def test_glue_table_matches_the_telemetry_contract_and_projects_partitions() -> 
     template = Template()
     table = template.resources["TelemetryTable"]["Properties"]["TableInput"]
     columns = {c["Name"]: c["Type"] for c in table["StorageDescriptor"]["Columns"]}
-    assert set(columns) == set(TelemetryRecord.model_fields) == set(DUCKDB_COLUMNS)
+    assert set(columns) == set(TelemetryRecord.model_fields)
     assert columns["duration_ms"] == "double" and columns["bytes_in"] == "bigint" and columns["cold_start"] == "boolean"
     assert [p["Name"] for p in table["PartitionKeys"]] == ["dt", "hour"]
     assert table["StorageDescriptor"]["SerdeInfo"]["SerializationLibrary"] == "org.openx.data.jsonserde.JsonSerDe"

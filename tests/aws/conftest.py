@@ -7,6 +7,7 @@ environment that points boto3 at it: AWS_ENDPOINT_URL, fake credentials, a regio
 
 from __future__ import annotations
 
+import json
 import os
 import socket
 import time
@@ -125,3 +126,36 @@ def bucket(emulator: Emulator) -> str:
     name = "radstream-test-bucket"
     emulator.client("s3").create_bucket(Bucket=name, CreateBucketConfiguration={"LocationConstraint": REGION})
     return name
+
+
+def queue_athena_rows(emulator: Emulator, columns: list[tuple[str, str]], rows: list[list[str]]) -> None:
+    """Queue the answer moto's Athena gives the next query (through moto's API): a header row, then `rows`."""
+    client = emulator.client("athena")
+    queued = {
+        "account_id": "123456789012",
+        "region": client.meta.region_name,
+        "results": [
+            {
+                "rows": [{"Data": [{"VarCharValue": v} for v in row]} for row in [[n for n, _ in columns], *rows]],
+                "column_info": [
+                    {
+                        "Name": n,
+                        "Type": t,
+                        "CatalogName": "hive",
+                        "SchemaName": "",
+                        "TableName": "",
+                        "Label": n,
+                        "Precision": 0,
+                        "Scale": 0,
+                        "Nullable": "UNKNOWN",
+                        "CaseSensitive": False,
+                    }
+                    for n, t in columns
+                ],
+            }
+        ],
+    }
+    request = urllib.request.Request(
+        f"{emulator.endpoint}/moto-api/static/athena/query-results", data=json.dumps(queued).encode(), method="POST"
+    )
+    urllib.request.urlopen(request, timeout=5).close()

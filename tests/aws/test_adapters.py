@@ -17,6 +17,8 @@ from shared.settings import Settings
 from shared.storage import S3ObjectStore
 from shared.telemetry import KinesisSink
 
+from .conftest import queue_athena_rows
+
 
 def record(study_id: str, stage: str = "validate") -> TelemetryRecord:
     return TelemetryRecord(
@@ -162,7 +164,6 @@ def test_local_event_log_appends_json_lines(tmp_path):
 
 def test_athena_runs_a_named_query_and_types_its_rows(emulator):
     """The Athena runner over HTTP: moto answers the next query with the rows queued through its API."""
-    import urllib.request
 
     from radstream.analytics import AthenaQueryRunner
 
@@ -171,35 +172,7 @@ def test_athena_runs_a_named_query_and_types_its_rows(emulator):
         Name="radstream-dev", Configuration={"ResultConfiguration": {"OutputLocation": "s3://results/athena-results/"}}
     )
     columns = [("model_name", "varchar"), ("model_version", "varchar"), ("inferences", "bigint"), ("p95_ms", "double")]
-    rows = [[name for name, _ in columns], ["chest_xray_classifier", "1", "42", "4.5"]]
-    queued = {
-        "account_id": "123456789012",
-        "region": client.meta.region_name,
-        "results": [
-            {
-                "rows": [{"Data": [{"VarCharValue": v} for v in row]} for row in rows],
-                "column_info": [
-                    {
-                        "Name": n,
-                        "Type": t,
-                        "CatalogName": "hive",
-                        "SchemaName": "",
-                        "TableName": "",
-                        "Label": n,
-                        "Precision": 0,
-                        "Scale": 0,
-                        "Nullable": "UNKNOWN",
-                        "CaseSensitive": False,
-                    }
-                    for n, t in columns
-                ],
-            }
-        ],
-    }
-    request = urllib.request.Request(
-        f"{emulator.endpoint}/moto-api/static/athena/query-results", data=json.dumps(queued).encode(), method="POST"
-    )
-    urllib.request.urlopen(request, timeout=5).close()
+    queue_athena_rows(emulator, columns, [["chest_xray_classifier", "1", "42", "4.5"]])
     runner = AthenaQueryRunner(client, "radstream-dev", "radstream_dev", poll_initial_s=0.01)
     result = runner.run("model_comparison")
     assert result.columns == [name for name, _ in columns]

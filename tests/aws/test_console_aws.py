@@ -13,42 +13,12 @@ import numpy as np
 from shared.pixels import percentile_window
 from radstream.console.data import aws_data
 from radstream.console.server import ConsoleServer
-from radstream.phantoms import generate_phantom, to_uint8
+from synthetic.phantoms import generate_phantom, to_uint8
 from shared.settings import Settings
 
+from .conftest import queue_athena_rows
+
 REGION = "eu-west-1"
-
-
-def queue_athena_rows(emulator, columns: list[tuple[str, str]], rows: list[list[str]]) -> None:
-    client = emulator.client("athena")
-    queued = {
-        "account_id": "123456789012",
-        "region": client.meta.region_name,
-        "results": [
-            {
-                "rows": [{"Data": [{"VarCharValue": v} for v in row]} for row in [[n for n, _ in columns], *rows]],
-                "column_info": [
-                    {
-                        "Name": n,
-                        "Type": t,
-                        "CatalogName": "hive",
-                        "SchemaName": "",
-                        "TableName": "",
-                        "Label": n,
-                        "Precision": 0,
-                        "Scale": 0,
-                        "Nullable": "UNKNOWN",
-                        "CaseSensitive": False,
-                    }
-                    for n, t in columns
-                ],
-            }
-        ],
-    }
-    request = urllib.request.Request(
-        f"{emulator.endpoint}/moto-api/static/athena/query-results", data=json.dumps(queued).encode(), method="POST"
-    )
-    urllib.request.urlopen(request, timeout=5).close()
 
 
 def test_console_reads_s3_and_athena(emulator) -> None:

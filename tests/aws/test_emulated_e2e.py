@@ -12,7 +12,8 @@ from pathlib import Path
 
 import pytest
 
-from conftest import gradient_png, make_sidecar
+from synthetic.images import gradient_png
+from synthetic.samples import make_sidecar
 from radstream.eventpattern import apply_input_transformer
 from radstream.runtime import LocalRuntime
 from radstream.template import Template
@@ -144,7 +145,7 @@ def test_a_c_store_to_the_gateway_starts_the_workflow_and_exports_the_sr(emulato
     import pydicom
 
     from services.gateway.server import Gateway
-    from services.gateway.tests.test_gateway import cr_instance
+    from synthetic.instances import cr_instance
 
     settings, rule, queue_url = deployment
     settings = settings.model_copy(

@@ -8,7 +8,7 @@ from datetime import datetime, UTC
 
 from radstream.cli import main
 from services.export.deliver import DeadLetter, dead_letter_key
-from services.export.tests.test_deliver import Endpoint
+from synthetic.peers import Endpoint
 from shared.contracts import ObjectRef
 from shared.messages import ExportedResult
 from shared.storage import S3ObjectStore

@@ -15,7 +15,7 @@ from pynetdicom import AE
 from shared.acceptance import CR_IMAGE_STORAGE
 from services.gateway.secrets import pseudonym_key_value
 from services.gateway.server import Gateway
-from services.gateway.tests.test_gateway import cr_instance
+from synthetic.instances import cr_instance
 from shared.errors import ConfigurationError
 from shared.settings import Settings
 

@@ -18,19 +18,10 @@ from pathlib import Path
 import pytest
 
 from radstream.cli import main as radstream
+from synthetic.peers import CHROMIUM_ARGS
 
 ROOT = Path(__file__).resolve().parents[2]
 CHROMIUM = os.environ.get("RADSTREAM_CHROMIUM", "/usr/bin/chromium")
-CHROMIUM_ARGS = [
-    "--headless",
-    "--no-sandbox",
-    "--disable-gpu",
-    "--disable-quic",
-    "--no-first-run",
-    "--disable-background-networking",
-    "--disable-component-update",
-    "--disable-sync",
-]
 START_DEADLINE_S = 60.0
 
 

@@ -178,8 +178,8 @@ def test_the_study_page_shows_the_quality_flags_of_a_real_run(tmp_path: Path) ->
     import numpy as np
 
     from radstream.console.pages import Pages, ServerLinks
-    from radstream.phantoms import generate_phantom
-    from radstream.transfer_syntaxes import dataset_bytes, dicom_dataset, stored_values
+    from synthetic.phantoms import generate_phantom
+    from synthetic.transfer_syntaxes import dataset_bytes, dicom_dataset, stored_values
 
     values = stored_values(generate_phantom(np.random.default_rng(5), size=256).image, 12)
     for study, photometric in (("wrong-polarity", "MONOCHROME1"), ("right-polarity", "MONOCHROME2")):

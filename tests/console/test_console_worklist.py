@@ -19,9 +19,9 @@ import numpy as np
 import pytest
 
 from radstream.analytics import DuckDBQueryRunner
-from radstream.phantoms import generate_phantom
+from synthetic.phantoms import generate_phantom
 from radstream.runtime import LocalRuntime
-from radstream.samples import encode, sidecar, write_study
+from synthetic.samples import encode, sidecar, write_study
 from shared.contracts import StudyNotifications
 from shared.settings import Settings
 

@@ -21,9 +21,10 @@ PAIRS = [
     ("requirements-lock.txt", "requirements-lock.lock"),
     ("training/requirements.txt", "training/requirements.lock"),
     *[
-        (f"services/{d.name}/requirements.txt", f"services/{d.name}/requirements.lock")
+        (f"services/{d.name}/{name}.txt", f"services/{d.name}/{name}.lock")
         for d in sorted((ROOT / "services").iterdir())
-        if (d / "requirements.txt").is_file()
+        for name in ("requirements", "requirements-test")  # the image's, and its CI job's test environment
+        if (d / f"{name}.txt").is_file()
     ],
 ]
 PIN = re.compile(r"^([A-Za-z0-9_.\-]+)(?:\[[^\]]*\])?==(\S+)")
@@ -107,3 +108,11 @@ def test_every_pip_install_checks_hashes():
         if "-e ." in line:  # the project itself, from this checkout
             continue
         assert "require-hashes" in line or "PIP_LOCKED" in line, f"{where}: {line!r} installs without hashes"
+
+
+@pytest.mark.parametrize("service", sorted(d.name for d in (ROOT / "services").iterdir() if (d / "requirements-test.lock").is_file()))
+def test_a_services_tests_run_on_the_versions_its_image_installs(service: str):
+    """The CI job's environment (requirements-test.lock) is the image's lock plus the test tools, never other versions."""
+    image, tests = locked(ROOT / "services" / service / "requirements.lock"), locked(ROOT / "services" / service / "requirements-test.lock")
+    for name, (version, _) in image.items():
+        assert tests.get(name, (None,))[0] == version, f"services/{service}/requirements-test.lock: {name} is not at the image's {version}"

@@ -4,15 +4,13 @@
 from __future__ import annotations
 
 import json
-import os
 import re
-import subprocess
 from pathlib import Path
 from typing import Any
 
 from radstream.template import load_yaml
 
-from .conftest import ROOT, TEMPLATE
+from .conftest import ROOT, TEMPLATE, checkov_report
 from .test_template import as_list, statements
 
 PLATFORM = ROOT / "infra" / "platform.yaml"
@@ -43,16 +41,7 @@ def test_cfn_lint_finds_no_errors():
 
 
 def test_checkov_passes_and_every_skip_is_justified(infra_python: Path, tmp_path: Path):
-    env = {**os.environ, "BC_SKIP_MAPPING": "TRUE", "CHECKOV_RUN_SCA_PACKAGE_SCAN_V2": "false"}
-    result = subprocess.run(
-        [str(infra_python.parent / "checkov"), "-f", str(PLATFORM), "--framework", "cloudformation", "--skip-download", "-o", "json"],
-        capture_output=True,
-        text=True,
-        timeout=300,
-        env=env,
-        cwd=tmp_path,
-    )
-    report = json.loads(result.stdout)
+    report = checkov_report(infra_python, tmp_path, "-f", str(PLATFORM), "--framework", "cloudformation", timeout=300)
     failed = [f"{c['check_id']} {c['resource']}: {c['check_name']}" for c in report["results"]["failed_checks"]]
     assert not failed, "\n".join(failed)
     assert report["summary"]["parsing_errors"] == 0 and report["summary"]["passed"] > 30

@@ -1,5 +1,6 @@
-"""What each Lambda image holds, rebuilt without Docker: a clean virtual environment with only the lock its
-Dockerfile installs (hashes checked, nothing resolved), and only the files its Dockerfile copies. The handler must import there.
+"""What each service image holds (the Lambdas', and the gateway's), rebuilt without Docker: a clean virtual environment
+with only the lock its Dockerfile installs (hashes checked, nothing resolved), and only the files its Dockerfile copies.
+Its entry points must import there.
 
 Slow (a virtual environment and an install per service; pip's cache makes repeats quicker), so it runs only
 when asked for: `pytest -m slow tests/infra` or RADSTREAM_IMAGE_TESTS=1.
@@ -25,14 +26,16 @@ SERVICES = {
     "store": ["services.store.handler.lambda_handler", "services.store.handler.record_failure_handler"],
     "telemetry": ["services.telemetry.handler.lambda_handler"],
     "export": ["services.export.handler.lambda_handler", "services.export.handler.deliver_handler"],
+    # Not a Lambda: a long-running process whose image copies into /app (its CMD and HEALTHCHECK modules).
+    "gateway": ["services.gateway.server.main", "services.gateway.probe.main"],
 }
 
 
 def copy_like_the_dockerfile(service: str, task_root: Path) -> None:
-    """Follow the Dockerfile's `COPY <src>... ${LAMBDA_TASK_ROOT}/<dest>` lines (sources relative to the repo root)."""
+    """Follow the Dockerfile's `COPY <src>... ${LAMBDA_TASK_ROOT}/<dest>` (or /app/<dest>) lines (sources relative to the repo root)."""
     dockerfile = (ROOT / "services" / service / "Dockerfile").read_text()
     for line in dockerfile.splitlines():
-        match = re.match(r"COPY\s+(.+)\s+\$\{LAMBDA_TASK_ROOT\}/(\S*)$", line.strip())
+        match = re.match(r"COPY\s+(.+)\s+(?:\$\{LAMBDA_TASK_ROOT\}|/app)/(\S*)$", line.strip())
         if not match:
             continue
         sources, dest = match.group(1).split(), task_root / match.group(2)

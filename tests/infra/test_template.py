@@ -4,7 +4,6 @@ runtime and the services rely on (images, handlers, the lake layout)."""
 from __future__ import annotations
 
 import json
-import os
 import re
 import subprocess
 from datetime import datetime, UTC
@@ -17,7 +16,7 @@ from radstream.template import Template, load_yaml
 from shared.contracts import TelemetryRecord
 from shared.telemetry import partition_prefix
 
-from .conftest import ROOT, TEMPLATE
+from .conftest import ROOT, TEMPLATE, checkov_report
 
 DOC = load_yaml(TEMPLATE)
 RESOURCES: dict[str, dict[str, Any]] = DOC["Resources"]
@@ -112,16 +111,7 @@ def test_functions_use_scoped_statements_and_the_data_key():
 
 
 def test_checkov_passes_and_every_skip_is_justified(infra_python: Path, tmp_path: Path):
-    env = {**os.environ, "BC_SKIP_MAPPING": "TRUE", "CHECKOV_RUN_SCA_PACKAGE_SCAN_V2": "false"}
-    result = subprocess.run(
-        [str(infra_python.parent / "checkov"), "-f", str(TEMPLATE), "--framework", "cloudformation", "--skip-download", "-o", "json"],
-        capture_output=True,
-        text=True,
-        timeout=300,
-        env=env,
-        cwd=tmp_path,
-    )
-    report = json.loads(result.stdout)
+    report = checkov_report(infra_python, tmp_path, "-f", str(TEMPLATE), "--framework", "cloudformation", timeout=300)
     failed = [f"{c['check_id']} {c['resource']}: {c['check_name']}" for c in report["results"]["failed_checks"]]
     assert not failed, "\n".join(failed)
     assert report["summary"]["parsing_errors"] == 0

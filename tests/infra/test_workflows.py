@@ -45,7 +45,12 @@ def test_service_workflow_filters_paths_tests_and_builds(service):
             inside = (source, f"{source}/any/config.pbtxt")  # a file, or something inside a folder
             assert any(fnmatch.fnmatch(path, glob) for path in inside for glob in paths), (service, source)
     runs = " ".join(step.get("run", "") for job in workflow["jobs"].values() for step in job["steps"])
-    assert f"pytest services/{service}" in runs
+    # The service's tests run in an environment from its own locks only (the Makefile's recipe), never the project's.
+    own = " ".join(step.get("run", "") for step in workflow["jobs"]["test"]["steps"])
+    assert f"make test-service SERVICE={service}" in own and "make venv" not in own
+    recipe = (ROOT / "Makefile").read_text().split("\ntest-service:")[1].split("\n\n")[0]
+    assert "-r services/$(SERVICE)/requirements-test.lock" in recipe and "pytest -q services/$(SERVICE)" in recipe
+    assert "tests/infra/test_service_images.py -k $(SERVICE)" in recipe
     assert f"docker build -f services/{service}/Dockerfile" in runs and runs.rstrip().endswith(".")
     assert (ROOT / "services" / service / "Dockerfile").is_file()
 

@@ -10,7 +10,7 @@ import cv2
 import numpy as np
 from pydicom.data import get_testdata_file
 
-from radstream.transfer_syntaxes import dataset_bytes, dicom_dataset
+from synthetic.transfer_syntaxes import dataset_bytes, dicom_dataset
 from shared.pixels import decode_dicom, decode_raster
 
 

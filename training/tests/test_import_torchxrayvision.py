@@ -26,7 +26,7 @@ def _check_export(onnx_path, spec_path):
     and its spec. The import's own checks and files are tested there (tests/test_models_import.py)."""
     import onnxruntime as ort
 
-    from radstream.phantoms import FINDINGS
+    from synthetic.phantoms import FINDINGS
 
     spec = json.loads(spec_path.read_text())  # JSON is YAML: the import reads it with yaml.safe_load
     assert (spec["model"], spec["kind"]) == ("chest_xray_classifier", "classifier")
@@ -56,7 +56,7 @@ def test_random_init_export_matches_torch(tmp_path):
 def test_state_dict_file_is_loaded_and_mapped(tmp_path):
     torch, xrv = _xrv()
     from radstream.models_import import XRV_NAMES, export_torchxrayvision
-    from radstream.phantoms import FINDINGS
+    from synthetic.phantoms import FINDINGS
 
     torch.manual_seed(0)
     ref = xrv.models.DenseNet(weights=None).eval()

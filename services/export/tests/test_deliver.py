@@ -1,58 +1,14 @@
-"""DeliverResults in the workflow: the exports go to the configured destinations; a delivery that keeps failing is
-retried by the template's rule, then ends in a dead letter (no patient value) while the study keeps its result;
-`radstream export --retry` replays it and removes it once delivered.
-
-The destination here is a FHIR endpoint on a loopback HTTP server whose answer the test chooses (the DICOM
-destinations are tested against Orthanc in services/gateway/tests/test_orthanc.py)."""
+"""Delivery to a destination: a FHIR endpoint on a loopback HTTP server whose answer the test chooses; its statuses
+map to retryable and refused errors. The workflow around it (retries, dead letters, replay) is in
+tests/e2e/test_export_delivery.py."""
 
 from __future__ import annotations
 
-import json
-import threading
-from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
-from pathlib import Path
-
-import numpy as np
 import pytest
 
-from radstream.cli import main
-from radstream.phantoms import generate_phantom
-from radstream.runtime import LocalRuntime
-from radstream.samples import write_dicom_study
-from services.export.deliver import DicomPeer, dead_letters, post_fhir, stow
+from services.export.deliver import DicomPeer, post_fhir, stow
 from shared.errors import ConfigurationError, DeliveryRefused, DeliveryUnavailable
-from shared.settings import Settings
-
-NAME = "DELIVER^PATIENT"
-
-
-class Endpoint:
-    """A loopback HTTP server answering every POST with `status`; it keeps what it received."""
-
-    def __init__(self, status: int = 201) -> None:
-        self.status = status
-        self.received: list[tuple[str, bytes]] = []
-        endpoint = self
-
-        class Handler(BaseHTTPRequestHandler):
-            def do_POST(self) -> None:
-                body = self.rfile.read(int(self.headers.get("Content-Length", 0)))
-                endpoint.received.append((self.headers.get("Content-Type", ""), body))
-                self.send_response(endpoint.status)
-                self.send_header("Content-Length", "0")
-                self.end_headers()
-
-            def log_message(self, *args: object) -> None:
-                pass
-
-        self.server = ThreadingHTTPServer(("127.0.0.1", 0), Handler)
-        self.url = f"http://127.0.0.1:{self.server.server_address[1]}/fhir/Bundle"
-        self.thread = threading.Thread(target=self.server.serve_forever, daemon=True)
-        self.thread.start()
-
-    def close(self) -> None:
-        self.server.shutdown()
-        self.server.server_close()
+from synthetic.peers import Endpoint
 
 
 @pytest.fixture
@@ -60,12 +16,6 @@ def endpoint():
     server = Endpoint()
     yield server
     server.close()
-
-
-def dicom_folder(tmp_path: Path) -> Path:
-    return write_dicom_study(
-        tmp_path / "studies" / "deliver-study", generate_phantom(np.random.default_rng(5), size=256).image, patient_name=NAME
-    )
 
 
 def test_http_statuses_map_to_retryable_and_refused(endpoint):
@@ -78,70 +28,6 @@ def test_http_statuses_map_to_retryable_and_refused(endpoint):
         stow(endpoint.url, [b"DICM"], "s1")
     with pytest.raises(DeliveryUnavailable, match="cannot be reached"):
         post_fhir("http://127.0.0.1:9/fhir/Bundle", b"{}", "s1")
-    with pytest.raises(ConfigurationError, match="AE_TITLE@host:port"):
-        DicomPeer.parse("no-port")
-
-
-def test_the_workflow_delivers_the_fhir_bundle(tmp_path, endpoint):
-    settings = Settings(data_dir=tmp_path / "data", export_fhir_url=endpoint.url)
-    with LocalRuntime(settings, workers=1) as runtime:
-        outcome = runtime.run_folder(dicom_folder(tmp_path))
-    assert outcome.status == "succeeded", outcome.message
-    assert outcome.delivery == {"destinations": [f"fhir:{endpoint.url}"]}
-    ((content_type, body),) = endpoint.received
-    bundle = json.loads(body)
-    assert content_type == "application/fhir+json" and bundle["resourceType"] == "Bundle"
-    assert bundle == json.loads((settings.data_dir / "results/results/deliver-study/report.fhir.json").read_bytes())
-
-
-def test_no_destination_sends_nothing(tmp_path):
-    with LocalRuntime(Settings(data_dir=tmp_path / "data"), workers=1) as runtime:
-        outcome = runtime.run_folder(dicom_folder(tmp_path))
-    assert outcome.status == "succeeded" and "no destination configured" in outcome.delivery["skipped"]
-
-
-def test_a_delivery_that_keeps_failing_is_retried_then_dead_lettered_and_replayed(tmp_path, endpoint, capsys):
-    endpoint.status = 503
-    settings = Settings(data_dir=tmp_path / "data", export_fhir_url=endpoint.url)
-    sleeps: list[float] = []
-    with LocalRuntime(settings, workers=1, sleep=sleeps.append) as runtime:
-        outcome = runtime.run_folder(dicom_folder(tmp_path))
-        retry_rule = runtime.template.definition()["States"]["DeliverResults"]["Retry"][0]
-    # The study succeeded: it has its result and no failure record; the delivery has a dead letter.
-    assert outcome.status == "succeeded", outcome.message
-    results = settings.data_dir / "results"
-    assert (results / "results/deliver-study/result.json").is_file() and not (results / "failed").exists()
-    # The template's rule retried it: every attempt reached the endpoint, each wait within the rule's cap.
-    assert retry_rule["ErrorEquals"] == ["DeliveryUnavailable"]
-    assert len(endpoint.received) == 1 + retry_rule["MaxAttempts"]
-    assert len(sleeps) == retry_rule["MaxAttempts"] and max(sleeps) <= retry_rule["MaxDelaySeconds"]
-    (letter_path,) = (results / "export-failed/deliver-study").iterdir()
-    assert outcome.delivery["dead_letter"] == str(letter_path)
-    letter = json.loads(letter_path.read_text())
-    assert letter["error_type"] == "DeliveryUnavailable" and "answered 503" in letter["message"]
-    assert letter["destinations"] == [f"fhir:{endpoint.url}"]
-    assert letter["exported"]["overlay"]["key"] == "results/deliver-study/report.overlay.dcm"
-    # No patient value, no DICOM UID in the dead letter.
-    import pydicom
-
-    source = pydicom.dcmread(dicom_folder(tmp_path) / "study.dcm", stop_before_pixels=True)
-    for value in ("DELIVER", str(source.PatientID), source.StudyInstanceUID, source.SOPInstanceUID):
-        assert value not in letter_path.read_text(), value
-
-    # The endpoint still failing: the replay says so, keeps the letter, exits nonzero.
-    argv = ["export", "--retry", "--data-dir", str(settings.data_dir), "--fhir-url", endpoint.url]
-    assert main(argv) == 1
-    assert "still failing: DeliveryUnavailable" in capsys.readouterr().out and letter_path.is_file()
-    # Listed without --retry.
-    assert main(["export", "--data-dir", str(settings.data_dir)]) == 0
-    assert "1 dead letter(s)" in capsys.readouterr().out
-    # The endpoint back: delivered, the letter removed, exit 0.
-    endpoint.status = 201
-    assert main(argv) == 0
-    out = capsys.readouterr().out
-    assert "[1/1] deliver-study: delivered to fhir:" in out and "1 delivered, 0 still failing" in out
-    assert not letter_path.exists() and json.loads(endpoint.received[-1][1])["resourceType"] == "Bundle"
-    from shared.storage import LocalObjectStore
-
-    assert dead_letters(LocalObjectStore(settings.data_dir), "results") == []
-    assert main(argv) == 0 and "replayed 0 dead letter(s)" in capsys.readouterr().out
+    for peer in ("no-port", "PACS:104"):
+        with pytest.raises(ConfigurationError, match="AE_TITLE@host:port"):
+            DicomPeer.parse(peer)

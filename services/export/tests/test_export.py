@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import base64
-import hashlib
 import io
 import json
 import uuid
@@ -14,26 +13,19 @@ import pydicom
 import pytest
 from fhir.resources.R4B.bundle import Bundle
 
-from radstream.samples import dicom_bytes
+from synthetic.samples import dicom_bytes
 from services.export.domain import export_result
-from services.store.domain import store_result
-from services.store.tests.test_store import state, store_event
+from synthetic.states import state, stored_result, with_dicom_upload
 from shared.errors import InvalidImage, PermanentError
-from shared.messages import ExportRequest, StoreRequest
+from shared.messages import ExportRequest
 from shared.storage import LocalObjectStore
 
 
 def dicom_state(store: LocalObjectStore, data: bytes, execution_id: str = "e1") -> dict:
-    s = state()
-    store.put_bytes("images", "incoming/s1/study.dcm", data)
-    s["study"]["image"] |= {
-        "key": "incoming/s1/study.dcm",
-        "format": "dicom",
-        "sha256": hashlib.sha256(data).hexdigest(),
-        "size_bytes": len(data),
-    }
-    event = store_event(s) | {"execution_id": execution_id}
-    s["stored"] = store_result(StoreRequest.model_validate(event), event, store, "results").model_dump(mode="json")
+    """state() with `data` as its DICOM upload, and result.json as StoreResults writes it (synthetic.states.stored_result)."""
+    s = with_dicom_upload(state(), store, data)
+    result = store.put_bytes("results", "results/s1/result.json", json.dumps(stored_result(s, execution_id)).encode())
+    s["stored"] = {"study_id": "s1", "result": {"bucket": "results", "key": result.key}, "positive_findings": ["Edema"]}
     return s
 
 
@@ -107,7 +99,7 @@ def test_a_source_without_its_study_uid_is_not_exported_and_says_why(tmp_path):
     ds.save_as(buffer)
     out = export(dicom_state(store, buffer.getvalue()), store)
     assert out.sr is None and out.fhir is None and "StudyInstanceUID" in out.skipped
-    assert store.list_keys("results", "results/s1/report.") == ["results/s1/report.txt"]
+    assert store.list_keys("results", "results/s1/report.") == []  # no SR, overlay or FHIR bundle beside result.json
 
 
 def test_a_replaced_source_and_a_png_study_are_refused(tmp_path):

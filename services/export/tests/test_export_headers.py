@@ -20,7 +20,7 @@ import pydicom
 import pytest
 from fhir.resources.R4B.bundle import Bundle
 
-from radstream.samples import dicom_bytes
+from synthetic.samples import dicom_bytes
 from services.export.tests.test_export import dicom_state, export
 from shared.storage import LocalObjectStore
 

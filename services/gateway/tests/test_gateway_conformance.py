@@ -9,12 +9,8 @@ from __future__ import annotations
 
 import io
 import logging
-import os
 import re
-import signal
 import subprocess
-import sys
-import time
 from pathlib import Path
 
 import numpy as np
@@ -23,15 +19,15 @@ import pytest
 from pydicom.encaps import encapsulate, generate_frames
 from pydicom.uid import generate_uid
 
-from radstream.phantoms import generate_phantom
-from radstream.transfer_syntaxes import SYNTAXES, dicom_dataset, encode, stored_values
+from synthetic.phantoms import generate_phantom
+from synthetic.transfer_syntaxes import SYNTAXES, dicom_dataset, encode, stored_values
 from services.gateway.domain import COMMENT_MAX, study_id_for
 from services.gateway.server import Gateway
-from services.gateway.tests.test_gateway import KEY, cr_instance, run, tool
+from synthetic.instances import KEY, cr_instance, gateway_settings
+from synthetic.peers import run, tool
 from shared.acceptance import SECONDARY_CAPTURE
 from shared.settings import Settings
 
-ROOT = Path(__file__).resolve().parents[3]
 SUCCESS, DUPLICATE, DOES_NOT_MATCH, CANNOT_UNDERSTAND = 0x0000, 0x0111, 0xA900, 0xC000
 STORESCU_PROPOSES = {
     "explicit-le": [],
@@ -51,15 +47,7 @@ STORESCU_PROPOSES = {
 
 @pytest.fixture
 def settings(tmp_path: Path) -> Settings:
-    return Settings(
-        data_dir=tmp_path / "data",
-        gateway_dimse_port=0,
-        gateway_http_port=0,
-        gateway_pseudonym_key=KEY,
-        gateway_dimse_timeout_s=20,
-        gateway_acse_timeout_s=20,
-        gateway_network_timeout_s=30,
-    )
+    return gateway_settings(tmp_path / "data")
 
 
 def dicomweb(gateway: Gateway, chunk_size: int = 10**6):
@@ -425,39 +413,6 @@ def test_error_comments_fit_64_characters_as_whole_words(settings, change):
     status, comment = answer.Status, answer.get("ErrorComment")
     assert status != SUCCESS
     assert comment == expected and len(comment) <= COMMENT_MAX
-
-
-def test_the_gateway_command_prints_each_log_line_once(tmp_path):
-    """`radstream gateway`, as a user starts it: one C-ECHO and one rejected association make one line each, not two."""
-    env = {k: v for k, v in os.environ.items() if not k.startswith("GATEWAY_")}
-    out, err = open(tmp_path / "out", "w+"), open(tmp_path / "err", "w+")
-    process = subprocess.Popen(
-        [sys.executable, "-m", "radstream.cli", "gateway", "--data-dir", str(tmp_path / "data"), "--workers", "1"],
-        stdout=out,
-        stderr=err,
-        text=True,
-        env=env,
-        cwd=ROOT,
-    )
-    try:
-        deadline = time.monotonic() + 120
-        while not re.search(r"DIMSE: +127\.0\.0\.1 port (\d+)", (tmp_path / "out").read_text()):
-            assert process.poll() is None and time.monotonic() < deadline, (tmp_path / "out").read_text() + (tmp_path / "err").read_text()
-            time.sleep(0.1)
-        port = re.search(r"DIMSE: +127\.0\.0\.1 port (\d+)", (tmp_path / "out").read_text()).group(1)
-        assert run([tool("echoscu"), "-aet", "ONCE", "-aec", "RADSTREAM", "127.0.0.1", port]).returncode == 0
-        rejected = run([tool("echoscu"), "-aet", "ONCE", "-aec", "WRONGAE", "127.0.0.1", port])
-    finally:
-        process.send_signal(signal.SIGINT)
-        try:
-            assert process.wait(timeout=60) == 0
-        finally:
-            if process.poll() is None:
-                process.kill()
-    text = (tmp_path / "out").read_text() + (tmp_path / "err").read_text()
-    assert len([line for line in text.splitlines() if "C-ECHO" in line and "ONCE" in line]) == 1, text
-    assert rejected.returncode != 0
-    assert text.count("association rejected") == 1, text
 
 
 def test_whole_native_ybr_full_422_is_acknowledged_and_decodes(tmp_path):

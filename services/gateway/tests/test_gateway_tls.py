@@ -19,7 +19,7 @@ from pynetdicom.sop_class import Verification
 from shared.acceptance import CR_IMAGE_STORAGE
 from services.gateway.probe import echo
 from services.gateway.server import Gateway
-from services.gateway.tests.test_gateway import KEY, cr_instance
+from synthetic.instances import KEY, cr_instance
 from services.gateway.tls import server_context
 from shared.errors import ConfigurationError
 from shared.settings import Settings

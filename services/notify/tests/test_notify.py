@@ -29,7 +29,7 @@ from shared.errors import ConfigurationError, NotificationRejected, Notification
 from shared.messages import NotifyRequest, StoredResult, StudyImage, ValidatedStudy
 from shared.settings import Settings
 from shared.storage import LocalObjectStore
-from tests.mllp_peer import MllpPeer
+from synthetic.mllp_peer import MllpPeer
 
 FINDINGS = [
     Finding(label="Pleural Effusion", probability=0.93, threshold=0.3021, positive=True),

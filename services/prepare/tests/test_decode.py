@@ -8,9 +8,9 @@ import cv2
 import numpy as np
 import pytest
 
-from conftest import jpeg_claiming, one_bit_png, with_sbit
-from radstream.phantoms import generate_phantom, to_uint8
-from radstream.transfer_syntaxes import SYNTAXES, dataset_bytes, dcmtk, dicom_dataset, dicom_in_syntax, stored_values
+from synthetic.images import jpeg_claiming, one_bit_png, with_sbit
+from synthetic.phantoms import generate_phantom, to_uint8
+from synthetic.transfer_syntaxes import SYNTAXES, dataset_bytes, dcmtk, dicom_dataset, dicom_in_syntax, stored_values
 from services.prepare.domain import PrepareRequest, prepare_tensors
 from shared.pixels import decode_dicom, decode_raster, percentile_window
 from shared.errors import InvalidImage
@@ -114,7 +114,7 @@ def test_presentation_lut_shape_inverse_acts_like_monochrome1(picture):
 
 @pytest.mark.parametrize("syntax", ["explicit-le", "implicit-le", "rle", "jpeg2000-lossless"])
 def test_signed_pixels_read_like_unsigned_ones(picture, syntax):
-    from radstream.transfer_syntaxes import encode
+    from synthetic.transfer_syntaxes import encode
 
     unsigned = decode_dicom(dicom_in_syntax(picture, "explicit-le"), "s")
     values = stored_values(picture, 12, signed=True)

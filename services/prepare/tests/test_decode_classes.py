@@ -17,8 +17,8 @@ import cv2
 import numpy as np
 import pytest
 
-from radstream.phantoms import generate_phantom, to_uint8
-from radstream.transfer_syntaxes import dataset_bytes, dcmtk, dicom_dataset, stored_values
+from synthetic.phantoms import generate_phantom, to_uint8
+from synthetic.transfer_syntaxes import dataset_bytes, dcmtk, dicom_dataset, stored_values
 from shared.errors import InvalidImage
 from shared.pixels import decode_dicom, decode_raster
 

@@ -8,9 +8,10 @@ import cv2
 import numpy as np
 import pytest
 
-from conftest import gradient_png, with_sbit
-from radstream.samples import dicom_bytes
-from services.prepare.domain import XRV_RANGE, PrepareRequest, letterbox, prepare_tensors
+from synthetic.images import gradient_png, with_sbit
+from synthetic.samples import dicom_bytes
+from services.prepare.domain import XRV_RANGE, PrepareRequest, prepare_tensors
+from shared.letterbox import letterbox
 from shared.errors import InvalidImage
 from shared.messages import StudyImage
 from shared.model_repository import ModelRepository

@@ -13,8 +13,8 @@ import cv2
 import numpy as np
 import pytest
 
-from radstream.phantoms import generate_limb, generate_phantom, to_uint8
-from radstream.transfer_syntaxes import dataset_bytes, dicom_dataset, dicom_in_syntax, stored_values
+from synthetic.phantoms import generate_limb, generate_phantom, to_uint8
+from synthetic.transfer_syntaxes import dataset_bytes, dicom_dataset, dicom_in_syntax, stored_values
 from services.prepare.domain import prepare_tensors
 from services.prepare.quality import quality_flags
 from shared.contracts import QUALITY_FLAGS, QualityFlag

@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import hashlib
 import io
 import json
 from datetime import datetime, timedelta, UTC
@@ -17,94 +16,7 @@ from shared.messages import FailureRequest, StoreRequest
 from shared.contracts import schema_path
 from shared.errors import InvalidImage, PermanentError
 from shared.events import STUDY_FAILED, LocalEventLog
-from shared.observability import telemetry_record
-
-MODEL = {"name": "m", "version": "1", "provenance": "reference model trained on synthetic phantoms"}
-
-
-def telemetry(stage: str, ms: float, model: str | None = None) -> dict:
-    return telemetry_record(stage=stage, study_id="s1", execution_id="e1", status="succeeded", duration_ms=ms).model_dump(mode="json") | {
-        "model_name": model
-    }
-
-
-def state() -> dict:
-    image = {"bucket": "images", "key": "incoming/s1/image.png", "format": "png", "sha256": "a" * 64, "size_bytes": 1234}
-    return {
-        "bucket": "images",
-        "key": "incoming/s1/study.json",
-        "study": {
-            "study_id": "s1",
-            "image": image,
-            "metadata": {"bucket": "images", "key": "incoming/s1/study.json"},
-            "view_position": "PA",
-            "modality": "DX",
-            "priority": "routine",
-            "telemetry": telemetry("validate", 3.5),
-        },
-        "tensors": {
-            "study_id": "s1",
-            "original": {
-                "width": 1000,
-                "height": 800,
-                "bit_depth": 8,
-                "photometric": "MONOCHROME2",
-                "intensity_rule": "png16-sbit12-percentile",
-            },
-            "tensors": {},
-            "telemetry": telemetry("prepare", 20.0),
-        },
-        "inference": [
-            {
-                "study_id": "s1",
-                "kind": "classifier",
-                "model": MODEL | {"name": "chest_xray_classifier"},
-                "telemetry": telemetry("inference", 9, "chest_xray_classifier"),
-                "findings": [
-                    {"label": "Edema", "probability": 0.8, "threshold": 0.5, "positive": True},
-                    {"label": "Cardiomegaly", "probability": 0.1, "threshold": 0.5, "positive": False},
-                ],
-            },
-            {
-                "study_id": "s1",
-                "kind": "detector",
-                "model": MODEL | {"name": "anomaly_detector"},
-                "telemetry": telemetry("inference", 11, "anomaly_detector"),
-                "labels": ["nodule_mass", "focal_opacity"],
-                "detections": [{"label": "nodule_mass", "score": 0.7, "box": [10, 20, 30, 40]}],
-            },
-            {
-                "study_id": "s1",
-                "kind": "encoder",
-                "model": MODEL | {"name": "report_encoder"},
-                "telemetry": telemetry("inference", 7, "report_encoder"),
-                "candidates": [sentence(*c) for c in CANDIDATES],
-            },
-        ],
-    }
-
-
-# Ranked as an encoder might rank them for a study with edema and a nodule, and no cardiomegaly.
-CANDIDATES = [
-    ("No acute cardiopulmonary abnormality.", 0.9, [], ["Cardiomegaly", "Edema", "nodule_mass", "focal_opacity"]),  # denies the edema
-    ("No pulmonary edema.", 0.85, [], ["Edema"]),  # denies the edema
-    ("Bilateral perihilar haziness consistent with pulmonary edema.", 0.8, ["Edema"], []),
-    ("Heart size is enlarged.", 0.75, ["Cardiomegaly"], []),  # asserts a negative
-    ("No pulmonary nodule or mass.", 0.7, [], ["nodule_mass"]),  # denies the boxed nodule
-    ("Nodule or mass in the right lung.", 0.65, ["nodule_mass"], []),
-    ("Nodule or mass in the left lung.", 0.6, ["nodule_mass"], []),  # a second nodule sentence
-    ("No pneumothorax.", 0.55, [], ["Pneumothorax"]),  # no model decides on it
-    ("Heart size is normal.", 0.5, [], ["Cardiomegaly"]),
-    ("Focal opacity in the left lung.", 0.45, ["focal_opacity"], []),  # no such box
-]
-
-
-def sentence(text: str, similarity: float, asserts: list[str], negates: list[str]) -> dict:
-    return {"text": text, "similarity": similarity, "asserts": asserts, "negates": negates}
-
-
-def store_event(s: dict) -> dict:
-    return {"study": s["study"], "tensors": s["tensors"], "inference": s["inference"], "execution_id": "e1"}
+from synthetic.states import state, store_event, stored_result, with_dicom_upload
 
 
 def test_result_matches_its_schema_and_is_labelled(store):
@@ -137,6 +49,16 @@ def test_result_matches_its_schema_and_is_labelled(store):
     assert (result["modality"], result["view_position"], result["identifiers"]) == ("DX", "PA", None)
     report = store.get_bytes("results", "results/s1/report.txt").decode()
     assert "AI-GENERATED DRAFT, NOT FOR CLINICAL USE" in report and "Suggested findings: Edema." in report
+
+
+def test_the_result_is_the_one_the_export_tests_start_from(store):
+    """synthetic.states.stored_result is what the export service's tests read as result.json: it must stay what we write."""
+    event = store_event(state())
+    out = store_result(StoreRequest.model_validate(event), event, store, "results")
+    written = json.loads(store.get_bytes("results", out.result.key))
+    expected = stored_result(state())
+    assert written.pop("completed_at") and expected.pop("completed_at")
+    assert written == expected
 
 
 def test_quality_flags_reach_the_result_and_the_report_and_change_no_finding(store):
@@ -189,17 +111,10 @@ def test_end_to_end_time_runs_from_the_execution_start(store):
 
 
 def test_dicom_identifiers_are_read_from_the_upload_not_the_state(store):
-    from radstream.samples import dicom_bytes
+    from synthetic.samples import dicom_bytes
 
     data = dicom_bytes(np.full((64, 64), 2000), patient_name="ROE^RICHARD", accession_number="ACC0042", birth_date="19580412")
-    store.put_bytes("images", "incoming/s1/study.dcm", data)
-    event = store_event(state())
-    event["study"]["image"] |= {
-        "key": "incoming/s1/study.dcm",
-        "format": "dicom",
-        "sha256": hashlib.sha256(data).hexdigest(),
-        "size_bytes": len(data),
-    }
+    event = store_event(with_dicom_upload(state(), store, data))
     out = store_result(StoreRequest.model_validate(event), event, store, "results")
     result = json.loads(store.get_bytes("results", out.result.key))
     ds = pydicom.dcmread(io.BytesIO(data))
@@ -218,7 +133,7 @@ def test_dicom_identifiers_are_read_from_the_upload_not_the_state(store):
 def test_malformed_identifiers_are_kept_as_stored_and_never_quoted_in_logs(store, caplog, recwarn):
     from pydicom import config
 
-    from radstream.samples import dicom_bytes
+    from synthetic.samples import dicom_bytes
 
     ds = pydicom.dcmread(io.BytesIO(dicom_bytes(np.full((64, 64), 2000), accession_number="ACC0042")))
     buffer = io.BytesIO()
@@ -229,14 +144,7 @@ def test_malformed_identifiers_are_kept_as_stored_and_never_quoted_in_logs(store
     finally:
         config.settings.writing_validation_mode = previous
     data = buffer.getvalue()
-    store.put_bytes("images", "incoming/s1/study.dcm", data)
-    event = store_event(state())
-    event["study"]["image"] |= {
-        "key": "incoming/s1/study.dcm",
-        "format": "dicom",
-        "sha256": hashlib.sha256(data).hexdigest(),
-        "size_bytes": len(data),
-    }
+    event = store_event(with_dicom_upload(state(), store, data))
     recwarn.clear()
     caplog.clear()
     with caplog.at_level("DEBUG"):
@@ -247,7 +155,7 @@ def test_malformed_identifiers_are_kept_as_stored_and_never_quoted_in_logs(store
 
 
 def test_a_dicom_changed_after_validation_is_refused(store):
-    from radstream.samples import dicom_bytes
+    from synthetic.samples import dicom_bytes
 
     data = dicom_bytes(np.full((64, 64), 2000), patient_name="ROE^RICHARD", accession_number="ACC0042", birth_date="19580412")
     store.put_bytes("images", "incoming/s1/study.dcm", data)

@@ -8,7 +8,8 @@ import json
 
 import pytest
 
-from conftest import gradient_png, jpeg_claiming, make_sidecar, one_bit_png
+from synthetic.images import gradient_png, jpeg_claiming, one_bit_png
+from synthetic.samples import make_sidecar
 from services.validate.domain import ValidateRequest, validate_study
 from shared.imageheader import sniff_format
 from shared.errors import InvalidImage, InvalidStudy
@@ -137,7 +138,7 @@ def test_handler_returns_a_telemetry_record(store, upload):
 def dicom_study(store, **kwargs) -> str:
     import numpy as np
 
-    from radstream.samples import dicom_bytes
+    from synthetic.samples import dicom_bytes
 
     pixels = np.tile(np.linspace(0, 4000, 64), (64, 1))
     return store.put_bytes("images", "incoming/dcm-1/study.dcm", dicom_bytes(pixels, "MONOCHROME1", patient_name="DOE^JOHN", **kwargs)).key
@@ -204,7 +205,7 @@ def test_the_pixel_limit_is_a_setting(store, upload):
 
 
 def test_a_dicom_bomb_is_refused_by_rows_and_columns(store):
-    from radstream.transfer_syntaxes import dataset_bytes, dicom_dataset
+    from synthetic.transfer_syntaxes import dataset_bytes, dicom_dataset
 
     data = dataset_bytes(dicom_dataset(__import__("numpy").zeros((16, 16)), Rows=30000, Columns=30000))
     key = store.put_bytes("images", "incoming/dcm-big/study.dcm", data).key

@@ -11,7 +11,7 @@ from pathlib import Path
 import cv2
 import numpy as np
 
-from radstream.phantoms import generate_phantom, to_uint8, to_uint16
+from synthetic.phantoms import generate_phantom, to_uint8, to_uint16
 
 SOURCE = "radstream-demo/synthetic-phantom"
 
@@ -36,6 +36,26 @@ def sidecar(study_id: str, image: str, rng: np.random.Generator, data: bytes | N
     }
     if data is not None:
         doc["sha256"] = hashlib.sha256(data).hexdigest()
+    return doc
+
+
+def make_sidecar(study_id: str = "study-001", image: str = "image.png", data: bytes | None = None, **overrides) -> dict:
+    """One valid sidecar with fixed values (the tests' default study); `overrides` replace top-level fields."""
+    doc = {
+        "schema_version": "1",
+        "study_id": study_id,
+        "image": image,
+        "modality": "DX",
+        "body_part": "CHEST",
+        "view_position": "PA",
+        "patient": {"pseudo_id": "anon-42", "age_years": 61, "sex": "F"},
+        "acquired_at": "2026-03-01T10:20:30Z",
+        "priority": "routine",
+        "source": "unit test",
+    }
+    if data is not None:
+        doc["sha256"] = hashlib.sha256(data).hexdigest()
+    doc.update(overrides)
     return doc
 
 

@@ -25,7 +25,9 @@ from radstream.orthanc import Orthanc, dicom_json_value, free_port
 from radstream.runtime import LocalRuntime
 from services.export.overlay import BOX_RGB, box_pixels
 from services.gateway.server import Gateway, LocalPipeline
-from services.gateway.tests.test_gateway import KEY, check_sr, cr_instance, run, tool
+from synthetic.instances import cr_instance, gateway_settings
+from synthetic.peers import run, tool
+from tests.integration.test_gateway_pipeline import check_sr
 from shared.errors import ConfigurationError
 from shared.settings import Settings
 
@@ -41,16 +43,7 @@ def start_orthanc(folder: Path, **kwargs) -> Orthanc:
 
 
 def settings_for(tmp_path: Path, **update) -> Settings:
-    return Settings(
-        data_dir=tmp_path / "data",
-        gateway_dimse_port=0,
-        gateway_http_port=0,
-        gateway_pseudonym_key=KEY,
-        gateway_dimse_timeout_s=20,
-        gateway_acse_timeout_s=20,
-        gateway_network_timeout_s=30,
-        **update,
-    )
+    return gateway_settings(tmp_path / "data", **update)
 
 
 def instance_file(pacs: Orthanc, sop_instance_uid: str) -> bytes:

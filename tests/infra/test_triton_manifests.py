@@ -11,11 +11,11 @@ import yaml
 
 kubernetes_validate = pytest.importorskip("kubernetes_validate", reason="requirements-triton.txt")
 
-K8S = Path(__file__).resolve().parents[1] / "k8s"
+K8S = Path(__file__).resolve().parents[2] / "services" / "triton" / "k8s"
 BASE = K8S / "base"
 CLUSTER = K8S / "cluster"
-REPOSITORY = Path(__file__).resolve().parents[1] / "model_repository"
-PLATFORM = Path(__file__).resolve().parents[3] / "infra" / "platform.yaml"
+REPOSITORY = Path(__file__).resolve().parents[2] / "services" / "triton" / "model_repository"
+PLATFORM = Path(__file__).resolve().parents[2] / "infra" / "platform.yaml"
 KUBERNETES_VERSION = "1.31"  # EKS standard support; the schemas ship inside kubernetes-validate
 TRITON_LABELS = {"app.kubernetes.io/name": "triton"}
 

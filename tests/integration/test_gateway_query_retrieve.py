@@ -15,8 +15,8 @@ import requests
 
 from radstream.runtime import LocalRuntime
 from services.gateway.server import Gateway, LocalPipeline
-from services.gateway.tests.test_gateway import KEY, NAME, PATIENT_ID, cr_instance, run, tool
-from shared.settings import Settings
+from synthetic.instances import NAME, PATIENT_ID, cr_instance, gateway_settings
+from synthetic.peers import run, tool
 
 COMPREHENSIVE_3D_SR = "1.2.840.10008.5.1.4.1.1.88.34"
 SECONDARY_CAPTURE = "1.2.840.10008.5.1.4.1.1.7"
@@ -26,15 +26,7 @@ SECONDARY_CAPTURE = "1.2.840.10008.5.1.4.1.1.7"
 def served(tmp_path_factory):
     """A gateway in front of the local pipeline, after one CR went through it: (gateway, source, results folder)."""
     tmp = tmp_path_factory.mktemp("served")
-    settings = Settings(
-        data_dir=tmp / "data",
-        gateway_dimse_port=0,
-        gateway_http_port=0,
-        gateway_pseudonym_key=KEY,
-        gateway_dimse_timeout_s=20,
-        gateway_acse_timeout_s=20,
-        gateway_network_timeout_s=30,
-    )
+    settings = gateway_settings(tmp / "data")
     data = cr_instance("jpeg-ls-lossless")
     (tmp / "cr.dcm").write_bytes(data)
     with LocalRuntime(settings, workers=1) as runtime:

@@ -18,7 +18,7 @@ from radstream.triton_server import (
 )
 from shared.errors import ConfigurationError
 
-REPOSITORY = Path(__file__).resolve().parents[1] / "model_repository"
+REPOSITORY = Path(__file__).resolve().parents[2] / "services" / "triton" / "model_repository"
 
 
 def parse(path: Path):

@@ -5,14 +5,13 @@ from __future__ import annotations
 import numpy as np
 import pytest
 
-from radstream.phantoms import (
+from synthetic.phantoms import (
     FINDINGS,
     LESION_LABELS,
     SENTENCE_BANK,
     Lesion,
     Phantom,
     generate_phantom,
-    letterbox,
     to_uint8,
     to_uint16,
 )
@@ -143,10 +142,3 @@ def test_uint_helpers():
     assert to_uint8(img).dtype == np.uint8
     u16 = to_uint16(img)
     assert u16.dtype == np.uint16 and u16.tolist() == [[0, 32768, 65535, 65535, 0]]
-
-
-def test_letterbox():
-    img = np.ones((100, 50), np.float32)
-    out, scale, px, py = letterbox(img, 200)
-    assert out.shape == (200, 200) and scale == 2.0 and px == 50.0 and py == 0.0
-    assert out[:, :50].max() == 0.0 and out[:, 50:150].min() > 0.99

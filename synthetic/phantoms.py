@@ -460,23 +460,6 @@ def generate_phantom(
     )
 
 
-def letterbox(image: np.ndarray, size: int) -> tuple[np.ndarray, float, float, float]:
-    """Scale so the longer side equals ``size``, centre, pad with zeros (docs/models.md).
-
-    Returns (square float32 image, scale, pad_x, pad_y) with x_input = x_orig * scale + pad_x.
-    A helper for tests and training; the pipeline's own preprocessing lives in services/prepare.
-    """
-    h, w = image.shape[:2]
-    scale = size / max(h, w)
-    nh, nw = max(1, round(h * scale)), max(1, round(w * scale))
-    interp = cv2.INTER_AREA if scale < 1 else cv2.INTER_LINEAR
-    resized = cv2.resize(np.asarray(image, np.float32), (nw, nh), interpolation=interp)
-    out = np.zeros((size, size), np.float32)
-    py, px = (size - nh) // 2, (size - nw) // 2
-    out[py : py + nh, px : px + nw] = resized
-    return out, scale, float(px), float(py)
-
-
 def generate_limb(rng: np.random.Generator, size: int = 512) -> np.ndarray:
     """A picture that is not a chest (quality flags' negative case): a leg-like radiograph, soft tissue around a
     bright long bone with a joint, air either side, the same from top to bottom but for the joint; bone bright."""

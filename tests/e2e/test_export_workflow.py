@@ -22,10 +22,10 @@ import pydicom
 from fhir.resources.R4B.bundle import Bundle
 
 from radstream.cli import main
-from radstream.phantoms import generate_phantom
+from synthetic.phantoms import generate_phantom
 from radstream.runtime import LocalRuntime
-from radstream.samples import dicom_bytes, write_dicom_study
-from services.export.tests.test_deliver import Endpoint
+from synthetic.samples import dicom_bytes, write_dicom_study
+from synthetic.peers import Endpoint
 from shared.settings import Settings
 from tests.test_local_pipeline import lake_records
 

@@ -15,10 +15,10 @@ import yaml
 from radstream.template import load_yaml
 
 # One cluster, one Kubernetes version and one schema check for every manifest on it: Triton's test's.
-from services.triton.tests.test_k8s_manifests import validate
+from tests.infra.test_triton_manifests import validate
 from shared.settings import ENVIRONMENT, Settings
 
-ROOT = Path(__file__).resolve().parents[3]
+ROOT = Path(__file__).resolve().parents[2]
 BASE = ROOT / "services" / "gateway" / "k8s" / "base"
 DOCKERFILE = ROOT / "services" / "gateway" / "Dockerfile"
 PLATFORM = load_yaml(ROOT / "infra" / "platform.yaml")
