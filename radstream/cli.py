@@ -166,6 +166,7 @@ def run_studies(folders: list[Path] | None, args: argparse.Namespace, root: Path
         require_data_dir(settings.data_dir, "resume")
     err = Console(stderr=True)
     with sigterm_as_ctrl_c(), LocalRuntime(settings, workers=args.workers) as runtime:
+        runtime.warm()  # libraries and model sessions loaded before the first study (issue 23), not by it
         started = time.perf_counter()
         with Progress(
             TextColumn("{task.description}"),
@@ -460,6 +461,7 @@ def cmd_gateway(args: argparse.Namespace) -> int:
     )
     configure_logging()
     with LocalRuntime(settings, workers=args.workers) as runtime:
+        runtime.warm()  # the first instance a modality sends is not the one that loads the export's libraries
         pipeline = LocalPipeline(runtime, workers=args.workers)
         # What an earlier gateway (or run) acknowledged and did not finish: planned before this one listens, so a new
         # instance is never mistaken for old work, then run beside what arrives.

@@ -23,6 +23,8 @@ from datetime import datetime, UTC
 from pathlib import Path
 from typing import Any
 
+from pydantic_core import to_json
+
 from radstream.asl import ExecutionResult, Retrier, StateMachine, StatesError, TaskContext, parse_retriers
 from radstream.eventpattern import apply_input_transformer, matches
 from radstream.journal import Journal, JournalEntry, recover
@@ -159,6 +161,17 @@ def study_files(folder: Path) -> list[Path]:
             f"found {len(sidecars)} sidecar(s) and {len(dicoms)} DICOM file(s)"
         )
     return sorted(p for p in folder.iterdir() if p.is_file() and p.suffix != ".json") + sidecars
+
+
+def task_resources(definition: dict[str, Any]) -> list[str]:
+    """Every Task state's Resource in a state machine definition, Parallel branches and Map iterators included, in order."""
+    found: list[str] = []
+    for state in definition.get("States", {}).values():
+        if state.get("Type") == "Task" and isinstance(state.get("Resource"), str) and state["Resource"] not in found:
+            found.append(state["Resource"])
+        nested = [*state.get("Branches", []), *(state[k] for k in ("Iterator", "ItemProcessor") if k in state)]
+        found += [r for sub in nested for r in task_resources(sub) if r not in found]
+    return found
 
 
 @dataclass
@@ -304,10 +317,12 @@ class LocalRuntime:
         self._log_file = open(settings.data_dir / "logs" / "radstream.log", "a")
         self._metrics = LocalEmfFile(settings.data_dir)  # the EMF lines Lambda would print, captured for the console
         self.rules = self.template.event_rules(settings.to_env())
-        self.machine = StateMachine(self.template.definition(), self.invoke, sleep=sleep, max_workers=branch_threads)
+        # The stage handlers parse their input into models and return a fresh model_dump: no copy either way (see invoke).
+        self.machine = StateMachine(self.template.definition(), self.invoke, sleep=sleep, max_workers=branch_threads, copy_task_io=False)
         self._bindings: dict[str, tuple[StageHandler[Any], Any]] = {}
         self._dependencies: dict[Any, Any] = {}
         self._lock = threading.Lock()
+        self._warmed: dict[str, str | None] | None = None
         self.close_warnings: list[str] = []
 
     def __enter__(self) -> LocalRuntime:
@@ -346,22 +361,39 @@ class LocalRuntime:
                 self._bindings[resource] = (handler, self._dependencies[handler.build])
             return self._bindings[resource]
 
-    def invoke(self, resource: str, payload: Any, context: TaskContext) -> Any:
-        """Call a task's Lambda handler the way Lambda would: JSON out, size-capped.
+    def warm(self) -> dict[str, str | None]:
+        """Warm start: every task of template.yaml's workflow bound (its handler's dependencies built) and warmed
+        (`StageHandler.warm`: model sessions loaded and run once, the export's highdicom/FHIR builders run on a
+        synthetic study), once per runtime, before the first study. Returns each task resource's warm error type, or
+        None; a failed warm start is logged and costs only the first study's time."""
+        with self._lock:
+            if self._warmed is not None:
+                return self._warmed
+        warmed: dict[str, str | None] = {}
+        with logs_to(self._log_file):
+            for resource in task_resources(self.template.definition()):
+                handler, deps = self.binding(resource)
+                if id(handler) not in {id(self._bindings[r][0]) for r in warmed}:
+                    warmed[resource] = handler.warm(deps)
+        self._flush_log_file()
+        with self._lock:
+            self._warmed = warmed
+        return warmed
 
-        The state machine already hands each task its own copy of the input and copies its output; the output is
-        serialised here only to hold it to Step Functions' payload limit.
+    def invoke(self, resource: str, payload: Any, context: TaskContext) -> Any:
+        """Call a task's Lambda handler the way Lambda would: JSON values out, size-capped.
+
+        No copy either way (the state machine is built with copy_task_io=False): a StageHandler never mutates its
+        event (it parses it into models) and returns a fresh `model_dump(mode="json")`, values nothing else holds
+        (tests/test_local_pipeline.py holds the first). The output is serialised (pydantic-core's encoder, UTF-8 as
+        Step Functions counts) only to hold it to the payload limit.
         """
         handler, deps = self.binding(resource)
         with logs_to(self._log_file):
             output = handler.invoke(payload, LambdaContext(function_name=resource.rsplit(":", 1)[-1]), deps, self._metrics)
-        encoded = json.dumps(output)
-        if len(encoded) > MAX_PAYLOAD_BYTES:
-            raise StatesError(
-                "States.DataLimitExceeded", f"task {context.state_name} returned {len(encoded)} bytes, over Step Functions' 256 KB"
-            )
-        # The handler's output is already JSON values (model_dump(mode="json")) and the state machine copies what a
-        # task returns: parsing `encoded` back would be a third copy of the same values.
+        size = len(to_json(output))
+        if size > MAX_PAYLOAD_BYTES:
+            raise StatesError("States.DataLimitExceeded", f"task {context.state_name} returned {size} bytes, over Step Functions' 256 KB")
         return output
 
     # --- uploads ---

@@ -32,4 +32,11 @@ def run(event: dict[str, Any], service: Inference) -> ModelOutput:
     return service.run(InferenceRequest.model_validate(event))
 
 
-lambda_handler = StageHandler("inference", run, build)
+def warm(service: Inference) -> None:
+    """The in-process backend's sessions loaded and run once; a Triton server warms its own models."""
+    backend_warm = getattr(service.backend, "warm", None)
+    if backend_warm is not None:
+        backend_warm()
+
+
+lambda_handler = StageHandler("inference", run, build, warm)
