@@ -55,7 +55,7 @@ import onnxruntime as ort
 
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 
-import radstream.runtime as runtime_module
+import radstream.local_aws as local_aws
 import services.prepare.domain as prepare_domain
 from radstream.runtime import LocalRuntime
 from radstream.samples import write_demo_studies
@@ -209,7 +209,7 @@ def breakdown_round(studies: list[Path], warmup: list[Path], data_dir: Path) -> 
             (LocalRuntime, "run_folder", "run_folder"),
             (LocalRuntime, "upload", "upload"),
             (LocalRuntime, "start", "workflow"),
-            (runtime_module, "write_trace", "trace"),
+            (local_aws, "write_trace", "trace"),
             (LocalRuntime, "invoke", "invoke"),
             (prepare_domain, "decode_raster", "decode"),
             (prepare_domain, "is_constant", "letterbox"),

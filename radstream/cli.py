@@ -235,7 +235,7 @@ def exit_code(report) -> int:
 
 
 def cmd_run(args: argparse.Namespace) -> int:
-    from radstream.runtime import find_studies
+    from radstream.local_aws import find_studies
 
     return exit_code(run_studies(find_studies(Path(args.path)), args, root=Path(args.path)))
 

@@ -8,7 +8,8 @@ import json
 import pytest
 
 from conftest import gradient_png, make_sidecar
-from radstream.runtime import LocalRuntime, upload_key_study_id
+from radstream.local_aws import upload_key_study_id
+from radstream.runtime import LocalRuntime
 from services.validate.domain import ValidateRequest, validate_study
 from shared.errors import InvalidStudy
 from shared.settings import Settings
