@@ -31,6 +31,9 @@ class StageOutput(BaseModel):
     bytes_in: int = 0
     bytes_out: int = 0
     model: ModelRef | None = None
+    # The telemetry record of the invocation that made this output, set by the StageHandler (never by a stage's domain
+    # code); the workflow state carries it at `$.<stage>.telemetry` to SendTelemetry and RecordFailure.
+    telemetry: TelemetryRecord | None = None
 
 
 class StudyImage(BaseModel):

@@ -310,9 +310,8 @@ class StageHandler(Generic[D]):
             if not _local_line("INFO", "stage succeeded", {**keys, "duration_ms": record.duration_ms, "bytes_out": output.bytes_out}):
                 logger.info("stage succeeded", duration_ms=record.duration_ms, bytes_out=output.bytes_out)
             self._emit(metrics, **_output_metrics(output, duration_ms), study_id=output.study_id, execution_id=execution_id)
-            payload = output.model_dump(mode="json", exclude_none=True)
-            payload["telemetry"] = record.model_dump(mode="json")
-            return payload
+            output.telemetry = record
+            return output.model_dump(mode="json", exclude_none=True)
         finally:
             logger.thread_safe_clear_keys()
 
