@@ -18,7 +18,7 @@ import re
 import threading
 import time
 import uuid
-from collections.abc import Callable
+from collections.abc import Callable, Iterable, Mapping
 from dataclasses import dataclass, field
 from datetime import datetime, UTC
 from pathlib import Path
@@ -233,6 +233,16 @@ class RetryingStore:
         wiring.close_all(self.inner)
 
 
+class _StudyMetrics:
+    """An EmfWriter that keeps one execution's documents (its stages may run on branch threads: list.extend is atomic)."""
+
+    def __init__(self) -> None:
+        self.documents: list[Mapping[str, Any]] = []
+
+    def write(self, documents: Iterable[Mapping[str, Any]]) -> None:
+        self.documents.extend(documents)
+
+
 class LocalAws:
     """The embedded AWS: one per data dir and settings; a context manager that closes what it opened.
 
@@ -269,6 +279,8 @@ class LocalAws:
         (settings.data_dir / "logs").mkdir(exist_ok=True)
         self._log_file = open(settings.data_dir / "logs" / "radstream.log", "a")
         self._metrics = LocalEmfFile(settings.data_dir)  # the EMF lines Lambda would print, captured for the console
+        # Each running execution's EMF documents, written to `_metrics` once when it ends (one write a study, not a stage).
+        self._study_metrics: dict[str, _StudyMetrics] = {}
         self.rules = self.template.event_rules(settings.to_env())
         # The stage handlers parse their input into models and return a fresh model_dump: no copy either way (see invoke).
         self.machine = StateMachine(self.template.definition(), self.invoke, sleep=sleep, max_workers=branch_threads, copy_task_io=False)
@@ -342,8 +354,9 @@ class LocalAws:
         Step Functions counts) only to hold it to the payload limit.
         """
         handler, deps = self.binding(resource)
+        metrics = self._study_metrics.get(context.execution_name) or self._metrics  # (an execution `start` did not begin: direct)
         with logs_to(self._log_file):
-            output = handler.invoke(payload, LambdaContext(function_name=resource.rsplit(":", 1)[-1]), deps, self._metrics)
+            output = handler.invoke(payload, LambdaContext(function_name=resource.rsplit(":", 1)[-1]), deps, metrics)
         size = len(to_json(output))
         if size > MAX_PAYLOAD_BYTES:
             raise StatesError("States.DataLimitExceeded", f"task {context.state_name} returned {size} bytes, over Step Functions' 256 KB")
@@ -406,9 +419,17 @@ class LocalAws:
 
     def start(self, execution_input: dict[str, Any]) -> ExecutionResult:
         study_id = study_id_from_key(str(execution_input.get("key", "")))
+        name = f"{_SAFE_ID.sub('_', study_id)[:60]}-{uuid.uuid4().hex[:8]}"
+        self._study_metrics[name] = metrics = _StudyMetrics()
         try:
-            return self.machine.run(execution_input, name=f"{_SAFE_ID.sub('_', study_id)[:60]}-{uuid.uuid4().hex[:8]}")
+            return self.machine.run(execution_input, name=name)
         finally:
+            self._study_metrics.pop(name, None)
+            try:  # the execution's EMF documents, every stage's, in one write
+                self._metrics.write(metrics.documents)
+            except Exception as e:  # lost metrics are not a lost study
+                with logs_to(self._log_file):
+                    logger.warning("metrics not written", study_id=study_id, error_type=type(e).__name__)
             if self.settings.backend == "local":  # the execution's tensors (in memory, shared/wiring.py) are spent
                 wiring.execution_artifacts(self.settings).delete_prefix(self.settings.artifacts_bucket, f"tensors/{study_id}/")
 
