@@ -65,9 +65,10 @@ def _local_line(level: str, message: str, fields: dict[str, Any]) -> bool:
     shape Powertools gives it (level, location, message, timestamp, service, then the keys and fields); False in
     Lambda (no such stream) or below the logger's level, where the caller logs through Powertools.
 
-    Powertools' record, caller lookup and formatter cost ~0.1 ms a line beside the handler's work, seven lines a
-    study; the local file takes the same JSON for a tenth of that. Only the per-stage success line goes this way: the
-    rarer warnings and errors keep Powertools' formatter.
+    Powertools' record, caller lookup and formatter cost 27 µs a line in a loop (0.13 ms in the pipeline, caches
+    cold), seven lines a study; this writes the same JSON in 9 µs (~70 µs in the pipeline). Only the per-stage success
+    line goes this way: the rarer warnings and errors keep Powertools' formatter. Keys appended outside `_invoke`
+    (none are today) would not appear in it.
     """
     stream = _log_target.get()
     if stream is None or logger.log_level > getattr(logging, level):
