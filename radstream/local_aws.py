@@ -383,7 +383,7 @@ class LocalAws:
         for key, path in paths.items():
             if key in existing:
                 events.append(s3_event(bucket, key, path.stat().st_size))
-            else:  # the store copies the file as it copies best (locally in the kernel: the image never passes through Python)
+            else:  # the store moves the file as it moves best (locally a hard link, else a kernel copy: no byte through Python)
                 stored = self.store.put_file(bucket, key, path)
                 events.append(s3_event(stored.bucket, stored.key, stored.size))
         return events
