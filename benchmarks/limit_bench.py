@@ -4,6 +4,11 @@
     .venv/bin/python benchmarks/limit_bench.py --sizes 1024 --studies 60 --rounds 5
     .venv/bin/python benchmarks/limit_bench.py --quick              # 1024² only, 12 studies, 3 rounds
     .venv/bin/python benchmarks/limit_bench.py --sizes 1024 --breakdown   # and where the pipeline's CPU goes
+    .venv/bin/python benchmarks/limit_bench.py --warm-start         # a DICOM study's first end-to-end time, warm vs cold
+    .venv/bin/python benchmarks/limit_bench.py --scale 100 1000 10000   # CPU per study and RSS as a run grows
+
+The goals (issue 23), printed under the table with the figures that meet or miss them: CPU ratio >= 0.85 with one
+worker, and the whole machine's throughput ratio >= 0.85 with two workers, on 1024² studies.
 
 The irreducible work is a minimal in-process script: read the image file, decode it, build the three model
 tensors (one letterbox per distinct input size, then each model's normalisation), run the three ONNX models
@@ -35,6 +40,7 @@ import json
 import os
 import platform
 import statistics
+import subprocess
 import sys
 import tempfile
 import time
@@ -49,7 +55,7 @@ import onnxruntime as ort
 
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 
-import radstream.runtime as runtime_module
+import radstream.local_aws as local_aws
 import services.prepare.domain as prepare_domain
 from radstream.runtime import LocalRuntime
 from synthetic.samples import write_demo_studies
@@ -59,6 +65,7 @@ from shared.model_repository import ModelRepository
 from shared.settings import Settings
 
 XRV_RANGE = 1024.0
+ROOT = Path(__file__).resolve().parent.parent
 
 
 # ---------------------------------------------------------------- the irreducible work
@@ -202,7 +209,7 @@ def breakdown_round(studies: list[Path], warmup: list[Path], data_dir: Path) -> 
             (LocalRuntime, "run_folder", "run_folder"),
             (LocalRuntime, "upload", "upload"),
             (LocalRuntime, "start", "workflow"),
-            (runtime_module, "write_trace", "trace"),
+            (local_aws, "write_trace", "trace"),
             (LocalRuntime, "invoke", "invoke"),
             (prepare_domain, "decode_raster", "decode"),
             (prepare_domain, "is_constant", "letterbox"),
@@ -263,6 +270,103 @@ def print_breakdown(size: int, n: int, cpu: float, pieces: dict[str, float]) -> 
         f"  irreducible {ms(irreducible):.2f}, beyond it {ms(beyond):.2f}; the irreducible work over the stages' own work alone "
         f"(no handlers, interpreter, upload or trace): {irreducible / (irreducible + stage_work):.2f}"
     )
+
+
+# ---------------------------------------------------------------- warm start
+_WARM_SCRIPT = """
+import json, sys, time
+from pathlib import Path
+sys.path.insert(0, sys.argv[1])
+from radstream.runtime import LocalRuntime
+from shared.settings import Settings
+dicom, png, dicom2, data_dir, warm = sys.argv[2:7]
+with LocalRuntime(Settings(data_dir=Path(data_dir)), workers=1) as runtime:
+    started = time.perf_counter()
+    if warm == "warm":
+        runtime.warm()
+    warm_s = time.perf_counter() - started
+    times = {}
+    for name, folder in (("first_dicom", dicom), ("png", png), ("warm_dicom", dicom2)):
+        started = time.perf_counter()
+        outcome = runtime.run_folder(Path(folder))
+        assert outcome.status == "succeeded", outcome
+        times[name] = (time.perf_counter() - started) * 1000
+print(json.dumps({"warm_s": warm_s, **times}))
+"""
+
+
+def warm_start(root: Path, size: int) -> None:
+    """A DICOM study's first end-to-end time in a fresh process, with the runtime's warm start and without: against a PNG
+    study's time and the same DICOM work once warm (the export's warm cost is warm_dicom - png)."""
+    first = write_demo_studies(root / "warm-a", 1, size=size, invalid=False, seed=21, prefix="wa")
+    second = write_demo_studies(root / "warm-b", 1, size=size, invalid=False, seed=22, prefix="wb")
+    dicom, png = next(f for f in first if f.name.endswith("-dicom")), next(f for f in first if not f.name.endswith("-dicom"))
+    dicom2 = next(f for f in second if f.name.endswith("-dicom"))
+    print(f"\nwarm start ({size}² studies, each series in a fresh process, wall ms per study, run_folder):")
+    print(f"  {'runtime':<28} {'warm() s':>8} {'first DICOM':>11} {'then a PNG':>10} {'DICOM, warm':>11}")
+    for mode in ("cold", "warm"):
+        out = subprocess.run(
+            [sys.executable, "-c", _WARM_SCRIPT, str(ROOT), str(dicom), str(png), str(dicom2), str(root / f"warm-{mode}"), mode],
+            capture_output=True,
+            text=True,
+            check=True,
+        ).stdout
+        t = json.loads(out.strip().splitlines()[-1])
+        label = "LocalRuntime, warm() first" if mode == "warm" else "LocalRuntime, no warm()"
+        print(f"  {label:<28} {t['warm_s']:>8.2f} {t['first_dicom']:>11.0f} {t['png']:>10.0f} {t['warm_dicom']:>11.0f}")
+        if mode == "warm":
+            print(
+                f"  with warm(): first DICOM {t['first_dicom']:.0f} ms against {t['warm_dicom']:.0f} ms once warm "
+                f"(a PNG's {t['png']:.0f} ms + the export's warm cost {t['warm_dicom'] - t['png']:.0f} ms)"
+            )
+
+
+# ---------------------------------------------------------------- cost and memory as a run grows
+def _rss_mb() -> float:
+    with open("/proc/self/statm") as f:
+        return int(f.read().split()[1]) * os.sysconf("SC_PAGE_SIZE") / 2**20
+
+
+def clone_studies(root: Path, bases: list[Path], count: int, start: int) -> list[Path]:
+    """`count` study folders under new ids, each a base study's image hard-linked (no new bytes) and its sidecar re-named."""
+    folders = []
+    for i in range(start, start + count):
+        base = bases[i % len(bases)]
+        folder = root / f"scale-{i:06d}"
+        folder.mkdir(parents=True)
+        for file in base.iterdir():
+            if file.suffix == ".json":
+                doc = json.loads(file.read_text())
+                doc["study_id"] = folder.name
+                (folder / file.name).write_text(json.dumps(doc))
+            else:
+                os.link(file, folder / file.name)
+        folders.append(folder)
+    return folders
+
+
+def scale(root: Path, size: int, checkpoints: list[int], workers: int) -> None:
+    """One runtime runs studies until each checkpoint (100, 1,000, 10,000...); per segment: CPU ms per study, wall
+    studies/min, and the process's RSS after it. Flat means the last segment costs what the first did."""
+    bases = [f for f in write_demo_studies(root / "scale-bases", 8, size=size, invalid=False, seed=31) if not f.name.endswith("-dicom")]
+    print(f"\ncost as a run grows ({size}² studies, {workers} worker(s), one runtime; each segment runs up to its checkpoint):")
+    print(f"  {'studies':>8} {'segment':>8} {'CPU ms/study':>12} {'studies/min':>11} {'RSS MB':>7}")
+    with LocalRuntime(Settings(data_dir=root / "data-scale"), workers=workers) as runtime:
+        runtime.warm()
+        runtime.run_many(clone_studies(root / "scale-warmup", bases, 4, 10**6))
+        print(f"  {'warm':>8} {'':>8} {'':>12} {'':>11} {_rss_mb():>7.0f}")
+        done = 0
+        for checkpoint in checkpoints:
+            folders = clone_studies(root / "scale", bases, checkpoint - done, done)
+            cpu0, started = time.process_time(), time.perf_counter()
+            report = runtime.run_many(folders)
+            cpu, wall = time.process_time() - cpu0, time.perf_counter() - started
+            failed = [o.study_id for o in report.outcomes if o.status != "succeeded"]
+            if failed:
+                raise SystemExit(f"scale: studies failed: {failed[:5]}")
+            n = checkpoint - done
+            print(f"  {checkpoint:>8} {n:>8} {cpu / n * 1000:>12.1f} {n / wall * 60:>11.0f} {_rss_mb():>7.0f}")
+            done = checkpoint
 
 
 # ---------------------------------------------------------------- the same work?
@@ -374,6 +478,19 @@ def bench_size(
     return rows
 
 
+GOAL = 0.85  # issue 23: both ratios on 1024² studies
+
+
+def print_goals(rows: list[dict]) -> None:
+    """The two goals, each with the row that decides it (1024² where measured, else the sizes run)."""
+    print(f"\ngoals (issue 23, on 1024² studies): CPU ratio >= {GOAL} with 1 worker; throughput ratio >= {GOAL} with 2 workers")
+    for workers, key, what in ((1, "cpu_ratio", "CPU ratio, 1 worker"), (2, "ratio", "throughput ratio, 2 workers")):
+        for r in (r for r in rows if r["workers"] == workers):
+            verdict = "met" if r[key] >= GOAL else "NOT met"
+            note = "" if r["size"] == 1024 else " (not 1024²: no verdict on the goal)"
+            print(f"  {what:<28} {r['size']:>5}²: {r[key]:.2f}  {verdict if not note else ''}{note}")
+
+
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--sizes", type=int, nargs="+", default=[512, 1024, 2048, 3000], help="image sides in pixels")
@@ -390,6 +507,14 @@ def main() -> None:
         action="store_true",
         help="also time the pipeline from the bucket: studies uploaded first (untimed), then `resume` runs them",
     )
+    parser.add_argument("--warm-start", action="store_true", help="only: a DICOM study's first end-to-end time, warm vs cold")
+    parser.add_argument(
+        "--scale",
+        type=int,
+        nargs="+",
+        metavar="N",
+        help="only: one runtime runs studies up to each checkpoint N; CPU per study and RSS per segment (e.g. 100 1000 10000)",
+    )
     parser.add_argument(
         "--breakdown",
         action="store_true",
@@ -398,6 +523,13 @@ def main() -> None:
     args = parser.parse_args()
     if args.quick:
         args.sizes, args.studies, args.rounds = [1024], 12, 3
+    if args.warm_start or args.scale:
+        with tempfile.TemporaryDirectory(prefix="radstream-limit-") as tmp:
+            if args.warm_start:
+                warm_start(Path(tmp), args.sizes[0] if args.sizes != parser.get_default("sizes") else 1024)
+            if args.scale:
+                scale(Path(tmp), args.sizes[0] if args.sizes != parser.get_default("sizes") else 1024, sorted(args.scale), args.workers[0])
+        return
     settings = Settings()
     work = Irreducible(settings)
     load = os.getloadavg()
@@ -420,6 +552,7 @@ def main() -> None:
             f"{r['size']:>5}² {r['workers']:>7} {r['studies']:>7} | {r['pipeline_per_min']:>12.0f} {r['pipeline_cpu_ms']:>7.1f} | "
             f"{r['irreducible_per_min']:>15.0f} {r['irreducible_cpu_ms']:>7.1f} | {r['ratio']:>6.2f} {r['cpu_ratio']:>9.2f}"
         )
+    print_goals(rows)
     if args.from_bucket:
         print("\nfrom the bucket (uploaded first, untimed; then `resume` runs them, its scan for pending uploads included):")
         print(f"{'size':>6} {'workers':>7} | {'pipeline/min':>12} {'CPU ms':>7} | {'ratio':>6} {'cpu ratio':>9}")

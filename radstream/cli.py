@@ -166,6 +166,7 @@ def run_studies(folders: list[Path] | None, args: argparse.Namespace, root: Path
         require_data_dir(settings.data_dir, "resume")
     err = Console(stderr=True)
     with sigterm_as_ctrl_c(), LocalRuntime(settings, workers=args.workers) as runtime:
+        runtime.warm()  # libraries and model sessions loaded before the first study (issue 23), not by it
         started = time.perf_counter()
         with Progress(
             TextColumn("{task.description}"),
@@ -234,7 +235,7 @@ def exit_code(report) -> int:
 
 
 def cmd_run(args: argparse.Namespace) -> int:
-    from radstream.runtime import find_studies
+    from radstream.local_aws import find_studies
 
     return exit_code(run_studies(find_studies(Path(args.path)), args, root=Path(args.path)))
 
@@ -521,6 +522,7 @@ def cmd_gateway(args: argparse.Namespace) -> int:
     )
     configure_logging()
     with LocalRuntime(settings, workers=args.workers) as runtime:
+        runtime.warm()  # the first instance a modality sends is not the one that loads the export's libraries
         pipeline = LocalPipeline(runtime, workers=args.workers)
         # What an earlier gateway (or run) acknowledged and did not finish: planned before this one listens, so a new
         # instance is never mistaken for old work, then run beside what arrives.

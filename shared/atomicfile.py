@@ -47,6 +47,54 @@ def atomic_copy(source: BinaryIO, target: Path, staging: Path) -> int:
     return _atomically(target, staging, lambda fd: _copy_into(source, fd), True)
 
 
+# A link cannot be made here: another filesystem, a filesystem without hard links, or a kernel that refuses to link
+# another user's file (fs.protected_hardlinks). The caller copies instead.
+_NO_LINK = frozenset({errno.EXDEV, errno.EPERM, errno.EACCES, errno.EMLINK, errno.EOPNOTSUPP, errno.ENOSYS, errno.EINVAL})
+
+
+def atomic_link(source: Path | str, target: Path, staging: Path) -> int | None:
+    """Register an existing file under `target` without copying it: a hard link made under a temp name in `staging`,
+    the inode fsynced, renamed onto `target`, the folder fsynced (as durable as atomic_write). Returns its size, or
+    None where no link can be made (another filesystem, say): the caller copies.
+
+    The object and the source are then one inode: the bytes are the source's, so a later in-place edit of the
+    source shows through (an editor that saves by rename, or a new upload, does not). Readers that must hold the
+    bytes to the ones validated compare the sha256 validate recorded, as they do in S3.
+    """
+    tmp = os.path.join(staging, f"{os.getpid()}-{next(_serial)}")
+    try:
+        try:
+            os.link(source, tmp)
+        except FileNotFoundError:
+            if not os.path.isdir(staging):
+                Path(staging).mkdir(parents=True, exist_ok=True)
+                os.link(source, tmp)
+            else:
+                raise
+    except OSError as e:
+        if e.errno in _NO_LINK:
+            return None
+        raise
+    try:
+        fd = os.open(tmp, os.O_RDONLY | getattr(os, "O_CLOEXEC", 0))
+        try:
+            size = os.fstat(fd).st_size
+            os.fsync(fd)  # the source's bytes (and the new link count) on disk before the name points at them
+            _record_sync(target, fd)
+        finally:
+            os.close(fd)
+        try:
+            os.replace(tmp, target)
+        except FileNotFoundError:
+            make_dirs(Path(target).parent)
+            os.replace(tmp, target)
+        fsync_dir(Path(target).parent)
+    except BaseException:
+        Path(tmp).unlink(missing_ok=True)
+        raise
+    return size
+
+
 def create_once(target: Path, data: bytes, staging: Path) -> bool:
     """Create `target` whole and durable unless it exists (the first writer wins, as O_EXCL): written and fsynced under a
     temp name, then hard-linked to its name. Returns whether this call created it. The temp file has mode 0600."""

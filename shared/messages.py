@@ -34,6 +34,9 @@ class StageOutput(BaseModel):
     # What the telemetry record of a triage-relevant stage carries (store: arrival to result; notify: arrival to notification).
     priority: str | None = None
     since_arrival_ms: float | None = None
+    # The telemetry record of the invocation that made this output, set by the StageHandler (never by a stage's domain
+    # code); the workflow state carries it at `$.<stage>.telemetry` to SendTelemetry and RecordFailure.
+    telemetry: TelemetryRecord | None = None
 
 
 class StudyImage(BaseModel):

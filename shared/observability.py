@@ -11,6 +11,7 @@ that the local runtime sets around the invocations it makes.
 from __future__ import annotations
 
 import hashlib
+import json
 import logging
 import sys
 import threading
@@ -57,6 +58,29 @@ class _LogStream(logging.StreamHandler):
 _handler = _LogStream()
 logger = Logger(service="radstream", logger_handler=_handler)
 tracer = Tracer(service="radstream")
+
+
+def _local_line(level: str, message: str, fields: dict[str, Any]) -> bool:
+    """A stage's routine line written straight into the local runtime's log file (the stream `logs_to` names), in the
+    shape Powertools gives it (level, location, message, timestamp, service, then the keys and fields); False in
+    Lambda (no such stream) or below the logger's level, where the caller logs through Powertools.
+
+    Powertools' record, caller lookup and formatter cost 27 µs a line in a loop (0.13 ms in the pipeline, caches
+    cold), seven lines a study; this writes the same JSON in 9 µs (~70 µs in the pipeline). Only the per-stage success
+    line goes this way: the rarer warnings and errors keep Powertools' formatter. Keys appended outside `_invoke`
+    (none are today) would not appear in it.
+    """
+    stream = _log_target.get()
+    if stream is None or logger.log_level > getattr(logging, level):
+        return False
+    now = time.time()
+    stamp = time.strftime("%Y-%m-%d %H:%M:%S", time.localtime(now)) + f",{int(now * 1000) % 1000:03d}" + time.strftime("%z")
+    line = {"level": level, "location": "_invoke", "message": message, "timestamp": stamp, "service": logger.service}
+    line.update((k, v) for k, v in fields.items() if v is not None)  # as Powertools: a key without a value is left out
+    text = json.dumps(line, separators=(",", ":"), default=str) + "\n"
+    with _handler.lock:  # type: ignore[union-attr]
+        stream.write(text)
+    return True
 
 
 def flush_logs(stream: IO[str]) -> None:
@@ -158,10 +182,17 @@ class StageHandler(Generic[D]):
     runtimes in one process never share dependencies, environment or log destination.
     """
 
-    def __init__(self, stage: Stage, run: Callable[[dict[str, Any], D], StageOutput], build: Callable[[Settings], D]) -> None:
+    def __init__(
+        self,
+        stage: Stage,
+        run: Callable[[dict[str, Any], D], StageOutput],
+        build: Callable[[Settings], D],
+        warm: Callable[[D], None] | None = None,
+    ) -> None:
         self.stage = stage
         self.run = run
         self.build = build
+        self._warm_up = warm
         self._lambda_deps: D | None = None
         self._lambda_metrics = StdoutEmf()  # in Lambda, EMF lines in the log stream become CloudWatch metrics
         self._lock = threading.Lock()
@@ -177,6 +208,19 @@ class StageHandler(Generic[D]):
                 if self._lambda_deps is None:
                     self._lambda_deps = self.build(Settings.from_env())
         return self.invoke(event, context, self._lambda_deps, self._lambda_metrics)
+
+    def warm(self, deps: D) -> str | None:
+        """Run the stage's warm start on `deps` (libraries imported, lazy tables built, model sessions loaded and run once
+        on the synthetic study of shared/warmup) so the first study does not pay it. Never raises: a warm start that
+        fails costs only the time it would have saved; returns its error type (also logged), or None."""
+        if self._warm_up is None:
+            return None
+        try:
+            self._warm_up(deps)
+        except Exception as e:
+            logger.warning("warm start failed", stage=self.stage, error_type=type(e).__name__, code_path=code_location(e))
+            return type(e).__name__
+        return None
 
     def invoke(self, event: dict[str, Any], context: Any, deps: D, metrics: EmfWriter | None = None) -> dict[str, Any]:
         """Run the stage with these dependencies; its EMF metrics go to `metrics` (none: not emitted)."""
@@ -196,12 +240,13 @@ class StageHandler(Generic[D]):
             self._warm.add(id(deps))
         execution_id = str(event.get("execution_id", "direct-invoke"))
         study_id = event_study_id(event)
-        logger.thread_safe_append_keys(
-            stage=self.stage,
-            execution_id=execution_id,
-            study_id=study_id,
-            request_id=getattr(context, "aws_request_id", None),
-        )
+        keys = {
+            "stage": self.stage,
+            "execution_id": execution_id,
+            "study_id": study_id,
+            "request_id": getattr(context, "aws_request_id", None),
+        }
+        logger.thread_safe_append_keys(**keys)
         tracer.put_annotation(key="stage", value=self.stage)
         if study_id:
             tracer.put_annotation(key="study_id", value=study_id)
@@ -269,11 +314,11 @@ class StageHandler(Generic[D]):
                 priority=output.priority,
                 since_arrival_ms=output.since_arrival_ms,
             )
-            logger.info("stage succeeded", duration_ms=record.duration_ms, bytes_out=output.bytes_out)
+            if not _local_line("INFO", "stage succeeded", {**keys, "duration_ms": record.duration_ms, "bytes_out": output.bytes_out}):
+                logger.info("stage succeeded", duration_ms=record.duration_ms, bytes_out=output.bytes_out)
             self._emit(metrics, **_output_metrics(output, duration_ms), study_id=output.study_id, execution_id=execution_id)
-            payload = output.model_dump(mode="json", exclude_none=True)
-            payload["telemetry"] = record.model_dump(mode="json")
-            return payload
+            output.telemetry = record
+            return output.model_dump(mode="json", exclude_none=True)
         finally:
             logger.thread_safe_clear_keys()
 

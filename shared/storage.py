@@ -10,7 +10,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, BinaryIO, Literal, Protocol
 
-from shared.atomicfile import atomic_copy, atomic_write, staging_dir
+from shared.atomicfile import atomic_copy, atomic_link, atomic_write, staging_dir
 from shared.aws_errors import translated
 from shared.errors import InvalidImage, ObjectNotFound, PermanentError, StorageUnavailable
 
@@ -26,7 +26,8 @@ class ObjectStore(Protocol):
     def put_bytes(self, bucket: str, key: str, data: bytes, *, content_type: str = "application/octet-stream") -> StoredObject: ...
 
     def put_file(self, bucket: str, key: str, path: Path, *, content_type: str = "application/octet-stream") -> StoredObject:
-        """Put a file's content (an upload): the adapter moves it as it moves files best, never through Python where it can."""
+        """Put a file's content (an upload): the adapter moves it as it moves files best, never through Python where it can
+        (the local folders register the file itself by a hard link on the same filesystem)."""
         ...
 
     def get_bytes(self, bucket: str, key: str) -> bytes: ...
@@ -86,6 +87,11 @@ class LocalObjectStore:
         return StoredObject(bucket, key, size)
 
     def _copy(self, source: BinaryIO, target: Path) -> int:
+        """A hard link where the source is on the data dir's filesystem (no byte moves), else a copy in the kernel."""
+        if isinstance(source.name, str):
+            linked = atomic_link(source.name, target, staging_dir(self.root))
+            if linked is not None:
+                return linked
         return atomic_copy(source, target, staging_dir(self.root))
 
     def get_bytes(self, bucket: str, key: str) -> bytes:

@@ -8,7 +8,8 @@ from pathlib import Path
 import pytest
 
 from radstream.cli import main
-from radstream.runtime import LocalRuntime, StudyOutcome
+from radstream.local_aws import StudyOutcome
+from radstream.runtime import LocalRuntime
 from synthetic.samples import write_demo_studies
 from shared.settings import Settings
 

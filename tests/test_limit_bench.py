@@ -49,3 +49,24 @@ def test_limit_bench_prints_both_ratios_and_a_breakdown_whose_pieces_are_all_met
     total = breakdown.pop("total (process CPU)")
     assert abs(sum(breakdown.values()) - total) < 0.05, out  # the pieces add up to the process's CPU
     assert re.search(r"irreducible \d+\.\d\d, beyond it \d+\.\d\d", out), out
+    # both goals of issue 23 are printed, each with its figure (no verdict: these are not 1024² studies)
+    assert re.search(r"CPU ratio, 1 worker\s+256²: \d\.\d\d\s+\(not 1024²", out), out
+
+
+def _bench(*args: str) -> str:
+    run = subprocess.run(
+        [sys.executable, str(ROOT / "benchmarks" / "limit_bench.py"), *args], cwd=ROOT, capture_output=True, text=True, timeout=600
+    )
+    assert run.returncode == 0, run.stdout[-4000:] + run.stderr[-4000:]
+    return run.stdout
+
+
+def test_warm_start_and_scale_print_their_figures():
+    """--warm-start: a DICOM study's first time cold and warm, each in a fresh process; --scale: CPU and RSS per segment."""
+    out = _bench("--warm-start", "--sizes", "128")
+    rows = re.findall(r"^  LocalRuntime, (no warm\(\)|warm\(\) first)\s+(\d+\.\d\d)\s+(\d+)\s+(\d+)\s+(\d+)$", out, re.MULTILINE)
+    assert [r[0] for r in rows] == ["no warm()", "warm() first"], out
+    assert float(rows[0][1]) == 0 and float(rows[1][1]) > 0, out
+    out = _bench("--scale", "3", "6", "--sizes", "128")
+    segments = re.findall(r"^\s+(\d+)\s+(\d+)\s+(\d+\.\d)\s+(\d+)\s+(\d+)$", out, re.MULTILINE)
+    assert [(int(a), int(b)) for a, b, *_ in segments] == [(3, 3), (6, 3)], out

@@ -275,3 +275,70 @@ def test_models_run_one_after_another_unless_asked(tmp_path):
         assert outcome.status == "succeeded", outcome.message
         probabilities.append(outcome.findings)
     assert probabilities[0] == probabilities[1]
+
+
+def test_the_stage_handlers_neither_mutate_their_input_nor_return_what_the_state_holds(tmp_path):
+    """The runtime's state machine hands tasks the state's own values and keeps their outputs uncopied
+    (copy_task_io=False): that holds only while every handler leaves its input alone and returns values of its own.
+    Every study of the demo set (failures included: RecordFailure reads the whole state) is run with each task's
+    input compared, before and after, with a deep copy taken before the call."""
+    import copy
+
+    folders = write_demo_studies(tmp_path / "studies", 3, size=128)
+    checked: list[str] = []
+    with LocalRuntime(Settings(data_dir=tmp_path / "data"), workers=1) as runtime:
+        invoke = runtime.invoke
+
+        def checking(resource, payload, context):
+            before = copy.deepcopy(payload)
+            output = invoke(resource, payload, context)
+            assert payload == before, f"{context.state_name} changed its input"
+            ids = set()
+
+            def walk(value):
+                if isinstance(value, dict | list):
+                    ids.add(id(value))
+                    for item in value.values() if isinstance(value, dict) else value:
+                        walk(item)
+
+            walk(payload)
+            shared = []
+
+            def find(value):
+                if isinstance(value, dict | list):
+                    if id(value) in ids:
+                        shared.append(value)
+                    for item in value.values() if isinstance(value, dict) else value:
+                        find(item)
+
+            find(output)
+            assert shared == [], f"{context.state_name} returned part of its input"
+            checked.append(context.state_name)
+            return output
+
+        runtime.machine.invoke = checking
+        outcomes = runtime.run_many(folders).outcomes
+    assert {o.status for o in outcomes} == {"succeeded", "failed"}
+    assert {"ValidateMetadata", "PrepareTensors", "StoreResults", "RecordFailure"} <= set(checked)
+
+
+def test_warm_start_loads_every_stage_before_the_first_study(tmp_path):
+    """Issue 23: the model sessions and the export's builders are loaded by `warm`, not by the first study: every task
+    of template.yaml's workflow is bound and warmed without error, each model has its session, and a warm failure is
+    reported, never raised."""
+    from services.export import handler as export
+    from services.triton import handler as triton
+
+    with LocalRuntime(Settings(data_dir=tmp_path / "data"), workers=1) as runtime:
+        warmed = runtime.warm()
+        assert warmed and all(error is None for error in warmed.values()), warmed
+        assert any(resource.endswith("ExportFunction") for resource in warmed)
+        (inference,) = {id(d): d for h, d in runtime._bindings.values() if h is triton.lambda_handler}.values()
+        assert set(inference.backend._sessions) == set(inference.repository.models)
+        assert runtime.warm() is warmed  # once per runtime
+
+    def broken(deps):
+        raise RuntimeError("no highdicom here")
+
+    failing = type(export.lambda_handler)("export", export.run, export.lambda_handler.build, broken)
+    assert failing.warm(None) == "RuntimeError"

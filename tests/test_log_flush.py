@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+import re
 
 from radstream.runtime import LocalRuntime
 from synthetic.samples import write_demo_studies
@@ -24,3 +25,28 @@ def test_a_studys_lines_are_in_the_file_when_it_ends_with_the_runtime_still_open
         outcome = runtime.refused("x", "refused-1", "runtime", KeyError("boom"))
         assert "refused-1" in (data / "logs" / "radstream.log").read_text()
         assert outcome.status == "failed"
+
+
+def test_the_local_stage_line_is_the_line_powertools_writes():
+    """The per-stage success line skips Powertools' formatter locally (issue 23): same keys, same values, only the caller's
+    line number in `location` and the timestamp's millisecond may differ."""
+    import io
+
+    from shared.observability import _local_line, logger, logs_to
+
+    keys = {"stage": "validate", "execution_id": "arn:aws:states:local:0:execution:sm:s1-0a1b2c3d", "study_id": "s1", "request_id": None}
+    stream = io.StringIO()
+    with logs_to(stream):
+        logger.thread_safe_append_keys(**keys)
+        try:
+            logger.info("stage succeeded", duration_ms=1.25, bytes_out=42)
+            assert _local_line("INFO", "stage succeeded", {**keys, "duration_ms": 1.25, "bytes_out": 42})
+        finally:
+            logger.thread_safe_clear_keys()
+    theirs, ours = (json.loads(line) for line in stream.getvalue().splitlines())
+    assert list(ours) == list(theirs), (ours, theirs)
+    stamp = re.compile(r"\d{4}-\d\d-\d\d \d\d:\d\d:\d\d,\d{3}[+-]\d{4}")
+    assert stamp.fullmatch(ours.pop("timestamp")) and stamp.fullmatch(theirs.pop("timestamp"))
+    assert ours.pop("location") == "_invoke" and re.fullmatch(r"\w+:\d+", theirs.pop("location"))
+    assert ours == theirs
+    assert not _local_line("INFO", "stage succeeded", keys)  # no local stream (Lambda): the caller logs through Powertools

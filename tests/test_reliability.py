@@ -78,7 +78,7 @@ def test_a_trace_that_cannot_be_written_loses_no_study(tmp_path, monkeypatch):
     def full_disk(*args, **kwargs):
         raise OSError(28, "No space left on device")
 
-    monkeypatch.setattr("radstream.runtime.write_trace", full_disk)
+    monkeypatch.setattr("radstream.local_aws.write_trace", full_disk)
     with LocalRuntime(Settings(data_dir=tmp_path / "data"), sleep=no_sleep) as runtime:
         report = runtime.run_many(folders)
     assert [o.status for o in report.outcomes] == ["succeeded"] * 4

@@ -9,7 +9,8 @@ import pytest
 
 from synthetic.images import gradient_png
 from synthetic.samples import make_sidecar
-from radstream.runtime import LocalRuntime, upload_key_study_id
+from radstream.local_aws import upload_key_study_id
+from radstream.runtime import LocalRuntime
 from services.validate.domain import ValidateRequest, validate_study
 from shared.errors import InvalidStudy
 from shared.settings import Settings

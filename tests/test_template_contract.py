@@ -13,7 +13,7 @@ import pytest
 
 import shared.errors
 from radstream.eventpattern import apply_input_transformer, matches
-from radstream.runtime import s3_event
+from radstream.local_aws import s3_event
 from radstream.template import DEFAULT_TEMPLATE, Template
 
 ROOT = Path(__file__).resolve().parent.parent

@@ -88,6 +88,10 @@ def _copy(value: Any) -> Any:
         return _walk_copy(value)
 
 
+def _same(value: Any) -> Any:
+    return value
+
+
 def _walk_copy(value: Any) -> Any:
     if isinstance(value, dict):
         return {k: _walk_copy(v) for k, v in value.items()}
@@ -793,7 +797,12 @@ class StateMachine:
         max_workers: int = 8,
         name: str = "StateMachine",
         arn: str | None = None,
+        copy_task_io: bool = True,
     ) -> None:
+        """`copy_task_io=False`: hand tasks the state's own values and take their outputs as they are, for an `invoke`
+        that, as Lambda's JSON boundary would, never mutates its input and returns values of its own (the local
+        runtime's stage handlers: they parse the input into models and return a fresh `model_dump`). The interpreter
+        itself never mutates state data in place (paths assign into copies), so nothing else needs the copy."""
         if not isinstance(definition, dict):
             raise DefinitionError("the definition must be a JSON object")
         unknown = set(definition) - {"StartAt", "States", "Comment", "Version", "TimeoutSeconds", "QueryLanguage"}
@@ -809,6 +818,7 @@ class StateMachine:
         self.timeout_seconds: int | None = (
             _positive_int(definition["TimeoutSeconds"], "TimeoutSeconds") if "TimeoutSeconds" in definition else None
         )
+        self._copy_io: Callable[[Any], Any] = _copy if copy_task_io else _same
         self._pool = DaemonPool(max_workers)
         self._program = _Program(definition, "$", self)
 
@@ -843,10 +853,10 @@ class StateMachine:
         now = time.monotonic()
         deadline = None if timeout is None else now + timeout
         context = TaskContext(run.id, run.name, frame.state, frame.retry_count, timeout, deadline)
-        payload = _copy(payload)
+        payload = self._copy_io(payload)
         if deadline is None and run.deadline is None:
             try:
-                return _copy(self.invoke(target, payload, context))
+                return self._copy_io(self.invoke(target, payload, context))
             except Exception as exc:
                 raise _exception_error(exc) from exc
         box: dict[str, Any] = {}
@@ -868,4 +878,4 @@ class StateMachine:
             raise _ExecutionTimedOut()
         if "error" in box:
             raise _exception_error(box["error"]) from box["error"]
-        return _copy(box["result"])
+        return self._copy_io(box["result"])

@@ -555,3 +555,22 @@ def export_result(request: ExportRequest, store: ObjectStore, results_bucket: st
         bytes_in=len(data),
         bytes_out=stored_sr.size + stored_overlay.size + stored_fhir.size,
     )
+
+
+def warm_builders() -> None:
+    """Build the SR, the FHIR bundle and the overlay of shared/warmup's synthetic study in memory (nothing stored): the
+    first real export then finds highdicom's tables of the standard, the FHIR models and the overlay's codecs loaded
+    (a first DICOM study paid ~2 s of them)."""
+    from shared import warmup
+
+    result = StudyResult.model_validate_json(warmup.RESULT.read_bytes())
+    data = warmup.DICOM.read_bytes()
+    header = addressed_header(source_header(data, result.study_id))
+    sr = build_sr(result, header)
+    sr_data = sr_bytes(sr)
+    json.dumps(build_fhir(result, header, sr_data, str(sr.SOPInstanceUID)))
+    overlay_bytes(
+        build_overlay(
+            result, data, header, lambda what: _uid(result, what), f"RadStream {NOT_FOR_CLINICAL_USE}", NOT_FOR_CLINICAL_USE, MANUFACTURER
+        )
+    )

@@ -7,7 +7,7 @@ from __future__ import annotations
 from typing import Any
 
 from services.export.deliver import deliver
-from services.export.domain import export_result
+from services.export.domain import export_result, warm_builders
 from shared.messages import DeliveredResult, DeliverRequest, ExportedResult, ExportRequest
 from shared.observability import StageHandler
 from shared.wiring import StoreDependencies
@@ -21,5 +21,9 @@ def run_delivery(event: dict[str, Any], deps: StoreDependencies) -> DeliveredRes
     return deliver(DeliverRequest.model_validate(event), deps.store, deps.settings)
 
 
-lambda_handler = StageHandler("export", run, StoreDependencies.from_settings)
+def warm(deps: StoreDependencies) -> None:
+    warm_builders()
+
+
+lambda_handler = StageHandler("export", run, StoreDependencies.from_settings, warm)
 deliver_handler = StageHandler("export", run_delivery, StoreDependencies.from_settings)

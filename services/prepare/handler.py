@@ -33,4 +33,12 @@ def run(event: dict[str, Any], deps: Dependencies) -> PreparedTensors:
     return prepare_tensors(request, deps.store, deps.repository, deps.settings.artifacts_bucket, deps.settings.max_image_pixels)
 
 
-lambda_handler = StageHandler("prepare", run, Dependencies.from_settings)
+def warm(deps: Dependencies) -> None:
+    """pydicom's pixel handlers and the DICOM decode path, on shared/warmup's synthetic study."""
+    from shared import warmup
+    from shared.pixels import decode_dicom
+
+    decode_dicom(warmup.DICOM.read_bytes(), "warmup")
+
+
+lambda_handler = StageHandler("prepare", run, Dependencies.from_settings, warm)

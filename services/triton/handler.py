@@ -44,4 +44,11 @@ def run(event: dict[str, Any], deps: Dependencies) -> ModelOutput | ShadowOutput
     return deps.inference.run(InferenceRequest.model_validate(event))
 
 
-lambda_handler = StageHandler("inference", run, Dependencies.from_settings)
+def warm(deps: Dependencies) -> None:
+    """The in-process backend's sessions loaded and run once; a Triton server warms its own models."""
+    backend_warm = getattr(deps.inference.backend, "warm", None)
+    if backend_warm is not None:
+        backend_warm()
+
+
+lambda_handler = StageHandler("inference", run, Dependencies.from_settings, warm)

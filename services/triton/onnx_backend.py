@@ -35,6 +35,12 @@ class OnnxRuntimeBackend:
                     self._sessions[(model_name, version)] = session
         return session
 
+    def warm(self) -> None:
+        """Every model's session built and run once on zeros of its input's shape (ONNX Runtime's first run allocates)."""
+        for spec in self.repository.models.values():
+            size = spec.input_size
+            self.session(spec.name).run(None, {spec.input_name: np.zeros((1, 1, size, size), np.float32)})
+
     def close(self) -> None:
         with self._lock:
             self._sessions.clear()

@@ -59,6 +59,7 @@ def test_put_file_without_a_kernel_copy_falls_back_to_a_buffered_copy(tmp_path, 
         raise OSError(errno.EXDEV, "cross-device")
 
     monkeypatch.setattr(os, "copy_file_range", no_kernel_copy)
+    monkeypatch.setattr(os, "link", no_kernel_copy)  # another filesystem: no link either
     source = tmp_path / "image.png"
     source.write_bytes(os.urandom(9 * 1024 * 1024 + 3))
     store = LocalObjectStore(tmp_path / "data")
@@ -83,11 +84,55 @@ def test_put_file_on_a_full_disk_is_an_outage_and_an_unreadable_source_is_not(tm
     def full(*args):
         raise OSError(errno.ENOSPC, "No space left on device")
 
+    def cross_device(*args):
+        raise OSError(errno.EXDEV, "Invalid cross-device link")
+
     monkeypatch.setattr(os, "copy_file_range", full)
+    monkeypatch.setattr(os, "link", cross_device)  # the source on another filesystem: copied, and the copy finds the disk full
     with pytest.raises(StorageUnavailable, match="ENOSPC"):
         store.put_file("images", "incoming/s1/image.png", source)
     assert store.head("images", "incoming/s1/image.png") is None
     assert os.listdir(tmp_path / "data" / ".staging") == []
+    monkeypatch.setattr(os, "link", full)  # the same filesystem, full: the link's own failure is the outage
+    with pytest.raises(StorageUnavailable, match="ENOSPC"):
+        store.put_file("images", "incoming/s1/image.png", source)
+    assert store.head("images", "incoming/s1/image.png") is None
+
+
+def test_put_file_on_the_data_dirs_filesystem_links_the_file_instead_of_copying_it(tmp_path, monkeypatch):
+    """The upload registers the image in place (issue 23): one inode, no byte copied, fsynced and renamed as a write is;
+    across filesystems (EXDEV) it is copied."""
+    import errno
+
+    from shared.storage import LocalObjectStore
+
+    synced = _fsynced(monkeypatch)
+    source = tmp_path / "in" / "image.png"
+    source.parent.mkdir()
+    source.write_bytes(os.urandom(2 * 1024 * 1024))
+    store = LocalObjectStore(tmp_path / "data")
+
+    def no_copy(*args):
+        raise AssertionError("copied, not linked")
+
+    monkeypatch.setattr(os, "copy_file_range", no_copy)
+    stored = store.put_file("images", "incoming/s1/image.png", source)
+    target = store.path("images", "incoming/s1/image.png")
+    assert stored.size == source.stat().st_size and target.read_bytes() == source.read_bytes()
+    assert target.stat().st_ino == source.stat().st_ino and source.stat().st_nlink == 2
+    assert os.listdir(tmp_path / "data" / ".staging") == []
+    assert str(target.parent) in synced, "the link's folder is fsynced"
+    assert [p for p in synced if p.startswith(str(tmp_path / "data" / ".staging"))], "the linked inode is fsynced before the rename"
+
+    def cross_device(*args):
+        raise OSError(errno.EXDEV, "Invalid cross-device link")
+
+    monkeypatch.setattr(os, "link", cross_device)
+    monkeypatch.undo()
+    monkeypatch.setattr(os, "link", cross_device)
+    other = store.put_file("images", "incoming/s2/image.png", source)
+    copied = store.path("images", "incoming/s2/image.png")
+    assert other.size == stored.size and copied.read_bytes() == source.read_bytes() and copied.stat().st_ino != source.stat().st_ino
 
 
 def _fsynced(monkeypatch) -> list[str]:
