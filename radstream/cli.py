@@ -115,6 +115,8 @@ def print_table(console: Console, outcomes, totals: dict) -> None:
         if o.status == "succeeded":
             shown = [f for f in o.findings if f["positive"]] or o.findings[:1]
             top = ", ".join(f"{f['label']} {f['probability']:.2f}{'*' if f['positive'] else ''}" for f in shown)
+            if o.critical_findings:
+                top += f" (critical: {', '.join(o.critical_findings)})"
             table.add_row(o.study_id, "[green]succeeded", top, str(o.detections), f"{o.end_to_end_ms:.0f}")
         else:
             reason = f"{o.stage or 'workflow'}: {o.error_type}: {o.message}"

@@ -87,6 +87,8 @@ class StudyOutcome:
     output: str | None = None  # where its result or failure record is; None: nothing could be recorded (resume runs it)
     # DICOM studies: what DeliverResults did (destinations reached, or the dead letter, or why nothing was sent)
     delivery: dict[str, Any] | None = None
+    # The critical-finding rules that fired for the result (result.json's critical_findings); None: not evaluated.
+    critical_findings: list[str] | None = None
 
 
 def s3_event(bucket: str, key: str, size: int) -> dict[str, Any]:
@@ -451,6 +453,8 @@ class LocalAws:
                 for f in sorted(stored["findings"], key=lambda f: -f["probability"])
             ]
             result.detections = len(stored["detections"])
+            if stored.get("critical_findings") is not None:
+                result.critical_findings = [c["rule"] for c in stored["critical_findings"]]
             delivered = (execution.output or {}).get("delivered") if isinstance(execution.output, dict) else None
             if isinstance(delivered, dict):
                 result.delivery = {k: v for k, v in delivered.items() if k in ("destinations", "skipped")}

@@ -132,6 +132,17 @@ class InputDigest(Contract):
     )
 
 
+class FiredRule(Contract):
+    """A critical-finding rule that fired for a study's result (services/notify/critical_findings.json)."""
+
+    rule: str
+    label: str
+    probability: float
+    threshold: float = Field(description="the probability it was held to: the rule's own, or the finding's operating point")
+    message_id: str = Field(description="its notification in notifications.json (MSH-10, the event's id)")
+    fired_at: datetime = Field(description="when the rule first fired for the study (notifications.json)")
+
+
 class StudyResult(Contract):
     """results/<study_id>/result.json."""
 
@@ -164,6 +175,15 @@ class StudyResult(Contract):
     detections: list[Detection]
     report: DraftReport | None
     timings_ms: dict[str, float]
+    critical_findings: list[FiredRule] | None = Field(
+        None,
+        description=(
+            "The critical-finding rules that fire for this result, written by NotifyCriticalFindings after StoreResults "
+            "(the file replaced atomically, everything before this field unchanged); [] when none fires; null when the "
+            "rules have not been evaluated (the notify stage has not run, or failed before them). Delivery, ACKs and "
+            "acknowledgements change over time and live in notifications.json, found by message_id."
+        ),
+    )
 
 
 class NotificationChannel(Contract):

@@ -133,6 +133,7 @@ def stored_result(s: dict, execution_id: str = "e1") -> dict:
         "identifiers": None,
         "modality": "DX",
         "view_position": "PA",
+        "priority": "routine",
         "execution_id": execution_id,
         "completed_at": "2026-03-01T10:21:00Z",
         "end_to_end_ms": None,
@@ -159,4 +160,5 @@ def stored_result(s: dict, execution_id: str = "e1") -> dict:
             "inference.anomaly_detector": 11.0,
             "inference.report_encoder": 7.0,
         },
+        "critical_findings": None,  # as StoreResults writes it: the notify stage fills it
     }

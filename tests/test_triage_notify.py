@@ -215,3 +215,32 @@ def test_exactly_once_across_a_kill_of_the_notifier(tmp_path: Path) -> None:
     counts = {i: sum(r.control_id == i for r in peer.received) for i in ids}
     assert sorted(counts.values()) == [1] * (len(ids) - 1) + [2], counts
     assert len(events(data_dir)) == len(ids)
+
+
+def test_the_result_the_json_and_the_table_say_which_rule_fired(tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
+    from radstream.cli import main
+
+    studies = tmp_path / "in"
+    effusion_study(studies, "crit-says")
+    quiet_study(studies, "quiet-says")
+    data_dir = tmp_path / "data"
+    assert main(["run", str(studies), "--data-dir", str(data_dir), "--json", "--quiet", "--workers", "1"]) == 0
+    document = json.loads(capsys.readouterr().out)
+    summary = {s["study_id"]: s for s in document["studies"]}
+    record = ledger(data_dir, "crit-says")
+    result = json.loads((data_dir / "results" / "results" / "crit-says" / "result.json").read_text())
+    fired = result["critical_findings"]
+    assert {c["rule"] for c in fired} == {n.rule for n in record.notifications} >= {"pleural-effusion"}
+    assert {c["rule"]: c["message_id"] for c in fired} == {n.rule: n.message_id for n in record.notifications}
+    assert summary["crit-says"]["critical_findings"] == [c["rule"] for c in fired]
+    quiet = json.loads((data_dir / "results" / "results" / "quiet-says" / "result.json").read_text())
+    assert quiet["critical_findings"] == [] and summary["quiet-says"]["critical_findings"] == []  # evaluated: none fired
+    from rich.console import Console
+
+    from radstream.cli import print_table
+    from radstream.local_aws import StudyOutcome
+
+    console = Console(record=True, width=240)
+    print_table(console, [StudyOutcome(**summary["crit-says"]), StudyOutcome(**summary["quiet-says"])], document["totals"])
+    rows = {line.split()[1]: line for line in console.export_text().splitlines() if "-says" in line}
+    assert f"(critical: {', '.join(c['rule'] for c in fired)})" in rows["crit-says"] and "critical" not in rows["quiet-says"]

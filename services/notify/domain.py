@@ -21,6 +21,8 @@ from services.notify.rules import Rule, fired, load_rules
 from shared.contracts import (
     ObjectRef,
     CriticalNotification,
+    Finding,
+    FiredRule,
     NotificationChannel,
     NotificationEvent,
     StudyNotifications,
@@ -78,17 +80,46 @@ def notify(request: NotifyRequest, store: ObjectStore, events: EventPublisher, s
         study_id=study_id, priority=from_sidecar(result.priority), arrived_at=request.uploaded_at, result_at=result.completed_at
     )
     known = {n.rule for n in ledger.notifications}
+    firing = fired(load_rules(settings.notify_rules), result.findings, result.priority)
     new = [
         _fire(rule, threshold, finding.probability, result, request.execution_id, settings)
-        for rule, finding, threshold in fired(load_rules(settings.notify_rules), result.findings, result.priority)
+        for rule, finding, threshold in firing
         if rule.name not in known
     ]
     if new:
         ledger.notifications.extend(new)
         save_ledger(store, bucket, ledger)  # the intent, fsynced, before anything goes out
+    record_in_result(result, firing, ledger, store, request.stored.result)
     if request.error is not None:
         return dead_letter(ledger, request.error, store, bucket)
     return deliver(ledger, result, request.study, store, events, settings)
+
+
+def record_in_result(
+    result: StudyResult, firing: list[tuple[Rule, Finding, float]], ledger: StudyNotifications, store: ObjectStore, ref: ObjectRef
+) -> None:
+    """The study's result says which rules fire for it (`critical_findings`), each naming its notification's message id.
+
+    result.json is the study's record and the exports are built from it, so the fact lands there: the file is written
+    whole again (atomically, fsynced: the store's put), with every field StoreResults wrote unchanged and the section
+    that was null filled. Written after the record of intent (notifications.json) and before anything is sent; skipped
+    when it already says so (a retry, a replay)."""
+    notifications = {n.rule: n for n in ledger.notifications}
+    section = [
+        FiredRule(
+            rule=rule.name,
+            label=rule.label,
+            probability=finding.probability,
+            threshold=threshold,
+            message_id=notifications[rule.name].message_id,
+            fired_at=notifications[rule.name].fired_at,
+        )
+        for rule, finding, threshold in firing
+    ]
+    if result.critical_findings == section:
+        return
+    result.critical_findings = section
+    store.put_bytes(ref.bucket, ref.key, result.model_dump_json(indent=2).encode(), content_type="application/json")
 
 
 def deliver(

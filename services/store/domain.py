@@ -182,6 +182,7 @@ def build_result(request: StoreRequest, raw_state: dict[str, Any], store: Object
         detections=detections,
         report=DraftReport(findings_text=findings_text(findings), impression=impression, embedding_model=encoder.model),
         timings_ms=stage_timings(raw_state),
+        critical_findings=None,  # not evaluated yet: NotifyCriticalFindings fills it (docs/triage.md)
     )
 
 

@@ -142,3 +142,15 @@ def test_dashboard_shows_triage_latency_by_priority(page, triage_console: str, t
         cells = shown[(r["priority"], r["span"])].locator("td").all_inner_texts()
         assert int(cells[2]) == r["studies"]
     assert json.loads(urllib.request.urlopen(triage_console + "query/triage_latency_by_priority.json?days=7", timeout=10).read())["rows"]
+
+
+def test_the_study_page_shows_the_rules_the_result_says_fired(page, triage_console: str, triage_dir: Path) -> None:
+    result = json.loads((triage_dir / "results" / "results" / "e-stat-crit" / "result.json").read_text())
+    page.goto(triage_console + "study/e-stat-crit")
+    section = page.locator("#critical-findings")
+    shown = [li.get_attribute("data-rule") for li in section.locator("li[data-rule]").all()]
+    assert shown == [c["rule"] for c in result["critical_findings"]] and shown
+    assert all(c["message_id"] in section.inner_text() for c in result["critical_findings"])
+    page.goto(triage_console + "study/a-routine")
+    assert page.locator("#critical-findings").get_attribute("data-fired") == "0"
+    assert "No rule fired." in page.locator("#critical-findings").inner_text()

@@ -188,3 +188,56 @@ def test_the_record_is_written_before_sending_and_a_retry_sends_only_what_is_pen
     record = StudyNotifications.model_validate_json(store.get_bytes("results", notifications_key("study-1")))
     assert record.notifications[0].message_id == message_id("study-1", "exec-1", "pleural-effusion")  # the first execution's id
     assert events.published[0]["message_id"] == record.notifications[0].message_id
+
+
+def test_the_result_says_which_rules_fired_and_nothing_else_of_it_changes(tmp_path: Path) -> None:
+    store = LocalObjectStore(tmp_path)
+    study_result = StudyResult(
+        study_id="study-2",
+        input=InputDigest(
+            image=ObjectRef(bucket="images", key="incoming/study-2/image.png"), sha256="0" * 64, size_bytes=1, width=1, height=1
+        ),
+        modality="DX",
+        view_position="PA",
+        priority="urgent",
+        execution_id="exec-1",
+        completed_at=datetime.now(UTC),
+        models={"chest_xray_classifier": CLASSIFIER},
+        findings=FINDINGS,
+        detections=[],
+        report=None,
+        timings_ms={"study": 1.25},
+    )
+    written = study_result.model_dump_json(indent=2).encode()  # as StoreResults writes it
+    assert json.loads(written)["critical_findings"] is None, "StoreResults leaves it to the notify stage: not evaluated"
+    store.put_bytes("results", "results/study-2/result.json", written)
+    store.put_bytes("images", "incoming/study-2/study.json", json.dumps({"patient": {"pseudo_id": "anon-2"}}).encode())
+    study = ValidatedStudy(
+        study_id="study-2",
+        metadata=ObjectRef(bucket="images", key="incoming/study-2/study.json"),
+        image=StudyImage(bucket="images", key="incoming/study-2/image.png", format="png", sha256="0" * 64, size_bytes=1),
+        view_position="PA",
+        modality="DX",
+        priority="urgent",
+    )
+    ref = ObjectRef(bucket="results", key="results/study-2/result.json")
+    request = NotifyRequest(study=study, stored=StoredResult(study_id="study-2", result=ref, positive_findings=[]), execution_id="exec-1")
+    notify(request, store, FlakyEvents(failures=0), Settings(data_dir=tmp_path))
+    after = store.get_bytes("results", ref.key)
+    record = StudyNotifications.model_validate_json(store.get_bytes("results", notifications_key("study-2")))
+    section = json.loads(after)["critical_findings"]
+    assert [c["rule"] for c in section] == ["pleural-effusion"]  # Edema stays under its threshold
+    assert section[0]["message_id"] == record.notifications[0].message_id
+    assert section[0]["probability"] == 0.93 and section[0]["threshold"] == 0.3021
+    cut = written.index(b'"critical_findings"')
+    assert after[:cut] == written[:cut], "every field StoreResults wrote is byte-for-byte as it was"
+    assert StudyResult.model_validate_json(after).model_copy(update={"critical_findings": None}) == study_result
+    import jsonschema
+
+    from shared.contracts import schema_path
+
+    jsonschema.validate(json.loads(after), json.loads(schema_path("result").read_text()))
+    # The workflow's Retry (or a re-run of the stage) finds the result already saying so and leaves the file alone.
+    before = (tmp_path / "results" / ref.key).stat().st_mtime_ns
+    notify(request.model_copy(update={"execution_id": "exec-2"}), store, FlakyEvents(failures=0), Settings(data_dir=tmp_path))
+    assert store.get_bytes("results", ref.key) == after and (tmp_path / "results" / ref.key).stat().st_mtime_ns == before
