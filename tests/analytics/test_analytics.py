@@ -47,7 +47,7 @@ QUERIES = [
     "box_acceptance",
 ]  # cost_breakdown and the two before it: the console's (tests/console); the last seven: docs/model-lifecycle.md
 # The prices and assumptions of the cost queries' shared price table (us-east-1 list prices, 512 MB functions).
-USD_PER_GB_SECOND, LAMBDA_GB, USD_PER_REQUEST, USD_PER_TRANSITION, TRANSITIONS_PER_STUDY = 0.0000166667, 0.5, 0.0000002, 0.000025, 8
+USD_PER_GB_SECOND, LAMBDA_GB, USD_PER_REQUEST, USD_PER_TRANSITION, TRANSITIONS_PER_STUDY = 0.0000166667, 0.5, 0.0000002, 0.000025, 13
 
 NOW = datetime.now(UTC)
 # Two minutes of studies, an hour ago (inside every query's default window, whatever the time of day).
@@ -344,7 +344,8 @@ def test_cost_per_1000_studies(duck: DuckDBQueryRunner, records: list[TelemetryR
     requests = len(window)  # every stage record is one invocation; each study adds its telemetry task
     gb_seconds = sum(math.ceil(r.duration_ms) for r in window if r.stage != "workflow") / 1000 * LAMBDA_GB
     compute, request_usd = gb_seconds * USD_PER_GB_SECOND, requests * USD_PER_REQUEST
-    step_functions = studies * TRANSITIONS_PER_STUDY * USD_PER_TRANSITION
+    exported = len({r.study_id for r in window if r.stage == "export"})  # a DICOM study enters one state more
+    step_functions = (studies * TRANSITIONS_PER_STUDY + exported) * USD_PER_TRANSITION
     [row] = duck.run("cost_per_1000_studies").as_dicts()
     assert (row["studies"], row["lambda_requests"]) == (10, 61) == (studies, requests)
     assert row["lambda_gb_seconds"] == pytest.approx(gb_seconds, abs=1e-3)
@@ -767,3 +768,31 @@ def test_a_redelivered_workflow_record_counts_from_its_first_delivery(tmp_path: 
         ("validate", None, 1, 0, 0.0),
         ("workflow", None, 1, 0, 0.0),
     ]
+
+
+def test_the_billed_transitions_are_the_states_a_study_enters(tmp_path: Path) -> None:
+    """Step Functions bills each state a study enters. A sidecar and a DICOM study run through template.yaml's
+    definition (the local runtime executes it): the states they enter are what both cost queries bill for them."""
+    from radstream.runtime import LocalRuntime
+    from shared.settings import Settings
+    from synthetic.samples import write_demo_studies
+
+    entered: dict[str, int] = {}
+    with LocalRuntime(Settings(data_dir=tmp_path / "data")) as runtime:
+        for folder in write_demo_studies(tmp_path / "studies", 1, size=256, invalid=False):
+            study_id = runtime.study_id(folder)
+            (execution_input,) = [i for e in runtime.upload(folder, study_id) for i in runtime.route(e)]
+            execution = runtime.start(execution_input)
+            assert execution.status == "SUCCEEDED", folder.name
+            entered[folder.name] = sum(e.type.endswith("StateEntered") for e in execution.history)
+    assert set(entered) == {"demo-001", "demo-dicom"}
+    for name in ("cost_per_1000_studies", "cost_breakdown"):
+        sql = load_named_queries()[name].sql
+        per_study = int(re.search(r"(\d+) AS transitions_per_study", sql)[1])  # type: ignore[index]
+        per_export = int(re.search(r"(\d+) AS export_transitions", sql)[1])  # type: ignore[index]
+        assert (per_study, per_study + per_export) == (entered["demo-001"], entered["demo-dicom"]), name
+    duck = DuckDBQueryRunner(tmp_path / "data" / "telemetry")
+    items = {(r["service"], r["item"]): r for r in duck.run("cost_breakdown", days=1).as_dicts()}
+    assert items[("Step Functions", "state transitions")]["quantity"] == sum(entered.values())
+    [total] = duck.run("cost_per_1000_studies", days=1).as_dicts()
+    assert total["step_functions_usd"] == pytest.approx(sum(entered.values()) * 0.000025, abs=1e-9)
