@@ -302,9 +302,12 @@ class LocalRuntime(LocalAws):
         key = source.removeprefix(prefix)
         try:
             data = self.store.get_bytes(self.settings.images_bucket, key)
+            sender = priority.of_sender(self.store, self.settings.images_bucket, key) if key.endswith(".dcm") else None
         except RadStreamError:
             return priority.DEFAULT  # its run names what is wrong
-        return priority.of_dicom_bytes(data) if key.endswith(".dcm") else priority.of_sidecar_bytes(data)
+        if key.endswith(".dcm"):  # as the gateway queued it: the order's or its sender's, the more urgent
+            return priority.most_urgent(priority.of_dicom_bytes(data), sender or priority.DEFAULT)
+        return priority.of_sidecar_bytes(data)
 
     def _uploaded_key(self, study_id: str) -> str | None:
         keys = [k for k in self.store.list_keys(self.settings.images_bucket, f"{INCOMING}{study_id}/") if k.endswith((".json", ".dcm"))]

@@ -9,7 +9,10 @@ from __future__ import annotations
 import io
 import json
 from pathlib import Path
-from typing import Literal
+from typing import TYPE_CHECKING, Literal
+
+if TYPE_CHECKING:
+    from shared.storage import ObjectStore
 
 Priority = Literal["stat", "urgent", "routine"]
 PRIORITIES: tuple[Priority, ...] = ("stat", "urgent", "routine")  # most urgent first
@@ -40,6 +43,40 @@ def from_dimse(value: object) -> Priority:
     """A C-STORE request's Priority (0000,0700): 0x0001 HIGH is urgent; MEDIUM (0) and LOW (2) are routine. A modality's
     HIGH is never stat: only the order ((0040,1003) STAT) says stat."""
     return "urgent" if value == 1 else DEFAULT
+
+
+def of_order(value: object) -> Priority | None:
+    """(0040,1003) when the instance carries one (any value: unknown is routine), None when absent or empty: then the
+    priority its sender asked for (`of_sender`) is the study's."""
+    return from_dicom(value) if str(value or "").strip() else None
+
+
+# The gateway records the priority an association asked for (C-STORE Priority HIGH) next to the instance it stores,
+# incoming/<study_id>/<instance>.priority: neither .json nor .dcm, so it starts no workflow (the template's rule) and
+# no scan of the uploads takes it for a study. Written only for a priority above routine (absent: routine).
+SENDER_SUFFIX = ".priority"
+
+
+def sender_key(instance_key: str) -> str:
+    return instance_key.removesuffix(".dcm") + SENDER_SUFFIX
+
+
+def record_sender(store: ObjectStore, bucket: str, instance_key: str, level: str) -> None:
+    """Before the instance is stored (so the workflow its upload starts finds it); fsynced, as every object."""
+    store.put_bytes(
+        bucket, sender_key(instance_key), json.dumps({"priority": from_sidecar(level)}).encode(), content_type="application/json"
+    )
+
+
+def of_sender(store: ObjectStore, bucket: str, instance_key: str) -> Priority | None:
+    """What the gateway recorded for the instance's sender, or None (none recorded: a routine association, a STOW-RS
+    request, an upload that did not come through the gateway)."""
+    from shared.errors import ObjectNotFound
+
+    try:
+        return of_sidecar_bytes(store.get_bytes(bucket, sender_key(instance_key)))
+    except ObjectNotFound:
+        return None
 
 
 def most_urgent(*priorities: str) -> Priority:

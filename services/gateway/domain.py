@@ -219,6 +219,9 @@ class Receiver:
                         "instance refused: another instance is stored under its SOPInstanceUID study_id=%s from %s", study_id, source
                     )
                     raise Refused(DUPLICATE_SOP_INSTANCE, "another instance with this SOPInstanceUID is stored")
+                if request_priority and priority.rank(request_priority) < priority.rank(priority.DEFAULT):
+                    # The sender's priority for the workflow (its own (0040,1003), when it has one, wins there).
+                    priority.record_sender(self.store, self.images_bucket, key, request_priority)
                 stored = self.store.put_bytes(self.images_bucket, key, data, content_type="application/dicom")
         except RadStreamError as e:
             log.warning("instance not stored: %s (%s) from %s", e.error_name, "retryable" if e.retryable else "permanent", source)

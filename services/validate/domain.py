@@ -123,7 +123,7 @@ def dicom_metadata(data: bytes, study_id: str) -> dict[str, str]:
     return {
         "modality": accepted.modality,
         "view_position": accepted.view_position,
-        "priority": priority.from_dicom(ds.get("RequestedProcedurePriority")),
+        "priority": priority.of_order(ds.get("RequestedProcedurePriority")) or "",  # "": the order says nothing
         **equipment(ds),
     }
 
@@ -157,7 +157,9 @@ def validate_study(
         if image_format != "dicom":
             raise InvalidImage(f"{request.key.rsplit('/', 1)[-1]!r} is named .dcm but is {image_format}", study_id=key_study_id)
         metadata, study_id, image_key, raw_size = dicom_metadata(data, key_study_id), key_study_id, request.key, 0
-        level = metadata["priority"]
+        # The order's (0040,1003) is the study's priority; an instance without one takes what its sender asked for
+        # (the gateway's record of the association's C-STORE Priority), else routine. docs/triage.md.
+        level = metadata["priority"] or priority.of_sender(store, request.bucket, request.key) or priority.DEFAULT
     else:
         try:
             raw = store.get_bytes(request.bucket, request.key)

@@ -219,3 +219,48 @@ def test_the_gateway_command_prints_each_log_line_once(tmp_path):
     assert len([line for line in text.splitlines() if "C-ECHO" in line and "ONCE" in line]) == 1, text
     assert rejected.returncode != 0
     assert text.count("association rejected") == 1, text
+
+
+def test_the_senders_priority_reaches_the_result_when_the_order_gives_none(settings):
+    """pynetdicom as the modality: C-STORE with Priority HIGH. An instance without Requested Procedure Priority
+    (0040,1003) takes its sender's (urgent) into the workflow and its result; one whose order says ROUTINE keeps the
+    order's; a MEDIUM association is routine and leaves no record beside the instance."""
+    from pynetdicom import AE
+    from pynetdicom.sop_class import ComputedRadiographyImageStorage
+
+    from radstream.local_aws import s3_event
+    from shared import priority
+
+    sent = {}
+    for name, order, dimse in (("no-order-high", None, 1), ("routine-order-high", "ROUTINE", 1), ("no-order-medium", None, 0)):
+        ds = pydicom.dcmread(io.BytesIO(cr_instance("explicit-le", seed=len(sent) + 5, size=256)))
+        if order:
+            ds.RequestedProcedurePriority = order
+        sent[name] = (ds, dimse)
+    with LocalRuntime(settings, workers=1) as runtime:
+        # The template's rule starts no workflow for the record: only for the instance beside it.
+        assert runtime.route(s3_event(settings.images_bucket, priority.sender_key("incoming/s/i.dcm"), 20)) == []
+        assert runtime.route(s3_event(settings.images_bucket, "incoming/s/i.dcm", 20))
+        pipeline = LocalPipeline(runtime, workers=1)
+        with Gateway(settings, store=runtime.store, on_stored=pipeline) as gateway:
+            scu = AE(ae_title="MODALITY")
+            scu.add_requested_context(ComputedRadiographyImageStorage, SYNTAXES["explicit-le"].uid)
+            assoc = scu.associate("127.0.0.1", gateway.dimse.port, ae_title=gateway.ae_title)
+            assert assoc.is_established, "the gateway did not accept the association"
+            try:
+                for ds, dimse in sent.values():
+                    status = assoc.send_c_store(ds, priority=dimse)
+                    assert status and status.Status == 0x0000, status
+            finally:
+                assoc.release()
+        outcomes = {key: future.result(timeout=300) for key, future in pipeline.futures.items()}
+        pipeline.close()
+    expected = {"no-order-high": "urgent", "routine-order-high": "routine", "no-order-medium": "routine"}
+    for name, (ds, _) in sent.items():
+        study_id, instance = study_id_for(KEY.encode(), ds.StudyInstanceUID, ds.SOPInstanceUID)
+        key = f"incoming/{study_id}/{instance}.dcm"
+        assert outcomes[key].status == "succeeded", outcomes[key].message
+        result = json.loads((settings.data_dir / "results" / "results" / study_id / "result.json").read_text())
+        assert result["priority"] == expected[name], name
+        recorded = settings.data_dir / "images" / priority.sender_key(key)
+        assert recorded.is_file() == (name != "no-order-medium"), name  # a routine association records nothing
