@@ -244,3 +244,19 @@ def test_the_result_the_json_and_the_table_say_which_rule_fired(tmp_path: Path, 
     print_table(console, [StudyOutcome(**summary["crit-says"]), StudyOutcome(**summary["quiet-says"])], document["totals"])
     rows = {line.split()[1]: line for line in console.export_text().splitlines() if "-says" in line}
     assert f"(critical: {', '.join(c['rule'] for c in fired)})" in rows["crit-says"] and "critical" not in rows["quiet-says"]
+
+
+def test_the_default_rules_page_at_the_cards_high_specificity_points() -> None:
+    """Each default rule's threshold: the higher of its finding's Youden threshold and the model card's
+    high-specificity point (validation specificity >= 0.95), as committed; a retrained model changes both together."""
+    from services.notify.rules import load_rules
+
+    model = ROOT / "services" / "triton" / "model_repository" / "chest_xray_classifier"
+    youden = json.loads((model / "thresholds.json").read_text())
+    section = json.loads((model / "metrics.json").read_text())["high_specificity"]
+    assert section["target_specificity"] >= 0.95 and section["chosen_on"] == "validation"
+    points = section["points"]
+    assert all(p["validation"]["specificity"] >= 0.95 for p in points.values())
+    for rule in load_rules():
+        assert rule.threshold == max(youden[rule.label], points[rule.label]["threshold"]), rule.name
+        assert f"| {rule.label} | {points[rule.label]['threshold']:.4f} |" in (model / "MODEL_CARD.md").read_text()

@@ -127,6 +127,64 @@ def youden_threshold(y: np.ndarray, s: np.ndarray) -> float:
     return best_t
 
 
+# The specificity a critical-finding rule's default threshold keeps (docs/triage.md): at most 1 false alarm in 20.
+HIGH_SPECIFICITY = 0.95
+
+
+def high_specificity_threshold(y: np.ndarray, s: np.ndarray, specificity: float = HIGH_SPECIFICITY) -> float:
+    """Among the thresholds (on the 4-decimal grid of thresholds.json) whose specificity on this split is at least
+    `specificity`: the most sensitive; of those, the most specific; of those, the lowest. A finding the model separates
+    cleanly gets the point where both are highest, not a lower one that merely still meets the target."""
+    positives, negatives = s[y > 0], s[y == 0]
+    best: tuple[float, float, float] | None = None
+    for t in np.unique(np.round(s, 4)):
+        spec = float((negatives < t).mean())
+        if spec < specificity:
+            continue
+        key = (float((positives >= t).mean()), spec, -float(t))
+        best = key if best is None or key > best else best
+    return round(-best[2], 4) if best is not None else 1.0
+
+
+def rates(y: np.ndarray, s: np.ndarray, t: float) -> dict[str, float]:
+    pred = s >= t
+    return {
+        "sensitivity": round(float((pred & (y > 0)).sum() / max(1, (y > 0).sum())), 4),
+        "specificity": round(float((~pred & (y == 0)).sum() / max(1, (y == 0).sum())), 4),
+    }
+
+
+def high_specificity(
+    y_val: np.ndarray, p_val: np.ndarray, y_test: np.ndarray, p_test: np.ndarray, target: float = HIGH_SPECIFICITY
+) -> dict:
+    """metrics.json's `high_specificity`: per finding the threshold chosen on validation, and what it gives on both splits."""
+    points = {}
+    for i, f in enumerate(FINDINGS):
+        t = high_specificity_threshold(y_val[:, i], p_val[:, i], target)
+        points[f] = {"threshold": t, "validation": rates(y_val[:, i], p_val[:, i], t), "test": rates(y_test[:, i], p_test[:, i], t)}
+    return {"target_specificity": target, "chosen_on": "validation", "points": points}
+
+
+def high_specificity_md(section: dict) -> str:
+    """The model card's table of the high-specificity operating points."""
+    rows = [
+        "### High-specificity operating points",
+        "",
+        f"Per finding, the most sensitive threshold whose validation specificity is at least {section['target_specificity']:.2f} "
+        "(`metrics.json`: `high_specificity`); the critical-finding rules (services/notify/critical_findings.json) page "
+        "at the higher of it and the finding's Youden threshold. The test split's specificity may fall under the target.",
+        "",
+        "| finding | threshold (val) | sensitivity / specificity (val) | sensitivity / specificity (test) |",
+        "|---|---|---|---|",
+    ]
+    for f, v in section["points"].items():
+        val, test = v["validation"], v["test"]
+        rows.append(
+            f"| {f} | {v['threshold']:.4f} | {val['sensitivity']:.3f} / {val['specificity']:.3f} | {test['sensitivity']:.3f} / {test['specificity']:.3f} |"
+        )
+    return "\n".join(rows)
+
+
 def iou(a: np.ndarray, b: np.ndarray) -> np.ndarray:
     """a [4], b [M,4] -> [M]"""
     ix1, iy1 = np.maximum(a[0], b[:, 0]), np.maximum(a[1], b[:, 1])
@@ -730,7 +788,8 @@ def run(args) -> dict:
         rows = "\n".join(
             f"| {f} | {_fmt(aurocs[f])} | {thresholds[f]} | {int(data['test']['y'][:, i].sum())} |" for i, f in enumerate(FINDINGS)
         )
-        cls_metrics = {"auroc": aurocs, "mean_auroc": mean_auc, "thresholds": thresholds}
+        points = high_specificity(data["val"]["y"], p_val, data["test"]["y"], p_test)
+        cls_metrics = {"auroc": aurocs, "mean_auroc": mean_auc, "thresholds": thresholds, "high_specificity": points}
         (d / "MODEL_CARD.md").write_text(
             model_card(
                 "chest_xray_classifier",
@@ -741,7 +800,8 @@ def run(args) -> dict:
                 "- `thresholds.json`: per-finding decision thresholds chosen on the validation split (Youden's J)",
                 "| finding | AUROC (test) | threshold (val) | positives (test) |\n|---|---|---|---|\n"
                 + rows
-                + f"\n\nMean AUROC: **{_fmt(mean_auc)}**",
+                + f"\n\nMean AUROC: **{_fmt(mean_auc)}**\n\n"
+                + high_specificity_md(points),
                 args,
                 n,
             )
