@@ -1,7 +1,8 @@
 """Radiologists' feedback on results: per finding agree / disagree / corrected, per box accepted / rejected.
 
-Each submission (a CSV file, one console form) is checked against the study's result and becomes one lake object,
-`feedback/source=<csv|console>/dt=YYYY-MM-DD/<submission id>.ndjson.gz` in the telemetry bucket, never rewritten: who
+Each submission (a CSV file, one console form, one final report from a file or arriving live through
+radstream.feedback_listen) is checked against the study's result and becomes one lake object,
+`feedback/source=<csv|console|fhir|hl7>/dt=YYYY-MM-DD/<submission id>.ndjson.gz` in the telemetry bucket, never rewritten: who
 (a reader's pseudonymous id), when and what, kept whole, is the audit trail. The named queries count each study and
 label's latest verdict (model_performance, model_calibration; docs/model-lifecycle.md).
 
