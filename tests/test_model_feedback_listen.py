@@ -91,7 +91,7 @@ def oru(study_id: str, edema: str, control_id: str, status: str = "F") -> str:
     return str(m.to_er7())
 
 
-def send(listener: MllpListener, message: str) -> hl7.Message:
+def send(listener: Any, message: str) -> hl7.Message:
     with MLLPClient(listener.host, listener.port) as client:
         client.socket.settimeout(DEADLINE_S)
         return hl7.parse(client.send_message(message).decode().strip("\x0b\x1c\r"))
@@ -240,3 +240,50 @@ def test_invalid_reports_get_an_operation_outcome(fhir, store, lake):
     assert not (lake / "telemetry" / "feedback").exists()
     assert post(f"{fhir.base}/DiagnosticReport", json.dumps(diagnostic_report("s0", [EDEMA])).encode())[0] == 201
     assert len(feedback_rows(lake, "fhir")) == 1
+
+
+def test_the_listen_command_serves_both_until_stopped(lake):
+    """`radstream models listen` as a user runs it: a process on free ports (port 0, the bound ports printed), one ORU
+    over MLLP and one DiagnosticReport over HTTP, then SIGINT stops it cleanly."""
+    import re
+    import signal
+    import subprocess
+    import sys
+    import time
+    from types import SimpleNamespace
+
+    process = subprocess.Popen(
+        [
+            sys.executable,
+            "-m",
+            "radstream.cli",
+            "models",
+            "listen",
+            "--mllp",
+            "127.0.0.1:0",
+            "--fhir",
+            "127.0.0.1:0",
+            "--data-dir",
+            str(lake),
+        ],
+        stdout=subprocess.PIPE,
+        stderr=subprocess.PIPE,
+        text=True,
+    )
+    try:
+        lines, deadline = [], time.monotonic() + DEADLINE_S
+        while len(lines) < 3 and time.monotonic() < deadline:
+            line = process.stdout.readline()
+            if not line:
+                break
+            lines.append(line)
+        text = "".join(lines)
+        mllp_port = int(re.search(r"MLLP: .* on 127\.0\.0\.1:(\d+)", text).group(1))
+        base = re.search(r"POST DiagnosticReport to (http://127\.0\.0\.1:\d+)/DiagnosticReport", text).group(1)
+        assert ack_code(send(SimpleNamespace(host="127.0.0.1", port=mllp_port), oru("s0", "present", "MSG-CLI"))) == "AA"
+        assert post(f"{base}/DiagnosticReport", json.dumps(diagnostic_report("s5", [EDEMA])).encode())[0] == 201
+    finally:
+        process.send_signal(signal.SIGINT)
+        assert process.wait(timeout=DEADLINE_S) == 0, process.stderr.read()
+    assert {r["study_id"] for r in feedback_rows(lake, "hl7")} == {"s0"}
+    assert {r["study_id"] for r in feedback_rows(lake, "fhir")} == {"s5"}
