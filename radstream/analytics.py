@@ -31,8 +31,8 @@ from sqlglot import exp
 from sqlglot.errors import ErrorLevel, SqlglotError
 
 from radstream.template import DEFAULT_TEMPLATE, Template
-from shared.aws_errors import translated
-from shared.errors import ConfigurationError, PermanentError, RadStreamError, StorageUnavailable
+from shared.athena import AthenaExecutor, QueryResult
+from shared.errors import ConfigurationError, PermanentError, StorageUnavailable
 from shared.telemetry import LAKE_PREFIX  # the key prefix of the lake's layout, inside the telemetry bucket
 
 READ_DIALECT = "athena"
@@ -49,17 +49,6 @@ _GLUE_TO_DUCKDB = {
 }
 _PARAMETERS_LINE = re.compile(r"^\s*--\s*parameters:\s*(?P<spec>.*)$", re.MULTILINE)
 _SUB_VARIABLE = re.compile(r"\$\{([A-Za-z0-9_:.]+)\}")
-
-
-@dataclass(frozen=True)
-class QueryResult:
-    columns: list[str]
-    rows: list[tuple[Any, ...]]
-    # Lake objects this query found unreadable and moved aside (<lake>/.quarantine/…): it answered from the rest.
-    quarantined: tuple[str, ...] = ()
-
-    def as_dicts(self) -> list[dict[str, Any]]:
-        return [dict(zip(self.columns, row)) for row in self.rows]
 
 
 @dataclass(frozen=True)
@@ -475,21 +464,8 @@ class DuckDBQueryRunner(_Queries):
 
 
 # Athena error codes worth retrying: throttling, concurrency limits and its own faults.
-_NUMERIC = {
-    "tinyint": int,
-    "smallint": int,
-    "integer": int,
-    "int": int,
-    "bigint": int,
-    "double": float,
-    "float": float,
-    "real": float,
-    "decimal": float,
-}
-
-
-class AthenaQueryRunner(_Queries):
-    """The named queries through Athena: start, poll with backoff until a deadline, page through the results."""
+class AthenaQueryRunner(_Queries, AthenaExecutor):
+    """The named queries through Athena (shared.athena: start, poll with backoff until a deadline, page through)."""
 
     def __init__(
         self,
@@ -505,104 +481,26 @@ class AthenaQueryRunner(_Queries):
         sleep: Callable[[float], None] = time.sleep,
         clock: Callable[[], float] = time.monotonic,
     ) -> None:
-        super().__init__(template)
-        self.client = client
-        self.workgroup = workgroup
-        self.database = database
-        self.timeout_s = timeout_s
-        self.poll_initial_s = poll_initial_s
-        self.poll_max_s = poll_max_s
-        self.page_size = page_size
-        self.sleep = sleep
-        self.clock = clock
+        _Queries.__init__(self, template)
+        AthenaExecutor.__init__(
+            self,
+            client,
+            workgroup,
+            database,
+            timeout_s=timeout_s,
+            poll_initial_s=poll_initial_s,
+            poll_max_s=poll_max_s,
+            page_size=page_size,
+            sleep=sleep,
+            clock=clock,
+        )
         self.names = glue_names(self.template, database)
 
     def sql(self, name: str) -> str:
         return render(self.query(name), self.names)
 
     def run(self, name: str, **params: Any) -> QueryResult:
-        query = self.query(name)
-        values = query.bind(params)
-        request: dict[str, Any] = {
-            "QueryString": self.sql(name),
-            "QueryExecutionContext": {"Database": self.database},
-            "WorkGroup": self.workgroup,
-        }
-        if values:
-            request["ExecutionParameters"] = [str(v) for v in values]
-        execution_id = self._call("start_query_execution", **request)["QueryExecutionId"]
-        self._wait(name, execution_id)
-        return self._results(execution_id)
-
-    def _call(self, operation: str, **kwargs: Any) -> dict[str, Any]:
-        with translated(f"athena {operation}", "--workgroup / --database"):
-            return getattr(self.client, operation)(**kwargs)
-
-    def _wait(self, name: str, execution_id: str) -> None:
-        deadline = self.clock() + self.timeout_s
-        delay = self.poll_initial_s
-        while True:
-            execution = self._call("get_query_execution", QueryExecutionId=execution_id)["QueryExecution"]
-            status = execution.get("Status", {})
-            state = status.get("State")
-            if state == "SUCCEEDED":
-                return
-            if state in ("FAILED", "CANCELLED"):
-                reason = status.get("StateChangeReason") or status.get("AthenaError", {}).get("ErrorMessage") or "no reason given"
-                message = f"athena query {name} ({execution_id}) {state}: {reason}"
-                if state == "FAILED" and status.get("AthenaError", {}).get("Retryable"):
-                    raise StorageUnavailable(message)
-                raise PermanentError(message)
-            remaining = deadline - self.clock()
-            if remaining <= 0:
-                try:
-                    self._call("stop_query_execution", QueryExecutionId=execution_id)
-                except RadStreamError:
-                    pass  # the deadline is what the caller hears about; the workgroup's cutoff bounds a runaway query
-                raise StorageUnavailable(
-                    f"athena query {name} ({execution_id}) still {state} after {self.timeout_s:g} s; asked Athena to stop it"
-                )
-            self.sleep(min(delay, remaining))
-            delay = min(delay * 2, self.poll_max_s)
-
-    def _results(self, execution_id: str) -> QueryResult:
-        columns: list[str] = []
-        types: list[str] = []
-        rows: list[tuple[Any, ...]] = []
-        token: str | None = None
-        first = True
-        while True:
-            request: dict[str, Any] = {"QueryExecutionId": execution_id, "MaxResults": self.page_size}
-            if token:
-                request["NextToken"] = token
-            page = self._call("get_query_results", **request)
-            result_set = page.get("ResultSet", {})
-            if first:
-                info = result_set.get("ResultSetMetadata", {}).get("ColumnInfo", [])
-                columns = [c["Name"] for c in info]
-                types = [c.get("Type", "varchar").lower() for c in info]
-            page_rows = [[d.get("VarCharValue") for d in r.get("Data", [])] for r in result_set.get("Rows", [])]
-            if first and page_rows and page_rows[0] == columns:
-                page_rows = page_rows[1:]  # a SELECT's first row holds the column labels
-            rows.extend(tuple(_convert(v, t) for v, t in zip(row, types)) for row in page_rows)
-            first = False
-            token = page.get("NextToken")
-            if not token:
-                return QueryResult(columns, rows)
-
-
-def _convert(value: str | None, athena_type: str) -> Any:
-    if value is None:
-        return None
-    if athena_type == "boolean":
-        return value.lower() == "true"
-    convert = _NUMERIC.get(athena_type.split("(")[0])
-    if convert is None:
-        return value
-    try:
-        return convert(value)
-    except ValueError:
-        return float(value) if value.lower() in ("nan", "infinity", "-infinity") else value
+        return self.execute(name, self.sql(name), self.query(name).bind(params))
 
 
 # --- CLI: radstream query [NAME] [--data-dir DIR] [--param NAME=VALUE] [--json] [--sql] [--limit N] ---

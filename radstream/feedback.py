@@ -1,7 +1,8 @@
 """Radiologists' feedback on results: per finding agree / disagree / corrected, per box accepted / rejected.
 
-Each submission (a CSV file, one console form) is checked against the study's result and becomes one lake object,
-`feedback/source=<csv|console>/dt=YYYY-MM-DD/<submission id>.ndjson.gz` in the telemetry bucket, never rewritten: who
+Each submission (a CSV file, one console form, one final report from a file or arriving live through
+radstream.feedback_listen) is checked against the study's result and becomes one lake object,
+`feedback/source=<csv|console|fhir|hl7>/dt=YYYY-MM-DD/<submission id>.ndjson.gz` in the telemetry bucket, never rewritten: who
 (a reader's pseudonymous id), when and what, kept whole, is the audit trail. The named queries count each study and
 label's latest verdict (model_performance, model_calibration; docs/model-lifecycle.md).
 
@@ -18,6 +19,7 @@ import json
 import re
 import uuid
 from datetime import UTC, datetime
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, Literal
 
@@ -102,6 +104,7 @@ def record_feedback(
     results_bucket: str = "results",
     lake_bucket: str = "telemetry",
     time: datetime | None = None,
+    key: str | None = None,
 ) -> tuple[str, int]:
     """Check every item against its study's result, then write them as one lake object; returns (its key, rows)."""
     if not READER.match(reader):
@@ -115,7 +118,7 @@ def record_feedback(
         if item.study_id not in results:
             results[item.study_id] = _result(store, results_bucket, item.study_id)
         rows.append(feedback_row(item, results[item.study_id], reader, source, time))
-    key = f"{FEEDBACK}/source={source}/dt={time.strftime('%Y-%m-%d')}/{time.strftime('%H%M%S')}-{uuid.uuid4().hex[:12]}{SUFFIX}"
+    key = key or f"{FEEDBACK}/source={source}/dt={time.strftime('%Y-%m-%d')}/{time.strftime('%H%M%S')}-{uuid.uuid4().hex[:12]}{SUFFIX}"
     store.put_bytes(lake_bucket, key, ndjson_gz(rows), content_type="application/x-ndjson")
     return key, len(rows)
 
@@ -180,15 +183,55 @@ def report_items(report: dict[str, Any], result: dict[str, Any]) -> list[Feedbac
     return items
 
 
-def import_fhir_report(path: Path, store: ObjectStore, results_bucket: str = "results", lake_bucket: str = "telemetry") -> int:
-    """A FHIR DiagnosticReport (R5, validated by fhir.resources) with status final: its verdicts, reader pseudonymised."""
+class NotAReport(FeedbackRefused):
+    """Input that is not a report at all (not JSON, not a FHIR resource, not an HL7 v2 message): the sender's syntax is
+    wrong, not the report's content (HTTP 400 against 422; both an HL7 AE)."""
+
+
+@dataclass(frozen=True)
+class FinalReport:
+    """A final report's verdicts, from a file or a live feed: `receipt` names the report (an HL7 message's sender and
+    control id, a FHIR report's content digest) so that the same report delivered twice is recorded once."""
+
+    source: Literal["fhir", "hl7"]
+    reader: str
+    items: list[FeedbackItem]
+    receipt: str
+
+
+def _pseudonym(who: str) -> str:
+    # The interpreter's reference or name stays in the report; the lake keeps a pseudonym of it.
+    return "reader-" + hashlib.sha256(who.encode()).hexdigest()[:10]
+
+
+def fhir_diagnostic_report(raw: Any) -> dict[str, Any]:
+    """The DiagnosticReport in a FHIR payload: the resource itself, or the one DiagnosticReport entry of a transaction
+    (or batch) Bundle; validated by fhir.resources (R5). Raises NotAReport for anything else."""
+    from fhir.resources.bundle import Bundle
     from fhir.resources.diagnosticreport import DiagnosticReport
 
+    if not isinstance(raw, dict):
+        raise NotAReport("the body is not a FHIR resource (a JSON object with resourceType)")
     try:
-        raw = json.loads(Path(path).read_text())
+        if raw.get("resourceType") == "Bundle":
+            Bundle.model_validate(raw)
+            if raw.get("type") not in ("transaction", "batch"):
+                raise NotAReport(f"a Bundle of type {raw.get('type')!r}: only a transaction or batch Bundle is taken")
+            reports = [e["resource"] for e in raw.get("entry") or [] if (e.get("resource") or {}).get("resourceType") == "DiagnosticReport"]
+            if len(reports) != 1:
+                raise NotAReport(f"the Bundle holds {len(reports)} DiagnosticReports: one is taken")
+            raw = reports[0]
         DiagnosticReport.model_validate(raw)
     except (ValueError, ValidationError) as e:
-        raise FeedbackRefused(f"{Path(path).name} is not a FHIR DiagnosticReport ({type(e).__name__})") from e
+        if isinstance(e, FeedbackRefused):
+            raise
+        raise NotAReport(f"not a FHIR DiagnosticReport ({type(e).__name__})") from e
+    return raw
+
+
+def parse_fhir_report(raw: Any, store: ObjectStore, results_bucket: str = "results") -> FinalReport:
+    """A FHIR DiagnosticReport (or a Bundle holding one) with status final: its verdicts on the study's result."""
+    raw = fhir_diagnostic_report(raw)
     if raw.get("status") not in FINAL_STATUSES:
         raise FeedbackRefused(
             f"the report's status is {raw.get('status')!r}: only a final report ({', '.join(FINAL_STATUSES)}) is feedback"
@@ -200,10 +243,22 @@ def import_fhir_report(path: Path, store: ObjectStore, results_bucket: str = "re
     who = json.dumps(interpreters[0], sort_keys=True) if interpreters else ""
     if not who:
         raise FeedbackRefused("the report names no resultsInterpreter: feedback says who read it")
-    # The interpreter's reference or name stays in the report; the lake keeps a pseudonym of it.
-    reader = "reader-" + hashlib.sha256(who.encode()).hexdigest()[:10]
     items = report_items(raw, _result(store, results_bucket, study_ids[0]))
-    return record_feedback(store, items, reader=reader, source="fhir", results_bucket=results_bucket, lake_bucket=lake_bucket)[1]
+    receipt = hashlib.sha256(json.dumps(raw, sort_keys=True).encode()).hexdigest()  # an amended report differs: recorded
+    return FinalReport("fhir", _pseudonym(who), items, receipt)
+
+
+def import_fhir_report(path: Path, store: ObjectStore, results_bucket: str = "results", lake_bucket: str = "telemetry") -> int:
+    """A FHIR DiagnosticReport file (R5, validated by fhir.resources) with status final: its verdicts, reader pseudonymised."""
+    try:
+        raw = json.loads(Path(path).read_text())
+    except ValueError as e:
+        raise NotAReport(f"{Path(path).name} is not a FHIR DiagnosticReport ({type(e).__name__})") from e
+    try:
+        report = parse_fhir_report(raw, store, results_bucket)
+    except NotAReport as e:
+        raise NotAReport(f"{Path(path).name} is {e}") from e
+    return record_report(report, store, results_bucket=results_bucket, lake_bucket=lake_bucket)[1]
 
 
 # --- a final report as HL7 v2 ORU^R01 ---
@@ -215,20 +270,23 @@ HL7_EVALUATIONS = {("52101004", "SCT"): True, ("272519000", "SCT"): False}
 HL7_FINAL = ("F", "C")  # OBR-25 / OBX-11: final, corrected
 
 
-def import_hl7_report(path: Path, store: ObjectStore, results_bucket: str = "results", lake_bucket: str = "telemetry") -> int:
+def parse_hl7_report(text: str, store: ObjectStore, results_bucket: str = "results") -> FinalReport:
     """An ORU^R01 final report: its coded findings as verdicts, the interpreter (OBR-32) kept only as a pseudonym. The
-    patient segments are never read."""
+    patient segments are never read. The receipt is the sender (MSH-3, MSH-4) and control id (MSH-10)."""
     import hl7
     from services.export.codes import finding
 
     try:
-        message = hl7.parse(Path(path).read_text().replace("\r\n", "\r").replace("\n", "\r"))
-        kind = str(message.segment("MSH")(9))
+        message = hl7.parse(text.replace("\r\n", "\r").replace("\n", "\r"))
+        msh = message.segment("MSH")
+        kind = str(msh(9))
         obr = message.segment("OBR")
     except (KeyError, ValueError, hl7.ParseException) as e:
-        raise FeedbackRefused(f"{Path(path).name} is not an HL7 v2 message with an OBR ({type(e).__name__})") from e
+        raise NotAReport(f"not an HL7 v2 message with an OBR ({type(e).__name__})") from e
     if not kind.startswith("ORU^R01"):
         raise FeedbackRefused(f"the message is {kind or 'untyped'}, not an ORU^R01 result")
+    if not str(msh(10)):
+        raise FeedbackRefused("MSH-10 (message control id) is empty: a report is recorded once by its id")
     if str(obr(25)) not in HL7_FINAL:
         raise FeedbackRefused(f"OBR-25 result status is {str(obr(25))!r}: only a final report (F, C) is feedback")
     if str(obr(3)(1)(2)) != HL7_NAMESPACE or not str(obr(3)(1)(1)):
@@ -251,8 +309,53 @@ def import_hl7_report(path: Path, store: ObjectStore, results_bucket: str = "res
         )
     if not items:
         raise FeedbackRefused("no final OBX names one of the result's findings as present or absent")
-    reader = "reader-" + hashlib.sha256(interpreter.encode()).hexdigest()[:10]
-    return record_feedback(store, items, reader=reader, source="hl7", results_bucket=results_bucket, lake_bucket=lake_bucket)[1]
+    receipt = hashlib.sha256("|".join(("hl7", str(msh(3)), str(msh(4)), str(msh(10)))).encode()).hexdigest()
+    return FinalReport("hl7", _pseudonym(interpreter), items, receipt)
+
+
+def import_hl7_report(path: Path, store: ObjectStore, results_bucket: str = "results", lake_bucket: str = "telemetry") -> int:
+    """An ORU^R01 final report file (one message)."""
+    try:
+        report = parse_hl7_report(Path(path).read_text(), store, results_bucket)
+    except NotAReport as e:
+        raise NotAReport(f"{Path(path).name} is {e}") from e
+    return record_report(report, store, results_bucket=results_bucket, lake_bucket=lake_bucket)[1]
+
+
+# Receipts of final reports already recorded, beside the feedback table (not under it: no Glue table reads them).
+RECEIPTS = "feedback_receipts"
+
+
+def record_report(
+    report: FinalReport, store: ObjectStore, *, results_bucket: str = "results", lake_bucket: str = "telemetry"
+) -> tuple[str, int]:
+    """Record a final report's verdicts once: returns (the feedback object's key, rows recorded now; 0 for a report
+    already recorded). The receipt, naming the feedback object's key and time, is written (fsynced) before the object;
+    a crash between the two leaves a receipt whose object is missing, and the sender's retry writes exactly that object.
+    Both writes are durable when this returns: then, and only then, may the sender be told so."""
+    receipt_key = f"{RECEIPTS}/source={report.source}/{report.receipt}.json"
+    try:
+        receipt = json.loads(store.get_bytes(lake_bucket, receipt_key))
+        key, time = receipt["key"], datetime.fromisoformat(receipt["time"])
+    except ObjectNotFound:
+        time = datetime.now(UTC)
+        key = f"{FEEDBACK}/source={report.source}/dt={time.strftime('%Y-%m-%d')}/{time.strftime('%H%M%S')}-{report.receipt[:12]}{SUFFIX}"
+        store.put_bytes(
+            lake_bucket, receipt_key, json.dumps({"key": key, "time": time.isoformat()}).encode(), content_type="application/json"
+        )
+    else:
+        if store.head(lake_bucket, key) is not None:
+            return key, 0
+    return record_feedback(
+        store,
+        report.items,
+        reader=report.reader,
+        source=report.source,
+        results_bucket=results_bucket,
+        lake_bucket=lake_bucket,
+        time=time,
+        key=key,
+    )
 
 
 def add_parser(models_sub: Any) -> None:
@@ -280,5 +383,8 @@ def cmd_feedback(args: Any) -> int:
     except (FeedbackRefused, OSError) as e:
         print(f"radstream: {e}", file=sys.stderr)
         return 2
+    if count == 0:  # a final report recorded before (the same HL7 message id, the same FHIR report)
+        print(f"{Path(args.csv).name} was recorded before: nothing added")
+        return 0
     print(f"recorded {count} feedback rows from {Path(args.csv).name} in the lake ({FEEDBACK}/source={source})")
     return 0

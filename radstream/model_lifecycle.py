@@ -590,6 +590,12 @@ def add_parsers(models_sub: Any) -> None:
     from radstream.feedback import add_parser as add_feedback_parser
 
     add_feedback_parser(models_sub)
+    from radstream.feedback_listen import add_parser as add_listen_parser
+
+    add_listen_parser(models_sub)
+    from radstream.model_drift import add_parser as add_drift_parser
+
+    add_drift_parser(models_sub)
 
 
 def add_compare_parser(models_sub: Any) -> None:

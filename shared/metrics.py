@@ -19,6 +19,7 @@ CloudWatch keeps in the log line but does not turn into dimensions):
 | `Detections` | Count | service, label | each box in a stored result |
 | `ModelLatency` | Milliseconds | service, model, model_version | each inference |
 | `InputExposure` | None | service | each prepared study: the picture's mean intensity, 0..1 (input drift; docs/model-lifecycle.md) |
+| `ModelDriftPSI` | None | service; and service, model, model_version, feature | each feature of the scheduled drift check (model_drift's population stability index) |
 
 Why one document per dimension set, and not Powertools' module-wide `Metrics`: `Metrics` keeps one metric set in
 class attributes shared by every instance in the process, so two studies running at once in the local runtime's
@@ -176,6 +177,22 @@ def stage_metrics(
                 service,
             )
         )
+    return documents
+
+
+def drift_metrics(rows: Iterable[Mapping[str, Any]], service: str | None = None) -> list[dict[str, Any]]:
+    """EMF documents for model_drift's rows (model_name, model_version, feature, psi): each PSI under the feature's own
+    dimensions (which feature moved) and under `service` alone, where ModelDriftAlarm reads their Maximum (one alarm
+    for every feature: exposure, size, bit depth, modality, view, scanner and each label's output)."""
+    service = service or os.environ.get("POWERTOOLS_SERVICE_NAME") or SERVICE
+    documents = []
+    for row in rows:
+        if row.get("psi") is None:
+            continue
+        value = [("ModelDriftPSI", MetricUnit.NoUnit, float(row["psi"]))]
+        dimensions = {"model": str(row["model_name"]), "model_version": str(row["model_version"]), "feature": str(row["feature"])}
+        documents.append(_document(dimensions, value, {}, service))
+        documents.append(_document({}, value, {"feature": str(row["feature"])}, service))
     return documents
 
 

@@ -3,6 +3,7 @@ quiet on an unshifted one; daily_distributions gives the per-day, per-site figur
 
 from __future__ import annotations
 
+import json
 from datetime import UTC, datetime, timedelta
 from pathlib import Path
 
@@ -75,3 +76,60 @@ def test_drift_fires_on_a_shifted_population(tmp_path):
     daily = DuckDBQueryRunner(tmp_path / "telemetry").run("daily_distributions").as_dicts()
     assert [(r["studies"], r["site"]) for r in daily] == [(400, "site-a"), (400, "site-a")]
     assert daily[0]["mean_exposure"] > 0.4 > daily[1]["mean_exposure"]
+
+
+def test_the_drift_alarm_fires_on_the_shifted_population_and_stays_quiet_on_the_unshifted(tmp_path, capsys):
+    """`radstream models drift --alarm` evaluates template.yaml's ModelDriftAlarm (threshold and comparison read from
+    it) on every feature's PSI: exit 1 naming the shifted features, exit 0 on the unshifted population. The EMF
+    documents it captures are those the daily drift check writes in Lambda."""
+    from radstream.cli import main
+    from radstream.model_drift import drift_alarm
+
+    alarm = drift_alarm()
+    assert (alarm.threshold, alarm.comparison) == (0.25, "GreaterThanOrEqualToThreshold")
+    now = datetime.now(UTC)
+    quiet, shifted = tmp_path / "quiet", tmp_path / "shifted"
+    rng = np.random.default_rng(1)
+    write_population(quiet, now - timedelta(days=10), "base", rng, exposure=(0.35, 0.65), edema=0.3)
+    write_population(quiet, now, "new", rng, exposure=(0.35, 0.65), edema=0.3)
+    rng = np.random.default_rng(2)
+    write_population(shifted, now - timedelta(days=10), "base", rng, exposure=(0.35, 0.65), edema=0.3)
+    write_population(shifted, now, "new", rng, exposure=(0.1, 0.3), edema=0.75)
+
+    assert main(["models", "drift", "--alarm", "--data-dir", str(quiet)]) == 0
+    out = capsys.readouterr()
+    assert "ModelDriftAlarm" not in out.err and out.out.count("ok ") >= 7 and "ALARM" not in out.out
+
+    assert main(["models", "drift", "--alarm", "--data-dir", str(shifted)]) == 1
+    err = capsys.readouterr().err
+    alarms = {line.split()[2] for line in err.splitlines() if line.startswith("ModelDriftAlarm:")}
+    assert alarms == {"exposure", "output:Edema"}, err
+    # The captured metrics: each feature's PSI under its own dimensions and under `service` alone (the alarm's).
+    lines = [json.loads(line) for f in (shifted / "metrics").glob("emf-*.jsonl") for line in f.read_text().splitlines()]
+    per_feature = {d["feature"]: d["ModelDriftPSI"][0] for d in lines if d["_aws"]["CloudWatchMetrics"][0]["Dimensions"][0] != ["service"]}
+    overall = [d["ModelDriftPSI"][0] for d in lines if d["_aws"]["CloudWatchMetrics"][0]["Dimensions"][0] == ["service"]]
+    assert per_feature["exposure"] >= 0.25 and max(overall) == max(per_feature.values()) and len(overall) == len(per_feature)
+
+
+def test_the_drift_check_is_scheduled_in_the_template_with_least_privilege():
+    """The AWS side of the same alarm: a daily schedule runs services/telemetry/drift.py on the named query by id, and
+    its role reaches only that workgroup, the model_outputs table and objects, the query results and the data key."""
+    from radstream.template import Template
+
+    resources = Template().resources
+    function = resources["DriftCheckFunction"]["Properties"]
+    assert function["ImageConfig"]["Command"] == ["services.telemetry.drift.lambda_handler"]
+    assert function["Environment"]["Variables"]["DRIFT_QUERY_ID"] == {"Ref": "ModelDriftQuery"}
+    assert resources["ModelDriftQuery"]["Properties"]["Name"] == "model_drift"
+    (schedule,) = function["Events"].values()
+    assert schedule["Type"] == "ScheduleV2" and schedule["Properties"]["ScheduleExpression"] == "rate(1 day)"
+    for statement in function["Policies"][0]["Statement"]:
+        resources_ = statement["Resource"] if isinstance(statement["Resource"], list) else [statement["Resource"]]
+        assert all(r != "*" for r in resources_), statement["Sid"]
+        assert all(not a.endswith(":*") for a in (statement["Action"] if isinstance(statement["Action"], list) else [statement["Action"]]))
+    alarm = resources["ModelDriftAlarm"]["Properties"]
+    assert (alarm["Namespace"], alarm["MetricName"], alarm["Dimensions"]) == (
+        "RadStream",
+        "ModelDriftPSI",
+        [{"Name": "service", "Value": "radstream"}],
+    )

@@ -191,7 +191,8 @@ def oru(study_id: str, observations: list[tuple[str, str]], status: str = "F", n
     obr += [""] * (32 - len(obr) + 1)
     obr[32] = "12345&SMITH&JANE"
     segments = [
-        "MSH|^~\\&|RIS|HOSP|RADSTREAM|HOSP|20261208010000||ORU^R01|MSG1|P|2.5.1",
+        # Each message its own control id (MSH-10): a repeated id is the same message resent, recorded once.
+        f"MSH|^~\\&|RIS|HOSP|RADSTREAM|HOSP|20261208010000||ORU^R01|MSG-{study_id}-{status}|P|2.5.1",
         "PID|1||MRN-88888888^^^HOSP||DOE^JANE",
         "|".join(obr),
     ]

@@ -39,6 +39,14 @@ locals {
       "athena:GetWorkGroup", "athena:GetNamedQuery", "athena:ListNamedQueries", "athena:BatchGetNamedQuery"]
       Resource = "arn:${local.partition}:athena:${local.region}:${local.account}:workgroup/radstream-${var.environment_name}"
     }]
+    # "Critical Finding" events from the notify function (in the VPC to reach the RIS), as infra/platform.yaml's EventsEndpoint.
+    events = [{
+      Sid       = "TheDefaultBusOfThisAccount"
+      Effect    = "Allow"
+      Principal = "*"
+      Action    = "events:PutEvents"
+      Resource  = "arn:${local.partition}:events:${local.region}:${local.account}:event-bus/default"
+    }]
     sts = [
       {
         Sid       = "AssumeThisAccountsRoles"
