@@ -781,6 +781,8 @@ def keep_stdout_for_output() -> None:
     document on stdout."""
     import logging
 
+    record_attributes = set(vars(logging.makeLogRecord({}))) | {"message", "asctime"}
+
     class Stderr(logging.StreamHandler):
         @property
         def stream(self):  # whatever sys.stderr is at the time of the line
@@ -790,11 +792,20 @@ def keep_stdout_for_output() -> None:
         def stream(self, value) -> None:
             pass
 
+    class Fields(logging.Formatter):
+        """The message, then the line's fields (`extra={...}`) as key=value."""
+
+        def format(self, record: logging.LogRecord) -> str:
+            fields = " ".join(f"{k}={v}" for k, v in vars(record).items() if k not in record_attributes)
+            return f"{super().format(record)} {fields}".rstrip()
+
     for name in ("radstream.telemetry", "radstream.lake"):
         own = logging.getLogger(name)
         if own.propagate:
             own.propagate = False
-            own.addHandler(Stderr())
+            handler = Stderr()
+            handler.setFormatter(Fields())
+            own.addHandler(handler)
 
 
 def main(argv: list[str] | None = None) -> int:
