@@ -60,6 +60,16 @@ def route_of(path: str) -> str:
     return _UID_IN_PATH.sub("{uid}", path.split("?", 1)[0])[:200]
 
 
+def _read_exactly(rfile: io.BufferedIOBase, size: int, cut_short: str) -> Iterator[bytes]:
+    """`size` bytes of the body as they arrive, at most READ_BYTES at a time; a 400 naming `cut_short` if it ends first."""
+    while size:
+        data = rfile.read(min(size, READ_BYTES))
+        if not data:
+            raise BadRequest(400, cut_short)
+        size -= len(data)
+        yield data
+
+
 def body_chunks(rfile: io.BufferedIOBase, content_length: str | None, transfer_encoding: str | None) -> Iterator[bytes]:
     """The request body as it arrives: `Transfer-Encoding: chunked` (what dicomweb-client and curl send for large
     bodies) or Content-Length bytes; neither is a 411."""
@@ -78,12 +88,7 @@ def body_chunks(rfile: io.BufferedIOBase, content_length: str | None, transfer_e
                 while rfile.readline(HEADERS_MAX) not in (b"\r\n", b"\n", b""):
                     pass  # trailer fields: none is needed
                 return
-            while size:
-                data = rfile.read(min(size, READ_BYTES))
-                if not data:
-                    raise BadRequest(400, "chunked body ends inside a chunk")
-                size -= len(data)
-                yield data
+            yield from _read_exactly(rfile, size, "chunked body ends inside a chunk")
             if rfile.readline(1024) not in (b"\r\n", b"\n"):
                 raise BadRequest(400, "chunk is not followed by CRLF")
         return
@@ -93,12 +98,7 @@ def body_chunks(rfile: io.BufferedIOBase, content_length: str | None, transfer_e
         length = -1
     if length < 0:
         raise BadRequest(411, "Content-Length or Transfer-Encoding: chunked is required")
-    while length:
-        data = rfile.read(min(length, READ_BYTES))
-        if not data:
-            raise BadRequest(400, "body ends before Content-Length bytes")
-        length -= len(data)
-        yield data
+    yield from _read_exactly(rfile, length, "body ends before Content-Length bytes")
 
 
 @dataclass
