@@ -177,35 +177,10 @@ def test_render_refuses_what_cannot_deploy(tmp_path):
     missing = [o for o in stack_outputs("dev") if o["OutputKey"] != "TritonModelReaderRoleArn"]
     result = run_render("dev", tmp_path, "--app", "triton", outputs=missing)
     assert result.returncode == 2 and "TritonModelReaderRoleArn" in result.stderr
-    result = deliver(
-        "render",
-        "--env",
-        "dev",
-        "--account",
-        ACCOUNT,
-        "--digest",
-        "gateway=latest",
-        "--app",
-        "gateway",
-        "--out",
-        str(tmp_path / "x"),
-        timeout=120,
-    )
+    dev = ("render", "--env", "dev", "--account", ACCOUNT)
+    result = deliver(*dev, "--digest", "gateway=latest", "--app", "gateway", "--out", str(tmp_path / "x"), timeout=120)
     assert result.returncode == 2 and "digest of gateway" in result.stderr
     # No digest for an image: not pinned, refused rather than deployed by tag.
     (tmp_path / "outputs.json").write_text(json.dumps(stack_outputs("dev")))
-    result = deliver(
-        "render",
-        "--env",
-        "dev",
-        "--account",
-        ACCOUNT,
-        "--outputs",
-        str(tmp_path / "outputs.json"),
-        "--app",
-        "triton",
-        "--out",
-        str(tmp_path / "y"),
-        timeout=120,
-    )
+    result = deliver(*dev, "--outputs", str(tmp_path / "outputs.json"), "--app", "triton", "--out", str(tmp_path / "y"), timeout=120)
     assert result.returncode == 2 and "not pinned by digest" in result.stderr
