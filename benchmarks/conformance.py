@@ -14,7 +14,7 @@ then transcoded by dcmtk (dcmconv, dcmcjpeg, dcmcjpls, dcmcrle) and GDCM (gdcmco
 they write, from its uncompressed Explicit VR Little Endian form. A transcoder that refuses an input is recorded as
 "not produced by <tool>: <reason>"; a transcoder that is missing is an error (the corpus cannot be built).
 
-`--transcode classes` (what tests/test_conformance_corpus.py runs, to stay within minutes on two cores) still runs
+`--transcode classes` (what tests/e2e/test_conformance_corpus.py runs, to stay within minutes on two cores) still runs
 every original, but transcodes one source per pixel-module class (photometric interpretation, samples, bits
 allocated and stored, pixel representation): pydicom's 30 16x16 CT/MR/CR images of dicomdirtests/ are three
 classes. `--transcode all` transcodes every source.

@@ -2,7 +2,7 @@
 the gateway, and prove that none costs a study, counts one twice, or ends in a traceback.
 
     .venv/bin/python benchmarks/crash_bench.py --crashes 200     # the long version (docs/reliability.md has its table)
-    .venv/bin/python benchmarks/crash_bench.py --crashes 20      # the short one (tests/test_crash_consistency.py)
+    .venv/bin/python benchmarks/crash_bench.py --crashes 20      # the short one (tests/e2e/test_crash_consistency.py)
 
 Each crash: a command starts as a subprocess with RADSTREAM_SYNC_LOG set (shared/atomicfile.py: every durable write
 names the inode, size and mtime it put on disk), is SIGKILLed at a random moment, and then the machine "loses power":

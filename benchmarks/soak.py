@@ -1,7 +1,7 @@
 """Soak the local pipeline under faults and prove the promise: nothing lost, nothing duplicated, nothing misattributed.
 
     .venv/bin/python benchmarks/soak.py                      # 10,000 studies at 512x512 (~12 min, 13 GB of disk)
-    .venv/bin/python benchmarks/soak.py --short              # ~60 studies at 256x256, under 2 minutes (tests/test_soak.py)
+    .venv/bin/python benchmarks/soak.py --short              # ~60 studies at 256x256, under 2 minutes (tests/e2e/test_soak.py)
     .venv/bin/python benchmarks/soak.py --budgets            # only the retry-budget arithmetic (docs/reliability.md)
 
 The studies (write_demo_studies: valid phantoms, one DICOM, four broken on purpose `bad-*`) are run by

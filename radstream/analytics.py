@@ -169,10 +169,8 @@ def quarantine_object(lake_root: Path, path: Path, reason: str) -> str:
     fsync_dir(path.parent)
     fsync_dir(target.parent)
     _log.warning(
-        "telemetry lake object %s is unreadable (%s): moved to %s; the queries answer from the rest",
-        relative,
-        reason,
-        (Path(QUARANTINE_DIR) / relative).as_posix(),
+        "telemetry lake object is unreadable: moved to quarantine; the queries answer from the rest",
+        extra={"object": relative.as_posix(), "reason": reason, "moved_to": (Path(QUARANTINE_DIR) / relative).as_posix()},
     )
     return relative.as_posix()
 

@@ -30,26 +30,24 @@ EXIT_USAGE = 2  # the command could not do its work: a usage error, or the envir
 EXIT_INTERRUPTED = 3  # stopped by Ctrl-C or SIGTERM: the summary names what was not run; `radstream resume` finishes it
 
 
-def positive_int(text: str) -> int:
-    """argparse type for counts that must be at least 1 (--workers)."""
+def whole_number(text: str, minimum: int) -> int:
     try:
         value = int(text)
     except ValueError:
         raise argparse.ArgumentTypeError(f"must be a whole number, got {text!r}") from None
-    if value < 1:
-        raise argparse.ArgumentTypeError(f"must be 1 or more, got {value}")
+    if value < minimum:
+        raise argparse.ArgumentTypeError(f"must be {minimum} or more, got {value}")
     return value
+
+
+def positive_int(text: str) -> int:
+    """argparse type for counts that must be at least 1 (--workers)."""
+    return whole_number(text, 1)
 
 
 def non_negative_int(text: str) -> int:
     """argparse type for counts that may be 0 (--count, a port where 0 picks a free one)."""
-    try:
-        value = int(text)
-    except ValueError:
-        raise argparse.ArgumentTypeError(f"must be a whole number, got {text!r}") from None
-    if value < 0:
-        raise argparse.ArgumentTypeError(f"must be 0 or more, got {value}")
-    return value
+    return whole_number(text, 0)
 
 
 def port(text: str) -> int:
@@ -783,6 +781,8 @@ def keep_stdout_for_output() -> None:
     document on stdout."""
     import logging
 
+    record_attributes = set(vars(logging.makeLogRecord({}))) | {"message", "asctime"}
+
     class Stderr(logging.StreamHandler):
         @property
         def stream(self):  # whatever sys.stderr is at the time of the line
@@ -792,11 +792,20 @@ def keep_stdout_for_output() -> None:
         def stream(self, value) -> None:
             pass
 
+    class Fields(logging.Formatter):
+        """The message, then the line's fields (`extra={...}`) as key=value."""
+
+        def format(self, record: logging.LogRecord) -> str:
+            fields = " ".join(f"{k}={v}" for k, v in vars(record).items() if k not in record_attributes)
+            return f"{super().format(record)} {fields}".rstrip()
+
     for name in ("radstream.telemetry", "radstream.lake"):
         own = logging.getLogger(name)
         if own.propagate:
             own.propagate = False
-            own.addHandler(Stderr())
+            handler = Stderr()
+            handler.setFormatter(Fields())
+            own.addHandler(handler)
 
 
 def main(argv: list[str] | None = None) -> int:

@@ -352,7 +352,7 @@ class LocalAws:
 
         No copy either way (the state machine is built with copy_task_io=False): a StageHandler never mutates its
         event (it parses it into models) and returns a fresh `model_dump(mode="json")`, values nothing else holds
-        (tests/test_local_pipeline.py holds the first). The output is serialised (pydantic-core's encoder, UTF-8 as
+        (tests/e2e/test_local_pipeline.py holds the first). The output is serialised (pydantic-core's encoder, UTF-8 as
         Step Functions counts) only to hold it to the payload limit.
         """
         handler, deps = self.binding(resource)

@@ -234,6 +234,12 @@ class StageHandler(Generic[D]):
         except Exception as e:
             logger.warning("metrics not written", error_type=type(e).__name__)
 
+    def _failed(self, metrics: EmfWriter | None, error_type: str, started: float, study_id: str | None, execution_id: str) -> None:
+        """A failed invocation's trace annotation and metrics, under the error name the workflow sees."""
+        tracer.put_annotation(key="error_type", value=error_type)
+        duration_ms = (time.perf_counter() - started) * 1000
+        self._emit(metrics, status="failed", duration_ms=duration_ms, error_type=error_type, study_id=study_id, execution_id=execution_id)
+
     def _invoke(self, event: dict[str, Any], context: Any, *, deps: D, metrics: EmfWriter | None = None) -> dict[str, Any]:
         with self._lock:
             cold_start = id(deps) not in self._warm
@@ -259,43 +265,19 @@ class StageHandler(Generic[D]):
                     fields = ", ".join(".".join(map(str, err["loc"])) for err in e.errors())
                     raise MalformedEvent(f"{self.stage} stage input is malformed at {fields}", study_id=study_id) from e
             except RadStreamError as e:
-                tracer.put_annotation(key="error_type", value=e.error_name)
                 logger.warning("stage failed", error_type=e.error_name, retryable=e.retryable, reason=str(e))
-                self._emit(
-                    metrics,
-                    status="failed",
-                    duration_ms=(time.perf_counter() - started) * 1000,
-                    error_type=e.error_name,
-                    study_id=study_id,
-                    execution_id=execution_id,
-                )
+                self._failed(metrics, e.error_name, started, study_id, execution_id)
                 raise
             except Exception as e:
                 # Our own bug or a library's: name it and where it came from, never its message (it could carry data).
-                tracer.put_annotation(key="error_type", value=type(e).__name__)
                 logger.error("stage failed unexpectedly", error_type=type(e).__name__, code_path=code_location(e))
-                self._emit(
-                    metrics,
-                    status="failed",
-                    duration_ms=(time.perf_counter() - started) * 1000,
-                    error_type=type(e).__name__,
-                    study_id=study_id,
-                    execution_id=execution_id,
-                )
+                self._failed(metrics, type(e).__name__, started, study_id, execution_id)
                 raise
             except BaseException as e:
                 if not is_native_panic(e):
                     raise  # Ctrl-C, SystemExit, a process being killed: not the study's to record
-                tracer.put_annotation(key="error_type", value=NativeLibraryPanic.__name__)
                 logger.error("stage failed unexpectedly", error_type=type(e).__name__, code_path=code_location(e))
-                self._emit(
-                    metrics,
-                    status="failed",
-                    duration_ms=(time.perf_counter() - started) * 1000,
-                    error_type=NativeLibraryPanic.__name__,
-                    study_id=study_id,
-                    execution_id=execution_id,
-                )
+                self._failed(metrics, NativeLibraryPanic.__name__, started, study_id, execution_id)
                 raise NativeLibraryPanic(
                     f"the {self.stage} stage's native library crashed ({type(e).__name__}) on this input; the input is kept",
                     study_id=study_id,

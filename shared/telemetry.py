@@ -113,7 +113,7 @@ def deliver_buffer(path: Path, store: ObjectStore, bucket: str, stream_name: str
     opened = datetime.fromtimestamp(int(opened_ms) / 1000, UTC) if opened_ms.isdigit() else datetime.now(UTC)
     by_partition, dropped = complete_lines(data)
     if dropped:
-        _log.warning("telemetry buffer %s: %d incomplete or unreadable line(s) dropped", path.name, dropped)
+        _log.warning("telemetry buffer: incomplete or unreadable lines dropped", extra={"buffer": path.name, "lines": dropped})
     for prefix, lines in sorted(by_partition.items()):
         key = delivery_key(prefix, stream_name, opened, buffer_id or stem)
         store.put_bytes(bucket, key, gzip.compress(b"".join(lines), mtime=0), content_type="application/gzip")
@@ -315,7 +315,9 @@ class BufferedLakeSink:
                     with disk_errors(f"delivering telemetry buffer {buffer.path.name}"):
                         written += deliver_buffer(buffer.path, self.store, self.bucket, self.stream_name)
                 except StorageUnavailable:
-                    _log.warning("telemetry buffer %s not delivered yet (store unavailable); it stays buffered", buffer.path.name)
+                    _log.warning(
+                        "telemetry buffer not delivered yet (store unavailable); it stays buffered", extra={"buffer": buffer.path.name}
+                    )
                     break
                 os.close(buffer.fd)
                 self._sealed.pop(0)

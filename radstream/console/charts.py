@@ -27,6 +27,20 @@ def _nice_max(v: float) -> float:
     return 10 * magnitude
 
 
+def _chart_start(title: str, width: int, height: int, left: int, names: Sequence[str]) -> list[str]:
+    """An SVG chart's opening tag, its title, and the legend: one colour swatch per series, from `left`."""
+    parts = [
+        f'<svg class="chart" role="img" aria-label="{escape(title)}" viewBox="0 0 {width} {height}" width="{width}" height="{height}">',
+        f"<title>{escape(title)}</title>",
+    ]
+    for i, name in enumerate(names):
+        parts.append(
+            f'<rect x="{left + i * 110}" y="4" width="10" height="10" fill="{COLOURS[i % len(COLOURS)]}"/>'
+            f'<text x="{left + i * 110 + 14}" y="13" class="legend">{escape(name)}</text>'
+        )
+    return parts
+
+
 def hbars(
     title: str, labels: Sequence[str], series: Sequence[tuple[str, Sequence[float | None]]], unit: str = "", width: int = 760
 ) -> Markup:
@@ -39,15 +53,7 @@ def hbars(
     height = top + group_h * len(labels) + 24
     peak = _nice_max(max((v or 0) for _, values in series for v in values))
     plot_w = width - left - right
-    parts = [
-        f'<svg class="chart" role="img" aria-label="{escape(title)}" viewBox="0 0 {width} {height}" width="{width}" height="{height}">',
-        f"<title>{escape(title)}</title>",
-    ]
-    for i, (name, _) in enumerate(series):
-        parts.append(
-            f'<rect x="{left + i * 110}" y="4" width="10" height="10" fill="{COLOURS[i % len(COLOURS)]}"/>'
-            f'<text x="{left + i * 110 + 14}" y="13" class="legend">{escape(name)}</text>'
-        )
+    parts = _chart_start(title, width, height, left, [name for name, _ in series])
     for g, label in enumerate(labels):
         y0 = top + g * group_h
         parts.append(f'<text x="{left - 6}" y="{y0 + group_h / 2}" text-anchor="end" class="axis">{escape(label)}</text>')
@@ -82,15 +88,7 @@ def columns(
     peak = _nice_max(max(totals))
     step = plot_w / len(labels)
     bar_w = min(40.0, max(1.0, step * 0.8))
-    parts = [
-        f'<svg class="chart" role="img" aria-label="{escape(title)}" viewBox="0 0 {width} {height}" width="{width}" height="{height}">',
-        f"<title>{escape(title)}</title>",
-    ]
-    for i, (name, _) in enumerate(stacks):
-        parts.append(
-            f'<rect x="{left + i * 110}" y="4" width="10" height="10" fill="{COLOURS[i % len(COLOURS)]}"/>'
-            f'<text x="{left + i * 110 + 14}" y="13" class="legend">{escape(name)}</text>'
-        )
+    parts = _chart_start(title, width, height, left, [name for name, _ in stacks])
     for x, label in enumerate(labels):
         base = 0.0
         for i, (name, values) in enumerate(stacks):

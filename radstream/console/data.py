@@ -57,7 +57,9 @@ class Background:
         try:
             self.work()
         except Exception as e:  # the next poke tries again; the page keeps what it had
-            logging.getLogger("radstream.console").warning("background refresh failed: %s: %s", type(e).__name__, e)
+            logging.getLogger("radstream.console").warning(
+                "background refresh failed", extra={"error_type": type(e).__name__, "reason": str(e)}
+            )
         finally:
             self._running.release()
 

@@ -55,7 +55,7 @@ class ConsoleHandler(BaseHTTPRequestHandler):
     sys_version = ""
 
     def log_message(self, format: str, *args: Any) -> None:
-        log.info("%s %s", self.address_string(), format % args)
+        log.info("console request", extra={"peer": self.address_string(), "request": format % args})
 
     def do_HEAD(self) -> None:
         self._dispatch(head=True)
@@ -100,7 +100,7 @@ class ConsoleHandler(BaseHTTPRequestHandler):
             return self._send(HTTPStatus.NOT_FOUND, f"not found: {e}\n".encode(), "text/plain; charset=utf-8")
         except RadStreamError as e:
             return self._send(HTTPStatus.BAD_REQUEST, f"{e}\n".encode(), "text/plain; charset=utf-8")
-        log.info("notification acknowledged study_id=%s rule=%s", study_id, rule)
+        log.info("notification acknowledged", extra={"study_id": study_id, "rule": rule})
         self._send(HTTPStatus.SEE_OTHER, b"", "text/plain", extra={"Location": f"/study/{quote(study_id)}#notifications"})
 
     def _feedback(self, study_id: str, form: dict[str, str]) -> None:
@@ -120,7 +120,10 @@ class ConsoleHandler(BaseHTTPRequestHandler):
         except (FeedbackRefused, ValidationError, ObjectNotFound) as e:
             message = str(e) if isinstance(e, FeedbackRefused) else "the form needs label, verdict and reader"
             return self._send(HTTPStatus.BAD_REQUEST, f"feedback not recorded: {message}\n".encode(), "text/plain; charset=utf-8")
-        log.info("feedback recorded: study %s, %s %s by reader %s (%s)", study_id, item.label, item.verdict, form.get("reader"), key)
+        log.info(
+            "feedback recorded",
+            extra={"study_id": study_id, "label": item.label, "verdict": item.verdict, "reader": form.get("reader"), "key": key},
+        )
         self._send(HTTPStatus.SEE_OTHER, b"", "text/plain", extra={"Location": f"/study/{quote(study_id)}?feedback=recorded"})
 
     def _send(self, status: HTTPStatus, body: bytes, content_type: str, head: bool = False, extra: dict[str, str] | None = None) -> None:
@@ -179,7 +182,7 @@ class ConsoleHandler(BaseHTTPRequestHandler):
         except ObjectNotFound as e:
             self._send(HTTPStatus.NOT_FOUND, f"not found: {e}\n".encode(), "text/plain; charset=utf-8", head)
         except RadStreamError as e:
-            log.warning("console request failed: %s", e)
+            log.warning("console request failed", extra={"error_type": e.error_name, "reason": str(e)})
             self._send(HTTPStatus.SERVICE_UNAVAILABLE, f"{e.error_name}: {e}\n".encode(), "text/plain; charset=utf-8", head)
         except (BrokenPipeError, ConnectionResetError):
             pass  # the browser went away

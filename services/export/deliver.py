@@ -183,11 +183,14 @@ def deliver_exports(study_id: str, exported: ExportedResult, store: ObjectStore,
     if settings.export_dicom_peer and dicom:
         peer = DicomPeer.parse(settings.export_dicom_peer)
         statuses = c_store(peer, dicom, settings, study_id)
-        log.info("exports delivered by C-STORE study_id=%s to %s statuses=%s", study_id, peer, ",".join(f"0x{s:04X}" for s in statuses))
+        log.info(
+            "exports delivered by C-STORE",
+            extra={"study_id": study_id, "destination": str(peer), "statuses": [f"0x{s:04X}" for s in statuses]},
+        )
         delivered.append(f"dimse:{peer}")
     if settings.export_stow_url and dicom:
         code = stow(settings.export_stow_url, dicom, study_id, timeout=settings.gateway_network_timeout_s)
-        log.info("exports delivered by STOW-RS study_id=%s to %s status=%d", study_id, settings.export_stow_url, code)
+        log.info("exports delivered by STOW-RS", extra={"study_id": study_id, "destination": settings.export_stow_url, "status": code})
         delivered.append(f"stow:{settings.export_stow_url}")
     if settings.export_fhir_url and exported.fhir is not None:
         code = post_fhir(
@@ -196,7 +199,7 @@ def deliver_exports(study_id: str, exported: ExportedResult, store: ObjectStore,
             study_id,
             timeout=settings.gateway_network_timeout_s,
         )
-        log.info("FHIR bundle delivered study_id=%s to %s status=%d", study_id, settings.export_fhir_url, code)
+        log.info("FHIR bundle delivered", extra={"study_id": study_id, "destination": settings.export_fhir_url, "status": code})
         delivered.append(f"fhir:{settings.export_fhir_url}")
     return delivered
 
@@ -284,11 +287,8 @@ def record_dead_letter(request: DeliverRequest, store: ObjectStore, settings: Se
         dead_letter=ref,
     )
     log.warning(
-        "exports not %s study_id=%s error_type=%s: dead letter %s",
-        "built" if kind == "build" else "delivered",
-        study_id,
-        error_type,
-        stored.key,
+        "exports not built or delivered: dead letter written",
+        extra={"kind": kind, "study_id": study_id, "error_type": error_type, "dead_letter": stored.key},
     )
     record = None
     if kind == "build":
@@ -349,7 +349,7 @@ def _replay(letter: DeadLetter, outcome: Replayed, store: ObjectStore, settings:
         except RadStreamError:
             raise
         except Exception as e:  # a builder's own bug: named by type (its message could carry header values), the letter kept
-            log.error("exports not rebuilt study_id=%s error_type=%s", letter.study_id, type(e).__name__)
+            log.error("exports not rebuilt", extra={"study_id": letter.study_id, "error_type": type(e).__name__})
             raise PermanentError(
                 f"study {letter.study_id}: the exports still cannot be built (unexpected {type(e).__name__}); see the logs",
                 study_id=letter.study_id,

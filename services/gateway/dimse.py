@@ -151,10 +151,11 @@ class GatewayAE(SlotLimitedAE):
         return any(peer.admits(assoc.requestor.ae_title, address) for peer in self.allowed_peers)
 
 
-def peer_of(assoc: Association) -> str:
+def peer_of(assoc: Association) -> dict[str, str]:
+    """The requestor as log fields: its AE title and address (no patient data)."""
     requestor = assoc.requestor
     where = f"{requestor.address}:{requestor.port}" if requestor.address_info else "unknown"
-    return f"calling_ae={requestor.ae_title.strip() or '-'} peer={where}"
+    return {"protocol": "DIMSE", "calling_ae": requestor.ae_title.strip() or "-", "peer": where}
 
 
 def handle_rejected(event: Any) -> None:
@@ -168,7 +169,7 @@ def handle_rejected(event: Any) -> None:
         reason = "calling AE title (or its host) is not in GATEWAY_ALLOWED_CALLING_AES"
     else:
         reason = "association limit reached (GATEWAY_MAX_ASSOCIATIONS)"
-    log.warning("association rejected: %s %s called_ae=%s", reason, peer_of(assoc), called or "-")
+    log.warning("association rejected", extra={"reason": reason, "called_ae": called or "-", **peer_of(assoc)})
 
 
 def build_ae(settings: Settings) -> AE:
@@ -213,20 +214,20 @@ def handle_store(event: Any, receiver: Receiver) -> Dataset:
             data,
             sop_class_uid=str(event.request.AffectedSOPClassUID),
             transfer_syntax=str(event.context.transfer_syntax),
-            source=f"DIMSE {calling}",
+            source=calling,
             request_priority=priority.from_dimse(getattr(event.request, "Priority", None)),
         )
     except Refused as e:
-        log.warning("C-STORE refused status=0x%04X reason=%s %s", e.status, e.reason, calling)
+        log.warning("C-STORE refused", extra={"status": f"0x{e.status:04X}", "reason": e.reason, **calling})
         return status(e.status, e.reason)
     except Exception as e:
-        log.error("C-STORE failed unexpectedly error_type=%s %s", type(e).__name__, calling)
+        log.error("C-STORE failed unexpectedly", extra={"error_type": type(e).__name__, **calling})
         return status(PROCESSING_FAILURE, "processing failure in the gateway")
     return status(SUCCESS)
 
 
 def handle_echo(event: Any) -> int:
-    log.info("C-ECHO %s", peer_of(event.assoc))
+    log.info("C-ECHO", extra=peer_of(event.assoc))
     return SUCCESS
 
 
@@ -252,7 +253,7 @@ def handle_find(event: Any, archive: Archive) -> Iterator[tuple[int, Dataset | N
     identifier = event.identifier
     level = str(identifier.get("QueryRetrieveLevel", "")).upper()
     if level not in LEVELS:
-        log.warning("C-FIND refused: QueryRetrieveLevel is not STUDY, SERIES or IMAGE %s", peer_of(event.assoc))
+        log.warning("C-FIND refused: QueryRetrieveLevel is not STUDY, SERIES or IMAGE", extra=peer_of(event.assoc))
         yield IDENTIFIER_DOES_NOT_MATCH, None
         return
     requested = [e for e in identifier if e.keyword not in ("QueryRetrieveLevel", "SpecificCharacterSet") and e.keyword]
@@ -260,10 +261,10 @@ def handle_find(event: Any, archive: Archive) -> Iterator[tuple[int, Dataset | N
     try:
         answers = archive.search(level, filters)  # type: ignore[arg-type]
     except Exception as e:
-        log.error("C-FIND failed error_type=%s %s", type(e).__name__, peer_of(event.assoc))
+        log.error("C-FIND failed", extra={"error_type": type(e).__name__, **peer_of(event.assoc)})
         yield UNABLE_TO_PROCESS, None
         return
-    log.info("C-FIND level=%s matches=%d %s", level, len(answers), peer_of(event.assoc))
+    log.info("C-FIND", extra={"query_level": level, "matches": len(answers), **peer_of(event.assoc)})
     for answer in answers:
         if event.is_cancelled:
             yield CANCELLED, None
@@ -304,11 +305,11 @@ def handle_get(event: Any, archive: Archive) -> Iterator[Any]:
     }
     unique = {"STUDY": "StudyInstanceUID", "SERIES": "SeriesInstanceUID", "IMAGE": "SOPInstanceUID"}.get(level)
     if unique is None or not uids[unique]:
-        log.warning("C-GET refused: no unique key for QueryRetrieveLevel %s", peer_of(event.assoc))
+        log.warning("C-GET refused: no unique key for QueryRetrieveLevel", extra=peer_of(event.assoc))
         yield IDENTIFIER_DOES_NOT_MATCH, None
         return
     found = archive.instances(uids["StudyInstanceUID"] or None, uids["SeriesInstanceUID"] or None, uids["SOPInstanceUID"] or None)
-    log.info("C-GET level=%s instances=%d %s", level, len(found), peer_of(event.assoc))
+    log.info("C-GET", extra={"query_level": level, "instances": len(found), **peer_of(event.assoc)})
     yield len(found)
     for item in found:
         if event.is_cancelled:

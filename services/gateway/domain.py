@@ -201,11 +201,12 @@ class Receiver:
         *,
         sop_class_uid: str | None = None,
         transfer_syntax: str = "",
-        source: str = "",
+        source: dict[str, str] | None = None,
         request_priority: str | None = None,
     ) -> Received:
         """Check, then store; returns only after the object store's PUT returned (the durability point)."""
         study_id, instance = self.check(data, sop_class_uid)
+        peer = source or {}
         level = priority.most_urgent(priority.of_dicom_bytes(data), request_priority or priority.DEFAULT)
         key = f"{INCOMING}{study_id}/{instance}.dcm"
         try:
@@ -213,10 +214,10 @@ class Receiver:
                 existing = self.store.head(self.images_bucket, key)
                 if existing is not None:
                     if same_data_set(self.store.get_bytes(self.images_bucket, key), data):
-                        log.info("instance already stored (a re-send) study_id=%s bytes=%d from %s", study_id, len(data), source)
+                        log.info("instance already stored (a re-send)", extra={"study_id": study_id, "bytes": len(data), **peer})
                         return Received(study_id, existing.key, existing.size, transfer_syntax, level)
                     log.warning(
-                        "instance refused: another instance is stored under its SOPInstanceUID study_id=%s from %s", study_id, source
+                        "instance refused: another instance is stored under its SOPInstanceUID", extra={"study_id": study_id, **peer}
                     )
                     raise Refused(DUPLICATE_SOP_INSTANCE, "another instance with this SOPInstanceUID is stored")
                 if request_priority and priority.rank(request_priority) < priority.rank(priority.DEFAULT):
@@ -224,18 +225,18 @@ class Receiver:
                     priority.record_sender(self.store, self.images_bucket, key, request_priority)
                 stored = self.store.put_bytes(self.images_bucket, key, data, content_type="application/dicom")
         except RadStreamError as e:
-            log.warning("instance not stored: %s (%s) from %s", e.error_name, "retryable" if e.retryable else "permanent", source)
+            log.warning("instance not stored", extra={"error_type": e.error_name, "retryable": e.retryable, **peer})
             raise Refused(OUT_OF_RESOURCES, "the images bucket is unavailable; send again later") from e
         received = Received(study_id, stored.key, stored.size, transfer_syntax, level)
-        log.info("instance stored study_id=%s bytes=%d transfer_syntax=%s from %s", study_id, stored.size, transfer_syntax, source)
+        log.info("instance stored", extra={"study_id": study_id, "bytes": stored.size, "transfer_syntax": transfer_syntax, **peer})
         if self.on_stored is not None:
             try:
                 self.on_stored(received)
             except (OSError, StorageUnavailable) as e:
                 # The acknowledgement could not be journalled (a full or read-only disk): no Success the gateway cannot
                 # keep. The stored object stays in incoming/, where resume's scan of the uploads finds it.
-                log.error("stored instance not journalled study_id=%s error_type=%s", study_id, type(e).__name__)
+                log.error("stored instance not journalled", extra={"study_id": study_id, "error_type": type(e).__name__})
                 raise Refused(OUT_OF_RESOURCES, "cannot journal the instance; send again later") from e
             except Exception as e:
-                log.error("stored instance not handed on study_id=%s error_type=%s", study_id, type(e).__name__)
+                log.error("stored instance not handed on", extra={"study_id": study_id, "error_type": type(e).__name__})
         return received

@@ -116,11 +116,13 @@ def main() -> int:  # pragma: no cover - the container's entry point; the tests 
     signal.signal(signal.SIGTERM, lambda *_: stop.set())
     with Gateway(settings) as gateway:
         logging.getLogger("radstream.gateway").info(
-            "gateway ready ae_title=%s dimse_port=%d dicom_tls_port=%s stow=%s",
-            gateway.ae_title,
-            gateway.dimse.port,
-            gateway.dimse.tls_port,
-            gateway.stow.url,
+            "gateway ready",
+            extra={
+                "ae_title": gateway.ae_title,
+                "dimse_port": gateway.dimse.port,
+                "dicom_tls_port": gateway.dimse.tls_port,
+                "stow": gateway.stow.url,
+            },
         )
         try:
             stop.wait()

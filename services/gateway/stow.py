@@ -60,6 +60,16 @@ def route_of(path: str) -> str:
     return _UID_IN_PATH.sub("{uid}", path.split("?", 1)[0])[:200]
 
 
+def _read_exactly(rfile: io.BufferedIOBase, size: int, cut_short: str) -> Iterator[bytes]:
+    """`size` bytes of the body as they arrive, at most READ_BYTES at a time; a 400 naming `cut_short` if it ends first."""
+    while size:
+        data = rfile.read(min(size, READ_BYTES))
+        if not data:
+            raise BadRequest(400, cut_short)
+        size -= len(data)
+        yield data
+
+
 def body_chunks(rfile: io.BufferedIOBase, content_length: str | None, transfer_encoding: str | None) -> Iterator[bytes]:
     """The request body as it arrives: `Transfer-Encoding: chunked` (what dicomweb-client and curl send for large
     bodies) or Content-Length bytes; neither is a 411."""
@@ -78,12 +88,7 @@ def body_chunks(rfile: io.BufferedIOBase, content_length: str | None, transfer_e
                 while rfile.readline(HEADERS_MAX) not in (b"\r\n", b"\n", b""):
                     pass  # trailer fields: none is needed
                 return
-            while size:
-                data = rfile.read(min(size, READ_BYTES))
-                if not data:
-                    raise BadRequest(400, "chunked body ends inside a chunk")
-                size -= len(data)
-                yield data
+            yield from _read_exactly(rfile, size, "chunked body ends inside a chunk")
             if rfile.readline(1024) not in (b"\r\n", b"\n"):
                 raise BadRequest(400, "chunk is not followed by CRLF")
         return
@@ -93,12 +98,7 @@ def body_chunks(rfile: io.BufferedIOBase, content_length: str | None, transfer_e
         length = -1
     if length < 0:
         raise BadRequest(411, "Content-Length or Transfer-Encoding: chunked is required")
-    while length:
-        data = rfile.read(min(length, READ_BYTES))
-        if not data:
-            raise BadRequest(400, "body ends before Content-Length bytes")
-        length -= len(data)
-        yield data
+    yield from _read_exactly(rfile, length, "body ends before Content-Length bytes")
 
 
 @dataclass
@@ -240,7 +240,7 @@ def stow_response(results: list[tuple[bytes, Refused | None]]) -> tuple[int, dic
     return code, body
 
 
-def store_part(part: Part, receiver: Receiver, study_uid: str | None, source: str) -> Refused | None:
+def store_part(part: Part, receiver: Receiver, study_uid: str | None, source: dict[str, str]) -> Refused | None:
     """One part's outcome: None when stored (or already stored byte-identical), else the refusal."""
     if not part.complete:
         return Refused(CANNOT_UNDERSTAND, "the part ends before its closing boundary")
@@ -256,7 +256,7 @@ def store_part(part: Part, receiver: Receiver, study_uid: str | None, source: st
     except Refused as e:
         return e
     except Exception as e:
-        log.error("STOW instance failed unexpectedly error_type=%s %s", type(e).__name__, source)
+        log.error("STOW instance failed unexpectedly", extra={"error_type": type(e).__name__, **source})
         return Refused(PROCESSING_FAILURE, "processing failure in the gateway")
     return None
 
@@ -275,9 +275,8 @@ class _Server(ThreadingHTTPServer):
                 request = self.ssl_context.wrap_socket(request, server_side=True)
             except (ssl.SSLError, OSError) as e:
                 log.warning(
-                    "STOW TLS handshake failed from %s (%s)",
-                    client_address[0] if isinstance(client_address, tuple) else "?",
-                    type(e).__name__,
+                    "STOW TLS handshake failed",
+                    extra={"peer": client_address[0] if isinstance(client_address, tuple) else "?", "error_type": type(e).__name__},
                 )
                 request.close()
                 return
@@ -310,14 +309,17 @@ class StowServer:
             timeout = settings.gateway_network_timeout_s
 
             def log_message(self, format: str, *args: Any) -> None:  # the route only
-                log.info("DICOMweb peer=%s %s %s", self.address_string(), self.command, route_of(self.path))
+                log.info("DICOMweb request", extra={"peer": self.address_string(), "method": self.command, "route": route_of(self.path)})
 
             def log_request(self, code: object = "-", size: object = "-") -> None:
                 if self.path != "/health":  # a probe every few seconds would drown the request log
-                    log.info("DICOMweb peer=%s %s %s -> %s", self.address_string(), self.command, route_of(self.path), code)
+                    log.info(
+                        "DICOMweb request",
+                        extra={"peer": self.address_string(), "method": self.command, "route": route_of(self.path), "status": code},
+                    )
 
             def log_error(self, format: str, *args: Any) -> None:  # http.server's parse errors: no values
-                log.warning("DICOMweb peer=%s request not understood", self.address_string())
+                log.warning("DICOMweb request not understood", extra={"peer": self.address_string()})
 
             def _send(self, code: int, body: dict[str, Any] | None = None, message: str | None = None) -> None:
                 if body is None:
@@ -341,7 +343,10 @@ class StowServer:
                 try:
                     found = dicomweb.answer(path, query, archive) if archive is not None else None
                 except Exception as e:
-                    log.error("DICOMweb read failed error_type=%s peer=%s %s", type(e).__name__, self.address_string(), route_of(path))
+                    log.error(
+                        "DICOMweb read failed",
+                        extra={"error_type": type(e).__name__, "peer": self.address_string(), "route": route_of(path)},
+                    )
                     self._send(500, message="the results bucket cannot be read")
                     return
                 if found is None:
@@ -363,7 +368,7 @@ class StowServer:
                 if route is None:
                     self._send(404, message="STOW-RS is POST /studies or /studies/{StudyInstanceUID}")
                     return
-                source = f"STOW peer={self.address_string()}"
+                source = {"protocol": "STOW", "peer": self.address_string()}
                 results: list[tuple[bytes, Refused | None]] = []
                 try:
                     boundary = boundary_of(self.headers.get("Content-Type", ""))
@@ -371,17 +376,19 @@ class StowServer:
                     for part in multipart_parts(chunks, boundary, max_bytes):
                         refusal = store_part(part, receiver, route.group(1), source)
                         if refusal is not None:
-                            log.warning("STOW instance refused status=0x%04X reason=%s %s", refusal.status, refusal.reason, source)
+                            log.warning(
+                                "STOW instance refused", extra={"status": f"0x{refusal.status:04X}", "reason": refusal.reason, **source}
+                            )
                         results.append((part.start, refusal))
                 except BadRequest as e:
                     if not results:
                         self._send(e.status, message=e.reason)
                         return
                     # Some parts were already stored: they are answered for, and what followed is one failed item.
-                    log.warning("STOW request ended badly after %d part(s): %s %s", len(results), e.reason, source)
+                    log.warning("STOW request ended badly", extra={"parts": len(results), "reason": e.reason, **source})
                     results.append((b"", Refused(CANNOT_UNDERSTAND, "the rest of the request body is malformed")))
                 except OSError as e:  # the peer went away or timed out (TimeoutError is an OSError)
-                    log.warning("STOW request body not received (%s) after %d part(s) %s", type(e).__name__, len(results), source)
+                    log.warning("STOW request body not received", extra={"error_type": type(e).__name__, "parts": len(results), **source})
                     self.close_connection = True
                     return
                 if not results:

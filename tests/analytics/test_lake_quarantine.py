@@ -38,13 +38,19 @@ def studies_counted(data: Path) -> int:
         runner.close()
 
 
-@pytest.mark.parametrize("how", ["cut", "zero", "empty"])
-def test_a_named_query_answers_from_the_rest_and_names_the_quarantined_object(tmp_path, capsys, how):
+def damaged_lake(tmp_path: Path, which: int, how: str) -> tuple[Path, int, Path, bytes]:
+    """A lake whose `which`-th lone object is damaged `how`: its data dir, the studies it counted whole, the object and
+    what it held."""
     data = tmp_path / "data"
     write_lake(data)
     whole = studies_counted(data)
-    bad = lone_objects(data)[7]
-    original = damage(bad, how)
+    bad = lone_objects(data)[which]
+    return data, whole, bad, damage(bad, how)
+
+
+@pytest.mark.parametrize("how", ["cut", "zero", "empty"])
+def test_a_named_query_answers_from_the_rest_and_names_the_quarantined_object(tmp_path, capsys, how):
+    data, whole, bad, original = damaged_lake(tmp_path, 7, how)
     code = main(["query", "throughput_per_minute", "--data-dir", str(data), "--json"])
     captured = capsys.readouterr()
     answer = json.loads(captured.out)  # exactly one JSON document on stdout
@@ -61,11 +67,7 @@ def test_a_named_query_answers_from_the_rest_and_names_the_quarantined_object(tm
 
 @pytest.mark.parametrize("how", ["cut", "zero", "empty"])
 def test_compact_skips_and_quarantines_an_unreadable_object(tmp_path, capsys, how):
-    data = tmp_path / "data"
-    write_lake(data)
-    whole = studies_counted(data)
-    bad = lone_objects(data)[3]
-    damage(bad, how)
+    data, whole, bad, _ = damaged_lake(tmp_path, 3, how)
     code = main(["lake", "compact", "--data-dir", str(data), "--json"])
     captured = capsys.readouterr()
     report = json.loads(captured.out)

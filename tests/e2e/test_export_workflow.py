@@ -27,7 +27,7 @@ from radstream.runtime import LocalRuntime
 from synthetic.samples import dicom_bytes, write_dicom_study
 from synthetic.peers import Endpoint
 from shared.settings import Settings
-from tests.test_local_pipeline import lake_records
+from tests.e2e.test_local_pipeline import lake_records
 
 SECONDARY_CAPTURE = "1.2.840.10008.5.1.4.1.1.7"
 

@@ -9,10 +9,14 @@ cache, 2-3 without). RADSTREAM_INFRA_PYTHON points at another interpreter that h
 from __future__ import annotations
 
 import hashlib
+import json
 import os
+import shutil
 import subprocess
 import sys
+from collections.abc import Sequence
 from pathlib import Path
+from typing import Any
 
 import pytest
 
@@ -20,6 +24,7 @@ ROOT = Path(__file__).resolve().parents[2]
 TEMPLATE = ROOT / "template.yaml"
 REQUIREMENTS = ROOT / "requirements-infra.lock"
 VENV = ROOT / ".venv-infra"
+NPM_DIR = VENV / "npm"  # the JavaScript checkers' packages (pinned), beside the Python tools
 INSTALL_TIMEOUT_S = 900
 
 
@@ -62,4 +67,37 @@ def checkov_report(infra_python: Path, cwd: Path, *target: str, timeout: float =
         cwd=cwd,
         check=False,
     )
+    return json.loads(result.stdout)
+
+
+def npm_install(packages: Sequence[str]) -> str | None:
+    """The pinned npm packages installed into NPM_DIR unless they are there: npm's error text, or None."""
+    if all((NPM_DIR / "node_modules" / p.rsplit("@", 1)[0] / "package.json").exists() for p in packages):
+        return None
+    npm = shutil.which("npm")
+    if npm is None:
+        return "npm is not on PATH"
+    install = subprocess.run(
+        [npm, "install", "--silent", "--no-audit", "--no-fund", "--prefix", str(NPM_DIR), *packages],
+        capture_output=True,
+        text=True,
+        timeout=300,
+        check=False,
+    )
+    return None if install.returncode == 0 else install.stderr[-500:]
+
+
+def node_json(script: Path, folder_variable: str, *args: str) -> Any:
+    """What a node script prints (JSON), run with NPM_DIR in `folder_variable` and nothing else in its environment."""
+    node = shutil.which("node")
+    assert node, f"node runs {script.name}"
+    result = subprocess.run(
+        [node, str(script), *args],
+        capture_output=True,
+        text=True,
+        timeout=120,
+        env={folder_variable: str(NPM_DIR), "PATH": ""},
+        check=False,
+    )
+    assert result.returncode == 0, result.stderr[-2000:]
     return json.loads(result.stdout)

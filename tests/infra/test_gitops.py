@@ -8,14 +8,13 @@ from __future__ import annotations
 import json
 import re
 import shutil
-import subprocess
 from pathlib import Path
 from typing import Any
 
 import pytest
 import yaml
 
-from .conftest import ROOT, VENV
+from .conftest import ROOT, node_json, npm_install
 from .test_kubernetes import ENVIRONMENTS, REPO_URL, rendered  # noqa: F401 - the module fixture
 
 ARGO_MODELS = ("@kubernetes-models/argo-cd@4.0.0", "@kubernetes-models/argo-rollouts@2.0.0")
@@ -35,29 +34,11 @@ def one(docs: list[dict[str, Any]], kind: str, name: str | None = None) -> dict[
 
 
 def argo_validate(docs: list[dict[str, Any]], tmp_path: Path) -> list[str]:
-    node, npm = shutil.which("node"), shutil.which("npm")
-    assert node and npm, "node and npm validate the Argo objects against their published schemas"
-    npm_dir = VENV / "npm"
-    if not all((npm_dir / "node_modules" / m.rsplit("@", 1)[0] / "package.json").exists() for m in ARGO_MODELS):
-        install = subprocess.run(
-            [npm, "install", "--silent", "--no-audit", "--no-fund", "--prefix", str(npm_dir), *ARGO_MODELS],
-            capture_output=True,
-            text=True,
-            timeout=300,
-            check=False,
-        )
-        assert install.returncode == 0, f"could not install {ARGO_MODELS} from the npm registry: {install.stderr[-500:]}"
+    assert shutil.which("node") and shutil.which("npm"), "node and npm validate the Argo objects against their published schemas"
+    error = npm_install(ARGO_MODELS)
+    assert error is None, f"could not install {ARGO_MODELS} from the npm registry: {error}"
     (tmp_path / "docs.json").write_text(json.dumps(docs))
-    result = subprocess.run(
-        [node, str(Path(__file__).with_name("argo_validate.mjs")), str(tmp_path / "docs.json")],
-        capture_output=True,
-        text=True,
-        timeout=120,
-        env={"ARGO_NPM_DIR": str(npm_dir), "PATH": ""},
-        check=False,
-    )
-    assert result.returncode == 0, result.stderr[-2000:]
-    return json.loads(result.stdout)
+    return node_json(Path(__file__).with_name("argo_validate.mjs"), "ARGO_NPM_DIR", str(tmp_path / "docs.json"))
 
 
 def argo_objects(out: Path) -> list[dict[str, Any]]:

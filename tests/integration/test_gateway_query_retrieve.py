@@ -6,6 +6,7 @@ Acceptable Presentation Contexts" and `GET /studies` a 404. A peer that cannot r
 from __future__ import annotations
 
 import io
+import json
 import logging
 from pathlib import Path
 
@@ -15,6 +16,7 @@ import requests
 
 from radstream.runtime import LocalRuntime
 from services.gateway.server import Gateway, LocalPipeline
+from shared.observability import logger
 from synthetic.instances import NAME, PATIENT_ID, cr_instance, gateway_settings
 from synthetic.peers import run, tool
 
@@ -205,8 +207,10 @@ def test_queries_leave_no_uid_or_patient_value_in_the_logs(served, caplog):
     )
     assert found.returncode == 0
     # The gateway's lines and pynetdicom's (the clients in this process log their own requests: not the gateway's)
-    text = "\n".join(r.getMessage() for r in caplog.records if r.name.startswith(("radstream", "pynetdicom")))
-    assert "/studies/{uid}/metadata" in text and "C-FIND level=STUDY matches=1" in text
+    lines = [json.loads(logger.registered_formatter.format(r)) for r in caplog.records if r.name.startswith(("radstream", "pynetdicom"))]
+    assert any(line.get("route") == "/studies/{uid}/metadata" for line in lines)
+    assert any(line["message"] == "C-FIND" and (line["query_level"], line["matches"]) == ("STUDY", 1) for line in lines)
+    text = "\n".join(map(json.dumps, lines))
     for value in (source.StudyInstanceUID, PATIENT_ID, NAME, "GATEWAY"):
         assert value not in text, value
 

@@ -38,13 +38,8 @@ def sample_batch(model_dir: Path, batch: int, seed: int = 0) -> dict[str, np.nda
 
 @pytest.fixture(scope="module")
 def server(model_repository):
-    triton = TritonServer(model_repository)
-    try:
-        triton.start()
-        triton.wait_ready(deadline_s=60)
+    with TritonServer(model_repository, ready_deadline_s=60) as triton:
         yield triton
-    finally:
-        triton.stop()
 
 
 @pytest.fixture(scope="module", params=["http", "grpc"])

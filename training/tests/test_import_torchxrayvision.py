@@ -23,7 +23,7 @@ def _xrv():
 
 def _check_export(onnx_path, spec_path):
     """What the export hands the generic import (radstream.model_lifecycle.import_model, run in .venv): the ONNX file
-    and its spec. The import's own checks and files are tested there (tests/test_models_import.py)."""
+    and its spec. The import's own checks and files are tested there (tests/e2e/test_models_import.py)."""
     import onnxruntime as ort
 
     from synthetic.phantoms import FINDINGS
@@ -102,7 +102,7 @@ def test_weights_name_uses_operating_points(tmp_path):
 
 
 def test_the_weights_sha256_is_in_the_spec_provenance(tmp_path):
-    """Versions, configs and the model card come from the generic import (tests/test_models_import.py): what the
+    """Versions, configs and the model card come from the generic import (tests/e2e/test_models_import.py): what the
     export owes it is the provenance with the weights' digest, which every result repeats."""
     torch, xrv = _xrv()
     import hashlib

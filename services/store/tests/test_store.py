@@ -150,7 +150,9 @@ def test_malformed_identifiers_are_kept_as_stored_and_never_quoted_in_logs(store
     with caplog.at_level("DEBUG"):
         out = store_result(StoreRequest.model_validate(event), event, store, "results")
     assert json.loads(store.get_bytes("results", out.result.key))["identifiers"]["StudyInstanceUID"] == "1.2.SECRETUID"
-    assert "SECRETUID" not in caplog.text
+    from shared.observability import logger
+
+    assert "SECRETUID" not in "\n".join(logger.registered_formatter.format(r) for r in caplog.records)  # messages and fields
     assert not [w for w in recwarn if "SECRETUID" in str(w.message)]
 
 

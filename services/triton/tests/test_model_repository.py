@@ -204,7 +204,7 @@ def test_gpu_configs_differ_from_config_pbtxt_only_in_placement(model):
     without the server's dynamic batching."""
     name, cfg, _ = model
     text = (REPO / name / "configs" / "gpu.pbtxt").read_text()
-    # what `radstream models import-torchxrayvision` writes says the same (tests/test_models_import.py)
+    # what `radstream models import-torchxrayvision` writes says the same (tests/e2e/test_models_import.py)
     gpu = model_config_pb2.ModelConfig()
     text_format.Parse(text, gpu)
     assert [(model_config_pb2.ModelInstanceGroup.Kind.Name(g.kind), g.count) for g in gpu.instance_group] == [("KIND_GPU", 1)]

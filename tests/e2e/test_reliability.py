@@ -28,7 +28,7 @@ from services.triton.onnx_backend import OnnxRuntimeBackend
 from shared.errors import InferenceUnavailable
 from shared.settings import Settings
 
-REPO = Path(__file__).resolve().parent.parent
+REPO = Path(__file__).resolve().parents[2]
 
 
 def no_sleep(seconds: float) -> None:

@@ -49,6 +49,15 @@ def damage_line(path: Path, number: int, how: str) -> None:
     path.write_bytes(b"\n".join(lines))
 
 
+def finished_run(tmp_path: Path, capsys) -> Path:
+    """The data dir of a finished `radstream run` of nine valid demo studies (its output read and dropped)."""
+    studies, data = tmp_path / "studies", tmp_path / "data"
+    write_demo_studies(studies, 9, size=64, invalid=False)
+    assert main(["run", str(studies), "--data-dir", str(data), "--json", "--quiet"]) == 0
+    capsys.readouterr()
+    return data
+
+
 def resume_json(data: Path, capsys) -> tuple[int, dict, str]:
     code = main(["resume", "--data-dir", str(data), "--json", "--quiet"])
     captured = capsys.readouterr()
@@ -101,10 +110,7 @@ def test_a_journal_that_lost_every_line_resumes_from_the_uploads_and_says_so(tmp
 
 
 def test_a_torn_result_is_moved_aside_and_its_study_run_again(tmp_path, capsys):
-    studies, data = tmp_path / "studies", tmp_path / "data"
-    write_demo_studies(studies, 9, size=64, invalid=False)
-    assert main(["run", str(studies), "--data-dir", str(data), "--json", "--quiet"]) == 0
-    capsys.readouterr()
+    data = finished_run(tmp_path, capsys)
     torn = data / "results" / "results" / "demo-003" / "result.json"
     whole = torn.read_bytes()
     torn.write_bytes(whole[: len(whole) // 2])
@@ -120,10 +126,7 @@ def test_a_torn_result_is_moved_aside_and_its_study_run_again(tmp_path, capsys):
 
 
 def test_report_counts_and_names_the_records_it_skipped(tmp_path, capsys):
-    studies, data = tmp_path / "studies", tmp_path / "data"
-    write_demo_studies(studies, 9, size=64, invalid=False)
-    assert main(["run", str(studies), "--data-dir", str(data), "--json", "--quiet"]) == 0
-    capsys.readouterr()
+    data = finished_run(tmp_path, capsys)
     torn = data / "results" / "results" / "demo-005" / "result.json"
     torn.write_bytes(torn.read_bytes()[:100])
     code = main(["report", "--data-dir", str(data), "--out", str(tmp_path / "site")])

@@ -26,7 +26,7 @@ import pytest
 from radstream.cli import main
 from synthetic.samples import write_demo_studies
 
-REPO = Path(__file__).resolve().parent.parent
+REPO = Path(__file__).resolve().parents[2]
 STUDIES = 24
 RTO_BUDGET_S = 300  # the architecture's RTO < 5 minutes; the drill's restore + resume must fit in it with room
 

@@ -35,13 +35,8 @@ def repo(tmp_path_factory) -> Path:
 
 @pytest.fixture(scope="module")
 def server(repo):
-    triton = TritonServer(repo)
-    try:
-        triton.start()
-        triton.wait_ready(deadline_s=90)
+    with TritonServer(repo, ready_deadline_s=90) as triton:
         yield triton
-    finally:
-        triton.stop()
 
 
 def test_triton_serves_both_versions_by_model_version(repo, server):

@@ -16,7 +16,7 @@ from radstream.eventpattern import apply_input_transformer, matches
 from radstream.local_aws import s3_event
 from radstream.template import DEFAULT_TEMPLATE, Template
 
-ROOT = Path(__file__).resolve().parent.parent
+ROOT = Path(__file__).resolve().parents[2]
 LOCAL = {"IMAGES_BUCKET": "images", "RESULTS_BUCKET": "results", "TELEMETRY_BUCKET": "telemetry", "ARTIFACTS_BUCKET": "artifacts"}
 
 

@@ -146,5 +146,5 @@ def test_results_name_the_newest_version_and_its_weights(config_only_repository)
 def test_the_committed_gpu_configs_say_what_an_import_writes(name: str):
     """configs/gpu.pbtxt of each committed model and what `radstream models import-torchxrayvision` writes say the
     same, reasons included."""
-    text = (Path(__file__).resolve().parents[1] / "services" / "triton" / "model_repository" / name / "configs" / "gpu.pbtxt").read_text()
+    text = (Path(__file__).resolve().parents[2] / "services" / "triton" / "model_repository" / name / "configs" / "gpu.pbtxt").read_text()
     assert models_import._GPU_NO_BATCHING + models_import._PLACEMENT["gpu"] in text

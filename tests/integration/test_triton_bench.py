@@ -6,7 +6,7 @@ from pathlib import Path
 
 from benchmarks.triton_bench import Level, add_warmup, best_batches, edited_copy, read_config
 
-REPOSITORY = Path(__file__).resolve().parents[1] / "services" / "triton" / "model_repository"
+REPOSITORY = Path(__file__).resolve().parents[2] / "services" / "triton" / "model_repository"
 
 
 def test_warmup_all_covers_every_batch_size_with_the_models_inputs():

@@ -19,7 +19,7 @@ from radstream.cli import EXIT_INTERRUPTED, EXIT_USAGE, main
 from synthetic.samples import write_demo_studies
 from shared import atomicfile
 
-REPO = Path(__file__).resolve().parent.parent
+REPO = Path(__file__).resolve().parents[2]
 
 
 @pytest.fixture(scope="module")

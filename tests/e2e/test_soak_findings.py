@@ -165,7 +165,7 @@ def test_a_write_killed_before_its_rename_leaves_nothing_beside_the_result_and_t
     import sys
 
     data = tmp_path / "data"
-    root = Path(__file__).resolve().parents[1]
+    root = Path(__file__).resolve().parents[2]
     writer = subprocess.Popen(
         [sys.executable, "-c", KILLED_WRITER, str(data)],
         cwd=root,

@@ -24,7 +24,7 @@ from shared.contracts import StudyNotifications
 from shared.settings import Settings
 from synthetic.mllp_peer import MllpPeer
 
-ROOT = Path(__file__).resolve().parents[1]
+ROOT = Path(__file__).resolve().parents[2]
 
 
 def effusion_study(root: Path, study_id: str, level: str = "stat", seed: int = 11) -> Path:

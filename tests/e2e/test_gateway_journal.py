@@ -21,7 +21,7 @@ from radstream.journal import read_journal
 from synthetic.instances import cr_instance
 from synthetic.peers import run, tool
 
-REPO = Path(__file__).resolve().parent.parent
+REPO = Path(__file__).resolve().parents[2]
 # The process dies as a power cut would take it, inside SendTelemetry: after StoreResults wrote the result.
 DIE_IN_TELEMETRY = """
 import os, sys
