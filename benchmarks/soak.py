@@ -482,7 +482,9 @@ class Soak:
             # A DICOM study's result comes with its exports for the hospital (ExportResults): the SR, the overlay and the FHIR
             # bundle, and exports.json, what became of them (built, delivered, or why not).
             exports = ("report.sr.dcm", "report.overlay.dcm", "report.fhir.json", "exports.json")
-            allowed = ("result.json", "report.txt") + (exports if dicom else ())
+            # NotifyCriticalFindings files the rules that fired (and their delivery) beside the result the rules read.
+            notified = ("notifications.json",) if doc.get("critical_findings") else ()
+            allowed = ("result.json", "report.txt") + (exports if dicom else ()) + notified
             extra = sorted(p.name for p in (results_bucket / "results" / study_id).iterdir() if p.name not in allowed)
             if extra:
                 problems["duplicated"].append(f"{study_id}: extra files beside its result: {extra}")

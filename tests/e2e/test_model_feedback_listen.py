@@ -24,7 +24,7 @@ from radstream.analytics import DuckDBQueryRunner
 from radstream.feedback_listen import FeedbackReceiver, FhirServer, MllpListener
 from shared.errors import StorageUnavailable
 from shared.storage import LocalObjectStore, StoredObject
-from tests.test_model_feedback import CELLS, put_study
+from tests.e2e.test_model_feedback import CELLS, put_study
 
 DEADLINE_S = 30
 EDEMA, EFFUSION = "19242006", "60046008"  # SNOMED CT: pulmonary edema, pleural effusion (services/export/codes.py)
