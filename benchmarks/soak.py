@@ -630,6 +630,7 @@ def expected_telemetry(record: dict) -> Counter | None:
                 ("prepare", "succeeded"): 1,
                 ("inference", "succeeded"): MODELS,
                 ("store", "succeeded"): 1,
+                ("notify", "succeeded"): 1,  # NotifyCriticalFindings runs for every stored result
                 ("workflow", "succeeded"): 1,
             }
         )

@@ -242,6 +242,8 @@ def cmd_run(args: argparse.Namespace) -> int:
 
 def cmd_resume(args: argparse.Namespace) -> int:
     code = exit_code(run_studies(None, args))
+    if code == EXIT_INTERRUPTED:
+        return code  # stopped by Ctrl-C: the next resume replays the notifications too
     # What a notifier killed mid-delivery left pending (results/<study_id>/notifications.json) goes out now, once.
     replay_notifications(settings_from(args))
     return code

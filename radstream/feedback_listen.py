@@ -52,7 +52,8 @@ class FeedbackReceiver:
             report = parse(self.store, self.results_bucket)
             key, rows = record_report(report, self.store, results_bucket=self.results_bucket, lake_bucket=self.lake_bucket)
         log.info(
-            "final report recorded as feedback: source=%s receipt=%s rows=%d repeat=%s", report.source, report.receipt[:12], rows, rows == 0
+            "final report recorded as feedback",
+            extra={"source": report.source, "receipt": report.receipt[:12], "rows": rows, "repeat": rows == 0},
         )
         return report, key, rows
 
@@ -98,7 +99,7 @@ def answer_hl7(receiver: FeedbackReceiver, text: str) -> str:
         error = ERR_UNSUPPORTED if "not an ORU^R01" in str(e) else ERR_APPLICATION
         return hl7_ack(text, "AE", str(e), error)
     except (RetryableError, OSError) as e:
-        log.warning("final report not recorded now, the sender retries: %s", type(e).__name__)
+        log.warning("final report not recorded now, the sender retries", extra={"error_type": type(e).__name__})
         return hl7_ack(text, "AR", f"feedback store unavailable ({type(e).__name__}); send again", ERR_APPLICATION)
     return hl7_ack(text, "AA")
 
@@ -177,7 +178,7 @@ def answer_fhir(receiver: FeedbackReceiver, path: str, body: bytes, base: str) -
     except FeedbackRefused as e:
         return 422, operation_outcome("business-rule", str(e)), {}
     except (RetryableError, OSError) as e:
-        log.warning("final report not recorded now, the client retries: %s", type(e).__name__)
+        log.warning("final report not recorded now, the client retries", extra={"error_type": type(e).__name__})
         return 503, operation_outcome("transient", f"feedback store unavailable ({type(e).__name__}); send again"), {"Retry-After": "30"}
     # The report itself is not kept (it names the interpreter and may carry the patient): its id is its receipt.
     location = f"{base}/DiagnosticReport/{report.receipt[:32]}"
@@ -197,7 +198,7 @@ class _FhirHandler(BaseHTTPRequestHandler):
     server: FhirServer
 
     def log_message(self, format: str, *args: Any) -> None:
-        log.info("fhir %s", format % args)
+        log.info("fhir request", extra={"request": format % args})
 
     def _send(self, status: int, resource: dict[str, Any], headers: dict[str, str]) -> None:
         body = json.dumps(resource).encode()

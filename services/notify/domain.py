@@ -219,13 +219,16 @@ def source_patient(study: ValidatedStudy, store: ObjectStore) -> hl7.Patient:
 
 def pending_ledgers(store: ObjectStore, bucket: str) -> list[StudyNotifications]:
     """Every study's record with a channel not yet delivered (pending after a kill, or a dead letter): what replay sends."""
-    out = []
-    for key in store.list_keys(bucket, "results/"):
-        if key.endswith("/notifications.json"):
-            ledger = StudyNotifications.model_validate_json(store.get_bytes(bucket, key))
-            if any(c.status in ("pending", "dead_letter") for n in ledger.notifications for c in n.channels.values()):
-                out.append(ledger)
-    return out
+    return [ledger for key in ledger_keys(store, bucket) if (ledger := pending_ledger(store, bucket, key)) is not None]
+
+
+def ledger_keys(store: ObjectStore, bucket: str) -> list[str]:
+    return [key for key in store.list_keys(bucket, "results/") if key.endswith("/notifications.json")]
+
+
+def pending_ledger(store: ObjectStore, bucket: str, key: str) -> StudyNotifications | None:
+    ledger = StudyNotifications.model_validate_json(store.get_bytes(bucket, key))
+    return ledger if any(c.status in ("pending", "dead_letter") for n in ledger.notifications for c in n.channels.values()) else None
 
 
 def study_of(result: StudyResult, store: ObjectStore, images_bucket: str) -> ValidatedStudy:
@@ -257,19 +260,26 @@ def replay(store: ObjectStore, events: EventPublisher, settings: Settings) -> li
     """`radstream notify --replay` (and `resume`): send again what is pending (a notifier killed mid-delivery) or a dead
     letter. A failure stays a dead letter, with its new error, for the next replay."""
     out = []
-    for ledger in pending_ledgers(store, settings.results_bucket):
-        result = StudyResult.model_validate_json(store.get_bytes(settings.results_bucket, f"results/{ledger.study_id}/result.json"))
-        for notification in ledger.notifications:
-            notification.trail.append(NotificationEvent(at=datetime.now(UTC), what="replayed"))
+    for key in ledger_keys(store, settings.results_bucket):
+        study_id = key.split("/")[1]
         try:
-            out.append(deliver(ledger, result, study_of(result, store, settings.images_bucket), store, events, settings))
-        except RadStreamError as e:
+            ledger = pending_ledger(store, settings.results_bucket, key)
+            if ledger is None:
+                continue
+            result = StudyResult.model_validate_json(store.get_bytes(settings.results_bucket, f"results/{study_id}/result.json"))
             for notification in ledger.notifications:
-                for channel in notification.channels.values():
-                    if channel.status == "pending":
-                        channel.status = "dead_letter"
-            save_ledger(store, settings.results_bucket, ledger)
-            out.append(
-                NotifiedResult(study_id=ledger.study_id, fired=[n.rule for n in ledger.notifications], dead_letters=[type(e).__name__])
-            )
+                notification.trail.append(NotificationEvent(at=datetime.now(UTC), what="replayed"))
+            try:
+                out.append(deliver(ledger, result, study_of(result, store, settings.images_bucket), store, events, settings))
+            except RadStreamError as e:
+                for notification in ledger.notifications:
+                    for channel in notification.channels.values():
+                        if channel.status == "pending":
+                            channel.status = "dead_letter"
+                save_ledger(store, settings.results_bucket, ledger)
+                out.append(NotifiedResult(study_id=study_id, fired=[n.rule for n in ledger.notifications], dead_letters=[type(e).__name__]))
+        except RadStreamError as e:
+            # The record could not be read or written back (a storage outage): it stays as it was, for the next replay;
+            # one study's record never stops the others'.
+            out.append(NotifiedResult(study_id=study_id, fired=[], dead_letters=[type(e).__name__]))
     return out

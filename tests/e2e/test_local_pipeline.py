@@ -334,7 +334,7 @@ def test_warm_start_loads_every_stage_before_the_first_study(tmp_path):
         assert warmed and all(error is None for error in warmed.values()), warmed
         assert any(resource.endswith("ExportFunction") for resource in warmed)
         (deps,) = {id(d): d for h, d in runtime._bindings.values() if h is triton.lambda_handler}.values()
-        assert set(deps.inference.backend._sessions) == set(deps.inference.repository.models)
+        assert {name for name, _ in deps.inference.backend._sessions} == set(deps.inference.repository.models)
         assert runtime.warm() is warmed  # once per runtime
 
     def broken(deps):
