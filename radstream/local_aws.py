@@ -531,9 +531,14 @@ class LocalAws:
         return outcome
 
     def _location(self, bucket: str, key: str) -> str:
+        path = self.local_path(bucket, key)
+        return str(path) if path is not None else f"s3://{bucket}/{key}"
+
+    def local_path(self, bucket: str, key: str) -> Path | None:
+        """Where an object lies on this machine, where the store is the local folders (else None: S3)."""
         store = self.store.inner
         local = getattr(store, "inner", store)  # under the fault injector, when one is configured
-        return str(local.path(bucket, key)) if isinstance(local, LocalObjectStore) else f"s3://{bucket}/{key}"
+        return local.path(bucket, key) if isinstance(local, LocalObjectStore) else None
 
     def _has_result(self, study_id: str) -> bool:
         return self.store.head(self.settings.results_bucket, f"results/{study_id}/result.json") is not None

@@ -300,6 +300,13 @@ class LocalRuntime(LocalAws):
         if not source.startswith(prefix):
             return priority.of_folder(Path(source)) if Path(source).is_dir() else priority.DEFAULT
         key = source.removeprefix(prefix)
+        path = self.local_path(self.settings.images_bucket, key) if key.endswith(".dcm") else None
+        if path is not None:  # the header up to the priority tag, from the file: never the pixel data
+            try:
+                with open(path, "rb") as f:
+                    return priority.of_dicom_file(f)
+            except OSError:
+                return priority.DEFAULT  # its run names what is wrong
         try:
             data = self.store.get_bytes(self.settings.images_bucket, key)
         except RadStreamError:
