@@ -46,7 +46,7 @@ from shared.metrics import LocalEmfFile
 from shared.observability import StageHandler, code_location, flush_logs, logger, logs_to
 from shared.settings import Settings
 from shared.sidecar import parse_sidecar_bytes
-from shared.storage import LocalObjectStore, ObjectStore, StoredObject
+from shared.storage import LocalObjectStore, ObjectStore, StoredObject, durable_together
 
 
 MAX_PAYLOAD_BYTES = 256 * 1024
@@ -380,12 +380,13 @@ class LocalAws:
         if existing:
             self._check_same_input(study_id, folder, existing, {key: path.read_bytes() for key, path in paths.items()})
         events = []
-        for key, path in paths.items():
-            if key in existing:
-                events.append(s3_event(bucket, key, path.stat().st_size))
-            else:  # the store moves the file as it moves best (locally a hard link, else a kernel copy: no byte through Python)
-                stored = self.store.put_file(bucket, key, path)
-                events.append(s3_event(stored.bucket, stored.key, stored.size))
+        with durable_together():  # the study's files share a folder: one fsync of it, before any event goes out
+            for key, path in paths.items():
+                if key in existing:
+                    events.append(s3_event(bucket, key, path.stat().st_size))
+                else:  # the store moves the file as it moves best (locally a hard link, else a kernel copy: no byte through Python)
+                    stored = self.store.put_file(bucket, key, path)
+                    events.append(s3_event(stored.bucket, stored.key, stored.size))
         return events
 
     def _check_same_input(self, study_id: str, folder: Path, existing: set[str], contents: dict[str, bytes]) -> None:
