@@ -248,6 +248,12 @@ def print_breakdown(size: int, n: int, cpu: float, pieces: dict[str, float]) -> 
         ("inference beyond the models: tensors in, outputs read", runs.get("inference", 0.0) - get["models"], "stage work"),
         ("store: result.json, report", runs.get("store", 0.0), "stage work"),
         ("telemetry: records into the lake buffer", runs.get("telemetry", 0.0), "stage work"),
+        ("notify: critical-finding rules, the notification record, the event", runs.get("notify", 0.0), "stage work"),
+        *[
+            (f"{stage} stage", value, "stage work")
+            for stage, value in sorted(runs.items())
+            if stage not in ("validate", "prepare", "inference", "store", "telemetry", "notify")
+        ],
         ("upload: the study's files into the images bucket", get["upload"], "runtime"),
         ("trace file", get["trace"], "runtime"),
         ("Lambda handler wrappers: logs, EMF, telemetry record, (de)serialise", get["handler"] - sum(runs.values()), "handlers"),

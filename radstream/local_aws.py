@@ -46,7 +46,7 @@ from shared.metrics import LocalEmfFile
 from shared.observability import StageHandler, code_location, flush_logs, logger, logs_to
 from shared.settings import Settings
 from shared.sidecar import parse_sidecar_bytes
-from shared.storage import LocalObjectStore, ObjectStore, StoredObject
+from shared.storage import LocalObjectStore, ObjectStore, StoredObject, durable_together
 
 
 MAX_PAYLOAD_BYTES = 256 * 1024
@@ -382,12 +382,13 @@ class LocalAws:
         if existing:
             self._check_same_input(study_id, folder, existing, {key: path.read_bytes() for key, path in paths.items()})
         events = []
-        for key, path in paths.items():
-            if key in existing:
-                events.append(s3_event(bucket, key, path.stat().st_size))
-            else:  # the store moves the file as it moves best (locally a hard link, else a kernel copy: no byte through Python)
-                stored = self.store.put_file(bucket, key, path)
-                events.append(s3_event(stored.bucket, stored.key, stored.size))
+        with durable_together():  # the study's files share a folder: one fsync of it, before any event goes out
+            for key, path in paths.items():
+                if key in existing:
+                    events.append(s3_event(bucket, key, path.stat().st_size))
+                else:  # the store moves the file as it moves best (locally a hard link, else a kernel copy: no byte through Python)
+                    stored = self.store.put_file(bucket, key, path)
+                    events.append(s3_event(stored.bucket, stored.key, stored.size))
         return events
 
     def _check_same_input(self, study_id: str, folder: Path, existing: set[str], contents: dict[str, bytes]) -> None:
@@ -535,9 +536,14 @@ class LocalAws:
         return outcome
 
     def _location(self, bucket: str, key: str) -> str:
+        path = self.local_path(bucket, key)
+        return str(path) if path is not None else f"s3://{bucket}/{key}"
+
+    def local_path(self, bucket: str, key: str) -> Path | None:
+        """Where an object lies on this machine, where the store is the local folders (else None: S3)."""
         store = self.store.inner
         local = getattr(store, "inner", store)  # under the fault injector, when one is configured
-        return str(local.path(bucket, key)) if isinstance(local, LocalObjectStore) else f"s3://{bucket}/{key}"
+        return local.path(bucket, key) if isinstance(local, LocalObjectStore) else None
 
     def _has_result(self, study_id: str) -> bool:
         return self.store.head(self.settings.results_bucket, f"results/{study_id}/result.json") is not None

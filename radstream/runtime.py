@@ -301,13 +301,19 @@ class LocalRuntime(LocalAws):
             return priority.of_folder(Path(source)) if Path(source).is_dir() else priority.DEFAULT
         key = source.removeprefix(prefix)
         try:
-            data = self.store.get_bytes(self.settings.images_bucket, key)
-            sender = priority.of_sender(self.store, self.settings.images_bucket, key) if key.endswith(".dcm") else None
-        except RadStreamError:
+            if not key.endswith(".dcm"):
+                return priority.of_sidecar_bytes(self.store.get_bytes(self.settings.images_bucket, key))
+            sender = priority.of_sender(self.store, self.settings.images_bucket, key)
+            path = self.local_path(self.settings.images_bucket, key)
+            if path is not None:  # the header up to the priority tag, from the file: never the pixel data
+                with open(path, "rb") as f:
+                    header = priority.of_dicom_file(f)
+            else:
+                header = priority.of_dicom_bytes(self.store.get_bytes(self.settings.images_bucket, key))
+        except (RadStreamError, OSError):
             return priority.DEFAULT  # its run names what is wrong
-        if key.endswith(".dcm"):  # as the gateway queued it: the order's or its sender's, the more urgent
-            return priority.most_urgent(priority.of_dicom_bytes(data), sender or priority.DEFAULT)
-        return priority.of_sidecar_bytes(data)
+        # As the gateway queued it: the order's or its sender's, the more urgent.
+        return priority.most_urgent(header, sender or priority.DEFAULT)
 
     def _uploaded_key(self, study_id: str) -> str | None:
         keys = [k for k in self.store.list_keys(self.settings.images_bucket, f"{INCOMING}{study_id}/") if k.endswith((".json", ".dcm"))]

@@ -16,10 +16,12 @@ not touch (a file whose inode, size and mtime still match a line; of an appended
 
 from __future__ import annotations
 
+import contextlib
 import errno
 import itertools
 import os
-from collections.abc import Callable
+import threading
+from collections.abc import Callable, Iterator
 from pathlib import Path
 from typing import BinaryIO
 
@@ -27,6 +29,37 @@ STAGING = ".staging"
 SYNC_LOG = "RADSTREAM_SYNC_LOG"
 _serial = itertools.count()  # next() on a count is atomic under the GIL: one name per write in this process
 _CREATE = os.O_WRONLY | os.O_CREAT | os.O_EXCL | getattr(os, "O_CLOEXEC", 0)
+
+
+_deferred = threading.local()  # per thread: the folders whose fsync one_dir_sync() holds until its block ends
+
+
+@contextlib.contextmanager
+def one_dir_sync() -> Iterator[None]:
+    """Durable writes and links inside the block (this thread's) fsync their folder once, when the block ends, instead
+    of once per file: several files of one folder (a study's result and report, its upload's image and sidecar) cost
+    one folder fsync. Each file's bytes are still fsynced before its rename; nothing is durable-by-name, so nothing
+    may be promised, until the block has ended. New folders are still synced in their parent at once (make_dirs)."""
+    outer = getattr(_deferred, "folders", None)
+    if outer is not None:  # nested: the outermost block syncs
+        yield
+        return
+    folders: dict[str, None] = {}
+    _deferred.folders = folders
+    try:
+        yield
+    finally:
+        _deferred.folders = None
+        for folder in folders:
+            fsync_dir(folder)
+
+
+def _sync_folder(folder: Path | str) -> None:
+    folders = getattr(_deferred, "folders", None)
+    if folders is None:
+        fsync_dir(folder)
+    else:
+        folders[str(folder)] = None
 
 
 def staging_dir(root: Path) -> Path:
@@ -88,7 +121,7 @@ def atomic_link(source: Path | str, target: Path, staging: Path) -> int | None:
         except FileNotFoundError:
             make_dirs(Path(target).parent)
             os.replace(tmp, target)
-        fsync_dir(Path(target).parent)
+        _sync_folder(Path(target).parent)
     except BaseException:
         Path(tmp).unlink(missing_ok=True)
         raise
@@ -207,7 +240,7 @@ def _atomically(target: Path, staging: Path, fill: Callable[[int], int], durable
                 Path(target).parent.mkdir(parents=True, exist_ok=True)
             os.replace(tmp, target)
         if durable:
-            fsync_dir(Path(target).parent)  # the rename itself survives a power cut
+            _sync_folder(Path(target).parent)  # the rename itself survives a power cut (now, or when one_dir_sync's block ends)
     except BaseException:
         Path(tmp).unlink(missing_ok=True)
         raise

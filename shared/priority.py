@@ -9,7 +9,7 @@ from __future__ import annotations
 import io
 import json
 from pathlib import Path
-from typing import TYPE_CHECKING, Literal
+from typing import TYPE_CHECKING, Any, BinaryIO, Literal
 
 if TYPE_CHECKING:
     from shared.storage import ObjectStore
@@ -103,11 +103,26 @@ def to_fhir(priority: str) -> str:
 
 
 def of_dicom_bytes(data: bytes) -> Priority:
-    """The priority a DICOM file's header carries, read without its pixels (the tag only)."""
-    import pydicom
+    """The priority a DICOM file's header carries (the tag only; see of_dicom_file)."""
+    return of_dicom_file(io.BytesIO(data))
+
+
+# Requested Procedure Priority (0040,1003): a data set's elements come in tag order, so the header is read up to it.
+_PRIORITY_TAG = 0x00401003
+
+
+def _past_priority(tag: Any, vr: str | None, length: int) -> bool:
+    return int(tag) > _PRIORITY_TAG
+
+
+def of_dicom_file(f: BinaryIO) -> Priority:
+    """The priority a DICOM file carries, read from an open file up to (0040,1003) and no further: neither the rest of
+    the header nor the pixel data is read (the scheduler reads it for every study before a run starts)."""
+    from pydicom.filereader import read_partial
+    from pydicom.tag import Tag
 
     try:
-        ds = pydicom.dcmread(io.BytesIO(data), stop_before_pixels=True, specific_tags=["RequestedProcedurePriority"], force=True)
+        ds = read_partial(f, stop_when=_past_priority, force=True, specific_tags=[Tag(_PRIORITY_TAG)])
         return from_dicom(ds.get("RequestedProcedurePriority"))
     except Exception:
         return DEFAULT  # unreadable here: validate names what is wrong; scheduling only needs an order
@@ -128,7 +143,7 @@ def of_folder(folder: Path) -> Priority:
             return of_sidecar_bytes(sidecar.read_bytes())
         for dicom in sorted(folder.glob("*.dcm")):
             with dicom.open("rb") as f:
-                return of_dicom_bytes(f.read(1 << 20))  # the header lies in the first MiB of any file we accept
+                return of_dicom_file(f)
     except OSError:
         pass
     return DEFAULT

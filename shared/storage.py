@@ -2,15 +2,17 @@
 
 from __future__ import annotations
 
+import contextlib
 import errno
 import hashlib
 import os
 import threading
 from dataclasses import dataclass
 from pathlib import Path
+from collections.abc import Iterator
 from typing import Any, BinaryIO, Literal, Protocol
 
-from shared.atomicfile import atomic_copy, atomic_link, atomic_write, staging_dir
+from shared.atomicfile import atomic_copy, atomic_link, atomic_write, one_dir_sync, staging_dir
 from shared.aws_errors import translated
 from shared.errors import InvalidImage, ObjectNotFound, PermanentError, StorageUnavailable
 
@@ -39,6 +41,20 @@ class ObjectStore(Protocol):
     def delete(self, bucket: str, key: str) -> None:
         """Remove an object; removing one that is not there is not an error (as S3's DeleteObject)."""
         ...
+
+
+@contextlib.contextmanager
+def durable_together() -> Iterator[None]:
+    """Objects this thread puts inside the block are all durable when it ends, and not before: the local folders fsync
+    each folder once there, not once per object (S3's PUT is durable when it returns). For several objects promised
+    together, e.g. a study's result and its report. A folder that cannot be synced is an outage, as in a put."""
+    deferred = one_dir_sync()
+    deferred.__enter__()
+    try:
+        yield
+    finally:
+        with _disk("syncing the folders of the objects just written"):
+            deferred.__exit__(None, None, None)
 
 
 def get_validated_bytes(store: ObjectStore, bucket: str, key: str, sha256: str, study_id: str) -> bytes:

@@ -33,9 +33,29 @@ class RuleSet(BaseModel):
 
 
 def load_rules(path: Path | None = None) -> list[Rule]:
-    source = path or DEFAULT_RULES
+    """The rules file, parsed once per version of it: a file edited since (another mtime, size or inode) is read again,
+    so a change takes effect at the next study, as when every study read it."""
+    source = Path(path or DEFAULT_RULES)
     try:
-        rules = RuleSet.model_validate(json.loads(Path(source).read_text())).rules
+        st = source.stat()
+    except OSError as e:
+        raise ConfigurationError(f"NOTIFY_RULES: {source} is not a readable rules file ({type(e).__name__})") from e
+    stamp = (st.st_ino, st.st_mtime_ns, st.st_size)
+    cached = _LOADED.get(str(source))
+    if cached is not None and cached[0] == stamp:
+        return list(cached[1])
+    rules = _parse_rules(source)
+    _LOADED[str(source)] = (stamp, rules)
+    return list(rules)
+
+
+# Parsed rules files by path, with the (inode, mtime, size) they were parsed at (one small entry per rules file).
+_LOADED: dict[str, tuple[tuple[int, int, int], list[Rule]]] = {}
+
+
+def _parse_rules(source: Path) -> list[Rule]:
+    try:
+        rules = RuleSet.model_validate(json.loads(source.read_text())).rules
     except (OSError, ValueError, ValidationError) as e:
         raise ConfigurationError(f"NOTIFY_RULES: {source} is not a readable rules file ({type(e).__name__})") from e
     names = [r.name for r in rules]

@@ -45,7 +45,7 @@ from shared.messages import (
     study_id_from_key,
 )
 from shared.observability import telemetry_record
-from shared.storage import ObjectStore, get_validated_bytes
+from shared.storage import ObjectStore, durable_together, get_validated_bytes
 
 # The workflow state keys each stage writes (ResultPath in template.yaml), in pipeline order, up to the result: after
 # StoreResults nothing reaches RecordFailure (an export that fails is dead-lettered, the result stands).
@@ -225,10 +225,11 @@ def store_result(
 ) -> StoredResult:
     result = build_result(request, raw_state, store)
     body = result.model_dump_json(indent=2).encode()
-    stored = store.put_bytes(results_bucket, f"results/{result.study_id}/result.json", body, content_type="application/json")
-    report = store.put_bytes(
-        results_bucket, f"results/{result.study_id}/report.txt", report_text(result).encode(), content_type="text/plain"
-    )
+    with durable_together():  # one folder, one fsync: both durable before anything below
+        stored = store.put_bytes(results_bucket, f"results/{result.study_id}/result.json", body, content_type="application/json")
+        report = store.put_bytes(
+            results_bucket, f"results/{result.study_id}/report.txt", report_text(result).encode(), content_type="text/plain"
+        )
     # One study, one record: an earlier run's failure (an outage since over, a fixed setting) goes once the result is safe.
     store.delete(results_bucket, f"failed/{result.study_id}/error.json")
     if lake_bucket:  # after the result: the lake never holds a live answer the study's record does not

@@ -43,7 +43,7 @@ def test_limit_bench_prints_both_ratios_and_a_breakdown_whose_pieces_are_all_met
     assert all(0 < float(ratio) < 2 for row in rows for ratio in row), out
     pieces = {m.group(1).strip(): float(m.group(2)) for m in re.finditer(r"^  (\S.*?)\s+(-?\d+\.\d\d)(?:  [a-z ]+)?$", out, re.MULTILINE)}
     breakdown = {name: value for name, value in pieces.items() if not name.startswith(("256²", "irreducible "))}
-    assert len(breakdown) == 16, out  # 15 pieces and the total
+    assert len(breakdown) == 17, out  # 16 pieces (notify among them) and the total
     for name, value in breakdown.items():
         assert value > 0, (name, out)  # each piece metered; a remainder below zero means a piece was counted twice
     total = breakdown.pop("total (process CPU)")

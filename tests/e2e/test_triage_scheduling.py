@@ -183,3 +183,49 @@ def test_the_gateway_reads_an_instances_priority_from_the_order_and_the_associat
     assert receiver.receive(instance(None)).priority == "routine"
     assert receiver.receive(instance(None), request_priority=priority.from_dimse(1)).priority == "urgent"  # C-STORE HIGH
     assert receiver.receive(instance("STAT"), request_priority="urgent").priority == "stat"  # the more urgent wins
+
+
+class _CountingReader:
+    """A file that counts the bytes read from it."""
+
+    def __init__(self, f) -> None:
+        self.f, self.read_bytes = f, 0
+
+    def read(self, n: int = -1) -> bytes:
+        data = self.f.read(n)
+        self.read_bytes += len(data)
+        return data
+
+    def __getattr__(self, name):
+        return getattr(self.f, name)
+
+
+def test_the_scheduler_reads_a_dicom_header_up_to_the_priority_tag_never_the_pixels(tmp_path: Path) -> None:
+    """Issue 23: the priority is read for every study before `run` starts; a 512² 16-bit DICOM is ~0.5 MB of pixels."""
+    import pydicom
+
+    study = write_dicom_study(tmp_path / "in" / "big", generate_phantom(np.random.default_rng(7), size=512).image, patient_name="")
+    path = next(study.glob("*.dcm"))
+    ds = pydicom.dcmread(path)
+    ds.RequestedProcedurePriority = "STAT"
+    ds.save_as(path)
+    with path.open("rb") as f:
+        reader = _CountingReader(f)
+        assert priority.of_dicom_file(reader) == "stat"  # type: ignore[arg-type]
+    assert reader.read_bytes < 8192, reader.read_bytes
+    assert priority.of_folder(study) == "stat"
+
+    settings = Settings(data_dir=tmp_path / "data")
+    with LocalRuntime(settings, workers=1) as runtime:
+        runtime.upload(study, "big")
+        key = next(k for k in runtime.store.list_keys(settings.images_bucket, "incoming/big/") if k.endswith(".dcm"))
+
+        read = runtime.store.get_bytes
+
+        def no_whole_object(bucket: str, key: str) -> bytes:
+            if key.endswith(".dcm"):
+                raise AssertionError("the whole DICOM object was read to learn its priority")
+            return read(bucket, key)  # the gateway's small record of the sender's priority, looked for beside it
+
+        runtime.store.get_bytes = no_whole_object  # type: ignore[method-assign]
+        assert runtime.priority_of(f"s3://{settings.images_bucket}/{key}") == "stat"

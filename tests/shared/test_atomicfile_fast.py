@@ -198,3 +198,26 @@ def test_the_sync_log_names_what_is_on_disk(tmp_path, monkeypatch):
     path, inode, size, mtime = log.read_text().splitlines()[0].split("\t")
     assert (path, int(inode), int(size), int(mtime)) == (str(target), target.stat().st_ino, 5, target.stat().st_mtime_ns)
     assert len(log.read_text().splitlines()) == 1, "a write that is not durable is not logged as on disk"
+
+
+def test_one_dir_sync_fsyncs_each_folder_once_when_its_block_ends(tmp_path, monkeypatch) -> None:
+    """Issue 23: a study's result and report (and its upload's two files) share a folder; one fsync of it, not one each.
+    Each file's bytes are still fsynced before its rename, and the folder's fsync comes before the block returns."""
+    synced: list[str] = []
+    monkeypatch.setattr(atomicfile, "fsync_dir", lambda folder: synced.append(str(folder)))
+    files: list[int] = []
+    real_fsync = os.fsync
+    monkeypatch.setattr(atomicfile.os, "fsync", lambda fd: files.append(fd) or real_fsync(fd))
+    staging, folder = tmp_path / ".staging", tmp_path / "results" / "s1"
+    folder.mkdir(parents=True)
+    source = tmp_path / "image.png"
+    source.write_bytes(b"png")
+    with atomicfile.one_dir_sync():
+        atomicfile.atomic_write(folder / "result.json", b"{}", staging)
+        atomicfile.atomic_write(folder / "report.txt", b"report", staging)
+        atomicfile.atomic_link(source, folder / "image.png", staging)
+        atomicfile.atomic_write(tmp_path / "lake.gz", b"rows", staging)
+        assert synced == [] and len(files) == 4  # every file's bytes on disk; the folders wait for the block's end
+    assert sorted(synced) == sorted([str(folder), str(tmp_path)])
+    atomicfile.atomic_write(folder / "result.json", b"{}", staging)  # outside a block: at once, as before
+    assert synced[-1] == str(folder) and len(synced) == 3

@@ -79,6 +79,25 @@ def test_a_rules_file_that_does_not_hold_is_refused(tmp_path: Path) -> None:
             load_rules(tmp_path / name)
 
 
+def test_a_rules_file_is_parsed_once_per_version_and_an_edit_takes_effect(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    """Issue 23: notify parsed the rules file for every study; now once, and again only when the file changes."""
+    import services.notify.rules as rules_module
+
+    path = tmp_path / "rules.json"
+    path.write_text('{"rules": [{"name": "edema", "label": "Edema", "threshold": 0.5}]}')
+    parsed = []
+    original = rules_module._parse_rules
+    monkeypatch.setattr(rules_module, "_parse_rules", lambda source: parsed.append(source) or original(source))
+    assert [r.threshold for r in load_rules(path)] == [0.5]
+    assert [r.threshold for r in load_rules(path)] == [0.5]
+    assert len(parsed) == 1
+    path.write_text('{"rules": [{"name": "edema", "label": "Edema", "threshold": 0.25}]}')  # another size: read again
+    assert [r.threshold for r in load_rules(path)] == [0.25] and len(parsed) == 2
+    path.unlink()
+    with pytest.raises(ConfigurationError):
+        load_rules(path)
+
+
 @pytest.mark.parametrize("priority,obr5", [("stat", "S"), ("urgent", "A"), ("routine", "R")])
 def test_the_oru_is_strictly_valid_and_carries_what_a_ris_keys_on(priority: str, obr5: str) -> None:
     er7 = oru(priority)
