@@ -36,11 +36,11 @@ def demo_dir(tmp_path_factory: pytest.TempPathFactory) -> Path:
     return data_dir
 
 
-@pytest.fixture(scope="session")
-def console_url(demo_dir: Path) -> Iterator[str]:
-    """`radstream console` as a user starts it, on a free port; its first line names the URL."""
+def start_console(data_dir: Path, *extra: str) -> Iterator[str]:
+    """`radstream console` as a user starts it, on a free port; its first line names the URL (yielded until the caller
+    is done, then the process is stopped). One start for every console test module and fixture."""
     process = subprocess.Popen(
-        [sys.executable, "-m", "radstream.cli", "console", "--data-dir", str(demo_dir)],
+        [sys.executable, "-m", "radstream.cli", "console", "--data-dir", str(data_dir), *extra],
         cwd=ROOT,
         stdout=subprocess.PIPE,
         stderr=subprocess.PIPE,
@@ -62,6 +62,11 @@ def console_url(demo_dir: Path) -> Iterator[str]:
             process.wait(10)
         except subprocess.TimeoutExpired:
             process.kill()
+
+
+@pytest.fixture(scope="session")
+def console_url(demo_dir: Path) -> Iterator[str]:
+    yield from start_console(demo_dir)
 
 
 @pytest.fixture(scope="session")

@@ -5,14 +5,9 @@ from __future__ import annotations
 
 import gzip
 import json
-import os
 import urllib.error
 import urllib.parse
 import urllib.request
-import re
-import subprocess
-import sys
-import threading
 from collections.abc import Iterator
 from pathlib import Path
 
@@ -22,7 +17,7 @@ from radstream.analytics import DuckDBQueryRunner
 from radstream.cli import main as radstream
 from radstream.console.pages import MODEL_QUERIES
 
-from .conftest import ROOT, START_DEADLINE_S
+from .conftest import start_console
 
 
 @pytest.fixture(scope="module")
@@ -30,32 +25,6 @@ def models_dir(tmp_path_factory: pytest.TempPathFactory) -> Path:
     data_dir = tmp_path_factory.mktemp("models-data")
     assert radstream(["demo-models", "--data-dir", str(data_dir), "--count", "6", "--json"]) == 0
     return data_dir
-
-
-def start_console(data_dir: Path, *extra: str) -> Iterator[str]:
-    process = subprocess.Popen(
-        [sys.executable, "-m", "radstream.cli", "console", "--data-dir", str(data_dir), *extra],
-        cwd=ROOT,
-        stdout=subprocess.PIPE,
-        stderr=subprocess.PIPE,
-        text=True,
-        env={k: v for k, v in os.environ.items() if not k.startswith("RADSTREAM_")},
-    )
-    lines: list[str] = []
-    reader = threading.Thread(target=lambda: lines.append(process.stdout.readline()), daemon=True)
-    reader.start()
-    reader.join(START_DEADLINE_S)
-    if not lines or not re.search(r"http://127\.0\.0\.1:\d+/", lines[0]):
-        process.kill()
-        pytest.fail(f"radstream console did not print its URL within {START_DEADLINE_S:.0f} s: {lines!r}")
-    try:
-        yield re.search(r"http://127\.0\.0\.1:\d+/", lines[0]).group(0)
-    finally:
-        process.terminate()
-        try:
-            process.wait(10)
-        except subprocess.TimeoutExpired:
-            process.kill()
 
 
 @pytest.fixture(scope="module")

@@ -5,11 +5,7 @@ the dashboard's triage table equal to the named query run independently."""
 from __future__ import annotations
 
 import json
-import os
 import re
-import subprocess
-import sys
-import threading
 import urllib.error
 import urllib.request
 from collections.abc import Iterator
@@ -24,6 +20,8 @@ from radstream.runtime import LocalRuntime
 from synthetic.samples import encode, sidecar, write_study
 from shared.contracts import StudyNotifications
 from shared.settings import Settings
+
+from .conftest import start_console
 
 ROOT = Path(__file__).resolve().parents[2]
 CRITICAL = ["Pleural Effusion", "Edema", "Consolidation"]
@@ -48,28 +46,7 @@ def triage_dir(tmp_path_factory: pytest.TempPathFactory) -> Path:
 
 @pytest.fixture(scope="module")
 def triage_console(triage_dir: Path) -> Iterator[str]:
-    process = subprocess.Popen(
-        [sys.executable, "-m", "radstream.cli", "console", "--data-dir", str(triage_dir)],
-        cwd=ROOT,
-        stdout=subprocess.PIPE,
-        stderr=subprocess.PIPE,
-        text=True,
-        env={k: v for k, v in os.environ.items() if not k.startswith("RADSTREAM_")},
-    )
-    lines: list[str] = []
-    reader = threading.Thread(target=lambda: lines.append(process.stdout.readline()), daemon=True)
-    reader.start()
-    reader.join(60)
-    try:
-        if not lines or not re.search(r"http://127\.0\.0\.1:\d+/", lines[0]):
-            pytest.fail(f"radstream console did not print its URL within 60 s: {lines!r}")
-        yield re.search(r"http://127\.0\.0\.1:\d+/", lines[0]).group(0)
-    finally:
-        process.terminate()
-        try:
-            process.wait(10)
-        except subprocess.TimeoutExpired:
-            process.kill()
+    yield from start_console(triage_dir)
 
 
 def ledger(data_dir: Path, study_id: str) -> StudyNotifications:
