@@ -158,41 +158,46 @@ class FlakyEvents:
         self.published.append(detail)
 
 
-def test_the_record_is_written_before_sending_and_a_retry_sends_only_what_is_pending(tmp_path: Path) -> None:
-    store = LocalObjectStore(tmp_path)
+def stored_study(
+    store: LocalObjectStore, study_id: str, priority: str, timings_ms: dict[str, float]
+) -> tuple[StudyResult, bytes, NotifyRequest]:
+    """A study as StoreResults leaves it for the notify stage: its result.json (as the store writes it), its sidecar
+    naming only a pseudonym, and the stage's request from the workflow state."""
     study_result = StudyResult(
-        study_id="study-1",
+        study_id=study_id,
         input=InputDigest(
-            image=ObjectRef(bucket="images", key="incoming/study-1/image.png"), sha256="0" * 64, size_bytes=1, width=1, height=1
+            image=ObjectRef(bucket="images", key=f"incoming/{study_id}/image.png"), sha256="0" * 64, size_bytes=1, width=1, height=1
         ),
         modality="DX",
         view_position="PA",
-        priority="stat",
+        priority=priority,
         execution_id="exec-1",
         completed_at=datetime.now(UTC),
         models={"chest_xray_classifier": CLASSIFIER},
         findings=FINDINGS,
         detections=[],
         report=None,
-        timings_ms={},
+        timings_ms=timings_ms,
     )
-    store.put_bytes("results", "results/study-1/result.json", study_result.model_dump_json().encode())
-    store.put_bytes("images", "incoming/study-1/study.json", json.dumps({"patient": {"pseudo_id": "anon-1"}}).encode())
+    written = study_result.model_dump_json(indent=2).encode()
+    ref = ObjectRef(bucket="results", key=f"results/{study_id}/result.json")
+    store.put_bytes("results", ref.key, written)
+    store.put_bytes("images", f"incoming/{study_id}/study.json", json.dumps({"patient": {"pseudo_id": f"anon-{study_id}"}}).encode())
     study = ValidatedStudy(
-        study_id="study-1",
-        metadata=ObjectRef(bucket="images", key="incoming/study-1/study.json"),
-        image=StudyImage(bucket="images", key="incoming/study-1/image.png", format="png", sha256="0" * 64, size_bytes=1),
+        study_id=study_id,
+        metadata=ObjectRef(bucket="images", key=f"incoming/{study_id}/study.json"),
+        image=StudyImage(bucket="images", key=f"incoming/{study_id}/image.png", format="png", sha256="0" * 64, size_bytes=1),
         view_position="PA",
         modality="DX",
-        priority="stat",
+        priority=priority,
     )
-    request = NotifyRequest(
-        study=study,
-        stored=StoredResult(
-            study_id="study-1", result=ObjectRef(bucket="results", key="results/study-1/result.json"), positive_findings=[]
-        ),
-        execution_id="exec-1",
-    )
+    request = NotifyRequest(study=study, stored=StoredResult(study_id=study_id, result=ref, positive_findings=[]), execution_id="exec-1")
+    return study_result, written, request
+
+
+def test_the_record_is_written_before_sending_and_a_retry_sends_only_what_is_pending(tmp_path: Path) -> None:
+    store = LocalObjectStore(tmp_path)
+    _, _, request = stored_study(store, "study-1", "stat", {})
     events = FlakyEvents(failures=1)
     with MllpPeer() as peer:
         settings = Settings(data_dir=tmp_path, notify_mllp_peer=peer.address)
@@ -211,36 +216,9 @@ def test_the_record_is_written_before_sending_and_a_retry_sends_only_what_is_pen
 
 def test_the_result_says_which_rules_fired_and_nothing_else_of_it_changes(tmp_path: Path) -> None:
     store = LocalObjectStore(tmp_path)
-    study_result = StudyResult(
-        study_id="study-2",
-        input=InputDigest(
-            image=ObjectRef(bucket="images", key="incoming/study-2/image.png"), sha256="0" * 64, size_bytes=1, width=1, height=1
-        ),
-        modality="DX",
-        view_position="PA",
-        priority="urgent",
-        execution_id="exec-1",
-        completed_at=datetime.now(UTC),
-        models={"chest_xray_classifier": CLASSIFIER},
-        findings=FINDINGS,
-        detections=[],
-        report=None,
-        timings_ms={"study": 1.25},
-    )
-    written = study_result.model_dump_json(indent=2).encode()  # as StoreResults writes it
+    study_result, written, request = stored_study(store, "study-2", "urgent", {"study": 1.25})
     assert json.loads(written)["critical_findings"] is None, "StoreResults leaves it to the notify stage: not evaluated"
-    store.put_bytes("results", "results/study-2/result.json", written)
-    store.put_bytes("images", "incoming/study-2/study.json", json.dumps({"patient": {"pseudo_id": "anon-2"}}).encode())
-    study = ValidatedStudy(
-        study_id="study-2",
-        metadata=ObjectRef(bucket="images", key="incoming/study-2/study.json"),
-        image=StudyImage(bucket="images", key="incoming/study-2/image.png", format="png", sha256="0" * 64, size_bytes=1),
-        view_position="PA",
-        modality="DX",
-        priority="urgent",
-    )
-    ref = ObjectRef(bucket="results", key="results/study-2/result.json")
-    request = NotifyRequest(study=study, stored=StoredResult(study_id="study-2", result=ref, positive_findings=[]), execution_id="exec-1")
+    ref = request.stored.result
     notify(request, store, FlakyEvents(failures=0), Settings(data_dir=tmp_path))
     after = store.get_bytes("results", ref.key)
     record = StudyNotifications.model_validate_json(store.get_bytes("results", notifications_key("study-2")))
