@@ -7,36 +7,14 @@ its target reads as zero, or as a negative remainder in the piece around it)."""
 from __future__ import annotations
 
 import re
-import subprocess
-import sys
-from pathlib import Path
 
-ROOT = Path(__file__).resolve().parents[2]
+from tests.e2e.bench_run import run_benchmark
 
 
 def test_limit_bench_prints_both_ratios_and_a_breakdown_whose_pieces_are_all_metered():
-    run = subprocess.run(
-        [
-            sys.executable,
-            str(ROOT / "benchmarks" / "limit_bench.py"),
-            "--sizes",
-            "256",
-            "--studies",
-            "4",
-            "--rounds",
-            "1",
-            "--workers",
-            "1",
-            "--from-bucket",
-            "--breakdown",
-        ],
-        cwd=ROOT,
-        capture_output=True,
-        text=True,
-        timeout=300,
+    out = run_benchmark(
+        "limit_bench.py", "--sizes", "256", "--studies", "4", "--rounds", "1", "--workers", "1", "--from-bucket", "--breakdown", timeout=300
     )
-    out = run.stdout
-    assert run.returncode == 0, out[-4000:] + run.stderr[-4000:]
     # the main table and the from-the-bucket table each have their 256² row with a ratio
     rows = re.findall(r"^\s+256²\s+1\s.*\|\s+(\d+\.\d\d)\s+(\d+\.\d\d)$", out, re.MULTILINE)
     assert len(rows) == 2, out
@@ -53,20 +31,12 @@ def test_limit_bench_prints_both_ratios_and_a_breakdown_whose_pieces_are_all_met
     assert re.search(r"CPU ratio, 1 worker\s+256²: \d\.\d\d\s+\(not 1024²", out), out
 
 
-def _bench(*args: str) -> str:
-    run = subprocess.run(
-        [sys.executable, str(ROOT / "benchmarks" / "limit_bench.py"), *args], cwd=ROOT, capture_output=True, text=True, timeout=600
-    )
-    assert run.returncode == 0, run.stdout[-4000:] + run.stderr[-4000:]
-    return run.stdout
-
-
 def test_warm_start_and_scale_print_their_figures():
     """--warm-start: a DICOM study's first time cold and warm, each in a fresh process; --scale: CPU and RSS per segment."""
-    out = _bench("--warm-start", "--sizes", "128")
+    out = run_benchmark("limit_bench.py", "--warm-start", "--sizes", "128")
     rows = re.findall(r"^  LocalRuntime, (no warm\(\)|warm\(\) first)\s+(\d+\.\d\d)\s+(\d+)\s+(\d+)\s+(\d+)$", out, re.MULTILINE)
     assert [r[0] for r in rows] == ["no warm()", "warm() first"], out
     assert float(rows[0][1]) == 0 and float(rows[1][1]) > 0, out
-    out = _bench("--scale", "3", "6", "--sizes", "128")
+    out = run_benchmark("limit_bench.py", "--scale", "3", "6", "--sizes", "128")
     segments = re.findall(r"^\s+(\d+)\s+(\d+)\s+(\d+\.\d)\s+(\d+)\s+(\d+)$", out, re.MULTILINE)
     assert [(int(a), int(b)) for a, b, *_ in segments] == [(3, 3), (6, 3)], out

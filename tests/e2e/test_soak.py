@@ -4,13 +4,11 @@ duplicate and misattribute nothing. It starts real processes (runners, a local T
 from __future__ import annotations
 
 import re
-import subprocess
-import sys
-from pathlib import Path
 
 import pytest
 
-ROOT = Path(__file__).resolve().parents[2]
+from tests.e2e.bench_run import counted, run_benchmark
+
 pytestmark = pytest.mark.slow
 
 MUST_BE_ZERO = (
@@ -28,16 +26,8 @@ MUST_BE_ZERO = (
 
 
 def test_short_soak_loses_duplicates_and_misattributes_nothing(tmp_path):
-    run = subprocess.run(
-        [sys.executable, str(ROOT / "benchmarks" / "soak.py"), "--short", "--work-dir", str(tmp_path / "soak")],
-        cwd=ROOT,
-        capture_output=True,
-        text=True,
-        timeout=300,
-    )
-    out = run.stdout
-    assert run.returncode == 0, out[-4000:] + run.stderr[-4000:]
-    figures = {m.group(1).strip(): int(m.group(2)) for m in re.finditer(r"^(\S.*?|  \S.*?)\s{2,}(\d+)$", out, re.MULTILINE)}
+    out = run_benchmark("soak.py", "--short", "--work-dir", str(tmp_path / "soak"), timeout=300)
+    figures = counted(out)
     for name in MUST_BE_ZERO:
         assert figures[name] == 0, (name, out)
     # 60 valid phantoms + 1 DICOM have results; the 4 broken on purpose have their failure records.
