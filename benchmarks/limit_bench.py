@@ -7,6 +7,10 @@
     .venv/bin/python benchmarks/limit_bench.py --warm-start         # a DICOM study's first end-to-end time, warm vs cold
     .venv/bin/python benchmarks/limit_bench.py --scale 100 1000 10000   # CPU per study and RSS as a run grows
 
+Two experiments that answer "what is it that costs?", never the product's behaviour (each says so in its output):
+    .venv/bin/python benchmarks/limit_bench.py --sizes 1024 --workers 2 --pipeline-processes   # 2 runtimes, 1 worker each
+    .venv/bin/python benchmarks/limit_bench.py --sizes 1024 --workers 1 --without-fsync        # what durability costs
+
 The goals (issue 23), printed under the table with the figures that meet or miss them: CPU ratio >= 0.85 with one
 worker, and the whole machine's throughput ratio >= 0.85 with two workers, on 1024² studies.
 
@@ -170,6 +174,60 @@ def pipeline_round(
         raise SystemExit(f"pipeline: studies failed: {failed}")
     results = {o.study_id: json.loads(Path(o.output).read_text()) for o in report.outcomes if o.output}
     return wall, cpu, results
+
+
+_RUNTIME: LocalRuntime | None = None
+
+
+def _pipeline_process_init(data_dir: str, warmup: list[str]) -> None:
+    """--pipeline-processes: this process's own runtime (its own data dir), warmed up on the warm-up studies."""
+    global _RUNTIME
+    _RUNTIME = LocalRuntime(Settings(data_dir=Path(data_dir)), workers=1)
+    _RUNTIME.run_many([Path(p) for p in warmup])
+
+
+def _pipeline_process_run(folders: list[str], start_at: float) -> tuple[float, float, list[str]]:
+    """A process's share: (CPU s, wall end, result paths); it starts at `start_at` (a shared clock) so both start together."""
+    assert _RUNTIME is not None
+    while time.time() < start_at:
+        time.sleep(0.0005)
+    cpu0 = time.process_time()
+    report = _RUNTIME.run_many([Path(p) for p in folders])
+    cpu, ended = time.process_time() - cpu0, time.time()
+    failed = [o.study_id for o in report.outcomes if o.status != "succeeded"]
+    if failed or len(report.outcomes) != len(folders):
+        raise SystemExit(f"pipeline process: studies failed: {failed}")
+    return cpu, ended, [str(o.output) for o in report.outcomes if o.output]
+
+
+def pipeline_processes_round(studies: list[Path], warmup: list[Path], workers: int, data_dir: Path) -> tuple[float, float, dict[str, dict]]:
+    """--pipeline-processes: `workers` processes, each its own LocalRuntime with one worker, each on a contiguous share of
+    the studies (the formats rotate, so each share holds all of them). An experiment on what limits two workers in one
+    process (the GIL, or the machine): not how `radstream run` works."""
+    shares = [
+        [str(p) for p in part]
+        for part in (studies[i * len(studies) // workers : (i + 1) * len(studies) // workers] for i in range(workers))
+    ]
+    pools = [
+        ProcessPoolExecutor(1, initializer=_pipeline_process_init, initargs=(str(data_dir / f"p{i}"), [str(w) for w in warmup]))
+        for i in range(workers)
+    ]
+    try:
+        for pool in pools:
+            pool.submit(time.sleep, 0).result()  # started and warmed up
+        start_at = time.time() + 0.2
+        futures = [pool.submit(_pipeline_process_run, share, start_at) for pool, share in zip(pools, shares)]
+        done = [f.result() for f in futures]
+    finally:
+        for pool in pools:
+            pool.shutdown()
+    wall = max(ended for _, ended, _ in done) - start_at
+    results = {}
+    for _, _, outputs in done:
+        for output in outputs:
+            doc = json.loads(Path(output).read_text())
+            results[doc["study_id"]] = doc
+    return wall, sum(cpu for cpu, _, _ in done), results
 
 
 # ---------------------------------------------------------------- where the pipeline's CPU goes
@@ -435,9 +493,11 @@ def bench_size(
             order = series if r % 2 == 0 else series[::-1]
             for which in order:
                 if which in ("pipeline", "bucket"):
-                    wall, cpu, results = pipeline_round(
-                        studies, warmup, workers, root / f"data-{size}-w{workers}-r{r}-{which}", which == "bucket"
-                    )
+                    data_dir = root / f"data-{size}-w{workers}-r{r}-{which}"
+                    if which == "pipeline" and args.pipeline_processes and workers > 1:
+                        wall, cpu, results = pipeline_processes_round(studies, warmup, workers, data_dir)
+                    else:
+                        wall, cpu, results = pipeline_round(studies, warmup, workers, data_dir, which == "bucket")
                     (pipe if which == "pipeline" else bucket).append((wall, cpu))
                     if not checked:
                         check_same_work(work, studies, results)
@@ -506,6 +566,16 @@ def main() -> None:
     parser.add_argument(
         "--irreducible-processes", action="store_true", help="run the irreducible work on processes, not threads, with >1 worker"
     )
+    parser.add_argument(
+        "--pipeline-processes",
+        action="store_true",
+        help="experiment: with >1 worker, the pipeline as that many processes of one worker each (is it the GIL?)",
+    )
+    parser.add_argument(
+        "--without-fsync",
+        action="store_true",
+        help="experiment: os.fsync a no-op in this process, both series (what durability costs; never the product's behaviour)",
+    )
     parser.add_argument("--quick", action="store_true", help="1024² only, 12 studies, 3 rounds")
     parser.add_argument("--json", action="store_true", help="print the rows as JSON too")
     parser.add_argument(
@@ -529,6 +599,8 @@ def main() -> None:
     args = parser.parse_args()
     if args.quick:
         args.sizes, args.studies, args.rounds = [1024], 12, 3
+    if args.without_fsync:
+        os.fsync = lambda fd: None  # the experiment: every durable write of the pipeline loses its fsync
     if args.warm_start or args.scale:
         with tempfile.TemporaryDirectory(prefix="radstream-limit-") as tmp:
             if args.warm_start:
@@ -544,6 +616,12 @@ def main() -> None:
         breakdowns: list[tuple[int, int, float, dict[str, float]]] = []
         rows = [row for size in args.sizes for row in bench_size(size, args, Path(tmp), work, settings, breakdowns)]
     mode = "processes" if args.irreducible_processes else "threads"
+    if args.without_fsync:
+        print("\nEXPERIMENT --without-fsync: os.fsync was a no-op in this run; these are not the product's figures")
+    if args.pipeline_processes:
+        print(
+            "\nEXPERIMENT --pipeline-processes: with >1 worker the pipeline ran as that many one-worker processes, not as `radstream run` runs"
+        )
     print(
         f"\nlimit benchmark, {started:%Y-%m-%d %H:%M} UTC, {os.cpu_count()} CPUs ({platform.machine()}), "
         f"load average {load[0]:.2f} at start, {os.getloadavg()[0]:.2f} at end; medians over {args.rounds} interleaved rounds"
