@@ -70,6 +70,10 @@ class OutputSpec(BaseModel):
     model_config = ConfigDict(extra="forbid")
     labels: list[str] = []
     thresholds: dict[str, float] = {}  # operating points, per label (classifier); 0.5 where absent
+    # classifier: per label, the high-specificity operating point (e.g. specificity >= 0.95 on the importer's validation
+    # set); written to the version's metrics.json, carried by its findings, and what the critical-finding rules with
+    # threshold "high-specificity" hold them to (docs/triage.md). Absent: those rules use the label's threshold.
+    high_specificity: dict[str, float] = {}
     score_threshold: float | None = Field(default=None, ge=0, le=1)  # detector: boxes below it are not reported
     box_format: Literal["xyxy"] | None = None  # detector: x1, y1, x2, y2 in model-input pixels
     embedding_size: int | None = Field(default=None, gt=0)  # encoder
@@ -101,6 +105,14 @@ class ImportSpec(BaseModel):
                 raise ValueError(f"outputs.thresholds names labels the model does not have: {', '.join(sorted(unknown))}")
             if any(not 0 <= t <= 1 for t in o.thresholds.values()):
                 raise ValueError("outputs.thresholds must be within [0, 1]")
+        if o.high_specificity:
+            if self.kind != "classifier":
+                raise ValueError("outputs.high_specificity is a classifier's (per label)")
+            unknown = set(o.high_specificity) - set(o.labels)
+            if unknown:
+                raise ValueError(f"outputs.high_specificity names labels the model does not have: {', '.join(sorted(unknown))}")
+            if any(not 0 <= t <= 1 for t in o.high_specificity.values()):
+                raise ValueError("outputs.high_specificity must be within [0, 1]")
         if self.kind == "detector" and o.box_format is None:
             raise ValueError("a detector needs outputs.box_format (xyxy)")
         if self.kind == "encoder" and (o.embedding_size is None or o.sentence_bank is None):
@@ -256,7 +268,11 @@ def triton_configs(spec: ImportSpec, version: int, digest: str, types: dict[str,
 
 def model_card(spec: ImportSpec, version: int, digest: str, checks: dict[str, Any], source: str) -> str:
     o = spec.outputs
-    rows = "\n".join(f"| {label} | {o.thresholds.get(label, 0.5)} |" for label in o.labels)
+    rows = "\n".join(
+        f"| {label} | {o.thresholds.get(label, 0.5)} |"
+        + (f" {o.high_specificity[label]} |" if label in o.high_specificity else " |" * bool(o.high_specificity))
+        for label in o.labels
+    )
     outputs = {
         "classifier": f"`probabilities` FP32 [N, {len(o.labels)}] in the order of labels.txt, thresholded per label below",
         "detector": f"`boxes` FP32 [N, K, 4] ({o.box_format}, model-input pixels), `scores` [N, K], `classes` [N, K]"
@@ -279,7 +295,7 @@ def model_card(spec: ImportSpec, version: int, digest: str, checks: dict[str, An
   scaled, centred, black padding), normalisation `{spec.input.normalization}`
 - output {outputs}
 
-{"| label | operating point |" + chr(10) + "|---|---|" + chr(10) + rows if rows else ""}
+{("| label | operating point |" + (" high-specificity point |" if o.high_specificity else "")) + chr(10) + ("|---|---|" + ("---|" if o.high_specificity else "")) + chr(10) + rows if rows else ""}
 
 ## Checks at import
 Run on {checks["sample_studies"]} synthetic phantom studies: {json.dumps({k: v for k, v in checks.items() if k != "sample_studies"})}.
@@ -382,6 +398,11 @@ def import_model(onnx_path: Path, spec_path: Path, repo: Path) -> Imported:
         if spec.kind == "detector":
             thresholds = {"score_threshold": spec.outputs.score_threshold if spec.outputs.score_threshold is not None else 0.5}
         (staging / "thresholds.json").write_text(json.dumps(thresholds, indent=2) + "\n")
+        if spec.outputs.high_specificity:  # the shape training writes (metrics.json `high_specificity.points`), from the spec
+            points = {label: {"threshold": t} for label, t in spec.outputs.high_specificity.items()}
+            (staging / "metrics.json").write_text(
+                json.dumps({"high_specificity": {"chosen_on": "spec", "points": points}}, indent=2) + "\n"
+            )
         if bank is not None:
             (staging / "sentence_bank.json").write_text(json.dumps(bank))
         shutil.copy2(spec_path, staging / "spec.yaml")

@@ -77,6 +77,17 @@ class Finding(Contract):
     probability: float = Field(ge=0, le=1)
     threshold: float = Field(ge=0, le=1)
     positive: bool
+    high_specificity_threshold: float | None = Field(
+        None,
+        ge=0,
+        le=1,
+        description=(
+            "The model version's high-specificity operating point for this label (its card: specificity >= 0.95 on "
+            "validation; metrics.json `high_specificity`), where the card gives one: what a critical-finding rule with "
+            'threshold "high-specificity" holds the probability to (docs/triage.md). Not a decision of its own: '
+            "`positive` is decided at `threshold`."
+        ),
+    )
 
 
 class Detection(Contract):

@@ -45,6 +45,8 @@ class ModelSpec:
     provenance: str
     labels: tuple[str, ...] = ()
     thresholds: dict[str, float] = field(default_factory=dict)
+    # The card's high-specificity operating points per label (metrics.json `high_specificity.points`), where it has them.
+    high_specificity: dict[str, float] = field(default_factory=dict)
 
     @property
     def ref(self) -> ModelRef:
@@ -157,6 +159,8 @@ def load_model_spec(folder: Path, version: str | None = None) -> ModelSpec:
     labels = tuple(line.strip() for line in labels_file.read_text().splitlines() if line.strip()) if labels_file.exists() else ()
     thresholds_file = source / "thresholds.json"
     thresholds = json.loads(thresholds_file.read_text()) if thresholds_file.exists() else {}
+    metrics_file = source / "metrics.json"
+    points = (json.loads(metrics_file.read_text()).get("high_specificity") or {}).get("points", {}) if metrics_file.exists() else {}
     return ModelSpec(
         name=name,
         version=version,
@@ -170,6 +174,7 @@ def load_model_spec(folder: Path, version: str | None = None) -> ModelSpec:
         provenance=params.get("radstream.provenance", "unspecified"),
         labels=labels,
         thresholds={k: float(v) for k, v in thresholds.items()},
+        high_specificity={label: float(point["threshold"]) for label, point in points.items() if label in labels},
     )
 
 

@@ -139,8 +139,8 @@ def stored_result(s: dict, execution_id: str = "e1") -> dict:
         "end_to_end_ms": None,
         "models": model,
         "findings": [
-            {"label": "Edema", "probability": 0.8, "threshold": 0.5, "positive": True},
-            {"label": "Cardiomegaly", "probability": 0.1, "threshold": 0.5, "positive": False},
+            {"label": "Edema", "probability": 0.8, "threshold": 0.5, "positive": True, "high_specificity_threshold": None},
+            {"label": "Cardiomegaly", "probability": 0.1, "threshold": 0.5, "positive": False, "high_specificity_threshold": None},
         ],
         "detections": [{"label": "nodule_mass", "score": 0.7, "box": [10.0, 20.0, 30.0, 40.0]}],
         "report": {

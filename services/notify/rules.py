@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import json
 from pathlib import Path
-from typing import Literal
+from typing import Annotated, Literal
 
 from pydantic import BaseModel, ConfigDict, Field, ValidationError
 
@@ -20,8 +20,11 @@ class Rule(BaseModel):
 
     name: str = Field(pattern=r"^[a-z0-9][a-z0-9-]{0,39}$")
     label: str
-    # None: the finding's own operating point, as the result carries it (Finding.threshold, from the model card)
-    threshold: float | None = Field(None, ge=0, le=1)
+    # A number: that probability. "high-specificity": the live model version's card point for the label, never below the
+    # finding's own threshold (Finding.high_specificity_threshold, carried by the classifier's output), so the rule follows
+    # a newly activated version; where that version's card gives no point, the finding's own threshold. None: the
+    # finding's own threshold (Finding.threshold).
+    threshold: Annotated[float, Field(ge=0, le=1)] | Literal["high-specificity"] | None = None
     priorities: list[Literal["stat", "urgent", "routine"]] = ["stat", "urgent", "routine"]
     send: list[Channel] = ["hl7", "event", "fhir"]
 
@@ -64,6 +67,14 @@ def _parse_rules(source: Path) -> list[Rule]:
     return rules
 
 
+def held_to(rule: Rule, finding: Finding) -> float:
+    """The probability a rule holds its finding to (see Rule.threshold)."""
+    if rule.threshold == "high-specificity":
+        point = finding.high_specificity_threshold
+        return finding.threshold if point is None else max(finding.threshold, point)
+    return finding.threshold if rule.threshold is None else rule.threshold
+
+
 def fired(rules: list[Rule], findings: list[Finding], priority: str) -> list[tuple[Rule, Finding, float]]:
     """Each rule that fires on these findings, with the finding and the threshold it was held to."""
     by_label = {f.label: f for f in findings}
@@ -72,7 +83,7 @@ def fired(rules: list[Rule], findings: list[Finding], priority: str) -> list[tup
         finding = by_label.get(rule.label)
         if finding is None or priority not in rule.priorities:
             continue
-        threshold = rule.threshold if rule.threshold is not None else finding.threshold
+        threshold = held_to(rule, finding)
         if finding.probability >= threshold:
             out.append((rule, finding, threshold))
     return out

@@ -185,7 +185,15 @@ def read_findings(spec: ModelSpec, outputs: dict[str, np.ndarray]) -> list[Findi
         if not 0.0 <= p <= 1.0 or p != p:
             raise ValueError(f"probability {p} for {label} is outside [0, 1]")
         threshold = spec.thresholds.get(label, 0.5)
-        findings.append(Finding(label=label, probability=round(p, 4), threshold=threshold, positive=p >= threshold))
+        findings.append(
+            Finding(
+                label=label,
+                probability=round(p, 4),
+                threshold=threshold,
+                positive=p >= threshold,
+                high_specificity_threshold=spec.high_specificity.get(label),
+            )
+        )
     return findings
 
 

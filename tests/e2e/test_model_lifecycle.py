@@ -102,6 +102,37 @@ def test_shadow_serves_both_versions_with_variable_dims(repo, candidate):
     assert ModelRepository(repo).shadows == {}
 
 
+def test_the_critical_finding_rules_follow_the_activated_versions_card(repo, candidate):
+    """A version imported with high-specificity points carries them in its findings once active, so the default rules
+    (threshold "high-specificity") hold its findings to its own card, not to the version before it; a rollback restores
+    the old points."""
+    from services.notify.rules import held_to, load_rules
+    from shared.contracts import Finding
+
+    onnx_path, spec_path = candidate
+    spec = candidate_spec()
+    points = {label: 0.61 + i / 100 for i, label in enumerate(spec["outputs"]["labels"])}
+    spec["outputs"]["high_specificity"] = points
+    spec_path.write_text(yaml.safe_dump(spec))
+    before = ModelRepository(repo).get(CLASSIFIER).high_specificity
+    assert main(["models", "import", str(onnx_path), "--spec", str(spec_path), "--model-repository", str(repo)]) == 0
+    assert json.loads((repo / CLASSIFIER / "2" / "metrics.json").read_text())["high_specificity"]["points"] == {
+        label: {"threshold": t} for label, t in points.items()
+    }
+    assert "high-specificity point" in (repo / CLASSIFIER / "2" / "MODEL_CARD.md").read_text()
+    assert ModelRepository(repo).get(CLASSIFIER).high_specificity == before  # imported, not live
+    assert main(["models", "activate", CLASSIFIER, "2", "--model-repository", str(repo)]) == 0
+    live = ModelRepository(repo).get(CLASSIFIER)
+    assert live.version == "2" and live.high_specificity == points
+    for rule in (r for r in load_rules() if r.label in points):
+        finding = Finding(
+            label=rule.label, probability=0.7, threshold=0.5, positive=True, high_specificity_threshold=live.high_specificity[rule.label]
+        )
+        assert held_to(rule, finding) == points[rule.label] != before.get(rule.label)
+    assert main(["models", "rollback", CLASSIFIER, "--model-repository", str(repo)]) == 0
+    assert ModelRepository(repo).get(CLASSIFIER).high_specificity == before
+
+
 @pytest.mark.parametrize(
     ("change", "message"),
     [
@@ -109,6 +140,8 @@ def test_shadow_serves_both_versions_with_variable_dims(repo, candidate):
         (lambda s: s["input"].update(size=224), "input image has shape"),
         (lambda s: s.update(kind="detector"), "needs outputs.box_format"),
         (lambda s: s["outputs"].update(thresholds={"Nope": 0.3}), "thresholds names labels the model does not have"),
+        (lambda s: s["outputs"].update(high_specificity={"Nope": 0.3}), "high_specificity names labels the model does not have"),
+        (lambda s: s["outputs"].update(high_specificity={s["outputs"]["labels"][0]: 1.5}), "high_specificity must be within [0, 1]"),
         (lambda s: s.update(model="lung_nodule_finder"), "not a model slot"),
     ],
 )

@@ -247,9 +247,12 @@ def test_the_result_the_json_and_the_table_say_which_rule_fired(tmp_path: Path, 
 
 
 def test_the_default_rules_page_at_the_cards_high_specificity_points() -> None:
-    """Each default rule's threshold: the higher of its finding's Youden threshold and the model card's
-    high-specificity point (validation specificity >= 0.95), as committed; a retrained model changes both together."""
-    from services.notify.rules import load_rules
+    """Each default rule holds its finding to the live classifier version's high-specificity point (validation
+    specificity >= 0.95), never below the finding's Youden threshold: the point comes with the version's findings
+    (metrics.json, through the model repository), so a retrained or newly activated version moves the rules with it."""
+    from services.notify.rules import held_to, load_rules
+    from shared.contracts import Finding
+    from shared.model_repository import ModelRepository
 
     model = ROOT / "services" / "triton" / "model_repository" / "chest_xray_classifier"
     youden = json.loads((model / "thresholds.json").read_text())
@@ -257,6 +260,16 @@ def test_the_default_rules_page_at_the_cards_high_specificity_points() -> None:
     assert section["target_specificity"] >= 0.95 and section["chosen_on"] == "validation"
     points = section["points"]
     assert all(p["validation"]["specificity"] >= 0.95 for p in points.values())
+    spec = ModelRepository(Settings().model_repository).models["chest_xray_classifier"]
+    assert spec.high_specificity == {label: p["threshold"] for label, p in points.items()}
     for rule in load_rules():
-        assert rule.threshold == max(youden[rule.label], points[rule.label]["threshold"]), rule.name
+        assert rule.threshold == "high-specificity", rule.name
+        finding = Finding(
+            label=rule.label,
+            probability=0.5,
+            threshold=spec.thresholds[rule.label],
+            positive=True,
+            high_specificity_threshold=spec.high_specificity[rule.label],
+        )
+        assert held_to(rule, finding) == max(youden[rule.label], points[rule.label]["threshold"]), rule.name
         assert f"| {rule.label} | {points[rule.label]['threshold']:.4f} |" in (model / "MODEL_CARD.md").read_text()

@@ -69,12 +69,36 @@ def test_the_default_rules_load_and_fire_on_their_operating_point() -> None:
     assert fired([Rule(name="x", label="Edema", threshold=0.1)], FINDINGS, "routine")
 
 
+def test_a_high_specificity_rule_follows_the_model_version_of_its_finding() -> None:
+    """threshold "high-specificity": the card point the finding carries (its model version's), never below the finding's own
+    threshold; without a point, the finding's own threshold. A new version with another point moves the rule with it."""
+    rule = Rule(name="effusion", label="Pleural Effusion", threshold="high-specificity")
+
+    def finding(probability: float, point: float | None, own: float = 0.3) -> list[Finding]:
+        return [
+            Finding(
+                label="Pleural Effusion",
+                probability=probability,
+                threshold=own,
+                positive=probability >= own,
+                high_specificity_threshold=point,
+            )
+        ]
+
+    assert [t for _, _, t in fired([rule], finding(0.6, 0.5), "routine")] == [0.5]
+    assert not fired([rule], finding(0.45, 0.5), "routine")  # positive at 0.3, but under version 1's card point
+    assert [t for _, _, t in fired([rule], finding(0.45, 0.4), "routine")] == [0.4]  # version 2's card: 0.4
+    assert [t for _, _, t in fired([rule], finding(0.35, 0.1), "routine")] == [0.3]  # never below the finding's own
+    assert [t for _, _, t in fired([rule], finding(0.35, None), "routine")] == [0.3]  # no point in the card
+
+
 def test_a_rules_file_that_does_not_hold_is_refused(tmp_path: Path) -> None:
     rules = json.loads(DEFAULT_RULES.read_text())
     rules["rules"].append(rules["rules"][0])
     (tmp_path / "twice.json").write_text(json.dumps(rules))
     (tmp_path / "bad.json").write_text('{"rules": [{"name": "x", "label": "Edema", "threshold": 2}]}')
-    for name in ("twice.json", "bad.json", "absent.json"):
+    (tmp_path / "word.json").write_text('{"rules": [{"name": "x", "label": "Edema", "threshold": "high"}]}')
+    for name in ("twice.json", "bad.json", "word.json", "absent.json"):
         with pytest.raises(ConfigurationError):
             load_rules(tmp_path / name)
 

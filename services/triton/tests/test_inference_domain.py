@@ -72,6 +72,28 @@ def test_classifier_findings_use_per_finding_thresholds(store, repository):
     assert backend.calls == [("chest_xray_classifier", (1, 1, 224, 224))]
 
 
+def test_classifier_findings_carry_their_versions_high_specificity_point(store, config_only_repository):
+    """Each finding names the model card's high-specificity operating point of the version that produced it (metrics.json),
+    so a critical-finding rule can follow a newly activated version; a label the card gives no point has none."""
+    (config_only_repository / "chest_xray_classifier" / "metrics.json").write_text(
+        json.dumps(
+            {
+                "high_specificity": {
+                    "points": {"Edema": {"threshold": 0.71}, "Pleural Effusion": {"threshold": 0.12}, "Other": {"threshold": 0.2}}
+                }
+            }
+        )
+    )
+    backend = FakeBackend({"chest_xray_classifier": {"probabilities": np.array([[0.45, 0.2, 0.9, 0.55, 0.31]], np.float32)}})
+    tensor = put_tensor(store, "chest_xray_classifier", 224, Letterbox(scale=0.5, pad_x=0, pad_y=0), 448, 448)
+    out = Inference(backend, ModelRepository(config_only_repository), store).run(
+        InferenceRequest(model="chest_xray_classifier", study_id="s1", tensor=tensor)
+    )
+    points = {f.label: f.high_specificity_threshold for f in out.findings}
+    assert points == {"Atelectasis": None, "Cardiomegaly": None, "Consolidation": None, "Edema": 0.71, "Pleural Effusion": 0.12}
+    assert [f.positive for f in out.findings] == [True, False, True, False, True]  # still decided at `threshold`
+
+
 def test_detections_are_mapped_back_to_original_pixels(store, repository):
     boxes = np.zeros((1, 16, 4), np.float32)
     boxes[0, 0] = [64, 80, 128, 144]
