@@ -26,7 +26,13 @@ def test_result_matches_its_schema_and_is_labelled(store):
     jsonschema.validate(result, json.loads(schema_path("result").read_text()))
     assert result["label"] == "not for clinical use"
     assert result["report"]["label"] == "AI-generated draft, not for clinical use"
-    assert result["findings"][0] == {"label": "Edema", "probability": 0.8, "threshold": 0.5, "positive": True, "high_specificity_threshold": None}
+    assert result["findings"][0] == {
+        "label": "Edema",
+        "probability": 0.8,
+        "threshold": 0.5,
+        "positive": True,
+        "high_specificity_threshold": None,
+    }
     assert result["detections"][0]["box"] == [10, 20, 30, 40]
     assert result["input"] == {
         "image": {"bucket": "images", "key": "incoming/s1/image.png"},
