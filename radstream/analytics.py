@@ -19,8 +19,7 @@ import re
 import sys
 import tempfile
 import threading
-import time
-from collections.abc import Callable, Iterator, Mapping
+from collections.abc import Iterator, Mapping
 from dataclasses import dataclass
 from decimal import Decimal
 from pathlib import Path
@@ -471,27 +470,11 @@ class AthenaQueryRunner(_Queries, AthenaExecutor):
         workgroup: str,
         database: str,
         template: Template | Path | None = None,
-        *,
-        timeout_s: float = 300.0,
-        poll_initial_s: float = 0.25,
-        poll_max_s: float = 5.0,
-        page_size: int = 1000,
-        sleep: Callable[[float], None] = time.sleep,
-        clock: Callable[[], float] = time.monotonic,
+        **executor_options: Any,
     ) -> None:
+        """executor_options: AthenaExecutor's keyword options (timeout_s, poll_initial_s, ...), which it checks."""
         _Queries.__init__(self, template)
-        AthenaExecutor.__init__(
-            self,
-            client,
-            workgroup,
-            database,
-            timeout_s=timeout_s,
-            poll_initial_s=poll_initial_s,
-            poll_max_s=poll_max_s,
-            page_size=page_size,
-            sleep=sleep,
-            clock=clock,
-        )
+        AthenaExecutor.__init__(self, client, workgroup, database, **executor_options)
         self.names = glue_names(self.template, database)
 
     def sql(self, name: str) -> str:
