@@ -674,6 +674,29 @@ def _fmt(v: float) -> str:
     return "n/a" if v != v else f"{v:.3f}"
 
 
+def write_model_files(
+    d: Path,
+    name: str,
+    config: tuple,
+    labels: list[str],
+    thresholds: dict,
+    card: tuple[str, str, str],
+    metrics: dict,
+    diffs: dict,
+    args,
+    counts: dict,
+) -> dict:
+    """A trained model's files beside its ONNX graph (config.pbtxt, labels.txt, thresholds.json, MODEL_CARD.md,
+    metrics.json): config is config_pbtxt's arguments after the name, card model_card's (purpose, io, metrics_md).
+    Returns the model's entry of the run summary."""
+    (d / "config.pbtxt").write_text(config_pbtxt(name, *config))
+    (d / "labels.txt").write_text("\n".join(labels) + "\n")
+    (d / "thresholds.json").write_text(json.dumps(thresholds, indent=2) + "\n")
+    (d / "MODEL_CARD.md").write_text(model_card(name, *card, args, counts))
+    (d / "metrics.json").write_text(json.dumps(metrics, indent=2, sort_keys=True) + "\n")
+    return {**metrics, "onnx_max_abs_diff": diffs}
+
+
 def model_card(name: str, purpose: str, io: str, metrics_md: str, args, counts: dict, extra: str = "") -> str:
     return f"""# {name}: reference model (synthetic phantoms)
 
@@ -773,26 +796,24 @@ def run(args) -> dict:
             clf, torch.zeros(2, 1, CLS_SIZE, CLS_SIZE), d / "1" / "model.onnx", ["probabilities"], {"probabilities": [len(FINDINGS)]}
         )
         diffs = verify_onnx(clf, xrv(data["test"]["img224"][:8]), d / "1" / "model.onnx", 1e-4)
-        (d / "config.pbtxt").write_text(
-            config_pbtxt(
-                "chest_xray_classifier",
-                "chest_xray_classifier: 5 findings, sigmoid probabilities",
-                CLS_SIZE,
-                "xrv",
-                "classifier",
-                [("probabilities", "TYPE_FP32", [len(FINDINGS)], "labels.txt")],
-            )
-        )
-        (d / "labels.txt").write_text("\n".join(FINDINGS) + "\n")
-        (d / "thresholds.json").write_text(json.dumps(thresholds, indent=2) + "\n")
         rows = "\n".join(
             f"| {f} | {_fmt(aurocs[f])} | {thresholds[f]} | {int(data['test']['y'][:, i].sum())} |" for i, f in enumerate(FINDINGS)
         )
         points = high_specificity(data["val"]["y"], p_val, data["test"]["y"], p_test)
         cls_metrics = {"auroc": aurocs, "mean_auroc": mean_auc, "thresholds": thresholds, "high_specificity": points}
-        (d / "MODEL_CARD.md").write_text(
-            model_card(
-                "chest_xray_classifier",
+        summary["chest_xray_classifier"] = write_model_files(
+            d,
+            "chest_xray_classifier",
+            (
+                "chest_xray_classifier: 5 findings, sigmoid probabilities",
+                CLS_SIZE,
+                "xrv",
+                "classifier",
+                [("probabilities", "TYPE_FP32", [len(FINDINGS)], "labels.txt")],
+            ),
+            FINDINGS,
+            thresholds,
+            (
                 "Multi-label classification of 5 findings (Atelectasis, Cardiomegaly, Consolidation, Edema, "
                 "Pleural Effusion). A small CNN (4x4 patchify stem, 7 conv-BN-ReLU layers, avg+max pooling, linear).",
                 "- input `image` FP32 [N, 1, 224, 224], normalisation `xrv`: `(2x - 1) * 1024`\n"
@@ -802,12 +823,12 @@ def run(args) -> dict:
                 + rows
                 + f"\n\nMean AUROC: **{_fmt(mean_auc)}**\n\n"
                 + high_specificity_md(points),
-                args,
-                n,
-            )
+            ),
+            cls_metrics,
+            diffs,
+            args,
+            n,
         )
-        (d / "metrics.json").write_text(json.dumps(cls_metrics, indent=2, sort_keys=True) + "\n")
-        summary["chest_xray_classifier"] = {**cls_metrics, "onnx_max_abs_diff": diffs}
 
     # ---------------- detector ----------------
     if "anomaly_detector" in only:
@@ -829,24 +850,22 @@ def run(args) -> dict:
             {"boxes": [K, 4], "scores": [K], "classes": [K]},
         )
         diffs = verify_onnx(det, data["test"]["img256"][:8].astype(np.float32), d / "1" / "model.onnx", 1e-3)
-        (d / "config.pbtxt").write_text(
-            config_pbtxt(
-                "anomaly_detector",
+        n_gt = {lab: int(sum((g[:, 4] == i).sum() for g in data["test"]["boxes"])) for i, lab in enumerate(LESION_LABELS)}
+        rows = "\n".join(f"| {lab} | {_fmt(aps[lab])} | {n_gt[lab]} |" for lab in LESION_LABELS)
+        det_metrics = {"ap50": aps, "map50": mean_ap, "score_threshold": score_thr, "val_f1_at_threshold": f1}
+        summary["anomaly_detector"] = write_model_files(
+            d,
+            "anomaly_detector",
+            (
                 "anomaly_detector: CenterNet-style boxes, decoded in-graph (TopK 16)",
                 DET_SIZE,
                 "unit",
                 "detector",
                 [("boxes", "TYPE_FP32", [K, 4], None), ("scores", "TYPE_FP32", [K], None), ("classes", "TYPE_INT32", [K], None)],
-            )
-        )
-        (d / "labels.txt").write_text("\n".join(LESION_LABELS) + "\n")
-        (d / "thresholds.json").write_text(json.dumps({"score_threshold": score_thr}, indent=2) + "\n")
-        n_gt = {lab: int(sum((g[:, 4] == i).sum() for g in data["test"]["boxes"])) for i, lab in enumerate(LESION_LABELS)}
-        rows = "\n".join(f"| {lab} | {_fmt(aps[lab])} | {n_gt[lab]} |" for lab in LESION_LABELS)
-        det_metrics = {"ap50": aps, "map50": mean_ap, "score_threshold": score_thr, "val_f1_at_threshold": f1}
-        (d / "MODEL_CARD.md").write_text(
-            model_card(
-                "anomaly_detector",
+            ),
+            LESION_LABELS,
+            {"score_threshold": score_thr},
+            (
                 "Localizes `nodule_mass` and `focal_opacity` lesions. CenterNet-style: stride-4 class heatmaps, "
                 "log box size and sub-cell offset, with decoding (3x3 max-pool peaks, TopK K=16, box construction, "
                 "sigmoid scores) inside the ONNX graph.",
@@ -859,12 +878,12 @@ def run(args) -> dict:
                 + rows
                 + f"\n\nmAP@0.5: **{_fmt(mean_ap)}** (VOC all-point AP, IoU 0.5, all 16 slots ranked by score). "
                 f"Score threshold {score_thr} (validation F1 {f1:.3f}).",
-                args,
-                n,
-            )
+            ),
+            det_metrics,
+            diffs,
+            args,
+            n,
         )
-        (d / "metrics.json").write_text(json.dumps(det_metrics, indent=2, sort_keys=True) + "\n")
-        summary["anomaly_detector"] = {**det_metrics, "onnx_max_abs_diff": diffs}
 
     # ---------------- encoder ----------------
     if "report_encoder" in only:
@@ -880,22 +899,19 @@ def run(args) -> dict:
         diffs = verify_onnx(enc, data["test"]["img224"][:8].astype(np.float32), d / "1" / "model.onnx", 1e-4)
         bank = {"dim": EMB_DIM, "sentences": [sentence_bank_entry(s, txt[i]) for i, s in enumerate(SENTENCE_BANK)]}
         (d / "1" / "sentence_bank.json").write_text(json.dumps(bank) + "\n")
-        (d / "config.pbtxt").write_text(
-            config_pbtxt(
-                "report_encoder",
+        summary["report_encoder"] = write_model_files(
+            d,
+            "report_encoder",
+            (
                 "report_encoder: 128-d L2-normalised image embedding",
                 ENC_SIZE,
                 "unit",
                 "encoder",
                 [("embedding", "TYPE_FP32", [EMB_DIM], None)],
-            )
-        )
-        (d / "labels.txt").write_text("\n".join(SENTENCE_BANK) + "\n")
-        (d / "thresholds.json").write_text("{}\n")
-        enc_metrics = {"retrieval": ret}
-        (d / "MODEL_CARD.md").write_text(
-            model_card(
-                "report_encoder",
+            ),
+            SENTENCE_BANK,
+            {},
+            (
                 "Image tower of a jointly trained image/sentence embedding. The text side is a learned embedding "
                 f"per sentence of a fixed bank of {len(SENTENCE_BANK)} report sentences (the sentences the phantoms' "
                 "reports are written from), stored in `1/sentence_bank.json`; trained with a sigmoid (SigLIP-style) "
@@ -910,12 +926,12 @@ def run(args) -> dict:
                 f"| recall@k (k = number of true sentences of the image) | {_fmt(ret['recall_at_k'])} |\n"
                 f"| top-1 sentence correct | {_fmt(ret['top1_accuracy'])} |\n"
                 f"| whole report exact (top-k == true set) | {_fmt(ret['exact_report_rate'])} |",
-                args,
-                n,
-            )
+            ),
+            {"retrieval": ret},
+            diffs,
+            args,
+            n,
         )
-        (d / "metrics.json").write_text(json.dumps(enc_metrics, indent=2, sort_keys=True) + "\n")
-        summary["report_encoder"] = {**enc_metrics, "onnx_max_abs_diff": diffs}
 
     # ---------------- sizes and latency (printed, not written: they depend on the machine) ----------
     summary["train_wall_s"] = round(time.perf_counter() - t_start, 1)
