@@ -29,6 +29,7 @@ import sqlglot
 from sqlglot import exp
 from sqlglot.errors import ErrorLevel, SqlglotError
 
+from radstream.cli_args import add_data_dir
 from radstream.template import DEFAULT_TEMPLATE, Template
 from shared.athena import AthenaExecutor, QueryResult
 from shared.errors import ConfigurationError, PermanentError, StorageUnavailable
@@ -498,7 +499,7 @@ def add_query_parser(subparsers: Any) -> argparse.ArgumentParser:
         description="Without NAME, list the named queries. With NAME, run it with DuckDB over DATA_DIR's telemetry lake.",
     )
     p.add_argument("name", nargs="?", help="a named query (omit to list them)")
-    p.add_argument("--data-dir", default="radstream-data", help="folder holding the local buckets (default: ./radstream-data)")
+    add_data_dir(p)
     p.add_argument("-p", "--param", action="append", default=[], metavar="NAME=VALUE", help="a query parameter, e.g. days=30 (repeatable)")
     p.add_argument("--json", action="store_true", help="print JSON instead of a table (every row)")
     p.add_argument(
