@@ -11,7 +11,7 @@ import sys
 import threading
 from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 from pathlib import Path
-from typing import IO
+from typing import IO, Any
 
 ROOT = Path(__file__).resolve().parents[1]
 
@@ -53,6 +53,21 @@ def start_console(
         process.kill()
         return process, None, lines
     return process, match.group(0), lines
+
+
+def send_c_store(port: int, called_ae: str, ds: Any, calling_ae: str = "PYNETDICOM") -> Any:
+    """One C-STORE of `ds` (in its own transfer syntax) over a fresh association to 127.0.0.1:port, as a modality sends
+    it: the response's status data set."""
+    from pynetdicom import AE
+
+    scu = AE(ae_title=calling_ae)
+    scu.add_requested_context(ds.SOPClassUID, [ds.file_meta.TransferSyntaxUID])
+    assoc = scu.associate("127.0.0.1", port, ae_title=called_ae)
+    assert assoc.is_established
+    try:
+        return assoc.send_c_store(ds)
+    finally:
+        assoc.release()
 
 
 def tool(name: str) -> str:
