@@ -13,7 +13,7 @@ output "private_subnet_ids" {
   value = join(",", local.private_subnet_ids)
 }
 output "public_subnet_ids" {
-  value = local.create_vpc ? join(",", [aws_subnet.public_subnet_a[0].id, aws_subnet.public_subnet_b[0].id]) : ""
+  value = local.create_vpc ? join(",", [aws_subnet.subnet["public_subnet_a"].id, aws_subnet.subnet["public_subnet_b"].id]) : ""
 }
 output "oidc_issuer" {
   description = "The cluster's OIDC issuer without https://, the condition-key prefix of IRSA trust policies"

@@ -105,28 +105,60 @@ def interface_services() -> dict[str, dict[str, Any]]:
     }
 
 
+# Resources written once with for_each: the local whose keys are their instances (the interface endpoints by service,
+# the subnets and their route table associations by infra/platform.yaml's names, the route tables by tier).
+FOR_EACH = {
+    "aws_vpc_endpoint.interface": "interface_endpoints",
+    "aws_subnet.subnet": "subnets",
+    "aws_route_table_association.subnet_route_table": "subnets",
+    "aws_route_table.route_table": ("public", "private"),
+}
+
+
 def address(name: str, resource: dict[str, Any]) -> str:
     if name in FOLDED:
         return FOLDED[name]
-    if resource["Type"] == "AWS::EC2::VPCEndpoint" and name not in ("S3Endpoint", "GatewayS3Endpoint"):
+    kind = resource["Type"]
+    if kind == "AWS::EC2::VPCEndpoint" and name not in ("S3Endpoint", "GatewayS3Endpoint"):
         service = resource["Properties"]["ServiceName"]["Fn::Sub"].split("}.", 1)[1]
         return f"aws_vpc_endpoint.interface[{service}]"
-    return f"{TYPES[resource['Type']]}.{snake(name)}"
+    if kind == "AWS::EC2::Subnet":
+        return f"aws_subnet.subnet[{snake(name)}]"
+    if kind == "AWS::EC2::SubnetRouteTableAssociation":  # PublicSubnetARouteTable: public_subnet_a's
+        return f"aws_route_table_association.subnet_route_table[{snake(name).removesuffix('_route_table')}]"
+    if kind == "AWS::EC2::RouteTable":  # PublicRouteTable: the public tier's
+        return f"aws_route_table.route_table[{snake(name).removesuffix('_route_table')}]"
+    return f"{TYPES[kind]}.{snake(name)}"
+
+
+def block(hcl: dict[str, Any], instance: str) -> dict[str, Any]:
+    """The resource block of an address, aws_subnet.subnet[public_subnet_a]'s being aws_subnet.subnet."""
+    return hcl["resource"][instance.split("[", 1)[0]]
+
+
+def instances(hcl: dict[str, Any]) -> set[str]:
+    """Every resource address, a for_each resource's one per key."""
+    found = set(hcl["resource"]) - set(FOR_EACH)
+    for resource, keys in FOR_EACH.items():
+        found |= {f"{resource}[{k}]" for k in (value(hcl["locals"], keys) if isinstance(keys, str) else keys)}
+    return found
 
 
 def test_the_same_resources(hcl):
     expected = {address(n, r) for n, r in RESOURCES.items()}
-    interface = {f"aws_vpc_endpoint.interface[{s}]" for s in value(hcl["locals"], "interface_endpoints")}
-    found = (set(hcl["resource"]) - {"aws_vpc_endpoint.interface"}) | interface
+    found = instances(hcl)
     assert found - TERRAFORM_ONLY == expected, {
         "only in terraform": found - TERRAFORM_ONLY - expected,
         "only in cloudformation": expected - found,
     }
-    # Conditional resources are conditional in both: CreateVpc/CreateNat -> count.
+    # Conditional resources are conditional in both: CreateVpc/CreateNat -> count, or for_each over nothing.
     for name, resource in RESOURCES.items():
         if "Condition" in resource and name not in FOLDED:
-            count = value(hcl["resource"][address(name, resource)], "count")
-            assert {"CreateVpc": "local.create_vpc", "CreateNat": "local.create_nat"}[resource["Condition"]] in count, name
+            written = block(hcl, address(name, resource))
+            condition = value(written, "count") if "count" in written else value(written, "for_each")
+            if condition == "${aws_subnet.subnet}":  # one association per subnet: as conditional as the subnets
+                condition = value(hcl["resource"]["aws_subnet.subnet"], "for_each")
+            assert {"CreateVpc": "local.create_vpc", "CreateNat": "local.create_nat"}[resource["Condition"]] in condition, name
 
 
 def test_the_same_variables_and_outputs(hcl):

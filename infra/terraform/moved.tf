@@ -1,0 +1,42 @@
+# Addresses this module has renamed: Terraform moves what a state holds under the old address instead of replacing it.
+# The subnets, route tables and their associations became one for_each resource each (network.tf).
+moved {
+  from = aws_subnet.public_subnet_a[0]
+  to   = aws_subnet.subnet["public_subnet_a"]
+}
+moved {
+  from = aws_subnet.public_subnet_b[0]
+  to   = aws_subnet.subnet["public_subnet_b"]
+}
+moved {
+  from = aws_subnet.private_subnet_a[0]
+  to   = aws_subnet.subnet["private_subnet_a"]
+}
+moved {
+  from = aws_subnet.private_subnet_b[0]
+  to   = aws_subnet.subnet["private_subnet_b"]
+}
+moved {
+  from = aws_route_table.public_route_table[0]
+  to   = aws_route_table.route_table["public"]
+}
+moved {
+  from = aws_route_table.private_route_table[0]
+  to   = aws_route_table.route_table["private"]
+}
+moved {
+  from = aws_route_table_association.public_subnet_a_route_table[0]
+  to   = aws_route_table_association.subnet_route_table["public_subnet_a"]
+}
+moved {
+  from = aws_route_table_association.public_subnet_b_route_table[0]
+  to   = aws_route_table_association.subnet_route_table["public_subnet_b"]
+}
+moved {
+  from = aws_route_table_association.private_subnet_a_route_table[0]
+  to   = aws_route_table_association.subnet_route_table["private_subnet_a"]
+}
+moved {
+  from = aws_route_table_association.private_subnet_b_route_table[0]
+  to   = aws_route_table_association.subnet_route_table["private_subnet_b"]
+}
