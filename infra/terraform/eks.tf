@@ -211,7 +211,33 @@ resource "aws_iam_role_policy" "cluster_autoscaler_role" {
   })
 }
 
-resource "aws_launch_template" "cpu_node_launch_template" {
+# The two node groups (cpu_node_group and gpu_node_group in infra/platform.yaml) and their launch templates: IMDSv2
+# only, an encrypted gp3 root volume, cost tags on the instances and volumes.
+locals {
+  node_groups = {
+    cpu = {
+      ami_type       = "AL2023_x86_64_STANDARD"
+      instance_types = ["t3.medium"]
+      volume_size    = 30
+      min_size       = var.cpu_nodes
+      max_size       = 4
+      labels         = { "radstream.io/node-role" = "system" }
+      taints         = []
+    }
+    gpu = {
+      ami_type       = "AL2023_x86_64_NVIDIA"
+      instance_types = ["g4dn.xlarge"]
+      volume_size    = 100 # the Triton image is about 15 GB compressed; TensorRT engines and the S3 copy go to /tmp
+      min_size       = var.gpu_nodes_min
+      max_size       = var.gpu_nodes_max
+      labels         = { "nvidia.com/gpu.present" = "true", "radstream.io/node-role" = "inference" }
+      taints         = [{ key = "nvidia.com/gpu", value = "true", effect = "NO_SCHEDULE" }]
+    }
+  }
+}
+
+resource "aws_launch_template" "node_launch_template" {
+  for_each = local.node_groups
   metadata_options {
     http_endpoint               = "enabled"
     http_tokens                 = "required"
@@ -220,14 +246,14 @@ resource "aws_launch_template" "cpu_node_launch_template" {
   block_device_mappings {
     device_name = "/dev/xvda"
     ebs {
-      volume_size = 30
+      volume_size = each.value.volume_size
       volume_type = "gp3"
       encrypted   = true
     }
   }
   tag_specifications {
     resource_type = "instance"
-    tags          = merge(local.cost_tags, { Name = "${local.name}-cpu" })
+    tags          = merge(local.cost_tags, { Name = "${local.name}-${each.key}" })
   }
   tag_specifications {
     resource_type = "volume"
@@ -235,78 +261,34 @@ resource "aws_launch_template" "cpu_node_launch_template" {
   }
 }
 
-resource "aws_launch_template" "gpu_node_launch_template" {
-  metadata_options {
-    http_endpoint               = "enabled"
-    http_tokens                 = "required"
-    http_put_response_hop_limit = 1
+resource "aws_eks_node_group" "node_group" {
+  for_each        = local.node_groups
+  cluster_name    = aws_eks_cluster.cluster.name
+  node_group_name = each.key
+  node_role_arn   = aws_iam_role.node_role.arn
+  ami_type        = each.value.ami_type
+  instance_types  = each.value.instance_types
+  subnet_ids      = local.private_subnet_ids
+  scaling_config {
+    min_size     = each.value.min_size
+    desired_size = each.value.min_size
+    max_size     = each.value.max_size
   }
-  block_device_mappings {
-    device_name = "/dev/xvda"
-    ebs {
-      volume_size = 100 # the Triton image is about 15 GB compressed; TensorRT engines and the S3 copy go to /tmp
-      volume_type = "gp3"
-      encrypted   = true
+  update_config {
+    max_unavailable = 1
+  }
+  launch_template {
+    id      = aws_launch_template.node_launch_template[each.key].id
+    version = aws_launch_template.node_launch_template[each.key].latest_version
+  }
+  labels = each.value.labels
+  dynamic "taint" {
+    for_each = each.value.taints
+    content {
+      key    = taint.value.key
+      value  = taint.value.value
+      effect = taint.value.effect
     }
-  }
-  tag_specifications {
-    resource_type = "instance"
-    tags          = merge(local.cost_tags, { Name = "${local.name}-gpu" })
-  }
-  tag_specifications {
-    resource_type = "volume"
-    tags          = local.cost_tags
-  }
-}
-
-resource "aws_eks_node_group" "cpu_node_group" {
-  cluster_name    = aws_eks_cluster.cluster.name
-  node_group_name = "cpu"
-  node_role_arn   = aws_iam_role.node_role.arn
-  ami_type        = "AL2023_x86_64_STANDARD"
-  instance_types  = ["t3.medium"]
-  subnet_ids      = local.private_subnet_ids
-  scaling_config {
-    min_size     = var.cpu_nodes
-    desired_size = var.cpu_nodes
-    max_size     = 4
-  }
-  update_config {
-    max_unavailable = 1
-  }
-  launch_template {
-    id      = aws_launch_template.cpu_node_launch_template.id
-    version = aws_launch_template.cpu_node_launch_template.latest_version
-  }
-  labels     = { "radstream.io/node-role" = "system" }
-  tags       = local.node_tags
-  depends_on = [aws_eks_addon.vpc_cni_addon]
-}
-
-resource "aws_eks_node_group" "gpu_node_group" {
-  cluster_name    = aws_eks_cluster.cluster.name
-  node_group_name = "gpu"
-  node_role_arn   = aws_iam_role.node_role.arn
-  ami_type        = "AL2023_x86_64_NVIDIA"
-  instance_types  = ["g4dn.xlarge"]
-  subnet_ids      = local.private_subnet_ids
-  scaling_config {
-    min_size     = var.gpu_nodes_min
-    desired_size = var.gpu_nodes_min
-    max_size     = var.gpu_nodes_max
-  }
-  update_config {
-    max_unavailable = 1
-  }
-  launch_template {
-    id      = aws_launch_template.gpu_node_launch_template.id
-    version = aws_launch_template.gpu_node_launch_template.latest_version
-  }
-  labels = { "nvidia.com/gpu.present" = "true", "radstream.io/node-role" = "inference" }
-  taint {
-    key    = "nvidia.com/gpu"
-    value  = "true"
-    effect = "NO_SCHEDULE"
   }
   tags       = local.node_tags
   depends_on = [aws_eks_addon.vpc_cni_addon]
@@ -334,7 +316,7 @@ resource "aws_eks_addon" "core_dns_addon" {
   addon_name                  = "coredns"
   resolve_conflicts_on_create = "OVERWRITE"
   resolve_conflicts_on_update = "OVERWRITE"
-  depends_on                  = [aws_eks_node_group.cpu_node_group]
+  depends_on                  = [aws_eks_node_group.node_group["cpu"]]
 }
 
 resource "aws_eks_addon" "metrics_server_addon" {
@@ -342,5 +324,5 @@ resource "aws_eks_addon" "metrics_server_addon" {
   addon_name                  = "metrics-server"
   resolve_conflicts_on_create = "OVERWRITE"
   resolve_conflicts_on_update = "OVERWRITE"
-  depends_on                  = [aws_eks_node_group.cpu_node_group]
+  depends_on                  = [aws_eks_node_group.node_group["cpu"]]
 }

@@ -40,3 +40,21 @@ moved {
   from = aws_route_table_association.private_subnet_b_route_table[0]
   to   = aws_route_table_association.subnet_route_table["private_subnet_b"]
 }
+
+# The node groups and their launch templates became one for_each resource each over local.node_groups (eks.tf).
+moved {
+  from = aws_launch_template.cpu_node_launch_template
+  to   = aws_launch_template.node_launch_template["cpu"]
+}
+moved {
+  from = aws_launch_template.gpu_node_launch_template
+  to   = aws_launch_template.node_launch_template["gpu"]
+}
+moved {
+  from = aws_eks_node_group.cpu_node_group
+  to   = aws_eks_node_group.node_group["cpu"]
+}
+moved {
+  from = aws_eks_node_group.gpu_node_group
+  to   = aws_eks_node_group.node_group["gpu"]
+}

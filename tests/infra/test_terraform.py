@@ -112,6 +112,8 @@ FOR_EACH = {
     "aws_subnet.subnet": "subnets",
     "aws_route_table_association.subnet_route_table": "subnets",
     "aws_route_table.route_table": ("public", "private"),
+    "aws_eks_node_group.node_group": "node_groups",
+    "aws_launch_template.node_launch_template": "node_groups",
 }
 
 
@@ -128,12 +130,31 @@ def address(name: str, resource: dict[str, Any]) -> str:
         return f"aws_route_table_association.subnet_route_table[{snake(name).removesuffix('_route_table')}]"
     if kind == "AWS::EC2::RouteTable":  # PublicRouteTable: the public tier's
         return f"aws_route_table.route_table[{snake(name).removesuffix('_route_table')}]"
+    if kind == "AWS::EKS::Nodegroup":  # CpuNodeGroup: local.node_groups' cpu
+        return f"aws_eks_node_group.node_group[{snake(name).removesuffix('_node_group')}]"
+    if kind == "AWS::EC2::LaunchTemplate":
+        return f"aws_launch_template.node_launch_template[{snake(name).removesuffix('_node_launch_template')}]"
     return f"{TYPES[kind]}.{snake(name)}"
 
 
 def block(hcl: dict[str, Any], instance: str) -> dict[str, Any]:
     """The resource block of an address, aws_subnet.subnet[public_subnet_a]'s being aws_subnet.subnet."""
     return hcl["resource"][instance.split("[", 1)[0]]
+
+
+def attribute(hcl: dict[str, Any], instance: str, *path: str) -> Any:
+    """An attribute of a resource (path: nested blocks, then the attribute), a for_each resource's each.key and
+    each.value.<name> read from its instance's key and its local."""
+    found: Any = block(hcl, instance)
+    for name in path:
+        found = value(found, name)
+    if "[" in instance and isinstance(found, str):
+        key = instance.split("[", 1)[1].rstrip("]")
+        if found == "${each.key}":
+            return key
+        if match := re.fullmatch(r"\$\{each\.value\.(\w+)\}", found):
+            return value(hcl["locals"], FOR_EACH[instance.split("[", 1)[0]])[key][match.group(1)]
+    return found
 
 
 def instances(hcl: dict[str, Any]) -> set[str]:
@@ -208,28 +229,35 @@ def test_the_same_cluster_nodes_and_add_ons(hcl):
     assert value(value(tf_cluster, "encryption_config"), "resources") == cluster["EncryptionConfig"][0]["Resources"]
     assert value(value(tf_cluster, "access_config"), "authentication_mode") == cluster["AccessConfig"]["AuthenticationMode"]
     for group in ("CpuNodeGroup", "GpuNodeGroup"):
-        cfn, tf = RESOURCES[group]["Properties"], res[f"aws_eks_node_group.{snake(group)}"]
-        assert value(tf, "instance_types") == cfn["InstanceTypes"] and value(tf, "ami_type") == cfn["AmiType"]
-        assert value(tf, "labels") == cfn["Labels"] and value(tf, "node_group_name") == cfn["NodegroupName"]
-        assert value(value(tf, "update_config"), "max_unavailable") == cfn["UpdateConfig"]["MaxUnavailable"]
-        taints = [{"key": value(t, "key"), "value": value(t, "value"), "effect": value(t, "effect")} for t in tf.get("taint", [])]
+        cfn, tf = RESOURCES[group]["Properties"], address(group, RESOURCES[group])
+        assert attribute(hcl, tf, "instance_types") == cfn["InstanceTypes"] and attribute(hcl, tf, "ami_type") == cfn["AmiType"]
+        assert attribute(hcl, tf, "labels") == cfn["Labels"] and attribute(hcl, tf, "node_group_name") == cfn["NodegroupName"]
+        assert attribute(hcl, tf, "update_config", "max_unavailable") == cfn["UpdateConfig"]["MaxUnavailable"]
+        taint = value(value(block(hcl, tf), "dynamic"), "taint")  # one dynamic block over each.value.taints
+        assert value(taint, "for_each") == "${each.value.taints}"
+        assert {k: value(value(taint, "content"), k) for k in ("key", "value", "effect")} == {
+            k: f"${{taint.value.{k}}}" for k in ("key", "value", "effect")
+        }
+        taints = attribute(hcl, tf, "dynamic", "taint", "for_each")
         assert taints == [{k.lower(): v for k, v in t.items()} for t in cfn.get("Taints", [])]
         template = RESOURCES[cfn["LaunchTemplate"]["Id"]["Ref"]]["Properties"]["LaunchTemplateData"]
-        tf_template = res[f"aws_launch_template.{snake(cfn['LaunchTemplate']['Id']['Ref'])}"]
-        metadata = value(tf_template, "metadata_options")
-        assert (value(metadata, "http_tokens"), value(metadata, "http_put_response_hop_limit")) == (
+        tf_template = address(cfn["LaunchTemplate"]["Id"]["Ref"], RESOURCES[cfn["LaunchTemplate"]["Id"]["Ref"]])
+        assert (
+            attribute(hcl, tf_template, "metadata_options", "http_tokens"),
+            attribute(hcl, tf_template, "metadata_options", "http_put_response_hop_limit"),
+        ) == (
             template["MetadataOptions"]["HttpTokens"],
             template["MetadataOptions"]["HttpPutResponseHopLimit"],
         )
-        ebs = value(value(tf_template, "block_device_mappings"), "ebs")
+        ebs = ("block_device_mappings", "ebs")
         cfn_ebs = template["BlockDeviceMappings"][0]["Ebs"]
-        assert (value(ebs, "volume_size"), value(ebs, "volume_type"), value(ebs, "encrypted")) == (
-            cfn_ebs["VolumeSize"],
-            cfn_ebs["VolumeType"],
-            True,
-        )
+        assert (
+            attribute(hcl, tf_template, *ebs, "volume_size"),
+            attribute(hcl, tf_template, *ebs, "volume_type"),
+            attribute(hcl, tf_template, *ebs, "encrypted"),
+        ) == (cfn_ebs["VolumeSize"], cfn_ebs["VolumeType"], True)
     assert (
-        value(value(res["aws_eks_node_group.cpu_node_group"], "scaling_config"), "max_size")
+        attribute(hcl, address("CpuNodeGroup", RESOURCES["CpuNodeGroup"]), "scaling_config", "max_size")
         == RESOURCES["CpuNodeGroup"]["Properties"]["ScalingConfig"]["MaxSize"]
     )
     addons = {value(b, "addon_name") for k, b in res.items() if k.startswith("aws_eks_addon.")}
