@@ -58,3 +58,22 @@ moved {
   from = aws_eks_node_group.gpu_node_group
   to   = aws_eks_node_group.node_group["gpu"]
 }
+
+# The load balancer controller's and the cluster autoscaler's IRSA roles and policies: one for_each pair over
+# local.controller_roles (eks.tf).
+moved {
+  from = aws_iam_role.load_balancer_controller_role
+  to   = aws_iam_role.controller_role["load_balancer_controller"]
+}
+moved {
+  from = aws_iam_role.cluster_autoscaler_role
+  to   = aws_iam_role.controller_role["cluster_autoscaler"]
+}
+moved {
+  from = aws_iam_role_policy.load_balancer_controller_role
+  to   = aws_iam_role_policy.controller_role["load_balancer_controller"]
+}
+moved {
+  from = aws_iam_role_policy.cluster_autoscaler_role
+  to   = aws_iam_role_policy.controller_role["cluster_autoscaler"]
+}

@@ -37,10 +37,10 @@ output "cluster_security_group_id" {
   value = aws_eks_cluster.cluster.vpc_config[0].cluster_security_group_id
 }
 output "load_balancer_controller_role_arn" {
-  value = aws_iam_role.load_balancer_controller_role.arn
+  value = aws_iam_role.controller_role["load_balancer_controller"].arn
 }
 output "cluster_autoscaler_role_arn" {
-  value = aws_iam_role.cluster_autoscaler_role.arn
+  value = aws_iam_role.controller_role["cluster_autoscaler"].arn
 }
 output "cluster_backup_bucket_name" {
   description = "Velero's backup location (infra/gitops/backup)"

@@ -49,8 +49,7 @@ FOLDED = {"InternetGatewayAttachment": "aws_internet_gateway.internet_gateway"} 
 TERRAFORM_ONLY = {
     "aws_default_security_group.default",
     "aws_iam_role_policy.vpc_flow_log_role",
-    "aws_iam_role_policy.load_balancer_controller_role",
-    "aws_iam_role_policy.cluster_autoscaler_role",
+    *(f"aws_iam_role_policy.controller_role[{c}]" for c in ("load_balancer_controller", "cluster_autoscaler")),
     "aws_iam_role_policy.velero_role",
     # a CloudFormation bucket's properties are separate resources in the AWS provider
     *(
@@ -114,7 +113,10 @@ FOR_EACH = {
     "aws_route_table.route_table": ("public", "private"),
     "aws_eks_node_group.node_group": "node_groups",
     "aws_launch_template.node_launch_template": "node_groups",
+    "aws_iam_role.controller_role": "controller_roles",
+    "aws_iam_role_policy.controller_role": "controller_roles",
 }
+CONTROLLER_ROLES = {"LoadBalancerControllerRole", "ClusterAutoscalerRole"}  # aws_iam_role.controller_role's
 
 
 def address(name: str, resource: dict[str, Any]) -> str:
@@ -130,6 +132,8 @@ def address(name: str, resource: dict[str, Any]) -> str:
         return f"aws_route_table_association.subnet_route_table[{snake(name).removesuffix('_route_table')}]"
     if kind == "AWS::EC2::RouteTable":  # PublicRouteTable: the public tier's
         return f"aws_route_table.route_table[{snake(name).removesuffix('_route_table')}]"
+    if name in CONTROLLER_ROLES:
+        return f"aws_iam_role.controller_role[{snake(name).removesuffix('_role')}]"
     if kind == "AWS::EKS::Nodegroup":  # CpuNodeGroup: local.node_groups' cpu
         return f"aws_eks_node_group.node_group[{snake(name).removesuffix('_node_group')}]"
     if kind == "AWS::EC2::LaunchTemplate":
@@ -278,7 +282,12 @@ def test_the_same_cluster_nodes_and_add_ons(hcl):
 def test_the_same_controller_permissions(hcl):
     for role in ("LoadBalancerControllerRole", "ClusterAutoscalerRole", "VeleroRole"):
         (policy,) = RESOURCES[role]["Properties"]["Policies"]
-        text = value(hcl["resource"][f"aws_iam_role_policy.{snake(role)}"], "policy")
+        if role in CONTROLLER_ROLES:  # jsonencode of its statements in local.controller_roles
+            policy_block = block(hcl, "aws_iam_role_policy.controller_role")
+            assert "jsonencode" in value(policy_block, "policy") and "each.value.statements" in value(policy_block, "policy")
+            text = json.dumps(value(hcl["locals"], "controller_roles")[snake(role).removesuffix("_role")]["statements"])
+        else:
+            text = value(hcl["resource"][f"aws_iam_role_policy.{snake(role)}"], "policy")
         for statement in policy["PolicyDocument"]["Statement"]:
             assert quoted(text, statement["Sid"]), (role, statement["Sid"])
             for action in statement["Action"] if isinstance(statement["Action"], list) else [statement["Action"]]:
