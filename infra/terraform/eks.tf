@@ -311,18 +311,15 @@ resource "aws_eks_addon" "kube_proxy_addon" {
   resolve_conflicts_on_update = "OVERWRITE"
 }
 
-# coredns and metrics-server run as pods: they wait for the CPU nodes.
-resource "aws_eks_addon" "core_dns_addon" {
-  cluster_name                = aws_eks_cluster.cluster.name
-  addon_name                  = "coredns"
-  resolve_conflicts_on_create = "OVERWRITE"
-  resolve_conflicts_on_update = "OVERWRITE"
-  depends_on                  = [aws_eks_node_group.node_group["cpu"]]
+# The add-ons that run as pods (CoreDnsAddon and MetricsServerAddon in infra/platform.yaml): they wait for the CPU nodes.
+locals {
+  pod_addons = ["coredns", "metrics-server"]
 }
 
-resource "aws_eks_addon" "metrics_server_addon" {
+resource "aws_eks_addon" "pod_addon" {
+  for_each                    = toset(local.pod_addons)
   cluster_name                = aws_eks_cluster.cluster.name
-  addon_name                  = "metrics-server"
+  addon_name                  = each.key
   resolve_conflicts_on_create = "OVERWRITE"
   resolve_conflicts_on_update = "OVERWRITE"
   depends_on                  = [aws_eks_node_group.node_group["cpu"]]

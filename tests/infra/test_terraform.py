@@ -115,6 +115,7 @@ FOR_EACH = {
     "aws_launch_template.node_launch_template": "node_groups",
     "aws_iam_role.controller_role": "controller_roles",
     "aws_iam_role_policy.controller_role": "controller_roles",
+    "aws_eks_addon.pod_addon": "pod_addons",
 }
 CONTROLLER_ROLES = {"LoadBalancerControllerRole", "ClusterAutoscalerRole"}  # aws_iam_role.controller_role's
 
@@ -132,6 +133,8 @@ def address(name: str, resource: dict[str, Any]) -> str:
         return f"aws_route_table_association.subnet_route_table[{snake(name).removesuffix('_route_table')}]"
     if kind == "AWS::EC2::RouteTable":  # PublicRouteTable: the public tier's
         return f"aws_route_table.route_table[{snake(name).removesuffix('_route_table')}]"
+    if kind == "AWS::EKS::Addon" and resource["Properties"]["AddonName"] in ("coredns", "metrics-server"):
+        return f"aws_eks_addon.pod_addon[{resource['Properties']['AddonName']}]"
     if name in CONTROLLER_ROLES:
         return f"aws_iam_role.controller_role[{snake(name).removesuffix('_role')}]"
     if kind == "AWS::EKS::Nodegroup":  # CpuNodeGroup: local.node_groups' cpu
@@ -264,7 +267,7 @@ def test_the_same_cluster_nodes_and_add_ons(hcl):
         attribute(hcl, address("CpuNodeGroup", RESOURCES["CpuNodeGroup"]), "scaling_config", "max_size")
         == RESOURCES["CpuNodeGroup"]["Properties"]["ScalingConfig"]["MaxSize"]
     )
-    addons = {value(b, "addon_name") for k, b in res.items() if k.startswith("aws_eks_addon.")}
+    addons = {attribute(hcl, k, "addon_name") for k in instances(hcl) if k.startswith("aws_eks_addon.")}
     assert addons == {r["Properties"]["AddonName"] for r in RESOURCES.values() if r["Type"] == "AWS::EKS::Addon"}
     assert "enableNetworkPolicy" in value(res["aws_eks_addon.vpc_cni_addon"], "configuration_values")
     upstreams = {value(b, "upstream_registry_url") for k, b in res.items() if k.startswith("aws_ecr_pull_through_cache_rule.")}
@@ -304,3 +307,14 @@ def test_checkov_terraform_finds_nothing_and_every_skip_says_why(infra_python: P
     report = checkov_passes(infra_python, tmp_path, "-d", str(TERRAFORM), "--framework", "terraform", more_than=50)
     for check in report["results"]["skipped_checks"]:
         assert len(check["check_result"]["suppress_comment"]) > 40, check["check_id"]
+
+
+def test_each_renamed_address_moves_to_a_resource_of_the_module(hcl):
+    """moved.tf.json: a state written before a resource became a for_each one moves instead of being replaced."""
+    moves = json.loads((TERRAFORM / "moved.tf.json").read_text())["moved"]
+    found = instances(hcl)
+    for move in moves:
+        to = move["to"].replace('"', "")
+        assert to in found, move
+        assert move["from"].removesuffix("[0]") not in found, move
+    assert len({m["from"] for m in moves}) == len({m["to"] for m in moves}) == len(moves)
