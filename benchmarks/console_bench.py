@@ -18,15 +18,12 @@ from __future__ import annotations
 import argparse
 import gzip
 import json
-import os
 import random
-import re
 import shutil
 import statistics
 import subprocess
 import sys
 import tempfile
-import threading
 import time
 import urllib.request
 import uuid
@@ -41,7 +38,7 @@ import numpy as np  # noqa: E402
 
 from synthetic.phantoms import generate_phantom, to_uint8, to_uint16  # noqa: E402
 from synthetic.samples import dicom_bytes  # noqa: E402
-from synthetic.peers import CHROMIUM_ARGS  # noqa: E402
+from synthetic.peers import CHROMIUM_ARGS, start_console as start_console_process  # noqa: E402
 from shared.metrics import LocalEmfFile, ModelLatency, stage_metrics  # noqa: E402
 
 LABELS = ["Atelectasis", "Cardiomegaly", "Consolidation", "Edema", "Pleural Effusion"]
@@ -236,22 +233,10 @@ def generate(data_dir: Path, studies: int, seed: int = 11) -> None:
 
 def start_console(data_dir: Path) -> tuple[subprocess.Popen, str, float]:
     started = time.perf_counter()
-    process = subprocess.Popen(
-        [sys.executable, "-m", "radstream.cli", "console", "--data-dir", str(data_dir)],
-        cwd=ROOT,
-        stdout=subprocess.PIPE,
-        text=True,
-        env={k: v for k, v in os.environ.items() if not k.startswith("RADSTREAM_")},
-    )
-    line: list[str] = []
-    reader = threading.Thread(target=lambda: line.append(process.stdout.readline()), daemon=True)
-    reader.start()
-    reader.join(300)
-    match = re.search(r"http://127\.0\.0\.1:\d+/", line[0] if line else "")
-    if not match:
-        process.kill()
+    process, url, line = start_console_process(data_dir, deadline_s=300)
+    if url is None:
         raise SystemExit(f"the console did not start: {line!r}")
-    return process, match.group(0), time.perf_counter() - started
+    return process, url, time.perf_counter() - started
 
 
 def http_ms(url: str) -> float:

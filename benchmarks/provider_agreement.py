@@ -21,7 +21,7 @@ ROOT = Path(__file__).resolve().parent.parent
 if str(ROOT) not in sys.path:
     sys.path.insert(0, str(ROOT))
 
-from benchmarks.triton_bench import REAL_REPOSITORY, read_config, with_cuda_options  # noqa: E402
+from benchmarks.triton_bench import REAL_REPOSITORY, add_cuda_option, read_config, with_cuda_options  # noqa: E402
 from radstream.triton_server import gpu_execution_providers, iter_models, open_onnx_session  # noqa: E402
 
 
@@ -39,13 +39,7 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--model-repository", type=Path, default=REAL_REPOSITORY)
     parser.add_argument("--model-config-name", default="gpu", metavar="NAME")
     parser.add_argument("--images", type=int, default=16)
-    parser.add_argument(
-        "--cuda-option",
-        action="append",
-        default=[],
-        metavar="KEY=VALUE",
-        help="override a CUDA provider option (repeatable), e.g. use_tf32=1",
-    )
+    add_cuda_option(parser, "override a CUDA provider option (repeatable), e.g. use_tf32=1")
     args = parser.parse_args(argv)
     import onnxruntime as ort
 

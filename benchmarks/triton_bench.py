@@ -50,8 +50,11 @@ import sys
 import tempfile
 import threading
 import time
+from collections.abc import Iterator
+from contextlib import contextmanager
 from dataclasses import dataclass
 from pathlib import Path
+from typing import Any
 
 import numpy as np
 
@@ -296,13 +299,7 @@ def bench_variants(
 ) -> list[Level]:
     names = ["current", *variants]
     results: list[Level] = []
-    started = time.perf_counter()
-    with TritonServer(repository, model_config_name=config_name, ready_deadline_s=600) as server:
-        print(f"  server ready in {time.perf_counter() - started:.1f}s (model_warmup runs before readiness)")
-        for line in provider_lines(server):
-            print(f"  {line}")
-        url = server.grpc_url if protocol == "grpc" else server.http_url
-        admin = admin_client(server)
+    with started_server(repository, config_name, protocol, "", " (model_warmup runs before readiness)") as (url, admin):
         for r in range(rounds):
             order = names[r % len(names) :] + names[: r % len(names)]  # rotate, so no variant always goes first
             for model in models:
@@ -418,6 +415,18 @@ def provider_lines(server: TritonServer) -> list[str]:
     ]
 
 
+@contextmanager
+def started_server(repository: Path, config_name: str | None, protocol: str, prefix: str, note: str = "") -> Iterator[tuple[str, Any]]:
+    """A Triton server on `repository` for one measurement: its start time and ONNX Runtime providers printed (each line
+    after `prefix`), then its URL for `protocol` and an admin client."""
+    started = time.perf_counter()
+    with TritonServer(repository, model_config_name=config_name, ready_deadline_s=600) as server:
+        print(f"  {prefix}server ready in {time.perf_counter() - started:.1f}s{note}")
+        for line in provider_lines(server):
+            print(f"  {prefix}{line}")
+        yield (server.grpc_url if protocol == "grpc" else server.http_url), admin_client(server)
+
+
 def bench_server(
     repository: Path,
     mode: str,
@@ -430,13 +439,7 @@ def bench_server(
     config_name: str | None = None,
 ) -> list[Level]:
     results = []
-    started = time.perf_counter()
-    with TritonServer(repository, model_config_name=config_name, ready_deadline_s=600) as server:
-        print(f"  {mode:<10} server ready in {time.perf_counter() - started:.1f}s")
-        for line in provider_lines(server):
-            print(f"  {mode:<10} {line}")
-        url = server.grpc_url if protocol == "grpc" else server.http_url
-        admin = admin_client(server)
+    with started_server(repository, config_name, protocol, f"{mode:<10} ") as (url, admin):
         for model in models:
             max_batch = read_config(repository / model, config_name).max_batch_size
             for batch in batch_sizes:
@@ -448,6 +451,11 @@ def bench_server(
                     results.append(level)
                     print_level(level)
     return results
+
+
+def add_cuda_option(parser: argparse.ArgumentParser, help: str) -> None:
+    """--cuda-option KEY=VALUE (repeatable): the overrides with_cuda_options applies."""
+    parser.add_argument("--cuda-option", action="append", default=[], metavar="KEY=VALUE", help=help)
 
 
 def with_cuda_options(providers: list, overrides: dict[str, str] | None) -> list:
@@ -617,13 +625,7 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument(
         "--mixed", action="store_true", help="with --direct and several --batch-sizes: also a run whose batch size changes every call"
     )
-    parser.add_argument(
-        "--cuda-option",
-        action="append",
-        default=[],
-        metavar="KEY=VALUE",
-        help="with --direct: override a CUDA provider option of the in-process run (repeatable), e.g. use_tf32=1",
-    )
+    add_cuda_option(parser, "with --direct: override a CUDA provider option of the in-process run (repeatable), e.g. use_tf32=1")
     args = parser.parse_args(argv)
     batch_sizes = tuple(int(b) for b in args.batch_sizes.split(",") if b)
     if args.variant and (batch_sizes != (1,) or args.direct):

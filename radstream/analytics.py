@@ -19,8 +19,7 @@ import re
 import sys
 import tempfile
 import threading
-import time
-from collections.abc import Callable, Iterator, Mapping
+from collections.abc import Iterator, Mapping
 from dataclasses import dataclass
 from decimal import Decimal
 from pathlib import Path
@@ -30,6 +29,7 @@ import sqlglot
 from sqlglot import exp
 from sqlglot.errors import ErrorLevel, SqlglotError
 
+from radstream.cli_args import add_data_dir
 from radstream.template import DEFAULT_TEMPLATE, Template
 from shared.athena import AthenaExecutor, QueryResult
 from shared.errors import ConfigurationError, PermanentError, StorageUnavailable
@@ -471,27 +471,11 @@ class AthenaQueryRunner(_Queries, AthenaExecutor):
         workgroup: str,
         database: str,
         template: Template | Path | None = None,
-        *,
-        timeout_s: float = 300.0,
-        poll_initial_s: float = 0.25,
-        poll_max_s: float = 5.0,
-        page_size: int = 1000,
-        sleep: Callable[[float], None] = time.sleep,
-        clock: Callable[[], float] = time.monotonic,
+        **executor_options: Any,
     ) -> None:
+        """executor_options: AthenaExecutor's keyword options (timeout_s, poll_initial_s, ...), which it checks."""
         _Queries.__init__(self, template)
-        AthenaExecutor.__init__(
-            self,
-            client,
-            workgroup,
-            database,
-            timeout_s=timeout_s,
-            poll_initial_s=poll_initial_s,
-            poll_max_s=poll_max_s,
-            page_size=page_size,
-            sleep=sleep,
-            clock=clock,
-        )
+        AthenaExecutor.__init__(self, client, workgroup, database, **executor_options)
         self.names = glue_names(self.template, database)
 
     def sql(self, name: str) -> str:
@@ -515,7 +499,7 @@ def add_query_parser(subparsers: Any) -> argparse.ArgumentParser:
         description="Without NAME, list the named queries. With NAME, run it with DuckDB over DATA_DIR's telemetry lake.",
     )
     p.add_argument("name", nargs="?", help="a named query (omit to list them)")
-    p.add_argument("--data-dir", default="radstream-data", help="folder holding the local buckets (default: ./radstream-data)")
+    add_data_dir(p)
     p.add_argument("-p", "--param", action="append", default=[], metavar="NAME=VALUE", help="a query parameter, e.g. days=30 (repeatable)")
     p.add_argument("--json", action="store_true", help="print JSON instead of a table (every row)")
     p.add_argument(

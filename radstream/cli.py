@@ -19,6 +19,7 @@ from rich.console import Console
 from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeElapsedColumn
 from rich.table import Table
 
+from radstream.cli_args import add_data_dir
 from radstream.analytics import add_query_parser
 from radstream.console.cli import add_console_parsers
 from radstream.lake import add_lake_parser
@@ -630,7 +631,7 @@ def cmd_export(args: argparse.Namespace) -> int:
 
 
 def add_run_options(p: argparse.ArgumentParser) -> None:
-    p.add_argument("--data-dir", default="radstream-data", help="folder holding the local buckets (default: ./radstream-data)")
+    add_data_dir(p)
     p.add_argument(
         "--triton-url", help="serve models from Triton (http://host:8000 or grpc://host:8001) instead of in-process ONNX Runtime"
     )
@@ -697,7 +698,7 @@ def parser() -> argparse.ArgumentParser:
     demo_models = sub.add_parser(
         "demo-models", help="model lifecycle demo: import a second classifier, run it in shadow, load feedback, compare"
     )
-    demo_models.add_argument("--data-dir", default="radstream-data", help="folder holding the local buckets (default: ./radstream-data)")
+    add_data_dir(demo_models)
     demo_models.add_argument("--count", type=positive_int, default=8, help="phantom studies (default 8)")
     demo_models.add_argument("--json", action="store_true", help="print JSON")
     from radstream.demo_models import cmd_demo_models
@@ -706,7 +707,7 @@ def parser() -> argparse.ArgumentParser:
 
     trace = sub.add_parser("trace", help="show the trace of a study's latest run (an X-Ray segment document)")
     trace.add_argument("study_id")
-    trace.add_argument("--data-dir", default="radstream-data")
+    add_data_dir(trace)
     trace.add_argument("--json", action="store_true", help="print the segment document")
     trace.set_defaults(func=cmd_trace)
 
@@ -738,7 +739,7 @@ def parser() -> argparse.ArgumentParser:
     notify.add_argument("--replay", action="store_true", help="send every pending or dead-lettered notification again (NOTIFY_MLLP_PEER)")
     notify.add_argument("--ack", nargs=2, metavar=("STUDY_ID", "RULE"), help="acknowledge a study's notification (recorded, never deleted)")
     notify.add_argument("--by", help="who acknowledges (with --ack)")
-    notify.add_argument("--data-dir", default="radstream-data", help="folder holding the local buckets (default: ./radstream-data)")
+    add_data_dir(notify)
     notify.set_defaults(func=cmd_notify, triton_url=None, model_repository=None)
 
     add_query_parser(sub)

@@ -25,6 +25,7 @@ from typing import Any, Literal
 
 from pydantic import BaseModel, ValidationError, field_validator
 
+from radstream.cli_args import add_data_dir
 from shared.errors import ObjectNotFound
 from shared.lake_tables import SUFFIX, ndjson_gz
 from shared.storage import ObjectStore
@@ -364,7 +365,7 @@ def add_parser(models_sub: Any) -> None:
         help="import radiologists' feedback: a CSV (study_id,label,verdict,present,box_index,reader) or a final FHIR DiagnosticReport (.json)",
     )
     fb.add_argument("csv", help="the CSV file, a FHIR DiagnosticReport (.json) or an HL7 ORU^R01 message (.hl7)")
-    fb.add_argument("--data-dir", default="radstream-data", help="folder holding the local buckets (default: ./radstream-data)")
+    add_data_dir(fb)
     fb.set_defaults(func=cmd_feedback)
 
 

@@ -27,6 +27,7 @@ from http import HTTPStatus
 from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 from typing import Any
 
+from radstream.cli_args import add_data_dir
 from radstream.feedback import FeedbackRefused, FinalReport, NotAReport, parse_fhir_report, parse_hl7_report, record_report
 from shared.errors import RetryableError
 from shared.storage import ObjectStore
@@ -268,7 +269,7 @@ def add_parser(models_sub: Any) -> None:
     )
     listen.add_argument("--mllp", metavar="HOST:PORT", help="MLLP listener address (e.g. 0.0.0.0:2575)")
     listen.add_argument("--fhir", metavar="HOST:PORT", help="FHIR endpoint address (e.g. 127.0.0.1:8090)")
-    listen.add_argument("--data-dir", default="radstream-data", help="folder holding the local buckets (default: ./radstream-data)")
+    add_data_dir(listen)
     listen.set_defaults(func=cmd_listen)
 
 

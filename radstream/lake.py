@@ -34,6 +34,7 @@ from contextlib import contextmanager
 from dataclasses import dataclass, field
 from pathlib import Path
 
+from radstream.cli_args import add_data_dir
 from radstream.analytics import (
     PARTITION_COLUMNS,
     QUARANTINE_DIR,
@@ -283,7 +284,7 @@ def add_lake_parser(subparsers: argparse._SubParsersAction) -> None:
         description="Merge each partition's small gzip NDJSON objects into objects of up to --target-mb (uncompressed). "
         "Safe to kill and to run again; live runs may keep writing.",
     )
-    p.add_argument("--data-dir", default="radstream-data", help="folder holding the local buckets (default: ./radstream-data)")
+    add_data_dir(p)
     p.add_argument(
         "--target-mb", type=float, default=DEFAULT_TARGET_BYTES / 1024 / 1024, help="largest merged object, uncompressed (default 64)"
     )
@@ -300,7 +301,7 @@ def add_lake_parser(subparsers: argparse._SubParsersAction) -> None:
         "the machine or a failing disk can leave) is moved to <lake>/.quarantine/ (kept) and named; the queries answer "
         "from the rest. Exit 1 when something was quarantined, now or before.",
     )
-    check.add_argument("--data-dir", default="radstream-data", help="folder holding the local buckets (default: ./radstream-data)")
+    add_data_dir(check)
     check.add_argument("--json", action="store_true", help="print the result as JSON")
     check.set_defaults(func=cmd_check)
 

@@ -13,6 +13,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
+from radstream.cli_args import add_data_dir
 from shared.errors import ConfigurationError
 
 ALARM = "ModelDriftAlarm"
@@ -67,7 +68,7 @@ def add_parser(models_sub: Any) -> None:
     drift = models_sub.add_parser(
         "drift", help="each live model feature's population stability index (model_drift), with ModelDriftAlarm evaluated on it"
     )
-    drift.add_argument("--data-dir", default="radstream-data", help="folder holding the local buckets (default: ./radstream-data)")
+    add_data_dir(drift)
     drift.add_argument("--days", type=int, default=1, help="the recent window in days (default 1)")
     drift.add_argument("--baseline-days", type=int, default=28, help="the baseline window before it (default 28)")
     drift.add_argument("--alarm", action="store_true", help=f"exit {EXIT_ALARM} and print each alarm when a feature shifted")

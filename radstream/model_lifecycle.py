@@ -33,6 +33,7 @@ import numpy as np
 import yaml
 from pydantic import BaseModel, ConfigDict, Field, ValidationError, model_validator
 
+from radstream.cli_args import add_data_dir
 from shared.atomicfile import atomic_write, fsync_dir
 from shared.errors import ConfigurationError
 from shared.model_repository import (
@@ -623,7 +624,7 @@ def add_compare_parser(models_sub: Any) -> None:
     cmp = models_sub.add_parser(
         "compare", help="live against shadow: per-label agreement (positive agreement, Cohen's kappa, mean |dp|), latency and cost"
     )
-    cmp.add_argument("--data-dir", default="radstream-data", help="folder holding the local buckets (default: ./radstream-data)")
+    add_data_dir(cmp)
     cmp.add_argument("--days", type=int, default=30, help="window in days (default 30)")
     cmp.add_argument("--json", action="store_true", help="print JSON")
     cmp.set_defaults(func=cmd_compare)

@@ -10,14 +10,13 @@ from __future__ import annotations
 import json
 import shutil
 import subprocess
-import time
 import urllib.parse
 import urllib.request
 from pathlib import Path
 from typing import Any
 
 # free_port is re-exported: the tests and the bench take it from here too.
-from radstream.triton_server import free_port
+from radstream.triton_server import free_port, wait_until_ready
 from shared.errors import ConfigurationError
 
 DICOMWEB_PLUGIN = Path("/usr/share/orthanc/plugins/libOrthancDicomWeb.so")
@@ -81,20 +80,21 @@ class Orthanc:
         (self.folder / "orthanc.json").write_text(json.dumps(config))
         self._log = open(self.folder / "orthanc.log", "a")
         self.process = subprocess.Popen([self.binary, str(self.folder / "orthanc.json")], stdout=self._log, stderr=subprocess.STDOUT)
-        deadline = time.monotonic() + self.start_timeout_s
-        while True:
-            if self.process.poll() is not None:
-                code = self.process.returncode
-                self.stop()
-                raise ConfigurationError(f"Orthanc exited with {code}: {self.log_tail()}")
-            try:
-                self.get("/system")
-                return
-            except OSError:
-                if time.monotonic() > deadline:
-                    self.stop()
-                    raise ConfigurationError(f"Orthanc did not answer within {self.start_timeout_s:.0f} s: {self.log_tail()}") from None
-                time.sleep(0.2)
+        try:
+            code = wait_until_ready(self.process, self.answers, self.start_timeout_s)
+        except TimeoutError:
+            self.stop()
+            raise ConfigurationError(f"Orthanc did not answer within {self.start_timeout_s:.0f} s: {self.log_tail()}") from None
+        if code is not None:
+            self.stop()
+            raise ConfigurationError(f"Orthanc exited with {code}: {self.log_tail()}")
+
+    def answers(self) -> bool:
+        try:
+            self.get("/system")
+        except OSError:
+            return False
+        return True
 
     def log_tail(self) -> str:
         path = self.folder / "orthanc.log"

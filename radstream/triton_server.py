@@ -42,7 +42,7 @@ import urllib.error
 import urllib.request
 import uuid
 from collections import deque
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from pathlib import Path
 from typing import IO
 
@@ -171,6 +171,21 @@ def free_port(host: str = "127.0.0.1") -> int:
     with socket.socket(socket.AF_INET, socket.SOCK_STREAM) as s:
         s.bind((host, 0))
         return s.getsockname()[1]
+
+
+def wait_until_ready(process: subprocess.Popen, ready: Callable[[], bool], deadline_s: float, poll_s: float = 0.2) -> int | None:
+    """A local peer started as `process` (Triton, Orthanc): poll ready() until it is true (None) or the process exits
+    first (its exit code); TimeoutError once deadline_s have passed."""
+    deadline = time.monotonic() + deadline_s
+    while True:
+        if ready():
+            return None
+        if time.monotonic() >= deadline:
+            raise TimeoutError(f"not ready after {deadline_s:.0f}s")
+        try:
+            return process.wait(timeout=poll_s)
+        except subprocess.TimeoutExpired:
+            continue
 
 
 def tritonserver_home() -> Path:
@@ -506,27 +521,24 @@ class TritonServer:
         if self._process is None:
             raise InferenceUnavailable("Triton server was not started")
         url = f"{self.http_url}/v2/health/ready"
-        deadline = time.monotonic() + deadline_s
-        while True:
+
+        def ready() -> bool:
             try:
                 with urllib.request.urlopen(url, timeout=2) as response:
-                    if response.status == 200:
-                        return self
+                    return bool(response.status == 200)
             except (urllib.error.URLError, OSError):
-                pass
-            if time.monotonic() >= deadline:
-                raise InferenceUnavailable(
-                    f"Triton server not ready after {deadline_s:.0f}s; log tail:\n{self.log_tail()}",
-                    url=url,
-                )
-            try:
-                code = self._process.wait(timeout=0.2)
-            except subprocess.TimeoutExpired:
-                continue
-            raise InferenceUnavailable(
-                f"Triton server exited with code {code} before it was ready; {self.log_errors()}log tail:\n{self.log_tail()}",
-                exit_code=code,
-            )
+                return False
+
+        try:
+            code = wait_until_ready(self._process, ready, deadline_s)
+        except TimeoutError:
+            raise InferenceUnavailable(f"Triton server not ready after {deadline_s:.0f}s; log tail:\n{self.log_tail()}", url=url) from None
+        if code is None:
+            return self
+        raise InferenceUnavailable(
+            f"Triton server exited with code {code} before it was ready; {self.log_errors()}log tail:\n{self.log_tail()}",
+            exit_code=code,
+        )
 
     def log_errors(self, limit: int = 10) -> str:
         """The log's error lines (E...), which a long model table can push out of its tail; '' if none."""

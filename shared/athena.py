@@ -6,7 +6,7 @@ from __future__ import annotations
 
 import time
 from collections.abc import Callable
-from dataclasses import dataclass
+from dataclasses import KW_ONLY, dataclass
 from typing import Any
 
 from shared.aws_errors import translated
@@ -37,31 +37,20 @@ _NUMERIC = {
 }
 
 
+@dataclass(eq=False)
 class AthenaExecutor:
     """Start a query, poll with backoff until a deadline, page through the results."""
 
-    def __init__(
-        self,
-        client: Any,
-        workgroup: str,
-        database: str,
-        *,
-        timeout_s: float = 300.0,
-        poll_initial_s: float = 0.25,
-        poll_max_s: float = 5.0,
-        page_size: int = 1000,
-        sleep: Callable[[float], None] = time.sleep,
-        clock: Callable[[], float] = time.monotonic,
-    ) -> None:
-        self.client = client
-        self.workgroup = workgroup
-        self.database = database
-        self.timeout_s = timeout_s
-        self.poll_initial_s = poll_initial_s
-        self.poll_max_s = poll_max_s
-        self.page_size = page_size
-        self.sleep = sleep
-        self.clock = clock
+    client: Any
+    workgroup: str
+    database: str
+    _: KW_ONLY
+    timeout_s: float = 300.0
+    poll_initial_s: float = 0.25
+    poll_max_s: float = 5.0
+    page_size: int = 1000
+    sleep: Callable[[float], None] = time.sleep
+    clock: Callable[[], float] = time.monotonic
 
     def execute(self, name: str, sql: str, values: list[Any] | None = None) -> QueryResult:
         """Run `sql` (named `name` in errors) with its execution parameters; the whole result."""

@@ -105,3 +105,19 @@ class StoreDependencies:
 
     def close(self) -> None:
         close_all(self.store)
+
+
+@dataclass(frozen=True)
+class EventDependencies:
+    """What a stage that reads and writes objects and announces events needs (notify, store's RecordFailure)."""
+
+    settings: Settings
+    store: ObjectStore
+    events: EventPublisher
+
+    @classmethod
+    def from_settings(cls, settings: Settings) -> EventDependencies:
+        return cls(settings, object_store(settings), event_publisher(settings))
+
+    def close(self) -> None:
+        close_all(self.store, self.events)

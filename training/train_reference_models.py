@@ -426,34 +426,49 @@ def _predict(model, x: np.ndarray, bs: int = 64, fn=None):
     return np.concatenate([o.numpy() for o in outs])
 
 
+def _fit(model, n: int, seed: int, epochs: int, log, label: str, batch_loss, after_step=None):
+    """The training loop of every reference model: AdamW (lr 2e-3 with warm-up and cosine decay), batches of 32 of the
+    n training images in an order drawn from `seed`; batch_loss(idx, rng) is a batch's loss (rng: the same generator,
+    for augmentation), after_step() runs after each optimizer step."""
+    import torch
+
+    opt = torch.optim.AdamW(model.parameters(), lr=2e-3, weight_decay=1e-4)
+    rng = np.random.default_rng(seed)
+    bs = 32
+    total = epochs * max(1, n // bs)
+    step = 0
+    for ep in range(epochs):
+        model.train()
+        losses = []
+        for idx in _batches(n, bs, rng):
+            loss = batch_loss(idx, rng)
+            _schedule(opt, step, total, 2e-3)
+            opt.zero_grad()
+            loss.backward()
+            opt.step()
+            if after_step is not None:
+                after_step()
+            step += 1
+            losses.append(loss.item())
+        log(f"  {label} epoch {ep + 1}/{epochs} loss {np.mean(losses):.4f}")
+    return model
+
+
 def train_classifier(Classifier, data, epochs, seed, log):
     import torch
     import torch.nn.functional as F
 
     torch.manual_seed(seed + 11)
     model = Classifier()
-    opt = torch.optim.AdamW(model.parameters(), lr=2e-3, weight_decay=1e-4)
     x, y = data["train"]["img224"], data["train"]["y"]
-    rng = np.random.default_rng(seed + 11)
-    bs = 32
-    total = epochs * max(1, len(x) // bs)
-    step = 0
-    for ep in range(epochs):
-        model.train()
-        losses = []
-        for idx in _batches(len(x), bs, rng):
-            xb = torch.from_numpy(x[idx].astype(np.float32)) * 2048.0 - 1024.0
-            if rng.random() < 0.5:  # mild horizontal-free augmentation: brightness/contrast jitter
-                xb = xb * float(rng.uniform(0.9, 1.1))
-            loss = F.binary_cross_entropy_with_logits(model.logits(xb), torch.from_numpy(y[idx]))
-            _schedule(opt, step, total, 2e-3)
-            opt.zero_grad()
-            loss.backward()
-            opt.step()
-            step += 1
-            losses.append(loss.item())
-        log(f"  classifier epoch {ep + 1}/{epochs} loss {np.mean(losses):.4f}")
-    return model
+
+    def batch_loss(idx, rng):
+        xb = torch.from_numpy(x[idx].astype(np.float32)) * 2048.0 - 1024.0
+        if rng.random() < 0.5:  # mild horizontal-free augmentation: brightness/contrast jitter
+            xb = xb * float(rng.uniform(0.9, 1.1))
+        return F.binary_cross_entropy_with_logits(model.logits(xb), torch.from_numpy(y[idx]))
+
+    return _fit(model, len(x), seed + 11, epochs, log, "classifier", batch_loss)
 
 
 def _det_targets(gts, n_cls, size):
@@ -486,40 +501,27 @@ def train_detector(Detector, data, epochs, seed, log):
 
     torch.manual_seed(seed + 22)
     model = Detector()
-    opt = torch.optim.AdamW(model.parameters(), lr=2e-3, weight_decay=1e-4)
     x = data["train"]["img256"]
     gts = data["train"]["boxes"]
-    rng = np.random.default_rng(seed + 22)
-    bs = 32
-    total = epochs * max(1, len(x) // bs)
-    step = 0
-    for ep in range(epochs):
-        model.train()
-        losses = []
-        for idx in _batches(len(x), bs, rng):
-            hm_t, ind, reg_t, mask = (torch.from_numpy(a) for a in _det_targets([gts[i] for i in idx], model.nc, DET_SIZE))
-            xb = torch.from_numpy(x[idx].astype(np.float32))
-            hm_logits, reg = model.raw(xb)
-            # CenterNet focal loss
-            p = torch.sigmoid(hm_logits).clamp(1e-4, 1 - 1e-4)
-            pos = hm_t.eq(1).float()
-            neg_w = (1 - hm_t) ** 4
-            pos_loss = (torch.log(p) * (1 - p) ** 2 * pos).sum()
-            neg_loss = (torch.log(1 - p) * p**2 * neg_w * (1 - pos)).sum()
-            npos = pos.sum().clamp(min=1.0)
-            l_hm = -(pos_loss + neg_loss) / npos
-            n = reg.shape[0]
-            pr = torch.gather(reg.reshape(n, 4, -1), 2, ind.unsqueeze(1).expand(n, 4, ind.shape[1])).permute(0, 2, 1)
-            l_reg = (torch.abs(pr - reg_t).sum(2) * mask).sum() / mask.sum().clamp(min=1.0)
-            loss = l_hm + 0.5 * l_reg
-            _schedule(opt, step, total, 2e-3)
-            opt.zero_grad()
-            loss.backward()
-            opt.step()
-            step += 1
-            losses.append(loss.item())
-        log(f"  detector epoch {ep + 1}/{epochs} loss {np.mean(losses):.4f}")
-    return model
+
+    def batch_loss(idx, rng):
+        hm_t, ind, reg_t, mask = (torch.from_numpy(a) for a in _det_targets([gts[i] for i in idx], model.nc, DET_SIZE))
+        xb = torch.from_numpy(x[idx].astype(np.float32))
+        hm_logits, reg = model.raw(xb)
+        # CenterNet focal loss
+        p = torch.sigmoid(hm_logits).clamp(1e-4, 1 - 1e-4)
+        pos = hm_t.eq(1).float()
+        neg_w = (1 - hm_t) ** 4
+        pos_loss = (torch.log(p) * (1 - p) ** 2 * pos).sum()
+        neg_loss = (torch.log(1 - p) * p**2 * neg_w * (1 - pos)).sum()
+        npos = pos.sum().clamp(min=1.0)
+        l_hm = -(pos_loss + neg_loss) / npos
+        n = reg.shape[0]
+        pr = torch.gather(reg.reshape(n, 4, -1), 2, ind.unsqueeze(1).expand(n, 4, ind.shape[1])).permute(0, 2, 1)
+        l_reg = (torch.abs(pr - reg_t).sum(2) * mask).sum() / mask.sum().clamp(min=1.0)
+        return l_hm + 0.5 * l_reg
+
+    return _fit(model, len(x), seed + 22, epochs, log, "detector", batch_loss)
 
 
 def train_encoder(Encoder, data, epochs, seed, log):
@@ -528,32 +530,21 @@ def train_encoder(Encoder, data, epochs, seed, log):
 
     torch.manual_seed(seed + 33)
     model = Encoder(len(SENTENCE_BANK))
-    opt = torch.optim.AdamW(model.parameters(), lr=2e-3, weight_decay=1e-4)
     x, t = data["train"]["img224"], data["train"]["sent"]
-    rng = np.random.default_rng(seed + 33)
-    bs = 32
-    total = epochs * max(1, len(x) // bs)
-    step = 0
-    for ep in range(epochs):
-        model.train()
-        losses = []
-        for idx in _batches(len(x), bs, rng):
-            xb = torch.from_numpy(x[idx].astype(np.float32))
-            img = model(xb)
-            txt = model.text_embeddings()
-            logits = img @ txt.T * model.logit_scale.exp() + model.logit_bias
-            # sigmoid (SigLIP-style) contrastive loss: every image-sentence pair is a binary label
-            loss = F.binary_cross_entropy_with_logits(logits, torch.from_numpy(t[idx]))
-            _schedule(opt, step, total, 2e-3)
-            opt.zero_grad()
-            loss.backward()
-            opt.step()
-            with torch.no_grad():
-                model.logit_scale.clamp_(0.0, math.log(100.0))
-            step += 1
-            losses.append(loss.item())
-        log(f"  encoder epoch {ep + 1}/{epochs} loss {np.mean(losses):.4f}")
-    return model
+
+    def batch_loss(idx, rng):
+        xb = torch.from_numpy(x[idx].astype(np.float32))
+        img = model(xb)
+        txt = model.text_embeddings()
+        logits = img @ txt.T * model.logit_scale.exp() + model.logit_bias
+        # sigmoid (SigLIP-style) contrastive loss: every image-sentence pair is a binary label
+        return F.binary_cross_entropy_with_logits(logits, torch.from_numpy(t[idx]))
+
+    def clamp_scale():
+        with torch.no_grad():
+            model.logit_scale.clamp_(0.0, math.log(100.0))
+
+    return _fit(model, len(x), seed + 33, epochs, log, "encoder", batch_loss, clamp_scale)
 
 
 # ---------------------------------------------------------------------------------------------
@@ -674,6 +665,29 @@ def _fmt(v: float) -> str:
     return "n/a" if v != v else f"{v:.3f}"
 
 
+def write_model_files(
+    d: Path,
+    name: str,
+    config: tuple,
+    labels: list[str],
+    thresholds: dict,
+    card: tuple[str, str, str],
+    metrics: dict,
+    diffs: dict,
+    args,
+    counts: dict,
+) -> dict:
+    """A trained model's files beside its ONNX graph (config.pbtxt, labels.txt, thresholds.json, MODEL_CARD.md,
+    metrics.json): config is config_pbtxt's arguments after the name, card model_card's (purpose, io, metrics_md).
+    Returns the model's entry of the run summary."""
+    (d / "config.pbtxt").write_text(config_pbtxt(name, *config))
+    (d / "labels.txt").write_text("\n".join(labels) + "\n")
+    (d / "thresholds.json").write_text(json.dumps(thresholds, indent=2) + "\n")
+    (d / "MODEL_CARD.md").write_text(model_card(name, *card, args, counts))
+    (d / "metrics.json").write_text(json.dumps(metrics, indent=2, sort_keys=True) + "\n")
+    return {**metrics, "onnx_max_abs_diff": diffs}
+
+
 def model_card(name: str, purpose: str, io: str, metrics_md: str, args, counts: dict, extra: str = "") -> str:
     return f"""# {name}: reference model (synthetic phantoms)
 
@@ -773,41 +787,32 @@ def run(args) -> dict:
             clf, torch.zeros(2, 1, CLS_SIZE, CLS_SIZE), d / "1" / "model.onnx", ["probabilities"], {"probabilities": [len(FINDINGS)]}
         )
         diffs = verify_onnx(clf, xrv(data["test"]["img224"][:8]), d / "1" / "model.onnx", 1e-4)
-        (d / "config.pbtxt").write_text(
-            config_pbtxt(
-                "chest_xray_classifier",
-                "chest_xray_classifier: 5 findings, sigmoid probabilities",
-                CLS_SIZE,
-                "xrv",
-                "classifier",
-                [("probabilities", "TYPE_FP32", [len(FINDINGS)], "labels.txt")],
-            )
-        )
-        (d / "labels.txt").write_text("\n".join(FINDINGS) + "\n")
-        (d / "thresholds.json").write_text(json.dumps(thresholds, indent=2) + "\n")
         rows = "\n".join(
             f"| {f} | {_fmt(aurocs[f])} | {thresholds[f]} | {int(data['test']['y'][:, i].sum())} |" for i, f in enumerate(FINDINGS)
         )
         points = high_specificity(data["val"]["y"], p_val, data["test"]["y"], p_test)
         cls_metrics = {"auroc": aurocs, "mean_auroc": mean_auc, "thresholds": thresholds, "high_specificity": points}
-        (d / "MODEL_CARD.md").write_text(
-            model_card(
-                "chest_xray_classifier",
-                "Multi-label classification of 5 findings (Atelectasis, Cardiomegaly, Consolidation, Edema, "
-                "Pleural Effusion). A small CNN (4x4 patchify stem, 7 conv-BN-ReLU layers, avg+max pooling, linear).",
-                "- input `image` FP32 [N, 1, 224, 224], normalisation `xrv`: `(2x - 1) * 1024`\n"
-                "- output `probabilities` FP32 [N, 5], sigmoid applied, order of `labels.txt`\n"
-                "- `thresholds.json`: per-finding decision thresholds chosen on the validation split (Youden's J)",
-                "| finding | AUROC (test) | threshold (val) | positives (test) |\n|---|---|---|---|\n"
-                + rows
-                + f"\n\nMean AUROC: **{_fmt(mean_auc)}**\n\n"
-                + high_specificity_md(points),
-                args,
-                n,
-            )
+        config = (
+            "chest_xray_classifier: 5 findings, sigmoid probabilities",
+            CLS_SIZE,
+            "xrv",
+            "classifier",
+            [("probabilities", "TYPE_FP32", [len(FINDINGS)], "labels.txt")],
         )
-        (d / "metrics.json").write_text(json.dumps(cls_metrics, indent=2, sort_keys=True) + "\n")
-        summary["chest_xray_classifier"] = {**cls_metrics, "onnx_max_abs_diff": diffs}
+        card = (
+            "Multi-label classification of 5 findings (Atelectasis, Cardiomegaly, Consolidation, Edema, "
+            "Pleural Effusion). A small CNN (4x4 patchify stem, 7 conv-BN-ReLU layers, avg+max pooling, linear).",
+            "- input `image` FP32 [N, 1, 224, 224], normalisation `xrv`: `(2x - 1) * 1024`\n"
+            "- output `probabilities` FP32 [N, 5], sigmoid applied, order of `labels.txt`\n"
+            "- `thresholds.json`: per-finding decision thresholds chosen on the validation split (Youden's J)",
+            "| finding | AUROC (test) | threshold (val) | positives (test) |\n|---|---|---|---|\n"
+            + rows
+            + f"\n\nMean AUROC: **{_fmt(mean_auc)}**\n\n"
+            + high_specificity_md(points),
+        )
+        summary["chest_xray_classifier"] = write_model_files(
+            d, "chest_xray_classifier", config, FINDINGS, thresholds, card, cls_metrics, diffs, args, n
+        )
 
     # ---------------- detector ----------------
     if "anomaly_detector" in only:
@@ -829,42 +834,33 @@ def run(args) -> dict:
             {"boxes": [K, 4], "scores": [K], "classes": [K]},
         )
         diffs = verify_onnx(det, data["test"]["img256"][:8].astype(np.float32), d / "1" / "model.onnx", 1e-3)
-        (d / "config.pbtxt").write_text(
-            config_pbtxt(
-                "anomaly_detector",
-                "anomaly_detector: CenterNet-style boxes, decoded in-graph (TopK 16)",
-                DET_SIZE,
-                "unit",
-                "detector",
-                [("boxes", "TYPE_FP32", [K, 4], None), ("scores", "TYPE_FP32", [K], None), ("classes", "TYPE_INT32", [K], None)],
-            )
-        )
-        (d / "labels.txt").write_text("\n".join(LESION_LABELS) + "\n")
-        (d / "thresholds.json").write_text(json.dumps({"score_threshold": score_thr}, indent=2) + "\n")
         n_gt = {lab: int(sum((g[:, 4] == i).sum() for g in data["test"]["boxes"])) for i, lab in enumerate(LESION_LABELS)}
         rows = "\n".join(f"| {lab} | {_fmt(aps[lab])} | {n_gt[lab]} |" for lab in LESION_LABELS)
         det_metrics = {"ap50": aps, "map50": mean_ap, "score_threshold": score_thr, "val_f1_at_threshold": f1}
-        (d / "MODEL_CARD.md").write_text(
-            model_card(
-                "anomaly_detector",
-                "Localizes `nodule_mass` and `focal_opacity` lesions. CenterNet-style: stride-4 class heatmaps, "
-                "log box size and sub-cell offset, with decoding (3x3 max-pool peaks, TopK K=16, box construction, "
-                "sigmoid scores) inside the ONNX graph.",
-                "- input `image` FP32 [N, 1, 256, 256], normalisation `unit` ([0, 1])\n"
-                "- output `boxes` FP32 [N, 16, 4]: x1, y1, x2, y2 in model-input pixels (0..256)\n"
-                "- output `scores` FP32 [N, 16] in [0, 1], sorted descending\n"
-                "- output `classes` INT32 [N, 16]: index into `labels.txt`\n"
-                "- `thresholds.json`: `score_threshold` chosen on the validation split (best F1 at IoU 0.5)",
-                "| class | AP@0.5 (test) | boxes (test) |\n|---|---|---|\n"
-                + rows
-                + f"\n\nmAP@0.5: **{_fmt(mean_ap)}** (VOC all-point AP, IoU 0.5, all 16 slots ranked by score). "
-                f"Score threshold {score_thr} (validation F1 {f1:.3f}).",
-                args,
-                n,
-            )
+        config = (
+            "anomaly_detector: CenterNet-style boxes, decoded in-graph (TopK 16)",
+            DET_SIZE,
+            "unit",
+            "detector",
+            [("boxes", "TYPE_FP32", [K, 4], None), ("scores", "TYPE_FP32", [K], None), ("classes", "TYPE_INT32", [K], None)],
         )
-        (d / "metrics.json").write_text(json.dumps(det_metrics, indent=2, sort_keys=True) + "\n")
-        summary["anomaly_detector"] = {**det_metrics, "onnx_max_abs_diff": diffs}
+        card = (
+            "Localizes `nodule_mass` and `focal_opacity` lesions. CenterNet-style: stride-4 class heatmaps, "
+            "log box size and sub-cell offset, with decoding (3x3 max-pool peaks, TopK K=16, box construction, "
+            "sigmoid scores) inside the ONNX graph.",
+            "- input `image` FP32 [N, 1, 256, 256], normalisation `unit` ([0, 1])\n"
+            "- output `boxes` FP32 [N, 16, 4]: x1, y1, x2, y2 in model-input pixels (0..256)\n"
+            "- output `scores` FP32 [N, 16] in [0, 1], sorted descending\n"
+            "- output `classes` INT32 [N, 16]: index into `labels.txt`\n"
+            "- `thresholds.json`: `score_threshold` chosen on the validation split (best F1 at IoU 0.5)",
+            "| class | AP@0.5 (test) | boxes (test) |\n|---|---|---|\n"
+            + rows
+            + f"\n\nmAP@0.5: **{_fmt(mean_ap)}** (VOC all-point AP, IoU 0.5, all 16 slots ranked by score). "
+            f"Score threshold {score_thr} (validation F1 {f1:.3f}).",
+        )
+        summary["anomaly_detector"] = write_model_files(
+            d, "anomaly_detector", config, LESION_LABELS, {"score_threshold": score_thr}, card, det_metrics, diffs, args, n
+        )
 
     # ---------------- encoder ----------------
     if "report_encoder" in only:
@@ -880,42 +876,32 @@ def run(args) -> dict:
         diffs = verify_onnx(enc, data["test"]["img224"][:8].astype(np.float32), d / "1" / "model.onnx", 1e-4)
         bank = {"dim": EMB_DIM, "sentences": [sentence_bank_entry(s, txt[i]) for i, s in enumerate(SENTENCE_BANK)]}
         (d / "1" / "sentence_bank.json").write_text(json.dumps(bank) + "\n")
-        (d / "config.pbtxt").write_text(
-            config_pbtxt(
-                "report_encoder",
-                "report_encoder: 128-d L2-normalised image embedding",
-                ENC_SIZE,
-                "unit",
-                "encoder",
-                [("embedding", "TYPE_FP32", [EMB_DIM], None)],
-            )
+        config = (
+            "report_encoder: 128-d L2-normalised image embedding",
+            ENC_SIZE,
+            "unit",
+            "encoder",
+            [("embedding", "TYPE_FP32", [EMB_DIM], None)],
         )
-        (d / "labels.txt").write_text("\n".join(SENTENCE_BANK) + "\n")
-        (d / "thresholds.json").write_text("{}\n")
-        enc_metrics = {"retrieval": ret}
-        (d / "MODEL_CARD.md").write_text(
-            model_card(
-                "report_encoder",
-                "Image tower of a jointly trained image/sentence embedding. The text side is a learned embedding "
-                f"per sentence of a fixed bank of {len(SENTENCE_BANK)} report sentences (the sentences the phantoms' "
-                "reports are written from), stored in `1/sentence_bank.json`; trained with a sigmoid (SigLIP-style) "
-                "contrastive loss so that an image retrieves the sentences describing it. The draft report takes the "
-                "most similar sentences that agree with the classifier's and detector's decisions.",
-                "- input `image` FP32 [N, 1, 224, 224], normalisation `unit` ([0, 1])\n"
-                "- output `embedding` FP32 [N, 128], L2-normalised\n"
-                '- `1/sentence_bank.json`: `{"dim": 128, "sentences": [{"text", "asserts", "negates", "embedding"}]}`; '
-                "`asserts`/`negates` name the classifier findings and detector lesions a sentence affirms or denies\n"
-                "- `labels.txt`: the sentence texts in bank order; `thresholds.json` is empty (no thresholds)",
-                "| metric | test |\n|---|---|\n"
-                f"| recall@k (k = number of true sentences of the image) | {_fmt(ret['recall_at_k'])} |\n"
-                f"| top-1 sentence correct | {_fmt(ret['top1_accuracy'])} |\n"
-                f"| whole report exact (top-k == true set) | {_fmt(ret['exact_report_rate'])} |",
-                args,
-                n,
-            )
+        card = (
+            "Image tower of a jointly trained image/sentence embedding. The text side is a learned embedding "
+            f"per sentence of a fixed bank of {len(SENTENCE_BANK)} report sentences (the sentences the phantoms' "
+            "reports are written from), stored in `1/sentence_bank.json`; trained with a sigmoid (SigLIP-style) "
+            "contrastive loss so that an image retrieves the sentences describing it. The draft report takes the "
+            "most similar sentences that agree with the classifier's and detector's decisions.",
+            "- input `image` FP32 [N, 1, 224, 224], normalisation `unit` ([0, 1])\n"
+            "- output `embedding` FP32 [N, 128], L2-normalised\n"
+            '- `1/sentence_bank.json`: `{"dim": 128, "sentences": [{"text", "asserts", "negates", "embedding"}]}`; '
+            "`asserts`/`negates` name the classifier findings and detector lesions a sentence affirms or denies\n"
+            "- `labels.txt`: the sentence texts in bank order; `thresholds.json` is empty (no thresholds)",
+            "| metric | test |\n|---|---|\n"
+            f"| recall@k (k = number of true sentences of the image) | {_fmt(ret['recall_at_k'])} |\n"
+            f"| top-1 sentence correct | {_fmt(ret['top1_accuracy'])} |\n"
+            f"| whole report exact (top-k == true set) | {_fmt(ret['exact_report_rate'])} |",
         )
-        (d / "metrics.json").write_text(json.dumps(enc_metrics, indent=2, sort_keys=True) + "\n")
-        summary["report_encoder"] = {**enc_metrics, "onnx_max_abs_diff": diffs}
+        summary["report_encoder"] = write_model_files(
+            d, "report_encoder", config, SENTENCE_BANK, {}, card, {"retrieval": ret}, diffs, args, n
+        )
 
     # ---------------- sizes and latency (printed, not written: they depend on the machine) ----------
     summary["train_wall_s"] = round(time.perf_counter() - t_start, 1)

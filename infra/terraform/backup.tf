@@ -74,16 +74,8 @@ resource "aws_s3_bucket_policy" "cluster_backup_bucket_policy" {
 }
 
 resource "aws_iam_role" "velero_role" {
-  description = "IRSA role of Velero (velero/velero) - its backup bucket only"
-  assume_role_policy = jsonencode({
-    Version = "2012-10-17"
-    Statement = [{
-      Effect    = "Allow"
-      Principal = { Federated = aws_iam_openid_connect_provider.oidc_provider.arn }
-      Action    = "sts:AssumeRoleWithWebIdentity"
-      Condition = { StringEquals = { "${local.issuer}:sub" = "system:serviceaccount:velero:velero", "${local.issuer}:aud" = "sts.amazonaws.com" } }
-    }]
-  })
+  description        = "IRSA role of Velero (velero/velero) - its backup bucket only"
+  assume_role_policy = local.irsa_trust["velero"]
 }
 
 resource "aws_iam_role_policy" "velero_role" {

@@ -65,79 +65,45 @@ resource "aws_internet_gateway" "internet_gateway" {
   vpc_id = aws_vpc.vpc[0].id # the attachment (InternetGatewayAttachment in CloudFormation)
 }
 
-resource "aws_subnet" "public_subnet_a" {
-  count                   = local.create_vpc ? 1 : 0
+# The four subnets (named as in infra/platform.yaml, Name tags radstream-<env>-public-a, ...): their AZ, /20 and tier.
+locals {
+  subnets = {
+    public_subnet_a  = { az = 0, netnum = 2, tier = "public" }
+    public_subnet_b  = { az = 1, netnum = 3, tier = "public" }
+    private_subnet_a = { az = 0, netnum = 0, tier = "private" }
+    private_subnet_b = { az = 1, netnum = 1, tier = "private" }
+  }
+  # Where the AWS Load Balancer Controller puts an internet-facing and an internal load balancer.
+  load_balancer_role = { public = "kubernetes.io/role/elb", private = "kubernetes.io/role/internal-elb" }
+}
+
+resource "aws_subnet" "subnet" {
+  for_each                = { for name, subnet in local.subnets : name => subnet if local.create_vpc }
   vpc_id                  = aws_vpc.vpc[0].id
-  availability_zone       = data.aws_availability_zones.available.names[0]
-  cidr_block              = cidrsubnet(var.vpc_cidr, 4, 2)
-  map_public_ip_on_launch = false
-  tags                    = { Name = "${local.name}-public-a", "kubernetes.io/role/elb" = "1" }
+  availability_zone       = data.aws_availability_zones.available.names[each.value.az]
+  cidr_block              = cidrsubnet(var.vpc_cidr, 4, each.value.netnum)
+  map_public_ip_on_launch = false # the provider's default for the private ones too
+  tags                    = { Name = "${local.name}-${replace(each.key, "_subnet_", "-")}", (local.load_balancer_role[each.value.tier]) = "1" }
 }
 
-resource "aws_subnet" "public_subnet_b" {
-  count                   = local.create_vpc ? 1 : 0
-  vpc_id                  = aws_vpc.vpc[0].id
-  availability_zone       = data.aws_availability_zones.available.names[1]
-  cidr_block              = cidrsubnet(var.vpc_cidr, 4, 3)
-  map_public_ip_on_launch = false
-  tags                    = { Name = "${local.name}-public-b", "kubernetes.io/role/elb" = "1" }
-}
-
-resource "aws_subnet" "private_subnet_a" {
-  count             = local.create_vpc ? 1 : 0
-  vpc_id            = aws_vpc.vpc[0].id
-  availability_zone = data.aws_availability_zones.available.names[0]
-  cidr_block        = cidrsubnet(var.vpc_cidr, 4, 0)
-  tags              = { Name = "${local.name}-private-a", "kubernetes.io/role/internal-elb" = "1" }
-}
-
-resource "aws_subnet" "private_subnet_b" {
-  count             = local.create_vpc ? 1 : 0
-  vpc_id            = aws_vpc.vpc[0].id
-  availability_zone = data.aws_availability_zones.available.names[1]
-  cidr_block        = cidrsubnet(var.vpc_cidr, 4, 1)
-  tags              = { Name = "${local.name}-private-b", "kubernetes.io/role/internal-elb" = "1" }
-}
-
-resource "aws_route_table" "public_route_table" {
-  count  = local.create_vpc ? 1 : 0
-  vpc_id = aws_vpc.vpc[0].id
+# public_route_table (default route to the internet gateway) and private_route_table (to the NAT gateway, if any).
+resource "aws_route_table" "route_table" {
+  for_each = toset([for tier in ["public", "private"] : tier if local.create_vpc])
+  vpc_id   = aws_vpc.vpc[0].id
 }
 
 resource "aws_route" "public_default_route" {
   count                  = local.create_vpc ? 1 : 0
-  route_table_id         = aws_route_table.public_route_table[0].id
+  route_table_id         = aws_route_table.route_table["public"].id
   destination_cidr_block = "0.0.0.0/0"
   gateway_id             = aws_internet_gateway.internet_gateway[0].id
 }
 
-resource "aws_route_table_association" "public_subnet_a_route_table" {
-  count          = local.create_vpc ? 1 : 0
-  subnet_id      = aws_subnet.public_subnet_a[0].id
-  route_table_id = aws_route_table.public_route_table[0].id
-}
-
-resource "aws_route_table_association" "public_subnet_b_route_table" {
-  count          = local.create_vpc ? 1 : 0
-  subnet_id      = aws_subnet.public_subnet_b[0].id
-  route_table_id = aws_route_table.public_route_table[0].id
-}
-
-resource "aws_route_table" "private_route_table" {
-  count  = local.create_vpc ? 1 : 0
-  vpc_id = aws_vpc.vpc[0].id
-}
-
-resource "aws_route_table_association" "private_subnet_a_route_table" {
-  count          = local.create_vpc ? 1 : 0
-  subnet_id      = aws_subnet.private_subnet_a[0].id
-  route_table_id = aws_route_table.private_route_table[0].id
-}
-
-resource "aws_route_table_association" "private_subnet_b_route_table" {
-  count          = local.create_vpc ? 1 : 0
-  subnet_id      = aws_subnet.private_subnet_b[0].id
-  route_table_id = aws_route_table.private_route_table[0].id
+# Each subnet in its tier's route table (public_subnet_a_route_table, ... in infra/platform.yaml).
+resource "aws_route_table_association" "subnet_route_table" {
+  for_each       = aws_subnet.subnet
+  subnet_id      = each.value.id
+  route_table_id = aws_route_table.route_table[local.subnets[each.key].tier].id
 }
 
 resource "aws_eip" "nat_address" {
@@ -149,12 +115,12 @@ resource "aws_eip" "nat_address" {
 resource "aws_nat_gateway" "nat_gateway" {
   count         = local.create_nat ? 1 : 0
   allocation_id = aws_eip.nat_address[0].id
-  subnet_id     = aws_subnet.public_subnet_a[0].id
+  subnet_id     = aws_subnet.subnet["public_subnet_a"].id
 }
 
 resource "aws_route" "private_default_route" {
   count                  = local.create_nat ? 1 : 0
-  route_table_id         = aws_route_table.private_route_table[0].id
+  route_table_id         = aws_route_table.route_table["private"].id
   destination_cidr_block = "0.0.0.0/0"
   nat_gateway_id         = aws_nat_gateway.nat_gateway[0].id
 }

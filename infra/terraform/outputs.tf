@@ -13,7 +13,7 @@ output "private_subnet_ids" {
   value = join(",", local.private_subnet_ids)
 }
 output "public_subnet_ids" {
-  value = local.create_vpc ? join(",", [aws_subnet.public_subnet_a[0].id, aws_subnet.public_subnet_b[0].id]) : ""
+  value = local.create_vpc ? join(",", [aws_subnet.subnet["public_subnet_a"].id, aws_subnet.subnet["public_subnet_b"].id]) : ""
 }
 output "oidc_issuer" {
   description = "The cluster's OIDC issuer without https://, the condition-key prefix of IRSA trust policies"
@@ -37,10 +37,10 @@ output "cluster_security_group_id" {
   value = aws_eks_cluster.cluster.vpc_config[0].cluster_security_group_id
 }
 output "load_balancer_controller_role_arn" {
-  value = aws_iam_role.load_balancer_controller_role.arn
+  value = aws_iam_role.controller_role["load_balancer_controller"].arn
 }
 output "cluster_autoscaler_role_arn" {
-  value = aws_iam_role.cluster_autoscaler_role.arn
+  value = aws_iam_role.controller_role["cluster_autoscaler"].arn
 }
 output "cluster_backup_bucket_name" {
   description = "Velero's backup location (infra/gitops/backup)"

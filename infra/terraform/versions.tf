@@ -33,8 +33,8 @@ locals {
 
   vpc_id             = local.create_vpc ? aws_vpc.vpc[0].id : var.existing_vpc_id
   vpc_cidr           = local.create_vpc ? var.vpc_cidr : var.existing_vpc_cidr
-  private_subnet_ids = local.create_vpc ? [aws_subnet.private_subnet_a[0].id, aws_subnet.private_subnet_b[0].id] : var.existing_private_subnet_ids
-  private_route_ids  = local.create_vpc ? [aws_route_table.private_route_table[0].id] : var.existing_private_route_table_ids
+  private_subnet_ids = local.create_vpc ? [aws_subnet.subnet["private_subnet_a"].id, aws_subnet.subnet["private_subnet_b"].id] : var.existing_private_subnet_ids
+  private_route_ids  = local.create_vpc ? [aws_route_table.route_table["private"].id] : var.existing_private_route_table_ids
   cost_tags = {
     project               = "radstream"
     environment           = var.environment_name

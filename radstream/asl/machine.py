@@ -205,6 +205,14 @@ def _positive_int(value: Any, where: str, allow_zero: bool = False) -> int:
     return value
 
 
+def _non_empty(spec: dict[str, Any], key: str, kind: type, where: str, complaint: str) -> Any:
+    """A field a state type requires: present, of its JSON type and not empty."""
+    value = spec.get(key)
+    if not isinstance(value, kind) or not value:
+        raise DefinitionError(f"{where}: {complaint}")
+    return value
+
+
 def _select(text: str | None, where: str) -> Evaluator | None:
     """InputPath/OutputPath: None means identity ("$"), a null path yields {}."""
     if text == "$":
@@ -283,23 +291,26 @@ def _error_list(spec: dict[str, Any], where: str, is_last: bool) -> tuple[str, .
     return tuple(names)
 
 
-def parse_retriers(specs: Any, where: str) -> tuple[Retrier, ...]:
+def _rules(specs: Any, where: str, field: str, known: set[str]) -> list[tuple[str, dict[str, Any], bool]]:
+    """A Retry or Catch array: each rule with where it stands, whether it is the last, its unknown fields refused."""
     if not isinstance(specs, list):
-        raise DefinitionError(f"{where}: 'Retry' must be an array")
+        raise DefinitionError(f"{where}: '{field}' must be an array")
     out = []
     for i, spec in enumerate(specs):
-        w = f"{where}.Retry[{i}]"
-        unknown = set(spec) - {
-            "ErrorEquals",
-            "IntervalSeconds",
-            "MaxAttempts",
-            "BackoffRate",
-            "MaxDelaySeconds",
-            "JitterStrategy",
-            "Comment",
-        }
+        w = f"{where}.{field}[{i}]"
+        unknown = set(spec) - known
         if unknown:
             raise DefinitionError(f"{w}: unknown fields {sorted(unknown)}")
+        out.append((w, spec, i == len(specs) - 1))
+    return out
+
+
+_RETRY_FIELDS = {"ErrorEquals", "IntervalSeconds", "MaxAttempts", "BackoffRate", "MaxDelaySeconds", "JitterStrategy", "Comment"}
+
+
+def parse_retriers(specs: Any, where: str) -> tuple[Retrier, ...]:
+    out = []
+    for w, spec, is_last in _rules(specs, where, "Retry", _RETRY_FIELDS):
         backoff = spec.get("BackoffRate", 2.0)
         if isinstance(backoff, bool) or not isinstance(backoff, (int, float)) or backoff < 1.0:
             raise DefinitionError(f"{w}.BackoffRate must be a number >= 1.0")
@@ -308,7 +319,7 @@ def parse_retriers(specs: Any, where: str) -> tuple[Retrier, ...]:
             raise DefinitionError(f"{w}.JitterStrategy must be FULL or NONE")
         out.append(
             Retrier(
-                _error_list(spec, w, i == len(specs) - 1),
+                _error_list(spec, w, is_last),
                 _positive_int(spec.get("IntervalSeconds", 1), f"{w}.IntervalSeconds"),
                 _positive_int(spec.get("MaxAttempts", 3), f"{w}.MaxAttempts", allow_zero=True),
                 float(backoff),
@@ -320,17 +331,11 @@ def parse_retriers(specs: Any, where: str) -> tuple[Retrier, ...]:
 
 
 def _catchers(specs: Any, where: str) -> tuple[_Catcher, ...]:
-    if not isinstance(specs, list):
-        raise DefinitionError(f"{where}: 'Catch' must be an array")
     out = []
-    for i, spec in enumerate(specs):
-        w = f"{where}.Catch[{i}]"
-        unknown = set(spec) - {"ErrorEquals", "Next", "ResultPath", "Comment"}
-        if unknown:
-            raise DefinitionError(f"{w}: unknown fields {sorted(unknown)}")
+    for w, spec, is_last in _rules(specs, where, "Catch", {"ErrorEquals", "Next", "ResultPath", "Comment"}):
         if not isinstance(spec.get("Next"), str):
             raise DefinitionError(f"{w}: 'Next' is required")
-        out.append(_Catcher(_error_list(spec, w, i == len(specs) - 1), spec["Next"], _result_path(spec, w)))
+        out.append(_Catcher(_error_list(spec, w, is_last), spec["Next"], _result_path(spec, w)))
     return tuple(out)
 
 
@@ -347,11 +352,11 @@ def _result_path(spec: dict[str, Any], where: str) -> Path | None:
 class _State:
     """Fields shared by all state types; subclasses implement ``execute``."""
 
-    entered: str = ""
-    exited: str = ""
-
     def __init__(self, name: str, spec: dict[str, Any], where: str, machine: StateMachine) -> None:
         self.name = name
+        # The history events of every state type: TaskStateEntered, ParallelStateExited, ...
+        self.entered = f"{spec['Type']}StateEntered"
+        self.exited = f"{spec['Type']}StateExited"
         self.machine = machine
         self.next: str | None = spec.get("Next")
         self.input_path = _select(spec.get("InputPath", "$"), f"{where}.InputPath")
@@ -392,15 +397,10 @@ class _State:
 
 
 class _Task(_State):
-    entered, exited = "TaskStateEntered", "TaskStateExited"
-
     def __init__(self, name: str, spec: dict[str, Any], where: str, machine: StateMachine) -> None:
         super().__init__(name, spec, where, machine)
-        resource = spec.get("Resource")
-        if not isinstance(resource, str) or not resource:
-            raise DefinitionError(f"{where}: 'Resource' is required")
-        self.resource = resource
-        self.lambda_invoke = resource == LAMBDA_INVOKE
+        self.resource: str = _non_empty(spec, "Resource", str, where, "'Resource' is required")
+        self.lambda_invoke = self.resource == LAMBDA_INVOKE
         if self.lambda_invoke and not isinstance(spec.get("Parameters"), dict):
             raise DefinitionError(f"{where}: {LAMBDA_INVOKE} needs Parameters with FunctionName")
         if "TimeoutSeconds" in spec and "TimeoutSecondsPath" in spec:
@@ -437,8 +437,6 @@ class _Task(_State):
 
 
 class _Pass(_State):
-    entered, exited = "PassStateEntered", "PassStateExited"
-
     def __init__(self, name: str, spec: dict[str, Any], where: str, machine: StateMachine) -> None:
         super().__init__(name, spec, where, machine)
         self.has_result = "Result" in spec
@@ -452,13 +450,9 @@ class _Pass(_State):
 
 
 class _Choice(_State):
-    entered, exited = "ChoiceStateEntered", "ChoiceStateExited"
-
     def __init__(self, name: str, spec: dict[str, Any], where: str, machine: StateMachine) -> None:
         super().__init__(name, spec, where, machine)
-        choices = spec.get("Choices")
-        if not isinstance(choices, list) or not choices:
-            raise DefinitionError(f"{where}: 'Choices' must be a non-empty array")
+        choices = _non_empty(spec, "Choices", list, where, "'Choices' must be a non-empty array")
         self.rules: list[tuple[Rule, str]] = [
             (compile_rule(rule, True, f"{where}.Choices[{i}]"), rule["Next"]) for i, rule in enumerate(choices)
         ]
@@ -479,8 +473,6 @@ class _Choice(_State):
 
 
 class _Wait(_State):
-    entered, exited = "WaitStateEntered", "WaitStateExited"
-
     def __init__(self, name: str, spec: dict[str, Any], where: str, machine: StateMachine) -> None:
         super().__init__(name, spec, where, machine)
         given = [k for k in ("Seconds", "SecondsPath", "Timestamp", "TimestampPath") if k in spec]
@@ -513,8 +505,6 @@ class _Wait(_State):
 
 
 class _Succeed(_State):
-    entered, exited = "SucceedStateEntered", "SucceedStateExited"
-
     def execute(self, data: Any, frame: _Frame) -> tuple[Any, str | None]:
         ctx = frame.context() if self.needs_context else None
         effective = _apply(self.input_path, data, ctx, "InputPath")
@@ -522,8 +512,6 @@ class _Succeed(_State):
 
 
 class _Fail(_State):
-    entered, exited = "FailStateEntered", "FailStateExited"
-
     def __init__(self, name: str, spec: dict[str, Any], where: str, machine: StateMachine) -> None:
         super().__init__(name, spec, where, machine)
         for key in ("Error", "Cause"):
@@ -631,13 +619,9 @@ def _attempt(state: _State, data: Any, frame: _Frame) -> tuple[Any, str | None]:
 
 
 class _Parallel(_State):
-    entered, exited = "ParallelStateEntered", "ParallelStateExited"
-
     def __init__(self, name: str, spec: dict[str, Any], where: str, machine: StateMachine) -> None:
         super().__init__(name, spec, where, machine)
-        branches = spec.get("Branches")
-        if not isinstance(branches, list) or not branches:
-            raise DefinitionError(f"{where}: 'Branches' must be a non-empty array")
+        branches = _non_empty(spec, "Branches", list, where, "'Branches' must be a non-empty array")
         self.branches = [_Program(b, f"{where}.Branches[{i}]", machine) for i, b in enumerate(branches)]
 
     def execute(self, data: Any, frame: _Frame) -> tuple[Any, str | None]:
@@ -660,8 +644,6 @@ class _Parallel(_State):
 
 
 class _Map(_State):
-    entered, exited = "MapStateEntered", "MapStateExited"
-
     def __init__(self, name: str, spec: dict[str, Any], where: str, machine: StateMachine) -> None:
         super().__init__(name, spec, where, machine)
         processor = spec.get("ItemProcessor", spec.get("Iterator"))

@@ -7,6 +7,7 @@ import sys
 from pathlib import Path
 from typing import Any
 
+from radstream.cli_args import add_data_dir
 from shared.errors import ConfigurationError
 
 
@@ -34,7 +35,7 @@ def add_console_parsers(subparsers: Any) -> None:
 
 
 def _source_options(p: argparse.ArgumentParser) -> None:
-    p.add_argument("--data-dir", default="radstream-data", help="folder holding the local buckets (default: ./radstream-data)")
+    add_data_dir(p)
     p.add_argument(
         "--backend",
         choices=["local", "aws"],

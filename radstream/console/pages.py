@@ -135,6 +135,13 @@ class Pages:
         feedback = self.feedback and not getattr(links, "static", False)
         return self.env.get_template(template).render(links=links, mode=self.data.mode, ranges=RANGES, feedback=feedback, **context)
 
+    def _ranged(self, template: str, links: Any, days: int, results: dict[str, Any], figures: dict[str, Any], **context: Any) -> str:
+        """A page of named queries over `days` (templates/_ranged.html): each query's rows and description under its chart."""
+        descriptions = {name: self.data.queries.description(name) for name in results}
+        return self._render(
+            template, links, days=days, results=results, descriptions=descriptions, figures=figures, table_rows=TABLE_ROWS, **context
+        )
+
     def studies(self, links: Any, flt: StudyFilter, page: int = 1, per_page: int = 50) -> str:
         result = self.data.studies(flt, page, per_page)
         return self._render("studies.html", links, page=result, flt=flt)
@@ -155,7 +162,6 @@ class Pages:
 
     def dashboard(self, links: Any, days: int = DEFAULT_DAYS) -> str:
         results = {name: self.data.query(name, days=days) for name in DASHBOARD_QUERIES}
-        descriptions = {name: self.data.queries.description(name) for name in DASHBOARD_QUERIES}
         throughput = results["throughput_per_minute"].as_dicts()
         latency = results["latency_per_stage"].as_dicts()
         errors = [r for r in results["error_rate"].as_dicts() if r["error_type"]]
@@ -206,24 +212,12 @@ class Pages:
             "usd_per_day_standing": sum(r["usd"] or 0 for r in cost if r["basis"] == "per day"),
             "prices_as_of": sorted({r["as_of"] for r in cost}),
         }
-        return self._render(
-            "dashboard.html",
-            links,
-            days=days,
-            results=results,
-            descriptions=descriptions,
-            figures=figures,
-            totals=totals,
-            metrics=self.data.metrics(days),
-            bucket=bucket,
-            table_rows=TABLE_ROWS,
-        )
+        return self._ranged("dashboard.html", links, days, results, figures, totals=totals, metrics=self.data.metrics(days), bucket=bucket)
 
     def models(self, links: Any, days: int = 30) -> str:
         """Model versions over their life: shadow agreement, latency and cost, radiologists' feedback, drift."""
         results = {name: self.data.query(name, days=days) for name in MODEL_QUERIES}
         results["model_drift"] = self.data.query("model_drift", days=1, baseline_days=max(days - 1, 1))
-        descriptions = {name: self.data.queries.description(name) for name in results}
         drift = results["model_drift"].as_dicts()
         agreement = [r for r in results["model_agreement"].as_dicts() if r["kappa"] is not None]
         figures = {
@@ -238,17 +232,7 @@ class Pages:
                 [("PSI", [r["psi"] for r in drift])],
             ),
         }
-        shifted = [r for r in drift if r["level"] == "shifted"]
-        return self._render(
-            "models.html",
-            links,
-            days=days,
-            results=results,
-            descriptions=descriptions,
-            figures=figures,
-            shifted=shifted,
-            table_rows=TABLE_ROWS,
-        )
+        return self._ranged("models.html", links, days, results, figures, shifted=[r for r in drift if r["level"] == "shifted"])
 
     def query_json(self, name: str, days: int) -> str:
         if name not in DASHBOARD_QUERIES and name not in MODEL_QUERIES:

@@ -22,6 +22,7 @@ removed, a failing one stays (rewritten as a failed delivery once its exports ar
 
 from __future__ import annotations
 
+import functools
 import io
 import logging
 import re
@@ -360,6 +361,7 @@ def _replay(letter: DeadLetter, outcome: Replayed, store: ObjectStore, settings:
     elif not destinations(settings):
         raise ConfigurationError("no destination configured to replay to: set EXPORT_DICOM_PEER, EXPORT_STOW_URL or EXPORT_FHIR_URL")
     assert exported is not None
+    status = functools.partial(write_status, store, settings.results_bucket, letter.study_id, letter.execution_id)
     try:
         outcome.delivered = deliver_exports(letter.study_id, exported, store, settings)
     except RadStreamError as e:
@@ -383,11 +385,7 @@ def _replay(letter: DeadLetter, outcome: Replayed, store: ObjectStore, settings:
             failed.model_dump_json(indent=2, exclude_none=True).encode(),
             content_type="application/json",
         )
-        write_status(
-            store,
-            settings.results_bucket,
-            letter.study_id,
-            letter.execution_id,
+        status(
             "delivery_failed",
             exports=_exports(exported),
             destinations=failed.destinations,
@@ -396,15 +394,7 @@ def _replay(letter: DeadLetter, outcome: Replayed, store: ObjectStore, settings:
             dead_letter=ObjectRef(bucket=settings.results_bucket, key=stored.key),
         )
         raise
-    write_status(
-        store,
-        settings.results_bucket,
-        letter.study_id,
-        letter.execution_id,
-        "delivered",
-        exports=_exports(exported),
-        destinations=outcome.delivered,
-    )
+    status("delivered", exports=_exports(exported), destinations=outcome.delivered)
 
 
 def replay_dead_letters(store: ObjectStore, settings: Settings, on_each: Callable[[Replayed], None] | None = None) -> Iterator[Replayed]:

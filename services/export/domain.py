@@ -202,15 +202,22 @@ def build_sr(result: StudyResult, header: Any):
     site = [FindingSite(anatomic_location=codes.CHEST.sr())]
     used: list[codes.Code] = []
     groups: list[Any] = []
+
+    def identified(kind: str, i: int, code: codes.Code, label: str, model: str) -> dict[str, Any]:
+        """What a finding's and a box's measurement group both carry: their tracking id, finding, site and algorithm."""
+        used.append(code)
+        return {
+            "tracking_identifier": TrackingIdentifier(uid=_uid(result, f"{kind}-{i}"), identifier=f"{kind} {i}: {label}"[:64]),
+            "finding_type": code.sr(),
+            "finding_sites": site,
+            "algorithm_id": _algorithm(result, model),
+        }
+
     for i, finding in enumerate(result.findings, start=1):
         code = codes.finding(finding.label)
-        used.append(code)
         groups.append(
             MeasurementsAndQualitativeEvaluations(
-                tracking_identifier=TrackingIdentifier(uid=_uid(result, f"finding-{i}"), identifier=f"finding {i}: {finding.label}"[:64]),
-                finding_type=code.sr(),
-                finding_sites=site,
-                algorithm_id=_algorithm(result, "chest_xray_classifier"),
+                **identified("finding", i, code, finding.label, "chest_xray_classifier"),
                 source_images=[SourceImageForMeasurementGroup(sop_class, sop_instance)],
                 qualitative_evaluations=[QualitativeEvaluation(code.sr(), (codes.PRESENT if finding.positive else codes.ABSENT).sr())],
                 measurements=[
@@ -221,19 +228,15 @@ def build_sr(result: StudyResult, header: Any):
         )
     for i, detection in enumerate(result.detections, start=1):
         code = codes.finding(detection.label)
-        used.append(code)
         groups.append(
             PlanarROIMeasurementsAndQualitativeEvaluations(
-                tracking_identifier=TrackingIdentifier(uid=_uid(result, f"box-{i}"), identifier=f"box {i}: {detection.label}"[:64]),
+                **identified("box", i, code, detection.label, "anomaly_detector"),
                 # SCOORD in the source image's pixels (PS3.3 C.18.6: image-relative, whatever the pixel spacing).
                 referenced_region=ImageRegion(
                     graphic_type=GraphicTypeValues.POLYLINE,
                     graphic_data=box_polyline(detection.box),
                     source_image=SourceImageForRegion(sop_class, sop_instance),
                 ),
-                finding_type=code.sr(),
-                finding_sites=site,
-                algorithm_id=_algorithm(result, "anomaly_detector"),
                 qualitative_evaluations=[QualitativeEvaluation(code.sr(), codes.PRESENT.sr())],
                 measurements=[Measurement(name=codes.CERTAINTY.sr(), value=detection.score, unit=codes.UNITLESS.sr())],
             )

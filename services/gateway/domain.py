@@ -22,7 +22,7 @@ import io
 import logging
 import threading
 from collections.abc import Callable
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from typing import Any
 
 from shared import acceptance, priority
@@ -125,6 +125,7 @@ def same_data_set(stored: bytes, received: bytes) -> bool:
     return stored == received or _data_set_bytes(stored) == _data_set_bytes(received)
 
 
+@dataclass(eq=False)
 class Receiver:
     """Checks and stores received instances; `on_stored(key)` runs after each durable store (locally: the pipeline).
 
@@ -135,21 +136,13 @@ class Receiver:
     is the transport's) is acknowledged again, and neither stored nor run again.
     """
 
-    def __init__(
-        self,
-        store: ObjectStore,
-        images_bucket: str,
-        key: bytes,
-        on_stored: Callable[[Received], None] | None = None,
-        max_bytes: int = DEFAULT_MAX_BYTES,
-    ) -> None:
-        self.store = store
-        self.images_bucket = images_bucket
-        self.key = key
-        self.on_stored = on_stored
-        self.max_bytes = max_bytes
-        # Striped locks: the check-then-put of one key is never interleaved with another of the same key in this process.
-        self._locks = [threading.Lock() for _ in range(64)]
+    store: ObjectStore
+    images_bucket: str
+    key: bytes
+    on_stored: Callable[[Received], None] | None = None
+    max_bytes: int = DEFAULT_MAX_BYTES
+    # Striped locks: the check-then-put of one key is never interleaved with another of the same key in this process.
+    _locks: list[threading.Lock] = field(default_factory=lambda: [threading.Lock() for _ in range(64)], init=False, repr=False)
 
     def check(self, data: bytes, sop_class_uid: str | None = None) -> tuple[str, str]:
         """The instance's (study id, instance name), or Refused. `sop_class_uid`: the one the DIMSE request announced."""

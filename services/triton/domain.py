@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import json
 import time
+from dataclasses import dataclass, field
 from datetime import UTC, datetime
 from functools import cached_property
 from pathlib import Path
@@ -70,23 +71,16 @@ class SentenceBank:
         ]
 
 
+@dataclass(eq=False)
 class Inference:
     """The stage's domain service: a backend, the repository, and what each model kind needs."""
 
-    def __init__(
-        self,
-        backend: InferenceBackend,
-        repository: ModelRepository,
-        store: ObjectStore,
-        results_bucket: str = "results",
-        lake_bucket: str = "telemetry",
-    ) -> None:
-        self.backend = backend
-        self.repository = repository
-        self.store = store
-        self.results_bucket = results_bucket
-        self.lake_bucket = lake_bucket
-        self._shadow_banks: dict[str, SentenceBank] = {}
+    backend: InferenceBackend
+    repository: ModelRepository
+    store: ObjectStore
+    results_bucket: str = "results"
+    lake_bucket: str = "telemetry"
+    _shadow_banks: dict[str, SentenceBank] = field(default_factory=dict, init=False, repr=False)
 
     def close(self) -> None:
         close_all(self.backend, self.store)

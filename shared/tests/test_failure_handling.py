@@ -39,21 +39,31 @@ ADAPTERS = {
 }
 
 
+# AWS error codes (with the HTTP status they come with) by what every adapter must make of them.
+AWS_ERRORS: dict[type[Exception], dict[str, int]] = {
+    ConfigurationError: {
+        "AccessDenied": 403,
+        "AccessDeniedException": 400,
+        "ResourceNotFoundException": 400,
+        "NoSuchBucket": 404,
+        "ValidationException": 400,
+        "InvalidRequestException": 400,
+    },
+    StorageUnavailable: {
+        "ThrottlingException": 400,
+        "TooManyRequestsException": 400,
+        "SlowDown": 503,
+        "ProvisionedThroughputExceededException": 400,
+        "InternalError": 500,
+        "InternalServerException": 500,
+        "SomethingNew": 502,
+    },
+}
+
+
 @pytest.mark.parametrize("adapter", sorted(ADAPTERS))
 @pytest.mark.parametrize(
-    ("code", "status", "expected"),
-    [
-        ("AccessDenied", 403, ConfigurationError),
-        ("AccessDeniedException", 400, ConfigurationError),
-        ("ResourceNotFoundException", 400, ConfigurationError),
-        ("NoSuchBucket", 404, ConfigurationError),
-        ("ValidationException", 400, ConfigurationError),
-        ("ThrottlingException", 400, StorageUnavailable),
-        ("SlowDown", 503, StorageUnavailable),
-        ("ProvisionedThroughputExceededException", 400, StorageUnavailable),
-        ("InternalError", 500, StorageUnavailable),
-        ("SomethingNew", 502, StorageUnavailable),
-    ],
+    ("code", "status", "expected"), [(code, status, expected) for expected, codes in AWS_ERRORS.items() for code, status in codes.items()]
 )
 def test_every_adapter_reads_an_aws_error_the_same_way(adapter, code, status, expected):
     service, operation, call = ADAPTERS[adapter]
@@ -63,6 +73,7 @@ def test_every_adapter_reads_an_aws_error_the_same_way(adapter, code, status, ex
         with pytest.raises(expected) as caught:
             call(c)
     assert type(caught.value) is expected, f"{adapter}: {code} became {type(caught.value).__name__}"
+    assert code in str(caught.value), "the error names AWS's code"
     if expected is ConfigurationError:
         assert "check" in str(caught.value), "a configuration error says what to check"
 

@@ -546,7 +546,18 @@ def test_athena_runs_the_named_query_in_the_workgroup_and_pages_results(athena) 
     assert fake.sleeps == [0.25, 0.5, 1.0]  # backoff between polls
 
 
-def test_athena_failed_query_is_permanent_with_the_reason(athena) -> None:
+@pytest.mark.parametrize(
+    ("reason", "athena_error", "expected"),
+    [
+        (
+            "TABLE_NOT_FOUND: line 3:17: Table 'radstream_dev.telemetry' does not exist",
+            {"ErrorCategory": 2, "ErrorType": 1006, "Retryable": False},
+            PermanentError,
+        ),
+        ("INTERNAL_ERROR", {"ErrorCategory": 1, "ErrorType": 401, "Retryable": True}, StorageUnavailable),
+    ],
+)
+def test_athena_failed_query_gives_the_reason_and_is_transient_only_when_retryable(athena, reason, athena_error, expected) -> None:
     client, stubber = athena
     stubber.add_response(
         "start_query_execution",
@@ -558,50 +569,11 @@ def test_athena_failed_query_is_permanent_with_the_reason(athena) -> None:
             "ExecutionParameters": ["7"],
         },
     )
-    stubber.add_response(
-        "get_query_execution",
-        execution(
-            "FAILED",
-            StateChangeReason="TABLE_NOT_FOUND: line 3:17: Table 'radstream_dev.telemetry' does not exist",
-            AthenaError={"ErrorCategory": 2, "ErrorType": 1006, "Retryable": False},
-        ),
-        {"QueryExecutionId": "q-1"},
-    )
-    with pytest.raises(PermanentError, match="TABLE_NOT_FOUND") as caught:
+    failed = execution("FAILED", StateChangeReason=reason, AthenaError=athena_error)
+    stubber.add_response("get_query_execution", failed, {"QueryExecutionId": "q-1"})
+    with pytest.raises(expected, match=reason.split(":")[0]) as caught:
         runner_for(client, FakeTime()).run("p95_latency_per_stage")
-    assert not isinstance(caught.value, StorageUnavailable)
-
-
-def test_athena_retryable_failure_is_transient(athena) -> None:
-    client, stubber = athena
-    stubber.add_response("start_query_execution", {"QueryExecutionId": "q-1"})
-    stubber.add_response(
-        "get_query_execution",
-        execution(
-            "FAILED",
-            StateChangeReason="INTERNAL_ERROR",
-            AthenaError={"ErrorCategory": 1, "ErrorType": 401, "Retryable": True},
-        ),
-    )
-    with pytest.raises(StorageUnavailable, match="INTERNAL_ERROR"):
-        runner_for(client, FakeTime()).run("error_rate")
-
-
-@pytest.mark.parametrize(
-    ("code", "status", "error"),
-    [
-        ("TooManyRequestsException", 400, StorageUnavailable),
-        ("ThrottlingException", 400, StorageUnavailable),
-        ("InternalServerException", 500, StorageUnavailable),
-        ("InvalidRequestException", 400, PermanentError),
-    ],
-)
-def test_athena_client_errors_are_translated(athena, code: str, status: int, error: type) -> None:
-    client, stubber = athena
-    stubber.add_client_error("start_query_execution", service_error_code=code, http_status_code=status)
-    with pytest.raises(error, match=code) as caught:
-        runner_for(client, FakeTime()).run("error_rate")
-    assert isinstance(caught.value, StorageUnavailable) == (error is StorageUnavailable)
+    assert isinstance(caught.value, StorageUnavailable) == (expected is StorageUnavailable)
 
 
 def test_athena_deadline_stops_the_query(athena) -> None:
@@ -683,6 +655,14 @@ def rerun_lake(tmp_path_factory: pytest.TempPathFactory) -> tuple[Path, list[Tel
     return data_dir / "telemetry", counted
 
 
+def no_errors(studies: int) -> list[tuple[str, None, int, int, float]]:
+    """error_rate's rows for `studies` studies that all succeeded: every stage once a study, inference once a model (3)."""
+    return [
+        (stage, None, studies * (3 if stage == "inference" else 1), 0, 0.0)
+        for stage in ("inference", "prepare", "store", "validate", "workflow")
+    ]
+
+
 def test_reruns_resumes_and_retried_deliveries_count_each_study_once(rerun_lake: tuple[Path, list[TelemetryRecord]]) -> None:
     lake, counted = rerun_lake
     duck = DuckDBQueryRunner(lake)
@@ -693,13 +673,7 @@ def test_reruns_resumes_and_retried_deliveries_count_each_study_once(rerun_lake:
     assert duck.run("throughput_per_minute").rows == [(minute(10), 3, 3, 0), (minute(12), 1, 1, 0)]
 
     # Error rate: the resumed study's StorageUnavailable was superseded by its resume; every stage counts 4 studies.
-    assert duck.run("error_rate").rows == [
-        ("inference", None, 12, 0, 0.0),
-        ("prepare", None, 4, 0, 0.0),
-        ("store", None, 4, 0, 0.0),
-        ("validate", None, 4, 0, 0.0),
-        ("workflow", None, 4, 0, 0.0),
-    ]
+    assert duck.run("error_rate").rows == no_errors(studies=4)
 
     # Latency: the latest executions' durations only (the superseded first pass was 10x slower).
     groups: dict[tuple, list[float]] = {}
@@ -761,13 +735,7 @@ def test_a_redelivered_workflow_record_counts_from_its_first_delivery(tmp_path: 
     duck = DuckDBQueryRunner(tmp_path / "telemetry")
     assert duck.run("throughput_per_minute").rows == [(f"{BASE + timedelta(minutes=1):%Y-%m-%d %H:%M}", 1, 1, 0)]
     assert [(r["execution_id"], r["end_to_end_ms"]) for r in duck.run("study_end_to_end").as_dicts()] == [("two", 2000.0)]
-    assert duck.run("error_rate").rows == [
-        ("inference", None, 3, 0, 0.0),
-        ("prepare", None, 1, 0, 0.0),
-        ("store", None, 1, 0, 0.0),
-        ("validate", None, 1, 0, 0.0),
-        ("workflow", None, 1, 0, 0.0),
-    ]
+    assert duck.run("error_rate").rows == no_errors(studies=1)
 
 
 def test_the_billed_transitions_are_the_states_a_study_enters(tmp_path: Path) -> None:

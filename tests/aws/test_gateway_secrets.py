@@ -10,12 +10,12 @@ import io
 
 import pydicom
 import pytest
-from pynetdicom import AE
 
 from shared.acceptance import CR_IMAGE_STORAGE
 from services.gateway.secrets import pseudonym_key_value
 from services.gateway.server import Gateway
 from synthetic.instances import cr_instance
+from synthetic.peers import send_c_store
 from shared.errors import ConfigurationError
 from shared.settings import Settings
 
@@ -43,14 +43,8 @@ def test_the_gateway_hashes_with_the_secret_and_stores_in_s3(emulator, bucket, s
     data = cr_instance("explicit-le")
     source = pydicom.dcmread(io.BytesIO(data))
     with Gateway(settings, on_stored=calls.append) as gateway:
-        scu = AE(ae_title="MODALITY")
-        scu.add_requested_context(CR_IMAGE_STORAGE, source.file_meta.TransferSyntaxUID)
-        assoc = scu.associate("127.0.0.1", gateway.dimse.port, ae_title=gateway.ae_title)
-        assert assoc.is_established
-        try:
-            status = assoc.send_c_store(source)
-        finally:
-            assoc.release()
+        assert source.SOPClassUID == CR_IMAGE_STORAGE
+        status = send_c_store(gateway.dimse.port, gateway.ae_title, source, calling_ae="MODALITY")
     assert int(status.Status) == 0x0000
     expected = hmac.new(SECRET_KEY.encode(), source.StudyInstanceUID.encode(), hashlib.sha256).hexdigest()[:20]
     (received,) = calls

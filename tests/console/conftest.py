@@ -7,18 +7,15 @@ Chromium that cannot start fails the tests: it does not skip them.
 from __future__ import annotations
 
 import os
-import re
 import subprocess
-import sys
 import tempfile
-import threading
 from collections.abc import Iterator
 from pathlib import Path
 
 import pytest
 
 from radstream.cli import main as radstream
-from synthetic.peers import CHROMIUM_ARGS
+from synthetic.peers import CHROMIUM_ARGS, start_console as start_console_process
 
 ROOT = Path(__file__).resolve().parents[2]
 CHROMIUM = os.environ.get("RADSTREAM_CHROMIUM", "/usr/bin/chromium")
@@ -39,23 +36,11 @@ def demo_dir(tmp_path_factory: pytest.TempPathFactory) -> Path:
 def start_console(data_dir: Path, *extra: str) -> Iterator[str]:
     """`radstream console` as a user starts it, on a free port; its first line names the URL (yielded until the caller
     is done, then the process is stopped). One start for every console test module and fixture."""
-    process = subprocess.Popen(
-        [sys.executable, "-m", "radstream.cli", "console", "--data-dir", str(data_dir), *extra],
-        cwd=ROOT,
-        stdout=subprocess.PIPE,
-        stderr=subprocess.PIPE,
-        text=True,
-        env={k: v for k, v in os.environ.items() if not k.startswith("RADSTREAM_")},
-    )
-    lines: list[str] = []
-    reader = threading.Thread(target=lambda: lines.append(process.stdout.readline()), daemon=True)
-    reader.start()
-    reader.join(START_DEADLINE_S)
-    if not lines or not re.search(r"http://127\.0\.0\.1:\d+/", lines[0]):
-        process.kill()
+    process, url, lines = start_console_process(data_dir, *extra, deadline_s=START_DEADLINE_S, stderr=subprocess.PIPE)
+    if url is None:
         pytest.fail(f"radstream console did not print its URL within {START_DEADLINE_S:.0f} s: {lines!r} {process.stderr.read()[-2000:]}")
     try:
-        yield re.search(r"http://127\.0\.0\.1:\d+/", lines[0]).group(0)
+        yield url
     finally:
         process.terminate()
         try:

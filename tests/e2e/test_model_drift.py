@@ -53,24 +53,25 @@ def drift(data: Path) -> dict[str, dict]:
     return {r["feature"]: r for r in DuckDBQueryRunner(data / "telemetry").run("model_drift", days=1, baseline_days=28).as_dicts()}
 
 
-def test_drift_is_quiet_on_an_unshifted_population(tmp_path):
-    rng = np.random.default_rng(1)
+def write_baseline_and_recent(data: Path, seed: int, exposure: tuple[float, float], edema: float) -> Path:
+    """A baseline population ten days ago (exposure 0.35-0.65, Edema 0.3), then today's (these exposures, this Edema)."""
+    rng = np.random.default_rng(seed)
     now = datetime.now(UTC)
-    write_population(tmp_path, now - timedelta(days=10), "base", rng, exposure=(0.35, 0.65), edema=0.3)
-    write_population(tmp_path, now, "new", rng, exposure=(0.35, 0.65), edema=0.3)
-    found = drift(tmp_path)
+    write_population(data, now - timedelta(days=10), "base", rng, exposure=(0.35, 0.65), edema=0.3)
+    write_population(data, now, "new", rng, exposure=exposure, edema=edema)
+    return data
+
+
+def test_drift_is_quiet_on_an_unshifted_population(tmp_path):
+    found = drift(write_baseline_and_recent(tmp_path, 1, exposure=(0.35, 0.65), edema=0.3))
     assert {"exposure", "size", "bit_depth", "modality", "view_position", "scanner", "output:Edema"} <= set(found)
     assert all(r["level"] == "stable" for r in found.values()), {f: r["psi"] for f, r in found.items()}
     assert found["exposure"]["baseline_studies"] == found["exposure"]["recent_studies"] == 400
 
 
 def test_drift_fires_on_a_shifted_population(tmp_path):
-    rng = np.random.default_rng(2)
-    now = datetime.now(UTC)
-    write_population(tmp_path, now - timedelta(days=10), "base", rng, exposure=(0.35, 0.65), edema=0.3)
     # Under-exposed pictures, and the classifier's Edema moving with them (the issue's 0.45x exposure case).
-    write_population(tmp_path, now, "new", rng, exposure=(0.1, 0.3), edema=0.75)
-    found = drift(tmp_path)
+    found = drift(write_baseline_and_recent(tmp_path, 2, exposure=(0.1, 0.3), edema=0.75))
     assert found["exposure"]["level"] == "shifted" and found["output:Edema"]["level"] == "shifted"
     assert found["modality"]["level"] == "stable" and found["scanner"]["psi"] == 0
     daily = DuckDBQueryRunner(tmp_path / "telemetry").run("daily_distributions").as_dicts()
@@ -87,14 +88,8 @@ def test_the_drift_alarm_fires_on_the_shifted_population_and_stays_quiet_on_the_
 
     alarm = drift_alarm()
     assert (alarm.threshold, alarm.comparison) == (0.25, "GreaterThanOrEqualToThreshold")
-    now = datetime.now(UTC)
-    quiet, shifted = tmp_path / "quiet", tmp_path / "shifted"
-    rng = np.random.default_rng(1)
-    write_population(quiet, now - timedelta(days=10), "base", rng, exposure=(0.35, 0.65), edema=0.3)
-    write_population(quiet, now, "new", rng, exposure=(0.35, 0.65), edema=0.3)
-    rng = np.random.default_rng(2)
-    write_population(shifted, now - timedelta(days=10), "base", rng, exposure=(0.35, 0.65), edema=0.3)
-    write_population(shifted, now, "new", rng, exposure=(0.1, 0.3), edema=0.75)
+    quiet = write_baseline_and_recent(tmp_path / "quiet", 1, exposure=(0.35, 0.65), edema=0.3)
+    shifted = write_baseline_and_recent(tmp_path / "shifted", 2, exposure=(0.1, 0.3), edema=0.75)
 
     assert main(["models", "drift", "--alarm", "--data-dir", str(quiet)]) == 0
     out = capsys.readouterr()

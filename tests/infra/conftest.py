@@ -11,6 +11,7 @@ from __future__ import annotations
 import hashlib
 import json
 import os
+import re
 import shutil
 import subprocess
 import sys
@@ -35,10 +36,8 @@ def _build_venv() -> Path:
     if python.exists() and stamp.exists() and stamp.read_text() == digest:
         return python
     subprocess.run([sys.executable, "-m", "venv", "--clear", str(VENV)], check=True, timeout=120)
-    result = subprocess.run(
+    result = run_captured(
         [str(python), "-m", "pip", "install", "--quiet", "--require-hashes", "--no-deps", "-r", str(REQUIREMENTS)],
-        capture_output=True,
-        text=True,
         timeout=INSTALL_TIMEOUT_S,
     )
     if result.returncode != 0:
@@ -53,21 +52,32 @@ def infra_python() -> Path:
     return Path(override) if override else _build_venv()
 
 
+def run_captured(args: Sequence[str], *, timeout: float, **options: Any) -> subprocess.CompletedProcess[str]:
+    """`args` run to the end, their output captured as text; the caller judges the exit code."""
+    return subprocess.run(list(args), capture_output=True, text=True, timeout=timeout, check=False, **options)
+
+
 def checkov_report(infra_python: Path, cwd: Path, *target: str, timeout: float = 600) -> dict:
     """checkov's JSON report on `target` (e.g. "-f", path, "--framework", "cloudformation"), offline, no SCA scan."""
-    import json
-
     env = {**os.environ, "BC_SKIP_MAPPING": "TRUE", "CHECKOV_RUN_SCA_PACKAGE_SCAN_V2": "false"}
-    result = subprocess.run(
-        [str(infra_python.parent / "checkov"), *target, "--skip-download", "-o", "json"],
-        capture_output=True,
-        text=True,
-        timeout=timeout,
-        env=env,
-        cwd=cwd,
-        check=False,
-    )
-    return json.loads(result.stdout)
+    command = [str(infra_python.parent / "checkov"), *target, "--skip-download", "-o", "json"]
+    return json.loads(run_captured(command, timeout=timeout, env=env, cwd=cwd).stdout)
+
+
+def checkov_passes(infra_python: Path, cwd: Path, *target: str, more_than: int, timeout: float = 600) -> dict:
+    """checkov_report, held to no failed check, no parsing error and more than `more_than` checks passed."""
+    report = checkov_report(infra_python, cwd, *target, timeout=timeout)
+    failed = [f"{c['check_id']} {c['resource']}: {c['check_name']}" for c in report["results"]["failed_checks"]]
+    assert not failed, "\n".join(failed)
+    assert report["summary"]["parsing_errors"] == 0 and report["summary"]["passed"] > more_than
+    return report
+
+
+def assert_cloudformation_skips_say_why(resources: dict[str, dict[str, Any]], *, longer_than: int) -> None:
+    """Every checkov skip in a template's Metadata names a real check id and gives a reason of some length."""
+    for name, resource in resources.items():
+        for skip in resource.get("Metadata", {}).get("checkov", {}).get("skip", []):
+            assert re.fullmatch(r"CKV2?_AWS_\d+", skip["id"]) and len(skip.get("comment", "")) > longer_than, f"{name}: {skip}"
 
 
 def npm_install(packages: Sequence[str]) -> str | None:
@@ -77,13 +87,7 @@ def npm_install(packages: Sequence[str]) -> str | None:
     npm = shutil.which("npm")
     if npm is None:
         return "npm is not on PATH"
-    install = subprocess.run(
-        [npm, "install", "--silent", "--no-audit", "--no-fund", "--prefix", str(NPM_DIR), *packages],
-        capture_output=True,
-        text=True,
-        timeout=300,
-        check=False,
-    )
+    install = run_captured([npm, "install", "--silent", "--no-audit", "--no-fund", "--prefix", str(NPM_DIR), *packages], timeout=300)
     return None if install.returncode == 0 else install.stderr[-500:]
 
 
@@ -91,13 +95,6 @@ def node_json(script: Path, folder_variable: str, *args: str) -> Any:
     """What a node script prints (JSON), run with NPM_DIR in `folder_variable` and nothing else in its environment."""
     node = shutil.which("node")
     assert node, f"node runs {script.name}"
-    result = subprocess.run(
-        [node, str(script), *args],
-        capture_output=True,
-        text=True,
-        timeout=120,
-        env={folder_variable: str(NPM_DIR), "PATH": ""},
-        check=False,
-    )
+    result = run_captured([node, str(script), *args], timeout=120, env={folder_variable: str(NPM_DIR), "PATH": ""})
     assert result.returncode == 0, result.stderr[-2000:]
     return json.loads(result.stdout)

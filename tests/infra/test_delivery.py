@@ -5,7 +5,6 @@ role, pushes only its environment's repositories); and infra/deliver.py's answer
 from __future__ import annotations
 
 import json
-import re
 import subprocess
 import sys
 from pathlib import Path
@@ -13,7 +12,7 @@ from typing import Any
 
 from radstream.template import load_yaml
 
-from .conftest import ROOT, checkov_report
+from .conftest import ROOT, assert_cloudformation_skips_say_why, checkov_passes
 from .test_template import as_list, statements
 
 DELIVERY = ROOT / "infra" / "delivery.yaml"
@@ -31,13 +30,8 @@ def test_cfn_lint_finds_nothing(infra_python: Path):
 
 
 def test_checkov_passes_and_every_skip_is_justified(infra_python: Path, tmp_path: Path):
-    report = checkov_report(infra_python, tmp_path, "-f", str(DELIVERY), "--framework", "cloudformation", timeout=300)
-    failed = [f"{c['check_id']} {c['resource']}: {c['check_name']}" for c in report["results"]["failed_checks"]]
-    assert not failed, "\n".join(failed)
-    assert report["summary"]["parsing_errors"] == 0 and report["summary"]["passed"] > 20
-    for name, resource in RESOURCES.items():
-        for skip in resource.get("Metadata", {}).get("checkov", {}).get("skip", []):
-            assert re.fullmatch(r"CKV2?_AWS_\d+", skip["id"]) and len(skip.get("comment", "")) > 40, f"{name}: {skip}"
+    checkov_passes(infra_python, tmp_path, "-f", str(DELIVERY), "--framework", "cloudformation", timeout=300, more_than=20)
+    assert_cloudformation_skips_say_why(RESOURCES, longer_than=40)
 
 
 def test_only_this_repositorys_workflow_in_this_environment_can_deploy():

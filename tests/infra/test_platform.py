@@ -10,7 +10,7 @@ from typing import Any
 
 from radstream.template import load_yaml
 
-from .conftest import ROOT, TEMPLATE, checkov_report
+from .conftest import ROOT, TEMPLATE, assert_cloudformation_skips_say_why, checkov_passes
 from .test_template import as_list, statements
 
 PLATFORM = ROOT / "infra" / "platform.yaml"
@@ -41,13 +41,8 @@ def test_cfn_lint_finds_no_errors():
 
 
 def test_checkov_passes_and_every_skip_is_justified(infra_python: Path, tmp_path: Path):
-    report = checkov_report(infra_python, tmp_path, "-f", str(PLATFORM), "--framework", "cloudformation", timeout=300)
-    failed = [f"{c['check_id']} {c['resource']}: {c['check_name']}" for c in report["results"]["failed_checks"]]
-    assert not failed, "\n".join(failed)
-    assert report["summary"]["parsing_errors"] == 0 and report["summary"]["passed"] > 30
-    for name, resource in RESOURCES.items():
-        for skip in resource.get("Metadata", {}).get("checkov", {}).get("skip", []):
-            assert re.fullmatch(r"CKV2?_AWS_\d+", skip["id"]) and len(skip.get("comment", "")) > 20, f"{name}: {skip}"
+    checkov_passes(infra_python, tmp_path, "-f", str(PLATFORM), "--framework", "cloudformation", timeout=300, more_than=30)
+    assert_cloudformation_skips_say_why(RESOURCES, longer_than=20)
 
 
 def test_the_exports_are_what_template_yaml_imports():

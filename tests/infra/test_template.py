@@ -16,7 +16,7 @@ from radstream.template import Template, load_yaml
 from shared.contracts import TelemetryRecord
 from shared.telemetry import partition_prefix
 
-from .conftest import ROOT, TEMPLATE, checkov_report
+from .conftest import ROOT, TEMPLATE, assert_cloudformation_skips_say_why, checkov_passes
 
 DOC = load_yaml(TEMPLATE)
 RESOURCES: dict[str, dict[str, Any]] = DOC["Resources"]
@@ -111,14 +111,8 @@ def test_functions_use_scoped_statements_and_the_data_key():
 
 
 def test_checkov_passes_and_every_skip_is_justified(infra_python: Path, tmp_path: Path):
-    report = checkov_report(infra_python, tmp_path, "-f", str(TEMPLATE), "--framework", "cloudformation", timeout=300)
-    failed = [f"{c['check_id']} {c['resource']}: {c['check_name']}" for c in report["results"]["failed_checks"]]
-    assert not failed, "\n".join(failed)
-    assert report["summary"]["parsing_errors"] == 0
-    assert report["summary"]["passed"] > 50
-    for resource_name, resource in RESOURCES.items():
-        for skip in resource.get("Metadata", {}).get("checkov", {}).get("skip", []):
-            assert re.fullmatch(r"CKV2?_AWS_\d+", skip["id"]) and len(skip.get("comment", "")) > 20, f"{resource_name}: {skip}"
+    checkov_passes(infra_python, tmp_path, "-f", str(TEMPLATE), "--framework", "cloudformation", timeout=300, more_than=50)
+    assert_cloudformation_skips_say_why(RESOURCES, longer_than=20)
 
 
 def test_every_function_image_and_handler_exists():

@@ -5,7 +5,6 @@ from __future__ import annotations
 
 import json
 import re
-import subprocess
 from pathlib import Path
 from typing import Any
 
@@ -13,7 +12,7 @@ import pytest
 
 from radstream.template import load_yaml
 
-from .conftest import ROOT, checkov_report
+from .conftest import ROOT, checkov_passes, run_captured
 
 TERRAFORM = ROOT / "infra" / "terraform"
 CFN = load_yaml(ROOT / "infra" / "platform.yaml")
@@ -50,8 +49,7 @@ FOLDED = {"InternetGatewayAttachment": "aws_internet_gateway.internet_gateway"} 
 TERRAFORM_ONLY = {
     "aws_default_security_group.default",
     "aws_iam_role_policy.vpc_flow_log_role",
-    "aws_iam_role_policy.load_balancer_controller_role",
-    "aws_iam_role_policy.cluster_autoscaler_role",
+    *(f"aws_iam_role_policy.controller_role[{c}]" for c in ("load_balancer_controller", "cluster_autoscaler")),
     "aws_iam_role_policy.velero_role",
     # a CloudFormation bucket's properties are separate resources in the AWS provider
     *(
@@ -79,13 +77,7 @@ def value(block: dict[str, Any], key: str) -> Any:
 
 @pytest.fixture(scope="module")
 def hcl(infra_python: Path) -> dict[str, Any]:
-    result = subprocess.run(
-        [str(infra_python), str(Path(__file__).with_name("hcl_to_json.py")), str(TERRAFORM)],
-        capture_output=True,
-        text=True,
-        timeout=120,
-        check=False,
-    )
+    result = run_captured([str(infra_python), str(Path(__file__).with_name("hcl_to_json.py")), str(TERRAFORM)], timeout=120)
     assert result.returncode == 0, result.stderr[-2000:]
     parsed = json.loads(result.stdout)
     merged: dict[str, Any] = {"resource": {}, "variable": {}, "output": {}, "locals": {}}
@@ -112,28 +104,89 @@ def interface_services() -> dict[str, dict[str, Any]]:
     }
 
 
+# Resources written once with for_each: the local whose keys are their instances (the interface endpoints by service,
+# the subnets and their route table associations by infra/platform.yaml's names, the route tables by tier).
+FOR_EACH = {
+    "aws_vpc_endpoint.interface": "interface_endpoints",
+    "aws_subnet.subnet": "subnets",
+    "aws_route_table_association.subnet_route_table": "subnets",
+    "aws_route_table.route_table": ("public", "private"),
+    "aws_eks_node_group.node_group": "node_groups",
+    "aws_launch_template.node_launch_template": "node_groups",
+    "aws_iam_role.controller_role": "controller_roles",
+    "aws_iam_role_policy.controller_role": "controller_roles",
+    "aws_eks_addon.pod_addon": "pod_addons",
+}
+CONTROLLER_ROLES = {"LoadBalancerControllerRole", "ClusterAutoscalerRole"}  # aws_iam_role.controller_role's
+
+
 def address(name: str, resource: dict[str, Any]) -> str:
     if name in FOLDED:
         return FOLDED[name]
-    if resource["Type"] == "AWS::EC2::VPCEndpoint" and name not in ("S3Endpoint", "GatewayS3Endpoint"):
+    kind = resource["Type"]
+    if kind == "AWS::EC2::VPCEndpoint" and name not in ("S3Endpoint", "GatewayS3Endpoint"):
         service = resource["Properties"]["ServiceName"]["Fn::Sub"].split("}.", 1)[1]
         return f"aws_vpc_endpoint.interface[{service}]"
-    return f"{TYPES[resource['Type']]}.{snake(name)}"
+    if kind == "AWS::EC2::Subnet":
+        return f"aws_subnet.subnet[{snake(name)}]"
+    if kind == "AWS::EC2::SubnetRouteTableAssociation":  # PublicSubnetARouteTable: public_subnet_a's
+        return f"aws_route_table_association.subnet_route_table[{snake(name).removesuffix('_route_table')}]"
+    if kind == "AWS::EC2::RouteTable":  # PublicRouteTable: the public tier's
+        return f"aws_route_table.route_table[{snake(name).removesuffix('_route_table')}]"
+    if kind == "AWS::EKS::Addon" and resource["Properties"]["AddonName"] in ("coredns", "metrics-server"):
+        return f"aws_eks_addon.pod_addon[{resource['Properties']['AddonName']}]"
+    if name in CONTROLLER_ROLES:
+        return f"aws_iam_role.controller_role[{snake(name).removesuffix('_role')}]"
+    if kind == "AWS::EKS::Nodegroup":  # CpuNodeGroup: local.node_groups' cpu
+        return f"aws_eks_node_group.node_group[{snake(name).removesuffix('_node_group')}]"
+    if kind == "AWS::EC2::LaunchTemplate":
+        return f"aws_launch_template.node_launch_template[{snake(name).removesuffix('_node_launch_template')}]"
+    return f"{TYPES[kind]}.{snake(name)}"
+
+
+def block(hcl: dict[str, Any], instance: str) -> dict[str, Any]:
+    """The resource block of an address, aws_subnet.subnet[public_subnet_a]'s being aws_subnet.subnet."""
+    return hcl["resource"][instance.split("[", 1)[0]]
+
+
+def attribute(hcl: dict[str, Any], instance: str, *path: str) -> Any:
+    """An attribute of a resource (path: nested blocks, then the attribute), a for_each resource's each.key and
+    each.value.<name> read from its instance's key and its local."""
+    found: Any = block(hcl, instance)
+    for name in path:
+        found = value(found, name)
+    if "[" in instance and isinstance(found, str):
+        key = instance.split("[", 1)[1].rstrip("]")
+        if found == "${each.key}":
+            return key
+        if match := re.fullmatch(r"\$\{each\.value\.(\w+)\}", found):
+            return value(hcl["locals"], FOR_EACH[instance.split("[", 1)[0]])[key][match.group(1)]
+    return found
+
+
+def instances(hcl: dict[str, Any]) -> set[str]:
+    """Every resource address, a for_each resource's one per key."""
+    found = set(hcl["resource"]) - set(FOR_EACH)
+    for resource, keys in FOR_EACH.items():
+        found |= {f"{resource}[{k}]" for k in (value(hcl["locals"], keys) if isinstance(keys, str) else keys)}
+    return found
 
 
 def test_the_same_resources(hcl):
     expected = {address(n, r) for n, r in RESOURCES.items()}
-    interface = {f"aws_vpc_endpoint.interface[{s}]" for s in value(hcl["locals"], "interface_endpoints")}
-    found = (set(hcl["resource"]) - {"aws_vpc_endpoint.interface"}) | interface
+    found = instances(hcl)
     assert found - TERRAFORM_ONLY == expected, {
         "only in terraform": found - TERRAFORM_ONLY - expected,
         "only in cloudformation": expected - found,
     }
-    # Conditional resources are conditional in both: CreateVpc/CreateNat -> count.
+    # Conditional resources are conditional in both: CreateVpc/CreateNat -> count, or for_each over nothing.
     for name, resource in RESOURCES.items():
         if "Condition" in resource and name not in FOLDED:
-            count = value(hcl["resource"][address(name, resource)], "count")
-            assert {"CreateVpc": "local.create_vpc", "CreateNat": "local.create_nat"}[resource["Condition"]] in count, name
+            written = block(hcl, address(name, resource))
+            condition = value(written, "count") if "count" in written else value(written, "for_each")
+            if condition == "${aws_subnet.subnet}":  # one association per subnet: as conditional as the subnets
+                condition = value(hcl["resource"]["aws_subnet.subnet"], "for_each")
+            assert {"CreateVpc": "local.create_vpc", "CreateNat": "local.create_nat"}[resource["Condition"]] in condition, name
 
 
 def test_the_same_variables_and_outputs(hcl):
@@ -183,31 +236,38 @@ def test_the_same_cluster_nodes_and_add_ons(hcl):
     assert value(value(tf_cluster, "encryption_config"), "resources") == cluster["EncryptionConfig"][0]["Resources"]
     assert value(value(tf_cluster, "access_config"), "authentication_mode") == cluster["AccessConfig"]["AuthenticationMode"]
     for group in ("CpuNodeGroup", "GpuNodeGroup"):
-        cfn, tf = RESOURCES[group]["Properties"], res[f"aws_eks_node_group.{snake(group)}"]
-        assert value(tf, "instance_types") == cfn["InstanceTypes"] and value(tf, "ami_type") == cfn["AmiType"]
-        assert value(tf, "labels") == cfn["Labels"] and value(tf, "node_group_name") == cfn["NodegroupName"]
-        assert value(value(tf, "update_config"), "max_unavailable") == cfn["UpdateConfig"]["MaxUnavailable"]
-        taints = [{"key": value(t, "key"), "value": value(t, "value"), "effect": value(t, "effect")} for t in tf.get("taint", [])]
+        cfn, tf = RESOURCES[group]["Properties"], address(group, RESOURCES[group])
+        assert attribute(hcl, tf, "instance_types") == cfn["InstanceTypes"] and attribute(hcl, tf, "ami_type") == cfn["AmiType"]
+        assert attribute(hcl, tf, "labels") == cfn["Labels"] and attribute(hcl, tf, "node_group_name") == cfn["NodegroupName"]
+        assert attribute(hcl, tf, "update_config", "max_unavailable") == cfn["UpdateConfig"]["MaxUnavailable"]
+        taint = value(value(block(hcl, tf), "dynamic"), "taint")  # one dynamic block over each.value.taints
+        assert value(taint, "for_each") == "${each.value.taints}"
+        assert {k: value(value(taint, "content"), k) for k in ("key", "value", "effect")} == {
+            k: f"${{taint.value.{k}}}" for k in ("key", "value", "effect")
+        }
+        taints = attribute(hcl, tf, "dynamic", "taint", "for_each")
         assert taints == [{k.lower(): v for k, v in t.items()} for t in cfn.get("Taints", [])]
         template = RESOURCES[cfn["LaunchTemplate"]["Id"]["Ref"]]["Properties"]["LaunchTemplateData"]
-        tf_template = res[f"aws_launch_template.{snake(cfn['LaunchTemplate']['Id']['Ref'])}"]
-        metadata = value(tf_template, "metadata_options")
-        assert (value(metadata, "http_tokens"), value(metadata, "http_put_response_hop_limit")) == (
+        tf_template = address(cfn["LaunchTemplate"]["Id"]["Ref"], RESOURCES[cfn["LaunchTemplate"]["Id"]["Ref"]])
+        assert (
+            attribute(hcl, tf_template, "metadata_options", "http_tokens"),
+            attribute(hcl, tf_template, "metadata_options", "http_put_response_hop_limit"),
+        ) == (
             template["MetadataOptions"]["HttpTokens"],
             template["MetadataOptions"]["HttpPutResponseHopLimit"],
         )
-        ebs = value(value(tf_template, "block_device_mappings"), "ebs")
+        ebs = ("block_device_mappings", "ebs")
         cfn_ebs = template["BlockDeviceMappings"][0]["Ebs"]
-        assert (value(ebs, "volume_size"), value(ebs, "volume_type"), value(ebs, "encrypted")) == (
-            cfn_ebs["VolumeSize"],
-            cfn_ebs["VolumeType"],
-            True,
-        )
+        assert (
+            attribute(hcl, tf_template, *ebs, "volume_size"),
+            attribute(hcl, tf_template, *ebs, "volume_type"),
+            attribute(hcl, tf_template, *ebs, "encrypted"),
+        ) == (cfn_ebs["VolumeSize"], cfn_ebs["VolumeType"], True)
     assert (
-        value(value(res["aws_eks_node_group.cpu_node_group"], "scaling_config"), "max_size")
+        attribute(hcl, address("CpuNodeGroup", RESOURCES["CpuNodeGroup"]), "scaling_config", "max_size")
         == RESOURCES["CpuNodeGroup"]["Properties"]["ScalingConfig"]["MaxSize"]
     )
-    addons = {value(b, "addon_name") for k, b in res.items() if k.startswith("aws_eks_addon.")}
+    addons = {attribute(hcl, k, "addon_name") for k in instances(hcl) if k.startswith("aws_eks_addon.")}
     assert addons == {r["Properties"]["AddonName"] for r in RESOURCES.values() if r["Type"] == "AWS::EKS::Addon"}
     assert "enableNetworkPolicy" in value(res["aws_eks_addon.vpc_cni_addon"], "configuration_values")
     upstreams = {value(b, "upstream_registry_url") for k, b in res.items() if k.startswith("aws_ecr_pull_through_cache_rule.")}
@@ -225,7 +285,12 @@ def test_the_same_cluster_nodes_and_add_ons(hcl):
 def test_the_same_controller_permissions(hcl):
     for role in ("LoadBalancerControllerRole", "ClusterAutoscalerRole", "VeleroRole"):
         (policy,) = RESOURCES[role]["Properties"]["Policies"]
-        text = value(hcl["resource"][f"aws_iam_role_policy.{snake(role)}"], "policy")
+        if role in CONTROLLER_ROLES:  # jsonencode of its statements in local.controller_roles
+            policy_block = block(hcl, "aws_iam_role_policy.controller_role")
+            assert "jsonencode" in value(policy_block, "policy") and "each.value.statements" in value(policy_block, "policy")
+            text = json.dumps(value(hcl["locals"], "controller_roles")[snake(role).removesuffix("_role")]["statements"])
+        else:
+            text = value(hcl["resource"][f"aws_iam_role_policy.{snake(role)}"], "policy")
         for statement in policy["PolicyDocument"]["Statement"]:
             assert quoted(text, statement["Sid"]), (role, statement["Sid"])
             for action in statement["Action"] if isinstance(statement["Action"], list) else [statement["Action"]]:
@@ -239,9 +304,17 @@ def test_the_same_controller_permissions(hcl):
 
 
 def test_checkov_terraform_finds_nothing_and_every_skip_says_why(infra_python: Path, tmp_path: Path):
-    report = checkov_report(infra_python, tmp_path, "-d", str(TERRAFORM), "--framework", "terraform", timeout=600)
-    failed = [f"{c['check_id']} {c['resource']}: {c['check_name']}" for c in report["results"]["failed_checks"]]
-    assert not failed, "\n".join(failed)
-    assert report["summary"]["parsing_errors"] == 0 and report["summary"]["passed"] > 50
+    report = checkov_passes(infra_python, tmp_path, "-d", str(TERRAFORM), "--framework", "terraform", more_than=50)
     for check in report["results"]["skipped_checks"]:
         assert len(check["check_result"]["suppress_comment"]) > 40, check["check_id"]
+
+
+def test_each_renamed_address_moves_to_a_resource_of_the_module(hcl):
+    """moved.tf.json: a state written before a resource became a for_each one moves instead of being replaced."""
+    moves = json.loads((TERRAFORM / "moved.tf.json").read_text())["moved"]
+    found = instances(hcl)
+    for move in moves:
+        to = move["to"].replace('"', "")
+        assert to in found, move
+        assert move["from"].removesuffix("[0]") not in found, move
+    assert len({m["from"] for m in moves}) == len({m["to"] for m in moves}) == len(moves)

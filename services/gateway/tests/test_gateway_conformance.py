@@ -23,7 +23,7 @@ from synthetic.transfer_syntaxes import SYNTAXES, dicom_dataset, encode, stored_
 from services.gateway.domain import COMMENT_MAX, study_id_for
 from services.gateway.server import Gateway
 from synthetic.instances import KEY, cr_instance, gateway_settings
-from synthetic.peers import run, tool
+from synthetic.peers import run, send_c_store, tool
 from shared.acceptance import SECONDARY_CAPTURE
 from shared.settings import Settings
 
@@ -103,17 +103,7 @@ def stored_path(settings: Settings, data: bytes) -> Path:
 
 def c_store(gateway: Gateway, data: bytes) -> pydicom.Dataset:
     """pynetdicom as the SCU: the status data set the gateway answers one C-STORE with (the data set in its own syntax)."""
-    from pynetdicom import AE
-
-    ds = dataset(data)
-    scu = AE(ae_title="PYNETDICOM")
-    scu.add_requested_context(ds.SOPClassUID, [ds.file_meta.TransferSyntaxUID])
-    assoc = scu.associate("127.0.0.1", gateway.dimse.port, ae_title=gateway.ae_title)
-    assert assoc.is_established
-    try:
-        answer = assoc.send_c_store(ds)
-    finally:
-        assoc.release()
+    answer = send_c_store(gateway.dimse.port, gateway.ae_title, dataset(data))
     assert answer is not None and "Status" in answer, "no C-STORE response"
     return answer
 
