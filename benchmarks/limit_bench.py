@@ -152,14 +152,14 @@ def irreducible_round(work: Irreducible, paths: list[Path], workers: int, pool: 
 
 # ---------------------------------------------------------------- the pipeline
 def pipeline_round(
-    studies: list[Path], warmup: list[Path], workers: int, data_dir: Path, from_bucket: bool = False
+    studies: list[Path], warmup: list[Path], workers: int, data_dir: Path, from_bucket: bool = False, branch_threads: int = 0
 ) -> tuple[float, float, dict[str, dict]]:
     """(wall s, CPU s, result.json per study id) for all studies, through a fresh warmed-up runtime.
 
     from_bucket: the studies are uploaded first, untimed, and the timed part is `resume` running every upload without a
     result (as in AWS, where the client's upload lands in S3 before the event starts the workflow; resume's scan of
     the bucket for pending uploads is timed with it)."""
-    with LocalRuntime(Settings(data_dir=data_dir), workers=workers) as runtime:
+    with LocalRuntime(Settings(data_dir=data_dir), workers=workers, branch_threads=branch_threads) as runtime:
         runtime.run_many(warmup)
         if from_bucket:
             for folder in studies:
@@ -497,7 +497,7 @@ def bench_size(
                     if which == "pipeline" and args.pipeline_processes and workers > 1:
                         wall, cpu, results = pipeline_processes_round(studies, warmup, workers, data_dir)
                     else:
-                        wall, cpu, results = pipeline_round(studies, warmup, workers, data_dir, which == "bucket")
+                        wall, cpu, results = pipeline_round(studies, warmup, workers, data_dir, which == "bucket", args.branch_threads)
                     (pipe if which == "pipeline" else bucket).append((wall, cpu))
                     if not checked:
                         check_same_work(work, studies, results)
@@ -576,6 +576,14 @@ def main() -> None:
         action="store_true",
         help="experiment: os.fsync a no-op in this process, both series (what durability costs; never the product's behaviour)",
     )
+    parser.add_argument(
+        "--branch-threads",
+        type=int,
+        default=0,
+        metavar="N",
+        help="the pipeline's Parallel states (a study's three models) on N threads beside the study's own (LocalRuntime's "
+        "branch_threads): what overlapping one study's models buys",
+    )
     parser.add_argument("--quick", action="store_true", help="1024² only, 12 studies, 3 rounds")
     parser.add_argument("--json", action="store_true", help="print the rows as JSON too")
     parser.add_argument(
@@ -618,6 +626,8 @@ def main() -> None:
     mode = "processes" if args.irreducible_processes else "threads"
     if args.without_fsync:
         print("\nEXPERIMENT --without-fsync: os.fsync was a no-op in this run; these are not the product's figures")
+    if args.branch_threads:
+        print(f"\nthe pipeline's Parallel states on {args.branch_threads} branch thread(s) beside each study's own")
     if args.pipeline_processes:
         print(
             "\nEXPERIMENT --pipeline-processes: with >1 worker the pipeline ran as that many one-worker processes, not as `radstream run` runs"
