@@ -338,7 +338,8 @@ class LocalAws:
                 return self._warmed
         warmed: dict[str, str | None] = {}
         with logs_to(self._log_file):
-            for resource in task_resources(self.template.definition()):
+            # Service integrations (the lane hand-off, never taken locally: docs/triage.md) have no handler to warm.
+            for resource in filter(self.template.is_function, task_resources(self.template.definition())):
                 handler, deps = self.binding(resource)
                 if id(handler) not in {id(self._bindings[r][0]) for r in warmed}:
                     warmed[resource] = handler.warm(deps)

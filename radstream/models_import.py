@@ -111,32 +111,41 @@ parameters: {{
 """
 
 
-_BATCHING = """dynamic_batching {
-  preferred_batch_size: [ 4, 8, 16 ]
+_PRIORITY = """  # Stat (1) and urgent (2) requests are taken from the queue before routine ones (3, the default): shared/priority.py.
+  priority_levels: 3
+  default_priority_level: 3
+"""
+_BATCHING = f"""dynamic_batching {{
+{_PRIORITY}  preferred_batch_size: [ 4, 8, 16 ]
   max_queue_delay_microseconds: 2000
-}
+}}
 """
 # On CPU the classifier and the encoder batch best with no queue delay and no preferred sizes: the batcher still
 # merges what queues while the model runs, and a lone request is not held back (benchmarks/triton_bench.py
 # --variant, README Performance: 1.2-1.5x at concurrency 1 and 16). The detector measured no better either way,
-# so it keeps the 2 ms delay. GPU configs do not batch on the server (measured on an H200: the reason is in the text).
-_CPU_NO_DELAY = """# Measured on CPU (README Performance): no queue delay, no preferred sizes.
-dynamic_batching {
-  max_queue_delay_microseconds: 0
-}
+# so it keeps the 2 ms delay. GPU configs do not merge requests on the server (measured on an H200: the reason is in
+# the text); their batcher only takes the more urgent first.
+_CPU_NO_DELAY = f"""# Measured on CPU (README Performance): no queue delay, no preferred sizes.
+dynamic_batching {{
+{_PRIORITY}  max_queue_delay_microseconds: 0
+}}
 """
-_GPU_NO_BATCHING = """# No dynamic_batching on the GPU (config.pbtxt batches on the CPU): ONNX Runtime's CUDA provider pays for every
-# change of batch size from one call to the next, even among sizes it has run before: 83 ms a call for the
-# classifier against 0.3-0.8 ms at any fixed size on an H200 (8-13 ms with cudnn_conv_algo_search DEFAULT or
-# HEURISTIC, still 10-40x), and dynamic batching hands it a different size almost every call. Through Triton at
-# concurrency 16 that made batching 14-17x slower than none, p95 200-670 ms (README Performance). A client that
-# wants batches sends them: 16 images a request ran 5x the images/s of one.
+_GPU_PRIORITY_ONLY = f"""# On the GPU the dynamic batcher only orders the queue, it never merges requests (preferred_batch_size [ 1 ], no
+# queue delay): ONNX Runtime's CUDA provider pays for every change of batch size from one call to the next, even
+# among sizes it has run before: 83 ms a call for the classifier against 0.3-0.8 ms at any fixed size on an H200
+# (8-13 ms with cudnn_conv_algo_search DEFAULT or HEURISTIC, still 10-40x), and merging hands it a different size
+# almost every call. Through Triton at concurrency 16 that made batching 14-17x slower than none, p95 200-670 ms
+# (README Performance). A client that wants batches sends them: 16 images a request ran 5x the images/s of one.
+dynamic_batching {{
+{_PRIORITY}  preferred_batch_size: [ 1 ]
+  max_queue_delay_microseconds: 0
+}}
 """
 
 
 def _batching(kind: str, placement: str) -> str:
     if placement == "gpu":
-        return _GPU_NO_BATCHING
+        return _GPU_PRIORITY_ONLY
     return _CPU_NO_DELAY if kind in ("classifier", "encoder") else _BATCHING
 
 

@@ -1,4 +1,4 @@
-"""Reads template.yaml: the workflow definition, its task wiring and the EventBridge rule, for the local runtime.
+"""Reads template.yaml: the workflow definition, its task wiring and the EventBridge rules, for the local runtime.
 
 There is no second copy of any of these in code: the local runtime runs what this returns.
 """
@@ -17,6 +17,7 @@ from shared.errors import ConfigurationError
 
 DEFAULT_TEMPLATE = Path(__file__).resolve().parent.parent / "template.yaml"
 LOCAL_ARN = "arn:aws:lambda:local:000000000000:function:{}"
+LOCAL_STATE_MACHINE_ARN = "arn:aws:states:local:000000000000:stateMachine:{}"
 _TAGS = {
     "Ref": "Ref",
     "Condition": "Condition",
@@ -92,8 +93,29 @@ class Template:
         return found[0]
 
     @property
+    def state_machines(self) -> list[tuple[str, dict[str, Any]]]:
+        return [(name, r) for name, r in self.resources.items() if r.get("Type") == "AWS::Serverless::StateMachine"]
+
+    @property
     def state_machine(self) -> tuple[str, dict[str, Any]]:
-        return self._one("AWS::Serverless::StateMachine")
+        """The machine the local runtime runs: the one the upload rules start (the routine lane, docs/triage.md).
+
+        Every other machine must run the same definition (one DefinitionUri, or an identical Definition) with the same
+        substitution names: the lanes differ only in which functions they invoke, and locally there is one lane (no
+        concurrency to split), so running the entry machine's wiring is running the workflow.
+        """
+        machines = self.state_machines
+        entries = machines if len(machines) == 1 else [(name, m) for name, m in machines if m["Properties"].get("Events")]
+        if len(entries) != 1:
+            raise ConfigurationError(f"{self.path}: expected one state machine, or one with upload events, found {len(entries)}")
+        _, entry = entries[0]
+        for name, machine in machines:
+            props, first = machine["Properties"], entry["Properties"]
+            if (props.get("DefinitionUri"), props.get("Definition")) != (first.get("DefinitionUri"), first.get("Definition")):
+                raise ConfigurationError(f"{self.path}: {name} runs another definition than {entries[0][0]}: the lanes share one")
+            if set(props.get("DefinitionSubstitutions", {})) != set(first.get("DefinitionSubstitutions", {})):
+                raise ConfigurationError(f"{self.path}: {name} substitutes other names than {entries[0][0]}")
+        return entries[0]
 
     def definition(self) -> dict[str, Any]:
         """The state machine definition with DefinitionSubstitutions applied, functions as local ARNs."""
@@ -118,9 +140,33 @@ class Template:
             return LOCAL_ARN.format(value["Ref"])
         if isinstance(value, dict) and "Ref" in value and (logical_id := self._aliased_function(value["Ref"])):
             return LOCAL_ARN.format(logical_id)  # an alias runs its function's code: locally, the function
+        if (
+            isinstance(value, dict)
+            and "Ref" in value
+            and self.resources.get(value["Ref"], {}).get("Type") == "AWS::Serverless::StateMachine"
+        ):
+            return LOCAL_STATE_MACHINE_ARN.format(value["Ref"])
+        if isinstance(value, dict) and isinstance(value.get("Fn::Sub"), str):
+            # A name or ARN built from parameters (a machine's own name, say): an AWS resource's, which the local runtime
+            # resolves with the parameters' defaults and a local account and region, and never runs.
+            return re.sub(r"\$\{([A-Za-z0-9_:]+)\}", lambda m: self._local_parameter(m.group(1)), value["Fn::Sub"])
         if isinstance(value, str):
             return value
         raise ConfigurationError(f"{self.path}: the local runtime cannot resolve substitution {value!r}")
+
+    def _local_parameter(self, name: str) -> str:
+        pseudo = {"AWS::Partition": "aws", "AWS::Region": "local", "AWS::AccountId": "000000000000"}
+        if name in pseudo:
+            return pseudo[name]
+        parameter = self.doc.get("Parameters", {}).get(name)
+        if not parameter or "Default" not in parameter:
+            raise ConfigurationError(f"{self.path}: the local runtime cannot resolve ${{{name}}} in a substitution")
+        return str(parameter["Default"])
+
+    def is_function(self, resource: str) -> bool:
+        """Whether a task's Resource is one of this template's functions (a local ARN), not a service integration."""
+        logical_id = resource.rsplit(":", 1)[-1]
+        return resource == LOCAL_ARN.format(logical_id) and self.resources.get(logical_id, {}).get("Type") == "AWS::Serverless::Function"
 
     def _aliased_function(self, ref: str) -> str | None:
         """The function behind SAM's alias reference: `Fn.Alias`, or the alias resource `FnAlias<name>`."""
@@ -159,9 +205,9 @@ class Template:
             for k, v in self.global_environment().items()
             if isinstance(v, dict) and "Ref" in v and k in local_values
         }
-        _, machine = self.state_machine
         rules = []
-        for name, event in machine["Properties"].get("Events", {}).items():
+        events = {name: event for _, machine in self.state_machines for name, event in machine["Properties"].get("Events", {}).items()}
+        for name, event in events.items():
             if event.get("Type") != "EventBridgeRule":
                 continue
             props = event["Properties"]

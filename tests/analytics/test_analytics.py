@@ -47,7 +47,7 @@ QUERIES = [
     "box_acceptance",
 ]  # cost_breakdown and the two before it: the console's (tests/console); the last seven: docs/model-lifecycle.md
 # The prices and assumptions of the cost queries' shared price table (us-east-1 list prices, 512 MB functions).
-USD_PER_GB_SECOND, LAMBDA_GB, USD_PER_REQUEST, USD_PER_TRANSITION, TRANSITIONS_PER_STUDY = 0.0000166667, 0.5, 0.0000002, 0.000025, 13
+USD_PER_GB_SECOND, LAMBDA_GB, USD_PER_REQUEST, USD_PER_TRANSITION, TRANSITIONS_PER_STUDY = 0.0000166667, 0.5, 0.0000002, 0.000025, 14
 
 NOW = datetime.now(UTC)
 # Two minutes of studies, an hour ago (inside every query's default window, whatever the time of day).

@@ -158,11 +158,15 @@ def test_unavailable_models_are_retried_with_backoff_then_caught(tmp_path):
 
 
 def test_changing_the_template_changes_what_runs(tmp_path):
-    doc = load_yaml(DEFAULT_TEMPLATE)
-    classify = doc["Resources"]["StudyWorkflow"]["Properties"]["Definition"]["States"]["RunModels"]["Branches"][0]["States"]["Classify"]
+    # The lanes' one definition (DefinitionUri, beside the template), edited; the template itself copied as it is.
+    uri = load_yaml(DEFAULT_TEMPLATE)["Resources"]["StudyWorkflow"]["Properties"]["DefinitionUri"]
+    definition = load_yaml(DEFAULT_TEMPLATE.parent / uri)
+    classify = definition["States"]["RunModels"]["Branches"][0]["States"]["Classify"]
     classify["Retry"] = [dict(classify["Retry"][0], MaxAttempts=1)]
     edited = tmp_path / "template.yaml"
-    edited.write_text(yaml.safe_dump(doc, sort_keys=False))
+    edited.write_text(DEFAULT_TEMPLATE.read_text())
+    (tmp_path / uri).parent.mkdir(parents=True, exist_ok=True)
+    (tmp_path / uri).write_text(yaml.safe_dump(definition, sort_keys=False))
     _, execution, _ = run_one(tmp_path, template=edited, triton_url=f"http://127.0.0.1:{closed_port()}")
     failed = Counter(e.state for e in execution.history if e.type == "TaskFailed")
     assert failed["Classify"] == 2, "one attempt plus the one retry the edited template allows"

@@ -147,4 +147,4 @@ def test_the_committed_gpu_configs_say_what_an_import_writes(name: str):
     """configs/gpu.pbtxt of each committed model and what `radstream models import-torchxrayvision` writes say the
     same, reasons included."""
     text = (Path(__file__).resolve().parents[2] / "services" / "triton" / "model_repository" / name / "configs" / "gpu.pbtxt").read_text()
-    assert models_import._GPU_NO_BATCHING + models_import._PLACEMENT["gpu"] in text
+    assert models_import._GPU_PRIORITY_ONLY + models_import._PLACEMENT["gpu"] in text

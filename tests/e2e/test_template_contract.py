@@ -42,25 +42,41 @@ def template() -> Template:
     return Template(DEFAULT_TEMPLATE)
 
 
+# The errors Step Functions' optimized StartExecution integration raises (the lane hand-off, docs/triage.md).
+START_EXECUTION = "arn:aws:states:::states:startExecution"
+START_EXECUTION_ERRORS = {
+    f"StepFunctions.{e}"
+    for e in ("ExecutionAlreadyExistsException", "ExecutionLimitExceededException", "SdkClientException", "AWSStepFunctionsException")
+}
+
+
 def test_retry_and_catch_name_only_errors_that_exist(template):
     known = our_error_names()
     for name, state in walk_states(template.definition()["States"]):
+        service = START_EXECUTION_ERRORS if state.get("Resource") == START_EXECUTION else set()
         for rule in state.get("Retry", []) + state.get("Catch", []):
             for error in rule["ErrorEquals"]:
-                assert error.startswith(("States.", "Lambda.")) or error in known, f"{name} matches unknown error {error}"
+                assert error.startswith(("States.", "Lambda.")) or error in known | service, f"{name} matches unknown error {error}"
 
 
 def test_permanent_errors_are_never_retried(template):
     retryable = {n for n in our_error_names() if getattr(shared.errors, n).retryable}
     for name, state in walk_states(template.definition()["States"]):
         for rule in state.get("Retry", []):
-            ours = {e for e in rule["ErrorEquals"] if not e.startswith(("States.", "Lambda."))}
+            ours = {e for e in rule["ErrorEquals"] if not e.startswith(("States.", "Lambda.", "StepFunctions."))}
             assert ours <= retryable, f"{name} retries permanent errors {ours - retryable}"
+            # A hand-off that already happened is done, not retried (its Catch ends the routine execution).
+            assert "StepFunctions.ExecutionAlreadyExistsException" not in rule["ErrorEquals"], name
             assert "States.ALL" not in rule["ErrorEquals"], f"{name} retries everything"
 
 
 def test_every_task_calls_a_handler_that_imports(template):
-    tasks = [s for _, s in walk_states(template.definition()["States"]) if s["Type"] == "Task"]
+    all_tasks = [(n, s) for n, s in walk_states(template.definition()["States"]) if s["Type"] == "Task"]
+    # The one service integration: the routine lane's hand-off to the urgent lane (docs/triage.md).
+    assert [(n, s["Resource"]) for n, s in all_tasks if not template.is_function(s["Resource"])] == [
+        ("HandOffToUrgentLane", START_EXECUTION)
+    ]
+    tasks = [s for _, s in all_tasks if template.is_function(s["Resource"])]
     # validate, prepare, 3 model branches and the shadow candidates' branch, store, export, deliver and its dead letter,
     # the export's failure record (DICOM studies), notify and its dead letter, telemetry, record failure, failure telemetry
     assert len(tasks) == 16
@@ -108,18 +124,18 @@ def test_store_reads_the_state_keys_the_template_writes(template):
     assert [stage for stage, _ in STAGE_KEYS] == list(by_stage), "in pipeline order"
     for stage, key in STAGE_KEYS:
         assert states[by_stage[stage]]["ResultPath"] == f"$.{key}", f"{by_stage[stage]} writes $.{key}"
-    order, name = [], states["ValidateMetadata"]
-    while "Next" in name:
-        order.append(name["Next"])
-        name = states[name["Next"]]
-    assert order[:3] == ["PrepareTensors", "RunModels", "StoreResults"]
+    order, state = [], states["ValidateMetadata"]
+    while "Next" in state or "Default" in state:  # a Choice's Default: the lane a routine study stays in
+        order.append(state.get("Next") or state["Default"])
+        state = states[order[-1]]
+    assert order[:4] == ["ChooseLane", "PrepareTensors", "RunModels", "StoreResults"]
 
 
 def test_every_task_is_a_stage_handler_with_one_dependency_door(template):
     from shared.observability import StageHandler
 
     for _, task in walk_states(template.definition()["States"]):
-        if task["Type"] == "Task":
+        if task["Type"] == "Task" and template.is_function(task["Resource"]):  # not the lane hand-off (its own test above)
             module, _, attribute = template.handler_for(task["Resource"]).rpartition(".")
             handler = getattr(importlib.import_module(module), attribute)
             assert isinstance(handler, StageHandler) and callable(handler.build), f"{module}.{attribute}"

@@ -46,9 +46,13 @@ def test_the_transform_gives_codedeploy_groups_that_stop_and_roll_back_on_alarm(
     for props in groups.values():
         assert props["AlarmConfiguration"]["Enabled"] is True and len(props["AlarmConfiguration"]["Alarms"]) == 2
         assert "DEPLOYMENT_STOP_ON_ALARM" in props["AutoRollbackConfiguration"]["Events"]
-    machine = next(r for r in resources.values() if r["Type"] == "AWS::StepFunctions::StateMachine")
-    for value in machine["Properties"]["DefinitionSubstitutions"].values():
-        assert resources[value["Ref"]]["Type"] == "AWS::Lambda::Alias" and resources[value["Ref"]]["Properties"]["Name"] == "live"
+    machines = [r for r in resources.values() if r["Type"] == "AWS::StepFunctions::StateMachine"]
+    assert len(machines) == 2  # the routine and the urgent lane
+    for machine in machines:
+        functions = {k: v for k, v in machine["Properties"]["DefinitionSubstitutions"].items() if k.endswith("FunctionArn")}
+        assert len(functions) == 9
+        for value in functions.values():
+            assert resources[value["Ref"]]["Type"] == "AWS::Lambda::Alias" and resources[value["Ref"]]["Properties"]["Name"] == "live"
 
 
 def test_each_environment_gets_its_own_traffic_shifting(infra_python, tmp_path):

@@ -47,7 +47,11 @@ def transformed(infra_python: Path, tmp_path_factory: pytest.TempPathFactory) ->
 def test_sam_transform_produces_the_workflow_rules_and_roles(transformed):
     types = [r["Type"] for r in transformed["Resources"].values()]
     assert types.count("AWS::Lambda::Function") == len(FUNCTIONS)
-    assert types.count("AWS::StepFunctions::StateMachine") == 1
+    assert types.count("AWS::StepFunctions::StateMachine") == 2  # the routine and the urgent lane (docs/triage.md)
+    for name in ("StudyWorkflow", "UrgentStudyWorkflow"):
+        machine = transformed["Resources"][name]["Properties"]
+        # `sam package`'s upload of the one definition file, for both.
+        assert machine["DefinitionS3Location"]["Key"] == "statemachine/study.asl.yaml", name
     (target,) = transformed["Resources"]["StudyWorkflowStudyUploaded"]["Properties"]["Targets"]
     assert target["DeadLetterConfig"] == {"Arn": {"Fn::GetAtt": ["StudyEventsDeadLetterQueue", "Arn"]}}
     assert target["RetryPolicy"]["MaximumRetryAttempts"] > 0

@@ -220,7 +220,7 @@ def test_the_benchmark_reads_the_servers_own_account_of_each_level(model_reposit
 
 def test_priority_levels_are_served_and_every_priority_is_accepted(model_repository, server):
     """The CPU configs queue stat (1) and urgent (2) requests ahead of routine (3, the default); a request's priority is
-    accepted by every model (Triton ignores it where a model has no priority levels: the GPU configs)."""
+    accepted by every model (Triton ignores it where a model has no priority levels: a test repository's models)."""
     import tritonclient.http as httpclient
 
     from shared.priority import to_triton
@@ -240,3 +240,92 @@ def test_priority_levels_are_served_and_every_priority_is_accepted(model_reposit
             for level in ("stat", "urgent", "routine"):
                 outputs = triton_client.infer(model_dir.name, sample_batch(model_dir, batch=1), priority=to_triton(level))
                 assert outputs and all(a is not None for a in outputs.values())
+
+
+def pending_requests(metrics_url: str, model: str) -> float:
+    with urllib.request.urlopen(metrics_url, timeout=5) as response:
+        text = response.read().decode()
+    counts = [
+        float(line.rsplit(" ", 1)[1])
+        for line in text.splitlines()
+        if line.startswith("nv_inference_pending_request_count{") and f'model="{model}"' in line
+    ]
+    assert counts, "the server exports no nv_inference_pending_request_count for the model"
+    return sum(counts)
+
+
+@pytest.mark.parametrize("protocol", ["http", "grpc"])
+def test_the_gpu_configs_batcher_never_merges_and_takes_stat_ahead_of_queued_routine_work(model_repository, tmp_path, protocol):
+    """configs/gpu.pbtxt's dynamic batcher (docs/triage.md), as the committed GPU configs have it, on this machine's CPU
+    instances (no GPU here: the scheduler is the same code). Triton accepts it; however many single-image requests
+    queue, it runs one a batch (the CUDA provider's cost of a new batch size, README Performance); and a stat request
+    (shared.priority.to_triton, through the adapter over HTTP and gRPC) is run ahead of routine requests queued before it."""
+    import tritonclient.http as httpclient
+    from google.protobuf import text_format
+    from tritonclient.grpc import model_config_pb2
+
+    from shared.priority import to_triton
+    from synthetic.models import REAL_REPOSITORY
+
+    name = "chest_xray_classifier"
+    repository = tmp_path / "repo"
+    shutil.copytree(model_repository / name, repository / name, ignore=shutil.ignore_patterns("configs"))
+    committed = text_format.Parse((REAL_REPOSITORY / name / "configs" / "gpu.pbtxt").read_text(), model_config_pb2.ModelConfig())
+    config = read_config(repository / name)  # its CPU instances and no accelerators; the GPU config's batcher
+    config.dynamic_batching.CopyFrom(committed.dynamic_batching)
+    (repository / name / "configs").mkdir()
+    (repository / name / "configs" / "gpu.pbtxt").write_text(text_format.MessageToString(config))
+
+    with TritonServer(repository, model_config_name="gpu", ready_deadline_s=60) as triton:
+        admin = httpclient.InferenceServerClient(triton.http_url.removeprefix("http://"))
+        try:
+            served = admin.get_model_config(name)["dynamic_batching"]
+            assert (int(served["priority_levels"]), int(served["default_priority_level"])) == (3, 3)
+            assert [int(b) for b in served["preferred_batch_size"]] == [1]
+
+            def stats() -> tuple[int, int]:
+                s = admin.get_inference_statistics(name)["model_stats"][0]
+                return int(s["inference_count"]), int(s["execution_count"])
+
+            # 64 single-image requests from 16 clients at once: never merged.
+            one = sample_batch(repository / name, batch=1)
+            url = triton.http_url if protocol == "http" else triton.grpc_url  # the adapter sends the priority over both
+            clients = [TritonInference(url, timeout_s=60) for _ in range(24)]
+            try:
+                with ThreadPoolExecutor(16) as pool:
+                    list(pool.map(lambda c: [c.infer(name, one) for _ in range(4)], clients[:16]))
+                deadline = time.monotonic() + 10
+                while stats()[0] < 64 and time.monotonic() < deadline:
+                    time.sleep(0.05)
+                inferences, executions = stats()
+                assert inferences >= 64 and executions == inferences, f"{inferences} inferences in {executions} executions"
+
+                # A queue of routine requests (16 images each: a long wait), then one stat request.
+                sixteen = sample_batch(repository / name, batch=16, seed=1)
+                finished: dict[str, float] = {}
+
+                def send(client: TritonInference, tag: str, level: str, inputs: dict[str, np.ndarray]) -> None:
+                    client.infer(name, inputs, priority=to_triton(level))
+                    finished[tag] = time.monotonic()
+
+                with ThreadPoolExecutor(24) as pool:
+                    routine = [pool.submit(send, c, f"routine-{i}", "routine", sixteen) for i, c in enumerate(clients[:23])]
+                    deadline = time.monotonic() + 30
+                    while pending_requests(triton.metrics_url, name) < 8 and time.monotonic() < deadline:
+                        time.sleep(0.005)
+                    queued = pending_requests(triton.metrics_url, name)
+                    assert queued >= 8, f"no queue formed ({queued} pending)"
+                    sent = time.monotonic()
+                    stat = pool.submit(send, clients[23], "stat", "stat", one)
+                    for future in (*routine, stat):
+                        future.result()
+                # Routine requests that finished while the stat one was in the server. First in, first out: at least the 8+
+                # queued ahead of it. With its priority: the one running when it arrived, perhaps one more taken in the same
+                # instant. (Routine requests still on their way to the scheduler when it was sent finish after it either way.)
+                overtook = sum(sent < t < finished["stat"] for tag, t in finished.items() if tag != "stat")
+                assert overtook <= 3, f"{overtook} routine requests finished ahead of the stat one; {queued} were queued when it was sent"
+            finally:
+                for c in clients:
+                    c.close()
+        finally:
+            admin.close()

@@ -200,8 +200,8 @@ def test_encoder_retrieves_matching_sentences():
 
 
 def test_gpu_configs_differ_from_config_pbtxt_only_in_placement(model):
-    """configs/gpu.pbtxt (what Triton loads on GPU nodes) is config.pbtxt with GPU instances and TensorRT/CUDA, and
-    without the server's dynamic batching."""
+    """configs/gpu.pbtxt (what Triton loads on GPU nodes) is config.pbtxt with GPU instances and TensorRT/CUDA, and a
+    dynamic batcher that only orders the queue by priority: one request a batch."""
     name, cfg, _ = model
     text = (REPO / name / "configs" / "gpu.pbtxt").read_text()
     # what `radstream models import-torchxrayvision` writes says the same (tests/e2e/test_models_import.py)
@@ -214,9 +214,15 @@ def test_gpu_configs_differ_from_config_pbtxt_only_in_placement(model):
     # TF32 off: ONNX Runtime's CUDA provider rounds convolutions to TF32 on Ampere and newer GPUs by default, which moved
     # the classifier's probabilities by 2.5e-4 and the detector's boxes by up to 16 px against the CPU on an H200.
     assert cuda.parameters["use_tf32"] == "0"
-    # No dynamic batching on the GPU: ONNX Runtime's CUDA provider pays 10-100x a call whenever the batch size changes
-    # from the call before (measured on an H200, README Performance), and dynamic batching changes it almost every call.
-    assert not gpu.HasField("dynamic_batching") and gpu.max_batch_size == cfg.max_batch_size > 0  # clients may still batch
+    # No merging on the GPU: ONNX Runtime's CUDA provider pays 10-100x a call whenever the batch size changes from the
+    # call before (measured on an H200, README Performance), and merging changes it almost every call. The batcher is
+    # there for its priority queue (docs/triage.md): stat (1) and urgent (2) ahead of routine (3, the default), as on the
+    # CPU (shared.priority.to_triton).
+    batching = gpu.dynamic_batching
+    assert (batching.priority_levels, batching.default_priority_level) == (3, 3)
+    assert (cfg.dynamic_batching.priority_levels, cfg.dynamic_batching.default_priority_level) == (3, 3)
+    assert list(batching.preferred_batch_size) == [1] and batching.max_queue_delay_microseconds == 0
+    assert gpu.max_batch_size == cfg.max_batch_size > 0  # clients may still batch
     cpu = model_config_pb2.ModelConfig()
     cpu.CopyFrom(cfg)  # the fixture's config is shared by the module's tests
     for config in (gpu, cpu):
