@@ -391,6 +391,16 @@ def _rss_mb() -> float:
         return int(f.read().split()[1]) * os.sysconf("SC_PAGE_SIZE") / 2**20
 
 
+def _rss_parts_mb() -> tuple[float, float]:
+    """(anonymous, file-backed) resident MB: the heap's and the mapped files' (shared libraries, models) shares of RSS."""
+    parts = {}
+    with open("/proc/self/status") as f:
+        for line in f:
+            if line.startswith(("RssAnon:", "RssFile:")):
+                parts[line.split(":")[0]] = int(line.split()[1]) / 1024
+    return parts.get("RssAnon", 0.0), parts.get("RssFile", 0.0)
+
+
 def clone_studies(root: Path, bases: list[Path], count: int, start: int) -> list[Path]:
     """`count` study folders under new ids, each a base study's image hard-linked (no new bytes) and its sidecar re-named."""
     folders = []
@@ -414,11 +424,11 @@ def scale(root: Path, size: int, checkpoints: list[int], workers: int) -> None:
     studies/min, and the process's RSS after it. Flat means the last segment costs what the first did."""
     bases = [f for f in write_demo_studies(root / "scale-bases", 8, size=size, invalid=False, seed=31) if not f.name.endswith("-dicom")]
     print(f"\ncost as a run grows ({size}² studies, {workers} worker(s), one runtime; each segment runs up to its checkpoint):")
-    print(f"  {'studies':>8} {'segment':>8} {'CPU ms/study':>12} {'studies/min':>11} {'RSS MB':>7}")
+    print(f"  {'studies':>8} {'segment':>8} {'CPU ms/study':>12} {'studies/min':>11} {'RSS MB':>7} {'anon':>6} {'file':>6}")
     with LocalRuntime(Settings(data_dir=root / "data-scale"), workers=workers) as runtime:
         runtime.warm()
         runtime.run_many(clone_studies(root / "scale-warmup", bases, 4, 10**6))
-        print(f"  {'warm':>8} {'':>8} {'':>12} {'':>11} {_rss_mb():>7.0f}")
+        print(f"  {'warm':>8} {'':>8} {'':>12} {'':>11} {_rss_mb():>7.0f} {_rss_parts_mb()[0]:>6.0f} {_rss_parts_mb()[1]:>6.0f}")
         done = 0
         for checkpoint in checkpoints:
             folders = clone_studies(root / "scale", bases, checkpoint - done, done)
@@ -429,7 +439,8 @@ def scale(root: Path, size: int, checkpoints: list[int], workers: int) -> None:
             if failed:
                 raise SystemExit(f"scale: studies failed: {failed[:5]}")
             n = checkpoint - done
-            print(f"  {checkpoint:>8} {n:>8} {cpu / n * 1000:>12.1f} {n / wall * 60:>11.0f} {_rss_mb():>7.0f}")
+            anon, file = _rss_parts_mb()
+            print(f"  {checkpoint:>8} {n:>8} {cpu / n * 1000:>12.1f} {n / wall * 60:>11.0f} {_rss_mb():>7.0f} {anon:>6.0f} {file:>6.0f}")
             done = checkpoint
 
 
