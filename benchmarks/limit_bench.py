@@ -53,13 +53,11 @@ from concurrent.futures import ProcessPoolExecutor, ThreadPoolExecutor
 from datetime import datetime, UTC
 from pathlib import Path
 
-sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
-
-import radstream  # noqa: F401  (before NumPy: the runtime's NUMPY_MADVISE_HUGEPAGE default, radstream/__init__.py)
-
 import cv2
 import numpy as np
 import onnxruntime as ort
+
+sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 
 import radstream.local_aws as local_aws
 import services.prepare.domain as prepare_domain
