@@ -38,5 +38,8 @@ def test_warm_start_and_scale_print_their_figures():
     assert [r[0] for r in rows] == ["no warm()", "warm() first"], out
     assert float(rows[0][1]) == 0 and float(rows[1][1]) > 0, out
     out = run_benchmark("limit_bench.py", "--scale", "3", "6", "--sizes", "128")
-    segments = re.findall(r"^\s+(\d+)\s+(\d+)\s+(\d+\.\d)\s+(\d+)\s+(\d+)$", out, re.MULTILINE)
+    segments = re.findall(r"^\s+(\d+)\s+(\d+)\s+(\d+\.\d)\s+(\d+)\s+(\d+)\s+(\d+)\s+(\d+)$", out, re.MULTILINE)
     assert [(int(a), int(b)) for a, b, *_ in segments] == [(3, 3), (6, 3)], out
+    assert all(int(rss) >= int(anon) + int(file) - 2 > 0 for *_, rss, anon, file in segments), (
+        out
+    )  # RSS = anonymous + file-backed (+ shmem)
