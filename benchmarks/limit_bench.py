@@ -428,7 +428,8 @@ def scale(root: Path, size: int, checkpoints: list[int], workers: int) -> None:
     with LocalRuntime(Settings(data_dir=root / "data-scale"), workers=workers) as runtime:
         runtime.warm()
         runtime.run_many(clone_studies(root / "scale-warmup", bases, 4, 10**6))
-        print(f"  {'warm':>8} {'':>8} {'':>12} {'':>11} {_rss_mb():>7.0f} {_rss_parts_mb()[0]:>6.0f} {_rss_parts_mb()[1]:>6.0f}")
+        anon, file = _rss_parts_mb()
+        print(f"  {'warm':>8} {'':>8} {'':>12} {'':>11} {_rss_mb():>7.0f} {anon:>6.0f} {file:>6.0f}")
         done = 0
         for checkpoint in checkpoints:
             folders = clone_studies(root / "scale", bases, checkpoint - done, done)
